@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install everything into ./.venv (the service, its dev tools) and ./.venv-engine (a real llama.cpp
+# engine, llama-cpp-python, kept apart because it pins its own web stack). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+with_engine=${1:-}
+
+"$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "orchestratord needs Python 3.11+"'
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev,bench]'
+
+if [ "$with_engine" = "--with-engine" ]; then
+  [ -x .venv-engine/bin/python ] || "$PYTHON" -m venv .venv-engine
+  .venv-engine/bin/python -m pip install --quiet --upgrade pip
+  # Compiles llama.cpp for the CPU the first time (about 4 minutes on 2 cores); cached after that.
+  .venv-engine/bin/python -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
+fi

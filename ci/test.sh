@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: install, static gates, every test (real engine included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash ci/setup.sh --with-engine
+bash ci/check.sh
+export ORCH_ENGINE_PYTHON="$PWD/.venv-engine/bin/python"
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "ci/test.sh: pytest collected no tests; that is a failure" >&2
+  exit 1
+fi
+exit "$status"

@@ -1,0 +1,267 @@
+"""Admission: check a task against what the pools can serve, apply limits, and enqueue it fairly.
+
+Refusals are typed errors raised before anything is stored: INVALID_PARAMS (nothing can ever serve
+it), POOL_UNREADY (a pinned pool cannot take work now), DEADLINE_UNMET (it cannot start in time),
+ADMISSION_REJECT (queue full, rate limit; with a retry hint from the measured drain rate).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import orjson
+
+from orchestratord.core.capacity import routing_key
+from orchestratord.core.placement import allowed_pools
+from orchestratord.core.prediction import drain_interval_ms
+from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy
+from orchestratord.core.ratelimit import TokenBucket
+from orchestratord.core.tasks import JobState, TaskSpec, spec_to_dict
+from orchestratord.dispatch import Dispatcher
+from orchestratord.errors import AdmissionRejected, DeadlineUnmet, InvalidParams, PoolUnready, ShuttingDown
+from orchestratord.logs import get_logger
+from orchestratord.metrics import Metrics
+from orchestratord.presence import Presence
+from orchestratord.state.base import JobRecord, StateStore
+from pool_manager.registry import PoolRegistry
+
+log = get_logger(__name__)
+DEFAULT_RETRY_MS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionResult:
+    job_id: str
+    queue_position: int
+    predicted_start_ms: int | None
+    backoff_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    rps: float | None = None
+    burst: int | None = None
+
+
+class Admission:
+    def __init__(
+        self,
+        store: StateStore,
+        registry: PoolRegistry,
+        dispatcher: Dispatcher,
+        presence: Presence,
+        metrics: Metrics,
+        policy: QueuePolicy,
+        *,
+        max_tokens: int,
+        tenant_limits: Mapping[str, TenantLimits] | None = None,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._presence = presence
+        self._metrics = metrics
+        self._policy = policy
+        self._max_tokens = max_tokens
+        self._limits = dict(tenant_limits or {})
+        self._buckets: dict[str, TokenBucket] = {}
+        self._wall = wall
+        self._clock = clock
+        self.accepting = True
+
+    async def admit(self, spec: TaskSpec) -> AdmissionResult:
+        if not self.accepting:
+            raise ShuttingDown(
+                "this orchestrator is shutting down; retry on another replica", retry_after_ms=1000
+            )
+        key = self._validate(spec)
+        self._rate_limit(spec)
+        await self._check_deadline(spec, key)
+        now = self._wall()
+        entry = QueueEntry(
+            job_id=spec.job_id,
+            tenant=spec.tenant,
+            priority=spec.priority,
+            model=key,
+            cost=self._cost(spec),
+            deadline=None if spec.deadline_ms is None else now + spec.deadline_ms / 1000,
+            enqueued_at=now,
+        )
+        outcome = await self._store.create(self._record(spec, now), entry)
+        if not isinstance(outcome, Admitted):
+            raise self._rejected(spec, key, outcome.policy, outcome.reason)
+        if outcome.evicted is not None:
+            await self._evict(outcome.evicted)
+        return await self._announce(spec, key)
+
+    # -- checks ----------------------------------------------------------------------------------
+    def _validate(self, spec: TaskSpec) -> str:
+        served = self._registry.models()
+        if spec.model_ref not in served:
+            raise InvalidParams(
+                f"model_ref {spec.model_ref!r} is not served here; served models: {', '.join(served)}"
+            )
+        if spec.max_tokens > self._max_tokens:
+            raise InvalidParams(
+                f"max_tokens {spec.max_tokens} exceeds this server's limit of {self._max_tokens}"
+            )
+        pools = [p for p in self._registry.pools.values() if spec.model_ref in p.spec.models]
+        allowed, _ = allowed_pools(spec.placement, [p.spec.id for p in pools])
+        if spec.placement.mode == "pin":
+            self._check_pin(spec, [p.spec.id for p in pools])
+        candidates = [p for p in pools if p.spec.id in allowed]
+        if not candidates:
+            raise InvalidParams(f"placement preferences leave no pool that serves {spec.model_ref!r}")
+        needed = spec.tokens_in_estimate + spec.max_tokens
+        if not any(needed <= p.spec.ctx_max and spec.max_tokens <= p.spec.max_tokens_out for p in candidates):
+            best = max(p.spec.ctx_max for p in candidates)
+            raise InvalidParams(
+                f"prompt (~{spec.tokens_in_estimate} tokens) plus max_tokens {spec.max_tokens} exceeds "
+                f"the largest context ({best}) of the pools serving {spec.model_ref!r}"
+            )
+        restricted = (
+            spec.placement.mode == "pin"
+            or (spec.placement.mode == "prefer" and not spec.placement.allow_fallback)
+            or bool(spec.placement.avoid_pools)
+        )
+        return routing_key(spec.model_ref, allowed if restricted else None)
+
+    def _check_pin(self, spec: TaskSpec, serving: list[str]) -> None:
+        pin = spec.placement.pin_pool_id
+        if pin is None:
+            raise InvalidParams("placement.mode 'pin' needs placement.pin_pool_id")
+        if pin not in self._registry.pools:
+            raise InvalidParams(
+                f"placement.pin_pool_id {pin!r} is not a pool; pools: {', '.join(self._registry.pools)}"
+            )
+        if pin not in serving:
+            raise InvalidParams(f"pinned pool {pin!r} does not serve model {spec.model_ref!r}")
+        pool = self._registry.pools[pin]
+        if pool.draining or not any(r.ready for r in pool.replicas.values()):
+            state = "draining" if pool.draining else "not ready"
+            raise PoolUnready(f"pinned pool {pin!r} is {state}", pool_id=pin, retry_after_ms=DEFAULT_RETRY_MS)
+
+    def _rate_limit(self, spec: TaskSpec) -> None:
+        limits = self._limits.get(spec.tenant)
+        if limits is None or limits.rps is None:
+            return
+        bucket = self._buckets.get(spec.tenant)
+        if bucket is None:
+            bucket = self._buckets[spec.tenant] = TokenBucket(
+                limits.rps, limits.burst or max(1, math.ceil(limits.rps))
+            )
+        wait = bucket.take(self._clock())
+        if wait > 0:
+            self._count_backpressure(spec, "rate-limit", "rate_limited")
+            retry = max(1, math.ceil(wait * 1000))
+            raise AdmissionRejected(
+                f"tenant {spec.tenant!r} exceeds its rate of {limits.rps} requests/s; retry in {retry} ms",
+                policy_label="rate-limit",
+                retry_after_ms=retry,
+            )
+
+    async def _check_deadline(self, spec: TaskSpec, key: str) -> None:
+        if spec.deadline_ms is None:
+            return
+        await self._dispatcher.refresh()
+        position = sum(1 for e in await self._store.queued() if e.model == key)
+        predicted = self._dispatcher.predict(key, position)
+        if predicted is not None and predicted > spec.deadline_ms:
+            self._count_backpressure(spec, None, "DEADLINE_UNMET")
+            raise DeadlineUnmet(
+                f"predicted start in {predicted} ms is after the deadline of {spec.deadline_ms} ms "
+                f"({position} jobs ahead for {spec.model_ref!r})"
+            )
+
+    def _cost(self, spec: TaskSpec) -> float:
+        if self._policy.unit == "tokens":
+            return float(spec.tokens_in_estimate + spec.max_tokens)
+        return 1.0
+
+    # -- outcomes --------------------------------------------------------------------------------
+    def _record(self, spec: TaskSpec, now: float) -> JobRecord:
+        return JobRecord(
+            job_id=spec.job_id,
+            tenant=spec.tenant,
+            model_ref=spec.model_ref,
+            priority=spec.priority,
+            state=JobState.QUEUED,
+            created_at=now,
+            spec=orjson.dumps(spec_to_dict(spec)).decode(),
+            session_id=spec.session_id,
+            correlation_id=spec.correlation_id,
+            cancel_on_disconnect=spec.cancel_on_disconnect,
+        )
+
+    def _rejected(self, spec: TaskSpec, key: str, policy: str, reason: str) -> AdmissionRejected:
+        interval = drain_interval_ms(self._dispatcher.capacity(key)) or DEFAULT_RETRY_MS
+        self._count_backpressure(spec, policy, "ADMISSION_REJECT")
+        scope = "this tenant's share of the queue" if reason == "tenant_capacity" else "the queue"
+        return AdmissionRejected(
+            f"{scope} is full (policy {policy}); retry in {interval} ms, when a slot is expected to free",
+            policy_label=policy,
+            retry_after_ms=interval,
+        )
+
+    def _count_backpressure(self, spec: TaskSpec, policy: str | None, reason: str) -> None:
+        engine = self._engine_for(spec.model_ref)
+        if policy is not None:
+            self._metrics.backpressure.labels(engine=engine, policy=policy).inc()
+        self._metrics.tasks_rejected.labels(engine=engine, reason=reason).inc()
+        log.info("task_rejected", job_id=spec.job_id, tenant=spec.tenant, reason=reason, policy=policy)
+
+    def _engine_for(self, model: str) -> str:
+        engines = sorted({p.spec.engine for p in self._registry.pools.values() if model in p.spec.models})
+        return engines[0] if engines else "none"
+
+    async def _evict(self, victim: QueueEntry) -> None:
+        policy = self._policy.full_policy
+        await self._store.finish(
+            victim.job_id,
+            JobState.FAILED,
+            "error",
+            {
+                "code": "QUEUE_FULL_DROP_LRU",
+                "message": f"evicted from a full queue by policy {policy} to admit a newer job; retry",
+                "retriable": True,
+                "retry_after_ms": drain_interval_ms(self._dispatcher.capacity(victim.model))
+                or DEFAULT_RETRY_MS,
+            },
+        )
+        engine = self._engine_for(victim.model.rpartition("@")[0] or victim.model)
+        self._metrics.backpressure.labels(engine=engine, policy=policy).inc()
+        self._metrics.tasks_rejected.labels(engine=engine, reason="QUEUE_FULL_DROP_LRU").inc()
+        log.info("task_evicted", job_id=victim.job_id, policy=policy)
+
+    async def _announce(self, spec: TaskSpec, key: str) -> AdmissionResult:
+        await self._dispatcher.refresh()
+        position = await self._store.position(spec.job_id) or 0
+        predicted = self._dispatcher.predict(key, position)
+        await self._store.append(
+            spec.job_id,
+            "started",
+            {
+                "job_id": spec.job_id,
+                "queue_position": position,
+                "predicted_start_ms": predicted,
+                "correlation_id": spec.correlation_id,
+            },
+        )
+        self._presence.admitted(spec.job_id)
+        self._dispatcher.wake()
+        backoff = 0 if predicted is None else predicted
+        engine, version, pool_id = self._dispatcher.pool_labels(key)
+        self._metrics.tasks_enqueued.labels(
+            engine=engine, engine_version=version, pool_id=pool_id, priority=spec.priority
+        ).inc()
+        log.info(
+            "task_admitted", job_id=spec.job_id, tenant=spec.tenant, priority=spec.priority,
+            model_ref=spec.model_ref, queue_position=position, predicted_start_ms=predicted,
+            session_id=spec.session_id,
+        )  # fmt: skip
+        return AdmissionResult(spec.job_id, position, predicted, backoff)

@@ -1,0 +1,100 @@
+"""ASGI middleware: X-Correlation-Id in and out, and the request body limit (413), chunked bodies too."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import orjson
+import structlog
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orchestratord.api.errors import envelope
+from orchestratord.errors import PayloadTooLarge
+
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class CorrelationAndLimits:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        cid = _correlation_id(headers.get(b"x-correlation-id"))
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(correlation_id=cid)
+        scope.setdefault("state", {})["correlation_id"] = cid
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            await self._too_large(send, cid)
+            return
+        await self._limited(scope, receive, send, cid)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, cid: str) -> None:
+        received = 0
+        too_large = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    too_large = True
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tagged_send(message: Message) -> None:
+            if too_large:
+                return
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-correlation-id" for k, _ in headers):
+                    headers.append((b"x-correlation-id", cid.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tagged_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large:
+            await self._too_large(send, cid)
+
+    async def _too_large(self, send: Send, cid: str) -> None:
+        exc = PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+        body = orjson.dumps(envelope(exc))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-correlation-id", cid.encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _correlation_id(raw: bytes | None) -> str:
+    if raw is not None:
+        text = raw.decode("latin-1")
+        if _VALID_ID.match(text):
+            return text
+    return str(uuid.uuid4())
+
+
+def install(app: FastAPI, *, max_body_bytes: int) -> None:
+    app.add_middleware(CorrelationAndLimits, max_body_bytes=max_body_bytes)

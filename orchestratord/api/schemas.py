@@ -1,0 +1,126 @@
+"""Wire models, mirroring contracts/openapi/data.yaml (the drift test holds them together)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from orchestratord.core.tasks import Message, PlacementPrefs, TaskSpec
+from orchestratord.errors import ErrorKind
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class ChatMessageIn(BaseModel):
+    model_config = _STRICT
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field(max_length=1_000_000)
+
+
+class PlacementIn(BaseModel):
+    model_config = _STRICT
+    mode: Literal["pin", "prefer", "auto"] = "auto"
+    pin_pool_id: str | None = Field(default=None, max_length=64)
+    prefer_pools: list[str] = Field(default_factory=list, max_length=64)
+    avoid_pools: list[str] = Field(default_factory=list, max_length=64)
+    allow_fallback: bool = True
+
+
+class TaskRequest(BaseModel):
+    model_config = _STRICT
+    model_ref: str = Field(min_length=1, max_length=256)
+    prompt: str | None = Field(default=None, max_length=1_000_000)
+    messages: list[ChatMessageIn] | None = Field(default=None, min_length=1, max_length=1024)
+    max_tokens: int = Field(ge=1, le=1_000_000)
+    priority: Literal["interactive", "batch"] = "interactive"
+    session_id: str | None = Field(default=None, min_length=1, max_length=128)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: list[str] | None = Field(default=None, max_length=16)
+    deadline_ms: int | None = Field(default=None, ge=1, le=86_400_000)
+    expected_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    cancel_on_disconnect: bool = True
+    placement: PlacementIn | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TaskRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' and 'messages'")
+        return self
+
+    def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None) -> TaskSpec:
+        placement = self.placement or PlacementIn()
+        return TaskSpec(
+            job_id=job_id,
+            tenant=tenant,
+            model_ref=self.model_ref,
+            max_tokens=self.max_tokens,
+            priority=self.priority,
+            prompt=self.prompt,
+            messages=None
+            if self.messages is None
+            else tuple(Message(m.role, m.content) for m in self.messages),
+            session_id=self.session_id,
+            seed=self.seed,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=tuple(self.stop or ()),
+            deadline_ms=self.deadline_ms,
+            expected_tokens=self.expected_tokens,
+            cancel_on_disconnect=self.cancel_on_disconnect,
+            placement=PlacementPrefs(
+                mode=placement.mode,
+                pin_pool_id=placement.pin_pool_id,
+                prefer_pools=tuple(placement.prefer_pools),
+                avoid_pools=tuple(placement.avoid_pools),
+                allow_fallback=placement.allow_fallback,
+            ),
+            correlation_id=correlation_id,
+        )
+
+
+class AdmissionResponse(BaseModel):
+    job_id: str
+    sse_url: str
+    status_url: str
+    queue_position: int
+    predicted_start_ms: int | None
+    backoff_ms: int
+
+
+class TaskError(BaseModel):
+    code: str
+    message: str
+
+
+class TaskStatus(BaseModel):
+    job_id: str
+    state: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    model_ref: str
+    priority: Literal["interactive", "batch"]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    tokens_out: int
+    stop_reason: str | None
+    error: TaskError | None
+    pool_id: str | None
+    replica_id: str | None
+    text: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    code: ErrorKind
+    message: str
+    retriable: bool
+    retry_after_ms: int | None = None
+    policy_label: str | None = None
+    engine: str | None = None
+    pool_id: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unready"]
+    checks: dict[str, bool]

@@ -1,0 +1,167 @@
+"""The composition root: builds every service from Settings, wires the routes, owns start and stop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from orchestratord.admission import Admission, TenantLimits
+from orchestratord.api import errors, middleware, ops, stream, tasks
+from orchestratord.api.openapi import contract_document
+from orchestratord.core.queue import QueuePolicy
+from orchestratord.core.tasks import JobState
+from orchestratord.dispatch import DispatchConfig, Dispatcher
+from orchestratord.jobs import JobControl
+from orchestratord.logs import get_logger
+from orchestratord.metrics import Metrics
+from orchestratord.presence import Presence
+from orchestratord.services import Services
+from orchestratord.settings import Settings
+from orchestratord.state.base import StateStore
+from orchestratord.state.memory import MemoryStore
+from pool_manager.health import HealthProber
+from pool_manager.registry import PoolRegistry
+from pool_manager.specs import PoolSpec
+from worker_adapters.base import AdapterConfig
+from worker_adapters.host import AdapterHost
+
+log = get_logger(__name__)
+
+
+def queue_policy(settings: Settings) -> QueuePolicy:
+    q = settings.queue
+    return QueuePolicy(
+        capacity=q.capacity,
+        tenant_capacity=q.tenant_capacity,
+        full_policy=q.full_policy,
+        class_weights=dict(q.class_weights),
+        tenant_weights={t.id: t.weight for t in settings.tenants},
+        unit=q.fairness_unit,
+    )
+
+
+def adapter_configs(specs: list[PoolSpec]) -> dict[tuple[str, str], AdapterConfig]:
+    return {
+        (spec.id, replica.id): AdapterConfig(
+            engine=spec.engine,
+            base_url=replica.url,
+            model=spec.engine_model or spec.models[0],
+            replica_id=replica.id,
+            api=spec.api,  # type: ignore[arg-type]
+            read_timeout_s=spec.read_timeout_s,
+            options=dict(spec.options),
+        )
+        for spec in specs
+        for replica in spec.replicas
+    }
+
+
+def build_store(settings: Settings) -> StateStore:
+    return MemoryStore(queue_policy(settings), retention_s=settings.stream.retention_s)
+
+
+def build_services(settings: Settings, adapters: AdapterHost) -> Services:
+    store = build_store(settings)
+    leases = getattr(store, "leases", None)
+    registry = PoolRegistry(settings.pool_specs(), leases=leases)
+    metrics = Metrics()
+    dispatcher = Dispatcher(
+        store,
+        registry,
+        adapters,
+        metrics,
+        DispatchConfig(
+            metrics_interval_s=settings.stream.metrics_interval_s,
+            tenant_max_concurrent={t.id: t.max_concurrent for t in settings.tenants if t.max_concurrent},
+        ),
+    )
+    metrics.watch_pools(lambda: dispatcher.snapshots)
+    jobs = JobControl(store, metrics, lambda pool_id: _engine_version(registry, pool_id))
+    presence = Presence(
+        store,
+        jobs,
+        attach_timeout_s=settings.stream.attach_timeout_s,
+        grace_s=settings.stream.reconnect_grace_s,
+    )
+    admission = Admission(
+        store,
+        registry,
+        dispatcher,
+        presence,
+        metrics,
+        queue_policy(settings),
+        max_tokens=settings.limits.max_tokens,
+        tenant_limits={t.id: TenantLimits(t.rps, t.burst) for t in settings.tenants},
+    )
+    prober = HealthProber(registry, adapters, interval_s=settings.health_interval_s)
+    return Services(settings, store, registry, dispatcher, admission, jobs, presence, prober, metrics)
+
+
+def _engine_version(registry: PoolRegistry, pool_id: str | None) -> str:
+    pool = registry.get(pool_id) if pool_id else None
+    return pool.engine_version if pool is not None else "unknown"
+
+
+async def drain_and_stop(services: Services) -> None:
+    """Graceful stop: refuse new work, let running jobs finish within the grace period, end the rest
+    with a retriable error, and end queued jobs (embedded backend) with a retriable error too."""
+    services.admission.accepting = False
+    grace = services.settings.shutdown_grace_s
+    finished = await services.dispatcher.wait_idle(grace)
+    stopping = {
+        "message": "the orchestrator is shutting down; retry",
+        "retriable": True,
+        "retry_after_ms": 1000,
+    }
+    if not finished:
+        for job_id in list(services.dispatcher.running):
+            await services.store.finish(
+                job_id, JobState.FAILED, "error", {"code": "WORKER_RESET", **stopping}
+            )
+            await services.store.publish_cancel(job_id)
+        await services.dispatcher.wait_idle(2.0)
+    if isinstance(services.store, MemoryStore):
+        for entry in await services.store.queued():
+            await services.store.finish(
+                entry.job_id, JobState.FAILED, "error", {"code": "SHUTTING_DOWN", **stopping}
+            )
+    services.shutdown.set()
+
+
+def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> FastAPI:
+    """Build the app. Services are built and started in the lifespan and kept on `app.state.services`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        host = adapters or AdapterHost(adapter_configs(settings.pool_specs()))
+        services = build_services(settings, host)
+        app.state.services = services
+        await services.prober.probe_all()
+        services.prober.start()
+        services.dispatcher.start()
+        await services.dispatcher.refresh()
+        log.info("orchestratord_started", pools=[p.id for p in settings.pools], state_url=settings.state_url)
+        try:
+            yield
+        finally:
+            if not services.shutdown.is_set():
+                await drain_and_stop(services)
+            await services.dispatcher.stop()
+            await services.prober.stop()
+            await services.presence.aclose()
+            await host.aclose()
+            await services.store.aclose()
+            log.info("orchestratord_stopped")
+
+    app = FastAPI(title="orchestratord", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.started_at = time.time()
+    app.state.settings = settings
+    for module in (tasks, stream, ops):
+        app.include_router(module.router)
+    errors.install(app)
+    middleware.install(app, max_body_bytes=settings.limits.max_body_bytes)
+    app.openapi = lambda: contract_document()  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,78 @@
+"""`orchestratord serve [--host] [--port] [--config FILE]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+import uvicorn
+
+from orchestratord.app import create_app, drain_and_stop
+from orchestratord.logs import configure, get_logger
+from orchestratord.services import Services
+from orchestratord.settings import ConfigError, Settings, load_settings
+
+log = get_logger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """On the first SIGTERM/SIGINT, drain (503 to new work, running jobs finish within the grace
+    period, the rest end with a retriable error), then stop as uvicorn normally does."""
+
+    def __init__(self, config: uvicorn.Config, app_state: object) -> None:
+        super().__init__(config)
+        self.app_state = app_state
+        self._draining: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        services: Services | None = getattr(self.app_state, "services", None)
+        if self._draining is None and services is not None and not services.shutdown.is_set():
+            log.info("shutdown_requested", signal=sig, grace_s=services.settings.shutdown_grace_s)
+            self._draining = asyncio.get_running_loop().create_task(self._drain(services))
+            return
+        super().handle_exit(sig, frame)
+
+    async def _drain(self, services: Services) -> None:
+        await drain_and_stop(services)
+        await asyncio.sleep(0.2)  # let the terminal events reach the open streams
+        self.should_exit = True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestratord", description="A control plane for LLM inference.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="bind port (default 8080)")
+    serve.add_argument("--config", default=None, help="YAML config file (pools, queue, tenants, ...)")
+    return parser
+
+
+def serve(settings: Settings) -> None:
+    configure(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+        h11_max_incomplete_event_size=16 * 1024,
+    )
+    DrainingServer(config, app.state).run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config, host=args.host, port=args.port)
+    except ConfigError as exc:
+        print(f"orchestratord: {exc}", file=sys.stderr)
+        return 2
+    serve(settings)
+    return 0

@@ -1,0 +1,1 @@
+"""Pure policy: queue, placement, prediction. No I/O, no asyncio, no logging."""

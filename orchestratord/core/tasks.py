@@ -1,0 +1,107 @@
+"""Domain values: a task as the core sees it, job states, and the events of a job's log."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+Priority = Literal["interactive", "batch"]
+PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
+PlacementMode = Literal["pin", "prefer", "auto"]
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementPrefs:
+    mode: PlacementMode = "auto"
+    pin_pool_id: str | None = None
+    prefer_pools: tuple[str, ...] = ()
+    avoid_pools: tuple[str, ...] = ()
+    allow_fallback: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A validated client request, with the server-side facts (id, tenant) attached."""
+
+    job_id: str
+    tenant: str
+    model_ref: str
+    max_tokens: int
+    priority: Priority = "interactive"
+    prompt: str | None = None
+    messages: tuple[Message, ...] | None = None
+    session_id: str | None = None
+    seed: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    deadline_ms: int | None = None
+    expected_tokens: int | None = None
+    cancel_on_disconnect: bool = True
+    placement: PlacementPrefs = field(default_factory=PlacementPrefs)
+    correlation_id: str | None = None
+
+    @property
+    def prompt_text(self) -> str:
+        if self.messages is not None:
+            return "\n".join(m.content for m in self.messages)
+        return self.prompt or ""
+
+    @property
+    def tokens_in_estimate(self) -> int:
+        """A cheap, engine-independent estimate of prompt tokens (about four bytes a token)."""
+        return max(1, len(self.prompt_text.encode()) // 4)
+
+
+EventName = Literal["started", "token", "metrics", "end", "error"]
+TERMINAL_EVENTS: frozenset[str] = frozenset({"end", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """One entry of a job's event log. `data` is the JSON text sent as the SSE `data:` line."""
+
+    id: str
+    name: str
+    data: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.name in TERMINAL_EVENTS
+
+
+def spec_to_dict(spec: TaskSpec) -> dict[str, object]:
+    return asdict(spec)
+
+
+def spec_from_dict(data: dict[str, Any]) -> TaskSpec:
+    """Rebuild a TaskSpec stored as JSON (by this or another orchestrator replica)."""
+    fields = dict(data)
+    messages = fields.get("messages")
+    if messages is not None:
+        fields["messages"] = tuple(Message(**m) for m in messages)
+    placement = dict(fields.get("placement") or {})
+    for key in ("prefer_pools", "avoid_pools"):
+        placement[key] = tuple(placement.get(key) or ())
+    fields["placement"] = PlacementPrefs(**placement)
+    fields["stop"] = tuple(fields.get("stop") or ())
+    return TaskSpec(**fields)

@@ -1,0 +1,382 @@
+"""The dispatcher: the one loop that moves jobs from the queue onto free slots, and owns their runs.
+
+Wake-ups come from admission, from finished runs and from a periodic tick (deadlines, position
+updates, retention). Cancel signals arrive through the state store, from this or another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import partial
+
+import orjson
+
+from orchestratord.core.capacity import can_serve, capacity_for, parse_routing_key
+from orchestratord.core.placement import Assigned, NoCapacity, PlacementRequest, decide
+from orchestratord.core.prediction import Capacity, ServiceTimes, predict_start_ms
+from orchestratord.core.queue import QueueEntry
+from orchestratord.core.tasks import JobState, TaskSpec, spec_from_dict
+from orchestratord.execution import RunContext, Runner, RunStats, error_payload
+from orchestratord.logs import get_logger
+from orchestratord.metrics import Metrics
+from orchestratord.state.base import StateStore
+from pool_manager.registry import PoolRegistry
+from pool_manager.snapshot import PoolSnapshot
+from worker_adapters.base import WorkerAdapter
+
+log = get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Running:
+    job_id: str
+    tenant: str
+    pool_id: str
+    replica_id: str
+    started: float
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Published:
+    position: int | None = None
+    predicted: int | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    tick_s: float = 0.25
+    metrics_interval_s: float = 1.0
+    max_attempts: int = 3
+    tenant_max_concurrent: Mapping[str, int] = field(default_factory=dict)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: StateStore,
+        registry: PoolRegistry,
+        adapters: Mapping[tuple[str, str], WorkerAdapter],
+        metrics: Metrics,
+        config: DispatchConfig | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.adapters = adapters
+        self.metrics = metrics
+        self.config = config or DispatchConfig()
+        self.times = ServiceTimes()
+        self.snapshots: list[PoolSnapshot] = []
+        self.running: dict[str, Running] = {}
+        self._clock = clock
+        self._wall = wall
+        self._runner = Runner(store, metrics, clock)
+        self._wake = asyncio.Event()
+        self._published: dict[str, _Published] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._accepting = True
+        self.queue_depth = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._loop()), asyncio.create_task(self._cancel_listener())]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._accepting = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def wait_idle(self, within_s: float) -> bool:
+        """Wait for running jobs to end; True if all did within `within_s` seconds."""
+        runs = [r.task for r in self.running.values() if r.task is not None]
+        if not runs:
+            return True
+        _, pending = await asyncio.wait(runs, timeout=within_s)
+        return not pending
+
+    # -- capacity views --------------------------------------------------------------------------
+    async def refresh(self) -> list[PoolSnapshot]:
+        self.snapshots = await self.registry.snapshot()
+        return self.snapshots
+
+    def capacity(self, routing_key: str) -> Capacity:
+        oldest: dict[str, float] = {}
+        now = self._clock()
+        for run in self.running.values():
+            oldest[run.pool_id] = max(oldest.get(run.pool_id, 0.0), now - run.started)
+        return capacity_for(routing_key, self.snapshots, self.times, oldest)
+
+    def pool_labels(self, routing_key: str) -> tuple[str, str, str]:
+        """(engine, engine_version, pool_id) a waiting job is counted under: the first pool serving it."""
+        model, allowed = parse_routing_key(routing_key)
+        for pool in sorted(self.registry.pools.values(), key=lambda p: p.spec.id):
+            if model in pool.spec.models and (allowed is None or pool.spec.id in allowed):
+                return pool.spec.engine, pool.engine_version, pool.spec.id
+        return "none", "unknown", "none"
+
+    def predict(self, routing_key: str, position: int) -> int | None:
+        return predict_start_ms(position, self.capacity(routing_key))
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.config.tick_s)
+            except TimeoutError:
+                await self._housekeeping()
+            self._wake.clear()
+            try:
+                await self._dispatch_ready()
+            except Exception:  # task root: log loudly, keep dispatching
+                log.error("dispatch_loop_error", exc_info=True)
+
+    async def _dispatch_ready(self) -> None:
+        while self._accepting:
+            snapshots = await self.refresh()
+            entry = await self.store.take(partial(_servable, snapshots), self._tenant_ok)
+            if entry is None:
+                return
+            await self._dispatch(entry, snapshots)
+
+    def _tenant_ok(self, tenant: str) -> bool:
+        limit = self.config.tenant_max_concurrent.get(tenant)
+        return limit is None or sum(1 for r in self.running.values() if r.tenant == tenant) < limit
+
+    async def _dispatch(self, entry: QueueEntry, snapshots: list[PoolSnapshot]) -> None:
+        record = await self.store.get(entry.job_id)
+        if record is None or record.state is not JobState.QUEUED:
+            return
+        spec = spec_from_dict(orjson.loads(record.spec))
+        admitted_mono = self._clock() - max(0.0, self._wall() - record.created_at)
+        run = Running(spec.job_id, spec.tenant, "", "", self._clock())
+        self.running[spec.job_id] = run
+        self._published.pop(spec.job_id, None)
+        run.task = asyncio.create_task(self._run(spec, entry, admitted_mono, run))
+
+    # -- running one job, with failover before the first token -----------------------------------
+    async def _run(self, spec: TaskSpec, entry: QueueEntry, admitted_mono: float, run: Running) -> None:
+        tried: set[tuple[str, str]] = set()
+        stats = RunStats()
+        try:
+            for _ in range(self.config.max_attempts):
+                assigned = await self._place(spec, entry, tried)
+                if assigned is None:
+                    return
+                tried.add((assigned.pool_id, assigned.replica_id))
+                stats = await self._attempt(spec, assigned, admitted_mono, run)
+                if stats.outcome != "error" or stats.tokens > 0 or stats.error is None:
+                    return
+                if not stats.error.retriable:
+                    break
+            await self._fail_engine(spec, stats, run)
+        except Exception:  # task root: a bug here must still end the job, loudly
+            log.error("job_run_crashed", job_id=spec.job_id, exc_info=True)
+            await self.store.finish(
+                spec.job_id, JobState.FAILED, "error",
+                {"code": "INTERNAL", "message": "internal error while running the job", "retriable": True},
+            )  # fmt: skip
+        finally:
+            await self.registry.release(spec.job_id)
+            self.running.pop(spec.job_id, None)
+            await self._settle(spec, entry, stats, run)
+            self.wake()
+
+    async def _place(self, spec: TaskSpec, entry: QueueEntry, tried: set[tuple[str, str]]) -> Assigned | None:
+        snapshots = await self.refresh()
+        _, allowed = parse_routing_key(entry.model)
+        usable = [_without(p, tried) for p in snapshots if allowed is None or p.pool_id in allowed]
+        req = PlacementRequest(spec.model_ref, spec.tokens_in_estimate + spec.max_tokens, spec.placement)
+        decision = decide(req, usable)
+        self.metrics.placement.labels(
+            outcome="assigned" if isinstance(decision, Assigned) else decision.kind,
+            pinned=str(decision.log.pinned).lower(),
+            fallback=str(decision.log.fallback).lower(),
+        ).inc()
+        log.info("placement_decided", job_id=spec.job_id, decision=decision.log.as_dict())
+        if isinstance(decision, NoCapacity):
+            await self._fail_placement(spec, decision)
+            return None
+        if await self.registry.lease(spec.job_id, decision.pool_id, decision.replica_id) is None:
+            await self._fail_placement(spec, NoCapacity("busy", "the chosen slot was taken", decision.log))
+            return None
+        return decision
+
+    async def _attempt(
+        self, spec: TaskSpec, assigned: Assigned, admitted_mono: float, run: Running
+    ) -> RunStats:
+        pool = self.registry.pools[assigned.pool_id]
+        record = await self.store.start(
+            spec.job_id, pool_id=assigned.pool_id, replica_id=assigned.replica_id, engine=assigned.engine
+        )
+        if record is None and not run.pool_id:
+            return RunStats(outcome="canceled")
+        run.pool_id, run.replica_id = assigned.pool_id, assigned.replica_id
+        run.started = self._clock()
+        labels = self._labels(assigned, spec)
+        await self.store.append(
+            spec.job_id,
+            "metrics",
+            {
+                "pool_id": assigned.pool_id,
+                "replica_id": assigned.replica_id,
+                "engine": assigned.engine,
+                "queue_time_ms": round((self._clock() - admitted_mono) * 1000),
+                "queue_depth": self.queue_depth,
+            },
+        )
+        self.metrics.tasks_started.labels(**labels["engine"], priority=spec.priority).inc()
+        log.info("task_started", job_id=spec.job_id, pool_id=assigned.pool_id, replica_id=assigned.replica_id)
+        ctx = RunContext(
+            spec,
+            assigned,
+            admitted_mono,
+            lambda: self.queue_depth,
+            self.config.metrics_interval_s,
+            labels["queue"],
+        )
+        model = pool.spec.engine_model or spec.model_ref
+        stats = await self._runner.attempt(ctx, self.adapters[(assigned.pool_id, assigned.replica_id)], model)
+        self._count_tokens(spec, stats, labels["engine"])
+        if stats.outcome == "error" and stats.error is not None:
+            self.registry.record_failure(assigned.pool_id, assigned.replica_id, stats.error.message)
+            await self.registry.release(spec.job_id)
+        else:
+            self.registry.record_success(assigned.pool_id, assigned.replica_id)
+            self.times.observe(assigned.pool_id, self._clock() - run.started)
+        return stats
+
+    def _labels(self, assigned: Assigned, spec: TaskSpec) -> dict[str, dict[str, str]]:
+        base = {
+            "engine": assigned.engine,
+            "engine_version": assigned.engine_version,
+            "pool_id": assigned.pool_id,
+        }
+        return {
+            "engine": {**base, "replica_id": assigned.replica_id},
+            "queue": {**base, "priority": spec.priority},
+        }
+
+    def _count_tokens(self, spec: TaskSpec, stats: RunStats, labels: dict[str, str]) -> None:
+        self.metrics.tokens_out.labels(**labels).inc(stats.tokens)
+        prompt = stats.prompt_tokens if stats.prompt_tokens is not None else spec.tokens_in_estimate
+        self.metrics.tokens_in.labels(**labels).inc(prompt)
+
+    async def _fail_engine(self, spec: TaskSpec, stats: RunStats, run: Running) -> None:
+        if stats.error is None:
+            return
+        payload = error_payload(stats.error, after_first_token=stats.tokens > 0, pool_id=run.pool_id)
+        if await self.store.finish(spec.job_id, JobState.FAILED, "error", payload) is not None:
+            self.metrics.tasks_rejected.labels(engine=stats.error.engine, reason=str(payload["code"])).inc()
+            log.warning("task_failed", job_id=spec.job_id, code=payload["code"], message=payload["message"])
+
+    async def _fail_placement(self, spec: TaskSpec, decision: NoCapacity) -> None:
+        code = {"unready": "POOL_UNREADY", "invalid": "INVALID_PARAMS"}.get(
+            decision.kind, "REPLICA_EXHAUSTED"
+        )
+        await self.store.finish(
+            spec.job_id,
+            JobState.FAILED,
+            "error",
+            {"code": code, "message": decision.message, "retriable": decision.kind != "invalid"},
+        )
+
+    async def _settle(self, spec: TaskSpec, entry: QueueEntry, stats: RunStats, run: Running) -> None:
+        if entry.cost != 1.0 or stats.tokens:
+            actual = spec.tokens_in_estimate + stats.tokens
+            await self.store.settle(
+                spec.tenant, spec.priority, entry.cost, actual if entry.cost != 1.0 else 1.0
+            )
+
+    # -- cancel ----------------------------------------------------------------------------------
+    async def _cancel_listener(self) -> None:
+        async for job_id in self.store.cancel_signals():
+            run = self.running.get(job_id)
+            if run is not None and run.pool_id:
+                await self.adapters[(run.pool_id, run.replica_id)].cancel(job_id)
+
+    # -- periodic work ---------------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        try:
+            await self._expire()
+            await self._publish_positions()
+            await self.store.purge(self._wall())
+        except Exception:  # task root
+            log.error("housekeeping_error", exc_info=True)
+
+    def _gauge_queue(self, queued: list[QueueEntry]) -> None:
+        """queue_depth per pool and class; a waiting job counts toward the first pool that serves it."""
+        self.queue_depth = len(queued)
+        counts: dict[tuple[str, str, str, str], int] = {}
+        for snap in self.snapshots:
+            for priority in ("interactive", "batch"):
+                counts[(snap.engine, snap.engine_version, snap.pool_id, priority)] = 0
+        for entry in queued:
+            key = (*self.pool_labels(entry.model), entry.priority)
+            counts[key] = counts.get(key, 0) + 1
+        for (engine, version, pool_id, priority), n in counts.items():
+            self.metrics.queue_depth.labels(
+                engine=engine, engine_version=version, pool_id=pool_id, priority=priority
+            ).set(n)
+
+    async def _expire(self) -> None:
+        for entry in await self.store.expire(self._wall()):
+            await self.store.finish(
+                entry.job_id,
+                JobState.FAILED,
+                "error",
+                {
+                    "code": "DEADLINE_UNMET",
+                    "message": "the job's deadline passed before a slot could start it",
+                    "retriable": False,
+                },
+            )
+            log.info("task_expired", job_id=entry.job_id)
+
+    async def _publish_positions(self) -> None:
+        """A `metrics` event for each waiting job whose position or prediction changed (≤ 1/s)."""
+        now = self._clock()
+        queued = await self.store.queued()
+        await self.refresh()
+        self._gauge_queue(queued)
+        for entry in queued:
+            seen = self._published.setdefault(entry.job_id, _Published(at=now))
+            if now - seen.at < 1.0:
+                continue
+            position = await self.store.position(entry.job_id)
+            if position is None:
+                continue
+            predicted = self.predict(entry.model, position)
+            if (position, predicted) != (seen.position, seen.predicted):
+                seen.position, seen.predicted, seen.at = position, predicted, now
+                await self.store.append(
+                    entry.job_id,
+                    "metrics",
+                    {"queue_position": position, "predicted_start_ms": predicted, "queue_depth": len(queued)},
+                )
+        live = {e.job_id for e in queued}
+        for job_id in [j for j in self._published if j not in live]:
+            del self._published[job_id]
+
+
+def _servable(snapshots: list[PoolSnapshot], key: str) -> bool:
+    return can_serve(key, snapshots)
+
+
+def _without(pool: PoolSnapshot, tried: set[tuple[str, str]]) -> PoolSnapshot:
+    """The pool with replicas that already failed this job marked not ready."""
+    replicas = tuple(
+        replace(r, ready=False) if (pool.pool_id, r.replica_id) in tried else r for r in pool.replicas
+    )
+    return replace(pool, replicas=replicas)

@@ -1,0 +1,197 @@
+"""Every domain error, with its wire code, HTTP status and retry semantics on the class.
+
+OrchestratorError
+  ├─ InvalidParams            (400, INVALID_PARAMS)
+  ├─ DeadlineUnmet            (400, DEADLINE_UNMET)
+  ├─ UntrustedArtifact        (400, UNTRUSTED_ARTIFACT)
+  ├─ ModelDeprecated          (400, MODEL_DEPRECATED)
+  ├─ Unauthorized             (401, UNAUTHORIZED)
+  ├─ Forbidden                (403, FORBIDDEN)
+  ├─ NotFound                 (404, NOT_FOUND)
+  ├─ MethodNotAllowed         (405, METHOD_NOT_ALLOWED)
+  ├─ Conflict                 (409, CONFLICT)
+  ├─ PayloadTooLarge          (413, PAYLOAD_TOO_LARGE)
+  ├─ UnsupportedMediaType     (415, UNSUPPORTED_MEDIA_TYPE)
+  ├─ AdmissionRejected        (429, ADMISSION_REJECT)   carries policy_label and retry_after_ms
+  ├─ QueueFullDropLru         (429 when refused; the terminal error of an evicted job)
+  ├─ PoolUnready / PoolUnavailable / ReplicaExhausted / ShuttingDown (503)
+  └─ DecodeTimeout / WorkerReset / Internal (500-class; in streams they are `error` events)
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    ADMISSION_REJECT = "ADMISSION_REJECT"
+    QUEUE_FULL_DROP_LRU = "QUEUE_FULL_DROP_LRU"
+    INVALID_PARAMS = "INVALID_PARAMS"
+    POOL_UNREADY = "POOL_UNREADY"
+    POOL_UNAVAILABLE = "POOL_UNAVAILABLE"
+    REPLICA_EXHAUSTED = "REPLICA_EXHAUSTED"
+    DECODE_TIMEOUT = "DECODE_TIMEOUT"
+    WORKER_RESET = "WORKER_RESET"
+    INTERNAL = "INTERNAL"
+    DEADLINE_UNMET = "DEADLINE_UNMET"
+    MODEL_DEPRECATED = "MODEL_DEPRECATED"
+    UNTRUSTED_ARTIFACT = "UNTRUSTED_ARTIFACT"
+    NOT_FOUND = "NOT_FOUND"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    CONFLICT = "CONFLICT"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+
+
+class OrchestratorError(Exception):
+    """Base of every domain error. Raise it; `api.errors` turns it into the envelope, once."""
+
+    kind: ErrorKind = ErrorKind.INTERNAL
+    http_status: int = 500
+    retriable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_ms: int | None = None,
+        policy_label: str | None = None,
+        engine: str | None = None,
+        pool_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_ms = retry_after_ms
+        self.policy_label = policy_label
+        self.engine = engine
+        self.pool_id = pool_id
+        self.headers = headers or {}
+
+
+class InvalidParams(OrchestratorError):
+    kind = ErrorKind.INVALID_PARAMS
+    http_status = 400
+
+
+class DeadlineUnmet(OrchestratorError):
+    kind = ErrorKind.DEADLINE_UNMET
+    http_status = 400
+
+
+class UntrustedArtifact(OrchestratorError):
+    kind = ErrorKind.UNTRUSTED_ARTIFACT
+    http_status = 400
+
+
+class ModelDeprecated(OrchestratorError):
+    kind = ErrorKind.MODEL_DEPRECATED
+    http_status = 400
+
+
+class Unauthorized(OrchestratorError):
+    kind = ErrorKind.UNAUTHORIZED
+    http_status = 401
+
+
+class Forbidden(OrchestratorError):
+    kind = ErrorKind.FORBIDDEN
+    http_status = 403
+
+
+class NotFound(OrchestratorError):
+    kind = ErrorKind.NOT_FOUND
+    http_status = 404
+
+
+class MethodNotAllowed(OrchestratorError):
+    kind = ErrorKind.METHOD_NOT_ALLOWED
+    http_status = 405
+
+
+class Conflict(OrchestratorError):
+    kind = ErrorKind.CONFLICT
+    http_status = 409
+
+
+class PayloadTooLarge(OrchestratorError):
+    kind = ErrorKind.PAYLOAD_TOO_LARGE
+    http_status = 413
+
+
+class UnsupportedMediaType(OrchestratorError):
+    kind = ErrorKind.UNSUPPORTED_MEDIA_TYPE
+    http_status = 415
+
+
+class AdmissionRejected(OrchestratorError):
+    kind = ErrorKind.ADMISSION_REJECT
+    http_status = 429
+    retriable = True
+
+
+class QueueFullDropLru(OrchestratorError):
+    kind = ErrorKind.QUEUE_FULL_DROP_LRU
+    http_status = 429
+    retriable = True
+
+
+class PoolUnready(OrchestratorError):
+    kind = ErrorKind.POOL_UNREADY
+    http_status = 503
+    retriable = True
+
+
+class PoolUnavailable(OrchestratorError):
+    kind = ErrorKind.POOL_UNAVAILABLE
+    http_status = 503
+    retriable = True
+
+
+class ReplicaExhausted(OrchestratorError):
+    kind = ErrorKind.REPLICA_EXHAUSTED
+    http_status = 503
+    retriable = True
+
+
+class ShuttingDown(OrchestratorError):
+    kind = ErrorKind.SHUTTING_DOWN
+    http_status = 503
+    retriable = True
+
+
+class DecodeTimeout(OrchestratorError):
+    kind = ErrorKind.DECODE_TIMEOUT
+    http_status = 504
+    retriable = True
+
+
+class WorkerReset(OrchestratorError):
+    kind = ErrorKind.WORKER_RESET
+    http_status = 502
+    retriable = True
+
+
+class Internal(OrchestratorError):
+    kind = ErrorKind.INTERNAL
+    http_status = 500
+
+
+BY_KIND: dict[str, type[OrchestratorError]] = {
+    cls.kind.value: cls
+    for cls in (
+        InvalidParams, DeadlineUnmet, UntrustedArtifact, ModelDeprecated, Unauthorized, Forbidden,
+        NotFound, MethodNotAllowed, Conflict, PayloadTooLarge, UnsupportedMediaType, AdmissionRejected,
+        QueueFullDropLru, PoolUnready, PoolUnavailable, ReplicaExhausted, ShuttingDown, DecodeTimeout,
+        WorkerReset, Internal,
+    )
+}  # fmt: skip
+
+
+def from_kind(kind: str, message: str, **fields: object) -> OrchestratorError:
+    """Rebuild a typed error from its wire code (an adapter's or a stored one)."""
+    cls = BY_KIND.get(kind, Internal)
+    return cls(message, **fields)  # type: ignore[arg-type]

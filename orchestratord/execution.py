@@ -1,0 +1,163 @@
+"""Running one job on one replica: relay the engine's tokens into the job's event log, end it once.
+
+The runner holds the slot lease for the whole run and returns it on every path. A failure before the
+first token is retried on another replica (the client sees only a later dispatch); after the first
+token the job ends with a retriable WORKER_RESET (or the engine's own error kind).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from orchestratord.core.placement import Assigned
+from orchestratord.core.tasks import JobState, TaskSpec
+from orchestratord.errors import ErrorKind
+from orchestratord.logs import get_logger
+from orchestratord.metrics import Metrics
+from orchestratord.state.base import StateStore
+from worker_adapters.base import (
+    AdapterError,
+    ChatMessage,
+    EngineReset,
+    Finished,
+    SubmitRequest,
+    TokenEvent,
+    WorkerAdapter,
+)
+
+log = get_logger(__name__)
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What one attempt measured, for metrics, logs, predictions and fairness settlement."""
+
+    tokens: int = 0
+    first_token_at: float | None = None
+    prompt_tokens: int | None = None
+    outcome: str = "running"
+    error: AdapterError | None = None
+
+
+@dataclass(slots=True)
+class RunContext:
+    spec: TaskSpec
+    assigned: Assigned
+    admitted_at: float
+    queue_depth: Callable[[], int]
+    metrics_interval_s: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def submit_request(spec: TaskSpec, engine_model: str) -> SubmitRequest:
+    messages = None
+    if spec.messages is not None:
+        messages = tuple(ChatMessage(m.role, m.content) for m in spec.messages)
+    return SubmitRequest(
+        task_id=spec.job_id,
+        model=engine_model,
+        max_tokens=spec.max_tokens,
+        prompt=spec.prompt,
+        messages=messages,
+        seed=spec.seed,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        stop=spec.stop,
+        correlation_id=spec.correlation_id,
+    )
+
+
+class Runner:
+    """Relays one attempt. Returns its stats; never raises an AdapterError."""
+
+    def __init__(
+        self, store: StateStore, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+
+    async def attempt(self, ctx: RunContext, adapter: WorkerAdapter, engine_model: str) -> RunStats:
+        stats = RunStats()
+        started = self._clock()
+        last_metrics = started
+        try:
+            async with closing_stream(adapter.submit(submit_request(ctx.spec, engine_model))) as events:
+                async for event in events:
+                    if isinstance(event, Finished):
+                        await self._finish(ctx, stats, event, started)
+                        return stats
+                    if await self._store.append_token(ctx.spec.job_id, event.text) is None:
+                        stats.outcome = "canceled"
+                        return stats
+                    stats.tokens += 1
+                    now = self._clock()
+                    if stats.first_token_at is None:
+                        stats.first_token_at = now
+                        self._metrics.ttft.labels(**ctx.labels).observe((now - ctx.admitted_at) * 1000)
+                    if now - last_metrics >= ctx.metrics_interval_s:
+                        last_metrics = now
+                        await self._progress(ctx, stats, now, started)
+        except AdapterError as exc:
+            stats.outcome = "error"
+            stats.error = exc
+            return stats
+        stats.outcome = "error"
+        stats.error = _truncated(adapter.engine)
+        return stats
+
+    async def _progress(self, ctx: RunContext, stats: RunStats, now: float, started: float) -> None:
+        elapsed = max(now - started, 1e-6)
+        await self._store.append(
+            ctx.spec.job_id,
+            "metrics",
+            {
+                "queue_depth": ctx.queue_depth(),
+                "tokens_out": stats.tokens,
+                "tokens_per_s": round(stats.tokens / elapsed, 2),
+            },
+        )
+
+    async def _finish(self, ctx: RunContext, stats: RunStats, event: Finished, started: float) -> None:
+        now = self._clock()
+        stats.prompt_tokens = event.prompt_tokens
+        await self._progress(ctx, stats, now, started)
+        done = await self._store.finish(
+            ctx.spec.job_id, JobState.SUCCEEDED, "end", {"stop_reason": event.stop_reason}
+        )
+        stats.outcome = "succeeded" if done is not None else "canceled"
+        if stats.first_token_at is not None:
+            self._metrics.decode.labels(**ctx.labels).observe((now - stats.first_token_at) * 1000)
+
+
+@asynccontextmanager
+async def closing_stream(events: AsyncIterator[TokenEvent]) -> AsyncIterator[AsyncIterator[TokenEvent]]:
+    """Close the adapter's stream on every exit, which closes the engine request."""
+    try:
+        yield events
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _truncated(engine: str) -> AdapterError:
+    return EngineReset("the engine stream ended without a terminal event", engine=engine)
+
+
+def error_payload(exc: AdapterError, *, after_first_token: bool, pool_id: str) -> dict[str, object]:
+    """The `error` event for an engine failure. After the first token a broken stream is WORKER_RESET."""
+    code = exc.code
+    if after_first_token and code in (ErrorKind.POOL_UNAVAILABLE, ErrorKind.INTERNAL):
+        code = ErrorKind.WORKER_RESET.value
+    retriable = exc.retriable or code == ErrorKind.WORKER_RESET
+    return {
+        "code": code,
+        "message": f"{exc.engine}: {exc.message}",
+        "retriable": retriable,
+        "engine": exc.engine,
+        "pool_id": pool_id,
+    }

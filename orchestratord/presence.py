@@ -1,0 +1,58 @@
+"""Reader presence: cancel a `cancel_on_disconnect` job nobody is reading, after a grace period.
+
+A client that dies between POST and GET must not burn a GPU: a job no reader attaches to within
+`attach_timeout_s` is canceled. When the last reader leaves, the job is canceled unless a reader comes
+back within `grace_s` (so a reconnect with Last-Event-ID loses nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from orchestratord.jobs import JobControl
+from orchestratord.logs import get_logger
+from orchestratord.state.base import StateStore
+
+log = get_logger(__name__)
+
+
+class Presence:
+    def __init__(
+        self, store: StateStore, jobs: JobControl, *, attach_timeout_s: float, grace_s: float
+    ) -> None:
+        self._store = store
+        self._jobs = jobs
+        self._attach_timeout = attach_timeout_s
+        self._grace = grace_s
+        self._timers: set[asyncio.Task[None]] = set()
+
+    def admitted(self, job_id: str) -> None:
+        self._later(self._attach_timeout, job_id, require_attached=True)
+
+    async def attach(self, job_id: str) -> None:
+        await self._store.attach(job_id)
+
+    async def detach(self, job_id: str) -> None:
+        if await self._store.detach(job_id) == 0:
+            self._later(self._grace, job_id, require_attached=False)
+
+    def _later(self, delay: float, job_id: str, *, require_attached: bool) -> None:
+        task = asyncio.create_task(self._check(delay, job_id, require_attached))
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
+    async def _check(self, delay: float, job_id: str, require_attached: bool) -> None:
+        await asyncio.sleep(delay)
+        record = await self._store.get(job_id)
+        if record is None or record.state.terminal or not record.cancel_on_disconnect:
+            return
+        if record.readers > 0 or (require_attached and record.attached):
+            return
+        reason = "no_reader" if require_attached else "client_disconnect"
+        log.info("task_abandoned", job_id=job_id, reason=reason)
+        await self._jobs.cancel(job_id, None, reason=reason)
+
+    async def aclose(self) -> None:
+        for task in list(self._timers):
+            task.cancel()
+        await asyncio.gather(*self._timers, return_exceptions=True)

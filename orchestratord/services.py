@@ -1,0 +1,30 @@
+"""Services: everything a request handler may call, built once by the composition root."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from orchestratord.admission import Admission
+from orchestratord.dispatch import Dispatcher
+from orchestratord.jobs import JobControl
+from orchestratord.metrics import Metrics
+from orchestratord.presence import Presence
+from orchestratord.settings import Settings
+from orchestratord.state.base import StateStore
+from pool_manager.health import HealthProber
+from pool_manager.registry import PoolRegistry
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    store: StateStore
+    registry: PoolRegistry
+    dispatcher: Dispatcher
+    admission: Admission
+    jobs: JobControl
+    presence: Presence
+    prober: HealthProber
+    metrics: Metrics
+    shutdown: asyncio.Event = field(default_factory=asyncio.Event)

@@ -1,0 +1,241 @@
+"""Settings: read once, at the edge, from an optional YAML file and `ORCHD_*` environment variables.
+
+Environment variables override the file; nested keys use `__`, e.g. `ORCHD_QUEUE__CAPACITY=64` or
+`ORCHD_STATE_URL=redis://localhost:6379/0`. Unknown keys, missing fields and bad URLs stop start-up
+with a message naming the key and the file. This is the only module that reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pool_manager.specs import PoolSpec, ReplicaSpec
+
+Engine = Literal["mock", "llamacpp", "openai", "vllm", "tgi", "ollama"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReplicaConfig(_Strict):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str = ""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"{value!r} is not an http(s) URL with a host")
+        return value.rstrip("/")
+
+
+class PoolConfig(_Strict):
+    id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    engine: Engine
+    models: list[str] = Field(min_length=1)
+    replicas: list[ReplicaConfig] = Field(min_length=1)
+    slots: int = Field(default=4, ge=1, le=4096)
+    ctx_max: int = Field(default=4096, ge=16)
+    max_tokens_out: int = Field(default=4096, ge=1)
+    engine_version: str | None = None
+    engine_model: str | None = None
+    device_mask: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    api: Literal["completion", "chat", "auto"] = "auto"
+    read_timeout_s: float = Field(default=60.0, gt=0)
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _engine_urls(self) -> PoolConfig:
+        if self.engine != "mock":
+            missing = [r.id for r in self.replicas if not r.url]
+            if missing:
+                raise ValueError(f"replicas {missing} of engine {self.engine!r} need a url")
+        return self
+
+    def to_spec(self) -> PoolSpec:
+        return PoolSpec(
+            id=self.id,
+            engine=self.engine,
+            models=tuple(self.models),
+            replicas=tuple(ReplicaSpec(r.id, r.url) for r in self.replicas),
+            slots=self.slots,
+            ctx_max=self.ctx_max,
+            max_tokens_out=self.max_tokens_out,
+            engine_version=self.engine_version,
+            device_mask=self.device_mask,
+            labels=dict(self.labels),
+            options=dict(self.options),
+            engine_model=self.engine_model,
+            api=self.api,
+            read_timeout_s=self.read_timeout_s,
+        )
+
+
+def _default_pools() -> list[PoolConfig]:
+    return [
+        PoolConfig(id="default", engine="mock", models=["mock"], replicas=[ReplicaConfig(id="r0")], slots=4)
+    ]
+
+
+class QueueConfig(_Strict):
+    capacity: int = Field(default=1024, ge=1)
+    tenant_capacity: int | None = Field(default=None, ge=1)
+    full_policy: Literal["reject", "drop-lru", "shed-low-priority"] = "reject"
+    class_weights: dict[str, float] = Field(default_factory=lambda: {"interactive": 8.0, "batch": 1.0})
+    fairness_unit: Literal["requests", "tokens"] = "requests"
+
+    @field_validator("class_weights")
+    @classmethod
+    def _classes(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - {"interactive", "batch"})
+        if unknown:
+            raise ValueError(f"unknown priority classes {unknown}; use interactive and batch")
+        if any(w <= 0 for w in value.values()):
+            raise ValueError("class weights must be positive")
+        return value
+
+
+class TenantConfig(_Strict):
+    id: str = Field(min_length=1, max_length=128)
+    weight: float = Field(default=1.0, gt=0)
+    max_concurrent: int | None = Field(default=None, ge=1)
+    rps: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
+
+class StreamConfig(_Strict):
+    keepalive_s: float = Field(default=15.0, gt=0)
+    retention_s: float = Field(default=600.0, ge=0)
+    attach_timeout_s: float = Field(default=30.0, gt=0)
+    reconnect_grace_s: float = Field(default=10.0, ge=0)
+    metrics_interval_s: float = Field(default=1.0, gt=0)
+
+
+class LimitsConfig(_Strict):
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_tokens: int = Field(default=8192, ge=1)
+    max_prompt_chars: int = Field(default=1_000_000, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything the service is configured with. Frozen once built."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ORCHD_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    state_url: str = "memory://"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    health_interval_s: float = Field(default=2.0, gt=0)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    tenants: list[TenantConfig] = Field(default_factory=list)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    pools: list[PoolConfig] = Field(default_factory=_default_pools)
+
+    @field_validator("state_url")
+    @classmethod
+    def _state_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme != "memory":
+            raise ValueError(f"state_url {value!r} is not supported; use memory://")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_pools(self) -> Settings:
+        ids = [p.id for p in self.pools]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"pool ids must be unique; repeated: {duplicates}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: command-line overrides (init kwargs) > environment > the config file.
+        return init_settings, env_settings, _FileSource(settings_cls)
+
+    def pool_specs(self) -> list[PoolSpec]:
+        return [p.to_spec() for p in self.pools]
+
+
+_FILE_DATA: ContextVar[Mapping[str, Any]] = ContextVar(
+    "orchestratord_config_file", default=MappingProxyType({})
+)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The YAML file's contents, the lowest-priority source."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _FILE_DATA.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_DATA.get())
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build Settings from an optional YAML file, the environment, and explicit overrides."""
+    source = "defaults and environment"
+    data: dict[str, Any] = {}
+    if path is not None:
+        source = f"{path} (or the ORCHD_* environment)"
+        data = _read_yaml(Path(path))
+    token = _FILE_DATA.set(data)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from None
+    finally:
+        _FILE_DATA.reset(token)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    return loaded
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        message = {"extra_forbidden": "unknown key", "missing": "field required"}.get(err["type"], err["msg"])
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

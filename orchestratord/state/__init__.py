@@ -1,0 +1,1 @@
+"""The state interface and its backends."""

@@ -1,0 +1,115 @@
+"""The state interface: job registry, per-job event logs, the fair queue, readers and cancel signals.
+
+Two backends implement it: `memory.MemoryStore` (the embedded default) and `redis.RedisStore`
+(several orchestrators behind a load balancer). Routes and the dispatcher see only this Protocol.
+
+Invariants every backend keeps:
+- a job's state and its terminal event change in one step (`finish`), exactly once;
+- after the terminal event nothing more is appended (`append_token`/`append` return None);
+- event ids are opaque, ordered within a job, and valid on any orchestrator replica.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from orchestratord.core.queue import Admitted, QueueEntry, Rejected
+from orchestratord.core.tasks import JobState, LogEvent, Priority
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What the registry knows about one job. Timestamps are wall-clock seconds (UTC epoch)."""
+
+    job_id: str
+    tenant: str
+    model_ref: str
+    priority: Priority
+    state: JobState
+    created_at: float
+    spec: str  # the TaskSpec as JSON, so any replica can run the job
+    session_id: str | None = None
+    correlation_id: str | None = None
+    cancel_on_disconnect: bool = True
+    started_at: float | None = None
+    finished_at: float | None = None
+    tokens_out: int = 0
+    text: str = ""
+    stop_reason: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    pool_id: str | None = None
+    replica_id: str | None = None
+    engine: str | None = None
+    readers: int = 0
+    attached: bool = False
+
+
+class StateStore(Protocol):
+    # -- job registry and admission -------------------------------------------------------------
+    async def create(self, record: JobRecord, entry: QueueEntry) -> Admitted | Rejected:
+        """Register the job and enqueue it in one step; nothing is stored if it is rejected."""
+        ...
+
+    async def get(self, job_id: str) -> JobRecord | None: ...
+
+    async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
+        """queued → running. None if the job is no longer queued-and-live (canceled, expired)."""
+        ...
+
+    async def finish(
+        self, job_id: str, state: JobState, name: str, data: Mapping[str, Any]
+    ) -> LogEvent | None:
+        """Move to a terminal state and append the terminal event, once. `end` events get
+        `tokens_out`, `decode_time_ms` and `decode_ms` filled from the record."""
+        ...
+
+    # -- the event log ---------------------------------------------------------------------------
+    async def append(self, job_id: str, name: str, data: Mapping[str, Any]) -> LogEvent | None: ...
+
+    async def append_token(self, job_id: str, text: str) -> LogEvent | None:
+        """Append a `token` event with the next contiguous index; None once the job has ended."""
+        ...
+
+    def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
+        """Every event after `after`, waiting for more, until the terminal event."""
+        ...
+
+    def valid_event_id(self, event_id: str) -> bool: ...
+
+    # -- the queue -------------------------------------------------------------------------------
+    async def take(
+        self, can_serve: Callable[[str], bool], tenant_ok: Callable[[str], bool]
+    ) -> QueueEntry | None: ...
+
+    async def dequeue(self, job_id: str) -> QueueEntry | None: ...
+
+    async def expire(self, now: float) -> list[QueueEntry]: ...
+
+    async def settle(self, tenant: str, priority: Priority, estimated: float, actual: float) -> None: ...
+
+    async def queued(self) -> list[QueueEntry]: ...
+
+    async def position(self, job_id: str) -> int | None: ...
+
+    # -- readers and cancel signals --------------------------------------------------------------
+    async def attach(self, job_id: str) -> int: ...
+
+    async def detach(self, job_id: str) -> int: ...
+
+    async def publish_cancel(self, job_id: str) -> None: ...
+
+    def cancel_signals(self) -> AsyncIterator[str]: ...
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    async def purge(self, now: float) -> int:
+        """Forget finished jobs whose retention has passed; returns how many."""
+        ...
+
+    async def ping(self) -> bool:
+        """True when the backend answers; False (never an exception) when it does not."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,195 @@
+"""The embedded backend: everything in this process's memory, nothing to install."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from orchestratord.core.queue import Admitted, FairQueue, QueueEntry, QueuePolicy, Rejected
+from orchestratord.core.tasks import JobState, LogEvent, Priority
+from orchestratord.state.base import JobRecord
+
+
+@dataclass(slots=True)
+class _Job:
+    record: JobRecord
+    events: list[LogEvent] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def push(self, name: str, data: bytes) -> LogEvent:
+        event = LogEvent(str(len(self.events) + 1), name, data.decode())
+        self.events.append(event)
+        self.changed.set()
+        self.changed = asyncio.Event()
+        return event
+
+
+class MemoryStore:
+    """StateStore for one process. Event ids are 1-based decimal counters."""
+
+    def __init__(
+        self,
+        policy: QueuePolicy | None = None,
+        *,
+        retention_s: float = 600.0,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.queue = FairQueue(policy)
+        self._jobs: dict[str, _Job] = {}
+        self._retention = retention_s
+        self._wall = wall
+        self._cancels: asyncio.Queue[str] = asyncio.Queue()
+
+    # -- job registry ----------------------------------------------------------------------------
+    async def create(self, record: JobRecord, entry: QueueEntry) -> Admitted | Rejected:
+        outcome = self.queue.enqueue(entry)
+        if isinstance(outcome, Admitted):
+            self._jobs[record.job_id] = _Job(record)
+        return outcome
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        return replace(job.record, text="".join(job.pieces))
+
+    async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.record.state is not JobState.QUEUED:
+            return None
+        job.record = replace(
+            job.record,
+            state=JobState.RUNNING,
+            started_at=self._wall(),
+            pool_id=pool_id,
+            replica_id=replica_id,
+            engine=engine,
+        )
+        return job.record
+
+    async def finish(
+        self, job_id: str, state: JobState, name: str, data: Mapping[str, Any]
+    ) -> LogEvent | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.record.state.terminal:
+            return None
+        self.queue.remove(job_id)
+        now = self._wall()
+        payload = dict(data)
+        record = job.record
+        if name == "end":
+            decode_ms = 0 if record.started_at is None else round((now - record.started_at) * 1000)
+            payload.update(tokens_out=record.tokens_out, decode_time_ms=decode_ms, decode_ms=decode_ms)
+        job.record = replace(
+            record,
+            state=state,
+            finished_at=now,
+            stop_reason=payload.get("stop_reason"),
+            error_code=payload.get("code"),
+            error_message=payload.get("message"),
+        )
+        return job.push(name, orjson.dumps(payload))
+
+    # -- the event log ---------------------------------------------------------------------------
+    async def append(self, job_id: str, name: str, data: Mapping[str, Any]) -> LogEvent | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.record.state.terminal:
+            return None
+        return job.push(name, orjson.dumps(data))
+
+    async def append_token(self, job_id: str, text: str) -> LogEvent | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.record.state.terminal:
+            return None
+        index = job.record.tokens_out
+        job.record = replace(job.record, tokens_out=index + 1)
+        job.pieces.append(text)
+        return job.push("token", orjson.dumps({"t": text, "i": index}))
+
+    async def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        cursor = int(after) if after else 0
+        while True:
+            changed = job.changed
+            while cursor < len(job.events):
+                event = job.events[cursor]
+                cursor += 1
+                yield event
+                if event.terminal:
+                    return
+            await changed.wait()
+
+    def valid_event_id(self, event_id: str) -> bool:
+        return event_id.isascii() and event_id.isdigit() and len(event_id) < 19
+
+    # -- the queue -------------------------------------------------------------------------------
+    async def take(
+        self, can_serve: Callable[[str], bool], tenant_ok: Callable[[str], bool]
+    ) -> QueueEntry | None:
+        return self.queue.take(can_serve, tenant_ok)
+
+    async def dequeue(self, job_id: str) -> QueueEntry | None:
+        return self.queue.remove(job_id)
+
+    async def expire(self, now: float) -> list[QueueEntry]:
+        return self.queue.expire(now)
+
+    async def settle(self, tenant: str, priority: Priority, estimated: float, actual: float) -> None:
+        self.queue.settle(tenant, priority, estimated, actual)
+
+    async def queued(self) -> list[QueueEntry]:
+        return self.queue.entries()
+
+    async def position(self, job_id: str) -> int | None:
+        return self.queue.position(job_id) if job_id in self.queue else None
+
+    # -- readers and cancel signals --------------------------------------------------------------
+    async def attach(self, job_id: str) -> int:
+        return self._readers(job_id, +1)
+
+    async def detach(self, job_id: str) -> int:
+        return self._readers(job_id, -1)
+
+    def _readers(self, job_id: str, delta: int) -> int:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return 0
+        readers = max(0, job.record.readers + delta)
+        job.record = replace(job.record, readers=readers, attached=job.record.attached or delta > 0)
+        return readers
+
+    async def publish_cancel(self, job_id: str) -> None:
+        self._cancels.put_nowait(job_id)
+
+    async def cancel_signals(self) -> AsyncIterator[str]:
+        while True:
+            yield await self._cancels.get()
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    async def purge(self, now: float) -> int:
+        expired = [
+            job_id
+            for job_id, job in self._jobs.items()
+            if job.record.finished_at is not None and now - job.record.finished_at > self._retention
+        ]
+        for job_id in expired:
+            del self._jobs[job_id]
+        return len(expired)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        for job in self._jobs.values():
+            job.changed.set()
+
+    def job_count(self) -> int:
+        return len(self._jobs)

@@ -1,0 +1,1 @@
+"""Pools, replicas, health, readiness, slots and leases, drain and reload."""

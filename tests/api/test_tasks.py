@@ -1,0 +1,89 @@
+"""The dual-call path: POST answers at once, GET streams started → tokens → metrics → one terminal."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+
+from tests.api.helpers import submit
+from tests.fakes.sse import read_events
+
+
+def test_submit_answers_at_once_with_ids_and_urls(client: httpx.Client) -> None:
+    data = submit(client)
+    job_id = data["job_id"]
+    assert uuid.UUID(job_id).version == 4
+    assert data["sse_url"] == f"/v1/tasks/{job_id}/stream"
+    assert data["status_url"] == f"/v1/tasks/{job_id}"
+    assert data["queue_position"] == 0
+    assert data["predicted_start_ms"] == 0  # a slot is free now
+    assert data["backoff_ms"] == 0
+
+
+def test_stream_order_and_contiguous_tokens(client: httpx.Client) -> None:
+    data = submit(client, max_tokens=12, seed=7)
+    events = read_events(client, data["sse_url"])
+    names = [e.event for e in events]
+    assert names[0] == "started"
+    assert names[-1] == "end"
+    assert names.count("end") + names.count("error") == 1
+    assert "metrics" in names
+    tokens = [e.data for e in events if e.event == "token"]
+    assert [t["i"] for t in tokens] == list(range(12))
+    end = events[-1].data
+    assert end["tokens_out"] == 12
+    assert end["stop_reason"] == "max_tokens"
+    assert end["decode_ms"] == end["decode_time_ms"] >= 0
+    assert [int(e.id or 0) for e in events] == sorted(int(e.id or 0) for e in events)
+    started = events[0].data
+    assert started["job_id"] == data["job_id"]
+    assert started["queue_position"] == data["queue_position"]
+    metrics = [e.data for e in events if e.event == "metrics"]
+    assert any({"queue_depth", "tokens_out", "tokens_per_s"} <= m.keys() for m in metrics)
+
+
+def test_status_has_full_text_once_finished(client: httpx.Client) -> None:
+    data = submit(client, max_tokens=6, seed=3)
+    events = read_events(client, data["sse_url"])
+    status = client.get(data["status_url"]).json()
+    assert status["state"] == "succeeded"
+    assert status["tokens_out"] == 6
+    assert status["text"] == "".join(e.data["t"] for e in events if e.event == "token")
+    assert status["created_at"].endswith("Z") and status["finished_at"].endswith("Z")
+
+
+def test_messages_are_accepted_instead_of_prompt(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/tasks",
+        json={"model_ref": "mock", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+    )
+    assert response.status_code == 202
+    events = read_events(client, response.json()["sse_url"])
+    assert events[-1].event == "end" and events[-1].data["tokens_out"] == 3
+
+
+def test_stop_sequence_ends_with_stop_reason(client: httpx.Client) -> None:
+    first = read_events(client, submit(client, max_tokens=30, seed=11)["sse_url"])
+    words = [e.data["t"] for e in first if e.event == "token"]
+    stop = words[4].strip()
+    events = read_events(client, submit(client, max_tokens=30, seed=11, stop=[stop])["sse_url"])
+    assert events[-1].data["stop_reason"] == "stop_sequence"
+    assert events[-1].data["tokens_out"] <= 5
+
+
+def test_every_response_carries_the_correlation_id(client: httpx.Client) -> None:
+    echoed = client.post(
+        "/v1/tasks",
+        json={"model_ref": "mock", "prompt": "x", "max_tokens": 1},
+        headers={"X-Correlation-Id": "abc-123"},
+    )
+    assert echoed.headers["x-correlation-id"] == "abc-123"
+    error = client.get(f"/v1/tasks/{uuid.uuid4()}", headers={"X-Correlation-Id": "err-1"})
+    assert error.status_code == 404 and error.headers["x-correlation-id"] == "err-1"
+    generated = client.get("/healthz")
+    assert uuid.UUID(generated.headers["x-correlation-id"])
+    with client.stream("GET", echoed.json()["sse_url"], headers={"X-Correlation-Id": "sse-9"}) as stream:
+        assert stream.headers["x-correlation-id"] == "sse-9"
+    events = read_events(client, echoed.json()["sse_url"])
+    assert events[0].data["correlation_id"] == "abc-123"

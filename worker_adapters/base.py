@@ -1,0 +1,150 @@
+"""The seam between orchestratord and inference engines: one Protocol, its value types, one error tree.
+
+This module imports nothing third-party, so that `pool_manager` and `orchestratord` can depend on it
+without pulling in an HTTP client.
+
+AdapterError
+  ├─ EngineUnavailable  (POOL_UNAVAILABLE: connect refused, 503, loading; nothing was generated)
+  ├─ EngineRejected     (INVALID_PARAMS: the engine refused the request as malformed or too long)
+  ├─ EngineTimeout      (DECODE_TIMEOUT: no byte from the engine within the read timeout)
+  ├─ EngineReset        (WORKER_RESET: the connection broke or the stream ended without its terminal mark)
+  └─ EngineInternal     (INTERNAL: the engine reported an error of its own)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+StopReason = Literal["max_tokens", "eos", "stop_sequence"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitRequest:
+    """One generation request, engine-neutral. Exactly one of `prompt` and `messages` is set."""
+
+    task_id: str
+    model: str
+    max_tokens: int
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    seed: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One engine token. `text` may be empty (an incomplete UTF-8 character, a special token)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The engine's terminal mark. Counts are what the engine reported, when it did."""
+
+    stop_reason: StopReason
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+TokenEvent = Token | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerHealth:
+    live: bool
+    ready: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerProps:
+    """What an engine reports about itself; None where it does not say."""
+
+    slots: int | None = None
+    ctx_max: int | None = None
+    engine_version: str | None = None
+    models: tuple[str, ...] = ()
+    kv_cache_usage_ratio: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterConfig:
+    """How to reach one engine replica. `options` holds engine-specific settings."""
+
+    engine: str
+    base_url: str
+    model: str
+    replica_id: str = "r0"
+    api: Literal["completion", "chat", "auto"] = "auto"
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    options: Mapping[str, object] = field(default_factory=dict)
+
+
+class AdapterError(Exception):
+    """An engine failure, already classified. `code` is the ErrorKind name orchestratord reports."""
+
+    code = "INTERNAL"
+    retriable = False
+
+    def __init__(self, message: str, *, engine: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.engine = engine
+
+
+class EngineUnavailable(AdapterError):
+    code = "POOL_UNAVAILABLE"
+    retriable = True
+
+
+class EngineRejected(AdapterError):
+    code = "INVALID_PARAMS"
+
+
+class EngineTimeout(AdapterError):
+    code = "DECODE_TIMEOUT"
+    retriable = True
+
+
+class EngineReset(AdapterError):
+    code = "WORKER_RESET"
+    retriable = True
+
+
+class EngineInternal(AdapterError):
+    code = "INTERNAL"
+
+
+@runtime_checkable
+class WorkerAdapter(Protocol):
+    """One engine replica.
+
+    `submit` returns an async iterator of `Token`s ending in exactly one `Finished`, or raising an
+    `AdapterError`. Closing the iterator early (``aclose()``) or calling `cancel` closes the upstream
+    request; the engine sees its connection close. Tokens are relayed as bytes arrive.
+    """
+
+    engine: str
+
+    def submit(self, req: SubmitRequest) -> AsyncIterator[TokenEvent]: ...
+
+    async def cancel(self, task_id: str) -> None: ...
+
+    async def health(self) -> WorkerHealth: ...
+
+    async def props(self) -> WorkerProps: ...
+
+    async def aclose(self) -> None: ...
