@@ -1,0 +1,158 @@
+"""A fake vLLM OpenAI server: ``/v1/chat/completions``, ``/v1/completions``, ``/health``, ``/version``,
+``/v1/models``, ``/metrics``, with vLLM's bytes (wire notes §2).
+
+Chunks are compact pydantic dumps (chat: ``exclude_unset``, so few keys; completions: every field, mostly
+``null``); the finish chunk carries the last token's text; a mid-stream error is a ``json.dumps`` event
+(with spaces) and is still followed by ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tests.fakes.engines.asgi import DROP, Exchange, FakeEngine, Frames, Request, Script, compact, plan, sse
+
+MODEL = "Qwen/Qwen2.5-7B-Instruct"
+VERSION = "0.11.0"
+MAX_MODEL_LEN = 32768
+CREATED = 1772423572
+KV_USAGE = (0.25, 0.75)  # two data-parallel engines
+_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 503: "ServiceUnavailableError"}
+
+
+def error_object(status: int, message: str, kind: str | None) -> dict[str, Any]:
+    kind = kind or _ERROR_TYPES.get(status, "InternalServerError")
+    return {"error": {"message": message, "type": kind, "param": None, "code": status}}
+
+
+class VllmEngine(FakeEngine):
+    keepalive_frame = b": ping\n\n"  # vLLM itself sends none (issue #47647); a proxy in front may
+
+    def __init__(self, **behaviour: Any) -> None:
+        super().__init__(**behaviour)
+        self.routes = {
+            ("GET", "/health"): self.health,
+            ("GET", "/version"): self.version,
+            ("GET", "/v1/models"): self.models,
+            ("GET", "/metrics"): self.metrics,
+            ("POST", "/v1/chat/completions"): self.chat,
+            ("POST", "/v1/completions"): self.completion,
+        }
+
+    async def health(self, request: Request, exchange: Exchange) -> None:
+        await exchange.respond(503 if self.behaviour.loading else 200, b"")
+
+    async def version(self, request: Request, exchange: Exchange) -> None:
+        await exchange.respond(200, compact({"version": VERSION}))
+
+    async def models(self, request: Request, exchange: Exchange) -> None:
+        entry = {"id": MODEL, "object": "model", "created": CREATED, "owned_by": "vllm", "root": MODEL}
+        entry.update(
+            parent=None,
+            max_model_len=MAX_MODEL_LEN,
+            permission=[{"id": "modelperm-1", "object": "model_permission"}],
+        )
+        await exchange.respond(200, compact({"object": "list", "data": [entry]}))
+
+    async def metrics(self, request: Request, exchange: Exchange) -> None:
+        lines = [
+            "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.",
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+        ]
+        lines += [
+            f'vllm:kv_cache_usage_perc{{engine="{i}",model_name="{MODEL}"}} {v}'
+            for i, v in enumerate(KV_USAGE)
+        ]
+        await exchange.respond(
+            200, ("\n".join(lines) + "\n").encode(), "text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    async def _refused(self, exchange: Exchange) -> bool:
+        b = self.behaviour
+        if b.http_status is None:
+            return False
+        await exchange.respond(
+            b.http_status, compact(error_object(b.http_status, b.error_message, b.error_type))
+        )
+        return True
+
+    async def chat(self, request: Request, exchange: Exchange) -> None:
+        if not await self._refused(exchange):
+            body = request.json()
+            script = plan(self.behaviour, body.get("max_tokens", 16), body.get("stop") or [])
+            await exchange.stream("text/event-stream; charset=utf-8", self._frames(body, script, chat=True))
+
+    async def completion(self, request: Request, exchange: Exchange) -> None:
+        if not await self._refused(exchange):
+            body = request.json()
+            script = plan(self.behaviour, body.get("max_tokens", 16), body.get("stop") or [])
+            await exchange.stream("text/event-stream; charset=utf-8", self._frames(body, script, chat=False))
+
+    async def _frames(self, body: dict[str, Any], script: Script, *, chat: bool) -> Frames:
+        b, eol, p = self.behaviour, self.behaviour.eol, self.behaviour.prompt_tokens
+        if chat:
+            yield sse(
+                self._chunk(
+                    chat,
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    },
+                ),
+                eol,
+            )
+        last = script.count - 1 if script.ending == "length" else None
+        for i, text in enumerate(script.texts()):
+            yield sse(self._chunk(chat, self._choice(chat, text, "length" if i == last else None)), eol)
+        if script.ending == "fail":
+            if b.failure == "drop":
+                yield DROP
+            elif b.failure == "error":
+                error = json.dumps(error_object(b.error_status, b.error_message, b.error_type))
+                yield sse(error.encode(), eol) + sse(b"[DONE]", eol)
+            return
+        generated = script.count
+        if script.ending in ("eos", "stop"):  # the EOS token, or the one completing the stop string: no text
+            generated += 1
+            reason = self._choice(chat, "", "stop", script.stop_word or None)
+            yield sse(self._chunk(chat, reason), eol)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": p, "total_tokens": p + generated, "completion_tokens": generated}
+            yield sse(self._chunk(chat, None, usage), eol)
+        yield sse(b"[DONE]", eol)
+
+    def _choice(
+        self, chat: bool, text: str, reason: str | None, stop_reason: str | None = None
+    ) -> dict[str, Any]:
+        if chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": {"content": text},
+                "logprobs": None,
+                "finish_reason": reason,
+            }
+            if reason:
+                choice["stop_reason"] = stop_reason
+            return choice
+        return {
+            "index": 0, "text": text, "logprobs": None, "finish_reason": reason, "stop_reason": stop_reason,
+            "prompt_token_ids": None, "token_ids": None,
+        }  # fmt: skip
+
+    def _chunk(self, chat: bool, choice: dict[str, Any] | None, usage: dict[str, int] | None = None) -> bytes:
+        if chat:
+            data: dict[str, Any] = {
+                "id": "chatcmpl-8b2b91720edd4372b0579e89255b4828",
+                "object": "chat.completion.chunk",
+            }
+        else:
+            data = {"id": "cmpl-3f1d2c9a8b7e4f60a1b2c3d4e5f60718", "object": "text_completion"}
+        data.update(created=CREATED, model=MODEL, choices=[choice] if choice else [])
+        if usage is not None:
+            data["usage"] = usage
+        elif not chat:
+            data["usage"] = None
+        return compact(data)

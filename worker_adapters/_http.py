@@ -1,0 +1,253 @@
+"""The one place that speaks httpx: the engine client, the translation of its errors, in-flight streams.
+
+Foreign exceptions are translated once, here (`map_http_errors`, `raise_for_status`), into the
+`worker_adapters.base` error tree, as httpx's own ``map_httpcore_exceptions()`` does for httpcore.
+Engine modules build request bodies and map decoded events to tokens; they never touch httpx errors.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from contextlib import aclosing, contextmanager
+from typing import Any, TypeVar, cast
+
+import httpx
+
+from worker_adapters._inflight import Canceled, Flights
+from worker_adapters._ndjson import NDJSONDecoder
+from worker_adapters._sse import SSEDecoder, SSEEvent
+from worker_adapters._wire import body_message, clip, error_class, option_float, option_str
+from worker_adapters.base import (
+    AdapterConfig,
+    AdapterError,
+    EngineInternal,
+    EngineReset,
+    EngineTimeout,
+    EngineUnavailable,
+    SubmitRequest,
+    TokenEvent,
+    WorkerHealth,
+    WorkerProps,
+)
+
+_ERROR_BODY_LIMIT = 64 * 1024
+_T = TypeVar("_T")
+
+
+def build_client(config: AdapterConfig) -> httpx.AsyncClient:
+    """The adapter's client. Read timeout is per read: set it above the worst queue wait plus prefill."""
+    timeout = httpx.Timeout(
+        connect=config.connect_timeout_s,
+        read=config.read_timeout_s,
+        write=config.connect_timeout_s,
+        pool=config.connect_timeout_s,
+    )
+    max_connections = int(option_float(config.options, "max_connections", 256))
+    limits = httpx.Limits(
+        max_connections=max_connections,
+        max_keepalive_connections=min(32, max_connections),
+        keepalive_expiry=15,
+    )
+    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+
+
+@contextmanager
+def map_http_errors(engine: str, url: str) -> Iterator[None]:
+    """Translate httpx's errors into the adapter error tree, naming the engine and the URL."""
+    try:
+        yield
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise EngineUnavailable(
+            f"{engine} at {url}: cannot connect ({_describe(exc)})", engine=engine
+        ) from exc
+    except httpx.TimeoutException as exc:
+        raise EngineTimeout(
+            f"{engine} at {url}: no data within the timeout ({_describe(exc)})", engine=engine
+        ) from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        raise EngineReset(f"{engine} at {url}: connection broke ({_describe(exc)})", engine=engine) from exc
+    except httpx.HTTPError as exc:
+        raise EngineInternal(f"{engine} at {url}: HTTP failure ({_describe(exc)})", engine=engine) from exc
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def raise_for_status(response: httpx.Response, engine: str) -> None:
+    """Raise the adapter error for a non-2xx answer, with the engine's own message in it."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) >= _ERROR_BODY_LIMIT:
+            break
+    cls = error_class(status)
+    message = f"{engine} at {response.request.url} answered HTTP {status}: {body_message(bytes(body))}"
+    raise cls(message, engine=engine)
+
+
+class EngineHTTP:
+    """One engine replica's HTTP side: JSON reads, streamed POSTs, and cancel by task id.
+
+    Takes ownership of `client` when given one (tests inject ``AsyncClient(transport=…)``); `aclose`
+    cancels every in-flight stream, then closes the client.
+    """
+
+    def __init__(self, config: AdapterConfig, engine: str, client: httpx.AsyncClient | None = None) -> None:
+        self.engine = engine
+        self.base_url = config.base_url.rstrip("/")
+        self._client = client if client is not None else build_client(config)
+        api_key = option_str(config.options, "api_key")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        probe_s = option_float(config.options, "probe_timeout_s", min(5.0, config.read_timeout_s))
+        self._probe_timeout = httpx.Timeout(probe_s, connect=config.connect_timeout_s)
+        self._flights = Flights()
+
+    async def get_json(self, path: str) -> Any:
+        """GET `path`; the decoded JSON body, or an AdapterError (non-2xx, connect failure, bad JSON)."""
+        url = self.base_url + path
+        with map_http_errors(self.engine, url):
+            response = await self._client.get(url, headers=self._headers, timeout=self._probe_timeout)
+            await raise_for_status(response, self.engine)
+        try:
+            return response.json()
+        except ValueError:
+            text = clip(response.text)
+            raise EngineInternal(
+                f"{self.engine} at {url} sent invalid JSON: {text!r}", engine=self.engine
+            ) from None
+
+    async def get_text(self, path: str) -> str:
+        """GET `path`; the body as text (Prometheus metrics), or an AdapterError."""
+        url = self.base_url + path
+        with map_http_errors(self.engine, url):
+            response = await self._client.get(url, headers=self._headers, timeout=self._probe_timeout)
+            await raise_for_status(response, self.engine)
+        return response.text
+
+    async def probe(self, path: str, check: Callable[[bytes], str | None] | None = None) -> WorkerHealth:
+        """Health from GET `path`: 2xx is ready (unless `check(body)` names a problem), another status
+        is live but not ready (llama.cpp's 503 while loading), no answer is not live."""
+        url = self.base_url + path
+        try:
+            with map_http_errors(self.engine, url):
+                response = await self._client.get(url, headers=self._headers, timeout=self._probe_timeout)
+        except AdapterError as exc:
+            return WorkerHealth(live=False, ready=False, detail=exc.message)
+        if not 200 <= response.status_code < 300:
+            detail = f"HTTP {response.status_code}: {body_message(response.content)}"
+            return WorkerHealth(live=True, ready=False, detail=detail)
+        problem = check(response.content) if check is not None else None
+        return WorkerHealth(live=True, ready=problem is None, detail=problem or "")
+
+    async def stream(
+        self, req: SubmitRequest, path: str, body: Mapping[str, object], accept: str
+    ) -> AsyncGenerator[bytes, None]:
+        """POST `body` and yield the answer's bytes as they arrive. Raises `Canceled` after `cancel()`."""
+        url = self.base_url + path
+        headers = {**self._headers, "Accept": accept, "Accept-Encoding": "identity"}
+        if req.correlation_id:
+            headers["X-Correlation-Id"] = req.correlation_id
+        with self._flights.track(req.task_id) as flight, map_http_errors(self.engine, url):
+            request = self._client.build_request("POST", url, json=body, headers=headers)
+            with flight.awaiting():
+                response = await self._client.send(request, stream=True)
+            flight.closer = response.aclose
+            try:
+                with flight.awaiting():
+                    await raise_for_status(response, self.engine)
+                chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+                async with aclosing(chunks):
+                    while True:
+                        with flight.awaiting():
+                            chunk = await anext(chunks, None)
+                        if chunk is None:
+                            return
+                        yield chunk
+            finally:
+                flight.closer = None
+                await response.aclose()
+
+    async def sse(
+        self, req: SubmitRequest, path: str, body: Mapping[str, object]
+    ) -> AsyncGenerator[SSEEvent, None]:
+        decoder = SSEDecoder()
+        async with aclosing(self.stream(req, path, body, "text/event-stream")) as chunks:
+            async for chunk in chunks:
+                for event in self._decoded(decoder.feed, chunk):
+                    yield event
+
+    async def ndjson(
+        self, req: SubmitRequest, path: str, body: Mapping[str, object]
+    ) -> AsyncGenerator[str, None]:
+        decoder = NDJSONDecoder()
+        async with aclosing(self.stream(req, path, body, "application/x-ndjson")) as chunks:
+            async for chunk in chunks:
+                for line in self._decoded(decoder.feed, chunk):
+                    yield line
+
+    def _decoded(self, feed: Callable[[bytes], list[_T]], chunk: bytes) -> list[_T]:
+        try:
+            return feed(chunk)
+        except ValueError as exc:  # the decoders' size bounds
+            raise EngineInternal(f"{self.engine}: {exc}", engine=self.engine) from exc
+
+    async def cancel(self, task_id: str) -> None:
+        await self._flights.cancel(task_id)
+
+    def ended_early(self, terminal: str) -> EngineReset:
+        """The error for a stream that reached EOF without the engine's terminal mark."""
+        return EngineReset(
+            f"{self.engine} at {self.base_url}: stream ended without {terminal}", engine=self.engine
+        )
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    async def aclose(self) -> None:
+        await self._flights.cancel_all()
+        await self._client.aclose()
+
+
+class HttpAdapter(abc.ABC):
+    """The `WorkerAdapter` shape shared by the HTTP engines: a subclass supplies `_events`, `health`
+    and `props`. `client` is injected for tests; the adapter owns and closes it."""
+
+    engine: str = "http"
+
+    def __init__(self, config: AdapterConfig, *, client: httpx.AsyncClient | None = None) -> None:
+        self.config = config
+        self.http = EngineHTTP(config, self.engine, client)
+
+    def submit(self, req: SubmitRequest) -> AsyncIterator[TokenEvent]:
+        return self._submit(req)
+
+    async def _submit(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        async with aclosing(self._events(req)) as events:
+            try:
+                async for event in events:
+                    yield event
+            except Canceled:
+                return
+
+    @abc.abstractmethod
+    def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        """The engine's stream for `req`, as tokens ending in one `Finished`, or an AdapterError."""
+
+    @abc.abstractmethod
+    async def health(self) -> WorkerHealth: ...
+
+    @abc.abstractmethod
+    async def props(self) -> WorkerProps: ...
+
+    async def cancel(self, task_id: str) -> None:
+        """Close `task_id`'s request to the engine now; its submit iterator then ends without `Finished`."""
+        await self.http.cancel(task_id)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

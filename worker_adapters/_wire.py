@@ -1,0 +1,159 @@
+"""Reading engine JSON: decoding events, classifying the engines' error shapes, reading options.
+
+Pure (no I/O). The HTTP-status and in-stream error paths share one classification, so a 400 before the
+stream and an in-stream ``{"error":{"code":400,…}}`` become the same `EngineRejected`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from worker_adapters.base import (
+    AdapterError,
+    EngineInternal,
+    EngineRejected,
+    EngineUnavailable,
+    SubmitRequest,
+)
+
+_REJECTED_STATUS = frozenset({400, 413, 422})
+_UNAVAILABLE_STATUS = frozenset({429, 503})
+_REJECTED_TYPES = frozenset(
+    {
+        "invalid_request_error",  # llama.cpp, OpenAI
+        "exceed_context_size_error",  # llama.cpp
+        "BadRequestError",  # vLLM
+        "validation",  # TGI
+        "template_error",  # TGI
+        "missing_template_variable",  # TGI
+        "tool_error",  # TGI
+    }
+)
+_UNAVAILABLE_TYPES = frozenset({"unavailable_error", "overloaded", "ServiceUnavailableError", "healthcheck"})
+_MAX_MESSAGE = 500
+
+
+def error_class(status: int | None, kind: str | None = None) -> type[AdapterError]:
+    """The error class for an engine's HTTP status (or in-stream code), else for its error type name."""
+    if status is not None:
+        if status in _REJECTED_STATUS:
+            return EngineRejected
+        if status in _UNAVAILABLE_STATUS:
+            return EngineUnavailable
+        return EngineInternal
+    if kind in _REJECTED_TYPES:
+        return EngineRejected
+    if kind in _UNAVAILABLE_TYPES:
+        return EngineUnavailable
+    return EngineInternal
+
+
+def load_object(text: str, engine: str) -> dict[str, Any]:
+    """Decode one event's JSON; anything but an object is the engine's fault."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise EngineInternal(f"{engine} sent invalid JSON: {clip(text)!r}", engine=engine) from None
+    if not isinstance(value, dict):
+        raise EngineInternal(f"{engine} sent a JSON {type(value).__name__}, not an object", engine=engine)
+    return value
+
+
+def in_stream_error(event: Mapping[str, Any], engine: str) -> AdapterError | None:
+    """The error an event reports, if it has a truthy top-level ``error`` (every engine's shape, §8.7)."""
+    error = event.get("error")
+    if not error:
+        return None
+    if isinstance(error, Mapping):
+        status = as_int(error.get("code")) or as_int(error.get("http_status_code"))
+        kind = as_str(error.get("type"))
+        message = as_str(error.get("message")) or json.dumps(error)
+    else:
+        status, kind, message = None, as_str(event.get("error_type")), str(error)
+    cls = error_class(status, kind)
+    label = " ".join(str(part) for part in (status, kind) if part)
+    suffix = f" ({label})" if label else ""
+    return cls(f"{engine} reported an error in the stream{suffix}: {clip(message)}", engine=engine)
+
+
+def error_event(data: str, engine: str) -> AdapterError:
+    """The error carried by an SSE error event (``event: error``, or llama.cpp's old ``error:`` field)."""
+    try:
+        payload: Mapping[str, Any] = load_object(data, engine)
+    except EngineInternal:
+        payload = {"error": data}
+    if "error" not in payload:
+        payload = {"error": payload}
+    error = in_stream_error(payload, engine)
+    return error or EngineInternal(f"{engine} sent an empty error event", engine=engine)
+
+
+def body_message(body: bytes) -> str:
+    """The human message in an HTTP error body, whatever its shape (object, string, flat, or plain text)."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return clip(text) or "(empty body)"
+    if isinstance(value, Mapping):
+        error = value.get("error")
+        if isinstance(error, Mapping) and error.get("message"):
+            return clip(str(error["message"]))
+        if isinstance(error, str):
+            return clip(error)
+        if value.get("message"):  # vLLM before 0.10.1: {"object":"error","message":…}
+            return clip(str(value["message"]))
+    return clip(text)
+
+
+def clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "…"
+
+
+def as_int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def as_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def as_dict(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def option_str(options: Mapping[str, object], key: str) -> str | None:
+    value = options.get(key)
+    return None if value is None or value == "" else str(value)
+
+
+def option_float(options: Mapping[str, object], key: str, default: float) -> float:
+    value = option_str(options, key)
+    return default if value is None else float(value)
+
+
+def option_bool(options: Mapping[str, object], key: str, *, default: bool = False) -> bool:
+    value = option_str(options, key)
+    return default if value is None else value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def wants_chat(api: str, req: SubmitRequest, engine: str) -> bool:
+    """Whether `req` goes to the engine's chat route: ``auto`` follows the request's shape; a ``chat``
+    pool takes a prompt as one user message; a ``completion`` pool refuses messages (no chat template)."""
+    if api == "chat":
+        return True
+    if api == "completion":
+        if req.messages is not None:
+            raise EngineRejected(
+                f"{engine}: this replica serves completions only; send a prompt", engine=engine
+            )
+        return False
+    return req.messages is not None
+
+
+def chat_messages(req: SubmitRequest) -> list[dict[str, str]]:
+    if req.messages is None:
+        return [{"role": "user", "content": req.prompt or ""}]
+    return [{"role": m.role, "content": m.content} for m in req.messages]

@@ -1,0 +1,132 @@
+"""llama.cpp's ``llama-server``: prompts stream from the native ``POST /completion``, messages from its
+OpenAI-compatible ``/v1/chat/completions`` (wire notes §1).
+
+Native stream: one ``data: {…}`` event per token (``content`` may be ``""`` while a UTF-8 character is
+incomplete: still one `Token`), then a final event with ``"stop":true`` and ``stop_type``
+(``eos`` | ``limit`` | ``word``), then EOF, with no ``[DONE]``. Errors after the 200 arrive as
+``data: {"error":{…}}`` (current builds) or as the non-standard ``error: {…}`` field (builds through
+2025), both raised here. Health is ``/health`` (503 while the model loads); capacity is ``/props``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+from worker_adapters._http import HttpAdapter
+from worker_adapters._sse import SSEEvent
+from worker_adapters._wire import (
+    as_dict,
+    as_int,
+    as_str,
+    error_event,
+    in_stream_error,
+    load_object,
+    wants_chat,
+)
+from worker_adapters.base import (
+    Finished,
+    StopReason,
+    SubmitRequest,
+    Token,
+    TokenEvent,
+    WorkerHealth,
+    WorkerProps,
+)
+from worker_adapters.openai_http import CHAT, openai_events, request_body
+
+_STOP_TYPES: dict[str, StopReason] = {"eos": "eos", "limit": "max_tokens", "word": "stop_sequence"}
+_LEGACY_STOP_FLAGS: tuple[tuple[str, StopReason], ...] = (
+    ("stopped_word", "stop_sequence"),
+    ("stopped_limit", "max_tokens"),
+    ("stopped_eos", "eos"),
+)
+
+
+def completion_body(req: SubmitRequest) -> dict[str, object]:
+    body: dict[str, object] = {
+        "prompt": req.prompt or "",
+        "n_predict": req.max_tokens,
+        "stream": True,
+        "cache_prompt": True,
+    }
+    for key in ("seed", "temperature", "top_p"):
+        value = getattr(req, key)
+        if value is not None:
+            body[key] = value
+    if req.stop:
+        body["stop"] = list(req.stop)
+    return body
+
+
+class NativeStream:
+    """One ``/completion`` stream's state: feed it SSE events; `done` after the ``"stop":true`` event."""
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+        self.done = False
+
+    def feed(self, event: SSEEvent) -> list[TokenEvent]:
+        if event.type == "error":
+            raise error_event(event.data, self.engine)
+        step = load_object(event.data, self.engine)
+        error = in_stream_error(step, self.engine)
+        if error is not None:
+            raise error
+        content = as_str(step.get("content")) or ""
+        if step.get("stop") is True:
+            self.done = True
+            finished = Finished(
+                _stop_reason(step),
+                prompt_tokens=as_int(step.get("tokens_evaluated")),
+                completion_tokens=as_int(step.get("tokens_predicted")),
+            )
+            return [Token(content), finished] if content else [finished]
+        if "prompt_progress" in step and not content:
+            return []  # a prompt-processing progress report (return_progress), not a token
+        return [Token(content)]
+
+
+def _stop_reason(final: Mapping[str, Any]) -> StopReason:
+    stop_type = as_str(final.get("stop_type"))
+    if stop_type is not None:
+        return _STOP_TYPES.get(stop_type, "eos")
+    for flag, reason in _LEGACY_STOP_FLAGS:  # builds before stop_type (2024)
+        if final.get(flag) is True:
+            return reason
+    return "eos"
+
+
+class LlamaCppAdapter(HttpAdapter):
+    engine = "llamacpp"
+
+    def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        if wants_chat(self.config.api, req, self.engine):
+            body = request_body(req, self.config.model or req.model, chat=True)
+            return openai_events(self.http, req, CHAT, body)
+        return self._completion(req)
+
+    async def _completion(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        stream = NativeStream(self.engine)
+        async with aclosing(self.http.sse(req, "/completion", completion_body(req))) as events:
+            async for event in events:
+                for out in stream.feed(event):
+                    yield out
+                if stream.done:
+                    return
+        raise self.http.ended_early('a final event with "stop":true')
+
+    async def health(self) -> WorkerHealth:
+        return await self.http.probe("/health")
+
+    async def props(self) -> WorkerProps:
+        props = as_dict(await self.http.get_json("/props"))
+        settings = as_dict(props.get("default_generation_settings"))
+        model = as_str(props.get("model_alias")) or as_str(props.get("model_path"))
+        return WorkerProps(
+            slots=as_int(props.get("total_slots")),
+            ctx_max=as_int(settings.get("n_ctx")),
+            engine_version=as_str(props.get("build_info")),
+            models=(model,) if model else (),
+        )

@@ -1,0 +1,183 @@
+"""OpenAI-compatible engines (llama-cpp-python, LM Studio, OpenAI itself, …): streamed
+``/v1/completions`` and ``/v1/chat/completions``.
+
+The stream mapping (`OpenAIStream`, `openai_events`) is shared with the engines whose chat route speaks
+this dialect (llama.cpp, vLLM, TGI). One chunk with a text field is one `Token`, even when the text is
+empty (llama-cpp-python sends one chunk per token, ``""`` while a UTF-8 character is incomplete); the
+role announcement and chunks without a text field (finish-only ``delta: {}``, usage with
+``choices: []``) are not tokens. ``data: [DONE]`` is the terminal mark; every event is checked for a
+top-level ``error`` first (wire notes §8.7).
+
+Options: ``api_key`` (sent as ``Authorization: Bearer``), ``health_path`` (default ``/v1/models``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+from worker_adapters._http import EngineHTTP, HttpAdapter
+from worker_adapters._sse import SSEEvent
+from worker_adapters._wire import (
+    as_dict,
+    as_int,
+    as_str,
+    chat_messages,
+    error_event,
+    in_stream_error,
+    load_object,
+    option_str,
+    wants_chat,
+)
+from worker_adapters.base import (
+    EngineInternal,
+    EngineReset,
+    Finished,
+    StopReason,
+    SubmitRequest,
+    Token,
+    TokenEvent,
+    WorkerHealth,
+    WorkerProps,
+)
+
+COMPLETIONS = "/v1/completions"
+CHAT = "/v1/chat/completions"
+_FINISH: dict[str, StopReason] = {
+    "stop": "eos",
+    "length": "max_tokens",
+    "stop_sequence": "stop_sequence",  # TGI's chat route
+    "eos_token": "eos",
+    "tool_calls": "eos",
+    "function_call": "eos",
+    "content_filter": "eos",
+}
+
+
+def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, object]:
+    body: dict[str, object] = {"model": model}
+    if chat:
+        body["messages"] = chat_messages(req)
+    else:
+        body["prompt"] = req.prompt or ""
+    body.update(max_tokens=req.max_tokens, stream=True, stream_options={"include_usage": True})
+    for key in ("seed", "temperature", "top_p"):
+        value = getattr(req, key)
+        if value is not None:
+            body[key] = value
+    if req.stop:
+        body["stop"] = list(req.stop)
+    return body
+
+
+class OpenAIStream:
+    """One OpenAI-dialect stream's state: feed it SSE events, get tokens; `done` after ``[DONE]``."""
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+        self.done = False
+        self._started = False
+        self._finish: StopReason | None = None
+        self._usage: Mapping[str, Any] = {}
+
+    def feed(self, event: SSEEvent) -> list[TokenEvent]:
+        if event.type == "error":  # `event: error` (OpenAI) or llama.cpp's old `error:` field
+            raise error_event(event.data, self.engine)
+        if event.data == "[DONE]":
+            self.done = True
+            return [self._finished()]
+        chunk = load_object(event.data, self.engine)
+        error = in_stream_error(chunk, self.engine)
+        if error is not None:
+            raise error
+        if isinstance(chunk.get("usage"), Mapping):
+            self._usage = chunk["usage"]
+        summary = isinstance(chunk.get("usage"), Mapping)
+        out: list[TokenEvent] = []
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+                continue  # we ask for one choice
+            text = self._text(choice, summary=summary)
+            if text is not None:
+                self._started = True
+                out.append(Token(text))
+            reason = as_str(choice.get("finish_reason"))
+            if reason:
+                self._finish = self._stop_reason(reason, choice)
+        return out
+
+    def _text(self, choice: Mapping[str, Any], *, summary: bool) -> str | None:
+        delta = choice.get("delta")
+        if delta is None:
+            text = as_str(choice.get("text"))
+            if text == "" and summary and choice.get("finish_reason"):
+                return None  # llama.cpp's streamed final chunk: "" (all text went out), with usage
+            return text
+        delta = as_dict(delta)
+        content = as_str(delta.get("content"))
+        if content == "" and "role" in delta and not choice.get("finish_reason") and not self._started:
+            return None  # the role announcement that opens a chat stream (vLLM: content "")
+        return content
+
+    def _stop_reason(self, reason: str, choice: Mapping[str, Any]) -> StopReason:
+        if reason == "error":  # OpenRouter
+            raise EngineInternal(
+                f"{self.engine} ended the stream with finish_reason 'error'", engine=self.engine
+            )
+        if reason == "abort":  # vLLM
+            raise EngineReset(f"{self.engine} aborted the request", engine=self.engine)
+        if reason == "stop" and isinstance(choice.get("stop_reason"), str):
+            return "stop_sequence"  # vLLM names the matched stop string
+        return _FINISH.get(reason, "eos")
+
+    def _finished(self) -> Finished:
+        if self._finish is None:
+            raise EngineReset(f"{self.engine} sent [DONE] without a finish_reason", engine=self.engine)
+        return Finished(
+            self._finish,
+            prompt_tokens=as_int(self._usage.get("prompt_tokens")),
+            completion_tokens=as_int(self._usage.get("completion_tokens")),
+        )
+
+
+async def openai_events(
+    http: EngineHTTP, req: SubmitRequest, path: str, body: Mapping[str, object]
+) -> AsyncGenerator[TokenEvent, None]:
+    """Stream `body` to an OpenAI-dialect `path` and map it; EOF before ``[DONE]`` is `EngineReset`."""
+    stream = OpenAIStream(http.engine)
+    async with aclosing(http.sse(req, path, body)) as events:
+        async for event in events:
+            for out in stream.feed(event):
+                yield out
+            if stream.done:
+                return
+    raise http.ended_early("data: [DONE]")
+
+
+def models_of(listing: object) -> tuple[tuple[str, ...], int | None]:
+    """Model ids and the largest ``max_model_len`` (vLLM) from a ``/v1/models`` answer."""
+    entries = [as_dict(entry) for entry in as_dict(listing).get("data") or ()]
+    ids = tuple(str(entry["id"]) for entry in entries if "id" in entry)
+    lengths = [n for entry in entries if (n := as_int(entry.get("max_model_len"))) is not None]
+    return ids, max(lengths) if lengths else None
+
+
+class OpenAIAdapter(HttpAdapter):
+    """A generic OpenAI-compatible server; ``api`` picks the route (``auto``: by the request's shape)."""
+
+    engine = "openai"
+    default_health_path = "/v1/models"
+
+    def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        chat = wants_chat(self.config.api, req, self.engine)
+        body = request_body(req, self.config.model or req.model, chat=chat)
+        return openai_events(self.http, req, CHAT if chat else COMPLETIONS, body)
+
+    async def health(self) -> WorkerHealth:
+        path = option_str(self.config.options, "health_path") or self.default_health_path
+        return await self.http.probe(path)
+
+    async def props(self) -> WorkerProps:
+        models, ctx_max = models_of(await self.http.get_json("/v1/models"))
+        return WorkerProps(models=models, ctx_max=ctx_max)

@@ -1,0 +1,45 @@
+"""vLLM's OpenAI-compatible server (``vllm serve``): the OpenAI adapter, with vLLM's health, version and
+KV-cache gauge (wire notes §2).
+
+The stream needs nothing of its own: vLLM's mid-stream ``data: {"error": {…}}`` followed by
+``data: [DONE]`` is raised at the error event, before ``[DONE]`` could be taken for success, and its
+``stop_reason`` (the matched stop string) turns ``finish_reason: "stop"`` into ``stop_sequence``.
+Health is ``/health`` (200 with an empty body; connections are refused until the model is loaded).
+"""
+
+from __future__ import annotations
+
+from worker_adapters._wire import as_dict, as_str
+from worker_adapters.base import AdapterError, WorkerProps
+from worker_adapters.openai_http import OpenAIAdapter, models_of
+
+_KV_GAUGES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # current name, then pre-0.11
+
+
+def kv_cache_usage(metrics: str) -> float | None:
+    """Mean KV-cache usage (0..1) over the engines (data-parallel ranks) in a Prometheus exposition."""
+    for name in _KV_GAUGES:
+        values = []
+        for line in metrics.splitlines():
+            if line.startswith((name + "{", name + " ")):
+                try:
+                    values.append(float(line.rsplit(" ", 1)[1]))
+                except (IndexError, ValueError):
+                    continue
+        if values:
+            return sum(values) / len(values)
+    return None
+
+
+class VllmAdapter(OpenAIAdapter):
+    engine = "vllm"
+    default_health_path = "/health"
+
+    async def props(self) -> WorkerProps:
+        models, ctx_max = models_of(await self.http.get_json("/v1/models"))
+        version = as_str(as_dict(await self.http.get_json("/version")).get("version"))
+        try:
+            kv = kv_cache_usage(await self.http.get_text("/metrics"))
+        except AdapterError:
+            kv = None  # metrics are optional for placement; the models and version above are not
+        return WorkerProps(models=models, ctx_max=ctx_max, engine_version=version, kv_cache_usage_ratio=kv)
