@@ -21,9 +21,16 @@ from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy
 from orchestratord.core.ratelimit import TokenBucket
 from orchestratord.core.tasks import JobState, TaskSpec, spec_to_dict
 from orchestratord.dispatch import Dispatcher
-from orchestratord.errors import AdmissionRejected, DeadlineUnmet, InvalidParams, PoolUnready, ShuttingDown
-from orchestratord.logs import get_logger
-from orchestratord.metrics import Metrics
+from orchestratord.errors import (
+    AdmissionRejected,
+    DeadlineUnmet,
+    InvalidParams,
+    OrchestratorError,
+    PoolUnready,
+    ShuttingDown,
+)
+from orchestratord.logs import bind_job, get_logger
+from orchestratord.metrics import NONE, Metrics
 from orchestratord.presence import Presence
 from orchestratord.state.base import JobRecord, StateStore
 from pool_manager.registry import PoolRegistry
@@ -75,6 +82,14 @@ class Admission:
         self.accepting = True
 
     async def admit(self, spec: TaskSpec) -> AdmissionResult:
+        bind_job(spec)
+        try:
+            return await self._admit(spec)
+        except OrchestratorError as exc:
+            self._refused(spec, exc)
+            raise
+
+    async def _admit(self, spec: TaskSpec) -> AdmissionResult:
         if not self.accepting:
             raise ShuttingDown(
                 "this orchestrator is shutting down; retry on another replica", retry_after_ms=1000
@@ -157,7 +172,7 @@ class Admission:
             )
         wait = bucket.take(self._clock())
         if wait > 0:
-            self._count_backpressure(spec, "rate-limit", "rate_limited")
+            self._count_backpressure(spec, "rate-limit")
             retry = max(1, math.ceil(wait * 1000))
             raise AdmissionRejected(
                 f"tenant {spec.tenant!r} exceeds its rate of {limits.rps} requests/s; retry in {retry} ms",
@@ -172,7 +187,6 @@ class Admission:
         position = sum(1 for e in await self._store.queued() if e.model == key)
         predicted = self._dispatcher.predict(key, position)
         if predicted is not None and predicted > spec.deadline_ms:
-            self._count_backpressure(spec, None, "DEADLINE_UNMET")
             raise DeadlineUnmet(
                 f"predicted start in {predicted} ms is after the deadline of {spec.deadline_ms} ms "
                 f"({position} jobs ahead for {spec.model_ref!r})"
@@ -200,7 +214,7 @@ class Admission:
 
     def _rejected(self, spec: TaskSpec, key: str, policy: str, reason: str) -> AdmissionRejected:
         interval = drain_interval_ms(self._dispatcher.capacity(key)) or DEFAULT_RETRY_MS
-        self._count_backpressure(spec, policy, "ADMISSION_REJECT")
+        self._count_backpressure(spec, policy)
         scope = "this tenant's share of the queue" if reason == "tenant_capacity" else "the queue"
         return AdmissionRejected(
             f"{scope} is full (policy {policy}); retry in {interval} ms, when a slot is expected to free",
@@ -208,19 +222,25 @@ class Admission:
             retry_after_ms=interval,
         )
 
-    def _count_backpressure(self, spec: TaskSpec, policy: str | None, reason: str) -> None:
+    def _count_backpressure(self, spec: TaskSpec, policy: str) -> None:
+        self._metrics.backpressure.labels(engine=self._engine_for(spec.model_ref), policy=policy).inc()
+
+    def _refused(self, spec: TaskSpec, exc: OrchestratorError) -> None:
+        """Every refusal, of any kind, is one `task_rejected` event and one count."""
         engine = self._engine_for(spec.model_ref)
-        if policy is not None:
-            self._metrics.backpressure.labels(engine=engine, policy=policy).inc()
-        self._metrics.tasks_rejected.labels(engine=engine, reason=reason).inc()
-        log.info("task_rejected", job_id=spec.job_id, tenant=spec.tenant, reason=reason, policy=policy)
+        self._metrics.tasks_rejected.labels(engine=engine, reason=exc.kind.value).inc()
+        log.info(
+            "task_rejected", reason=exc.kind.value, policy=exc.policy_label, message=exc.message,
+            engine=engine, tokens_in=spec.tokens_in_estimate, prompt=spec.prompt_text,
+        )  # fmt: skip
 
     def _engine_for(self, model: str) -> str:
         engines = sorted({p.spec.engine for p in self._registry.pools.values() if model in p.spec.models})
-        return engines[0] if engines else "none"
+        return engines[0] if engines else NONE
 
     async def _evict(self, victim: QueueEntry) -> None:
         policy = self._policy.full_policy
+        record = await self._store.get(victim.job_id)
         await self._store.finish(
             victim.job_id,
             JobState.FAILED,
@@ -236,7 +256,12 @@ class Admission:
         engine = self._engine_for(victim.model.rpartition("@")[0] or victim.model)
         self._metrics.backpressure.labels(engine=engine, policy=policy).inc()
         self._metrics.tasks_rejected.labels(engine=engine, reason="QUEUE_FULL_DROP_LRU").inc()
-        log.info("task_evicted", job_id=victim.job_id, policy=policy)
+        log.warning(  # the victim's own fields: this runs in the context of the job that displaced it
+            "task_failed", code="QUEUE_FULL_DROP_LRU", policy=policy, job_id=victim.job_id,
+            tenant=victim.tenant, priority=victim.priority, engine=engine, pool_id=None,
+            session_id=record and record.session_id, model_ref=record and record.model_ref,
+            correlation_id=record and record.correlation_id, tokens_in=None, tokens_out=0,
+        )  # fmt: skip
 
     async def _announce(self, spec: TaskSpec, key: str) -> AdmissionResult:
         await self._dispatcher.refresh()
@@ -257,11 +282,11 @@ class Admission:
         backoff = 0 if predicted is None else predicted
         engine, version, pool_id = self._dispatcher.pool_labels(key)
         self._metrics.tasks_enqueued.labels(
-            engine=engine, engine_version=version, pool_id=pool_id, priority=spec.priority
+            engine=engine, engine_version=version, pool_id=pool_id, replica_id=NONE, priority=spec.priority
         ).inc()
-        log.info(
-            "task_admitted", job_id=spec.job_id, tenant=spec.tenant, priority=spec.priority,
-            model_ref=spec.model_ref, queue_position=position, predicted_start_ms=predicted,
-            session_id=spec.session_id,
+        log.info(  # engine and pool: the ones it is queued (and counted in queue_depth) under
+            "task_admitted", queue_position=position, predicted_start_ms=predicted, engine=engine,
+            engine_version=version, pool_id=pool_id, tokens_in=spec.tokens_in_estimate,
+            prompt=spec.prompt_text,
         )  # fmt: skip
         return AdmissionResult(spec.job_id, position, predicted, backoff)

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve(settings: Settings) -> None:
-    configure(settings.log_level, settings.log_format)
+    configure(settings.log_level, settings.log_format, log_prompts=settings.log_prompts)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -20,8 +20,8 @@ from orchestratord.core.prediction import Capacity, ServiceTimes, predict_start_
 from orchestratord.core.queue import QueueEntry
 from orchestratord.core.tasks import JobState, TaskSpec, spec_from_dict
 from orchestratord.execution import RunContext, Runner, RunStats, error_payload
-from orchestratord.logs import get_logger
-from orchestratord.metrics import Metrics
+from orchestratord.logs import bind, bind_job, get_logger
+from orchestratord.metrics import NONE, Metrics
 from orchestratord.state.base import StateStore
 from pool_manager.registry import PoolRegistry
 from pool_manager.snapshot import PoolSnapshot
@@ -169,6 +169,7 @@ class Dispatcher:
     async def _run(self, spec: TaskSpec, entry: QueueEntry, admitted_mono: float, run: Running) -> None:
         tried: set[tuple[str, str]] = set()
         stats = RunStats()
+        bind_job(spec)  # this task's context: every event of the run carries the job's fields
         try:
             for _ in range(self.config.max_attempts):
                 assigned = await self._place(spec, entry, tried)
@@ -176,17 +177,20 @@ class Dispatcher:
                     return
                 tried.add((assigned.pool_id, assigned.replica_id))
                 stats = await self._attempt(spec, assigned, admitted_mono, run)
-                if stats.outcome != "error" or stats.tokens > 0 or stats.error is None:
+                if stats.outcome != "error" or stats.error is None:
                     return
-                if not stats.error.retriable:
-                    break
+                if stats.tokens > 0 or not stats.error.retriable:
+                    break  # after the first token, or a non-retriable failure: no failover
             await self._fail_engine(spec, stats, run)
         except Exception:  # task root: a bug here must still end the job, loudly
             log.error("job_run_crashed", job_id=spec.job_id, exc_info=True)
-            await self.store.finish(
+            if await self.store.finish(
                 spec.job_id, JobState.FAILED, "error",
                 {"code": "INTERNAL", "message": "internal error while running the job", "retriable": True},
-            )  # fmt: skip
+            ) is not None:  # fmt: skip
+                engine = self.registry.pools[run.pool_id].spec.engine if run.pool_id else NONE
+                self.metrics.tasks_rejected.labels(engine=engine, reason="INTERNAL").inc()
+                log.error("task_failed", code="INTERNAL", tokens_out=stats.tokens)
         finally:
             await self.registry.release(spec.job_id)
             self.running.pop(spec.job_id, None)
@@ -204,7 +208,13 @@ class Dispatcher:
             pinned=str(decision.log.pinned).lower(),
             fallback=str(decision.log.fallback).lower(),
         ).inc()
-        log.info("placement_decided", job_id=spec.job_id, decision=decision.log.as_dict())
+        bind(placement=decision.log.as_dict())
+        if isinstance(decision, Assigned):
+            bind(
+                engine=decision.engine, engine_version=decision.engine_version,
+                pool_id=decision.pool_id, replica_id=decision.replica_id,
+            )  # fmt: skip
+        log.info("placement_decided", outcome="assigned" if isinstance(decision, Assigned) else decision.kind)
         if isinstance(decision, NoCapacity):
             await self._fail_placement(spec, decision)
             return None
@@ -222,9 +232,12 @@ class Dispatcher:
         )
         if record is None and not run.pool_id:
             return RunStats(outcome="canceled")
+        first_attempt = not run.pool_id
         run.pool_id, run.replica_id = assigned.pool_id, assigned.replica_id
         run.started = self._clock()
         labels = self._labels(assigned, spec)
+        queue_time_ms = round((run.started - admitted_mono) * 1000)
+        bind(queue_time_ms=queue_time_ms)
         await self.store.append(
             spec.job_id,
             "metrics",
@@ -232,12 +245,15 @@ class Dispatcher:
                 "pool_id": assigned.pool_id,
                 "replica_id": assigned.replica_id,
                 "engine": assigned.engine,
-                "queue_time_ms": round((self._clock() - admitted_mono) * 1000),
+                "queue_time_ms": queue_time_ms,
                 "queue_depth": self.queue_depth,
             },
         )
         self.metrics.tasks_started.labels(**labels["engine"], priority=spec.priority).inc()
-        log.info("task_started", job_id=spec.job_id, pool_id=assigned.pool_id, replica_id=assigned.replica_id)
+        if first_attempt:
+            met = None if spec.deadline_ms is None else queue_time_ms <= spec.deadline_ms
+            self.metrics.started(spec.tenant, spec.priority, met)
+        log.info("task_started", tokens_in=spec.tokens_in_estimate)
         ctx = RunContext(
             spec,
             assigned,
@@ -279,18 +295,22 @@ class Dispatcher:
         payload = error_payload(stats.error, after_first_token=stats.tokens > 0, pool_id=run.pool_id)
         if await self.store.finish(spec.job_id, JobState.FAILED, "error", payload) is not None:
             self.metrics.tasks_rejected.labels(engine=stats.error.engine, reason=str(payload["code"])).inc()
-            log.warning("task_failed", job_id=spec.job_id, code=payload["code"], message=payload["message"])
+            log.warning(
+                "task_failed", code=payload["code"], message=payload["message"], tokens_out=stats.tokens
+            )
 
     async def _fail_placement(self, spec: TaskSpec, decision: NoCapacity) -> None:
         code = {"unready": "POOL_UNREADY", "invalid": "INVALID_PARAMS"}.get(
             decision.kind, "REPLICA_EXHAUSTED"
         )
-        await self.store.finish(
-            spec.job_id,
-            JobState.FAILED,
-            "error",
-            {"code": code, "message": decision.message, "retriable": decision.kind != "invalid"},
-        )
+        payload = {"code": code, "message": decision.message, "retriable": decision.kind != "invalid"}
+        if await self.store.finish(spec.job_id, JobState.FAILED, "error", payload) is not None:
+            self.metrics.tasks_rejected.labels(engine=self._engine_of(spec.model_ref), reason=code).inc()
+            log.warning("task_failed", code=code, message=decision.message, tokens_out=0)
+
+    def _engine_of(self, model: str) -> str:
+        engines = sorted({p.spec.engine for p in self.registry.pools.values() if model in p.spec.models})
+        return engines[0] if engines else NONE
 
     async def _settle(self, spec: TaskSpec, entry: QueueEntry, stats: RunStats, run: Running) -> None:
         if entry.cost != 1.0 or stats.tokens:
@@ -332,7 +352,8 @@ class Dispatcher:
 
     async def _expire(self) -> None:
         for entry in await self.store.expire(self._wall()):
-            await self.store.finish(
+            record = await self.store.get(entry.job_id)
+            done = await self.store.finish(
                 entry.job_id,
                 JobState.FAILED,
                 "error",
@@ -342,7 +363,17 @@ class Dispatcher:
                     "retriable": False,
                 },
             )
-            log.info("task_expired", job_id=entry.job_id)
+            if done is None or record is None:
+                continue
+            engine, version, pool_id = self.pool_labels(entry.model)
+            self.metrics.tasks_rejected.labels(engine=engine, reason="DEADLINE_UNMET").inc()
+            self.metrics.deadline_missed(entry.priority)
+            log.warning(
+                "task_failed", code="DEADLINE_UNMET", job_id=entry.job_id, tenant=entry.tenant,
+                priority=entry.priority, session_id=record.session_id, model_ref=record.model_ref,
+                correlation_id=record.correlation_id, engine=engine, engine_version=version, pool_id=pool_id,
+                tokens_out=0, queue_time_ms=round((self._wall() - record.created_at) * 1000),
+            )  # fmt: skip
 
     async def _publish_positions(self) -> None:
         """A `metrics` event for each waiting job whose position or prediction changed (≤ 1/s)."""

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import orjson
+
 from orchestratord.core.placement import Assigned
 from orchestratord.core.tasks import JobState, TaskSpec
 from orchestratord.errors import ErrorKind
@@ -98,6 +100,7 @@ class Runner:
                     if stats.first_token_at is None:
                         stats.first_token_at = now
                         self._metrics.ttft.labels(**ctx.labels).observe((now - ctx.admitted_at) * 1000)
+                        log.info("task_first_token", ttft_ms=round((now - ctx.admitted_at) * 1000))
                     if now - last_metrics >= ctx.metrics_interval_s:
                         last_metrics = now
                         await self._progress(ctx, stats, now, started)
@@ -129,8 +132,15 @@ class Runner:
             ctx.spec.job_id, JobState.SUCCEEDED, "end", {"stop_reason": event.stop_reason}
         )
         stats.outcome = "succeeded" if done is not None else "canceled"
-        if stats.first_token_at is not None:
-            self._metrics.decode.labels(**ctx.labels).observe((now - stats.first_token_at) * 1000)
+        decode_ms = None if stats.first_token_at is None else (now - stats.first_token_at) * 1000
+        if decode_ms is not None:
+            self._metrics.decode.labels(**ctx.labels).observe(decode_ms)
+        if done is not None:  # decode_time_ms as the client's `end` event says it
+            log.info(
+                "task_completed", stop_reason=event.stop_reason, tokens_out=stats.tokens,
+                tokens_in=ctx.spec.tokens_in_estimate if event.prompt_tokens is None else event.prompt_tokens,
+                decode_time_ms=orjson.loads(done.data).get("decode_time_ms"),
+            )  # fmt: skip
 
 
 @asynccontextmanager

@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from orchestratord.core.tasks import JobState
 from orchestratord.errors import NotFound
-from orchestratord.logs import get_logger
-from orchestratord.metrics import Metrics
+from orchestratord.logs import get_logger, record_fields
+from orchestratord.metrics import NONE, Metrics
 from orchestratord.state.base import JobRecord, StateStore
 
 log = get_logger(__name__)
@@ -44,12 +44,14 @@ class JobControl:
         # closes the engine request when this signal reaches it.
         await self._store.publish_cancel(job_id)
         final = await self._store.get(job_id) or record
+        version = self._versions(final.pool_id) if final.pool_id else NONE
         self._metrics.tasks_canceled.labels(
-            engine=final.engine or "none",
-            engine_version=self._versions(final.pool_id),
-            pool_id=final.pool_id or "none",
-            replica_id=final.replica_id or "none",
+            engine=final.engine or NONE,
+            engine_version=version,
+            pool_id=final.pool_id or NONE,
+            replica_id=final.replica_id or NONE,
             reason=reason,
         ).inc()
-        log.info("task_canceled", job_id=job_id, reason=reason, state_before=record.state.value)
+        fields = record_fields(final, engine_version=version if final.pool_id else None)
+        log.info("task_canceled", reason=reason, state_before=record.state.value, **fields)
         return True

@@ -1,8 +1,15 @@
-"""Every Prometheus metric, defined once on a registry the app owns. Names and labels are a contract
-(ci/metrics.lint.json). Pool gauges are collected at scrape time from pool snapshots."""
+"""Every Prometheus metric, defined once on a registry the app owns.
+
+Names, types and label sets are a contract, listed in `ci/metrics.lint.json` and checked against a
+live scrape by `tests/observability/test_metrics_contract.py`. Pool gauges (readiness, slots, KV cache)
+are read from pool snapshots at scrape time; `admission_share` and `deadlines_met_ratio` are computed
+at scrape time over a sliding window of recent dispatches.
+"""
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -14,52 +21,60 @@ from pool_manager.snapshot import PoolSnapshot
 TTFT_BUCKETS = (50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000)
 DECODE_BUCKETS = (250, 500, 1000, 1500, 2000, 3000, 4000, 6000, 8000, 12000)
 ADMISSION_BUCKETS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 1000)
-ENGINE = ("engine", "engine_version", "pool_id", "replica_id")
-QUEUE = ("engine", "engine_version", "pool_id", "priority")
+REPLICA = ("engine", "engine_version", "pool_id", "replica_id")
+POOL_CLASS = ("engine", "engine_version", "pool_id", "priority")
+NONE = "none"  # the label value for "no pool / replica / engine was ever chosen for this job"
+WINDOW_S = 300.0
 
 
 class Metrics:
-    """The metric families, bound to one registry."""
+    """The metric families, bound to one registry. Counters are declared with their exposed name."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        window_s: float = WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.tasks_enqueued = Counter("tasks_enqueued", "Jobs admitted to the queue.", QUEUE, registry=r)
-        self.tasks_started = Counter("tasks_started", "Jobs dispatched.", (*ENGINE, "priority"), registry=r)
-        self.tasks_canceled = Counter("tasks_canceled", "Jobs canceled.", (*ENGINE, "reason"), registry=r)
+        self.tasks_enqueued = Counter(
+            "tasks_enqueued_total", "Jobs admitted to the queue.", (*REPLICA, "priority"), registry=r
+        )
+        self.tasks_started = Counter(
+            "tasks_started_total", "Jobs dispatched onto a slot.", (*REPLICA, "priority"), registry=r
+        )
+        self.tasks_canceled = Counter(
+            "tasks_canceled_total", "Jobs canceled.", (*REPLICA, "reason"), registry=r
+        )
         self.tasks_rejected = Counter(
-            "tasks_rejected", "Jobs refused or failed.", ("engine", "reason"), registry=r
+            "tasks_rejected_total",
+            "Jobs refused at admission or ended by an error; reason is the error code.",
+            ("engine", "reason"),
+            registry=r,
         )
-        self.tokens_in = Counter("tokens_in", "Prompt tokens sent to engines.", ENGINE, registry=r)
-        self.tokens_out = Counter("tokens_out", "Tokens streamed from engines.", ENGINE, registry=r)
+        self.tokens_in = Counter("tokens_in_total", "Prompt tokens sent to engines.", REPLICA, registry=r)
+        self.tokens_out = Counter("tokens_out_total", "Tokens streamed from engines.", REPLICA, registry=r)
         self.backpressure = Counter(
-            "admission_backpressure_events", "Admissions refused or evicted by a full queue or a limit.",
-            ("engine", "policy"), registry=r,
-        )  # fmt: skip
+            "admission_backpressure_events_total",
+            "Admissions refused or evicted by a full queue or a rate limit.",
+            ("engine", "policy"),
+            registry=r,
+        )
         self.placement = Counter(
-            "placement_decisions", "Placement outcomes.", ("outcome", "pinned", "fallback"), registry=r
+            "placement_decisions_total", "Placement outcomes.", ("outcome", "pinned", "fallback"), registry=r
         )
-        self.queue_depth = Gauge("queue_depth", "Jobs waiting in the queue.", QUEUE, registry=r)
-        self.kv_cache = Gauge(
-            "kv_cache_usage_ratio", "KV cache use reported by the engine.", ENGINE, registry=r
-        )
-        self.admission_share = Gauge(
-            "admission_share",
-            "Share of recent dispatches per tenant and class.",
-            ("tenant", "priority"),
-            registry=r,
-        )
-        self.deadlines_met = Gauge(
-            "deadlines_met_ratio",
-            "Share of jobs with a deadline that started in time.",
-            ("priority",),
-            registry=r,
-        )
+        self.queue_depth = Gauge("queue_depth", "Jobs waiting in the queue.", POOL_CLASS, registry=r)
         self.ttft = Histogram(
-            "latency_first_token_ms", "Admission to first token, ms.", QUEUE, buckets=TTFT_BUCKETS, registry=r
+            "latency_first_token_ms",
+            "Admission to first token, ms.",
+            POOL_CLASS,
+            buckets=TTFT_BUCKETS,
+            registry=r,
         )
         self.decode = Histogram(
-            "latency_decode_ms", "First token to end, ms.", QUEUE, buckets=DECODE_BUCKETS, registry=r
+            "latency_decode_ms", "First token to end, ms.", POOL_CLASS, buckets=DECODE_BUCKETS, registry=r
         )
         self.admission_latency = Histogram(
             "admission_latency_ms",
@@ -67,16 +82,84 @@ class Metrics:
             buckets=ADMISSION_BUCKETS,
             registry=r,
         )
+        self.dispatches = DispatchWindow(window_s, clock)
+        r.register(self.dispatches)
+
+    def started(self, tenant: str, priority: str, deadline_met: bool | None) -> None:
+        """A job got its first slot; `deadline_met` is None for a job without a deadline."""
+        self.dispatches.add(tenant, priority, deadline_met)
+
+    def deadline_missed(self, priority: str) -> None:
+        """A job's deadline passed while it waited in the queue."""
+        self.dispatches.add(None, priority, False)
 
     def watch_pools(self, snapshots: Callable[[], Sequence[PoolSnapshot]]) -> None:
         self.registry.register(_PoolCollector(snapshots))
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(_WithoutCreated(self.registry))
+
+
+class DispatchWindow(Collector):
+    """Dispatches and deadline outcomes of the last `window_s` seconds, exposed as
+    `admission_share{tenant, priority}` (each flow's share of the dispatches) and
+    `deadlines_met_ratio{priority}` (jobs with a deadline that started in time / all that ended waiting)."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
+        self._window = window_s
+        self._clock = clock
+        self._events: deque[tuple[float, str | None, str, bool | None]] = deque()
+
+    def add(self, tenant: str | None, priority: str, deadline_met: bool | None) -> None:
+        self._events.append((self._clock(), tenant, priority, deadline_met))
+
+    def collect(self) -> Iterable[Metric]:
+        horizon = self._clock() - self._window
+        while self._events and self._events[0][0] < horizon:
+            self._events.popleft()
+        return [self._shares(), self._deadlines()]
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family("admission_share"), self._family("deadlines_met_ratio")]
+
+    def _shares(self) -> GaugeMetricFamily:
+        family = self._family("admission_share")
+        flows: dict[tuple[str, str], int] = {}
+        for _, tenant, priority, _ in self._events:
+            if tenant is not None:
+                flows[(tenant, priority)] = flows.get((tenant, priority), 0) + 1
+        total = sum(flows.values())
+        for (tenant, priority), n in sorted(flows.items()):
+            family.add_metric([tenant, priority], n / total)
+        return family
+
+    def _deadlines(self) -> GaugeMetricFamily:
+        family = self._family("deadlines_met_ratio")
+        outcomes: dict[str, list[bool]] = {}
+        for _, _, priority, met in self._events:
+            if met is not None:
+                outcomes.setdefault(priority, []).append(met)
+        for priority, seen in sorted(outcomes.items()):
+            family.add_metric([priority], sum(seen) / len(seen))
+        return family
+
+    def _family(self, name: str) -> GaugeMetricFamily:
+        if name == "admission_share":
+            return GaugeMetricFamily(
+                name,
+                f"Share of the dispatches of the last {self._window:g} s per tenant and class.",
+                labels=["tenant", "priority"],
+            )
+        return GaugeMetricFamily(
+            name,
+            f"Share of the jobs with a deadline of the last {self._window:g} s that started in time.",
+            labels=["priority"],
+        )
 
 
 class _PoolCollector(Collector):
-    """pool_ready / pool_slots_total / pool_slots_free and kv usage, read from snapshots at scrape."""
+    """pool_ready / pool_slots_total / pool_slots_free per pool, and the KV-cache use each replica's
+    engine reports (replicas whose engine does not report it have no series)."""
 
     def __init__(self, snapshots: Callable[[], Sequence[PoolSnapshot]]) -> None:
         self._snapshots = snapshots
@@ -85,11 +168,31 @@ class _PoolCollector(Collector):
         ready = GaugeMetricFamily("pool_ready", "1 when the pool has a ready replica.", labels=["pool_id"])
         total = GaugeMetricFamily("pool_slots_total", "Slots on ready replicas.", labels=["pool_id"])
         free = GaugeMetricFamily("pool_slots_free", "Free slots on ready replicas.", labels=["pool_id"])
+        kv = GaugeMetricFamily(
+            "kv_cache_usage_ratio", "KV-cache use (0..1) reported by the engine.", labels=list(REPLICA)
+        )
         for snap in self._snapshots():
             ready.add_metric([snap.pool_id], 1.0 if snap.ready else 0.0)
             total.add_metric([snap.pool_id], snap.slots_total)
             free.add_metric([snap.pool_id], snap.slots_free)
-        return [ready, total, free]
+            for replica in snap.replicas:
+                if replica.kv_cache_usage_ratio is not None:
+                    labels = [snap.engine, snap.engine_version, snap.pool_id, replica.replica_id]
+                    kv.add_metric(labels, replica.kv_cache_usage_ratio)
+        return [ready, total, free, kv]
 
     def describe(self) -> Iterable[Metric]:
         return []
+
+
+class _WithoutCreated(Collector):
+    """The registry without the `*_created` series prometheus_client adds to counters and histograms:
+    they are not part of the contract, and dropping them here needs no process-wide switch."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self._registry.collect():
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric

@@ -143,6 +143,7 @@ class Settings(BaseSettings):
     state_url: str = "memory://"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+    log_prompts: bool = False  # prompts appear in logs only when the operator opts in
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     health_interval_s: float = Field(default=2.0, gt=0)
     queue: QueueConfig = Field(default_factory=QueueConfig)
