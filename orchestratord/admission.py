@@ -16,8 +16,8 @@ import orjson
 
 from orchestratord.core.capacity import routing_key
 from orchestratord.core.placement import allowed_pools
-from orchestratord.core.prediction import drain_interval_ms
-from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy
+from orchestratord.core.prediction import Capacity, predict_start_ms, retry_hint_ms
+from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy, Rejected, prospective_position
 from orchestratord.core.ratelimit import TokenBucket
 from orchestratord.core.tasks import JobState, TaskSpec, spec_to_dict
 from orchestratord.dispatch import Dispatcher
@@ -26,6 +26,7 @@ from orchestratord.errors import (
     DeadlineUnmet,
     InvalidParams,
     OrchestratorError,
+    PoolUnavailable,
     PoolUnready,
     ShuttingDown,
 )
@@ -96,7 +97,6 @@ class Admission:
             )
         key = self._validate(spec)
         self._rate_limit(spec)
-        await self._check_deadline(spec, key)
         now = self._wall()
         entry = QueueEntry(
             job_id=spec.job_id,
@@ -106,10 +106,12 @@ class Admission:
             cost=self._cost(spec),
             deadline=None if spec.deadline_ms is None else now + spec.deadline_ms / 1000,
             enqueued_at=now,
+            unit=self._policy.unit,
         )
+        await self._check_deadline(spec, entry)
         outcome = await self._store.create(self._record(spec, now), entry)
         if not isinstance(outcome, Admitted):
-            raise self._rejected(spec, key, outcome.policy, outcome.reason)
+            raise await self._rejected(spec, key, outcome)
         if outcome.evicted is not None:
             await self._evict(outcome.evicted)
         return await self._announce(spec, key)
@@ -132,6 +134,11 @@ class Admission:
         candidates = [p for p in pools if p.spec.id in allowed]
         if not candidates:
             raise InvalidParams(f"placement preferences leave no pool that serves {spec.model_ref!r}")
+        if all(p.draining for p in candidates):
+            raise PoolUnavailable(
+                f"every pool serving {spec.model_ref!r} is draining; retry later or on another deployment",
+                retry_after_ms=DEFAULT_RETRY_MS,
+            )
         needed = spec.tokens_in_estimate + spec.max_tokens
         if not any(needed <= p.spec.ctx_max and spec.max_tokens <= p.spec.max_tokens_out for p in candidates):
             best = max(p.spec.ctx_max for p in candidates)
@@ -180,12 +187,13 @@ class Admission:
                 retry_after_ms=retry,
             )
 
-    async def _check_deadline(self, spec: TaskSpec, key: str) -> None:
+    async def _check_deadline(self, spec: TaskSpec, entry: QueueEntry) -> None:
+        """Refuse a job whose predicted start, were it admitted now, falls after its deadline."""
         if spec.deadline_ms is None:
             return
         await self._dispatcher.refresh()
-        position = sum(1 for e in await self._store.queued() if e.model == key)
-        predicted = self._dispatcher.predict(key, position)
+        position = prospective_position(await self._store.queued(), self._policy, entry)
+        predicted = self._dispatcher.predict(entry.model, position)
         if predicted is not None and predicted > spec.deadline_ms:
             raise DeadlineUnmet(
                 f"predicted start in {predicted} ms is after the deadline of {spec.deadline_ms} ms "
@@ -212,15 +220,39 @@ class Admission:
             cancel_on_disconnect=spec.cancel_on_disconnect,
         )
 
-    def _rejected(self, spec: TaskSpec, key: str, policy: str, reason: str) -> AdmissionRejected:
-        interval = drain_interval_ms(self._dispatcher.capacity(key)) or DEFAULT_RETRY_MS
-        self._count_backpressure(spec, policy)
-        scope = "this tenant's share of the queue" if reason == "tenant_capacity" else "the queue"
+    async def _rejected(self, spec: TaskSpec, key: str, outcome: Rejected) -> AdmissionRejected:
+        tenant_bound = outcome.reason == "tenant_capacity"
+        hint = await self._retry_hint(key, spec.tenant if tenant_bound else None)
+        self._count_backpressure(spec, outcome.policy)
+        scope = f"tenant {spec.tenant!r}'s share of the queue" if tenant_bound else "the queue"
         return AdmissionRejected(
-            f"{scope} is full (policy {policy}); retry in {interval} ms, when a slot is expected to free",
-            policy_label=policy,
-            retry_after_ms=interval,
+            f"{scope} is full (policy {outcome.policy}); retry in {hint} ms, when a queued job is "
+            "expected to start and free its place",
+            policy_label=outcome.policy,
+            retry_after_ms=hint,
         )
+
+    async def _retry_hint(self, key: str, tenant: str | None) -> int:
+        """When a place in the queue (or in `tenant`'s share) is expected to free, from the measured
+        drain rate: the earliest predicted start among the queued jobs in scope, plus a small margin.
+
+        A job still queued now waits for a slot to free (or for its tenant's running jobs to end),
+        so its wait counts from the next release even when a slot is free."""
+        await self._dispatcher.refresh()
+        first: dict[str, int] = {}
+        for queued in await self._store.queued():
+            if tenant is None:
+                first[queued.model] = 0  # every routing key with queued jobs has one at position 0
+            elif queued.tenant == tenant:
+                position = await self._store.position(queued.job_id) or 0
+                first[queued.model] = min(position, first.get(queued.model, position))
+        best: tuple[int, Capacity] | None = None
+        for model, position in (first or {key: 0}).items():
+            cap = self._dispatcher.capacity(model)
+            wait = predict_start_ms(max(position, cap.slots_free), cap)
+            if wait is not None and (best is None or wait < best[0]):
+                best = (wait, cap)
+        return DEFAULT_RETRY_MS if best is None else retry_hint_ms(*best)
 
     def _count_backpressure(self, spec: TaskSpec, policy: str) -> None:
         self._metrics.backpressure.labels(engine=self._engine_for(spec.model_ref), policy=policy).inc()
@@ -249,8 +281,7 @@ class Admission:
                 "code": "QUEUE_FULL_DROP_LRU",
                 "message": f"evicted from a full queue by policy {policy} to admit a newer job; retry",
                 "retriable": True,
-                "retry_after_ms": drain_interval_ms(self._dispatcher.capacity(victim.model))
-                or DEFAULT_RETRY_MS,
+                "retry_after_ms": await self._retry_hint(victim.model, None),
             },
         )
         engine = self._engine_for(victim.model.rpartition("@")[0] or victim.model)

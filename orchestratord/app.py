@@ -9,14 +9,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from orchestratord.admission import Admission, TenantLimits
-from orchestratord.api import errors, middleware, ops, stream, tasks
+from orchestratord.api import errors, middleware, ops, pools, stream, tasks
 from orchestratord.api.openapi import contract_document
 from orchestratord.core.queue import QueuePolicy
 from orchestratord.core.tasks import JobState
 from orchestratord.dispatch import DispatchConfig, Dispatcher
+from orchestratord.idempotency import Idempotency
 from orchestratord.jobs import JobControl
 from orchestratord.logs import get_logger
 from orchestratord.metrics import Metrics
+from orchestratord.pool_ops import PoolOps
 from orchestratord.presence import Presence
 from orchestratord.services import Services
 from orchestratord.settings import Settings
@@ -52,7 +54,7 @@ def adapter_configs(specs: list[PoolSpec]) -> dict[tuple[str, str], AdapterConfi
             replica_id=replica.id,
             api=spec.api,  # type: ignore[arg-type]
             read_timeout_s=spec.read_timeout_s,
-            options=dict(spec.options),
+            options={**spec.options, **replica.options},
         )
         for spec in specs
         for replica in spec.replicas
@@ -97,7 +99,14 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         tenant_limits={t.id: TenantLimits(t.rps, t.burst) for t in settings.tenants},
     )
     prober = HealthProber(registry, adapters, interval_s=settings.health_interval_s)
-    return Services(settings, store, registry, dispatcher, admission, jobs, presence, prober, metrics)
+    pools = PoolOps(registry, dispatcher, adapters)
+    # A key never outlives the finished job it names.
+    window = min(settings.idempotency_window_s, settings.stream.retention_s)
+    idempotency = Idempotency(store, admission, dispatcher, window_s=window)
+    return Services(
+        settings, store, registry, dispatcher, admission, jobs, presence, prober, metrics, pools,
+        idempotency=idempotency,
+    )  # fmt: skip
 
 
 def _engine_version(registry: PoolRegistry, pool_id: str | None) -> str:
@@ -152,6 +161,7 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
             await services.dispatcher.stop()
             await services.prober.stop()
             await services.presence.aclose()
+            await services.pools.aclose()
             await host.aclose()
             await services.store.aclose()
             log.info("orchestratord_stopped")
@@ -159,7 +169,7 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
     app = FastAPI(title="orchestratord", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.started_at = time.time()
     app.state.settings = settings
-    for module in (tasks, stream, ops):
+    for module in (tasks, stream, pools, ops):
         app.include_router(module.router)
     errors.install(app)
     middleware.install(app, max_body_bytes=settings.limits.max_body_bytes)

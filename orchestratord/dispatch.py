@@ -7,6 +7,7 @@ updates, retention). Cancel signals arrive through the state store, from this or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -112,11 +113,11 @@ class Dispatcher:
         return self.snapshots
 
     def capacity(self, routing_key: str) -> Capacity:
-        oldest: dict[str, float] = {}
+        ages: dict[str, list[float]] = {}
         now = self._clock()
         for run in self.running.values():
-            oldest[run.pool_id] = max(oldest.get(run.pool_id, 0.0), now - run.started)
-        return capacity_for(routing_key, self.snapshots, self.times, oldest)
+            ages.setdefault(run.pool_id, []).append(now - run.started)
+        return capacity_for(routing_key, self.snapshots, self.times, ages)
 
     def pool_labels(self, routing_key: str) -> tuple[str, str, str]:
         """(engine, engine_version, pool_id) a waiting job is counted under: the first pool serving it."""
@@ -131,12 +132,14 @@ class Dispatcher:
 
     # -- the loop --------------------------------------------------------------------------------
     async def _loop(self) -> None:
+        last_housekeeping = self._clock()
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.config.tick_s)
-            except TimeoutError:
-                await self._housekeeping()
             self._wake.clear()
+            if self._clock() - last_housekeeping >= self.config.tick_s:  # even when wake-ups never pause
+                last_housekeeping = self._clock()
+                await self._housekeeping()
             try:
                 await self._dispatch_ready()
             except Exception:  # task root: log loudly, keep dispatching
@@ -145,6 +148,7 @@ class Dispatcher:
     async def _dispatch_ready(self) -> None:
         while self._accepting:
             snapshots = await self.refresh()
+            await self._expire()  # a job past its deadline is never taken
             entry = await self.store.take(partial(_servable, snapshots), self._tenant_ok)
             if entry is None:
                 return
@@ -160,20 +164,28 @@ class Dispatcher:
             return
         spec = spec_from_dict(orjson.loads(record.spec))
         admitted_mono = self._clock() - max(0.0, self._wall() - record.created_at)
+        self._published.pop(spec.job_id, None)
+        # Place and lease before taking the next job, so the next snapshot already counts this slot.
+        assigned = await self._place(spec, entry, set())
+        if assigned is None:
+            return
         run = Running(spec.job_id, spec.tenant, "", "", self._clock())
         self.running[spec.job_id] = run
-        self._published.pop(spec.job_id, None)
-        run.task = asyncio.create_task(self._run(spec, entry, admitted_mono, run))
+        run.task = asyncio.create_task(self._run(spec, entry, admitted_mono, run, assigned))
 
     # -- running one job, with failover before the first token -----------------------------------
-    async def _run(self, spec: TaskSpec, entry: QueueEntry, admitted_mono: float, run: Running) -> None:
+    async def _run(
+        self, spec: TaskSpec, entry: QueueEntry, admitted_mono: float, run: Running, first: Assigned
+    ) -> None:
         tried: set[tuple[str, str]] = set()
         stats = RunStats()
         bind_job(spec)  # this task's context: every event of the run carries the job's fields
         try:
-            for _ in range(self.config.max_attempts):
-                assigned = await self._place(spec, entry, tried)
+            for attempt in range(self.config.max_attempts):
+                assigned = first if attempt == 0 else await self._place(spec, entry, tried)
                 if assigned is None:
+                    if tried:
+                        break  # every candidate failed this job already: report the engine's error
                     return
                 tried.add((assigned.pool_id, assigned.replica_id))
                 stats = await self._attempt(spec, assigned, admitted_mono, run)
@@ -216,7 +228,8 @@ class Dispatcher:
             )  # fmt: skip
         log.info("placement_decided", outcome="assigned" if isinstance(decision, Assigned) else decision.kind)
         if isinstance(decision, NoCapacity):
-            await self._fail_placement(spec, decision)
+            if not tried:
+                await self._fail_placement(spec, decision)
             return None
         if await self.registry.lease(spec.job_id, decision.pool_id, decision.replica_id) is None:
             await self._fail_placement(spec, NoCapacity("busy", "the chosen slot was taken", decision.log))
@@ -313,11 +326,11 @@ class Dispatcher:
         return engines[0] if engines else NONE
 
     async def _settle(self, spec: TaskSpec, entry: QueueEntry, stats: RunStats, run: Running) -> None:
-        if entry.cost != 1.0 or stats.tokens:
-            actual = spec.tokens_in_estimate + stats.tokens
-            await self.store.settle(
-                spec.tenant, spec.priority, entry.cost, actual if entry.cost != 1.0 else 1.0
-            )
+        if entry.unit == "tokens":  # fairness by tokens: replace the estimate with the real count
+            prompt = stats.prompt_tokens
+            if prompt is None:
+                prompt = spec.tokens_in_estimate if stats.tokens else 0
+            await self.store.settle(spec.tenant, spec.priority, entry.cost, float(prompt + stats.tokens))
 
     # -- cancel ----------------------------------------------------------------------------------
     async def _cancel_listener(self) -> None:

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 from orchestratord.admission import Admission
 from orchestratord.dispatch import Dispatcher
+from orchestratord.idempotency import Idempotency
 from orchestratord.jobs import JobControl
 from orchestratord.metrics import Metrics
+from orchestratord.pool_ops import PoolOps
 from orchestratord.presence import Presence
 from orchestratord.settings import Settings
 from orchestratord.state.base import StateStore
@@ -27,4 +29,6 @@ class Services:
     presence: Presence
     prober: HealthProber
     metrics: Metrics
+    pools: PoolOps
+    idempotency: Idempotency
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)

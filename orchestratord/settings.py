@@ -7,6 +7,8 @@ with a message naming the key and the file. This is the only module that reads `
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -19,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from orchestratord.auth import hash_key, parse_keys_file
 from pool_manager.specs import PoolSpec, ReplicaSpec
 
 Engine = Literal["mock", "llamacpp", "openai", "vllm", "tgi", "ollama"]
@@ -31,6 +34,7 @@ class _Strict(BaseModel):
 class ReplicaConfig(_Strict):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     url: str = ""
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @field_validator("url")
     @classmethod
@@ -71,7 +75,7 @@ class PoolConfig(_Strict):
             id=self.id,
             engine=self.engine,
             models=tuple(self.models),
-            replicas=tuple(ReplicaSpec(r.id, r.url) for r in self.replicas),
+            replicas=tuple(ReplicaSpec(r.id, r.url, dict(r.options)) for r in self.replicas),
             slots=self.slots,
             ctx_max=self.ctx_max,
             max_tokens_out=self.max_tokens_out,
@@ -131,6 +135,100 @@ class LimitsConfig(_Strict):
     max_prompt_chars: int = Field(default=1_000_000, ge=1)
 
 
+class ApiKeyConfig(_Strict):
+    """One API key: its SHA-256 digest (or the key itself, hashed on reading and then forgotten)."""
+
+    key_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tenant: str = Field(min_length=1, max_length=128)
+    role: Literal["client", "admin"] = "client"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hash_plain_key(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "key" not in data:
+            if isinstance(data, dict) and isinstance(data.get("key_sha256"), str):
+                return {**data, "key_sha256": data["key_sha256"].lower()}
+            return data
+        fields = dict(data)
+        key = fields.pop("key")
+        if "key_sha256" in fields:
+            raise ValueError("give either key or key_sha256, not both")
+        if not isinstance(key, str) or len(key) < 16:
+            raise ValueError("key must be a random secret of at least 16 characters")
+        return {**fields, "key_sha256": hash_key(key)}
+
+
+class AuthConfig(_Strict):
+    keys: list[ApiKeyConfig] = Field(default_factory=list)
+    keys_file: str | None = None  # lines of `<sha256 hex> <tenant> [client|admin]`, merged into keys
+    allow_unauthenticated: bool = False  # the explicit opt-out for a non-loopback host without keys
+    open_paths: list[Literal["/healthz", "/readyz", "/metrics"]] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics"]
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_keys_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("keys_file"):
+            return data
+        path = Path(str(data["keys_file"]))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read keys_file {str(path)!r}: {exc.strerror}") from None
+        return {**data, "keys": [*data.get("keys", []), *parse_keys_file(text, str(path))]}
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> AuthConfig:
+        digests = [k.key_sha256 for k in self.keys]
+        if len(set(digests)) != len(digests):
+            raise ValueError("the same API key is configured more than once")
+        return self
+
+
+class SessionsConfig(_Strict):
+    ttl_s: float = Field(default=600.0, gt=0)  # a session ends this long after its last turn
+    max_turns: int = Field(default=8, ge=1)
+
+
+class BudgetConfig(_Strict):
+    """A budget; an omitted dimension is unlimited."""
+
+    tokens: int | None = Field(default=None, ge=0)  # prompt + generated tokens
+    time_ms: int | None = Field(default=None, ge=0)  # decode time (dispatch to end)
+    cost: float | None = Field(default=None, ge=0)  # in the unit of `prices`
+
+
+class BudgetsConfig(_Strict):
+    session: BudgetConfig = Field(default_factory=BudgetConfig)
+    tenant_default: BudgetConfig = Field(default_factory=BudgetConfig)
+    tenants: dict[str, BudgetConfig] = Field(default_factory=dict)
+    window_s: float | None = Field(default=86400.0, gt=0)  # tenant budgets start afresh this often
+
+
+class PriceConfig(_Strict):
+    input_per_1k: float = Field(default=0.0, ge=0)  # per 1,000 prompt tokens
+    output_per_1k: float = Field(default=0.0, ge=0)  # per 1,000 generated tokens
+
+
+def _default_state_dir() -> str:
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return str(Path(xdg) / "orchestratord") if xdg else "var"
+
+
+class CatalogConfig(_Strict):
+    dir: str = Field(default_factory=_default_state_dir, min_length=1)  # holds catalog.sqlite3
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Settings(BaseSettings):
     """Everything the service is configured with. Frozen once built."""
 
@@ -145,12 +243,18 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     log_prompts: bool = False  # prompts appear in logs only when the operator opts in
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    idempotency_window_s: float = Field(default=600.0, ge=0)
     health_interval_s: float = Field(default=2.0, gt=0)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     tenants: list[TenantConfig] = Field(default_factory=list)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     pools: list[PoolConfig] = Field(default_factory=_default_pools)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
 
     @field_validator("state_url")
     @classmethod
@@ -166,6 +270,16 @@ class Settings(BaseSettings):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"pool ids must be unique; repeated: {duplicates}")
+        return self
+
+    @model_validator(mode="after")
+    def _keys_on_public_hosts(self) -> Settings:
+        if not is_loopback(self.host) and not self.auth.keys and not self.auth.allow_unauthenticated:
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address and no API keys are configured; "
+                "configure auth.keys or auth.keys_file, or set auth.allow_unauthenticated: true "
+                "to accept unauthenticated requests from the network"
+            )
         return self
 
     @classmethod

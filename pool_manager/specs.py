@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 class ReplicaSpec:
     id: str
     url: str = ""
+    options: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

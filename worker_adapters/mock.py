@@ -9,7 +9,8 @@ Options (pool config `options:`), each also settable per request with a directiv
 - `hang` (false): send nothing until canceled;  `refuse` (false): refuse as unavailable;
 - `slow_start_ms` (0): extra delay before the first token;
 - `slots` (none): report this many slots, as an engine that knows its capacity would;
-- `ready` (true): what the health check answers.
+- `ready` (true): what the health check answers;
+- `loadable` (any): comma-separated models this engine can serve; another model makes it unready.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class MockStats:
     completed: int = 0
     canceled: int = 0
     active: int = 0
+    max_active: int = 0
 
 
 class MockAdapter:
@@ -97,6 +99,8 @@ class MockAdapter:
         self._config = config
         self._behaviour = MockBehaviour.parse(config.options)
         self._slots = _optional_int(config.options.get("slots"))
+        loadable = str(config.options.get("loadable", "")).split(",")
+        self._loadable = tuple(m.strip() for m in loadable if m.strip()) or (config.model,)
         self._ready = str(config.options.get("ready", "true")).lower() != "false"
         self._cancels: dict[str, asyncio.Event] = {}
         self.stats = MockStats()
@@ -112,6 +116,7 @@ class MockAdapter:
         canceled = self._cancels.setdefault(req.task_id, asyncio.Event())
         self.stats.started += 1
         self.stats.active += 1
+        self.stats.max_active = max(self.stats.max_active, self.stats.active)
         finished = False
         try:
             async for event in self._tokens(req, text, behaviour, canceled):
@@ -156,10 +161,12 @@ class MockAdapter:
             event.set()
 
     async def health(self) -> WorkerHealth:
+        if self._config.model not in self._loadable:
+            return WorkerHealth(live=True, ready=False, detail=f"model {self._config.model!r} cannot be loaded")
         return WorkerHealth(live=True, ready=self._ready, detail="" if self._ready else "mock not ready")
 
     async def props(self) -> WorkerProps:
-        return WorkerProps(slots=self._slots, engine_version=ENGINE_VERSION, models=(self._config.model,))
+        return WorkerProps(slots=self._slots, engine_version=ENGINE_VERSION, models=self._loadable)
 
     async def aclose(self) -> None:
         for event in self._cancels.values():

@@ -1,0 +1,152 @@
+"""Operator actions on pools: drain (refuse new work, end stragglers at a deadline) and atomic reload."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, replace
+from typing import Any
+
+from orchestratord.core.tasks import JobState
+from orchestratord.dispatch import Dispatcher
+from orchestratord.errors import Conflict, NotFound
+from orchestratord.logs import get_logger
+from pool_manager.registry import PoolRegistry
+from worker_adapters.base import AdapterConfig, AdapterError, WorkerAdapter
+from worker_adapters.host import AdapterHost
+from worker_adapters.registry import load_adapter
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DrainStarted:
+    pool_id: str
+    deadline_ms: int
+    running: int
+
+
+class PoolOps:
+    def __init__(
+        self,
+        registry: PoolRegistry,
+        dispatcher: Dispatcher,
+        adapters: AdapterHost,
+        *,
+        loader: Callable[[AdapterConfig], WorkerAdapter] = load_adapter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._adapters = adapters
+        self._loader = loader
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reloading: set[str] = set()
+
+    def _pool(self, pool_id: str) -> None:
+        if self._registry.get(pool_id) is None:
+            known = ", ".join(self._registry.pools)
+            raise NotFound(f"no pool {pool_id!r}; pools: {known}")
+
+    # -- drain -----------------------------------------------------------------------------------
+    def drain(self, pool_id: str, deadline_ms: int) -> DrainStarted:
+        """Stop placing work on the pool now; jobs still running at the deadline end, retriable."""
+        self._pool(pool_id)
+        self._registry.drain(pool_id, self._clock() + deadline_ms / 1000)
+        self._spawn(self._enforce(pool_id, deadline_ms / 1000))
+        running = sum(1 for r in self._dispatcher.running.values() if r.pool_id == pool_id)
+        log.info("pool_draining", pool_id=pool_id, deadline_ms=deadline_ms, running=running)
+        return DrainStarted(pool_id, deadline_ms, running)
+
+    async def _enforce(self, pool_id: str, seconds: float) -> None:
+        deadline = self._clock() + seconds
+        while self._clock() < deadline and self._running_on(pool_id):
+            await asyncio.sleep(min(0.05, max(0.0, deadline - self._clock())))
+        for job_id in self._running_on(pool_id):
+            ended = await self._dispatcher.store.finish(
+                job_id,
+                JobState.FAILED,
+                "error",
+                {
+                    "code": "POOL_UNAVAILABLE",
+                    "message": f"pool {pool_id!r} was drained before the job finished; retry",
+                    "retriable": True,
+                    "pool_id": pool_id,
+                },
+            )
+            if ended is not None:
+                await self._dispatcher.store.publish_cancel(job_id)
+        log.info("pool_drained", pool_id=pool_id)
+
+    def _running_on(self, pool_id: str) -> list[str]:
+        return [j for j, r in self._dispatcher.running.items() if r.pool_id == pool_id]
+
+    def undrain(self, pool_id: str) -> None:
+        self._pool(pool_id)
+        self._registry.undrain(pool_id)
+        self._dispatcher.wake()
+
+    # -- reload ----------------------------------------------------------------------------------
+    async def reload(self, pool_id: str, new_model_ref: str) -> None:
+        """Point every replica of the pool at `new_model_ref`, all or nothing.
+
+        New adapters are built and health-checked first; if any replica cannot serve the model, they
+        are closed and the pool keeps its old model (Conflict). Old adapters close once idle.
+        """
+        self._pool(pool_id)
+        if pool_id in self._reloading:
+            raise Conflict(f"pool {pool_id!r} is already reloading")
+        self._reloading.add(pool_id)
+        try:
+            fresh = await self._prepare(pool_id, new_model_ref)
+        finally:
+            self._reloading.discard(pool_id)
+        old = [self._adapters.rebind(key, adapter, config) for key, (adapter, config) in fresh.items()]
+        self._registry.set_models(pool_id, (new_model_ref,))
+        self._spawn(self._close_when_idle(pool_id, old))
+        self._dispatcher.wake()
+        log.info("pool_reloaded", pool_id=pool_id, model_ref=new_model_ref)
+
+    async def _prepare(
+        self, pool_id: str, model: str
+    ) -> dict[tuple[str, str], tuple[WorkerAdapter, AdapterConfig]]:
+        fresh: dict[tuple[str, str], tuple[WorkerAdapter, AdapterConfig]] = {}
+        try:
+            for key in [k for k in self._adapters if k[0] == pool_id]:
+                config = replace(self._adapters.config(key), model=model)
+                adapter = self._loader(config)
+                fresh[key] = (adapter, config)
+                await self._verify(adapter, key, model)
+        except Conflict:
+            await asyncio.gather(*(a.aclose() for a, _ in fresh.values()))
+            raise
+        return fresh
+
+    async def _verify(self, adapter: WorkerAdapter, key: tuple[str, str], model: str) -> None:
+        try:
+            health = await adapter.health()
+            props = await adapter.props()
+        except AdapterError as exc:
+            raise Conflict(
+                f"replica {key[1]} cannot load {model!r}: {exc.message}; the old model stays"
+            ) from None
+        if not health.ready or (props.models and model not in props.models):
+            detail = health.detail or f"it serves {', '.join(props.models)}"
+            raise Conflict(f"replica {key[1]} cannot serve {model!r} ({detail}); the old model stays")
+
+    async def _close_when_idle(self, pool_id: str, old: list[WorkerAdapter]) -> None:
+        while self._running_on(pool_id):
+            await asyncio.sleep(0.1)
+        await asyncio.gather(*(a.aclose() for a in old), return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

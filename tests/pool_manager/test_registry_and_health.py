@@ -1,0 +1,113 @@
+"""Pool state: readiness only after a passing probe, backoff, last_error, circuit breaker, leases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pool_manager.health import HealthProber
+from pool_manager.registry import PoolRegistry
+from pool_manager.specs import PoolSpec, ReplicaSpec
+from worker_adapters.base import (
+    EngineUnavailable,
+    SubmitRequest,
+    TokenEvent,
+    WorkerHealth,
+    WorkerProps,
+)
+
+
+class ScriptedEngine:
+    """An adapter whose health answers follow a script; it records when it was probed."""
+
+    engine = "scripted"
+
+    def __init__(self, answers: list[str], slots: int | None = None) -> None:
+        self.answers = answers
+        self.slots = slots
+        self.probes: list[float] = []
+
+    async def health(self) -> WorkerHealth:
+        self.probes.append(asyncio.get_running_loop().time())
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if answer == "down":
+            raise EngineUnavailable("connection refused", engine=self.engine)
+        return WorkerHealth(live=True, ready=answer == "ready", detail="" if answer == "ready" else "loading")
+
+    async def props(self) -> WorkerProps:
+        return WorkerProps(slots=self.slots, engine_version="v9")
+
+    def submit(self, req: SubmitRequest) -> AsyncIterator[TokenEvent]:
+        raise AssertionError("not used")
+
+    async def cancel(self, task_id: str) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def registry(slots: int = 4) -> PoolRegistry:
+    spec = PoolSpec(id="p", engine="scripted", models=("m",), replicas=(ReplicaSpec("r0"),), slots=slots)
+    return PoolRegistry([spec])
+
+
+async def test_ready_only_after_a_passing_probe_and_capacity_from_the_engine() -> None:
+    reg = registry(slots=4)
+    engine = ScriptedEngine(["loading", "ready"], slots=2)
+    prober = HealthProber(reg, {("p", "r0"): engine})
+    assert not (await reg.pool_snapshot("p")).ready
+    assert not await prober.probe("p", "r0")
+    state = reg.pools["p"].replicas["r0"]
+    assert not state.ready and state.last_error == "loading"
+    assert await prober.probe("p", "r0")
+    snap = await reg.pool_snapshot("p")
+    assert snap.ready and snap.slots_total == 2  # the engine's own figure beats the config's 4
+    assert reg.pools["p"].engine_version == "v9"
+
+
+async def test_failures_back_off_and_keep_last_error() -> None:
+    reg = registry()
+    engine = ScriptedEngine(["down"])
+    prober = HealthProber(reg, {("p", "r0"): engine}, interval_s=0.01, max_backoff_s=0.08)
+    prober.start()
+    await asyncio.sleep(0.5)
+    await prober.stop()
+    gaps = [b - a for a, b in zip(engine.probes, engine.probes[1:], strict=False)]
+    assert len(gaps) >= 3
+    assert gaps[2] > gaps[0]  # backing off
+    assert max(gaps) < 0.2  # capped
+    assert reg.pools["p"].replicas["r0"].last_error == "POOL_UNAVAILABLE: connection refused"
+
+
+async def test_circuit_opens_after_repeated_failures_and_a_probe_closes_it() -> None:
+    reg = registry()
+    prober = HealthProber(reg, {("p", "r0"): ScriptedEngine(["ready"])})
+    await prober.probe("p", "r0")
+    for _ in range(reg.breaker_threshold):
+        reg.record_failure("p", "r0", "reset")
+    snap = await reg.pool_snapshot("p")
+    assert not snap.ready and snap.replicas[0].last_error == "reset"
+    await prober.probe("p", "r0")
+    assert (await reg.pool_snapshot("p")).ready
+
+
+async def test_leases_never_exceed_slots_and_release_is_idempotent() -> None:
+    reg = registry(slots=2)
+    await HealthProber(reg, {("p", "r0"): ScriptedEngine(["ready"])}).probe("p", "r0")
+    assert await reg.lease("j1", "p", "r0") is not None
+    assert await reg.lease("j2", "p", "r0") is not None
+    assert await reg.lease("j3", "p", "r0") is None
+    assert (await reg.pool_snapshot("p")).slots_free == 0
+    assert await reg.release("j1") is not None
+    assert await reg.release("j1") is None
+    assert (await reg.pool_snapshot("p")).slots_free == 1
+
+
+@pytest.mark.parametrize("answers", [["down"], ["loading"]])
+async def test_probe_start_up_round_reports_unready(answers: list[str]) -> None:
+    reg = registry()
+    await HealthProber(reg, {("p", "r0"): ScriptedEngine(answers)}).probe_all()
+    assert not (await reg.pool_snapshot("p")).ready
