@@ -61,9 +61,9 @@ class PoolOps:
         return DrainStarted(pool_id, deadline_ms, running)
 
     async def _enforce(self, pool_id: str, seconds: float) -> None:
-        deadline = self._clock() + seconds
-        while self._clock() < deadline and self._running_on(pool_id):
-            await asyncio.sleep(min(0.05, max(0.0, deadline - self._clock())))
+        runs = self._runs_on(pool_id)
+        if runs:
+            await asyncio.wait(runs, timeout=seconds)
         for job_id in self._running_on(pool_id):
             ended = await self._dispatcher.store.finish(
                 job_id,
@@ -82,6 +82,9 @@ class PoolOps:
 
     def _running_on(self, pool_id: str) -> list[str]:
         return [j for j, r in self._dispatcher.running.items() if r.pool_id == pool_id]
+
+    def _runs_on(self, pool_id: str) -> list[asyncio.Task[None]]:
+        return [r.task for r in self._dispatcher.running.values() if r.pool_id == pool_id and r.task is not None]
 
     def undrain(self, pool_id: str) -> None:
         self._pool(pool_id)
@@ -137,8 +140,9 @@ class PoolOps:
             raise Conflict(f"replica {key[1]} cannot serve {model!r} ({detail}); the old model stays")
 
     async def _close_when_idle(self, pool_id: str, old: list[WorkerAdapter]) -> None:
-        while self._running_on(pool_id):
-            await asyncio.sleep(0.1)
+        runs = self._runs_on(pool_id)
+        if runs:
+            await asyncio.wait(runs)
         await asyncio.gather(*(a.aclose() for a in old), return_exceptions=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
