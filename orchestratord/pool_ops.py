@@ -84,7 +84,8 @@ class PoolOps:
         return [j for j, r in self._dispatcher.running.items() if r.pool_id == pool_id]
 
     def _runs_on(self, pool_id: str) -> list[asyncio.Task[None]]:
-        return [r.task for r in self._dispatcher.running.values() if r.pool_id == pool_id and r.task is not None]
+        runs = self._dispatcher.running.values()
+        return [r.task for r in runs if r.pool_id == pool_id and r.task is not None]
 
     def undrain(self, pool_id: str) -> None:
         self._pool(pool_id)
