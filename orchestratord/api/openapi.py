@@ -29,7 +29,10 @@ def contract_document() -> dict[str, Any]:
         control = contract("control.yaml")
         doc["paths"].update(control.get("paths", {}))
         for section, items in control.get("components", {}).items():
-            doc.setdefault("components", {}).setdefault(section, {}).update(items)
+            target = doc.setdefault("components", {}).setdefault(section, {})
+            for name, item in items.items():
+                # data.yaml's definitions win: control.yaml refers to them (e.g. ErrorEnvelope).
+                target.setdefault(name, item)
     return doc
 
 
