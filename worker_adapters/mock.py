@@ -162,7 +162,9 @@ class MockAdapter:
 
     async def health(self) -> WorkerHealth:
         if self._config.model not in self._loadable:
-            return WorkerHealth(live=True, ready=False, detail=f"model {self._config.model!r} cannot be loaded")
+            return WorkerHealth(
+                live=True, ready=False, detail=f"model {self._config.model!r} cannot be loaded"
+            )
         return WorkerHealth(live=True, ready=self._ready, detail="" if self._ready else "mock not ready")
 
     async def props(self) -> WorkerProps:
