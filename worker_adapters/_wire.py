@@ -31,7 +31,9 @@ _REJECTED_TYPES = frozenset(
         "tool_error",  # TGI
     }
 )
-_UNAVAILABLE_TYPES = frozenset({"unavailable_error", "overloaded", "ServiceUnavailableError", "healthcheck"})
+_UNAVAILABLE_TYPES = frozenset(
+    {"unavailable_error", "overloaded", "overloaded_error", "ServiceUnavailableError", "healthcheck"}
+)
 _MAX_MESSAGE = 500
 
 

@@ -5,8 +5,12 @@ The stream mapping (`OpenAIStream`, `openai_events`) is shared with the engines 
 this dialect (llama.cpp, vLLM, TGI). One chunk with a text field is one `Token`, even when the text is
 empty (llama-cpp-python sends one chunk per token, ``""`` while a UTF-8 character is incomplete); the
 role announcement and chunks without a text field (finish-only ``delta: {}``, usage with
-``choices: []``) are not tokens. ``data: [DONE]`` is the terminal mark; every event is checked for a
-top-level ``error`` first (wire notes §8.7).
+``choices: []``) are not tokens. A chunk with ``finish_reason`` and empty text is a token only where the
+engine's last decode step finishes the stream (`final_step_chunks`: vLLM and TGI, whose EOS step is
+that chunk); elsewhere it is a bare finish (llama-cpp-python always ends with ``"text": ""`` and the
+finish reason, after every token went out; llama.cpp's streamed final completion chunk does the same).
+``data: [DONE]`` is the terminal mark; every event is checked for a top-level ``error`` first (wire
+notes §8.7).
 
 Options: ``api_key`` (sent as ``Authorization: Bearer``), ``health_path`` (default ``/v1/models``).
 """
@@ -74,8 +78,9 @@ def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, obj
 class OpenAIStream:
     """One OpenAI-dialect stream's state: feed it SSE events, get tokens; `done` after ``[DONE]``."""
 
-    def __init__(self, engine: str) -> None:
+    def __init__(self, engine: str, *, final_step_chunks: bool = False) -> None:
         self.engine = engine
+        self.final_step_chunks = final_step_chunks
         self.done = False
         self._started = False
         self._finish: StopReason | None = None
@@ -93,12 +98,11 @@ class OpenAIStream:
             raise error
         if isinstance(chunk.get("usage"), Mapping):
             self._usage = chunk["usage"]
-        summary = isinstance(chunk.get("usage"), Mapping)
         out: list[TokenEvent] = []
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
                 continue  # we ask for one choice
-            text = self._text(choice, summary=summary)
+            text = self._text(choice)
             if text is not None:
                 self._started = True
                 out.append(Token(text))
@@ -107,18 +111,18 @@ class OpenAIStream:
                 self._finish = self._stop_reason(reason, choice)
         return out
 
-    def _text(self, choice: Mapping[str, Any], *, summary: bool) -> str | None:
+    def _text(self, choice: Mapping[str, Any]) -> str | None:
         delta = choice.get("delta")
         if delta is None:
             text = as_str(choice.get("text"))
-            if text == "" and summary and choice.get("finish_reason"):
-                return None  # llama.cpp's streamed final chunk: "" (all text went out), with usage
-            return text
-        delta = as_dict(delta)
-        content = as_str(delta.get("content"))
-        if content == "" and "role" in delta and not choice.get("finish_reason") and not self._started:
-            return None  # the role announcement that opens a chat stream (vLLM: content "")
-        return content
+        else:
+            delta = as_dict(delta)
+            text = as_str(delta.get("content"))
+            if text == "" and "role" in delta and not choice.get("finish_reason") and not self._started:
+                return None  # the role announcement that opens a chat stream (vLLM: content "")
+        if text == "" and choice.get("finish_reason") and not self.final_step_chunks:
+            return None  # a bare finish: every token went out before it
+        return text
 
     def _stop_reason(self, reason: str, choice: Mapping[str, Any]) -> StopReason:
         if reason == "error":  # OpenRouter
@@ -142,10 +146,15 @@ class OpenAIStream:
 
 
 async def openai_events(
-    http: EngineHTTP, req: SubmitRequest, path: str, body: Mapping[str, object]
+    http: EngineHTTP,
+    req: SubmitRequest,
+    path: str,
+    body: Mapping[str, object],
+    *,
+    final_step_chunks: bool = False,
 ) -> AsyncGenerator[TokenEvent, None]:
     """Stream `body` to an OpenAI-dialect `path` and map it; EOF before ``[DONE]`` is `EngineReset`."""
-    stream = OpenAIStream(http.engine)
+    stream = OpenAIStream(http.engine, final_step_chunks=final_step_chunks)
     async with aclosing(http.sse(req, path, body)) as events:
         async for event in events:
             for out in stream.feed(event):
@@ -168,11 +177,13 @@ class OpenAIAdapter(HttpAdapter):
 
     engine = "openai"
     default_health_path = "/v1/models"
+    final_step_chunks = False  # see the module docstring
 
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         chat = wants_chat(self.config.api, req, self.engine)
         body = request_body(req, self.config.model or req.model, chat=chat)
-        return openai_events(self.http, req, CHAT if chat else COMPLETIONS, body)
+        path = CHAT if chat else COMPLETIONS
+        return openai_events(self.http, req, path, body, final_step_chunks=self.final_step_chunks)
 
     async def health(self) -> WorkerHealth:
         path = option_str(self.config.options, "health_path") or self.default_health_path

@@ -103,7 +103,7 @@ class TgiAdapter(HttpAdapter):
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         if wants_chat(self.config.api, req, self.engine):
             body = request_body(req, self.config.model or "tgi", chat=True)
-            return openai_events(self.http, req, CHAT, body)
+            return openai_events(self.http, req, CHAT, body, final_step_chunks=True)
         return self._generate(req)
 
     async def _generate(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:

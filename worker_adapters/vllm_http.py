@@ -3,7 +3,8 @@ KV-cache gauge (wire notes §2).
 
 The stream needs nothing of its own: vLLM's mid-stream ``data: {"error": {…}}`` followed by
 ``data: [DONE]`` is raised at the error event, before ``[DONE]`` could be taken for success, and its
-``stop_reason`` (the matched stop string) turns ``finish_reason: "stop"`` into ``stop_sequence``.
+``stop_reason`` (the matched stop string) turns ``finish_reason: "stop"`` into ``stop_sequence``. Each
+chunk is one decode step, the last one included (its text is ``""`` for EOS), so it counts as a token.
 Health is ``/health`` (200 with an empty body; connections are refused until the model is loaded).
 """
 
@@ -34,6 +35,7 @@ def kv_cache_usage(metrics: str) -> float | None:
 class VllmAdapter(OpenAIAdapter):
     engine = "vllm"
     default_health_path = "/health"
+    final_step_chunks = True  # the chunk with finish_reason is the last decode step (EOS: text "")
 
     async def props(self) -> WorkerProps:
         models, ctx_max = models_of(await self.http.get_json("/v1/models"))

@@ -36,6 +36,7 @@ _ERROR_TYPES = {422: "validation", 429: "overloaded", 424: "generation", 500: "i
 class TgiEngine(FakeEngine):
     def __init__(self, **behaviour: Any) -> None:
         super().__init__(**behaviour)
+        self.info_body: dict[str, Any] = dict(INFO)
         self.routes = {
             ("GET", "/health"): self.health,
             ("GET", "/info"): self.info,
@@ -56,7 +57,7 @@ class TgiEngine(FakeEngine):
             await exchange.respond(200, b"")
 
     async def info(self, request: Request, exchange: Exchange) -> None:
-        await exchange.respond(200, compact(INFO))
+        await exchange.respond(200, compact(self.info_body))
 
     async def generate_stream(self, request: Request, exchange: Exchange) -> None:
         b = self.behaviour

@@ -1,0 +1,171 @@
+"""The HTTP boundary: exception and status translation, the client's settings, ownership of an
+injected client, and the guards around in-flight streams. Uses httpx.MockTransport, the seam httpx
+was designed with; streaming behaviour over a real socket is in test_conformance.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fakes.engines.harness import collect, request
+from worker_adapters._http import build_client, map_http_errors
+from worker_adapters._wire import body_message, error_class, in_stream_error
+from worker_adapters.base import (
+    AdapterConfig,
+    AdapterError,
+    EngineInternal,
+    EngineRejected,
+    EngineReset,
+    EngineTimeout,
+    EngineUnavailable,
+)
+from worker_adapters.llamacpp_http import LlamaCppAdapter
+
+MakeAdapter = Any
+
+
+@pytest.mark.parametrize(
+    ("raised", "error"),
+    [
+        (httpx.ConnectError("[Errno 111] Connection refused"), EngineUnavailable),
+        (httpx.ConnectTimeout("timed out"), EngineUnavailable),
+        (httpx.PoolTimeout("no connection available"), EngineUnavailable),
+        (httpx.ReadTimeout("timed out"), EngineTimeout),
+        (httpx.WriteTimeout("timed out"), EngineTimeout),
+        (
+            httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
+            EngineReset,
+        ),
+        (httpx.ReadError("connection reset by peer"), EngineReset),
+        (httpx.WriteError("broken pipe"), EngineReset),
+        (httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'ftp://'"), EngineInternal),
+        (httpx.DecodingError("bad gzip"), EngineInternal),
+    ],
+)
+def test_map_http_errors(raised: httpx.HTTPError, error: type[AdapterError]) -> None:
+    with pytest.raises(AdapterError) as caught, map_http_errors("vllm", "http://gpu-7:8000/v1/completions"):
+        raise raised
+    assert type(caught.value) is error
+    assert caught.value.engine == "vllm"
+    assert "vllm at http://gpu-7:8000/v1/completions" in caught.value.message
+    assert type(raised).__name__ in caught.value.message
+    assert caught.value.__cause__ is raised
+
+
+def test_map_http_errors_lets_other_exceptions_through() -> None:
+    with pytest.raises(KeyError), map_http_errors("vllm", "http://x"):
+        raise KeyError("not ours")
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(400, EngineRejected), (413, EngineRejected), (422, EngineRejected), (429, EngineUnavailable),
+     (503, EngineUnavailable), (500, EngineInternal), (502, EngineInternal), (401, EngineInternal),
+     (404, EngineInternal), (301, EngineInternal)],
+)  # fmt: skip
+def test_status_classes(status: int, error: type[AdapterError]) -> None:
+    assert error_class(status) is error
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"error":{"code":400,"message":"too long","type":"invalid_request_error"}}', "too long"),
+        (b'{"object":"error","message":"flat","type":"BadRequestError","code":400}', "flat"),
+        (b'{"error":"Model is overloaded","error_type":"overloaded"}', "Model is overloaded"),
+        (b"Internal Server Error", "Internal Server Error"),
+        (b"", "(empty body)"),
+        (b"x" * 2000, "x" * 500 + "…"),
+    ],
+)
+def test_body_message(body: bytes, message: str) -> None:
+    assert body_message(body) == message
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        ({"error": {"code": 400, "message": "m", "type": "server_error"}}, EngineRejected),  # the code wins
+        ({"error": {"message": "m", "type": "exceed_context_size_error"}}, EngineRejected),
+        ({"error": {"message": "m", "type": "unavailable_error"}}, EngineUnavailable),
+        ({"error": "m", "error_type": "validation"}, EngineRejected),
+        ({"error": "m"}, EngineInternal),
+    ],
+)
+def test_in_stream_error_classes(event: dict[str, Any], error: type[AdapterError]) -> None:
+    found = in_stream_error(event, "e")
+    assert type(found) is error
+    assert in_stream_error({"error": None, "choices": []}, "e") is None
+
+
+async def test_client_settings_come_from_the_config() -> None:
+    config = AdapterConfig(
+        engine="vllm", base_url="http://x", model="m", connect_timeout_s=2.5, read_timeout_s=90
+    )
+    client = build_client(config)
+    async with client:
+        assert client.timeout == httpx.Timeout(connect=2.5, read=90, write=2.5, pool=2.5)
+        assert client.follow_redirects is False
+
+
+async def test_an_injected_client_is_closed_with_the_adapter() -> None:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    adapter = LlamaCppAdapter(AdapterConfig(engine="llamacpp", base_url="http://x", model="m"), client=client)
+    await adapter.aclose()
+    assert client.is_closed
+
+
+def mock_adapter(make_adapter: MakeAdapter, answer: Any) -> LlamaCppAdapter:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    return make_adapter(LlamaCppAdapter, "http://engine.invalid:8080/", client=client)  # type: ignore[no-any-return]
+
+
+async def test_invalid_json_from_a_props_endpoint(make_adapter: MakeAdapter) -> None:
+    adapter = mock_adapter(make_adapter, lambda r: httpx.Response(200, content=b"<html>"))
+    with pytest.raises(EngineInternal, match="invalid JSON"):
+        await adapter.props()
+
+
+async def test_base_url_trailing_slash_and_read_timeout_mid_stream(make_adapter: MakeAdapter) -> None:
+    seen: list[str] = []
+
+    async def stall() -> AsyncIterator[bytes]:
+        yield b'data: {"content":"a","stop":false}\n\n'
+        raise httpx.ReadTimeout("timed out")
+
+    def answer(req: httpx.Request) -> httpx.Response:
+        seen.append(str(req.url))
+        return httpx.Response(200, content=stall(), headers={"content-type": "text/event-stream"})
+
+    adapter = mock_adapter(make_adapter, answer)
+    with pytest.raises(EngineTimeout):
+        await collect(adapter, request())
+    assert seen == ["http://engine.invalid:8080/completion"]
+
+
+async def test_a_frame_that_never_ends_is_an_internal_error(make_adapter: MakeAdapter) -> None:
+    async def endless() -> AsyncIterator[bytes]:
+        yield b"data: "
+        for _ in range(20):
+            yield b"x" * (1024 * 1024)
+
+    adapter = mock_adapter(make_adapter, lambda r: httpx.Response(200, content=endless()))
+    with pytest.raises(EngineInternal, match="exceeds"):
+        await collect(adapter, request())
+
+
+async def test_a_task_id_can_be_in_flight_once(make_adapter: MakeAdapter) -> None:
+    async def slow() -> AsyncIterator[bytes]:
+        yield b'data: {"content":"a","stop":false}\n\n'
+        yield b'data: {"content":"","stop":true,"stop_type":"eos"}\n\n'
+
+    adapter = mock_adapter(make_adapter, lambda r: httpx.Response(200, content=slow()))
+    first = adapter.submit(request("same"))
+    await anext(first)
+    with pytest.raises(ValueError, match="already in flight"):
+        await collect(adapter, request("same"))
+    await first.aclose()  # type: ignore[attr-defined]
+    assert len(await collect(adapter, request("same"))) == 2

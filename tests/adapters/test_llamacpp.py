@@ -1,0 +1,186 @@
+"""llama.cpp specifics: the native /completion request and stop types, both in-stream error dialects,
+/health while loading, /props, and the chat route."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.fakes.engines import llamacpp as fake
+from tests.fakes.engines.harness import collect, finished, request, texts
+from tests.fakes.engines.llamacpp import LlamaCppEngine
+from tests.fakes.engines.server import closed_port_url
+from worker_adapters._sse import SSEEvent
+from worker_adapters.base import EngineRejected, EngineUnavailable, Finished, Token, WorkerProps
+from worker_adapters.llamacpp_http import LlamaCppAdapter, NativeStream
+
+MakeAdapter = Any
+
+
+@pytest.fixture
+def llama(serve_fake: Any, make_adapter: MakeAdapter) -> Any:
+    def start(**behaviour: Any) -> tuple[LlamaCppEngine, LlamaCppAdapter]:
+        engine = LlamaCppEngine(**behaviour)
+        return engine, make_adapter(LlamaCppAdapter, serve_fake(engine), model="qwen")
+
+    return start
+
+
+async def test_native_request_body(llama: Any) -> None:
+    engine, adapter = llama()
+    req = request(max_tokens=3, seed=42, temperature=0.0, top_p=0.9, stop=("\n\n",))
+    await collect(adapter, req)
+    body = engine.record.last("/completion").body
+    assert body == {
+        "prompt": "Say hi",
+        "n_predict": 3,
+        "stream": True,
+        "cache_prompt": True,
+        "seed": 42,
+        "temperature": 0.0,
+        "top_p": 0.9,
+        "stop": ["\n\n"],
+    }
+
+
+async def test_unset_sampling_fields_are_left_to_the_engine(llama: Any) -> None:
+    engine, adapter = llama()
+    await collect(adapter, request())
+    assert set(engine.record.last("/completion").body) == {"prompt", "n_predict", "stream", "cache_prompt"}
+
+
+async def test_stop_word_ends_with_stop_sequence(llama: Any) -> None:
+    _, adapter = llama()
+    events = await collect(adapter, request(max_tokens=20, stop=(" wor",)))
+    assert texts(events) == ["Hello", ","]
+    assert finished(events) == Finished("stop_sequence", prompt_tokens=7, completion_tokens=2)
+
+
+async def test_text_survives_u2028_and_multibyte_tokens_split_bytewise(llama: Any) -> None:
+    from tests.fakes.engines.asgi import split_every
+
+    _, adapter = llama(tokens=("ä", "\u2028", "日本🙂", "\x85"), split=split_every(1))
+    events = await collect(adapter, request(max_tokens=4))
+    assert texts(events) == ["ä", "\u2028", "日本🙂", "\x85"]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["data-error", "legacy-error-field"])
+async def test_context_overflow_in_stream_is_rejected(llama: Any, legacy: bool) -> None:
+    message = "request (33056 tokens) exceeds the available context size (32768 tokens), try increasing it"
+    _, adapter = llama(
+        fail_after=0,
+        error_status=400,
+        error_type="exceed_context_size_error",
+        error_message=message,
+        legacy_errors=legacy,
+    )
+    with pytest.raises(EngineRejected) as caught:
+        await collect(adapter, request())
+    assert message in caught.value.message
+    assert "exceed_context_size_error" in caught.value.message
+
+
+async def test_legacy_error_field_on_the_chat_route_is_not_an_empty_success(llama: Any) -> None:
+    # Builds through 2025 wrote `error: {…}` then `data: [DONE]`: a compliant parser would see only [DONE].
+    _, adapter = llama(fail_after=1, error_status=500, legacy_errors=True, error_message="slot died")
+    with pytest.raises(Exception, match="slot died"):
+        await collect(adapter, request(chat=True))
+
+
+async def test_completion_while_loading_is_unavailable(llama: Any) -> None:
+    _, adapter = llama(loading=True)
+    with pytest.raises(EngineUnavailable, match="Loading model"):
+        await collect(adapter, request())
+
+
+async def test_chat_goes_to_the_openai_route_with_the_configured_model(llama: Any) -> None:
+    engine, adapter = llama()
+    events = await collect(adapter, request(chat=True, max_tokens=3))
+    assert texts(events) == ["Hello", ",", " wor"]
+    body = engine.record.last("/v1/chat/completions").body
+    assert body["model"] == "qwen"
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Say hi"},
+    ]
+    assert body["stream_options"] == {"include_usage": True}
+
+
+async def test_completion_only_replica_refuses_messages(serve_fake: Any, make_adapter: MakeAdapter) -> None:
+    engine = LlamaCppEngine()
+    adapter = make_adapter(LlamaCppAdapter, serve_fake(engine), api="completion")
+    with pytest.raises(EngineRejected, match="completions only"):
+        await collect(adapter, request(chat=True))
+    assert engine.record.requests == []
+
+
+async def test_chat_replica_sends_a_prompt_as_one_user_message(
+    serve_fake: Any, make_adapter: MakeAdapter
+) -> None:
+    engine = LlamaCppEngine()
+    adapter = make_adapter(LlamaCppAdapter, serve_fake(engine), api="chat")
+    await collect(adapter, request())
+    assert engine.record.last("/v1/chat/completions").body["messages"] == [
+        {"role": "user", "content": "Say hi"}
+    ]
+
+
+async def test_health_ready_loading_and_down(llama: Any, make_adapter: MakeAdapter) -> None:
+    engine, adapter = llama()
+    health = await adapter.health()
+    assert (health.live, health.ready) == (True, True)
+    engine.behaviour.loading = True
+    health = await adapter.health()
+    assert (health.live, health.ready) == (True, False)
+    assert "503" in health.detail and "Loading model" in health.detail
+    down = await make_adapter(LlamaCppAdapter, closed_port_url()).health()
+    assert (down.live, down.ready) == (False, False)
+    assert "cannot connect" in down.detail
+
+
+async def test_props(llama: Any) -> None:
+    engine, adapter = llama()
+    assert await adapter.props() == WorkerProps(
+        slots=fake.SLOTS, ctx_max=fake.N_CTX, engine_version=fake.BUILD, models=(fake.MODEL,)
+    )
+    engine.behaviour.loading = True
+    with pytest.raises(EngineUnavailable, match="Loading model"):
+        await adapter.props()
+
+
+def native(stream: NativeStream, obj: str) -> list[Any]:
+    return stream.feed(SSEEvent("message", obj))
+
+
+def test_progress_reports_are_not_tokens_but_empty_steps_are() -> None:
+    stream = NativeStream("llamacpp")
+    progress = '{"index":0,"content":"","tokens":[],"stop":false,"prompt_progress":{"total":6,"processed":3}}'
+    assert native(stream, progress) == []
+    assert native(stream, '{"index":0,"content":"","tokens":[228],"stop":false}') == [Token("")]
+
+
+@pytest.mark.parametrize(
+    ("final", "reason"),
+    [
+        ('"stop_type":"eos"', "eos"),
+        ('"stop_type":"limit"', "max_tokens"),
+        ('"stop_type":"word","stopping_word":"\\n"', "stop_sequence"),
+        ('"stop_type":"none"', "eos"),
+        ('"stopped_eos":false,"stopped_word":true,"stopped_limit":false', "stop_sequence"),  # 2024 builds
+        ('"stopped_eos":false,"stopped_word":false,"stopped_limit":true', "max_tokens"),
+        ('"stopped_eos":true,"stopped_word":false,"stopped_limit":false', "eos"),
+    ],
+)
+def test_stop_types(final: str, reason: str) -> None:
+    stream = NativeStream("llamacpp")
+    events = native(
+        stream, '{"content":"","stop":true,"tokens_predicted":3,"tokens_evaluated":6,' + final + "}"
+    )
+    assert events == [Finished(reason, prompt_tokens=6, completion_tokens=3)]  # type: ignore[arg-type]
+    assert stream.done
+
+
+def test_a_final_event_that_carries_text_relays_it_first() -> None:
+    events = native(NativeStream("llamacpp"), '{"content":" end","stop":true,"stop_type":"eos"}')
+    assert events == [Token(" end"), Finished("eos")]

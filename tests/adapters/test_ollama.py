@@ -1,0 +1,103 @@
+"""Ollama specifics: the native requests, Go's JSON escapes, done_reason and counts, error lines, busy
+and unknown-model answers, /api/tags health and /api/version."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.fakes.engines import ollama as fake
+from tests.fakes.engines.harness import collect, finished, request, texts
+from tests.fakes.engines.ollama import OllamaEngine
+from tests.fakes.engines.server import closed_port_url
+from worker_adapters.base import EngineInternal, EngineUnavailable, Finished, WorkerProps
+from worker_adapters.ollama_http import OllamaAdapter
+
+MakeAdapter = Any
+
+
+@pytest.fixture
+def ollama(serve_fake: Any, make_adapter: MakeAdapter) -> Any:
+    def start(model: str = "llama3.2", **behaviour: Any) -> tuple[OllamaEngine, OllamaAdapter]:
+        engine = OllamaEngine(**behaviour)
+        return engine, make_adapter(OllamaAdapter, serve_fake(engine), model=model)
+
+    return start
+
+
+async def test_generate_request_body(ollama: Any) -> None:
+    engine, adapter = ollama()
+    await collect(adapter, request(max_tokens=4, seed=9, temperature=0.2, top_p=0.8, stop=("\n",)))
+    assert engine.record.last("/api/generate").body == {
+        "model": "llama3.2",
+        "prompt": "Say hi",
+        "stream": True,
+        "options": {"num_predict": 4, "seed": 9, "temperature": 0.2, "top_p": 0.8, "stop": ["\n"]},
+    }
+
+
+async def test_raw_option_and_chat_body(serve_fake: Any, make_adapter: MakeAdapter) -> None:
+    engine = OllamaEngine()
+    adapter = make_adapter(OllamaAdapter, serve_fake(engine), model="llama3.2", raw="true")
+    await collect(adapter, request())
+    assert engine.record.last("/api/generate").body["raw"] is True
+    await collect(adapter, request(chat=True))
+    chat = engine.record.last("/api/chat").body
+    assert chat["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Say hi"},
+    ]
+    assert "raw" not in chat
+
+
+async def test_go_html_escapes_decode_to_the_text(ollama: Any) -> None:
+    _, adapter = ollama(tokens=("<b>", " & ", "\u2028", "</b>"))
+    events = await collect(adapter, request(max_tokens=4))
+    assert texts(events) == ["<b>", " & ", "\u2028", "</b>"]
+
+
+async def test_done_reasons_and_omitted_prompt_count(ollama: Any) -> None:
+    _, adapter = ollama(eos_after=2, prompt_tokens=0)  # a fully cached prompt: prompt_eval_count absent
+    events = await collect(adapter, request(max_tokens=5))
+    assert finished(events) == Finished("eos", prompt_tokens=None, completion_tokens=2)
+
+
+async def test_error_line_mid_stream(ollama: Any) -> None:
+    _, adapter = ollama(fail_after=2, error_message="an error was encountered while running the model")
+    with pytest.raises(EngineInternal, match="an error was encountered while running the model"):
+        await collect(adapter, request(max_tokens=5))
+
+
+async def test_busy_is_unavailable(ollama: Any) -> None:
+    _, adapter = ollama(http_status=503)
+    with pytest.raises(EngineUnavailable, match=r"server busy, please try again\.  maximum pending"):
+        await collect(adapter, request())
+
+
+async def test_unknown_model_names_the_model(ollama: Any) -> None:
+    _, adapter = ollama(model="mistral")
+    with pytest.raises(EngineInternal, match='model "mistral" not found'):
+        await collect(adapter, request())
+
+
+@pytest.mark.parametrize(
+    ("model", "ready"),
+    [("llama3.2", True), ("llama3.2:latest", True), ("llama3.2:1b", False), ("mistral", False)],
+)
+async def test_health_checks_the_model_is_installed(ollama: Any, model: str, ready: bool) -> None:
+    _, adapter = ollama(model=model)
+    health = await adapter.health()
+    assert (health.live, health.ready) == (True, ready)
+    if not ready:
+        assert f"model {model!r} is not installed" in health.detail and fake.MODEL in health.detail
+
+
+async def test_health_when_down(make_adapter: MakeAdapter) -> None:
+    health = await make_adapter(OllamaAdapter, closed_port_url(), model="llama3.2").health()
+    assert (health.live, health.ready) == (False, False)
+
+
+async def test_props(ollama: Any) -> None:
+    _, adapter = ollama()
+    assert await adapter.props() == WorkerProps(engine_version=fake.VERSION, models=(fake.MODEL,))

@@ -1,0 +1,104 @@
+"""vLLM specifics: error-then-[DONE], stop_reason, /health with an empty body, /version, /metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.fakes.engines import vllm as fake
+from tests.fakes.engines.harness import collect, finished, request, texts
+from tests.fakes.engines.server import closed_port_url
+from tests.fakes.engines.vllm import VllmEngine
+from worker_adapters.base import EngineInternal, EngineRejected, Finished, WorkerProps
+from worker_adapters.vllm_http import VllmAdapter, kv_cache_usage
+
+MakeAdapter = Any
+
+
+@pytest.fixture
+def vllm(serve_fake: Any, make_adapter: MakeAdapter) -> Any:
+    def start(**behaviour: Any) -> tuple[VllmEngine, VllmAdapter]:
+        engine = VllmEngine(**behaviour)
+        return engine, make_adapter(VllmAdapter, serve_fake(engine), model=fake.MODEL)
+
+    return start
+
+
+async def test_error_event_then_done_is_an_error_not_a_success(vllm: Any) -> None:
+    _, adapter = vllm(
+        fail_after=2, error_status=400, error_type="BadRequestError", error_message="bad logits"
+    )
+    with pytest.raises(EngineRejected, match="bad logits") as caught:
+        await collect(adapter, request(chat=True, max_tokens=8))
+    assert "400 BadRequestError" in caught.value.message
+
+
+async def test_stop_string_is_a_stop_sequence(vllm: Any) -> None:
+    engine, adapter = vllm()
+    events = await collect(adapter, request(max_tokens=20, stop=("ld",)))
+    assert texts(events) == ["Hello", ",", " wor", ""]
+    assert finished(events) == Finished("stop_sequence", prompt_tokens=7, completion_tokens=4)
+    assert engine.record.last("/v1/completions").body["stop"] == ["ld"]
+
+
+async def test_pre_stream_error_body_is_in_the_message(vllm: Any) -> None:
+    message = "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens"
+    _, adapter = vllm(http_status=400, error_message=message)
+    with pytest.raises(EngineRejected) as caught:
+        await collect(adapter, request(chat=True))
+    assert message in caught.value.message
+
+
+async def test_health(vllm: Any, make_adapter: MakeAdapter) -> None:
+    engine, adapter = vllm()
+    assert (await adapter.health()).ready
+    assert engine.record.last().path == "/health"
+    engine.behaviour.loading = True  # the engine process died: 503 with an empty body
+    dead = await adapter.health()
+    assert (dead.live, dead.ready) == (True, False)
+    assert "HTTP 503" in dead.detail
+    refused = await make_adapter(VllmAdapter, closed_port_url()).health()  # still loading: refused
+    assert (refused.live, refused.ready) == (False, False)
+
+
+async def test_props(vllm: Any) -> None:
+    _, adapter = vllm()
+    assert await adapter.props() == WorkerProps(
+        ctx_max=fake.MAX_MODEL_LEN,
+        engine_version=fake.VERSION,
+        models=(fake.MODEL,),
+        kv_cache_usage_ratio=0.5,
+    )
+
+
+def test_kv_cache_usage_reads_either_gauge_name() -> None:
+    old = '# TYPE vllm:gpu_cache_usage_perc gauge\nvllm:gpu_cache_usage_perc{model_name="m"} 0.3\n'
+    assert kv_cache_usage(old) == pytest.approx(0.3)
+    assert kv_cache_usage("vllm:num_requests_running 2.0\n") is None
+    assert (
+        kv_cache_usage('vllm:kv_cache_usage_perc{engine="0"} NaNx\nvllm:kv_cache_usage_perc{engine="1"} 1\n')
+        == 1.0
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        (
+            b'{"object":"error","message":"flat before 0.10.1","type":"BadRequestError","code":400}',
+            "flat",
+        ),
+        (b'{"error":"Unauthorized"}', "Unauthorized"),
+    ],
+)
+async def test_error_bodies_of_other_versions(body: bytes, text: str, make_adapter: MakeAdapter) -> None:
+    import httpx
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401 if b"Unauthorized" in body else 400, content=body)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    adapter = make_adapter(VllmAdapter, "http://vllm.invalid", client=client)
+    with pytest.raises((EngineRejected, EngineInternal), match=text):
+        await collect(adapter, request())
