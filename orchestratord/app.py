@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from orchestratord.admission import Admission, TenantLimits
-from orchestratord.api import errors, middleware, ops, pools, stream, tasks
+from orchestratord.api import capabilities, catalog, errors, middleware, ops, pools, sessions, stream, tasks
+from orchestratord.api.deps import guard, guard_ops
 from orchestratord.api.openapi import contract_document
+from orchestratord.control import build_control_plane
 from orchestratord.core.queue import QueuePolicy
 from orchestratord.core.tasks import JobState
 from orchestratord.dispatch import DispatchConfig, Dispatcher
@@ -21,9 +23,10 @@ from orchestratord.metrics import Metrics
 from orchestratord.pool_ops import PoolOps
 from orchestratord.presence import Presence
 from orchestratord.services import Services
-from orchestratord.settings import Settings
+from orchestratord.settings import Settings, redact_url
 from orchestratord.state.base import StateStore
 from orchestratord.state.memory import MemoryStore
+from orchestratord.state.shared import SharedState
 from pool_manager.health import HealthProber
 from pool_manager.registry import PoolRegistry
 from pool_manager.specs import PoolSpec
@@ -62,14 +65,29 @@ def adapter_configs(specs: list[PoolSpec]) -> dict[tuple[str, str], AdapterConfi
 
 
 def build_store(settings: Settings) -> StateStore:
+    """The state backend `state_url` names: in this process's memory, or shared in Redis."""
+    if settings.state_url.startswith(("redis://", "rediss://")):
+        from orchestratord.state.redis import RedisStore  # lazy: the embedded default never loads redis
+        from orchestratord.state.redis_client import RedisOptions
+
+        r = settings.redis
+        return RedisStore(
+            settings.state_url,
+            queue_policy(settings),
+            retention_s=settings.stream.retention_s,
+            options=RedisOptions(key_prefix=r.key_prefix, lease_ttl_s=r.lease_ttl_s, timeout_s=r.timeout_s),
+            tenant_max_concurrent={t.id: t.max_concurrent for t in settings.tenants if t.max_concurrent},
+        )
     return MemoryStore(queue_policy(settings), retention_s=settings.stream.retention_s)
 
 
 def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     store = build_store(settings)
     leases = getattr(store, "leases", None)
+    shared = store if isinstance(store, SharedState) else None
     registry = PoolRegistry(settings.pool_specs(), leases=leases)
     metrics = Metrics()
+    control = build_control_plane(settings, store)
     dispatcher = Dispatcher(
         store,
         registry,
@@ -78,7 +96,10 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         DispatchConfig(
             metrics_interval_s=settings.stream.metrics_interval_s,
             tenant_max_concurrent={t.id: t.max_concurrent for t in settings.tenants if t.max_concurrent},
+            heartbeat_s=settings.redis.heartbeat_s,
         ),
+        hooks=control.gate,
+        shared=shared,
     )
     metrics.watch_pools(lambda: dispatcher.snapshots)
     jobs = JobControl(store, metrics, lambda pool_id: _engine_version(registry, pool_id))
@@ -97,6 +118,8 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         queue_policy(settings),
         max_tokens=settings.limits.max_tokens,
         tenant_limits={t.id: TenantLimits(t.rps, t.burst) for t in settings.tenants},
+        checks=[control.gate],
+        shared=shared,
     )
     prober = HealthProber(registry, adapters, interval_s=settings.health_interval_s)
     pools = PoolOps(registry, dispatcher, adapters)
@@ -105,7 +128,7 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     idempotency = Idempotency(store, admission, dispatcher, window_s=window)
     return Services(
         settings, store, registry, dispatcher, admission, jobs, presence, prober, metrics, pools,
-        idempotency=idempotency,
+        idempotency=idempotency, control=control,
     )  # fmt: skip
 
 
@@ -148,11 +171,12 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
         host = adapters or AdapterHost(adapter_configs(settings.pool_specs()))
         services = build_services(settings, host)
         app.state.services = services
+        await services.control.catalog.open()
         await services.prober.probe_all()
         services.prober.start()
         services.dispatcher.start()
         await services.dispatcher.refresh()
-        log.info("orchestratord_started", pools=[p.id for p in settings.pools], state_url=settings.state_url)
+        log.info("orchestratord_started", pools=[p.id for p in settings.pools], state_url=redact_url(settings.state_url))
         try:
             yield
         finally:
@@ -164,13 +188,18 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
             await services.pools.aclose()
             await host.aclose()
             await services.store.aclose()
+            await services.control.catalog.aclose()
             log.info("orchestratord_stopped")
 
     app = FastAPI(title="orchestratord", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.started_at = time.time()
     app.state.settings = settings
-    for module in (tasks, stream, pools, ops):
-        app.include_router(module.router)
+    # Data plane: client keys (and admin); control plane: admin keys; probes and metrics: open by default.
+    for module in (tasks, stream, sessions, capabilities):
+        app.include_router(module.router, **guard("client"))
+    for module in (catalog, pools):
+        app.include_router(module.router, **guard("admin"))
+    app.include_router(ops.router, **guard_ops())
     errors.install(app)
     middleware.install(app, max_body_bytes=settings.limits.max_body_bytes)
     app.openapi = lambda: contract_document()  # type: ignore[method-assign]

@@ -10,17 +10,21 @@ OrchestratorError
   ├─ NotFound                 (404, NOT_FOUND)
   ├─ MethodNotAllowed         (405, METHOD_NOT_ALLOWED)
   ├─ Conflict                 (409, CONFLICT)
+  │    └─ IdempotencyInProgress (409, CONFLICT, retriable)
   ├─ PayloadTooLarge          (413, PAYLOAD_TOO_LARGE)
   ├─ UnsupportedMediaType     (415, UNSUPPORTED_MEDIA_TYPE)
   ├─ AdmissionRejected        (429, ADMISSION_REJECT)   carries policy_label and retry_after_ms
+  ├─ BudgetExceeded           (429, BUDGET_EXCEEDED)    policy_label "quota"; a session or tenant budget
   ├─ QueueFullDropLru         (429 when refused; the terminal error of an evicted job)
   ├─ PoolUnready / PoolUnavailable / ReplicaExhausted / ShuttingDown (503)
+  ├─ StateUnavailable         (503, STATE_UNAVAILABLE)  the shared state backend (Redis) is unreachable
   └─ DecodeTimeout / WorkerReset / Internal (500-class; in streams they are `error` events)
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 
 class ErrorKind(StrEnum):
@@ -44,6 +48,8 @@ class ErrorKind(StrEnum):
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     SHUTTING_DOWN = "SHUTTING_DOWN"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    STATE_UNAVAILABLE = "STATE_UNAVAILABLE"
 
 
 class OrchestratorError(Exception):
@@ -117,6 +123,12 @@ class Conflict(OrchestratorError):
     http_status = 409
 
 
+class IdempotencyInProgress(Conflict):
+    """The first request with this Idempotency-Key is still being admitted; retry shortly."""
+
+    retriable = True
+
+
 class PayloadTooLarge(OrchestratorError):
     kind = ErrorKind.PAYLOAD_TOO_LARGE
     http_status = 413
@@ -131,6 +143,18 @@ class AdmissionRejected(OrchestratorError):
     kind = ErrorKind.ADMISSION_REJECT
     http_status = 429
     retriable = True
+
+
+class BudgetExceeded(OrchestratorError):
+    """A job would exceed its session's or tenant's budget (tokens, time, cost, turns); refused before
+    it is queued. Retriable only when a tenant budget's window will reset (then with retry_after_ms)."""
+
+    kind = ErrorKind.BUDGET_EXCEEDED
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_ms: int | None = None, **fields: Any) -> None:
+        super().__init__(message, retry_after_ms=retry_after_ms, **{"policy_label": "quota", **fields})
+        self.retriable = retry_after_ms is not None
 
 
 class QueueFullDropLru(OrchestratorError):
@@ -163,6 +187,14 @@ class ShuttingDown(OrchestratorError):
     retriable = True
 
 
+class StateUnavailable(OrchestratorError):
+    """The shared state backend (Redis) does not answer; the request can be retried once it does."""
+
+    kind = ErrorKind.STATE_UNAVAILABLE
+    http_status = 503
+    retriable = True
+
+
 class DecodeTimeout(OrchestratorError):
     kind = ErrorKind.DECODE_TIMEOUT
     http_status = 504
@@ -185,8 +217,8 @@ BY_KIND: dict[str, type[OrchestratorError]] = {
     for cls in (
         InvalidParams, DeadlineUnmet, UntrustedArtifact, ModelDeprecated, Unauthorized, Forbidden,
         NotFound, MethodNotAllowed, Conflict, PayloadTooLarge, UnsupportedMediaType, AdmissionRejected,
-        QueueFullDropLru, PoolUnready, PoolUnavailable, ReplicaExhausted, ShuttingDown, DecodeTimeout,
-        WorkerReset, Internal,
+        QueueFullDropLru, BudgetExceeded, PoolUnready, PoolUnavailable, ReplicaExhausted, ShuttingDown,
+        StateUnavailable, DecodeTimeout, WorkerReset, Internal,
     )
 }  # fmt: skip
 

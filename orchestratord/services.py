@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from orchestratord.admission import Admission
+from orchestratord.control import ControlPlane
 from orchestratord.dispatch import Dispatcher
 from orchestratord.idempotency import Idempotency
 from orchestratord.jobs import JobControl
@@ -31,4 +32,5 @@ class Services:
     metrics: Metrics
     pools: PoolOps
     idempotency: Idempotency
+    control: ControlPlane
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)

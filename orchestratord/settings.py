@@ -135,6 +135,24 @@ class LimitsConfig(_Strict):
     max_prompt_chars: int = Field(default=1_000_000, ge=1)
 
 
+class RedisConfig(_Strict):
+    """The shared state backend, used when `state_url` is `redis://` or `rediss://`."""
+
+    key_prefix: str = Field(default="orchd:", min_length=1, max_length=64)  # one deployment's keys
+    lease_ttl_s: float = Field(default=10.0, gt=0)  # a dead replica's jobs and slots are freed after this
+    heartbeat_s: float = Field(default=2.0, gt=0)  # how often a replica renews its leases
+    timeout_s: float = Field(default=2.0, gt=0)  # longest wait for Redis before answering 503
+
+    @model_validator(mode="after")
+    def _heartbeat(self) -> RedisConfig:
+        if self.heartbeat_s * 2 > self.lease_ttl_s:
+            raise ValueError(
+                f"heartbeat_s ({self.heartbeat_s}) must be at most half of lease_ttl_s ({self.lease_ttl_s}), "
+                "or a live replica's leases could expire between two heartbeats"
+            )
+        return self
+
+
 class ApiKeyConfig(_Strict):
     """One API key: its SHA-256 digest (or the key itself, hashed on reading and then forgotten)."""
 
@@ -158,13 +176,15 @@ class ApiKeyConfig(_Strict):
         return {**fields, "key_sha256": hash_key(key)}
 
 
+OpenPath = Literal["/healthz", "/readyz", "/metrics"]
+OPEN_PATHS: tuple[OpenPath, ...] = ("/healthz", "/readyz", "/metrics")
+
+
 class AuthConfig(_Strict):
     keys: list[ApiKeyConfig] = Field(default_factory=list)
     keys_file: str | None = None  # lines of `<sha256 hex> <tenant> [client|admin]`, merged into keys
     allow_unauthenticated: bool = False  # the explicit opt-out for a non-loopback host without keys
-    open_paths: list[Literal["/healthz", "/readyz", "/metrics"]] = Field(
-        default_factory=lambda: ["/healthz", "/readyz", "/metrics"]
-    )
+    open_paths: list[OpenPath] = Field(default_factory=lambda: list(OPEN_PATHS))  # no key needed
 
     @model_validator(mode="before")
     @classmethod
@@ -249,6 +269,7 @@ class Settings(BaseSettings):
     tenants: list[TenantConfig] = Field(default_factory=list)
     stream: StreamConfig = Field(default_factory=StreamConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
     pools: list[PoolConfig] = Field(default_factory=_default_pools)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
@@ -259,10 +280,15 @@ class Settings(BaseSettings):
     @field_validator("state_url")
     @classmethod
     def _state_url(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
-        if scheme != "memory":
-            raise ValueError(f"state_url {value!r} is not supported; use memory://")
-        return value
+        parts = urlsplit(value)
+        if parts.scheme == "memory":
+            return value
+        if parts.scheme in ("redis", "rediss") and parts.hostname:
+            return value
+        raise ValueError(
+            f"state_url {redact_url(value)!r} is not supported; use memory:// (one process) or "
+            "redis://host:6379/0 (rediss:// for TLS) to share state between replicas"
+        )
 
     @model_validator(mode="after")
     def _unique_pools(self) -> Settings:
@@ -354,3 +380,14 @@ def _describe(exc: ValidationError, source: str) -> str:
         message = {"extra_forbidden": "unknown key", "missing": "field required"}.get(err["type"], err["msg"])
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{host}{port}").geturl()

@@ -12,11 +12,28 @@ _RETRY_HEADERS = {
 }
 
 
-def errors_for(*codes: int) -> dict[int | str, dict[str, Any]]:
+def errors_for(*codes: int, retryable: tuple[int, ...] = (429, 503)) -> dict[int | str, dict[str, Any]]:
+    """`retryable` statuses also declare the Retry-After and X-Backoff-Ms headers."""
     out: dict[int | str, dict[str, Any]] = {}
     for code in codes:
         entry: dict[str, Any] = {"model": ErrorEnvelope, "description": "Error envelope."}
-        if code in (429, 503):
+        if code in retryable:
             entry["headers"] = _RETRY_HEADERS
         out[code] = entry
     return out
+
+
+BUDGET_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Budget-Tokens-Remaining": {
+        "schema": {"type": "integer"},
+        "description": "Tokens left in the tighter of the session's and the tenant's budget (if limited).",
+    },
+    "X-Budget-Time-Remaining-Ms": {
+        "schema": {"type": "integer"},
+        "description": "Decode time left, ms, in the tighter budget (if limited).",
+    },
+    "X-Budget-Cost-Remaining": {
+        "schema": {"type": "number"},
+        "description": "Cost left in the tighter budget, in the unit of the configured prices (if limited).",
+    },
+}

@@ -7,24 +7,29 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Header, Response
 
 from orchestratord.api.deps import correlation_id, get_services, get_tenant, require_json
-from orchestratord.api.responses import errors_for
+from orchestratord.api.responses import BUDGET_HEADERS, errors_for
 from orchestratord.api.schemas import AdmissionResponse, TaskError, TaskRequest, TaskStatus
+from orchestratord.idempotency import fingerprint
 from orchestratord.services import Services
 from orchestratord.state.base import JobRecord
 
 router = APIRouter(tags=["tasks"])
 ServicesDep = Annotated[Services, Depends(get_services)]
 TenantDep = Annotated[str, Depends(get_tenant)]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
 
 
 @router.post(
     "/v1/tasks",
     status_code=202,
     response_model=AdmissionResponse,
-    responses=errors_for(400, 413, 415, 429, 503),
+    responses={
+        202: {"headers": BUDGET_HEADERS},
+        **errors_for(400, 409, 413, 415, 429, 503, retryable=(409, 429, 503)),
+    },
     dependencies=[Depends(require_json)],
     operation_id="submitTask",
 )
@@ -33,11 +38,18 @@ async def submit_task(
     services: ServicesDep,
     tenant: TenantDep,
     cid: Annotated[str | None, Depends(correlation_id)],
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
 ) -> AdmissionResponse:
     began = time.perf_counter()
-    job_id = str(uuid.uuid4())
-    result = await services.admission.admit(body.to_spec(job_id=job_id, tenant=tenant, correlation_id=cid))
-    services.metrics.admission_latency.observe((time.perf_counter() - began) * 1000)
+    spec = body.to_spec(job_id=str(uuid.uuid4()), tenant=tenant, correlation_id=cid)
+    request_fingerprint = fingerprint(body.model_dump(mode="json"))
+    try:  # every POST that reached admission counts, refused ones too
+        result = await services.idempotency.admit(spec, idempotency_key, request_fingerprint)
+    finally:
+        services.metrics.admission_latency.observe((time.perf_counter() - began) * 1000)
+    job_id = result.job_id
+    response.headers.update(result.headers)  # X-Budget-* from the control plane's checks
     return AdmissionResponse(
         job_id=job_id,
         sse_url=f"/v1/tasks/{job_id}/stream",

@@ -12,9 +12,10 @@ Invariants every backend keeps:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from orchestratord.core.budget import Ledger
 from orchestratord.core.queue import Admitted, QueueEntry, Rejected
 from orchestratord.core.tasks import JobState, LogEvent, Priority
 
@@ -47,6 +48,31 @@ class JobRecord:
     attached: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """What an Idempotency-Key was first used for: the job it created and its request's fingerprint."""
+
+    job_id: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One conversation of one tenant: its turns, where its last turn ran, and its budget ledger.
+    Timestamps are wall-clock seconds; the session is gone once `expires_at` has passed."""
+
+    session_id: str
+    tenant: str
+    model_ref: str
+    created_at: float
+    expires_at: float
+    turns: int = 0
+    last_pool_id: str | None = None
+    last_replica_id: str | None = None
+    kv_warmth: bool = False
+    ledger: Ledger = field(default_factory=Ledger)
+
+
 class StateStore(Protocol):
     # -- job registry and admission -------------------------------------------------------------
     async def create(self, record: JobRecord, entry: QueueEntry) -> Admitted | Rejected:
@@ -64,6 +90,41 @@ class StateStore(Protocol):
     ) -> LogEvent | None:
         """Move to a terminal state and append the terminal event, once. `end` events get
         `tokens_out`, `decode_time_ms` and `decode_ms` filled from the record."""
+        ...
+
+    # -- idempotency keys ------------------------------------------------------------------------
+    async def remember_idempotency(
+        self, key: str, tenant: str, fingerprint: str, job_id: str, ttl_s: float
+    ) -> IdempotencyRecord | None:
+        """Remember that `tenant`'s `key` creates `job_id`, for `ttl_s` seconds, and return None; or, if
+        the key is already remembered, store nothing and return the first record. Atomic: of several
+        concurrent calls with one key, exactly one gets None (Redis: `SET key value NX EX ttl`)."""
+        ...
+
+    async def forget_idempotency(self, key: str, tenant: str, job_id: str) -> None:
+        """Drop the key if it still names `job_id` (admission refused that job, so a retry may try again)."""
+        ...
+
+    # -- sessions and budget ledgers -------------------------------------------------------------
+    async def session_get(self, key: str) -> SessionRecord | None:
+        """The session stored under `key`; None if there is none or it has expired."""
+        ...
+
+    async def session_update(
+        self, key: str, change: Callable[[SessionRecord | None], SessionRecord | None]
+    ) -> SessionRecord | None:
+        """Atomically replace the (unexpired) session under `key` with `change(current)`; None deletes
+        it. `change` must be pure: a backend may call it again if the record changed meanwhile."""
+        ...
+
+    async def session_delete(self, key: str) -> bool: ...
+
+    async def ledger_get(self, key: str) -> Ledger | None:
+        """A tenant's budget ledger (sessions carry their own, in the record)."""
+        ...
+
+    async def ledger_update(self, key: str, change: Callable[[Ledger | None], Ledger]) -> Ledger:
+        """Atomically replace the ledger under `key` with `change(current)`; `change` must be pure."""
         ...
 
     # -- the event log ---------------------------------------------------------------------------

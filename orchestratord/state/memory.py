@@ -10,9 +10,10 @@ from typing import Any
 
 import orjson
 
+from orchestratord.core.budget import Ledger
 from orchestratord.core.queue import Admitted, FairQueue, QueueEntry, QueuePolicy, Rejected
 from orchestratord.core.tasks import JobState, LogEvent, Priority
-from orchestratord.state.base import JobRecord
+from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
 
 
 @dataclass(slots=True)
@@ -45,6 +46,10 @@ class MemoryStore:
         self._retention = retention_s
         self._wall = wall
         self._cancels: asyncio.Queue[str] = asyncio.Queue()
+        self._sessions: dict[str, SessionRecord] = {}
+        self._ledgers: dict[str, Ledger] = {}
+        # (tenant, key) -> (record, expires_at), in insertion order, which is expiry order for one ttl
+        self._idempotency: dict[tuple[str, str], tuple[IdempotencyRecord, float]] = {}
 
     # -- job registry ----------------------------------------------------------------------------
     async def create(self, record: JobRecord, entry: QueueEntry) -> Admitted | Rejected:
@@ -95,6 +100,62 @@ class MemoryStore:
             error_message=payload.get("message"),
         )
         return job.push(name, orjson.dumps(payload))
+
+    # -- idempotency keys ------------------------------------------------------------------------
+    async def remember_idempotency(
+        self, key: str, tenant: str, fingerprint: str, job_id: str, ttl_s: float
+    ) -> IdempotencyRecord | None:
+        now = self._wall()
+        held = self._idempotency.get((tenant, key))
+        if held is not None and held[1] > now:
+            return held[0]
+        self._idempotency.pop((tenant, key), None)
+        self._idempotency[(tenant, key)] = (IdempotencyRecord(job_id, fingerprint), now + ttl_s)
+        return None
+
+    async def forget_idempotency(self, key: str, tenant: str, job_id: str) -> None:
+        held = self._idempotency.get((tenant, key))
+        if held is not None and held[0].job_id == job_id:
+            del self._idempotency[(tenant, key)]
+
+    def _purge_idempotency(self, now: float) -> None:
+        while self._idempotency:
+            oldest = next(iter(self._idempotency))
+            if self._idempotency[oldest][1] > now:
+                return
+            del self._idempotency[oldest]
+
+    # -- sessions and budget ledgers -------------------------------------------------------------
+    async def session_get(self, key: str) -> SessionRecord | None:
+        record = self._sessions.get(key)
+        if record is not None and record.expires_at <= self._wall():
+            del self._sessions[key]
+            return None
+        return record
+
+    async def session_update(
+        self, key: str, change: Callable[[SessionRecord | None], SessionRecord | None]
+    ) -> SessionRecord | None:
+        updated = change(await self.session_get(key))
+        if updated is None:
+            self._sessions.pop(key, None)
+        else:
+            self._sessions[key] = updated
+        return updated
+
+    async def session_delete(self, key: str) -> bool:
+        return await self.session_get(key) is not None and self._sessions.pop(key, None) is not None
+
+    async def ledger_get(self, key: str) -> Ledger | None:
+        return self._ledgers.get(key)
+
+    async def ledger_update(self, key: str, change: Callable[[Ledger | None], Ledger]) -> Ledger:
+        self._ledgers[key] = updated = change(self._ledgers.get(key))
+        return updated
+
+    def _purge_sessions(self, now: float) -> None:
+        for key in [k for k, r in self._sessions.items() if r.expires_at <= now]:
+            del self._sessions[key]
 
     # -- the event log ---------------------------------------------------------------------------
     async def append(self, job_id: str, name: str, data: Mapping[str, Any]) -> LogEvent | None:
@@ -182,6 +243,8 @@ class MemoryStore:
         ]
         for job_id in expired:
             del self._jobs[job_id]
+        self._purge_sessions(now)
+        self._purge_idempotency(now)
         return len(expired)
 
     async def ping(self) -> bool:
@@ -193,3 +256,6 @@ class MemoryStore:
 
     def job_count(self) -> int:
         return len(self._jobs)
+
+    def idempotency_count(self) -> int:
+        return len(self._idempotency)
