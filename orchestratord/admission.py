@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import orjson
 
@@ -47,6 +48,23 @@ class AdmissionResult:
     predicted_start_ms: int | None
     backoff_ms: int
 
+    headers: Mapping[str, str] = field(default_factory=dict)  # from the checks, e.g. X-Budget-*
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionHold:
+    """What an admission check granted: headers for the 202, and how to take it back if the job is
+    not queued after all."""
+
+    headers: Mapping[str, str] = field(default_factory=dict)
+    undo: Callable[[], Awaitable[None]] | None = None
+
+
+class AdmissionCheck(Protocol):
+    """A check run just before a job is queued (sessions, budgets, catalog). It raises a typed error
+    to refuse the job, or returns what it holds for it."""
+
+    async def hold(self, spec: TaskSpec) -> AdmissionHold: ...
 
 @dataclass(frozen=True, slots=True)
 class TenantLimits:
@@ -67,6 +85,7 @@ class Admission:
         max_tokens: int,
         tenant_limits: Mapping[str, TenantLimits] | None = None,
         wall: Callable[[], float] = time.time,
+        checks: Sequence[AdmissionCheck] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -79,6 +98,7 @@ class Admission:
         self._limits = dict(tenant_limits or {})
         self._buckets: dict[str, TokenBucket] = {}
         self._wall = wall
+        self._checks = tuple(checks)
         self._clock = clock
         self.accepting = True
 
@@ -109,12 +129,29 @@ class Admission:
             unit=self._policy.unit,
         )
         await self._check_deadline(spec, entry)
-        outcome = await self._store.create(self._record(spec, now), entry)
-        if not isinstance(outcome, Admitted):
-            raise await self._rejected(spec, key, outcome)
+        holds = await self._hold(spec)
+        try:
+            outcome = await self._store.create(self._record(spec, now), entry)
+            if not isinstance(outcome, Admitted):
+                raise await self._rejected(spec, key, outcome)
+        except BaseException:
+            await _undo(holds)
+            raise
         if outcome.evicted is not None:
             await self._evict(outcome.evicted)
-        return await self._announce(spec, key)
+        result = await self._announce(spec, key)
+        return replace(result, headers={k: v for h in holds for k, v in h.headers.items()})
+
+    async def _hold(self, spec: TaskSpec) -> list[AdmissionHold]:
+        """Run the checks in order; if one refuses, undo what the earlier ones held."""
+        holds: list[AdmissionHold] = []
+        try:
+            for check in self._checks:
+                holds.append(await check.hold(spec))
+        except BaseException:
+            await _undo(holds)
+            raise
+        return holds
 
     # -- checks ----------------------------------------------------------------------------------
     def _validate(self, spec: TaskSpec) -> str:
@@ -321,3 +358,9 @@ class Admission:
             prompt=spec.prompt_text,
         )  # fmt: skip
         return AdmissionResult(spec.job_id, position, predicted, backoff)
+
+
+async def _undo(holds: Sequence[AdmissionHold]) -> None:
+    for held in reversed(holds):
+        if held.undo is not None:
+            await held.undo()

@@ -21,7 +21,7 @@ from orchestratord.core.prediction import Capacity, ServiceTimes, predict_start_
 from orchestratord.core.queue import QueueEntry
 from orchestratord.core.tasks import JobState, TaskSpec, spec_from_dict
 from orchestratord.execution import RunContext, Runner, RunStats, error_payload
-from orchestratord.logs import bind, bind_job, get_logger
+from orchestratord.logs import bind, bind_job, get_logger, job_context, placement_fields
 from orchestratord.metrics import NONE, Metrics
 from orchestratord.state.base import StateStore
 from pool_manager.registry import PoolRegistry
@@ -220,13 +220,10 @@ class Dispatcher:
             pinned=str(decision.log.pinned).lower(),
             fallback=str(decision.log.fallback).lower(),
         ).inc()
-        bind(placement=decision.log.as_dict())
-        if isinstance(decision, Assigned):
-            bind(
-                engine=decision.engine, engine_version=decision.engine_version,
-                pool_id=decision.pool_id, replica_id=decision.replica_id,
-            )  # fmt: skip
-        log.info("placement_decided", outcome="assigned" if isinstance(decision, Assigned) else decision.kind)
+        log.info(  # the first placement runs in the dispatch loop, not the job's task: fields explicit
+            "placement_decided", outcome="assigned" if isinstance(decision, Assigned) else decision.kind,
+            **job_context(spec), **placement_fields(decision),
+        )  # fmt: skip
         if isinstance(decision, NoCapacity):
             if not tried:
                 await self._fail_placement(spec, decision)
@@ -246,6 +243,7 @@ class Dispatcher:
         if record is None and not run.pool_id:
             return RunStats(outcome="canceled")
         first_attempt = not run.pool_id
+        bind(**placement_fields(assigned))
         run.pool_id, run.replica_id = assigned.pool_id, assigned.replica_id
         run.started = self._clock()
         labels = self._labels(assigned, spec)
@@ -319,7 +317,10 @@ class Dispatcher:
         payload = {"code": code, "message": decision.message, "retriable": decision.kind != "invalid"}
         if await self.store.finish(spec.job_id, JobState.FAILED, "error", payload) is not None:
             self.metrics.tasks_rejected.labels(engine=self._engine_of(spec.model_ref), reason=code).inc()
-            log.warning("task_failed", code=code, message=decision.message, tokens_out=0)
+            log.warning(
+                "task_failed", code=code, message=decision.message, tokens_out=0,
+                **job_context(spec), **placement_fields(decision),
+            )  # fmt: skip
 
     def _engine_of(self, model: str) -> str:
         engines = sorted({p.spec.engine for p in self.registry.pools.values() if model in p.spec.models})

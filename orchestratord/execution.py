@@ -105,11 +105,17 @@ class Runner:
                         last_metrics = now
                         await self._progress(ctx, stats, now, started)
         except AdapterError as exc:
-            stats.outcome = "error"
-            stats.error = exc
-            return stats
-        stats.outcome = "error"
-        stats.error = _truncated(adapter.engine)
+            return await self._failed(ctx, stats, exc)
+        return await self._failed(ctx, stats, _truncated(adapter.engine))
+
+    async def _failed(self, ctx: RunContext, stats: RunStats, error: AdapterError) -> RunStats:
+        """An engine stream that broke off. If the job had already ended (a cancel closes the engine
+        request), that is the cancel taking effect, not an engine failure to count or fail over from."""
+        record = await self._store.get(ctx.spec.job_id)
+        if record is not None and record.state.terminal:
+            stats.outcome = "canceled"
+        else:
+            stats.outcome, stats.error = "error", error
         return stats
 
     async def _progress(self, ctx: RunContext, stats: RunStats, now: float, started: float) -> None:

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import structlog
 
+from orchestratord.core.placement import Assigned, NoCapacity
 from orchestratord.core.tasks import TaskSpec
 from orchestratord.state.base import JobRecord
 
@@ -137,16 +138,34 @@ def _route_stdlib(
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def job_context(spec: TaskSpec) -> dict[str, Any]:
+    """The job's identity, for an event logged outside the job's own context."""
+    return {
+        "job_id": spec.job_id,
+        "session_id": spec.session_id,
+        "tenant": spec.tenant,
+        "priority": spec.priority,
+        "model_ref": spec.model_ref,
+        "correlation_id": spec.correlation_id,
+    }
+
+
+def placement_fields(decision: Assigned | NoCapacity) -> dict[str, Any]:
+    """The placement decision, and the pool and replica it chose (if it chose one)."""
+    fields: dict[str, Any] = {"placement": decision.log.as_dict()}
+    if isinstance(decision, Assigned):
+        fields.update(
+            engine=decision.engine,
+            engine_version=decision.engine_version,
+            pool_id=decision.pool_id,
+            replica_id=decision.replica_id,
+        )
+    return fields
+
+
 def bind_job(spec: TaskSpec) -> None:
     """Bind the job's identity to the current context (a request, or the job's runner task)."""
-    structlog.contextvars.bind_contextvars(
-        job_id=spec.job_id,
-        session_id=spec.session_id,
-        tenant=spec.tenant,
-        priority=spec.priority,
-        model_ref=spec.model_ref,
-        correlation_id=spec.correlation_id,
-    )
+    structlog.contextvars.bind_contextvars(**job_context(spec))
 
 
 def bind(**fields: Any) -> None:
