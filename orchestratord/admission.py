@@ -47,7 +47,6 @@ class AdmissionResult:
     queue_position: int
     predicted_start_ms: int | None
     backoff_ms: int
-
     headers: Mapping[str, str] = field(default_factory=dict)  # from the checks, e.g. X-Budget-*
 
 
@@ -65,6 +64,7 @@ class AdmissionCheck(Protocol):
     to refuse the job, or returns what it holds for it."""
 
     async def hold(self, spec: TaskSpec) -> AdmissionHold: ...
+
 
 @dataclass(frozen=True, slots=True)
 class TenantLimits:

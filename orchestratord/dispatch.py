@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Protocol
 
 import orjson
 
@@ -56,6 +57,15 @@ class DispatchConfig:
     tenant_max_concurrent: Mapping[str, int] = field(default_factory=dict)
 
 
+class PlacementHooks(Protocol):
+    """Session affinity for placement, and what the control plane adds to the dispatch `metrics`
+    event (kv_warmth, remaining budgets)."""
+
+    async def affinity(self, spec: TaskSpec) -> tuple[str, str] | None: ...
+
+    async def placed(self, spec: TaskSpec, assigned: Assigned) -> Mapping[str, object]: ...
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -67,8 +77,10 @@ class Dispatcher:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        hooks: PlacementHooks | None = None,
     ) -> None:
         self.store = store
+        self.hooks = hooks
         self.registry = registry
         self.adapters = adapters
         self.metrics = metrics
@@ -213,7 +225,10 @@ class Dispatcher:
         snapshots = await self.refresh()
         _, allowed = parse_routing_key(entry.model)
         usable = [_without(p, tried) for p in snapshots if allowed is None or p.pool_id in allowed]
-        req = PlacementRequest(spec.model_ref, spec.tokens_in_estimate + spec.max_tokens, spec.placement)
+        affinity = await self.hooks.affinity(spec) if self.hooks is not None else None
+        req = PlacementRequest(
+            spec.model_ref, spec.tokens_in_estimate + spec.max_tokens, spec.placement, affinity=affinity
+        )
         decision = decide(req, usable)
         self.metrics.placement.labels(
             outcome="assigned" if isinstance(decision, Assigned) else decision.kind,
@@ -249,6 +264,7 @@ class Dispatcher:
         labels = self._labels(assigned, spec)
         queue_time_ms = round((run.started - admitted_mono) * 1000)
         bind(queue_time_ms=queue_time_ms)
+        extra = await self.hooks.placed(spec, assigned) if self.hooks is not None else {}
         await self.store.append(
             spec.job_id,
             "metrics",
@@ -258,6 +274,7 @@ class Dispatcher:
                 "engine": assigned.engine,
                 "queue_time_ms": queue_time_ms,
                 "queue_depth": self.queue_depth,
+                **extra,
             },
         )
         self.metrics.tasks_started.labels(**labels["engine"], priority=spec.priority).inc()

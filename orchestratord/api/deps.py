@@ -1,26 +1,60 @@
-"""Request dependencies: the services, the caller's tenant, the request's correlation id."""
+"""Request dependencies: the services, the caller (tenant and role, from its API key), the request's
+correlation id, and the role guards the composition root puts on each router."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Annotated, Any, cast
 
-from fastapi import Request
+import structlog
+from fastapi import Depends, Request
 
+from orchestratord.api.responses import errors_for
+from orchestratord.auth import Principal, Role, authorize
 from orchestratord.errors import UnsupportedMediaType
 from orchestratord.services import Services
-
-DEFAULT_TENANT = "default"
 
 
 def get_services(request: Request) -> Services:
     return cast(Services, request.app.state.services)
 
 
-def get_tenant(request: Request) -> str:
-    """The caller's tenant. Until API keys exist every caller is the default tenant; a tenant named
-    by the client (a header, a field) is never trusted."""
-    state: Any = request.scope.get("state", {})
-    return str(state.get("tenant", DEFAULT_TENANT))
+def get_principal(request: Request) -> Principal:
+    """The caller, from its `Authorization: Bearer` key (401 when missing or wrong). With no keys
+    configured, the default tenant with the admin role."""
+    principal = get_services(request).control.keys.principal(request.headers.get("authorization"))
+    structlog.contextvars.bind_contextvars(tenant=principal.tenant)
+    return principal
+
+
+def get_tenant(principal: Annotated[Principal, Depends(get_principal)]) -> str:
+    """The caller's tenant: always from its credential; a tenant named by the client (a header, a
+    field) is never trusted."""
+    return principal.tenant
+
+
+def require(role: Role) -> Callable[[Principal], Principal]:
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        authorize(principal, role)
+        return principal
+
+    return check
+
+
+def guard(role: Role) -> dict[str, Any]:
+    """`include_router` arguments: the role check on every route, and its 401/403 in the schema."""
+    return {"dependencies": [Depends(require(role))], "responses": errors_for(401, 403)}
+
+
+def _ops_access(request: Request) -> None:
+    if request.url.path not in get_services(request).settings.auth.open_paths:
+        authorize(get_principal(request), "admin")
+
+
+def guard_ops() -> dict[str, Any]:
+    """/healthz, /readyz, /metrics: open when listed in `auth.open_paths` (all three by default),
+    otherwise for admin keys only."""
+    return {"dependencies": [Depends(_ops_access)], "responses": errors_for(401, 403)}
 
 
 def correlation_id(request: Request) -> str | None:

@@ -43,6 +43,7 @@ class TaskRequest(BaseModel):
     expected_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     cancel_on_disconnect: bool = True
     placement: PlacementIn | None = None
+    override: bool = False
 
     @model_validator(mode="after")
     def _one_input(self) -> TaskRequest:
@@ -78,6 +79,7 @@ class TaskRequest(BaseModel):
                 allow_fallback=placement.allow_fallback,
             ),
             correlation_id=correlation_id,
+            override=self.override,
         )
 
 

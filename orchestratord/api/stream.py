@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Header
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from orchestratord.api.deps import get_services, get_tenant
-from orchestratord.api.responses import errors_for
+from orchestratord.api.responses import BUDGET_HEADERS, errors_for
 from orchestratord.errors import InvalidParams
 from orchestratord.services import Services
 
@@ -22,7 +22,11 @@ router = APIRouter(tags=["tasks"])
     "/v1/tasks/{job_id}/stream",
     response_class=EventSourceResponse,
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "The job's events."},
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "The job's events.",
+            "headers": BUDGET_HEADERS,
+        },
         **errors_for(400, 404),
     },
     operation_id="streamTask",
@@ -36,10 +40,11 @@ async def stream_task(
     record = await services.jobs.get(str(job_id), tenant)
     if last_event_id is not None and not services.store.valid_event_id(last_event_id):
         raise InvalidParams(f"Last-Event-ID {last_event_id!r} is not an event id of this stream")
+    budget = await services.control.gate.budget_headers(tenant, record.session_id)
     return EventSourceResponse(
         frames(services, record.job_id, last_event_id),
         ping=services.settings.stream.keepalive_s,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **budget},
         sep="\n",
     )
 

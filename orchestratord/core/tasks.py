@@ -59,6 +59,7 @@ class TaskSpec:
     cancel_on_disconnect: bool = True
     placement: PlacementPrefs = field(default_factory=PlacementPrefs)
     correlation_id: str | None = None
+    override: bool = False  # start a new session on a Deprecated model anyway
 
     @property
     def prompt_text(self) -> str:

@@ -1,0 +1,210 @@
+"""The model catalog: which model artifacts an operator has registered, their digests and lifecycle.
+
+An entry's id is the `model_ref` jobs name. Its state is Active, Deprecated (new sessions need
+`override: true`) or Retired (no new jobs). `verify` hashes the local artifact (SHA-256) and compares it
+with the registered digest: a mismatch marks the entry untrusted, and jobs for it are refused with
+UNTRUSTED_ARTIFACT until a later verify matches. Models without an entry are not restricted.
+
+Entries persist in SQLite (`catalog.sqlite3` in `catalog.dir`); SQLite calls run in a worker thread,
+and reads on the job path come from an in-memory copy kept in step with every write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from orchestratord.errors import (
+    Conflict,
+    Internal,
+    InvalidParams,
+    ModelDeprecated,
+    NotFound,
+    PoolUnavailable,
+    UntrustedArtifact,
+)
+
+ModelState = Literal["Active", "Deprecated", "Retired"]
+Trust = Literal["unverified", "trusted", "untrusted"]
+T = TypeVar("T")
+_CHUNK = 1 << 20
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    id TEXT PRIMARY KEY,
+    entry TEXT NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    id: str
+    digest: str  # lowercase hex SHA-256 of the artifact
+    source: str  # where the artifact lives: a local path or file:// URL (verifiable), or any URI
+    tags: tuple[str, ...] = ()
+    state: ModelState = "Active"
+    trust: Trust = "unverified"
+    observed_digest: str | None = None  # what the last verify measured
+    verified_at: float | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def to_json(self) -> str:
+        return orjson.dumps(self).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> CatalogEntry:
+        data = orjson.loads(text)
+        data["tags"] = tuple(data.get("tags") or ())
+        return cls(**data)
+
+
+class Catalog:
+    def __init__(self, directory: str | Path, *, wall: Callable[[], float] = time.time) -> None:
+        self.path = Path(directory) / "catalog.sqlite3"
+        self._wall = wall
+        self._entries: dict[str, CatalogEntry] = {}
+        self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        self._db = await asyncio.to_thread(self._connect)
+        rows = await self._run(lambda db: db.execute("SELECT entry FROM models").fetchall())
+        self._entries = {e.id: e for e in (CatalogEntry.from_json(r[0]) for r in rows)}
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        with db:
+            db.execute(_SCHEMA)
+        return db
+
+    async def aclose(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.to_thread(db.close)
+
+    async def _run(self, call: Callable[[sqlite3.Connection], T]) -> T:
+        """One SQLite call at a time, in a worker thread."""
+        async with self._lock:
+            if self._db is None:
+                raise Internal("the model catalog is closed")
+            return await asyncio.to_thread(call, self._db)
+
+    # -- reads -----------------------------------------------------------------------------------
+    def list(self) -> list[CatalogEntry]:
+        return sorted(self._entries.values(), key=lambda e: e.id)
+
+    def get(self, model_id: str) -> CatalogEntry:
+        entry = self._entries.get(model_id)
+        if entry is None:
+            raise NotFound(f"no catalog entry {model_id!r}; GET /v1/catalog/models lists them")
+        return entry
+
+    # -- writes ----------------------------------------------------------------------------------
+    async def add(
+        self, model_id: str, digest: str, source: str, tags: Sequence[str], state: ModelState
+    ) -> CatalogEntry:
+        if model_id in self._entries:
+            raise Conflict(f"catalog entry {model_id!r} already exists; DELETE it first to replace it")
+        now = self._wall()
+        entry = CatalogEntry(
+            model_id, digest.lower(), source, tuple(tags), state, created_at=now, updated_at=now
+        )
+        await self._save(entry)
+        return entry
+
+    async def delete(self, model_id: str) -> None:
+        self.get(model_id)
+        await self._write(lambda db: db.execute("DELETE FROM models WHERE id = ?", (model_id,)))
+        self._entries.pop(model_id, None)
+
+    async def set_state(self, model_id: str, state: ModelState) -> CatalogEntry:
+        entry = replace(self.get(model_id), state=state, updated_at=self._wall())
+        await self._save(entry)
+        return entry
+
+    async def verify(self, model_id: str) -> CatalogEntry:
+        """Hash the local artifact and compare; a mismatch marks the entry untrusted."""
+        entry = self.get(model_id)
+        path = local_path(entry.source)
+        try:
+            observed = await asyncio.to_thread(sha256_file, path)
+        except OSError as exc:
+            raise InvalidParams(
+                f"cannot read the artifact of {model_id!r} at {str(path)!r}: {exc.strerror}"
+            ) from None
+        now = self._wall()
+        trust: Trust = "trusted" if observed == entry.digest else "untrusted"
+        verified = replace(entry, trust=trust, observed_digest=observed, verified_at=now, updated_at=now)
+        await self._save(verified)
+        return verified
+
+    async def _save(self, entry: CatalogEntry) -> None:
+        await self._write(
+            lambda db: db.execute(
+                "INSERT INTO models (id, entry) VALUES (?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET entry = excluded.entry",
+                (entry.id, entry.to_json()),
+            )
+        )
+        self._entries[entry.id] = entry
+
+    async def _write(self, statement: Callable[[sqlite3.Connection], object]) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            with db:
+                statement(db)
+
+        await self._run(run)
+
+    # -- the job path ----------------------------------------------------------------------------
+    def check(self, model_ref: str, *, new_session: bool, override: bool) -> None:
+        """Refuse a job for an untrusted or retired model, or a new session on a deprecated one."""
+        entry = self._entries.get(model_ref)
+        if entry is None:
+            return
+        if entry.trust == "untrusted":
+            raise UntrustedArtifact(
+                f"model {model_ref!r} failed verification: its artifact's sha256 is "
+                f"{entry.observed_digest}, not the registered {entry.digest}; an operator must restore "
+                "the artifact and verify it again"
+            )
+        if entry.state == "Retired":
+            error = PoolUnavailable(f"model {model_ref!r} is retired; no pool serves it any more")
+            error.retriable = False
+            raise error
+        if entry.state == "Deprecated" and new_session and not override:
+            raise ModelDeprecated(
+                f'model {model_ref!r} is deprecated: move to another model, or send "override": true '
+                "to start a new session on it anyway"
+            )
+
+
+def local_path(source: str) -> Path:
+    """The local file an entry's source names; InvalidParams when it is not a local path."""
+    parts = urlsplit(source)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path))
+    if parts.scheme and len(parts.scheme) > 1:
+        raise InvalidParams(
+            f"source {source!r} is not a local file; verify hashes a local path or file:// URL"
+        )
+    return Path(source)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
