@@ -1,0 +1,366 @@
+"""``bench/results/SUMMARY.md`` and its plots, from the newest result file of each scenario.
+
+The hand-written analysis (why a target is missed, what changed on the hot path, before and after)
+lives in ``bench/results/NOTES.md`` and is included as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.report_plots import plot_throughput, plot_ttft
+from bench.results import latest
+
+ORDER = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile")
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return [*out, ""]
+
+
+def pct(d: dict[str, Any]) -> str:
+    return " / ".join(fmt(d.get(k), 2) for k in ("p50", "p95", "p99"))
+
+
+def targets_section(docs: dict[str, dict[str, Any]]) -> list[str]:
+    rows = []
+    for name in ORDER:
+        doc = docs.get(name)
+        for t in (doc or {}).get("targets", []):
+            verdict = "met" if t["met"] else "**missed**"
+            miss = "" if t["met"] or t["miss_by"] is None else f"by {fmt(t['miss_by'])} {t['unit']}"
+            if not t["met"] and t.get("miss_factor"):
+                miss += f" ({t['miss_factor']}x off)"
+            quick = " (quick run: not comparable)" if doc and doc.get("quick") else ""
+            rows.append([t["name"] + quick, t["target"], f"{fmt(t['measured'])} {t['unit']}", verdict, miss])
+    head = ["target", "wanted", "measured", "", "missed"]
+    return ["## Targets (issue 9 §4) against what was measured", "", *table(head, rows)]
+
+
+def machine_section(docs: dict[str, dict[str, Any]]) -> list[str]:
+    any_doc = next(iter(docs.values()))
+    m = any_doc["machine"]
+    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v)
+    others = []
+    for name in ORDER:
+        for usage in _usages(docs.get(name)):
+            others.append(usage.get("other_work_cpu_cores", 0.0))
+    busy = max(others) if others else 0.0
+    mean = sum(others) / len(others) if others else 0.0
+    lines = [
+        "## Machine",
+        "",
+        f"- {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gb']} GB RAM; {m['os']}; "
+        f"Python {m['python']}.",
+        f"- orchestratord under uvicorn with the {m['orchestratord_event_loop']} event loop and the "
+        f"{m['orchestratord_http_parser']} HTTP parser; {packages}.",
+        "- One orchestratord process, the fake engine (one process) and the load generator (one process) "
+        "share the machine, as issue 9 §4 prescribes.",
+        f"- Other work on the machine (CPU used by processes outside the benchmark, in cores, during the "
+        f"measured phases): mean {mean:.2f}, worst {busy:.2f}. Load average when the run started: "
+        f"{m['load_average_at_start']}.",
+        f"- Revision: {any_doc['revision']}. Result files: `bench/results/<date>-<scenario>.json`.",
+        "",
+    ]
+    return lines
+
+
+def _usages(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every `resources` block in a result document."""
+    found: list[dict[str, Any]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "other_work_cpu_cores" in node:
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(doc)
+    return found
+
+
+def ttft_section(doc: dict[str, Any]) -> list[str]:
+    rows = []
+    for lv in doc["levels"]:
+        o, d, r = lv["orchestratord"], lv["direct"], lv["orchestratord"]["resources"]
+        rows.append(
+            [
+                lv["concurrency"],
+                pct(d["ttft_ms"]),
+                pct(o["ttft_ms"]),
+                pct(lv["added_ttft_ms"]),
+                pct(o["post_answer_ms"]),
+                o["jobs_per_s"],
+                f"{o['completed']}/{o['requests']}",
+                r["cpu_cores"],
+                r["peak_rss_mb"],
+            ]
+        )
+    e = doc["engine"]
+    return [
+        "## 1. Time to first token added over the engine",
+        "",
+        f"{doc['description']} Engine: TTFT {e['ttft_ms']} ms, {e['tokens_per_response']} tokens, "
+        "no interval. "
+        "Through orchestratord the clock starts when `POST /v1/tasks` is written and stops at the first "
+        "`token` event of the stream (both calls, as a client lives them). Percentiles are p50 / p95 / p99 "
+        "in ms; the added TTFT is the difference of the percentiles.",
+        "",
+        *table(
+            [
+                "concurrency",
+                "engine TTFT",
+                "via orchestratord",
+                "added",
+                "POST answer",
+                "jobs/s",
+                "complete",
+                "orch CPU (cores)",
+                "orch peak RSS MB",
+            ],
+            rows,
+        ),
+        "![TTFT added over the engine against concurrency](ttft_overhead.png)",
+        "",
+    ]
+
+
+def jobs_section(doc: dict[str, Any]) -> list[str]:
+    rows = []
+    for lv in doc["levels"]:
+        o, d = lv["orchestratord"], lv["direct"]
+        rows.append(
+            [
+                lv["concurrency"],
+                o["jobs_per_s"],
+                d["jobs_per_s"],
+                f"{o['completed']}/{o['requests']}",
+                o["cpu_ms_per_job"],
+                o["resources"]["cpu_cores"],
+                o["resources"]["peak_rss_mb"],
+                pct(o["ttft_ms"]),
+            ]
+        )
+    best = doc["best"]
+    return [
+        "## 2. Jobs per second (50-token jobs, every token delivered)",
+        "",
+        f"{doc['description']} Best: **{fmt(best['jobs_per_s'])} jobs/s at concurrency "
+        f"{best['concurrency']}** "
+        f"({fmt(best['cpu_ms_per_job'], 2)} ms of orchestrator CPU per job); the engine alone at that "
+        f"concurrency: {fmt(best['engine_alone_jobs_per_s'])} jobs/s.",
+        "",
+        *table(
+            [
+                "concurrency",
+                "jobs/s via orchestratord",
+                "jobs/s engine alone",
+                "complete",
+                "orch CPU ms/job",
+                "orch CPU (cores)",
+                "orch peak RSS MB",
+                "TTFT p50/p95/p99 ms",
+            ],
+            rows,
+        ),
+        "![Throughput](throughput.png)",
+        "",
+    ]
+
+
+def relay_section(doc: dict[str, Any]) -> list[str]:
+    one, many = doc["one_long_stream"], doc["concurrent_streams"]
+    rows = [
+        [
+            f"one stream of {fmt(one['tokens'])} tokens",
+            one["direct"]["tokens_per_s"],
+            one["orchestratord"]["tokens_per_s"],
+            f"{one['orchestratord']['completed']}/{one['orchestratord']['requests']}",
+            one["orchestratord"]["resources"]["cpu_cores"],
+            one["orchestratord"]["resources"]["peak_rss_mb"],
+        ],
+        [
+            f"{many['streams']} streams x {fmt(many['tokens_each'])} tokens",
+            many["direct"]["tokens_per_s"],
+            many["orchestratord"]["tokens_per_s"],
+            f"{many['orchestratord']['completed']}/{many['orchestratord']['requests']}",
+            many["orchestratord"]["resources"]["cpu_cores"],
+            many["orchestratord"]["resources"]["peak_rss_mb"],
+        ],
+    ]
+    return [
+        "## 3. Relay throughput",
+        "",
+        doc["description"],
+        "",
+        *table(
+            [
+                "load",
+                "tokens/s engine alone",
+                "tokens/s via orchestratord",
+                "complete",
+                "orch CPU (cores)",
+                "orch peak RSS MB",
+            ],
+            rows,
+        ),
+    ]
+
+
+def open_streams_section(doc: dict[str, Any]) -> list[str]:
+    r = doc["resources"]
+    return [
+        "## 4. Open streams",
+        "",
+        doc["description"],
+        "",
+        *table(
+            [
+                "streams (most open at once)",
+                "complete",
+                "idle RSS MB",
+                "peak RSS MB",
+                "RSS per stream KB",
+                "orch CPU (cores)",
+            ],
+            [
+                [
+                    f"{doc['requests']} ({doc['most_open_at_once']})",
+                    f"{doc['completed']}/{doc['requests']}",
+                    doc["idle_rss_mb"],
+                    doc["peak_rss_mb"],
+                    doc["rss_per_stream_kb"],
+                    r["cpu_cores"],
+                ]
+            ],
+        ),
+    ]
+
+
+def overload_section(doc: dict[str, Any]) -> list[str]:
+    o, n = doc["overload"], doc["nominal"]
+    over_time = o["admitted_ttft_over_time"]
+    mem = o["memory"]
+    return [
+        "## 5. Overload (10x capacity)",
+        "",
+        doc["description"],
+        "",
+        f"Capacity {fmt(doc['capacity_jobs_per_s'])} jobs/s ({doc['config']['slots']} slots, queue "
+        f"{doc['config']['queue_capacity']}); offered {fmt(doc['offered_per_s'])} requests/s. "
+        f"Answers: {o['statuses']}; admitted jobs completed: {o['completed']}; errors: {o['errors']} "
+        f"{'; '.join(o['error_examples'])}.",
+        "",
+        *table(
+            ["measure", "p50 / p95 / p99 ms"],
+            [
+                ["429 answer latency", pct(o["rejection_latency_ms"])],
+                ["TTFT at nominal load", pct(n["ttft_ms"])],
+                ["TTFT of admitted jobs under overload", pct(o["admitted_ttft_ms"])],
+                ["… of which after dispatch (nominal)", pct(n["after_dispatch_ms"])],
+                ["… of which after dispatch (overload)", pct(o["admitted_after_dispatch_ms"])],
+            ],
+        ),
+        f"Admitted TTFT p50 in the first third of the overload: {fmt(over_time['first_third_p50_ms'])} ms, "
+        f"in the last third: {fmt(over_time['last_third_p50_ms'])} ms. RSS {fmt(mem['rss_first_mb'])} → "
+        f"{fmt(mem['rss_last_mb'])} MB over the phase; slope over its second half "
+        f"{fmt(mem['second_half_slope_mb_per_min'], 2)} MB/min.",
+        "",
+    ]
+
+
+def prediction_section(doc: dict[str, Any]) -> list[str]:
+    p = doc["prediction"]
+    rows = []
+    for key, label in (
+        ("against_server_queue_time", "all jobs, vs the start orchestratord measured (queue_time_ms)"),
+        ("all_jobs", "all jobs, vs the start the client saw (dispatch event)"),
+        ("jobs_that_waited", "jobs that waited, vs the start the client saw"),
+    ):
+        e = p[key]
+        rows.append([label, e["jobs"], e["mae_ms"], e["mae_pct"], e["bias_ms"], e["mean_measured_ms"]])
+    return [
+        "## 6. Prediction honesty",
+        "",
+        doc["description"],
+        "",
+        f"Capacity {fmt(doc['capacity_jobs_per_s'])} jobs/s, offered {fmt(doc['offered_per_s'])} jobs/s; "
+        f"{doc['completed']}/{doc['requests']} complete; {p['unpredicted']} admitted without a prediction.",
+        "",
+        *table(["compared", "jobs", "MAE ms", "MAE %", "bias ms", "mean start ms"], rows),
+    ]
+
+
+def profile_section(doc: dict[str, Any]) -> list[str]:
+    out = ["## Profile of the hot path", "", f"{doc['description']} Tool: `{doc['tool']}`.", ""]
+    for key, label in (("jobs_50_tokens", "50-token jobs at full rate"), ("relay", "relaying long streams")):
+        p = doc.get(key, {})
+        if "error" in p:
+            out += [f"{label}: profile failed: {p['error']}", ""]
+            continue
+        out += [
+            f"### {label} ({fmt(p.get('samples'))} samples; stacks in `{p.get('stacks_file')}`)",
+            "",
+            *table(["package (self time)", "% of busy time"], p.get("self_by_package_pct", [])[:12]),
+            *table(["function (self time)", "%"], p.get("self_by_function_pct", [])[:15]),
+        ]
+    return out
+
+
+SECTIONS = {
+    "ttft": ttft_section,
+    "jobs": jobs_section,
+    "relay": relay_section,
+    "open_streams": open_streams_section,
+    "overload": overload_section,
+    "prediction": prediction_section,
+    "profile": profile_section,
+}
+
+
+def write_report(results: Path) -> Path:
+    docs = {name: doc for name in ORDER if (doc := latest(results, name)) is not None}
+    lines = ["# orchestratord benchmarks: summary", ""]
+    if not docs:
+        lines.append("No result files yet: run `python -m bench run --scenario all`.")
+    else:
+        dates = sorted({d["date"] for d in docs.values()})
+        quick = any(d.get("quick") for d in docs.values())
+        lines += [
+            f"Generated by `python -m bench report` from the result files of {', '.join(dates)}."
+            + (" **Quick run: small loads, numbers not comparable with the targets.**" if quick else ""),
+            "How to run: [docs/benchmarks.md](../../docs/benchmarks.md).",
+            "",
+        ]
+        lines += targets_section(docs) + machine_section(docs)
+        notes = results / "NOTES.md"
+        if notes.exists():
+            lines += [notes.read_text().rstrip(), ""]
+        for name in ORDER:
+            if name in docs:
+                lines += SECTIONS[name](docs[name])
+        if "ttft" in docs:
+            plot_ttft(docs["ttft"], results / "ttft_overhead.png")
+        if "jobs" in docs or "relay" in docs:
+            plot_throughput(docs.get("jobs"), docs.get("relay"), results / "throughput.png")
+    path = results / "SUMMARY.md"
+    results.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path

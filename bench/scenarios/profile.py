@@ -1,0 +1,93 @@
+"""Profiles of the hot path: where orchestratord's CPU goes while it serves 50-token jobs at full
+rate, and while it relays long streams. Sampled with py-spy from outside the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from bench import profiling
+from bench.client import Client
+from bench.load import closed_loop, through_orchestrator
+from bench.monitor import Monitor
+from bench.procs import EngineSpec, OrchestratorSpec, running, scratch_dir
+from bench.results import Context
+from bench.scenarios.common import outcome, rate
+from bench.scenarios.relay import streams, tokens_per_s
+
+
+@dataclass(frozen=True)
+class Load:
+    seconds: float
+    concurrency: int
+    relay_streams: int
+    relay_tokens: int
+
+
+FULL = Load(seconds=10.0, concurrency=32, relay_streams=100, relay_tokens=3_000)
+QUICK = Load(seconds=2.0, concurrency=8, relay_streams=10, relay_tokens=300)
+SMOKE = Load(seconds=1.0, concurrency=2, relay_streams=2, relay_tokens=50)
+
+
+async def profiled(ctx: Context, name: str, pid: int, seconds: float, load: Any) -> dict[str, Any]:
+    """Run `load()` (a coroutine function) while py-spy samples `pid` for `seconds`."""
+    raw = scratch_dir(f"profile-{name}") / "stacks.txt"
+    spy = asyncio.create_task(profiling.record(pid, seconds, raw))
+    await asyncio.sleep(0.3)  # py-spy attaches
+    measured = await load()
+    error = await spy
+    if error is not None:
+        return {"error": error, **measured}
+    kept = profiling.keep(raw, ctx.results / "profiles" / f"{ctx.date}-{name}.stacks.txt.gz")
+    summary = profiling.summarize(raw.read_text())
+    return {**measured, "stacks_file": str(kept.relative_to(ctx.results)), **summary}
+
+
+async def run(ctx: Context) -> dict[str, Any]:
+    load = ctx.pick(FULL, QUICK, SMOKE)
+    engine = EngineSpec(ttft_ms=0.0, interval_ms=0.0)
+    orch = OrchestratorSpec(slots=1024, queue_capacity=2048)
+    with running(engine, orch, scratch_dir("profile"), ctx.source) as (eng, orc):
+        client = Client(orc.base_url)
+        monitor = Monitor(orc.pid, eng.pid)
+        job = partial(through_orchestrator, client, 50)
+        await closed_loop(job, load.concurrency, 2 * load.concurrency, 10.0)
+
+        async def jobs_load() -> dict[str, Any]:
+            async with monitor.phase() as phase:
+                results = await closed_loop(job, load.concurrency, 1_000_000, load.seconds)
+            assert phase.usage is not None
+            return {
+                **outcome(results),
+                "jobs_per_s": round(rate(results), 1),
+                "resources": phase.usage.as_dict(),
+            }
+
+        async def relay_load() -> dict[str, Any]:
+            results = []
+            async with monitor.phase() as phase:
+                while phase.samples == [] or phase.samples[-1][0] < load.seconds:
+                    results += await streams(
+                        through_orchestrator, client, load.relay_streams, load.relay_tokens
+                    )
+            assert phase.usage is not None
+            return {
+                **outcome(results),
+                "tokens_per_s": round(tokens_per_s(results)),
+                "resources": phase.usage.as_dict(),
+            }
+
+        jobs = await profiled(ctx, "jobs", orc.pid, load.seconds, jobs_load)
+        relay = await profiled(ctx, "relay", orc.pid, load.seconds, relay_load)
+        client.close()
+    return {
+        "description": __doc__.split("\n\n")[0],
+        "tool": "py-spy record --format raw --function --nonblocking --rate 200",
+        "config": {"load": load.__dict__},
+        "jobs_50_tokens": jobs,
+        "relay": relay,
+        "targets": [],
+    }

@@ -1,0 +1,147 @@
+"""The benchmark harness, end to end on a few requests, so that it cannot rot: `python -m bench run
+--scenario all --scale smoke` starts the fake engine and orchestratord, drives every scenario, and
+writes result files and the summary. Only the shape and sanity of the results are checked here; the
+numbers themselves belong to bench/results (no timing thresholds in tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.servers import REPO
+
+SCENARIOS = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench-results")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--scenario",
+            "all",
+            "--scale",
+            "smoke",
+            "--results",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    docs: dict[str, Any] = {"_dir": out}
+    for name in SCENARIOS:
+        files = list(out.glob(f"*-{name}.json"))
+        assert len(files) == 1, f"no result file for {name}: {sorted(p.name for p in out.iterdir())}"
+        docs[name] = json.loads(files[0].read_text())
+    return docs
+
+
+def assert_percentiles(summary: dict[str, Any], count: int | None = None) -> None:
+    assert summary["count"] > 0
+    if count is not None:
+        assert summary["count"] == count
+    assert 0 < summary["p50"] <= summary["p95"] <= summary["p99"] <= summary["max"] < 60_000
+
+
+def assert_resources(resources: dict[str, Any]) -> None:
+    assert resources["wall_s"] > 0
+    assert resources["cpu_s"] > 0  # orchestratord did work while it was measured
+    assert 10 < resources["peak_rss_mb"] < 4096
+    assert resources["peak_rss_mb"] >= resources["rss_start_mb"] > 0
+
+
+def test_every_result_names_its_machine_and_scale(results: dict[str, Any]) -> None:
+    for name in SCENARIOS:
+        doc = results[name]
+        assert doc["scenario"] == name
+        assert doc["scale"] == "smoke" and doc["quick"] is True
+        assert doc["machine"]["logical_cpus"] >= 1 and doc["machine"]["cpu"]
+        assert doc["duration_s"] > 0
+
+
+def test_ttft_compares_orchestratord_with_the_engine(results: dict[str, Any]) -> None:
+    doc = results["ttft"]
+    assert [lv["concurrency"] for lv in doc["levels"]] == [1, 2]
+    for lv in doc["levels"]:
+        for path in ("direct", "orchestratord"):
+            side = lv[path]
+            assert side["completed"] == side["requests"] > 0, side["error_examples"]
+            assert_percentiles(side["ttft_ms"], side["requests"])
+        assert_resources(lv["orchestratord"]["resources"])
+        assert all(lv["added_ttft_ms"][k] is not None for k in ("p50", "p95", "p99"))
+    assert {t["name"] for t in doc["targets"]} == {
+        "added TTFT p50 at concurrency 2",
+        "added TTFT p99 at concurrency 2",
+    }
+    assert all(isinstance(t["met"], bool) and t["measured"] is not None for t in doc["targets"])
+
+
+def test_jobs_and_relay_deliver_every_token(results: dict[str, Any]) -> None:
+    jobs = results["jobs"]
+    assert jobs["best"]["jobs_per_s"] > 0 and jobs["best"]["engine_alone_jobs_per_s"] > 0
+    assert jobs["best"]["cpu_ms_per_job"] > 0
+    relay = results["relay"]
+    for part in ("one_long_stream", "concurrent_streams"):
+        for side in ("direct", "orchestratord"):
+            measured = relay[part][side]
+            assert measured["completed"] == measured["requests"] > 0, measured["error_examples"]
+            assert measured["tokens_per_s"] > 0
+    assert_resources(relay["concurrent_streams"]["orchestratord"]["resources"])
+
+
+def test_open_streams_reports_memory_per_stream(results: dict[str, Any]) -> None:
+    doc = results["open_streams"]
+    assert doc["completed"] == doc["requests"] == 10
+    assert 1 <= doc["most_open_at_once"] <= 10
+    assert doc["peak_rss_mb"] >= doc["idle_rss_mb"] > 0
+    assert doc["rss_per_stream_kb"] is not None and doc["rss_per_stream_kb"] >= 0
+    assert len(doc["resources"]["rss_samples_mb"]) >= 2
+
+
+def test_overload_gets_429s_and_admits_some_jobs(results: dict[str, Any]) -> None:
+    doc = results["overload"]
+    assert doc["offered_per_s"] > doc["capacity_jobs_per_s"] > 0
+    over = doc["overload"]
+    assert int(over["statuses"].get("429", 0)) > 0 and int(over["statuses"].get("202", 0)) > 0
+    assert_percentiles(over["rejection_latency_ms"], int(over["statuses"]["429"]))
+    assert over["memory"]["rss_first_mb"] > 0
+    assert doc["targets"][0]["measured"] == over["rejection_latency_ms"]["p99"]
+
+
+def test_prediction_pairs_predicted_and_measured_starts(results: dict[str, Any]) -> None:
+    p = results["prediction"]["prediction"]
+    assert p["all_jobs"]["jobs"] == len(p["pairs_ms"]) > 0
+    assert p["all_jobs"]["mae_ms"] >= 0
+    assert all(pred >= 0 and measured > 0 for pred, measured in p["pairs_ms"])
+
+
+def test_profile_has_samples_of_the_orchestrator(results: dict[str, Any]) -> None:
+    doc = results["profile"]
+    for part in ("jobs_50_tokens", "relay"):
+        profile = doc[part]
+        assert "error" not in profile, profile.get("error")
+        assert profile["samples"] > 0
+        shares = dict(profile["self_by_package_pct"])
+        assert 99 <= sum(shares.values()) <= 101
+        assert (results["_dir"] / profile["stacks_file"]).exists()
+
+
+def test_summary_and_plots_are_written(results: dict[str, Any]) -> None:
+    out: Path = results["_dir"]
+    summary = (out / "SUMMARY.md").read_text()
+    assert "## Targets (issue 9 §4)" in summary and "## 1. Time to first token added" in summary
+    for png in ("ttft_overhead.png", "throughput.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
