@@ -11,6 +11,13 @@ with_engine=${1:-}
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev,bench]'
 
+# promtool (Debian's `prometheus` package) checks the alert rules in the test suite; only when missing.
+if ! command -v promtool >/dev/null; then
+  sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 if [ "$with_engine" = "--with-engine" ]; then
   [ -x .venv-engine/bin/python ] || "$PYTHON" -m venv .venv-engine
   .venv-engine/bin/python -m pip install --quiet --upgrade pip

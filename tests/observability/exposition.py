@@ -89,7 +89,9 @@ def _sample_problems(sample: Sample, contract: dict[str, Any], bounded: dict[str
     labels = {k: v for k, v in sample.labels.items() if not (k == "le" and sample.name.endswith("_bucket"))}
     problems = []
     if set(labels) != set(metric["labels"]):
-        problems.append(f"{sample.name} has labels {sorted(labels)}, the contract says {sorted(metric['labels'])}")
+        problems.append(
+            f"{sample.name} has labels {sorted(labels)}, the contract says {sorted(metric['labels'])}"
+        )
     allowed = {**bounded, **metric.get("label_values", {})}
     for label, got in labels.items():
         if label in allowed and got not in allowed[label]:

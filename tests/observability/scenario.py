@@ -149,7 +149,9 @@ def drive(d: Driver) -> tuple[str, str]:
         return value(busy, "queue_depth", pool_id="default", priority="interactive") == 1
 
     wait_until(queued_seen, "queue_depth shows the waiting job")
-    wait_until(lambda: d.state(waiting) == "canceled", "the unread job is canceled", timeout=ATTACH_TIMEOUT_S + 10)
+    wait_until(
+        lambda: d.state(waiting) == "canceled", "the unread job is canceled", timeout=ATTACH_TIMEOUT_S + 10
+    )
     assert d.c.post(f"/v1/tasks/{hold.job_id}/cancel").status_code == 204
     hold.events = read_events(d.c, hold.response.json()["sse_url"])
     waiting.events = read_events(d.c, waiting.response.json()["sse_url"])
@@ -171,9 +173,10 @@ def run(tmp: Path) -> Run:
         path = tmp / "orchestratord.yaml"
         path.write_text(yaml.safe_dump(config(engine_url)))
         log_path = tmp / "orchestratord.log"
-        with serve_in_process("--config", str(path), log_path=log_path) as (base, _), httpx.Client(
-            base_url=base, timeout=30
-        ) as client:
+        with (
+            serve_in_process("--config", str(path), log_path=log_path) as (base, _),
+            httpx.Client(base_url=base, timeout=30) as client,
+        ):
             wait_until(lambda: client.get("/readyz").status_code == 200, "orchestratord is ready")
             driver = Driver(client)
             busy, final = drive(driver)

@@ -72,7 +72,12 @@ def test_field_values_agree_with_what_the_client_saw(run: Run) -> None:
     )  # fmt: skip
     assert done["session_id"] == "sess-obs" and done["priority"] == "interactive"
     v = one(run, run.jobs["V"], "task_completed")
-    assert (v["engine"], v["engine_version"], v["pool_id"], v["replica_id"]) == ("vllm", VERSION, "vpool", "v0")
+    assert (v["engine"], v["engine_version"], v["pool_id"], v["replica_id"]) == (
+        "vllm",
+        VERSION,
+        "vpool",
+        "v0",
+    )
     assert v["tokens_in"] == run.engine.behaviour.prompt_tokens and v["tokens_out"] == 6
     failed = one(run, run.jobs["B"], "task_failed")
     assert failed["code"] == "WORKER_RESET" and failed["tokens_out"] == 2 and failed["pool_id"] == "default"

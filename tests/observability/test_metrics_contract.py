@@ -65,7 +65,9 @@ def test_rejection_reasons_cover_every_job_outcome(lint: dict[str, Any]) -> None
 
 
 def test_pool_labels_name_configured_pools(run: Run) -> None:
-    for sample in series(run.final_scrape, "tasks_started_total") + series(run.final_scrape, "tokens_out_total"):
+    for sample in series(run.final_scrape, "tasks_started_total") + series(
+        run.final_scrape, "tokens_out_total"
+    ):
         assert sample.labels["replica_id"] in run.pools[sample.labels["pool_id"]]
     for sample in series(run.final_scrape, "pool_ready"):
         assert sample.labels["pool_id"] in run.pools
@@ -111,7 +113,9 @@ def test_token_counters_match_the_streams(run: Run) -> None:
     mock_jobs = [j[n] for n in ("A1", "A2", "A3", "B", "H")]
     assert value(m, "tokens_out_total", **MOCK, replica_id="r0") == sum(job.tokens for job in mock_jobs)
     assert value(m, "tokens_out_total", **VLLM, replica_id="v0") == j["V"].tokens == 6
-    assert value(m, "tokens_in_total", **MOCK, replica_id="r0") == sum(_prompt_tokens(job) for job in mock_jobs)
+    assert value(m, "tokens_in_total", **MOCK, replica_id="r0") == sum(
+        _prompt_tokens(job) for job in mock_jobs
+    )
     assert value(m, "tokens_in_total", **VLLM, replica_id="v0") == run.engine.behaviour.prompt_tokens
     assert j["B"].tokens == 2 and j["H"].tokens == 0
 

@@ -49,7 +49,9 @@ def exercise(c: httpx.Client) -> None:
     assert read_events(c, failed.json()["sse_url"])[-1].event == "error"
     refused = c.post("/v1/tasks", json={"model_ref": "nope", "prompt": prompt, "max_tokens": 4})
     assert refused.status_code == 400
-    garbled = c.post("/v1/tasks", content=f'{{"prompt": "{prompt} {KEY}"', headers={"Content-Type": "application/json"})
+    garbled = c.post(
+        "/v1/tasks", content=f'{{"prompt": "{prompt} {KEY}"', headers={"Content-Type": "application/json"}
+    )
     assert garbled.status_code == 400
     wrong = c.post(
         "/v1/tasks",
