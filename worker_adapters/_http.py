@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing, contextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import httpx
 
@@ -33,6 +33,16 @@ from worker_adapters.base import (
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _T = TypeVar("_T")
+_F = TypeVar("_F", contravariant=True)
+
+
+class StreamMapper(Protocol[_F]):
+    """An engine dialect's state machine: frames in, tokens out; `done` once the terminal mark was seen."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def feed(self, frame: _F) -> list[TokenEvent]: ...
 
 
 def build_client(config: AdapterConfig) -> httpx.AsyncClient:
@@ -106,9 +116,17 @@ class EngineHTTP:
         probe_s = option_float(config.options, "probe_timeout_s", min(5.0, config.read_timeout_s))
         self._probe_timeout = httpx.Timeout(probe_s, connect=config.connect_timeout_s)
         self._flights = Flights()
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineUnavailable(
+                f"{self.engine} adapter for {self.base_url} is closed", engine=self.engine
+            )
 
     async def get_json(self, path: str) -> Any:
         """GET `path`; the decoded JSON body, or an AdapterError (non-2xx, connect failure, bad JSON)."""
+        self._check_open()
         url = self.base_url + path
         with map_http_errors(self.engine, url):
             response = await self._client.get(url, headers=self._headers, timeout=self._probe_timeout)
@@ -123,6 +141,7 @@ class EngineHTTP:
 
     async def get_text(self, path: str) -> str:
         """GET `path`; the body as text (Prometheus metrics), or an AdapterError."""
+        self._check_open()
         url = self.base_url + path
         with map_http_errors(self.engine, url):
             response = await self._client.get(url, headers=self._headers, timeout=self._probe_timeout)
@@ -134,6 +153,7 @@ class EngineHTTP:
         is live but not ready (llama.cpp's 503 while loading), no answer is not live."""
         url = self.base_url + path
         try:
+            self._check_open()
             with map_http_errors(self.engine, url):
                 response = await self._client.get(url, headers=self._headers, timeout=self._probe_timeout)
         except AdapterError as exc:
@@ -148,6 +168,7 @@ class EngineHTTP:
         self, req: SubmitRequest, path: str, body: Mapping[str, object], accept: str
     ) -> AsyncGenerator[bytes, None]:
         """POST `body` and yield the answer's bytes as they arrive. Raises `Canceled` after `cancel()`."""
+        self._check_open()
         url = self.base_url + path
         headers = {**self._headers, "Accept": accept, "Accept-Encoding": "identity"}
         if req.correlation_id:
@@ -210,8 +231,30 @@ class EngineHTTP:
         return len(self._flights)
 
     async def aclose(self) -> None:
+        self._closed = True
         await self._flights.cancel_all()
         await self._client.aclose()
+
+
+async def relay(
+    http: EngineHTTP, frames: AsyncGenerator[_T, None], mapper: StreamMapper[_T], terminal: str
+) -> AsyncGenerator[TokenEvent, None]:
+    """Map `frames` to tokens as they arrive. The engine's response is closed before the terminal events
+    are yielded, so a consumer that stops at `Finished` leaves no connection open; EOF before the
+    mapper saw the engine's terminal mark is `EngineReset` ("stream ended without <terminal>")."""
+    last: list[TokenEvent] = []
+    async with aclosing(frames):
+        async for frame in frames:
+            events = mapper.feed(frame)
+            if mapper.done:
+                last = events
+                break
+            for event in events:
+                yield event
+    if not mapper.done:
+        raise http.ended_early(terminal)
+    for event in last:
+        yield event
 
 
 class HttpAdapter(abc.ABC):

@@ -11,10 +11,9 @@ incomplete: still one `Token`), then a final event with ``"stop":true`` and ``st
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
 from typing import Any
 
-from worker_adapters._http import HttpAdapter
+from worker_adapters._http import HttpAdapter, relay
 from worker_adapters._sse import SSEEvent
 from worker_adapters._wire import (
     as_dict,
@@ -107,15 +106,9 @@ class LlamaCppAdapter(HttpAdapter):
             return openai_events(self.http, req, CHAT, body)
         return self._completion(req)
 
-    async def _completion(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
-        stream = NativeStream(self.engine)
-        async with aclosing(self.http.sse(req, "/completion", completion_body(req))) as events:
-            async for event in events:
-                for out in stream.feed(event):
-                    yield out
-                if stream.done:
-                    return
-        raise self.http.ended_early('a final event with "stop":true')
+    def _completion(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        events = self.http.sse(req, "/completion", completion_body(req))
+        return relay(self.http, events, NativeStream(self.engine), 'a final event with "stop":true')
 
     async def health(self) -> WorkerHealth:
         return await self.http.probe("/health")

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
 from typing import Any
 
-from worker_adapters._http import HttpAdapter
+from worker_adapters._http import HttpAdapter, relay
 from worker_adapters._wire import (
     as_dict,
     as_int,
@@ -104,20 +103,11 @@ class OllamaAdapter(HttpAdapter):
     engine = "ollama"
 
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
-        return self._stream(req)
-
-    async def _stream(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         chat = wants_chat(self.config.api, req, self.engine)
         raw = option_bool(self.config.options, "raw")
         body = ollama_body(req, self.config.model or req.model, chat=chat, raw=raw)
-        stream = OllamaStream(self.engine)
-        async with aclosing(self.http.ndjson(req, "/api/chat" if chat else "/api/generate", body)) as lines:
-            async for line in lines:
-                for out in stream.feed(line):
-                    yield out
-                if stream.done:
-                    return
-        raise self.http.ended_early('a final object with "done":true')
+        lines = self.http.ndjson(req, "/api/chat" if chat else "/api/generate", body)
+        return relay(self.http, lines, OllamaStream(self.engine), 'a final object with "done":true')
 
     async def health(self) -> WorkerHealth:
         return await self.http.probe("/api/tags", self._model_missing)

@@ -18,10 +18,9 @@ Options: ``api_key`` (sent as ``Authorization: Bearer``), ``health_path`` (defau
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
 from typing import Any
 
-from worker_adapters._http import EngineHTTP, HttpAdapter
+from worker_adapters._http import EngineHTTP, HttpAdapter, relay
 from worker_adapters._sse import SSEEvent
 from worker_adapters._wire import (
     as_dict,
@@ -145,7 +144,7 @@ class OpenAIStream:
         )
 
 
-async def openai_events(
+def openai_events(
     http: EngineHTTP,
     req: SubmitRequest,
     path: str,
@@ -155,13 +154,7 @@ async def openai_events(
 ) -> AsyncGenerator[TokenEvent, None]:
     """Stream `body` to an OpenAI-dialect `path` and map it; EOF before ``[DONE]`` is `EngineReset`."""
     stream = OpenAIStream(http.engine, final_step_chunks=final_step_chunks)
-    async with aclosing(http.sse(req, path, body)) as events:
-        async for event in events:
-            for out in stream.feed(event):
-                yield out
-            if stream.done:
-                return
-    raise http.ended_early("data: [DONE]")
+    return relay(http, http.sse(req, path, body), stream, "data: [DONE]")
 
 
 def models_of(listing: object) -> tuple[tuple[str, ...], int | None]:

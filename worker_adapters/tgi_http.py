@@ -11,10 +11,9 @@ Validation and overload errors come as HTTP 200 with one ``{"error":…,"error_t
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
 from typing import Any
 
-from worker_adapters._http import HttpAdapter
+from worker_adapters._http import HttpAdapter, relay
 from worker_adapters._sse import SSEEvent
 from worker_adapters._wire import (
     as_dict,
@@ -106,15 +105,9 @@ class TgiAdapter(HttpAdapter):
             return openai_events(self.http, req, CHAT, body, final_step_chunks=True)
         return self._generate(req)
 
-    async def _generate(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
-        stream = GenerateStream(self.engine)
-        async with aclosing(self.http.sse(req, "/generate_stream", generate_body(req))) as events:
-            async for event in events:
-                for out in stream.feed(event):
-                    yield out
-                if stream.done:
-                    return
-        raise self.http.ended_early("a final event with generated_text")
+    def _generate(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        events = self.http.sse(req, "/generate_stream", generate_body(req))
+        return relay(self.http, events, GenerateStream(self.engine), "a final event with generated_text")
 
     async def health(self) -> WorkerHealth:
         return await self.http.probe("/health")

@@ -328,3 +328,25 @@ async def test_the_registry_builds_it(case: Case) -> None:
         assert isinstance(adapter, WorkerAdapter)
     finally:
         await adapter.aclose()
+
+
+async def test_the_request_is_closed_before_finished_is_handed_over(case: Case, setup: Any) -> None:
+    _, adapter = setup()
+    events = adapter.submit(request(chat=case.chat))
+    assert isinstance(await anext(events), Token)
+    assert adapter.http.in_flight == 1
+    while not isinstance(await anext(events), Finished):
+        pass
+    assert adapter.http.in_flight == 0  # a consumer that stops at Finished leaves nothing open
+    await events.aclose()
+
+
+async def test_a_closed_adapter_refuses_work(case: Case, setup: Any) -> None:
+    _, adapter = setup()
+    await adapter.aclose()
+    with pytest.raises(EngineUnavailable, match="closed"):
+        await collect(adapter, request(chat=case.chat))
+    with pytest.raises(EngineUnavailable, match="closed"):
+        await adapter.props()
+    health = await adapter.health()
+    assert (health.live, health.ready) == (False, False)
