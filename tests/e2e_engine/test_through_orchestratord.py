@@ -1,0 +1,93 @@
+"""orchestratord → OpenAI adapter → a real engine (llama-cpp-python on a tiny generated model)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.api.helpers import wait_for
+from tests.e2e_engine.test_llama_cpp_python import Engine
+from tests.fakes.servers import LoopbackServer
+from tests.fakes.sse import Event, parse_frames, read_events
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def real_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    server = Engine(tmp_path_factory.mktemp("llama-through-orchestratord"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def start(make_server: Callable[..., LoopbackServer], engine: Engine) -> LoopbackServer:
+    engine.start()  # inside the test: a missing engine fails it
+    pool = {
+        "id": "llama",
+        "engine": "openai",
+        "models": ["tiny"],
+        "engine_model": str(engine.model),
+        "replicas": [{"id": "a", "url": engine.url}],
+        "slots": 1,
+        "ctx_max": 512,
+        "read_timeout_s": 30,
+    }
+    return make_server(pools=[pool])
+
+
+def test_tokens_stream_and_the_count_matches_the_engine(
+    make_server: Callable[..., LoopbackServer], real_engine: Engine
+) -> None:
+    server = start(make_server, real_engine)
+    body = {"model_ref": "tiny", "prompt": "Once upon a time", "max_tokens": 24, "temperature": 0, "seed": 1}
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        job = client.post("/v1/tasks", json=body).json()
+        events = read_events(client, job["sse_url"])
+        status = client.get(job["status_url"]).json()
+    direct = httpx.post(
+        f"{real_engine.url}/v1/completions",
+        json={"model": str(real_engine.model), "prompt": body["prompt"], "max_tokens": 24, "temperature": 0,
+              "seed": 1},
+        timeout=60,
+    ).json()  # fmt: skip
+    tokens = [e for e in events if e.event == "token"]
+    assert events[-1].event == "end", events[-1]
+    assert events[-1].data["tokens_out"] == len(tokens) == direct["usage"]["completion_tokens"]
+    assert [t.data["i"] for t in tokens] == list(range(len(tokens)))
+    assert status["text"] == "".join(t.data["t"] for t in tokens) == direct["choices"][0]["text"]
+    dispatch = next(e for e in events if e.event == "metrics" and "engine" in e.data)
+    assert dispatch.data["engine"] == "openai" and dispatch.data["pool_id"] == "llama"
+
+
+def test_cancel_frees_the_engine_slot(
+    make_server: Callable[..., LoopbackServer], real_engine: Engine
+) -> None:
+    server = start(make_server, real_engine)
+    body: dict[str, Any] = {"model_ref": "tiny", "prompt": "Hello", "max_tokens": 450, "temperature": 0}
+    seen: list[Event] = []
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        job = client.post("/v1/tasks", json=body).json()
+        with client.stream("GET", job["sse_url"]) as stream:
+            for item in parse_frames(stream.iter_lines()):
+                if isinstance(item, str):
+                    continue
+                seen.append(item)
+                if sum(e.event == "token" for e in seen) == 3:
+                    assert client.post(f"/v1/tasks/{job['job_id']}/cancel").status_code == 204
+                if item.event in ("end", "error"):
+                    break
+        assert seen[-1].event == "end" and seen[-1].data["stop_reason"] == "canceled"
+        deadline = time.monotonic() + 10
+        while "Disconnected from client" not in real_engine.log():
+            assert time.monotonic() < deadline, real_engine.log()
+            time.sleep(0.05)
+        registry = server.app.state.services.registry
+        wait_for(lambda: not server.call(registry.leases.all()))
+        after = client.post("/v1/tasks", json={**body, "max_tokens": 4}).json()
+        assert read_events(client, after["sse_url"])[-1].event == "end"
