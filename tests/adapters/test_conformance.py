@@ -134,12 +134,12 @@ async def test_forwards_the_correlation_id(case: Case, setup: Any) -> None:
 async def test_chunking_and_keepalives_do_not_change_the_stream(
     case: Case, setup: Any, chunking: str
 ) -> None:
-    behaviour = {
+    behaviours: dict[str, dict[str, Any]] = {
         "bytewise": {"split": split_every(1)},  # inside UTF-8 characters and CRLFs, every frame
         "coalesced": {"coalesce": True},  # the whole stream in one write
         "keepalive": {"keepalive": True},  # a keep-alive comment before every frame
-    }[chunking]
-    _, adapter = setup(**behaviour)
+    }
+    _, adapter = setup(**behaviours[chunking])
     events = await collect(adapter, request(chat=case.chat, max_tokens=12))
     assert texts(events) == expected(12)
     assert finished(events).stop_reason == "max_tokens"

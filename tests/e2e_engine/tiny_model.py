@@ -46,10 +46,10 @@ def write_tiny_llama(
     tokens, scores, types = tokenizer()
     n_vocab = len(tokens)
 
-    def weights(*shape: int) -> np.ndarray:  # type: ignore[type-arg]
+    def weights(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.1).astype(np.float32)
 
-    def ones() -> np.ndarray:  # type: ignore[type-arg]
+    def ones() -> np.ndarray:
         return np.ones(n_embd, dtype=np.float32)
 
     writer = gguf.GGUFWriter(str(path), "llama")

@@ -250,11 +250,6 @@ class Exchange:
                 return
 
 
-def gap() -> Awaitable[None]:
-    """Let the event loop run between frames, as an engine's decode step would."""
-    return asyncio.sleep(0)
-
-
 def split_every(n: int) -> Callable[[bytes], list[bytes]]:
     """Cut each write into `n`-byte pieces (1: byte by byte, inside UTF-8 characters and CRLFs)."""
     return lambda data: [data[i : i + n] for i in range(0, len(data), n)]

@@ -10,18 +10,18 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import uvicorn
-from uvicorn._types import ASGIApplication
 
 _START_TIMEOUT_S = 10.0
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 
 @contextmanager
-def serve(app: ASGIApplication) -> Iterator[str]:
+def serve(app: ASGIApp) -> Iterator[str]:
     """Serve `app` until the block exits; yields its base URL, e.g. ``http://127.0.0.1:43117``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,7 +57,7 @@ class AppSwitch:
     (starting and stopping uvicorn costs a fifth of a second each time)."""
 
     def __init__(self) -> None:
-        self.app: ASGIApplication | None = None
+        self.app: ASGIApp | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         app = self.app
@@ -65,4 +65,4 @@ class AppSwitch:
             await send({"type": "http.response.start", "status": 503, "headers": []})
             await send({"type": "http.response.body", "body": b"no fake engine is mounted"})
             return
-        await app(scope, receive, send)  # type: ignore[call-arg, arg-type]
+        await app(scope, receive, send)
