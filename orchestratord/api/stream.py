@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from orchestratord.api.deps import get_services, get_tenant
 from orchestratord.api.responses import BUDGET_HEADERS, errors_for
+from orchestratord.core.tasks import LogEvent
 from orchestratord.errors import InvalidParams
 from orchestratord.services import Services
 
@@ -49,11 +50,51 @@ async def stream_task(
     )
 
 
-async def frames(services: Services, job_id: str, after: str | None) -> AsyncIterator[ServerSentEvent]:
+async def frames(services: Services, job_id: str, after: str | None) -> AsyncIterator[bytes]:
     """Tail the event log. A reader never touches the engine: leaving only updates presence."""
     await services.presence.attach(job_id)
     try:
-        async for event in services.store.read(job_id, after):
-            yield ServerSentEvent(data=event.data, event=event.name, id=event.id)
+        async for chunk in coalesced(services.store.read(job_id, after)):
+            yield chunk
     finally:
         await asyncio.shield(services.presence.detach(job_id))
+
+
+def encode(event: LogEvent) -> bytes:
+    """One SSE frame. Event data is JSON, one line; a line break in it would start a new data line."""
+    data = event.data
+    if "\n" in data or "\r" in data:
+        data = "\ndata: ".join(data.splitlines())
+    return f"id: {event.id}\nevent: {event.name}\ndata: {data}\n\n".encode()
+
+
+async def coalesced(events: AsyncIterator[LogEvent]) -> AsyncIterator[bytes]:
+    """The frames of `events`, joined: every event already in the log when the reader is scheduled
+    leaves in one write (a burst of tokens from one engine read is one write, not one per token)."""
+    pending: list[bytes] = []
+    ready = asyncio.Event()
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                pending.append(encode(event))
+                ready.set()
+        finally:
+            ready.set()
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            if not pending and not task.done():
+                await ready.wait()
+            ready.clear()
+            if pending:
+                chunk = b"".join(pending)
+                pending.clear()
+                yield chunk
+            elif task.done():
+                task.result()  # an error in the log's reader surfaces here
+                return
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
