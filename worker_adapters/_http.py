@@ -91,10 +91,11 @@ async def raise_for_status(response: httpx.Response, engine: str) -> None:
     if 200 <= status < 300:
         return
     body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) >= _ERROR_BODY_LIMIT:
-            break
+    async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as chunks:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) >= _ERROR_BODY_LIMIT:
+                break
     cls = error_class(status)
     message = f"{engine} at {response.request.url} answered HTTP {status}: {body_message(bytes(body))}"
     raise cls(message, engine=engine)

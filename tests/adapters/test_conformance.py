@@ -148,7 +148,7 @@ async def test_chunking_and_keepalives_do_not_change_the_stream(
 @pytest.mark.parametrize("eol", ["\r\n", "\r"])
 @pytest.mark.parametrize("case", SSE_CASES, ids=str)
 async def test_crlf_and_cr_line_endings(case: Case, setup: Any, eol: str) -> None:
-    _, adapter = setup(eol=eol, split=split_every(7))
+    _, adapter = setup(eol=eol, split=split_every(1))  # cuts between every \r and \n
     events = await collect(adapter, request(chat=case.chat, max_tokens=12))
     assert texts(events) == expected(12)
 
