@@ -39,15 +39,28 @@ def capacity_for(
     key: str,
     pools: Sequence[PoolSnapshot],
     times: ServiceTimes,
-    running_elapsed: Mapping[str, float],
+    running_ages: Mapping[str, Sequence[float]],
 ) -> Capacity:
-    """Capacity of the pools serving `key`; `running_elapsed` maps pool_id to its oldest job's age."""
+    """Capacity of the pools serving `key`; `running_ages` maps pool_id to the ages (seconds) of the
+    jobs running there. Each running job is expected to free its slot after its pool's mean service
+    time; before a pool has a measurement, the combined mean, else the oldest running age, stands in.
+    """
     serving = serving_pools(key, pools)
     slots = {p.pool_id: p.slots_total for p in serving}
-    elapsed = [running_elapsed[p.pool_id] for p in serving if p.pool_id in running_elapsed]
+    ages = [(p.pool_id, age) for p in serving for age in running_ages.get(p.pool_id, ())]
+    mean = times.combined(slots)
+    if mean is None and ages:
+        mean = max(age for _, age in ages)
+    releases: list[float] = []
+    if mean is not None:
+        releases = sorted(max(0.0, _mean_or(times.mean(pool_id), mean) - age) for pool_id, age in ages)
     return Capacity(
         slots_total=sum(slots.values()),
         slots_free=sum(p.slots_free for p in serving),
-        mean_service_s=times.combined(slots),
-        oldest_running_s=max(elapsed) if elapsed else None,
+        mean_service_s=mean,
+        releases_s=tuple(releases),
     )
+
+
+def _mean_or(value: float | None, default: float) -> float:
+    return default if value is None else value

@@ -1,9 +1,19 @@
 """Start-time predictions from measured service times (documented in docs/admission.md).
 
-Each pool keeps an exponentially weighted moving average of how long its jobs hold a slot. Slots of
-the pools serving a model free up at `slots / mean_service_time` per second, so the k-th job beyond
-the free slots is expected to start after `k * mean / slots`. Before a pool has finished a job, the
-longest-running job's elapsed time stands in for the mean (a real, if low, measurement).
+Each pool keeps an exponentially weighted moving average (EWMA) of how long its jobs hold a slot.
+For the pools serving a routing key, with `S` usable slots of which `f` are free now and a mean
+service time `m`:
+
+- a job with fewer than `f` jobs ahead of it starts now (0);
+- otherwise every slot frees once in its first round: a busy slot after `max(0, m_pool - age)` of its
+  running job (`m / 2` when the job's age is unknown, e.g. it runs on another orchestrator), a slot
+  that is free now after `m` (a job ahead of ours takes it first). Sorting these S times gives
+  `R[0] <= … <= R[S-1]`; the k-th release from now (k = 0, 1, …) is `R[k mod S] + (k div S) * m`,
+  and a job with `p >= f` jobs ahead starts at the release `k = p - f`.
+
+Before a pool has finished a job, the age of its oldest running job stands in for the mean (a low but
+real measurement). Nothing is predicted (None) when no usable slot serves the key or nothing has been
+measured at all.
 """
 
 from __future__ import annotations
@@ -14,18 +24,21 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Capacity:
-    """What the pools that serve one model offer right now."""
+    """What the pools that serve one routing key offer right now."""
 
     slots_total: int
     slots_free: int
     mean_service_s: float | None
-    oldest_running_s: float | None = None
+    releases_s: tuple[float, ...] = ()  # first-round release times of the busy slots we know, ascending
 
-    @property
-    def service_s(self) -> float | None:
-        if self.mean_service_s is not None:
-            return self.mean_service_s
-        return self.oldest_running_s
+    def first_round(self) -> list[float]:
+        """When each of the S slots frees in its first round, ascending (see the module docstring)."""
+        assert self.mean_service_s is not None
+        mean = self.mean_service_s
+        busy = max(0, self.slots_total - self.slots_free)
+        known = list(self.releases_s[:busy])
+        unknown = [mean / 2] * (busy - len(known))
+        return sorted(known + unknown + [mean] * self.slots_free)
 
 
 class ServiceTimes:
@@ -44,6 +57,9 @@ class ServiceTimes:
     def mean(self, pool_id: str) -> float | None:
         return self._mean.get(pool_id)
 
+    def count(self, pool_id: str) -> int:
+        return self._count.get(pool_id, 0)
+
     def combined(self, pool_slots: dict[str, int]) -> float | None:
         """Slot-weighted mean over several pools, ignoring pools with no measurement yet."""
         known = [(self._mean[p], n) for p, n in pool_slots.items() if p in self._mean and n > 0]
@@ -51,23 +67,30 @@ class ServiceTimes:
         return None if not total else sum(m * n for m, n in known) / total
 
 
-def predict_start_ms(position: int, cap: Capacity) -> int | None:
-    """Predicted wait for a job with `position` jobs ahead of it for the same model.
+def predict_start_s(position: int, cap: Capacity) -> float | None:
+    """Seconds until a job with `position` jobs ahead of it (same routing key) is expected to start."""
+    if position < cap.slots_free:
+        return 0.0
+    if cap.mean_service_s is None or cap.slots_total <= 0:
+        return None
+    k = position - cap.slots_free
+    rounds = cap.first_round()
+    return rounds[k % len(rounds)] + (k // len(rounds)) * cap.mean_service_s
 
-    None when it cannot be predicted: no ready slot serves the model, or nothing has been measured.
-    """
+
+def predict_start_ms(position: int, cap: Capacity) -> int | None:
+    """`predict_start_s` in whole milliseconds; at least 1 when the job has to wait at all."""
+    seconds = predict_start_s(position, cap)
+    if seconds is None:
+        return None
     if position < cap.slots_free:
         return 0
-    service = cap.service_s
-    if service is None or cap.slots_total <= 0:
-        return None
-    ahead = position - cap.slots_free + 1
-    return math.ceil(ahead * service / cap.slots_total * 1000)
+    return max(1, math.ceil(seconds * 1000))
 
 
-def drain_interval_ms(cap: Capacity) -> int | None:
-    """How long until the next slot frees at the measured drain rate; None without any measurement."""
-    service = cap.service_s
-    if service is None or cap.slots_total <= 0:
-        return None
-    return max(1, math.ceil(service / cap.slots_total * 1000))
+def retry_hint_ms(wait_ms: int, cap: Capacity) -> int:
+    """A retry hint for a client refused now: the predicted wait until a queued job leaves the queue
+    (its place frees), plus a tenth of a service time so that the retry follows the dispatch rather
+    than races it."""
+    margin = 0.0 if cap.mean_service_s is None else cap.mean_service_s / 10
+    return max(1, wait_ms + math.ceil(margin * 1000))

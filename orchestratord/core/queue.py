@@ -1,15 +1,37 @@
-"""The bounded, fair admission queue: start-time fair queuing over (tenant, class) flows.
+"""The bounded, fair admission queue: start-time fair queuing (SFQ) over (tenant, class) flows.
 
-Fairness (documented in docs/admission.md): each flow (tenant, priority) has a weight, the tenant's
-weight times the class weight, and a virtual start tag. When a flow becomes backlogged its tag is
-lifted to the queue's virtual time, so idle time is not banked. Dispatch takes, among flows whose head
-job a free slot can serve, the flow with the smallest tag; the queue's virtual time moves to that tag,
-and the flow's tag advances by cost / weight. A job's cost is 1 (fair by requests) or its estimated
-tokens (fair by tokens), settled with the real count when it ends. Tags, not rounds, so the same state
-can live in a Redis sorted set.
+The rules, precise enough to port (the Redis backend runs them as a Lua script over sorted sets):
 
-Within a flow, jobs for one model go by (deadline, arrival). Removal (cancel, eviction) is O(log n):
-heaps drop stale entries lazily. No I/O, no asyncio, no logging: callers own time and wake-ups.
+1. **Flows and weights.** A job belongs to the flow (tenant, priority). The flow's weight is
+   `tenant_weights[tenant] (default 1) * class_weights[priority]` (default interactive 8, batch 1).
+2. **Tags.** The queue keeps a virtual time `V` (starts at 0, never decreases) and each flow a start
+   tag. When a job arrives at an empty flow, the flow's tag becomes `max(tag, V)`: a flow that was
+   idle does not bank credit, a flow that was just served does not lose its debt.
+3. **Take.** Among the flows whose tenant may run more (`tenant_ok`) and that have a queued job whose
+   routing key a free slot can serve (`can_serve`), take the flow with the smallest
+   `(tag, head deadline, head arrival)`; its head is its job with the smallest (deadline, arrival)
+   among the servable keys (no deadline sorts last). Then `V = max(V, tag)` and
+   `tag += cost / weight`. A busy key never blocks another key (no head-of-line blocking).
+4. **Cost and settlement.** `cost` is 1 (`unit: requests`) or the estimated tokens, prompt plus
+   `max_tokens` (`unit: tokens`). When the job ends its flow is settled with the real count:
+   `tag = max(0, tag + (actual - estimated) / weight)`.
+5. **Bounds.** At most `capacity` jobs in all and `tenant_capacity` per tenant. An arrival that finds
+   its tenant (or else the queue) full applies `full_policy`, choosing the victim within the tenant
+   when the tenant is the bound that is hit:
+   - `reject`: refused;
+   - `drop-lru`: the oldest batch job is evicted, else the oldest job, and the arrival admitted;
+   - `shed-low-priority`: the newest job of the lowest class below the arrival's is evicted, and the
+     arrival admitted; refused when there is none.
+   A policy change that shrinks a bound evicts the excess at once, in `drop-lru` order.
+6. **Deadlines.** `deadline` is absolute (wall-clock seconds). `expire(now)` removes every job whose
+   deadline is `<= now`; callers expire before they take, so a job past its deadline is never taken.
+7. **Leaving.** A job leaves exactly once: taken, removed (cancel), evicted or expired. Removal is
+   O(log n): the job is dropped from the hash maps at once, and heap entries are discarded lazily when
+   they surface (heaps are rebuilt when stale entries outnumber live ones, so memory stays O(n)).
+
+Positions project each flow's queued jobs for a key onto virtual time (the flow's tag, plus
+cost/weight per job ahead in the flow) and count the jobs projected before a job, ties broken as in
+rule 3. No I/O, no asyncio, no logging: callers own time and wake-ups.
 """
 
 from __future__ import annotations
@@ -17,7 +39,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -25,7 +47,9 @@ from orchestratord.core.tasks import PRIORITIES, Priority
 
 FullPolicy = Literal["reject", "drop-lru", "shed-low-priority"]
 FairnessUnit = Literal["requests", "tokens"]
-_RANK: dict[Priority, int] = {"interactive": 0, "batch": 1}
+FlowKey = tuple[str, Priority]
+_RANK: dict[Priority, int] = {p: i for i, p in enumerate(PRIORITIES)}  # 0 is the highest class
+_COMPACT_MIN = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +57,12 @@ class QueueEntry:
     job_id: str
     tenant: str
     priority: Priority
-    model: str
-    cost: float = 1.0
-    deadline: float | None = None
+    model: str  # the routing key: the model, plus the pools it is restricted to (core.capacity)
+    cost: float = 1.0  # charged to the flow when taken, in `unit`
+    deadline: float | None = None  # absolute, wall-clock seconds
     enqueued_at: float = 0.0
-    seq: int = 0
+    seq: int = 0  # arrival order, stamped by the queue
+    unit: FairnessUnit = "requests"  # the unit `cost` is counted in; settle only `tokens` costs
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,67 +90,104 @@ class Rejected:
     policy: FullPolicy
 
 
+_HeapItem = tuple[float, int, str]  # (deadline or inf, seq, job_id)
+
+
 @dataclass(slots=True)
 class _Flow:
-    tag: float = 0.0
-    size: int = 0
-    heaps: dict[str, list[tuple[float, int, str]]] = field(default_factory=dict)
+    tag: float
+    order: OrderedDict[str, None] = field(default_factory=OrderedDict)  # queued jobs, by arrival
+    heaps: dict[str, list[_HeapItem]] = field(default_factory=dict)  # per routing key
+    stale: int = 0  # heap items of jobs that already left
+
+    @property
+    def size(self) -> int:
+        return len(self.order)
 
 
 class FairQueue:
-    """State owner of queued jobs. Every admitted job leaves exactly once: taken, removed or expired."""
+    """State owner of queued jobs; see the module docstring for the rules it keeps."""
 
     def __init__(self, policy: QueuePolicy | None = None) -> None:
         self.policy = policy or QueuePolicy()
         self._entries: OrderedDict[str, QueueEntry] = OrderedDict()
         self._by_class: dict[Priority, OrderedDict[str, None]] = {p: OrderedDict() for p in PRIORITIES}
         self._by_tenant: dict[str, int] = {}
-        self._flows: dict[tuple[str, Priority], _Flow] = {}
-        self._deadlines: list[tuple[float, int, str]] = []
+        self._flows: dict[FlowKey, _Flow] = {}
+        self._deadlines: list[_HeapItem] = []
+        self._deadline_stale = 0
         self._vtime = 0.0
         self._seq = 0
+        self._positions: dict[str, int] | None = None
 
     # -- admission -------------------------------------------------------------------------------
     def enqueue(self, entry: QueueEntry) -> Admitted | Rejected:
+        if entry.job_id in self._entries:
+            raise ValueError(f"job {entry.job_id!r} is already queued")
         tenant_full = self._tenant_full(entry.tenant)
-        if tenant_full or len(self._entries) >= self.policy.capacity:
-            victim = self._victim_for(entry, tenant_only=tenant_full)
-            if victim is None:
-                return Rejected("tenant_capacity" if tenant_full else "capacity", self.policy.full_policy)
-            self.remove(victim.job_id)
-            return Admitted(self._insert(entry), evicted=victim)
-        return Admitted(self._insert(entry))
+        if not tenant_full and len(self._entries) < self.policy.capacity:
+            return Admitted(self._insert(entry))
+        victim = self._victim_for(entry, entry.tenant if tenant_full else None)
+        if victim is None:
+            return Rejected("tenant_capacity" if tenant_full else "capacity", self.policy.full_policy)
+        self.remove(victim.job_id)
+        return Admitted(self._insert(entry), evicted=victim)
+
+    def set_policy(self, policy: QueuePolicy) -> list[QueueEntry]:
+        """Apply a new policy. Shrunk bounds evict the excess at once (drop-lru order); returns it."""
+        self.policy = policy
+        self._positions = None
+        evicted: list[QueueEntry] = []
+        cap = policy.tenant_capacity
+        for tenant in list(self._by_tenant):
+            while cap is not None and self._by_tenant.get(tenant, 0) > cap:
+                evicted.append(self._evict(self._oldest(tenant)))
+        while len(self._entries) > policy.capacity:
+            evicted.append(self._evict(self._oldest(None)))
+        return evicted
+
+    def _evict(self, victim: QueueEntry | None) -> QueueEntry:
+        assert victim is not None  # a bound is exceeded, so the scope holds a job
+        self.remove(victim.job_id)
+        return victim
 
     def _tenant_full(self, tenant: str) -> bool:
         cap = self.policy.tenant_capacity
         return cap is not None and self._by_tenant.get(tenant, 0) >= cap
 
-    def _victim_for(self, entry: QueueEntry, *, tenant_only: bool) -> QueueEntry | None:
-        def allowed(e: QueueEntry) -> bool:
-            return not tenant_only or e.tenant == entry.tenant
-
+    def _victim_for(self, entry: QueueEntry, tenant: str | None) -> QueueEntry | None:
         if self.policy.full_policy == "drop-lru":
-            return self._first(self._iter_class("batch"), allowed) or self._first(
-                iter(self._entries.values()), allowed
-            )
+            return self._oldest(tenant)
         if self.policy.full_policy == "shed-low-priority":
             lower = [p for p in PRIORITIES if _RANK[p] > _RANK[entry.priority]]
-            for priority in reversed(lower):
-                victim = self._first(self._iter_class(priority, newest_first=True), allowed)
+            for priority in reversed(lower):  # the lowest class first
+                victim = self._newest(tenant, priority)
                 if victim is not None:
                     return victim
         return None
 
-    @staticmethod
-    def _first(entries: Iterator[QueueEntry], allowed: Callable[[QueueEntry], bool]) -> QueueEntry | None:
-        return next((e for e in entries if allowed(e)), None)
+    def _class_order(self, tenant: str | None, priority: Priority) -> OrderedDict[str, None]:
+        if tenant is None:
+            return self._by_class[priority]
+        flow = self._flows.get((tenant, priority))
+        return flow.order if flow is not None else OrderedDict()
 
-    def _iter_class(self, priority: Priority, *, newest_first: bool = False) -> Iterator[QueueEntry]:
-        ids = reversed(self._by_class[priority]) if newest_first else iter(self._by_class[priority])
-        return (self._entries[i] for i in ids)
+    def _oldest(self, tenant: str | None) -> QueueEntry | None:
+        """The drop-lru victim (of `tenant`, or of all): the oldest batch job, else the oldest job."""
+        heads = {p: next(iter(self._class_order(tenant, p)), None) for p in PRIORITIES}
+        batch = heads["batch"]
+        if batch is not None:
+            return self._entries[batch]
+        present = [self._entries[h] for h in heads.values() if h is not None]
+        return min(present, key=lambda e: e.seq, default=None)
+
+    def _newest(self, tenant: str | None, priority: Priority) -> QueueEntry | None:
+        order = self._class_order(tenant, priority)
+        return self._entries[next(reversed(order))] if order else None
 
     def _insert(self, entry: QueueEntry) -> QueueEntry:
         self._seq += 1
+        self._positions = None
         entry = replace(entry, seq=self._seq)
         self._entries[entry.job_id] = entry
         self._by_class[entry.priority][entry.job_id] = None
@@ -133,69 +195,102 @@ class FairQueue:
         flow = self._flows.setdefault((entry.tenant, entry.priority), _Flow(tag=self._vtime))
         if flow.size == 0:
             flow.tag = max(flow.tag, self._vtime)
-        flow.size += 1
-        key = (_deadline_key(entry.deadline), entry.seq, entry.job_id)
-        heapq.heappush(flow.heaps.setdefault(entry.model, []), key)
+        flow.order[entry.job_id] = None
+        heapq.heappush(flow.heaps.setdefault(entry.model, []), _item(entry))
         if entry.deadline is not None:
             heapq.heappush(self._deadlines, (entry.deadline, entry.seq, entry.job_id))
         return entry
 
     # -- leaving the queue -----------------------------------------------------------------------
     def remove(self, job_id: str) -> QueueEntry | None:
-        """Take a job out (cancel, eviction). Returns it, or None if it is not queued."""
+        """Take a job out (cancel, eviction) in O(log n). Returns it, or None if it is not queued."""
+        return self._detach(job_id, deadline_popped=False)
+
+    def _detach(self, job_id: str, *, deadline_popped: bool) -> QueueEntry | None:
         entry = self._entries.pop(job_id, None)
         if entry is None:
             return None
+        self._positions = None
         del self._by_class[entry.priority][job_id]
         self._by_tenant[entry.tenant] -= 1
         if not self._by_tenant[entry.tenant]:
             del self._by_tenant[entry.tenant]
-        self._flows[(entry.tenant, entry.priority)].size -= 1
+        flow = self._flows[(entry.tenant, entry.priority)]
+        del flow.order[job_id]
+        flow.stale += 1
+        if flow.stale > max(_COMPACT_MIN, flow.size):
+            self._compact(flow)
+        if entry.deadline is not None and not deadline_popped:
+            self._deadline_stale += 1
+            if self._deadline_stale > max(_COMPACT_MIN, len(self._deadlines) - self._deadline_stale):
+                self._deadlines = [i for i in self._deadlines if self._live(i)]
+                heapq.heapify(self._deadlines)
+                self._deadline_stale = 0
         return entry
 
     def take(
         self, can_serve: Callable[[str], bool], tenant_ok: Callable[[str], bool] = lambda _: True
     ) -> QueueEntry | None:
-        """Dispatch the job with the smallest flow tag among those a free slot can serve."""
-        best: tuple[float, float, int, tuple[str, Priority], str] | None = None
+        """Dispatch the job with the smallest flow tag among those a free slot can serve (rule 3)."""
+        servable = _memo(can_serve)
+        best: tuple[tuple[float, float, int], FlowKey, str] | None = None
         for key, flow in self._flows.items():
             if flow.size == 0 or not tenant_ok(key[0]):
                 continue
-            head = self._flow_head(flow, can_serve)
-            if head is not None and (best is None or (flow.tag, *head[:2]) < best[:3]):
-                best = (flow.tag, head[0], head[1], key, head[2])
+            head = self._flow_head(flow, servable)
+            if head is not None and (best is None or (flow.tag, head[0], head[1]) < best[0]):
+                best = ((flow.tag, head[0], head[1]), key, head[2])
         if best is None:
             return None
-        entry = self._entries[best[4]]
-        flow = self._flows[best[3]]
+        flow = self._flows[best[1]]
+        entry = self._entries[best[2]]
         self.remove(entry.job_id)
         self._vtime = max(self._vtime, flow.tag)
         flow.tag += entry.cost / self.policy.weight(entry.tenant, entry.priority)
         return entry
 
-    def _flow_head(self, flow: _Flow, can_serve: Callable[[str], bool]) -> tuple[float, int, str] | None:
-        best: tuple[float, int, str] | None = None
+    def _flow_head(self, flow: _Flow, servable: Callable[[str], bool]) -> _HeapItem | None:
+        best: _HeapItem | None = None
         for model, heap in flow.heaps.items():
-            while heap and heap[0][2] not in self._entries:
+            while heap and not self._live(heap[0]):
                 heapq.heappop(heap)
-            if heap and can_serve(model) and (best is None or heap[0] < best):
+                flow.stale -= 1
+            if heap and (best is None or heap[0] < best) and servable(model):
                 best = heap[0]
         return best
 
+    def _live(self, item: _HeapItem) -> bool:
+        entry = self._entries.get(item[2])
+        return entry is not None and entry.seq == item[1]
+
+    def _compact(self, flow: _Flow) -> None:
+        for model, heap in list(flow.heaps.items()):
+            live = [i for i in heap if self._live(i)]
+            if live:
+                heapq.heapify(live)
+                flow.heaps[model] = live
+            else:
+                del flow.heaps[model]
+        flow.stale = 0
+
     def expire(self, now: float) -> list[QueueEntry]:
-        """Remove and return every queued job whose deadline has passed."""
+        """Remove and return every queued job whose deadline is at or before `now`."""
         expired: list[QueueEntry] = []
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, _, job_id = heapq.heappop(self._deadlines)
-            entry = self.remove(job_id)
-            if entry is not None:
-                expired.append(entry)
+            item = heapq.heappop(self._deadlines)
+            if not self._live(item):
+                self._deadline_stale -= 1
+                continue
+            entry = self._detach(item[2], deadline_popped=True)
+            assert entry is not None
+            expired.append(entry)
         return expired
 
     def settle(self, tenant: str, priority: Priority, estimated: float, actual: float) -> None:
-        """Correct a flow's tag once a job's real cost is known (fairness by tokens)."""
+        """Correct a flow's tag once a job's real cost is known (fairness by tokens, rule 4)."""
         flow = self._flows.get((tenant, priority))
         if flow is not None:
+            self._positions = None
             flow.tag = max(0.0, flow.tag + (actual - estimated) / self.policy.weight(tenant, priority))
 
     # -- reading ---------------------------------------------------------------------------------
@@ -211,6 +306,21 @@ class FairQueue:
     def entries(self) -> list[QueueEntry]:
         return list(self._entries.values())
 
+    def tenant_size(self, tenant: str) -> int:
+        return self._by_tenant.get(tenant, 0)
+
+    def heap_items(self) -> int:
+        """Items held in the per-flow heaps, live or not yet discarded: memory stays O(len(self))."""
+        return sum(len(heap) for flow in self._flows.values() for heap in flow.heaps.values())
+
+    @property
+    def vtime(self) -> float:
+        return self._vtime
+
+    def flow_tag(self, tenant: str, priority: Priority) -> float | None:
+        flow = self._flows.get((tenant, priority))
+        return None if flow is None else flow.tag
+
     def depth(self, model: str | None = None, priority: Priority | None = None) -> int:
         return sum(
             1
@@ -219,45 +329,73 @@ class FairQueue:
         )
 
     def position(self, job_id: str) -> int:
-        """How many queued jobs for the same model are expected to be dispatched before this one.
+        """How many queued jobs for the same routing key are expected to be taken before this one.
 
-        Each flow's jobs are projected onto virtual time (the flow's tag plus cost/weight per job ahead);
-        the jobs projected before this job's own tag are counted.
+        All positions are computed together in O(n log n) and kept until the queue changes.
         """
-        me = self._entries.get(job_id)
-        if me is None:
-            return 0
-        own = self._flows[(me.tenant, me.priority)]
-        mine = self._ahead_in_flow(own, me)
-        my_tag = own.tag + sum(e.cost for e in mine) / self.policy.weight(me.tenant, me.priority)
-        ahead = len(mine)
-        for key, flow in self._flows.items():
-            if flow is own or flow.size == 0:
-                continue
-            ahead += self._projected_before(key, flow, me.model, my_tag)
-        return ahead
+        if self._positions is None:
+            self._positions = self._project()
+        return self._positions.get(job_id, 0)
 
-    def _ahead_in_flow(self, flow: _Flow, me: QueueEntry) -> list[QueueEntry]:
-        mine = (_deadline_key(me.deadline), me.seq)
-        heap = flow.heaps.get(me.model, [])
-        return [
-            self._entries[j] for d, s, j in heap if j in self._entries and (d, s) < mine and j != me.job_id
-        ]
+    def _project(self) -> dict[str, int]:
+        by_model: dict[str, list[tuple[float, float, int, str]]] = {}
+        for (tenant, priority), flow in self._flows.items():
+            weight = self.policy.weight(tenant, priority)
+            for model, heap in flow.heaps.items():
+                tag = flow.tag
+                for deadline, seq, job_id in sorted(i for i in heap if self._live(i)):
+                    by_model.setdefault(model, []).append((tag, deadline, seq, job_id))
+                    tag += self._entries[job_id].cost / weight
+        positions: dict[str, int] = {}
+        for projected in by_model.values():
+            projected.sort()
+            positions.update((job_id, i) for i, (_, _, _, job_id) in enumerate(projected))
+        return positions
 
-    def _projected_before(self, key: tuple[str, Priority], flow: _Flow, model: str, tag: float) -> int:
-        count = 0
-        t = flow.tag
-        weight = self.policy.weight(*key)
-        for _, _, job_id in sorted(flow.heaps.get(model, [])):
-            entry = self._entries.get(job_id)
-            if entry is None:
-                continue
-            if t >= tag:
+
+def prospective_position(queued: Iterable[QueueEntry], policy: QueuePolicy, newcomer: QueueEntry) -> int:
+    """How many queued jobs for the newcomer's routing key would be taken before it, if admitted now.
+
+    Used before admission, from the queued entries alone: every backlogged flow is assumed to stand
+    at the newcomer's own start tag (the virtual time), so each flow's jobs are projected from 0.
+    """
+    mine = policy.weight(newcomer.tenant, newcomer.priority)
+    flows: dict[FlowKey, list[QueueEntry]] = {}
+    for e in queued:
+        if e.model == newcomer.model:
+            flows.setdefault((e.tenant, e.priority), []).append(e)
+    own = sorted(flows.pop((newcomer.tenant, newcomer.priority), []), key=_order)
+    ahead_own = [e for e in own if _key(e.deadline) <= _key(newcomer.deadline)]
+    my_tag = sum(e.cost for e in ahead_own) / mine
+    ahead = len(ahead_own)
+    for (tenant, priority), jobs in flows.items():
+        weight, tag = policy.weight(tenant, priority), 0.0
+        for e in sorted(jobs, key=_order):
+            if (tag, _key(e.deadline)) > (my_tag, _key(newcomer.deadline)):
                 break
-            count += 1
-            t += entry.cost / weight
-        return count
+            ahead += 1
+            tag += e.cost / weight
+    return ahead
 
 
-def _deadline_key(deadline: float | None) -> float:
+def _key(deadline: float | None) -> float:
     return math.inf if deadline is None else deadline
+
+
+def _order(entry: QueueEntry) -> tuple[float, int]:
+    return _key(entry.deadline), entry.seq
+
+
+def _item(entry: QueueEntry) -> _HeapItem:
+    return _key(entry.deadline), entry.seq, entry.job_id
+
+
+def _memo(fn: Callable[[str], bool]) -> Callable[[str], bool]:
+    seen: dict[str, bool] = {}
+
+    def cached(key: str) -> bool:
+        if key not in seen:
+            seen[key] = fn(key)
+        return seen[key]
+
+    return cached

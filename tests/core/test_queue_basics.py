@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from orchestratord.core.queue import Admitted, FairQueue, QueueEntry, QueuePolicy, Rejected
+from orchestratord.core.queue import (
+    Admitted,
+    FairQueue,
+    QueueEntry,
+    QueuePolicy,
+    Rejected,
+    prospective_position,
+)
 
 
 def entry(
@@ -60,3 +67,137 @@ def test_expire_removes_jobs_past_their_deadline() -> None:
     q.enqueue(entry("b", deadline=50.0))
     assert [e.job_id for e in q.expire(10.0)] == ["a"]
     assert len(q) == 1
+
+
+def take_all(q: FairQueue) -> list[str]:
+    out = []
+    while (e := q.take(lambda _: True)) is not None:
+        out.append(e.job_id)
+    return out
+
+
+def test_cancel_removes_at_once_without_touching_the_heaps() -> None:
+    q = FairQueue()
+    for i in range(20):
+        q.enqueue(entry(f"j{i}", tenant=f"t{i % 3}", model=f"m{i % 2}"))
+    before = q.heap_items()
+    assert q.remove("j7") is not None
+    # Gone from every view at once; the heap item is discarded lazily, when it surfaces (O(log n)).
+    assert "j7" not in q and len(q) == 19 and q.get("j7") is None
+    assert q.heap_items() == before
+    assert sorted(q.position(f"j{i}") for i in range(20) if i % 2 == 1 and i != 7) == list(range(9))
+    assert "j7" not in take_all(q)
+
+
+def test_lazy_removal_keeps_memory_bounded() -> None:
+    q = FairQueue(QueuePolicy(capacity=20_000))
+    flow_of = {}
+    for i in range(10_000):
+        e = entry(f"j{i}", tenant=f"t{i % 4}", priority="batch" if i % 5 else "interactive")
+        q.enqueue(e)
+        flow_of[e.job_id] = (e.tenant, e.priority)
+    for i in range(10_000):
+        if i % 10:
+            q.remove(f"j{i}")
+    assert len(q) == 1000
+    assert q.heap_items() <= 2 * len(q) + 8 * 33  # live items plus at most max(32, live) stale per flow
+    drained = take_all(q)
+    assert sorted(drained) == sorted(f"j{i}" for i in range(0, 10_000, 10))
+    for flow in set(flow_of.values()):
+        mine = [int(j[1:]) for j in drained if flow_of[j] == flow]
+        assert mine == sorted(mine), f"flow {flow} did not come out in arrival order"
+
+
+def test_drop_lru_evicts_the_oldest_batch_job_else_the_oldest() -> None:
+    q = FairQueue(QueuePolicy(capacity=3, full_policy="drop-lru"))
+    q.enqueue(entry("i1"))
+    q.enqueue(entry("b1", priority="batch"))
+    q.enqueue(entry("b2", priority="batch"))
+    first = q.enqueue(entry("i2"))
+    assert isinstance(first, Admitted) and first.evicted is not None and first.evicted.job_id == "b1"
+    second = q.enqueue(entry("i3"))
+    assert isinstance(second, Admitted) and second.evicted is not None and second.evicted.job_id == "b2"
+    third = q.enqueue(entry("b3", priority="batch"))
+    assert isinstance(third, Admitted) and third.evicted is not None and third.evicted.job_id == "i1"
+    assert len(q) == 3
+
+
+def test_shed_low_priority_evicts_the_newest_batch_job_or_rejects() -> None:
+    q = FairQueue(QueuePolicy(capacity=3, full_policy="shed-low-priority"))
+    for job in ("b1", "b2"):
+        q.enqueue(entry(job, priority="batch"))
+    q.enqueue(entry("i1"))
+    shed = q.enqueue(entry("i2"))
+    assert isinstance(shed, Admitted) and shed.evicted is not None and shed.evicted.job_id == "b2"
+    refused = q.enqueue(entry("b3", priority="batch"))
+    assert isinstance(refused, Rejected) and refused.policy == "shed-low-priority"
+    q.enqueue(entry("i3"))  # evicts b1, the last batch job
+    assert isinstance(q.enqueue(entry("i4")), Rejected)  # nothing of a lower class is left
+    assert sorted(e.job_id for e in q.entries()) == ["i1", "i2", "i3"]
+
+
+def test_tenant_capacity_evicts_within_the_tenant() -> None:
+    q = FairQueue(QueuePolicy(capacity=10, tenant_capacity=2, full_policy="drop-lru"))
+    q.enqueue(entry("a1", tenant="a", priority="batch"))
+    q.enqueue(entry("b1", tenant="b", priority="batch"))
+    q.enqueue(entry("a2", tenant="a"))
+    outcome = q.enqueue(entry("a3", tenant="a"))
+    assert isinstance(outcome, Admitted) and outcome.evicted is not None
+    assert outcome.evicted.job_id == "a1"  # the tenant's own oldest batch job, not b1
+    rejecting = FairQueue(QueuePolicy(capacity=10, tenant_capacity=1))
+    rejecting.enqueue(entry("a1", tenant="a"))
+    refused = rejecting.enqueue(entry("a2", tenant="a"))
+    assert isinstance(refused, Rejected) and refused.reason == "tenant_capacity"
+    assert isinstance(rejecting.enqueue(entry("b1", tenant="b")), Admitted)
+
+
+def test_shrinking_the_capacity_evicts_the_excess_at_once() -> None:
+    q = FairQueue(QueuePolicy(capacity=5))
+    for job, priority in (("i1", "interactive"), ("b1", "batch"), ("i2", "interactive"), ("b2", "batch")):
+        q.enqueue(entry(job, priority=priority))
+    evicted = q.set_policy(QueuePolicy(capacity=1))
+    assert [e.job_id for e in evicted] == ["b1", "b2", "i1"]
+    assert [e.job_id for e in q.entries()] == ["i2"]
+
+
+def test_duplicate_job_id_is_a_programming_error() -> None:
+    q = FairQueue()
+    q.enqueue(entry("a"))
+    try:
+        q.enqueue(entry("a"))
+    except ValueError as exc:
+        assert "already queued" in str(exc)
+    else:
+        raise AssertionError("a duplicate job id was admitted")
+
+
+def test_positions_follow_the_weights() -> None:
+    q = FairQueue()  # interactive 8 : batch 1
+    for i in range(3):
+        q.enqueue(entry(f"b{i}", priority="batch"))
+    for i in range(10):
+        q.enqueue(entry(f"i{i}"))
+    order = take_all_copy(q)
+    assert [q.position(j) for j in order] == list(range(13))
+    assert order[:2] == ["b0", "i0"]  # equal tags: arrival breaks the tie
+    assert order.index("b1") > order.index("i7")  # after the first batch, 8 interactive go per batch
+
+
+def take_all_copy(q: FairQueue) -> list[str]:
+    clone = FairQueue(q.policy)
+    for e in sorted(q.entries(), key=lambda e: e.seq):
+        clone.enqueue(e)
+    return take_all(clone)
+
+
+def test_prospective_position_counts_what_would_go_first() -> None:
+    policy = QueuePolicy()
+    queued = [entry(f"b{i}", priority="batch", seq=i) for i in range(20)]
+    queued += [entry(f"i{i}", seq=20 + i) for i in range(3)]
+    newcomer = entry("new")
+    # Its own flow's 3 jobs go first; batch advances 1/1 per job against 1/8 for interactive, so of the
+    # batch flow only the jobs projected before the newcomer's tag (3/8) count: one.
+    assert prospective_position(queued, policy, newcomer) == 4
+    assert prospective_position(queued, policy, entry("other", model="x")) == 0
+    late_batch = entry("lb", priority="batch")
+    assert prospective_position(queued, policy, late_batch) == 20 + 3

@@ -1,0 +1,92 @@
+"""Predictions from measured service times: the model of docs/admission.md, number by number."""
+
+from __future__ import annotations
+
+from orchestratord.core.capacity import capacity_for
+from orchestratord.core.prediction import (
+    Capacity,
+    ServiceTimes,
+    predict_start_ms,
+    retry_hint_ms,
+)
+from pool_manager.snapshot import PoolSnapshot, ReplicaSnapshot
+
+
+def pool(pool_id: str, slots: int, free: int, model: str = "m", ready: bool = True) -> PoolSnapshot:
+    replica = ReplicaSnapshot("r0", ready, slots, free)
+    return PoolSnapshot(pool_id, "mock", "mock-1", (model,), 4096, 4096, False, (replica,))
+
+
+def test_zero_when_a_slot_is_free() -> None:
+    cap = Capacity(slots_total=4, slots_free=2, mean_service_s=None)
+    assert predict_start_ms(0, cap) == 0
+    assert predict_start_ms(1, cap) == 0
+
+
+def test_unknown_without_any_measurement() -> None:
+    assert predict_start_ms(0, Capacity(slots_total=2, slots_free=0, mean_service_s=None)) is None
+    assert predict_start_ms(0, Capacity(slots_total=0, slots_free=0, mean_service_s=1.0)) is None
+
+
+def test_releases_from_the_running_jobs_then_whole_rounds() -> None:
+    # Two busy slots that free in 0.3 s and 0.8 s; each job then holds a slot for the 1 s mean.
+    cap = Capacity(slots_total=2, slots_free=0, mean_service_s=1.0, releases_s=(0.3, 0.8))
+    assert [predict_start_ms(p, cap) for p in range(5)] == [300, 800, 1300, 1800, 2300]
+
+
+def test_free_slots_release_after_a_full_service_of_the_jobs_ahead() -> None:
+    cap = Capacity(slots_total=2, slots_free=1, mean_service_s=1.0, releases_s=(0.2,))
+    assert [predict_start_ms(p, cap) for p in range(5)] == [0, 200, 1000, 1200, 2000]
+
+
+def test_busy_slots_of_unknown_age_free_at_half_the_mean() -> None:
+    cap = Capacity(slots_total=2, slots_free=0, mean_service_s=1.0, releases_s=(0.1,))
+    assert [predict_start_ms(p, cap) for p in range(3)] == [100, 500, 1100]
+
+
+def test_an_overdue_job_is_expected_any_moment_but_the_wait_is_not_zero() -> None:
+    cap = Capacity(slots_total=1, slots_free=0, mean_service_s=1.0, releases_s=(0.0,))
+    assert predict_start_ms(0, cap) == 1
+    assert predict_start_ms(1, cap) == 1000
+
+
+def test_ewma_follows_recent_service_times() -> None:
+    times = ServiceTimes(alpha=0.5)
+    times.observe("p", 1.0)
+    assert times.mean("p") == 1.0
+    times.observe("p", 3.0)
+    assert times.mean("p") == 2.0
+    times.observe("q", 10.0)
+    assert times.combined({"p": 3, "q": 1}) == (2.0 * 3 + 10.0) / 4
+    assert times.combined({"unmeasured": 4}) is None
+    assert times.count("p") == 2
+
+
+def test_capacity_from_pools_measurements_and_running_ages() -> None:
+    times = ServiceTimes()
+    times.observe("a", 2.0)
+    pools = [pool("a", 2, 0), pool("b", 1, 1), pool("c", 4, 4, model="other")]
+    cap = capacity_for("m", pools, times, {"a": [0.5, 1.5], "c": [9.0]})
+    assert (cap.slots_total, cap.slots_free) == (3, 1)
+    assert cap.mean_service_s == 2.0  # pool b has no measurement yet
+    assert cap.releases_s == (0.5, 1.5)  # 2.0 - 1.5 and 2.0 - 0.5
+    assert predict_start_ms(0, cap) == 0
+    assert predict_start_ms(1, cap) == 500
+
+
+def test_before_any_measurement_the_oldest_running_job_stands_in() -> None:
+    cap = capacity_for("m", [pool("a", 2, 0)], ServiceTimes(), {"a": [0.4, 1.0]})
+    assert cap.mean_service_s == 1.0
+    assert cap.releases_s == (0.0, 0.6)
+
+
+def test_unready_replicas_offer_no_slots() -> None:
+    cap = capacity_for("m", [pool("a", 2, 2, ready=False)], ServiceTimes(), {})
+    assert (cap.slots_total, cap.slots_free) == (0, 0)
+    assert predict_start_ms(0, cap) is None
+
+
+def test_retry_hint_adds_a_tenth_of_a_service_time() -> None:
+    cap = Capacity(slots_total=1, slots_free=0, mean_service_s=2.0, releases_s=(0.5,))
+    assert retry_hint_ms(500, cap) == 700
+    assert retry_hint_ms(0, Capacity(slots_total=1, slots_free=0, mean_service_s=None)) == 1
