@@ -176,7 +176,11 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
         services.prober.start()
         services.dispatcher.start()
         await services.dispatcher.refresh()
-        log.info("orchestratord_started", pools=[p.id for p in settings.pools], state_url=redact_url(settings.state_url))
+        log.info(
+            "orchestratord_started",
+            pools=[p.id for p in settings.pools],
+            state_url=redact_url(settings.state_url),
+        )
         try:
             yield
         finally:
@@ -201,6 +205,8 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
         app.include_router(module.router, **guard("admin"))
     app.include_router(ops.router, **guard_ops())
     errors.install(app)
-    middleware.install(app, max_body_bytes=settings.limits.max_body_bytes)
+    middleware.install(
+        app, max_body_bytes=settings.limits.max_body_bytes, max_header_bytes=settings.limits.max_header_bytes
+    )
     app.openapi = lambda: contract_document()  # type: ignore[method-assign]
     return app

@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
+from orchestratord.api.protocol import guarded_protocol
 from orchestratord.app import create_app, drain_and_stop
 from orchestratord.logs import configure, get_logger
 from orchestratord.services import Services
@@ -54,17 +56,23 @@ def build_parser() -> argparse.ArgumentParser:
 def serve(settings: Settings) -> None:
     configure(settings.log_level, settings.log_format, log_prompts=settings.log_prompts)
     app = create_app(settings)
-    config = uvicorn.Config(
+    DrainingServer(uvicorn_config(app, settings), app.state).run()
+
+
+def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn as we run it: h11 with a header size limit and a header deadline (slow or silent
+    clients are cut off), a short keep-alive, and a graceful-shutdown budget beyond our own drain."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
+        http=guarded_protocol(header_timeout_s=settings.limits.header_timeout_s),
         timeout_keep_alive=5,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
-        h11_max_incomplete_event_size=16 * 1024,
+        h11_max_incomplete_event_size=settings.limits.max_header_bytes,
     )
-    DrainingServer(config, app.state).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ OrchestratorError
   ├─ Conflict                 (409, CONFLICT)
   │    └─ IdempotencyInProgress (409, CONFLICT, retriable)
   ├─ PayloadTooLarge          (413, PAYLOAD_TOO_LARGE)
+  │    └─ HeadersTooLarge     (431, PAYLOAD_TOO_LARGE)
   ├─ UnsupportedMediaType     (415, UNSUPPORTED_MEDIA_TYPE)
   ├─ AdmissionRejected        (429, ADMISSION_REJECT)   carries policy_label and retry_after_ms
   ├─ BudgetExceeded           (429, BUDGET_EXCEEDED)    policy_label "quota"; a session or tenant budget
@@ -132,6 +133,12 @@ class IdempotencyInProgress(Conflict):
 class PayloadTooLarge(OrchestratorError):
     kind = ErrorKind.PAYLOAD_TOO_LARGE
     http_status = 413
+
+
+class HeadersTooLarge(PayloadTooLarge):
+    """The request's headers, not its body, are over the limit (answered before the app sees it)."""
+
+    http_status = 431
 
 
 class UnsupportedMediaType(OrchestratorError):

@@ -133,6 +133,8 @@ class LimitsConfig(_Strict):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_tokens: int = Field(default=8192, ge=1)
     max_prompt_chars: int = Field(default=1_000_000, ge=1)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    header_timeout_s: float = Field(default=10.0, gt=0)
 
 
 class RedisConfig(_Strict):

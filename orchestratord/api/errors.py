@@ -13,7 +13,14 @@ from fastapi.responses import JSONResponse, Response
 from sse_starlette import ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from orchestratord.errors import InvalidParams, MethodNotAllowed, NotFound, OrchestratorError
+from orchestratord.errors import (
+    InvalidParams,
+    MethodNotAllowed,
+    NotFound,
+    OrchestratorError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from orchestratord.logs import get_logger
 
 log = get_logger(__name__)
@@ -78,6 +85,25 @@ async def _validation(_: Request, exc: Exception) -> Response:
     return to_response(InvalidParams(describe_validation(exc)))
 
 
+def describe_unparsable(cause: BaseException | None) -> str:
+    """Why FastAPI could not parse a JSON body (it says only "There was an error parsing the body")."""
+    if isinstance(cause, RecursionError):
+        return "request body is nested too deeply to parse; send a flatter JSON document"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body is not valid UTF-8 (byte {cause.start}); send JSON encoded as UTF-8"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "request body holds a number too long to parse (over 4300 digits)"
+    return "request body could not be parsed as JSON"
+
+
+_BY_STATUS: dict[int, type[OrchestratorError]] = {
+    400: InvalidParams,
+    404: NotFound,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
+}
+
+
 async def _http(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 405:
@@ -85,9 +111,11 @@ async def _http(_: Request, exc: Exception) -> Response:
         return to_response(
             MethodNotAllowed(f"method not allowed here; allowed: {allow}", headers={"Allow": allow})
         )
-    if exc.status_code == 404:
+    if exc.status_code == 404 and exc.detail == "Not Found":
         return to_response(NotFound("no such route; see /openapi.json for the API"))
-    error = OrchestratorError(str(exc.detail))
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        return to_response(InvalidParams(describe_unparsable(exc.__cause__)))
+    error = _BY_STATUS.get(exc.status_code, OrchestratorError)(str(exc.detail))
     error.http_status = exc.status_code
     return to_response(error)
 

@@ -1,4 +1,5 @@
-"""ASGI middleware: X-Correlation-Id in and out, and the request body limit (413), chunked bodies too."""
+"""ASGI middleware: X-Correlation-Id in and out, the request header limit (431) and the request body
+limit (413), chunked bodies too. Both refusals carry the error envelope."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestratord.api.errors import envelope
-from orchestratord.errors import PayloadTooLarge
+from orchestratord.errors import HeadersTooLarge, OrchestratorError, PayloadTooLarge
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 class CorrelationAndLimits:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_header_bytes: int) -> None:
         self.app = app
         self.max_body = max_body_bytes
+        self.max_headers = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -30,6 +32,11 @@ class CorrelationAndLimits:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(correlation_id=cid)
         scope.setdefault("state", {})["correlation_id"] = cid
+        if sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > self.max_headers:
+            await _refuse(
+                send, cid, HeadersTooLarge(f"request headers exceed the limit of {self.max_headers} bytes")
+            )
+            return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             await self._too_large(send, cid)
@@ -71,21 +78,25 @@ class CorrelationAndLimits:
             await self._too_large(send, cid)
 
     async def _too_large(self, send: Send, cid: str) -> None:
-        exc = PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
-        body = orjson.dumps(envelope(exc))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-correlation-id", cid.encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _refuse(send, cid, PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes"))
+
+
+async def _refuse(send: Send, cid: str, exc: OrchestratorError) -> None:
+    """Answer before the app runs: the envelope, and close the connection (the rest is not read)."""
+    body = orjson.dumps(envelope(exc))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.http_status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-correlation-id", cid.encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _correlation_id(raw: bytes | None) -> str:
@@ -96,5 +107,5 @@ def _correlation_id(raw: bytes | None) -> str:
     return str(uuid.uuid4())
 
 
-def install(app: FastAPI, *, max_body_bytes: int) -> None:
-    app.add_middleware(CorrelationAndLimits, max_body_bytes=max_body_bytes)
+def install(app: FastAPI, *, max_body_bytes: int, max_header_bytes: int) -> None:
+    app.add_middleware(CorrelationAndLimits, max_body_bytes=max_body_bytes, max_header_bytes=max_header_bytes)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from orchestratord.core.tasks import Message, PlacementPrefs, TaskSpec
 from orchestratord.errors import ErrorKind
@@ -12,33 +12,48 @@ from orchestratord.errors import ErrorKind
 _STRICT = ConfigDict(extra="forbid")
 
 
+def _engine_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (U+0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be Unicode text; it holds a lone surrogate (\\ud800-\\udfff)") from None
+    return value
+
+
+# Text passed on to engines: C-string engines would cut a prompt at its first NUL, and a lone
+# surrogate cannot be encoded as UTF-8 at all, so both are refused here.
+Text = Annotated[str, AfterValidator(_engine_text)]
+
+
 class ChatMessageIn(BaseModel):
     model_config = _STRICT
     role: Literal["system", "user", "assistant", "tool"]
-    content: str = Field(max_length=1_000_000)
+    content: Text = Field(max_length=1_000_000)
 
 
 class PlacementIn(BaseModel):
     model_config = _STRICT
     mode: Literal["pin", "prefer", "auto"] = "auto"
-    pin_pool_id: str | None = Field(default=None, max_length=64)
-    prefer_pools: list[str] = Field(default_factory=list, max_length=64)
-    avoid_pools: list[str] = Field(default_factory=list, max_length=64)
+    pin_pool_id: Text | None = Field(default=None, max_length=64)
+    prefer_pools: list[Text] = Field(default_factory=list, max_length=64)
+    avoid_pools: list[Text] = Field(default_factory=list, max_length=64)
     allow_fallback: bool = True
 
 
 class TaskRequest(BaseModel):
     model_config = _STRICT
-    model_ref: str = Field(min_length=1, max_length=256)
-    prompt: str | None = Field(default=None, max_length=1_000_000)
+    model_ref: Text = Field(min_length=1, max_length=256)
+    prompt: Text | None = Field(default=None, max_length=1_000_000)
     messages: list[ChatMessageIn] | None = Field(default=None, min_length=1, max_length=1024)
     max_tokens: int = Field(ge=1, le=1_000_000)
     priority: Literal["interactive", "batch"] = "interactive"
-    session_id: str | None = Field(default=None, min_length=1, max_length=128)
+    session_id: Text | None = Field(default=None, min_length=1, max_length=128)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: list[str] | None = Field(default=None, max_length=16)
+    stop: list[Text] | None = Field(default=None, max_length=16)
     deadline_ms: int | None = Field(default=None, ge=1, le=86_400_000)
     expected_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     cancel_on_disconnect: bool = True

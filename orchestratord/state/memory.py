@@ -18,17 +18,34 @@ from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
 
 @dataclass(slots=True)
 class _Job:
+    """One job's record and log. On the per-token path nothing is copied or allocated beyond the
+    event itself: the token count lives here (folded into the frozen record at each state change and
+    when the record is read), and readers that caught up wait on futures woken by the next push."""
+
     record: JobRecord
     events: list[LogEvent] = field(default_factory=list)
     pieces: list[str] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    tokens_out: int = 0
 
     def push(self, name: str, data: bytes) -> LogEvent:
         event = LogEvent(str(len(self.events) + 1), name, data.decode())
         self.events.append(event)
-        self.changed.set()
-        self.changed = asyncio.Event()
+        if self.waiters:
+            self.wake()
         return event
+
+    def wake(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def synced(self) -> JobRecord:
+        """The record, with the live token count folded in."""
+        if self.record.tokens_out != self.tokens_out:
+            self.record = replace(self.record, tokens_out=self.tokens_out)
+        return self.record
 
 
 class MemoryStore:
@@ -46,6 +63,7 @@ class MemoryStore:
         self._retention = retention_s
         self._wall = wall
         self._cancels: asyncio.Queue[str] = asyncio.Queue()
+        self._closed = False
         self._sessions: dict[str, SessionRecord] = {}
         self._ledgers: dict[str, Ledger] = {}
         # (tenant, key) -> (record, expires_at), in insertion order, which is expiry order for one ttl
@@ -62,14 +80,14 @@ class MemoryStore:
         job = self._jobs.get(job_id)
         if job is None:
             return None
-        return replace(job.record, text="".join(job.pieces))
+        return replace(job.synced(), text="".join(job.pieces))
 
     async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
         job = self._jobs.get(job_id)
         if job is None or job.record.state is not JobState.QUEUED:
             return None
         job.record = replace(
-            job.record,
+            job.synced(),
             state=JobState.RUNNING,
             started_at=self._wall(),
             pool_id=pool_id,
@@ -87,7 +105,7 @@ class MemoryStore:
         self.queue.remove(job_id)
         now = self._wall()
         payload = dict(data)
-        record = job.record
+        record = job.synced()
         if name == "end":
             decode_ms = 0 if record.started_at is None else round((now - record.started_at) * 1000)
             payload.update(tokens_out=record.tokens_out, decode_time_ms=decode_ms, decode_ms=decode_ms)
@@ -168,8 +186,8 @@ class MemoryStore:
         job = self._jobs.get(job_id)
         if job is None or job.record.state.terminal:
             return None
-        index = job.record.tokens_out
-        job.record = replace(job.record, tokens_out=index + 1)
+        index = job.tokens_out
+        job.tokens_out = index + 1
         job.pieces.append(text)
         return job.push("token", orjson.dumps({"t": text, "i": index}))
 
@@ -179,14 +197,19 @@ class MemoryStore:
             return
         cursor = int(after) if after else 0
         while True:
-            changed = job.changed
             while cursor < len(job.events):
                 event = job.events[cursor]
                 cursor += 1
                 yield event
                 if event.terminal:
                     return
-            await changed.wait()
+            if job.record.state.terminal:
+                return  # `after` lies beyond the terminal event: nothing more will ever come
+            if self._closed:
+                return
+            waiter = asyncio.get_running_loop().create_future()
+            job.waiters.append(waiter)  # no await since the last look at the log: no wake-up is lost
+            await waiter
 
     def valid_event_id(self, event_id: str) -> bool:
         return event_id.isascii() and event_id.isdigit() and len(event_id) < 19
@@ -223,8 +246,9 @@ class MemoryStore:
         job = self._jobs.get(job_id)
         if job is None:
             return 0
-        readers = max(0, job.record.readers + delta)
-        job.record = replace(job.record, readers=readers, attached=job.record.attached or delta > 0)
+        record = job.synced()
+        readers = max(0, record.readers + delta)
+        job.record = replace(record, readers=readers, attached=record.attached or delta > 0)
         return readers
 
     async def publish_cancel(self, job_id: str) -> None:
@@ -251,8 +275,9 @@ class MemoryStore:
         return True
 
     async def aclose(self) -> None:
+        self._closed = True
         for job in self._jobs.values():
-            job.changed.set()
+            job.wake()
 
     def job_count(self) -> int:
         return len(self._jobs)

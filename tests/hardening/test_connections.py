@@ -1,0 +1,149 @@
+"""Hostile connections, against `orchestratord serve` as operators run it (its own uvicorn settings):
+headers too long, malformed HTTP, clients that connect and send nothing or trickle their headers."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.fakes.servers import serve_in_process
+
+HEADER_TIMEOUT_S = 1.0
+MAX_HEADER_BYTES = 8192
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    config = tmp_path_factory.mktemp("conn") / "c.yaml"
+    config.write_text(
+        f"limits: {{header_timeout_s: {HEADER_TIMEOUT_S}, max_header_bytes: {MAX_HEADER_BYTES}}}\n"
+    )
+    with serve_in_process("--config", str(config)) as (base, _):
+        yield base
+
+
+def connect(base_url: str) -> socket.socket:
+    url = urlsplit(base_url)
+    sock = socket.create_connection((url.hostname or "127.0.0.1", url.port or 80))
+    sock.settimeout(HEADER_TIMEOUT_S * 10)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def assert_envelope(status: int, headers: dict[str, str], body: bytes, expected: int, code: str) -> None:
+    assert status == expected, body
+    assert headers["content-type"] == "application/json"
+    assert "x-correlation-id" in headers
+    envelope = json.loads(body)
+    assert envelope["code"] == code and envelope["retriable"] is False and envelope["message"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"X-Big": "a" * 70_000}, id="one-long-header"),
+        pytest.param({f"X-H{i}": "a" * 100 for i in range(500)}, id="many-headers"),
+        pytest.param({"X-Big": "a" * 2_000_000}, id="two-megabytes"),
+    ],
+)
+def test_headers_too_long_are_431_with_the_envelope(base_url: str, headers: dict[str, str]) -> None:
+    """What a client sees: the answer, not a reset connection."""
+    response = httpx.get(f"{base_url}/v1/tasks/{'0' * 8}", headers=headers, timeout=10)
+    assert_envelope(response.status_code, dict(response.headers), response.content, 431, "PAYLOAD_TOO_LARGE")
+    assert str(MAX_HEADER_BYTES) in response.json()["message"]
+    assert httpx.get(f"{base_url}/healthz", timeout=10).status_code == 200
+
+
+def test_headers_sent_slowly_past_the_limit_are_431(base_url: str) -> None:
+    with connect(base_url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(MAX_HEADER_BYTES // 1000 + 4):
+            sock.sendall(b"X-Pad: " + b"a" * 1000 + b"\r\n")
+            time.sleep(0.01)
+        assert_envelope(*parse(read_all(sock)), 431, "PAYLOAD_TOO_LARGE")
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        pytest.param(b"GARBAGE\r\n\r\n", id="garbage"),
+        pytest.param(b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", id="space-in-target"),
+        pytest.param(b"GET /healthz\r\n\r\n", id="http-0.9"),
+        pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, id="tls-hello"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\n Host: x\r\n\r\n", id="folded-header"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", id="header-without-colon"),
+        pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: \x00\r\n\r\n", id="nul-in-header"),
+        pytest.param(
+            b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+            id="two-lengths",
+        ),
+        pytest.param(
+            b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", id="bad-chunk"
+        ),
+    ],
+)
+def test_malformed_http_is_400_with_the_envelope(base_url: str, request_bytes: bytes) -> None:
+    with connect(base_url) as sock:
+        sock.sendall(request_bytes)
+        assert_envelope(*parse(read_all(sock)), 400, "INVALID_PARAMS")
+
+
+def test_a_client_that_connects_and_sends_nothing_is_cut_off(base_url: str) -> None:
+    with connect(base_url) as sock:
+        began = time.monotonic()
+        assert read_all(sock) == b""  # closed by the server, not by our own socket timeout
+        assert time.monotonic() - began >= HEADER_TIMEOUT_S * 0.9
+
+
+def test_a_client_that_trickles_its_headers_is_cut_off(base_url: str) -> None:
+    with connect(base_url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        began = time.monotonic()
+        with pytest.raises((ConnectionError, BrokenPipeError)):
+            for _ in range(int(HEADER_TIMEOUT_S * 50)):  # one byte every 0.1 s: never done in time
+                sock.sendall(b"X")
+                time.sleep(0.1)
+            read_all(sock)
+            raise ConnectionError("the server closed the connection")
+        assert time.monotonic() - began < HEADER_TIMEOUT_S * 5
+
+
+def test_idle_keep_alive_connections_are_closed_and_busy_ones_are_not(base_url: str) -> None:
+    """The header deadline starts again after each response, and never cuts a running request."""
+    with connect(base_url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(HEADER_TIMEOUT_S / 2)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_all(sock).count(b"HTTP/1.1 200") == 2
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        job = client.post(
+            "/v1/tasks", json={"model_ref": "mock", "prompt": "[[mock slow_start_ms=2500]]", "max_tokens": 2}
+        ).json()
+        with client.stream("GET", job["sse_url"]) as stream:
+            lines = [line for line in stream.iter_lines() if line.startswith("event:")]
+    assert lines[-1] == "event: end"
+
+
+def test_the_server_still_serves_after_all_of_this(base_url: str, tmp_path: Path) -> None:
+    assert httpx.get(f"{base_url}/healthz", timeout=10).status_code == 200
