@@ -14,7 +14,6 @@ from orchestratord.api.deps import guard, guard_ops
 from orchestratord.api.openapi import contract_document
 from orchestratord.control import build_control_plane
 from orchestratord.core.queue import QueuePolicy
-from orchestratord.core.tasks import JobState
 from orchestratord.dispatch import DispatchConfig, Dispatcher
 from orchestratord.idempotency import Idempotency
 from orchestratord.jobs import JobControl
@@ -24,6 +23,7 @@ from orchestratord.pool_ops import PoolOps
 from orchestratord.presence import Presence
 from orchestratord.services import Services
 from orchestratord.settings import Settings, redact_url
+from orchestratord.shutdown import drain_and_stop
 from orchestratord.state.base import StateStore
 from orchestratord.state.memory import MemoryStore
 from orchestratord.state.shared import SharedState
@@ -135,32 +135,6 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
 def _engine_version(registry: PoolRegistry, pool_id: str | None) -> str:
     pool = registry.get(pool_id) if pool_id else None
     return pool.engine_version if pool is not None else "unknown"
-
-
-async def drain_and_stop(services: Services) -> None:
-    """Graceful stop: refuse new work, let running jobs finish within the grace period, end the rest
-    with a retriable error, and end queued jobs (embedded backend) with a retriable error too."""
-    services.admission.accepting = False
-    grace = services.settings.shutdown_grace_s
-    finished = await services.dispatcher.wait_idle(grace)
-    stopping = {
-        "message": "the orchestrator is shutting down; retry",
-        "retriable": True,
-        "retry_after_ms": 1000,
-    }
-    if not finished:
-        for job_id in list(services.dispatcher.running):
-            await services.store.finish(
-                job_id, JobState.FAILED, "error", {"code": "WORKER_RESET", **stopping}
-            )
-            await services.store.publish_cancel(job_id)
-        await services.dispatcher.wait_idle(2.0)
-    if isinstance(services.store, MemoryStore):
-        for entry in await services.store.queued():
-            await services.store.finish(
-                entry.job_id, JobState.FAILED, "error", {"code": "SHUTTING_DOWN", **stopping}
-            )
-    services.shutdown.set()
 
 
 def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> FastAPI:

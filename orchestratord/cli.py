@@ -12,10 +12,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from orchestratord.api.protocol import guarded_protocol
-from orchestratord.app import create_app, drain_and_stop
+from orchestratord.app import create_app
 from orchestratord.logs import configure, get_logger
 from orchestratord.services import Services
 from orchestratord.settings import ConfigError, Settings, load_settings
+from orchestratord.shutdown import drain_and_stop
 
 log = get_logger(__name__)
 

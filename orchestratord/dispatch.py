@@ -1,7 +1,10 @@
 """The dispatcher: the one loop that moves jobs from the queue onto free slots, and owns their runs.
 
-Wake-ups come from admission, from finished runs and from a periodic tick (deadlines, position
-updates, retention). Cancel signals arrive through the state store, from this or another replica.
+Wake-ups come from admission, from finished runs, from other replicas (a shared backend's wake
+signals) and from a periodic tick (deadlines, position updates, retention, dead replicas' jobs).
+Cancel signals arrive through the state store, from this or another replica. A heartbeat renews the
+leases of the jobs this replica runs; on a shared backend, a replica that stops renewing them is
+taken for dead and its jobs are reaped by the others.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from orchestratord.core.placement import Assigned, NoCapacity, PlacementRequest,
 from orchestratord.core.prediction import Capacity, ServiceTimes, predict_start_ms
 from orchestratord.core.queue import QueueEntry
 from orchestratord.core.tasks import JobState, TaskSpec, spec_from_dict
+from orchestratord.errors import StateUnavailable
 from orchestratord.execution import RunContext, Runner, RunStats, error_payload
 from orchestratord.logs import bind, bind_job, get_logger, job_context, placement_fields
 from orchestratord.metrics import NONE, Metrics
 from orchestratord.state.base import StateStore
+from orchestratord.state.shared import SharedState
 from pool_manager.registry import PoolRegistry
 from pool_manager.snapshot import PoolSnapshot
 from worker_adapters.base import WorkerAdapter
@@ -55,6 +60,7 @@ class DispatchConfig:
     metrics_interval_s: float = 1.0
     max_attempts: int = 3
     tenant_max_concurrent: Mapping[str, int] = field(default_factory=dict)
+    heartbeat_s: float = 2.0  # lease renewal; a shared backend's lease TTL is a few heartbeats
 
 
 class PlacementHooks(Protocol):
@@ -78,8 +84,10 @@ class Dispatcher:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         hooks: PlacementHooks | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         self.store = store
+        self.shared = shared
         self.hooks = hooks
         self.registry = registry
         self.adapters = adapters
@@ -95,14 +103,22 @@ class Dispatcher:
         self._published: dict[str, _Published] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._accepting = True
+        self._state_down = False
         self.queue_depth = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._loop()), asyncio.create_task(self._cancel_listener())]
+        loops = [self._loop(), self._cancel_listener(), self._heartbeat()]
+        if self.shared is not None:
+            loops.append(self._wake_listener(self.shared))
+        self._tasks = [asyncio.create_task(loop) for loop in loops]
 
     def wake(self) -> None:
         self._wake.set()
+
+    def pause(self) -> None:
+        """Take no more jobs from the queue (draining); running jobs and cancel signals carry on."""
+        self._accepting = False
 
     async def stop(self) -> None:
         self._accepting = False
@@ -154,8 +170,21 @@ class Dispatcher:
                 await self._housekeeping()
             try:
                 await self._dispatch_ready()
+                self._state_reachable(True)
+            except StateUnavailable:
+                self._state_reachable(False)
             except Exception:  # task root: log loudly, keep dispatching
                 log.error("dispatch_loop_error", exc_info=True)
+
+    def _state_reachable(self, ok: bool) -> None:
+        """Log the shared backend going away and coming back once each, not on every tick."""
+        if ok != self._state_down:
+            return
+        self._state_down = not ok
+        if ok:
+            log.info("state_backend_reachable")
+        else:
+            log.warning("state_backend_unreachable")
 
     async def _dispatch_ready(self) -> None:
         while self._accepting:
@@ -206,6 +235,10 @@ class Dispatcher:
                 if stats.tokens > 0 or not stats.error.retriable:
                     break  # after the first token, or a non-retriable failure: no failover
             await self._fail_engine(spec, stats, run)
+        except StateUnavailable:
+            # The shared backend went away mid-run: the engine request is closed, the lease is no
+            # longer renewed, and once it expires a replica that reaches the backend reaps the job.
+            log.warning("task_lost_state_backend", tokens_out=stats.tokens)
         except Exception:  # task root: a bug here must still end the job, loudly
             log.error("job_run_crashed", job_id=spec.job_id, exc_info=True)
             if await self.store.finish(
@@ -216,9 +249,10 @@ class Dispatcher:
                 self.metrics.tasks_rejected.labels(engine=engine, reason="INTERNAL").inc()
                 log.error("task_failed", code="INTERNAL", tokens_out=stats.tokens)
         finally:
-            await self.registry.release(spec.job_id)
             self.running.pop(spec.job_id, None)
-            await self._settle(spec, entry, stats, run)
+            with contextlib.suppress(StateUnavailable):  # an unreleased shared lease expires by itself
+                await self.registry.release(spec.job_id)
+                await self._settle(spec, entry, stats, run)
             self.wake()
 
     async def _place(self, spec: TaskSpec, entry: QueueEntry, tried: set[tuple[str, str]]) -> Assigned | None:
@@ -244,6 +278,9 @@ class Dispatcher:
                 await self._fail_placement(spec, decision)
             return None
         if await self.registry.lease(spec.job_id, decision.pool_id, decision.replica_id) is None:
+            if self.shared is not None and await self.shared.requeue(spec.job_id):
+                log.info("task_requeued", reason="another replica leased the slot first")
+                return None
             await self._fail_placement(spec, NoCapacity("busy", "the chosen slot was taken", decision.log))
             return None
         return decision
@@ -357,12 +394,36 @@ class Dispatcher:
             if run is not None and run.pool_id:
                 await self.adapters[(run.pool_id, run.replica_id)].cancel(job_id)
 
+    # -- replicas ----------------------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        """Renew the leases (and a shared backend's claims) of the jobs this replica runs."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            with contextlib.suppress(StateUnavailable):
+                await self.registry.leases.renew(list(self.running))
+
+    async def _wake_listener(self, shared: SharedState) -> None:
+        async for _ in shared.wake_signals():
+            self.wake()
+
+    async def _reap(self, shared: SharedState) -> None:
+        """End (or queue again) the jobs of replicas that stopped renewing their leases."""
+        for reaped in await shared.reap(self._wall()):
+            if reaped.action != "gone":
+                log.warning("task_reaped", job_id=reaped.job_id, action=reaped.action, engine=reaped.engine)
+            if reaped.action == "reset":
+                self.metrics.tasks_rejected.labels(engine=reaped.engine or NONE, reason="WORKER_RESET").inc()
+
     # -- periodic work ---------------------------------------------------------------------------
     async def _housekeeping(self) -> None:
         try:
+            if self.shared is not None:
+                await self._reap(self.shared)
             await self._expire()
             await self._publish_positions()
             await self.store.purge(self._wall())
+        except StateUnavailable:
+            self._state_reachable(False)
         except Exception:  # task root
             log.error("housekeeping_error", exc_info=True)
 
@@ -412,6 +473,8 @@ class Dispatcher:
         queued = await self.store.queued()
         await self.refresh()
         self._gauge_queue(queued)
+        if self.shared is not None and not await self.shared.lead("positions", ttl_s=2.0):
+            return  # one replica publishes positions for the shared queue
         for entry in queued:
             seen = self._published.setdefault(entry.job_id, _Published(at=now))
             if now - seen.at < 1.0:
