@@ -12,8 +12,10 @@ and reads on the job path come from an in-memory copy kept in step with every wr
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -203,6 +205,9 @@ def local_path(source: str) -> Path:
 
 
 def sha256_file(path: Path) -> str:
+    """The file's SHA-256. Only regular files: a device or a pipe (/dev/zero) would never end."""
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):

@@ -32,11 +32,13 @@ def make_settings() -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def make_server() -> Iterator[Callable[..., LoopbackServer]]:
-    """`make_server(**settings_overrides)` starts orchestratord on a free loopback port."""
+def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LoopbackServer]]:
+    """`make_server(**settings_overrides)` starts orchestratord on a free loopback port. Its model
+    catalog lives in a fresh temporary directory unless the test names one."""
     with ExitStack() as stack:
 
         def start(**overrides: Any) -> LoopbackServer:
+            overrides.setdefault("catalog", {"dir": str(tmp_path_factory.mktemp("catalog"))})
             settings = load_settings(None, **overrides)
             return stack.enter_context(serve_in_thread(create_app(settings)))
 

@@ -82,8 +82,9 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[LoopbackServer]:
-    with serve_in_thread(create_app(load_settings(None, **LIVE_SETTINGS))) as server:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopbackServer]:
+    catalog = {"dir": str(tmp_path_factory.mktemp("catalog"))}  # its random entries stay out of ./var
+    with serve_in_thread(create_app(load_settings(None, **LIVE_SETTINGS, catalog=catalog))) as server:
         yield server
 
 
