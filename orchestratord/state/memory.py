@@ -27,6 +27,7 @@ class _Job:
     pieces: list[str] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     tokens_out: int = 0
+    ended: bool = False  # the record's state is terminal (set once, by `finish`)
 
     def push(self, name: str, data: bytes) -> LogEvent:
         event = LogEvent(str(len(self.events) + 1), name, data.decode())
@@ -100,7 +101,7 @@ class MemoryStore:
         self, job_id: str, state: JobState, name: str, data: Mapping[str, Any]
     ) -> LogEvent | None:
         job = self._jobs.get(job_id)
-        if job is None or job.record.state.terminal:
+        if job is None or job.ended:
             return None
         self.queue.remove(job_id)
         now = self._wall()
@@ -117,6 +118,7 @@ class MemoryStore:
             error_code=payload.get("code"),
             error_message=payload.get("message"),
         )
+        job.ended = True
         return job.push(name, orjson.dumps(payload))
 
     # -- idempotency keys ------------------------------------------------------------------------
@@ -178,13 +180,13 @@ class MemoryStore:
     # -- the event log ---------------------------------------------------------------------------
     async def append(self, job_id: str, name: str, data: Mapping[str, Any]) -> LogEvent | None:
         job = self._jobs.get(job_id)
-        if job is None or job.record.state.terminal:
+        if job is None or job.ended:
             return None
         return job.push(name, orjson.dumps(data))
 
     async def append_token(self, job_id: str, text: str) -> LogEvent | None:
         job = self._jobs.get(job_id)
-        if job is None or job.record.state.terminal:
+        if job is None or job.ended:
             return None
         index = job.tokens_out
         job.tokens_out = index + 1
@@ -203,7 +205,7 @@ class MemoryStore:
                 yield event
                 if event.terminal:
                     return
-            if job.record.state.terminal:
+            if job.ended:
                 return  # `after` lies beyond the terminal event: nothing more will ever come
             if self._closed:
                 return
