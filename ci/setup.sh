@@ -18,6 +18,13 @@ if ! command -v promtool >/dev/null; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# redis-server runs the Redis backend's tests (tests/redis starts its own on a free port); only when missing.
+if ! command -v redis-server >/dev/null; then
+  sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+
 if [ "$with_engine" = "--with-engine" ]; then
   [ -x .venv-engine/bin/python ] || "$PYTHON" -m venv .venv-engine
   .venv-engine/bin/python -m pip install --quiet --upgrade pip

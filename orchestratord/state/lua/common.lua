@@ -1,0 +1,178 @@
+-- Shared by every script (prepended to each one). ARGV[1] is the key prefix; every key is derived from
+-- it inside the script, so the scripts need one Redis (standalone or a Sentinel primary), not a Cluster.
+--
+-- Keys (P = prefix):
+--   P job:<id>        hash    the job record, plus `entry` (its queue entry as JSON), `seq`, `claim`
+--                             (the orchestrator instance that took it), `taken`, `requeued`
+--   P text:<id>       string  the concatenated token text
+--   P log:<id>        stream  the event log: fields n (event name) and d (JSON data)
+--   P q:entries       hash    job -> queue entry JSON (with its seq)
+--   P q:class:<prio>  zset    job -> seq, per priority class (arrival order)
+--   P q:tenants       hash    tenant -> queued jobs
+--   P q:tags, q:sizes hash    flow (tenant SEP priority) -> start tag / queued jobs
+--   P q:pairs         set     flow SEP routing key, for every non-empty flow-key queue
+--   P q:z:<pair>      zset    member seq(16 digits)..job, score = deadline (NO_DEADLINE if none)
+--   P q:deadlines     zset    job -> deadline
+--   P q:keys          hash    routing key -> queued jobs
+--   P q:vtime, q:seq  string  the virtual time; the arrival counter
+--   P run:tenants     hash    tenant -> jobs taken and not yet ended
+--   P alive           zset    job -> expiry (ms, Redis clock) of its owner's claim, renewed by heartbeat
+--   P leases          hash    job -> pool SEP replica;  P lz:<pool SEP replica> zset job -> expiry (ms)
+--   P ended           zset    job -> finished_at (for purge)
+--   channels P wake (work may be taken) and P cancel (job ids)
+
+local P = ARGV[1]
+local SEP = '\31'
+local NO_DEADLINE = 1e300
+
+local function K(name) return P .. name end
+
+local function num(x) return string.format('%.17g', x) end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function terminal(state)
+  return state == 'succeeded' or state == 'failed' or state == 'canceled'
+end
+
+local function decr(hash, field)
+  if redis.call('HINCRBY', hash, field, -1) <= 0 then redis.call('HDEL', hash, field) end
+end
+
+local function member(seq, job) return string.format('%016d', seq) .. job end
+
+local function has_deadline(e) return e.deadline ~= nil and e.deadline ~= cjson.null end
+
+local function weight(policy, tenant, priority)
+  local t = policy.tenants[tenant] or 1
+  local c = policy.classes[priority] or 1
+  return t * c
+end
+
+local function split_pair(pair)
+  local a = string.find(pair, SEP, 1, true)
+  local b = string.find(pair, SEP, a + 1, true)
+  return string.sub(pair, 1, a - 1), string.sub(pair, a + 1, b - 1), string.sub(pair, b + 1)
+end
+
+-- The queue ------------------------------------------------------------------------------------------
+
+local function enqueue(raw, seq)
+  local e = cjson.decode(raw)
+  if not seq then seq = redis.call('INCR', K('q:seq')) end
+  local job = e.job_id
+  local stored = string.sub(raw, 1, -2) .. ',"seq":' .. seq .. '}'
+  redis.call('HSET', K('q:entries'), job, stored)
+  redis.call('ZADD', K('q:class:' .. e.priority), seq, job)
+  redis.call('HINCRBY', K('q:tenants'), e.tenant, 1)
+  local flow = e.tenant .. SEP .. e.priority
+  if tonumber(redis.call('HGET', K('q:sizes'), flow) or '0') <= 0 then
+    local vtime = tonumber(redis.call('GET', K('q:vtime')) or '0')
+    local tag = tonumber(redis.call('HGET', K('q:tags'), flow) or '0')
+    redis.call('HSET', K('q:tags'), flow, num(math.max(tag, vtime)))
+  end
+  redis.call('HINCRBY', K('q:sizes'), flow, 1)
+  local pair = flow .. SEP .. e.model
+  redis.call('SADD', K('q:pairs'), pair)
+  local score = NO_DEADLINE
+  if has_deadline(e) then
+    score = e.deadline
+    redis.call('ZADD', K('q:deadlines'), num(e.deadline), job)
+  end
+  redis.call('ZADD', K('q:z:' .. pair), num(score), member(seq, job))
+  redis.call('HINCRBY', K('q:keys'), e.model, 1)
+  redis.call('HSET', K('job:' .. job), 'seq', seq)
+  return stored
+end
+
+local function dequeue(job)
+  local stored = redis.call('HGET', K('q:entries'), job)
+  if not stored then return nil, nil end
+  local e = cjson.decode(stored)
+  redis.call('HDEL', K('q:entries'), job)
+  redis.call('ZREM', K('q:class:' .. e.priority), job)
+  decr(K('q:tenants'), e.tenant)
+  local flow = e.tenant .. SEP .. e.priority
+  redis.call('HINCRBY', K('q:sizes'), flow, -1)
+  local pair = flow .. SEP .. e.model
+  local z = K('q:z:' .. pair)
+  redis.call('ZREM', z, member(e.seq, job))
+  if redis.call('ZCARD', z) == 0 then redis.call('SREM', K('q:pairs'), pair) end
+  redis.call('ZREM', K('q:deadlines'), job)
+  decr(K('q:keys'), e.model)
+  return stored, e
+end
+
+-- Put a job that was taken back where it was: same arrival number, its flow's charge refunded.
+local function requeue(job, h, policy)
+  local raw, seq, tenant, taken = unpack(redis.call('HMGET', h, 'entry', 'seq', 'tenant', 'taken'))
+  local e = cjson.decode(raw)
+  local flow = e.tenant .. SEP .. e.priority
+  local tag = tonumber(redis.call('HGET', K('q:tags'), flow) or '0')
+  redis.call('HSET', K('q:tags'), flow, num(math.max(0, tag - e.cost / weight(policy, e.tenant, e.priority))))
+  if taken == '1' then decr(K('run:tenants'), tenant) end
+  redis.call('HSET', h, 'state', 'queued', 'claim', '', 'taken', '0')
+  redis.call('HDEL', h, 'started_at', 'pool_id', 'replica_id', 'engine')
+  redis.call('ZREM', K('alive'), job)
+  enqueue(raw, tonumber(seq))
+  redis.call('PUBLISH', K('wake'), job)
+end
+
+-- The event log -------------------------------------------------------------------------------------
+
+-- `started` is always a job's first event, whichever replica writes first: any other first event is
+-- preceded by one made from the record.
+local function ensure_started(job)
+  local log = K('log:' .. job)
+  if redis.call('XLEN', log) > 0 then return end
+  local cid = redis.call('HGET', K('job:' .. job), 'correlation_id')
+  local cid_json = 'null'
+  if cid and cid ~= '' then cid_json = cjson.encode(cid) end
+  local data = '{"job_id":' .. cjson.encode(job) .. ',"queue_position":0,"predicted_start_ms":null,'
+    .. '"correlation_id":' .. cid_json .. '}'
+  redis.call('XADD', log, '*', 'n', 'started', 'd', data)
+end
+
+local function release_lease(job)
+  local where = redis.call('HGET', K('leases'), job)
+  if not where then return nil end
+  redis.call('HDEL', K('leases'), job)
+  redis.call('ZREM', K('lz:' .. where), job)
+  return where
+end
+
+-- Move a live job to a terminal state and append its terminal event, once. `fields` holds the
+-- stop_reason / error_code / error_message to record. Returns the event id, or nil if already ended.
+local function finish_job(job, state, name, data, now, retention_ms, fields)
+  local h = K('job:' .. job)
+  local cur, started_at, tokens, taken, tenant =
+    unpack(redis.call('HMGET', h, 'state', 'started_at', 'tokens_out', 'taken', 'tenant'))
+  if not cur or terminal(cur) then return nil end
+  dequeue(job)
+  local payload = data
+  if name == 'end' then
+    local ms = 0
+    if started_at and started_at ~= '' then ms = math.floor((now - tonumber(started_at)) * 1000 + 0.5) end
+    if ms < 0 then ms = 0 end
+    local body = string.sub(data, 2, -2)
+    if body ~= '' then body = body .. ',' end
+    payload = '{' .. body .. '"tokens_out":' .. (tokens or '0') .. ',"decode_time_ms":' .. ms
+      .. ',"decode_ms":' .. ms .. '}'
+  end
+  redis.call('HSET', h, 'state', state, 'finished_at', num(now), 'taken', '0')
+  for f, v in pairs(fields) do
+    if v ~= '' then redis.call('HSET', h, f, v) end
+  end
+  if taken == '1' then decr(K('run:tenants'), tenant) end
+  redis.call('ZREM', K('alive'), job)
+  ensure_started(job)
+  local id = redis.call('XADD', K('log:' .. job), '*', 'n', name, 'd', payload)
+  redis.call('ZADD', K('ended'), num(now), job)
+  local keep = math.max(retention_ms, 1000)
+  for _, k in ipairs({h, K('log:' .. job), K('text:' .. job)}) do redis.call('PEXPIRE', k, keep) end
+  redis.call('PUBLISH', K('wake'), job)
+  return id
+end

@@ -1,0 +1,62 @@
+-- Register a job and enqueue it in one step, or refuse it; nothing is stored when it is refused.
+-- ARGV: prefix, entry JSON, capacity, tenant capacity (-1: none), full policy, then the record's
+-- field/value pairs.
+-- Returns {'admitted', stored entry, evicted entry or nil} or {'rejected', reason}.
+
+local raw, capacity, tenant_capacity, policy = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local e = cjson.decode(raw)
+
+local function tenant_of(job)
+  return cjson.decode(redis.call('HGET', K('q:entries'), job)).tenant
+end
+
+-- The first (or, newest_first, the last) job of a class, of `tenant` when given.
+local function edge_of_class(priority, tenant, newest_first)
+  local z = K('q:class:' .. priority)
+  local start = 0
+  while true do
+    local ids
+    if newest_first then
+      ids = redis.call('ZREVRANGE', z, start, start + 99)
+    else
+      ids = redis.call('ZRANGE', z, start, start + 99)
+    end
+    if #ids == 0 then return nil end
+    for _, id in ipairs(ids) do
+      if tenant == nil or tenant_of(id) == tenant then return id end
+    end
+    start = start + 100
+  end
+end
+
+-- drop-lru: the oldest batch job, else the oldest job; shed-low-priority: the newest job of a lower class.
+local function victim(tenant)
+  if policy == 'drop-lru' then
+    return edge_of_class('batch', tenant, false) or edge_of_class('interactive', tenant, false)
+  end
+  if policy == 'shed-low-priority' and e.priority == 'interactive' then
+    return edge_of_class('batch', tenant, true)
+  end
+  return nil
+end
+
+local tenant_full = tenant_capacity >= 0
+  and tonumber(redis.call('HGET', K('q:tenants'), e.tenant) or '0') >= tenant_capacity
+local evicted = false
+if tenant_full or redis.call('HLEN', K('q:entries')) >= capacity then
+  local scope = nil
+  if tenant_full then scope = e.tenant end
+  local job = victim(scope)
+  if not job then
+    if tenant_full then return {'rejected', 'tenant_capacity'} end
+    return {'rejected', 'capacity'}
+  end
+  evicted = dequeue(job)
+end
+
+local h = K('job:' .. e.job_id)
+for i = 6, #ARGV, 2 do redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', h, 'entry', raw, 'taken', '0', 'requeued', '0', 'claim', '')
+local stored = enqueue(raw, nil)
+redis.call('PUBLISH', K('wake'), e.job_id)
+return {'admitted', stored, evicted}

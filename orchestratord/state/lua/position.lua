@@ -1,0 +1,49 @@
+-- How many queued jobs for the same routing key are expected to be taken before this one: each flow's
+-- jobs for the key are projected onto virtual time (the flow's tag plus cost/weight per job ahead in
+-- it), and those before this job's (tag, deadline, arrival) are counted.
+-- ARGV: prefix, job, policy JSON. Returns the position, or -1 if the job is not queued.
+local job = ARGV[2]
+local policy = cjson.decode(ARGV[3])
+local stored = redis.call('HGET', K('q:entries'), job)
+if not stored then return -1 end
+local me = cjson.decode(stored)
+local mine = member(me.seq, job)
+
+local function walk(pair, visit)
+  local tenant, priority = split_pair(pair)
+  local t = tonumber(redis.call('HGET', K('q:tags'), tenant .. SEP .. priority) or '0')
+  local w = weight(policy, tenant, priority)
+  local z = K('q:z:' .. pair)
+  local start = 0
+  while true do
+    local items = redis.call('ZRANGE', z, start, start + 63, 'WITHSCORES')
+    if #items == 0 then return end
+    for i = 1, #items, 2 do
+      local cost = cjson.decode(redis.call('HGET', K('q:entries'), string.sub(items[i], 17))).cost
+      if not visit(t, tonumber(items[i + 1]), items[i]) then return end
+      t = t + cost / w
+    end
+    start = start + 64
+  end
+end
+
+local my_tag, my_deadline = nil, nil
+walk(me.tenant .. SEP .. me.priority .. SEP .. me.model, function(t, d, m)
+  if m == mine then my_tag, my_deadline = t, d return false end
+  return true
+end)
+
+local ahead = 0
+for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
+  local _, _, model = split_pair(pair)
+  if model == me.model then
+    walk(pair, function(t, d, m)
+      if t < my_tag or (t == my_tag and (d < my_deadline or (d == my_deadline and m < mine))) then
+        ahead = ahead + 1
+        return true
+      end
+      return false
+    end)
+  end
+end
+return ahead

@@ -1,0 +1,48 @@
+-- Dispatch: among the flows whose tenant may run more and whose queued jobs include one a free slot
+-- can serve, take the head of the flow with the smallest (tag, deadline, arrival); advance the virtual
+-- time and the flow's tag; record the claim of the orchestrator instance that took it.
+-- ARGV: prefix, owner, claim ttl (ms), policy JSON {classes, tenants}, servable routing keys (JSON
+-- list), allowed tenants (JSON list), tenant concurrency limits (JSON object).
+-- Returns the stored entry JSON, or nil.
+
+local owner, ttl = ARGV[2], tonumber(ARGV[3])
+local policy = cjson.decode(ARGV[4])
+local servable, allowed = {}, {}
+for _, k in ipairs(cjson.decode(ARGV[5])) do servable[k] = true end
+for _, t in ipairs(cjson.decode(ARGV[6])) do allowed[t] = true end
+local limits = cjson.decode(ARGV[7])
+
+local function may_run(tenant)
+  if not allowed[tenant] then return false end
+  local limit = limits[tenant]
+  return limit == nil or tonumber(redis.call('HGET', K('run:tenants'), tenant) or '0') < limit
+end
+
+local best = nil
+for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
+  local tenant, priority, model = split_pair(pair)
+  if servable[model] and may_run(tenant) then
+    local head = redis.call('ZRANGE', K('q:z:' .. pair), 0, 0, 'WITHSCORES')
+    if #head > 0 then
+      local flow = tenant .. SEP .. priority
+      local tag = tonumber(redis.call('HGET', K('q:tags'), flow) or '0')
+      local deadline = tonumber(head[2])
+      local m = head[1]
+      if best == nil or tag < best.tag or (tag == best.tag and (deadline < best.deadline
+          or (deadline == best.deadline and m < best.member))) then
+        best = {tag = tag, deadline = deadline, member = m, flow = flow}
+      end
+    end
+  end
+end
+if best == nil then return nil end
+
+local job = string.sub(best.member, 17)
+local stored, e = dequeue(job)
+local vtime = tonumber(redis.call('GET', K('q:vtime')) or '0')
+redis.call('SET', K('q:vtime'), num(math.max(vtime, best.tag)))
+redis.call('HSET', K('q:tags'), best.flow, num(best.tag + e.cost / weight(policy, e.tenant, e.priority)))
+redis.call('HSET', K('job:' .. job), 'claim', owner, 'taken', '1')
+redis.call('HINCRBY', K('run:tenants'), e.tenant, 1)
+redis.call('ZADD', K('alive'), now_ms() + ttl, job)
+return stored

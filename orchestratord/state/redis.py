@@ -1,0 +1,336 @@
+"""The shared backend: several orchestrator replicas behind a load balancer keep one job registry, one
+event log per job (a Redis Stream, kept `retention_s` after the job ends), one fair queue, slot
+leases and idempotency keys in Redis. Every step that must be atomic across replicas is one Lua
+script (orchestratord/state/lua); key layout in lua/common.lua.
+
+Each instance has an `owner` id. Taking a job records it as the job's claim; only the claimant may
+start the job or append its tokens, and its heartbeat (`leases.renew`) keeps the claim and the slot
+lease alive. When the heartbeat stops (the replica died), any replica's `reap` ends the job with a
+retriable WORKER_RESET, or queues it again if it had sent no token yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, cast
+
+import orjson
+from redis.exceptions import RedisError
+
+from orchestratord.core.budget import Ledger
+from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy, Rejected
+from orchestratord.core.tasks import JobState, LogEvent, Priority
+from orchestratord.errors import StateUnavailable
+from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
+from orchestratord.state.redis_client import SEP, RedisOptions, Scripts, connect, reachable
+from orchestratord.state.redis_documents import Documents
+from orchestratord.state.redis_leases import RedisLeases
+from orchestratord.state.redis_signals import Signals
+from orchestratord.state.shared import ReapAction, Reaped
+
+_EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
+_END_FIELDS = ("tokens_out", "decode_time_ms", "decode_ms")  # the store fills these in `end` events
+_RECORD_SKIP = ("job_id", "text")
+RESET_MESSAGE = (
+    "the orchestrator replica running this job stopped renewing its lease (it died or lost Redis); retry"
+)
+
+
+class RedisStore:
+    """StateStore (and SharedState) on Redis. Event ids are Redis Stream ids (`<ms>-<seq>`)."""
+
+    def __init__(
+        self,
+        url: str,
+        policy: QueuePolicy | None = None,
+        *,
+        retention_s: float = 600.0,
+        options: RedisOptions | None = None,
+        tenant_max_concurrent: Mapping[str, int] | None = None,
+        wall: Callable[[], float] = time.time,
+        owner: str | None = None,
+    ) -> None:
+        self.options = options or RedisOptions()
+        self.policy = policy or QueuePolicy()
+        self.owner = owner or uuid.uuid4().hex
+        self._retention_ms = round(retention_s * 1000)
+        self._wall = wall
+        self._limits = _json(dict(tenant_max_concurrent or {}))
+        self._weights = _json(
+            {"classes": dict(self.policy.class_weights), "tenants": dict(self.policy.tenant_weights)}
+        )
+        self._client = connect(url, self.options)
+        self._reader = connect(url, self.options, blocking=True)
+        self._scripts = Scripts(self._client, self.options.key_prefix)
+        self._signals = Signals(self._reader, self.options.key_prefix)
+        self._documents = Documents(self._client, self.options.key_prefix)
+        self.leases = RedisLeases(self._scripts, self.options.lease_ttl_s)
+
+    def _key(self, name: str) -> str:
+        return self._scripts.key(name)
+
+    # -- job registry and admission -------------------------------------------------------------
+    async def create(self, record: JobRecord, entry: QueueEntry) -> Admitted | Rejected:
+        p = self.policy
+        reply = await self._scripts.run(
+            "create",
+            _entry_json(entry),
+            p.capacity,
+            -1 if p.tenant_capacity is None else p.tenant_capacity,
+            p.full_policy,
+            *_record_fields(record),
+        )
+        if reply[0] == "rejected":
+            return Rejected(cast(Any, reply[1]), p.full_policy)
+        evicted = reply[2] if len(reply) > 2 else None
+        return Admitted(_entry(reply[1]), evicted=_entry(evicted) if evicted else None)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        fields, text = await self._scripts.pipeline(
+            [("HGETALL", self._key(f"job:{job_id}")), ("GET", self._key(f"text:{job_id}"))]
+        )
+        return _record(job_id, fields, text or "") if fields else None
+
+    async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
+        started = await self._scripts.run(
+            "start", job_id, self.owner, repr(self._wall()), pool_id, replica_id, engine
+        )
+        return None if started is None else await self.get(job_id)
+
+    async def finish(
+        self, job_id: str, state: JobState, name: str, data: Mapping[str, Any]
+    ) -> LogEvent | None:
+        payload = dict(data)
+        if name == "end":
+            for field in _END_FIELDS:
+                payload.pop(field, None)
+        # Only the replica running a job ends it successfully; anyone may cancel or fail it.
+        owner = self.owner if state is JobState.SUCCEEDED else ""
+        reply = await self._scripts.run(
+            "finish", job_id, state.value, name, _json(payload), repr(self._wall()), self._retention_ms,
+            owner, _text(payload.get("stop_reason")), _text(payload.get("code")),
+            _text(payload.get("message")),
+        )  # fmt: skip
+        return None if reply is None else LogEvent(reply[0], name, reply[1])
+
+    # -- idempotency keys ------------------------------------------------------------------------
+    async def remember_idempotency(
+        self, key: str, tenant: str, fingerprint: str, job_id: str, ttl_s: float
+    ) -> IdempotencyRecord | None:
+        ttl_ms = max(1, round(ttl_s * 1000))
+        first = await self._scripts.run("idem_remember", f"{tenant}{SEP}{key}", job_id, fingerprint, ttl_ms)
+        return None if first is None else IdempotencyRecord(first[0], first[1])
+
+    async def forget_idempotency(self, key: str, tenant: str, job_id: str) -> None:
+        await self._scripts.run("idem_forget", f"{tenant}{SEP}{key}", job_id)
+
+    # -- sessions and budget ledgers -------------------------------------------------------------
+    async def session_get(self, key: str) -> SessionRecord | None:
+        record = await self._documents.get(f"sess:{key}", SessionRecord)
+        return record if record is not None and record.expires_at > self._wall() else None
+
+    async def session_update(
+        self, key: str, change: Callable[[SessionRecord | None], SessionRecord | None]
+    ) -> SessionRecord | None:
+        def unexpired(current: SessionRecord | None) -> SessionRecord | None:
+            return change(current if current is not None and current.expires_at > self._wall() else None)
+
+        return await self._documents.update(f"sess:{key}", SessionRecord, unexpired, self._until)
+
+    async def session_delete(self, key: str) -> bool:
+        return await self.session_get(key) is not None and await self._documents.delete(f"sess:{key}")
+
+    async def ledger_get(self, key: str) -> Ledger | None:
+        return await self._documents.get(f"ledger:{key}", Ledger)
+
+    async def ledger_update(self, key: str, change: Callable[[Ledger | None], Ledger]) -> Ledger:
+        return cast(Ledger, await self._documents.update(f"ledger:{key}", Ledger, change))
+
+    def _until(self, session: SessionRecord) -> int:
+        return math.ceil((session.expires_at - self._wall()) * 1000)
+
+    # -- the event log ---------------------------------------------------------------------------
+    async def append(self, job_id: str, name: str, data: Mapping[str, Any]) -> LogEvent | None:
+        body = _json(data)
+        event_id = await self._scripts.run("append", job_id, name, body)
+        return None if event_id is None else LogEvent(event_id, name, body)
+
+    async def append_token(self, job_id: str, text: str) -> LogEvent | None:
+        reply = await self._scripts.run("append_token", job_id, self.owner, _json(text), text)
+        return None if reply is None else LogEvent(reply[0], "token", reply[1])
+
+    async def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
+        """Tail the stream with blocking reads; stop after the terminal event, or when the job is
+        gone, or when it has ended and everything after `after` has been read."""
+        log_key = self._key(f"log:{job_id}")
+        cursor = after or "0-0"
+        while True:
+            batch = await self._xread(log_key, cursor, block=False)
+            if not batch:
+                # An ended job's terminal event is written with its state: one more read finds it.
+                live = await self._live(job_id)
+                batch = await self._xread(log_key, cursor, block=live)
+                if not batch and not live:
+                    return
+            for event_id, fields in batch:
+                cursor = event_id
+                event = LogEvent(event_id, fields["n"], fields["d"])
+                yield event
+                if event.terminal:
+                    return
+
+    async def _xread(self, key: str, cursor: str, *, block: bool) -> list[tuple[str, dict[str, str]]]:
+        wait_ms = round(self.options.block_s * 1000) if block else None
+        async with reachable():
+            reply: Any = await self._reader.xread({key: cursor}, count=256, block=wait_ms)
+        return cast(list[tuple[str, dict[str, str]]], reply[0][1]) if reply else []
+
+    async def _live(self, job_id: str) -> bool:
+        state = await self._scripts.call("HGET", self._key(f"job:{job_id}"), "state")
+        return state is not None and not JobState(state).terminal
+
+    def valid_event_id(self, event_id: str) -> bool:
+        return _EVENT_ID.fullmatch(event_id) is not None
+
+    # -- the queue -------------------------------------------------------------------------------
+    async def take(
+        self, can_serve: Callable[[str], bool], tenant_ok: Callable[[str], bool]
+    ) -> QueueEntry | None:
+        keys, tenants = await self._scripts.pipeline(
+            [("HKEYS", self._key("q:keys")), ("HKEYS", self._key("q:tenants"))]
+        )
+        servable = [k for k in keys if can_serve(k)]
+        allowed = [t for t in tenants if tenant_ok(t)]
+        if not servable or not allowed:
+            return None
+        stored = await self._scripts.run(
+            "take", self.owner, self._ttl_ms, self._weights, _json(servable), _json(allowed), self._limits
+        )
+        return None if stored is None else _entry(stored)
+
+    async def dequeue(self, job_id: str) -> QueueEntry | None:
+        stored = await self._scripts.run("dequeue", job_id)
+        return None if stored is None else _entry(stored)
+
+    async def expire(self, now: float) -> list[QueueEntry]:
+        return [_entry(stored) for stored in await self._scripts.run("expire", repr(now))]
+
+    async def settle(self, tenant: str, priority: Priority, estimated: float, actual: float) -> None:
+        delta = (actual - estimated) / self.policy.weight(tenant, priority)
+        await self._scripts.run("settle", f"{tenant}{SEP}{priority}", repr(delta))
+
+    async def queued(self) -> list[QueueEntry]:
+        stored = await self._scripts.call("HVALS", self._key("q:entries"))
+        return sorted((_entry(s) for s in stored), key=lambda e: e.seq)
+
+    async def position(self, job_id: str) -> int | None:
+        ahead = int(await self._scripts.run("position", job_id, self._weights))
+        return None if ahead < 0 else ahead
+
+    # -- readers and cancel signals --------------------------------------------------------------
+    async def attach(self, job_id: str) -> int:
+        return int(await self._scripts.run("readers", job_id, 1))
+
+    async def detach(self, job_id: str) -> int:
+        return int(await self._scripts.run("readers", job_id, -1))
+
+    async def publish_cancel(self, job_id: str) -> None:
+        await self._scripts.call("PUBLISH", self._signals.cancel_channel, job_id)
+
+    def cancel_signals(self) -> AsyncIterator[str]:
+        return self._signals.cancels()
+
+    # -- shared by replicas (state.shared.SharedState) -------------------------------------------
+    def wake_signals(self) -> AsyncIterator[None]:
+        return self._signals.wakes()
+
+    async def reap(self, now: float) -> list[Reaped]:
+        flat = await self._scripts.run("reap", repr(now), self._retention_ms, self._weights, RESET_MESSAGE)
+        triples = zip(flat[::3], flat[1::3], flat[2::3], strict=True)
+        return [
+            Reaped(job_id, cast(ReapAction, action), engine or None) for job_id, action, engine in triples
+        ]
+
+    async def requeue(self, job_id: str) -> bool:
+        return await self._scripts.run("requeue", job_id, self.owner, self._weights) is not None
+
+    async def lead(self, role: str, ttl_s: float) -> bool:
+        return bool(await self._scripts.run("lead", role, self.owner, max(1, round(ttl_s * 1000))))
+
+    async def take_rate(self, tenant: str, rate: float, burst: int) -> float:
+        return float(await self._scripts.run("rate", tenant, repr(rate), burst))
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    async def purge(self, now: float) -> int:
+        return int(await self._scripts.run("purge", repr(now - self._retention_ms / 1000)))
+
+    async def ping(self) -> bool:
+        try:
+            async with reachable():
+                return bool(await self._client.ping())
+        except (StateUnavailable, RedisError):  # a health probe reports, it never raises
+            return False
+
+    async def aclose(self) -> None:
+        await self._signals.aclose()
+        await self._client.aclose()
+        await self._reader.aclose()
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, round(self.options.lease_ttl_s * 1000))
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _entry_json(entry: QueueEntry) -> str:
+    fields = dataclasses.asdict(entry)
+    del fields["seq"]  # stamped by the queue
+    return _json(fields)
+
+
+def _entry(stored: str) -> QueueEntry:
+    return QueueEntry(**orjson.loads(stored))
+
+
+def _record_fields(record: JobRecord) -> list[str]:
+    out: list[str] = []
+    for field in dataclasses.fields(record):
+        value = getattr(record, field.name)
+        if field.name not in _RECORD_SKIP and value is not None:
+            out += [field.name, ("1" if value else "0") if isinstance(value, bool) else str(value)]
+    return out
+
+
+def _record(job_id: str, stored: Mapping[str, str], text: str) -> JobRecord:
+    """A JobRecord from its hash. Values are converted by the field's declared type."""
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(JobRecord):
+        raw = stored.get(field.name)
+        if field.name in _RECORD_SKIP or raw is None or raw == "":
+            continue
+        values[field.name] = _convert(str(field.type), raw)
+    return JobRecord(job_id=job_id, text=text, **values)
+
+
+def _convert(declared: str, raw: str) -> Any:
+    if declared == "JobState":
+        return JobState(raw)
+    if declared.startswith("bool"):
+        return raw == "1"
+    if declared.startswith("int"):
+        return int(raw)
+    if declared.startswith("float"):
+        return float(raw)
+    return raw

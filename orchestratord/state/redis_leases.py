@@ -1,0 +1,42 @@
+"""Slot leases in Redis, shared by every orchestrator replica: a slot of an engine replica is held by
+at most one job across all of them. A lease lives `lease_ttl_s` unless its holder's heartbeat renews
+it, so the slots of a replica that died come free by themselves."""
+
+from __future__ import annotations
+
+from orchestratord.state.redis_client import SEP, Scripts
+from pool_manager.leases import Lease
+
+
+class RedisLeases:
+    """LeaseStore on Redis (see `pool_manager.leases.LeaseStore`)."""
+
+    def __init__(self, scripts: Scripts, ttl_s: float) -> None:
+        self._scripts = scripts
+        self._ttl_ms = max(1, round(ttl_s * 1000))
+
+    async def acquire(self, lease: Lease, limit: int) -> bool:
+        where = f"{lease.pool_id}{SEP}{lease.replica_id}"
+        return bool(await self._scripts.run("lease_acquire", lease.job_id, where, limit, self._ttl_ms))
+
+    async def release(self, job_id: str) -> Lease | None:
+        where = await self._scripts.run("lease_release", job_id)
+        return None if where is None else _lease(job_id, where)
+
+    async def held(self, pool_id: str, replica_id: str) -> int:
+        counts = await self._scripts.run("lease_held", f"{pool_id}{SEP}{replica_id}")
+        return int(counts[0])
+
+    async def all(self) -> list[Lease]:
+        held = await self._scripts.call("HGETALL", self._scripts.key("leases"))
+        pairs = held.items() if isinstance(held, dict) else zip(held[::2], held[1::2], strict=True)
+        return [_lease(job_id, where) for job_id, where in pairs]
+
+    async def renew(self, job_ids: list[str]) -> None:
+        if job_ids:
+            await self._scripts.run("renew", self._ttl_ms, *job_ids)
+
+
+def _lease(job_id: str, where: str) -> Lease:
+    pool_id, _, replica_id = where.partition(SEP)
+    return Lease(job_id, pool_id, replica_id)

@@ -1,0 +1,85 @@
+"""Notifications between orchestrator replicas over Redis pub/sub: cancel requests (a job id, for
+whichever replica runs it) and wake-ups (work may be taken: a job was queued, a slot or a tenant's
+concurrency came free). One subscription per instance; it reconnects by itself after Redis returns,
+and wakes the dispatcher then, in case something was missed while it was gone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from orchestratord.logs import get_logger
+from orchestratord.state.redis_client import UNREACHABLE
+
+log = get_logger(__name__)
+_POLL_S = 1.0
+_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+class Signals:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._client = client
+        self.cancel_channel = f"{prefix}cancel"
+        self.wake_channel = f"{prefix}wake"
+        self._cancels: asyncio.Queue[str] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._listen())
+
+    async def cancels(self) -> AsyncIterator[str]:
+        self.start()
+        while True:
+            yield await self._cancels.get()
+
+    async def wakes(self) -> AsyncIterator[None]:
+        self.start()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            yield None
+
+    async def _listen(self) -> None:
+        failures = 0
+        while True:
+            pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.cancel_channel, self.wake_channel)
+                if failures:
+                    log.info("state_backend_reconnected", channel="signals")
+                failures = 0
+                self.connected.set()
+                self._wake.set()
+                await self._relay(pubsub)
+            except UNREACHABLE as exc:
+                self.connected.clear()
+                if failures == 0:
+                    log.warning("state_backend_unreachable", channel="signals", error=type(exc).__name__)
+                await asyncio.sleep(_BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)])
+                failures += 1
+            finally:
+                with contextlib.suppress(*UNREACHABLE):
+                    await pubsub.aclose()
+
+    async def _relay(self, pubsub: Any) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=_POLL_S)
+            if message is None:
+                continue
+            if message["channel"] == self.cancel_channel:
+                self._cancels.put_nowait(str(message["data"]))
+            else:
+                self._wake.set()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None

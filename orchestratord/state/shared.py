@@ -1,0 +1,49 @@
+"""What a state backend shared by several orchestrator replicas adds to `StateStore`.
+
+The embedded backend lives in one process and needs none of it; `redis.RedisStore` implements it.
+The dispatcher and admission use it when the store offers it (`isinstance(store, SharedState)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+ReapAction = Literal["requeued", "reset", "gone"]
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """A job whose owner stopped renewing its claim, and what was done with it ('gone': it had
+    already ended). `engine` is where it last ran, if it started."""
+
+    job_id: str
+    action: ReapAction
+    engine: str | None = None
+
+
+@runtime_checkable
+class SharedState(Protocol):
+    def wake_signals(self) -> AsyncIterator[None]:
+        """Yields whenever another replica may have made work available (a job queued, a slot or a
+        tenant's concurrency freed), and after a reconnect to the backend."""
+        ...
+
+    async def reap(self, now: float) -> list[Reaped]:
+        """Handle jobs whose owner stopped renewing its claim (it died): release their leases; queue a
+        job again if it sent no token yet (once), else end it with a retriable WORKER_RESET error."""
+        ...
+
+    async def requeue(self, job_id: str) -> bool:
+        """Give back a job this replica took but could not lease a slot for; it keeps its place."""
+        ...
+
+    async def lead(self, role: str, ttl_s: float) -> bool:
+        """True if this replica holds `role` (renewed by calling again within `ttl_s`)."""
+        ...
+
+    async def take_rate(self, tenant: str, rate: float, burst: int) -> float:
+        """One request of `tenant`'s token bucket, shared by all replicas: 0 if granted, else the
+        seconds until one would be."""
+        ...

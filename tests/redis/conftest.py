@@ -1,0 +1,218 @@
+"""A real `redis-server` for the Redis backend's tests, started on a free loopback port.
+
+Nothing is persisted (`--save "" --appendonly no`). Each test keeps its keys apart with its own key
+prefix, so one server serves the whole session; tests that stop or pause Redis start their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from orchestratord.core.queue import QueuePolicy
+from orchestratord.state.redis import RedisStore
+from orchestratord.state.redis_client import RedisOptions
+from tests.fakes.servers import REPO, free_port, wait_healthy
+
+REDIS_SERVER = os.environ.get("ORCH_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@dataclass
+class RedisServer:
+    """One redis-server child process; `stop`/`start` keep the port, `pause`/`resume` freeze it."""
+
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    extra: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+             "no", "--loglevel", "warning", *self.extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.resume()
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True)
+
+
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisServer]:
+    if not (os.path.isfile(REDIS_SERVER) and os.access(REDIS_SERVER, os.X_OK)):
+        pytest.fail(
+            f"the Redis tests need a redis-server binary and found none at {REDIS_SERVER!r}: install it "
+            "(`apt-get install redis-server`; ci/setup.sh does) or point ORCH_REDIS_SERVER at one",
+            pytrace=False,
+        )
+    server = RedisServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for this test alone (it may stop, restart or pause it)."""
+    with running_redis() as server:
+        yield server
+
+
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., RedisStore]]:
+    """`make_store(policy=..., key_prefix=..., **options)`: RedisStores sharing one key prefix (one
+    deployment) unless told otherwise; each is one orchestrator instance with its own owner id."""
+    stores: list[RedisStore] = []
+    shared = prefix()
+
+    def build(policy: QueuePolicy | None = None, *, url: str | None = None, **kwargs: Any) -> RedisStore:
+        store_keys = ("retention_s", "tenant_max_concurrent", "wall")
+        store_args = {k: kwargs.pop(k) for k in store_keys if k in kwargs}
+        options = RedisOptions(key_prefix=kwargs.pop("key_prefix", shared), **kwargs)
+        store = RedisStore(url or redis_server.url, policy, options=options, **store_args)
+        stores.append(store)
+        return store
+
+    yield build
+    for store in stores:
+        await store.aclose()
+
+
+@dataclass
+class Replica:
+    base_url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def logged(self, event: str, **fields: str) -> bool:
+        """True if this replica's JSON log has `event` with these fields (what it did, as it says)."""
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if f'"{event}"' in line and all(f'"{k}": "{v}"' in line for k, v in fields.items()):
+                return True
+        return False
+
+
+@dataclass
+class Deployment:
+    """Several `orchestratord serve` processes sharing one Redis, as behind a load balancer."""
+
+    replicas: list[Replica]
+    key_prefix: str
+    redis: RedisServer
+
+    def __getitem__(self, i: int) -> Replica:
+        return self.replicas[i]
+
+    def keys(self, name: str) -> str:
+        return f"{self.key_prefix}{name}"
+
+
+def deployment_config(redis_url: str, key_prefix: str, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "state_url": redis_url,
+        "log_format": "json",
+        "log_level": "info",
+        "health_interval_s": 0.5,
+        "redis": {"key_prefix": key_prefix, "lease_ttl_s": 2.0, "heartbeat_s": 0.4, "timeout_s": 1.0},
+        "pools": [
+            {"id": "default", "engine": "mock", "models": ["mock"], "replicas": [{"id": "r0"}], "slots": 2,
+             "options": {"ttft_ms": 5, "tokens_per_s": 40}},
+        ],
+    }  # fmt: skip
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+@contextlib.contextmanager
+def start_deployment(
+    redis_server: RedisServer, workdir: Path, count: int, **overrides: Any
+) -> Iterator[Deployment]:
+    """Start `count` replicas at once (they start in parallel), wait until each answers /healthz."""
+    key_prefix = prefix()
+    config_path = workdir / f"orchestratord-{key_prefix.rstrip(':')}.yaml"
+    config_path.write_text(yaml.safe_dump(deployment_config(redis_server.url, key_prefix, **overrides)))
+    replicas: list[Replica] = []
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    try:
+        for i in range(count):
+            port = free_port()
+            log_path = workdir / f"replica-{key_prefix.rstrip(':')}-{i}.log"
+            with log_path.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "orchestratord", "serve", "--port", str(port), "--config",
+                     str(config_path)],
+                    env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                )  # fmt: skip
+            replicas.append(Replica(f"http://127.0.0.1:{port}", proc, log_path))
+        for replica in replicas:
+            wait_healthy(replica.base_url, replica.proc, timeout=60)
+        yield Deployment(replicas, key_prefix, redis_server)
+    finally:
+        for replica in replicas:
+            if replica.proc.poll() is None:
+                replica.proc.terminate()
+        for replica in replicas:
+            try:
+                replica.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                replica.proc.kill()
+                replica.proc.wait()

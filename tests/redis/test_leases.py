@@ -1,0 +1,104 @@
+"""Slot leases and claims in Redis: never more than a replica's slots across all instances; a dead
+instance's leases expire, and its jobs are queued again (no token sent) or end retriably."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from orchestratord.core.tasks import JobState
+from orchestratord.state.redis import RedisStore
+from pool_manager.leases import Lease
+from tests.redis.test_store import admit, events, run_on
+
+pytestmark = pytest.mark.redis
+MakeStore = Callable[..., RedisStore]
+TTL_S = 0.4
+
+
+async def test_concurrent_leases_from_many_instances_never_pass_the_slots(make_store: MakeStore) -> None:
+    stores = [make_store() for _ in range(4)]
+    grants = await asyncio.gather(
+        *(s.leases.acquire(Lease(f"j{i}", "pool", "r0"), 3) for i, s in enumerate(stores * 5))
+    )
+    assert sum(grants) == 3
+    assert await stores[0].leases.held("pool", "r0") == 3 and len(await stores[1].leases.all()) == 3
+    holder = (await stores[0].leases.all())[0]
+    assert not await stores[2].leases.acquire(Lease(holder.job_id, "pool", "r1"), 3), "one lease per job"
+    assert await stores[3].leases.release(holder.job_id) == holder
+    assert await stores[3].leases.release(holder.job_id) is None
+    assert await stores[2].leases.acquire(Lease("late", "pool", "r0"), 3)
+
+
+async def test_an_unrenewed_lease_frees_its_slot(make_store: MakeStore) -> None:
+    dead, alive = make_store(lease_ttl_s=TTL_S), make_store(lease_ttl_s=TTL_S)
+    assert await dead.leases.acquire(Lease("a", "pool", "r0"), 1)
+    assert await alive.leases.acquire(Lease("b", "pool", "r1"), 1)
+    for _ in range(4):
+        await asyncio.sleep(TTL_S / 2)
+        await alive.leases.renew(["b"])
+    assert await alive.leases.held("pool", "r0") == 0, "the dead holder's slot is free"
+    assert await alive.leases.held("pool", "r1") == 1, "a renewed lease lives on"
+    assert await alive.leases.acquire(Lease("c", "pool", "r0"), 1)
+
+
+async def test_a_dead_instances_job_with_tokens_ends_with_a_retriable_worker_reset(
+    make_store: MakeStore,
+) -> None:
+    dead, survivor = make_store(lease_ttl_s=TTL_S), make_store(lease_ttl_s=TTL_S)
+    await admit(dead, "j1")
+    await run_on(dead, "j1")
+    assert await dead.leases.acquire(Lease("j1", "pool", "r0"), 1)
+    await dead.append_token("j1", "partial")
+    assert await survivor.reap(time.time()) == [], "not before the lease expires"
+    await asyncio.sleep(TTL_S + 0.2)
+    reaped = await survivor.reap(time.time())
+    assert [(r.job_id, r.action, r.engine) for r in reaped] == [("j1", "reset", "mock")]
+    log = await events(survivor, "j1")
+    assert [e.name for e in log] == ["started", "token", "error"]
+    error = orjson.loads(log[-1].data)
+    assert error["code"] == "WORKER_RESET" and error["retriable"] is True and error["pool_id"] == "p"
+    record = await survivor.get("j1")
+    assert record is not None and record.state is JobState.FAILED and record.error_code == "WORKER_RESET"
+    assert await survivor.leases.all() == [], "its slot is released"
+    assert await survivor.reap(time.time()) == []
+
+
+async def test_a_dead_instances_job_without_tokens_runs_again_once(make_store: MakeStore) -> None:
+    dead, survivor = make_store(lease_ttl_s=TTL_S), make_store(lease_ttl_s=TTL_S)
+    await admit(dead, "j1")
+    await run_on(dead, "j1")
+    await asyncio.sleep(TTL_S + 0.2)
+    assert [(r.job_id, r.action) for r in await survivor.reap(time.time())] == [("j1", "requeued")]
+    record = await survivor.get("j1")
+    assert record is not None and record.state is JobState.QUEUED and record.pool_id is None
+    assert await dead.append_token("j1", "too late") is None, "the old owner can no longer write"
+    await run_on(survivor, "j1")
+    await asyncio.sleep(TTL_S + 0.2)  # the survivor dies too: no second chance
+    assert [(r.job_id, r.action) for r in await dead.reap(time.time())] == [("j1", "reset")]
+
+
+async def test_a_live_instances_heartbeat_keeps_its_jobs(make_store: MakeStore) -> None:
+    owner, other = make_store(lease_ttl_s=TTL_S), make_store(lease_ttl_s=TTL_S)
+    await admit(owner, "j1")
+    await run_on(owner, "j1")
+    for _ in range(4):
+        await asyncio.sleep(TTL_S / 2)
+        await owner.leases.renew(["j1"])
+        assert await other.reap(time.time()) == []
+    assert await owner.append_token("j1", "still mine") is not None
+
+
+async def test_a_lease_whose_release_was_lost_is_swept(make_store: MakeStore) -> None:
+    store = make_store(lease_ttl_s=TTL_S)
+    await admit(store, "j1")
+    await run_on(store, "j1")
+    assert await store.leases.acquire(Lease("j1", "pool", "r0"), 1)
+    await store.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})  # released never
+    await asyncio.sleep(TTL_S + 0.2)
+    assert await store.reap(time.time()) == []
+    assert await store.leases.all() == [] and await store.leases.held("pool", "r0") == 0

@@ -1,0 +1,218 @@
+"""The fair queue in Redis (Lua) behaves exactly as the reference `core.queue.FairQueue`, and its
+bounds hold when several instances admit and take at once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestratord.core.queue import Admitted, FairQueue, FullPolicy, QueueEntry, QueuePolicy, Rejected
+from orchestratord.core.tasks import JobState
+from orchestratord.state.redis import RedisStore
+from orchestratord.state.redis_client import RedisOptions
+from tests.redis.conftest import RedisServer, prefix
+from tests.redis.test_store import entry, record
+
+pytestmark = pytest.mark.redis
+MakeStore = Callable[..., RedisStore]
+TENANTS = ("acme", "beta", "gamma")
+MODELS = ("m1", "m2@pool-a")
+
+arrival = st.fixed_dictionaries(
+    {
+        "tenant": st.sampled_from(TENANTS),
+        "priority": st.sampled_from(("interactive", "batch")),
+        "model": st.sampled_from(MODELS),
+        "cost": st.sampled_from((1.0, 2.5, 40.0)),
+        "deadline": st.one_of(st.none(), st.sampled_from((100.0, 200.0, 300.0))),
+    }
+)
+
+
+def some_or_all(values: tuple[str, ...]) -> st.SearchStrategy[set[str]]:
+    return st.one_of(st.just(set(values)), st.sets(st.sampled_from(values)))
+
+
+operation = st.one_of(
+    st.tuples(st.just("enqueue"), arrival),
+    st.tuples(st.just("enqueue"), arrival),
+    st.tuples(st.just("enqueue"), arrival),
+    st.tuples(st.just("take"), some_or_all(MODELS), some_or_all(TENANTS)),
+    st.tuples(st.just("take"), some_or_all(MODELS), some_or_all(TENANTS)),
+    st.tuples(st.just("remove"), st.integers(0, 30)),
+    st.tuples(st.just("expire"), st.sampled_from((150.0, 250.0))),
+    st.tuples(st.just("settle"), st.sampled_from(TENANTS), st.sampled_from((0.0, 7.0, 90.0))),
+)
+policies = st.builds(
+    QueuePolicy,
+    capacity=st.integers(1, 8),
+    tenant_capacity=st.one_of(st.none(), st.integers(1, 4)),
+    full_policy=st.sampled_from(("reject", "drop-lru", "shed-low-priority")),
+    tenant_weights=st.sampled_from(({}, {"acme": 3.0, "beta": 0.5})),
+)
+
+
+async def replay(url: str, policy: QueuePolicy, ops: list[tuple[object, ...]]) -> None:
+    """Apply `ops` to the Redis queue and the reference queue; every outcome and position must match."""
+    store = RedisStore(url, policy, options=RedisOptions(key_prefix=prefix()))
+    reference = FairQueue(policy)
+    ids = (f"job-{i}" for i in itertools.count())
+    try:
+        for op in ops:
+            await apply(store, reference, op, ids)
+            for job in reference.entries():
+                assert await store.position(job.job_id) == reference.position(job.job_id), op
+            assert [e.job_id for e in await store.queued()] == [e.job_id for e in reference.entries()]
+    finally:
+        await store.aclose()
+
+
+async def apply(store: RedisStore, reference: FairQueue, op: tuple[object, ...], ids: object) -> None:
+    kind = op[0]
+    if kind == "enqueue":
+        job_id = next(ids)  # type: ignore[call-overload]
+        new = QueueEntry(job_id=job_id, **op[1])  # type: ignore[arg-type]
+        got, want = await store.create(record(job_id), new), reference.enqueue(new)
+        assert type(got) is type(want)
+        if isinstance(got, Admitted) and isinstance(want, Admitted):
+            assert got.entry == want.entry and got.evicted == want.evicted
+        else:
+            assert isinstance(got, Rejected) and got == want
+    elif kind == "take":
+        models, tenants = op[1], op[2]
+        got_entry = await store.take(models.__contains__, tenants.__contains__)  # type: ignore[attr-defined]
+        assert got_entry == reference.take(models.__contains__, tenants.__contains__)  # type: ignore[attr-defined]
+        if got_entry is not None:  # end it, so tenant concurrency counts stay honest
+            await store.finish(got_entry.job_id, JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    elif kind == "remove":
+        queued = reference.entries()
+        if queued:
+            job_id = queued[int(op[1]) % len(queued)].job_id  # type: ignore[call-overload]
+            assert await store.dequeue(job_id) == reference.remove(job_id)
+    elif kind == "expire":
+        assert await store.expire(float(op[1])) == reference.expire(float(op[1]))  # type: ignore[arg-type]
+    else:
+        tenant, actual = str(op[1]), float(op[2])  # type: ignore[arg-type]
+        if reference.flow_tag(tenant, "batch") is not None:
+            await store.settle(tenant, "batch", 1.0, actual)
+            reference.settle(tenant, "batch", 1.0, actual)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(policy=policies, ops=st.lists(operation, min_size=1, max_size=40))
+def test_the_redis_queue_matches_the_reference_queue(
+    redis_server: RedisServer, policy: QueuePolicy, ops: list[tuple[object, ...]]
+) -> None:
+    asyncio.run(replay(redis_server.url, policy, ops))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_long_random_runs_match_the_reference_queue(redis_server: RedisServer, seed: int) -> None:
+    """Long seeded runs with many arrivals and takes reach the states short examples rarely do
+    (weights that differ after many takes, full queues of mixed classes)."""
+    rng = random.Random(seed)
+    policy = QueuePolicy(
+        capacity=rng.choice((6, 12)),
+        tenant_capacity=rng.choice((None, 5)),
+        full_policy=rng.choice(("reject", "drop-lru", "shed-low-priority")),
+        tenant_weights={"acme": 2.0},
+    )
+    ops: list[tuple[object, ...]] = []
+    for _ in range(150):
+        if rng.random() < 0.55:
+            ops.append(("enqueue", random_arrival(rng)))
+        elif rng.random() < 0.85:
+            ops.append(("take", set(MODELS), set(TENANTS) if rng.random() < 0.8 else {"acme"}))
+        else:
+            ops.append(("remove", rng.randrange(30)))
+    await replay(redis_server.url, policy, ops)
+
+
+def random_arrival(rng: random.Random) -> dict[str, object]:
+    return {
+        "tenant": rng.choice(TENANTS),
+        "priority": rng.choice(("interactive", "batch")),
+        "model": rng.choice(MODELS),
+        "cost": rng.choice((1.0, 2.5)),
+        "deadline": rng.choice((None, None, 100.0)),
+    }
+
+
+async def test_fair_shares_between_two_instances_taking_in_turn(make_store: MakeStore) -> None:
+    """Weighted fairness is a property of the shared queue, not of whichever instance takes."""
+    policy = QueuePolicy(capacity=100, tenant_weights={"acme": 3.0, "beta": 1.0})
+    a, b = make_store(policy), make_store(policy)
+    for i in range(20):
+        for tenant, store in (("acme", a), ("beta", b)):
+            job_id = f"{tenant}-{i}"
+            await store.create(record(job_id, tenant=tenant), entry(job_id, tenant=tenant))
+    order = []
+    for store in itertools.islice(itertools.cycle((a, b)), 16):
+        taken = await store.take(lambda key: True, lambda tenant: True)
+        assert taken is not None
+        order.append(taken.tenant)
+    assert order.count("acme") == 12 and order.count("beta") == 4, order
+
+
+@pytest.mark.parametrize("policy", ["reject", "drop-lru"])
+async def test_concurrent_admissions_on_many_instances_never_pass_capacity(
+    make_store: MakeStore, policy: FullPolicy
+) -> None:
+    rng = random.Random(8)
+    for capacity, tenant_capacity in ((5, None), (9, 4), (3, 3)):
+        bounds = QueuePolicy(capacity=capacity, tenant_capacity=tenant_capacity, full_policy=policy)
+        deployment = prefix()  # a fresh queue for each round, shared by four instances
+        stores = [make_store(bounds, key_prefix=deployment) for _ in range(4)]
+        arrivals = [(f"j{i}", rng.choice(TENANTS)) for i in range(40)]
+        outcomes = await asyncio.gather(
+            *(rng.choice(stores).create(record(j, tenant=t), entry(j, tenant=t)) for j, t in arrivals)
+        )
+        queued = await stores[0].queued()
+        assert len(queued) == min(capacity, len(arrivals))
+        if tenant_capacity is not None:
+            assert max(sum(e.tenant == t for e in queued) for t in TENANTS) <= tenant_capacity
+        admitted = [o for o in outcomes if isinstance(o, Admitted)]
+        evicted = [o.evicted for o in admitted if o.evicted is not None]
+        assert len(admitted) - len(evicted) == len(queued), "every admitted job is queued or was evicted"
+        assert all(isinstance(o, Rejected) for o in outcomes if not isinstance(o, Admitted))
+
+
+async def test_tenant_concurrency_is_counted_across_instances(make_store: MakeStore) -> None:
+    a, b = make_store(tenant_max_concurrent={"acme": 2}), make_store(tenant_max_concurrent={"acme": 2})
+    for i in range(4):
+        await a.create(record(f"j{i}"), entry(f"j{i}"))
+    everything = (lambda key: True, lambda tenant: True)
+    assert await a.take(*everything) is not None and await b.take(*everything) is not None
+    assert await a.take(*everything) is None and await b.take(*everything) is None
+    await a.finish("j0", JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    assert await b.take(*everything) is not None
+
+
+async def test_a_job_given_back_keeps_its_place(make_store: MakeStore) -> None:
+    a, b = make_store(), make_store()
+    for i in range(3):
+        await a.create(record(f"j{i}"), entry(f"j{i}"))
+    first = await a.take(lambda key: True, lambda tenant: True)
+    assert first is not None and first.job_id == "j0"
+    assert not await b.requeue("j0"), "only the instance that took it gives it back"
+    assert await a.requeue("j0")
+    again = await b.take(lambda key: True, lambda tenant: True)
+    assert again is not None and again == replace(first)
+    assert await a.start("j0", pool_id="p", replica_id="r", engine="mock") is None, "no longer a's job"
+
+
+async def test_deadlines_expire_on_any_instance(make_store: MakeStore) -> None:
+    a, b = make_store(), make_store()
+    now = time.time()
+    await a.create(record("late"), entry("late", deadline=now - 1))
+    await a.create(record("fine"), entry("fine", deadline=now + 60))
+    assert [e.job_id for e in await b.expire(now)] == ["late"]
+    assert [e.job_id for e in await a.queued()] == ["fine"]

@@ -1,0 +1,219 @@
+"""RedisStore keeps the StateStore contract: one registry and one event log per job, shared by every
+instance (replica) that talks to the same Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from orchestratord.core.queue import Admitted, QueueEntry
+from orchestratord.core.tasks import JobState, LogEvent
+from orchestratord.errors import StateUnavailable
+from orchestratord.state.base import JobRecord, SessionRecord
+from orchestratord.state.redis import RedisStore
+from tests.fakes.servers import free_port
+from tests.redis.conftest import RedisServer
+
+pytestmark = pytest.mark.redis
+MakeStore = Callable[..., RedisStore]
+
+
+def record(job_id: str, **overrides: object) -> JobRecord:
+    fields: dict[str, object] = {
+        "job_id": job_id, "tenant": "acme", "model_ref": "mock", "priority": "interactive",
+        "state": JobState.QUEUED, "created_at": time.time(), "spec": '{"job_id": "x"}',
+    }  # fmt: skip
+    fields.update(overrides)
+    return JobRecord(**fields)  # type: ignore[arg-type]
+
+
+def entry(job_id: str, **overrides: object) -> QueueEntry:
+    fields: dict[str, object] = {"job_id": job_id, "tenant": "acme", "priority": "interactive"}
+    fields["model"] = "mock"
+    fields.update(overrides)
+    return QueueEntry(**fields)  # type: ignore[arg-type]
+
+
+async def admit(store: RedisStore, job_id: str, **record_fields: object) -> None:
+    outcome = await store.create(record(job_id, **record_fields), entry(job_id))
+    assert isinstance(outcome, Admitted)
+
+
+async def run_on(store: RedisStore, job_id: str) -> None:
+    """Take `job_id` from the queue on `store` and start it there."""
+    taken = await store.take(lambda key: True, lambda tenant: True)
+    assert taken is not None and taken.job_id == job_id
+    assert await store.start(job_id, pool_id="p", replica_id="r", engine="mock") is not None
+
+
+async def events(store: RedisStore, job_id: str, after: str | None = None) -> list[LogEvent]:
+    return [e async for e in store.read(job_id, after)]
+
+
+async def test_a_record_written_by_one_instance_reads_the_same_on_another(make_store: MakeStore) -> None:
+    a, b = make_store(), make_store()
+    original = record("j1", session_id="s-1", correlation_id="c-9", cancel_on_disconnect=False)
+    assert isinstance(await a.create(original, entry("j1")), Admitted)
+    assert await b.get("j1") == original
+    assert await b.get("nope") is None
+
+
+async def test_the_event_log_is_shared_ordered_and_ends_once(make_store: MakeStore) -> None:
+    a, b = make_store(), make_store()
+    await admit(a, "j1")
+    assert (await a.append("j1", "started", {"job_id": "j1", "queue_position": 0})) is not None
+    await run_on(a, "j1")
+    for text in ("Hel", "", "lo ä 🙂"):
+        assert await a.append_token("j1", text) is not None
+    end = await b.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    assert end is not None
+    assert await b.finish("j1", JobState.FAILED, "error", {"code": "INTERNAL"}) is None, "ends once"
+    assert await a.append_token("j1", "late") is None and await a.append("j1", "metrics", {}) is None
+    log = await events(b, "j1")
+    assert [e.name for e in log] == ["started", "token", "token", "token", "end"]
+    assert [orjson.loads(e.data)["i"] for e in log if e.name == "token"] == [0, 1, 2]
+    ids = [e.id for e in log]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-")))) and len(set(ids)) == 5
+    end_data = orjson.loads(end.data)
+    assert end_data["stop_reason"] == "canceled" and end_data["tokens_out"] == 3
+    assert end_data["decode_time_ms"] == end_data["decode_ms"] >= 0
+    assert log[-1] == end
+    final = await a.get("j1")
+    assert final is not None and final.state is JobState.CANCELED and final.text == "Hello ä 🙂"
+    assert final.tokens_out == 3 and final.stop_reason == "canceled"
+    assert await events(a, "j1", after=ids[2]) == log[3:], "Last-Event-ID resumes on any instance"
+    assert all(a.valid_event_id(i) for i in ids)
+    assert not a.valid_event_id("12") and not a.valid_event_id("1-x")
+
+
+async def test_started_is_always_first_even_when_another_replica_writes_first(make_store: MakeStore) -> None:
+    admitting, dispatching = make_store(), make_store()
+    await admit(admitting, "j1", correlation_id="c-1")
+    await run_on(dispatching, "j1")  # dispatched before the admitting replica announced it
+    await dispatching.append("j1", "metrics", {"pool_id": "p"})
+    assert await admitting.append("j1", "started", {"job_id": "j1", "queue_position": 3}) is None
+    await dispatching.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    log = await events(admitting, "j1")
+    assert [e.name for e in log] == ["started", "metrics", "end"]
+    started = orjson.loads(log[0].data)
+    assert started["job_id"] == "j1" and started["correlation_id"] == "c-1" and started["queue_position"] == 0
+
+
+async def test_only_the_claimant_runs_a_job(make_store: MakeStore) -> None:
+    owner, other = make_store(), make_store()
+    await admit(owner, "j1")
+    assert await other.start("j1", pool_id="p", replica_id="r", engine="mock") is None, "not taken yet"
+    await run_on(owner, "j1")
+    assert await other.append_token("j1", "x") is None
+    assert await other.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"}) is None
+    assert await owner.append_token("j1", "x") is not None
+    assert await owner.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"}) is not None
+
+
+async def test_a_reader_waits_for_events_written_by_another_instance(make_store: MakeStore) -> None:
+    writer, reader = make_store(), make_store()
+    await admit(writer, "j1")
+    await run_on(writer, "j1")
+    seen: list[str] = []
+
+    async def tail() -> None:
+        async for event in reader.read("j1"):
+            seen.append(event.name)
+
+    task = asyncio.create_task(tail())
+    await asyncio.sleep(0.2)
+    assert seen == ["started"] and not task.done()
+    await writer.append_token("j1", "a")
+    await writer.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+    await asyncio.wait_for(task, 5)
+    assert seen == ["started", "token", "end"]
+
+
+async def test_a_finished_job_expires_after_its_retention(
+    make_store: MakeStore, redis_server: RedisServer
+) -> None:
+    store = make_store(retention_s=30)
+    await admit(store, "j1")
+    await store.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    client = redis_server.client()
+    ttls = [client.pttl(f"{store.options.key_prefix}{k}:j1") for k in ("job", "log")]
+    assert all(0 < ttl <= 30_000 for ttl in ttls), ttls
+    assert await store.purge(time.time()) == 0
+    assert await store.purge(time.time() + 31) == 1
+    assert await store.get("j1") is None and await events(store, "j1") == []
+
+
+async def test_readers_are_counted_across_instances(make_store: MakeStore) -> None:
+    a, b = make_store(), make_store()
+    await admit(a, "j1")
+    assert await a.attach("j1") == 1 and await b.attach("j1") == 2
+    assert await a.detach("j1") == 1 and await b.detach("j1") == 0 and await b.detach("j1") == 0
+    got = await b.get("j1")
+    assert got is not None and got.attached and got.readers == 0
+    assert await a.attach("gone") == 0 and await a.get("gone") is None, "no record is created by a reader"
+
+
+async def test_cancel_and_wake_signals_reach_the_other_instances(make_store: MakeStore) -> None:
+    a, b = make_store(), make_store()
+    cancels, wakes = b.cancel_signals(), b.wake_signals()
+    await asyncio.wait_for(anext(wakes), 5)  # the first wake comes with the subscription
+    await a.publish_cancel("j9")
+    assert await asyncio.wait_for(anext(cancels), 5) == "j9"
+    await admit(a, "j1")
+    await asyncio.wait_for(anext(wakes), 5)
+
+
+async def test_idempotency_keys_are_atomic_across_instances(make_store: MakeStore) -> None:
+    a, b = make_store(), make_store()
+    results = await asyncio.gather(
+        *(s.remember_idempotency("k", "acme", "fp", f"job-{i}", 60) for i, s in enumerate([a, b] * 5))
+    )
+    winners = [r for r in results if r is None]
+    assert len(winners) == 1
+    first = {r.job_id for r in results if r is not None}
+    assert len(first) == 1 and next(iter(first)).startswith("job-")
+    assert await a.remember_idempotency("k", "other-tenant", "fp", "j", 60) is None, "keys are per tenant"
+    await b.forget_idempotency("k", "acme", "not-the-job")
+    assert await a.remember_idempotency("k", "acme", "fp2", "x", 60) is not None
+    await b.forget_idempotency("k", "acme", next(iter(first)))
+    assert await a.remember_idempotency("k", "acme", "fp2", "x", 60) is None
+
+
+async def test_session_updates_from_several_instances_are_never_lost(make_store: MakeStore) -> None:
+    stores = [make_store() for _ in range(3)]
+    now = time.time()
+
+    def turn(current: SessionRecord | None) -> SessionRecord:
+        if current is None:
+            return SessionRecord("s1", "acme", "mock", created_at=now, expires_at=now + 60, turns=1)
+        return SessionRecord(
+            "s1", "acme", "mock", current.created_at, current.expires_at, turns=current.turns + 1,
+            last_pool_id="p", ledger=current.ledger,
+        )  # fmt: skip
+
+    await asyncio.gather(*(s.session_update("acme/s1", turn) for s in stores * 10))
+    got = await stores[1].session_get("acme/s1")
+    assert got is not None and got.turns == 30 and got.last_pool_id == "p"
+    assert await stores[2].session_delete("acme/s1") and await stores[0].session_get("acme/s1") is None
+
+
+async def test_an_expired_session_is_gone(make_store: MakeStore) -> None:
+    store = make_store()
+    now = time.time()
+    await store.session_update("k", lambda _: SessionRecord("s", "t", "mock", now - 10, now - 1))
+    assert await store.session_get("k") is None
+    assert not await store.session_delete("k")
+
+
+async def test_unreachable_redis_is_a_quick_state_unavailable(make_store: MakeStore) -> None:
+    store = make_store(url=f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
+    began = time.monotonic()
+    with pytest.raises(StateUnavailable) as caught:
+        await store.get("j1")
+    assert caught.value.http_status == 503 and caught.value.retry_after_ms
+    assert not await store.ping()
+    assert time.monotonic() - began < 5
