@@ -35,6 +35,7 @@ from orchestratord.logs import bind_job, get_logger
 from orchestratord.metrics import NONE, Metrics
 from orchestratord.presence import Presence
 from orchestratord.state.base import JobRecord, StateStore
+from orchestratord.state.shared import SharedState
 from pool_manager.registry import PoolRegistry
 
 log = get_logger(__name__)
@@ -84,8 +85,9 @@ class Admission:
         *,
         max_tokens: int,
         tenant_limits: Mapping[str, TenantLimits] | None = None,
-        wall: Callable[[], float] = time.time,
         checks: Sequence[AdmissionCheck] = (),
+        shared: SharedState | None = None,
+        wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
@@ -96,9 +98,10 @@ class Admission:
         self._policy = policy
         self._max_tokens = max_tokens
         self._limits = dict(tenant_limits or {})
-        self._buckets: dict[str, TokenBucket] = {}
-        self._wall = wall
         self._checks = tuple(checks)
+        self._buckets: dict[str, TokenBucket] = {}
+        self._shared = shared  # several replicas: rate limits are counted in the shared backend
+        self._wall = wall
         self._clock = clock
         self.accepting = True
 
@@ -116,7 +119,7 @@ class Admission:
                 "this orchestrator is shutting down; retry on another replica", retry_after_ms=1000
             )
         key = self._validate(spec)
-        self._rate_limit(spec)
+        await self._rate_limit(spec)
         now = self._wall()
         entry = QueueEntry(
             job_id=spec.job_id,
@@ -205,16 +208,18 @@ class Admission:
             state = "draining" if pool.draining else "not ready"
             raise PoolUnready(f"pinned pool {pin!r} is {state}", pool_id=pin, retry_after_ms=DEFAULT_RETRY_MS)
 
-    def _rate_limit(self, spec: TaskSpec) -> None:
+    async def _rate_limit(self, spec: TaskSpec) -> None:
         limits = self._limits.get(spec.tenant)
         if limits is None or limits.rps is None:
             return
-        bucket = self._buckets.get(spec.tenant)
-        if bucket is None:
-            bucket = self._buckets[spec.tenant] = TokenBucket(
-                limits.rps, limits.burst or max(1, math.ceil(limits.rps))
-            )
-        wait = bucket.take(self._clock())
+        burst = limits.burst or max(1, math.ceil(limits.rps))
+        if self._shared is not None:
+            wait = await self._shared.take_rate(spec.tenant, limits.rps, burst)
+        else:
+            bucket = self._buckets.get(spec.tenant)
+            if bucket is None:
+                bucket = self._buckets[spec.tenant] = TokenBucket(limits.rps, burst)
+            wait = bucket.take(self._clock())
         if wait > 0:
             self._count_backpressure(spec, "rate-limit")
             retry = max(1, math.ceil(wait * 1000))

@@ -274,16 +274,23 @@ class Dispatcher:
             **job_context(spec), **placement_fields(decision),
         )  # fmt: skip
         if isinstance(decision, NoCapacity):
-            if not tried:
+            if not tried and not (decision.kind == "busy" and await self._give_back(spec)):
                 await self._fail_placement(spec, decision)
             return None
         if await self.registry.lease(spec.job_id, decision.pool_id, decision.replica_id) is None:
-            if self.shared is not None and await self.shared.requeue(spec.job_id):
-                log.info("task_requeued", reason="another replica leased the slot first")
+            if await self._give_back(spec):
                 return None
             await self._fail_placement(spec, NoCapacity("busy", "the chosen slot was taken", decision.log))
             return None
         return decision
+
+    async def _give_back(self, spec: TaskSpec) -> bool:
+        """On a shared backend another replica may take the free slot between this replica's take and
+        its lease: the job goes back to its place in the queue instead of failing."""
+        if self.shared is None or not await self.shared.requeue(spec.job_id):
+            return False
+        log.info("task_requeued", job_id=spec.job_id, reason="another replica took the free slot first")
+        return True
 
     async def _attempt(
         self, spec: TaskSpec, assigned: Assigned, admitted_mono: float, run: Running

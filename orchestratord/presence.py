@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+from orchestratord.errors import StateUnavailable
 from orchestratord.jobs import JobControl
 from orchestratord.logs import get_logger
 from orchestratord.state.base import StateStore
@@ -43,7 +44,11 @@ class Presence:
 
     async def _check(self, delay: float, job_id: str, require_attached: bool) -> None:
         await asyncio.sleep(delay)
-        record = await self._store.get(job_id)
+        try:
+            record = await self._store.get(job_id)
+        except StateUnavailable:
+            log.warning("presence_check_skipped", job_id=job_id, reason="state backend unreachable")
+            return
         if record is None or record.state.terminal or not record.cancel_on_disconnect:
             return
         if record.readers > 0 or (require_attached and record.attached):

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from orchestratord.api.deps import get_services
 from orchestratord.api.schemas import Health
+from orchestratord.errors import StateUnavailable
 from orchestratord.services import Services
 
 router = APIRouter(tags=["ops"])
@@ -30,8 +31,11 @@ async def healthz() -> Health:
 )
 async def readyz(services: ServicesDep) -> Response:
     """Ready: at least one pool has a ready replica, the state backend answers, and not shutting down."""
-    snapshots = await services.dispatcher.refresh()
     store_ok = await services.store.ping()
+    try:
+        snapshots = await services.dispatcher.refresh()  # slot counts may live in the state backend
+    except StateUnavailable:
+        store_ok, snapshots = False, services.dispatcher.snapshots
     checks = {
         "pool_ready": any(p.ready for p in snapshots),
         "state_backend": store_ok,

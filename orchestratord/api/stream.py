@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -13,10 +14,12 @@ from sse_starlette import EventSourceResponse
 from orchestratord.api.deps import get_services, get_tenant
 from orchestratord.api.responses import BUDGET_HEADERS, errors_for
 from orchestratord.core.tasks import LogEvent
-from orchestratord.errors import InvalidParams
+from orchestratord.errors import InvalidParams, StateUnavailable
+from orchestratord.logs import get_logger
 from orchestratord.services import Services
 
 router = APIRouter(tags=["tasks"])
+log = get_logger(__name__)
 
 
 @router.get(
@@ -28,7 +31,7 @@ router = APIRouter(tags=["tasks"])
             "description": "The job's events.",
             "headers": BUDGET_HEADERS,
         },
-        **errors_for(400, 404),
+        **errors_for(400, 404, 503),
     },
     operation_id="streamTask",
 )
@@ -51,13 +54,23 @@ async def stream_task(
 
 
 async def frames(services: Services, job_id: str, after: str | None) -> AsyncIterator[bytes]:
-    """Tail the event log. A reader never touches the engine: leaving only updates presence."""
-    await services.presence.attach(job_id)
+    """Tail the event log. A reader never touches the engine: leaving only updates presence.
+
+    If a shared state backend goes away mid-stream, the stream ends without a terminal event: the
+    client reconnects with Last-Event-ID (503 with Retry-After until the backend is back) and loses
+    nothing."""
+    attached = False
     try:
+        await services.presence.attach(job_id)
+        attached = True
         async for chunk in coalesced(services.store.read(job_id, after)):
             yield chunk
+    except StateUnavailable:
+        log.warning("stream_lost_state_backend", job_id=job_id)
     finally:
-        await asyncio.shield(services.presence.detach(job_id))
+        if attached:
+            with contextlib.suppress(StateUnavailable):
+                await asyncio.shield(services.presence.detach(job_id))
 
 
 def encode(event: LogEvent) -> bytes:

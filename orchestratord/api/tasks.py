@@ -61,7 +61,10 @@ async def submit_task(
 
 
 @router.get(
-    "/v1/tasks/{job_id}", response_model=TaskStatus, responses=errors_for(400, 404), operation_id="getTask"
+    "/v1/tasks/{job_id}",
+    response_model=TaskStatus,
+    responses=errors_for(400, 404, 503),
+    operation_id="getTask",
 )
 async def get_task(job_id: uuid.UUID, services: ServicesDep, tenant: TenantDep) -> TaskStatus:
     return status_of(await services.jobs.get(str(job_id), tenant))
@@ -71,7 +74,7 @@ async def get_task(job_id: uuid.UUID, services: ServicesDep, tenant: TenantDep) 
     "/v1/tasks/{job_id}/cancel",
     status_code=204,
     response_class=Response,
-    responses=errors_for(400, 404),
+    responses=errors_for(400, 404, 503),
     operation_id="cancelTask",
 )
 async def cancel_task(job_id: uuid.UUID, services: ServicesDep, tenant: TenantDep) -> Response:
