@@ -17,7 +17,7 @@ import orjson
 
 from orchestratord.core.capacity import routing_key
 from orchestratord.core.placement import allowed_pools
-from orchestratord.core.prediction import Capacity, predict_start_ms, retry_hint_ms
+from orchestratord.core.prediction import predict_start_ms, retry_hint_ms
 from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy, Rejected, prospective_position
 from orchestratord.core.ratelimit import TokenBucket
 from orchestratord.core.tasks import JobState, TaskSpec, spec_to_dict
@@ -288,13 +288,14 @@ class Admission:
             elif queued.tenant == tenant:
                 position = await self._store.position(queued.job_id) or 0
                 first[queued.model] = min(position, first.get(queued.model, position))
-        best: tuple[int, Capacity] | None = None
+        hints = []
         for model, position in (first or {key: 0}).items():
             cap = self._dispatcher.capacity(model)
             wait = predict_start_ms(max(position, cap.slots_free), cap)
-            if wait is not None and (best is None or wait < best[0]):
-                best = (wait, cap)
-        return DEFAULT_RETRY_MS if best is None else retry_hint_ms(*best)
+            hint = None if wait is None else retry_hint_ms(wait, cap)
+            if hint is not None:
+                hints.append(hint)
+        return min(hints, default=DEFAULT_RETRY_MS)  # the default only before anything is measured
 
     def _count_backpressure(self, spec: TaskSpec, policy: str) -> None:
         self._metrics.backpressure.labels(engine=self._engine_for(spec.model_ref), policy=policy).inc()

@@ -161,9 +161,12 @@ class Dispatcher:
     # -- the loop --------------------------------------------------------------------------------
     async def _loop(self) -> None:
         last_housekeeping = self._clock()
-        while True:
+        while self._accepting:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that arrives as the
+            # wake-up completes (stop() right after a run's wake()), and the loop would never end.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.config.tick_s)
+                async with asyncio.timeout(self.config.tick_s):
+                    await self._wake.wait()
             self._wake.clear()
             if self._clock() - last_housekeeping >= self.config.tick_s:  # even when wake-ups never pause
                 last_housekeeping = self._clock()

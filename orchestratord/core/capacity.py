@@ -49,6 +49,7 @@ def capacity_for(
     slots = {p.pool_id: p.slots_total for p in serving}
     ages = [(p.pool_id, age) for p in serving for age in running_ages.get(p.pool_id, ())]
     mean = times.combined(slots)
+    measured = mean is not None
     if mean is None and ages:
         mean = max(age for _, age in ages)
     releases: list[float] = []
@@ -59,6 +60,7 @@ def capacity_for(
         slots_free=sum(p.slots_free for p in serving),
         mean_service_s=mean,
         releases_s=tuple(releases),
+        measured=measured,
     )
 
 

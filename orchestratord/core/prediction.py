@@ -30,6 +30,7 @@ class Capacity:
     slots_free: int
     mean_service_s: float | None
     releases_s: tuple[float, ...] = ()  # first-round release times of the busy slots we know, ascending
+    measured: bool = True  # False while the mean is only the oldest running job's age (a lower bound)
 
     def first_round(self) -> list[float]:
         """When each of the S slots frees in its first round, ascending (see the module docstring)."""
@@ -88,9 +89,10 @@ def predict_start_ms(position: int, cap: Capacity) -> int | None:
     return max(1, math.ceil(seconds * 1000))
 
 
-def retry_hint_ms(wait_ms: int, cap: Capacity) -> int:
+def retry_hint_ms(wait_ms: int, cap: Capacity) -> int | None:
     """A retry hint for a client refused now: the predicted wait until a queued job leaves the queue
     (its place frees), plus a tenth of a service time so that the retry follows the dispatch rather
-    than races it."""
-    margin = 0.0 if cap.mean_service_s is None else cap.mean_service_s / 10
-    return max(1, wait_ms + math.ceil(margin * 1000))
+    than races it. None until a service time has been measured: a lower bound makes a poor hint."""
+    if not cap.measured or cap.mean_service_s is None:
+        return None
+    return max(1, wait_ms + math.ceil(cap.mean_service_s / 10 * 1000))

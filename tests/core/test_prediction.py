@@ -76,7 +76,7 @@ def test_capacity_from_pools_measurements_and_running_ages() -> None:
 
 def test_before_any_measurement_the_oldest_running_job_stands_in() -> None:
     cap = capacity_for("m", [pool("a", 2, 0)], ServiceTimes(), {"a": [0.4, 1.0]})
-    assert cap.mean_service_s == 1.0
+    assert cap.mean_service_s == 1.0 and not cap.measured
     assert cap.releases_s == (0.0, 0.6)
 
 
@@ -89,4 +89,6 @@ def test_unready_replicas_offer_no_slots() -> None:
 def test_retry_hint_adds_a_tenth_of_a_service_time() -> None:
     cap = Capacity(slots_total=1, slots_free=0, mean_service_s=2.0, releases_s=(0.5,))
     assert retry_hint_ms(500, cap) == 700
-    assert retry_hint_ms(0, Capacity(slots_total=1, slots_free=0, mean_service_s=None)) == 1
+    assert retry_hint_ms(0, Capacity(slots_total=1, slots_free=0, mean_service_s=None)) is None
+    unmeasured = capacity_for("m", [pool("a", 1, 0)], ServiceTimes(), {"a": [0.2]})
+    assert not unmeasured.measured and retry_hint_ms(1, unmeasured) is None

@@ -1,0 +1,103 @@
+"""Position and wait, told to the client: the 202 and `started`, `metrics` events while waiting (only
+when they change, at most one a second), the dispatch `metrics` event, and predictions in a sane
+range of the real start with the mock engine's configured speed."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from tests.api.helpers import wait_for
+from tests.conftest import mock_pool
+from tests.fakes.servers import LoopbackServer
+from tests.fakes.sse import Event, read_events
+
+SERVICE_S = 1.0
+POOL = mock_pool(slots=1, options={"ttft_ms": int(SERVICE_S * 1000), "tokens_per_s": 1000})
+
+
+def post(client: httpx.Client, **body: Any) -> dict[str, Any]:
+    payload = {"model_ref": "mock", "prompt": "hello", "max_tokens": 2, "cancel_on_disconnect": False}
+    response = client.post("/v1/tasks", json={**payload, **body})
+    assert response.status_code == 202, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+def read_timed(base_url: str, url: str, out: list[tuple[float, Event]]) -> None:
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        start = time.monotonic()
+        out.extend((start, e) for e in read_events(client, url))
+
+
+def test_zero_position_and_wait_when_a_slot_is_free(make_server: Callable[..., LoopbackServer]) -> None:
+    server = make_server(pools=[POOL])
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        job = post(client)
+        assert (job["queue_position"], job["predicted_start_ms"]) == (0, 0)
+        events = read_events(client, job["sse_url"])
+        assert events[0].data["queue_position"] == 0 and events[0].data["predicted_start_ms"] == 0
+
+
+def test_waiting_jobs_hear_their_position_and_then_their_dispatch(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    server = make_server(pools=[POOL])
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        read_events(client, post(client)["sse_url"])  # one measured service time
+        jobs = [post(client) for _ in range(4)]
+        last = jobs[-1]
+        admitted_at = time.monotonic()
+        assert last["queue_position"] == 3 or (last["queue_position"] == 2 and jobs[0]["queue_position"] == 0)
+        events = read_events(client, last["sse_url"])
+        waited_s = time.monotonic() - admitted_at
+    started, *rest = events
+    assert started.event == "started"
+    assert started.data["queue_position"] == last["queue_position"]
+    assert started.data["predicted_start_ms"] == last["predicted_start_ms"]
+    dispatch_at = next(i for i, e in enumerate(rest) if e.event == "metrics" and "pool_id" in e.data)
+    waiting = [e.data for e in rest[:dispatch_at]]
+    assert waiting, "a job that waits several seconds hears about its position"
+    assert all({"queue_position", "predicted_start_ms"} <= w.keys() for w in waiting)
+    positions = [w["queue_position"] for w in waiting]
+    assert positions == sorted(positions, reverse=True) and positions[-1] < last["queue_position"]
+    pairs = [(w["queue_position"], w["predicted_start_ms"]) for w in waiting]
+    assert all(a != b for a, b in itertools.pairwise(pairs)), "only when something changed"
+    assert len(waiting) <= waited_s + 1, "at most one position event a second"
+    dispatch = rest[dispatch_at].data
+    assert dispatch["pool_id"] == "default" and dispatch["replica_id"] == "r0"
+    assert dispatch["engine"] == "mock"
+    assert dispatch["queue_time_ms"] >= 1000 * SERVICE_S * 2  # three jobs of ~1 s went first
+    assert events[-1].event == "end"
+
+
+def test_predicted_start_is_in_a_sane_range_of_the_real_start(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    server = make_server(pools=[POOL])
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        read_events(client, post(client)["sse_url"])
+        first = post(client)
+        wait_for(lambda: client.get(first["status_url"]).json()["state"] == "running")
+        jobs = [post(client) for _ in range(3)]
+        timed: list[list[tuple[float, Event]]] = [[] for _ in jobs]
+        readers = [
+            threading.Thread(target=read_timed, args=(server.base_url, job["sse_url"], out))
+            for job, out in zip(jobs, timed, strict=True)
+        ]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join(timeout=30)
+    for job, events in zip(jobs, timed, strict=True):
+        predicted = job["predicted_start_ms"]
+        dispatch = next(e.data for _, e in events if e.event == "metrics" and "pool_id" in e.data)
+        actual = dispatch["queue_time_ms"]
+        # Loose: the benchmark measures the error; here the model must only be of the right size.
+        assert predicted > 0
+        assert abs(predicted - actual) <= 0.5 * actual + 300, (job["queue_position"], predicted, actual)
