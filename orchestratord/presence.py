@@ -34,7 +34,14 @@ class Presence:
         await self._store.attach(job_id)
 
     async def detach(self, job_id: str) -> None:
-        if await self._store.detach(job_id) == 0:
+        """Count a reader out. Runs shielded after the reader is gone, so it never raises: with the
+        state backend unreachable the reader stays counted and the job is not canceled for it."""
+        try:
+            readers = await self._store.detach(job_id)
+        except StateUnavailable:
+            log.warning("presence_detach_lost", job_id=job_id, reason="state backend unreachable")
+            return
+        if readers == 0:
             self._later(self._grace, job_id, require_attached=False)
 
     def _later(self, delay: float, job_id: str, *, require_attached: bool) -> None:

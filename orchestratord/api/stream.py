@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -69,8 +68,7 @@ async def frames(services: Services, job_id: str, after: str | None) -> AsyncIte
         log.warning("stream_lost_state_backend", job_id=job_id)
     finally:
         if attached:
-            with contextlib.suppress(StateUnavailable):
-                await asyncio.shield(services.presence.detach(job_id))
+            await asyncio.shield(services.presence.detach(job_id))
 
 
 def encode(event: LogEvent) -> bytes:
