@@ -1,6 +1,7 @@
 """One real run of orchestratord (`python -m orchestratord serve`, a child process) with a mock pool and
 a vLLM pool (the fake vLLM engine on loopback), driven through every ending a job can have:
-completed, failed, expired, canceled by the client, canceled for lack of a reader, refused with 429.
+completed, failed, expired, canceled by the client, canceled for lack of a reader, refused with 429,
+ended by the shutdown.
 
 It keeps what a client saw (responses, SSE events), what the engine saw (request headers), what a
 scraper saw (/metrics while the slot was busy and at the end) and every log line the process wrote.
@@ -72,7 +73,8 @@ class Run:
 def config(engine_url: str) -> dict[str, Any]:
     return {
         "queue": {"capacity": 1},
-        "stream": {"attach_timeout_s": ATTACH_TIMEOUT_S, "reconnect_grace_s": 1.0},
+        # keep-alives rarer than the client's read timeout: a stuck stream fails the run, not hangs it
+        "stream": {"attach_timeout_s": ATTACH_TIMEOUT_S, "reconnect_grace_s": 1.0, "keepalive_s": 60},
         "shutdown_grace_s": 2,
         "pools": [
             {"id": "default", "engine": "mock", "models": ["mock"], "replicas": [{"id": "r0"}], "slots": 1},
@@ -164,6 +166,10 @@ def drive(d: Driver) -> tuple[str, str]:
         return free == 1 and value(final, "queue_depth", pool_id="default", priority="interactive") == 0
 
     wait_until(settled, "the slot is free and the queue empty")
+    # after the final scrape: a job still running at shutdown, ended by the drain (shutdown_grace_s)
+    last = d.submit("S", "obs-S", model_ref="mock", prompt="[[mock hang]] until shutdown", max_tokens=5,
+                    cancel_on_disconnect=False)  # fmt: skip
+    wait_until(lambda: d.state(last) == "running", "the last job runs")
     return busy, final
 
 
@@ -175,7 +181,7 @@ def run(tmp: Path) -> Run:
         log_path = tmp / "orchestratord.log"
         with (
             serve_in_process("--config", str(path), log_path=log_path) as (base, _),
-            httpx.Client(base_url=base, timeout=30) as client,
+            httpx.Client(base_url=base, timeout=15) as client,
         ):
             wait_until(lambda: client.get("/readyz").status_code == 200, "orchestratord is ready")
             driver = Driver(client)

@@ -40,6 +40,7 @@ def test_console_lines_on_a_terminal() -> None:
         proc.terminate()
         proc.wait(timeout=30)
         os.close(controller)
+    assert "orchestratord_started" in output, output
     line = next(text for text in output.splitlines() if "orchestratord_started" in text)
     assert not line.lstrip().startswith("{")
     assert "[info" in line and "pools=['default']" in line  # structlog's console renderer

@@ -39,6 +39,7 @@ def test_each_ending_has_its_sequence_of_events(run: Run) -> None:
     assert lifecycle(run, j["H"]) == ["task_admitted", "placement_decided", "task_started", "task_canceled"]
     assert lifecycle(run, j["D"]) == ["task_admitted", "task_failed"]
     assert lifecycle(run, j["Q"]) == ["task_admitted", "task_canceled"]
+    assert lifecycle(run, j["S"]) == ["task_admitted", "placement_decided", "task_started", "task_failed"]
     rejected = [line for line in run.log_lines if line.get("correlation_id") == "obs-R"]
     assert [line["event"] for line in rejected] == ["task_rejected"]
     assert rejected[0]["reason"] == "ADMISSION_REJECT" and rejected[0]["policy"] == "reject"
@@ -87,6 +88,9 @@ def test_field_values_agree_with_what_the_client_saw(run: Run) -> None:
     assert unread["reason"] == "no_reader" and unread["pool_id"] is None
     expired = one(run, run.jobs["D"], "task_failed")
     assert expired["code"] == "DEADLINE_UNMET" and expired["priority"] == "batch"
+    stopped = one(run, run.jobs["S"], "task_failed")  # still running when the drain's grace ran out
+    assert stopped["code"] == "WORKER_RESET" and stopped["pool_id"] == "default"
+    assert stopped["engine_version"] == "mock-1" and stopped["correlation_id"] == "obs-S"
 
 
 def test_the_placement_decision_is_logged_and_carried(run: Run) -> None:
@@ -106,9 +110,10 @@ def test_correlation_id_travels_client_logs_engine(run: Run) -> None:
             continue
         if job.sent_correlation_id is not None:
             assert job.correlation_id == job.sent_correlation_id
-        assert job.events[0].event == "started"
-        assert job.events[0].data["correlation_id"] == job.correlation_id, job.name
         assert {line["correlation_id"] for line in events_of(run, job)} == {job.correlation_id}, job.name
+        if job.name != "S":  # every stream but the one the shutdown ended was read
+            assert job.events[0].event == "started"
+            assert job.events[0].data["correlation_id"] == job.correlation_id, job.name
     generated = run.jobs["A2"]  # sent none: the server made one, and used it everywhere
     assert generated.sent_correlation_id is None and len(generated.correlation_id) >= 32
     completions = [r for r in run.engine.record.requests if r.method == "POST"]
