@@ -144,6 +144,8 @@ async def closed_loop(job: Job, concurrency: int, max_requests: int, max_seconds
 
 async def open_loop(job: Job, rate: float, max_requests: int, max_seconds: float) -> list[JobResult]:
     """Requests arrive at `rate` per second whatever happens to the earlier ones."""
+    if rate <= 0:
+        raise ValueError("open loop at a rate of 0: no job completed while the capacity was measured")
     start = time.perf_counter()
     tasks: list[asyncio.Task[JobResult]] = []
     for i in range(max_requests):
