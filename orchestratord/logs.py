@@ -42,13 +42,16 @@ _TOKEN_LIKE = re.compile(
     r"|\b(?:sk|pk|rk|ok|key|api|tok|hf|ghp|gho|ghs|xox[abprs])[-_][A-Za-z0-9._-]{8,}"  # prefixed keys
     r"|\beyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*"  # JWTs
     r"|\bAKIA[0-9A-Z]{16}\b"  # AWS access key ids
-    r"|\b(?=[A-Za-z0-9_-]*[A-Z])(?=[A-Za-z0-9_-]*[a-z])(?=[A-Za-z0-9_-]*\d)[A-Za-z0-9_-]{32,}"  # random keys
 )
+# 32+ characters mixing upper case, lower case and digits: a random key without a known prefix
+_RANDOM_KEY = re.compile(r"\b(?=[\w-]*[A-Z])(?=[\w-]*[a-z])(?=[\w-]*\d)[\w-]{32,}", re.ASCII)
 _OURS = "_orchestratord_handler"
 
 
-def _redact_text(text: str) -> str:
-    return _TOKEN_LIKE.sub(lambda m: (m.group(1) + " " if m.group(1) else "") + REDACTED, text)
+def _redact_text(text: str, *, an_id: bool = False) -> str:
+    """Token-like strings out; an id (`*_id`, which the API validates) keeps long random-looking runs."""
+    text = _TOKEN_LIKE.sub(lambda m: (m.group(1) + " " if m.group(1) else "") + REDACTED, text)
+    return text if an_id else _RANDOM_KEY.sub(REDACTED, text)
 
 
 def _secret_key(key: object) -> bool:
@@ -76,6 +79,8 @@ def redactor(log_prompts: bool) -> structlog.types.Processor:
                 del event[key]
             elif _secret_key(key):
                 event[key] = REDACTED
+            elif key.endswith("_id") and isinstance(event[key], str):
+                event[key] = _redact_text(event[key], an_id=True)
             else:
                 event[key] = _redact_value(event[key])
         return event

@@ -111,10 +111,12 @@ def test_secret_keys_are_redacted_and_ids_are_kept() -> None:
             "headers": {"Authorization": "whatever", "x-api-key": "k", "cookie": "c", "accept": "json"},
             "job_id": job_id,
             "correlation_id": "req-0123456789abcdef",
+            "session_id": "Zq7Xw2Lr9Tb4Nc8Vy1Hs6Kd3Mf5Pg0AjQ2Wz",  # a random id stays an id
             "prompt": "hello",
         },
     )
     assert event["headers"] == {"Authorization": REDACTED, "x-api-key": REDACTED, "cookie": REDACTED,
                                 "accept": "json"}  # fmt: skip
     assert event["job_id"] == job_id and event["correlation_id"] == "req-0123456789abcdef"
+    assert event["session_id"] == "Zq7Xw2Lr9Tb4Nc8Vy1Hs6Kd3Mf5Pg0AjQ2Wz"
     assert "prompt" not in event
