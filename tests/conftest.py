@@ -39,6 +39,7 @@ def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
 
         def start(**overrides: Any) -> LoopbackServer:
             overrides.setdefault("catalog", {"dir": str(tmp_path_factory.mktemp("catalog"))})
+            overrides.setdefault("shutdown_grace_s", 0.2)  # a test's leftover jobs end at once on teardown
             settings = load_settings(None, **overrides)
             return stack.enter_context(serve_in_thread(create_app(settings)))
 

@@ -63,8 +63,19 @@ def serve_in_thread(app: Any, **config: Any) -> Iterator[LoopbackServer]:
     try:
         yield LoopbackServer(f"http://127.0.0.1:{port}", app, server, holder["loop"])
     finally:
+        _drain(app, holder["loop"])
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def _drain(app: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """End every job first, as SIGTERM would, so open streams close and uvicorn can stop at once."""
+    services = getattr(getattr(app, "state", None), "services", None)
+    if services is None or services.shutdown.is_set():
+        return
+    from orchestratord.shutdown import drain_and_stop
+
+    asyncio.run_coroutine_threadsafe(drain_and_stop(services), loop).result(30)
 
 
 def free_port() -> int:
