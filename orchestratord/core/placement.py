@@ -81,8 +81,9 @@ def decide(req: PlacementRequest, pools: Sequence[PoolSnapshot]) -> Assigned | N
     candidates = tuple(f"{p.pool_id}/{r.replica_id}" for p, r in free)
     if not free:
         return _no_capacity(req, pools, eligible, filtered, candidates, pinned)
-    preferred = [(p, r) for p, r in free if p.pool_id in req.prefs.prefer_pools]
-    fallback = req.prefs.mode == "prefer" and bool(req.prefs.prefer_pools) and not preferred
+    prefers = req.prefs.mode == "prefer" and bool(req.prefs.prefer_pools)
+    preferred = [(p, r) for p, r in free if prefers and p.pool_id in req.prefs.prefer_pools]
+    fallback = prefers and not preferred
     pick_from = preferred or free
     pool, replica = min(pick_from, key=lambda pr: _score(pr[0], pr[1], req.affinity))
     hit = req.affinity == (pool.pool_id, replica.replica_id)
