@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import orjson
 import pytest
 
+from orchestratord.core.budget import Hold, Ledger, Usage
 from orchestratord.core.queue import Admitted, QueueEntry
 from orchestratord.core.tasks import JobState, LogEvent
 from orchestratord.errors import StateUnavailable
@@ -217,3 +219,24 @@ async def test_unreachable_redis_is_a_quick_state_unavailable(make_store: MakeSt
     assert caught.value.http_status == 503 and caught.value.retry_after_ms
     assert not await store.ping()
     assert time.monotonic() - began < 5
+
+
+async def test_budget_ledgers_round_trip_and_never_lose_a_hold(make_store: MakeStore) -> None:
+    a, b = make_store(), make_store()
+
+    def hold(n: int) -> Callable[[Ledger | None], Ledger]:
+        def change(current: Ledger | None) -> Ledger:
+            base = current or Ledger(window_start=100.0)
+            reserved = Usage(tokens=n, time_ms=10 * n, cost=0.5 * n)
+            return replace(base, holds=(*base.holds, Hold(f"job-{n}", "mock", n, reserved)))
+
+        return change
+
+    await asyncio.gather(
+        *(s.ledger_update("tenant:acme", hold(n)) for n, s in zip(range(1, 21), [a, b] * 10, strict=True))
+    )
+    ledger = await b.ledger_get("tenant:acme")
+    assert ledger is not None and ledger.window_start == 100.0
+    assert sorted(h.prompt_tokens for h in ledger.holds) == list(range(1, 21))
+    assert ledger.held == Usage(tokens=210, time_ms=2100, cost=105.0)
+    assert await a.ledger_get("tenant:nobody") is None
