@@ -147,3 +147,36 @@ def test_idle_keep_alive_connections_are_closed_and_busy_ones_are_not(base_url: 
 
 def test_the_server_still_serves_after_all_of_this(base_url: str, tmp_path: Path) -> None:
     assert httpx.get(f"{base_url}/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("megabytes", [2, 16])
+def test_a_chunked_body_with_no_length_over_the_limit_is_413(base_url: str, megabytes: int) -> None:
+    """Through the server's own h11 stack: the client sends its whole body and reads the 413."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"model_ref":"mock","max_tokens":1,"prompt":"'
+        for _ in range(megabytes * 16):
+            yield b"a" * 65536
+        yield b'"}'
+
+    response = httpx.post(
+        f"{base_url}/v1/tasks", content=chunks(), headers={"content-type": "application/json"}, timeout=30
+    )
+    assert "content-length" not in response.request.headers
+    assert_envelope(response.status_code, dict(response.headers), response.content, 413, "PAYLOAD_TOO_LARGE")
+
+
+def test_an_endless_chunked_upload_is_cut_off(base_url: str) -> None:
+    """A client that never stops sending is not read forever: the connection ends soon after the limit."""
+    chunk = b"%x\r\n" % 65536 + b"a" * 65536 + b"\r\n"
+    sent = 0
+    with connect(base_url) as sock:
+        sock.sendall(
+            b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):  # the server closed its end
+            while sent < 256 * 2**20:
+                sock.sendall(chunk)
+                sent += len(chunk)
+    assert sent < 64 * 2**20
