@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from orchestratord.api.schemas import TaskRequest
+from orchestratord.idempotency import fingerprint
 from tests.api.helpers import wait_for
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
@@ -146,3 +148,18 @@ def test_issue_7_a_retry_after_a_network_error_never_runs_the_job_twice(server: 
 async def _job_count(server: LoopbackServer) -> int:
     count: int = server.app.state.services.store.job_count()
     return count
+
+
+def test_a_retry_while_the_first_request_is_still_being_admitted_is_409_retriable(
+    client: httpx.Client, server: LoopbackServer
+) -> None:
+    """The key is claimed before admission; until the job exists a retry is told to come back."""
+    key, pending_job = str(uuid.uuid4()), str(uuid.uuid4())
+    claimed = fingerprint(TaskRequest.model_validate(BODY).model_dump(mode="json"))
+    store = server.app.state.services.store
+    assert server.call(store.remember_idempotency(key, "default", claimed, pending_job, 60)) is None
+    early = post(client, key)
+    assert early.status_code == 409, early.text
+    assert early.json()["code"] == "CONFLICT" and early.json()["retriable"] is True
+    assert int(early.headers["retry-after"]) >= 1 and int(early.headers["x-backoff-ms"]) > 0
+    assert "still being admitted" in early.json()["message"]
