@@ -409,8 +409,12 @@ class Dispatcher:
         """Renew the leases (and a shared backend's claims) of the jobs this replica runs."""
         while True:
             await asyncio.sleep(self.config.heartbeat_s)
-            with contextlib.suppress(StateUnavailable):
+            try:
                 await self.registry.leases.renew(list(self.running))
+            except StateUnavailable:
+                self._state_reachable(False)
+            except Exception:  # task root: a heartbeat that stops would get live jobs reaped
+                log.error("heartbeat_error", exc_info=True)
 
     async def _wake_listener(self, shared: SharedState) -> None:
         async for _ in shared.wake_signals():

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from orchestratord.logs import get_logger
 from orchestratord.state.redis_client import UNREACHABLE
@@ -28,7 +29,6 @@ class Signals:
         self._cancels: asyncio.Queue[str] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
 
     def start(self) -> None:
         if self._task is None:
@@ -55,11 +55,9 @@ class Signals:
                 if failures:
                     log.info("state_backend_reconnected", channel="signals")
                 failures = 0
-                self.connected.set()
                 self._wake.set()
                 await self._relay(pubsub)
-            except UNREACHABLE as exc:
-                self.connected.clear()
+            except (*UNREACHABLE, RedisError) as exc:  # task root: resubscribe, never stop listening
                 if failures == 0:
                     log.warning("state_backend_unreachable", channel="signals", error=type(exc).__name__)
                 await asyncio.sleep(_BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)])
