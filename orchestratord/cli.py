@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from collections.abc import Sequence
 from types import FrameType
@@ -28,15 +29,28 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app_state: object) -> None:
         super().__init__(config)
         self.app_state = app_state
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_requested = False
         self._draining: asyncio.Task[None] | None = None
 
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler may interrupt any line, including one holding the log's write lock: it
+        # only flags the request and hands the work to the event loop (call_soon_threadsafe is
+        # signal-safe). A second signal stops at once.
         services: Services | None = getattr(self.app_state, "services", None)
-        if self._draining is None and services is not None and not services.shutdown.is_set():
-            log.info("shutdown_requested", signal=sig, grace_s=services.settings.shutdown_grace_s)
-            self._draining = asyncio.get_running_loop().create_task(self._drain(services))
+        if self._drain_requested or self._loop is None or services is None or services.shutdown.is_set():
+            super().handle_exit(sig, frame)
             return
-        super().handle_exit(sig, frame)
+        self._drain_requested = True
+        self._loop.call_soon_threadsafe(self._start_drain, services, sig)
+
+    def _start_drain(self, services: Services, sig: int) -> None:
+        log.info("shutdown_requested", signal=sig, grace_s=services.settings.shutdown_grace_s)
+        self._draining = asyncio.get_running_loop().create_task(self._drain(services))
 
     async def _drain(self, services: Services) -> None:
         await drain_and_stop(services)
