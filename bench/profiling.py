@@ -106,8 +106,11 @@ def summarize(text: str, top: int = 20) -> dict[str, Any]:
     def share(counter: Counter[str], k: int) -> list[list[Any]]:
         return [[name, round(100 * n / total, 1)] for name, n in counter.most_common(k)]
 
+    seen = {f for frames, _ in stacks for f in frames if "protocols/http/" in f}
+    protocol = sorted({name for name in ("h11", "httptools") if any(f"{name}_impl" in f for f in seen)})
     return {
         "samples": total,
+        "uvicorn_http_protocol": "+".join(protocol) or None,
         "self_by_package_pct": share(packages, len(packages)),
         "self_by_function_pct": share(own, top),
         "inclusive_by_function_pct": share(inclusive, top),

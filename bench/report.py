@@ -59,23 +59,37 @@ def machine_section(docs: dict[str, dict[str, Any]]) -> list[str]:
         for usage in _usages(docs.get(name)):
             others.append(usage.get("other_work_cpu_cores", 0.0))
     busy = max(others) if others else 0.0
+    profile = docs.get("profile", {}).get("jobs_50_tokens", {})
+    http = profile.get("uvicorn_http_protocol")
+    http_text = (
+        f"uvicorn's {http} HTTP protocol (seen in the profile's stacks)"
+        if http
+        else f"the {m['orchestratord_http_parser']} HTTP parser (uvicorn's default here)"
+    )
     mean = sum(others) / len(others) if others else 0.0
     lines = [
         "## Machine",
         "",
         f"- {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gb']} GB RAM; {m['os']}; "
         f"Python {m['python']}.",
-        f"- orchestratord under uvicorn with the {m['orchestratord_event_loop']} event loop and the "
-        f"{m['orchestratord_http_parser']} HTTP parser; {packages}.",
+        f"- orchestratord under uvicorn with the {m['orchestratord_event_loop']} event loop and "
+        f"{http_text}; {packages}.",
         "- One orchestratord process, the fake engine (one process) and the load generator (one process) "
         "share the machine, as issue 9 §4 prescribes.",
         f"- Other work on the machine (CPU used by processes outside the benchmark, in cores, during the "
         f"measured phases): mean {mean:.2f}, worst {busy:.2f}. Load average when the run started: "
         f"{m['load_average_at_start']}.",
-        f"- Revision: {any_doc['revision']}. Result files: `bench/results/<date>-<scenario>.json`.",
+        f"- Revision measured: {_revision(any_doc['revision'])}. Result files: "
+        "`bench/results/<date>-<scenario>.json`.",
         "",
     ]
     return lines
+
+
+def _revision(rev: dict[str, Any]) -> str:
+    state = "with uncommitted changes" if rev.get("uncommitted_changes") else "clean"
+    where = "" if rev.get("source") == "repository" else f", checked out at `{rev.get('source')}`"
+    return f"commit {rev.get('commit') or 'unknown'} ({state}{where})"
 
 
 def _usages(doc: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -164,7 +178,9 @@ def jobs_section(doc: dict[str, Any]) -> list[str]:
         "",
         f"{doc['description']} Best: **{fmt(best['jobs_per_s'])} jobs/s at concurrency "
         f"{best['concurrency']}** "
-        f"({fmt(best['cpu_ms_per_job'], 2)} ms of orchestrator CPU per job); the engine alone at that "
+        f"({fmt(best['cpu_ms_per_job'], 2)} ms of orchestrator CPU per job, i.e. "
+        f"{fmt(1000 / best['cpu_ms_per_job'] if best['cpu_ms_per_job'] else None)} jobs per orchestrator "
+        "CPU-second); the engine alone at that "
         f"concurrency: {fmt(best['engine_alone_jobs_per_s'])} jobs/s.",
         "",
         *table(
@@ -187,24 +203,17 @@ def jobs_section(doc: dict[str, Any]) -> list[str]:
 
 def relay_section(doc: dict[str, Any]) -> list[str]:
     one, many = doc["one_long_stream"], doc["concurrent_streams"]
-    rows = [
-        [
-            f"one stream of {fmt(one['tokens'])} tokens",
-            one["direct"]["tokens_per_s"],
-            one["orchestratord"]["tokens_per_s"],
-            f"{one['orchestratord']['completed']}/{one['orchestratord']['requests']}",
-            one["orchestratord"]["resources"]["cpu_cores"],
-            one["orchestratord"]["resources"]["peak_rss_mb"],
-        ],
-        [
-            f"{many['streams']} streams x {fmt(many['tokens_each'])} tokens",
-            many["direct"]["tokens_per_s"],
-            many["orchestratord"]["tokens_per_s"],
-            f"{many['orchestratord']['completed']}/{many['orchestratord']['requests']}",
-            many["orchestratord"]["resources"]["cpu_cores"],
-            many["orchestratord"]["resources"]["peak_rss_mb"],
-        ],
-    ]
+    rows = []
+    for label, part, tokens in (
+        (f"one stream of {fmt(one['tokens'])} tokens", one, one["tokens"]),
+        (f"{many['streams']} streams x {fmt(many['tokens_each'])} tokens", many, many["tokens_each"]),
+    ):
+        via, r = part["orchestratord"], part["orchestratord"]["resources"]
+        per_cpu = via["completed"] * tokens / r["cpu_s"] if r["cpu_s"] else None
+        rows.append(
+            [label, part["direct"]["tokens_per_s"], via["tokens_per_s"], per_cpu,
+             f"{via['completed']}/{via['requests']}", r["cpu_cores"], r["peak_rss_mb"]]
+        )  # fmt: skip
     return [
         "## 3. Relay throughput",
         "",
@@ -215,12 +224,16 @@ def relay_section(doc: dict[str, Any]) -> list[str]:
                 "load",
                 "tokens/s engine alone",
                 "tokens/s via orchestratord",
+                "tokens per orchestrator CPU-second",
                 "complete",
                 "orch CPU (cores)",
                 "orch peak RSS MB",
             ],
             rows,
         ),
+        "Tokens per orchestrator CPU-second is what the orchestrator relays per second of CPU it actually "
+        "got: the rate it would reach with a core to itself, whatever else ran on the machine.",
+        "",
     ]
 
 
@@ -310,14 +323,26 @@ def prediction_section(doc: dict[str, Any]) -> list[str]:
 
 def profile_section(doc: dict[str, Any]) -> list[str]:
     out = ["## Profile of the hot path", "", f"{doc['description']} Tool: `{doc['tool']}`.", ""]
-    for key, label in (("jobs_50_tokens", "50-token jobs at full rate"), ("relay", "relaying long streams")):
+    parts = (
+        ("jobs_50_tokens", "50-token jobs at full rate"),
+        ("relay", "relaying long streams"),
+        ("rejections", "answering 429 (slot and queue full)"),
+    )
+    for key, label in parts:
         p = doc.get(key, {})
         if "error" in p:
             out += [f"{label}: profile failed: {p['error']}", ""]
             continue
+        extra = ""
+        if "cpu_ms_per_request" in p:
+            extra = (
+                f" {fmt(p['cpu_ms_per_request'], 2)} ms of orchestrator CPU per refused request; answer "
+                f"p50/p95/p99 {pct(p['answer_ms'])} ms at concurrency {doc['config']['load']['concurrency']}."
+            )
         out += [
             f"### {label} ({fmt(p.get('samples'))} samples; stacks in `{p.get('stacks_file')}`)",
             "",
+            *([extra.strip(), ""] if extra else []),
             *table(["package (self time)", "% of busy time"], p.get("self_by_package_pct", [])[:12]),
             *table(["function (self time)", "%"], p.get("self_by_function_pct", [])[:15]),
         ]

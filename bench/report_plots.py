@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 
 
 def plot_ttft(doc: dict[str, Any], path: Path) -> None:
@@ -22,7 +23,13 @@ def plot_ttft(doc: dict[str, Any], path: Path) -> None:
     ax.axhline(1.0, color="green", lw=0.8, ls="--", label="target p50 at c=10 (1 ms)")
     ax.axhline(5.0, color="red", lw=0.8, ls="--", label="target p99 at c=10 (5 ms)")
     ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=1.0)
+    values = [lv["added_ttft_ms"][k] for lv in levels for k in ("p50", "p95", "p99")]
+    if all(v is not None and v > 0 for v in values):
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=min(0.5, *values) / 2)
+    else:  # an added TTFT below zero (the engine was slower alone): keep it visible
+        ax.set_yscale("symlog", linthresh=1.0)
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(xs, [str(x) for x in xs])
     ax.set_xlabel("concurrency (closed loop)")
     ax.set_ylabel("TTFT added by orchestratord (ms)")
@@ -46,6 +53,7 @@ def plot_throughput(jobs: dict[str, Any] | None, relay: dict[str, Any] | None, p
         left.axhline(600, color="red", lw=0.8, ls="--", label="target (600 jobs/s)")
         left.set_xscale("log")
         left.set_yscale("log")
+        left.xaxis.set_minor_formatter(NullFormatter())
         left.set_xticks(xs, [str(x) for x in xs])
         left.set_xlabel("concurrency (closed loop)")
         left.set_ylabel("50-token jobs per second")
@@ -62,12 +70,14 @@ def plot_throughput(jobs: dict[str, Any] | None, relay: dict[str, Any] | None, p
         right.bar([p + 0.2 for p in pos], alone, width=0.4, label="engine alone")
         right.axhline(50_000, color="red", lw=0.8, ls="--", label="target (50,000 tokens/s)")
         right.set_yscale("log")
+        right.set_ylim(bottom=1_000)
+        right.yaxis.set_minor_formatter(NullFormatter())
         right.set_xticks(list(pos), labels)
         right.set_xlabel("streams x tokens")
         right.set_ylabel("tokens per second received")
         right.set_title("Relay throughput")
         right.grid(True, axis="y", which="both", alpha=0.3)
-        right.legend(fontsize=8)
+        right.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

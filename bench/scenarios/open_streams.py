@@ -26,7 +26,7 @@ class Load:
     open_rate: float  # streams opened per second
 
 
-FULL = Load(streams=2000, tokens=30, open_rate=200.0)
+FULL = Load(streams=2000, tokens=90, open_rate=200.0)  # streams outlast a slowed-down opening
 QUICK = Load(streams=100, tokens=4, open_rate=100.0)
 SMOKE = Load(streams=10, tokens=2, open_rate=50.0)
 
@@ -72,6 +72,7 @@ async def run(ctx: Context) -> dict[str, Any]:
         "config": {"slots": orch.slots, "load": load.__dict__},
         **outcome(results),
         "most_open_at_once": concurrent,
+        "all_open_at_once": concurrent == load.streams,
         "idle_rss_mb": round(idle, 2),
         "peak_rss_mb": round(usage.peak_rss_mb, 2),
         "rss_per_stream_kb": None if per_stream_kb is None else round(per_stream_kb, 1),

@@ -11,12 +11,13 @@ from typing import Any
 
 from bench import profiling
 from bench.client import Client
-from bench.load import closed_loop, through_orchestrator
+from bench.load import JobResult, closed_loop, task_body, through_orchestrator
 from bench.monitor import Monitor
 from bench.procs import EngineSpec, OrchestratorSpec, running, scratch_dir
 from bench.results import Context
 from bench.scenarios.common import outcome, rate
 from bench.scenarios.relay import streams, tokens_per_s
+from bench.stats import summary
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,42 @@ async def profiled(ctx: Context, name: str, pid: int, seconds: float, load: Any)
     kept = profiling.keep(raw, ctx.results / "profiles" / f"{ctx.date}-{name}.stacks.txt.gz")
     summary = profiling.summarize(raw.read_text())
     return {**measured, "stacks_file": str(kept.relative_to(ctx.results)), **summary}
+
+
+async def rejections_profile(ctx: Context, load: Load) -> dict[str, Any]:
+    """The 429 path: one slot held by a slow job, the queue (one place) full, every POST refused."""
+    engine = EngineSpec(ttft_ms=0.0, interval_ms=1000.0)
+    orch = OrchestratorSpec(slots=1, queue_capacity=1)
+    with running(engine, orch, scratch_dir("profile-429"), ctx.source) as (eng, orc):
+        client = Client(orc.base_url)
+        monitor = Monitor(orc.pid, eng.pid)
+        holders = [
+            asyncio.create_task(through_orchestrator(client, int(load.seconds) + 30)) for _ in range(2)
+        ]
+        await asyncio.sleep(0.5)
+        post = partial(client.request, "POST", "/v1/tasks", task_body(50))
+
+        async def refused() -> JobResult:
+            answer = await post()
+            return JobResult(answer.sent_at, answer.status, answer.done_at)
+
+        async def rejection_load() -> dict[str, Any]:
+            async with monitor.phase() as phase:
+                results = await closed_loop(refused, load.concurrency, 1_000_000, load.seconds)
+            assert phase.usage is not None
+            return {
+                "statuses": outcome(results)["statuses"],
+                "answer_ms": summary(r.answer_ms for r in results),
+                "cpu_ms_per_request": round(phase.usage.cpu_s * 1000 / max(1, len(results)), 3),
+                "resources": phase.usage.as_dict(),
+            }
+
+        measured = await profiled(ctx, "rejections", orc.pid, load.seconds, rejection_load)
+        for task in holders:
+            task.cancel()
+        await asyncio.gather(*holders, return_exceptions=True)
+        client.close()
+    return measured
 
 
 async def run(ctx: Context) -> dict[str, Any]:
@@ -83,11 +120,13 @@ async def run(ctx: Context) -> dict[str, Any]:
         jobs = await profiled(ctx, "jobs", orc.pid, load.seconds, jobs_load)
         relay = await profiled(ctx, "relay", orc.pid, load.seconds, relay_load)
         client.close()
+    rejections = await rejections_profile(ctx, load)
     return {
         "description": __doc__.split("\n\n")[0],
         "tool": "py-spy record --format raw --function --nonblocking --rate 200",
         "config": {"load": load.__dict__},
         "jobs_50_tokens": jobs,
         "relay": relay,
+        "rejections": rejections,
         "targets": [],
     }

@@ -130,7 +130,9 @@ def test_prediction_pairs_predicted_and_measured_starts(results: dict[str, Any])
 
 def test_profile_has_samples_of_the_orchestrator(results: dict[str, Any]) -> None:
     doc = results["profile"]
-    for part in ("jobs_50_tokens", "relay"):
+    assert int(doc["rejections"]["statuses"].get("429", 0)) > 0
+    assert doc["rejections"]["cpu_ms_per_request"] > 0
+    for part in ("jobs_50_tokens", "relay", "rejections"):
         profile = doc[part]
         assert "error" not in profile, profile.get("error")
         assert profile["samples"] > 0
