@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -124,23 +125,37 @@ def running(
     engine: EngineSpec, orch: OrchestratorSpec, workdir: Path, source: Path = REPO
 ) -> Iterator[tuple[Child, Child]]:
     """Start the fake engine, then orchestratord (from the checkout `source`) in front of it;
-    yields (engine, orchestratord)."""
+    yields (engine, orchestratord). `workdir` (config and logs) is removed after a clean exit and
+    kept, for its logs, when the block raised."""
     workdir.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
-        eport = free_port()
-        engine_argv = [sys.executable, "-m", "bench.fake_engine", "--port", str(eport), *engine.args()]
-        eng = Child("fake engine", f"http://127.0.0.1:{eport}", _spawn(engine_argv, workdir / "engine.log"))
-        stack.callback(eng.stop)
-        wait_ready(eng, "/v1/models")
-        oport = free_port()
-        config = workdir / "orchestratord.yaml"
-        config.write_text(yaml.safe_dump(orch.config(oport, eng.base_url), sort_keys=False))
-        argv = [sys.executable, "-m", "orchestratord", "serve", "--config", str(config)]
-        log = workdir / "orchestratord.log"
-        orc = Child("orchestratord", f"http://127.0.0.1:{oport}", _spawn(argv, log, source))
-        stack.callback(orc.stop)
-        wait_ready(orc, "/readyz")
-        yield eng, orc
+    stack = contextlib.ExitStack()
+    try:
+        with stack:
+            yield _start(engine, orch, workdir, source, stack)
+    except BaseException:
+        print(f"bench: the processes' config and logs are kept in {workdir}", file=sys.stderr)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _start(
+    engine: EngineSpec, orch: OrchestratorSpec, workdir: Path, source: Path, stack: contextlib.ExitStack
+) -> tuple[Child, Child]:
+    """The two children, each registered on `stack` to be stopped."""
+    eport = free_port()
+    engine_argv = [sys.executable, "-m", "bench.fake_engine", "--port", str(eport), *engine.args()]
+    eng = Child("fake engine", f"http://127.0.0.1:{eport}", _spawn(engine_argv, workdir / "engine.log"))
+    stack.callback(eng.stop)
+    wait_ready(eng, "/v1/models")
+    oport = free_port()
+    config = workdir / "orchestratord.yaml"
+    config.write_text(yaml.safe_dump(orch.config(oport, eng.base_url), sort_keys=False))
+    argv = [sys.executable, "-m", "orchestratord", "serve", "--config", str(config)]
+    log = workdir / "orchestratord.log"
+    orc = Child("orchestratord", f"http://127.0.0.1:{oport}", _spawn(argv, log, source))
+    stack.callback(orc.stop)
+    wait_ready(orc, "/readyz")
+    return eng, orc
 
 
 def scratch_dir(prefix: str) -> Path:

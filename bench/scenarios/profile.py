@@ -5,6 +5,7 @@ rate, and while it relays long streams. Sampled with py-spy from outside the pro
 from __future__ import annotations
 
 import asyncio
+import shutil
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -35,15 +36,19 @@ SMOKE = Load(seconds=1.0, concurrency=2, relay_streams=2, relay_tokens=50)
 
 async def profiled(ctx: Context, name: str, pid: int, seconds: float, load: Any) -> dict[str, Any]:
     """Run `load()` (a coroutine function) while py-spy samples `pid` for `seconds`."""
-    raw = scratch_dir(f"profile-{name}") / "stacks.txt"
-    spy = asyncio.create_task(profiling.record(pid, seconds, raw))
-    await asyncio.sleep(0.3)  # py-spy attaches
-    measured = await load()
-    error = await spy
-    if error is not None:
-        return {"error": error, **measured}
-    kept = profiling.keep(raw, ctx.results / "profiles" / f"{ctx.date}-{name}.stacks.txt.gz")
-    summary = profiling.summarize(raw.read_text())
+    scratch = scratch_dir(f"profile-{name}")
+    raw = scratch / "stacks.txt"
+    try:
+        spy = asyncio.create_task(profiling.record(pid, seconds, raw))
+        await asyncio.sleep(0.3)  # py-spy attaches
+        measured = await load()
+        error = await spy
+        if error is not None:
+            return {"error": error, **measured}
+        kept = profiling.keep(raw, ctx.results / "profiles" / f"{ctx.date}-{name}.stacks.txt.gz")
+        summary = profiling.summarize(raw.read_text())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return {**measured, "stacks_file": str(kept.relative_to(ctx.results)), **summary}
 
 
