@@ -322,7 +322,8 @@ def prediction_section(doc: dict[str, Any]) -> list[str]:
 
 
 def profile_section(doc: dict[str, Any]) -> list[str]:
-    out = ["## Profile of the hot path", "", f"{doc['description']} Tool: `{doc['tool']}`.", ""]
+    description = " ".join(doc["description"].split())
+    out = ["## Profile of the hot path", "", f"{description} Tool: `{doc['tool']}`.", ""]
     parts = (
         ("jobs_50_tokens", "50-token jobs at full rate"),
         ("relay", "relaying long streams"),

@@ -1,5 +1,6 @@
 """Profiles of the hot path: where orchestratord's CPU goes while it serves 50-token jobs at full
-rate, and while it relays long streams. Sampled with py-spy from outside the process.
+rate, while it relays long streams, and while it answers 429. Sampled with py-spy from outside the
+process.
 """
 
 from __future__ import annotations
