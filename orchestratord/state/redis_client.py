@@ -53,6 +53,12 @@ async def reachable() -> AsyncIterator[None]:
         yield
     except UNREACHABLE as exc:
         raise unavailable(exc) from exc
+    except RuntimeError as exc:
+        # uvloop reports a write on a connection Redis already closed as a RuntimeError
+        # ("unable to perform operation on <TCPTransport closed=True ...>; the handler is closed").
+        if "handler is closed" not in str(exc):
+            raise
+        raise unavailable(exc) from exc
 
 
 def connect(url: str, options: RedisOptions, *, blocking: bool = False) -> aioredis.Redis:
