@@ -74,6 +74,10 @@ class SessionRecord:
 
 
 class StateStore(Protocol):
+    # True when other orchestrator replicas share this state (their pools may run its queued jobs);
+    # False for a store only this process sees.
+    shared: bool
+
     # -- job registry and admission -------------------------------------------------------------
     async def create(self, record: JobRecord, entry: QueueEntry) -> Admitted | Rejected:
         """Register the job and enqueue it in one step; nothing is stored if it is rejected."""
@@ -82,7 +86,9 @@ class StateStore(Protocol):
     async def get(self, job_id: str) -> JobRecord | None: ...
 
     async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
-        """queued → running. None if the job is no longer queued-and-live (canceled, expired)."""
+        """queued → running, or running → running on another replica (a failover before the first
+        token). None if the job has ended (canceled, expired, drained) or, with shared state, is not
+        claimed by this orchestrator replica."""
         ...
 
     async def finish(

@@ -52,6 +52,8 @@ class _Job:
 class MemoryStore:
     """StateStore for one process. Event ids are 1-based decimal counters."""
 
+    shared = False
+
     def __init__(
         self,
         policy: QueuePolicy | None = None,
@@ -85,7 +87,7 @@ class MemoryStore:
 
     async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
         job = self._jobs.get(job_id)
-        if job is None or job.record.state is not JobState.QUEUED:
+        if job is None or job.ended:
             return None
         job.record = replace(
             job.synced(),

@@ -44,6 +44,8 @@ RESET_MESSAGE = (
 class RedisStore:
     """StateStore (and SharedState) on Redis. Event ids are Redis Stream ids (`<ms>-<seq>`)."""
 
+    shared = True
+
     def __init__(
         self,
         url: str,

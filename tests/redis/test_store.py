@@ -116,6 +116,23 @@ async def test_only_the_claimant_runs_a_job(make_store: MakeStore) -> None:
     assert await owner.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"}) is not None
 
 
+async def test_the_claimant_starts_a_running_job_again_on_another_replica_for_a_failover(
+    make_store: MakeStore,
+) -> None:
+    owner, other = make_store(), make_store()
+    await admit(owner, "j1")
+    await run_on(owner, "j1")
+    again = await owner.start("j1", pool_id="p2", replica_id="r2", engine="mock")
+    assert again is not None and again.state is JobState.RUNNING
+    assert (again.pool_id, again.replica_id) == ("p2", "r2"), "the record names the replica that runs it now"
+    assert await other.start("j1", pool_id="p", replica_id="r3", engine="mock") is None, "not its claim"
+    assert (await owner.get("j1")).replica_id == "r2"  # type: ignore[union-attr]
+    await other.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    assert await owner.start("j1", pool_id="p", replica_id="r", engine="mock") is None, "it has ended"
+    final = await owner.get("j1")
+    assert final is not None and final.state is JobState.CANCELED
+
+
 async def test_a_reader_waits_for_events_written_by_another_instance(make_store: MakeStore) -> None:
     writer, reader = make_store(), make_store()
     await admit(writer, "j1")
