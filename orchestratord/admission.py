@@ -36,7 +36,7 @@ from orchestratord.metrics import NONE, Metrics
 from orchestratord.presence import Presence
 from orchestratord.state.base import JobRecord, StateStore
 from orchestratord.state.shared import SharedState
-from pool_manager.registry import PoolRegistry
+from pool_manager.registry import PoolRegistry, PoolState
 
 log = get_logger(__name__)
 DEFAULT_RETRY_MS = 1000
@@ -180,18 +180,42 @@ class Admission:
                 retry_after_ms=DEFAULT_RETRY_MS,
             )
         needed = spec.tokens_in_estimate + spec.max_tokens
-        if not any(needed <= p.spec.ctx_max and spec.max_tokens <= p.spec.max_tokens_out for p in candidates):
-            best = max(p.spec.ctx_max for p in candidates)
-            raise InvalidParams(
-                f"prompt (~{spec.tokens_in_estimate} tokens) plus max_tokens {spec.max_tokens} exceeds "
-                f"the largest context ({best}) of the pools serving {spec.model_ref!r}"
+        fitting = [
+            p for p in candidates if needed <= p.spec.ctx_max and spec.max_tokens <= p.spec.max_tokens_out
+        ]
+        if not fitting:
+            raise InvalidParams(self._too_large(spec, candidates))
+        if all(p.draining for p in fitting):
+            raise PoolUnavailable(
+                f"every pool that fits this job ({', '.join(sorted(p.spec.id for p in fitting))}) is "
+                "draining; retry later or on another deployment",
+                retry_after_ms=DEFAULT_RETRY_MS,
             )
+        # The routing key names the pools whenever the job may not run on every pool that serves its
+        # model (placement preferences, or a context or output only some pools take), so that the
+        # queue offers it only to free slots placement will accept.
         restricted = (
             spec.placement.mode == "pin"
             or (spec.placement.mode == "prefer" and not spec.placement.allow_fallback)
             or bool(spec.placement.avoid_pools)
+            or len(fitting) < len(pools)
         )
-        return routing_key(spec.model_ref, allowed if restricted else None)
+        return routing_key(spec.model_ref, [p.spec.id for p in fitting] if restricted else None)
+
+    @staticmethod
+    def _too_large(spec: TaskSpec, candidates: Sequence[PoolState]) -> str:
+        needed = spec.tokens_in_estimate + spec.max_tokens
+        if any(needed <= p.spec.ctx_max for p in candidates):
+            best = max(p.spec.max_tokens_out for p in candidates if needed <= p.spec.ctx_max)
+            return (
+                f"max_tokens {spec.max_tokens} exceeds the largest max_tokens_out ({best}) of the pools "
+                f"serving {spec.model_ref!r} with a context of {needed} tokens"
+            )
+        best = max(p.spec.ctx_max for p in candidates)
+        return (
+            f"prompt (~{spec.tokens_in_estimate} tokens) plus max_tokens {spec.max_tokens} exceeds "
+            f"the largest context ({best}) of the pools serving {spec.model_ref!r}"
+        )
 
     def _check_pin(self, spec: TaskSpec, serving: list[str]) -> None:
         pin = spec.placement.pin_pool_id

@@ -1,4 +1,6 @@
-"""Operator actions on pools: drain (refuse new work, end stragglers at a deadline) and atomic reload."""
+"""Operator actions on pools: drain (refuse new work, end stragglers at a deadline), undrain, and atomic
+reload. A drain or a reload also ends the queued jobs no pool can take any more (retriable
+POOL_UNAVAILABLE), instead of leaving them to wait for ever."""
 
 from __future__ import annotations
 
@@ -8,8 +10,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
-from orchestratord.core.tasks import JobState
-from orchestratord.dispatch import Dispatcher
+from orchestratord.dispatch import RETRY_AFTER_MS, Dispatcher, Running
 from orchestratord.errors import Conflict, NotFound
 from orchestratord.logs import get_logger
 from pool_manager.registry import PoolRegistry
@@ -43,6 +44,7 @@ class PoolOps:
         self._loader = loader
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
+        self._enforcing: dict[str, asyncio.Task[None]] = {}  # pool_id -> its drain's deadline
         self._reloading: set[str] = set()
 
     def _pool(self, pool_id: str) -> None:
@@ -51,46 +53,54 @@ class PoolOps:
             raise NotFound(f"no pool {pool_id!r}; pools: {known}")
 
     # -- drain -----------------------------------------------------------------------------------
-    def drain(self, pool_id: str, deadline_ms: int) -> DrainStarted:
-        """Stop placing work on the pool now; jobs still running at the deadline end, retriable."""
+    async def drain(self, pool_id: str, deadline_ms: int) -> DrainStarted:
+        """Stop placing work on the pool now; jobs still running at the deadline end, retriable.
+        Queued jobs only this pool could take end at once."""
         self._pool(pool_id)
         self._registry.drain(pool_id, self._clock() + deadline_ms / 1000)
-        self._spawn(self._enforce(pool_id, deadline_ms / 1000))
-        running = sum(1 for r in self._dispatcher.running.values() if r.pool_id == pool_id)
-        log.info("pool_draining", pool_id=pool_id, deadline_ms=deadline_ms, running=running)
+        previous = self._enforcing.pop(pool_id, None)
+        if previous is not None:  # drained again: the new deadline replaces the old one
+            previous.cancel()
+        self._enforcing[pool_id] = self._spawn(self._enforce(pool_id, deadline_ms / 1000))
+        running = len(await self._running_on(pool_id))
+        queued = await self._dispatcher.end_unservable(pool_id)
+        log.info(
+            "pool_draining", pool_id=pool_id, deadline_ms=deadline_ms, running=running, queued_ended=queued
+        )
         return DrainStarted(pool_id, deadline_ms, running)
 
     async def _enforce(self, pool_id: str, seconds: float) -> None:
-        runs = self._runs_on(pool_id)
+        runs = [r.task for r in (await self._running_on(pool_id)).values() if r.task is not None]
         if runs:
             await asyncio.wait(runs, timeout=seconds)
-        for job_id in self._running_on(pool_id):
-            ended = await self._dispatcher.store.finish(
-                job_id,
-                JobState.FAILED,
-                "error",
-                {
-                    "code": "POOL_UNAVAILABLE",
-                    "message": f"pool {pool_id!r} was drained before the job finished; retry",
-                    "retriable": True,
-                    "pool_id": pool_id,
-                },
-            )
-            if ended is not None:
-                await self._dispatcher.store.publish_cancel(job_id)
+        payload = {
+            "code": "POOL_UNAVAILABLE",
+            "message": f"pool {pool_id!r} was drained before the job finished; retry",
+            "retriable": True,
+            "retry_after_ms": RETRY_AFTER_MS,
+            "pool_id": pool_id,
+        }
+        for job_id in await self._running_on(pool_id):
+            await self._dispatcher.end_running(job_id, payload, pool_id=pool_id)
+        if self._enforcing.get(pool_id) is asyncio.current_task():
+            del self._enforcing[pool_id]
         log.info("pool_drained", pool_id=pool_id)
 
-    def _running_on(self, pool_id: str) -> list[str]:
-        return [j for j, r in self._dispatcher.running.items() if r.pool_id == pool_id]
-
-    def _runs_on(self, pool_id: str) -> list[asyncio.Task[None]]:
-        runs = self._dispatcher.running.values()
-        return [r.task for r in runs if r.pool_id == pool_id and r.task is not None]
+    async def _running_on(self, pool_id: str) -> dict[str, Running]:
+        """The jobs this replica runs on the pool: those holding a slot lease there, which includes a
+        job placed there a moment ago whose run has not started its attempt yet."""
+        leased = {lease.job_id for lease in await self._registry.leases.all() if lease.pool_id == pool_id}
+        return {job_id: run for job_id, run in self._dispatcher.running.items() if job_id in leased}
 
     def undrain(self, pool_id: str) -> None:
+        """Take work on the pool again; a pending drain deadline no longer ends anything."""
         self._pool(pool_id)
+        enforcing = self._enforcing.pop(pool_id, None)
+        if enforcing is not None:
+            enforcing.cancel()
         self._registry.undrain(pool_id)
         self._dispatcher.wake()
+        log.info("pool_undrained", pool_id=pool_id)
 
     # -- reload ----------------------------------------------------------------------------------
     async def reload(self, pool_id: str, new_model_ref: str) -> None:
@@ -109,9 +119,10 @@ class PoolOps:
             self._reloading.discard(pool_id)
         old = [self._adapters.rebind(key, adapter, config) for key, (adapter, config) in fresh.items()]
         self._registry.set_models(pool_id, (new_model_ref,))
-        self._spawn(self._close_when_idle(pool_id, old))
+        self._spawn(self._close_when_idle(old))
+        queued = await self._dispatcher.end_unservable(pool_id)
         self._dispatcher.wake()
-        log.info("pool_reloaded", pool_id=pool_id, model_ref=new_model_ref)
+        log.info("pool_reloaded", pool_id=pool_id, model_ref=new_model_ref, queued_ended=queued)
 
     async def _prepare(
         self, pool_id: str, model: str
@@ -140,16 +151,19 @@ class PoolOps:
             detail = health.detail or f"it serves {', '.join(props.models)}"
             raise Conflict(f"replica {key[1]} cannot serve {model!r} ({detail}); the old model stays")
 
-    async def _close_when_idle(self, pool_id: str, old: list[WorkerAdapter]) -> None:
-        runs = self._runs_on(pool_id)
-        if runs:
-            await asyncio.wait(runs)
+    async def _close_when_idle(self, old: list[WorkerAdapter]) -> None:
+        """Close the replaced adapters once no run uses them (runs keep the adapter they started on)."""
+        runs = self._dispatcher.running.values()
+        tasks = [r.task for r in runs if r.task is not None and any(r.adapter is a for a in old)]
+        if tasks:
+            await asyncio.wait(tasks)
         await asyncio.gather(*(a.aclose() for a in old), return_exceptions=True)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

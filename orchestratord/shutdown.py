@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestratord.core.tasks import JobState
-from orchestratord.logs import get_logger, record_fields
-from orchestratord.metrics import NONE
+from orchestratord.logs import get_logger
 from orchestratord.services import Services
-from orchestratord.state.memory import MemoryStore
 
 log = get_logger(__name__)
 RETRY_AFTER_MS = 1000
@@ -45,27 +42,12 @@ def _stopping(code: str) -> dict[str, Any]:
 
 
 async def _end_queued(services: Services) -> None:
-    if not isinstance(services.store, MemoryStore):
+    if services.store.shared:
         return  # shared state: the jobs stay queued and another replica runs them
     for entry in await services.store.queued():
-        engine = services.dispatcher.pool_labels(entry.model)[0]
-        if await services.store.finish(entry.job_id, JobState.FAILED, "error", _stopping("SHUTTING_DOWN")):
-            await _ended(services, entry.job_id, "SHUTTING_DOWN", engine)
+        await services.dispatcher.fail(entry.job_id, _stopping("SHUTTING_DOWN"))
 
 
 async def _end_running(services: Services) -> None:
-    for job_id, run in list(services.dispatcher.running.items()):
-        if await services.store.finish(job_id, JobState.FAILED, "error", _stopping("WORKER_RESET")):
-            engine = services.registry.pools[run.pool_id].spec.engine if run.pool_id else NONE
-            await _ended(services, job_id, "WORKER_RESET", engine)
-        await services.store.publish_cancel(job_id)
-
-
-async def _ended(services: Services, job_id: str, code: str, engine: str) -> None:
-    """A job the shutdown ended is counted and logged like any other failed job."""
-    services.metrics.tasks_rejected.labels(engine=engine, reason=code).inc()
-    record = await services.store.get(job_id)
-    if record is not None:
-        pool = services.registry.get(record.pool_id) if record.pool_id else None
-        fields = record_fields(record, engine_version=pool.engine_version if pool else None)
-        log.warning("task_failed", code=code, message="the orchestrator is shutting down", **fields)
+    for job_id in list(services.dispatcher.running):
+        await services.dispatcher.end_running(job_id, _stopping("WORKER_RESET"))

@@ -1,4 +1,4 @@
-"""Operators' pool endpoints: list, health, drain, reload (contracts/openapi/control.yaml)."""
+"""Operators' pool endpoints: list, health, drain, undrain, reload (contracts/openapi/control.yaml)."""
 
 from __future__ import annotations
 
@@ -94,8 +94,19 @@ async def pool_health(pool_id: PoolId, services: ServicesDep) -> PoolHealth:
     responses=errors_for(400, 401, 403, 404),
 )
 async def drain_pool(pool_id: PoolId, body: DrainRequest, services: ServicesDep) -> DrainAccepted:
-    started = services.pools.drain(pool_id, body.deadline_ms)
+    started = await services.pools.drain(pool_id, body.deadline_ms)
     return DrainAccepted(pool_id=started.pool_id, deadline_ms=started.deadline_ms, running=started.running)
+
+
+@router.post(
+    "/v1/pools/{pool_id}/undrain",
+    response_model=PoolHealth,
+    operation_id="undrainPool",
+    responses=errors_for(400, 401, 403, 404),
+)
+async def undrain_pool(pool_id: PoolId, services: ServicesDep) -> PoolHealth:
+    services.pools.undrain(pool_id)
+    return _health(services, await _snapshot(services, pool_id))
 
 
 @router.post(

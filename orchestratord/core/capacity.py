@@ -1,8 +1,10 @@
 """Which queued work free slots can serve now, and the capacity figures predictions are made from.
 
-A queued job carries a routing key: its model, plus the pools it is restricted to when it is pinned
-or may not fall back (`model@pool-a,pool-b`). The queue asks `can_serve(key)` so a job whose pools
-are all busy never holds back one that a free slot elsewhere can take.
+A queued job carries a routing key: its model, plus the pools it is restricted to when it may not run
+on every pool serving the model (`model@pool-a,pool-b`): it is pinned or may not fall back, or its
+context or `max_tokens` fits only some pools. The queue asks `can_serve(key)` so a job whose pools
+are all busy never holds back one that a free slot elsewhere can take; for the same snapshots,
+`can_serve(key)` is true exactly when placement would assign the job a slot.
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """Placement: choose a pool and replica for a task from snapshots. Pure: data in, decision out.
 
 Filters, in order: the pin/avoid/prefer restriction, not draining, serves the model, context fits,
-device mask, ready, a free slot. Scoring among survivors: session affinity first, then least loaded,
-then most free slots, then (pool_id, replica_id) as a deterministic tie-break.
+output fits (`max_tokens_out`), device mask, ready, a free slot. Scoring among survivors: session
+affinity first, then least loaded, then most free slots, then (pool_id, replica_id) as a deterministic
+tie-break.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from orchestratord.core.tasks import PlacementPrefs
 from pool_manager.snapshot import PoolSnapshot, ReplicaSnapshot
@@ -23,6 +24,7 @@ class PlacementRequest:
     prefs: PlacementPrefs = field(default_factory=PlacementPrefs)
     affinity: tuple[str, str] | None = None  # (pool_id, replica_id) that served the session before
     device_mask: str | None = None
+    tokens_out: int = 0  # the task's max_tokens: a pool's max_tokens_out must allow it
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,10 @@ def _pool_ok(
         (not p.draining, "draining"),
         (req.model in p.models, f"does not serve {req.model}"),
         (req.tokens_needed <= p.ctx_max, f"context {req.tokens_needed} > ctx_max {p.ctx_max}"),
+        (
+            req.tokens_out <= p.max_tokens_out,
+            f"max_tokens {req.tokens_out} > max_tokens_out {p.max_tokens_out}",
+        ),
         (req.device_mask is None or req.device_mask == p.device_mask, "device mask differs"),
     )
     for ok, why in checks:
@@ -136,6 +142,8 @@ def _no_capacity(
 ) -> NoCapacity:
     if pinned and not any(p.pool_id == req.prefs.pin_pool_id for p in pools):
         kind, message = "invalid", f"pinned pool {req.prefs.pin_pool_id!r} does not exist"
+    elif not eligible and _only_draining(req, pools):
+        kind, message = "unready", f"every pool that could serve model {req.model!r} is draining"
     elif not eligible:
         kind, message = "invalid", f"no pool can serve model {req.model!r} with these constraints"
     elif not any(r.ready for p in eligible for r in p.replicas):
@@ -143,3 +151,9 @@ def _no_capacity(
     else:
         kind, message = "busy", f"every replica serving {req.model!r} is busy"
     return NoCapacity(kind, message, DecisionLog(candidates, tuple(filtered), message, pinned, False))
+
+
+def _only_draining(req: PlacementRequest, pools: Sequence[PoolSnapshot]) -> bool:
+    """True when a pool was left out only because it drains: waiting (or retrying) can help."""
+    allowed, _ = allowed_pools(req.prefs, [p.pool_id for p in pools])
+    return any(_pool_ok(replace(p, draining=False), req, allowed, []) for p in pools if p.draining)

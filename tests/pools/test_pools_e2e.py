@@ -30,10 +30,17 @@ def test_failure_before_first_token_fails_over_to_another_replica(
     replicas = [{"id": "a", "options": {"refuse": True}}, {"id": "b"}]
     server = make_server(pools=[pool(replicas=replicas)])
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
-        events = read_events(client, submit(client, max_tokens=5)["sse_url"])
+        job = submit(client, max_tokens=5)
+        events = read_events(client, job["sse_url"])
+        status = client.get(job["status_url"]).json()
     assert events[-1].event == "end" and events[-1].data["tokens_out"] == 5
     assert [e.event for e in events].count("error") == 0
     assert stats(server, "default", "b").completed == 1
+    assert (status["pool_id"], status["replica_id"]) == ("default", "b"), "the record names who served it"
+    assert [e.data["replica_id"] for e in events if e.event == "metrics" and "replica_id" in e.data] == [
+        "a",
+        "b",
+    ]
     assert leases(server) == 0
 
 
