@@ -103,21 +103,38 @@ class Metrics:
 class DispatchWindow(Collector):
     """Dispatches and deadline outcomes of the last `window_s` seconds, exposed as
     `admission_share{tenant, priority}` (each flow's share of the dispatches) and
-    `deadlines_met_ratio{priority}` (jobs with a deadline that started in time / all that ended waiting)."""
+    `deadlines_met_ratio{priority}` (jobs with a deadline that started in time / all that ended waiting).
+
+    Events are counted in one-second buckets and buckets older than the window are dropped on every
+    `add` as well as on every scrape: memory is bounded by the window's length and the number of flows,
+    whether or not anyone scrapes."""
 
     def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
         self._window = window_s
         self._clock = clock
-        self._events: deque[tuple[float, str | None, str, bool | None]] = deque()
+        self._buckets: deque[_Bucket] = deque()
 
     def add(self, tenant: str | None, priority: str, deadline_met: bool | None) -> None:
-        self._events.append((self._clock(), tenant, priority, deadline_met))
+        now = self._clock()
+        self._trim(now)
+        second = int(now)
+        if not self._buckets or self._buckets[-1].second != second:
+            self._buckets.append(_Bucket(second))
+        self._buckets[-1].count(tenant, priority, deadline_met)
 
     def collect(self) -> Iterable[Metric]:
-        horizon = self._clock() - self._window
-        while self._events and self._events[0][0] < horizon:
-            self._events.popleft()
+        self._trim(self._clock())
         return [self._shares(), self._deadlines()]
+
+    def held(self) -> int:
+        """How many one-second buckets the window holds now."""
+        return len(self._buckets)
+
+    def _trim(self, now: float) -> None:
+        # a bucket is kept while any part of its second is inside the window
+        horizon = now - self._window
+        while self._buckets and self._buckets[0].second + 1 <= horizon:
+            self._buckets.popleft()
 
     def describe(self) -> Iterable[Metric]:
         return [self._family("admission_share"), self._family("deadlines_met_ratio")]
@@ -125,9 +142,9 @@ class DispatchWindow(Collector):
     def _shares(self) -> GaugeMetricFamily:
         family = self._family("admission_share")
         flows: dict[tuple[str, str], int] = {}
-        for _, tenant, priority, _ in self._events:
-            if tenant is not None:
-                flows[(tenant, priority)] = flows.get((tenant, priority), 0) + 1
+        for bucket in self._buckets:
+            for flow, n in bucket.dispatches.items():
+                flows[flow] = flows.get(flow, 0) + n
         total = sum(flows.values())
         for (tenant, priority), n in sorted(flows.items()):
             family.add_metric([tenant, priority], n / total)
@@ -135,12 +152,13 @@ class DispatchWindow(Collector):
 
     def _deadlines(self) -> GaugeMetricFamily:
         family = self._family("deadlines_met_ratio")
-        outcomes: dict[str, list[bool]] = {}
-        for _, _, priority, met in self._events:
-            if met is not None:
-                outcomes.setdefault(priority, []).append(met)
-        for priority, seen in sorted(outcomes.items()):
-            family.add_metric([priority], sum(seen) / len(seen))
+        outcomes: dict[str, tuple[int, int]] = {}
+        for bucket in self._buckets:
+            for priority, (met, seen) in bucket.deadlines.items():
+                was_met, was_seen = outcomes.get(priority, (0, 0))
+                outcomes[priority] = (was_met + met, was_seen + seen)
+        for priority, (met, seen) in sorted(outcomes.items()):
+            family.add_metric([priority], met / seen)
         return family
 
     def _family(self, name: str) -> GaugeMetricFamily:
@@ -155,6 +173,24 @@ class DispatchWindow(Collector):
             f"Share of the jobs with a deadline of the last {self._window:g} s that started in time.",
             labels=["priority"],
         )
+
+
+class _Bucket:
+    """The dispatches per (tenant, priority) and the deadline outcomes per priority of one second."""
+
+    __slots__ = ("deadlines", "dispatches", "second")
+
+    def __init__(self, second: int) -> None:
+        self.second = second
+        self.dispatches: dict[tuple[str, str], int] = {}
+        self.deadlines: dict[str, tuple[int, int]] = {}
+
+    def count(self, tenant: str | None, priority: str, deadline_met: bool | None) -> None:
+        if tenant is not None:
+            self.dispatches[(tenant, priority)] = self.dispatches.get((tenant, priority), 0) + 1
+        if deadline_met is not None:
+            met, seen = self.deadlines.get(priority, (0, 0))
+            self.deadlines[priority] = (met + int(deadline_met), seen + 1)
 
 
 class _PoolCollector(Collector):
