@@ -146,6 +146,11 @@ class Catalog:
             raise InvalidParams(
                 f"cannot read the artifact of {model_id!r} at {str(path)!r}: {exc.strerror}"
             ) from None
+        except ValueError as exc:  # a NUL: no file system can name it
+            raise InvalidParams(
+                f"cannot read the artifact of {model_id!r}: its source {entry.source!r} is not a valid "
+                f"path ({exc}); DELETE the entry and register it with a valid source"
+            ) from None
         now = self._wall()
         trust: Trust = "trusted" if observed == entry.digest else "untrusted"
         verified = replace(entry, trust=trust, observed_digest=observed, verified_at=now, updated_at=now)

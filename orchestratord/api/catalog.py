@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestratord.api.deps import get_services, require_json
 from orchestratord.api.responses import errors_for
+from orchestratord.api.schemas import Text
 from orchestratord.catalog import CatalogEntry
 from orchestratord.services import Services
 
@@ -24,7 +25,7 @@ class CatalogEntryIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@+-]+$")
     digest: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
-    source: str = Field(min_length=1, max_length=4096)
+    source: Text = Field(min_length=1, max_length=4096)
     tags: list[Tag] = Field(default_factory=list, max_length=32)
     state: State = "Active"
 
