@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -63,6 +64,7 @@ class MemoryStore:
     ) -> None:
         self.queue = FairQueue(policy)
         self._jobs: dict[str, _Job] = {}
+        self._finished: deque[tuple[float, str]] = deque()  # (finished_at, job_id), in finish order
         self._retention = retention_s
         self._wall = wall
         self._cancels: asyncio.Queue[str] = asyncio.Queue()
@@ -121,6 +123,7 @@ class MemoryStore:
             error_message=payload.get("message"),
         )
         job.ended = True
+        self._finished.append((now, job_id))
         return job.push(name, orjson.dumps(payload))
 
     # -- idempotency keys ------------------------------------------------------------------------
@@ -264,16 +267,15 @@ class MemoryStore:
 
     # -- housekeeping ----------------------------------------------------------------------------
     async def purge(self, now: float) -> int:
-        expired = [
-            job_id
-            for job_id, job in self._jobs.items()
-            if job.record.finished_at is not None and now - job.record.finished_at > self._retention
-        ]
-        for job_id in expired:
-            del self._jobs[job_id]
+        """Drop the jobs that finished more than `retention_s` ago. Jobs finish in time order, so
+        this looks only at the oldest finished ones: O(expired), whatever the number retained."""
+        expired = 0
+        while self._finished and now - self._finished[0][0] > self._retention:
+            _, job_id = self._finished.popleft()
+            expired += self._jobs.pop(job_id, None) is not None
         self._purge_sessions(now)
         self._purge_idempotency(now)
-        return len(expired)
+        return expired
 
     async def ping(self) -> bool:
         return True
