@@ -217,20 +217,3 @@ class WorkerReset(OrchestratorError):
 class Internal(OrchestratorError):
     kind = ErrorKind.INTERNAL
     http_status = 500
-
-
-BY_KIND: dict[str, type[OrchestratorError]] = {
-    cls.kind.value: cls
-    for cls in (
-        InvalidParams, DeadlineUnmet, UntrustedArtifact, ModelDeprecated, Unauthorized, Forbidden,
-        NotFound, MethodNotAllowed, Conflict, PayloadTooLarge, UnsupportedMediaType, AdmissionRejected,
-        QueueFullDropLru, BudgetExceeded, PoolUnready, PoolUnavailable, ReplicaExhausted, ShuttingDown,
-        StateUnavailable, DecodeTimeout, WorkerReset, Internal,
-    )
-}  # fmt: skip
-
-
-def from_kind(kind: str, message: str, **fields: object) -> OrchestratorError:
-    """Rebuild a typed error from its wire code (an adapter's or a stored one)."""
-    cls = BY_KIND.get(kind, Internal)
-    return cls(message, **fields)  # type: ignore[arg-type]

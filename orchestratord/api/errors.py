@@ -1,16 +1,14 @@
-"""The one mapping from errors to the wire: the JSON envelope for responses, `event: error` for streams."""
+"""The one mapping from errors to the wire: the JSON error envelope of every error response."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sse_starlette import ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestratord.errors import (
@@ -52,10 +50,6 @@ def _headers(exc: OrchestratorError) -> dict[str, str]:
 
 def to_response(exc: OrchestratorError) -> JSONResponse:
     return JSONResponse(envelope(exc), status_code=exc.http_status, headers=_headers(exc))
-
-
-def to_sse(exc: OrchestratorError) -> ServerSentEvent:
-    return ServerSentEvent(data=orjson.dumps(envelope(exc)).decode(), event="error")
 
 
 def describe_validation(exc: RequestValidationError) -> str:
