@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
-# Install everything into ./.venv (the service, its dev tools) and ./.venv-engine (a real llama.cpp
-# engine, llama-cpp-python, kept apart because it pins its own web stack). Idempotent.
+# Install into ./.venv. Idempotent.
+#
+#   bash ci/setup.sh service                 the service only (`pip install -e .`): what ci/run.sh needs
+#   bash ci/setup.sh test [--with-engine]    the service with its dev and bench extras, and the tools the
+#                                            test suite runs (promtool, redis-server; apt, only when
+#                                            missing); --with-engine adds ./.venv-engine, a real llama.cpp
+#                                            engine (llama-cpp-python, kept apart: it pins its own web stack)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-with_engine=${1:-}
+mode=${1:-}
+with_engine=${2:-}
+case "$mode" in
+  service | test) ;;
+  *) echo "usage: bash ci/setup.sh service | test [--with-engine]" >&2; exit 2 ;;
+esac
 
 "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "orchestratord needs Python 3.11+"'
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
+if [ "$mode" = service ]; then
+  .venv/bin/python -m pip install --quiet -e .
+  exit 0
+fi
 .venv/bin/python -m pip install --quiet -e '.[dev,bench]'
 
 # promtool (Debian's `prometheus` package) checks the alert rules in the test suite; only when missing.

@@ -2,7 +2,7 @@
 # The whole test suite, from a fresh machine: install, static gates, every test (real engine included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash ci/setup.sh --with-engine
+bash ci/setup.sh test --with-engine
 bash ci/check.sh
 export ORCH_ENGINE_PYTHON="$PWD/.venv-engine/bin/python"
 set +e
