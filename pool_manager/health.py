@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
@@ -23,11 +23,13 @@ class HealthProber:
         *,
         interval_s: float = 2.0,
         max_backoff_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._registry = registry
         self._adapters = adapters
         self._interval = interval_s
         self._max_backoff = max_backoff_s
+        self._sleep = sleep  # injected, so tests can check the backoff without waiting for it
         self._tasks: list[asyncio.Task[None]] = []
 
     async def probe_all(self) -> None:
@@ -64,6 +66,6 @@ class HealthProber:
     async def _loop(self, pool_id: str, replica_id: str) -> None:
         delay = self._interval
         while True:
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
             ok = await self.probe(pool_id, replica_id)
             delay = self._interval if ok else min(self._max_backoff, delay * 2)

@@ -68,17 +68,33 @@ async def test_ready_only_after_a_passing_probe_and_capacity_from_the_engine() -
     assert reg.pools["p"].engine_version == "v9"
 
 
+class RecordedSleep:
+    """The prober's sleep: records each delay and returns at once; after `rounds` it blocks for good."""
+
+    def __init__(self, rounds: int) -> None:
+        self.delays: list[float] = []
+        self.rounds = rounds
+        self.done = asyncio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        if len(self.delays) > self.rounds:
+            self.done.set()
+            await asyncio.Event().wait()
+        await asyncio.sleep(0)
+
+
 async def test_failures_back_off_and_keep_last_error() -> None:
     reg = registry()
-    engine = ScriptedEngine(["down"])
-    prober = HealthProber(reg, {("p", "r0"): engine}, interval_s=0.01, max_backoff_s=0.08)
+    engine = ScriptedEngine(["down", "down", "down", "down", "down", "ready", "down"])
+    sleep = RecordedSleep(rounds=8)
+    prober = HealthProber(reg, {("p", "r0"): engine}, interval_s=0.01, max_backoff_s=0.08, sleep=sleep)
     prober.start()
-    await asyncio.sleep(0.5)
+    await asyncio.wait_for(sleep.done.wait(), 30)
     await prober.stop()
-    gaps = [b - a for a, b in zip(engine.probes, engine.probes[1:], strict=False)]
-    assert len(gaps) >= 3
-    assert gaps[2] > gaps[0]  # backing off
-    assert max(gaps) < 0.2  # capped
+    # doubling from the interval while probes fail, capped; one success goes back to the interval
+    assert sleep.delays == [0.01, 0.02, 0.04, 0.08, 0.08, 0.08, 0.01, 0.02, 0.04]
+    assert len(engine.probes) == 8
     assert reg.pools["p"].replicas["r0"].last_error == "POOL_UNAVAILABLE: connection refused"
 
 
