@@ -268,7 +268,7 @@ class Admission:
 
     def _cost(self, spec: TaskSpec) -> float:
         if self._policy.unit == "tokens":
-            return float(spec.tokens_in_estimate + spec.max_tokens)
+            return float(spec.tokens_in_estimate + spec.tokens_out_estimate)
         return 1.0
 
     # -- outcomes --------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import tempfile
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -19,10 +21,11 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from orchestratord.auth import hash_key, parse_keys_file
+from orchestratord.auth import DEFAULT_TENANT, hash_key, parse_keys_file
 from pool_manager.specs import PoolSpec, ReplicaSpec
+from worker_adapters.mock import check_options as check_mock_options
 
 Engine = Literal["mock", "llamacpp", "openai", "vllm", "tgi", "ollama"]
 
@@ -68,6 +71,20 @@ class PoolConfig(_Strict):
             missing = [r.id for r in self.replicas if not r.url]
             if missing:
                 raise ValueError(f"replicas {missing} of engine {self.engine!r} need a url")
+        return self
+
+    @model_validator(mode="after")
+    def _mock_options(self) -> PoolConfig:
+        if self.engine != "mock":
+            return self
+        owners = [("options", self.options)] + [
+            (f"replicas {r.id!r} options", r.options) for r in self.replicas
+        ]
+        for where, options in owners:
+            try:
+                check_mock_options(options)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
         return self
 
     def to_spec(self) -> PoolSpec:
@@ -127,6 +144,7 @@ class StreamConfig(_Strict):
     attach_timeout_s: float = Field(default=30.0, gt=0)
     reconnect_grace_s: float = Field(default=10.0, ge=0)
     metrics_interval_s: float = Field(default=1.0, gt=0)
+    send_timeout_s: float = Field(default=30.0, gt=0)  # a client that takes no bytes this long is cut off
 
 
 class LimitsConfig(_Strict):
@@ -301,6 +319,29 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _unique_tenants(self) -> Settings:
+        ids = [t.id for t in self.tenants]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"tenants: each id may appear once; repeated: {duplicates}")
+        return self
+
+    @model_validator(mode="after")
+    def _budgets_name_known_tenants(self) -> Settings:
+        # a tenant is whoever an API key maps to (without keys, every caller is `default`) or has
+        # an entry in `tenants`: a budget for any other name would never apply (a typo, most likely)
+        known = {t.id for t in self.tenants} | {k.tenant for k in self.auth.keys}
+        if not self.auth.keys:
+            known.add(DEFAULT_TENANT)
+        unknown = sorted(set(self.budgets.tenants) - known)
+        if unknown:
+            raise ValueError(
+                f"budgets.tenants names tenants that no API key maps to and `tenants` does not list: "
+                f"{unknown}; known tenants: {sorted(known)}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _keys_on_public_hosts(self) -> Settings:
         if not is_loopback(self.host) and not self.auth.keys and not self.auth.allow_unauthenticated:
             raise ValueError(
@@ -354,11 +395,15 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         data = _read_yaml(Path(path))
     token = _FILE_DATA.set(data)
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from None
+    except SettingsError as exc:  # an ORCHD_* variable that is not the JSON its setting needs
+        raise ConfigError(_describe_env(exc)) from None
     finally:
         _FILE_DATA.reset(token)
+    _check_catalog_dir(settings.catalog.dir, source)
+    return settings
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -382,6 +427,37 @@ def _describe(exc: ValidationError, source: str) -> str:
         message = {"extra_forbidden": "unknown key", "missing": "field required"}.get(err["type"], err["msg"])
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)
+
+
+def _describe_env(exc: SettingsError) -> str:
+    """One paragraph naming the variable(s) behind a setting pydantic-settings could not parse."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1) if match else ""
+    prefix = f"ORCHD_{field}".upper()
+    names = sorted(n for n in os.environ if n.upper() == prefix or n.upper().startswith(f"{prefix}__"))
+    why = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+    return (
+        f"invalid configuration in the environment: {' or '.join(names) or prefix} is not valid JSON{why}; "
+        f"lists and mappings are given as JSON, e.g. "
+        """ORCHD_POOLS='[{"id":"default","engine":"mock","models":["mock"],"replicas":[{"id":"r0"}]}]'"""
+    )
+
+
+def _check_catalog_dir(directory: str, source: str) -> None:
+    """The catalog's directory must exist or be creatable, and take a new file: else stop now, naming
+    the key, rather than when the server opens the catalog."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"invalid configuration in {source}:\n  catalog.dir: cannot create or write {directory!r} "
+            f"({reason}); set catalog.dir (or ORCHD_CATALOG__DIR) to a writable directory, "
+            "where the model catalog (catalog.sqlite3) is kept"
+        ) from None
 
 
 def redact_url(url: str) -> str:

@@ -11,19 +11,24 @@ Options (pool config `options:`), each also settable per request with a directiv
 - `slots` (none): report this many slots, as an engine that knows its capacity would;
 - `ready` (true): what the health check answers;
 - `loadable` (any): comma-separated models this engine can serve; another model makes it unready.
+
+An unknown option or a value out of range stops start-up (`check_options`, run by config validation);
+a bad directive fails only its request, with INVALID_PARAMS naming the key and the value.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import random
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from worker_adapters.base import (
     AdapterConfig,
+    EngineRejected,
     EngineReset,
     EngineUnavailable,
     Finished,
@@ -56,27 +61,101 @@ class MockBehaviour:
 
     @classmethod
     def parse(cls, options: Mapping[str, object]) -> MockBehaviour:
-        known = set(cls.__dataclass_fields__)
-        values = {k: _coerce(str(v)) for k, v in options.items() if k in known}
+        """The behaviour the pool's options configure; ValueError names a bad key or value."""
+        check_options(options)
+        values = {k: _parse(k, str(v)) for k, v in options.items() if k in _BEHAVIOUR}
         return cls(**values)  # type: ignore[arg-type]
 
     def with_directives(self, prompt: str) -> MockBehaviour:
+        """This behaviour with the prompt's `[[mock key=value ...]]` directive applied; a key this
+        engine does not know, or a value out of range, is the request's fault: EngineRejected."""
         match = _DIRECTIVE.search(prompt)
         if match is None:
             return self
-        pairs = dict(part.partition("=")[::2] for part in match.group(1).split())
-        merged = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        merged.update({k: _coerce(v or "true") for k, v in pairs.items() if k in merged})
+        merged = {k: getattr(self, k) for k in _BEHAVIOUR}
+        for part in match.group(1).split():
+            key, _, raw = part.partition("=")
+            try:
+                if key not in _BEHAVIOUR:
+                    raise ValueError(f"unknown mock directive {key!r}; known: {', '.join(_BEHAVIOUR)}")
+                merged[key] = _parse(key, raw or "true")
+            except ValueError as exc:
+                raise EngineRejected(f"bad [[mock]] directive: {exc}", engine="mock") from None
         return MockBehaviour(**merged)
 
 
-def _coerce(raw: str) -> float | int | bool | None:
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("", "none", "null"):
+def _number(low: float, *, inclusive: bool) -> Callable[[str], float]:
+    bound = f">= {low:g}" if inclusive else f"> {low:g}"
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < low or (value == low and not inclusive) or value > _MAX:
+            raise ValueError(f"must be a number {bound} and at most {_MAX}")
+        return value
+
+    return parse
+
+
+def _count(raw: str) -> int | None:
+    if raw.lower() in ("none", "null"):
         return None
-    return float(raw) if "." in raw else int(raw)
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > _MAX:
+        raise ValueError(f"must be a whole number from 0 to {_MAX}, or none")
+    return int(raw)
+
+
+def _flag(raw: str) -> bool:
+    if raw.lower() not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return raw.lower() == "true"
+
+
+def _slots(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 4096:
+        raise ValueError("must be a whole number from 1 to 4096")
+    return int(raw)
+
+
+def _models(raw: str) -> str:
+    if not any(m.strip() for m in raw.split(",")):
+        raise ValueError("must name at least one model (comma-separated)")
+    return raw
+
+
+_MAX = 3_600_000  # an hour in ms; also bounds rates and counts
+_BEHAVIOUR: dict[str, Callable[[str], object]] = {
+    "ttft_ms": _number(0, inclusive=True),
+    "tokens_per_s": _number(0, inclusive=False),
+    "eos_after": _count,
+    "fail_after": _count,
+    "hang": _flag,
+    "refuse": _flag,
+    "slow_start_ms": _number(0, inclusive=True),
+}
+_OPTIONS: dict[str, Callable[[str], object]] = {
+    **_BEHAVIOUR,
+    "slots": _slots,
+    "ready": _flag,
+    "loadable": _models,
+}
+
+
+def _parse(key: str, raw: str) -> object:
+    try:
+        return _OPTIONS[key](raw)
+    except ValueError as exc:
+        raise ValueError(f"{key}={raw!r}: {exc}") from None
+
+
+def check_options(options: Mapping[str, object]) -> None:
+    """ValueError naming the first unknown key or bad value among a mock pool's `options`."""
+    for key, value in options.items():
+        if key not in _OPTIONS:
+            raise ValueError(f"unknown mock option {key!r}; known: {', '.join(_OPTIONS)}")
+        _parse(key, str(value))
 
 
 @dataclass(slots=True)
@@ -97,11 +176,12 @@ class MockAdapter:
 
     def __init__(self, config: AdapterConfig) -> None:
         self._config = config
-        self._behaviour = MockBehaviour.parse(config.options)
-        self._slots = _optional_int(config.options.get("slots"))
+        self._behaviour = MockBehaviour.parse(config.options)  # checks every option
+        slots = config.options.get("slots")
+        self._slots = None if slots is None else _slots(str(slots))
         loadable = str(config.options.get("loadable", "")).split(",")
         self._loadable = tuple(m.strip() for m in loadable if m.strip()) or (config.model,)
-        self._ready = str(config.options.get("ready", "true")).lower() != "false"
+        self._ready = _flag(str(config.options.get("ready", "true")))
         self._cancels: dict[str, asyncio.Event] = {}
         self.stats = MockStats()
 
@@ -198,7 +278,3 @@ def _seed_bytes(req: SubmitRequest, text: str) -> bytes:
 
 def _count_words(text: str) -> int:
     return max(1, len(text.split()))
-
-
-def _optional_int(value: object) -> int | None:
-    return None if value is None else int(str(value))

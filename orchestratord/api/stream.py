@@ -9,6 +9,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header
 from sse_starlette import EventSourceResponse
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
 
 from orchestratord.api.deps import get_services, get_tenant
 from orchestratord.api.responses import BUDGET_HEADERS, errors_for
@@ -19,6 +21,7 @@ from orchestratord.services import Services
 
 router = APIRouter(tags=["tasks"])
 log = get_logger(__name__)
+MAX_PENDING_BYTES = 64 * 1024  # how far a stream reads the log ahead of what the client has taken
 
 
 @router.get(
@@ -44,12 +47,24 @@ async def stream_task(
     if last_event_id is not None and not services.store.valid_event_id(last_event_id):
         raise InvalidParams(f"Last-Event-ID {last_event_id!r} is not an event id of this stream")
     budget = await services.control.gate.budget_headers(tenant, record.session_id)
-    return EventSourceResponse(
+    return _EventStream(
         frames(services, record.job_id, last_event_id),
         ping=services.settings.stream.keepalive_s,
+        send_timeout=services.settings.stream.send_timeout_s,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **budget},
         sep="\n",
     )
+
+
+class _EventStream(EventSourceResponse):
+    """sse-starlette's response; a client that takes no bytes for `send_timeout` seconds is cut off
+    (its connection is closed, the reader detaches) and that is logged as a fact, not a crash."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            log.warning("stream_send_timeout", path=scope.get("path"), send_timeout_s=self.send_timeout)
 
 
 async def frames(services: Services, job_id: str, after: str | None) -> AsyncIterator[bytes]:
@@ -79,33 +94,61 @@ def encode(event: LogEvent) -> bytes:
     return f"id: {event.id}\nevent: {event.name}\ndata: {data}\n\n".encode()
 
 
-async def coalesced(events: AsyncIterator[LogEvent]) -> AsyncIterator[bytes]:
+async def coalesced(
+    events: AsyncIterator[LogEvent], *, max_pending_bytes: int = MAX_PENDING_BYTES
+) -> AsyncIterator[bytes]:
     """The frames of `events`, joined: every event already in the log when the reader is scheduled
-    leaves in one write (a burst of tokens from one engine read is one write, not one per token)."""
-    pending: list[bytes] = []
-    ready = asyncio.Event()
+    leaves in one write (a burst of tokens from one engine read is one write, not one per token).
+
+    The log is read ahead of the writes by at most `max_pending_bytes`: a reader that does not read
+    holds back the log's tail, never more than that much memory (the log itself is the buffer)."""
+    buffer = _Pending(max_pending_bytes)
 
     async def pump() -> None:
         try:
             async for event in events:
-                pending.append(encode(event))
-                ready.set()
+                await buffer.put(encode(event))
         finally:
-            ready.set()
+            buffer.ready.set()
 
     task = asyncio.create_task(pump())
     try:
         while True:
-            if not pending and not task.done():
-                await ready.wait()
-            ready.clear()
-            if pending:
-                chunk = b"".join(pending)
-                pending.clear()
-                yield chunk
+            if not buffer.frames and not task.done():
+                await buffer.ready.wait()
+            buffer.ready.clear()
+            if buffer.frames:
+                yield buffer.take()
             elif task.done():
                 task.result()  # an error in the log's reader surfaces here
                 return
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class _Pending:
+    """Frames read from the log and not yet written; `put` waits while they exceed the bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.frames: list[bytes] = []
+        self.ready = asyncio.Event()  # set when frames arrive (or the log ends)
+        self._size = 0
+        self._limit = limit
+        self._room = asyncio.Event()  # set while under the bound
+        self._room.set()
+
+    async def put(self, frame: bytes) -> None:
+        self.frames.append(frame)
+        self._size += len(frame)
+        self.ready.set()
+        if self._size >= self._limit:
+            self._room.clear()
+            await self._room.wait()
+
+    def take(self) -> bytes:
+        chunk = b"".join(self.frames)
+        self.frames.clear()
+        self._size = 0
+        self._room.set()
+        return chunk

@@ -42,6 +42,7 @@ async def submit_task(
     idempotency_key: IdempotencyKey = None,
 ) -> AdmissionResponse:
     began = time.perf_counter()
+    body.check_prompt_size(services.settings.limits.max_prompt_chars)
     spec = body.to_spec(job_id=str(uuid.uuid4()), tenant=tenant, correlation_id=cid)
     request_fingerprint = fingerprint(body.model_dump(mode="json"))
     try:  # every POST that reached admission counts, refused ones too

@@ -13,7 +13,8 @@ The rules, precise enough to port (the Redis backend runs them as a Lua script o
    among the servable keys (no deadline sorts last). Then `V = max(V, tag)` and
    `tag += cost / weight`. A busy key never blocks another key (no head-of-line blocking).
 4. **Cost and settlement.** `cost` is 1 (`unit: requests`) or the estimated tokens, prompt plus
-   `max_tokens` (`unit: tokens`). When the job ends its flow is settled with the real count:
+   `min(expected_tokens, max_tokens)` (`unit: tokens`). When the job ends its flow is settled with the
+   real count:
    `tag = max(0, tag + (actual - estimated) / weight)`.
 5. **Bounds.** At most `capacity` jobs in all and `tenant_capacity` per tenant. An arrival that finds
    its tenant (or else the queue) full applies `full_policy`, choosing the victim within the tenant

@@ -72,6 +72,12 @@ class TaskSpec:
         """A cheap, engine-independent estimate of prompt tokens (about four bytes a token)."""
         return max(1, len(self.prompt_text.encode()) // 4)
 
+    @property
+    def tokens_out_estimate(self) -> int:
+        """The tokens the job will likely generate: the client's `expected_tokens`, at most `max_tokens`.
+        An estimate only (fairness by tokens charges it up front); limits and budgets use `max_tokens`."""
+        return min(self.expected_tokens or self.max_tokens, self.max_tokens)
+
 
 EventName = Literal["started", "token", "metrics", "end", "error"]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"end", "error"})
