@@ -26,6 +26,7 @@ from orchestratord.core.queue import QueueEntry
 from orchestratord.core.tasks import JobState, TaskSpec, spec_from_dict
 from orchestratord.errors import ErrorKind, StateUnavailable
 from orchestratord.execution import RunContext, Runner, RunStats, error_payload
+from orchestratord.housekeeping import Housekeeper
 from orchestratord.logs import bind, bind_job, get_logger, job_context, placement_fields, record_fields
 from orchestratord.metrics import NONE, Metrics
 from orchestratord.state.base import JobRecord, StateStore
@@ -52,13 +53,6 @@ class Running:
     started: float
     task: asyncio.Task[None] | None = None
     adapter: WorkerAdapter | None = None  # the adapter the current attempt runs through
-
-
-@dataclass(slots=True)
-class _Published:
-    position: int | None = None
-    predicted: int | None = None
-    at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +102,6 @@ class Dispatcher:
         self._wall = wall
         self._runner = Runner(store, metrics, clock)
         self._wake = asyncio.Event()
-        self._published: dict[str, _Published] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._cancels: set[asyncio.Task[None]] = set()
         # Taking a job and leasing its slot, and a failover's placement and lease, happen one at a
@@ -117,6 +110,7 @@ class Dispatcher:
         self._accepting = True
         self._state_down = False
         self.queue_depth = 0
+        self.housekeeper = Housekeeper(self, clock=clock, wall=wall)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -186,16 +180,16 @@ class Dispatcher:
             self._wake.clear()
             if self._clock() - last_housekeeping >= self.config.tick_s:  # even when wake-ups never pause
                 last_housekeeping = self._clock()
-                await self._housekeeping()
+                await self.housekeeper.run_once()
             try:
                 await self._dispatch_ready()
-                self._state_reachable(True)
+                self.state_reachable(True)
             except StateUnavailable:
-                self._state_reachable(False)
+                self.state_reachable(False)
             except Exception:  # task root: log loudly, keep dispatching
                 log.error("dispatch_loop_error", exc_info=True)
 
-    def _state_reachable(self, ok: bool) -> None:
+    def state_reachable(self, ok: bool) -> None:
         """Log the shared backend going away and coming back once each, not on every tick."""
         if ok != self._state_down:
             return
@@ -209,7 +203,7 @@ class Dispatcher:
         while self._accepting:
             async with self._placing:
                 snapshots = await self.refresh()
-                await self._expire()  # a job past its deadline is never taken
+                await self.housekeeper.expire()  # a job past its deadline is never taken
                 entry = await self.store.take(partial(_servable, snapshots), self._tenant_ok)
                 if entry is None:
                     return
@@ -229,7 +223,7 @@ class Dispatcher:
                 return
             spec = spec_from_dict(orjson.loads(record.spec))
             admitted_mono = self._clock() - max(0.0, self._wall() - record.created_at)
-            self._published.pop(spec.job_id, None)
+            self.housekeeper.forget(spec.job_id)
             # Place on the snapshots the job was taken with (the queue's `can_serve` saw a free slot
             # there, so placement finds it), and lease before taking the next job, so the next
             # snapshot already counts this slot.
@@ -588,102 +582,13 @@ class Dispatcher:
             try:
                 await self.registry.leases.renew(list(self.running))
             except StateUnavailable:
-                self._state_reachable(False)
+                self.state_reachable(False)
             except Exception:  # task root: a heartbeat that stops would get live jobs reaped
                 log.error("heartbeat_error", exc_info=True)
 
     async def _wake_listener(self, shared: SharedState) -> None:
         async for _ in shared.wake_signals():
             self.wake()
-
-    async def _reap(self, shared: SharedState) -> None:
-        """End (or queue again) the jobs of replicas that stopped renewing their leases."""
-        for reaped in await shared.reap(self._wall()):
-            if reaped.action != "gone":
-                log.warning("task_reaped", job_id=reaped.job_id, action=reaped.action, engine=reaped.engine)
-            if reaped.action == "reset":
-                self.metrics.tasks_rejected.labels(engine=reaped.engine or NONE, reason="WORKER_RESET").inc()
-
-    # -- periodic work ---------------------------------------------------------------------------
-    async def _housekeeping(self) -> None:
-        try:
-            if self.shared is not None:
-                await self._reap(self.shared)
-            await self._expire()
-            await self.end_unservable()  # a safety net: drains and reloads end these at once
-            await self._publish_positions()
-            await self.store.purge(self._wall())
-        except StateUnavailable:
-            self._state_reachable(False)
-        except Exception:  # task root
-            log.error("housekeeping_error", exc_info=True)
-
-    def _gauge_queue(self, queued: list[QueueEntry]) -> None:
-        """queue_depth per pool and class; a waiting job counts toward the first pool that serves it."""
-        self.queue_depth = len(queued)
-        counts: dict[tuple[str, str, str, str], int] = {}
-        for snap in self.snapshots:
-            for priority in ("interactive", "batch"):
-                counts[(snap.engine, snap.engine_version, snap.pool_id, priority)] = 0
-        for entry in queued:
-            key = (*self.pool_labels(entry.model), entry.priority)
-            counts[key] = counts.get(key, 0) + 1
-        for (engine, version, pool_id, priority), n in counts.items():
-            self.metrics.queue_depth.labels(
-                engine=engine, engine_version=version, pool_id=pool_id, priority=priority
-            ).set(n)
-
-    async def _expire(self) -> None:
-        for entry in await self.store.expire(self._wall()):
-            record = await self.store.get(entry.job_id)
-            done = await self.store.finish(
-                entry.job_id,
-                JobState.FAILED,
-                "error",
-                {
-                    "code": "DEADLINE_UNMET",
-                    "message": "the job's deadline passed before a slot could start it",
-                    "retriable": False,
-                },
-            )
-            if done is None or record is None:
-                continue
-            engine, version, pool_id = self.pool_labels(entry.model)
-            self.metrics.tasks_rejected.labels(engine=engine, reason="DEADLINE_UNMET").inc()
-            self.metrics.deadline_missed(entry.priority)
-            log.warning(
-                "task_failed", code="DEADLINE_UNMET", job_id=entry.job_id, tenant=entry.tenant,
-                priority=entry.priority, session_id=record.session_id, model_ref=record.model_ref,
-                correlation_id=record.correlation_id, engine=engine, engine_version=version, pool_id=pool_id,
-                tokens_out=0, queue_time_ms=round((self._wall() - record.created_at) * 1000),
-            )  # fmt: skip
-
-    async def _publish_positions(self) -> None:
-        """A `metrics` event for each waiting job whose position or prediction changed (≤ 1/s)."""
-        now = self._clock()
-        queued = await self.store.queued()
-        await self.refresh()
-        self._gauge_queue(queued)
-        if self.shared is not None and not await self.shared.lead("positions", ttl_s=2.0):
-            return  # one replica publishes positions for the shared queue
-        for entry in queued:
-            seen = self._published.setdefault(entry.job_id, _Published(at=now))
-            if now - seen.at < 1.0:
-                continue
-            position = await self.store.position(entry.job_id)
-            if position is None:
-                continue
-            predicted = self.predict(entry.model, position)
-            if (position, predicted) != (seen.position, seen.predicted):
-                seen.position, seen.predicted, seen.at = position, predicted, now
-                await self.store.append(
-                    entry.job_id,
-                    "metrics",
-                    {"queue_position": position, "predicted_start_ms": predicted, "queue_depth": len(queued)},
-                )
-        live = {e.job_id for e in queued}
-        for job_id in [j for j in self._published if j not in live]:
-            del self._published[job_id]
 
 
 def _entry_fields(entry: QueueEntry, record: JobRecord | None) -> dict[str, Any]:
