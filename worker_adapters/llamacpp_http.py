@@ -22,6 +22,7 @@ from worker_adapters._wire import (
     error_event,
     in_stream_error,
     load_object,
+    sampling,
     wants_chat,
 )
 from worker_adapters.base import (
@@ -50,12 +51,7 @@ def completion_body(req: SubmitRequest) -> dict[str, object]:
         "stream": True,
         "cache_prompt": True,
     }
-    for key in ("seed", "temperature", "top_p"):
-        value = getattr(req, key)
-        if value is not None:
-            body[key] = value
-    if req.stop:
-        body["stop"] = list(req.stop)
+    body.update(sampling(req))
     return body
 
 

@@ -24,6 +24,7 @@ from worker_adapters._wire import (
     in_stream_error,
     load_object,
     option_bool,
+    sampling,
     wants_chat,
 )
 from worker_adapters.base import (
@@ -47,13 +48,7 @@ def ollama_body(req: SubmitRequest, model: str, *, chat: bool, raw: bool) -> dic
         body["prompt"] = req.prompt or ""
         if raw:
             body["raw"] = True
-    options: dict[str, object] = {"num_predict": req.max_tokens}
-    for key in ("seed", "temperature", "top_p"):
-        value = getattr(req, key)
-        if value is not None:
-            options[key] = value
-    if req.stop:
-        options["stop"] = list(req.stop)
+    options: dict[str, object] = {"num_predict": req.max_tokens, **sampling(req)}
     body.update(stream=True, options=options)
     return body
 

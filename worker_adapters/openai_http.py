@@ -31,6 +31,7 @@ from worker_adapters._wire import (
     in_stream_error,
     load_object,
     option_str,
+    sampling,
     wants_chat,
 )
 from worker_adapters.base import (
@@ -65,12 +66,7 @@ def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, obj
     else:
         body["prompt"] = req.prompt or ""
     body.update(max_tokens=req.max_tokens, stream=True, stream_options={"include_usage": True})
-    for key in ("seed", "temperature", "top_p"):
-        value = getattr(req, key)
-        if value is not None:
-            body[key] = value
-    if req.stop:
-        body["stop"] = list(req.stop)
+    body.update(sampling(req))
     return body
 
 
