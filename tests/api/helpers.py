@@ -28,3 +28,25 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: flo
 def state_of(client: httpx.Client, job_id: str) -> str:
     state: str = client.get(f"/v1/tasks/{job_id}").json()["state"]
     return state
+
+
+HANG = "[[mock hang]] hold the only slot until canceled"
+
+
+def post(client: httpx.Client, **body: Any) -> httpx.Response:
+    """A POST of a short job that keeps running without a reader; fields in `body` override."""
+    payload = {"model_ref": "mock", "prompt": "hello", "max_tokens": 2, "cancel_on_disconnect": False}
+    return client.post("/v1/tasks", json={**payload, **body})
+
+
+def admit(client: httpx.Client, **body: Any) -> str:
+    response = post(client, **body)
+    assert response.status_code == 202, response.text
+    job_id: str = response.json()["job_id"]
+    return job_id
+
+
+def engine_started(server: Any, pool: str = "default", replica: str = "r0") -> int:
+    """How many requests the pool's mock engine has begun."""
+    started: int = server.app.state.services.dispatcher.adapters[(pool, replica)].stats.started
+    return started

@@ -4,33 +4,13 @@ with `error` DEADLINE_UNMET and never sent to the engine, and earlier deadlines 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 
-from tests.api.helpers import wait_for
+from tests.api.helpers import HANG, admit, engine_started, post, wait_for
 from tests.conftest import mock_pool
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
-
-HANG = "[[mock hang]] hold the only slot until canceled"
-
-
-def post(client: httpx.Client, **body: Any) -> httpx.Response:
-    payload = {"model_ref": "mock", "prompt": "hello", "max_tokens": 2, "cancel_on_disconnect": False}
-    return client.post("/v1/tasks", json={**payload, **body})
-
-
-def admit(client: httpx.Client, **body: Any) -> str:
-    response = post(client, **body)
-    assert response.status_code == 202, response.text
-    job_id: str = response.json()["job_id"]
-    return job_id
-
-
-def engine_started(server: LoopbackServer) -> int:
-    started: int = server.app.state.services.dispatcher.adapters[("default", "r0")].stats.started
-    return started
 
 
 def test_a_deadline_the_prediction_misses_is_refused_at_admission(
