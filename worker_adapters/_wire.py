@@ -80,6 +80,15 @@ def in_stream_error(event: Mapping[str, Any], engine: str) -> AdapterError | Non
     return cls(f"{engine} reported an error in the stream{suffix}: {clip(message)}", engine=engine)
 
 
+def checked_step(text: str, engine: str) -> dict[str, Any]:
+    """One streamed JSON object, raising the error it reports in-stream instead of returning it."""
+    step = load_object(text, engine)
+    error = in_stream_error(step, engine)
+    if error is not None:
+        raise error
+    return step
+
+
 def error_event(data: str, engine: str) -> AdapterError:
     """The error carried by an SSE error event (``event: error``, or llama.cpp's old ``error:`` field)."""
     try:

@@ -19,9 +19,8 @@ from worker_adapters._wire import (
     as_dict,
     as_int,
     as_str,
+    checked_step,
     error_event,
-    in_stream_error,
-    load_object,
     sampling,
     wants_chat,
 )
@@ -65,10 +64,7 @@ class NativeStream:
     def feed(self, event: SSEEvent) -> list[TokenEvent]:
         if event.type == "error":
             raise error_event(event.data, self.engine)
-        step = load_object(event.data, self.engine)
-        error = in_stream_error(step, self.engine)
-        if error is not None:
-            raise error
+        step = checked_step(event.data, self.engine)
         content = as_str(step.get("content")) or ""
         if step.get("stop") is True:
             self.done = True

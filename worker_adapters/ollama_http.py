@@ -21,8 +21,7 @@ from worker_adapters._wire import (
     as_int,
     as_str,
     chat_messages,
-    in_stream_error,
-    load_object,
+    checked_step,
     option_bool,
     sampling,
     wants_chat,
@@ -61,10 +60,7 @@ class OllamaStream:
         self.done = False
 
     def feed(self, line: str) -> list[TokenEvent]:
-        step = load_object(line, self.engine)
-        error = in_stream_error(step, self.engine)
-        if error is not None:
-            raise error
+        step = checked_step(line, self.engine)
         text = as_str(step.get("response"))
         if text is None:
             text = as_str(as_dict(step.get("message")).get("content")) or ""

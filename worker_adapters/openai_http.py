@@ -27,9 +27,8 @@ from worker_adapters._wire import (
     as_int,
     as_str,
     chat_messages,
+    checked_step,
     error_event,
-    in_stream_error,
-    load_object,
     option_str,
     sampling,
     wants_chat,
@@ -87,10 +86,7 @@ class OpenAIStream:
         if event.data == "[DONE]":
             self.done = True
             return [self._finished()]
-        chunk = load_object(event.data, self.engine)
-        error = in_stream_error(chunk, self.engine)
-        if error is not None:
-            raise error
+        chunk = checked_step(event.data, self.engine)
         if isinstance(chunk.get("usage"), Mapping):
             self._usage = chunk["usage"]
         out: list[TokenEvent] = []

@@ -19,9 +19,8 @@ from worker_adapters._wire import (
     as_dict,
     as_int,
     as_str,
+    checked_step,
     error_event,
-    in_stream_error,
-    load_object,
     wants_chat,
 )
 from worker_adapters.base import (
@@ -71,10 +70,7 @@ class GenerateStream:
     def feed(self, event: SSEEvent) -> list[TokenEvent]:
         if event.type == "error":
             raise error_event(event.data, self.engine)
-        step = load_object(event.data, self.engine)
-        error = in_stream_error(step, self.engine)
-        if error is not None:
-            raise error
+        step = checked_step(event.data, self.engine)
         out: list[TokenEvent] = []
         token = step.get("token")
         if isinstance(token, Mapping):
