@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Priority = Literal["interactive", "batch"]
 PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
@@ -83,9 +83,11 @@ EventName = Literal["started", "token", "metrics", "end", "error"]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"end", "error"})
 
 
-@dataclass(frozen=True, slots=True)
-class LogEvent:
-    """One entry of a job's event log. `data` is the JSON text sent as the SSE `data:` line."""
+class LogEvent(NamedTuple):
+    """One entry of a job's event log. `data` is the JSON text sent as the SSE `data:` line.
+
+    A named tuple, not a frozen dataclass: one is made per token, and a tuple is built in C (a frozen
+    dataclass's `__init__` sets each field through `object.__setattr__`)."""
 
     id: str
     name: str
