@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from bench.client import Client
 from bench.load import JobResult
+from bench.monitor import Monitor
+from bench.procs import EngineSpec, OrchestratorSpec, running, scratch_dir
+from bench.results import Context
 from bench.stats import summary
+
+Level = Callable[[Client, Client, Monitor, int], Awaitable[dict[str, Any]]]
+
+
+async def by_concurrency(
+    ctx: Context, name: str, engine: EngineSpec, orch: OrchestratorSpec, levels: Sequence[int], level: Level
+) -> list[dict[str, Any]]:
+    """Start the engine and orchestratord once, then measure `level(orchestratord client, engine client,
+    monitor, concurrency)` at each concurrency in turn."""
+    with running(engine, orch, scratch_dir(name), ctx.source) as (eng, orc):
+        engine_client, orch_client = Client(eng.base_url), Client(orc.base_url)
+        monitor = Monitor(orc.pid, eng.pid)
+        try:
+            return [await level(orch_client, engine_client, monitor, c) for c in levels]
+        finally:
+            engine_client.close()
+            orch_client.close()
 
 
 def rate(results: Sequence[JobResult]) -> float:

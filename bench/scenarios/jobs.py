@@ -14,9 +14,9 @@ from typing import Any
 from bench.client import Client
 from bench.load import closed_loop, direct_to_engine, through_orchestrator
 from bench.monitor import Monitor
-from bench.procs import EngineSpec, OrchestratorSpec, running, scratch_dir
+from bench.procs import EngineSpec, OrchestratorSpec
 from bench.results import Context, target
-from bench.scenarios.common import outcome, rate, ttft
+from bench.scenarios.common import by_concurrency, outcome, rate, ttft
 
 TOKENS = 50
 
@@ -61,14 +61,7 @@ async def run(ctx: Context) -> dict[str, Any]:
     load = ctx.pick(FULL, QUICK, SMOKE)
     engine = EngineSpec(ttft_ms=0.0, interval_ms=0.0)
     orch = OrchestratorSpec(slots=1024, queue_capacity=2048)
-    levels = []
-    with running(engine, orch, scratch_dir("jobs"), ctx.source) as (eng, orc):
-        engine_client, orch_client = Client(eng.base_url), Client(orc.base_url)
-        monitor = Monitor(orc.pid, eng.pid)
-        for c in load.concurrency:
-            levels.append(await level(orch_client, engine_client, monitor, c, load))
-        engine_client.close()
-        orch_client.close()
+    levels = await by_concurrency(ctx, "jobs", engine, orch, load.concurrency, partial(level, load=load))
     best = max(levels, key=lambda lv: lv["orchestratord"]["jobs_per_s"])
     return {
         "description": __doc__.split("\n\n")[0],

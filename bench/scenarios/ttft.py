@@ -16,9 +16,9 @@ from typing import Any
 from bench.client import Client
 from bench.load import JobResult, closed_loop, direct_to_engine, through_orchestrator
 from bench.monitor import Monitor
-from bench.procs import EngineSpec, OrchestratorSpec, running, scratch_dir
+from bench.procs import EngineSpec, OrchestratorSpec
 from bench.results import Context, target
-from bench.scenarios.common import outcome, rate, ttft
+from bench.scenarios.common import by_concurrency, outcome, rate, ttft
 from bench.stats import difference, summary
 
 TOKENS = 50
@@ -70,14 +70,7 @@ async def run(ctx: Context) -> dict[str, Any]:
     load = ctx.pick(FULL, QUICK, SMOKE)
     engine = EngineSpec(ttft_ms=load.engine_ttft_ms, interval_ms=0.0)
     orch = OrchestratorSpec(slots=1024, queue_capacity=2048)
-    levels = []
-    with running(engine, orch, scratch_dir("ttft"), ctx.source) as (eng, orc):
-        engine_client, orch_client = Client(eng.base_url), Client(orc.base_url)
-        monitor = Monitor(orc.pid, eng.pid)
-        for c in load.concurrency:
-            levels.append(await level(orch_client, engine_client, monitor, c, load))
-        engine_client.close()
-        orch_client.close()
+    levels = await by_concurrency(ctx, "ttft", engine, orch, load.concurrency, partial(level, load=load))
     ref = min(levels, key=lambda lv: abs(lv["concurrency"] - 10))  # 10 unless the scale has no such level
     at10, c = ref["added_ttft_ms"], ref["concurrency"]
     return {
