@@ -76,18 +76,22 @@ def serve(settings: Settings) -> None:
 
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
-    """uvicorn as we run it: h11 with a header size limit and a header deadline (slow or silent
-    clients are cut off), a short keep-alive, and a graceful-shutdown budget beyond our own drain."""
+    """uvicorn as we run it: uvloop, and httptools with a header size limit and a header deadline (slow
+    or silent clients are cut off), a short keep-alive, and a graceful-shutdown budget beyond our own
+    drain."""
+    limits = settings.limits
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
-        http=guarded_protocol(header_timeout_s=settings.limits.header_timeout_s),
+        loop="uvloop",
+        http=guarded_protocol(
+            header_timeout_s=limits.header_timeout_s, max_header_bytes=limits.max_header_bytes
+        ),
         timeout_keep_alive=5,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
-        h11_max_incomplete_event_size=settings.limits.max_header_bytes,
     )
 
 

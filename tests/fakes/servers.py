@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from orchestratord.api.protocol import guarded_protocol
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -35,6 +37,15 @@ class LoopbackServer:
 
 @contextlib.contextmanager
 def serve_in_thread(app: Any, **config: Any) -> Iterator[LoopbackServer]:
+    """An orchestratord app (it carries its settings) runs the HTTP protocol `orchestratord serve`
+    runs, with the same header deadline and size limit; `config` overrides any uvicorn option."""
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    if settings is not None:
+        limits = settings.limits
+        guarded = guarded_protocol(
+            header_timeout_s=limits.header_timeout_s, max_header_bytes=limits.max_header_bytes
+        )
+        config.setdefault("http", guarded)
     cfg = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, **config)
     server = uvicorn.Server(cfg)
     holder: dict[str, Any] = {}

@@ -1,19 +1,20 @@
 """Hostile connections, against `orchestratord serve` as operators run it (its own uvicorn settings):
-headers too long, malformed HTTP, clients that connect and send nothing or trickle their headers."""
+headers too long, malformed HTTP, clients that connect and send nothing or trickle their headers,
+pipelined requests. One test checks that the in-thread test servers run the same guards."""
 
 from __future__ import annotations
 
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.fakes.servers import serve_in_process
+from tests.fakes.servers import LoopbackServer, serve_in_process
 
 HEADER_TIMEOUT_S = 1.0
 MAX_HEADER_BYTES = 8192
@@ -42,6 +43,40 @@ def read_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One response with a content-length, and nothing more."""
+    raw = b""
+    while b"\r\n\r\n" not in raw or len(raw) < len(first_response(raw)):
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the response was complete: {raw!r}"
+        raw += chunk
+    return raw
+
+
+def first_response(raw: bytes) -> bytes:
+    head, _, _ = raw.partition(b"\r\n\r\n")
+    length = int(parse(head + b"\r\n\r\n")[1]["content-length"])
+    return raw[: len(head) + 4 + length]
+
+
+def trickle_until_closed(sock: socket.socket) -> bytes:
+    """Send a byte every 0.1 s; what the server sent before it closed the connection."""
+    sock.settimeout(0.1)
+    received = b""
+    for _ in range(int(HEADER_TIMEOUT_S * 100)):  # ten times the deadline: never done in time
+        try:
+            sock.sendall(b"X")
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+    raise AssertionError("the server never closed the connection")
 
 
 def parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -90,6 +125,7 @@ def test_headers_sent_slowly_past_the_limit_are_431(base_url: str) -> None:
         pytest.param(b"GARBAGE\r\n\r\n", id="garbage"),
         pytest.param(b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", id="space-in-target"),
         pytest.param(b"GET /healthz\r\n\r\n", id="http-0.9"),
+        pytest.param(b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", id="http-2.0-request-line"),
         pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, id="tls-hello"),
         pytest.param(b"GET /healthz HTTP/1.1\r\n Host: x\r\n\r\n", id="folded-header"),
         pytest.param(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", id="header-without-colon"),
@@ -145,13 +181,73 @@ def test_idle_keep_alive_connections_are_closed_and_busy_ones_are_not(base_url: 
     assert lines[-1] == "event: end"
 
 
+@pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "after-the-response"])
+def test_each_request_on_a_keep_alive_connection_gets_its_own_header_deadline(
+    base_url: str, pipelined: bool
+) -> None:
+    """The deadline starts again when a response ends, for headers that began before it or after it;
+    trickled bytes keep uvicorn's own keep-alive timeout from ever closing the connection."""
+    first, second = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"GET /healthz HTTP/1.1\r\n"
+    with connect(base_url) as sock:
+        if pipelined:
+            sock.sendall(first + second)
+            received = b""
+        else:
+            sock.sendall(first)
+            received = read_response(sock)
+            sock.sendall(second)
+        received += trickle_until_closed(sock)
+    assert received.count(b"HTTP/1.1 ") == 1 and received.startswith(b"HTTP/1.1 200")
+
+
+def test_a_malformed_request_pipelined_after_a_good_one_is_answered_after_it(base_url: str) -> None:
+    with connect(base_url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGARBAGE\r\n\r\n")
+        raw = read_all(sock)
+    ok = first_response(raw)
+    assert parse(ok)[0] == 200
+    assert_envelope(*parse(raw[len(ok) :]), 400, "INVALID_PARAMS")
+
+
+def test_headers_over_the_limit_behind_a_streaming_response_are_answered_after_it(base_url: str) -> None:
+    """llhttp reads the next request while the stream runs: the 431 waits for the stream's end.
+    (The head is sent once the stream has begun: a head that began in the read ending the request
+    before it is counted from the next read on.)"""
+    job = httpx.post(
+        f"{base_url}/v1/tasks",
+        json={"model_ref": "mock", "prompt": "[[mock slow_start_ms=500]]", "max_tokens": 2},
+        timeout=10,
+    ).json()
+    with connect(base_url) as sock:
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % job["sse_url"].encode())
+        began = sock.recv(65536)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(MAX_HEADER_BYTES // 1000 + 4):
+            sock.sendall(b"X-Pad: " + b"a" * 1000 + b"\r\n")
+        raw = began + read_all(sock)
+    stream, refused, rest = raw.partition(b"HTTP/1.1 431 ")
+    assert b"event: end" in stream and stream.endswith(b"0\r\n\r\n")  # the whole stream came first
+    assert_envelope(*parse(refused + rest), 431, "PAYLOAD_TOO_LARGE")
+
+
+def test_in_thread_test_servers_run_the_same_guards(make_server: Callable[..., LoopbackServer]) -> None:
+    server = make_server(limits={"header_timeout_s": HEADER_TIMEOUT_S, "max_header_bytes": 2048})
+    with connect(server.base_url) as sock:
+        assert read_all(sock) == b""  # a silent client is cut off
+    with connect(server.base_url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(4):
+            sock.sendall(b"X-Pad: " + b"a" * 1000 + b"\r\n")
+        assert_envelope(*parse(read_all(sock)), 431, "PAYLOAD_TOO_LARGE")
+
+
 def test_the_server_still_serves_after_all_of_this(base_url: str, tmp_path: Path) -> None:
     assert httpx.get(f"{base_url}/healthz", timeout=10).status_code == 200
 
 
 @pytest.mark.parametrize("megabytes", [2, 16])
 def test_a_chunked_body_with_no_length_over_the_limit_is_413(base_url: str, megabytes: int) -> None:
-    """Through the server's own h11 stack: the client sends its whole body and reads the 413."""
+    """Through the server's own HTTP stack: the client sends its whole body and reads the 413."""
 
     def chunks() -> Iterator[bytes]:
         yield b'{"model_ref":"mock","max_tokens":1,"prompt":"'
