@@ -64,7 +64,7 @@ def machine_section(docs: dict[str, dict[str, Any]]) -> list[str]:
     http_text = (
         f"uvicorn's {http} HTTP protocol (seen in the profile's stacks)"
         if http
-        else f"the {m['orchestratord_http_parser']} HTTP parser (uvicorn's default here)"
+        else f"uvicorn's {m['orchestratord_http_parser']} HTTP protocol (as `orchestratord serve` runs it)"
     )
     mean = sum(others) / len(others) if others else 0.0
     lines = [

@@ -68,9 +68,9 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "packages": versions,
-        # uvicorn's "auto" choices, as orchestratord's cli.py leaves them
-        "orchestratord_event_loop": "uvloop" if versions["uvloop"] else "asyncio",
-        "orchestratord_http_parser": "httptools" if versions["httptools"] else "h11",
+        # what `orchestratord serve` runs (cli.py sets both; the profile scenario checks the stacks)
+        "orchestratord_event_loop": "uvloop",
+        "orchestratord_http_parser": "httptools",
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import socket
 import sys
 from collections.abc import Sequence
@@ -69,10 +70,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Collect the young generation every 50,000 allocations instead of CPython's default 700.
+GC_THRESHOLDS = (50_000, 50, 100)
+
+
 def serve(settings: Settings) -> None:
     configure(settings.log_level, settings.log_format, log_prompts=settings.log_prompts)
     app = create_app(settings)
+    tune_gc()
     DrainingServer(uvicorn_config(app, settings), app.state).run()
+
+
+def tune_gc() -> None:
+    """The server allocates and frees objects per request and per token, almost none of them in
+    reference cycles (which are all the cyclic collector is for). With the default thresholds a
+    collection runs every few hundred allocations, and each older-generation pass walks the modules
+    and app built at start-up again. So: freeze what start-up built (it lives as long as the process)
+    and collect far less often. Measured with the bench harness: about 17% less CPU per relayed
+    token, and less per job (docs/benchmarks.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from orchestratord.cli import build_parser
+from orchestratord.cli import GC_THRESHOLDS, build_parser, tune_gc
 from orchestratord.settings import load_settings
 from tests.fakes.servers import REPO, serve_in_process
 from tests.fakes.sse import Event, read_events
@@ -99,3 +100,15 @@ def test_sigterm_mid_stream_every_client_gets_a_terminal_event(tmp_path: Path) -
     assert any(t.event == "end" and t.data["stop_reason"] == "max_tokens" for t in terminals)
     errors = [t for t in terminals if t.event == "error"]
     assert errors and all(t.data["retriable"] for t in errors)
+
+
+def test_serve_freezes_start_up_objects_and_collects_the_young_generation_less_often() -> None:
+    thresholds = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[0] > thresholds[0]
+        assert gc.get_freeze_count() > 0  # what start-up built is out of every collection's walk
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
