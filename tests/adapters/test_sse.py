@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -98,6 +100,28 @@ def test_invalid_utf8_becomes_replacement_character() -> None:
     assert datas(b"data: a\xffb\n\n") == ["a\ufffdb"]
 
 
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        ([b"event: e\n", b"id: 7\n", b"data: x\n\n"], [SSEEvent("e", "x", "7")]),  # fields set before
+        ([b"data: a", b"data: b\n\n"], [SSEEvent("message", "adata: b")]),  # the line held goes on
+        ([b"data: a\n", b"data: b\n\n"], [SSEEvent("message", "a\nb")]),  # the event held goes on
+        ([b"error: e\n", b"data: b\n\n"], [SSEEvent("error", "e")]),
+        ([b"data: a\rdata: b\n\n"], [SSEEvent("message", "a\nb")]),  # a lone CR is a line break
+        ([b"data:x\n\n", b"data:  y\n\n", b"data:\n\n"], [SSEEvent("message", v) for v in ("x", " y", "")]),
+    ],
+)
+def test_chunks_that_are_one_whole_event(chunks: list[bytes], expected: list[SSEEvent]) -> None:
+    # Such a chunk (an engine writing one event per token) takes the decoder's single-event path; what
+    # earlier chunks left (a field, a line, an event not yet dispatched) must still count.
+    assert decode(*chunks) == expected
+
+
+def test_a_whole_event_past_the_bound_in_one_chunk() -> None:
+    with pytest.raises(SSEFrameTooLarge):
+        SSEDecoder(max_event_chars=10).feed(b"data: 0123456789\n\n")
+
+
 def test_a_line_that_never_ends_is_bounded() -> None:
     decoder = SSEDecoder(max_event_chars=100)
     decoder.feed(b"data: " + b"x" * 50)
@@ -145,3 +169,71 @@ def test_any_split_of_any_stream_decodes_the_same(case: tuple[bytes, list[str], 
     chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
     assert datas(*chunks) == expected
     assert datas(*bytewise(stream)) == expected
+
+
+def reference(stream: bytes) -> list[SSEEvent]:
+    """The WHATWG rules read literally, on the whole stream at once (plus the ``error:`` field): what the
+    incremental decoder must produce however the stream is cut."""
+    text = stream.decode("utf-8", "replace").removeprefix("\ufeff")
+    *lines, _unterminated = re.split(r"\r\n|\r|\n", text)
+    events: list[SSEEvent] = []
+    data: list[str] = []
+    error: list[str] = []
+    kind = last_id = ""
+    for line in lines:
+        if not line:
+            if error:
+                events.append(SSEEvent("error", "\n".join(error), last_id))
+            elif data:
+                events.append(SSEEvent(kind or "message", "\n".join(data), last_id))
+            data, error, kind = [], [], ""
+            continue
+        name, colon, value = line.partition(":")
+        value = value[1:] if colon and value.startswith(" ") else value
+        if not name:
+            continue
+        if name == "data":
+            data.append(value)
+        elif name == "error":
+            error.append(value)
+        elif name == "event":
+            kind = value
+        elif name == "id" and "\0" not in value:
+            last_id = value
+    return events
+
+
+_names = st.sampled_from(["data"] * 8 + ["event"] * 3 + ["id"] * 2 + ["error", "retry", "", "x"])
+_eols = st.sampled_from(["\n"] * 5 + ["\r\n", "\r"])
+_wild_values = st.one_of(st.sampled_from(["x", "", " y", "data: z", "ä日🙂\u2028"]), _values)
+
+
+@st.composite
+def wild_streams(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
+    """Fields of every kind, each line with its own ending (so CR, LF and CRLF mix, and a CR line
+    before an LF line makes one break), BOMs, invalid bytes; cut anywhere, and often between lines,
+    so that many chunks are one whole event (the decoder's single-event path) or one line of one."""
+    parts: list[bytes] = [b"\xef\xbb\xbf"] if draw(st.booleans()) else []
+    cuts: list[int] = []
+    for _ in range(draw(st.integers(0, 8))):
+        for _ in range(draw(st.integers(0, 3))):
+            line = draw(_names) + draw(st.sampled_from([": ", ": ", ":", "", ":  "])) + draw(_wild_values)
+            raw = line.encode() + (b"\xff" if draw(st.integers(0, 19)) == 0 else b"")
+            parts.append(raw + draw(_eols).encode())
+            if draw(st.booleans()):
+                cuts.append(len(b"".join(parts)))
+        parts.append(draw(_eols).encode())
+        if draw(st.booleans()):
+            cuts.append(len(b"".join(parts)))
+    stream = b"".join(parts)
+    cuts += draw(st.lists(st.integers(0, len(stream)), max_size=6))
+    points = sorted(set(cuts))
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    return stream, chunks
+
+
+@given(wild_streams())
+def test_any_stream_cut_anywhere_decodes_as_the_whole_stream_does(case: tuple[bytes, list[bytes]]) -> None:
+    stream, chunks = case
+    assert decode(*chunks) == reference(stream)
+    assert decode(*bytewise(stream)) == reference(stream)
