@@ -2,6 +2,11 @@
 
 Pure (no I/O). The HTTP-status and in-stream error paths share one classification, so a 400 before the
 stream and an in-stream ``{"error":{"code":400,…}}`` become the same `EngineRejected`.
+
+Streamed objects are decoded with orjson (a third of the stdlib's CPU per token); what orjson refuses is
+tried again with the stdlib, so the JSON accepted stays the stdlib's: ``NaN`` and ``Infinity``
+(llama-cpp-python's ``json.dumps`` writes them), lone surrogate escapes, numbers beyond the float range.
+One divergence: orjson reads an integer beyond 64 bits as a float, so such a count is not taken as one.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from worker_adapters.base import (
     AdapterError,
@@ -55,12 +62,20 @@ def error_class(status: int | None, kind: str | None = None) -> type[AdapterErro
 def load_object(text: str, engine: str) -> dict[str, Any]:
     """Decode one event's JSON; anything but an object is the engine's fault."""
     try:
-        value = json.loads(text)
+        value = _loads(text)
     except ValueError:
         raise EngineInternal(f"{engine} sent invalid JSON: {clip(text)!r}", engine=engine) from None
     if not isinstance(value, dict):
         raise EngineInternal(f"{engine} sent a JSON {type(value).__name__}, not an object", engine=engine)
     return value
+
+
+def _loads(text: str) -> Any:
+    """orjson's reading of `text`, or the stdlib's where orjson refuses it (see the module docstring)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def in_stream_error(event: Mapping[str, Any], engine: str) -> AdapterError | None:
@@ -132,6 +147,8 @@ def as_str(value: object) -> str | None:
 
 
 def as_dict(value: object) -> Mapping[str, Any]:
+    if isinstance(value, dict):  # every decoded JSON object: a check far cheaper than the Mapping ABC's
+        return value
     return value if isinstance(value, Mapping) else {}
 
 

@@ -25,7 +25,6 @@ from worker_adapters._sse import SSEEvent
 from worker_adapters._wire import (
     as_dict,
     as_int,
-    as_str,
     chat_messages,
     checked_step,
     error_event,
@@ -87,31 +86,34 @@ class OpenAIStream:
             self.done = True
             return [self._finished()]
         chunk = checked_step(event.data, self.engine)
-        if isinstance(chunk.get("usage"), Mapping):
-            self._usage = chunk["usage"]
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):  # decoded JSON: `dict` is every object, and a cheaper check than Mapping
+            self._usage = usage
         out: list[TokenEvent] = []
         for choice in chunk.get("choices") or ():
-            if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # we ask for one choice
-            text = self._text(choice)
+            finish = choice.get("finish_reason")
+            text = self._text(choice, finish)
             if text is not None:
                 self._started = True
                 out.append(Token(text))
-            reason = as_str(choice.get("finish_reason"))
-            if reason:
-                self._finish = self._stop_reason(reason, choice)
+            if finish and isinstance(finish, str):
+                self._finish = self._stop_reason(finish, choice)
         return out
 
-    def _text(self, choice: Mapping[str, Any]) -> str | None:
+    def _text(self, choice: dict[str, Any], finish: object) -> str | None:
         delta = choice.get("delta")
         if delta is None:
-            text = as_str(choice.get("text"))
+            text = choice.get("text")
         else:
-            delta = as_dict(delta)
-            text = as_str(delta.get("content"))
-            if text == "" and "role" in delta and not choice.get("finish_reason") and not self._started:
+            delta = delta if isinstance(delta, dict) else {}
+            text = delta.get("content")
+            if text == "" and "role" in delta and not finish and not self._started:
                 return None  # the role announcement that opens a chat stream (vLLM: content "")
-        if text == "" and choice.get("finish_reason") and not self.final_step_chunks:
+        if not isinstance(text, str):
+            return None
+        if text == "" and finish and not self.final_step_chunks:
             return None  # a bare finish: every token went out before it
         return text
 

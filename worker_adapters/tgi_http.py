@@ -73,7 +73,7 @@ class GenerateStream:
         step = checked_step(event.data, self.engine)
         out: list[TokenEvent] = []
         token = step.get("token")
-        if isinstance(token, Mapping):
+        if isinstance(token, dict):  # decoded JSON: every object is a dict
             text = "" if token.get("special") is True else as_str(token.get("text")) or ""
             out.append(Token(text))
         details = step.get("details")
