@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from types import TracebackType
 from typing import Any
 
 
@@ -29,23 +30,27 @@ class Flight:
         self._waiter: asyncio.Task[Any] | None = None
         self._interrupting = False
 
-    @contextmanager
-    def awaiting(self) -> Iterator[None]:
-        """Wrap one await on the engine; raises `Canceled` if the flight is (or gets) canceled."""
+    def awaiting(self) -> Flight:
+        """Wrap one await on the engine (``with flight.awaiting(): …``); raises `Canceled` if the flight
+        is (or gets) canceled. The flight is its own context manager, not a ``@contextmanager``
+        generator: this runs once per chunk read, and the generator costs 0.8 µs more each time."""
+        return self
+
+    def __enter__(self) -> None:
         if self.canceled:
             raise Canceled(self.task_id)
-        task = asyncio.current_task()
-        self._waiter = task
-        try:
-            yield
-        except asyncio.CancelledError:
-            if self._interrupting and task is not None:
-                self._interrupting = False
-                if task.uncancel() == 0:  # ours was the only cancel request: swallow it
-                    raise Canceled(self.task_id) from None
-            raise
-        finally:
-            self._waiter = None
+        self._waiter = asyncio.current_task()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        task, self._waiter = self._waiter, None
+        if kind is None or not issubclass(kind, asyncio.CancelledError):
+            return
+        if self._interrupting and task is not None:
+            self._interrupting = False
+            if task.uncancel() == 0:  # ours was the only cancel request: swallow it
+                raise Canceled(self.task_id) from None
 
     async def cancel(self) -> None:
         if self.canceled:
