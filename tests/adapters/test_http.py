@@ -4,6 +4,7 @@ was designed with; streaming behaviour over a real socket is in test_conformance
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from tests.fakes.engines.harness import collect, request
+from tests.fakes.engines.llamacpp import LlamaCppEngine
 from worker_adapters._http import build_client, map_http_errors
 from worker_adapters._wire import body_message, error_class, in_stream_error
 from worker_adapters.base import (
@@ -21,6 +23,8 @@ from worker_adapters.base import (
     EngineReset,
     EngineTimeout,
     EngineUnavailable,
+    Finished,
+    Token,
 )
 from worker_adapters.llamacpp_http import LlamaCppAdapter
 
@@ -169,3 +173,73 @@ async def test_a_task_id_can_be_in_flight_once(make_adapter: MakeAdapter) -> Non
         await collect(adapter, request("same"))
     await first.aclose()  # type: ignore[attr-defined]
     assert len(await collect(adapter, request("same"))) == 2
+
+
+class _Gate:
+    """ASGI in front of a fake engine: holds each request until `width` have arrived, so that they are all
+    in flight at once, and records the client port (the connection) that carried each."""
+
+    def __init__(self, app: Any, width: int) -> None:
+        self.app = app
+        self.width = width
+        self.ports: set[int] = set()
+        self._arrived = 0
+        self._all_in: asyncio.Event | None = None  # made in the fake server's own event loop
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._all_in is None:
+            self._all_in = asyncio.Event()
+        self.ports.add(scope["client"][1])
+        self._arrived += 1
+        if self._arrived == self.width:
+            self._all_in.set()
+        await self._all_in.wait()
+        await self.app(scope, receive, send)
+
+
+async def test_the_next_jobs_reuse_the_connections_of_the_last(
+    serve_fake: Any, make_adapter: MakeAdapter
+) -> None:
+    # 6 streams at once, twice: each response is read to its end, so its connection goes back to the
+    # pool, and the second round runs on the first round's connections.
+    width, engine = 6, LlamaCppEngine()
+    rounds: list[set[int]] = []
+    adapter = None
+    for n in range(2):
+        gate = _Gate(engine, width)
+        url = serve_fake(gate)
+        adapter = adapter or make_adapter(LlamaCppAdapter, url)
+        await asyncio.gather(*(collect(adapter, request(f"{n}-{i}")) for i in range(width)))
+        rounds.append(gate.ports)
+    assert len(rounds[0]) == width
+    assert rounds[1] == rounds[0]
+
+
+class _Lingering(httpx.AsyncByteStream):
+    """A llama.cpp body that goes on after its terminal event (with one more event, or nothing)."""
+
+    def __init__(self, then: str) -> None:
+        self.then = then
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b'data: {"content":"a","stop":false}\n\n'
+        yield b'data: {"content":"","stop":true,"stop_type":"eos"}\n\n'
+        if self.then == "more data":
+            yield b'data: {"content":"late","stop":false}\n\n'
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("then", ["more data", "nothing"])
+async def test_a_body_that_goes_on_after_the_terminal_mark_is_closed(
+    make_adapter: MakeAdapter, then: str
+) -> None:
+    # After the terminal mark the adapter waits a moment for the body's end, to keep the connection; a
+    # body that goes on instead is closed (rather than waited for), and its late data is not relayed.
+    body = _Lingering(then)
+    adapter = mock_adapter(make_adapter, lambda r: httpx.Response(200, stream=body))
+    assert await collect(adapter, request()) == [Token("a"), Finished("eos")]
+    assert body.closed
