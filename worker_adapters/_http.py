@@ -18,6 +18,7 @@ import httpx
 from worker_adapters._inflight import Canceled, Flights
 from worker_adapters._ndjson import NDJSONDecoder
 from worker_adapters._sse import SSEDecoder, SSEEvent
+from worker_adapters._transport import ShardedTransport
 from worker_adapters._wire import body_message, clip, error_class, option_float, option_str
 from worker_adapters.base import (
     AdapterConfig,
@@ -34,14 +35,6 @@ from worker_adapters.base import (
 
 _ERROR_BODY_LIMIT = 64 * 1024
 _DRAIN_TIMEOUT_S = 0.5  # how long the terminal events may wait for the body's end (see `_drain`)
-# Idle connections kept per replica: at most 8 (fewer if fewer may be open). A job's connection is
-# reused if its response was read to the end (`_drain`), which cuts the client CPU of a short job by a
-# third. More would cost more than they save with httpcore 1.0.9: at each request start and end its pool
-# scans every open connection once per idle one and polls each idle socket, and it closes idle ones
-# while more than the cap are open (encode/httpcore#1035). Measured on loopback, CPU per 50-token job
-# against opening a connection per job: 8 concurrent jobs 0.65x; 32 and 64 jobs 2.1x and 2.7x if as
-# many are kept as may be open, 0.85x and 1.05x with this cap.
-_KEEPALIVE_MAX = 8
 _T = TypeVar("_T")
 _F = TypeVar("_F", contravariant=True)
 
@@ -64,12 +57,10 @@ def build_client(config: AdapterConfig) -> httpx.AsyncClient:
         pool=config.connect_timeout_s,
     )
     max_connections = int(option_float(config.options, "max_connections", 256))
-    limits = httpx.Limits(
-        max_connections=max_connections,
-        max_keepalive_connections=min(_KEEPALIVE_MAX, max_connections),
-        keepalive_expiry=15,
-    )
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+    # Every connection stays alive between jobs (reused if the job's response was read to its end, see
+    # `_drain`); they are split among small pools to keep httpcore's per-request work short.
+    limits = httpx.Limits(max_connections=max_connections, keepalive_expiry=15)
+    return httpx.AsyncClient(timeout=timeout, transport=ShardedTransport(limits), follow_redirects=False)
 
 
 @contextmanager
