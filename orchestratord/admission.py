@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import orjson
@@ -20,7 +20,7 @@ from orchestratord.core.placement import allowed_pools
 from orchestratord.core.prediction import predict_start_ms, retry_hint_ms
 from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy, Rejected, prospective_position
 from orchestratord.core.ratelimit import TokenBucket
-from orchestratord.core.tasks import JobState, TaskSpec, spec_to_dict
+from orchestratord.core.tasks import JobState, TaskSpec
 from orchestratord.dispatch import Dispatcher
 from orchestratord.errors import (
     AdmissionRejected,
@@ -142,8 +142,7 @@ class Admission:
             raise
         if outcome.evicted is not None:
             await self._evict(outcome.evicted)
-        result = await self._announce(spec, key)
-        return replace(result, headers={k: v for h in holds for k, v in h.headers.items()})
+        return await self._announce(spec, key, {k: v for h in holds for k, v in h.headers.items()})
 
     async def _hold(self, spec: TaskSpec) -> list[AdmissionHold]:
         """Run the checks in order; if one refuses, undo what the earlier ones held."""
@@ -245,7 +244,6 @@ class Admission:
                 bucket = self._buckets[spec.tenant] = TokenBucket(limits.rps, burst)
             wait = bucket.take(self._clock())
         if wait > 0:
-            self._count_backpressure(spec, "rate-limit")
             retry = max(1, math.ceil(wait * 1000))
             raise AdmissionRejected(
                 f"tenant {spec.tenant!r} exceeds its rate of {limits.rps} requests/s; retry in {retry} ms",
@@ -280,7 +278,7 @@ class Admission:
             priority=spec.priority,
             state=JobState.QUEUED,
             created_at=now,
-            spec=orjson.dumps(spec_to_dict(spec)).decode(),
+            spec=orjson.dumps(spec).decode(),  # as `spec_to_dict`, without its deep copy
             session_id=spec.session_id,
             correlation_id=spec.correlation_id,
             cancel_on_disconnect=spec.cancel_on_disconnect,
@@ -289,7 +287,6 @@ class Admission:
     async def _rejected(self, spec: TaskSpec, key: str, outcome: Rejected) -> AdmissionRejected:
         tenant_bound = outcome.reason == "tenant_capacity"
         hint = await self._retry_hint(key, spec.tenant if tenant_bound else None)
-        self._count_backpressure(spec, outcome.policy)
         scope = f"tenant {spec.tenant!r}'s share of the queue" if tenant_bound else "the queue"
         return AdmissionRejected(
             f"{scope} is full (policy {outcome.policy}); retry in {hint} ms, when a queued job is "
@@ -321,13 +318,13 @@ class Admission:
                 hints.append(hint)
         return min(hints, default=DEFAULT_RETRY_MS)  # the default only before anything is measured
 
-    def _count_backpressure(self, spec: TaskSpec, policy: str) -> None:
-        self._metrics.backpressure.labels(engine=self._engine_for(spec.model_ref), policy=policy).inc()
-
     def _refused(self, spec: TaskSpec, exc: OrchestratorError) -> None:
-        """Every refusal, of any kind, is one `task_rejected` event and one count."""
+        """Every refusal, of any kind, is one `task_rejected` event and one count; backpressure (a full
+        queue, a rate limit) is counted under its policy too."""
         engine = self._engine_for(spec.model_ref)
         self._metrics.tasks_rejected.labels(engine=engine, reason=exc.kind.value).inc()
+        if isinstance(exc, AdmissionRejected):
+            self._metrics.backpressure.labels(engine=engine, policy=exc.policy_label).inc()
         log.info(
             "task_rejected", reason=exc.kind.value, policy=exc.policy_label, message=exc.message,
             engine=engine, tokens_in=spec.tokens_in_estimate, prompt=spec.prompt_text,
@@ -361,7 +358,7 @@ class Admission:
             correlation_id=record and record.correlation_id, tokens_in=None, tokens_out=0,
         )  # fmt: skip
 
-    async def _announce(self, spec: TaskSpec, key: str) -> AdmissionResult:
+    async def _announce(self, spec: TaskSpec, key: str, headers: Mapping[str, str]) -> AdmissionResult:
         await self._dispatcher.refresh()
         position = await self._store.position(spec.job_id) or 0
         predicted = self._dispatcher.predict(key, position)
@@ -387,7 +384,7 @@ class Admission:
             engine_version=version, pool_id=pool_id, tokens_in=spec.tokens_in_estimate,
             prompt=spec.prompt_text,
         )  # fmt: skip
-        return AdmissionResult(spec.job_id, position, predicted, backoff)
+        return AdmissionResult(spec.job_id, position, predicted, backoff, headers)
 
 
 async def _undo(holds: Sequence[AdmissionHold]) -> None:

@@ -11,7 +11,7 @@ the job it names).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -41,10 +41,12 @@ class Idempotency:
         self._dispatcher = dispatcher
         self._window = window_s
 
-    async def admit(self, spec: TaskSpec, key: str | None, body_fingerprint: str) -> AdmissionResult:
-        """Admit `spec`, or, for a key seen before, answer with the job the key already created."""
+    async def admit(self, spec: TaskSpec, key: str | None, body: Callable[[], str]) -> AdmissionResult:
+        """Admit `spec`, or, for a key seen before, answer with the job the key already created.
+        `body()` is the request's fingerprint, computed only when there is a key to compare it with."""
         if key is None or self._window <= 0:
             return await self._admission.admit(spec)
+        body_fingerprint = body()
         first = await self._store.remember_idempotency(
             key, spec.tenant, body_fingerprint, spec.job_id, self._window
         )

@@ -10,12 +10,14 @@ renderer, so every line of the stream has one format.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 from orchestratord.core.placement import Assigned, NoCapacity
@@ -37,21 +39,58 @@ REDACTED = "[REDACTED]"
 _SECRET_KEY_PARTS = ("authorization", "api_key", "apikey", "api-key", "password", "secret", "cookie")
 _SECRET_KEYS = frozenset({"token", "key", "credential", "credentials"})
 _PROMPT_KEYS = frozenset({"prompt", "messages"})
+# Prefixes of API keys, grouped by length (the pre-check below needs fixed-width look-behinds).
+_KEY_PREFIXES = ("sk|pk|rk|ok|hf", "key|api|tok|ghp|gho|ghs", "xox[abprs]")
 _TOKEN_LIKE = re.compile(
     r"(?i:\b(bearer|basic)\s+)[A-Za-z0-9._~+/=-]{6,}"  # an Authorization header's value
-    r"|\b(?:sk|pk|rk|ok|key|api|tok|hf|ghp|gho|ghs|xox[abprs])[-_][A-Za-z0-9._-]{8,}"  # prefixed keys
+    rf"|\b(?:{'|'.join(_KEY_PREFIXES)})[-_][A-Za-z0-9._-]{{8,}}"  # prefixed keys
     r"|\beyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*"  # JWTs
     r"|\bAKIA[0-9A-Z]{16}\b"  # AWS access key ids
 )
+_SHORTEST_TOKEN = 11  # the shortest text `_TOKEN_LIKE` matches: a 2-letter prefix, "-" and 8 characters
+# Where `_TOKEN_LIKE`'s prefixed keys could match, found from their separator: a pattern that starts
+# with a character class is scanned in C, where `_TOKEN_LIKE` tries a dozen branches at each position.
+_PREFIXED_KEY = re.compile(
+    "[-_](?:" + "|".join(rf"(?<=\b(?:{group})[-_])" for group in _KEY_PREFIXES) + ")[A-Za-z0-9._-]{8}"
+)
 # 32+ characters mixing upper case, lower case and digits: a random key without a known prefix
 _RANDOM_KEY = re.compile(r"\b(?=[\w-]*[A-Z])(?=[\w-]*[a-z])(?=[\w-]*\d)[\w-]{32,}", re.ASCII)
+_SHORTEST_RANDOM = 32
 _OURS = "_orchestratord_handler"
+
+# What the redactor does with a key's value, decided once per key name: events carry a small, fixed
+# set of names, and classifying one costs a dozen substring searches.
+_PLAIN, _PROMPT, _SECRET, _ID = range(4)
+_KINDS_KEPT = 4096  # a bound, should keys ever come from data (the dictionaries of a nested value)
+_kinds: dict[str, int] = {}
+
+
+def _keep_scheme(match: re.Match[str]) -> str:
+    return (match.group(1) + " " if match.group(1) else "") + REDACTED
+
+
+def _may_hold_token(text: str) -> bool:
+    """False only when `_TOKEN_LIKE` cannot match `text`: none of its literal parts occurs, and no
+    separator follows a key prefix. Several times cheaper than the pattern itself on ordinary text."""
+    if not text.isascii():
+        return True  # Unicode case folding (U+017F matches `s`) is left to the pattern itself
+    lowered = text.lower()
+    return (
+        "bearer" in lowered
+        or "basic" in lowered
+        or "eyJ" in text
+        or "AKIA" in text
+        or (("-" in text or "_" in text) and _PREFIXED_KEY.search(text) is not None)
+    )
 
 
 def _redact_text(text: str, *, an_id: bool = False) -> str:
     """Token-like strings out; an id (`*_id`, which the API validates) keeps long random-looking runs."""
-    text = _TOKEN_LIKE.sub(lambda m: (m.group(1) + " " if m.group(1) else "") + REDACTED, text)
-    return text if an_id else _RANDOM_KEY.sub(REDACTED, text)
+    if len(text) >= _SHORTEST_TOKEN and _may_hold_token(text):
+        text = _TOKEN_LIKE.sub(_keep_scheme, text)
+    if an_id or len(text) < _SHORTEST_RANDOM:
+        return text
+    return _RANDOM_KEY.sub(REDACTED, text)
 
 
 def _secret_key(key: object) -> bool:
@@ -59,11 +98,34 @@ def _secret_key(key: object) -> bool:
     return lowered in _SECRET_KEYS or any(part in lowered for part in _SECRET_KEY_PARTS)
 
 
+def _classify(key: str) -> int:
+    if key.lower() in _PROMPT_KEYS:
+        return _PROMPT
+    if _secret_key(key):
+        return _SECRET
+    return _ID if key.endswith("_id") else _PLAIN
+
+
+def _kind(key: str) -> int:
+    kind = _kinds.get(key)
+    if kind is None:
+        kind = _classify(key)
+        if len(_kinds) < _KINDS_KEPT:
+            _kinds[key] = kind
+    return kind
+
+
+def _secret(key: object) -> bool:
+    return _kind(key) == _SECRET if isinstance(key, str) else _secret_key(key)
+
+
 def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return _redact_text(value)
+    if value is None or isinstance(value, int | float):
+        return value
     if isinstance(value, dict):
-        return {k: REDACTED if _secret_key(k) else _redact_value(v) for k, v in value.items()}
+        return {k: REDACTED if _secret(k) else _redact_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redact_value(v) for v in value]
     return value
@@ -74,15 +136,16 @@ def redactor(log_prompts: bool) -> structlog.types.Processor:
     the operator opted in (`log_prompts: true`)."""
 
     def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        for key in list(event):
-            if key.lower() in _PROMPT_KEYS and not log_prompts:
+        for key, value in list(event.items()):
+            kind = _kind(key)
+            if isinstance(value, str) and kind in (_PLAIN, _ID):  # most values: one call
+                event[key] = _redact_text(value, an_id=kind == _ID)
+            elif kind == _PROMPT and not log_prompts:
                 del event[key]
-            elif _secret_key(key):
+            elif kind == _SECRET:
                 event[key] = REDACTED
-            elif key.endswith("_id") and isinstance(event[key], str):
-                event[key] = _redact_text(event[key], an_id=True)
-            else:
-                event[key] = _redact_value(event[key])
+            elif value is not None:
+                event[key] = _redact_value(value)
         return event
 
     return redact
@@ -104,24 +167,46 @@ def configure(
     out = stream or sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.types.Processor = (
-        structlog.dev.ConsoleRenderer(colors=False) if use_console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=False) if use_console else render_json
     )
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
+    shared: list[structlog.types.Processor] = [structlog.contextvars.merge_contextvars]
+    if not use_console:  # the console renderer formats exceptions itself
+        shared.append(structlog.processors.format_exc_info)
+    # The redactor sees everything that comes from a caller or a context; the level, the time and the
+    # nulls of the job fields are ours and are added after it, not searched for secrets on every line.
+    shared += [
+        redactor(log_prompts),
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         job_fields,
     ]
-    if not use_console:  # the console renderer formats exceptions itself
-        shared.append(structlog.processors.format_exc_info)
-    shared.append(redactor(log_prompts))
+    writer = structlog.WriteLogger(out)  # one for every logger: it only holds the stream and its lock
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
+        logger_factory=lambda *_: writer,
+        cache_logger_on_first_use=False,  # structlog.testing.capture_logs must still reach every logger
     )
     _route_stdlib(out, level, shared, renderer)
+
+
+def render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
+    """One JSON line. orjson is ten times faster than `json`; what it refuses (an integer beyond 64 bits,
+    a lone surrogate), `json` still renders, so no event is lost."""
+    try:
+        return orjson.dumps(event, default=_unknown, option=_JSON_OPTIONS).decode()
+    except TypeError:  # orjson.JSONEncodeError
+        return json.dumps(event, default=_unknown, separators=(",", ":"))
+
+
+# Dataclasses and datetimes go through `_unknown` (their repr), as they did with `json`.
+_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _unknown(value: Any) -> Any:
+    """What `json` cannot encode: the value's own `__structlog__` form, else its repr."""
+    own = getattr(value, "__structlog__", None)
+    return own() if callable(own) else repr(value)
 
 
 def _route_stdlib(

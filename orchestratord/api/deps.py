@@ -4,7 +4,8 @@ correlation id, and the role guards the composition root puts on each router."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import structlog
 from fastapi import Depends, Request
@@ -15,7 +16,20 @@ from orchestratord.errors import UnsupportedMediaType
 from orchestratord.services import Services
 
 # Every dependency is `async def`: FastAPI runs plain `def` dependencies in a worker thread, which
-# the benchmark profile showed as a fifth of the CPU of a job's requests.
+# the benchmark profile showed as a fifth of the CPU of a job's requests. And every dependency takes
+# the request itself, never another dependency: FastAPI's cost is per dependency (a recursive solve
+# and four parameter scans each), so the caller is authenticated once and kept in the request's scope.
+
+_PRINCIPAL = "principal"  # the key of the authenticated caller in the request's `state`
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """What a data-plane handler needs of its request, solved as one dependency."""
+
+    services: Services
+    tenant: str
+    correlation_id: str | None
 
 
 def _services(request: Request) -> Services:
@@ -23,29 +37,51 @@ def _services(request: Request) -> Services:
 
 
 def _principal(request: Request) -> Principal:
-    principal = _services(request).control.keys.principal(request.headers.get("authorization"))
-    structlog.contextvars.bind_contextvars(tenant=principal.tenant)
-    return principal
+    """The caller, from its `Authorization: Bearer` key (401 when missing or wrong), authenticated on
+    the first call of a request and kept for the others. With no keys configured, the default tenant
+    with the admin role. The tenant is always from the credential; one named by the client (a header,
+    a field) is never trusted."""
+    state: dict[str, Any] = request.scope.setdefault("state", {})
+    principal = state.get(_PRINCIPAL)
+    if principal is None:
+        principal = _services(request).control.keys.principal(request.headers.get("authorization"))
+        state[_PRINCIPAL] = principal
+        structlog.contextvars.bind_contextvars(tenant=principal.tenant)
+    return cast(Principal, principal)
+
+
+def _correlation_id(request: Request) -> str | None:
+    value = request.scope.get("state", {}).get("correlation_id")
+    return None if value is None else str(value)
 
 
 async def get_services(request: Request) -> Services:
     return _services(request)
 
 
-async def get_principal(request: Request) -> Principal:
-    """The caller, from its `Authorization: Bearer` key (401 when missing or wrong). With no keys
-    configured, the default tenant with the admin role."""
-    return _principal(request)
+async def get_tenant(request: Request) -> str:
+    """The caller's tenant."""
+    return _principal(request).tenant
 
 
-async def get_tenant(principal: Annotated[Principal, Depends(get_principal)]) -> str:
-    """The caller's tenant: always from its credential; a tenant named by the client (a header, a
-    field) is never trusted."""
-    return principal.tenant
+async def get_caller(request: Request) -> Caller:
+    """The services, the caller's tenant and the request's correlation id."""
+    return _caller(request)
 
 
-def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
-    async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def get_json_caller(request: Request) -> Caller:
+    """`get_caller` for a request whose body must be JSON (`require_json`), as one dependency."""
+    _require_json(request)
+    return _caller(request)
+
+
+def _caller(request: Request) -> Caller:
+    return Caller(_services(request), _principal(request).tenant, _correlation_id(request))
+
+
+def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
+    async def check(request: Request) -> Principal:
+        principal = _principal(request)
         authorize(principal, role)
         return principal
 
@@ -68,13 +104,12 @@ def guard_ops() -> dict[str, Any]:
     return {"dependencies": [Depends(_ops_access)], "responses": errors_for(401, 403)}
 
 
-async def correlation_id(request: Request) -> str | None:
-    state: Any = request.scope.get("state", {})
-    value = state.get("correlation_id")
-    return None if value is None else str(value)
-
-
 async def require_json(request: Request) -> None:
+    _require_json(request)
+
+
+def _require_json(request: Request) -> None:
+    """UnsupportedMediaType (415) unless the body is declared JSON (no Content-Type is taken as JSON)."""
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise UnsupportedMediaType(f"send the body as application/json, not {content_type!r}")

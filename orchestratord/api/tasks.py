@@ -9,16 +9,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Response
 
-from orchestratord.api.deps import correlation_id, get_services, get_tenant, require_json
+from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.responses import BUDGET_HEADERS, errors_for
 from orchestratord.api.schemas import AdmissionResponse, TaskError, TaskRequest, TaskStatus
 from orchestratord.idempotency import fingerprint
-from orchestratord.services import Services
 from orchestratord.state.base import JobRecord
 
 router = APIRouter(tags=["tasks"])
-ServicesDep = Annotated[Services, Depends(get_services)]
-TenantDep = Annotated[str, Depends(get_tenant)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
 
 
@@ -30,23 +28,22 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_lengt
         202: {"headers": BUDGET_HEADERS},
         **errors_for(400, 409, 413, 415, 429, 503, retryable=(409, 429, 503)),
     },
-    dependencies=[Depends(require_json)],
     operation_id="submitTask",
 )
 async def submit_task(
     body: TaskRequest,
-    services: ServicesDep,
-    tenant: TenantDep,
-    cid: Annotated[str | None, Depends(correlation_id)],
+    caller: Annotated[Caller, Depends(get_json_caller)],
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> AdmissionResponse:
     began = time.perf_counter()
+    services = caller.services
     body.check_prompt_size(services.settings.limits.max_prompt_chars)
-    spec = body.to_spec(job_id=str(uuid.uuid4()), tenant=tenant, correlation_id=cid)
-    request_fingerprint = fingerprint(body.model_dump(mode="json"))
+    spec = body.to_spec(job_id=str(uuid.uuid4()), tenant=caller.tenant, correlation_id=caller.correlation_id)
     try:  # every POST that reached admission counts, refused ones too
-        result = await services.idempotency.admit(spec, idempotency_key, request_fingerprint)
+        result = await services.idempotency.admit(
+            spec, idempotency_key, lambda: fingerprint(body.model_dump(mode="json"))
+        )
     finally:
         services.metrics.admission_latency.observe((time.perf_counter() - began) * 1000)
     job_id = result.job_id
@@ -67,8 +64,8 @@ async def submit_task(
     responses=errors_for(400, 404, 503),
     operation_id="getTask",
 )
-async def get_task(job_id: uuid.UUID, services: ServicesDep, tenant: TenantDep) -> TaskStatus:
-    return status_of(await services.jobs.get(str(job_id), tenant))
+async def get_task(job_id: uuid.UUID, caller: CallerDep) -> TaskStatus:
+    return status_of(await caller.services.jobs.get(str(job_id), caller.tenant))
 
 
 @router.post(
@@ -78,8 +75,8 @@ async def get_task(job_id: uuid.UUID, services: ServicesDep, tenant: TenantDep) 
     responses=errors_for(400, 404, 503),
     operation_id="cancelTask",
 )
-async def cancel_task(job_id: uuid.UUID, services: ServicesDep, tenant: TenantDep) -> Response:
-    await services.jobs.cancel(str(job_id), tenant)
+async def cancel_task(job_id: uuid.UUID, caller: CallerDep) -> Response:
+    await caller.services.jobs.cancel(str(job_id), caller.tenant)
     return Response(status_code=204)
 
 

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import httpx
+import orjson
+import pytest
 
+from orchestratord.core.tasks import Message, spec_from_dict, spec_to_dict
 from tests.api.helpers import submit
+from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
+
+KEY = "orchd-test-Zq7Xw2Lr9Tb4Nc8Vy1Hs6Kd3Mf5"
 
 
 def test_submit_answers_at_once_with_ids_and_urls(client: httpx.Client) -> None:
@@ -87,3 +94,36 @@ def test_every_response_carries_the_correlation_id(client: httpx.Client) -> None
         assert stream.headers["x-correlation-id"] == "sse-9"
     events = read_events(client, echoed.json()["sse_url"])
     assert events[0].data["correlation_id"] == "abc-123"
+
+
+def test_the_stored_spec_is_the_request_as_the_dispatcher_reads_it(
+    server: LoopbackServer, client: httpx.Client
+) -> None:
+    request = {
+        "model_ref": "mock", "messages": [{"role": "user", "content": "hi ä"}], "max_tokens": 3,
+        "stop": ["x"], "seed": 2**63 - 1, "temperature": 0.5, "session_id": "s-1",
+        "placement": {"mode": "prefer", "prefer_pools": ["default"]}, "cancel_on_disconnect": False,
+    }  # fmt: skip
+    response = client.post("/v1/tasks", json=request)
+    assert response.status_code == 202, response.text
+    record = server.call(server.app.state.services.store.get(response.json()["job_id"]))
+    stored = orjson.loads(record.spec)
+    spec = spec_from_dict(stored)  # what the dispatcher runs
+    assert stored == orjson.loads(orjson.dumps(spec_to_dict(spec)))
+    assert spec.messages == (Message("user", "hi ä"),) and spec.stop == ("x",) and spec.seed == 2**63 - 1
+    assert spec.placement.prefer_pools == ("default",) and spec.session_id == "s-1"
+
+
+def test_the_caller_is_authenticated_once_per_request(
+    make_server: Callable[..., LoopbackServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The role guard and the handler both need the caller; its key is checked once."""
+    server = make_server(auth={"keys": [{"key": KEY, "tenant": "acme", "role": "client"}]})
+    keys = server.app.state.services.control.keys
+    seen: list[str] = []
+    authenticate = keys.authenticate
+    monkeypatch.setattr(keys, "authenticate", lambda key: seen.append(key) or authenticate(key))
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        job = submit(c)
+        assert c.get(job["status_url"]).json()["job_id"] == job["job_id"]
+    assert seen == [KEY, KEY]

@@ -7,6 +7,7 @@ prefix, so one server serves the whole session; tests that stop or pause Redis s
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -142,7 +143,13 @@ class Replica:
     def logged(self, event: str, **fields: str) -> bool:
         """True if this replica's JSON log has `event` with these fields (what it did, as it says)."""
         for line in self.log_path.read_text(errors="replace").splitlines():
-            if f'"{event}"' in line and all(f'"{k}": "{v}"' in line for k, v in fields.items()):
+            if f'"{event}"' not in line:
+                continue
+            try:
+                logged = json.loads(line)
+            except ValueError:  # a line the replica is still writing
+                continue
+            if logged.get("event") == event and all(logged.get(k) == v for k, v in fields.items()):
                 return True
         return False
 
