@@ -65,7 +65,7 @@ async def test_a_lone_client_reuses_one_connection(server: Server) -> None:
 
 async def test_open_responses_spread_over_the_pools_and_give_their_place_back(server: Server) -> None:
     client, transport = _client(max_connections=64)
-    assert len(transport.shards) == 64 // SHARD_CONNECTIONS
+    assert len(transport.shards) == 1  # more are added as they are needed
     held = 3 * SHARD_CONNECTIONS + 2
     server.bodies.clear()  # responses stay open: their heads arrive, their bodies wait
     async with client:
@@ -75,7 +75,7 @@ async def test_open_responses_spread_over_the_pools_and_give_their_place_back(se
             ]
             counts = [shard.open for shard in transport.shards]
             assert sum(counts) == held
-            assert max(counts) - min(counts) <= 1  # each went to the least busy pool
+            assert len(counts) == 4 and max(counts) == SHARD_CONNECTIONS  # a new pool once all are full
             server.bodies.set()
             for response in responses:  # read to the end: the place, and the connection, are free
                 assert await response.aread() == b"ok"
@@ -85,6 +85,19 @@ async def test_open_responses_spread_over_the_pools_and_give_their_place_back(se
             assert (await client.get(server.url)).text == "ok"
     assert len(first_round) == held
     assert set(server.ports) == first_round
+
+
+async def test_no_more_pools_than_max_connections_allow(server: Server) -> None:
+    client, transport = _client(max_connections=2 * SHARD_CONNECTIONS)
+    server.bodies.clear()
+    async with client, AsyncExitStack() as stack:
+        for _ in range(2 * SHARD_CONNECTIONS):
+            await stack.enter_async_context(client.stream("GET", server.url))
+        assert [shard.open for shard in transport.shards] == [SHARD_CONNECTIONS] * 2
+        with pytest.raises(httpx.PoolTimeout):  # the 17th waits for a connection, in a full pool
+            await client.get(server.url, timeout=httpx.Timeout(5.0, pool=0.2))
+        assert len(transport.shards) == 2
+        server.bodies.set()
 
 
 async def test_a_failed_request_gives_its_place_back() -> None:
