@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The young generation every 20,000 allocations instead of CPython's default 700; the older ones at
-# the default ratios, so a full pass (which reclaims cycles that outlived a job) still comes every
+# the default ratios, so a full pass (which reclaims cycles that outlived a job) is still considered every
 # 4 million allocations. Measured over 6,000 50-token jobs: (700, 10, 10) 84 µs of CPU per token and
 # 122 MB RSS after; (20_000, 20, 10) 63 µs and 126 MB; (50_000, 50, 100) 64 µs and 129 MB.
 GC_THRESHOLDS = (20_000, 20, 10)
