@@ -69,8 +69,12 @@ class TaskSpec:
 
     @property
     def tokens_in_estimate(self) -> int:
-        """A cheap, engine-independent estimate of prompt tokens (about four bytes a token)."""
-        return max(1, len(self.prompt_text.encode()) // 4)
+        """A cheap, engine-independent estimate of prompt tokens (about four bytes a token). Asked
+        several times per admission: ASCII text (most prompts; `isascii` is O(1)) is not encoded to
+        count its bytes."""
+        text = self.prompt_text
+        size = len(text) if text.isascii() else len(text.encode())
+        return max(1, size // 4)
 
     @property
     def tokens_out_estimate(self) -> int:
