@@ -10,8 +10,10 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 
-from orchestratord.cli import GC_THRESHOLDS, build_parser, tune_gc
+from orchestratord import cli
+from orchestratord.cli import GC_THRESHOLDS, build_parser
 from orchestratord.settings import load_settings
 from tests.fakes.servers import REPO, serve_in_process
 from tests.fakes.sse import Event, read_events
@@ -102,13 +104,26 @@ def test_sigterm_mid_stream_every_client_gets_a_terminal_event(tmp_path: Path) -
     assert errors and all(t.data["retriable"] for t in errors)
 
 
-def test_serve_freezes_start_up_objects_and_collects_the_young_generation_less_often() -> None:
+def test_serve_freezes_start_up_objects_and_collects_the_young_generation_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`serve` tunes the collector after building the app and before the server runs."""
+    seen: dict[str, object] = {}
+
+    class Server:
+        def __init__(self, config: object, app_state: object) -> None:
+            pass
+
+        def run(self) -> None:
+            seen.update(thresholds=gc.get_threshold(), frozen=gc.get_freeze_count())
+
+    monkeypatch.setattr(cli, "DrainingServer", Server)
     thresholds = gc.get_threshold()
     try:
-        tune_gc()
-        assert gc.get_threshold() == GC_THRESHOLDS
+        cli.serve(load_settings(None))
+        assert seen["thresholds"] == GC_THRESHOLDS
         assert GC_THRESHOLDS[0] > thresholds[0]
-        assert gc.get_freeze_count() > 0  # what start-up built is out of every collection's walk
+        assert isinstance(seen["frozen"], int) and seen["frozen"] > 0  # start-up objects skip every walk
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
