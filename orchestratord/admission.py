@@ -15,31 +15,37 @@ from typing import Protocol
 
 import orjson
 
-from orchestratord.core.capacity import routing_key
 from orchestratord.core.placement import allowed_pools
 from orchestratord.core.prediction import predict_start_ms, retry_hint_ms
 from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy, Rejected, prospective_position
 from orchestratord.core.ratelimit import TokenBucket
+from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, TaskSpec
-from orchestratord.dispatch import Dispatcher
+from orchestratord.endings import Endings
 from orchestratord.errors import (
+    DEFAULT_RETRY_AFTER_MS,
     AdmissionRejected,
     DeadlineUnmet,
     InvalidParams,
     OrchestratorError,
     PoolUnavailable,
     PoolUnready,
+    QueueFullDropLru,
     ShuttingDown,
 )
 from orchestratord.logs import bind_job, get_logger
 from orchestratord.metrics import NONE, Metrics
+from orchestratord.outlook import Outlook
 from orchestratord.presence import Presence
-from orchestratord.state.base import JobRecord, StateStore
+from orchestratord.state.base import EventLog, JobQueue, JobRecord, JobRegistry
 from orchestratord.state.shared import SharedState
 from pool_manager.registry import PoolRegistry, PoolState
 
 log = get_logger(__name__)
-DEFAULT_RETRY_MS = 1000
+
+
+class _Store(JobRegistry, EventLog, JobQueue, Protocol):
+    """The roles admission uses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +82,11 @@ class TenantLimits:
 class Admission:
     def __init__(
         self,
-        store: StateStore,
+        store: _Store,
         registry: PoolRegistry,
-        dispatcher: Dispatcher,
+        outlook: Outlook,
+        endings: Endings,
+        wake: Callable[[], None],
         presence: Presence,
         metrics: Metrics,
         policy: QueuePolicy,
@@ -92,7 +100,9 @@ class Admission:
     ) -> None:
         self._store = store
         self._registry = registry
-        self._dispatcher = dispatcher
+        self._outlook = outlook
+        self._endings = endings
+        self._wake = wake
         self._presence = presence
         self._metrics = metrics
         self._policy = policy
@@ -116,7 +126,8 @@ class Admission:
     async def _admit(self, spec: TaskSpec) -> AdmissionResult:
         if not self.accepting:
             raise ShuttingDown(
-                "this orchestrator is shutting down; retry on another replica", retry_after_ms=1000
+                "this orchestrator is shutting down; retry on another replica",
+                retry_after_ms=DEFAULT_RETRY_AFTER_MS,
             )
         key = self._validate(spec)
         await self._rate_limit(spec)
@@ -125,7 +136,7 @@ class Admission:
             job_id=spec.job_id,
             tenant=spec.tenant,
             priority=spec.priority,
-            model=key,
+            route=key,
             cost=self._cost(spec),
             deadline=None if spec.deadline_ms is None else now + spec.deadline_ms / 1000,
             enqueued_at=now,
@@ -156,7 +167,7 @@ class Admission:
         return holds
 
     # -- checks ----------------------------------------------------------------------------------
-    def _validate(self, spec: TaskSpec) -> str:
+    def _validate(self, spec: TaskSpec) -> Route:
         served = self._registry.models()
         if spec.model_ref not in served:
             raise InvalidParams(
@@ -176,7 +187,7 @@ class Admission:
         if all(p.draining for p in candidates):
             raise PoolUnavailable(
                 f"every pool serving {spec.model_ref!r} is draining; retry later or on another deployment",
-                retry_after_ms=DEFAULT_RETRY_MS,
+                retry_after_ms=DEFAULT_RETRY_AFTER_MS,
             )
         needed = spec.tokens_in_estimate + spec.max_tokens
         fitting = [
@@ -188,9 +199,9 @@ class Admission:
             raise PoolUnavailable(
                 f"every pool that fits this job ({', '.join(sorted(p.spec.id for p in fitting))}) is "
                 "draining; retry later or on another deployment",
-                retry_after_ms=DEFAULT_RETRY_MS,
+                retry_after_ms=DEFAULT_RETRY_AFTER_MS,
             )
-        # The routing key names the pools whenever the job may not run on every pool that serves its
+        # The route names the pools whenever the job may not run on every pool that serves its
         # model (placement preferences, or a context or output only some pools take), so that the
         # queue offers it only to free slots placement will accept.
         restricted = (
@@ -199,7 +210,7 @@ class Admission:
             or bool(spec.placement.avoid_pools)
             or len(fitting) < len(pools)
         )
-        return routing_key(spec.model_ref, [p.spec.id for p in fitting] if restricted else None)
+        return Route.to(spec.model_ref, [p.spec.id for p in fitting] if restricted else None)
 
     @staticmethod
     def _too_large(spec: TaskSpec, candidates: Sequence[PoolState]) -> str:
@@ -229,7 +240,9 @@ class Admission:
         pool = self._registry.pools[pin]
         if pool.draining or not any(r.ready for r in pool.replicas.values()):
             state = "draining" if pool.draining else "not ready"
-            raise PoolUnready(f"pinned pool {pin!r} is {state}", pool_id=pin, retry_after_ms=DEFAULT_RETRY_MS)
+            raise PoolUnready(
+                f"pinned pool {pin!r} is {state}", pool_id=pin, retry_after_ms=DEFAULT_RETRY_AFTER_MS
+            )
 
     async def _rate_limit(self, spec: TaskSpec) -> None:
         limits = self._limits.get(spec.tenant)
@@ -255,9 +268,9 @@ class Admission:
         """Refuse a job whose predicted start, were it admitted now, falls after its deadline."""
         if spec.deadline_ms is None:
             return
-        await self._dispatcher.refresh()
+        await self._outlook.refresh()
         position = prospective_position(await self._store.queued(), self._policy, entry)
-        predicted = self._dispatcher.predict(entry.model, position)
+        predicted = self._outlook.predict(entry.route, position)
         if predicted is not None and predicted > spec.deadline_ms:
             raise DeadlineUnmet(
                 f"predicted start in {predicted} ms is after the deadline of {spec.deadline_ms} ms "
@@ -284,7 +297,7 @@ class Admission:
             cancel_on_disconnect=spec.cancel_on_disconnect,
         )
 
-    async def _rejected(self, spec: TaskSpec, key: str, outcome: Rejected) -> AdmissionRejected:
+    async def _rejected(self, spec: TaskSpec, key: Route, outcome: Rejected) -> AdmissionRejected:
         tenant_bound = outcome.reason == "tenant_capacity"
         hint = await self._retry_hint(key, spec.tenant if tenant_bound else None)
         scope = f"tenant {spec.tenant!r}'s share of the queue" if tenant_bound else "the queue"
@@ -295,33 +308,33 @@ class Admission:
             retry_after_ms=hint,
         )
 
-    async def _retry_hint(self, key: str, tenant: str | None) -> int:
+    async def _retry_hint(self, key: Route, tenant: str | None) -> int:
         """When a place in the queue (or in `tenant`'s share) is expected to free, from the measured
         drain rate: the earliest predicted start among the queued jobs in scope, plus a small margin.
 
         A job still queued now waits for a slot to free (or for its tenant's running jobs to end),
         so its wait counts from the next release even when a slot is free."""
-        await self._dispatcher.refresh()
-        first: dict[str, int] = {}
+        await self._outlook.refresh()
+        first: dict[Route, int] = {}
         for queued in await self._store.queued():
             if tenant is None:
-                first[queued.model] = 0  # every routing key with queued jobs has one at position 0
+                first[queued.route] = 0  # every route with queued jobs has one at position 0
             elif queued.tenant == tenant:
                 position = await self._store.position(queued.job_id) or 0
-                first[queued.model] = min(position, first.get(queued.model, position))
+                first[queued.route] = min(position, first.get(queued.route, position))
         hints = []
-        for model, position in (first or {key: 0}).items():
-            cap = self._dispatcher.capacity(model)
+        for route, position in (first or {key: 0}).items():
+            cap = self._outlook.capacity(route)
             wait = predict_start_ms(max(position, cap.slots_free), cap)
             hint = None if wait is None else retry_hint_ms(wait, cap)
             if hint is not None:
                 hints.append(hint)
-        return min(hints, default=DEFAULT_RETRY_MS)  # the default only before anything is measured
+        return min(hints, default=DEFAULT_RETRY_AFTER_MS)  # the default only before anything is measured
 
     def _refused(self, spec: TaskSpec, exc: OrchestratorError) -> None:
         """Every refusal, of any kind, is one `task_rejected` event and one count; backpressure (a full
         queue, a rate limit) is counted under its policy too."""
-        engine = self._engine_for(spec.model_ref)
+        engine = self._endings.engine_serving(spec.model_ref)
         self._metrics.tasks_rejected.labels(engine=engine, reason=exc.kind.value).inc()
         if isinstance(exc, AdmissionRejected):
             self._metrics.backpressure.labels(engine=engine, policy=exc.policy_label).inc()
@@ -330,38 +343,21 @@ class Admission:
             engine=engine, tokens_in=spec.tokens_in_estimate, prompt=spec.prompt_text,
         )  # fmt: skip
 
-    def _engine_for(self, model: str) -> str:
-        engines = sorted({p.spec.engine for p in self._registry.pools.values() if model in p.spec.models})
-        return engines[0] if engines else NONE
-
     async def _evict(self, victim: QueueEntry) -> None:
         policy = self._policy.full_policy
-        record = await self._store.get(victim.job_id)
-        await self._store.finish(
-            victim.job_id,
-            JobState.FAILED,
-            "error",
-            {
-                "code": "QUEUE_FULL_DROP_LRU",
-                "message": f"evicted from a full queue by policy {policy} to admit a newer job; retry",
-                "retriable": True,
-                "retry_after_ms": await self._retry_hint(victim.model, None),
-            },
+        evicted = QueueFullDropLru(
+            f"evicted from a full queue by policy {policy} to admit a newer job; retry",
+            retry_after_ms=await self._retry_hint(victim.route, None),
+            policy_label=policy,
         )
-        engine = self._engine_for(victim.model.rpartition("@")[0] or victim.model)
-        self._metrics.backpressure.labels(engine=engine, policy=policy).inc()
-        self._metrics.tasks_rejected.labels(engine=engine, reason="QUEUE_FULL_DROP_LRU").inc()
-        log.warning(  # the victim's own fields: this runs in the context of the job that displaced it
-            "task_failed", code="QUEUE_FULL_DROP_LRU", policy=policy, job_id=victim.job_id,
-            tenant=victim.tenant, priority=victim.priority, engine=engine, pool_id=None,
-            session_id=record and record.session_id, model_ref=record and record.model_ref,
-            correlation_id=record and record.correlation_id, tokens_in=None, tokens_out=0,
-        )  # fmt: skip
+        if await self._endings.fail(victim.job_id, evicted):
+            engine = self._endings.engine_serving(victim.route.model)
+            self._metrics.backpressure.labels(engine=engine, policy=policy).inc()
 
-    async def _announce(self, spec: TaskSpec, key: str, headers: Mapping[str, str]) -> AdmissionResult:
-        await self._dispatcher.refresh()
+    async def _announce(self, spec: TaskSpec, key: Route, headers: Mapping[str, str]) -> AdmissionResult:
+        await self._outlook.refresh()
         position = await self._store.position(spec.job_id) or 0
-        predicted = self._dispatcher.predict(key, position)
+        predicted = self._outlook.predict(key, position)
         await self._store.append(
             spec.job_id,
             "started",
@@ -373,9 +369,9 @@ class Admission:
             },
         )
         self._presence.admitted(spec.job_id)
-        self._dispatcher.wake()
+        self._wake()
         backoff = 0 if predicted is None else predicted
-        engine, version, pool_id = self._dispatcher.pool_labels(key)
+        engine, version, pool_id = self._outlook.labels(key)
         self._metrics.tasks_enqueued.labels(
             engine=engine, engine_version=version, pool_id=pool_id, replica_id=NONE, priority=spec.priority
         ).inc()

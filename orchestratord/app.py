@@ -15,18 +15,22 @@ from orchestratord.api.openapi import contract_document
 from orchestratord.control import build_control_plane
 from orchestratord.core.queue import QueuePolicy
 from orchestratord.dispatch import DispatchConfig, Dispatcher
+from orchestratord.endings import Endings
+from orchestratord.housekeeping import Housekeeper
 from orchestratord.idempotency import Idempotency
 from orchestratord.jobs import JobControl
 from orchestratord.logs import get_logger
 from orchestratord.metrics import Metrics
+from orchestratord.outlook import Outlook
 from orchestratord.pool_ops import PoolOps
 from orchestratord.presence import Presence
+from orchestratord.reachability import Reachability
+from orchestratord.runs import Runs
 from orchestratord.services import Services
 from orchestratord.settings import Settings, redact_url
 from orchestratord.shutdown import drain_and_stop
 from orchestratord.state.base import StateStore
 from orchestratord.state.memory import MemoryStore
-from orchestratord.state.shared import SharedState
 from pool_manager.health import HealthProber
 from pool_manager.registry import PoolRegistry
 from pool_manager.specs import PoolSpec
@@ -83,26 +87,26 @@ def build_store(settings: Settings) -> StateStore:
 
 def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     store = build_store(settings)
-    leases = getattr(store, "leases", None)
-    shared = store if isinstance(store, SharedState) else None
-    registry = PoolRegistry(settings.pool_specs(), leases=leases)
+    registry = PoolRegistry(settings.pool_specs(), leases=store.leases)
     metrics = Metrics()
     control = build_control_plane(settings, store)
+    runs = Runs()
+    outlook = Outlook(registry, runs)
+    endings = Endings(store, registry, metrics)
+    reachability = Reachability()
+    housekeeper = Housekeeper(store, outlook, endings, metrics, reachability, shared=store.shared)
     dispatcher = Dispatcher(
-        store,
-        registry,
-        adapters,
-        metrics,
-        DispatchConfig(
+        store, registry, adapters, metrics,
+        runs=runs, outlook=outlook, endings=endings, housekeeper=housekeeper, reachability=reachability,
+        config=DispatchConfig(
             metrics_interval_s=settings.stream.metrics_interval_s,
             tenant_max_concurrent={t.id: t.max_concurrent for t in settings.tenants if t.max_concurrent},
             heartbeat_s=settings.redis.heartbeat_s,
         ),
-        hooks=control.gate,
-        shared=shared,
-    )
-    metrics.watch_pools(lambda: dispatcher.snapshots)
-    jobs = JobControl(store, metrics, lambda pool_id: _engine_version(registry, pool_id))
+        hooks=control.gate, shared=store.shared,
+    )  # fmt: skip
+    metrics.watch_pools(lambda: outlook.snapshots)
+    jobs = JobControl(store, endings)
     presence = Presence(
         store,
         jobs,
@@ -110,31 +114,23 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         grace_s=settings.stream.reconnect_grace_s,
     )
     admission = Admission(
-        store,
-        registry,
-        dispatcher,
-        presence,
-        metrics,
-        queue_policy(settings),
+        store, registry, outlook, endings, dispatcher.wake, presence, metrics, queue_policy(settings),
         max_tokens=settings.limits.max_tokens,
         tenant_limits={t.id: TenantLimits(t.rps, t.burst) for t in settings.tenants},
         checks=[control.gate],
-        shared=shared,
-    )
+        shared=store.shared,
+    )  # fmt: skip
     prober = HealthProber(registry, adapters, interval_s=settings.health_interval_s)
-    pools = PoolOps(registry, dispatcher, adapters)
+    pools = PoolOps(
+        registry, adapters, runs=runs, endings=endings, housekeeper=housekeeper, wake=dispatcher.wake
+    )
     # A key never outlives the finished job it names.
     window = min(settings.idempotency_window_s, settings.stream.retention_s)
-    idempotency = Idempotency(store, admission, dispatcher, window_s=window)
+    idempotency = Idempotency(store, admission, outlook, window_s=window)
     return Services(
-        settings, store, registry, dispatcher, admission, jobs, presence, prober, metrics, pools,
-        idempotency=idempotency, control=control,
+        settings, store, registry, adapters, runs, outlook, endings, dispatcher, admission, jobs,
+        presence, prober, metrics, pools, idempotency=idempotency, control=control,
     )  # fmt: skip
-
-
-def _engine_version(registry: PoolRegistry, pool_id: str | None) -> str:
-    pool = registry.get(pool_id) if pool_id else None
-    return pool.engine_version if pool is not None else "unknown"
 
 
 def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> FastAPI:
@@ -149,7 +145,7 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
         await services.prober.probe_all()
         services.prober.start()
         services.dispatcher.start()
-        await services.dispatcher.refresh()
+        await services.outlook.refresh()
         log.info(
             "orchestratord_started",
             pools=[p.id for p in settings.pools],

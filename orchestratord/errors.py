@@ -16,16 +16,23 @@ OrchestratorError
   ├─ UnsupportedMediaType     (415, UNSUPPORTED_MEDIA_TYPE)
   ├─ AdmissionRejected        (429, ADMISSION_REJECT)   carries policy_label and retry_after_ms
   ├─ BudgetExceeded           (429, BUDGET_EXCEEDED)    policy_label "quota"; a session or tenant budget
-  ├─ QueueFullDropLru         (429 when refused; the terminal error of an evicted job)
+  ├─ QueueFullDropLru         (429)  the terminal error of a queued job evicted by a newer one
   ├─ PoolUnready / PoolUnavailable / ReplicaExhausted / ShuttingDown (503)
   ├─ StateUnavailable         (503, STATE_UNAVAILABLE)  the shared state backend (Redis) is unreachable
   └─ DecodeTimeout / WorkerReset / Internal (500-class; in streams they are `error` events)
+
+Each wire has one mapping from these classes: `api.errors.to_response` (the HTTP envelope) and
+`endings.error_event` (a job's `error` event). Whatever ends a job badly raises or passes one of them
+to `endings.Endings.fail`, never a hand-built payload.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from typing import Any
+
+# The retry hint of an error that has no measured one (a drain, a shutdown, an unservable job).
+DEFAULT_RETRY_AFTER_MS = 1000
 
 
 class ErrorKind(StrEnum):
@@ -69,8 +76,11 @@ class OrchestratorError(Exception):
         engine: str | None = None,
         pool_id: str | None = None,
         headers: dict[str, str] | None = None,
+        retriable: bool | None = None,
     ) -> None:
         super().__init__(message)
+        if retriable is not None:  # this instance's own verdict, over its class's
+            self.retriable = retriable
         self.message = message
         self.retry_after_ms = retry_after_ms
         self.policy_label = policy_label

@@ -1,179 +1,219 @@
-"""Running one job on one replica: relay the engine's tokens into the job's event log, end it once.
+"""A job's run on this replica, from its first placed slot to its end.
 
-The runner holds the slot lease for the whole run and returns it on every path. A failure before the
-first token is retried on another replica (the client sees only a later dispatch); after the first
-token the job ends with a retriable WORKER_RESET (or the engine's own error kind).
+Each attempt is relayed by `relay.Relay`. After a failed attempt `core.attempts.after_failure` decides:
+before the first token a transient failure fails over to another replica (the client sees only a
+later dispatch, and the job's record names the replica that runs it now); otherwise, or when no other
+replica can take it, the job ends through `Endings.fail`. Only the replica's own faults count toward
+its circuit breaker. On every path the run returns its slot lease, settles its flow in the fair queue
+(fairness by tokens) and wakes the dispatcher; a bug in the run still ends the job, loudly.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
 
-import orjson
-
+from orchestratord.core.attempts import Fail, after_failure, counts_against_replica, engine_error
 from orchestratord.core.placement import Assigned
-from orchestratord.core.tasks import JobState, TaskSpec
-from orchestratord.errors import ErrorKind
-from orchestratord.logs import get_logger
+from orchestratord.core.queue import QueueEntry
+from orchestratord.core.tasks import TaskSpec
+from orchestratord.endings import Endings
+from orchestratord.errors import Internal, StateUnavailable
+from orchestratord.logs import bind, bind_job, get_logger, placement_fields
 from orchestratord.metrics import Metrics
-from orchestratord.state.base import StateStore
-from worker_adapters.base import (
-    AdapterError,
-    ChatMessage,
-    EngineReset,
-    Finished,
-    SubmitRequest,
-    TokenEvent,
-    WorkerAdapter,
-)
+from orchestratord.outlook import Outlook
+from orchestratord.placing import Placer
+from orchestratord.relay import Relay, RunContext, RunStats
+from orchestratord.runs import Running, Runs
+from orchestratord.state.base import EventLog, JobQueue, JobRegistry
+from pool_manager.registry import PoolRegistry
+from worker_adapters.base import WorkerAdapter
 
 log = get_logger(__name__)
 
 
-@dataclass(slots=True)
-class RunStats:
-    """What one attempt measured, for metrics, logs, predictions and fairness settlement."""
-
-    tokens: int = 0
-    first_token_at: float | None = None
-    prompt_tokens: int | None = None
-    outcome: str = "running"
-    error: AdapterError | None = None
+class _Store(JobRegistry, EventLog, JobQueue, Protocol):
+    """The roles a run uses: the job's record and log, and the queue's settlement."""
 
 
-@dataclass(slots=True)
-class RunContext:
-    spec: TaskSpec
-    assigned: Assigned
-    admitted_at: float
-    queue_depth: Callable[[], int]
-    metrics_interval_s: float
-    labels: dict[str, str] = field(default_factory=dict)
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    max_attempts: int = 3
+    metrics_interval_s: float = 1.0  # progress `metrics` events while decoding
 
 
-def submit_request(spec: TaskSpec, engine_model: str) -> SubmitRequest:
-    messages = None
-    if spec.messages is not None:
-        messages = tuple(ChatMessage(m.role, m.content) for m in spec.messages)
-    return SubmitRequest(
-        task_id=spec.job_id,
-        model=engine_model,
-        max_tokens=spec.max_tokens,
-        prompt=spec.prompt,
-        messages=messages,
-        seed=spec.seed,
-        temperature=spec.temperature,
-        top_p=spec.top_p,
-        stop=spec.stop,
-        correlation_id=spec.correlation_id,
-    )
-
-
-class Runner:
-    """Relays one attempt. Returns its stats; never raises an AdapterError."""
-
+class Execution:
     def __init__(
-        self, store: StateStore, metrics: Metrics, clock: Callable[[], float] = time.monotonic
+        self,
+        store: _Store,
+        registry: PoolRegistry,
+        adapters: Mapping[tuple[str, str], WorkerAdapter],
+        metrics: Metrics,
+        *,
+        runs: Runs,
+        outlook: Outlook,
+        endings: Endings,
+        placer: Placer,
+        wake: Callable[[], None],
+        config: RunConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._registry = registry
+        self._adapters = adapters
         self._metrics = metrics
+        self._runs = runs
+        self._outlook = outlook
+        self._endings = endings
+        self._placer = placer
+        self._wake = wake
+        self._config = config or RunConfig()
         self._clock = clock
+        self._relay = Relay(store, metrics, clock)
 
-    async def attempt(self, ctx: RunContext, adapter: WorkerAdapter, engine_model: str) -> RunStats:
+    def start(self, spec: TaskSpec, entry: QueueEntry, admitted_mono: float, first: Assigned) -> None:
+        """Run the job (placed on `first`, its slot leased) in a task of its own."""
+        run = Running(spec.job_id, spec.tenant, "", "", self._clock())
+        self._runs.add(run)
+        run.task = asyncio.create_task(self._run(spec, entry, admitted_mono, run, first))
+
+    async def _run(
+        self, spec: TaskSpec, entry: QueueEntry, admitted_mono: float, run: Running, first: Assigned
+    ) -> None:
         stats = RunStats()
-        started = self._clock()
-        last_metrics = started
+        bind_job(spec)  # this task's context: every event of the run carries the job's fields
         try:
-            async with closing_stream(adapter.submit(submit_request(ctx.spec, engine_model))) as events:
-                async for event in events:
-                    if isinstance(event, Finished):
-                        await self._finish(ctx, stats, event, started)
-                        return stats
-                    if await self._store.append_token(ctx.spec.job_id, event.text) is None:
-                        stats.outcome = "canceled"
-                        return stats
-                    stats.tokens += 1
-                    now = self._clock()
-                    if stats.first_token_at is None:
-                        stats.first_token_at = now
-                        self._metrics.ttft.labels(**ctx.labels).observe((now - ctx.admitted_at) * 1000)
-                        log.info("task_first_token", ttft_ms=round((now - ctx.admitted_at) * 1000))
-                    if now - last_metrics >= ctx.metrics_interval_s:
-                        last_metrics = now
-                        await self._progress(ctx, stats, now, started)
-        except AdapterError as exc:
-            return await self._failed(ctx, stats, exc)
-        return await self._failed(ctx, stats, _truncated(adapter.engine))
+            stats = await self._attempts(spec, entry, admitted_mono, run, first)
+        except StateUnavailable:
+            # The shared backend went away mid-run: the engine request is closed, the lease is no
+            # longer renewed, and once it expires a replica that reaches the backend reaps the job.
+            log.warning("task_lost_state_backend", tokens_out=stats.tokens)
+        except Exception:  # task root: a bug here must still end the job, loudly
+            log.error("job_run_crashed", job_id=spec.job_id, exc_info=True)
+            crashed = Internal("internal error while running the job", retriable=True)
+            await self._endings.fail(spec.job_id, crashed, pool_id=run.pool_id or None, from_run=True)
+        finally:
+            self._runs.drop(spec.job_id)
+            with contextlib.suppress(StateUnavailable):  # an unreleased shared lease expires by itself
+                await self._registry.release(spec.job_id)
+                await self._settle(spec, entry, stats)
+            self._wake()
 
-    async def _failed(self, ctx: RunContext, stats: RunStats, error: AdapterError) -> RunStats:
-        """An engine stream that broke off. If the job had already ended (a cancel closes the engine
-        request), that is the cancel taking effect, not an engine failure to count or fail over from."""
-        record = await self._store.get(ctx.spec.job_id)
-        if record is not None and record.state.terminal:
-            stats.outcome = "canceled"
-        else:
-            stats.outcome, stats.error = "error", error
+    async def _attempts(
+        self, spec: TaskSpec, entry: QueueEntry, admitted_mono: float, run: Running, assigned: Assigned
+    ) -> RunStats:
+        tried = set[tuple[str, str]]()
+        attempt = 0
+        while True:
+            tried.add((assigned.pool_id, assigned.replica_id))
+            stats = await self._attempt(spec, assigned, admitted_mono, run)
+            if stats.outcome != "error" or stats.error is None:
+                return stats
+            step = after_failure(
+                stats.error,
+                tokens=stats.tokens,
+                attempt=attempt,
+                max_attempts=self._config.max_attempts,
+                pool_id=run.pool_id,
+            )
+            if not isinstance(step, Fail):
+                async with self._placer.exclusive():
+                    failover = await self._placer.place(spec, entry.route, tried)
+                if failover is not None:
+                    assigned, attempt = failover, attempt + 1
+                    continue
+                # every candidate failed this job already: report the engine's error
+                step = Fail(engine_error(stats.error, after_first_token=False, pool_id=run.pool_id))
+            await self._endings.fail(spec.job_id, step.error, from_run=True)
+            return stats
+
+    async def _attempt(
+        self, spec: TaskSpec, assigned: Assigned, admitted_mono: float, run: Running
+    ) -> RunStats:
+        pool = self._registry.pools[assigned.pool_id]
+        # Bound before any await: a reload that rebinds the replica meanwhile leaves this run (and
+        # its cancels) on the adapter it is about to use, which stays open until the run ends.
+        adapter = self._adapters[(assigned.pool_id, assigned.replica_id)]
+        run.adapter = adapter
+        record = await self._store.start(
+            spec.job_id, pool_id=assigned.pool_id, replica_id=assigned.replica_id, engine=assigned.engine
+        )
+        if record is None:  # ended meanwhile (canceled, drained), or no longer claimed by this replica
+            return RunStats(outcome="canceled")
+        first_attempt = not run.pool_id
+        bind(**placement_fields(assigned))
+        run.pool_id, run.replica_id = assigned.pool_id, assigned.replica_id
+        run.started = self._clock()
+        queue_time_ms = round((run.started - admitted_mono) * 1000)
+        bind(queue_time_ms=queue_time_ms)
+        await self._dispatched(spec, assigned, queue_time_ms)
+        labels = _labels(assigned)
+        self._metrics.tasks_started.labels(**labels, priority=spec.priority).inc()
+        if first_attempt:
+            met = None if spec.deadline_ms is None else queue_time_ms <= spec.deadline_ms
+            self._metrics.started(spec.tenant, spec.priority, met)
+        log.info("task_started", tokens_in=spec.tokens_in_estimate)
+        ctx = RunContext(
+            spec,
+            assigned,
+            admitted_mono,
+            lambda: self._outlook.queue_depth,
+            self._config.metrics_interval_s,
+            {k: v for k, v in labels.items() if k != "replica_id"} | {"priority": spec.priority},
+        )
+        stats = await self._relay.attempt(ctx, adapter, pool.spec.engine_model or spec.model_ref)
+        self._count_tokens(spec, stats, labels)
+        self._learn(assigned, run, stats)
+        if stats.outcome == "error":
+            await self._registry.release(spec.job_id)  # a failover leases its next slot anew
         return stats
 
-    async def _progress(self, ctx: RunContext, stats: RunStats, now: float, started: float) -> None:
-        elapsed = max(now - started, 1e-6)
+    async def _dispatched(self, spec: TaskSpec, assigned: Assigned, queue_time_ms: int) -> None:
+        """The job's dispatch `metrics` event: where it runs and how long it waited."""
+        extra = await self._placer.placed(spec, assigned)
         await self._store.append(
-            ctx.spec.job_id,
+            spec.job_id,
             "metrics",
             {
-                "queue_depth": ctx.queue_depth(),
-                "tokens_out": stats.tokens,
-                "tokens_per_s": round(stats.tokens / elapsed, 2),
+                "pool_id": assigned.pool_id,
+                "replica_id": assigned.replica_id,
+                "engine": assigned.engine,
+                "queue_time_ms": queue_time_ms,
+                "queue_depth": self._outlook.queue_depth,
+                **extra,
             },
         )
 
-    async def _finish(self, ctx: RunContext, stats: RunStats, event: Finished, started: float) -> None:
-        now = self._clock()
-        stats.prompt_tokens = event.prompt_tokens
-        await self._progress(ctx, stats, now, started)
-        done = await self._store.finish(
-            ctx.spec.job_id, JobState.SUCCEEDED, "end", {"stop_reason": event.stop_reason}
-        )
-        stats.outcome = "succeeded" if done is not None else "canceled"
-        decode_ms = None if stats.first_token_at is None else (now - stats.first_token_at) * 1000
-        if decode_ms is not None:
-            self._metrics.decode.labels(**ctx.labels).observe(decode_ms)
-        if done is not None:  # decode_time_ms as the client's `end` event says it
-            log.info(
-                "task_completed", stop_reason=event.stop_reason, tokens_out=stats.tokens,
-                tokens_in=ctx.spec.tokens_in_estimate if event.prompt_tokens is None else event.prompt_tokens,
-                decode_time_ms=orjson.loads(done.data).get("decode_time_ms"),
-            )  # fmt: skip
+    def _learn(self, assigned: Assigned, run: Running, stats: RunStats) -> None:
+        """What the attempt says of the replica: a fault toward its breaker, or a service time."""
+        if stats.outcome == "error" and stats.error is not None:
+            if counts_against_replica(stats.error):
+                self._registry.record_failure(assigned.pool_id, assigned.replica_id, stats.error.message)
+        else:
+            self._registry.record_success(assigned.pool_id, assigned.replica_id)
+            self._outlook.served(assigned.pool_id, self._clock() - run.started)
+
+    def _count_tokens(self, spec: TaskSpec, stats: RunStats, labels: dict[str, str]) -> None:
+        self._metrics.tokens_out.labels(**labels).inc(stats.tokens)
+        prompt = stats.prompt_tokens if stats.prompt_tokens is not None else spec.tokens_in_estimate
+        self._metrics.tokens_in.labels(**labels).inc(prompt)
+
+    async def _settle(self, spec: TaskSpec, entry: QueueEntry, stats: RunStats) -> None:
+        if entry.unit == "tokens":  # fairness by tokens: replace the estimate with the real count
+            prompt = stats.prompt_tokens
+            if prompt is None:
+                prompt = spec.tokens_in_estimate if stats.tokens else 0
+            await self._store.settle(spec.tenant, spec.priority, entry.cost, float(prompt + stats.tokens))
 
 
-@asynccontextmanager
-async def closing_stream(events: AsyncIterator[TokenEvent]) -> AsyncIterator[AsyncIterator[TokenEvent]]:
-    """Close the adapter's stream on every exit, which closes the engine request."""
-    try:
-        yield events
-    finally:
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-def _truncated(engine: str) -> AdapterError:
-    return EngineReset("the engine stream ended without a terminal event", engine=engine)
-
-
-def error_payload(exc: AdapterError, *, after_first_token: bool, pool_id: str) -> dict[str, object]:
-    """The `error` event for an engine failure. After the first token a broken stream is WORKER_RESET."""
-    code = exc.code
-    if after_first_token and code in (ErrorKind.POOL_UNAVAILABLE, ErrorKind.INTERNAL):
-        code = ErrorKind.WORKER_RESET.value
-    retriable = exc.retriable or code == ErrorKind.WORKER_RESET
+def _labels(assigned: Assigned) -> dict[str, str]:
     return {
-        "code": code,
-        "message": f"{exc.engine}: {exc.message}",
-        "retriable": retriable,
-        "engine": exc.engine,
-        "pool_id": pool_id,
+        "engine": assigned.engine,
+        "engine_version": assigned.engine_version,
+        "pool_id": assigned.pool_id,
+        "replica_id": assigned.replica_id,
     }

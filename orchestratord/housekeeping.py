@@ -1,24 +1,31 @@
-"""Periodic work of the dispatcher: dead replicas' jobs, deadlines, unservable jobs, queue positions
-and gauges, retention. Runs from the dispatch loop every tick."""
+"""Periodic work beside dispatch: dead replicas' jobs, deadlines, queued jobs no pool can take any
+more, queue positions and gauges, retention. The dispatch loop runs it every tick; it is handed the
+state it needs (the store's roles, the outlook, the way jobs end), never the dispatcher."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from orchestratord.core.capacity import unservable
 from orchestratord.core.queue import QueueEntry
-from orchestratord.core.tasks import JobState
-from orchestratord.errors import StateUnavailable
+from orchestratord.core.route import Route
+from orchestratord.endings import Endings
+from orchestratord.errors import DEFAULT_RETRY_AFTER_MS, DeadlineUnmet, PoolUnavailable, StateUnavailable
 from orchestratord.logs import get_logger
-from orchestratord.metrics import NONE
+from orchestratord.metrics import Metrics
+from orchestratord.outlook import Outlook
+from orchestratord.reachability import Reachability
+from orchestratord.state.base import EventLog, JobQueue, JobRegistry
 from orchestratord.state.shared import SharedState
 
-if TYPE_CHECKING:
-    from orchestratord.dispatch import Dispatcher
-
 log = get_logger(__name__)
+
+
+class _Store(JobRegistry, EventLog, JobQueue, Protocol):
+    """The roles housekeeping uses."""
 
 
 @dataclass(slots=True)
@@ -29,16 +36,24 @@ class _Published:
 
 
 class Housekeeper:
-    """Owned by one Dispatcher; reads and moves its state, never dispatches."""
-
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        store: _Store,
+        outlook: Outlook,
+        endings: Endings,
+        metrics: Metrics,
+        reachability: Reachability,
         *,
+        shared: SharedState | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self._d = dispatcher
+        self._store = store
+        self._outlook = outlook
+        self._endings = endings
+        self._metrics = metrics
+        self._reachability = reachability
+        self._shared = shared
         self._clock = clock
         self._wall = wall
         self._published: dict[str, _Published] = {}
@@ -47,88 +62,85 @@ class Housekeeper:
         """The job left the queue: stop tracking what was published for it."""
         self._published.pop(job_id, None)
 
-    async def _reap(self, shared: SharedState) -> None:
-        """End (or queue again) the jobs of replicas that stopped renewing their leases."""
-        for reaped in await shared.reap(self._wall()):
-            if reaped.action != "gone":
-                log.warning("task_reaped", job_id=reaped.job_id, action=reaped.action, engine=reaped.engine)
-            if reaped.action == "reset":
-                self._d.metrics.tasks_rejected.labels(
-                    engine=reaped.engine or NONE, reason="WORKER_RESET"
-                ).inc()
-
     async def run_once(self) -> None:
         try:
-            if self._d.shared is not None:
-                await self._reap(self._d.shared)
+            if self._shared is not None:
+                for reaped in await self._shared.reap(self._wall()):
+                    self._endings.reaped(reaped)
             await self.expire()
-            await self._d.end_unservable()  # a safety net: drains and reloads end these at once
+            await self.end_unservable()  # a safety net: drains and reloads end these at once
             await self._publish_positions()
-            await self._d.store.purge(self._wall())
+            await self._store.purge(self._wall())
         except StateUnavailable:
-            self._d.state_reachable(False)
+            self._reachability.report(False)
         except Exception:  # task root
             log.error("housekeeping_error", exc_info=True)
 
+    async def expire(self) -> None:
+        """End the queued jobs whose deadline passed before a slot could start them."""
+        for entry in await self._store.expire(self._wall()):
+            missed = DeadlineUnmet("the job's deadline passed before a slot could start it")
+            if await self._endings.fail(entry.job_id, missed, pool_id=self._outlook.labels(entry.route)[2]):
+                self._metrics.deadline_missed(entry.priority)
+
+    async def end_unservable(self, cause: str | None = None) -> int:
+        """End every queued job that no pool can ever take any more (each pool that fits it drains, or
+        no longer serves its model) with a retriable POOL_UNAVAILABLE; `cause` names the pool whose
+        drain or reload made it so. Returns how many ended.
+
+        Pool state (drains, reloads) is this replica's own: with a shared backend the queued jobs stay
+        for the replicas whose pools still serve them."""
+        if self._shared is not None:
+            return 0
+        snapshots = await self._outlook.refresh()
+        ended = 0
+        verdicts: dict[Route, tuple[str | None, str] | None] = {}
+        for entry in await self._store.queued():
+            if entry.route not in verdicts:
+                verdicts[entry.route] = unservable(entry.route, snapshots, cause)
+            verdict = verdicts[entry.route]
+            if verdict is None:
+                continue
+            pool_id, message = verdict
+            gone = PoolUnavailable(message, retry_after_ms=DEFAULT_RETRY_AFTER_MS, pool_id=pool_id)
+            if await self._endings.fail(entry.job_id, gone):
+                ended += 1
+        return ended
+
     def _gauge_queue(self, queued: list[QueueEntry]) -> None:
         """queue_depth per pool and class; a waiting job counts toward the first pool that serves it."""
-        self._d.queue_depth = len(queued)
+        self._outlook.queued(len(queued))
         counts: dict[tuple[str, str, str, str], int] = {}
-        for snap in self._d.snapshots:
+        for snap in self._outlook.snapshots:
             for priority in ("interactive", "batch"):
                 counts[(snap.engine, snap.engine_version, snap.pool_id, priority)] = 0
         for entry in queued:
-            key = (*self._d.pool_labels(entry.model), entry.priority)
+            key = (*self._outlook.labels(entry.route), entry.priority)
             counts[key] = counts.get(key, 0) + 1
         for (engine, version, pool_id, priority), n in counts.items():
-            self._d.metrics.queue_depth.labels(
+            self._metrics.queue_depth.labels(
                 engine=engine, engine_version=version, pool_id=pool_id, priority=priority
             ).set(n)
-
-    async def expire(self) -> None:
-        for entry in await self._d.store.expire(self._wall()):
-            record = await self._d.store.get(entry.job_id)
-            done = await self._d.store.finish(
-                entry.job_id,
-                JobState.FAILED,
-                "error",
-                {
-                    "code": "DEADLINE_UNMET",
-                    "message": "the job's deadline passed before a slot could start it",
-                    "retriable": False,
-                },
-            )
-            if done is None or record is None:
-                continue
-            engine, version, pool_id = self._d.pool_labels(entry.model)
-            self._d.metrics.tasks_rejected.labels(engine=engine, reason="DEADLINE_UNMET").inc()
-            self._d.metrics.deadline_missed(entry.priority)
-            log.warning(
-                "task_failed", code="DEADLINE_UNMET", job_id=entry.job_id, tenant=entry.tenant,
-                priority=entry.priority, session_id=record.session_id, model_ref=record.model_ref,
-                correlation_id=record.correlation_id, engine=engine, engine_version=version, pool_id=pool_id,
-                tokens_out=0, queue_time_ms=round((self._wall() - record.created_at) * 1000),
-            )  # fmt: skip
 
     async def _publish_positions(self) -> None:
         """A `metrics` event for each waiting job whose position or prediction changed (≤ 1/s)."""
         now = self._clock()
-        queued = await self._d.store.queued()
-        await self._d.refresh()
+        queued = await self._store.queued()
+        await self._outlook.refresh()
         self._gauge_queue(queued)
-        if self._d.shared is not None and not await self._d.shared.lead("positions", ttl_s=2.0):
+        if self._shared is not None and not await self._shared.lead("positions", ttl_s=2.0):
             return  # one replica publishes positions for the shared queue
         for entry in queued:
             seen = self._published.setdefault(entry.job_id, _Published(at=now))
             if now - seen.at < 1.0:
                 continue
-            position = await self._d.store.position(entry.job_id)
+            position = await self._store.position(entry.job_id)
             if position is None:
                 continue
-            predicted = self._d.predict(entry.model, position)
+            predicted = self._outlook.predict(entry.route, position)
             if (position, predicted) != (seen.position, seen.predicted):
                 seen.position, seen.predicted, seen.at = position, predicted, now
-                await self._d.store.append(
+                await self._store.append(
                     entry.job_id,
                     "metrics",
                     {"queue_position": position, "predicted_start_ms": predicted, "queue_depth": len(queued)},

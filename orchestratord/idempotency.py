@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from orchestratord.admission import Admission, AdmissionResult
 from orchestratord.core.tasks import TaskSpec
-from orchestratord.dispatch import Dispatcher
 from orchestratord.errors import Conflict, IdempotencyInProgress
 from orchestratord.logs import get_logger
-from orchestratord.state.base import IdempotencyRecord, StateStore
+from orchestratord.outlook import Outlook
+from orchestratord.state.base import IdempotencyKeys, IdempotencyRecord, JobQueue, JobRegistry
 
 log = get_logger(__name__)
 IN_PROGRESS_RETRY_MS = 200
@@ -32,13 +32,15 @@ def fingerprint(body: Mapping[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+class _Store(IdempotencyKeys, JobRegistry, JobQueue, Protocol):
+    """The roles idempotency uses."""
+
+
 class Idempotency:
-    def __init__(
-        self, store: StateStore, admission: Admission, dispatcher: Dispatcher, *, window_s: float
-    ) -> None:
+    def __init__(self, store: _Store, admission: Admission, outlook: Outlook, *, window_s: float) -> None:
         self._store = store
         self._admission = admission
-        self._dispatcher = dispatcher
+        self._outlook = outlook
         self._window = window_s
 
     async def admit(self, spec: TaskSpec, key: str | None, body: Callable[[], str]) -> AdmissionResult:
@@ -79,6 +81,6 @@ class Idempotency:
         for entry in await self._store.queued():
             if entry.job_id == job_id:
                 position = await self._store.position(job_id) or 0
-                predicted = self._dispatcher.predict(entry.model, position)
+                predicted = self._outlook.predict(entry.route, position)
                 return AdmissionResult(job_id, position, predicted, predicted or 0)
         return AdmissionResult(job_id, 0, 0, 0)

@@ -10,9 +10,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
-from orchestratord.dispatch import RETRY_AFTER_MS, Dispatcher, Running
-from orchestratord.errors import Conflict, NotFound
+from orchestratord.endings import Endings
+from orchestratord.errors import DEFAULT_RETRY_AFTER_MS, Conflict, NotFound, PoolUnavailable
+from orchestratord.housekeeping import Housekeeper
 from orchestratord.logs import get_logger
+from orchestratord.runs import Runs
 from pool_manager.registry import PoolRegistry
 from worker_adapters.base import AdapterConfig, AdapterError, WorkerAdapter
 from worker_adapters.host import AdapterHost
@@ -32,14 +34,20 @@ class PoolOps:
     def __init__(
         self,
         registry: PoolRegistry,
-        dispatcher: Dispatcher,
         adapters: AdapterHost,
         *,
+        runs: Runs,
+        endings: Endings,
+        housekeeper: Housekeeper,
+        wake: Callable[[], None],
         loader: Callable[[AdapterConfig], WorkerAdapter] = load_adapter,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
-        self._dispatcher = dispatcher
+        self._runs = runs
+        self._endings = endings
+        self._housekeeper = housekeeper
+        self._wake = wake
         self._adapters = adapters
         self._loader = loader
         self._clock = clock
@@ -63,34 +71,30 @@ class PoolOps:
             previous.cancel()
         self._enforcing[pool_id] = self._spawn(self._enforce(pool_id, deadline_ms / 1000))
         running = len(await self._running_on(pool_id))
-        queued = await self._dispatcher.end_unservable(pool_id)
+        queued = await self._housekeeper.end_unservable(pool_id)
         log.info(
             "pool_draining", pool_id=pool_id, deadline_ms=deadline_ms, running=running, queued_ended=queued
         )
         return DrainStarted(pool_id, deadline_ms, running)
 
     async def _enforce(self, pool_id: str, seconds: float) -> None:
-        runs = [r.task for r in (await self._running_on(pool_id)).values() if r.task is not None]
-        if runs:
-            await asyncio.wait(runs, timeout=seconds)
-        payload = {
-            "code": "POOL_UNAVAILABLE",
-            "message": f"pool {pool_id!r} was drained before the job finished; retry",
-            "retriable": True,
-            "retry_after_ms": RETRY_AFTER_MS,
-            "pool_id": pool_id,
-        }
+        await self._runs.wait(seconds, await self._running_on(pool_id))
+        drained = PoolUnavailable(
+            f"pool {pool_id!r} was drained before the job finished; retry",
+            retry_after_ms=DEFAULT_RETRY_AFTER_MS,
+            pool_id=pool_id,
+        )
         for job_id in await self._running_on(pool_id):
-            await self._dispatcher.end_running(job_id, payload, pool_id=pool_id)
+            await self._endings.fail(job_id, drained)
         if self._enforcing.get(pool_id) is asyncio.current_task():
             del self._enforcing[pool_id]
         log.info("pool_drained", pool_id=pool_id)
 
-    async def _running_on(self, pool_id: str) -> dict[str, Running]:
+    async def _running_on(self, pool_id: str) -> list[str]:
         """The jobs this replica runs on the pool: those holding a slot lease there, which includes a
         job placed there a moment ago whose run has not started its attempt yet."""
         leased = {lease.job_id for lease in await self._registry.leases.all() if lease.pool_id == pool_id}
-        return {job_id: run for job_id, run in self._dispatcher.running.items() if job_id in leased}
+        return [job_id for job_id in self._runs.job_ids() if job_id in leased]
 
     def undrain(self, pool_id: str) -> None:
         """Take work on the pool again; a pending drain deadline no longer ends anything."""
@@ -99,7 +103,7 @@ class PoolOps:
         if enforcing is not None:
             enforcing.cancel()
         self._registry.undrain(pool_id)
-        self._dispatcher.wake()
+        self._wake()
         log.info("pool_undrained", pool_id=pool_id)
 
     # -- reload ----------------------------------------------------------------------------------
@@ -120,8 +124,8 @@ class PoolOps:
         old = [self._adapters.rebind(key, adapter, config) for key, (adapter, config) in fresh.items()]
         self._registry.set_models(pool_id, (new_model_ref,))
         self._spawn(self._close_when_idle(old))
-        queued = await self._dispatcher.end_unservable(pool_id)
-        self._dispatcher.wake()
+        queued = await self._housekeeper.end_unservable(pool_id)
+        self._wake()
         log.info("pool_reloaded", pool_id=pool_id, model_ref=new_model_ref, queued_ended=queued)
 
     async def _prepare(
@@ -153,8 +157,7 @@ class PoolOps:
 
     async def _close_when_idle(self, old: list[WorkerAdapter]) -> None:
         """Close the replaced adapters once no run uses them (runs keep the adapter they started on)."""
-        runs = self._dispatcher.running.values()
-        tasks = [r.task for r in runs if r.task is not None and any(r.adapter is a for a in old)]
+        tasks = self._runs.using(old)
         if tasks:
             await asyncio.wait(tasks)
         await asyncio.gather(*(a.aclose() for a in old), return_exceptions=True)

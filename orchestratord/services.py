@@ -8,15 +8,19 @@ from dataclasses import dataclass, field
 from orchestratord.admission import Admission
 from orchestratord.control import ControlPlane
 from orchestratord.dispatch import Dispatcher
+from orchestratord.endings import Endings
 from orchestratord.idempotency import Idempotency
 from orchestratord.jobs import JobControl
 from orchestratord.metrics import Metrics
+from orchestratord.outlook import Outlook
 from orchestratord.pool_ops import PoolOps
 from orchestratord.presence import Presence
+from orchestratord.runs import Runs
 from orchestratord.settings import Settings
 from orchestratord.state.base import StateStore
 from pool_manager.health import HealthProber
 from pool_manager.registry import PoolRegistry
+from worker_adapters.host import AdapterHost
 
 
 @dataclass(slots=True)
@@ -24,6 +28,10 @@ class Services:
     settings: Settings
     store: StateStore
     registry: PoolRegistry
+    adapters: AdapterHost
+    runs: Runs
+    outlook: Outlook
+    endings: Endings
     dispatcher: Dispatcher
     admission: Admission
     jobs: JobControl

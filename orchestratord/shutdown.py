@@ -9,14 +9,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from orchestratord.errors import DEFAULT_RETRY_AFTER_MS, ShuttingDown, WorkerReset
 from orchestratord.logs import get_logger
 from orchestratord.services import Services
 
 log = get_logger(__name__)
-RETRY_AFTER_MS = 1000
 CANCEL_WAIT_S = 2.0
+STOPPING = "the orchestrator is shutting down; retry"
 
 
 async def drain_and_stop(services: Services) -> None:
@@ -24,30 +23,23 @@ async def drain_and_stop(services: Services) -> None:
     services.dispatcher.pause()
     await _end_queued(services)
     grace = services.settings.shutdown_grace_s
-    if not await services.dispatcher.wait_idle(grace):
+    if not await services.runs.wait(grace):
         await _end_running(services)
-        await services.dispatcher.wait_idle(CANCEL_WAIT_S)
+        await services.runs.wait(CANCEL_WAIT_S)
     await _end_queued(services)  # a job whose admission was already under way when draining began
     services.shutdown.set()
     log.info("drained", grace_s=grace)
 
 
-def _stopping(code: str) -> dict[str, Any]:
-    return {
-        "code": code,
-        "message": "the orchestrator is shutting down; retry",
-        "retriable": True,
-        "retry_after_ms": RETRY_AFTER_MS,
-    }
-
-
 async def _end_queued(services: Services) -> None:
-    if services.store.shared:
+    if services.store.shared is not None:
         return  # shared state: the jobs stay queued and another replica runs them
     for entry in await services.store.queued():
-        await services.dispatcher.fail(entry.job_id, _stopping("SHUTTING_DOWN"))
+        await services.endings.fail(
+            entry.job_id, ShuttingDown(STOPPING, retry_after_ms=DEFAULT_RETRY_AFTER_MS)
+        )
 
 
 async def _end_running(services: Services) -> None:
-    for job_id in list(services.dispatcher.running):
-        await services.dispatcher.end_running(job_id, _stopping("WORKER_RESET"))
+    for job_id in services.runs.job_ids():
+        await services.endings.fail(job_id, WorkerReset(STOPPING, retry_after_ms=DEFAULT_RETRY_AFTER_MS))

@@ -33,9 +33,9 @@ async def readyz(services: ServicesDep) -> Response:
     """Ready: at least one pool has a ready replica, the state backend answers, and not shutting down."""
     store_ok = await services.store.ping()
     try:
-        snapshots = await services.dispatcher.refresh()  # slot counts may live in the state backend
+        snapshots = await services.outlook.refresh()  # slot counts may live in the state backend
     except StateUnavailable:
-        store_ok, snapshots = False, services.dispatcher.snapshots
+        store_ok, snapshots = False, list(services.outlook.snapshots)
     checks = {
         "pool_ready": any(p.ready for p in snapshots),
         "state_backend": store_ok,

@@ -72,7 +72,7 @@ class ReloadDone(BaseModel):
 
 @router.get("/v1/pools", response_model=PoolList, operation_id="listPools", responses=errors_for(401, 403))
 async def list_pools(services: ServicesDep) -> PoolList:
-    snapshots = await services.dispatcher.refresh()
+    snapshots = await services.outlook.refresh()
     return PoolList(pools=[_info(services, s) for s in snapshots])
 
 

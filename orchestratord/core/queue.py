@@ -8,7 +8,7 @@ The rules, precise enough to port (the Redis backend runs them as a Lua script o
    tag. When a job arrives at an empty flow, the flow's tag becomes `max(tag, V)`: a flow that was
    idle does not bank credit, a flow that was just served does not lose its debt.
 3. **Take.** Among the flows whose tenant may run more (`tenant_ok`) and that have a queued job whose
-   routing key a free slot can serve (`can_serve`), take the flow with the smallest
+   route a free slot can serve (`can_serve`), take the flow with the smallest
    `(tag, head deadline, head arrival)`; its head is its job with the smallest (deadline, arrival)
    among the servable keys (no deadline sorts last). Then `V = max(V, tag)` and
    `tag += cost / weight`. A busy key never blocks another key (no head-of-line blocking).
@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from orchestratord.core.route import Route
 from orchestratord.core.tasks import PRIORITIES, Priority
 
 FullPolicy = Literal["reject", "drop-lru", "shed-low-priority"]
@@ -58,7 +59,7 @@ class QueueEntry:
     job_id: str
     tenant: str
     priority: Priority
-    model: str  # the routing key: the model, plus the pools it is restricted to (core.capacity)
+    route: Route  # the model, and the pools it is restricted to (core.route)
     cost: float = 1.0  # charged to the flow when taken, in `unit`
     deadline: float | None = None  # absolute, wall-clock seconds
     enqueued_at: float = 0.0
@@ -98,7 +99,7 @@ _HeapItem = tuple[float, int, str]  # (deadline or inf, seq, job_id)
 class _Flow:
     tag: float
     order: OrderedDict[str, None] = field(default_factory=OrderedDict)  # queued jobs, by arrival
-    heaps: dict[str, list[_HeapItem]] = field(default_factory=dict)  # per routing key
+    heaps: dict[Route, list[_HeapItem]] = field(default_factory=dict)  # per route
     stale: int = 0  # heap items of jobs that already left
 
     @property
@@ -197,7 +198,7 @@ class FairQueue:
         if flow.size == 0:
             flow.tag = max(flow.tag, self._vtime)
         flow.order[entry.job_id] = None
-        heapq.heappush(flow.heaps.setdefault(entry.model, []), _item(entry))
+        heapq.heappush(flow.heaps.setdefault(entry.route, []), _item(entry))
         if entry.deadline is not None:
             heapq.heappush(self._deadlines, (entry.deadline, entry.seq, entry.job_id))
         return entry
@@ -230,7 +231,7 @@ class FairQueue:
         return entry
 
     def take(
-        self, can_serve: Callable[[str], bool], tenant_ok: Callable[[str], bool] = lambda _: True
+        self, can_serve: Callable[[Route], bool], tenant_ok: Callable[[str], bool] = lambda _: True
     ) -> QueueEntry | None:
         """Dispatch the job with the smallest flow tag among those a free slot can serve (rule 3)."""
         servable = _memo(can_serve)
@@ -250,13 +251,13 @@ class FairQueue:
         flow.tag += entry.cost / self.policy.weight(entry.tenant, entry.priority)
         return entry
 
-    def _flow_head(self, flow: _Flow, servable: Callable[[str], bool]) -> _HeapItem | None:
+    def _flow_head(self, flow: _Flow, servable: Callable[[Route], bool]) -> _HeapItem | None:
         best: _HeapItem | None = None
-        for model, heap in flow.heaps.items():
+        for route, heap in flow.heaps.items():
             while heap and not self._live(heap[0]):
                 heapq.heappop(heap)
                 flow.stale -= 1
-            if heap and (best is None or heap[0] < best) and servable(model):
+            if heap and (best is None or heap[0] < best) and servable(route):
                 best = heap[0]
         return best
 
@@ -265,13 +266,13 @@ class FairQueue:
         return entry is not None and entry.seq == item[1]
 
     def _compact(self, flow: _Flow) -> None:
-        for model, heap in list(flow.heaps.items()):
+        for route, heap in list(flow.heaps.items()):
             live = [i for i in heap if self._live(i)]
             if live:
                 heapq.heapify(live)
-                flow.heaps[model] = live
+                flow.heaps[route] = live
             else:
-                del flow.heaps[model]
+                del flow.heaps[route]
         flow.stale = 0
 
     def expire(self, now: float) -> list[QueueEntry]:
@@ -322,15 +323,15 @@ class FairQueue:
         flow = self._flows.get((tenant, priority))
         return None if flow is None else flow.tag
 
-    def depth(self, model: str | None = None, priority: Priority | None = None) -> int:
+    def depth(self, route: Route | None = None, priority: Priority | None = None) -> int:
         return sum(
             1
             for e in self._entries.values()
-            if (model is None or e.model == model) and (priority is None or e.priority == priority)
+            if (route is None or e.route == route) and (priority is None or e.priority == priority)
         )
 
     def position(self, job_id: str) -> int:
-        """How many queued jobs for the same routing key are expected to be taken before this one.
+        """How many queued jobs for the same route are expected to be taken before this one.
 
         All positions are computed together in O(n log n) and kept until the queue changes.
         """
@@ -339,23 +340,23 @@ class FairQueue:
         return self._positions.get(job_id, 0)
 
     def _project(self) -> dict[str, int]:
-        by_model: dict[str, list[tuple[float, float, int, str]]] = {}
+        by_route: dict[Route, list[tuple[float, float, int, str]]] = {}
         for (tenant, priority), flow in self._flows.items():
             weight = self.policy.weight(tenant, priority)
-            for model, heap in flow.heaps.items():
+            for route, heap in flow.heaps.items():
                 tag = flow.tag
                 for deadline, seq, job_id in sorted(i for i in heap if self._live(i)):
-                    by_model.setdefault(model, []).append((tag, deadline, seq, job_id))
+                    by_route.setdefault(route, []).append((tag, deadline, seq, job_id))
                     tag += self._entries[job_id].cost / weight
         positions: dict[str, int] = {}
-        for projected in by_model.values():
+        for projected in by_route.values():
             projected.sort()
             positions.update((job_id, i) for i, (_, _, _, job_id) in enumerate(projected))
         return positions
 
 
 def prospective_position(queued: Iterable[QueueEntry], policy: QueuePolicy, newcomer: QueueEntry) -> int:
-    """How many queued jobs for the newcomer's routing key would be taken before it, if admitted now.
+    """How many queued jobs for the newcomer's route would be taken before it, if admitted now.
 
     Used before admission, from the queued entries alone: every backlogged flow is assumed to stand
     at the newcomer's own start tag (the virtual time), so each flow's jobs are projected from 0.
@@ -363,7 +364,7 @@ def prospective_position(queued: Iterable[QueueEntry], policy: QueuePolicy, newc
     mine = policy.weight(newcomer.tenant, newcomer.priority)
     flows: dict[FlowKey, list[QueueEntry]] = {}
     for e in queued:
-        if e.model == newcomer.model:
+        if e.route == newcomer.route:
             flows.setdefault((e.tenant, e.priority), []).append(e)
     own = sorted(flows.pop((newcomer.tenant, newcomer.priority), []), key=_order)
     ahead_own = [e for e in own if _key(e.deadline) <= _key(newcomer.deadline)]
@@ -391,10 +392,10 @@ def _item(entry: QueueEntry) -> _HeapItem:
     return _key(entry.deadline), entry.seq, entry.job_id
 
 
-def _memo(fn: Callable[[str], bool]) -> Callable[[str], bool]:
-    seen: dict[str, bool] = {}
+def _memo(fn: Callable[[Route], bool]) -> Callable[[Route], bool]:
+    seen: dict[Route, bool] = {}
 
-    def cached(key: str) -> bool:
+    def cached(key: Route) -> bool:
         if key not in seen:
             seen[key] = fn(key)
         return seen[key]

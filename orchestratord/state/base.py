@@ -1,7 +1,9 @@
-"""The state interface: job registry, per-job event logs, the fair queue, readers and cancel signals.
+"""The state interface, by role: the job registry, per-job event logs, the fair queue, readers and
+cancel signals, sessions and ledgers, idempotency keys, and slot leases (`pool_manager.leases`).
 
-Two backends implement it: `memory.MemoryStore` (the embedded default) and `redis.RedisStore`
-(several orchestrators behind a load balancer). Routes and the dispatcher see only this Protocol.
+Two backends implement every role: `memory.MemoryStore` (the embedded default) and `redis.RedisStore`
+(several orchestrators behind a load balancer). Each service depends only on the roles it uses;
+`StateStore` is all of them together, what the composition root builds.
 
 Invariants every backend keeps:
 - a job's state and its terminal event change in one step (`finish`), exactly once;
@@ -17,7 +19,10 @@ from typing import Any, Protocol
 
 from orchestratord.core.budget import Ledger
 from orchestratord.core.queue import Admitted, QueueEntry, Rejected
+from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent, Priority
+from orchestratord.state.shared import SharedState
+from pool_manager.leases import LeaseStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +78,9 @@ class SessionRecord:
     ledger: Ledger = field(default_factory=Ledger)
 
 
-class StateStore(Protocol):
-    # True when other orchestrator replicas share this state (their pools may run its queued jobs);
-    # False for a store only this process sees.
-    shared: bool
+class JobRegistry(Protocol):
+    """Every job's record and the one function that moves it between states."""
 
-    # -- job registry and admission -------------------------------------------------------------
     async def create(self, record: JobRecord, entry: QueueEntry) -> Admitted | Rejected:
         """Register the job and enqueue it in one step; nothing is stored if it is rejected."""
         ...
@@ -98,20 +100,60 @@ class StateStore(Protocol):
         `tokens_out`, `decode_time_ms` and `decode_ms` filled from the record."""
         ...
 
-    # -- idempotency keys ------------------------------------------------------------------------
-    async def remember_idempotency(
-        self, key: str, tenant: str, fingerprint: str, job_id: str, ttl_s: float
-    ) -> IdempotencyRecord | None:
-        """Remember that `tenant`'s `key` creates `job_id`, for `ttl_s` seconds, and return None; or, if
-        the key is already remembered, store nothing and return the first record. Atomic: of several
-        concurrent calls with one key, exactly one gets None (Redis: `SET key value NX EX ttl`)."""
+    async def purge(self, now: float) -> int:
+        """Forget finished jobs whose retention has passed; returns how many."""
         ...
 
-    async def forget_idempotency(self, key: str, tenant: str, job_id: str) -> None:
-        """Drop the key if it still names `job_id` (admission refused that job, so a retry may try again)."""
+
+class EventLog(Protocol):
+    """Each job's append-only log of events, and the readers that tail it."""
+
+    async def append(self, job_id: str, name: str, data: Mapping[str, Any]) -> LogEvent | None: ...
+
+    async def append_token(self, job_id: str, text: str) -> LogEvent | None:
+        """Append a `token` event with the next contiguous index; None once the job has ended."""
         ...
 
-    # -- sessions and budget ledgers -------------------------------------------------------------
+    def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
+        """Every event after `after`, waiting for more, until the terminal event."""
+        ...
+
+    def valid_event_id(self, event_id: str) -> bool: ...
+
+
+class JobQueue(Protocol):
+    """The fair queue of admitted jobs (`core.queue` holds its rules)."""
+
+    async def take(
+        self, can_serve: Callable[[Route], bool], tenant_ok: Callable[[str], bool]
+    ) -> QueueEntry | None: ...
+
+    async def dequeue(self, job_id: str) -> QueueEntry | None: ...
+
+    async def expire(self, now: float) -> list[QueueEntry]: ...
+
+    async def settle(self, tenant: str, priority: Priority, estimated: float, actual: float) -> None: ...
+
+    async def queued(self) -> list[QueueEntry]: ...
+
+    async def position(self, job_id: str) -> int | None: ...
+
+
+class Readers(Protocol):
+    """Who reads a job (for cancel-on-disconnect), and the signal that a job ended from outside its run."""
+
+    async def attach(self, job_id: str) -> int: ...
+
+    async def detach(self, job_id: str) -> int: ...
+
+    async def publish_cancel(self, job_id: str) -> None: ...
+
+    def cancel_signals(self) -> AsyncIterator[str]: ...
+
+
+class Ledgers(Protocol):
+    """Sessions (each with its own budget ledger) and tenants' budget ledgers."""
+
     async def session_get(self, key: str) -> SessionRecord | None:
         """The session stored under `key`; None if there is none or it has expired."""
         ...
@@ -133,46 +175,33 @@ class StateStore(Protocol):
         """Atomically replace the ledger under `key` with `change(current)`; `change` must be pure."""
         ...
 
-    # -- the event log ---------------------------------------------------------------------------
-    async def append(self, job_id: str, name: str, data: Mapping[str, Any]) -> LogEvent | None: ...
 
-    async def append_token(self, job_id: str, text: str) -> LogEvent | None:
-        """Append a `token` event with the next contiguous index; None once the job has ended."""
+class IdempotencyKeys(Protocol):
+    async def remember_idempotency(
+        self, key: str, tenant: str, fingerprint: str, job_id: str, ttl_s: float
+    ) -> IdempotencyRecord | None:
+        """Remember that `tenant`'s `key` creates `job_id`, for `ttl_s` seconds, and return None; or, if
+        the key is already remembered, store nothing and return the first record. Atomic: of several
+        concurrent calls with one key, exactly one gets None (Redis: `SET key value NX EX ttl`)."""
         ...
 
-    def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
-        """Every event after `after`, waiting for more, until the terminal event."""
+    async def forget_idempotency(self, key: str, tenant: str, job_id: str) -> None:
+        """Drop the key if it still names `job_id` (admission refused that job, so a retry may try again)."""
         ...
 
-    def valid_event_id(self, event_id: str) -> bool: ...
 
-    # -- the queue -------------------------------------------------------------------------------
-    async def take(
-        self, can_serve: Callable[[str], bool], tenant_ok: Callable[[str], bool]
-    ) -> QueueEntry | None: ...
+class StateStore(JobRegistry, EventLog, JobQueue, Readers, Ledgers, IdempotencyKeys, Protocol):
+    """Every role, as one backend implements them together. Services take only the roles they use."""
 
-    async def dequeue(self, job_id: str) -> QueueEntry | None: ...
+    @property
+    def leases(self) -> LeaseStore:
+        """Slot leases: in this process (embedded), or shared by every orchestrator replica (Redis)."""
+        ...
 
-    async def expire(self, now: float) -> list[QueueEntry]: ...
-
-    async def settle(self, tenant: str, priority: Priority, estimated: float, actual: float) -> None: ...
-
-    async def queued(self) -> list[QueueEntry]: ...
-
-    async def position(self, job_id: str) -> int | None: ...
-
-    # -- readers and cancel signals --------------------------------------------------------------
-    async def attach(self, job_id: str) -> int: ...
-
-    async def detach(self, job_id: str) -> int: ...
-
-    async def publish_cancel(self, job_id: str) -> None: ...
-
-    def cancel_signals(self) -> AsyncIterator[str]: ...
-
-    # -- housekeeping ----------------------------------------------------------------------------
-    async def purge(self, now: float) -> int:
-        """Forget finished jobs whose retention has passed; returns how many."""
+    @property
+    def shared(self) -> SharedState | None:
+        """What other orchestrator replicas sharing this state add; None when only this process sees
+        it. The one fact that says whether state is shared."""
         ...
 
     async def ping(self) -> bool:

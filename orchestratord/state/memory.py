@@ -15,8 +15,11 @@ import orjson
 
 from orchestratord.core.budget import Ledger
 from orchestratord.core.queue import Admitted, FairQueue, QueueEntry, QueuePolicy, Rejected
+from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent, Priority
 from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
+from orchestratord.state.shared import SharedState
+from pool_manager.leases import LeaseStore, MemoryLeases
 
 
 @dataclass(slots=True)
@@ -85,7 +88,7 @@ class _CompactLog:
 class MemoryStore:
     """StateStore for one process. Event ids are 1-based decimal counters."""
 
-    shared = False
+    shared: SharedState | None = None  # nothing else sees this state
 
     def __init__(
         self,
@@ -95,6 +98,7 @@ class MemoryStore:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.queue = FairQueue(policy)
+        self.leases: LeaseStore = MemoryLeases()
         self._jobs: dict[str, _Job] = {}
         self._finished: deque[tuple[float, str]] = deque()  # (finished_at, job_id), in finish order
         self._retention = retention_s
@@ -257,7 +261,7 @@ class MemoryStore:
 
     # -- the queue -------------------------------------------------------------------------------
     async def take(
-        self, can_serve: Callable[[str], bool], tenant_ok: Callable[[str], bool]
+        self, can_serve: Callable[[Route], bool], tenant_ok: Callable[[str], bool]
     ) -> QueueEntry | None:
         return self.queue.take(can_serve, tenant_ok)
 

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from orchestratord.core.budget import Ledger
 from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy, Rejected
+from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent, Priority
 from orchestratord.errors import StateUnavailable
 from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
@@ -31,7 +32,8 @@ from orchestratord.state.redis_client import SEP, RedisOptions, Scripts, connect
 from orchestratord.state.redis_documents import Documents
 from orchestratord.state.redis_leases import RedisLeases
 from orchestratord.state.redis_signals import Signals
-from orchestratord.state.shared import ReapAction, Reaped
+from orchestratord.state.shared import ReapAction, Reaped, SharedState
+from pool_manager.leases import LeaseStore
 
 _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _END_FIELDS = ("tokens_out", "decode_time_ms", "decode_ms")  # the store fills these in `end` events
@@ -43,8 +45,6 @@ RESET_MESSAGE = (
 
 class RedisStore:
     """StateStore (and SharedState) on Redis. Event ids are Redis Stream ids (`<ms>-<seq>`)."""
-
-    shared = True
 
     def __init__(
         self,
@@ -71,7 +71,12 @@ class RedisStore:
         self._scripts = Scripts(self._client, self.options.key_prefix)
         self._signals = Signals(self._reader, self.options.key_prefix)
         self._documents = Documents(self._client, self.options.key_prefix)
-        self.leases = RedisLeases(self._scripts, self.options.lease_ttl_s)
+        self.leases: LeaseStore = RedisLeases(self._scripts, self.options.lease_ttl_s)
+
+    @property
+    def shared(self) -> SharedState:
+        """Other orchestrator replicas share this state: this store is also their `SharedState`."""
+        return self
 
     def _key(self, name: str) -> str:
         return self._scripts.key(name)
@@ -201,12 +206,12 @@ class RedisStore:
 
     # -- the queue -------------------------------------------------------------------------------
     async def take(
-        self, can_serve: Callable[[str], bool], tenant_ok: Callable[[str], bool]
+        self, can_serve: Callable[[Route], bool], tenant_ok: Callable[[str], bool]
     ) -> QueueEntry | None:
         keys, tenants = await self._scripts.pipeline(
             [("HKEYS", self._key("q:keys")), ("HKEYS", self._key("q:tenants"))]
         )
-        servable = [k for k in keys if can_serve(k)]
+        servable = [k for k in keys if can_serve(Route.decode(k))]
         allowed = [t for t in tenants if tenant_ok(t)]
         if not servable or not allowed:
             return None
@@ -299,11 +304,13 @@ def _text(value: object) -> str:
 def _entry_json(entry: QueueEntry) -> str:
     fields = dataclasses.asdict(entry)
     del fields["seq"]  # stamped by the queue
+    fields["route"] = entry.route.encode()  # the queue's scripts key by it
     return _json(fields)
 
 
 def _entry(stored: str) -> QueueEntry:
-    return QueueEntry(**orjson.loads(stored))
+    fields = orjson.loads(stored)
+    return QueueEntry(**{**fields, "route": Route.decode(fields["route"])})
 
 
 def _record_fields(record: JobRecord) -> list[str]:

@@ -48,5 +48,5 @@ def admit(client: httpx.Client, **body: Any) -> str:
 
 def engine_started(server: Any, pool: str = "default", replica: str = "r0") -> int:
     """How many requests the pool's mock engine has begun."""
-    started: int = server.app.state.services.dispatcher.adapters[(pool, replica)].stats.started
+    started: int = server.app.state.services.adapters[(pool, replica)].stats.started
     return started

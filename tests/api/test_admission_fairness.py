@@ -48,7 +48,7 @@ def test_by_requests_nothing_is_settled(make_server: Callable[..., LoopbackServe
     queue = server.app.state.services.store.queue
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
         read_events(client, post(client, prompt="[[mock eos_after=1]] hi", max_tokens=400)["sse_url"])
-        wait_for(lambda: server.app.state.services.dispatcher.running == {})
+        wait_for(lambda: len(server.app.state.services.runs) == 0)
         assert queue.flow_tag("default", "interactive") == 1 / 8.0
 
 

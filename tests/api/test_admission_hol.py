@@ -52,7 +52,7 @@ def test_a_saturated_model_does_not_hold_back_another(make_server: Callable[...,
 def test_cancel_removes_a_queued_job_at_once(make_server: Callable[..., LoopbackServer]) -> None:
     server = make_server(pools=[mock_pool(slots=1)])
     store = server.app.state.services.store
-    engine = server.app.state.services.dispatcher.adapters[("default", "r0")]
+    engine = server.app.state.services.adapters[("default", "r0")]
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
         hog = post(client, prompt=HANG)
         wait_for(lambda: state(client, hog) == "running")

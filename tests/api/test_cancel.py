@@ -14,7 +14,7 @@ from tests.fakes.sse import Event, parse_frames
 
 
 def _mock(server: LoopbackServer) -> Any:
-    return server.app.state.services.dispatcher.adapters[("default", "r0")]
+    return server.app.state.services.adapters[("default", "r0")]
 
 
 def _leases(server: LoopbackServer) -> int:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from orchestratord.core.queue import FairnessUnit, FairQueue, QueueEntry, QueuePolicy
+from orchestratord.core.route import Route
 from orchestratord.core.tasks import Priority
 
 Flow = tuple[str, Priority]
@@ -55,7 +56,7 @@ class Simulation:
         job_id = f"{flow[0]}-{flow[1]}-{self.count}"
         self.jobs[job_id] = job
         cost = 1.0 if self.unit == "requests" else float(job.estimate)
-        self.queue.enqueue(QueueEntry(job_id, flow[0], flow[1], "m", cost=cost, unit=self.unit))
+        self.queue.enqueue(QueueEntry(job_id, flow[0], flow[1], Route("m"), cost=cost, unit=self.unit))
         return job_id
 
     def run(self, dispatches: int) -> None:
@@ -157,14 +158,14 @@ def test_batch_is_never_starved() -> None:
 def test_a_flooding_tenant_does_not_delay_another_tenants_interactive_jobs() -> None:
     q = FairQueue(QueuePolicy(capacity=20_000))
     for i in range(5000):
-        q.enqueue(QueueEntry(f"flood-i{i}", "flood", "interactive", "m"))
-        q.enqueue(QueueEntry(f"flood-b{i}", "flood", "batch", "m"))
+        q.enqueue(QueueEntry(f"flood-i{i}", "flood", "interactive", Route("m")))
+        q.enqueue(QueueEntry(f"flood-b{i}", "flood", "batch", Route("m")))
     waits = []
     for n in range(100):
         for _ in range(37):  # the flood keeps being served between the quiet tenant's requests
             taken = q.take(lambda _: True)
             assert taken is not None and taken.tenant == "flood"
-        q.enqueue(QueueEntry(f"quiet-{n}", "quiet", "interactive", "m"))
+        q.enqueue(QueueEntry(f"quiet-{n}", "quiet", "interactive", Route("m")))
         assert q.position(f"quiet-{n}") <= 2
         for waited in range(10):
             taken = q.take(lambda _: True)

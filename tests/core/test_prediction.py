@@ -9,6 +9,7 @@ from orchestratord.core.prediction import (
     predict_start_ms,
     retry_hint_ms,
 )
+from orchestratord.core.route import Route
 from pool_manager.snapshot import PoolSnapshot, ReplicaSnapshot
 
 
@@ -66,7 +67,7 @@ def test_capacity_from_pools_measurements_and_running_ages() -> None:
     times = ServiceTimes()
     times.observe("a", 2.0)
     pools = [pool("a", 2, 0), pool("b", 1, 1), pool("c", 4, 4, model="other")]
-    cap = capacity_for("m", pools, times, {"a": [0.5, 1.5], "c": [9.0]})
+    cap = capacity_for(Route("m"), pools, times, {"a": [0.5, 1.5], "c": [9.0]})
     assert (cap.slots_total, cap.slots_free) == (3, 1)
     assert cap.mean_service_s == 2.0  # pool b has no measurement yet
     assert cap.releases_s == (0.5, 1.5)  # 2.0 - 1.5 and 2.0 - 0.5
@@ -75,13 +76,13 @@ def test_capacity_from_pools_measurements_and_running_ages() -> None:
 
 
 def test_before_any_measurement_the_oldest_running_job_stands_in() -> None:
-    cap = capacity_for("m", [pool("a", 2, 0)], ServiceTimes(), {"a": [0.4, 1.0]})
+    cap = capacity_for(Route("m"), [pool("a", 2, 0)], ServiceTimes(), {"a": [0.4, 1.0]})
     assert cap.mean_service_s == 1.0 and not cap.measured
     assert cap.releases_s == (0.0, 0.6)
 
 
 def test_unready_replicas_offer_no_slots() -> None:
-    cap = capacity_for("m", [pool("a", 2, 2, ready=False)], ServiceTimes(), {})
+    cap = capacity_for(Route("m"), [pool("a", 2, 2, ready=False)], ServiceTimes(), {})
     assert (cap.slots_total, cap.slots_free) == (0, 0)
     assert predict_start_ms(0, cap) is None
 
@@ -90,5 +91,5 @@ def test_retry_hint_adds_a_tenth_of_a_service_time() -> None:
     cap = Capacity(slots_total=1, slots_free=0, mean_service_s=2.0, releases_s=(0.5,))
     assert retry_hint_ms(500, cap) == 700
     assert retry_hint_ms(0, Capacity(slots_total=1, slots_free=0, mean_service_s=None)) is None
-    unmeasured = capacity_for("m", [pool("a", 1, 0)], ServiceTimes(), {"a": [0.2]})
+    unmeasured = capacity_for(Route("m"), [pool("a", 1, 0)], ServiceTimes(), {"a": [0.2]})
     assert not unmeasured.measured and retry_hint_ms(1, unmeasured) is None

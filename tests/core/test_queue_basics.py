@@ -10,12 +10,13 @@ from orchestratord.core.queue import (
     Rejected,
     prospective_position,
 )
+from orchestratord.core.route import Route
 
 
 def entry(
     job: str, tenant: str = "t", priority: str = "interactive", model: str = "m", **kw: object
 ) -> QueueEntry:
-    return QueueEntry(job_id=job, tenant=tenant, priority=priority, model=model, **kw)  # type: ignore[arg-type]
+    return QueueEntry(job_id=job, tenant=tenant, priority=priority, route=Route(model), **kw)  # type: ignore[arg-type]
 
 
 def test_fifo_within_a_flow() -> None:
@@ -48,7 +49,7 @@ def test_busy_model_does_not_block_another() -> None:
     q = FairQueue()
     q.enqueue(entry("busy", model="big"))
     q.enqueue(entry("free", model="small"))
-    taken = q.take(lambda model: model == "small")
+    taken = q.take(lambda route: route.model == "small")
     assert taken is not None and taken.job_id == "free"
     assert "busy" in q
 

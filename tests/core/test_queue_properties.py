@@ -29,6 +29,7 @@ from orchestratord.core.queue import (
     QueuePolicy,
     Rejected,
 )
+from orchestratord.core.route import Route
 from orchestratord.core.tasks import Priority
 
 TENANTS = ("t1", "t2", "t3")
@@ -110,7 +111,7 @@ class QueueMachine(RuleBasedStateMachine):
         job_id = f"j{self.arrivals}"
         policy = self.queue.policy
         entry = QueueEntry(
-            job_id, tenant, priority, model,
+            job_id, tenant, priority, Route(model),
             cost=1.0 if policy.unit == "requests" else float(tokens),
             deadline=None if deadline is None else self.now + deadline,
             unit=policy.unit,
@@ -139,15 +140,15 @@ class QueueMachine(RuleBasedStateMachine):
         blocked=st.frozensets(st.sampled_from(TENANTS), max_size=2),
     )
     def take(self, servable: frozenset[str], blocked: frozenset[str]) -> None:
-        taken = self.queue.take(lambda m: m in servable, lambda t: t not in blocked)
+        taken = self.queue.take(lambda r: r.model in servable, lambda t: t not in blocked)
         eligible = [
-            j for j in self.live.values() if j.entry.model in servable and j.entry.tenant not in blocked
+            j for j in self.live.values() if j.entry.route.model in servable and j.entry.tenant not in blocked
         ]
         if taken is None:
             assert not eligible
             return
         job = self.live[taken.job_id]
-        assert taken.model in servable and taken.tenant not in blocked
+        assert taken.route.model in servable and taken.tenant not in blocked
         flow = (taken.tenant, taken.priority)
         passed_over = [
             j for j in eligible if (j.entry.tenant, j.entry.priority) == flow and j.order < job.order
@@ -216,7 +217,7 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def positions_are_a_permutation_per_key(self) -> None:
         for model in MODELS:
-            ids = [j for j, job in self.live.items() if job.entry.model == model]
+            ids = [j for j, job in self.live.items() if job.entry.route.model == model]
             assert sorted(self.queue.position(j) for j in ids) == list(range(len(ids)))
 
     def teardown(self) -> None:

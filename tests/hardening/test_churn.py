@@ -172,12 +172,12 @@ async def _snapshot(server: LoopbackServer, job_ids: list[str]) -> dict[str, Any
     for job_id in job_ids:
         record = await services.store.get(job_id)
         states[record.state.value if record is not None else "gone"] += 1
-    engines = [a for a in services.dispatcher.adapters.values() if isinstance(a, MockAdapter)]
+    engines = [a for a in services.adapters.values() if isinstance(a, MockAdapter)]
     return {
         "states": states,
         "leases": await services.registry.leases.all(),
         "queued": await services.store.queued(),
-        "running": dict(services.dispatcher.running),
+        "running": services.runs.job_ids(),
         "engine_active": sum(e.stats.active for e in engines),
         "engine_started": sum(e.stats.started for e in engines),
     }
@@ -233,7 +233,7 @@ def test_issue_7_no_leaks_under_churn(make_server: Any) -> None:
     assert set(after["states"]) <= {"succeeded", "failed", "canceled"}, after["states"]
     assert {"succeeded", "failed", "canceled"} <= set(after["states"])
     assert after["leases"] == []
-    assert after["queued"] == [] and after["running"] == {}
+    assert after["queued"] == [] and after["running"] == []
     assert after["engine_active"] == 0
     assert after["engine_started"] >= JOBS // 2
     assert not after["extra_tasks"], sorted(repr(t.get_coro()) for t in after["extra_tasks"])[:10]

@@ -24,7 +24,7 @@ BODY = {"model_ref": "mock", "prompt": "idempotent hello", "max_tokens": 6, "see
 
 
 def engine(server: LoopbackServer) -> MockAdapter:
-    adapter = server.app.state.services.dispatcher.adapters[("default", "r0")]
+    adapter = server.app.state.services.adapters[("default", "r0")]
     assert isinstance(adapter, MockAdapter)
     return adapter
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,7 +18,6 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from orchestratord.core.placement import Assigned
 from orchestratord.core.tasks import TaskSpec
 from orchestratord.shutdown import drain_and_stop
 from tests.api.helpers import state_of, submit, wait_for
@@ -213,21 +212,18 @@ def test_client_caused_engine_errors_do_not_open_the_circuit_breaker(make_server
 
 
 class Hooks:
-    """Wraps the dispatcher's placement hooks (session affinity) to act at the moment of a placement."""
+    """Wraps the placement hooks' session affinity (the control gate's) to act at the moment of a
+    placement; installed as the gate's `affinity`."""
 
     def __init__(self, inner: Any, on_affinity: Callable[[TaskSpec, int], Any]) -> None:
-        self._inner = inner
+        self._inner_affinity = inner.affinity
         self._on_affinity = on_affinity
         self.calls: dict[str, int] = {}
 
     async def affinity(self, spec: TaskSpec) -> tuple[str, str] | None:
         self.calls[spec.job_id] = self.calls.get(spec.job_id, 0) + 1
         await self._on_affinity(spec, self.calls[spec.job_id])
-        result: tuple[str, str] | None = await self._inner.affinity(spec)
-        return result
-
-    async def placed(self, spec: TaskSpec, assigned: Assigned) -> Mapping[str, object]:
-        result: Mapping[str, object] = await self._inner.placed(spec, assigned)
+        result: tuple[str, str] | None = await self._inner_affinity(spec)
         return result
 
 
@@ -239,7 +235,7 @@ def test_a_job_canceled_between_attempts_is_not_submitted_again(make_server: Ser
         if call == 2:  # the failover's placement: the client's cancel lands now
             await svc.jobs.cancel(spec.job_id, None)
 
-    svc.dispatcher.hooks = Hooks(svc.dispatcher.hooks, cancel_on_failover)
+    svc.control.gate.affinity = Hooks(svc.control.gate, cancel_on_failover).affinity
     with http(server) as client:
         job = submit(client)
         events = read_events(client, job["sse_url"])
@@ -256,7 +252,7 @@ def test_an_error_between_taking_a_job_and_running_it_ends_the_job(make_server: 
         if "[[explode]]" in spec.prompt_text:
             raise RuntimeError("a bug between the queue and the run")
 
-    svc.dispatcher.hooks = Hooks(svc.dispatcher.hooks, explode)
+    svc.control.gate.affinity = Hooks(svc.control.gate, explode).affinity
     with http(server) as client, capture_logs() as logs:
         doomed = submit(client, prompt="[[explode]] hi", cancel_on_disconnect=False)
         ended(client, doomed)
@@ -307,10 +303,10 @@ class CancelFaults:
 
 def test_a_failing_or_stuck_engine_cancel_blocks_no_other_cancel(make_server: ServerFactory) -> None:
     server = make_server(pools=[pool(slots=4)])
-    dispatcher = services(server).dispatcher
-    mock = dispatcher.adapters[("default", "r0")]
+    adapters = services(server).adapters
+    mock = adapters[("default", "r0")]
     faulty = CancelFaults(mock)
-    dispatcher.adapters.rebind(("default", "r0"), faulty, dispatcher.adapters.config(("default", "r0")))
+    adapters.rebind(("default", "r0"), faulty, adapters.config(("default", "r0")))
     with http(server) as client, capture_logs() as logs:
         stuck, broken, fine = (hold(client, "default") for _ in range(3))
         faulty.stuck.add(stuck["job_id"])
@@ -330,9 +326,9 @@ def test_a_cancel_after_a_reload_reaches_the_engine_the_job_runs_on(make_server:
     server = make_server(pools=[pool(options={"loadable": "mock,mock-v2"})])
     with http(server) as client:
         job = hold(client, "default")
-        old = services(server).dispatcher.adapters[("default", "r0")]
+        old = services(server).adapters[("default", "r0")]
         assert client.post("/v1/pools/default/reload", json={"new_model_ref": "mock-v2"}).status_code == 200
-        assert services(server).dispatcher.adapters[("default", "r0")] is not old
+        assert services(server).adapters[("default", "r0")] is not old
         client.post(f"/v1/tasks/{job['job_id']}/cancel")
         wait_for(lambda: leases(server) == 0)
     assert old.stats.canceled == 1 and old.stats.active == 0
@@ -379,20 +375,20 @@ async def _event() -> asyncio.Event:
 
 def test_stopping_the_dispatcher_stops_every_run(make_server: ServerFactory) -> None:
     server = make_server()
-    dispatcher = services(server).dispatcher
+    svc = services(server)
     with http(server) as client:
         job = hold(client, "default")
-        run = dispatcher.running[job["job_id"]].task
-        server.call(dispatcher.stop())
+        (run,) = svc.runs.tasks([job["job_id"]])
+        server.call(svc.dispatcher.stop())
     assert run.done()
-    assert dispatcher.running == {} and leases(server) == 0
+    assert len(svc.runs) == 0 and leases(server) == 0
 
 
 def test_queued_jobs_stay_at_shutdown_when_the_state_is_shared(make_server: ServerFactory) -> None:
     """Whether queued jobs end at shutdown is the store's `shared` capability, not its class."""
     server = make_server(pools=[pool(slots=1)])
     svc = services(server)
-    svc.store.shared = True  # as a backend other replicas share says
+    svc.store.shared = object()  # as a backend other replicas share says: it offers their SharedState
     with http(server) as client:
         hold(client, "default")
         waiting = submit(client, cancel_on_disconnect=False)

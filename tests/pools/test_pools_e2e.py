@@ -17,7 +17,7 @@ def pool(pid: str = "default", replicas: list[dict[str, Any]] | None = None, **k
 
 
 def stats(server: LoopbackServer, pid: str, rid: str) -> Any:
-    return server.app.state.services.dispatcher.adapters[(pid, rid)].stats
+    return server.app.state.services.adapters[(pid, rid)].stats
 
 
 def leases(server: LoopbackServer) -> int:

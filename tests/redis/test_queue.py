@@ -9,12 +9,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestratord.core.queue import Admitted, FairQueue, FullPolicy, QueueEntry, QueuePolicy, Rejected
+from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState
 from orchestratord.state.redis import RedisStore
 from orchestratord.state.redis_client import RedisOptions
@@ -23,21 +25,23 @@ from tests.redis.test_store import entry, record
 
 pytestmark = pytest.mark.redis
 MakeStore = Callable[..., RedisStore]
+T = TypeVar("T")
 TENANTS = ("acme", "beta", "gamma")
-MODELS = ("m1", "m2@pool-a")
+# Model names may hold any character a pool can list; a route restricted to pools is a value.
+ROUTES = (Route("m1"), Route.to("m2", ["pool-a"]), Route.to("org/m@v1:q4,x", ["pool,a", "b@c"]))
 
 arrival = st.fixed_dictionaries(
     {
         "tenant": st.sampled_from(TENANTS),
         "priority": st.sampled_from(("interactive", "batch")),
-        "model": st.sampled_from(MODELS),
+        "route": st.sampled_from(ROUTES),
         "cost": st.sampled_from((1.0, 2.5, 40.0)),
         "deadline": st.one_of(st.none(), st.sampled_from((100.0, 200.0, 300.0))),
     }
 )
 
 
-def some_or_all(values: tuple[str, ...]) -> st.SearchStrategy[set[str]]:
+def some_or_all(values: tuple[T, ...]) -> st.SearchStrategy[set[T]]:
     return st.one_of(st.just(set(values)), st.sets(st.sampled_from(values)))
 
 
@@ -45,8 +49,8 @@ operation = st.one_of(
     st.tuples(st.just("enqueue"), arrival),
     st.tuples(st.just("enqueue"), arrival),
     st.tuples(st.just("enqueue"), arrival),
-    st.tuples(st.just("take"), some_or_all(MODELS), some_or_all(TENANTS)),
-    st.tuples(st.just("take"), some_or_all(MODELS), some_or_all(TENANTS)),
+    st.tuples(st.just("take"), some_or_all(ROUTES), some_or_all(TENANTS)),
+    st.tuples(st.just("take"), some_or_all(ROUTES), some_or_all(TENANTS)),
     st.tuples(st.just("remove"), st.integers(0, 30)),
     st.tuples(st.just("expire"), st.sampled_from((150.0, 250.0))),
     st.tuples(st.just("settle"), st.sampled_from(TENANTS), st.sampled_from((0.0, 7.0, 90.0))),
@@ -130,7 +134,7 @@ async def test_long_random_runs_match_the_reference_queue(redis_server: RedisSer
         if rng.random() < 0.55:
             ops.append(("enqueue", random_arrival(rng)))
         elif rng.random() < 0.85:
-            ops.append(("take", set(MODELS), set(TENANTS) if rng.random() < 0.8 else {"acme"}))
+            ops.append(("take", set(ROUTES), set(TENANTS) if rng.random() < 0.8 else {"acme"}))
         else:
             ops.append(("remove", rng.randrange(30)))
     await replay(redis_server.url, policy, ops)
@@ -140,7 +144,7 @@ def random_arrival(rng: random.Random) -> dict[str, object]:
     return {
         "tenant": rng.choice(TENANTS),
         "priority": rng.choice(("interactive", "batch")),
-        "model": rng.choice(MODELS),
+        "route": rng.choice(ROUTES),
         "cost": rng.choice((1.0, 2.5)),
         "deadline": rng.choice((None, None, 100.0)),
     }

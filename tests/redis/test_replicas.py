@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from orchestratord.core.queue import FairQueue, QueueEntry, QueuePolicy
+from orchestratord.core.route import Route
 from tests.fakes.sse import Event, parse_frames, read_events
 from tests.redis.conftest import Deployment, RedisServer, start_deployment
 
@@ -160,7 +161,7 @@ def reference_order(arrivals: list[tuple[str, str]]) -> list[str]:
     """The order the reference fair queue serves these arrivals in, one slot at a time."""
     queue = FairQueue(QueuePolicy(capacity=CAPACITY, tenant_weights={"acme": 3.0, "beta": 1.0}))
     for tenant, job_id in arrivals:
-        queue.enqueue(QueueEntry(job_id, tenant, "interactive", "solo"))
+        queue.enqueue(QueueEntry(job_id, tenant, "interactive", Route("solo")))
     order = []
     while (entry := queue.take(lambda key: True)) is not None:
         order.append(entry.tenant)

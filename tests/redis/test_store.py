@@ -13,6 +13,7 @@ import pytest
 
 from orchestratord.core.budget import Hold, Ledger, Usage
 from orchestratord.core.queue import Admitted, QueueEntry
+from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent
 from orchestratord.errors import StateUnavailable
 from orchestratord.state.base import JobRecord, SessionRecord
@@ -35,7 +36,7 @@ def record(job_id: str, **overrides: object) -> JobRecord:
 
 def entry(job_id: str, **overrides: object) -> QueueEntry:
     fields: dict[str, object] = {"job_id": job_id, "tenant": "acme", "priority": "interactive"}
-    fields["model"] = "mock"
+    fields["route"] = Route("mock")
     fields.update(overrides)
     return QueueEntry(**fields)  # type: ignore[arg-type]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestratord.core.queue import QueueEntry, QueuePolicy
+from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState
 from orchestratord.state.base import JobRecord
 from orchestratord.state.memory import MemoryStore
@@ -33,7 +34,7 @@ async def _finished_store(clock: Clock, jobs: int, *, every_s: float) -> MemoryS
     for i in range(jobs):
         job_id = f"job-{i}"
         record = JobRecord(job_id, "t", "mock", "interactive", JobState.QUEUED, clock.now, "{}")
-        await store.create(record, QueueEntry(job_id, "t", "interactive", "mock"))
+        await store.create(record, QueueEntry(job_id, "t", "interactive", Route("mock")))
         await store.finish(job_id, JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
         clock.now += every_s
     return store
@@ -57,7 +58,7 @@ async def test_purge_does_not_walk_the_retained_jobs() -> None:
     t0 = clock.now
     store = await _finished_store(clock, 5_000, every_s=0.001)  # job-i finished at t0 + i ms
     queued = JobRecord("waiting", "t", "mock", "interactive", JobState.QUEUED, clock.now, "{}")
-    await store.create(queued, QueueEntry("waiting", "t", "interactive", "mock"))
+    await store.create(queued, QueueEntry("waiting", "t", "interactive", Route("mock")))
     store._jobs = NoScan(store._jobs)  # type: ignore[assignment]
     assert await store.purge(t0 + 60) == 0  # nothing has been finished for more than a minute yet
     assert await store.purge(t0 + 60.9995) == 1_000  # the first second's jobs only

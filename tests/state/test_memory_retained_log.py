@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestratord.core.queue import QueueEntry, QueuePolicy
+from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent
 from orchestratord.state.base import JobRecord
 from orchestratord.state.memory import MemoryStore
@@ -20,7 +21,7 @@ tokens = st.lists(st.text(min_size=0, max_size=8), max_size=40)
 async def _store_with_job() -> MemoryStore:
     store = MemoryStore(QueuePolicy(capacity=4))
     record = JobRecord("job", "t", "mock", "interactive", JobState.QUEUED, 0.0, "{}")
-    await store.create(record, QueueEntry("job", "t", "interactive", "mock"))
+    await store.create(record, QueueEntry("job", "t", "interactive", Route("mock")))
     return store
 
 

@@ -10,10 +10,10 @@
 --   P q:class:<prio>  zset    job -> seq, per priority class (arrival order)
 --   P q:tenants       hash    tenant -> queued jobs
 --   P q:tags, q:sizes hash    flow (tenant SEP priority) -> start tag / queued jobs
---   P q:pairs         set     flow SEP routing key, for every non-empty flow-key queue
+--   P q:pairs         set     flow SEP route (encoded), for every non-empty flow-key queue
 --   P q:z:<pair>      zset    member seq(16 digits)..job, score = deadline (NO_DEADLINE if none)
 --   P q:deadlines     zset    job -> deadline
---   P q:keys          hash    routing key -> queued jobs
+--   P q:keys          hash    route (encoded) -> queued jobs
 --   P q:vtime, q:seq  string  the virtual time; the arrival counter
 --   P run:tenants     hash    tenant -> jobs taken and not yet ended
 --   P alive           zset    job -> expiry (ms, Redis clock) of its owner's claim, renewed by heartbeat
@@ -75,7 +75,7 @@ local function enqueue(raw, seq)
     redis.call('HSET', K('q:tags'), flow, num(math.max(tag, vtime)))
   end
   redis.call('HINCRBY', K('q:sizes'), flow, 1)
-  local pair = flow .. SEP .. e.model
+  local pair = flow .. SEP .. e.route
   redis.call('SADD', K('q:pairs'), pair)
   local score = NO_DEADLINE
   if has_deadline(e) then
@@ -83,7 +83,7 @@ local function enqueue(raw, seq)
     redis.call('ZADD', K('q:deadlines'), num(e.deadline), job)
   end
   redis.call('ZADD', K('q:z:' .. pair), num(score), member(seq, job))
-  redis.call('HINCRBY', K('q:keys'), e.model, 1)
+  redis.call('HINCRBY', K('q:keys'), e.route, 1)
   redis.call('HSET', K('job:' .. job), 'seq', seq)
   return stored
 end
@@ -97,12 +97,12 @@ local function dequeue(job)
   decr(K('q:tenants'), e.tenant)
   local flow = e.tenant .. SEP .. e.priority
   redis.call('HINCRBY', K('q:sizes'), flow, -1)
-  local pair = flow .. SEP .. e.model
+  local pair = flow .. SEP .. e.route
   local z = K('q:z:' .. pair)
   redis.call('ZREM', z, member(e.seq, job))
   if redis.call('ZCARD', z) == 0 then redis.call('SREM', K('q:pairs'), pair) end
   redis.call('ZREM', K('q:deadlines'), job)
-  decr(K('q:keys'), e.model)
+  decr(K('q:keys'), e.route)
   return stored, e
 end
 

@@ -1,4 +1,4 @@
--- How many queued jobs for the same routing key are expected to be taken before this one: each flow's
+-- How many queued jobs for the same route are expected to be taken before this one: each flow's
 -- jobs for the key are projected onto virtual time (the flow's tag plus cost/weight per job ahead in
 -- it), and those before this job's (tag, deadline, arrival) are counted.
 -- ARGV: prefix, job, policy JSON. Returns the position, or -1 if the job is not queued.
@@ -28,15 +28,15 @@ local function walk(pair, visit)
 end
 
 local my_tag, my_deadline = nil, nil
-walk(me.tenant .. SEP .. me.priority .. SEP .. me.model, function(t, d, m)
+walk(me.tenant .. SEP .. me.priority .. SEP .. me.route, function(t, d, m)
   if m == mine then my_tag, my_deadline = t, d return false end
   return true
 end)
 
 local ahead = 0
 for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
-  local _, _, model = split_pair(pair)
-  if model == me.model then
+  local _, _, route = split_pair(pair)
+  if route == me.route then
     walk(pair, function(t, d, m)
       if t < my_tag or (t == my_tag and (d < my_deadline or (d == my_deadline and m < mine))) then
         ahead = ahead + 1

@@ -1,7 +1,7 @@
 -- Dispatch: among the flows whose tenant may run more and whose queued jobs include one a free slot
 -- can serve, take the head of the flow with the smallest (tag, deadline, arrival); advance the virtual
 -- time and the flow's tag; record the claim of the orchestrator instance that took it.
--- ARGV: prefix, owner, claim ttl (ms), policy JSON {classes, tenants}, servable routing keys (JSON
+-- ARGV: prefix, owner, claim ttl (ms), policy JSON {classes, tenants}, servable routes (encoded) (JSON
 -- list), allowed tenants (JSON list), tenant concurrency limits (JSON object).
 -- Returns the stored entry JSON, or nil.
 
@@ -20,8 +20,8 @@ end
 
 local best = nil
 for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
-  local tenant, priority, model = split_pair(pair)
-  if servable[model] and may_run(tenant) then
+  local tenant, priority, route = split_pair(pair)
+  if servable[route] and may_run(tenant) then
     local head = redis.call('ZRANGE', K('q:z:' .. pair), 0, 0, 'WITHSCORES')
     if #head > 0 then
       local flow = tenant .. SEP .. priority

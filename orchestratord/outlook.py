@@ -1,0 +1,64 @@
+"""What this replica knows of its pools' capacity, and what it predicts from it.
+
+The latest pool snapshots, the measured service times, the queue's depth; from them the capacity
+serving a route, a queued job's predicted start, and the pool a waiting job is counted under. The
+dispatcher refreshes and feeds it; admission, idempotency, housekeeping and metrics read it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from orchestratord.core.capacity import capacity_for
+from orchestratord.core.prediction import Capacity, ServiceTimes, predict_start_ms
+from orchestratord.core.route import Route
+from orchestratord.runs import Runs
+from pool_manager.registry import PoolRegistry
+from pool_manager.snapshot import PoolSnapshot
+
+
+class Outlook:
+    def __init__(
+        self, registry: PoolRegistry, runs: Runs, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._registry = registry
+        self._runs = runs
+        self._clock = clock
+        self._times = ServiceTimes()
+        self._snapshots: list[PoolSnapshot] = []
+        self._queue_depth = 0
+
+    async def refresh(self) -> list[PoolSnapshot]:
+        self._snapshots = await self._registry.snapshot()
+        return self._snapshots
+
+    @property
+    def snapshots(self) -> Sequence[PoolSnapshot]:
+        """The pools as the last `refresh` saw them."""
+        return self._snapshots
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue_depth
+
+    def queued(self, depth: int) -> None:
+        """The queue's depth, as housekeeping last counted it."""
+        self._queue_depth = depth
+
+    def served(self, pool_id: str, seconds: float) -> None:
+        """A run on `pool_id` held its slot `seconds` and ended well: a service time to learn from."""
+        self._times.observe(pool_id, seconds)
+
+    def capacity(self, route: Route) -> Capacity:
+        return capacity_for(route, self._snapshots, self._times, self._runs.ages(self._clock()))
+
+    def predict(self, route: Route, position: int) -> int | None:
+        return predict_start_ms(position, self.capacity(route))
+
+    def labels(self, route: Route) -> tuple[str, str, str]:
+        """(engine, engine_version, pool_id) a waiting job is counted under: the first pool serving it."""
+        for pool in sorted(self._registry.pools.values(), key=lambda p: p.spec.id):
+            if route.model in pool.spec.models and route.admits(pool.spec.id):
+                return pool.spec.engine, pool.engine_version, pool.spec.id
+        return "none", "unknown", "none"

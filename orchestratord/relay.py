@@ -1,0 +1,167 @@
+"""One attempt of a job on one replica: relay the engine's tokens into the job's event log as they
+come, and end the job when the engine finishes it.
+
+The relay never raises an engine failure: it returns it in the attempt's stats, and `execution`
+decides what follows (`core.attempts`). A stream the job's end cut short (a cancel, a drain) is the
+end taking effect, not a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import orjson
+
+from orchestratord.core.placement import Assigned
+from orchestratord.core.tasks import JobState, TaskSpec
+from orchestratord.logs import get_logger
+from orchestratord.metrics import Metrics
+from orchestratord.state.base import EventLog, JobRegistry
+from worker_adapters.base import (
+    AdapterError,
+    ChatMessage,
+    EngineReset,
+    Finished,
+    SubmitRequest,
+    TokenEvent,
+    WorkerAdapter,
+)
+
+log = get_logger(__name__)
+
+
+class _Store(JobRegistry, EventLog, Protocol):
+    """The roles an attempt writes to."""
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What one attempt measured, for metrics, logs, predictions and fairness settlement."""
+
+    tokens: int = 0
+    first_token_at: float | None = None
+    prompt_tokens: int | None = None
+    outcome: str = "running"
+    error: AdapterError | None = None
+
+
+@dataclass(slots=True)
+class RunContext:
+    spec: TaskSpec
+    assigned: Assigned
+    admitted_at: float
+    queue_depth: Callable[[], int]
+    metrics_interval_s: float
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def submit_request(spec: TaskSpec, engine_model: str) -> SubmitRequest:
+    messages = None
+    if spec.messages is not None:
+        messages = tuple(ChatMessage(m.role, m.content) for m in spec.messages)
+    return SubmitRequest(
+        task_id=spec.job_id,
+        model=engine_model,
+        max_tokens=spec.max_tokens,
+        prompt=spec.prompt,
+        messages=messages,
+        seed=spec.seed,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        stop=spec.stop,
+        correlation_id=spec.correlation_id,
+    )
+
+
+class Relay:
+    """Relays one attempt. Returns its stats; never raises an AdapterError."""
+
+    def __init__(self, store: _Store, metrics: Metrics, clock: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+
+    async def attempt(self, ctx: RunContext, adapter: WorkerAdapter, engine_model: str) -> RunStats:
+        stats = RunStats()
+        started = self._clock()
+        last_metrics = started
+        try:
+            async with closing_stream(adapter.submit(submit_request(ctx.spec, engine_model))) as events:
+                async for event in events:
+                    if isinstance(event, Finished):
+                        await self._finish(ctx, stats, event, started)
+                        return stats
+                    if await self._store.append_token(ctx.spec.job_id, event.text) is None:
+                        stats.outcome = "canceled"
+                        return stats
+                    stats.tokens += 1
+                    now = self._clock()
+                    if stats.first_token_at is None:
+                        stats.first_token_at = now
+                        self._metrics.ttft.labels(**ctx.labels).observe((now - ctx.admitted_at) * 1000)
+                        log.info("task_first_token", ttft_ms=round((now - ctx.admitted_at) * 1000))
+                    if now - last_metrics >= ctx.metrics_interval_s:
+                        last_metrics = now
+                        await self._progress(ctx, stats, now, started)
+        except AdapterError as exc:
+            return await self._failed(ctx, stats, exc)
+        return await self._failed(ctx, stats, _truncated(adapter.engine))
+
+    async def _failed(self, ctx: RunContext, stats: RunStats, error: AdapterError) -> RunStats:
+        """An engine stream that broke off. If the job had already ended (a cancel closes the engine
+        request), that is the cancel taking effect, not an engine failure to count or fail over from."""
+        record = await self._store.get(ctx.spec.job_id)
+        if record is not None and record.state.terminal:
+            stats.outcome = "canceled"
+        else:
+            stats.outcome, stats.error = "error", error
+        return stats
+
+    async def _progress(self, ctx: RunContext, stats: RunStats, now: float, started: float) -> None:
+        elapsed = max(now - started, 1e-6)
+        await self._store.append(
+            ctx.spec.job_id,
+            "metrics",
+            {
+                "queue_depth": ctx.queue_depth(),
+                "tokens_out": stats.tokens,
+                "tokens_per_s": round(stats.tokens / elapsed, 2),
+            },
+        )
+
+    async def _finish(self, ctx: RunContext, stats: RunStats, event: Finished, started: float) -> None:
+        now = self._clock()
+        stats.prompt_tokens = event.prompt_tokens
+        await self._progress(ctx, stats, now, started)
+        done = await self._store.finish(
+            ctx.spec.job_id, JobState.SUCCEEDED, "end", {"stop_reason": event.stop_reason}
+        )
+        stats.outcome = "succeeded" if done is not None else "canceled"
+        decode_ms = None if stats.first_token_at is None else (now - stats.first_token_at) * 1000
+        if decode_ms is not None:
+            self._metrics.decode.labels(**ctx.labels).observe(decode_ms)
+        if done is not None:  # decode_time_ms as the client's `end` event says it
+            log.info(
+                "task_completed", stop_reason=event.stop_reason, tokens_out=stats.tokens,
+                tokens_in=ctx.spec.tokens_in_estimate if event.prompt_tokens is None else event.prompt_tokens,
+                decode_time_ms=orjson.loads(done.data).get("decode_time_ms"),
+            )  # fmt: skip
+
+
+@asynccontextmanager
+async def closing_stream(events: AsyncIterator[TokenEvent]) -> AsyncIterator[AsyncIterator[TokenEvent]]:
+    """Close the adapter's stream on every exit, which closes the engine request."""
+    try:
+        yield events
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _truncated(engine: str) -> AdapterError:
+    return EngineReset("the engine stream ended without a terminal event", engine=engine)

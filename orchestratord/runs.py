@@ -1,0 +1,79 @@
+"""The jobs this orchestrator replica runs now: for each, the slot it was placed on, its task, and the
+adapter its current attempt goes through. The dispatcher adds and drops runs; pool operations and
+shutdown read them (which runs use a pool, or an adapter) and wait for them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+
+from worker_adapters.base import WorkerAdapter
+
+
+@dataclass(slots=True)
+class Running:
+    job_id: str
+    tenant: str
+    pool_id: str  # of the current attempt; "" until the first attempt starts (the lease says where)
+    replica_id: str
+    started: float
+    task: asyncio.Task[None] | None = None
+    adapter: WorkerAdapter | None = None  # the adapter the current attempt runs through
+
+
+class Runs:
+    def __init__(self) -> None:
+        self._by_job: dict[str, Running] = {}
+
+    def add(self, run: Running) -> None:
+        self._by_job[run.job_id] = run
+
+    def drop(self, job_id: str) -> None:
+        self._by_job.pop(job_id, None)
+
+    def get(self, job_id: str) -> Running | None:
+        return self._by_job.get(job_id)
+
+    def __len__(self) -> int:
+        return len(self._by_job)
+
+    def __iter__(self) -> Iterator[Running]:
+        return iter(list(self._by_job.values()))
+
+    def job_ids(self) -> list[str]:
+        return list(self._by_job)
+
+    def tasks(self, job_ids: Collection[str] | None = None) -> list[asyncio.Task[None]]:
+        """The run tasks (of `job_ids` only, if given)."""
+        return [
+            r.task
+            for r in self._by_job.values()
+            if r.task is not None and (job_ids is None or r.job_id in job_ids)
+        ]
+
+    def using(self, adapters: Collection[WorkerAdapter]) -> list[asyncio.Task[None]]:
+        """The run tasks whose attempt goes through one of `adapters`."""
+        return [
+            r.task
+            for r in self._by_job.values()
+            if r.task is not None and any(r.adapter is a for a in adapters)
+        ]
+
+    def of_tenant(self, tenant: str) -> int:
+        return sum(1 for r in self._by_job.values() if r.tenant == tenant)
+
+    def ages(self, now: float) -> dict[str, list[float]]:
+        """pool_id -> how long each run there has run (seconds), for predictions."""
+        ages: dict[str, list[float]] = {}
+        for run in self._by_job.values():
+            ages.setdefault(run.pool_id, []).append(now - run.started)
+        return ages
+
+    async def wait(self, within_s: float, job_ids: Collection[str] | None = None) -> bool:
+        """Wait for the runs (of `job_ids`, if given) to end; True if all did within `within_s`."""
+        tasks = self.tasks(job_ids)
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=within_s)
+        return not pending
