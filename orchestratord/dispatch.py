@@ -25,11 +25,11 @@ from orchestratord.core.capacity import can_serve
 from orchestratord.core.queue import QueueEntry
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, spec_from_dict
-from orchestratord.endings import Endings
+from orchestratord.endings import Endings, record_fields
 from orchestratord.errors import Internal, StateUnavailable
 from orchestratord.execution import Execution, RunConfig
 from orchestratord.housekeeping import Housekeeper
-from orchestratord.logs import get_logger, record_fields
+from orchestratord.logs import get_logger
 from orchestratord.metrics import Metrics
 from orchestratord.outlook import Outlook
 from orchestratord.placing import PlacementHooks, Placer

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from orchestratord.core.tasks import JobState
 from orchestratord.errors import OrchestratorError
-from orchestratord.logs import get_logger, record_fields
+from orchestratord.logs import get_logger
 from orchestratord.metrics import NONE, Metrics
 from orchestratord.state.base import JobQueue, JobRecord, JobRegistry, Readers
 from orchestratord.state.shared import Reaped
@@ -113,3 +113,23 @@ class Endings:
         if record.started_at is None and record.finished_at is not None:  # it waited, then failed
             fields["queue_time_ms"] = round((record.finished_at - record.created_at) * 1000)
         return fields
+
+
+def record_fields(record: JobRecord, *, engine_version: str | None) -> dict[str, Any]:
+    """A stored job's fields, for events logged outside its own request or runner (cancel, expiry)."""
+    started, finished = record.started_at, record.finished_at
+    return {
+        "job_id": record.job_id,
+        "session_id": record.session_id,
+        "tenant": record.tenant,
+        "priority": record.priority,
+        "model_ref": record.model_ref,
+        "correlation_id": record.correlation_id,
+        "engine": record.engine,
+        "engine_version": engine_version,
+        "pool_id": record.pool_id,
+        "replica_id": record.replica_id,
+        "tokens_out": record.tokens_out,
+        "queue_time_ms": None if started is None else round((started - record.created_at) * 1000),
+        "decode_time_ms": None if started is None or finished is None else round((finished - started) * 1000),
+    }

@@ -22,7 +22,6 @@ import structlog
 
 from orchestratord.core.placement import Assigned, NoCapacity
 from orchestratord.core.tasks import TaskSpec
-from orchestratord.state.base import JobRecord
 
 JOB_FIELDS = (
     "job_id", "session_id", "tenant", "priority", "engine", "engine_version", "pool_id", "replica_id",
@@ -263,26 +262,6 @@ def bind_job(spec: TaskSpec) -> None:
 def bind(**fields: Any) -> None:
     """Add facts (pool, replica, placement, ...) to the current context's events."""
     structlog.contextvars.bind_contextvars(**fields)
-
-
-def record_fields(record: JobRecord, *, engine_version: str | None) -> dict[str, Any]:
-    """A stored job's fields, for events logged outside its own request or runner (cancel, expiry)."""
-    started, finished = record.started_at, record.finished_at
-    return {
-        "job_id": record.job_id,
-        "session_id": record.session_id,
-        "tenant": record.tenant,
-        "priority": record.priority,
-        "model_ref": record.model_ref,
-        "correlation_id": record.correlation_id,
-        "engine": record.engine,
-        "engine_version": engine_version,
-        "pool_id": record.pool_id,
-        "replica_id": record.replica_id,
-        "tokens_out": record.tokens_out,
-        "queue_time_ms": None if started is None else round((started - record.created_at) * 1000),
-        "decode_time_ms": None if started is None or finished is None else round((finished - started) * 1000),
-    }
 
 
 def get_logger(name: str) -> Any:
