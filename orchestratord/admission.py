@@ -113,7 +113,16 @@ class Admission:
         self._shared = shared  # several replicas: rate limits are counted in the shared backend
         self._wall = wall
         self._clock = clock
-        self.accepting = True
+        self._accepting = True
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def stop_accepting(self) -> None:
+        """Refuse every new job from now on (SHUTTING_DOWN). A plain attribute write: safe from a
+        signal handler, and immediate."""
+        self._accepting = False
 
     async def admit(self, spec: TaskSpec) -> AdmissionResult:
         bind_job(spec)
@@ -124,7 +133,7 @@ class Admission:
             raise
 
     async def _admit(self, spec: TaskSpec) -> AdmissionResult:
-        if not self.accepting:
+        if not self._accepting:
             raise ShuttingDown(
                 "this orchestrator is shutting down; retry on another replica",
                 retry_after_ms=DEFAULT_RETRY_AFTER_MS,

@@ -16,12 +16,14 @@ from orchestratord.control import build_control_plane
 from orchestratord.core.queue import QueuePolicy
 from orchestratord.dispatch import DispatchConfig, Dispatcher
 from orchestratord.endings import Endings
+from orchestratord.execution import Execution, RunConfig
 from orchestratord.housekeeping import Housekeeper
 from orchestratord.idempotency import Idempotency
 from orchestratord.jobs import JobControl
 from orchestratord.logs import get_logger
 from orchestratord.metrics import Metrics
 from orchestratord.outlook import Outlook
+from orchestratord.placing import Placer
 from orchestratord.pool_ops import PoolOps
 from orchestratord.presence import Presence
 from orchestratord.reachability import Reachability
@@ -95,15 +97,20 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     endings = Endings(store, registry, metrics)
     reachability = Reachability()
     housekeeper = Housekeeper(store, outlook, endings, metrics, reachability, shared=store.shared)
+    placer = Placer(registry, outlook, endings, metrics, hooks=control.gate, shared=store.shared)
+    execution = Execution(
+        store, registry, adapters, metrics, runs=runs, outlook=outlook, endings=endings, placer=placer,
+        config=RunConfig(metrics_interval_s=settings.stream.metrics_interval_s),
+    )  # fmt: skip
     dispatcher = Dispatcher(
-        store, registry, adapters, metrics,
-        runs=runs, outlook=outlook, endings=endings, housekeeper=housekeeper, reachability=reachability,
+        store, registry,
+        runs=runs, outlook=outlook, endings=endings, placer=placer, execution=execution,
+        housekeeper=housekeeper, reachability=reachability,
         config=DispatchConfig(
-            metrics_interval_s=settings.stream.metrics_interval_s,
             tenant_max_concurrent={t.id: t.max_concurrent for t in settings.tenants if t.max_concurrent},
             heartbeat_s=settings.redis.heartbeat_s,
         ),
-        hooks=control.gate, shared=store.shared,
+        shared=store.shared,
     )  # fmt: skip
     metrics.watch_pools(lambda: outlook.snapshots)
     jobs = JobControl(store, endings)

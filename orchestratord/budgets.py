@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from orchestratord.core.budget import (
     Hold,
@@ -33,7 +34,7 @@ from orchestratord.core.budget import (
 )
 from orchestratord.core.tasks import TaskSpec
 from orchestratord.errors import BudgetExceeded
-from orchestratord.state.base import JobRecord, StateStore
+from orchestratord.state.base import JobRecord, JobRegistry, Ledgers
 
 BUDGET_HEADERS = ("X-Budget-Tokens-Remaining", "X-Budget-Time-Remaining-Ms", "X-Budget-Cost-Remaining")
 
@@ -75,10 +76,12 @@ def event_fields(left: Remaining) -> dict[str, object]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+class _Store(Ledgers, JobRegistry, Protocol):
+    """The roles budgets use: the ledgers, and the records of held jobs to settle them."""
+
+
 class Budgets:
-    def __init__(
-        self, store: StateStore, policy: BudgetPolicy, *, wall: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, store: _Store, policy: BudgetPolicy, *, wall: Callable[[], float] = time.time) -> None:
         self._store = store
         self.policy = policy
         self._wall = wall

@@ -47,7 +47,7 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)
             return
         self._drain_requested = True
-        services.admission.accepting = False  # a plain attribute write: safe here, and immediate
+        services.admission.stop_accepting()  # a plain attribute write: safe here, and immediate
         self._loop.call_soon_threadsafe(self._start_drain, services, sig)
 
     def _start_drain(self, services: Services, sig: int) -> None:

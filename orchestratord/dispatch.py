@@ -27,12 +27,11 @@ from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, spec_from_dict
 from orchestratord.endings import Endings, record_fields
 from orchestratord.errors import Internal, StateUnavailable
-from orchestratord.execution import Execution, RunConfig
+from orchestratord.execution import Execution
 from orchestratord.housekeeping import Housekeeper
 from orchestratord.logs import get_logger
-from orchestratord.metrics import Metrics
 from orchestratord.outlook import Outlook
-from orchestratord.placing import PlacementHooks, Placer
+from orchestratord.placing import Placer
 from orchestratord.reachability import Reachability
 from orchestratord.runs import Running, Runs
 from orchestratord.state.base import EventLog, JobQueue, JobRecord, JobRegistry, Readers
@@ -51,8 +50,6 @@ class _Store(JobRegistry, EventLog, JobQueue, Readers, Protocol):
 @dataclass(frozen=True, slots=True)
 class DispatchConfig:
     tick_s: float = 0.25
-    metrics_interval_s: float = 1.0
-    max_attempts: int = 3
     tenant_max_concurrent: Mapping[str, int] = field(default_factory=dict)
     heartbeat_s: float = 2.0  # lease renewal; a shared backend's lease TTL is a few heartbeats
     cancel_timeout_s: float = 5.0  # longest wait for an engine to take a cancel
@@ -63,16 +60,15 @@ class Dispatcher:
         self,
         store: _Store,
         registry: PoolRegistry,
-        adapters: Mapping[tuple[str, str], WorkerAdapter],
-        metrics: Metrics,
         *,
         runs: Runs,
         outlook: Outlook,
         endings: Endings,
+        placer: Placer,
+        execution: Execution,
         housekeeper: Housekeeper,
         reachability: Reachability,
         config: DispatchConfig | None = None,
-        hooks: PlacementHooks | None = None,
         shared: SharedState | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
@@ -88,12 +84,8 @@ class Dispatcher:
         self._shared = shared
         self._clock = clock
         self._wall = wall
-        self._placer = Placer(registry, outlook, endings, metrics, hooks=hooks, shared=shared)
-        self._execution = Execution(
-            store, registry, adapters, metrics,
-            runs=runs, outlook=outlook, endings=endings, placer=self._placer, wake=self.wake,
-            config=RunConfig(self._config.max_attempts, self._config.metrics_interval_s), clock=clock,
-        )  # fmt: skip
+        self._placer = placer
+        self._execution = execution
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._cancels: set[asyncio.Task[None]] = set()
@@ -174,7 +166,7 @@ class Dispatcher:
             # snapshot already counts this slot.
             assigned = await self._placer.place(spec, entry.route, set(), snapshots)
             if assigned is not None:
-                self._execution.start(spec, entry, admitted_mono, assigned)
+                self._execution.start(spec, entry, admitted_mono, assigned, self.wake)
         except StateUnavailable:
             raise  # the shared backend is away: the claim expires and a replica reaps the job
         except Exception as exc:  # the job has left the queue: a bug here must still end it, loudly

@@ -58,7 +58,6 @@ class Execution:
         outlook: Outlook,
         endings: Endings,
         placer: Placer,
-        wake: Callable[[], None],
         config: RunConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -70,24 +69,42 @@ class Execution:
         self._outlook = outlook
         self._endings = endings
         self._placer = placer
-        self._wake = wake
         self._config = config or RunConfig()
         self._clock = clock
         self._relay = Relay(store, metrics, clock)
 
-    def start(self, spec: TaskSpec, entry: QueueEntry, admitted_mono: float, first: Assigned) -> None:
-        """Run the job (placed on `first`, its slot leased) in a task of its own."""
+    def start(
+        self,
+        spec: TaskSpec,
+        entry: QueueEntry,
+        admitted_mono: float,
+        first: Assigned,
+        ended: Callable[[], None],
+    ) -> None:
+        """Run the job (placed on `first`, its slot leased) in a task of its own; `ended` is called
+        once the run has returned its slot."""
         run = Running(spec.job_id, spec.tenant, "", "", self._clock())
         self._runs.add(run)
-        run.task = asyncio.create_task(self._run(spec, entry, admitted_mono, run, first))
+        run.task = asyncio.create_task(self._run(spec, entry, admitted_mono, run, first, ended))
 
     async def _run(
-        self, spec: TaskSpec, entry: QueueEntry, admitted_mono: float, run: Running, first: Assigned
+        self,
+        spec: TaskSpec,
+        entry: QueueEntry,
+        admitted_mono: float,
+        run: Running,
+        first: Assigned,
+        ended: Callable[[], None],
     ) -> None:
         stats = RunStats()
+        tried = set[tuple[str, str]]()
+        assigned: Assigned | None = first
         bind_job(spec)  # this task's context: every event of the run carries the job's fields
         try:
-            stats = await self._attempts(spec, entry, admitted_mono, run, first)
+            while assigned is not None:  # the attempt awaited right here: no frame more per token
+                tried.add((assigned.pool_id, assigned.replica_id))
+                stats = await self._attempt(spec, assigned, admitted_mono, run)
+                assigned = await self._next(spec, entry, run, stats, tried)
         except StateUnavailable:
             # The shared backend went away mid-run: the engine request is closed, the lease is no
             # longer renewed, and once it expires a replica that reaches the backend reaps the job.
@@ -101,35 +118,31 @@ class Execution:
             with contextlib.suppress(StateUnavailable):  # an unreleased shared lease expires by itself
                 await self._registry.release(spec.job_id)
                 await self._settle(spec, entry, stats)
-            self._wake()
+            ended()
 
-    async def _attempts(
-        self, spec: TaskSpec, entry: QueueEntry, admitted_mono: float, run: Running, assigned: Assigned
-    ) -> RunStats:
-        tried = set[tuple[str, str]]()
-        attempt = 0
-        while True:
-            tried.add((assigned.pool_id, assigned.replica_id))
-            stats = await self._attempt(spec, assigned, admitted_mono, run)
-            if stats.outcome != "error" or stats.error is None:
-                return stats
-            step = after_failure(
-                stats.error,
-                tokens=stats.tokens,
-                attempt=attempt,
-                max_attempts=self._config.max_attempts,
-                pool_id=run.pool_id,
-            )
-            if not isinstance(step, Fail):
-                async with self._placer.exclusive():
-                    failover = await self._placer.place(spec, entry.route, tried)
-                if failover is not None:
-                    assigned, attempt = failover, attempt + 1
-                    continue
-                # every candidate failed this job already: report the engine's error
-                step = Fail(engine_error(stats.error, after_first_token=False, pool_id=run.pool_id))
-            await self._endings.fail(spec.job_id, step.error, from_run=True)
-            return stats
+    async def _next(
+        self, spec: TaskSpec, entry: QueueEntry, run: Running, stats: RunStats, tried: set[tuple[str, str]]
+    ) -> Assigned | None:
+        """After an attempt: the replica to fail over to, or None when the run is over (it ended well,
+        was canceled, or has just been failed)."""
+        if stats.outcome != "error" or stats.error is None:
+            return None
+        step = after_failure(
+            stats.error,
+            tokens=stats.tokens,
+            attempt=len(tried) - 1,
+            max_attempts=self._config.max_attempts,
+            pool_id=run.pool_id,
+        )
+        if not isinstance(step, Fail):
+            async with self._placer.exclusive():
+                failover = await self._placer.place(spec, entry.route, tried)
+            if failover is not None:
+                return failover
+            # every candidate failed this job already: report the engine's error
+            step = Fail(engine_error(stats.error, after_first_token=False, pool_id=run.pool_id))
+        await self._endings.fail(spec.job_id, step.error, from_run=True)
+        return None
 
     async def _attempt(
         self, spec: TaskSpec, assigned: Assigned, admitted_mono: float, run: Running

@@ -8,19 +8,22 @@ back within `grace_s` (so a reconnect with Last-Event-ID loses nothing).
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from orchestratord.errors import StateUnavailable
 from orchestratord.jobs import JobControl
 from orchestratord.logs import get_logger
-from orchestratord.state.base import StateStore
+from orchestratord.state.base import JobRegistry, Readers
 
 log = get_logger(__name__)
 
 
+class _Store(Readers, JobRegistry, Protocol):
+    """The roles presence uses: who reads a job, and its record."""
+
+
 class Presence:
-    def __init__(
-        self, store: StateStore, jobs: JobControl, *, attach_timeout_s: float, grace_s: float
-    ) -> None:
+    def __init__(self, store: _Store, jobs: JobControl, *, attach_timeout_s: float, grace_s: float) -> None:
         self._store = store
         self._jobs = jobs
         self._attach_timeout = attach_timeout_s

@@ -29,7 +29,7 @@ from orchestratord.core.budget import (
 from orchestratord.core.placement import Assigned
 from orchestratord.core.tasks import TaskSpec
 from orchestratord.errors import BudgetExceeded, NotFound
-from orchestratord.state.base import SessionRecord, StateStore
+from orchestratord.state.base import Ledgers, SessionRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ def session_key(tenant: str, session_id: str) -> str:
 class Sessions:
     def __init__(
         self,
-        store: StateStore,
+        store: Ledgers,
         budgets: Budgets,
         *,
         ttl_s: float,

@@ -19,7 +19,7 @@ STOPPING = "the orchestrator is shutting down; retry"
 
 
 async def drain_and_stop(services: Services) -> None:
-    services.admission.accepting = False
+    services.admission.stop_accepting()
     services.dispatcher.pause()
     await _end_queued(services)
     grace = services.settings.shutdown_grace_s

@@ -1,7 +1,7 @@
 """Start-time predictions from measured service times (documented in docs/admission.md).
 
 Each pool keeps an exponentially weighted moving average (EWMA) of how long its jobs hold a slot.
-For the pools serving a routing key, with `S` usable slots of which `f` are free now and a mean
+For the pools serving a route, with `S` usable slots of which `f` are free now and a mean
 service time `m`:
 
 - a job with fewer than `f` jobs ahead of it starts now (0);
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Capacity:
-    """What the pools that serve one routing key offer right now."""
+    """What the pools that serve one route offer right now."""
 
     slots_total: int
     slots_free: int
@@ -69,7 +69,7 @@ class ServiceTimes:
 
 
 def predict_start_s(position: int, cap: Capacity) -> float | None:
-    """Seconds until a job with `position` jobs ahead of it (same routing key) is expected to start."""
+    """Seconds until a job with `position` jobs ahead of it (same route) is expected to start."""
     if position < cap.slots_free:
         return 0.0
     if cap.mean_service_s is None or cap.slots_total <= 0:
