@@ -40,6 +40,7 @@ from orchestratord.presence import Presence
 from orchestratord.state.base import EventLog, JobQueue, JobRecord, JobRegistry
 from orchestratord.state.shared import SharedState
 from pool_manager.registry import PoolRegistry, PoolState
+from worker_adapters.registry import honours
 
 log = get_logger(__name__)
 
@@ -193,6 +194,7 @@ class Admission:
         candidates = [p for p in pools if p.spec.id in allowed]
         if not candidates:
             raise InvalidParams(f"placement preferences leave no pool that serves {spec.model_ref!r}")
+        candidates = _honouring(spec, candidates)
         if all(p.draining for p in candidates):
             raise PoolUnavailable(
                 f"every pool serving {spec.model_ref!r} is draining; retry later or on another deployment",
@@ -396,3 +398,18 @@ async def _undo(holds: Sequence[AdmissionHold]) -> None:
     for held in reversed(holds):
         if held.undo is not None:
             await held.undo()
+
+
+def _honouring(spec: TaskSpec, candidates: list[PoolState]) -> list[PoolState]:
+    """The pools whose engine honours every optional parameter the job sets; InvalidParams naming the
+    parameter when none does (never silently dropped)."""
+    for parameter in spec.engine_parameters:
+        able = [p for p in candidates if honours(p.spec.engine, parameter)]
+        if not able:
+            engines = ", ".join(sorted({p.spec.engine for p in candidates}))
+            raise InvalidParams(
+                f"{parameter} is not supported by the engines serving {spec.model_ref!r} ({engines}); "
+                "leave it out"
+            )
+        candidates = able
+    return candidates

@@ -77,8 +77,10 @@ class OrchestratorError(Exception):
         pool_id: str | None = None,
         headers: dict[str, str] | None = None,
         retriable: bool | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.param = param  # the request field at fault, when one is (the OpenAI error names it)
         if retriable is not None:  # this instance's own verdict, over its class's
             self.retriable = retriable
         self.message = message

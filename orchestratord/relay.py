@@ -74,6 +74,8 @@ def submit_request(spec: TaskSpec, engine_model: str) -> SubmitRequest:
         top_p=spec.top_p,
         stop=spec.stop,
         correlation_id=spec.correlation_id,
+        presence_penalty=spec.presence_penalty,
+        frequency_penalty=spec.frequency_penalty,
     )
 
 
@@ -137,8 +139,12 @@ class Relay:
         now = self._clock()
         stats.prompt_tokens = event.prompt_tokens
         await self._progress(ctx, stats, now, started)
+        tokens_in = ctx.spec.tokens_in_estimate if event.prompt_tokens is None else event.prompt_tokens
         done = await self._store.finish(
-            ctx.spec.job_id, JobState.SUCCEEDED, "end", {"stop_reason": event.stop_reason}
+            ctx.spec.job_id,
+            JobState.SUCCEEDED,
+            "end",
+            {"stop_reason": event.stop_reason, "tokens_in": tokens_in},
         )
         stats.outcome = "succeeded" if done is not None else "canceled"
         decode_ms = None if stats.first_token_at is None else (now - stats.first_token_at) * 1000
@@ -147,7 +153,7 @@ class Relay:
         if done is not None:  # decode_time_ms as the client's `end` event says it
             log.info(
                 "task_completed", stop_reason=event.stop_reason, tokens_out=stats.tokens,
-                tokens_in=ctx.spec.tokens_in_estimate if event.prompt_tokens is None else event.prompt_tokens,
+                tokens_in=tokens_in,
                 decode_time_ms=orjson.loads(done.data).get("decode_time_ms"),
             )  # fmt: skip
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from orchestratord.admission import Admission
@@ -42,3 +43,4 @@ class Services:
     idempotency: Idempotency
     control: ControlPlane
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float = field(default_factory=time.time)  # wall clock, when the services were built

@@ -40,6 +40,8 @@ class SubmitRequest:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     correlation_id: str | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

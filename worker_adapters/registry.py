@@ -16,6 +16,16 @@ ADAPTERS: dict[str, str] = {
     "ollama": "worker_adapters.ollama_http:OllamaAdapter",
 }
 
+# Optional request parameters an engine cannot honour. A job that asks for one is only placed on
+# pools whose engine can, and refused (naming the parameter) when no pool serving its model can.
+UNSUPPORTED: dict[str, frozenset[str]] = {
+    "tgi": frozenset({"presence_penalty"}),  # TGI's generate parameters have no presence penalty
+}
+
+
+def honours(engine: str, parameter: str) -> bool:
+    return parameter not in UNSUPPORTED.get(engine, frozenset())
+
 
 def load_adapter(config: AdapterConfig) -> WorkerAdapter:
     """Build the adapter for `config.engine`; ValueError names the known engines if it is unknown."""

@@ -55,6 +55,8 @@ def generate_body(req: SubmitRequest) -> dict[str, object]:
     params["do_sample"] = sampling
     if req.seed is not None:
         params["seed"] = req.seed
+    if req.frequency_penalty is not None:
+        params["frequency_penalty"] = req.frequency_penalty
     if req.stop:
         params["stop"] = list(req.stop)
     return {"inputs": req.prompt or "", "parameters": params}

@@ -1,4 +1,8 @@
-"""The one mapping from errors to the wire: the JSON error envelope of every error response."""
+"""Errors on the HTTP wire: every error response, in the shape its surface speaks. Our API answers
+with the JSON error envelope (`envelope`); the OpenAI-compatible endpoints with OpenAI's error object
+(`openai_error`, which also renders an error inside an OpenAI stream). Both carry the same retry
+headers: `Retry-After`, `retry-after-ms` and `X-Backoff-Ms` when there is a hint, and
+`x-should-retry` from the error's `retriable` (the OpenAI SDKs otherwise retry any 429 or 5xx)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestratord.errors import (
+    ErrorKind,
     InvalidParams,
     MethodNotAllowed,
     NotFound,
@@ -40,8 +45,10 @@ def envelope(exc: OrchestratorError) -> dict[str, Any]:
 
 def _headers(exc: OrchestratorError) -> dict[str, str]:
     headers = dict(exc.headers)
+    headers["x-should-retry"] = "true" if exc.retriable else "false"
     if exc.retry_after_ms is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_ms / 1000)))
+        headers["retry-after-ms"] = str(exc.retry_after_ms)
         headers["X-Backoff-Ms"] = str(exc.retry_after_ms)
     cid = structlog.contextvars.get_contextvars().get("correlation_id")
     if cid:
@@ -57,6 +64,60 @@ def to_response(exc: OrchestratorError) -> Response:
         headers=_headers(exc),
         media_type="application/json",
     )
+
+
+# The OpenAI error object's `type`, by HTTP status (OpenAI's own values).
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+                 429: "rate_limit_error"}  # fmt: skip
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+_BY_KIND: dict[str, type[OrchestratorError]] = {}
+
+
+def openai_error(kind: ErrorKind | str, message: str, *, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object for one of our errors: `code` is our error code, lower-cased."""
+    status = _status_of(str(kind))
+    kind_type = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    if kind == ErrorKind.BUDGET_EXCEEDED:
+        kind_type = "insufficient_quota"
+    return {"message": message, "type": kind_type, "param": param, "code": str(kind).lower()}
+
+
+def to_openai_response(exc: OrchestratorError) -> Response:
+    body = {"error": openai_error(exc.kind, exc.message, param=exc.param)}
+    return Response(
+        orjson.dumps(body), status_code=exc.http_status, headers=_headers(exc), media_type="application/json"
+    )
+
+
+def _status_of(kind: str) -> int:
+    if not _BY_KIND:
+        stack: list[type[OrchestratorError]] = [OrchestratorError]
+        while stack:
+            cls = stack.pop()
+            _BY_KIND.setdefault(cls.kind.value, cls)
+            stack.extend(cls.__subclasses__())
+    found = _BY_KIND.get(kind)
+    return 500 if found is None else found.http_status
+
+
+def from_event(data: dict[str, Any]) -> OrchestratorError:
+    """The domain error a job's `error` event records (for a surface that answers it as a response)."""
+    _status_of(str(data.get("code")))
+    error = _BY_KIND.get(str(data.get("code")), OrchestratorError)(
+        str(data.get("message", "")),
+        retry_after_ms=data.get("retry_after_ms"),
+        engine=data.get("engine"),
+        pool_id=data.get("pool_id"),
+    )
+    error.retriable = bool(data.get("retriable", error.retriable))
+    return error
+
+
+def render(request: Request, exc: OrchestratorError) -> Response:
+    """The error in the shape of the surface the request was for."""
+    if request.url.path.startswith(OPENAI_PATHS):
+        return to_openai_response(exc)
+    return to_response(exc)
 
 
 def describe_validation(exc: RequestValidationError) -> str:
@@ -76,14 +137,16 @@ def describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-async def _domain(_: Request, exc: Exception) -> Response:
+async def _domain(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OrchestratorError)
-    return to_response(exc)
+    return render(request, exc)
 
 
-async def _validation(_: Request, exc: Exception) -> Response:
+async def _validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    return to_response(InvalidParams(describe_validation(exc)))
+    first = exc.errors()[0] if exc.errors() else {}
+    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+    return render(request, InvalidParams(describe_validation(exc), param=param))
 
 
 def describe_unparsable(cause: BaseException | None) -> str:
@@ -105,25 +168,29 @@ _BY_STATUS: dict[int, type[OrchestratorError]] = {
 }
 
 
-async def _http(_: Request, exc: Exception) -> Response:
+async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    return render(request, _from_http(exc))
+
+
+def _from_http(exc: StarletteHTTPException) -> OrchestratorError:
     if exc.status_code == 405:
         allow = (exc.headers or {}).get("Allow", "")
-        return to_response(
-            MethodNotAllowed(f"method not allowed here; allowed: {allow}", headers={"Allow": allow})
-        )
+        return MethodNotAllowed(f"method not allowed here; allowed: {allow}", headers={"Allow": allow})
     if exc.status_code == 404 and exc.detail == "Not Found":
-        return to_response(NotFound("no such route; see /openapi.json for the API"))
+        return NotFound("no such route; see /openapi.json for the API")
     if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-        return to_response(InvalidParams(describe_unparsable(exc.__cause__)))
+        return InvalidParams(describe_unparsable(exc.__cause__))
     error = _BY_STATUS.get(exc.status_code, OrchestratorError)(str(exc.detail))
     error.http_status = exc.status_code
-    return to_response(error)
+    return error
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled_error", path=request.url.path, exc_info=exc)
-    return to_response(OrchestratorError("internal error; the incident is logged with this correlation id"))
+    return render(
+        request, OrchestratorError("internal error; the incident is logged with this correlation id")
+    )
 
 
 def install(app: FastAPI) -> None:

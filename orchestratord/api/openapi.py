@@ -1,4 +1,5 @@
-"""The served OpenAPI document is the contract itself: contracts/openapi/{data,control}.yaml merged."""
+"""The served OpenAPI document is the contract itself: contracts/openapi/{data,control,openai}.yaml
+merged."""
 
 from __future__ import annotations
 
@@ -23,16 +24,16 @@ def contract(name: str) -> dict[str, Any]:
 
 
 def contract_document() -> dict[str, Any]:
-    """data.yaml, with control.yaml's paths and schemas merged in when it exists."""
+    """data.yaml, with the paths and components of control.yaml and openai.yaml merged in."""
     doc = contract("data.yaml")
-    if (CONTRACT_DIR / "control.yaml").exists():
-        control = contract("control.yaml")
-        doc["paths"].update(control.get("paths", {}))
-        for section, items in control.get("components", {}).items():
+    for name in ("control.yaml", "openai.yaml"):
+        other = contract(name)
+        doc["paths"].update(other.get("paths", {}))
+        for section, items in other.get("components", {}).items():
             target = doc.setdefault("components", {}).setdefault(section, {})
-            for name, item in items.items():
-                # data.yaml's definitions win: control.yaml refers to them (e.g. ErrorEnvelope).
-                target.setdefault(name, item)
+            for key, item in items.items():
+                # data.yaml's definitions win: the others refer to them (e.g. ErrorEnvelope).
+                target.setdefault(key, item)
     return doc
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from orchestratord.core.tasks import Message, PlacementPrefs, TaskSpec
-from orchestratord.errors import ErrorKind, InvalidParams
+from orchestratord.errors import ErrorKind
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -65,18 +65,6 @@ class TaskRequest(BaseModel):
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' and 'messages'")
         return self
-
-    def check_prompt_size(self, limit: int) -> None:
-        """InvalidParams when the prompt, or the messages' contents together, exceed `limit` characters."""
-        if self.prompt is not None:
-            what, size = "prompt", len(self.prompt)
-        else:
-            what, size = "messages' content", sum(len(m.content) for m in self.messages or ())
-        if size > limit:
-            raise InvalidParams(
-                f"the {what} has {size} characters, more than this server's limit "
-                f"(limits.max_prompt_chars) of {limit}"
-            )
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None) -> TaskSpec:
         placement = self.placement or PlacementIn()

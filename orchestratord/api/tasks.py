@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated
@@ -12,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Response
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.responses import BUDGET_HEADERS, errors_for
 from orchestratord.api.schemas import AdmissionResponse, TaskError, TaskRequest, TaskStatus
+from orchestratord.api.submission import new_job_id, submit
 from orchestratord.idempotency import fingerprint
 from orchestratord.state.base import JobRecord
 
@@ -36,16 +36,10 @@ async def submit_task(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> AdmissionResponse:
-    began = time.perf_counter()
-    services = caller.services
-    body.check_prompt_size(services.settings.limits.max_prompt_chars)
-    spec = body.to_spec(job_id=str(uuid.uuid4()), tenant=caller.tenant, correlation_id=caller.correlation_id)
-    try:  # every POST that reached admission counts, refused ones too
-        result = await services.idempotency.admit(
-            spec, idempotency_key, lambda: fingerprint(body.model_dump(mode="json"))
-        )
-    finally:
-        services.metrics.admission_latency.observe((time.perf_counter() - began) * 1000)
+    spec = body.to_spec(job_id=new_job_id(), tenant=caller.tenant, correlation_id=caller.correlation_id)
+    result = await submit(
+        caller, spec, idempotency_key=idempotency_key, body=lambda: fingerprint(body.model_dump(mode="json"))
+    )
     job_id = result.job_id
     response.headers.update(result.headers)  # X-Budget-* from the control plane's checks
     return AdmissionResponse(

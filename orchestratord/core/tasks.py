@@ -9,6 +9,7 @@ from typing import Any, Literal, NamedTuple
 Priority = Literal["interactive", "batch"]
 PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 PlacementMode = Literal["pin", "prefer", "auto"]
+ENGINE_PARAMETERS = ("presence_penalty", "frequency_penalty")
 
 
 class JobState(StrEnum):
@@ -60,6 +61,13 @@ class TaskSpec:
     placement: PlacementPrefs = field(default_factory=PlacementPrefs)
     correlation_id: str | None = None
     override: bool = False  # start a new session on a Deprecated model anyway
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    @property
+    def engine_parameters(self) -> tuple[str, ...]:
+        """The optional parameters the job sets that not every engine honours."""
+        return tuple(p for p in ENGINE_PARAMETERS if getattr(self, p) is not None)
 
     @property
     def prompt_text(self) -> str:

@@ -1,0 +1,101 @@
+"""A job's events in the shapes the OpenAI SDKs parse: stream chunks, whole responses, usage.
+
+One job, many renderings: the chunks are made from the job's event log (`token`, then the terminal
+`end` or `error`), the same log our own stream relays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+Surface = Literal["chat", "completion"]
+# Our stop reasons → OpenAI's finish_reason. A job canceled mid-answer stops where it was.
+FINISH: dict[str, str] = {"max_tokens": "length", "eos": "stop", "stop_sequence": "stop", "canceled": "stop"}
+DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    """What every chunk of one response repeats."""
+
+    surface: Surface
+    job_id: str
+    created: int
+    model: str
+    include_usage: bool = False
+
+    @property
+    def id(self) -> str:
+        return ("chatcmpl-" if self.surface == "chat" else "cmpl-") + self.job_id
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: Mapping[str, int] | None = None) -> bytes:
+        kind = "chat.completion.chunk" if self.surface == "chat" else "text_completion"
+        body: dict[str, Any] = {
+            "id": self.id, "object": kind, "created": self.created, "model": self.model,
+            "system_fingerprint": None, "choices": choices,
+        }  # fmt: skip
+        if self.include_usage:
+            body["usage"] = usage
+        return b"data: " + orjson.dumps(body) + b"\n\n"
+
+    def first(self) -> bytes:
+        """The chat stream's first chunk: the assistant's role (a completion stream has none)."""
+        return self._chunk([_choice_delta({"role": "assistant", "content": ""}, None)])
+
+    def text(self, text: str) -> bytes:
+        if self.surface == "chat":
+            return self._chunk([_choice_delta({"content": text}, None)])
+        return self._chunk([_choice_text(text, None)])
+
+    def finish(self, end: Mapping[str, Any]) -> bytes:
+        reason = FINISH.get(str(end.get("stop_reason")), "stop")
+        if self.surface == "chat":
+            return self._chunk([_choice_delta({}, reason)])
+        return self._chunk([_choice_text("", reason)])
+
+    def usage_chunk(self, end: Mapping[str, Any]) -> bytes:
+        """`stream_options.include_usage`: the last chunk, with no choices and the job's token counts."""
+        return self._chunk([], usage(end))
+
+    def whole(self, text: str, end: Mapping[str, Any]) -> dict[str, Any]:
+        """The non-streaming response."""
+        reason = FINISH.get(str(end.get("stop_reason")), "stop")
+        if self.surface == "chat":
+            message = {"role": "assistant", "content": text, "refusal": None}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": reason,
+            }
+            kind = "chat.completion"
+        else:
+            choice = _choice_text(text, reason)
+            kind = "text_completion"
+        return {
+            "id": self.id, "object": kind, "created": self.created, "model": self.model,
+            "system_fingerprint": None, "choices": [choice], "usage": usage(end),
+        }  # fmt: skip
+
+
+def usage(end: Mapping[str, Any]) -> dict[str, int]:
+    """Token counts of a finished job, from its `end` event."""
+    prompt, completion = int(end.get("tokens_in") or 0), int(end.get("tokens_out") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def error_chunk(error: Mapping[str, Any]) -> bytes:
+    """An error after the stream began: the SDKs raise on a chunk with a top-level `error` key."""
+    return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
+
+
+def _choice_delta(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+def _choice_text(text: str, finish: str | None) -> dict[str, Any]:
+    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}

@@ -1,0 +1,176 @@
+"""OpenAI request bodies, and how each becomes a job (`TaskSpec`).
+
+Fields orchestratord passes on to the engines are accepted; fields it cannot honour (tools, logprobs,
+response formats, several choices) are refused with a 400 that names them, never silently dropped.
+Unknown fields are refused the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestratord.api.schemas import Text
+from orchestratord.core.tasks import Message, Priority, TaskSpec
+from orchestratord.errors import InvalidParams
+
+_STRICT = ConfigDict(extra="forbid")
+# service_tier → our classes: `flex` is OpenAI's cheaper, slower tier (our batch class); every other
+# tier is interactive.
+TIERS: dict[str, Priority] = {"auto": "interactive", "default": "interactive", "priority": "interactive",
+                              "flex": "batch"}  # fmt: skip
+# Accepted only at their neutral value: what orchestratord cannot pass on to every engine yet.
+UNSUPPORTED = (
+    "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "response_format",
+    "logit_bias", "logprobs", "top_logprobs", "prediction", "audio", "modalities", "reasoning_effort",
+    "web_search_options", "store", "echo", "suffix", "best_of",
+)  # fmt: skip
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+# One prompt: a string, or a list holding one (several prompts in one request are not supported).
+Prompt = (
+    Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[Text], Field(min_length=1, max_length=1)]
+)
+
+
+class StreamOptions(BaseModel):
+    model_config = _STRICT
+    include_usage: bool = False
+
+
+class ContentPart(BaseModel):
+    model_config = _STRICT
+    type: Literal["text"]
+    text: Text = Field(max_length=1_000_000)
+
+
+Content = Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[ContentPart], Field(max_length=256)]
+
+
+class ChatCompletionMessage(BaseModel):
+    model_config = _STRICT
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Content
+    name: Text | None = Field(default=None, max_length=64)
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class _Generation(BaseModel):
+    """What Chat Completions and Completions share."""
+
+    model_config = _STRICT
+    model: Text = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: Text | list[Text] | None = Field(default=None, max_length=16)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    n: int | None = Field(default=None, ge=1, le=1, description="Only one choice per request.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: Text | None = Field(default=None, max_length=256)
+    metadata: dict[str, Text] | None = Field(default=None, max_length=16)
+    service_tier: Literal["auto", "default", "flex", "priority"] | None = None
+    # Refused unless neutral (see UNSUPPORTED): declared so that the error can name them.
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | int | None = None
+    top_logprobs: int | None = None
+    store: bool | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    def refuse_unsupported(self) -> None:
+        """InvalidParams naming the first field set that orchestratord does not pass on."""
+        for name in UNSUPPORTED:
+            value = getattr(self, name, None)
+            if value not in (None, False, [], {}) and not (name == "response_format" and _plain(value)):
+                raise InvalidParams(f"{name} is not supported by orchestratord yet; leave it out", param=name)
+
+    def _spec(
+        self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int, **inputs: Any
+    ) -> TaskSpec:
+        self.refuse_unsupported()
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return TaskSpec(
+            job_id=job_id,
+            tenant=tenant,
+            model_ref=self.model,
+            max_tokens=max_tokens,
+            priority=TIERS[self.service_tier or "auto"],
+            seed=self.seed,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            stop=stop,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            correlation_id=correlation_id,
+            **inputs,
+        )
+
+
+class ChatCompletionRequest(_Generation):
+    messages: list[ChatCompletionMessage] = Field(min_length=1, max_length=1024)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    @property
+    def requested_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
+        messages = tuple(Message(_role(m.role), m.text()) for m in self.messages)
+        return self._spec(
+            job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
+            messages=messages,
+        )  # fmt: skip
+
+    def prompt_estimate(self) -> int:
+        return sum(len(m.text()) for m in self.messages) // 4 + 1
+
+
+class CompletionRequest(_Generation):
+    prompt: (
+        Annotated[Text, Field(max_length=1_000_000)]
+        | Annotated[list[Text], Field(min_length=1, max_length=1)]
+    )
+    echo: bool | None = None
+    suffix: Text | None = None
+    best_of: int | None = None
+
+    @property
+    def requested_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else "".join(self.prompt)
+
+    def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
+        return self._spec(
+            job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
+            prompt=self.prompt_text(),
+        )  # fmt: skip
+
+    def prompt_estimate(self) -> int:
+        return len(self.prompt_text()) // 4 + 1
+
+
+def _role(role: str) -> str:
+    return "system" if role == "developer" else role
+
+
+def _plain(response_format: Any) -> bool:
+    """`{"type": "text"}` asks for nothing beyond what every engine does."""
+    return isinstance(response_format, dict) and response_format == {"type": "text"}

@@ -1,0 +1,44 @@
+"""The admission steps every surface shares (`POST /v1/tasks`, the OpenAI endpoints): the job's id,
+the prompt's size limit, idempotency and admission, and the admission latency metric."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+from orchestratord.admission import AdmissionResult
+from orchestratord.api.deps import Caller
+from orchestratord.core.tasks import TaskSpec
+from orchestratord.errors import InvalidParams
+
+
+def new_job_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def submit(
+    caller: Caller, spec: TaskSpec, *, idempotency_key: str | None, body: Callable[[], str]
+) -> AdmissionResult:
+    """Admit `spec` for the caller (or replay the job an Idempotency-Key already created). `body()`
+    is the request's fingerprint, computed only when there is a key to compare it with."""
+    services = caller.services
+    check_prompt_size(spec, services.settings.limits.max_prompt_chars)
+    began = time.perf_counter()
+    try:  # every request that reached admission counts, refused ones too
+        return await services.idempotency.admit(spec, idempotency_key, body)
+    finally:
+        services.metrics.admission_latency.observe((time.perf_counter() - began) * 1000)
+
+
+def check_prompt_size(spec: TaskSpec, limit: int) -> None:
+    """InvalidParams when the prompt, or the messages' contents together, exceed `limit` characters."""
+    if spec.messages is None:
+        what, size = "prompt", len(spec.prompt or "")
+    else:
+        what, size = "messages' content", sum(len(m.content) for m in spec.messages)
+    if size > limit:
+        raise InvalidParams(
+            f"the {what} has {size} characters, more than this server's limit "
+            f"(limits.max_prompt_chars) of {limit}"
+        )
