@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from orchestratord.admission import Admission, TenantLimits
 from orchestratord.api import capabilities, catalog, errors, middleware, ops, pools, sessions, stream, tasks
 from orchestratord.api.deps import guard, guard_ops
+from orchestratord.api.openai import responses as openai_responses
 from orchestratord.api.openai import routes as openai_routes
 from orchestratord.api.openapi import contract_document
 from orchestratord.control import build_control_plane
@@ -177,7 +178,7 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
     app.state.started_at = time.time()
     app.state.settings = settings
     # Data plane: client keys (and admin); control plane: admin keys; probes and metrics: open by default.
-    for module in (tasks, stream, sessions, capabilities, openai_routes):
+    for module in (tasks, stream, sessions, capabilities, openai_routes, openai_responses):
         app.include_router(module.router, **guard("client"))
     for module in (catalog, pools):
         app.include_router(module.router, **guard("admin"))

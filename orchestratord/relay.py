@@ -140,12 +140,10 @@ class Relay:
         stats.prompt_tokens = event.prompt_tokens
         await self._progress(ctx, stats, now, started)
         tokens_in = ctx.spec.tokens_in_estimate if event.prompt_tokens is None else event.prompt_tokens
-        done = await self._store.finish(
-            ctx.spec.job_id,
-            JobState.SUCCEEDED,
-            "end",
-            {"stop_reason": event.stop_reason, "tokens_in": tokens_in},
-        )
+        end: dict[str, object] = {"stop_reason": event.stop_reason, "tokens_in": tokens_in}
+        if event.prompt_tokens is None:  # the engine did not say: an estimate, named as one
+            end["tokens_in_estimated"] = True
+        done = await self._store.finish(ctx.spec.job_id, JobState.SUCCEEDED, "end", end)
         stats.outcome = "succeeded" if done is not None else "canceled"
         decode_ms = None if stats.first_token_at is None else (now - stats.first_token_at) * 1000
         if decode_ms is not None:

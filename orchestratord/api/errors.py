@@ -69,7 +69,7 @@ def to_response(exc: OrchestratorError) -> Response:
 # The OpenAI error object's `type`, by HTTP status (OpenAI's own values).
 _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                  429: "rate_limit_error"}  # fmt: skip
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/responses")
 _BY_KIND: dict[str, type[OrchestratorError]] = {}
 
 
@@ -82,11 +82,28 @@ def openai_error(kind: ErrorKind | str, message: str, *, param: str | None = Non
     return {"message": message, "type": kind_type, "param": param, "code": str(kind).lower()}
 
 
+def response_error(kind: ErrorKind | str, message: str) -> dict[str, Any]:
+    """The `error` of a failed Responses object (OpenAI's shape there: code and message)."""
+    return {"code": str(kind).lower(), "message": message}
+
+
 def to_openai_response(exc: OrchestratorError) -> Response:
-    body = {"error": openai_error(exc.kind, exc.message, param=exc.param)}
     return Response(
-        orjson.dumps(body), status_code=exc.http_status, headers=_headers(exc), media_type="application/json"
-    )
+        error_body("/v1/", exc, openai=True), status_code=exc.http_status, headers=_headers(exc),
+        media_type="application/json",
+    )  # fmt: skip
+
+
+def error_body(path: str, exc: OrchestratorError, *, openai: bool = False) -> bytes:
+    """The error response's body for a request to `path`: OpenAI's error object on the OpenAI paths,
+    the envelope everywhere else. The one choice of wire, for the app and for the middleware."""
+    if openai or path.startswith(OPENAI_PATHS):
+        return orjson.dumps({"error": openai_error(exc.kind, exc.message, param=exc.param)})
+    return orjson.dumps(envelope(exc))
+
+
+def error_headers(exc: OrchestratorError) -> dict[str, str]:
+    return _headers(exc)
 
 
 def _status_of(kind: str) -> int:
@@ -115,9 +132,10 @@ def from_event(data: dict[str, Any]) -> OrchestratorError:
 
 def render(request: Request, exc: OrchestratorError) -> Response:
     """The error in the shape of the surface the request was for."""
-    if request.url.path.startswith(OPENAI_PATHS):
-        return to_openai_response(exc)
-    return to_response(exc)
+    return Response(
+        error_body(request.url.path, exc), status_code=exc.http_status, headers=_headers(exc),
+        media_type="application/json",
+    )  # fmt: skip
 
 
 def describe_validation(exc: RequestValidationError) -> str:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import re
 import uuid
 
-import orjson
 import structlog
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestratord.api.errors import envelope
+from orchestratord.api.errors import error_body, error_headers
 from orchestratord.errors import HeadersTooLarge, OrchestratorError, PayloadTooLarge
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -33,13 +32,12 @@ class CorrelationAndLimits:
         structlog.contextvars.bind_contextvars(correlation_id=cid)
         scope.setdefault("state", {})["correlation_id"] = cid
         if sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > self.max_headers:
-            await _refuse(
-                send, cid, HeadersTooLarge(f"request headers exceed the limit of {self.max_headers} bytes")
-            )
+            too_large = HeadersTooLarge(f"request headers exceed the limit of {self.max_headers} bytes")
+            await _refuse(scope, send, cid, too_large)
             return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await self._too_large(send, cid)
+            await self._too_large(scope, send, cid)
             return
         await self._limited(scope, receive, send, cid)
 
@@ -75,15 +73,18 @@ class CorrelationAndLimits:
             if not too_large:
                 raise
         if too_large:
-            await self._too_large(send, cid)
+            await self._too_large(scope, send, cid)
 
-    async def _too_large(self, send: Send, cid: str) -> None:
-        await _refuse(send, cid, PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes"))
+    async def _too_large(self, scope: Scope, send: Send, cid: str) -> None:
+        too_large = PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
+        await _refuse(scope, send, cid, too_large)
 
 
-async def _refuse(send: Send, cid: str, exc: OrchestratorError) -> None:
-    """Answer before the app runs: the envelope, and close the connection (the rest is not read)."""
-    body = orjson.dumps(envelope(exc))
+async def _refuse(scope: Scope, send: Send, cid: str, exc: OrchestratorError) -> None:
+    """Answer before the app runs, in the error shape of the request's surface, and close the
+    connection (the rest is not read)."""
+    body = error_body(scope.get("path", ""), exc)
+    extra = [(k.lower().encode(), v.encode()) for k, v in error_headers(exc).items()]
     await send(
         {
             "type": "http.response.start",
@@ -93,6 +94,7 @@ async def _refuse(send: Send, cid: str, exc: OrchestratorError) -> None:
                 (b"content-length", str(len(body)).encode()),
                 (b"x-correlation-id", cid.encode()),
                 (b"connection", b"close"),
+                *extra,
             ],
         }
     )

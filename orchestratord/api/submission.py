@@ -11,6 +11,7 @@ from orchestratord.admission import AdmissionResult
 from orchestratord.api.deps import Caller
 from orchestratord.core.tasks import TaskSpec
 from orchestratord.errors import InvalidParams
+from orchestratord.services import Services
 
 
 def new_job_id() -> str:
@@ -29,6 +30,17 @@ async def submit(
         return await services.idempotency.admit(spec, idempotency_key, body)
     finally:
         services.metrics.admission_latency.observe((time.perf_counter() - began) * 1000)
+
+
+def default_max_tokens(services: Services, model: str, prompt_tokens: int) -> int:
+    """For a request that names no output limit (the OpenAI surfaces): as much as the largest pool
+    serving the model leaves after the prompt, the server's own limit at most."""
+    room = [
+        min(p.spec.max_tokens_out, p.spec.ctx_max - prompt_tokens)
+        for p in services.registry.pools.values()
+        if model in p.spec.models
+    ]
+    return max(1, min(services.settings.limits.max_tokens, max(room, default=1)))
 
 
 def check_prompt_size(spec: TaskSpec, limit: int) -> None:

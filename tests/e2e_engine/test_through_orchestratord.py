@@ -91,3 +91,29 @@ def test_cancel_frees_the_engine_slot(
         wait_for(lambda: not server.call(registry.leases.all()))
         after = client.post("/v1/tasks", json={**body, "max_tokens": 4}).json()
         assert read_events(client, after["sse_url"])[-1].event == "end"
+
+
+def test_the_openai_sdk_through_orchestratord_gets_what_the_engine_says(
+    make_server: Callable[..., LoopbackServer], real_engine: Engine
+) -> None:
+    """The official SDK against orchestratord in front of the real engine: the same text and counts as
+    the engine answers the same request directly."""
+    import openai
+
+    server = start(make_server, real_engine)
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    direct = openai.OpenAI(base_url=f"{real_engine.url}/v1", api_key="unused", max_retries=0)
+    sampling: dict[str, Any] = {"max_tokens": 16, "temperature": 0, "seed": 3}
+    ours = client.completions.create(model="tiny", prompt="The river", **sampling)
+    theirs = direct.completions.create(model=str(real_engine.model), prompt="The river", **sampling)
+    assert ours.choices[0].text == theirs.choices[0].text
+    assert ours.usage is not None and theirs.usage is not None
+    assert ours.usage.completion_tokens == theirs.usage.completion_tokens
+    # llama-cpp-python streams no usage, so the prompt's count is ours, and named an estimate
+    assert ours.usage.model_extra == {"prompt_tokens_estimated": True} and ours.usage.prompt_tokens > 0
+    chunks = list(client.completions.create(model="tiny", prompt="The river", stream=True, **sampling))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == theirs.choices[0].text
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hi"}], **sampling
+    )
+    assert chat.choices[0].message.role == "assistant" and chat.usage is not None

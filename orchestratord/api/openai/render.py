@@ -82,10 +82,15 @@ class Rendering:
         }  # fmt: skip
 
 
-def usage(end: Mapping[str, Any]) -> dict[str, int]:
+def usage(end: Mapping[str, Any]) -> dict[str, Any]:
     """Token counts of a finished job, from its `end` event."""
     prompt, completion = int(end.get("tokens_in") or 0), int(end.get("tokens_out") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    counts: dict[str, Any] = {
+        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+    }  # fmt: skip
+    if end.get("tokens_in_estimated"):  # the engine reported no prompt count: ours, named an estimate
+        counts["prompt_tokens_estimated"] = True
+    return counts
 
 
 def error_chunk(error: Mapping[str, Any]) -> bytes:

@@ -10,22 +10,21 @@ reader of our own streams does; `X-Job-Id` names the job (`GET /v1/tasks/{id}`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import Response
 
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import from_event, openai_error, to_openai_response
 from orchestratord.api.openai.render import DONE, Rendering, Surface, error_chunk
 from orchestratord.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from orchestratord.api.openai.schemas import ChatCompletion, Completion, ModelList, openai_errors
-from orchestratord.api.submission import new_job_id, submit
+from orchestratord.api.openai.streaming import Chunks, disconnected, next_batch, tail
+from orchestratord.api.submission import default_max_tokens, new_job_id, submit
 from orchestratord.core.tasks import LogEvent
 from orchestratord.errors import ErrorKind, StateUnavailable
 from orchestratord.idempotency import fingerprint
@@ -36,7 +35,6 @@ router = APIRouter(tags=["openai"])
 log = get_logger(__name__)
 JsonCaller = Annotated[Caller, Depends(get_json_caller)]
 Generation = ChatCompletionRequest | CompletionRequest
-_BACKLOG = 256  # events read from the log ahead of the client; the log itself is the buffer
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -83,7 +81,7 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
         job_id=new_job_id(),
         tenant=caller.tenant,
         correlation_id=caller.correlation_id,
-        max_tokens=body.requested_tokens or _default_max_tokens(services, body),
+        max_tokens=body.requested_tokens or default_max_tokens(services, body.model, body.prompt_estimate()),
     )
     bind(user=body.user, metadata=body.metadata)  # the client's ids, into this request's log lines
     result = await submit(
@@ -96,52 +94,21 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
     headers = {"X-Job-Id": result.job_id, **result.headers}
     if body.stream:
         chunks = _stream(services, rendering, services.settings.stream.keepalive_s)
-        return _Chunks(chunks, media_type="text/event-stream", headers={**_STREAM_HEADERS, **headers})
+        return Chunks(chunks, media_type="text/event-stream", headers={**_STREAM_HEADERS, **headers})
     return await _whole(request, services, rendering, headers)
-
-
-class _Chunks(StreamingResponse):
-    """Starlette's streaming response, stopped when the client leaves: under ASGI 2.4 Starlette relies
-    on a failed send to notice, and uvicorn drops a send to a closed connection in silence, so a
-    stream between chunks (a job still queued, a slow engine) would never learn of it."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        streaming = asyncio.ensure_future(self.stream_response(send))
-        gone = asyncio.ensure_future(self.listen_for_disconnect(receive))
-        try:
-            await asyncio.wait({streaming, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            streaming.cancel()
-            gone.cancel()
-            await asyncio.gather(streaming, gone, return_exceptions=True)
-        if not streaming.cancelled() and isinstance(streaming.exception(), Exception):
-            failure = streaming.exception()
-            if not isinstance(failure, OSError):  # a client gone mid-write is no error of ours
-                raise failure  # type: ignore[misc]
-
-
-def _default_max_tokens(services: Services, body: Generation) -> int:
-    """Without max_tokens, as much as the largest pool serving the model leaves after the prompt
-    (the server's own limit at most)."""
-    room = [
-        min(p.spec.max_tokens_out, p.spec.ctx_max - body.prompt_estimate())
-        for p in services.registry.pools.values()
-        if body.model in p.spec.models
-    ]
-    return max(1, min(services.settings.limits.max_tokens, max(room, default=1)))
 
 
 async def _stream(services: Services, rendering: Rendering, keepalive_s: float) -> AsyncIterator[bytes]:
     """The job's chunks. Until the first one, a keep-alive comment every `keepalive_s`."""
     sent = False
-    async with _tail(services, rendering.job_id) as events:
+    async with tail(services, rendering.job_id) as events:
         while True:
             try:
                 if sent:
-                    batch = await _next_batch(events)
+                    batch = await next_batch(events)
                 else:
                     async with asyncio.timeout(keepalive_s):
-                        batch = await _next_batch(events)
+                        batch = await next_batch(events)
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
@@ -188,7 +155,7 @@ async def _whole(
     """Collect the job's answer into one response; a client that leaves meanwhile cancels it (after
     the reconnect grace), as a reader that leaves a stream does."""
     collect = asyncio.ensure_future(_collect(services, rendering.job_id))
-    gone = asyncio.ensure_future(_disconnected(request))
+    gone = asyncio.ensure_future(disconnected(request))
     try:
         await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -209,49 +176,12 @@ async def _whole(
 
 async def _collect(services: Services, job_id: str) -> tuple[str, str, dict[str, Any]]:
     parts: list[str] = []
-    async with _tail(services, job_id) as events:
+    async with tail(services, job_id) as events:
         while True:
-            for event in await _next_batch(events):
+            for event in await next_batch(events):
                 if isinstance(event, BaseException):
                     raise StateUnavailable("the state backend is unreachable; retry", retry_after_ms=1000)
                 if event.name == "token":
                     parts.append(orjson.loads(event.data)["t"])
                 elif event.name in ("end", "error"):
                     return "".join(parts), event.name, orjson.loads(event.data)
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client has gone away (the body is already read: what comes next is that)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-@contextlib.asynccontextmanager
-async def _tail(services: Services, job_id: str) -> AsyncIterator[asyncio.Queue[LogEvent | BaseException]]:
-    """The job's events as they are appended, through a bounded queue, with this reader counted in
-    the job's presence while it lasts (its leaving may cancel the job after the grace)."""
-    queue: asyncio.Queue[LogEvent | BaseException] = asyncio.Queue(_BACKLOG)
-
-    async def pump() -> None:
-        try:
-            async for event in services.store.read(job_id):
-                await queue.put(event)
-        except StateUnavailable as exc:
-            await queue.put(exc)
-
-    await services.presence.attach(job_id)
-    task = asyncio.create_task(pump())
-    try:
-        yield queue
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await asyncio.shield(services.presence.detach(job_id))
-
-
-async def _next_batch(queue: asyncio.Queue[LogEvent | BaseException]) -> list[LogEvent | BaseException]:
-    """The next event, and every one already waiting behind it (one write for a burst of tokens)."""
-    batch = [await queue.get()]
-    while not queue.empty():
-        batch.append(queue.get_nowait())
-    return batch

@@ -46,6 +46,7 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_estimated: bool | None = None  # ours: the engine reported no prompt count
 
 
 class AssistantMessage(BaseModel):

@@ -1,0 +1,98 @@
+"""The Responses API with the official SDK: whole, background, streamed, resumed with `starting_after`
+from the job's event log, retrieved and canceled; every event exactly once, in order."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import openai
+import pytest
+
+from tests.api.helpers import HANG, wait_for
+from tests.fakes.servers import LoopbackServer
+
+
+def sdk(server: LoopbackServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def job(server: LoopbackServer, response_id: str) -> dict[str, object]:
+    """The job behind a response (its id is the job's UUID in hex)."""
+    job_id = uuid.UUID(response_id.removeprefix("resp_"))
+    data: dict[str, object] = httpx.get(f"{server.base_url}/v1/tasks/{job_id}", timeout=10).json()
+    return data
+
+
+def test_a_whole_response_is_the_jobs_answer(server: LoopbackServer) -> None:
+    response = sdk(server).responses.create(model="mock", input="tell me a story", max_output_tokens=6)
+    status = job(server, response.id)
+    assert response.status == "incomplete" and response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"  # it stopped at the limit
+    assert response.output_text == status["text"] and status["state"] == "succeeded"
+    assert response.usage is not None and response.usage.output_tokens == 6
+
+
+def test_a_background_response_is_retrieved_when_done(server: LoopbackServer) -> None:
+    client = sdk(server)
+    created = client.responses.create(model="mock", input="hello", max_output_tokens=4, background=True)
+    assert created.status in ("queued", "in_progress") and created.background is True
+    wait_for(lambda: client.responses.retrieve(created.id).status == "incomplete")
+    done = client.responses.retrieve(created.id)
+    assert done.output_text == job(server, created.id)["text"] and done.usage is not None
+
+
+def test_a_stream_resumed_after_any_event_gives_the_rest_exactly_once(server: LoopbackServer) -> None:
+    client = sdk(server)
+    stream = client.responses.create(
+        model="mock",
+        input=[{"role": "user", "content": "go"}],
+        max_output_tokens=6,
+        background=True,
+        stream=True,
+    )
+    events = list(stream)
+    numbers = [e.sequence_number for e in events]
+    assert numbers == list(range(len(events)))
+    kinds = [e.type for e in events]
+    assert kinds[:3] == ["response.created", "response.queued", "response.in_progress"]
+    assert kinds.count("response.output_text.delta") == 6 and kinds[-1] == "response.incomplete"
+    queued = events[1]
+    assert queued.model_extra is not None and queued.model_extra["queue_position"] == 0
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == job(server, events[0].response.id)["text"]
+    for after in (-1, 0, 4, len(events) - 2):
+        resumed = list(client.responses.retrieve(events[0].response.id, stream=True, starting_after=after))
+        assert [e.sequence_number for e in resumed] == numbers[after + 1 :]
+        assert [e.type for e in resumed] == kinds[after + 1 :]
+
+
+def test_cancel_ends_a_background_response_and_is_idempotent(server: LoopbackServer) -> None:
+    client = sdk(server)
+    created = client.responses.create(model="mock", input=HANG, max_output_tokens=5, background=True)
+    assert client.responses.cancel(created.id).status == "cancelled"
+    assert client.responses.cancel(created.id).status == "cancelled"
+    assert job(server, created.id)["state"] == "canceled"
+    engine = server.app.state.services.adapters[("default", "r0")]
+    wait_for(lambda: engine.stats.active == 0)
+
+
+def test_a_background_response_outlives_its_client(make_server: object) -> None:
+    server = make_server(stream={"reconnect_grace_s": 0.1, "attach_timeout_s": 0.1})  # type: ignore[operator]
+    client = sdk(server)
+    created = client.responses.create(model="mock", input="[[mock tokens_per_s=20]] go", max_output_tokens=20,
+                                      background=True)  # fmt: skip
+    wait_for(lambda: client.responses.retrieve(created.id).status == "incomplete", timeout=15)
+
+
+def test_unknown_or_foreign_responses_are_404(server: LoopbackServer) -> None:
+    with pytest.raises(openai.NotFoundError):
+        sdk(server).responses.retrieve("resp_not-one-of-ours")
+    with pytest.raises(openai.NotFoundError):
+        sdk(server).responses.retrieve("resp_" + "0" * 32)
+
+
+def test_unsupported_response_fields_are_named(server: LoopbackServer) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(server).responses.create(model="mock", input="x", tools=[{"type": "web_search"}])
+    assert caught.value.body["param"] == "tools"  # type: ignore[index]
