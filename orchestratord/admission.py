@@ -409,7 +409,8 @@ def _honouring(spec: TaskSpec, candidates: list[PoolState]) -> list[PoolState]:
             engines = ", ".join(sorted({p.spec.engine for p in candidates}))
             raise InvalidParams(
                 f"{parameter} is not supported by the engines serving {spec.model_ref!r} ({engines}); "
-                "leave it out"
+                "leave it out",
+                param=parameter,
             )
         candidates = able
     return candidates

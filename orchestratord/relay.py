@@ -28,6 +28,7 @@ from worker_adapters.base import (
     Finished,
     SubmitRequest,
     TokenEvent,
+    ToolCallDelta,
     WorkerAdapter,
 )
 
@@ -76,6 +77,9 @@ def submit_request(spec: TaskSpec, engine_model: str) -> SubmitRequest:
         correlation_id=spec.correlation_id,
         presence_penalty=spec.presence_penalty,
         frequency_penalty=spec.frequency_penalty,
+        tools=spec.tools,
+        tool_choice=spec.tool_choice,
+        response_format=spec.response_format,
     )
 
 
@@ -97,7 +101,11 @@ class Relay:
                     if isinstance(event, Finished):
                         await self._finish(ctx, stats, event, started)
                         return stats
-                    if await self._store.append_token(ctx.spec.job_id, event.text) is None:
+                    if isinstance(event, ToolCallDelta):  # rare: tested after the terminal mark
+                        appended = await self._store.append(ctx.spec.job_id, "tool_call", _fragment(event))
+                    else:
+                        appended = await self._store.append_token(ctx.spec.job_id, event.text)
+                    if appended is None:
                         stats.outcome = "canceled"
                         return stats
                     stats.tokens += 1
@@ -154,6 +162,16 @@ class Relay:
                 tokens_in=tokens_in,
                 decode_time_ms=orjson.loads(done.data).get("decode_time_ms"),
             )  # fmt: skip
+
+
+def _fragment(delta: ToolCallDelta) -> dict[str, object]:
+    """A `tool_call` event's data: the fields the fragment carries."""
+    data: dict[str, object] = {"index": delta.index, "arguments": delta.arguments}
+    if delta.id is not None:
+        data["id"] = delta.id
+    if delta.name is not None:
+        data["name"] = delta.name
+    return data
 
 
 @asynccontextmanager

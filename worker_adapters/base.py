@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-StopReason = Literal["max_tokens", "eos", "stop_sequence"]
+StopReason = Literal["max_tokens", "eos", "stop_sequence", "tool_calls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,11 @@ class SubmitRequest:
     correlation_id: str | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    # OpenAI's `tools`, `tool_choice` and `response_format`, as JSON text, for the engines that take
+    # them (`registry.UNSUPPORTED` lists the others).
+    tools: str | None = None
+    tool_choice: str | None = None
+    response_format: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +54,17 @@ class Token:
     """One engine token. `text` may be empty (an incomplete UTF-8 character, a special token)."""
 
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A fragment of a tool call the model makes: `index` says which call; `id` and `name` come with
+    its first fragment, `arguments` (JSON text) in pieces to be joined."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +76,7 @@ class Finished:
     completion_tokens: int | None = None
 
 
-TokenEvent = Token | Finished
+TokenEvent = Token | ToolCallDelta | Finished
 
 
 @dataclass(frozen=True, slots=True)

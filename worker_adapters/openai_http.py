@@ -20,11 +20,14 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
+import orjson
+
 from worker_adapters._http import EngineHTTP, HttpAdapter, relay
 from worker_adapters._sse import SSEEvent
 from worker_adapters._wire import (
     as_dict,
     as_int,
+    as_str,
     chat_messages,
     checked_step,
     error_event,
@@ -40,6 +43,7 @@ from worker_adapters.base import (
     SubmitRequest,
     Token,
     TokenEvent,
+    ToolCallDelta,
     WorkerHealth,
     WorkerProps,
 )
@@ -51,8 +55,8 @@ _FINISH: dict[str, StopReason] = {
     "length": "max_tokens",
     "stop_sequence": "stop_sequence",  # TGI's chat route
     "eos_token": "eos",
-    "tool_calls": "eos",
-    "function_call": "eos",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
     "content_filter": "eos",
 }
 
@@ -65,6 +69,10 @@ def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, obj
         body["prompt"] = req.prompt or ""
     body.update(max_tokens=req.max_tokens, stream=True, stream_options={"include_usage": True})
     body.update(sampling(req))
+    for name in ("tools", "tool_choice", "response_format"):
+        value = getattr(req, name)
+        if value is not None:
+            body[name] = orjson.loads(value)
     return body
 
 
@@ -98,6 +106,10 @@ class OpenAIStream:
             if text is not None:
                 self._started = True
                 out.append(Token(text))
+            delta = choice.get("delta")
+            if isinstance(delta, dict) and delta.get("tool_calls"):
+                self._started = True
+                out += tool_call_deltas(delta["tool_calls"])
             if finish and isinstance(finish, str):
                 self._finish = self._stop_reason(finish, choice)
         return out
@@ -136,6 +148,25 @@ class OpenAIStream:
             prompt_tokens=as_int(self._usage.get("prompt_tokens")),
             completion_tokens=as_int(self._usage.get("completion_tokens")),
         )
+
+
+def tool_call_deltas(calls: object) -> list[TokenEvent]:
+    """`delta.tool_calls` fragments (`[{index, id?, type?, function: {name?, arguments?}}]`)."""
+    out: list[TokenEvent] = []
+    for call in calls if isinstance(calls, list) else ():
+        call = as_dict(call)
+        function = as_dict(call.get("function"))
+        index = as_int(call.get("index"))
+        arguments = function.get("arguments")
+        out.append(
+            ToolCallDelta(
+                index=0 if index is None else index,
+                id=as_str(call.get("id")),
+                name=as_str(function.get("name")),
+                arguments=arguments if isinstance(arguments, str) else "",
+            )
+        )
+    return out
 
 
 def openai_events(

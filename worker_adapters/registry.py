@@ -18,8 +18,14 @@ ADAPTERS: dict[str, str] = {
 
 # Optional request parameters an engine cannot honour. A job that asks for one is only placed on
 # pools whose engine can, and refused (naming the parameter) when no pool serving its model can.
+_STRUCTURED = frozenset({"tools", "tool_choice", "response_format"})
 UNSUPPORTED: dict[str, frozenset[str]] = {
-    "tgi": frozenset({"presence_penalty"}),  # TGI's generate parameters have no presence penalty
+    # TGI's generate parameters have no presence penalty; the native routes of TGI, llama.cpp and
+    # Ollama, and the mock, take no OpenAI tools or response formats (only OpenAI-dialect chat does).
+    "tgi": frozenset({"presence_penalty"}) | _STRUCTURED,
+    "llamacpp": _STRUCTURED,
+    "ollama": _STRUCTURED,
+    "mock": _STRUCTURED,
 }
 
 

@@ -9,7 +9,9 @@ from typing import Any, Literal, NamedTuple
 Priority = Literal["interactive", "batch"]
 PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 PlacementMode = Literal["pin", "prefer", "auto"]
-ENGINE_PARAMETERS = ("presence_penalty", "frequency_penalty")
+ENGINE_PARAMETERS = (
+    "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format",
+)  # fmt: skip
 
 
 class JobState(StrEnum):
@@ -63,6 +65,9 @@ class TaskSpec:
     override: bool = False  # start a new session on a Deprecated model anyway
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    tools: str | None = None  # OpenAI's tools, tool_choice and response_format, as JSON text
+    tool_choice: str | None = None
+    response_format: str | None = None
 
     @property
     def engine_parameters(self) -> tuple[str, ...]:

@@ -14,7 +14,10 @@ import orjson
 
 Surface = Literal["chat", "completion"]
 # Our stop reasons → OpenAI's finish_reason. A job canceled mid-answer stops where it was.
-FINISH: dict[str, str] = {"max_tokens": "length", "eos": "stop", "stop_sequence": "stop", "canceled": "stop"}
+FINISH: dict[str, str] = {
+    "max_tokens": "length", "eos": "stop", "stop_sequence": "stop", "tool_calls": "tool_calls",
+    "canceled": "stop",
+}  # fmt: skip
 DONE = b"data: [DONE]\n\n"
 
 
@@ -51,6 +54,10 @@ class Rendering:
             return self._chunk([_choice_delta({"content": text}, None)])
         return self._chunk([_choice_text(text, None)])
 
+    def tool_call(self, fragment: Mapping[str, Any]) -> bytes:
+        """One fragment of a tool call, as `delta.tool_calls[]` keyed by its index."""
+        return self._chunk([_choice_delta({"tool_calls": [tool_call(fragment)]}, None)])
+
     def finish(self, end: Mapping[str, Any]) -> bytes:
         reason = FINISH.get(str(end.get("stop_reason")), "stop")
         if self.surface == "chat":
@@ -61,11 +68,17 @@ class Rendering:
         """`stream_options.include_usage`: the last chunk, with no choices and the job's token counts."""
         return self._chunk([], usage(end))
 
-    def whole(self, text: str, end: Mapping[str, Any]) -> dict[str, Any]:
-        """The non-streaming response."""
+    def whole(
+        self, text: str, end: Mapping[str, Any], calls: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """The non-streaming response; `calls`, the tool calls the fragments made (`ToolCalls`)."""
         reason = FINISH.get(str(end.get("stop_reason")), "stop")
         if self.surface == "chat":
-            message = {"role": "assistant", "content": text, "refusal": None}
+            message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
+            if calls:
+                message["tool_calls"] = calls
+            elif not text:
+                message["content"] = text
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": message,
@@ -80,6 +93,38 @@ class Rendering:
             "id": self.id, "object": kind, "created": self.created, "model": self.model,
             "system_fingerprint": None, "choices": [choice], "usage": usage(end),
         }  # fmt: skip
+
+
+def tool_call(fragment: Mapping[str, Any]) -> dict[str, Any]:
+    """A `tool_call` event's fragment in OpenAI's delta shape (id and type with the first fragment)."""
+    function: dict[str, Any] = {"arguments": fragment.get("arguments", "")}
+    if "name" in fragment:
+        function["name"] = fragment["name"]
+    call: dict[str, Any] = {"index": fragment.get("index", 0), "function": function}
+    if "id" in fragment:
+        call.update(id=fragment["id"], type="function")
+    return call
+
+
+class ToolCalls:
+    """Joins a job's tool-call fragments into whole calls, by index, in the order they began."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, fragment: Mapping[str, Any]) -> None:
+        index = int(fragment.get("index", 0))
+        call = self._calls.setdefault(
+            index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        if "id" in fragment:
+            call["id"] = fragment["id"]
+        if "name" in fragment:
+            call["function"]["name"] = fragment["name"]
+        call["function"]["arguments"] += fragment.get("arguments", "")
+
+    def calls(self) -> list[dict[str, Any]]:
+        return list(self._calls.values())
 
 
 def usage(end: Mapping[str, Any]) -> dict[str, Any]:

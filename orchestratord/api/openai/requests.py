@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestratord.api.schemas import Text
@@ -22,10 +23,12 @@ TIERS: dict[str, Priority] = {"auto": "interactive", "default": "interactive", "
                               "flex": "batch"}  # fmt: skip
 # Accepted only at their neutral value: what orchestratord cannot pass on to every engine yet.
 UNSUPPORTED = (
-    "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call", "response_format",
-    "logit_bias", "logprobs", "top_logprobs", "prediction", "audio", "modalities", "reasoning_effort",
-    "web_search_options", "store", "echo", "suffix", "best_of",
+    "parallel_tool_calls", "functions", "function_call", "logit_bias", "logprobs", "top_logprobs",
+    "prediction", "audio", "modalities", "reasoning_effort", "web_search_options", "store", "echo",
+    "suffix", "best_of",
 )  # fmt: skip
+# Passed to the engine as they are (chat only), for the engines that take them.
+STRUCTURED = ("tools", "tool_choice", "response_format")
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 # One prompt: a string, or a list holding one (several prompts in one request are not supported).
 Prompt = (
@@ -93,17 +96,23 @@ class _Generation(BaseModel):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
-    def refuse_unsupported(self) -> None:
+    def refuse_unsupported(self, *, chat: bool) -> None:
         """InvalidParams naming the first field set that orchestratord does not pass on."""
-        for name in UNSUPPORTED:
-            value = getattr(self, name, None)
-            if value not in (None, False, [], {}) and not (name == "response_format" and _plain(value)):
+        for name in UNSUPPORTED if chat else UNSUPPORTED + STRUCTURED:
+            if getattr(self, name, None) not in (None, False, [], {}):
                 raise InvalidParams(f"{name} is not supported by orchestratord yet; leave it out", param=name)
+
+    def structured(self) -> dict[str, str | None]:
+        """tools, tool_choice and response_format as JSON text for the engine (`{"type": "text"}`, the
+        default format, is no request at all)."""
+        fields = {name: getattr(self, name) for name in STRUCTURED}
+        if _plain(fields["response_format"]):
+            fields["response_format"] = None
+        return {k: None if v is None else orjson.dumps(v).decode() for k, v in fields.items()}
 
     def _spec(
         self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int, **inputs: Any
     ) -> TaskSpec:
-        self.refuse_unsupported()
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return TaskSpec(
             job_id=job_id,
@@ -131,10 +140,11 @@ class ChatCompletionRequest(_Generation):
         return self.max_completion_tokens or self.max_tokens
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
+        self.refuse_unsupported(chat=True)
         messages = tuple(Message(_role(m.role), m.text()) for m in self.messages)
         return self._spec(
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
-            messages=messages,
+            messages=messages, **self.structured(),
         )  # fmt: skip
 
     def prompt_estimate(self) -> int:
@@ -158,6 +168,7 @@ class CompletionRequest(_Generation):
         return self.prompt if isinstance(self.prompt, str) else "".join(self.prompt)
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
+        self.refuse_unsupported(chat=False)
         return self._spec(
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
             prompt=self.prompt_text(),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import orjson
@@ -20,7 +21,7 @@ from fastapi.responses import Response
 
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import from_event, openai_error, to_openai_response
-from orchestratord.api.openai.render import DONE, Rendering, Surface, error_chunk
+from orchestratord.api.openai.render import DONE, Rendering, Surface, ToolCalls, error_chunk
 from orchestratord.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from orchestratord.api.openai.schemas import ChatCompletion, Completion, ModelList, openai_errors
 from orchestratord.api.openai.streaming import Chunks, disconnected, next_batch, tail
@@ -131,13 +132,16 @@ def _render(rendering: Rendering, event: LogEvent | BaseException, out: list[byt
         error = openai_error(ErrorKind.STATE_UNAVAILABLE, "the state backend is unreachable; retry")
         out += [error_chunk(error), DONE]
         return True
-    if event.name not in ("token", "end", "error"):
+    if event.name not in ("token", "tool_call", "end", "error"):
         return False
     data: dict[str, Any] = orjson.loads(event.data)
     if first and rendering.surface == "chat" and event.name != "error":
         out.append(rendering.first())
     if event.name == "token":
         out.append(rendering.text(data["t"]))
+        return False
+    if event.name == "tool_call":
+        out.append(rendering.tool_call(data))
         return False
     if event.name == "end":
         out.append(rendering.finish(data))
@@ -165,23 +169,36 @@ async def _whole(
         await asyncio.gather(collect, gone, return_exceptions=True)
     if collect.cancelled():
         return Response(status_code=499)  # nobody is there to read it
-    text, name, data = collect.result()
-    if name == "error":
-        response = to_openai_response(from_event(data))
+    answer = collect.result()
+    if answer.ending == "error":
+        response = to_openai_response(from_event(answer.data))
         response.headers.update(headers)
         return response
-    body = orjson.dumps(rendering.whole(text, data))
+    body = orjson.dumps(rendering.whole("".join(answer.parts), answer.data, answer.calls.calls()))
     return Response(body, media_type="application/json", headers=headers)
 
 
-async def _collect(services: Services, job_id: str) -> tuple[str, str, dict[str, Any]]:
-    parts: list[str] = []
+@dataclass
+class _Answer:
+    """A job's whole answer, read from its log: text, tool calls, and how it ended."""
+
+    parts: list[str] = field(default_factory=list)
+    calls: ToolCalls = field(default_factory=ToolCalls)
+    ending: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+async def _collect(services: Services, job_id: str) -> _Answer:
+    answer = _Answer()
     async with tail(services, job_id) as events:
         while True:
             for event in await next_batch(events):
                 if isinstance(event, BaseException):
                     raise StateUnavailable("the state backend is unreachable; retry", retry_after_ms=1000)
                 if event.name == "token":
-                    parts.append(orjson.loads(event.data)["t"])
+                    answer.parts.append(orjson.loads(event.data)["t"])
+                elif event.name == "tool_call":
+                    answer.calls.add(orjson.loads(event.data))
                 elif event.name in ("end", "error"):
-                    return "".join(parts), event.name, orjson.loads(event.data)
+                    answer.ending, answer.data = event.name, orjson.loads(event.data)
+                    return answer

@@ -49,6 +49,7 @@ class Behaviour:
     split: Callable[[bytes], Iterable[bytes]] | None = None  # cut each write into these pieces
     piece_delay_s: float = 0.0  # pause between the pieces of one write
     coalesce: bool = False  # send the whole stream in one write (many events per read)
+    tool_calls: Sequence[tuple[str, str]] = ()  # (name, arguments JSON): called when a request has tools
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,54 @@ class VllmEngine(FakeEngine):
     async def chat(self, request: Request, exchange: Exchange) -> None:
         if not await self._refused(exchange):
             body = request.json()
+            if body.get("tools") and self.behaviour.tool_calls:
+                await exchange.stream("text/event-stream; charset=utf-8", self._tool_frames(body))
+                return
             script = plan(self.behaviour, body.get("max_tokens", 16), body.get("stop") or [])
             await exchange.stream("text/event-stream; charset=utf-8", self._frames(body, script, chat=True))
+
+    async def _tool_frames(self, body: dict[str, Any]) -> Frames:
+        """vLLM with a tool parser: the role chunk, each call's first fragment (id, type, name, empty
+        arguments), its arguments in three pieces, then the finish chunk (``tool_calls``)."""
+        eol = self.behaviour.eol
+        role = {
+            "index": 0,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
+        }
+        yield sse(self._chunk(True, role), eol)
+        for index, (name, arguments) in enumerate(self.behaviour.tool_calls):
+            first = {"id": f"chatcmpl-tool-{index}abc", "type": "function", "index": index,
+                     "function": {"name": name, "arguments": ""}}  # fmt: skip
+            yield sse(self._chunk(True, self._tool_choice([first])), eol)
+            third = max(1, len(arguments) // 3)
+            for piece in (arguments[:third], arguments[third : 2 * third], arguments[2 * third :]):
+                yield sse(
+                    self._chunk(
+                        True, self._tool_choice([{"index": index, "function": {"arguments": piece}}])
+                    ),
+                    eol,
+                )
+        finish = {
+            "index": 0,
+            "delta": {},
+            "logprobs": None,
+            "finish_reason": "tool_calls",
+            "stop_reason": None,
+        }
+        yield sse(self._chunk(True, finish), eol)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            p, n = self.behaviour.prompt_tokens, 9
+            yield sse(
+                self._chunk(True, None, {"prompt_tokens": p, "total_tokens": p + n, "completion_tokens": n}),
+                eol,
+            )
+        yield sse(b"[DONE]", eol)
+
+    @staticmethod
+    def _tool_choice(calls: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"index": 0, "delta": {"tool_calls": calls}, "logprobs": None, "finish_reason": None}
 
     async def completion(self, request: Request, exchange: Exchange) -> None:
         if not await self._refused(exchange):
