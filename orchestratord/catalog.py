@@ -31,6 +31,7 @@ from orchestratord.errors import (
     InvalidParams,
     ModelDeprecated,
     NotFound,
+    OrchestratorError,
     PoolUnavailable,
     UntrustedArtifact,
 )
@@ -175,6 +176,15 @@ class Catalog:
         await self._run(run)
 
     # -- the job path ----------------------------------------------------------------------------
+    def usable(self, model_ref: str) -> bool:
+        """Whether a job outside any session may use the model now (not untrusted, retired or
+        deprecated)."""
+        try:
+            self.check(model_ref, new_session=True, override=False)
+        except OrchestratorError:
+            return False
+        return True
+
     def check(self, model_ref: str, *, new_session: bool, override: bool) -> None:
         """Refuse a job for an untrusted or retired model, or a new session on a deprecated one."""
         entry = self._entries.get(model_ref)

@@ -5,6 +5,8 @@ SDK's retries, and the job behind each request."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from orchestratord.logs import configure
 from tests.api.helpers import HANG, state_of, submit, wait_for
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
@@ -267,3 +270,35 @@ def test_a_penalty_no_engine_of_the_model_honours_is_refused_by_name(make_server
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="m", prompt="hi", max_tokens=2, presence_penalty=0.5)
     assert "presence_penalty is not supported" in str(caught.value.body)
+
+
+def test_models_leaves_out_what_the_catalog_forbids(make_server: ServerFactory) -> None:
+    """A retired or deprecated model does not route for a job outside a session: it is not listed."""
+    pools = [{"id": "p", "engine": "mock", "models": ["mock", "old", "gone"], "replicas": [{"id": "r0"}]}]
+    server = make_server(pools=pools)
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
+        for model, state in (("old", "Deprecated"), ("gone", "Retired")):
+            body = {"id": model, "digest": "a" * 64, "source": f"/srv/models/{model}.gguf"}
+            assert client.post("/v1/catalog/models", json=body).status_code == 201
+            assert client.post(f"/v1/catalog/models/{model}/state", json={"state": state}).status_code == 200
+    openai_client = sdk(server, max_retries=0)
+    assert [m.id for m in openai_client.models.list().data] == ["mock"]
+    with pytest.raises(openai.BadRequestError):
+        openai_client.chat.completions.create(model="old", messages=CHAT, max_tokens=2)
+
+
+def test_the_clients_user_and_metadata_reach_the_logs_but_not_the_prompt(make_server: ServerFactory) -> None:
+    server = make_server()
+    out = io.StringIO()
+    configure("info", "json", stream=out)  # the suite runs at warning; the admission line is info
+    try:
+        sdk(server).chat.completions.create(
+            model="mock", messages=[{"role": "user", "content": "my secret plan"}], max_tokens=2,
+            user="user-42", metadata={"app": "notes"},
+        )  # fmt: skip
+    finally:
+        configure("warning", "json")
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+    admitted = next(e for e in lines if e["event"] == "task_admitted")
+    assert admitted["user"] == "user-42" and admitted["metadata"] == {"app": "notes"}
+    assert "my secret plan" not in out.getvalue()

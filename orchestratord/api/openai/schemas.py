@@ -128,11 +128,14 @@ class ModelList(BaseModel):
 
     @classmethod
     def of(cls, services: Services) -> ModelList:
-        """Every model some pool that is not draining serves: a listed model is one that routes."""
+        """Every model some pool that is not draining serves and the catalog lets a job use (not
+        untrusted, retired or deprecated): a listed model is one that routes."""
         registry = services.registry
         started = int(services.started_at)
         models: list[Model] = []
         for model in registry.models():
+            if not services.control.catalog.usable(model):
+                continue
             pools = [p for p in registry.pools.values() if model in p.spec.models and not p.draining]
             if not pools:
                 continue
