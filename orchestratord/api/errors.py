@@ -89,17 +89,20 @@ def response_error(kind: ErrorKind | str, message: str) -> dict[str, Any]:
 
 def to_openai_response(exc: OrchestratorError) -> Response:
     return Response(
-        error_body("/v1/", exc, openai=True), status_code=exc.http_status, headers=_headers(exc),
-        media_type="application/json",
-    )  # fmt: skip
+        _openai_body(exc), status_code=exc.http_status, headers=_headers(exc), media_type="application/json"
+    )
 
 
-def error_body(path: str, exc: OrchestratorError, *, openai: bool = False) -> bytes:
+def error_body(path: str, exc: OrchestratorError) -> bytes:
     """The error response's body for a request to `path`: OpenAI's error object on the OpenAI paths,
     the envelope everywhere else. The one choice of wire, for the app and for the middleware."""
-    if openai or path.startswith(OPENAI_PATHS):
-        return orjson.dumps({"error": openai_error(exc.kind, exc.message, param=exc.param)})
+    if path.startswith(OPENAI_PATHS):
+        return _openai_body(exc)
     return orjson.dumps(envelope(exc))
+
+
+def _openai_body(exc: OrchestratorError) -> bytes:
+    return orjson.dumps({"error": openai_error(exc.kind, exc.message, param=exc.param)})
 
 
 def error_headers(exc: OrchestratorError) -> dict[str, str]:
