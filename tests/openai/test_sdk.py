@@ -131,16 +131,21 @@ def rejected(server: LoopbackServer, reason: str) -> float:
     )
 
 
-@pytest.fixture
-def full(make_server: ServerFactory) -> Iterator[LoopbackServer]:
-    """A server whose one slot is held and whose one-place queue is taken."""
-    server = make_server(
-        pools=[{"id": "p", "engine": "mock", "models": ["mock"], "replicas": [{"id": "r0"}], "slots": 1}],
-        queue={"capacity": 1},
-    )
+def one_slot_held(make_server: ServerFactory, **settings: Any) -> tuple[LoopbackServer, str]:
+    """A server with one slot, held by a job that runs until canceled (its id returned)."""
+    pool = {"id": "p", "engine": "mock", "models": ["mock"], "replicas": [{"id": "r0"}], "slots": 1}
+    server = make_server(pools=[pool], **settings)
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
         holder = submit(client, prompt=HANG, cancel_on_disconnect=False)
         wait_for(lambda: state_of(client, holder["job_id"]) == "running")
+    return server, str(holder["job_id"])
+
+
+@pytest.fixture
+def full(make_server: ServerFactory) -> Iterator[LoopbackServer]:
+    """A server whose one slot is held and whose one-place queue is taken."""
+    server, _ = one_slot_held(make_server, queue={"capacity": 1})
+    with httpx.Client(base_url=server.base_url, timeout=10) as client:
         submit(client, cancel_on_disconnect=False)
         yield server
 
@@ -193,13 +198,8 @@ def test_an_error_after_the_stream_began_is_an_error_chunk_then_done(server: Loo
 
 
 def test_keep_alives_only_before_the_first_chunk(make_server: ServerFactory) -> None:
-    server = make_server(
-        pools=[{"id": "p", "engine": "mock", "models": ["mock"], "replicas": [{"id": "r0"}], "slots": 1}],
-        stream={"keepalive_s": 0.05},
-    )
+    server, holder = one_slot_held(make_server, stream={"keepalive_s": 0.05})
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
-        holder = submit(client, prompt=HANG, cancel_on_disconnect=False)
-        wait_for(lambda: state_of(client, holder["job_id"]) == "running")
         body = {"model": "mock", "prompt": "[[mock tokens_per_s=20]] hi", "max_tokens": 4, "stream": True}
         with client.stream("POST", "/v1/completions", json=body) as response:
             frames: list[str] = []
@@ -207,7 +207,7 @@ def test_keep_alives_only_before_the_first_chunk(make_server: ServerFactory) -> 
                 if line:
                     frames.append(line)
                 if len([f for f in frames if f.startswith(":")]) == 3:
-                    client.post(f"/v1/tasks/{holder['job_id']}/cancel")  # the slot frees: it starts
+                    client.post(f"/v1/tasks/{holder}/cancel")  # the slot frees: it starts
     first_data = next(i for i, f in enumerate(frames) if f.startswith("data:"))
     assert all(f.startswith(":") for f in frames[:first_data]) and first_data >= 3
     assert not any(f.startswith(":") for f in frames[first_data:]), "no comment once a chunk was sent"

@@ -80,7 +80,7 @@ class _Generation(BaseModel):
     user: Text | None = Field(default=None, max_length=256)
     metadata: dict[str, Text] | None = Field(default=None, max_length=16)
     service_tier: Literal["auto", "default", "flex", "priority"] | None = None
-    # Refused unless neutral (see UNSUPPORTED): declared so that the error can name them.
+    # Passed on (STRUCTURED), or refused unless neutral (UNSUPPORTED): declared so errors can name them.
     tools: list[Any] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None

@@ -19,7 +19,6 @@ The log → events mapping:
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import response_error
 from orchestratord.api.openai.requests import TIERS, Penalty
 from orchestratord.api.openai.schemas import openai_errors
-from orchestratord.api.openai.streaming import Chunks, disconnected, next_batch, tail
+from orchestratord.api.openai.streaming import Chunks, next_batch, tail, unless_gone
 from orchestratord.api.schemas import Text
 from orchestratord.api.submission import default_max_tokens, new_job_id, submit
 from orchestratord.core.tasks import JobState, LogEvent, Message, TaskSpec
@@ -390,18 +389,10 @@ async def _answer_when_done(
     request: Request, services: Services, record: JobRecord, headers: dict[str, str]
 ) -> Response:
     """`background: false, stream: false`: wait for the job's end; a client that leaves cancels it."""
-    done = asyncio.ensure_future(_until_ended(services, record))
-    gone = asyncio.ensure_future(disconnected(request))
-    try:
-        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not done.done():
-            done.cancel()
-        await asyncio.gather(done, gone, return_exceptions=True)
-    if done.cancelled():
-        return Response(status_code=499)
-    return _json(done.result(), headers)
+    final = await unless_gone(request, _until_ended(services, record))
+    if final is None:
+        return Response(status_code=499)  # nobody is there to read it
+    return _json(final, headers)
 
 
 async def _until_ended(services: Services, record: JobRecord) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from orchestratord.api.errors import from_event, openai_error, to_openai_respons
 from orchestratord.api.openai.render import DONE, Rendering, Surface, ToolCalls, error_chunk
 from orchestratord.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from orchestratord.api.openai.schemas import ChatCompletion, Completion, ModelList, openai_errors
-from orchestratord.api.openai.streaming import Chunks, disconnected, next_batch, tail
+from orchestratord.api.openai.streaming import Chunks, next_batch, tail, unless_gone
 from orchestratord.api.submission import default_max_tokens, new_job_id, submit
 from orchestratord.core.tasks import LogEvent
 from orchestratord.errors import ErrorKind, StateUnavailable
@@ -158,18 +158,9 @@ async def _whole(
 ) -> Response:
     """Collect the job's answer into one response; a client that leaves meanwhile cancels it (after
     the reconnect grace), as a reader that leaves a stream does."""
-    collect = asyncio.ensure_future(_collect(services, rendering.job_id))
-    gone = asyncio.ensure_future(disconnected(request))
-    try:
-        await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not collect.done():
-            collect.cancel()
-        await asyncio.gather(collect, gone, return_exceptions=True)
-    if collect.cancelled():
+    answer = await unless_gone(request, _collect(services, rendering.job_id))
+    if answer is None:
         return Response(status_code=499)  # nobody is there to read it
-    answer = collect.result()
     if answer.ending == "error":
         response = to_openai_response(from_event(answer.data))
         response.headers.update(headers)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -16,6 +17,7 @@ from orchestratord.core.tasks import LogEvent
 from orchestratord.errors import StateUnavailable
 from orchestratord.services import Services
 
+T = TypeVar("T")
 _BACKLOG = 256  # events read from the log ahead of the client; the log itself is the buffer
 
 
@@ -37,6 +39,20 @@ class Chunks(StreamingResponse):
             failure = streaming.exception()
             if not isinstance(failure, OSError):  # a client gone mid-write is no error of ours
                 raise failure  # type: ignore[misc]
+
+
+async def unless_gone(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """Run `work` until it is done, or until the client goes away (then it is canceled: None)."""
+    done = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(disconnected(request))
+    try:
+        await asyncio.wait({done, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not done.done():
+            done.cancel()
+        await asyncio.gather(done, gone, return_exceptions=True)
+    return None if done.cancelled() else done.result()
 
 
 async def disconnected(request: Request) -> None:
