@@ -22,7 +22,7 @@ Tag = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class CatalogEntryIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9._:@+-]+$")
     digest: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
     source: Text = Field(min_length=1, max_length=4096)
@@ -31,7 +31,7 @@ class CatalogEntryIn(BaseModel):
 
 
 class CatalogStateIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     state: State
 
 

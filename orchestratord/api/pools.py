@@ -50,7 +50,7 @@ class PoolList(BaseModel):
 
 
 class DrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     deadline_ms: int = Field(ge=0, le=86_400_000)
 
 
@@ -61,7 +61,7 @@ class DrainAccepted(BaseModel):
 
 
 class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     new_model_ref: str = Field(min_length=1, max_length=256)
 
 

@@ -9,7 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from orchestratord.core.tasks import Message, PlacementPrefs, TaskSpec
 from orchestratord.errors import ErrorKind
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", strict=True)  # no coercion: "3", 3.0, true are not integers
 
 
 def _engine_text(value: str) -> str:

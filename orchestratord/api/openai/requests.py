@@ -16,7 +16,7 @@ from orchestratord.api.schemas import Text
 from orchestratord.core.tasks import Message, Priority, TaskSpec
 from orchestratord.errors import InvalidParams
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = ConfigDict(extra="forbid", strict=True)  # no coercion: "3", 3.0, true are not integers
 # service_tier → our classes: `flex` is OpenAI's cheaper, slower tier (our batch class); every other
 # tier is interactive.
 TIERS: dict[str, Priority] = {"auto": "interactive", "default": "interactive", "priority": "interactive",

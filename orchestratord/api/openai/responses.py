@@ -55,13 +55,13 @@ _STATUS = {
 
 
 class InputContent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["input_text", "output_text", "text"]
     text: Text = Field(max_length=1_000_000)
 
 
 class InputMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     type: Literal["message"] = "message"
     role: Literal["system", "developer", "user", "assistant"]
     content: (
@@ -73,7 +73,7 @@ class InputMessage(BaseModel):
 
 
 class ResponseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: Text = Field(min_length=1, max_length=256)
     input: (
         Annotated[Text, Field(max_length=1_000_000)]
