@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from orchestratord.errors import (
     ErrorKind,
@@ -191,12 +192,25 @@ _BY_STATUS: dict[int, type[OrchestratorError]] = {
 
 async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return render(request, _from_http(exc))
+    return render(request, _from_http(request, exc))
 
 
-def _from_http(exc: StarletteHTTPException) -> OrchestratorError:
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
+def _from_http(request: Request, exc: StarletteHTTPException) -> OrchestratorError:
     if exc.status_code == 405:
-        allow = (exc.headers or {}).get("Allow", "")
+        allow = _allowed(request) or (exc.headers or {}).get("Allow", "")
         return MethodNotAllowed(f"method not allowed here; allowed: {allow}", headers={"Allow": allow})
     if exc.status_code == 404 and exc.detail == "Not Found":
         return NotFound("no such route; see /openapi.json for the API")
