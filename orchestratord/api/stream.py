@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header
+from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
@@ -33,6 +34,7 @@ MAX_PENDING_BYTES = 64 * 1024  # how far a stream reads the log ahead of what th
             "description": "The job's events.",
             "headers": BUDGET_HEADERS,
         },
+        204: {"description": "The job has ended and the reader has seen its terminal event."},
         **errors_for(400, 404, 503),
     },
     operation_id="streamTask",
@@ -42,10 +44,16 @@ async def stream_task(
     services: Annotated[Services, Depends(get_services)],
     tenant: Annotated[str, Depends(get_tenant)],
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
-) -> EventSourceResponse:
+) -> Response:
     record = await services.jobs.get(str(job_id), tenant)
     if last_event_id is not None and not services.store.valid_event_id(last_event_id):
         raise InvalidParams(f"Last-Event-ID {last_event_id!r} is not an event id of this stream")
+    if (
+        last_event_id is not None
+        and record.state.terminal
+        and await _seen_all(services, record.job_id, last_event_id)
+    ):
+        return Response(status_code=204)  # tells an EventSource to stop reconnecting
     budget = await services.control.gate.budget_headers(tenant, record.session_id)
     return _EventStream(
         frames(services, record.job_id, last_event_id),
@@ -54,6 +62,13 @@ async def stream_task(
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **budget},
         sep="\n",
     )
+
+
+async def _seen_all(services: Services, job_id: str, after: str) -> bool:
+    """Whether nothing of an ended job's log comes after `after` (its reader has the terminal event)."""
+    async for _ in services.store.read(job_id, after):
+        return False
+    return True
 
 
 class _EventStream(EventSourceResponse):

@@ -106,3 +106,15 @@ def _slow_pool(tokens_per_s: float = 20, ttft_ms: float = 20) -> dict[str, objec
         "replicas": [{"id": "r0"}],
         "options": {"tokens_per_s": tokens_per_s, "ttft_ms": ttft_ms},
     }
+
+
+def test_a_reconnect_after_the_terminal_event_is_told_to_stop(client: httpx.Client) -> None:
+    """EventSource reconnects to a finished stream for ever unless it gets 204 (the HTML standard)."""
+    job = submit(client, max_tokens=3)
+    events = read_events(client, job["sse_url"])
+    last = events[-1]
+    assert last.event == "end"
+    again = client.get(job["sse_url"], headers={"Last-Event-ID": last.id or ""})
+    assert again.status_code == 204 and again.content == b""
+    one_before = client.get(job["sse_url"], headers={"Last-Event-ID": events[-2].id or ""})
+    assert one_before.status_code == 200 and "event: end" in one_before.text  # not everything seen yet

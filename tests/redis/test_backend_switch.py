@@ -71,5 +71,7 @@ def test_the_api_is_the_same_on_redis(
         )
         resumed = read_events(client, job["sse_url"], headers={"Last-Event-ID": events[1].id or ""})
         assert resumed == events[2:]
+        finished = client.get(job["sse_url"], headers={"Last-Event-ID": events[-1].id or ""})
+        assert finished.status_code == 204  # seen everything of an ended job: EventSource stops
         ready = client.get("/readyz").json()
         assert ready["checks"]["state_backend"] is True
