@@ -102,7 +102,9 @@ def _classify(key: str) -> int:
         return _PROMPT
     if _secret_key(key):
         return _SECRET
-    return _ID if key.endswith("_id") else _PLAIN
+    # An id keeps long random-looking runs (the API validates ids), except the correlation id: any
+    # client may send one, and one that looks like a key is redacted like any other text.
+    return _ID if key.endswith("_id") and key != "correlation_id" else _PLAIN
 
 
 def _kind(key: str) -> int:

@@ -122,3 +122,16 @@ def test_secret_keys_are_redacted_and_ids_are_kept() -> None:
     assert event["job_id"] == job_id and event["correlation_id"] == "req-0123456789abcdef"
     assert event["session_id"] == "Zq7Xw2Lr9Tb4Nc8Vy1Hs6Kd3Mf5Pg0AjQ2Wz"
     assert "prompt" not in event
+
+
+def test_a_correlation_id_that_looks_like_a_key_is_redacted() -> None:
+    """Clients choose correlation ids; one that is a secret must not reach every line of its job."""
+    redact = redactor(log_prompts=False)
+    secret = "Zq7Xw2Lr9Tb4Nc8Vy1Hs6Kd3Mf5Pg0AjQ2Wz"
+    assert redact(None, "info", {"event": "x", "correlation_id": secret})["correlation_id"] == REDACTED
+    assert (
+        redact(None, "info", {"event": "x", "correlation_id": "sk-abcdefgh12345678"})["correlation_id"]
+        == REDACTED
+    )
+    made = "3f6c1a2b-9d4e-4f00-8a1b-0123456789ab"  # the server's own: a UUID
+    assert redact(None, "info", {"event": "x", "correlation_id": made})["correlation_id"] == made
