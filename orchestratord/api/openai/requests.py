@@ -62,34 +62,39 @@ class ChatCompletionMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class _Generation(BaseModel):
-    """What Chat Completions and Completions share."""
+class OpenAIRequest(BaseModel):
+    """The fields every OpenAI surface (Chat Completions, Completions, Responses) shares."""
 
     model_config = _STRICT
     model: Text = Field(min_length=1, max_length=256)
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: Text | list[Text] | None = Field(default=None, max_length=16)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    n: int | None = Field(default=None, ge=1, le=1, description="Only one choice per request.")
     stream: bool = False
-    stream_options: StreamOptions | None = None
     user: Text | None = Field(default=None, max_length=256)
     metadata: dict[str, Text] | None = Field(default=None, max_length=16)
     service_tier: Literal["auto", "default", "flex", "priority"] | None = None
-    # Passed on (STRUCTURED), or refused unless neutral (UNSUPPORTED): declared so errors can name them.
+    # Passed on or refused by name, per surface: declared so that the errors can name them.
     tools: list[Any] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
+    top_logprobs: int | None = None
+
+
+class _Generation(OpenAIRequest):
+    """What Chat Completions and Completions share."""
+
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    stop: Text | list[Text] | None = Field(default=None, max_length=16)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    n: int | None = Field(default=None, ge=1, le=1, description="Only one choice per request.")
+    stream_options: StreamOptions | None = None
     functions: list[Any] | None = None
     function_call: Any = None
     response_format: dict[str, Any] | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: bool | int | None = None
-    top_logprobs: int | None = None
     store: bool | None = None
 
     @property

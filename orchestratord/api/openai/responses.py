@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import response_error
-from orchestratord.api.openai.requests import TIERS, Penalty
+from orchestratord.api.openai.requests import TIERS, OpenAIRequest
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import Chunks, next_batch, tail, unless_gone
 from orchestratord.api.schemas import Text
@@ -72,34 +72,20 @@ class InputMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(c.text for c in self.content)
 
 
-class ResponseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    model: Text = Field(min_length=1, max_length=256)
+class ResponseRequest(OpenAIRequest):
     input: (
         Annotated[Text, Field(max_length=1_000_000)]
         | Annotated[list[InputMessage], Field(min_length=1, max_length=1024)]
     )
     instructions: Text | None = Field(default=None, max_length=1_000_000)
     max_output_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
     background: bool = False
-    stream: bool = False
     store: bool = True
-    user: Text | None = Field(default=None, max_length=256)
-    metadata: dict[str, Text] | None = Field(default=None, max_length=16)
-    service_tier: Literal["auto", "default", "flex", "priority"] | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
     text: dict[str, Any] | None = None
     reasoning: dict[str, Any] | None = None
     previous_response_id: str | None = None
     include: list[str] | None = None
     truncation: str | None = None
-    top_logprobs: int | None = None
     prompt: dict[str, Any] | None = None
     conversation: Any = None
 
