@@ -28,6 +28,7 @@ from worker_adapters.base import (
     Finished,
     SubmitRequest,
     TokenEvent,
+    TokenLogprob,
     ToolCallDelta,
     WorkerAdapter,
 )
@@ -80,6 +81,7 @@ def submit_request(spec: TaskSpec, engine_model: str) -> SubmitRequest:
         tools=spec.tools,
         tool_choice=spec.tool_choice,
         response_format=spec.response_format,
+        logprobs=spec.logprobs,
     )
 
 
@@ -104,7 +106,9 @@ class Relay:
                     if isinstance(event, ToolCallDelta):  # rare: tested after the terminal mark
                         appended = await self._store.append(ctx.spec.job_id, "tool_call", _fragment(event))
                     else:
-                        appended = await self._store.append_token(ctx.spec.job_id, event.text)
+                        appended = await self._store.append_token(
+                            ctx.spec.job_id, event.text, logprobs_data(event.logprobs)
+                        )
                     if appended is None:
                         stats.outcome = "canceled"
                         return stats
@@ -162,6 +166,20 @@ class Relay:
                 tokens_in=tokens_in,
                 decode_time_ms=orjson.loads(done.data).get("decode_time_ms"),
             )  # fmt: skip
+
+
+def logprobs_data(logprobs: tuple[TokenLogprob, ...]) -> list[dict[str, object]] | None:
+    """A `token` event's `logprobs`: the engine's entries in the shape of OpenAI's chat logprobs."""
+    if not logprobs:
+        return None
+    return [
+        {
+            "token": entry.token,
+            "logprob": entry.logprob,
+            "top_logprobs": [{"token": token, "logprob": logprob} for token, logprob in entry.top],
+        }
+        for entry in logprobs
+    ]
 
 
 def _fragment(delta: ToolCallDelta) -> dict[str, object]:

@@ -47,13 +47,28 @@ class SubmitRequest:
     tools: str | None = None
     tool_choice: str | None = None
     response_format: str | None = None
+    # Log probabilities: None asks for none; n >= 0 asks for each token's own and the n likeliest
+    # alternatives (for the engines that report them; `registry.UNSUPPORTED` lists the others).
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One sampled token's log probability, and the likeliest alternatives at its position (most
+    likely first), as the engine reported them."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Token:
-    """One engine token. `text` may be empty (an incomplete UTF-8 character, a special token)."""
+    """One engine token. `text` may be empty (an incomplete UTF-8 character, a special token).
+    `logprobs`, when the request asked for them: one entry per token the engine sampled for `text`."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from worker_adapters.base import (
     SubmitRequest,
     Token,
     TokenEvent,
+    TokenLogprob,
     ToolCallDelta,
     WorkerHealth,
     WorkerProps,
@@ -73,6 +74,8 @@ def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, obj
         value = getattr(req, name)
         if value is not None:
             body[name] = orjson.loads(value)
+    if req.logprobs is not None:
+        body.update({"logprobs": True, "top_logprobs": req.logprobs} if chat else {"logprobs": req.logprobs})
     return body
 
 
@@ -105,7 +108,7 @@ class OpenAIStream:
             text = self._text(choice, finish)
             if text is not None:
                 self._started = True
-                out.append(Token(text))
+                out.append(Token(text, token_logprobs(choice.get("logprobs"))))
             delta = choice.get("delta")
             if isinstance(delta, dict) and delta.get("tool_calls"):
                 self._started = True
@@ -148,6 +151,48 @@ class OpenAIStream:
             prompt_tokens=as_int(self._usage.get("prompt_tokens")),
             completion_tokens=as_int(self._usage.get("completion_tokens")),
         )
+
+
+def token_logprobs(logprobs: object) -> tuple[TokenLogprob, ...]:
+    """A choice's `logprobs`, in either dialect: chat's ``{"content": [{token, logprob, top_logprobs:
+    [{token, logprob}]}]}`` or completions' ``{"tokens": [...], "token_logprobs": [...],
+    "top_logprobs": [{token: logprob}]}``. Entries an engine left incomplete are skipped."""
+    if not isinstance(logprobs, dict):
+        return ()
+    content = logprobs.get("content")
+    if isinstance(content, list):
+        return tuple(
+            TokenLogprob(entry["token"], entry["logprob"], _pairs(entry.get("top_logprobs")))
+            for entry in content
+            if isinstance(entry, dict) and _scored(entry.get("token"), entry.get("logprob"))
+        )
+    tokens, scores = logprobs.get("tokens") or (), logprobs.get("token_logprobs") or ()
+    tops = logprobs.get("top_logprobs") or ()
+    if not (isinstance(tokens, list) and isinstance(scores, list) and isinstance(tops, list)):
+        return ()
+    tops = tops + [None] * (len(tokens) - len(tops))
+    return tuple(
+        TokenLogprob(token, score, _pairs(top))
+        for token, score, top in zip(tokens, scores, tops, strict=False)
+        if _scored(token, score)
+    )
+
+
+def _pairs(top: object) -> tuple[tuple[str, float], ...]:
+    """Alternatives as (token, logprob), most likely first: from chat's list of objects or from
+    completions' object keyed by token."""
+    if isinstance(top, dict):
+        items = [(t, lp) for t, lp in top.items() if _scored(t, lp)]
+    elif isinstance(top, list):
+        entries = [e for e in top if isinstance(e, dict)]
+        items = [(e["token"], e["logprob"]) for e in entries if _scored(e.get("token"), e.get("logprob"))]
+    else:
+        return ()
+    return tuple(sorted(((t, float(lp)) for t, lp in items), key=lambda pair: -pair[1]))
+
+
+def _scored(token: object, logprob: object) -> bool:
+    return isinstance(token, str) and isinstance(logprob, int | float) and not isinstance(logprob, bool)
 
 
 def tool_call_deltas(calls: object) -> list[TokenEvent]:

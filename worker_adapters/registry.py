@@ -19,13 +19,15 @@ ADAPTERS: dict[str, str] = {
 # Optional request parameters an engine cannot honour. A job that asks for one is only placed on
 # pools whose engine can, and refused (naming the parameter) when no pool serving its model can.
 _STRUCTURED = frozenset({"tools", "tool_choice", "response_format"})
+_NATIVE = _STRUCTURED | {"logprobs"}
 UNSUPPORTED: dict[str, frozenset[str]] = {
     # TGI's generate parameters have no presence penalty; the native routes of TGI, llama.cpp and
-    # Ollama, and the mock, take no OpenAI tools or response formats (only OpenAI-dialect chat does).
-    "tgi": frozenset({"presence_penalty"}) | _STRUCTURED,
-    "llamacpp": _STRUCTURED,
-    "ollama": _STRUCTURED,
-    "mock": _STRUCTURED,
+    # Ollama, and the mock, take no OpenAI tools or response formats (only OpenAI-dialect chat does)
+    # and report no log probabilities in a shape the adapters read (the OpenAI dialect's only).
+    "tgi": frozenset({"presence_penalty"}) | _NATIVE,
+    "llamacpp": _NATIVE,
+    "ollama": _NATIVE,
+    "mock": _NATIVE,
 }
 
 

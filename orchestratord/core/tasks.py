@@ -10,7 +10,7 @@ Priority = Literal["interactive", "batch"]
 PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 PlacementMode = Literal["pin", "prefer", "auto"]
 ENGINE_PARAMETERS = (
-    "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format",
+    "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format", "logprobs",
 )  # fmt: skip
 
 
@@ -68,6 +68,7 @@ class TaskSpec:
     tools: str | None = None  # OpenAI's tools, tool_choice and response_format, as JSON text
     tool_choice: str | None = None
     response_format: str | None = None
+    logprobs: int | None = None  # each token's log probability and this many alternatives
 
     @property
     def engine_parameters(self) -> tuple[str, ...]:

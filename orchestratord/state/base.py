@@ -13,7 +13,7 @@ Invariants every backend keeps:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -110,8 +110,11 @@ class EventLog(Protocol):
 
     async def append(self, job_id: str, name: str, data: Mapping[str, Any]) -> LogEvent | None: ...
 
-    async def append_token(self, job_id: str, text: str) -> LogEvent | None:
-        """Append a `token` event with the next contiguous index; None once the job has ended."""
+    async def append_token(
+        self, job_id: str, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None
+    ) -> LogEvent | None:
+        """Append a `token` event with the next contiguous index (and the engine's `logprobs` for it,
+        when the job asked for them); None once the job has ended."""
         ...
 
     def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:

@@ -6,7 +6,7 @@ import asyncio
 import time
 from array import array
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from typing import Any
@@ -227,14 +227,18 @@ class MemoryStore:
             return None
         return job.push(name, orjson.dumps(data))
 
-    async def append_token(self, job_id: str, text: str) -> LogEvent | None:
+    async def append_token(
+        self, job_id: str, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None
+    ) -> LogEvent | None:
         job = self._jobs.get(job_id)
         if job is None or job.ended:
             return None
         index = job.tokens_out
         job.tokens_out = index + 1
         job.pieces.append(text)
-        return job.push("token", orjson.dumps({"t": text, "i": index}))
+        if logprobs is None:
+            return job.push("token", orjson.dumps({"t": text, "i": index}))
+        return job.push("token", orjson.dumps({"t": text, "i": index, "logprobs": logprobs}))
 
     async def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
         job = self._jobs.get(job_id)

@@ -16,7 +16,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import orjson
@@ -167,8 +167,11 @@ class RedisStore:
         event_id = await self._scripts.run("append", job_id, name, body)
         return None if event_id is None else LogEvent(event_id, name, body)
 
-    async def append_token(self, job_id: str, text: str) -> LogEvent | None:
-        reply = await self._scripts.run("append_token", job_id, self.owner, _json(text), text)
+    async def append_token(
+        self, job_id: str, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None
+    ) -> LogEvent | None:
+        extra = "" if logprobs is None else _json(logprobs)
+        reply = await self._scripts.run("append_token", job_id, self.owner, _json(text), text, extra)
         return None if reply is None else LogEvent(reply[0], "token", reply[1])
 
     async def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:

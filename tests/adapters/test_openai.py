@@ -20,9 +20,10 @@ from worker_adapters.base import (
     EngineUnavailable,
     Finished,
     Token,
+    TokenLogprob,
     WorkerProps,
 )
-from worker_adapters.openai_http import OpenAIAdapter, OpenAIStream
+from worker_adapters.openai_http import OpenAIAdapter, OpenAIStream, token_logprobs
 
 MakeAdapter = Any
 
@@ -236,3 +237,20 @@ async def test_health_path_option(oai: Any) -> None:
     health = await adapter.health()
     assert (health.live, health.ready) == (True, False)
     assert engine.record.last().path == "/health"
+
+
+def test_logprobs_are_read_in_either_dialect() -> None:
+    """Chat's `content[]` (vLLM, OpenAI) and completions' parallel lists (vLLM, llama-cpp-python, whose
+    alternatives come as an object keyed by token, in no particular order); incomplete entries are
+    skipped, never invented."""
+    top = [{"token": "Yo", "logprob": -2.0}, {"token": "Hi", "logprob": -0.5}]
+    chat = {"content": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": top},
+                        {"token": "?", "logprob": None}]}  # fmt: skip
+    assert token_logprobs(chat) == (TokenLogprob("Hi", -0.5, (("Hi", -0.5), ("Yo", -2.0))),)
+    legacy = {"tokens": ["a", "b"], "token_logprobs": [-1, -0.25], "top_logprobs": [{"x": -3.0, "a": -1.0}]}
+    assert token_logprobs(legacy) == (
+        TokenLogprob("a", -1, (("a", -1.0), ("x", -3.0))),
+        TokenLogprob("b", -0.25, ()),
+    )
+    assert token_logprobs(None) == () and token_logprobs({"tokens": "ab"}) == ()
+    assert token_logprobs({"content": [{"token": "t", "logprob": True}]}) == ()

@@ -117,3 +117,36 @@ def test_the_openai_sdk_through_orchestratord_gets_what_the_engine_says(
         model="tiny", messages=[{"role": "user", "content": "Hi"}], **sampling
     )
     assert chat.choices[0].message.role == "assistant" and chat.usage is not None
+
+
+def test_logprobs_through_orchestratord_are_the_engines(
+    make_server: Callable[..., LoopbackServer], real_engine: Engine
+) -> None:
+    """`logprobs` reaches the real engine and its numbers come back unchanged, whole and streamed, in
+    each surface's shape."""
+    import openai
+
+    server = start(make_server, real_engine)
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    direct = openai.OpenAI(base_url=f"{real_engine.url}/v1", api_key="unused", max_retries=0)
+    sampling: dict[str, Any] = {"max_tokens": 6, "temperature": 0, "seed": 3, "logprobs": 2}
+    ours = client.completions.create(model="tiny", prompt="The river", **sampling)
+    theirs = direct.completions.create(model=str(real_engine.model), prompt="The river", **sampling)
+    mine, engine_said = ours.choices[0].logprobs, theirs.choices[0].logprobs
+    assert mine is not None and engine_said is not None and engine_said.token_logprobs
+    # Two runs of the engine differ in the last float bits (batching order), never more.
+    assert mine.tokens == engine_said.tokens
+    assert mine.token_logprobs == pytest.approx(engine_said.token_logprobs, abs=1e-4)
+    assert mine.top_logprobs is not None and engine_said.top_logprobs is not None
+    assert [sorted(top) for top in mine.top_logprobs] == [sorted(top) for top in engine_said.top_logprobs]
+    streamed = client.completions.create(model="tiny", prompt="The river", stream=True, **sampling)
+    logprobs = [lp for c in streamed if c.choices and (lp := c.choices[0].logprobs) is not None]
+    got = [x for lp in logprobs for x in lp.token_logprobs or []]
+    assert got == pytest.approx(engine_said.token_logprobs, abs=1e-4)
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0,
+        logprobs=True, top_logprobs=2,
+    )  # fmt: skip
+    content = chat.choices[0].logprobs and chat.choices[0].logprobs.content
+    assert content and all(len(entry.top_logprobs) == 2 for entry in content)
+    assert all(entry.logprob <= 0 for entry in content)

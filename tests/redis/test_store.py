@@ -12,11 +12,12 @@ import orjson
 import pytest
 
 from orchestratord.core.budget import Hold, Ledger, Usage
-from orchestratord.core.queue import Admitted, QueueEntry
+from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent
 from orchestratord.errors import StateUnavailable
 from orchestratord.state.base import JobRecord, SessionRecord
+from orchestratord.state.memory import MemoryStore
 from orchestratord.state.redis import RedisStore
 from tests.fakes.servers import free_port
 from tests.redis.conftest import RedisServer
@@ -258,3 +259,19 @@ async def test_budget_ledgers_round_trip_and_never_lose_a_hold(make_store: MakeS
     assert sorted(h.prompt_tokens for h in ledger.holds) == list(range(1, 21))
     assert ledger.held == Usage(tokens=210, time_ms=2100, cost=105.0)
     assert await a.ledger_get("tenant:nobody") is None
+
+
+async def test_a_tokens_logprobs_are_written_as_the_memory_store_writes_them(make_store: MakeStore) -> None:
+    store = make_store()
+    await admit(store, "j1")
+    await run_on(store, "j1")
+    logprobs = [{"token": "é", "logprob": -0.5, "top_logprobs": [{"token": "e", "logprob": -1.25}]}]
+    with_them = await store.append_token("j1", "é", logprobs)
+    without = await store.append_token("j1", "x")
+    assert with_them is not None and without is not None
+    assert orjson.loads(with_them.data) == {"t": "é", "i": 0, "logprobs": logprobs}
+    assert orjson.loads(without.data) == {"t": "x", "i": 1}
+
+    memory = MemoryStore(QueuePolicy(capacity=4))
+    await memory.create(record("j1"), entry("j1"))
+    assert (await memory.append_token("j1", "é", logprobs)) == LogEvent("1", "token", with_them.data)

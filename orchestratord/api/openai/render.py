@@ -6,7 +6,7 @@ One job, many renderings: the chunks are made from the job's event log (`token`,
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ class Rendering:
     created: int
     model: str
     include_usage: bool = False
+    logprobs: bool = False  # the request asked for log probabilities
 
     @property
     def id(self) -> str:
@@ -49,10 +50,26 @@ class Rendering:
         """The chat stream's first chunk: the assistant's role (a completion stream has none)."""
         return self._chunk([_choice_delta({"role": "assistant", "content": ""}, None)])
 
-    def text(self, text: str) -> bytes:
+    def text(self, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None) -> bytes:
+        """One `token` event's chunk; `logprobs`, the event's own (when the request asked for them)."""
+        rendered = self.render_logprobs(logprobs or ())
         if self.surface == "chat":
-            return self._chunk([_choice_delta({"content": text}, None)])
-        return self._chunk([_choice_text(text, None)])
+            return self._chunk([_choice_delta({"content": text}, None, rendered)])
+        return self._chunk([_choice_text(text, None, rendered)])
+
+    def render_logprobs(self, entries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+        """Token events' `logprobs` in this surface's shape; None unless the request asked for them."""
+        if not self.logprobs:
+            return None
+        if self.surface == "chat":
+            return {"content": [_chat_logprob(entry) for entry in entries], "refusal": None}
+        return {
+            "tokens": [entry["token"] for entry in entries],
+            "token_logprobs": [entry["logprob"] for entry in entries],
+            "top_logprobs": [
+                {top["token"]: top["logprob"] for top in entry["top_logprobs"]} for entry in entries
+            ],
+        }
 
     def tool_call(self, fragment: Mapping[str, Any]) -> bytes:
         """One fragment of a tool call, as `delta.tool_calls[]` keyed by its index."""
@@ -69,9 +86,15 @@ class Rendering:
         return self._chunk([], usage(end))
 
     def whole(
-        self, text: str, end: Mapping[str, Any], calls: list[dict[str, Any]] | None = None
+        self,
+        text: str,
+        end: Mapping[str, Any],
+        calls: list[dict[str, Any]] | None = None,
+        logprobs: Sequence[Mapping[str, Any]] = (),
     ) -> dict[str, Any]:
-        """The non-streaming response; `calls`, the tool calls the fragments made (`ToolCalls`)."""
+        """The non-streaming response; `calls`, the tool calls the fragments made (`ToolCalls`);
+        `logprobs`, every token event's entries in order."""
+        rendered = self.render_logprobs(logprobs)
         reason = FINISH.get(str(end.get("stop_reason")), "stop")
         if self.surface == "chat":
             message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
@@ -82,12 +105,12 @@ class Rendering:
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": message,
-                "logprobs": None,
+                "logprobs": rendered,
                 "finish_reason": reason,
             }
             kind = "chat.completion"
         else:
-            choice = _choice_text(text, reason)
+            choice = _choice_text(text, reason, rendered)
             kind = "text_completion"
         return {
             "id": self.id, "object": kind, "created": self.created, "model": self.model,
@@ -143,9 +166,24 @@ def error_chunk(error: Mapping[str, Any]) -> bytes:
     return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
 
 
-def _choice_delta(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-    return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+def _choice_delta(
+    delta: dict[str, Any], finish: str | None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
 
-def _choice_text(text: str, finish: str | None) -> dict[str, Any]:
-    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+def _choice_text(text: str, finish: str | None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+
+
+def _chat_logprob(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One token's entry as Chat Completions has it, with each token's UTF-8 `bytes`."""
+    return {
+        "token": entry["token"],
+        "logprob": entry["logprob"],
+        "bytes": list(entry["token"].encode()),
+        "top_logprobs": [
+            {"token": top["token"], "logprob": top["logprob"], "bytes": list(top["token"].encode())}
+            for top in entry["top_logprobs"]
+        ],
+    }

@@ -1,8 +1,9 @@
 """OpenAI request bodies, and how each becomes a job (`TaskSpec`).
 
-Fields orchestratord passes on to the engines are accepted; fields it cannot honour (tools, logprobs,
-response formats, several choices) are refused with a 400 that names them, never silently dropped.
-Unknown fields are refused the same way.
+Fields orchestratord passes on to the engines are accepted (tools, response formats and log
+probabilities only where the engines serving the model take them, a 400 naming them otherwise); fields
+it cannot honour (several choices, logit bias, audio, …) are refused with a 400 that names them, never
+silently dropped. Unknown fields are refused the same way.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ TIERS: dict[str, Priority] = {"auto": "interactive", "default": "interactive", "
                               "flex": "batch"}  # fmt: skip
 # Accepted only at their neutral value: what orchestratord cannot pass on to every engine yet.
 UNSUPPORTED = (
-    "parallel_tool_calls", "functions", "function_call", "logit_bias", "logprobs", "top_logprobs",
-    "prediction", "audio", "modalities", "reasoning_effort", "web_search_options", "store", "echo",
-    "suffix", "best_of",
+    "parallel_tool_calls", "functions", "function_call", "logit_bias", "prediction", "audio",
+    "modalities", "reasoning_effort", "web_search_options", "store", "echo", "suffix", "best_of",
 )  # fmt: skip
 # Passed to the engine as they are (chat only), for the engines that take them.
 STRUCTURED = ("tools", "tool_choice", "response_format")
+MAX_LOGPROBS = 20  # alternatives per token: OpenAI's limit, and vLLM's default `max_logprobs`
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 # One prompt: a string, or a list holding one (several prompts in one request are not supported).
 Prompt = (
@@ -94,7 +95,6 @@ class _Generation(OpenAIRequest):
     function_call: Any = None
     response_format: dict[str, Any] | None = None
     logit_bias: dict[str, float] | None = None
-    logprobs: bool | int | None = None
     store: bool | None = None
 
     @property
@@ -103,7 +103,7 @@ class _Generation(OpenAIRequest):
 
     def refuse_unsupported(self, *, chat: bool) -> None:
         """InvalidParams naming the first field set that orchestratord does not pass on."""
-        for name in UNSUPPORTED if chat else UNSUPPORTED + STRUCTURED:
+        for name in UNSUPPORTED if chat else (*UNSUPPORTED, *STRUCTURED, "top_logprobs"):
             if getattr(self, name, None) not in (None, False, [], {}):
                 raise InvalidParams(f"{name} is not supported by orchestratord yet; leave it out", param=name)
 
@@ -139,6 +139,8 @@ class _Generation(OpenAIRequest):
 class ChatCompletionRequest(_Generation):
     messages: list[ChatCompletionMessage] = Field(min_length=1, max_length=1024)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
 
     @property
     def requested_tokens(self) -> int | None:
@@ -146,10 +148,13 @@ class ChatCompletionRequest(_Generation):
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
         self.refuse_unsupported(chat=True)
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidParams("top_logprobs needs logprobs: true", param="top_logprobs")
         messages = tuple(Message(_role(m.role), m.text()) for m in self.messages)
         return self._spec(
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
-            messages=messages, **self.structured(),
+            messages=messages, logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+            **self.structured(),
         )  # fmt: skip
 
     def prompt_estimate(self) -> int:
@@ -164,6 +169,7 @@ class CompletionRequest(_Generation):
     echo: bool | None = None
     suffix: Text | None = None
     best_of: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
 
     @property
     def requested_tokens(self) -> int | None:
@@ -176,7 +182,7 @@ class CompletionRequest(_Generation):
         self.refuse_unsupported(chat=False)
         return self._spec(
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
-            prompt=self.prompt_text(),
+            prompt=self.prompt_text(), logprobs=self.logprobs,
         )  # fmt: skip
 
     def prompt_estimate(self) -> int:

@@ -91,7 +91,9 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
         idempotency_key=request.headers.get("idempotency-key"),
         body=lambda: fingerprint(body.model_dump(mode="json")),
     )
-    rendering = Rendering(surface, result.job_id, int(time.time()), body.model, body.include_usage)
+    rendering = Rendering(
+        surface, result.job_id, int(time.time()), body.model, body.include_usage, spec.logprobs is not None
+    )
     headers = {"X-Job-Id": result.job_id, **result.headers}
     if body.stream:
         chunks = _stream(services, rendering, services.settings.stream.keepalive_s)
@@ -138,7 +140,7 @@ def _render(rendering: Rendering, event: LogEvent | BaseException, out: list[byt
     if first and rendering.surface == "chat" and event.name != "error":
         out.append(rendering.first())
     if event.name == "token":
-        out.append(rendering.text(data["t"]))
+        out.append(rendering.text(data["t"], data.get("logprobs")))
         return False
     if event.name == "tool_call":
         out.append(rendering.tool_call(data))
@@ -165,7 +167,8 @@ async def _whole(
         response = to_openai_response(from_event(answer.data))
         response.headers.update(headers)
         return response
-    body = orjson.dumps(rendering.whole("".join(answer.parts), answer.data, answer.calls.calls()))
+    whole = rendering.whole("".join(answer.parts), answer.data, answer.calls.calls(), answer.logprobs)
+    body = orjson.dumps(whole)
     return Response(body, media_type="application/json", headers=headers)
 
 
@@ -174,6 +177,7 @@ class _Answer:
     """A job's whole answer, read from its log: text, tool calls, and how it ended."""
 
     parts: list[str] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
     calls: ToolCalls = field(default_factory=ToolCalls)
     ending: str = ""
     data: dict[str, Any] = field(default_factory=dict)
@@ -187,7 +191,9 @@ async def _collect(services: Services, job_id: str) -> _Answer:
                 if isinstance(event, BaseException):
                     raise StateUnavailable("the state backend is unreachable; retry", retry_after_ms=1000)
                 if event.name == "token":
-                    answer.parts.append(orjson.loads(event.data)["t"])
+                    data = orjson.loads(event.data)
+                    answer.parts.append(data["t"])
+                    answer.logprobs += data.get("logprobs", ())
                 elif event.name == "tool_call":
                     answer.calls.add(orjson.loads(event.data))
                 elif event.name in ("end", "error"):

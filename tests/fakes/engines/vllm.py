@@ -26,6 +26,44 @@ def error_object(status: int, message: str, kind: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}
 
 
+def _top_logprobs(body: dict[str, Any], chat: bool) -> int | None:
+    """How many alternatives a request asked for; None when it asked for no log probabilities."""
+    if chat:
+        return int(body.get("top_logprobs") or 0) if body.get("logprobs") else None
+    logprobs = body.get("logprobs")
+    return None if logprobs is None else int(logprobs)
+
+
+def logprob_of(i: int, rank: int = 0) -> float:
+    """The fake's log probability of token `i`'s `rank`-th likeliest candidate (0: the sampled one)."""
+    return -0.25 * (i + 1) - 1.5 * rank
+
+
+def alternative(text: str, rank: int) -> str:
+    return text if rank == 0 else f"{text.strip() or '_'}~{rank}"
+
+
+def token_logprobs(text: str, i: int, top: int, chat: bool, offset: int) -> dict[str, Any]:
+    """vLLM's logprobs for one sampled token: the sampled token ranks first among the alternatives."""
+    if chat:
+        alternatives = [
+            {"token": alternative(text, r), "logprob": logprob_of(i, r),
+             "bytes": list(alternative(text, r).encode())}
+            for r in range(top)
+        ]  # fmt: skip
+        entry = {
+            "token": text,
+            "logprob": logprob_of(i),
+            "bytes": list(text.encode()),
+            "top_logprobs": alternatives,
+        }
+        return {"content": [entry]}
+    return {
+        "text_offset": [offset], "token_logprobs": [logprob_of(i)], "tokens": [text],
+        "top_logprobs": [{alternative(text, r): logprob_of(i, r) for r in range(top)}],
+    }  # fmt: skip
+
+
 class VllmEngine(FakeEngine):
     keepalive_frame = b": ping\n\n"  # vLLM itself sends none (issue #47647); a proxy in front may
 
@@ -151,8 +189,14 @@ class VllmEngine(FakeEngine):
                 eol,
             )
         last = script.count - 1 if script.ending == "length" else None
+        top = _top_logprobs(body, chat)
+        offset = 0
         for i, text in enumerate(script.texts()):
-            yield sse(self._chunk(chat, self._choice(chat, text, "length" if i == last else None)), eol)
+            choice = self._choice(chat, text, "length" if i == last else None)
+            if top is not None:
+                choice["logprobs"] = token_logprobs(text, i, top, chat, offset)
+            offset += len(text)
+            yield sse(self._chunk(chat, choice), eol)
         if script.ending == "fail":
             if b.failure == "drop":
                 yield DROP

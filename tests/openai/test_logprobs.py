@@ -1,0 +1,152 @@
+"""Log probabilities pass through from an engine that reports them (the vLLM fake, speaking vLLM's
+bytes) to the official SDK, in each surface's shape: chat's `logprobs.content[]` with `top_logprobs`,
+completions' `tokens`/`token_logprobs`/`top_logprobs`; streamed per chunk and whole. The job's own
+`token` events carry them (one rendering of one log). An engine that reports none gets no such
+request: it is refused, naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import openai
+import orjson
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.fakes.engines.server import serve
+from tests.fakes.engines.vllm import MODEL, VllmEngine, alternative, logprob_of
+from tests.fakes.servers import LoopbackServer
+
+ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": "say something"}]
+
+
+@pytest.fixture
+def engine() -> Iterator[tuple[VllmEngine, str]]:
+    fake = VllmEngine()
+    with serve(fake) as url:
+        yield fake, url
+
+
+@pytest.fixture
+def server(make_server: Callable[..., LoopbackServer], engine: tuple[VllmEngine, str]) -> LoopbackServer:
+    _, url = engine
+    pools = [
+        {"id": "v", "engine": "vllm", "models": ["qwen"], "engine_model": MODEL,
+         "replicas": [{"id": "r0", "url": url}]},
+        {"id": "m", "engine": "mock", "models": ["mock"], "replicas": [{"id": "r0"}]},
+    ]  # fmt: skip
+    return make_server(pools=pools)
+
+
+@pytest.fixture
+def client(server: LoopbackServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+def sent(fake: VllmEngine) -> dict[str, object]:
+    body: dict[str, object] = [r for r in fake.record.requests if r.method == "POST"][-1].body
+    return body
+
+
+def test_chat_streams_each_tokens_logprobs(client: openai.OpenAI, engine: tuple[VllmEngine, str]) -> None:
+    fake, _ = engine
+    stream = client.chat.completions.create(
+        model="qwen",
+        messages=ASK,
+        max_tokens=5,
+        logprobs=True,
+        top_logprobs=2,
+        stream=True,
+    )
+    chunks = [c for c in stream if c.choices and c.choices[0].delta.content]
+    assert sent(fake)["logprobs"] is True and sent(fake)["top_logprobs"] == 2
+    assert len(chunks) == 5
+    for i, chunk in enumerate(chunks):
+        text = chunk.choices[0].delta.content or ""
+        logprobs = chunk.choices[0].logprobs
+        assert logprobs is not None and logprobs.content is not None
+        (entry,) = logprobs.content
+        assert (entry.token, entry.logprob, entry.bytes) == (text, logprob_of(i), list(text.encode()))
+        assert [(t.token, t.logprob) for t in entry.top_logprobs] == [
+            (alternative(text, r), logprob_of(i, r)) for r in range(2)
+        ]
+
+
+def test_a_whole_chat_completion_has_every_tokens_logprobs(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model="qwen", messages=ASK, max_tokens=4, logprobs=True)
+    (choice,) = completion.choices
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    entries = choice.logprobs.content
+    assert "".join(e.token for e in entries) == choice.message.content
+    assert [e.logprob for e in entries] == [logprob_of(i) for i in range(4)]
+    assert all(e.top_logprobs == [] for e in entries)  # logprobs without top_logprobs: none
+
+
+def test_completions_carry_logprobs_streamed_and_whole(
+    client: openai.OpenAI, engine: tuple[VllmEngine, str]
+) -> None:
+    fake, _ = engine
+    whole = client.completions.create(model="qwen", prompt="x", max_tokens=3, logprobs=3)
+    assert sent(fake)["logprobs"] == 3 and "top_logprobs" not in sent(fake)
+    logprobs = whole.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens is not None and logprobs.top_logprobs is not None
+    assert "".join(logprobs.tokens) == whole.choices[0].text
+    assert logprobs.token_logprobs == [logprob_of(i) for i in range(3)]
+    assert logprobs.top_logprobs[1] == {
+        alternative(logprobs.tokens[1], r): logprob_of(1, r) for r in range(3)
+    }
+    streamed = [
+        c.choices[0].logprobs
+        for c in client.completions.create(model="qwen", prompt="x", max_tokens=3, logprobs=1, stream=True)
+        if c.choices and c.choices[0].text
+    ]
+    assert [lp.token_logprobs for lp in streamed if lp] == [[logprob_of(i)] for i in range(3)]
+
+
+def test_without_logprobs_nothing_is_asked_or_sent(
+    client: openai.OpenAI, engine: tuple[VllmEngine, str]
+) -> None:
+    fake, _ = engine
+    chunks = list(client.chat.completions.create(model="qwen", messages=ASK, max_tokens=3, stream=True))
+    assert "logprobs" not in sent(fake) and "top_logprobs" not in sent(fake)
+    assert all(c.choices[0].logprobs is None for c in chunks if c.choices)
+
+
+def test_the_jobs_own_stream_carries_them(server: LoopbackServer, client: openai.OpenAI) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="qwen",
+        messages=ASK,
+        max_tokens=2,
+        logprobs=True,
+        top_logprobs=1,
+    )
+    job_id = raw.headers["x-job-id"]
+    with httpx.Client(base_url=server.base_url) as http:
+        events = http.get(f"/v1/tasks/{job_id}/stream").text
+    tokens = [
+        orjson.loads(line[5:]) for line in events.splitlines() if line.startswith("data:") and '"t"' in line
+    ]
+    assert [t["logprobs"][0]["logprob"] for t in tokens] == [logprob_of(0), logprob_of(1)]
+    assert tokens[0]["logprobs"][0]["top_logprobs"] == [{"token": tokens[0]["t"], "logprob": logprob_of(0)}]
+
+
+def test_an_engine_that_reports_none_gets_no_such_request(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="mock", messages=ASK, max_tokens=3, logprobs=True)
+    assert caught.value.body["param"] == "logprobs"  # type: ignore[index]
+    assert "logprobs is not supported by the engines serving 'mock'" in caught.value.body["message"]  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="mock", prompt="x", max_tokens=3, logprobs=0)
+    assert caught.value.body["param"] == "logprobs"  # type: ignore[index]
+
+
+def test_top_logprobs_needs_logprobs(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="qwen", messages=ASK, max_tokens=3, top_logprobs=2)
+    assert caught.value.body["param"] == "top_logprobs"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="qwen", messages=ASK, max_tokens=3, logprobs=True, top_logprobs=21
+        )
+    assert caught.value.body["param"] == "top_logprobs"  # type: ignore[index]
