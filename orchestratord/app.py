@@ -61,7 +61,8 @@ def adapter_configs(specs: list[PoolSpec]) -> dict[tuple[str, str], AdapterConfi
         (spec.id, replica.id): AdapterConfig(
             engine=spec.engine,
             base_url=replica.url,
-            model=spec.engine_model or spec.models[0],
+            model=spec.engine_name(spec.models[0]),
+            models=tuple(spec.engine_name(m) for m in spec.models),
             replica_id=replica.id,
             api=spec.api,  # type: ignore[arg-type]
             read_timeout_s=spec.read_timeout_s,

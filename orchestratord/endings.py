@@ -71,7 +71,9 @@ class Endings:
         """End the job as canceled (`reason`: client, no_reader, client_disconnect). `before`: its record
         as the caller read it. False if it had already ended."""
         await self._store.dequeue(job_id)
-        if await self._store.finish(job_id, JobState.CANCELED, "end", {"stop_reason": "canceled"}) is None:
+        # The engine's count never arrives for a canceled job: its tokens_out counts the token events.
+        canceled = {"stop_reason": "canceled", "tokens_out_estimated": True}
+        if await self._store.finish(job_id, JobState.CANCELED, "end", canceled) is None:
             return False
         # The job may have been dispatched since it was read: its owner, here or on another replica,
         # closes the engine request when this signal reaches it.

@@ -178,7 +178,7 @@ class Execution:
             self._config.metrics_interval_s,
             {k: v for k, v in labels.items() if k != "replica_id"} | {"priority": spec.priority},
         )
-        stats = await self._relay.attempt(ctx, adapter, pool.spec.engine_model or spec.model_ref)
+        stats = await self._relay.attempt(ctx, adapter, pool.spec.engine_name(spec.model_ref))
         self._count_tokens(spec, stats, labels)
         self._learn(assigned, run, stats)
         if stats.outcome == "error":
@@ -211,7 +211,7 @@ class Execution:
             self._outlook.served(assigned.pool_id, self._clock() - run.started)
 
     def _count_tokens(self, spec: TaskSpec, stats: RunStats, labels: dict[str, str]) -> None:
-        self._metrics.tokens_out.labels(**labels).inc(stats.tokens)
+        self._metrics.tokens_out.labels(**labels).inc(stats.tokens_out)
         prompt = stats.prompt_tokens if stats.prompt_tokens is not None else spec.tokens_in_estimate
         self._metrics.tokens_in.labels(**labels).inc(prompt)
 
@@ -220,7 +220,7 @@ class Execution:
             prompt = stats.prompt_tokens
             if prompt is None:
                 prompt = spec.tokens_in_estimate if stats.tokens else 0
-            await self._store.settle(spec.tenant, spec.priority, entry.cost, float(prompt + stats.tokens))
+            await self._store.settle(spec.tenant, spec.priority, entry.cost, float(prompt + stats.tokens_out))
 
 
 def _labels(assigned: Assigned) -> dict[str, str]:

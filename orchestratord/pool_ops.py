@@ -134,7 +134,7 @@ class PoolOps:
         fresh: dict[tuple[str, str], tuple[WorkerAdapter, AdapterConfig]] = {}
         try:
             for key in [k for k in self._adapters if k[0] == pool_id]:
-                config = replace(self._adapters.config(key), model=model)
+                config = replace(self._adapters.config(key), model=model, models=(model,))
                 adapter = self._loader(config)
                 fresh[key] = (adapter, config)
                 await self._verify(adapter, key, model)

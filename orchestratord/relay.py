@@ -44,11 +44,17 @@ class _Store(JobRegistry, EventLog, Protocol):
 class RunStats:
     """What one attempt measured, for metrics, logs, predictions and fairness settlement."""
 
-    tokens: int = 0
+    tokens: int = 0  # token events relayed
     first_token_at: float | None = None
     prompt_tokens: int | None = None
+    completion_tokens: int | None = None  # the engine's own count, when it reported one
     outcome: str = "running"
     error: AdapterError | None = None
+
+    @property
+    def tokens_out(self) -> int:
+        """Tokens generated: the engine's count where it gave one, else the token events relayed."""
+        return self.tokens if self.completion_tokens is None else self.completion_tokens
 
 
 @dataclass(slots=True)
@@ -150,11 +156,16 @@ class Relay:
     async def _finish(self, ctx: RunContext, stats: RunStats, event: Finished, started: float) -> None:
         now = self._clock()
         stats.prompt_tokens = event.prompt_tokens
+        stats.completion_tokens = event.completion_tokens
         await self._progress(ctx, stats, now, started)
         tokens_in = ctx.spec.tokens_in_estimate if event.prompt_tokens is None else event.prompt_tokens
         end: dict[str, object] = {"stop_reason": event.stop_reason, "tokens_in": tokens_in}
         if event.prompt_tokens is None:  # the engine did not say: an estimate, named as one
             end["tokens_in_estimated"] = True
+        if event.completion_tokens is None:  # the store counts the token events instead
+            end["tokens_out_estimated"] = True
+        else:
+            end["tokens_out"] = event.completion_tokens
         done = await self._store.finish(ctx.spec.job_id, JobState.SUCCEEDED, "end", end)
         stats.outcome = "succeeded" if done is not None else "canceled"
         decode_ms = None if stats.first_token_at is None else (now - stats.first_token_at) * 1000
@@ -162,7 +173,7 @@ class Relay:
             self._metrics.decode.labels(**ctx.labels).observe(decode_ms)
         if done is not None:  # decode_time_ms as the client's `end` event says it
             log.info(
-                "task_completed", stop_reason=event.stop_reason, tokens_out=stats.tokens,
+                "task_completed", stop_reason=event.stop_reason, tokens_out=stats.tokens_out,
                 tokens_in=tokens_in,
                 decode_time_ms=orjson.loads(done.data).get("decode_time_ms"),
             )  # fmt: skip

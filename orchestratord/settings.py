@@ -74,6 +74,16 @@ class PoolConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _one_engine_model(self) -> PoolConfig:
+        if self.engine_model is not None and len(self.models) > 1:
+            raise ValueError(
+                f"engine_model names the engine's name for a pool's only model, but this pool serves "
+                f"{len(self.models)} ({', '.join(self.models)}); list them under the names the engine "
+                "answers to and leave engine_model out"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _mock_options(self) -> PoolConfig:
         if self.engine != "mock":
             return self

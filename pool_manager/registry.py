@@ -27,6 +27,7 @@ class ReplicaState:
     engine_version: str | None = None
     kv_cache_usage_ratio: float | None = None
     checked_at: float | None = None
+    serves: frozenset[str] | None = None  # the models the engine listed at its last probe
 
 
 @dataclass(slots=True)
@@ -78,6 +79,7 @@ class PoolRegistry:
             replica.engine_version = props.engine_version
             pool.engine_version = pool.spec.engine_version or props.engine_version
         replica.kv_cache_usage_ratio = props.kv_cache_usage_ratio
+        replica.serves = frozenset(props.models) if props.models else None
 
     def apply_probe_error(self, pool_id: str, replica_id: str, error: str) -> None:
         replica = self.pools[pool_id].replicas[replica_id]
@@ -110,8 +112,9 @@ class PoolRegistry:
         pool.drain_deadline = None
 
     def set_models(self, pool_id: str, models: tuple[str, ...]) -> None:
+        """The pool serves `models` now, under those names (a reload names the engine's model)."""
         pool = self.pools[pool_id]
-        pool.spec = replace(pool.spec, models=models)
+        pool.spec = replace(pool.spec, models=models, engine_model=None)
 
     # -- leases ----------------------------------------------------------------------------------
     async def lease(self, job_id: str, pool_id: str, replica_id: str) -> Lease | None:
@@ -139,6 +142,7 @@ class PoolRegistry:
                     slots_free=max(0, r.slots_total - held),
                     last_error=r.last_error,
                     kv_cache_usage_ratio=r.kv_cache_usage_ratio,
+                    serves=r.serves,
                 )
             )
         spec = pool.spec
@@ -153,6 +157,7 @@ class PoolRegistry:
             replicas=tuple(replicas),
             device_mask=spec.device_mask,
             labels=spec.labels,
+            engine_model=spec.engine_model,
         )
 
 

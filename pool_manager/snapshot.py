@@ -14,6 +14,9 @@ class ReplicaSnapshot:
     slots_free: int
     last_error: str | None = None
     kv_cache_usage_ratio: float | None = None
+    # The model names the engine answers to now (its own listing); None when it serves one model
+    # whatever the request names, or has not said.
+    serves: frozenset[str] | None = None
 
     @property
     def load(self) -> float:
@@ -32,6 +35,10 @@ class PoolSnapshot:
     replicas: tuple[ReplicaSnapshot, ...]
     device_mask: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    engine_model: str | None = None
+
+    def engine_name(self, model: str) -> str:
+        return self.engine_model or model
 
     @property
     def ready(self) -> bool:

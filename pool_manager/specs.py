@@ -26,6 +26,10 @@ class PoolSpec:
     device_mask: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, object] = field(default_factory=dict)
-    engine_model: str | None = None
+    engine_model: str | None = None  # the engine's name for the pool's only model, when it differs
     api: str = "auto"
     read_timeout_s: float = 60.0
+
+    def engine_name(self, model: str) -> str:
+        """What the engine calls `model` (the name a request's `model` field carries to it)."""
+        return self.engine_model or model

@@ -108,6 +108,8 @@ class WorkerProps:
     slots: int | None = None
     ctx_max: int | None = None
     engine_version: str | None = None
+    # The names the engine answers to in a request's `model` (its own listing, LoRA adapters included);
+    # empty when it serves its one model whatever a request names (llama.cpp, TGI).
     models: tuple[str, ...] = ()
     kv_cache_usage_ratio: float | None = None
 
@@ -118,12 +120,17 @@ class AdapterConfig:
 
     engine: str
     base_url: str
-    model: str
+    model: str  # the engine's name for the pool's first model
     replica_id: str = "r0"
     api: Literal["completion", "chat", "auto"] = "auto"
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
     options: Mapping[str, object] = field(default_factory=dict)
+    models: tuple[str, ...] = ()  # the engine's names for every model the pool serves (`model` first)
+
+    @property
+    def served(self) -> tuple[str, ...]:
+        return self.models or (self.model,)
 
 
 class AdapterError(Exception):

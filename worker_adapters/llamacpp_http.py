@@ -94,7 +94,7 @@ class LlamaCppAdapter(HttpAdapter):
 
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         if wants_chat(self.config.api, req, self.engine):
-            body = request_body(req, self.config.model or req.model, chat=True)
+            body = request_body(req, req.model, chat=True)
             return openai_events(self.http, req, CHAT, body)
         return self._completion(req)
 
@@ -108,10 +108,8 @@ class LlamaCppAdapter(HttpAdapter):
     async def props(self) -> WorkerProps:
         props = as_dict(await self.http.get_json("/props"))
         settings = as_dict(props.get("default_generation_settings"))
-        model = as_str(props.get("model_alias")) or as_str(props.get("model_path"))
-        return WorkerProps(
+        return WorkerProps(  # no `models`: llama-server serves its one model whatever a request names
             slots=as_int(props.get("total_slots")),
             ctx_max=as_int(settings.get("n_ctx")),
             engine_version=as_str(props.get("build_info")),
-            models=(model,) if model else (),
         )

@@ -10,7 +10,8 @@ Options (pool config `options:`), each also settable per request with a directiv
 - `slow_start_ms` (0): extra delay before the first token;
 - `slots` (none): report this many slots, as an engine that knows its capacity would;
 - `ready` (true): what the health check answers;
-- `loadable` (any): comma-separated models this engine can serve; another model makes it unready.
+- `loadable` (any): comma-separated models this engine can serve (default: the pool's); it lists them
+  as its models, refuses a request for another, and is unready when it can serve none of the pool's.
 
 An unknown option or a value out of range stops start-up (`check_options`, run by config validation);
 a bad directive fails only its request, with INVALID_PARAMS naming the key and the value.
@@ -180,7 +181,7 @@ class MockAdapter:
         slots = config.options.get("slots")
         self._slots = None if slots is None else _slots(str(slots))
         loadable = str(config.options.get("loadable", "")).split(",")
-        self._loadable = tuple(m.strip() for m in loadable if m.strip()) or (config.model,)
+        self._loadable = tuple(m.strip() for m in loadable if m.strip()) or config.served
         self._ready = _flag(str(config.options.get("ready", "true")))
         self._cancels: dict[str, asyncio.Event] = {}
         self.stats = MockStats()
@@ -193,6 +194,8 @@ class MockAdapter:
         behaviour = self._behaviour.with_directives(text)
         if behaviour.refuse:
             raise EngineUnavailable("mock engine refused the request", engine=self.engine)
+        if req.model not in self._loadable:  # as an engine that serves several models by name
+            raise EngineRejected(f"model {req.model!r} is not served here", engine=self.engine)
         canceled = self._cancels.setdefault(req.task_id, asyncio.Event())
         self.stats.started += 1
         self.stats.active += 1
@@ -241,10 +244,9 @@ class MockAdapter:
             event.set()
 
     async def health(self) -> WorkerHealth:
-        if self._config.model not in self._loadable:
-            return WorkerHealth(
-                live=True, ready=False, detail=f"model {self._config.model!r} cannot be loaded"
-            )
+        if not set(self._config.served) & set(self._loadable):
+            wanted = ", ".join(repr(m) for m in self._config.served)
+            return WorkerHealth(live=True, ready=False, detail=f"model {wanted} cannot be loaded")
         return WorkerHealth(live=True, ready=self._ready, detail="" if self._ready else "mock not ready")
 
     async def props(self) -> WorkerProps:

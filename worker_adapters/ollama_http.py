@@ -86,8 +86,10 @@ def model_names(tags: object) -> tuple[str, ...]:
     )
 
 
-def _same_model(wanted: str, installed: str) -> bool:
-    return wanted == installed or (":" not in wanted and installed == f"{wanted}:latest")
+def answers_to(installed: tuple[str, ...]) -> tuple[str, ...]:
+    """The names Ollama answers to: each installed model, and a `:latest` one by its bare name too."""
+    bare = tuple(name.removesuffix(":latest") for name in installed if name.endswith(":latest"))
+    return installed + bare
 
 
 class OllamaAdapter(HttpAdapter):
@@ -96,7 +98,7 @@ class OllamaAdapter(HttpAdapter):
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         chat = wants_chat(self.config.api, req, self.engine)
         raw = option_bool(self.config.options, "raw")
-        body = ollama_body(req, self.config.model or req.model, chat=chat, raw=raw)
+        body = ollama_body(req, req.model, chat=chat, raw=raw)
         lines = self.http.ndjson(req, "/api/chat" if chat else "/api/generate", body)
         return relay(self.http, lines, OllamaStream(self.engine), 'a final object with "done":true')
 
@@ -104,16 +106,19 @@ class OllamaAdapter(HttpAdapter):
         return await self.http.probe("/api/tags", self._model_missing)
 
     def _model_missing(self, body: bytes) -> str | None:
-        wanted = self.config.model
+        """Unready while none of the pool's models is installed (placement offers a job only to a
+        replica that has its model: `props`)."""
+        wanted = self.config.served
         try:
             installed = model_names(json.loads(body))
         except ValueError:
             return "GET /api/tags did not answer JSON"
-        if not wanted or any(_same_model(wanted, name) for name in installed):
+        if not any(wanted) or set(wanted) & set(answers_to(installed)):
             return None
-        return f"model {wanted!r} is not installed (installed: {', '.join(installed) or 'none'})"
+        names = ", ".join(repr(m) for m in wanted)
+        return f"model {names} is not installed (installed: {', '.join(installed) or 'none'})"
 
     async def props(self) -> WorkerProps:
-        models = model_names(await self.http.get_json("/api/tags"))
+        models = answers_to(model_names(await self.http.get_json("/api/tags")))
         version = as_str(as_dict(await self.http.get_json("/api/version")).get("version"))
         return WorkerProps(models=models, engine_version=version)

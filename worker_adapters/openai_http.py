@@ -244,7 +244,7 @@ class OpenAIAdapter(HttpAdapter):
 
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         chat = wants_chat(self.config.api, req, self.engine)
-        body = request_body(req, self.config.model or req.model, chat=chat)
+        body = request_body(req, req.model, chat=chat)
         path = CHAT if chat else COMPLETIONS
         return openai_events(self.http, req, path, body, final_step_chunks=self.final_step_chunks)
 

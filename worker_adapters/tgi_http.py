@@ -99,7 +99,7 @@ class TgiAdapter(HttpAdapter):
 
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         if wants_chat(self.config.api, req, self.engine):
-            body = request_body(req, self.config.model or "tgi", chat=True)
+            body = request_body(req, req.model, chat=True)
             return openai_events(self.http, req, CHAT, body, final_step_chunks=True)
         return self._generate(req)
 
@@ -115,10 +115,8 @@ class TgiAdapter(HttpAdapter):
         ctx_max = as_int(info.get("max_total_tokens"))
         if ctx_max is None:
             ctx_max = as_int(info.get("max_input_tokens")) or as_int(info.get("max_input_length"))
-        model = as_str(info.get("model_id"))
-        return WorkerProps(
+        return WorkerProps(  # no `models`: TGI serves its one model whatever a request names
             slots=as_int(info.get("max_concurrent_requests")),
             ctx_max=ctx_max,
             engine_version=as_str(info.get("version")),
-            models=(model,) if model else (),
         )

@@ -79,7 +79,7 @@ def decide(req: PlacementRequest, pools: Sequence[PoolSnapshot]) -> Assigned | N
     allowed, _ = allowed_pools(req.prefs, [p.pool_id for p in pools])
     filtered: list[tuple[str, str]] = []
     eligible = [p for p in pools if _pool_ok(p, req, allowed, filtered)]
-    free = [(p, r) for p in eligible for r in p.replicas if _replica_ok(p, r, filtered)]
+    free = [(p, r) for p in eligible for r in p.replicas if _replica_ok(p, r, req.model, filtered)]
     candidates = tuple(f"{p.pool_id}/{r.replica_id}" for p, r in free)
     if not free:
         return _no_capacity(req, pools, eligible, filtered, candidates, pinned)
@@ -115,14 +115,23 @@ def _pool_ok(
     return True
 
 
-def _replica_ok(p: PoolSnapshot, r: ReplicaSnapshot, out: list[tuple[str, str]]) -> bool:
+def _replica_ok(p: PoolSnapshot, r: ReplicaSnapshot, model: str, out: list[tuple[str, str]]) -> bool:
     if not r.ready:
         out.append((f"{p.pool_id}/{r.replica_id}", "not ready"))
+        return False
+    if not _serves(p, r, model):
+        out.append((f"{p.pool_id}/{r.replica_id}", f"its engine does not list {p.engine_name(model)!r} now"))
         return False
     if r.slots_free <= 0:
         out.append((f"{p.pool_id}/{r.replica_id}", "no free slot"))
         return False
     return True
+
+
+def _serves(p: PoolSnapshot, r: ReplicaSnapshot, model: str) -> bool:
+    """Whether the replica's engine answers to the model's name now (engines that list no names
+    serve their one model whatever the request names)."""
+    return r.serves is None or p.engine_name(model) in r.serves
 
 
 def _score(
@@ -148,6 +157,8 @@ def _no_capacity(
         kind, message = "invalid", f"no pool can serve model {req.model!r} with these constraints"
     elif not any(r.ready for p in eligible for r in p.replicas):
         kind, message = "unready", f"no ready replica for model {req.model!r}"
+    elif not any(r.ready and _serves(p, r, req.model) for p in eligible for r in p.replicas):
+        kind, message = "unready", f"no ready replica's engine lists model {req.model!r} now"
     else:
         kind, message = "busy", f"every replica serving {req.model!r} is busy"
     return NoCapacity(kind, message, DecisionLog(candidates, tuple(filtered), message, pinned, False))

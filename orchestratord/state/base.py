@@ -97,7 +97,8 @@ class JobRegistry(Protocol):
         self, job_id: str, state: JobState, name: str, data: Mapping[str, Any]
     ) -> LogEvent | None:
         """Move to a terminal state and append the terminal event, once. `end` events get
-        `tokens_out`, `decode_time_ms` and `decode_ms` filled from the record."""
+        `decode_time_ms` and `decode_ms` filled from the record, and `tokens_out` too unless the data
+        carries the engine's count, which then becomes the job's `tokens_out`."""
         ...
 
     async def purge(self, now: float) -> int:

@@ -146,6 +146,8 @@ class MemoryStore:
         self.queue.remove(job_id)
         now = self._wall()
         payload = dict(data)
+        if name == "end" and isinstance(payload.get("tokens_out"), int):
+            job.tokens_out = payload["tokens_out"]  # the engine's count wins over the events counted
         record = job.synced()
         if name == "end":
             decode_ms = 0 if record.started_at is None else round((now - record.started_at) * 1000)

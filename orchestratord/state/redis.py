@@ -36,7 +36,7 @@ from orchestratord.state.shared import ReapAction, Reaped, SharedState
 from pool_manager.leases import LeaseStore
 
 _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
-_END_FIELDS = ("tokens_out", "decode_time_ms", "decode_ms")  # the store fills these in `end` events
+_END_FIELDS = ("decode_time_ms", "decode_ms")  # the store fills these in `end` events
 _RECORD_SKIP = ("job_id", "text")
 RESET_MESSAGE = (
     "the orchestrator replica running this job stopped renewing its lease (it died or lost Redis); retry"
@@ -113,15 +113,18 @@ class RedisStore:
         self, job_id: str, state: JobState, name: str, data: Mapping[str, Any]
     ) -> LogEvent | None:
         payload = dict(data)
+        counted = ""  # the engine's tokens_out, which wins over the token events counted
         if name == "end":
             for field in _END_FIELDS:
                 payload.pop(field, None)
+            tokens_out = payload.pop("tokens_out", None)
+            counted = str(tokens_out) if isinstance(tokens_out, int) else ""
         # Only the replica running a job ends it successfully; anyone may cancel or fail it.
         owner = self.owner if state is JobState.SUCCEEDED else ""
         reply = await self._scripts.run(
             "finish", job_id, state.value, name, _json(payload), repr(self._wall()), self._retention_ms,
             owner, _text(payload.get("stop_reason")), _text(payload.get("code")),
-            _text(payload.get("message")),
+            _text(payload.get("message")), counted,
         )  # fmt: skip
         return None if reply is None else LogEvent(reply[0], name, reply[1])
 

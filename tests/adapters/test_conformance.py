@@ -30,6 +30,7 @@ from tests.fakes.engines.llamacpp import LlamaCppEngine
 from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.engines.server import closed_port_url
 from tests.fakes.engines.tgi import TgiEngine
+from tests.fakes.engines.vllm import MODEL as VLLM_MODEL
 from tests.fakes.engines.vllm import VllmEngine
 from worker_adapters import load_adapter
 from worker_adapters._http import HttpAdapter
@@ -76,8 +77,9 @@ CASES = [
     Case("llamacpp-chat", LlamaCppAdapter, LlamaCppEngine, "/v1/chat/completions", chat=True),
     Case("openai-completions", OpenAIAdapter, LlamaCppEngine, "/v1/completions"),
     Case("openai-chat", OpenAIAdapter, LlamaCppEngine, "/v1/chat/completions", chat=True),
-    Case("vllm", VllmAdapter, VllmEngine, "/v1/completions", eos_token_streamed=True),
-    Case("vllm-chat", VllmAdapter, VllmEngine, "/v1/chat/completions", chat=True, eos_token_streamed=True),
+    Case("vllm", VllmAdapter, VllmEngine, "/v1/completions", eos_token_streamed=True, model=VLLM_MODEL),
+    Case("vllm-chat", VllmAdapter, VllmEngine, "/v1/chat/completions", chat=True, eos_token_streamed=True,
+         model=VLLM_MODEL),
     Case("tgi", TgiAdapter, TgiEngine, "/generate_stream", eos_token_streamed=True),
     # TGI's chat route reports every in-stream failure with http_status_code 422.
     Case("tgi-chat", TgiAdapter, TgiEngine, "/v1/chat/completions", chat=True, eos_token_streamed=True,
@@ -109,7 +111,7 @@ def expected(n: int) -> list[str]:
 
 async def test_streams_every_token_then_max_tokens(case: Case, setup: Any) -> None:
     engine, adapter = setup()
-    events = await collect(adapter, request(chat=case.chat, max_tokens=12))
+    events = await collect(adapter, request(chat=case.chat, model=case.model, max_tokens=12))
     assert texts(events) == expected(12)
     assert finished(events) == Finished("max_tokens", prompt_tokens=7, completion_tokens=12)
     assert engine.record.last(case.path).method == "POST"
@@ -117,7 +119,7 @@ async def test_streams_every_token_then_max_tokens(case: Case, setup: Any) -> No
 
 async def test_eos_ending_and_token_count_match_the_engine(case: Case, setup: Any) -> None:
     _, adapter = setup(eos_after=4)
-    events = await collect(adapter, request(chat=case.chat, max_tokens=12))
+    events = await collect(adapter, request(chat=case.chat, model=case.model, max_tokens=12))
     assert texts(events) == expected(4) + ([""] if case.eos_token_streamed else [])
     end = finished(events)
     assert end.stop_reason == "eos"
@@ -126,7 +128,7 @@ async def test_eos_ending_and_token_count_match_the_engine(case: Case, setup: An
 
 async def test_forwards_the_correlation_id(case: Case, setup: Any) -> None:
     engine, adapter = setup()
-    await collect(adapter, request(chat=case.chat, correlation_id="corr-42"))
+    await collect(adapter, request(chat=case.chat, model=case.model, correlation_id="corr-42"))
     assert engine.record.last(case.path).headers["x-correlation-id"] == "corr-42"
 
 
@@ -140,7 +142,7 @@ async def test_chunking_and_keepalives_do_not_change_the_stream(
         "keepalive": {"keepalive": True},  # a keep-alive comment before every frame
     }
     _, adapter = setup(**behaviours[chunking])
-    events = await collect(adapter, request(chat=case.chat, max_tokens=12))
+    events = await collect(adapter, request(chat=case.chat, model=case.model, max_tokens=12))
     assert texts(events) == expected(12)
     assert finished(events).stop_reason == "max_tokens"
 
@@ -149,7 +151,7 @@ async def test_chunking_and_keepalives_do_not_change_the_stream(
 @pytest.mark.parametrize("case", SSE_CASES, ids=str)
 async def test_crlf_and_cr_line_endings(case: Case, setup: Any, eol: str) -> None:
     _, adapter = setup(eol=eol, split=split_every(1))  # cuts between every \r and \n
-    events = await collect(adapter, request(chat=case.chat, max_tokens=12))
+    events = await collect(adapter, request(chat=case.chat, model=case.model, max_tokens=12))
     assert texts(events) == expected(12)
 
 
@@ -160,7 +162,7 @@ async def test_any_split_points(
 ) -> None:
     engine = case.engine(split=split_at(cuts), eol=eol)
     adapter = make_adapter(case.adapter, serve_fake(engine), model=case.model)
-    events = await collect(adapter, request(chat=case.chat, max_tokens=12))
+    events = await collect(adapter, request(chat=case.chat, model=case.model, max_tokens=12))
     assert texts(events) == expected(12)
     assert finished(events).completion_tokens == 12
 
@@ -168,7 +170,7 @@ async def test_any_split_points(
 async def test_connection_refused_is_unavailable(case: Case, make_adapter: MakeAdapter) -> None:
     adapter = make_adapter(case.adapter, closed_port_url(), model=case.model)
     with pytest.raises(EngineUnavailable) as caught:
-        await collect(adapter, request(chat=case.chat))
+        await collect(adapter, request(chat=case.chat, model=case.model))
     assert caught.value.engine == case.adapter.engine
     assert case.adapter.engine in caught.value.message
 
@@ -183,7 +185,7 @@ async def test_http_error_before_the_stream(
 ) -> None:
     _, adapter = setup(http_status=status, error_message="the engine says no")
     with pytest.raises(error) as caught:
-        await collect(adapter, request(chat=case.chat))
+        await collect(adapter, request(chat=case.chat, model=case.model))
     assert type(caught.value) is error
     assert caught.value.engine == case.adapter.engine
     assert f"HTTP {status}" in caught.value.message
@@ -195,7 +197,9 @@ async def test_in_stream_error_after_some_tokens(case: Case, setup: Any) -> None
     _, adapter = setup(fail_after=3, failure="error", error_message="KV cache exhausted")
     seen: list[Any] = []
     with pytest.raises(AdapterError) as caught:
-        async with aclosing(adapter.submit(request(chat=case.chat, max_tokens=12))) as events:
+        async with aclosing(
+            adapter.submit(request(chat=case.chat, model=case.model, max_tokens=12))
+        ) as events:
             async for event in events:
                 seen.append(event)
     assert type(caught.value) is case.stream_error
@@ -208,7 +212,7 @@ async def test_in_stream_error_after_some_tokens(case: Case, setup: Any) -> None
 async def test_dropped_connection_is_a_reset(case: Case, setup: Any) -> None:
     _, adapter = setup(fail_after=3, failure="drop")
     with pytest.raises(EngineReset) as caught:
-        await collect(adapter, request(chat=case.chat, max_tokens=12))
+        await collect(adapter, request(chat=case.chat, model=case.model, max_tokens=12))
     assert caught.value.engine == case.adapter.engine
     assert "connection broke" in caught.value.message
 
@@ -216,7 +220,7 @@ async def test_dropped_connection_is_a_reset(case: Case, setup: Any) -> None:
 async def test_eof_without_the_terminal_mark_is_a_reset(case: Case, setup: Any) -> None:
     _, adapter = setup(fail_after=3, failure="eof")
     with pytest.raises(EngineReset) as caught:
-        await collect(adapter, request(chat=case.chat, max_tokens=12))
+        await collect(adapter, request(chat=case.chat, model=case.model, max_tokens=12))
     assert "stream ended without" in caught.value.message
     assert case.adapter.engine in caught.value.message
 
@@ -227,7 +231,7 @@ async def test_no_byte_within_the_read_timeout(
     engine = case.engine(header_delay_s=5)
     adapter = make_adapter(case.adapter, serve_fake(engine), model=case.model, read_timeout_s=0.2)
     with pytest.raises(EngineTimeout):
-        await collect(adapter, request(chat=case.chat))
+        await collect(adapter, request(chat=case.chat, model=case.model))
     await wait_for_disconnect(engine.record)
 
 
@@ -235,7 +239,9 @@ async def test_cancel_while_the_consumer_awaits_the_next_token(case: Case, setup
     engine, adapter = setup(token_delay_s=0.3)
     consumer_task = asyncio.current_task()
     assert consumer_task is not None
-    async with aclosing(adapter.submit(request("c1", chat=case.chat, max_tokens=50))) as events:
+    async with aclosing(
+        adapter.submit(request("c1", chat=case.chat, model=case.model, max_tokens=50))
+    ) as events:
         assert isinstance(await anext(events), Token)
         canceled_at = asyncio.get_running_loop().create_future()
 
@@ -255,7 +261,9 @@ async def test_cancel_while_the_consumer_awaits_the_next_token(case: Case, setup
 
 async def test_cancel_between_tokens(case: Case, setup: Any) -> None:
     engine, adapter = setup(token_delay_s=0.3)
-    async with aclosing(adapter.submit(request("c2", chat=case.chat, max_tokens=50))) as events:
+    async with aclosing(
+        adapter.submit(request("c2", chat=case.chat, model=case.model, max_tokens=50))
+    ) as events:
         assert isinstance(await anext(events), Token)
         canceled_at = time.monotonic()
         await adapter.cancel("c2")  # the stream is parked at its yield: the response is closed now
@@ -265,7 +273,7 @@ async def test_cancel_between_tokens(case: Case, setup: Any) -> None:
 
 async def test_closing_the_iterator_closes_the_request(case: Case, setup: Any) -> None:
     engine, adapter = setup(token_delay_s=0.3)
-    events = adapter.submit(request(chat=case.chat, max_tokens=50))
+    events = adapter.submit(request(chat=case.chat, model=case.model, max_tokens=50))
     assert isinstance(await anext(events), Token)
     closed_at = time.monotonic()
     await events.aclose()
@@ -277,7 +285,7 @@ async def test_cancel_before_the_engine_sent_headers(case: Case, setup: Any) -> 
     engine, adapter = setup(header_delay_s=5)  # a queued request: no headers until a slot frees up
 
     async def consume() -> list[Any]:
-        return await collect(adapter, request("c3", chat=case.chat))
+        return await collect(adapter, request("c3", chat=case.chat, model=case.model))
 
     consumer = asyncio.create_task(consume())
     await wait_for_request(engine.record)
@@ -292,7 +300,9 @@ async def test_canceling_the_consumer_task_propagates(case: Case, setup: Any) ->
     first = asyncio.Event()
 
     async def consume() -> None:
-        async with aclosing(adapter.submit(request(chat=case.chat, max_tokens=50))) as events:
+        async with aclosing(
+            adapter.submit(request(chat=case.chat, model=case.model, max_tokens=50))
+        ) as events:
             async for _ in events:
                 first.set()
 
@@ -306,7 +316,7 @@ async def test_canceling_the_consumer_task_propagates(case: Case, setup: Any) ->
 
 async def test_adapter_aclose_ends_streams_in_flight(case: Case, setup: Any) -> None:
     engine, adapter = setup(token_delay_s=0.3)
-    async with aclosing(adapter.submit(request(chat=case.chat, max_tokens=50))) as events:
+    async with aclosing(adapter.submit(request(chat=case.chat, model=case.model, max_tokens=50))) as events:
         assert isinstance(await anext(events), Token)
         await adapter.aclose()
         assert [event async for event in events] == []
@@ -316,7 +326,10 @@ async def test_adapter_aclose_ends_streams_in_flight(case: Case, setup: Any) -> 
 async def test_cancel_of_an_unknown_task_is_a_no_op(case: Case, setup: Any) -> None:
     _, adapter = setup()
     await adapter.cancel("nobody")
-    assert finished(await collect(adapter, request(chat=case.chat))).stop_reason == "max_tokens"
+    assert (
+        finished(await collect(adapter, request(chat=case.chat, model=case.model))).stop_reason
+        == "max_tokens"
+    )
 
 
 async def test_the_registry_builds_it(case: Case) -> None:
@@ -332,7 +345,7 @@ async def test_the_registry_builds_it(case: Case) -> None:
 
 async def test_the_request_is_closed_before_finished_is_handed_over(case: Case, setup: Any) -> None:
     _, adapter = setup()
-    events = adapter.submit(request(chat=case.chat))
+    events = adapter.submit(request(chat=case.chat, model=case.model))
     assert isinstance(await anext(events), Token)
     assert adapter.http.in_flight == 1
     while not isinstance(await anext(events), Finished):
@@ -345,7 +358,7 @@ async def test_a_closed_adapter_refuses_work(case: Case, setup: Any) -> None:
     _, adapter = setup()
     await adapter.aclose()
     with pytest.raises(EngineUnavailable, match="closed"):
-        await collect(adapter, request(chat=case.chat))
+        await collect(adapter, request(chat=case.chat, model=case.model))
     with pytest.raises(EngineUnavailable, match="closed"):
         await adapter.props()
     health = await adapter.health()

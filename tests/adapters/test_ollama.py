@@ -7,14 +7,20 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.engines import harness
 from tests.fakes.engines import ollama as fake
-from tests.fakes.engines.harness import collect, finished, request, texts
+from tests.fakes.engines.harness import collect, finished, texts
 from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.engines.server import closed_port_url
-from worker_adapters.base import EngineInternal, EngineUnavailable, Finished, WorkerProps
+from worker_adapters.base import EngineInternal, EngineUnavailable, Finished, SubmitRequest, WorkerProps
 from worker_adapters.ollama_http import OllamaAdapter
 
 MakeAdapter = Any
+
+
+def request(*args: Any, model: str = "llama3.2", **fields: Any) -> SubmitRequest:
+    """A request for an installed model (the fake answers 404 for another, as Ollama does)."""
+    return harness.request(*args, model=model, **fields)
 
 
 @pytest.fixture
@@ -76,9 +82,9 @@ async def test_busy_is_unavailable(ollama: Any) -> None:
 
 
 async def test_unknown_model_names_the_model(ollama: Any) -> None:
-    _, adapter = ollama(model="mistral")
+    _, adapter = ollama()
     with pytest.raises(EngineInternal, match='model "mistral" not found'):
-        await collect(adapter, request())
+        await collect(adapter, request(model="mistral"))
 
 
 @pytest.mark.parametrize(
@@ -100,4 +106,5 @@ async def test_health_when_down(make_adapter: MakeAdapter) -> None:
 
 async def test_props(ollama: Any) -> None:
     _, adapter = ollama()
-    assert await adapter.props() == WorkerProps(engine_version=fake.VERSION, models=(fake.MODEL,))
+    # a `:latest` model answers to its bare name too
+    assert await adapter.props() == WorkerProps(engine_version=fake.VERSION, models=(fake.MODEL, "llama3.2"))

@@ -194,7 +194,8 @@ def oai(serve_fake: Any, make_adapter: MakeAdapter) -> Any:
 
 async def test_completion_request_body(oai: Any) -> None:
     engine, adapter = oai()
-    await collect(adapter, request(max_tokens=4, seed=1, temperature=0.5, top_p=0.9, stop=("x", "y")))
+    sampling: dict[str, Any] = {"seed": 1, "temperature": 0.5, "top_p": 0.9, "stop": ("x", "y")}
+    await collect(adapter, request(max_tokens=4, model="served-name", **sampling))
     assert engine.record.last("/v1/completions").body == {
         "model": "served-name",
         "prompt": "Say hi",

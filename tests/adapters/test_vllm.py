@@ -30,13 +30,13 @@ async def test_error_event_then_done_is_an_error_not_a_success(vllm: Any) -> Non
         fail_after=2, error_status=400, error_type="BadRequestError", error_message="bad logits"
     )
     with pytest.raises(EngineRejected, match="bad logits") as caught:
-        await collect(adapter, request(chat=True, max_tokens=8))
+        await collect(adapter, request(chat=True, max_tokens=8, model=fake.MODEL))
     assert "400 BadRequestError" in caught.value.message
 
 
 async def test_stop_string_is_a_stop_sequence(vllm: Any) -> None:
     engine, adapter = vllm()
-    events = await collect(adapter, request(max_tokens=20, stop=("ld",)))
+    events = await collect(adapter, request(max_tokens=20, stop=("ld",), model=fake.MODEL))
     assert texts(events) == ["Hello", ",", " wor", ""]
     assert finished(events) == Finished("stop_sequence", prompt_tokens=7, completion_tokens=4)
     assert engine.record.last("/v1/completions").body["stop"] == ["ld"]

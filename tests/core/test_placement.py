@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -181,3 +183,23 @@ def _eligible(p: PoolSnapshot, r: ReplicaSnapshot, request: PlacementRequest) ->
         and r.ready
         and r.slots_free > 0
     )
+
+
+def test_a_replica_is_offered_only_the_models_its_engine_lists_now() -> None:
+    """Engines that serve several models by name (Ollama, vLLM with LoRA adapters) list them; a job goes
+    only to a replica whose engine lists its model (under the pool's engine name), and an engine that
+    lists nothing serves its one model whatever the name."""
+    both = replace(replica("a", free=1), serves=frozenset({"llama", "qwen"}))
+    llama_only = replace(replica("b", free=4), serves=frozenset({"llama"}))
+    p = pool("p", both, llama_only, models=("llama", "qwen"))
+    qwen = decide(req("qwen"), [p])
+    assert isinstance(qwen, Assigned) and qwen.replica_id == "a"
+    assert ("p/b", "its engine does not list 'qwen' now") in qwen.log.filtered
+    llama = decide(req("llama"), [p])
+    assert isinstance(llama, Assigned) and llama.replica_id == "b"  # the less loaded one serves it too
+    nowhere = decide(req("qwen"), [pool("p", llama_only, models=("llama", "qwen"))])
+    assert isinstance(nowhere, NoCapacity) and nowhere.kind == "unready"
+    assert nowhere.message == "no ready replica's engine lists model 'qwen' now"
+    renamed = pool("p", replace(replica("a"), serves=frozenset({"org/Qwen-7B"})), engine_model="org/Qwen-7B")
+    assert isinstance(decide(req("m"), [renamed]), Assigned)  # the pool's engine name is the one looked up
+    assert isinstance(decide(req("m"), [pool("p", replica("a"))]), Assigned)  # lists nothing: serves it

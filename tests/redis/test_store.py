@@ -275,3 +275,15 @@ async def test_a_tokens_logprobs_are_written_as_the_memory_store_writes_them(mak
     memory = MemoryStore(QueuePolicy(capacity=4))
     await memory.create(record("j1"), entry("j1"))
     assert (await memory.append_token("j1", "é", logprobs)) == LogEvent("1", "token", with_them.data)
+
+
+async def test_the_engines_count_in_an_end_becomes_the_jobs_tokens_out(make_store: MakeStore) -> None:
+    store = make_store()
+    await admit(store, "j1")
+    await run_on(store, "j1")
+    for text in ("two tokens", "and two"):
+        await store.append_token("j1", text)
+    end = await store.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos", "tokens_out": 4})
+    assert end is not None and orjson.loads(end.data)["tokens_out"] == 4
+    final = await store.get("j1")
+    assert final is not None and final.tokens_out == 4

@@ -145,13 +145,18 @@ local function release_lease(job)
 end
 
 -- Move a live job to a terminal state and append its terminal event, once. `fields` holds the
--- stop_reason / error_code / error_message to record. Returns the event id, or nil if already ended.
-local function finish_job(job, state, name, data, now, retention_ms, fields)
+-- stop_reason / error_code / error_message to record; `counted`, the engine's tokens_out for an `end`
+-- ('' or nil: the token events counted stand). Returns the event id, or nil if already ended.
+local function finish_job(job, state, name, data, now, retention_ms, fields, counted)
   local h = K('job:' .. job)
   local cur, started_at, tokens, taken, tenant =
     unpack(redis.call('HMGET', h, 'state', 'started_at', 'tokens_out', 'taken', 'tenant'))
   if not cur or terminal(cur) then return nil end
   dequeue(job)
+  if counted and counted ~= '' then
+    tokens = counted
+    redis.call('HSET', h, 'tokens_out', counted)
+  end
   local payload = data
   if name == 'end' then
     local ms = 0

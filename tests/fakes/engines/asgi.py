@@ -50,6 +50,7 @@ class Behaviour:
     piece_delay_s: float = 0.0  # pause between the pieces of one write
     coalesce: bool = False  # send the whole stream in one write (many events per read)
     tool_calls: Sequence[tuple[str, str]] = ()  # (name, arguments JSON): called when a request has tools
+    stream_interval: int = 1  # vLLM's --stream-interval: tokens per chunk (their text joined)
 
 
 @dataclass(frozen=True)

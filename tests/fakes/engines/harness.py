@@ -13,11 +13,14 @@ from tests.fakes.engines.asgi import Record
 from worker_adapters.base import ChatMessage, Finished, SubmitRequest, Token, TokenEvent, WorkerAdapter
 
 
-def request(task_id: str = "t1", *, chat: bool = False, max_tokens: int = 5, **fields: Any) -> SubmitRequest:
+def request(
+    task_id: str = "t1", *, chat: bool = False, max_tokens: int = 5, model: str = "m", **fields: Any
+) -> SubmitRequest:
+    """A request for `model` (the engine's name: what the adapter sends it)."""
     if chat:
         messages = (ChatMessage("system", "Be brief."), ChatMessage("user", "Say hi"))
-        return SubmitRequest(task_id=task_id, model="m", max_tokens=max_tokens, messages=messages, **fields)
-    return SubmitRequest(task_id=task_id, model="m", max_tokens=max_tokens, prompt="Say hi", **fields)
+        return SubmitRequest(task_id=task_id, model=model, max_tokens=max_tokens, messages=messages, **fields)
+    return SubmitRequest(task_id=task_id, model=model, max_tokens=max_tokens, prompt="Say hi", **fields)
 
 
 async def collect(adapter: WorkerAdapter, req: SubmitRequest) -> list[TokenEvent]:

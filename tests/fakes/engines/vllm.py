@@ -64,11 +64,24 @@ def token_logprobs(text: str, i: int, top: int, chat: bool, offset: int) -> dict
     }  # fmt: skip
 
 
+def group_logprobs(group: list[str], first: int, top: int, chat: bool, offset: int) -> dict[str, Any]:
+    """The logprobs of a chunk that carries several tokens: one entry per token, in order."""
+    entries = []
+    for k, text in enumerate(group):
+        entries.append(token_logprobs(text, first + k, top, chat, offset))
+        offset += len(text)
+    if chat:
+        return {"content": [e for entry in entries for e in entry["content"]]}
+    keys = ("text_offset", "token_logprobs", "tokens", "top_logprobs")
+    return {key: [x for entry in entries for x in entry[key]] for key in keys}
+
+
 class VllmEngine(FakeEngine):
     keepalive_frame = b": ping\n\n"  # vLLM itself sends none (issue #47647); a proxy in front may
 
     def __init__(self, **behaviour: Any) -> None:
         super().__init__(**behaviour)
+        self.loras: list[str] = []  # LoRA adapters served beside the base model (`--lora-modules`)
         self.routes = {
             ("GET", "/health"): self.health,
             ("GET", "/version"): self.version,
@@ -91,7 +104,20 @@ class VllmEngine(FakeEngine):
             max_model_len=MAX_MODEL_LEN,
             permission=[{"id": "modelperm-1", "object": "model_permission"}],
         )
-        await exchange.respond(200, compact({"object": "list", "data": [entry]}))
+        loras = [
+            {**entry, "id": name, "root": f"/adapters/{name}", "parent": MODEL, "max_model_len": None}
+            for name in self.loras
+        ]
+        await exchange.respond(200, compact({"object": "list", "data": [entry, *loras]}))
+
+    async def _unknown_model(self, body: dict[str, Any], exchange: Exchange) -> bool:
+        """vLLM answers 404 for a model it does not serve (neither the base nor a LoRA adapter)."""
+        model = body.get("model")
+        if model in (MODEL, *self.loras):
+            return False
+        message = f"The model `{model}` does not exist."
+        await exchange.respond(404, compact(error_object(404, message, "NotFoundError")))
+        return True
 
     async def metrics(self, request: Request, exchange: Exchange) -> None:
         lines = [
@@ -118,6 +144,8 @@ class VllmEngine(FakeEngine):
     async def chat(self, request: Request, exchange: Exchange) -> None:
         if not await self._refused(exchange):
             body = request.json()
+            if await self._unknown_model(body, exchange):
+                return
             if body.get("tools") and self.behaviour.tool_calls:
                 await exchange.stream("text/event-stream; charset=utf-8", self._tool_frames(body))
                 return
@@ -170,6 +198,8 @@ class VllmEngine(FakeEngine):
     async def completion(self, request: Request, exchange: Exchange) -> None:
         if not await self._refused(exchange):
             body = request.json()
+            if await self._unknown_model(body, exchange):
+                return
             script = plan(self.behaviour, body.get("max_tokens", 16), body.get("stop") or [])
             await exchange.stream("text/event-stream; charset=utf-8", self._frames(body, script, chat=False))
 
@@ -190,12 +220,14 @@ class VllmEngine(FakeEngine):
             )
         last = script.count - 1 if script.ending == "length" else None
         top = _top_logprobs(body, chat)
-        offset = 0
-        for i, text in enumerate(script.texts()):
-            choice = self._choice(chat, text, "length" if i == last else None)
+        texts, step = list(script.texts()), b.stream_interval
+        for first in range(0, len(texts), step):
+            group = texts[first : first + step]
+            final = first + len(group) - 1
+            choice = self._choice(chat, "".join(group), "length" if final == last else None)
             if top is not None:
-                choice["logprobs"] = token_logprobs(text, i, top, chat, offset)
-            offset += len(text)
+                offset = sum(map(len, texts[:first]))
+                choice["logprobs"] = group_logprobs(group, first, top, chat, offset)
             yield sse(self._chunk(chat, choice), eol)
         if script.ending == "fail":
             if b.failure == "drop":

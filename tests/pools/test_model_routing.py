@@ -1,0 +1,79 @@
+"""Each job reaches the engine under its own model's name, on pools that serve several models: an
+Ollama with two models installed on one replica and one on the other (a job goes only to a replica
+that has its model), and a vLLM serving a base model and a LoRA adapter. A pool naming one
+`engine_model` for several models is refused at start, with what to do instead."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestratord.settings import ConfigError, load_settings
+from tests.fakes.engines.ollama import OllamaEngine
+from tests.fakes.engines.server import serve
+from tests.fakes.engines.vllm import MODEL as VLLM_MODEL
+from tests.fakes.engines.vllm import VllmEngine
+from tests.fakes.servers import LoopbackServer
+from tests.fakes.sse import read_events
+
+Factory = Callable[..., LoopbackServer]
+
+
+def run(server: LoopbackServer, model: str) -> dict[str, Any]:
+    """One job for `model`, read to its end; its final status."""
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        response = client.post("/v1/tasks", json={"model_ref": model, "prompt": "hi", "max_tokens": 3})
+        assert response.status_code == 202, response.text
+        events = read_events(client, response.json()["sse_url"])
+        assert events[-1].event == "end", events[-1]
+        status: dict[str, Any] = client.get(response.json()["status_url"]).json()
+        return status
+
+
+def models_sent(engine: OllamaEngine | VllmEngine) -> list[str]:
+    return [r.body["model"] for r in engine.record.requests if r.method == "POST"]
+
+
+@pytest.fixture
+def ollamas() -> Iterator[tuple[tuple[OllamaEngine, str], tuple[OllamaEngine, str]]]:
+    both, llama_only = OllamaEngine(), OllamaEngine()
+    both.installed = ["llama3.2:latest", "qwen2.5:latest"]
+    with ExitStack() as stack:
+        yield (both, stack.enter_context(serve(both))), (llama_only, stack.enter_context(serve(llama_only)))
+
+
+def test_each_job_runs_the_model_it_asked_for_on_a_replica_that_has_it(
+    make_server: Factory, ollamas: tuple[tuple[OllamaEngine, str], tuple[OllamaEngine, str]]
+) -> None:
+    (both, url_a), (llama_only, url_b) = ollamas
+    replicas = [{"id": "a", "url": url_a}, {"id": "b", "url": url_b}]
+    pools = [{"id": "o", "engine": "ollama", "models": ["llama3.2", "qwen2.5"], "replicas": replicas}]
+    server = make_server(pools=pools)
+    for _ in range(4):
+        assert run(server, "qwen2.5")["replica_id"] == "a"  # b has no qwen2.5
+        run(server, "llama3.2")
+    assert "qwen2.5" not in models_sent(llama_only)
+    assert models_sent(both).count("qwen2.5") == 4
+    assert models_sent(both).count("llama3.2") + models_sent(llama_only).count("llama3.2") == 4
+
+
+def test_a_lora_adapter_and_its_base_model_each_get_their_own_jobs(make_server: Factory) -> None:
+    engine = VllmEngine()
+    engine.loras = ["sql-lora"]
+    with serve(engine) as url:
+        pools = [{"id": "v", "engine": "vllm", "models": [VLLM_MODEL, "sql-lora"],
+                  "replicas": [{"id": "r0", "url": url}]}]  # fmt: skip
+        server = make_server(pools=pools)
+        run(server, "sql-lora")
+        run(server, VLLM_MODEL)
+    assert models_sent(engine) == ["sql-lora", VLLM_MODEL]
+
+
+def test_one_engine_model_for_several_models_is_refused() -> None:
+    pool = {"id": "p", "engine": "mock", "models": ["a", "b"], "engine_model": "x", "replicas": [{"id": "r"}]}
+    with pytest.raises(ConfigError, match="engine_model names the engine's name for a pool's only model"):
+        load_settings(None, pools=[pool])
