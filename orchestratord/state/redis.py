@@ -231,7 +231,10 @@ class RedisStore:
         return None if stored is None else _entry(stored)
 
     async def expire(self, now: float) -> list[QueueEntry]:
-        return [_entry(stored) for stored in await self._scripts.run("expire", repr(now))]
+        """The expired entries in deadline order, then admission order (as the embedded queue gives
+        them: Redis orders equal deadlines by job id)."""
+        expired = [_entry(stored) for stored in await self._scripts.run("expire", repr(now))]
+        return sorted(expired, key=lambda entry: (entry.deadline or 0.0, entry.seq))
 
     async def settle(self, tenant: str, priority: Priority, estimated: float, actual: float) -> None:
         delta = (actual - estimated) / self.policy.weight(tenant, priority)
