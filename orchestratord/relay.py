@@ -88,6 +88,7 @@ def submit_request(spec: TaskSpec, engine_model: str) -> SubmitRequest:
         tool_choice=spec.tool_choice,
         response_format=spec.response_format,
         logprobs=spec.logprobs,
+        ignore_eos=spec.ignore_eos,
     )
 
 

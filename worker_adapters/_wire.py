@@ -187,13 +187,13 @@ def chat_messages(req: SubmitRequest) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in req.messages]
 
 
-_SAMPLING = ("seed", "temperature", "top_p", "presence_penalty", "frequency_penalty")
+_SAMPLING = ("seed", "temperature", "top_p", "presence_penalty", "frequency_penalty", "ignore_eos")
 
 
 def sampling(req: SubmitRequest) -> dict[str, object]:
-    """The sampling fields the request sets (seed, temperature, top_p, stop, the penalties), under the
-    names the llama.cpp, OpenAI and Ollama dialects share; unset fields are left for the engine's
-    defaults."""
+    """The sampling fields the request sets (seed, temperature, top_p, stop, the penalties, vLLM's and
+    llama.cpp's `ignore_eos`), under the names the llama.cpp, OpenAI and Ollama dialects share; unset
+    fields are left for the engine's defaults."""
     fields: dict[str, object] = {key: value for key in _SAMPLING if (value := getattr(req, key)) is not None}
     if req.stop:
         fields["stop"] = list(req.stop)

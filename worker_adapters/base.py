@@ -50,6 +50,7 @@ class SubmitRequest:
     # Log probabilities: None asks for none; n >= 0 asks for each token's own and the n likeliest
     # alternatives (for the engines that report them; `registry.UNSUPPORTED` lists the others).
     logprobs: int | None = None
+    ignore_eos: bool | None = None  # True: generate to max_tokens past the end-of-sequence token
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,7 +217,8 @@ class MockAdapter:
         self, req: SubmitRequest, text: str, b: MockBehaviour, canceled: asyncio.Event
     ) -> AsyncIterator[TokenEvent]:
         rng = random.Random(_seed_bytes(req, text))
-        limit = req.max_tokens if b.eos_after is None else min(req.max_tokens, b.eos_after)
+        eos_after = None if req.ignore_eos else b.eos_after
+        limit = req.max_tokens if eos_after is None else min(req.max_tokens, eos_after)
         out = ""
         await _wait(canceled, (b.ttft_ms + b.slow_start_ms) / 1000)
         if b.hang:

@@ -24,10 +24,13 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     # TGI's generate parameters have no presence penalty; the native routes of TGI, llama.cpp and
     # Ollama, and the mock, take no OpenAI tools or response formats (only OpenAI-dialect chat does)
     # and report no log probabilities in a shape the adapters read (the OpenAI dialect's only).
-    "tgi": frozenset({"presence_penalty"}) | _NATIVE,
+    # `ignore_eos` is vLLM's and llama.cpp's (and the mock's); OpenAI-compatible servers may drop it
+    # unread (llama-cpp-python does), TGI and Ollama have none.
+    "tgi": frozenset({"presence_penalty", "ignore_eos"}) | _NATIVE,
     "llamacpp": _NATIVE,
-    "ollama": _NATIVE,
+    "ollama": _NATIVE | {"ignore_eos"},
     "mock": _NATIVE,
+    "openai": frozenset({"ignore_eos"}),
 }
 
 

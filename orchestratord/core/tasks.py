@@ -11,6 +11,7 @@ PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 PlacementMode = Literal["pin", "prefer", "auto"]
 ENGINE_PARAMETERS = (
     "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format", "logprobs",
+    "ignore_eos",
 )  # fmt: skip
 
 
@@ -69,6 +70,7 @@ class TaskSpec:
     tool_choice: str | None = None
     response_format: str | None = None
     logprobs: int | None = None  # each token's log probability and this many alternatives
+    ignore_eos: bool | None = None  # True: to max_tokens past the end-of-sequence token (vLLM's)
 
     @property
     def engine_parameters(self) -> tuple[str, ...]:

@@ -31,6 +31,8 @@ class Rendering:
     model: str
     include_usage: bool = False
     logprobs: bool = False  # the request asked for log probabilities
+    continuous_usage: bool = False  # `usage` on every chunk, as counted so far (vLLM's extension)
+    prompt_estimate: int = 0  # the prompt's tokens as orchestratord estimates them
 
     @property
     def id(self) -> str:
@@ -42,20 +44,31 @@ class Rendering:
             "id": self.id, "object": kind, "created": self.created, "model": self.model,
             "system_fingerprint": None, "choices": choices,
         }  # fmt: skip
-        if self.include_usage:
+        if self.include_usage or self.continuous_usage:
             body["usage"] = usage
         return b"data: " + orjson.dumps(body) + b"\n\n"
 
+    def _so_far(self, tokens: int) -> dict[str, Any] | None:
+        """With continuous usage, the counts so far: the token events relayed, and the prompt's
+        estimate (the engine's counts come with the finish)."""
+        if not self.continuous_usage:
+            return None
+        return {
+            "prompt_tokens": self.prompt_estimate, "completion_tokens": tokens,
+            "total_tokens": self.prompt_estimate + tokens, "prompt_tokens_estimated": True,
+        }  # fmt: skip
+
     def first(self) -> bytes:
         """The chat stream's first chunk: the assistant's role (a completion stream has none)."""
-        return self._chunk([_choice_delta({"role": "assistant", "content": ""}, None)])
+        return self._chunk([_choice_delta({"role": "assistant", "content": ""}, None)], self._so_far(0))
 
-    def text(self, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None) -> bytes:
-        """One `token` event's chunk; `logprobs`, the event's own (when the request asked for them)."""
+    def text(self, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None, tokens: int = 0) -> bytes:
+        """One `token` event's chunk; `logprobs`, the event's own (when the request asked for them);
+        `tokens`, how many token events the stream has relayed with this one."""
         rendered = self.render_logprobs(logprobs or ())
         if self.surface == "chat":
-            return self._chunk([_choice_delta({"content": text}, None, rendered)])
-        return self._chunk([_choice_text(text, None, rendered)])
+            return self._chunk([_choice_delta({"content": text}, None, rendered)], self._so_far(tokens))
+        return self._chunk([_choice_text(text, None, rendered)], self._so_far(tokens))
 
     def render_logprobs(self, entries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         """Token events' `logprobs` in this surface's shape; None unless the request asked for them."""
@@ -71,15 +84,16 @@ class Rendering:
             ],
         }
 
-    def tool_call(self, fragment: Mapping[str, Any]) -> bytes:
+    def tool_call(self, fragment: Mapping[str, Any], tokens: int = 0) -> bytes:
         """One fragment of a tool call, as `delta.tool_calls[]` keyed by its index."""
-        return self._chunk([_choice_delta({"tool_calls": [tool_call(fragment)]}, None)])
+        return self._chunk([_choice_delta({"tool_calls": [tool_call(fragment)]}, None)], self._so_far(tokens))
 
     def finish(self, end: Mapping[str, Any]) -> bytes:
         reason = FINISH.get(str(end.get("stop_reason")), "stop")
+        counts = usage(end) if self.continuous_usage else None
         if self.surface == "chat":
-            return self._chunk([_choice_delta({}, reason)])
-        return self._chunk([_choice_text("", reason)])
+            return self._chunk([_choice_delta({}, reason)], counts)
+        return self._chunk([_choice_text("", reason)], counts)
 
     def usage_chunk(self, end: Mapping[str, Any]) -> bytes:
         """`stream_options.include_usage`: the last chunk, with no choices and the job's token counts."""

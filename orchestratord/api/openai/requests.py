@@ -40,6 +40,9 @@ Prompt = (
 class StreamOptions(BaseModel):
     model_config = _STRICT
     include_usage: bool = False
+    # vLLM's extension (benchmark tools such as guidellm send it): `usage` on every chunk, as counted
+    # so far (the prompt's count is orchestratord's estimate until the engine's arrives at the end).
+    continuous_usage_stats: bool = False
 
 
 class ContentPart(BaseModel):
@@ -96,10 +99,18 @@ class _Generation(OpenAIRequest):
     response_format: dict[str, Any] | None = None
     logit_bias: dict[str, float] | None = None
     store: bool | None = None
+    ignore_eos: bool | None = Field(
+        default=None,
+        description="vLLM's extension: generate max_tokens tokens, past the end-of-sequence token.",
+    )
 
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def continuous_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.continuous_usage_stats
 
     def refuse_unsupported(self, *, chat: bool) -> None:
         """InvalidParams naming the first field set that orchestratord does not pass on."""
@@ -131,6 +142,7 @@ class _Generation(OpenAIRequest):
             stop=stop,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
+            ignore_eos=True if self.ignore_eos else None,
             correlation_id=correlation_id,
             **inputs,
         )

@@ -92,8 +92,9 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
         body=lambda: fingerprint(body.model_dump(mode="json")),
     )
     rendering = Rendering(
-        surface, result.job_id, int(time.time()), body.model, body.include_usage, spec.logprobs is not None
-    )
+        surface, result.job_id, int(time.time()), body.model, body.include_usage, spec.logprobs is not None,
+        body.continuous_usage, spec.tokens_in_estimate,
+    )  # fmt: skip
     headers = {"X-Job-Id": result.job_id, **result.headers}
     if body.stream:
         chunks = _stream(services, rendering, services.settings.stream.keepalive_s)
@@ -104,6 +105,7 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
 async def _stream(services: Services, rendering: Rendering, keepalive_s: float) -> AsyncIterator[bytes]:
     """The job's chunks. Until the first one, a keep-alive comment every `keepalive_s`."""
     sent = False
+    relayed = [0]  # token events so far (continuous usage counts them)
     async with tail(services, rendering.job_id) as events:
         while True:
             try:
@@ -118,7 +120,7 @@ async def _stream(services: Services, rendering: Rendering, keepalive_s: float) 
             out: list[bytes] = []
             done = False
             for event in batch:
-                done = _render(rendering, event, out, first=not sent and not out)
+                done = _render(rendering, event, out, first=not sent and not out, relayed=relayed)
                 if done:
                     break
             if out:
@@ -128,8 +130,16 @@ async def _stream(services: Services, rendering: Rendering, keepalive_s: float) 
                 return
 
 
-def _render(rendering: Rendering, event: LogEvent | BaseException, out: list[bytes], *, first: bool) -> bool:
-    """Append the chunks of one event to `out`; True once the stream is over."""
+def _render(
+    rendering: Rendering,
+    event: LogEvent | BaseException,
+    out: list[bytes],
+    *,
+    first: bool,
+    relayed: list[int],
+) -> bool:
+    """Append the chunks of one event to `out`; True once the stream is over. `relayed[0]` counts the
+    token events so far."""
     if isinstance(event, BaseException):  # the state backend went away: the stream cannot go on
         error = openai_error(ErrorKind.STATE_UNAVAILABLE, "the state backend is unreachable; retry")
         out += [error_chunk(error), DONE]
@@ -140,10 +150,11 @@ def _render(rendering: Rendering, event: LogEvent | BaseException, out: list[byt
     if first and rendering.surface == "chat" and event.name != "error":
         out.append(rendering.first())
     if event.name == "token":
-        out.append(rendering.text(data["t"], data.get("logprobs")))
+        relayed[0] = data["i"] + 1
+        out.append(rendering.text(data["t"], data.get("logprobs"), relayed[0]))
         return False
     if event.name == "tool_call":
-        out.append(rendering.tool_call(data))
+        out.append(rendering.tool_call(data, relayed[0]))
         return False
     if event.name == "end":
         out.append(rendering.finish(data))
