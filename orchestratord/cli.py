@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import resource
 import socket
 import sys
 from collections.abc import Sequence
@@ -13,11 +14,11 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from orchestratord.api.protocol import guarded_protocol
+from orchestratord.api.protocol import Connections, GuardedHttpToolsProtocol, guarded_protocol
 from orchestratord.app import create_app
 from orchestratord.logs import configure, get_logger
 from orchestratord.services import Services
-from orchestratord.settings import ConfigError, Settings, load_settings
+from orchestratord.settings import ConfigError, LimitsConfig, Settings, load_settings
 from orchestratord.shutdown import drain_and_stop
 
 log = get_logger(__name__)
@@ -96,6 +97,26 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def connection_caps(limits: LimitsConfig) -> Connections:
+    """The client-connection caps; by default three quarters of the file descriptors this process may
+    open (the rest is for engines, Redis and files), so accepting never fails for want of one."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    derived = 65536 if soft == resource.RLIM_INFINITY else max(8, soft * 3 // 4)
+    total = limits.max_connections or derived
+    return Connections(total=total, per_client=limits.max_connections_per_client or total)
+
+
+def http_protocol(limits: LimitsConfig) -> type[GuardedHttpToolsProtocol]:
+    """The HTTP protocol class with this configuration's deadlines, header limit and caps."""
+    return guarded_protocol(
+        header_timeout_s=limits.header_timeout_s,
+        max_header_bytes=limits.max_header_bytes,
+        body_timeout_s=limits.body_timeout_s,
+        min_body_rate_bytes_s=limits.min_body_rate_bytes_s,
+        connections=connection_caps(limits),
+    )
+
+
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     """uvicorn as we run it: uvloop, and httptools with a header size limit and a header deadline (slow
     or silent clients are cut off), a short keep-alive, and a graceful-shutdown budget beyond our own
@@ -108,9 +129,7 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         loop="uvloop",
-        http=guarded_protocol(
-            header_timeout_s=limits.header_timeout_s, max_header_bytes=limits.max_header_bytes
-        ),
+        http=http_protocol(limits),
         timeout_keep_alive=5,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )

@@ -9,6 +9,8 @@ OrchestratorError
   ├─ Forbidden                (403, FORBIDDEN)
   ├─ NotFound                 (404, NOT_FOUND)
   ├─ MethodNotAllowed         (405, METHOD_NOT_ALLOWED)
+  ├─ RequestTimeout           (408, REQUEST_TIMEOUT, retriable)  a body too slow, or a slow connection
+  │                                                  evicted for another client
   ├─ Conflict                 (409, CONFLICT)
   │    └─ IdempotencyInProgress (409, CONFLICT, retriable)
   ├─ PayloadTooLarge          (413, PAYLOAD_TOO_LARGE)
@@ -58,6 +60,7 @@ class ErrorKind(StrEnum):
     SHUTTING_DOWN = "SHUTTING_DOWN"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
     STATE_UNAVAILABLE = "STATE_UNAVAILABLE"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
 
 
 class OrchestratorError(Exception):
@@ -129,6 +132,14 @@ class NotFound(OrchestratorError):
 class MethodNotAllowed(OrchestratorError):
     kind = ErrorKind.METHOD_NOT_ALLOWED
     http_status = 405
+
+
+class RequestTimeout(OrchestratorError):
+    """The client did not send its request in time (answered by the HTTP protocol, not the app)."""
+
+    kind = ErrorKind.REQUEST_TIMEOUT
+    http_status = 408
+    retriable = True
 
 
 class Conflict(OrchestratorError):

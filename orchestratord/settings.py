@@ -163,6 +163,14 @@ class LimitsConfig(_Strict):
     max_prompt_chars: int = Field(default=1_000_000, ge=1)
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     header_timeout_s: float = Field(default=10.0, gt=0)
+    # A request body must arrive within max(body_timeout_s, its length / min_body_rate_bytes_s).
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    min_body_rate_bytes_s: int = Field(default=4096, ge=1)
+    # Open client connections; None: three quarters of the process's file descriptor limit. At the
+    # cap (or a client address's cap) the connection that has waited longest on its client's bytes
+    # (a head or body not sent yet, an idle keep-alive) is closed for the newcomer.
+    max_connections: int | None = Field(default=None, ge=8)
+    max_connections_per_client: int | None = Field(default=None, ge=1)
 
 
 class RedisConfig(_Strict):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -12,13 +13,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 
-from orchestratord.api.protocol import guarded_protocol
+from orchestratord.cli import http_protocol
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,14 +40,11 @@ class LoopbackServer:
 @contextlib.contextmanager
 def serve_in_thread(app: Any, **config: Any) -> Iterator[LoopbackServer]:
     """An orchestratord app (it carries its settings) runs the HTTP protocol `orchestratord serve`
-    runs, with the same header deadline and size limit; `config` overrides any uvicorn option."""
+    runs, with the same deadlines, header limit and connection caps; `config` overrides any uvicorn
+    option."""
     settings = getattr(getattr(app, "state", None), "settings", None)
     if settings is not None:
-        limits = settings.limits
-        guarded = guarded_protocol(
-            header_timeout_s=limits.header_timeout_s, max_header_bytes=limits.max_header_bytes
-        )
-        config.setdefault("http", guarded)
+        config.setdefault("http", http_protocol(settings.limits))
     cfg = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, **config)
     server = uvicorn.Server(cfg)
     holder: dict[str, Any] = {}
@@ -98,9 +97,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_in_process(
-    *args: str, env: dict[str, str] | None = None, port: int | None = None, log_path: Path | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    log_path: Path | None = None,
+    max_files: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`python -m orchestratord serve --port N ...` as a child process; yields (base_url, process)."""
+    """`python -m orchestratord serve --port N ...` as a child process; yields (base_url, process).
+    `max_files` lowers the child's file-descriptor limit (RLIMIT_NOFILE) before it starts."""
     port = port or free_port()
     child_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
@@ -110,6 +114,7 @@ def serve_in_process(
         stdout=out,
         stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL,
         cwd=REPO,
+        preexec_fn=None if max_files is None else partial(_limit_files, max_files),
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -125,6 +130,10 @@ def serve_in_process(
                 proc.wait()
         if log_path:
             out.close()  # type: ignore[union-attr]
+
+
+def _limit_files(count: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
