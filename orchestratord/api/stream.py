@@ -50,6 +50,15 @@ async def stream_task(
         raise InvalidParams(f"Last-Event-ID {last_event_id!r} is not an event id of this stream")
     if (
         last_event_id is not None
+        and not record.state.terminal
+        and await services.store.beyond(record.job_id, last_event_id)
+    ):
+        raise InvalidParams(
+            f"Last-Event-ID {last_event_id!r} is ahead of this stream's newest event; resume from an id "
+            "this stream sent, or leave the header out to read from the start"
+        )
+    if (
+        last_event_id is not None
         and record.state.terminal
         and await _seen_all(services, record.job_id, last_event_id)
     ):

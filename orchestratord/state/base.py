@@ -124,6 +124,11 @@ class EventLog(Protocol):
 
     def valid_event_id(self, event_id: str) -> bool: ...
 
+    async def beyond(self, job_id: str, event_id: str) -> bool:
+        """Whether `event_id` (a valid one) lies past the newest event of the job's log: no reader of
+        this stream could have received it."""
+        ...
+
 
 class JobQueue(Protocol):
     """The fair queue of admitted jobs (`core.queue` holds its rules)."""

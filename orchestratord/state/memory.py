@@ -265,6 +265,10 @@ class MemoryStore:
     def valid_event_id(self, event_id: str) -> bool:
         return event_id.isascii() and event_id.isdigit() and len(event_id) < 19
 
+    async def beyond(self, job_id: str, event_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        return job is not None and int(event_id) > len(job.events)
+
     # -- the queue -------------------------------------------------------------------------------
     async def take(
         self, can_serve: Callable[[Route], bool], tenant_ok: Callable[[str], bool]

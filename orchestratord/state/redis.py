@@ -210,6 +210,13 @@ class RedisStore:
     def valid_event_id(self, event_id: str) -> bool:
         return _EVENT_ID.fullmatch(event_id) is not None
 
+    async def beyond(self, job_id: str, event_id: str) -> bool:
+        async with reachable():
+            newest: Any = await self._reader.xrevrange(self._key(f"log:{job_id}"), count=1)
+        if not newest:
+            return True  # an empty log: no id is one of its events
+        return _stream_order(event_id) > _stream_order(str(newest[0][0]))
+
     # -- the queue -------------------------------------------------------------------------------
     async def take(
         self, can_serve: Callable[[Route], bool], tenant_ok: Callable[[str], bool]
@@ -300,6 +307,12 @@ class RedisStore:
     @property
     def _ttl_ms(self) -> int:
         return max(1, round(self.options.lease_ttl_s * 1000))
+
+
+def _stream_order(event_id: str) -> tuple[int, int]:
+    """A Redis stream id (`<ms>-<seq>`) as the pair it orders by."""
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq)
 
 
 def _json(value: Any) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.api.helpers import state_of, submit, wait_for
+from tests.api.helpers import HANG, state_of, submit, wait_for
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
 
@@ -118,3 +118,16 @@ def test_a_reconnect_after_the_terminal_event_is_told_to_stop(client: httpx.Clie
     assert again.status_code == 204 and again.content == b""
     one_before = client.get(job["sse_url"], headers={"Last-Event-ID": events[-2].id or ""})
     assert one_before.status_code == 200 and "event: end" in one_before.text  # not everything seen yet
+
+
+def test_a_last_event_id_ahead_of_a_running_stream_is_refused(client: httpx.Client) -> None:
+    """An id this stream has not sent yet could only skip events silently: 400, naming the header.
+    The newest id it did send resumes as usual."""
+    job = submit(client, prompt=HANG, max_tokens=3)
+    head = read_events(client, job["sse_url"], stop_after=1)  # `started`: the log has one event
+    ahead = client.get(job["sse_url"], headers={"Last-Event-ID": "999"})
+    assert ahead.status_code == 400 and ahead.json()["code"] == "INVALID_PARAMS"
+    assert "ahead of this stream's newest event" in ahead.json()["message"]
+    with client.stream("GET", job["sse_url"], headers={"Last-Event-ID": head[-1].id or ""}) as resumed:
+        assert resumed.status_code == 200
+    assert client.post(f"/v1/tasks/{job['job_id']}/cancel").status_code == 204

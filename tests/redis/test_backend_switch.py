@@ -12,6 +12,7 @@ from orchestratord.app import build_store
 from orchestratord.settings import ConfigError, load_settings, redact_url
 from orchestratord.state.memory import MemoryStore
 from orchestratord.state.redis import RedisStore
+from tests.api.helpers import HANG
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
 from tests.redis.conftest import RedisServer, prefix
@@ -73,5 +74,11 @@ def test_the_api_is_the_same_on_redis(
         assert resumed == events[2:]
         finished = client.get(job["sse_url"], headers={"Last-Event-ID": events[-1].id or ""})
         assert finished.status_code == 204  # seen everything of an ended job: EventSource stops
+        hanging = client.post("/v1/tasks", json={"model_ref": "mock", "prompt": HANG, "max_tokens": 2}).json()
+        started = read_events(client, hanging["sse_url"], stop_after=1)[-1].id or ""
+        an_hour_on = f"{int(started.split('-')[0]) + 3_600_000}-0"  # a valid id, past every event
+        ahead = client.get(hanging["sse_url"], headers={"Last-Event-ID": an_hour_on})
+        assert ahead.status_code == 400 and "ahead of this stream's newest event" in ahead.json()["message"]
+        assert client.post(f"/v1/tasks/{hanging['job_id']}/cancel").status_code == 204
         ready = client.get("/readyz").json()
         assert ready["checks"]["state_backend"] is True
