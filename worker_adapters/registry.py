@@ -34,8 +34,18 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
 }
 
 
+# The largest seed an engine takes as given. llama.cpp's seed is a 32-bit unsigned integer whose
+# largest value means "random": a larger seed would be cut to 32 bits there and mean something else
+# than on the other engines, so a job with one is refused where only such engines serve its model.
+SEED_LIMITS: dict[str, int] = {"llamacpp": 2**32 - 2}
+
+
 def honours(engine: str, parameter: str) -> bool:
     return parameter not in UNSUPPORTED.get(engine, frozenset())
+
+
+def takes_seed(engine: str, seed: int) -> bool:
+    return seed <= SEED_LIMITS.get(engine, 2**63 - 1)
 
 
 def load_adapter(config: AdapterConfig) -> WorkerAdapter:

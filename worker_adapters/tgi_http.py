@@ -115,8 +115,11 @@ class TgiAdapter(HttpAdapter):
         ctx_max = as_int(info.get("max_total_tokens"))
         if ctx_max is None:
             ctx_max = as_int(info.get("max_input_tokens")) or as_int(info.get("max_input_length"))
-        return WorkerProps(  # no `models`: TGI serves its one model whatever a request names
-            slots=as_int(info.get("max_concurrent_requests")),
+        # No `models`: TGI serves its one model whatever a request names. No `slots` either: its
+        # `max_concurrent_requests` is the router's admission limit (128 by default), not how many
+        # requests it decodes at once; taking it would move work from our fair queue into TGI's own.
+        # The pool's configured `slots` stand.
+        return WorkerProps(
             ctx_max=ctx_max,
             engine_version=as_str(info.get("version")),
         )

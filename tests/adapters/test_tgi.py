@@ -107,14 +107,15 @@ async def test_health(tgi: Any) -> None:
 
 async def test_props_from_info(tgi: Any) -> None:
     engine, adapter = tgi()
-    assert await adapter.props() == WorkerProps(slots=128, ctx_max=8192, engine_version=fake.VERSION)
+    # no slots from max_concurrent_requests (an admission limit): the pool's configured slots stand
+    assert await adapter.props() == WorkerProps(ctx_max=8192, engine_version=fake.VERSION)
     engine.info_body = {
         "model_id": "old",
         "max_concurrent_requests": 16,
         "max_input_length": 1024,
         "version": "1.4.5",
     }
-    assert await adapter.props() == WorkerProps(slots=16, ctx_max=1024, engine_version="1.4.5")
+    assert await adapter.props() == WorkerProps(ctx_max=1024, engine_version="1.4.5")
 
 
 async def test_chat_uses_the_messages_route(tgi: Any) -> None:

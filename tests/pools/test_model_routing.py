@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from orchestratord.settings import ConfigError, load_settings
+from tests.fakes.engines.llamacpp import MODEL as LLAMA_MODEL
+from tests.fakes.engines.llamacpp import LlamaCppEngine
 from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.engines.server import serve
 from tests.fakes.engines.vllm import MODEL as VLLM_MODEL
@@ -77,3 +79,29 @@ def test_one_engine_model_for_several_models_is_refused() -> None:
     pool = {"id": "p", "engine": "mock", "models": ["a", "b"], "engine_model": "x", "replicas": [{"id": "r"}]}
     with pytest.raises(ConfigError, match="engine_model names the engine's name for a pool's only model"):
         load_settings(None, pools=[pool])
+
+
+def test_a_seed_llama_cpp_cannot_take_as_given_is_refused_or_routed_elsewhere(make_server: Factory) -> None:
+    """llama.cpp's seed is 32 bits (its largest value meaning "random"): a larger seed would mean
+    something else there than on other engines, so it goes to a pool that takes it, or is refused."""
+    engine = LlamaCppEngine()
+    with serve(engine) as url:
+        llama = {"engine": "llamacpp", "engine_model": LLAMA_MODEL, "replicas": [{"id": "r0", "url": url}]}
+        pools = [
+            {"id": "llama", "models": ["qwen"], **llama},
+            {"id": "both-llama", "models": ["tiny"], **llama},
+            {"id": "both-mock", "engine": "mock", "models": ["tiny"], "replicas": [{"id": "r0"}]},
+        ]
+        server = make_server(pools=pools)
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:
+            body = {"prompt": "hi", "max_tokens": 2, "seed": 2**63 - 1}
+            refused = client.post("/v1/tasks", json={"model_ref": "qwen", **body})
+            assert refused.status_code == 400 and refused.json()["code"] == "INVALID_PARAMS"
+            assert "seed 9223372036854775807 is larger" in refused.json()["message"]
+            assert "at most 4294967294" in refused.json()["message"]
+            routed = client.post("/v1/tasks", json={"model_ref": "tiny", **body}).json()
+            assert read_events(client, routed["sse_url"])[-1].event == "end"
+            assert client.get(routed["status_url"]).json()["pool_id"] == "both-mock"
+            small = client.post("/v1/tasks", json={"model_ref": "qwen", **body, "seed": 2**32 - 2}).json()
+            assert read_events(client, small["sse_url"])[-1].event == "end"
+    assert engine.record.last("/completion").body["seed"] == 2**32 - 2
