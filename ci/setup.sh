@@ -32,6 +32,14 @@ if ! command -v promtool >/dev/null; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# Chromium runs the browser tests (tests/browser, through Playwright with this executable); only when
+# missing. Playwright's own browser download is not used (it fails on machines without the internet).
+if ! command -v chromium >/dev/null; then
+  sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+
 # redis-server runs the Redis backend's tests (tests/redis starts its own on a free port); only when missing.
 if ! command -v redis-server >/dev/null; then
   sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
