@@ -72,8 +72,15 @@ class CatalogEntry:
 
 
 class Catalog:
-    def __init__(self, directory: str | Path, *, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        artifacts_dir: str | Path | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.path = Path(directory) / "catalog.sqlite3"
+        self.artifacts_dir = None if artifacts_dir is None else Path(artifacts_dir)
         self._wall = wall
         self._entries: dict[str, CatalogEntry] = {}
         self._db: sqlite3.Connection | None = None
@@ -142,10 +149,11 @@ class Catalog:
         entry = self.get(model_id)
         path = local_path(entry.source)
         try:
-            observed = await asyncio.to_thread(sha256_file, path)
-        except OSError as exc:
-            raise InvalidParams(
-                f"cannot read the artifact of {model_id!r} at {str(path)!r}: {exc.strerror}"
+            observed = await asyncio.to_thread(self._hash_artifact, model_id, path)
+        except OSError as exc:  # the file is not what the server has: its state, not the request
+            raise Conflict(
+                f"cannot read the artifact of {model_id!r} at {str(path)!r} ({exc.strerror}); put the "
+                "file there, or DELETE the entry and register it with the right source"
             ) from None
         except ValueError as exc:  # a NUL: no file system can name it
             raise InvalidParams(
@@ -157,6 +165,23 @@ class Catalog:
         verified = replace(entry, trust=trust, observed_digest=observed, verified_at=now, updated_at=now)
         await self._save(verified)
         return verified
+
+    def _hash_artifact(self, model_id: str, path: Path) -> str:
+        """The file's digest, read only under `artifacts_dir` (symlinks resolved first, so a link
+        cannot lead out of it); Conflict for a file elsewhere, or when no directory is configured."""
+        resolved = path.resolve()  # ValueError for a NUL: the source itself is malformed
+        if self.artifacts_dir is None:
+            raise Conflict(
+                "verify reads artifacts only under catalog.artifacts_dir, which is not configured; set "
+                "it to the directory that holds the model files"
+            )
+        root = self.artifacts_dir.resolve()
+        if not resolved.is_relative_to(root):
+            raise Conflict(
+                f"the artifact of {model_id!r} at {str(path)!r} is outside catalog.artifacts_dir "
+                f"({str(root)!r}); verify reads only files under it"
+            )
+        return sha256_file(path)
 
     async def _save(self, entry: CatalogEntry) -> None:
         await self._write(

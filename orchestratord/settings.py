@@ -276,6 +276,8 @@ def _default_state_dir() -> str:
 
 class CatalogConfig(_Strict):
     dir: str = Field(default_factory=_default_state_dir, min_length=1)  # holds catalog.sqlite3
+    # The only directory verify reads artifacts from (symlinks resolved); unset: verify reads none.
+    artifacts_dir: str | None = Field(default=None, min_length=1)
 
 
 def is_loopback(host: str) -> bool:

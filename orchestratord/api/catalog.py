@@ -114,7 +114,7 @@ async def delete_model(model_id: ModelId, services: ServicesDep) -> Response:
 @router.post(
     "/v1/catalog/models/{model_id}/verify",
     response_model=CatalogModel,
-    responses=errors_for(400, 404),
+    responses=errors_for(400, 404, 409),
     operation_id="verifyCatalogModel",
 )
 async def verify_model(model_id: ModelId, services: ServicesDep) -> CatalogModel:

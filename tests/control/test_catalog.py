@@ -90,7 +90,7 @@ def test_verify_hashes_the_artifact_and_a_mismatch_is_untrusted(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:
     path, digest = _artifact(tmp_path)
-    server = make_server()
+    server = make_server(catalog={"dir": str(tmp_path / "state"), "artifacts_dir": str(tmp_path)})
     with client(server) as c:
         _register(c, digest=digest, source=path.as_uri())
         verified = c.post("/v1/catalog/models/mock/verify").json()
@@ -114,19 +114,37 @@ def test_verify_hashes_the_artifact_and_a_mismatch_is_untrusted(
 def test_verify_needs_a_readable_local_file_and_changes_nothing_otherwise(
     make_server: ServerFactory, tmp_path: Path
 ) -> None:
-    server = make_server()
+    """A source that is no local path is the request's fault (400); a file the server does not have,
+    or has outside the artifacts directory (directly or through a symlink), is the server's state
+    (409). Nothing outside `catalog.artifacts_dir` is ever read."""
+    root = tmp_path / "models"
+    root.mkdir()
+    outside, _ = _artifact(tmp_path)
+    (root / "link.gguf").symlink_to(outside)
+    server = make_server(catalog={"dir": str(tmp_path / "state"), "artifacts_dir": str(root)})
     with client(server) as c:
         _register(c, id="remote", source="hf://org/model/model.gguf")
-        _register(c, id="missing", source=str(tmp_path / "nope.gguf"))
-        assert (
-            "not a local file"
-            in assert_envelope(c.post("/v1/catalog/models/remote/verify"), 400, "INVALID_PARAMS")["message"]
-        )
-        assert (
-            "cannot read"
-            in assert_envelope(c.post("/v1/catalog/models/missing/verify"), 400, "INVALID_PARAMS")["message"]
-        )
+        _register(c, id="missing", source=str(root / "nope.gguf"))
+        _register(c, id="outside", source=str(outside))
+        _register(c, id="linked", source=str(root / "link.gguf"))
+        _register(c, id="dotdot", source=str(root / ".." / "model.gguf"))
+        verify = lambda model: c.post(f"/v1/catalog/models/{model}/verify")  # noqa: E731
+        assert "not a local file" in assert_envelope(verify("remote"), 400, "INVALID_PARAMS")["message"]
+        assert "cannot read" in assert_envelope(verify("missing"), 409, "CONFLICT")["message"]
+        for model in ("outside", "linked", "dotdot"):
+            assert (
+                "outside catalog.artifacts_dir" in assert_envelope(verify(model), 409, "CONFLICT")["message"]
+            )
         assert {m["trust"] for m in c.get("/v1/catalog/models").json()["models"]} == {"unverified"}
+
+
+def test_without_an_artifacts_dir_verify_reads_nothing(make_server: ServerFactory, tmp_path: Path) -> None:
+    path, digest = _artifact(tmp_path)
+    server = make_server()
+    with client(server) as c:
+        _register(c, digest=digest, source=str(path))
+        refused = assert_envelope(c.post("/v1/catalog/models/mock/verify"), 409, "CONFLICT")
+        assert "catalog.artifacts_dir, which is not configured" in refused["message"]
 
 
 def test_deprecated_needs_override_for_new_sessions_and_retired_is_unavailable(
