@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -23,7 +23,7 @@ from orchestratord.housekeeping import Housekeeper
 from orchestratord.idempotency import Idempotency
 from orchestratord.jobs import JobControl
 from orchestratord.logs import get_logger
-from orchestratord.metrics import Metrics
+from orchestratord.metrics import Metrics, hashed_tenant
 from orchestratord.outlook import Outlook
 from orchestratord.placing import Placer
 from orchestratord.pool_ops import PoolOps
@@ -90,10 +90,18 @@ def build_store(settings: Settings) -> StateStore:
     return MemoryStore(queue_policy(settings), retention_s=settings.stream.retention_s)
 
 
+def tenant_label(settings: Settings) -> Callable[[str], str]:
+    """Tenant names appear in metric labels as they are only where /metrics is as protected as the
+    rest of the API (it needs a key, or there are no keys at all); an open /metrics beside keyed
+    tenants gets their hashes instead (`metrics.hashed_tenant`)."""
+    keyed = bool(settings.auth.keys)
+    return hashed_tenant if keyed and "/metrics" in settings.auth.open_paths else str
+
+
 def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     store = build_store(settings)
     registry = PoolRegistry(settings.pool_specs(), leases=store.leases)
-    metrics = Metrics()
+    metrics = Metrics(tenant_label=tenant_label(settings))
     control = build_control_plane(settings, store)
     runs = Runs()
     outlook = Outlook(registry, runs)

@@ -8,6 +8,7 @@ at scrape time over a sliding window of recent dispatches.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -36,8 +37,10 @@ class Metrics:
         *,
         window_s: float = WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
+        tenant_label: Callable[[str], str] = str,
     ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._tenant_label = tenant_label  # what a tenant's name becomes in a label (`hashed_tenant`)
         r = self.registry
         self.tasks_enqueued = Counter(
             "tasks_enqueued_total", "Jobs admitted to the queue.", (*REPLICA, "priority"), registry=r
@@ -87,7 +90,7 @@ class Metrics:
 
     def started(self, tenant: str, priority: str, deadline_met: bool | None) -> None:
         """A job got its first slot; `deadline_met` is None for a job without a deadline."""
-        self.dispatches.add(tenant, priority, deadline_met)
+        self.dispatches.add(self._tenant_label(tenant), priority, deadline_met)
 
     def deadline_missed(self, priority: str) -> None:
         """A job's deadline passed while it waited in the queue."""
@@ -98,6 +101,12 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(_WithoutCreated(self.registry))
+
+
+def hashed_tenant(tenant: str) -> str:
+    """A tenant's label where anyone may read /metrics: `t-` and the first 12 hex digits of the name's
+    SHA-256, stable across restarts and replicas, so an operator who knows the names can map them."""
+    return "t-" + hashlib.sha256(tenant.encode()).hexdigest()[:12]
 
 
 class DispatchWindow(Collector):
