@@ -11,6 +11,7 @@ retriable WORKER_RESET, or queues it again if it had sent no token yet.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import re
@@ -68,7 +69,7 @@ class RedisStore:
         )
         self._client = connect(url, self.options)
         self._reader = connect(url, self.options, blocking=True)
-        self._scripts = Scripts(self._client, self.options.key_prefix)
+        self._scripts = Scripts(self._client, self.options.key_prefix, self.options.timeout_s)
         self._signals = Signals(self._reader, self.options.key_prefix)
         self._documents = Documents(self._client, self.options.key_prefix)
         self.leases: LeaseStore = RedisLeases(self._scripts, self.options.lease_ttl_s)
@@ -294,7 +295,7 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            async with reachable():
+            async with reachable(), asyncio.timeout(self.options.timeout_s):
                 return bool(await self._client.ping())
         except (StateUnavailable, RedisError):  # a health probe reports, it never raises
             return False

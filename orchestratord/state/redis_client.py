@@ -4,6 +4,7 @@ redis-py error and nothing waits longer than `timeout_s`."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ SCRIPTS = (
     "position", "reap", "requeue", "readers", "purge", "lease_acquire", "lease_release", "lease_held",
     "renew", "rate", "lead", "idem_remember", "idem_forget",
 )  # fmt: skip
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)  # OSError: TimeoutError too
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,26 +81,29 @@ def connect(url: str, options: RedisOptions, *, blocking: bool = False) -> aiore
 class Scripts:
     """The Lua scripts (orchestratord/state/lua), each prefixed with common.lua, called by name."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, timeout_s: float = 2.0) -> None:
         common = _source("common")
         self.client = client
         self.prefix = prefix
+        # Each call's whole budget, its reconnect attempt included: an unreachable Redis is answered
+        # (StateUnavailable, 503) within `redis.timeout_s`, as documented, not after two timeouts.
+        self.timeout_s = timeout_s
         self._scripts = {name: client.register_script(f"{common}\n{_source(name)}") for name in SCRIPTS}
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
     async def run(self, name: str, *args: str | int | float) -> Any:
-        async with reachable():
+        async with reachable(), asyncio.timeout(self.timeout_s):
             return await self._scripts[name](args=[self.prefix, *args])
 
     async def call(self, *command: str | int | float) -> Any:
-        async with reachable():
+        async with reachable(), asyncio.timeout(self.timeout_s):
             return await cast(Any, self.client).execute_command(*command)
 
     async def pipeline(self, commands: Sequence[Sequence[str | int | float]]) -> list[Any]:
         """Several commands in one round trip, as one transaction."""
-        async with reachable():
+        async with reachable(), asyncio.timeout(self.timeout_s):
             pipe: Any = self.client.pipeline(transaction=True)
             for command in commands:
                 pipe.execute_command(*command)
