@@ -15,13 +15,16 @@ from bench.procs import REPO
 from bench.results import RESULTS, Context, save
 
 SCENARIOS = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile")
+# Run only by name: it installs guidellm (torch and all, about 1.5 GB) on first use, and it compares load
+# generators rather than measuring a target of its own.
+APART = ("guidellm",)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description="orchestratord benchmarks")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run scenarios, write results and the summary")
-    run.add_argument("--scenario", default="all", choices=("all", *SCENARIOS))
+    run.add_argument("--scenario", default="all", choices=("all", *SCENARIOS, *APART))
     run.add_argument(
         "--scale",
         default="full",

@@ -1,7 +1,8 @@
 """The processes under test: the fake engine and orchestratord, each a child on a free loopback port.
 
 orchestratord runs exactly as operators run it (``python -m orchestratord serve --config FILE``) with one
-pool of the ``openai`` engine pointing at the fake engine. Both children are always stopped on exit.
+pool pointing at the fake engine: of the ``openai`` engine, unless a scenario overrides the pool's fields
+(``OrchestratorSpec.pool``). Both children are always stopped on exit.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class OrchestratorSpec:
     slots: int = 1024
     queue_capacity: int = 1024
     max_tokens: int = 200_000
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # top-level config fields
+    pool: dict[str, Any] = field(default_factory=dict)  # the pool's fields (e.g. "engine": "vllm")
 
     def config(self, port: int, engine_url: str) -> dict[str, Any]:
         pool = {
@@ -58,6 +60,7 @@ class OrchestratorSpec:
             "api": "completion",
             "read_timeout_s": 120.0,
             "options": {"max_connections": max(256, self.slots * 2)},
+            **self.pool,
         }
         config: dict[str, Any] = {
             "host": "127.0.0.1",

@@ -12,7 +12,7 @@ from typing import Any
 from bench.report_plots import plot_throughput, plot_ttft
 from bench.results import latest
 
-ORDER = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile")
+ORDER = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile", "guidellm")
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -350,6 +350,60 @@ def profile_section(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def _p50_p99(d: dict[str, Any] | None) -> str:
+    return "-" if d is None else f"{fmt(d['p50'], 2)} / {fmt(d['p99'], 2)}"
+
+
+def _guidellm_row(r: dict[str, Any]) -> list[Any]:
+    cpu = r["cpu"]
+    return [
+        r["rate_offered"], r["tool"], r["target"], f"`{r['surface']}`", r["requests_per_s"],
+        f"{r['completed']}/{r['requests']}", r["errors"], _p50_p99(r["ttft_ms"]),
+        _p50_p99(r.get("added_ttft_ms")), fmt(r["itl_ms"]["p50"], 2), r["output_tokens_per_s"],
+        r["request_latency_ms"]["p50"], fmt(cpu["orch_cpu_ms_per_job"], 2), fmt(cpu["orch_cpu_cores"], 2),
+        fmt(cpu["loadgen_cpu_cores"], 2), fmt(cpu["other_cpu_cores"], 2),
+    ]  # fmt: skip
+
+
+def guidellm_section(doc: dict[str, Any]) -> list[str]:
+    stock, e, load = doc["stock_guidellm"], doc["engine"], doc["config"]["load"]
+    rows = [_guidellm_row(r) for r in doc["rows"]]
+    pool = doc["config"]["pool"]
+    sent = "; ".join(
+        f"`{route}`: {', '.join(f'`{f}`' for f in fields)}" for route, fields in stock["fields_sent"].items()
+    )
+    ran = (
+        f"guidellm ran as shipped (`{stock['command']}`, nothing patched). The fields of the request bodies "
+        f"it sent through orchestratord: {sent}. orchestratord's pool here is of the `{pool['engine']}` "
+        f"engine with `api: {pool['api']}` (the fake engine speaks vLLM's dialect), so it takes vLLM's "
+        "`ignore_eos` and `stream_options.continuous_usage_stats`; the other scenarios' pools are of the "
+        "`openai` engine."
+    )
+    head = ["rate offered (req/s)", "tool", "target", "surface", "req/s", "complete", "errors",
+            "TTFT p50 / p99 ms", "added TTFT p50 / p99 ms", "ITL p50 ms", "output tokens/s",
+            "latency p50 ms", "orch CPU ms/job", "orch CPU (cores)", "load generator CPU (cores)",
+            "other work CPU (cores)"]  # fmt: skip
+    return [
+        "## 7. guidellm beside our load generator",
+        "",
+        doc["description"],
+        "",
+        f"Engine: TTFT {e['ttft_ms']} ms, a token every {e['interval_ms']} ms, {e['tokens_per_response']} "
+        f"tokens; {fmt(load['seconds'])} s per rate, tool and surface; guidellm with "
+        f"{load['guidellm_workers']} worker process{'es' if load['guidellm_workers'] != 1 else ''} and a "
+        f"`max_concurrency` of "
+        f"{load['guidellm_max_concurrency']}. Revision measured: {_revision(doc['revision'])}. " + ran,
+        "",
+        *table(head, rows),
+        "Added TTFT: the tool's TTFT through orchestratord less its own TTFT straight to the engine, at the "
+        "same rate and on the same route (`/v1/completions` for `/v1/tasks`). ITL: (last token - first "
+        "token) / (tokens - 1) per request (ours stops at the stream's end). CPU: from the first request "
+        "sent to the last one ended; orchestratord's per completed request; the load generator's with all "
+        "its processes; other work is the rest of the machine's.",
+        "",
+    ]
+
+
 SECTIONS = {
     "ttft": ttft_section,
     "jobs": jobs_section,
@@ -358,6 +412,7 @@ SECTIONS = {
     "overload": overload_section,
     "prediction": prediction_section,
     "profile": profile_section,
+    "guidellm": guidellm_section,
 }
 
 

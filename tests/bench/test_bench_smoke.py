@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,41 @@ def test_profile_has_samples_of_the_orchestrator(results: dict[str, Any]) -> Non
         shares = dict(profile["self_by_package_pct"])
         assert 99 <= sum(shares.values()) <= 101
         assert (results["_dir"] / profile["stacks_file"]).exists()
+
+
+def test_guidellm_runs_only_by_name() -> None:
+    """`all` (and so this smoke run) leaves out the scenario that installs guidellm's 1.5 GB toolchain."""
+    from bench.__main__ import SCENARIOS, build_parser
+
+    assert "guidellm" not in SCENARIOS
+    assert build_parser().parse_args(["run", "--scenario", "guidellm"]).scenario == "guidellm"
+
+
+def test_guidellm_pool_takes_its_vllm_fields_and_chat(tmp_path: Path) -> None:
+    """The guidellm scenario's pool (`vllm` engine, `api: auto`) in front of the fake engine, without
+    guidellm: a completion and a chat completion with guidellm's vLLM fields, 50 tokens each."""
+    from bench.procs import MODEL, EngineSpec, OrchestratorSpec, running
+    from bench.scenarios.guidellm import POOL
+
+    vllm = {"ignore_eos": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    hi = [{"role": "user", "content": "hi"}]
+    asks = {
+        "/v1/completions": {"prompt": "hi", "max_tokens": 50},
+        "/v1/chat/completions": {"messages": hi, "max_completion_tokens": 50},
+    }
+    orch = OrchestratorSpec(slots=8, queue_capacity=8, pool=POOL)
+    with running(EngineSpec(), orch, tmp_path / "procs") as (_, orc):
+        for path, ask in asks.items():
+            body = json.dumps({"model": MODEL, "stream": True, **vllm, **ask}).encode()
+            request = urllib.request.Request(orc.base_url + path, body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                lines = answer.read().decode().splitlines()
+            frames = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+            choices = [c for f in frames for c in f["choices"]]
+            texts = [c.get("text") if "text" in c else c["delta"].get("content") for c in choices]
+            assert sum(1 for t in texts if t) == 50, path
+            assert frames[-1]["usage"]["completion_tokens"] == 50, path
+            assert "data: [DONE]" in lines, path
 
 
 def test_summary_and_plots_are_written(results: dict[str, Any]) -> None:
