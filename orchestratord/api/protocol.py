@@ -266,6 +266,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             b"content-type: application/json",
             b"content-length: %d" % len(body),
             b"x-correlation-id: " + str(uuid.uuid4()).encode(),
+            b"x-should-retry: " + (b"true" if exc.retriable else b"false"),
             b"connection: close",
         ]
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)

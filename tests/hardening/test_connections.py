@@ -92,6 +92,7 @@ def assert_envelope(status: int, headers: dict[str, str], body: bytes, expected:
     assert "x-correlation-id" in headers
     envelope = json.loads(body)
     assert envelope["code"] == code and envelope["retriable"] is False and envelope["message"]
+    assert headers["x-should-retry"] == "false"  # as on every other error
 
 
 @pytest.mark.parametrize(

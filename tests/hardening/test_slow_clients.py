@@ -37,6 +37,8 @@ def post_head(length: int) -> bytes:
 
 
 def response_of(sock: socket.socket) -> tuple[int, dict[str, object]]:
+    """The status and JSON body of the one response the server sends (its head checked for
+    `x-should-retry`, which every error carries)."""
     raw = b""
     while chunk := sock.recv(65536):
         raw += chunk
@@ -44,7 +46,9 @@ def response_of(sock: socket.socket) -> tuple[int, dict[str, object]]:
         if sep and b"content-length" in head.lower():
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             if len(body) >= length:
-                return int(head.split()[1]), json.loads(body[:length])
+                status = int(head.split()[1])
+                assert status < 400 or b"x-should-retry: " in head.lower(), head
+                return status, json.loads(body[:length])
     raise AssertionError(f"closed without a whole response: {raw!r}")
 
 
