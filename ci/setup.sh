@@ -3,9 +3,11 @@
 #
 #   bash ci/setup.sh service                 the service only (`pip install -e .`): what ci/run.sh needs
 #   bash ci/setup.sh test [--with-engine]    the service with its dev and bench extras, and the tools the
-#                                            test suite runs (promtool, redis-server; apt, only when
-#                                            missing); --with-engine adds ./.venv-engine, a real llama.cpp
-#                                            engine (llama-cpp-python, kept apart: it pins its own web stack)
+#                                            test suite runs (promtool, redis-server, chromium; apt, only
+#                                            when missing); --with-engine adds ./.venv-engine, a real
+#                                            llama.cpp engine (llama-cpp-python, kept apart: it pins its
+#                                            own web stack), and llama.cpp's native llama-server
+#                                            (ci/llama_server.sh, cached outside the checkout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -52,4 +54,7 @@ if [ "$with_engine" = "--with-engine" ]; then
   .venv-engine/bin/python -m pip install --quiet --upgrade pip
   # Compiles llama.cpp for the CPU the first time (about 4 minutes on 2 cores); cached after that.
   .venv-engine/bin/python -m pip install --quiet 'llama-cpp-python[server]==0.3.36'
+  # llama.cpp's own llama-server, built from the same release's vendored source (about 7 minutes
+  # of two cores the first time; cached outside the checkout after that).
+  bash ci/llama_server.sh >/dev/null
 fi

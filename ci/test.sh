@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 bash ci/setup.sh test --with-engine
 bash ci/check.sh
 export ORCH_ENGINE_PYTHON="$PWD/.venv-engine/bin/python"
+ORCH_LLAMA_SERVER="$(bash ci/llama_server.sh)"
+export ORCH_LLAMA_SERVER
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -1,0 +1,182 @@
+"""orchestratord → the `llamacpp` adapter → llama.cpp's own `llama-server` (built from source by
+ci/llama_server.sh, run on a random-weight model this test writes): the engine's text and token
+counts come back unchanged, its slot count wins over the configuration, a cancel frees the engine's
+slot and stops its generation early, and a killed engine gives one retriable error, then its replica
+is ready again once the engine is back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+
+from tests.api.helpers import wait_for
+from tests.e2e_engine.test_llama_cpp_python import free_port
+from tests.e2e_engine.tiny_model import write_tiny_llama
+from tests.fakes.servers import LoopbackServer
+from tests.fakes.sse import read_events
+
+pytestmark = pytest.mark.engine
+BUILD = "bash ci/llama_server.sh (ci/setup.sh test --with-engine runs it)"
+SLOTS = 2
+
+
+def binary() -> str:
+    path = os.environ.get("ORCH_LLAMA_SERVER", "")
+    if not path or not os.access(path, os.X_OK):
+        pytest.fail(f"no llama-server at ORCH_LLAMA_SERVER={path!r}; build it: {BUILD}", pytrace=False)
+    return path
+
+
+@dataclass
+class LlamaServer:
+    """A native llama-server with two slots of 4,096 tokens on a model slow enough (about 100 tokens/s
+    on one thread) that a cancel or a kill lands mid-generation."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    model: Path = field(default_factory=Path)
+    _process: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LlamaServer:
+        if not self.model.is_file():
+            self.model = write_tiny_llama(
+                self.workdir / "slow-llama.gguf", n_ctx=4096, n_embd=512, n_layer=8, n_ff=2048, n_head=8
+            )
+        self._log = (self.workdir / "llama-server.log").open("ab")
+        command = [binary(), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["-c", str(4096 * SLOTS), "--parallel", str(SLOTS), "--metrics", "--threads", "1"]
+        self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for(self._healthy, timeout=60)
+        return self
+
+    def _healthy(self) -> bool:
+        assert self._process is not None
+        if self._process.poll() is not None:
+            pytest.fail(f"llama-server exited: {self.log()}", pytrace=False)
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def kill(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGKILL)
+        self._process.wait()
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+
+    def log(self) -> str:
+        path = self.workdir / "llama-server.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def get(self, path: str) -> Any:
+        return httpx.get(f"{self.url}{path}", timeout=10).json()
+
+    def tokens_predicted(self) -> float:
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        lines = [line for line in text.splitlines() if line.startswith("llamacpp:tokens_predicted_total")]
+        return float(lines[0].split()[-1])
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    server = LlamaServer(tmp_path_factory.mktemp("llama-server"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def start(make_server: Callable[..., LoopbackServer], engine: LlamaServer) -> LoopbackServer:
+    pool = {
+        "id": "llama", "engine": "llamacpp", "models": ["tiny"], "replicas": [{"id": "a", "url": engine.url}],
+        "slots": 4, "ctx_max": 4096, "max_tokens_out": 4000, "read_timeout_s": 30,
+    }  # fmt: skip
+    return make_server(pools=[pool], health_interval_s=0.5)
+
+
+def test_the_engines_text_and_counts_come_back_unchanged(
+    make_server: Callable[..., LoopbackServer], engine: LlamaServer
+) -> None:
+    server = start(make_server, engine)
+    sampling = {"temperature": 0.0, "seed": 7}
+    direct = httpx.post(
+        f"{engine.url}/completion", json={"prompt": "The river", "n_predict": 24, **sampling}, timeout=60
+    ).json()
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        body = {"model_ref": "tiny", "prompt": "The river", "max_tokens": 24, **sampling}
+        job = client.post("/v1/tasks", json=body).json()
+        events = read_events(client, job["sse_url"])
+        end = events[-1].data
+        assert events[-1].event == "end", end
+        assert "".join(e.data["t"] for e in events if e.event == "token") == direct["content"]
+        assert end["tokens_out"] == direct["tokens_predicted"] == 24 and "tokens_out_estimated" not in end
+        assert end["tokens_in"] == direct["tokens_evaluated"] and "tokens_in_estimated" not in end
+        # the engine's slot count (2) wins over the configured 4
+        replica = client.get("/v1/pools").json()["pools"][0]["replicas"][0]
+        assert replica["slots_total"] == SLOTS == engine.get("/props")["total_slots"]
+
+
+def test_a_cancel_frees_the_engines_slot_and_stops_its_generation(
+    make_server: Callable[..., LoopbackServer], engine: LlamaServer
+) -> None:
+    server = start(make_server, engine)
+    before = engine.tokens_predicted()
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        job = client.post(
+            "/v1/tasks", json={"model_ref": "tiny", "prompt": "Go on", "max_tokens": 3000}
+        ).json()
+        first = read_events(client, job["sse_url"], stop_after=3)  # started, metrics, a token
+        assert first[-1].event in ("token", "metrics")
+        wait_for(lambda: any(s["is_processing"] for s in engine.get("/slots")), timeout=10)
+        assert client.post(f"/v1/tasks/{job['job_id']}/cancel").status_code == 204
+        wait_for(lambda: not any(s["is_processing"] for s in engine.get("/slots")), timeout=5)
+        end = read_events(client, job["sse_url"])[-1]
+        assert end.event == "end" and end.data["stop_reason"] == "canceled"
+    assert engine.tokens_predicted() - before < 3000, "the engine stopped early"
+
+
+def test_a_killed_engine_gives_one_retriable_error_then_the_replica_comes_back(
+    make_server: Callable[..., LoopbackServer], tmp_path: Path
+) -> None:
+    own = LlamaServer(tmp_path).start()
+    try:
+        server = start(make_server, own)
+        with httpx.Client(base_url=server.base_url, timeout=60) as client:
+            body = {"model_ref": "tiny", "prompt": "Go on", "max_tokens": 3000}
+            job = client.post("/v1/tasks", json=body).json()
+            read_events(client, job["sse_url"], stop_after=3)
+            own.kill()
+            events = read_events(client, job["sse_url"])
+            errors = [e for e in events if e.event == "error"]
+            assert len(errors) == 1 and events[-1] is errors[0], [e.event for e in events]
+            assert errors[0].data["retriable"] is True and errors[0].data["code"] == "WORKER_RESET"
+
+            def ready() -> bool:
+                return bool(client.get("/v1/pools/llama/health").json()["ready"])
+
+            wait_for(lambda: not ready(), timeout=5)
+            own.start()  # same port
+            wait_for(ready, timeout=5)
+            again = client.post("/v1/tasks", json={**body, "max_tokens": 4}).json()
+            assert read_events(client, again["sse_url"])[-1].event == "end"
+    finally:
+        own.stop()
