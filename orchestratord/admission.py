@@ -201,9 +201,7 @@ class Admission:
                 retry_after_ms=DEFAULT_RETRY_AFTER_MS,
             )
         needed = spec.tokens_in_estimate + spec.max_tokens
-        fitting = [
-            p for p in candidates if needed <= p.spec.ctx_max and spec.max_tokens <= p.spec.max_tokens_out
-        ]
+        fitting = [p for p in candidates if needed <= p.ctx_max and spec.max_tokens <= p.spec.max_tokens_out]
         if not fitting:
             raise InvalidParams(self._too_large(spec, candidates))
         if all(p.draining for p in fitting):
@@ -226,16 +224,17 @@ class Admission:
     @staticmethod
     def _too_large(spec: TaskSpec, candidates: Sequence[PoolState]) -> str:
         needed = spec.tokens_in_estimate + spec.max_tokens
-        if any(needed <= p.spec.ctx_max for p in candidates):
-            best = max(p.spec.max_tokens_out for p in candidates if needed <= p.spec.ctx_max)
+        if any(needed <= p.ctx_max for p in candidates):
+            best = max(p.spec.max_tokens_out for p in candidates if needed <= p.ctx_max)
             return (
                 f"max_tokens {spec.max_tokens} exceeds the largest max_tokens_out ({best}) of the pools "
                 f"serving {spec.model_ref!r} with a context of {needed} tokens"
             )
-        best = max(p.spec.ctx_max for p in candidates)
+        largest = max(candidates, key=lambda p: p.ctx_max)
+        said = ", as its engine reports it" if largest.ctx_max_source == "engine" else ""
         return (
             f"prompt (~{spec.tokens_in_estimate} tokens) plus max_tokens {spec.max_tokens} exceeds "
-            f"the largest context ({best}) of the pools serving {spec.model_ref!r}"
+            f"the largest context ({largest.ctx_max}{said}) of the pools serving {spec.model_ref!r}"
         )
 
     def _check_pin(self, spec: TaskSpec, serving: list[str]) -> None:

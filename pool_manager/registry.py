@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from pool_manager.leases import Lease, LeaseStore, MemoryLeases
 from pool_manager.snapshot import PoolSnapshot, ReplicaSnapshot
@@ -28,6 +29,7 @@ class ReplicaState:
     kv_cache_usage_ratio: float | None = None
     checked_at: float | None = None
     serves: frozenset[str] | None = None  # the models the engine listed at its last probe
+    ctx_max: int | None = None  # the engine's own context per request (prompt and output), if it says
 
 
 @dataclass(slots=True)
@@ -37,6 +39,17 @@ class PoolState:
     draining: bool = False
     drain_deadline: float | None = None
     engine_version: str = field(default="unknown")
+
+    @property
+    def ctx_max(self) -> int:
+        """The context a job may use here: the configured `ctx_max`, or less where an engine says its
+        own is smaller (llama.cpp's per-slot `n_ctx`, vLLM's `max_model_len`, TGI's
+        `max_total_tokens`), so admission refuses what the engine would refuse or cut short."""
+        return min([self.spec.ctx_max, *(r.ctx_max for r in self.replicas.values() if r.ctx_max)])
+
+    @property
+    def ctx_max_source(self) -> Literal["config", "engine"]:
+        return "engine" if self.ctx_max < self.spec.ctx_max else "config"
 
 
 class PoolRegistry:
@@ -80,6 +93,8 @@ class PoolRegistry:
             pool.engine_version = pool.spec.engine_version or props.engine_version
         replica.kv_cache_usage_ratio = props.kv_cache_usage_ratio
         replica.serves = frozenset(props.models) if props.models else None
+        if props.ctx_max:
+            replica.ctx_max = props.ctx_max
 
     def apply_probe_error(self, pool_id: str, replica_id: str, error: str) -> None:
         replica = self.pools[pool_id].replicas[replica_id]
@@ -151,7 +166,7 @@ class PoolRegistry:
             engine=spec.engine,
             engine_version=pool.engine_version,
             models=spec.models,
-            ctx_max=spec.ctx_max,
+            ctx_max=pool.ctx_max,
             max_tokens_out=spec.max_tokens_out,
             draining=pool.draining,
             replicas=tuple(replicas),

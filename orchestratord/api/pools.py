@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +41,7 @@ class PoolInfo(BaseModel):
     engine_version: str
     models: list[str]
     ctx_max: int
+    ctx_max_source: Literal["config", "engine"]
     health: PoolHealth
     replicas: list[ReplicaInfo]
 
@@ -147,6 +148,7 @@ def _info(services: Services, snap: PoolSnapshot) -> PoolInfo:
         engine_version=snap.engine_version,
         models=list(snap.models),
         ctx_max=snap.ctx_max,
+        ctx_max_source=services.registry.pools[snap.pool_id].ctx_max_source,
         health=_health(services, snap),
         replicas=[
             ReplicaInfo(

@@ -108,7 +108,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
 def start(make_server: Callable[..., LoopbackServer], engine: LlamaServer) -> LoopbackServer:
     pool = {
         "id": "llama", "engine": "llamacpp", "models": ["tiny"], "replicas": [{"id": "a", "url": engine.url}],
-        "slots": 4, "ctx_max": 4096, "max_tokens_out": 4000, "read_timeout_s": 30,
+        "slots": 4, "ctx_max": 8192, "max_tokens_out": 8000, "read_timeout_s": 30,
     }  # fmt: skip
     return make_server(pools=[pool], health_interval_s=0.5)
 
@@ -130,9 +130,25 @@ def test_the_engines_text_and_counts_come_back_unchanged(
         assert "".join(e.data["t"] for e in events if e.event == "token") == direct["content"]
         assert end["tokens_out"] == direct["tokens_predicted"] == 24 and "tokens_out_estimated" not in end
         assert end["tokens_in"] == direct["tokens_evaluated"] and "tokens_in_estimated" not in end
-        # the engine's slot count (2) wins over the configured 4
-        replica = client.get("/v1/pools").json()["pools"][0]["replicas"][0]
-        assert replica["slots_total"] == SLOTS == engine.get("/props")["total_slots"]
+        # the engine's slot count (2) wins over the configured 4, and its context per slot (4,096)
+        # over the configured 8,192
+        pool = client.get("/v1/pools").json()["pools"][0]
+        assert pool["replicas"][0]["slots_total"] == SLOTS == engine.get("/props")["total_slots"]
+        n_ctx = engine.get("/props")["default_generation_settings"]["n_ctx"]
+        assert (pool["ctx_max"], pool["ctx_max_source"]) == (n_ctx, "engine") == (4096, "engine")
+
+
+def test_a_job_the_engines_context_cannot_hold_is_refused_before_it_queues(
+    make_server: Callable[..., LoopbackServer], engine: LlamaServer
+) -> None:
+    """The pool says 8,192 tokens; the engine's slots hold 4,096. A job that needs more is a 400 at
+    once, naming the engine's figure, instead of a generation the engine cuts short at 4,096 and we
+    would report as `max_tokens`."""
+    server = start(make_server, engine)
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        refused = client.post("/v1/tasks", json={"model_ref": "tiny", "prompt": "Go on", "max_tokens": 5000})
+        assert refused.status_code == 400 and refused.json()["code"] == "INVALID_PARAMS"
+        assert "the largest context (4096, as its engine reports it)" in refused.json()["message"]
 
 
 def test_a_cancel_frees_the_engines_slot_and_stops_its_generation(
