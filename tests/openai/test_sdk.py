@@ -302,3 +302,16 @@ def test_the_clients_user_and_metadata_reach_the_logs_but_not_the_prompt(make_se
     admitted = next(e for e in lines if e["event"] == "task_admitted")
     assert admitted["user"] == "user-42" and admitted["metadata"] == {"app": "notes"}
     assert "my secret plan" not in out.getvalue()
+
+
+def test_a_number_beyond_64_bits_in_a_passed_on_field_is_a_400(server: LoopbackServer) -> None:
+    """Found by schemathesis: such a number in `response_format` was a 500."""
+    huge = {"type": "json_schema", "json_schema": {"name": "n", "schema": {"maximum": 2**70}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(server, max_retries=0).chat.completions.create(
+            model="mock",
+            messages=CHAT,
+            response_format=huge,  # type: ignore[arg-type]
+        )
+    assert caught.value.body["param"] == "response_format"  # type: ignore[index]
+    assert "beyond 64 bits" in caught.value.body["message"]  # type: ignore[index]

@@ -124,7 +124,7 @@ class _Generation(OpenAIRequest):
         fields = {name: getattr(self, name) for name in STRUCTURED}
         if _plain(fields["response_format"]):
             fields["response_format"] = None
-        return {k: None if v is None else orjson.dumps(v).decode() for k, v in fields.items()}
+        return {k: None if v is None else _json_text(k, v) for k, v in fields.items()}
 
     def _spec(
         self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int, **inputs: Any
@@ -199,6 +199,18 @@ class CompletionRequest(_Generation):
 
     def prompt_estimate(self) -> int:
         return len(self.prompt_text()) // 4 + 1
+
+
+def _json_text(name: str, value: Any) -> str:
+    """`value` as JSON text for the engine; a number JSON parsers of engines cannot hold (an integer
+    beyond 64 bits) is the request's fault, named."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        raise InvalidParams(
+            f"{name} holds an integer beyond 64 bits, which engines cannot read; use a smaller number",
+            param=name,
+        ) from None
 
 
 def _role(role: str) -> str:
