@@ -179,14 +179,7 @@ class EngineHTTP:
         """POST `body` and yield the answer's bytes as they arrive. Raises `Canceled` after `cancel()`."""
         self._check_open()
         url = self.base_url + path
-        # X-Request-Id: the job's id, so an engine's logs (and vLLM's request ids, with
-        # --enable-request-id-headers) name the job an operator looks for.
-        headers = {
-            **self._headers,
-            "Accept": accept,
-            "Accept-Encoding": "identity",
-            "X-Request-Id": req.task_id,
-        }
+        headers = {**self._headers, "Accept": accept, "Accept-Encoding": "identity"}
         if req.correlation_id:
             headers["X-Correlation-Id"] = req.correlation_id
         with self._flights.track(req.task_id) as flight, map_http_errors(self.engine, url):
