@@ -15,8 +15,9 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from tests.fakes.engines.server import serve
-from tests.fakes.engines.vllm import MODEL, VllmEngine, alternative, logprob_of
+from tests.fakes.engines.vllm import VllmEngine, alternative, logprob_of
 from tests.fakes.servers import LoopbackServer
+from tests.openai.pools import sdk, vllm_and_mock
 
 ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": "say something"}]
 
@@ -31,17 +32,12 @@ def engine() -> Iterator[tuple[VllmEngine, str]]:
 @pytest.fixture
 def server(make_server: Callable[..., LoopbackServer], engine: tuple[VllmEngine, str]) -> LoopbackServer:
     _, url = engine
-    pools = [
-        {"id": "v", "engine": "vllm", "models": ["qwen"], "engine_model": MODEL,
-         "replicas": [{"id": "r0", "url": url}]},
-        {"id": "m", "engine": "mock", "models": ["mock"], "replicas": [{"id": "r0"}]},
-    ]  # fmt: skip
-    return make_server(pools=pools)
+    return make_server(pools=vllm_and_mock(url))
 
 
 @pytest.fixture
 def client(server: LoopbackServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    return sdk(server)
 
 
 def sent(fake: VllmEngine) -> dict[str, object]:

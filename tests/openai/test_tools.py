@@ -12,8 +12,9 @@ import openai
 import pytest
 
 from tests.fakes.engines.server import serve
-from tests.fakes.engines.vllm import MODEL, VllmEngine
+from tests.fakes.engines.vllm import VllmEngine
 from tests.fakes.servers import LoopbackServer
+from tests.openai.pools import sdk, vllm_and_mock
 
 CALLS = (("get_weather", '{"city": "Tokyo", "unit": "celsius"}'), ("get_time", '{"zone": "JST"}'))
 TOOLS = [
@@ -33,18 +34,7 @@ def engine() -> Iterator[tuple[VllmEngine, str]]:
 @pytest.fixture
 def client(make_server: Callable[..., LoopbackServer], engine: tuple[VllmEngine, str]) -> openai.OpenAI:
     _, url = engine
-    pools = [
-        {
-            "id": "v",
-            "engine": "vllm",
-            "models": ["qwen"],
-            "engine_model": MODEL,
-            "replicas": [{"id": "r0", "url": url}],
-        },
-        {"id": "m", "engine": "mock", "models": ["mock"], "replicas": [{"id": "r0"}]},
-    ]
-    server = make_server(pools=pools)
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    return sdk(make_server(pools=vllm_and_mock(url)))
 
 
 def test_tools_reach_the_engine_and_tool_call_deltas_come_back(

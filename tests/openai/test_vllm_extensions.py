@@ -13,6 +13,7 @@ import pytest
 from tests.fakes.engines.server import serve
 from tests.fakes.engines.vllm import MODEL, VllmEngine
 from tests.fakes.servers import LoopbackServer
+from tests.openai.pools import sdk, vllm_and_mock
 
 CONTINUOUS = {"stream_options": {"include_usage": True, "continuous_usage_stats": True}}
 
@@ -27,14 +28,9 @@ def engine() -> Iterator[tuple[VllmEngine, str]]:
 @pytest.fixture
 def client(make_server: Callable[..., LoopbackServer], engine: tuple[VllmEngine, str]) -> openai.OpenAI:
     _, url = engine
-    replica = [{"id": "r0", "url": url}]
-    pools = [
-        {"id": "v", "engine": "vllm", "models": ["qwen"], "engine_model": MODEL, "replicas": replica},
-        {"id": "o", "engine": "openai", "models": ["other"], "engine_model": MODEL, "replicas": replica},
-        {"id": "m", "engine": "mock", "models": ["mock"], "replicas": [{"id": "r0"}]},
-    ]
-    server = make_server(pools=pools)
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    other = {"id": "o", "engine": "openai", "models": ["other"], "engine_model": MODEL,
+             "replicas": [{"id": "r0", "url": url}]}  # fmt: skip
+    return sdk(make_server(pools=vllm_and_mock(url, other)))
 
 
 def test_a_guidellm_request_runs_with_usage_on_every_chunk(
