@@ -165,9 +165,12 @@ def test_random_snapshots_never_violate_the_filters(
 
 def _eligible(p: PoolSnapshot, r: ReplicaSnapshot, request: PlacementRequest) -> bool:
     prefs = request.prefs
-    if prefs.mode == "pin" and prefs.pin_pool_id is not None and p.pool_id != prefs.pin_pool_id:
+    pinned = prefs.mode == "pin" and prefs.pin_pool_id is not None
+    if pinned and p.pool_id != prefs.pin_pool_id:
         return False
-    if prefs.mode != "pin" and p.pool_id in prefs.avoid_pools:
+    # A pin names its pool whatever `avoid_pools` says; without a pool to pin (admission refuses that,
+    # placement treats it as no pin) the avoided pools stay out, as for every other mode.
+    if not pinned and p.pool_id in prefs.avoid_pools:
         return False
     if (
         prefs.mode == "prefer"
