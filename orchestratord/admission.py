@@ -201,7 +201,7 @@ class Admission:
                 retry_after_ms=DEFAULT_RETRY_AFTER_MS,
             )
         needed = spec.tokens_in_estimate + spec.max_tokens
-        fitting = [p for p in candidates if needed <= p.ctx_max and spec.max_tokens <= p.spec.max_tokens_out]
+        fitting = [p for p in candidates if needed <= p.ctx_max and spec.max_tokens <= p.max_tokens_out]
         if not fitting:
             raise InvalidParams(self._too_large(spec, candidates))
         if all(p.draining for p in fitting):
@@ -225,10 +225,11 @@ class Admission:
     def _too_large(spec: TaskSpec, candidates: Sequence[PoolState]) -> str:
         needed = spec.tokens_in_estimate + spec.max_tokens
         if any(needed <= p.ctx_max for p in candidates):
-            best = max(p.spec.max_tokens_out for p in candidates if needed <= p.ctx_max)
+            best = max((p for p in candidates if needed <= p.ctx_max), key=lambda p: p.max_tokens_out)
+            said = ", as its engine reports it" if best.max_tokens_out_source == "engine" else ""
             return (
-                f"max_tokens {spec.max_tokens} exceeds the largest max_tokens_out ({best}) of the pools "
-                f"serving {spec.model_ref!r} with a context of {needed} tokens"
+                f"max_tokens {spec.max_tokens} exceeds the largest max_tokens_out ({best.max_tokens_out}"
+                f"{said}) of the pools serving {spec.model_ref!r} with a context of {needed} tokens"
             )
         largest = max(candidates, key=lambda p: p.ctx_max)
         said = ", as its engine reports it" if largest.ctx_max_source == "engine" else ""

@@ -66,6 +66,8 @@ def adapter_configs(specs: list[PoolSpec]) -> dict[tuple[str, str], AdapterConfi
             replica_id=replica.id,
             api=spec.api,  # type: ignore[arg-type]
             read_timeout_s=spec.read_timeout_s,
+            first_token_timeout_s=spec.first_token_timeout_s,
+            ctx_max=spec.ctx_max,
             options={**spec.options, **replica.options},
         )
         for spec in specs

@@ -89,6 +89,7 @@ def submit_request(spec: TaskSpec, engine_model: str) -> SubmitRequest:
         response_format=spec.response_format,
         logprobs=spec.logprobs,
         ignore_eos=spec.ignore_eos,
+        priority=spec.priority,
     )
 
 

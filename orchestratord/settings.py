@@ -63,6 +63,7 @@ class PoolConfig(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     api: Literal["completion", "chat", "auto"] = "auto"
     read_timeout_s: float = Field(default=60.0, gt=0)
+    first_token_timeout_s: float = Field(default=600.0, gt=0)
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -113,6 +114,7 @@ class PoolConfig(_Strict):
             engine_model=self.engine_model,
             api=self.api,
             read_timeout_s=self.read_timeout_s,
+            first_token_timeout_s=self.first_token_timeout_s,
         )
 
 

@@ -30,6 +30,8 @@ class ReplicaState:
     checked_at: float | None = None
     serves: frozenset[str] | None = None  # the models the engine listed at its last probe
     ctx_max: int | None = None  # the engine's own context per request (prompt and output), if it says
+    max_tokens_out: int | None = None  # the engine's own output limit per request, if it says
+    slots_source: Literal["config", "engine"] = "config"
 
 
 @dataclass(slots=True)
@@ -50,6 +52,27 @@ class PoolState:
     @property
     def ctx_max_source(self) -> Literal["config", "engine"]:
         return "engine" if self.ctx_max < self.spec.ctx_max else "config"
+
+    @property
+    def max_tokens_out(self) -> int:
+        """The most tokens a job may generate here: the configured `max_tokens_out`, or less where an
+        engine's own limit is lower (llama.cpp's `--n-predict`, an Ollama model's `num_predict`)."""
+        engine = [r.max_tokens_out for r in self.replicas.values() if r.max_tokens_out]
+        return min([self.spec.max_tokens_out, *engine])
+
+    @property
+    def max_tokens_out_source(self) -> Literal["config", "engine"]:
+        return "engine" if self.max_tokens_out < self.spec.max_tokens_out else "config"
+
+    @property
+    def engine_version_source(self) -> Literal["config", "engine", "unknown"]:
+        if self.spec.engine_version:
+            return "config"
+        return "engine" if any(r.engine_version for r in self.replicas.values()) else "unknown"
+
+    @property
+    def slots_source(self) -> Literal["config", "engine"]:
+        return "engine" if any(r.slots_source == "engine" for r in self.replicas.values()) else "config"
 
 
 class PoolRegistry:
@@ -88,6 +111,7 @@ class PoolRegistry:
             replica.consecutive_failures = 0
         if props.slots:
             replica.slots_total = props.slots
+            replica.slots_source = "engine"
         if props.engine_version:
             replica.engine_version = props.engine_version
             pool.engine_version = pool.spec.engine_version or props.engine_version
@@ -95,6 +119,8 @@ class PoolRegistry:
         replica.serves = frozenset(props.models) if props.models else None
         if props.ctx_max:
             replica.ctx_max = props.ctx_max
+        if props.max_tokens_out:
+            replica.max_tokens_out = props.max_tokens_out
 
     def apply_probe_error(self, pool_id: str, replica_id: str, error: str) -> None:
         replica = self.pools[pool_id].replicas[replica_id]
@@ -167,7 +193,7 @@ class PoolRegistry:
             engine_version=pool.engine_version,
             models=spec.models,
             ctx_max=pool.ctx_max,
-            max_tokens_out=spec.max_tokens_out,
+            max_tokens_out=pool.max_tokens_out,
             draining=pool.draining,
             replicas=tuple(replicas),
             device_mask=spec.device_mask,

@@ -29,6 +29,7 @@ class PoolSpec:
     engine_model: str | None = None  # the engine's name for the pool's only model, when it differs
     api: str = "auto"
     read_timeout_s: float = 60.0
+    first_token_timeout_s: float = 600.0
 
     def engine_name(self, model: str) -> str:
         """What the engine calls `model` (the name a request's `model` field carries to it)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing, contextmanager, suppress
 from typing import Any, Protocol, TypeVar, cast
@@ -49,7 +50,7 @@ class StreamMapper(Protocol[_F]):
 
 
 def build_client(config: AdapterConfig) -> httpx.AsyncClient:
-    """The adapter's client. Read timeout is per read: set it above the worst queue wait plus prefill."""
+    """The adapter's client. Its read timeout bounds JSON reads; streams are timed by their flights."""
     timeout = httpx.Timeout(
         connect=config.connect_timeout_s,
         read=config.read_timeout_s,
@@ -116,14 +117,34 @@ class EngineHTTP:
     cancels every in-flight stream, then closes the client.
     """
 
-    def __init__(self, config: AdapterConfig, engine: str, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        config: AdapterConfig,
+        engine: str,
+        client: httpx.AsyncClient | None = None,
+        *,
+        request_ids: bool = False,
+    ) -> None:
         self.engine = engine
+        # `X-Request-Id: <job id>-<n>` for the engines that take it as their own request id (vLLM), so
+        # that their logs and traces name the job; `-<n>` keeps a retried job's id unique there.
+        self._request_ids = itertools.count(1) if request_ids else None
         self.base_url = config.base_url.rstrip("/")
         self._client = client if client is not None else build_client(config)
         api_key = option_str(config.options, "api_key")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         probe_s = option_float(config.options, "probe_timeout_s", min(5.0, config.read_timeout_s))
         self._probe_timeout = httpx.Timeout(probe_s, connect=config.connect_timeout_s)
+        # A stream's reads are timed by its flight's watchdog (first event, then between reads), not by
+        # httpx's per-read timeout, which cannot tell a long prefill from a silent engine mid-stream.
+        self._first_event_s = config.first_token_timeout_s
+        self._between_reads_s = config.read_timeout_s
+        self._stream_timeout = httpx.Timeout(
+            connect=config.connect_timeout_s,
+            read=None,
+            write=config.connect_timeout_s,
+            pool=config.connect_timeout_s,
+        )
         self._flights = Flights()
         self._closed = False
 
@@ -133,12 +154,18 @@ class EngineHTTP:
                 f"{self.engine} adapter for {self.base_url} is closed", engine=self.engine
             )
 
-    async def get_json(self, path: str) -> Any:
-        """GET `path`; the decoded JSON body, or an AdapterError (non-2xx, connect failure, bad JSON)."""
+    async def get_json(self, path: str, body: Mapping[str, object] | None = None) -> Any:
+        """GET `path` (POST `body` when given: Ollama's /api/show); the decoded JSON body, or an
+        AdapterError (non-2xx, connect failure, bad JSON)."""
         self._check_open()
         url = self.base_url + path
         with map_http_errors(self.engine, url):
-            response = await self._client.get(url, headers=self._headers, timeout=self._probe_timeout)
+            if body is None:
+                response = await self._client.get(url, headers=self._headers, timeout=self._probe_timeout)
+            else:
+                response = await self._client.post(
+                    url, json=body, headers=self._headers, timeout=self._probe_timeout
+                )
             await raise_for_status(response, self.engine)
         try:
             return response.json()
@@ -182,42 +209,63 @@ class EngineHTTP:
         headers = {**self._headers, "Accept": accept, "Accept-Encoding": "identity"}
         if req.correlation_id:
             headers["X-Correlation-Id"] = req.correlation_id
+        if self._request_ids is not None:
+            headers["X-Request-Id"] = f"{req.task_id}-{next(self._request_ids)}"
         with self._flights.track(req.task_id) as flight, map_http_errors(self.engine, url):
-            request = self._client.build_request("POST", url, json=body, headers=headers)
-            with flight.awaiting():
-                response = await self._client.send(request, stream=True)
-            flight.closer = response.aclose
+            request = self._client.build_request(
+                "POST", url, json=body, headers=headers, timeout=self._stream_timeout
+            )
+            flight.watch(self._first_event_s, self._between_reads_s)
             try:
                 with flight.awaiting():
-                    await raise_for_status(response, self.engine)
-                chunks = _body_chunks(response)
-                async with aclosing(chunks):
-                    while True:
-                        with flight.awaiting():
-                            chunk = await anext(chunks, None)
-                        if chunk is None:
-                            return
-                        yield chunk
-            finally:
-                flight.closer = None
-                await response.aclose()
+                    response = await self._client.send(request, stream=True)
+                flight.closer = response.aclose
+                try:
+                    with flight.awaiting():
+                        await raise_for_status(response, self.engine)
+                    chunks = _body_chunks(response)
+                    async with aclosing(chunks):
+                        while True:
+                            with flight.awaiting():
+                                chunk = await anext(chunks, None)
+                            if chunk is None:
+                                return
+                            yield chunk
+                finally:
+                    flight.closer = None
+                    await response.aclose()
+            except Canceled:
+                if flight.timed_out is None:
+                    raise
+                message = f"{self.engine} at {url}: {flight.timed_out}"
+                raise EngineTimeout(message, engine=self.engine) from None
 
     async def sse(
         self, req: SubmitRequest, path: str, body: Mapping[str, object]
     ) -> AsyncGenerator[SSEEvent, None]:
         decoder = SSEDecoder()
+        started = False
         async with aclosing(self.stream(req, path, body, "text/event-stream")) as chunks:
             async for chunk in chunks:
-                for event in self._decoded(decoder.feed, chunk):
+                events = self._decoded(decoder.feed, chunk)
+                if events and not started:  # keep-alive comments decode to no event
+                    started = True
+                    self._flights.started(req.task_id)
+                for event in events:
                     yield event
 
     async def ndjson(
         self, req: SubmitRequest, path: str, body: Mapping[str, object]
     ) -> AsyncGenerator[str, None]:
         decoder = NDJSONDecoder()
+        started = False
         async with aclosing(self.stream(req, path, body, "application/x-ndjson")) as chunks:
             async for chunk in chunks:
-                for line in self._decoded(decoder.feed, chunk):
+                lines = self._decoded(decoder.feed, chunk)
+                if lines and not started:
+                    started = True
+                    self._flights.started(req.task_id)
+                for line in lines:
                     yield line
 
     def _decoded(self, feed: Callable[[bytes], list[_T]], chunk: bytes) -> list[_T]:
@@ -283,10 +331,11 @@ class HttpAdapter(abc.ABC):
     and `props`. `client` is injected for tests; the adapter owns and closes it."""
 
     engine: str = "http"
+    request_ids = False  # send X-Request-Id (see `EngineHTTP`)
 
     def __init__(self, config: AdapterConfig, *, client: httpx.AsyncClient | None = None) -> None:
         self.config = config
-        self.http = EngineHTTP(config, self.engine, client)
+        self.http = EngineHTTP(config, self.engine, client, request_ids=self.request_ids)
 
     def submit(self, req: SubmitRequest) -> AsyncIterator[TokenEvent]:
         return self._submit(req)

@@ -6,7 +6,8 @@ without pulling in an HTTP client.
 AdapterError
   ├─ EngineUnavailable  (POOL_UNAVAILABLE: connect refused, 503, loading; nothing was generated)
   ├─ EngineRejected     (INVALID_PARAMS: the engine refused the request as malformed or too long)
-  ├─ EngineTimeout      (DECODE_TIMEOUT: no byte from the engine within the read timeout)
+  ├─ EngineTimeout      (DECODE_TIMEOUT: no first event within the first-token timeout, or no byte
+  │                      within the read timeout mid-stream)
   ├─ EngineReset        (WORKER_RESET: the connection broke or the stream ended without its terminal mark)
   └─ EngineInternal     (INTERNAL: the engine reported an error of its own)
 """
@@ -51,6 +52,7 @@ class SubmitRequest:
     # alternatives (for the engines that report them; `registry.UNSUPPORTED` lists the others).
     logprobs: int | None = None
     ignore_eos: bool | None = None  # True: generate to max_tokens past the end-of-sequence token
+    priority: Literal["interactive", "batch"] = "interactive"  # the job's class (vLLM schedules by it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,7 @@ class WorkerProps:
     # empty when it serves its one model whatever a request names (llama.cpp, TGI).
     models: tuple[str, ...] = ()
     kv_cache_usage_ratio: float | None = None
+    max_tokens_out: int | None = None  # the most tokens the engine generates for one request
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +128,11 @@ class AdapterConfig:
     replica_id: str = "r0"
     api: Literal["completion", "chat", "auto"] = "auto"
     connect_timeout_s: float = 5.0
-    read_timeout_s: float = 60.0
+    read_timeout_s: float = 60.0  # the longest silence between reads once the stream has begun
+    first_token_timeout_s: float = 600.0  # the longest wait for a stream's first event (prefill, queue)
     options: Mapping[str, object] = field(default_factory=dict)
     models: tuple[str, ...] = ()  # the engine's names for every model the pool serves (`model` first)
+    ctx_max: int | None = None  # the pool's configured context, for engines told it per request (Ollama)
 
     @property
     def served(self) -> tuple[str, ...]:

@@ -108,8 +108,12 @@ class LlamaCppAdapter(HttpAdapter):
     async def props(self) -> WorkerProps:
         props = as_dict(await self.http.get_json("/props"))
         settings = as_dict(props.get("default_generation_settings"))
+        # The server's `--n-predict` (when positive) caps every request's n_predict without a word: a
+        # job asking for more would end early with `stop_type: limit`, so admission must know it.
+        n_predict = as_int(as_dict(settings.get("params")).get("n_predict"))
         return WorkerProps(  # no `models`: llama-server serves its one model whatever a request names
             slots=as_int(props.get("total_slots")),
             ctx_max=as_int(settings.get("n_ctx")),
             engine_version=as_str(props.get("build_info")),
+            max_tokens_out=n_predict if n_predict and n_predict > 0 else None,
         )

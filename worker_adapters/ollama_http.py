@@ -6,6 +6,13 @@ then one ``"done":true`` object with ``done_reason`` (``stop`` | ``length``) and
 ``prompt_eval_count`` / ``eval_count`` (omitted when zero), then EOF. A failure after the 200 is one
 ``{"error":"…"}`` line. Health is ``/api/tags`` (is the model installed?), the version ``/api/version``.
 
+Limits: ``/api/show`` tells each model's trained context (``<arch>.context_length``) and the Modelfile's
+``num_ctx`` and ``num_predict``. Ollama runs a request with the context its ``options.num_ctx`` names
+(else the Modelfile's, else the server's default) and silently drops the start of a prompt that does
+not fit; so every request names ``num_ctx``: the pool's configured ``ctx_max``, or the model's own
+context where that is smaller. The engine then has exactly the context admission checked the job
+against. ``/api/show`` is asked again only when a model's digest in ``/api/tags`` changes.
+
 Options: ``raw`` (send prompts without the model's template, ``/api/generate``'s ``raw: true``).
 """
 
@@ -13,7 +20,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+import httpx
 
 from worker_adapters._http import HttpAdapter, relay
 from worker_adapters._wire import (
@@ -27,6 +37,7 @@ from worker_adapters._wire import (
     wants_chat,
 )
 from worker_adapters.base import (
+    AdapterConfig,
     Finished,
     StopReason,
     SubmitRequest,
@@ -39,7 +50,9 @@ from worker_adapters.base import (
 _DONE_REASONS: dict[str, StopReason] = {"stop": "eos", "length": "max_tokens"}
 
 
-def ollama_body(req: SubmitRequest, model: str, *, chat: bool, raw: bool) -> dict[str, object]:
+def ollama_body(
+    req: SubmitRequest, model: str, *, chat: bool, raw: bool, num_ctx: int | None = None
+) -> dict[str, object]:
     body: dict[str, object] = {"model": model}
     if chat:
         body["messages"] = chat_messages(req)
@@ -48,6 +61,8 @@ def ollama_body(req: SubmitRequest, model: str, *, chat: bool, raw: bool) -> dic
         if raw:
             body["raw"] = True
     options: dict[str, object] = {"num_predict": req.max_tokens, **sampling(req)}
+    if num_ctx is not None:
+        options["num_ctx"] = num_ctx
     body.update(stream=True, options=options)
     return body
 
@@ -79,6 +94,43 @@ def _finished(final: Mapping[str, Any]) -> Finished:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ModelLimits:
+    ctx: int | None  # the Modelfile's num_ctx, else the model's trained context
+    max_out: int | None  # the Modelfile's num_predict, when positive
+
+
+def show_limits(show: object) -> ModelLimits:
+    """A model's limits from an ``/api/show`` answer."""
+    show = as_dict(show)
+    info = as_dict(show.get("model_info"))
+    trained = as_int(info.get(f"{as_str(info.get('general.architecture'))}.context_length"))
+    parameters: dict[str, str] = {}
+    for line in (as_str(show.get("parameters")) or "").splitlines():
+        key, _, value = line.strip().partition(" ")
+        parameters.setdefault(key, value.strip())
+    num_ctx, num_predict = _int(parameters.get("num_ctx")), _int(parameters.get("num_predict"))
+    positive = num_predict if num_predict and num_predict > 0 else None
+    return ModelLimits(ctx=num_ctx or trained, max_out=positive)
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+def model_digests(tags: object) -> dict[str, str]:
+    """Installed model name -> digest, from ``/api/tags``."""
+    entries = [as_dict(entry) for entry in as_dict(tags).get("models") or ()]
+    return {
+        name: as_str(entry.get("digest")) or ""
+        for entry in entries
+        if (name := as_str(entry.get("name")) or as_str(entry.get("model")))
+    }
+
+
 def model_names(tags: object) -> tuple[str, ...]:
     entries = [as_dict(entry) for entry in as_dict(tags).get("models") or ()]
     return tuple(
@@ -95,10 +147,20 @@ def answers_to(installed: tuple[str, ...]) -> tuple[str, ...]:
 class OllamaAdapter(HttpAdapter):
     engine = "ollama"
 
+    def __init__(self, config: AdapterConfig, *, client: httpx.AsyncClient | None = None) -> None:
+        super().__init__(config, client=client)
+        self._limits: dict[str, tuple[str, ModelLimits]] = {}  # model -> (digest, its limits)
+
+    def num_ctx(self, model: str) -> int | None:
+        """The context to ask for: the pool's ceiling, or the model's own where that is smaller."""
+        known = self._limits.get(model) or self._limits.get(f"{model}:latest")
+        sizes = [n for n in (self.config.ctx_max, known[1].ctx if known else None) if n]
+        return min(sizes) if sizes else None
+
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         chat = wants_chat(self.config.api, req, self.engine)
         raw = option_bool(self.config.options, "raw")
-        body = ollama_body(req, req.model, chat=chat, raw=raw)
+        body = ollama_body(req, req.model, chat=chat, raw=raw, num_ctx=self.num_ctx(req.model))
         lines = self.http.ndjson(req, "/api/chat" if chat else "/api/generate", body)
         return relay(self.http, lines, OllamaStream(self.engine), 'a final object with "done":true')
 
@@ -119,6 +181,21 @@ class OllamaAdapter(HttpAdapter):
         return f"model {names} is not installed (installed: {', '.join(installed) or 'none'})"
 
     async def props(self) -> WorkerProps:
-        models = answers_to(model_names(await self.http.get_json("/api/tags")))
+        digests = model_digests(await self.http.get_json("/api/tags"))
         version = as_str(as_dict(await self.http.get_json("/api/version")).get("version"))
-        return WorkerProps(models=models, engine_version=version)
+        wanted = set(self.config.served)
+        served = [name for name in digests if {name, name.removesuffix(":latest")} & wanted]
+        for name in served:
+            cached = self._limits.get(name)
+            if cached is None or cached[0] != digests[name]:  # new, or pulled again since
+                limits = show_limits(await self.http.get_json("/api/show", {"model": name}))
+                self._limits[name] = (digests[name], limits)
+        known = [self._limits[name][1] for name in served]
+        ctx = [n for model in known if (n := model.ctx)]
+        out = [n for model in known if (n := model.max_out)]
+        return WorkerProps(
+            models=answers_to(tuple(digests)),
+            engine_version=version,
+            ctx_max=min(ctx) if ctx else None,
+            max_tokens_out=min(out) if out else None,
+        )

@@ -13,6 +13,10 @@ finish reason, after every token went out; llama.cpp's streamed final completion
 notes §8.7).
 
 Options: ``api_key`` (sent as ``Authorization: Bearer``), ``health_path`` (default ``/v1/models``).
+
+The engine's version, where it tells one: ``GET /version`` (vLLM, SGLang), else the ``info.version`` of
+``GET /openapi.json`` (FastAPI servers: llama-cpp-python reports its own release). Asked once, and again
+after the engine was seen down (a restart may be an upgrade); an engine that tells neither has none.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from worker_adapters._wire import (
     wants_chat,
 )
 from worker_adapters.base import (
+    AdapterError,
     EngineInternal,
     EngineReset,
     Finished,
@@ -241,6 +246,7 @@ class OpenAIAdapter(HttpAdapter):
     engine = "openai"
     default_health_path = "/v1/models"
     final_step_chunks = False  # see the module docstring
+    _version: str | None = None  # "" once asked and not told
 
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         chat = wants_chat(self.config.api, req, self.engine)
@@ -250,8 +256,32 @@ class OpenAIAdapter(HttpAdapter):
 
     async def health(self) -> WorkerHealth:
         path = option_str(self.config.options, "health_path") or self.default_health_path
-        return await self.http.probe(path)
+        health = await self.http.probe(path)
+        if not health.live:
+            self._version = None  # ask again when it is back
+        return health
 
     async def props(self) -> WorkerProps:
         models, ctx_max = models_of(await self.http.get_json("/v1/models"))
-        return WorkerProps(models=models, ctx_max=ctx_max)
+        return WorkerProps(models=models, ctx_max=ctx_max, engine_version=await self.engine_version())
+
+    async def engine_version(self) -> str | None:
+        if self._version is None:
+            self._version = ""
+            for path, read in (("/version", _top_version), ("/openapi.json", _openapi_version)):
+                try:
+                    told = read(await self.http.get_json(path))
+                except AdapterError:
+                    continue
+                if told:
+                    self._version = told
+                    break
+        return self._version or None
+
+
+def _top_version(answer: object) -> str | None:
+    return as_str(as_dict(answer).get("version"))
+
+
+def _openapi_version(answer: object) -> str | None:
+    return as_str(as_dict(as_dict(answer).get("info")).get("version"))

@@ -6,13 +6,27 @@ The stream needs nothing of its own: vLLM's mid-stream ``data: {"error": {…}}`
 ``stop_reason`` (the matched stop string) turns ``finish_reason: "stop"`` into ``stop_sequence``. Each
 chunk is one decode step, the last one included (its text is ``""`` for EOS), so it counts as a token.
 Health is ``/health`` (200 with an empty body; connections are refused until the model is loaded).
+
+Requests carry ``X-Request-Id`` (vLLM takes it as its request id with ``--enable-request-id-headers``).
+Option ``priority_scheduling`` (for an engine started with ``--scheduling-policy priority``): each request
+carries the job's class as vLLM's ``priority`` (interactive 0, batch 1; lower runs first). vLLM refuses a
+``priority`` when it schedules first come first served, hence the option.
 """
 
 from __future__ import annotations
 
-from worker_adapters._wire import as_dict, as_str
-from worker_adapters.base import AdapterError, WorkerProps
-from worker_adapters.openai_http import OpenAIAdapter, models_of
+from collections.abc import AsyncGenerator
+
+from worker_adapters._wire import as_dict, as_str, option_bool, wants_chat
+from worker_adapters.base import AdapterError, SubmitRequest, TokenEvent, WorkerProps
+from worker_adapters.openai_http import (
+    CHAT,
+    COMPLETIONS,
+    OpenAIAdapter,
+    models_of,
+    openai_events,
+    request_body,
+)
 
 _KV_GAUGES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # current name, then pre-0.11
 
@@ -32,10 +46,21 @@ def kv_cache_usage(metrics: str) -> float | None:
     return None
 
 
+_PRIORITY = {"interactive": 0, "batch": 1}
+
+
 class VllmAdapter(OpenAIAdapter):
     engine = "vllm"
     default_health_path = "/health"
     final_step_chunks = True  # the chunk with finish_reason is the last decode step (EOS: text "")
+    request_ids = True
+
+    def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        chat = wants_chat(self.config.api, req, self.engine)
+        body = request_body(req, req.model, chat=chat)
+        if option_bool(self.config.options, "priority_scheduling"):
+            body["priority"] = _PRIORITY[req.priority]
+        return openai_events(self.http, req, CHAT if chat else COMPLETIONS, body, final_step_chunks=True)
 
     async def props(self) -> WorkerProps:
         models, ctx_max = models_of(await self.http.get_json("/v1/models"))

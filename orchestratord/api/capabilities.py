@@ -24,6 +24,22 @@ class Features(BaseModel):
     chat: bool
 
 
+class LimitSources(BaseModel):
+    ctx_max: Literal["config", "engine"]
+    max_tokens_out: Literal["config", "engine"]
+    slots: Literal["config", "engine"]
+    engine_version: Literal["config", "engine", "unknown"]
+
+
+def limit_sources(pool: PoolState) -> LimitSources:
+    return LimitSources(
+        ctx_max=pool.ctx_max_source,
+        max_tokens_out=pool.max_tokens_out_source,
+        slots=pool.slots_source,
+        engine_version=pool.engine_version_source,
+    )
+
+
 class PoolCapabilities(BaseModel):
     pool_id: str
     engine: str
@@ -32,6 +48,7 @@ class PoolCapabilities(BaseModel):
     ctx_max: int
     max_tokens_out: int
     slots: int
+    sources: LimitSources
     replicas: int
     ready: bool
     draining: bool
@@ -95,9 +112,10 @@ def pool_capabilities(pool: PoolState) -> PoolCapabilities:
         engine=spec.engine,
         engine_version=pool.engine_version,
         models=list(spec.models),
-        ctx_max=spec.ctx_max,
-        max_tokens_out=spec.max_tokens_out,
+        ctx_max=pool.ctx_max,
+        max_tokens_out=pool.max_tokens_out,
         slots=sum(r.slots_total for r in pool.replicas.values()),
+        sources=limit_sources(pool),
         replicas=len(pool.replicas),
         ready=not pool.draining and any(r.ready and not r.circuit_open for r in pool.replicas.values()),
         draining=pool.draining,

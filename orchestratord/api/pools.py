@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestratord.api.capabilities import LimitSources, limit_sources
 from orchestratord.api.deps import get_services
 from orchestratord.api.responses import errors_for
 from orchestratord.errors import NotFound
@@ -42,6 +43,8 @@ class PoolInfo(BaseModel):
     models: list[str]
     ctx_max: int
     ctx_max_source: Literal["config", "engine"]
+    max_tokens_out: int
+    sources: LimitSources
     health: PoolHealth
     replicas: list[ReplicaInfo]
 
@@ -149,6 +152,8 @@ def _info(services: Services, snap: PoolSnapshot) -> PoolInfo:
         models=list(snap.models),
         ctx_max=snap.ctx_max,
         ctx_max_source=services.registry.pools[snap.pool_id].ctx_max_source,
+        max_tokens_out=snap.max_tokens_out,
+        sources=limit_sources(services.registry.pools[snap.pool_id]),
         health=_health(services, snap),
         replicas=[
             ReplicaInfo(

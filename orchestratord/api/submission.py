@@ -36,7 +36,7 @@ def default_max_tokens(services: Services, model: str, prompt_tokens: int) -> in
     """For a request that names no output limit (the OpenAI surfaces): as much as the largest pool
     serving the model leaves after the prompt, the server's own limit at most."""
     room = [
-        min(p.spec.max_tokens_out, p.ctx_max - prompt_tokens)
+        min(p.max_tokens_out, p.ctx_max - prompt_tokens)
         for p in services.registry.pools.values()
         if model in p.spec.models
     ]

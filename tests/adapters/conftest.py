@@ -39,7 +39,8 @@ def serve_fake(loopback: tuple[AppSwitch, str]) -> Iterator[Callable[[FakeEngine
 
 @pytest.fixture
 async def make_adapter() -> AsyncIterator[MakeAdapter]:
-    """`make_adapter(cls, base_url, model=…, api=…, read_timeout_s=…, client=…, **options)`."""
+    """`make_adapter(cls, base_url, model=…, api=…, read_timeout_s=…, first_token_timeout_s=…, client=…,
+    **options)`."""
     made: list[HttpAdapter] = []
 
     def make(
@@ -49,6 +50,8 @@ async def make_adapter() -> AsyncIterator[MakeAdapter]:
         model: str = "m",
         api: str = "auto",
         read_timeout_s: float = 10.0,
+        first_token_timeout_s: float = 10.0,
+        ctx_max: int | None = None,
         client: httpx.AsyncClient | None = None,
         **options: object,
     ) -> Any:
@@ -58,6 +61,8 @@ async def make_adapter() -> AsyncIterator[MakeAdapter]:
             model=model,
             api=api,  # type: ignore[arg-type]
             read_timeout_s=read_timeout_s,
+            first_token_timeout_s=first_token_timeout_s,
+            ctx_max=ctx_max,
             options=options,
         )
         adapter = cls(config, client=client)

@@ -225,14 +225,66 @@ async def test_eof_without_the_terminal_mark_is_a_reset(case: Case, setup: Any) 
     assert case.adapter.engine in caught.value.message
 
 
-async def test_no_byte_within_the_read_timeout(
+async def test_no_first_event_within_the_first_token_timeout(
     case: Case, serve_fake: Any, make_adapter: MakeAdapter
 ) -> None:
     engine = case.engine(header_delay_s=5)
-    adapter = make_adapter(case.adapter, serve_fake(engine), model=case.model, read_timeout_s=0.2)
-    with pytest.raises(EngineTimeout):
+    adapter = make_adapter(
+        case.adapter, serve_fake(engine), model=case.model, read_timeout_s=10, first_token_timeout_s=0.3
+    )
+    started = time.monotonic()
+    with pytest.raises(EngineTimeout) as caught:
         await collect(adapter, request(chat=case.chat, model=case.model))
+    assert time.monotonic() - started < 3  # the first-token limit, not the between-reads one
+    assert "no first event within 0.3 s" in caught.value.message
     await wait_for_disconnect(engine.record)
+
+
+async def test_keep_alives_during_prefill_are_not_a_first_event(
+    case: Case, serve_fake: Any, make_adapter: MakeAdapter
+) -> None:
+    engine = case.engine(prefill_pings_s=5)
+    adapter = make_adapter(
+        case.adapter, serve_fake(engine), model=case.model, read_timeout_s=0.2, first_token_timeout_s=0.6
+    )
+    with pytest.raises(EngineTimeout) as caught:
+        await collect(adapter, request(chat=case.chat, model=case.model))
+    assert "no first event within 0.6 s" in caught.value.message
+
+
+async def test_a_prefill_longer_than_the_read_timeout_is_not_a_timeout(
+    case: Case, serve_fake: Any, make_adapter: MakeAdapter
+) -> None:
+    engine = case.engine(header_delay_s=0.6)
+    adapter = make_adapter(
+        case.adapter, serve_fake(engine), model=case.model, read_timeout_s=0.2, first_token_timeout_s=5
+    )
+    events = await collect(adapter, request(chat=case.chat, model=case.model, max_tokens=4))
+    assert isinstance(events[-1], Finished)
+
+
+async def test_silence_mid_stream_is_bounded_by_the_read_timeout(
+    case: Case, serve_fake: Any, make_adapter: MakeAdapter
+) -> None:
+    engine = case.engine(token_delay_s=5)
+    adapter = make_adapter(
+        case.adapter, serve_fake(engine), model=case.model, read_timeout_s=0.3, first_token_timeout_s=30
+    )
+    with pytest.raises(EngineTimeout) as caught:
+        await collect(adapter, request(chat=case.chat, model=case.model, max_tokens=4))
+    assert "no data for 0.3 s mid-stream" in caught.value.message
+    await wait_for_disconnect(engine.record)
+
+
+async def test_a_slow_consumer_is_not_an_engine_timeout(
+    case: Case, serve_fake: Any, make_adapter: MakeAdapter
+) -> None:
+    adapter = make_adapter(case.adapter, serve_fake(case.engine()), model=case.model, read_timeout_s=0.1)
+    async with aclosing(adapter.submit(request(chat=case.chat, model=case.model, max_tokens=4))) as events:
+        seen = [await anext(events)]
+        await asyncio.sleep(0.4)  # parked at a yield: our time, not the engine's
+        seen += [event async for event in events]
+    assert isinstance(seen[-1], Finished)
 
 
 async def test_cancel_while_the_consumer_awaits_the_next_token(case: Case, setup: Any) -> None:

@@ -184,3 +184,9 @@ def test_stop_types(final: str, reason: str) -> None:
 def test_a_final_event_that_carries_text_relays_it_first() -> None:
     events = native(NativeStream("llamacpp"), '{"content":" end","stop":true,"stop_type":"eos"}')
     assert events == [Token(" end"), Finished("eos")]
+
+
+async def test_the_servers_n_predict_is_its_output_limit(llama: Any) -> None:
+    engine, adapter = llama()
+    engine.n_predict = 128  # llama-server --n-predict 128: no request generates more
+    assert (await adapter.props()).max_tokens_out == 128

@@ -106,5 +106,40 @@ async def test_health_when_down(make_adapter: MakeAdapter) -> None:
 
 async def test_props(ollama: Any) -> None:
     _, adapter = ollama()
-    # a `:latest` model answers to its bare name too
-    assert await adapter.props() == WorkerProps(engine_version=fake.VERSION, models=(fake.MODEL, "llama3.2"))
+    # a `:latest` model answers to its bare name too; the context is the model's own (`/api/show`)
+    assert await adapter.props() == WorkerProps(
+        engine_version=fake.VERSION, models=(fake.MODEL, "llama3.2"), ctx_max=131072
+    )
+
+
+async def test_the_modelfiles_num_ctx_and_num_predict_are_the_engines_limits(ollama: Any) -> None:
+    engine, adapter = ollama()
+    engine.parameters = (
+        'num_ctx                        8192\nnum_predict                    256\nstop "<|eot_id|>"'
+    )
+    props = await adapter.props()
+    assert (props.ctx_max, props.max_tokens_out) == (8192, 256)
+
+
+@pytest.mark.parametrize(("configured", "trained", "asked"), [(4096, 131072, 4096), (8192, 2048, 2048)])
+async def test_requests_name_the_context_admission_checked(
+    serve_fake: Any, make_adapter: MakeAdapter, configured: int, trained: int, asked: int
+) -> None:
+    """Ollama silently drops the start of a prompt beyond its num_ctx: every request names it, the pool's
+    ctx_max or the model's own context where smaller."""
+    engine = OllamaEngine()
+    engine.context_length = trained
+    adapter = make_adapter(OllamaAdapter, serve_fake(engine), model="llama3.2", ctx_max=configured)
+    await adapter.props()
+    await collect(adapter, request(max_tokens=2))
+    assert engine.record.last("/api/generate").body["options"]["num_ctx"] == asked
+
+
+async def test_api_show_is_asked_again_only_when_the_model_changes(ollama: Any) -> None:
+    engine, adapter = ollama()
+    for _ in range(3):
+        await adapter.props()
+    assert sum(seen.path == "/api/show" for seen in engine.record.requests) == 1
+    engine.digest = "b" * 64  # `ollama pull` brought a new build of the model
+    await adapter.props()
+    assert sum(seen.path == "/api/show" for seen in engine.record.requests) == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.fakes.engines import llamacpp as llama_fake
@@ -228,7 +229,36 @@ async def test_health_and_props_from_v1_models(oai: Any) -> None:
     health = await adapter.health()
     assert (health.live, health.ready) == (True, True)
     assert engine.record.last().path == "/v1/models"
-    assert await adapter.props() == WorkerProps(models=(llama_fake.MODEL,))
+    assert await adapter.props() == WorkerProps(models=(llama_fake.MODEL,))  # llama.cpp tells no version
+
+
+@pytest.mark.parametrize(
+    ("routes", "version"),
+    [
+        ({"/version": {"version": "0.32.0"}}, "0.32.0"),  # vLLM, SGLang
+        ({"/openapi.json": {"info": {"title": "🦙 llama.cpp Python API", "version": "0.3.36"}}},
+         "0.3.36"),  # FastAPI servers: llama-cpp-python
+        ({}, None),  # tells none
+    ],
+)  # fmt: skip
+async def test_engine_version_where_the_server_tells_it(
+    make_adapter: MakeAdapter, routes: dict[str, Any], version: str | None
+) -> None:
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
+        if request.url.path in routes:
+            return httpx.Response(200, json=routes[request.url.path])
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    adapter = make_adapter(OpenAIAdapter, "http://engine", client=client)
+    assert (await adapter.props()).engine_version == version
+    await adapter.props()
+    assert asked.count("/version") == 1  # asked once, not at every probe
 
 
 async def test_health_path_option(oai: Any) -> None:

@@ -102,3 +102,35 @@ async def test_error_bodies_of_other_versions(body: bytes, text: str, make_adapt
     adapter = make_adapter(VllmAdapter, "http://vllm.invalid", client=client)
     with pytest.raises((EngineRejected, EngineInternal), match=text):
         await collect(adapter, request())
+
+
+async def test_requests_carry_the_job_id_as_vllms_request_id(vllm: Any) -> None:
+    engine, adapter = vllm()
+    for _ in range(2):  # a retried job: the same job id, a new request id
+        await collect(adapter, request("9f1c-job", max_tokens=2, model=fake.MODEL))
+    ids = [seen.headers["x-request-id"] for seen in engine.record.requests if seen.path == "/v1/completions"]
+    assert [i.rsplit("-", 1)[0] for i in ids] == ["9f1c-job", "9f1c-job"] and ids[0] != ids[1]
+
+
+@pytest.mark.parametrize("scheduling", [False, True])
+async def test_priority_reaches_vllm_only_when_it_schedules_by_priority(
+    serve_fake: Any, make_adapter: MakeAdapter, scheduling: bool
+) -> None:
+    engine = VllmEngine()
+    engine.priority_policy = scheduling
+    options = {"priority_scheduling": True} if scheduling else {}
+    adapter = make_adapter(VllmAdapter, serve_fake(engine), model=fake.MODEL, **options)
+    for priority in ("batch", "interactive"):
+        events = await collect(adapter, request(max_tokens=2, model=fake.MODEL, priority=priority))
+        assert isinstance(events[-1], Finished)
+    sent = [seen.body.get("priority") for seen in engine.record.requests if seen.path == "/v1/completions"]
+    assert sent == ([1, 0] if scheduling else [None, None])
+
+
+async def test_a_priority_without_vllms_priority_policy_is_refused_as_vllm_says(
+    serve_fake: Any, make_adapter: MakeAdapter
+) -> None:
+    """Why the option exists: vLLM scheduling first come first served refuses a batch priority."""
+    adapter = make_adapter(VllmAdapter, serve_fake(VllmEngine()), model=fake.MODEL, priority_scheduling=True)
+    with pytest.raises(EngineRejected, match="Priority scheduling is not enabled"):
+        await collect(adapter, request(max_tokens=2, model=fake.MODEL, priority="batch"))

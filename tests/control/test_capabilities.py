@@ -43,10 +43,13 @@ def test_capabilities_come_from_the_contract_and_the_live_registry(
         assert small == {
             "pool_id": "small", "engine": "mock", "engine_version": ENGINE_VERSION, "models": ["mock"],
             "ctx_max": 2048, "max_tokens_out": 512, "slots": 4, "replicas": 2, "ready": True,
+            "sources": {"ctx_max": "config", "max_tokens_out": "config", "slots": "config",
+                        "engine_version": "engine"},
             "draining": False, "workloads": ["completion"],
             "features": {"streaming": True, "cancel": True, "seed": True, "chat": False},
         }  # fmt: skip
         assert chatty["engine_version"] == "custom-7" and chatty["models"] == ["mock", "mock-chat"]
+        assert chatty["sources"]["engine_version"] == "config"
         assert (chatty["slots"], chatty["ctx_max"], chatty["workloads"]) == (3, 4096, ["completion", "chat"])
         assert chatty["features"]["chat"] is True
         assert caps["engines"] == [

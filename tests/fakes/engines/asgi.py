@@ -45,6 +45,7 @@ class Behaviour:
     loading: bool = False  # llama.cpp: 503 "Loading model" on every route but /v1/models
     http_status: int | None = None  # answer generation routes with this HTTP error, before any stream
     keepalive: bool = False  # a keep-alive comment before every frame
+    prefill_pings_s: float = 0.0  # after the headers, keep-alive comments only (every 50 ms) this long
     eol: str = "\n"  # SSE line ending: "\n", "\r\n" (sse-starlette's default) or "\r"
     split: Callable[[bytes], Iterable[bytes]] | None = None  # cut each write into these pieces
     piece_delay_s: float = 0.0  # pause between the pieces of one write
@@ -202,6 +203,12 @@ class Exchange:
     async def _send_frames(self, frames: Frames) -> None:
         b = self._engine.behaviour
         first = True
+        pings_until = time.monotonic() + b.prefill_pings_s
+        while time.monotonic() < pings_until:  # a long prefill, announced by keep-alives
+            ping = self._engine.keepalive_frame
+            await self._send({"type": "http.response.body", "body": ping, "more_body": True})
+            if await self._pause(0.05):
+                return
         async for frame in frames:
             if isinstance(frame, Drop):
                 return  # returning without the final body message makes uvicorn close the socket

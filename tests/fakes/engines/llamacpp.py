@@ -106,6 +106,7 @@ def generation_settings(body: dict[str, Any]) -> dict[str, Any]:
 class LlamaCppEngine(FakeEngine):
     def __init__(self, **behaviour: Any) -> None:
         super().__init__(**behaviour)
+        self.n_predict = -1  # the server's `--n-predict`
         self.routes = {
             ("GET", "/health"): self.health,
             ("GET", "/props"): self.props,
@@ -134,8 +135,10 @@ class LlamaCppEngine(FakeEngine):
         if await self._refused(exchange):
             return
         slot = {"id": 0, "id_task": -1, "n_ctx": N_CTX, "speculative": False, "is_processing": False}
+        # `--n-predict N` (default -1, no limit) is the server's default and ceiling per request
+        params = generation_settings({"n_predict": self.n_predict})
         props = {
-            "default_generation_settings": {**slot, "params": generation_settings({})},
+            "default_generation_settings": {**slot, "params": params},
             "total_slots": SLOTS,
             "model_alias": MODEL,
             "model_path": f"/models/{MODEL}",
