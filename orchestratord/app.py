@@ -140,7 +140,12 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         checks=[control.gate],
         shared=store.shared,
     )  # fmt: skip
-    prober = HealthProber(registry, adapters, interval_s=settings.health_interval_s)
+    prober = HealthProber(
+        registry,
+        adapters,
+        interval_s=settings.health_interval_s,
+        max_backoff_s=settings.health_max_backoff_s or settings.health_interval_s,
+    )
     pools = PoolOps(
         registry, adapters, runs=runs, endings=endings, housekeeper=housekeeper, wake=dispatcher.wake
     )

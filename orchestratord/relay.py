@@ -161,7 +161,14 @@ class Relay:
         stats.completion_tokens = event.completion_tokens
         await self._progress(ctx, stats, now, started)
         tokens_in = ctx.spec.tokens_in_estimate if event.prompt_tokens is None else event.prompt_tokens
-        end: dict[str, object] = {"stop_reason": event.stop_reason, "tokens_in": tokens_in}
+        stop: str = event.stop_reason
+        generated = stats.tokens if event.completion_tokens is None else event.completion_tokens
+        if stop == "max_tokens" and generated < ctx.spec.max_tokens:
+            # The engine stopped at its length limit short of the job's: its context ran out (engines
+            # that cut the output to what the context leaves: llama.cpp, llama-cpp-python). Where the
+            # engine reports no count, its token events are the count (one per token for those two).
+            stop = "context_length"
+        end: dict[str, object] = {"stop_reason": stop, "tokens_in": tokens_in}
         if event.prompt_tokens is None:  # the engine did not say: an estimate, named as one
             end["tokens_in_estimated"] = True
         if event.completion_tokens is None:  # the store counts the token events instead
@@ -175,7 +182,7 @@ class Relay:
             self._metrics.decode.labels(**ctx.labels).observe(decode_ms)
         if done is not None:  # decode_time_ms as the client's `end` event says it
             log.info(
-                "task_completed", stop_reason=event.stop_reason, tokens_out=stats.tokens_out,
+                "task_completed", stop_reason=stop, tokens_out=stats.tokens_out,
                 tokens_in=tokens_in,
                 decode_time_ms=orjson.loads(done.data).get("decode_time_ms"),
             )  # fmt: skip

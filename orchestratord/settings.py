@@ -307,6 +307,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     idempotency_window_s: float = Field(default=600.0, ge=0)
     health_interval_s: float = Field(default=2.0, gt=0)
+    # A replica failing its probe is probed again after twice the wait each time, up to this; the
+    # default (the interval itself) finds a restarted engine within one interval.
+    health_max_backoff_s: float | None = Field(default=None, gt=0)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     tenants: list[TenantConfig] = Field(default_factory=list)
     stream: StreamConfig = Field(default_factory=StreamConfig)

@@ -9,8 +9,9 @@ Health is ``/health`` (200 with an empty body; connections are refused until the
 
 Requests carry ``X-Request-Id`` (vLLM takes it as its request id with ``--enable-request-id-headers``).
 Option ``priority_scheduling`` (for an engine started with ``--scheduling-policy priority``): each request
-carries the job's class as vLLM's ``priority`` (interactive 0, batch 1; lower runs first). vLLM refuses a
-``priority`` when it schedules first come first served, hence the option.
+carries the job's class as vLLM's ``priority`` (interactive 0, batch 1; lower runs first), so the jobs
+already on the engine are served in our order too. Off by default: vLLM releases before 0.10 refuse a
+nonzero ``priority`` when they schedule first come first served (0.32 takes it and ignores it).
 """
 
 from __future__ import annotations

@@ -113,11 +113,10 @@ async def test_requests_carry_the_job_id_as_vllms_request_id(vllm: Any) -> None:
 
 
 @pytest.mark.parametrize("scheduling", [False, True])
-async def test_priority_reaches_vllm_only_when_it_schedules_by_priority(
+async def test_priority_reaches_vllm_only_when_the_pool_says_it_schedules_by_it(
     serve_fake: Any, make_adapter: MakeAdapter, scheduling: bool
 ) -> None:
     engine = VllmEngine()
-    engine.priority_policy = scheduling
     options = {"priority_scheduling": True} if scheduling else {}
     adapter = make_adapter(VllmAdapter, serve_fake(engine), model=fake.MODEL, **options)
     for priority in ("batch", "interactive"):
@@ -125,12 +124,3 @@ async def test_priority_reaches_vllm_only_when_it_schedules_by_priority(
         assert isinstance(events[-1], Finished)
     sent = [seen.body.get("priority") for seen in engine.record.requests if seen.path == "/v1/completions"]
     assert sent == ([1, 0] if scheduling else [None, None])
-
-
-async def test_a_priority_without_vllms_priority_policy_is_refused_as_vllm_says(
-    serve_fake: Any, make_adapter: MakeAdapter
-) -> None:
-    """Why the option exists: vLLM scheduling first come first served refuses a batch priority."""
-    adapter = make_adapter(VllmAdapter, serve_fake(VllmEngine()), model=fake.MODEL, priority_scheduling=True)
-    with pytest.raises(EngineRejected, match="Priority scheduling is not enabled"):
-        await collect(adapter, request(max_tokens=2, model=fake.MODEL, priority="batch"))

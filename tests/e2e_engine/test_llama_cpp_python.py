@@ -61,29 +61,42 @@ def free_port() -> int:
 
 @dataclass
 class Engine:
-    """A llama-cpp-python server, started on first use and stopped at the end of the module."""
+    """A llama-cpp-python server, started on first use and stopped at the end of the module: by default
+    on the tiny model of tiny_model.py with a 512-token context; `model_path`, `n_ctx` and `alias` (the
+    name it lists and answers to) for others."""
 
     workdir: Path
     url: str = ""
     model: Path = field(default_factory=Path)
     log_path: Path = field(default_factory=Path)
+    model_path: Path | None = None
+    n_ctx: int = 512
+    alias: str | None = None
     _process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
     def start(self) -> Engine:
-        if self._process is None:
+        """Start, or start again (same port) after `kill`."""
+        if self._process is None or self._process.poll() is not None:
             python = engine_python()
-            self.model = write_tiny_llama(self.workdir / "tiny-llama.gguf")
-            port = free_port()
+            self.model = self.model_path or write_tiny_llama(self.workdir / "tiny-llama.gguf")
+            port = int(self.url.rsplit(":", 1)[1]) if self.url else free_port()
             self.url = f"http://127.0.0.1:{port}"
             self.log_path = self.workdir / "engine.log"
-            self._log = self.log_path.open("wb")
+            self._log = self.log_path.open("ab")
             command = [python, "-m", "llama_cpp.server", "--model", str(self.model)]
-            command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "512"]
+            command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(self.n_ctx)]
+            if self.alias:
+                command += ["--model_alias", self.alias]
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
             self._wait_ready()
         return self
+
+    def kill(self) -> None:
+        assert self._process is not None
+        self._process.kill()
+        self._process.wait()
 
     def _wait_ready(self) -> None:
         assert self._process is not None

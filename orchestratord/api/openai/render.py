@@ -15,8 +15,8 @@ import orjson
 Surface = Literal["chat", "completion"]
 # Our stop reasons → OpenAI's finish_reason. A job canceled mid-answer stops where it was.
 FINISH: dict[str, str] = {
-    "max_tokens": "length", "eos": "stop", "stop_sequence": "stop", "tool_calls": "tool_calls",
-    "canceled": "stop",
+    "max_tokens": "length", "context_length": "length", "eos": "stop", "stop_sequence": "stop",
+    "tool_calls": "tool_calls", "canceled": "stop",
 }  # fmt: skip
 DONE = b"data: [DONE]\n\n"
 

@@ -248,7 +248,11 @@ class ResponseEvents:
     def final(self, end: dict[str, Any]) -> dict[str, Any]:
         """The response object once its job ended well, or was canceled."""
         stop = end.get("stop_reason")
-        self.status = {"canceled": "cancelled", "max_tokens": "incomplete"}.get(str(stop), "completed")
+        self.status = {
+            "canceled": "cancelled",
+            "max_tokens": "incomplete",
+            "context_length": "incomplete",
+        }.get(str(stop), "completed")
         details = {"reason": "max_output_tokens"} if self.status == "incomplete" else None
         tokens_in, tokens_out = int(end.get("tokens_in") or 0), int(end.get("tokens_out") or 0)
         usage = {

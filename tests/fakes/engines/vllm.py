@@ -82,7 +82,6 @@ class VllmEngine(FakeEngine):
     def __init__(self, **behaviour: Any) -> None:
         super().__init__(**behaviour)
         self.loras: list[str] = []  # LoRA adapters served beside the base model (`--lora-modules`)
-        self.priority_policy = False  # `--scheduling-policy priority` (default: fcfs)
         self.routes = {
             ("GET", "/health"): self.health,
             ("GET", "/version"): self.version,
@@ -112,13 +111,7 @@ class VllmEngine(FakeEngine):
         await exchange.respond(200, compact({"object": "list", "data": [entry, *loras]}))
 
     async def _unknown_model(self, body: dict[str, Any], exchange: Exchange) -> bool:
-        """vLLM answers 404 for a model it does not serve (neither the base nor a LoRA adapter), and
-        400 for a nonzero `priority` unless it schedules by priority."""
-        priority = body.get("priority", 0)
-        if priority and not self.priority_policy:
-            message = f"Got priority {priority} but Priority scheduling is not enabled."
-            await exchange.respond(400, compact(error_object(400, message, "BadRequestError")))
-            return True
+        """vLLM answers 404 for a model it does not serve (neither the base nor a LoRA adapter)."""
         model = body.get("model")
         if model in (MODEL, *self.loras):
             return False

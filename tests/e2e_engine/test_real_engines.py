@@ -1,0 +1,257 @@
+"""One conformance suite, run through orchestratord against every real engine: llama.cpp's own
+`llama-server` (the `llamacpp` adapter), llama-cpp-python's OpenAI server (`openai`) and vLLM on the CPU
+(`vllm`). The same test body runs against each (real_engines.py says how each is started and what
+engine-side evidence it gives); the oracle is always the engine itself, asked directly.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e_engine.real_engines import (
+    MODEL,
+    Proxy,
+    Real,
+    start_llama_cpp_python,
+    start_llama_server,
+    start_vllm,
+    timed_events,
+    wait_until,
+)
+from tests.e2e_engine.tiny_model import write_tiny_llama
+from tests.fakes.servers import LoopbackServer
+from tests.fakes.sse import read_events
+
+pytestmark = pytest.mark.engine
+ENGINES = ["llama-server", "llama-cpp-python", "vllm"]
+PROMPT = "The river"
+
+
+@pytest.fixture(scope="module")
+def slow_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 100 tokens/s on one thread: a cancel or a kill lands mid-generation."""
+    path = tmp_path_factory.mktemp("gguf") / "slow-llama.gguf"
+    return write_tiny_llama(path, n_ctx=4096, n_embd=512, n_layer=8, n_ff=2048, n_head=8)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def real(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, slow_gguf: Path
+) -> Iterator[Real]:
+    workdir = tmp_path_factory.mktemp(request.param)
+    if request.param == "llama-server":
+        engine = start_llama_server(workdir, slow_gguf)
+    elif request.param == "llama-cpp-python":
+        engine = start_llama_cpp_python(workdir, slow_gguf)
+    else:
+        engine = start_vllm(workdir)
+    try:
+        yield engine
+    finally:
+        engine.server.stop()
+
+
+def serve(make_server: Callable[..., LoopbackServer], real: Real, url: str | None = None) -> LoopbackServer:
+    return make_server(pools=[real.pool(url)], health_interval_s=0.5)
+
+
+def job(client: httpx.Client, **fields: Any) -> dict[str, Any]:
+    body = {"model_ref": MODEL, "temperature": 0.0, "seed": 7, **fields}
+    answer = client.post("/v1/tasks", json=body)
+    assert answer.status_code == 202, answer.text
+    return dict(answer.json())
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completion", "chat"])
+def test_text_and_token_count_are_the_engines(
+    make_server: Callable[..., LoopbackServer], real: Real, chat: bool
+) -> None:
+    text, count = real.direct(chat=chat, text=PROMPT, max_tokens=24)
+    before = real.generated()  # after the direct request's tokens were counted
+    server = serve(make_server, real)
+    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+        shape = {"messages": [{"role": "user", "content": PROMPT}]} if chat else {"prompt": PROMPT}
+        events = read_events(client, job(client, max_tokens=24, **shape)["sse_url"])
+    end = events[-1]
+    assert end.event == "end", end.data
+    relayed = "".join(e.data["t"] for e in events if e.event == "token")
+    assert relayed.encode() == text.encode()  # byte for byte, control characters included
+    assert end.data["tokens_out"] == count
+    assert ("tokens_out_estimated" in end.data) is not real.counts_in_stream  # an estimate is named one
+    if before is not None:  # the engine's own counter grew by as much
+        grew = lambda: real.generated() - before  # noqa: E731
+        wait_until(
+            lambda: grew() == count, 10, lambda: f"{real.name}'s counter grew by {grew()}, not {count}"
+        )
+    indexes = [e.data["i"] for e in events if e.event == "token"]
+    assert indexes == list(range(len(indexes)))  # `i` stays the gap-free index of token events
+
+
+def test_tokens_are_relayed_as_the_engine_sends_them(
+    make_server: Callable[..., LoopbackServer], real: Real, record_property: Callable[[str, object], None]
+) -> None:
+    """Timestamps at both ends: a proxy in front of the engine notes when its first text passed, the
+    client when its first token event arrived. The difference is ours, whatever the engine's pace."""
+    with Proxy(int(real.url.rsplit(":", 1)[1])) as proxy:
+        server = serve(make_server, real, proxy.url)
+        with httpx.Client(base_url=server.base_url, timeout=120) as client:
+            posted = job(client, prompt=PROMPT, max_tokens=64)
+            began = time.monotonic()
+            arrivals = list(timed_events(client, posted["sse_url"]))
+    assert arrivals[-1][1].event == "end", arrivals[-1][1].data
+    first_token = next(at for at, event in arrivals if event.event == "token" and event.data["t"])
+    lag_ms = (first_token - proxy.first_text_at(began)) * 1000
+    total_ms = (arrivals[-1][0] - began) * 1000
+    record_property("first_token_lag_ms", round(lag_ms, 1))
+    print(f"{real.name}: first token {lag_ms:.1f} ms after the engine sent it; stream {total_ms:.0f} ms")
+    assert lag_ms < 250, f"the first token waited {lag_ms:.0f} ms in orchestratord"
+
+
+def test_a_cancel_frees_the_engine_and_stops_its_generation(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    before = real.generated()
+    server = serve(make_server, real)
+    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+        posted = job(client, prompt="Go on", max_tokens=1500)
+        first = read_events(client, posted["sse_url"], stop_after=3)  # started, then a token or metrics
+        assert first[0].event == "started"
+        if real.busy() is not None:
+            wait_until(lambda: bool(real.busy()), 30, f"{real.name} generating")
+        assert client.post(f"/v1/tasks/{posted['job_id']}/cancel").status_code == 204
+        end = read_events(client, posted["sse_url"])[-1]
+        assert end.event == "end" and end.data["stop_reason"] == "canceled"
+    if real.busy() is not None:
+        wait_until(lambda: not real.busy(), 10, f"{real.name} freed its slot")
+        assert real.generated() - before < 1500, "the engine stopped early"
+    else:  # llama-cpp-python serves one request at a time: a short one finishes only if ours stopped
+        began = time.monotonic()
+        _, count = real.direct(chat=False, text="Hi", max_tokens=4)
+        assert count == 4 and time.monotonic() - began < 8  # the rest of ours would take 10 s or more
+
+
+def test_a_prompt_beyond_the_engines_context_is_one_clean_refusal(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """The pool's ctx_max (100,000) is a ceiling; the engine's context is what holds. Either admission
+    refuses at once (the engine reported its context) or the engine's own refusal comes back as one
+    INVALID_PARAMS error with its reason."""
+    server = serve(make_server, real)
+    long_prompt = "hello " * (real.ctx + 200)  # more tokens than the context, whatever the tokenizer
+    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+        wait_until(lambda: client.get("/v1/pools/real/health").json()["ready"], 15, "pool ready")
+        answer = client.post("/v1/tasks", json={"model_ref": MODEL, "prompt": long_prompt, "max_tokens": 8})
+        if answer.status_code == 400:
+            assert answer.json()["code"] == "INVALID_PARAMS"
+            said = f"({real.ctx}, as its engine reports it)" if real.reports_ctx else f"({real.ctx})"
+            assert said in answer.json()["message"]
+            return
+        assert answer.status_code == 202, answer.text
+        events = read_events(client, answer.json()["sse_url"])
+    errors = [e for e in events if e.event == "error"]
+    assert len(errors) == 1 and events[-1] is errors[0], [e.event for e in events]
+    assert errors[0].data["code"] == "INVALID_PARAMS" and errors[0].data["retriable"] is False
+    assert "context" in errors[0].data["message"], errors[0].data["message"]  # the engine's reason
+
+
+def test_max_tokens_beyond_what_the_context_leaves(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """A short prompt and max_tokens up to the context: refused at admission, refused by the engine as
+    one INVALID_PARAMS error, or (where the engine cuts the output to what is left) ended with
+    `context_length`, never `max_tokens`."""
+    server = serve(make_server, real)
+    asked = real.ctx - 2
+    with httpx.Client(base_url=server.base_url, timeout=300) as client:
+        wait_until(lambda: client.get("/v1/pools/real/health").json()["ready"], 15, "pool ready")
+        body = {"model_ref": MODEL, "prompt": PROMPT * 4, "max_tokens": asked, "temperature": 0.0}
+        answer = client.post("/v1/tasks", json=body)
+        if answer.status_code == 400:
+            assert str(real.ctx) in answer.json()["message"]
+            return
+        assert answer.status_code == 202, answer.text
+        events = read_events(client, answer.json()["sse_url"])
+    last = events[-1]
+    if last.event == "error":
+        assert last.data["code"] == "INVALID_PARAMS" and "max_tokens" in last.data["message"]
+        return
+    assert last.event == "end"
+    if last.data["stop_reason"] != "eos":  # the model may end by itself first
+        assert last.data["stop_reason"] == "context_length", last.data
+        assert last.data["tokens_out"] < asked
+
+
+def test_a_killed_engine_gives_one_retriable_error_then_its_replica_comes_back(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    server = serve(make_server, real)
+    with httpx.Client(base_url=server.base_url, timeout=300) as client:
+
+        def ready() -> bool:
+            return bool(client.get("/v1/pools/real/health").json()["ready"])
+
+        posted = job(client, prompt="Go on", max_tokens=1500)
+        read_events(client, posted["sse_url"], stop_after=3)
+        real.server.kill()
+        events = read_events(client, posted["sse_url"])
+        errors = [e for e in events if e.event == "error"]
+        assert len(errors) == 1 and events[-1] is errors[0], [e.event for e in events]
+        assert errors[0].data["retriable"] is True, errors[0].data
+        wait_until(lambda: not ready(), 5, "the replica unready")
+        real.server.start()  # same port; returns once the engine answers its health check
+        wait_until(ready, 2, "the replica ready within the health interval (0.5 s) of the engine")
+        again = job(client, prompt=PROMPT, max_tokens=4)
+        assert read_events(client, again["sse_url"])[-1].event == "end"
+
+
+@pytest.mark.parametrize("real", ["vllm"], indirect=True)
+def test_each_job_reaches_the_model_it_asked_for(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """vLLM serves one model under two names; the pool lists both and a third the engine does not
+    serve. Each job's model is the one in its request to the engine; a job for the third reaches no
+    engine and ends with one retriable POOL_UNREADY naming the model, while the replica stays ready."""
+    with Proxy(int(real.url.rsplit(":", 1)[1])) as proxy:
+        pool = real.pool(proxy.url, models=["tiny", "tiny-b", "ghost"])
+        server = make_server(pools=[pool], health_interval_s=0.5)
+        with httpx.Client(base_url=server.base_url, timeout=120) as client:
+            wait_until(lambda: client.get("/v1/pools/real/health").json()["ready"], 15, "pool ready")
+            for model in ("tiny-b", "tiny", "tiny-b"):
+                end = read_events(
+                    client, job(client, model_ref=model, prompt=PROMPT, max_tokens=4)["sse_url"]
+                )[-1]
+                assert end.event == "end", end.data
+            assert proxy.models_asked() == ["tiny-b", "tiny", "tiny-b"]
+            ghost = read_events(
+                client, job(client, model_ref="ghost", prompt=PROMPT, max_tokens=4)["sse_url"]
+            )
+            assert [e.event for e in ghost] == ["started", "error"], ghost
+            assert ghost[-1].data["code"] == "POOL_UNREADY" and ghost[-1].data["retriable"] is True
+            assert "lists model 'ghost'" in ghost[-1].data["message"]
+            assert proxy.models_asked() == ["tiny-b", "tiny", "tiny-b"]  # nothing reached the engine
+            assert client.get("/v1/pools/real/health").json()["ready"]
+
+
+@pytest.mark.parametrize("real", ["vllm"], indirect=True)
+def test_a_vllm_pool_passes_on_the_jobs_class_and_id(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """With `priority_scheduling`, each request carries the job's class as vLLM's `priority` (batch 1,
+    interactive 0), and every request carries `X-Request-Id: <job id>-<n>`; vLLM takes both."""
+    with Proxy(int(real.url.rsplit(":", 1)[1])) as proxy:
+        pool = real.pool(proxy.url, options={"priority_scheduling": True})
+        server = make_server(pools=[pool], health_interval_s=0.5)
+        with httpx.Client(base_url=server.base_url, timeout=120) as client:
+            wait_until(lambda: client.get("/v1/pools/real/health").json()["ready"], 15, "pool ready")
+            posted = job(client, prompt=PROMPT, max_tokens=4, priority="batch")
+            assert read_events(client, posted["sse_url"])[-1].event == "end"
+    sent = b"".join(proxy.sent)
+    assert re.search(rb'"priority":\s*1', sent), sent[-400:]
+    assert f"x-request-id: {posted['job_id']}-".encode() in sent.lower()
