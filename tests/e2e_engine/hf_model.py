@@ -6,12 +6,18 @@ token), ``tokenizer_config.json`` with a chat template, and ``generation_config.
 needed: the safetensors file and the tokenizer are written by hand (both formats are simple, and the test
 environment has neither ``safetensors`` nor ``tokenizers``).
 
-As in tiny_model.py (the GGUF twin), the rows of ``lm_head`` for the special tokens and for every byte
-but printable ASCII (0x20-0x7E) are zero: greedy decoding then picks a printable ASCII character, so a
-generation never ends on EOS (it runs to ``max_tokens``), never holds back a partial UTF-8 character,
-and never emits control characters. Seeded, so the files, and greedy output
-at temperature 0, are reproducible. Head size is ``hidden // heads``, and must be one vLLM's CPU attention
-supports (32, 64, 80, …): 128 / 2 = 64 by default, 512 / 8 = 64 for ``SLOW``.
+The model only ever emits printable ASCII (0x20-0x7E), at any temperature: a generation never ends on
+EOS (it runs to ``max_tokens``), never holds back a partial UTF-8 character and never emits a control
+character. (Zero rows of ``lm_head`` for the other tokens, as in tiny_model.py, the GGUF twin, only work
+greedily: sampled at temperature 1 the 163 zero logits take about half the draws, and EOS ends a
+generation after a few hundred tokens.) A Llama ``lm_head`` has no bias, so one is built: dimension 0
+of the residual stream is a constant (10 in every embedding) that no layer reads or writes, so after the
+final RMS norm it is a large positive number, and ``lm_head``'s column 0 (-5 for the other tokens, 0 for
+printable ASCII) puts their logits some 50 below.
+
+Seeded, so the files, and greedy output at temperature 0, are reproducible. Head size is
+``hidden // heads``, and must be one vLLM's CPU attention supports (32, 64, 80, …): 128 / 2 = 64 by
+default, 512 / 8 = 64 for ``SLOW``.
 """
 
 from __future__ import annotations
@@ -143,21 +149,35 @@ def write_tiny_hf_llama(
     def ones() -> np.ndarray:
         return np.ones(hidden, dtype=np.float32)
 
-    tensors = {"model.embed_tokens.weight": weights(VOCAB_SIZE, hidden)}
+    def reading(*shape: int) -> np.ndarray:  # a layer's input projection: blind to dimension 0
+        w = weights(*shape)
+        w[:, 0] = 0.0
+        return w
+
+    def writing(*shape: int) -> np.ndarray:  # a layer's output projection: leaves dimension 0 alone
+        w = weights(*shape)
+        w[0, :] = 0.0
+        return w
+
+    embed = weights(VOCAB_SIZE, hidden)
+    embed[:, 0] = 10.0  # the constant dimension (see the module docstring)
+    tensors = {"model.embed_tokens.weight": embed}
     for i in range(layers):
         layer = f"model.layers.{i}"
         tensors[f"{layer}.input_layernorm.weight"] = ones()
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            tensors[f"{layer}.self_attn.{name}.weight"] = weights(hidden, hidden)
+        for name in ("q_proj", "k_proj", "v_proj"):
+            tensors[f"{layer}.self_attn.{name}.weight"] = reading(hidden, hidden)
+        tensors[f"{layer}.self_attn.o_proj.weight"] = writing(hidden, hidden)
         tensors[f"{layer}.post_attention_layernorm.weight"] = ones()
-        tensors[f"{layer}.mlp.gate_proj.weight"] = weights(intermediate, hidden)
-        tensors[f"{layer}.mlp.up_proj.weight"] = weights(intermediate, hidden)
-        tensors[f"{layer}.mlp.down_proj.weight"] = weights(hidden, intermediate)
+        tensors[f"{layer}.mlp.gate_proj.weight"] = reading(intermediate, hidden)
+        tensors[f"{layer}.mlp.up_proj.weight"] = reading(intermediate, hidden)
+        tensors[f"{layer}.mlp.down_proj.weight"] = writing(hidden, intermediate)
     tensors["model.norm.weight"] = ones()
     lm_head = weights(VOCAB_SIZE, hidden)
     printable = np.zeros(VOCAB_SIZE, dtype=bool)
     printable[0x20:0x7F] = True
-    lm_head[~printable] = 0.0  # control and non-ASCII bytes, BOS and EOS: see the module docstring
+    lm_head[:, 0] = np.where(printable, 0.0, -5.0)  # the bias
+    lm_head[~printable, 1:] = 0.0
     tensors["lm_head.weight"] = lm_head
     write_safetensors(directory / "model.safetensors", tensors)
 

@@ -45,6 +45,7 @@ class Real:
     native_completion: bool = False  # llama.cpp's adapter streams prompts through /completion
     reports_ctx: bool = True  # its context is in what it reports (else the pool is configured with it)
     counts_in_stream: bool = True  # its stream reports the token count (else ours is an estimate)
+    tells_stop_strings: bool = True  # its end says a stop string ended it (OpenAI's "stop" does not)
 
     @property
     def url(self) -> str:
@@ -77,10 +78,19 @@ class Real:
             return self.server.metric("vllm:generation_tokens_total")
         return None
 
+    def generated_since(self, before: float) -> float:
+        now = self.generated()
+        assert now is not None, f"{self.name} keeps no counter of generated tokens"
+        return now - before
+
     # -- the engine's own answer ---------------------------------------------------------------
-    def direct(self, *, chat: bool, text: str, max_tokens: int) -> tuple[str, int | None]:
+    def direct(
+        self, *, chat: bool, text: str, max_tokens: int, stop: list[str] | None = None
+    ) -> tuple[str, int | None]:
         """The engine's streamed text for a greedy request, and the count it reports."""
-        sampling = {"temperature": 0.0, "seed": 7}
+        sampling: dict[str, Any] = {"temperature": 0.0, "seed": 7}
+        if stop:
+            sampling["stop"] = stop
         if chat:
             path = "/v1/chat/completions"
             body: dict[str, Any] = {"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
@@ -125,7 +135,15 @@ def start_llama_server(workdir: Path, slow_model: Path) -> Real:
 def start_llama_cpp_python(workdir: Path, slow_model: Path) -> Real:
     """One request at a time, 2,048 tokens of context, which it does not report."""
     server = LlamaCppPython(workdir, model_path=slow_model, n_ctx=2048, alias=MODEL).start()
-    return Real("llama-cpp-python", "openai", server, ctx=2048, reports_ctx=False, counts_in_stream=False)
+    return Real(
+        "llama-cpp-python",
+        "openai",
+        server,
+        ctx=2048,
+        reports_ctx=False,
+        counts_in_stream=False,
+        tells_stop_strings=False,
+    )
 
 
 def start_vllm(workdir: Path) -> Real:

@@ -69,26 +69,45 @@ def job(client: httpx.Client, **fields: Any) -> dict[str, Any]:
     return dict(answer.json())
 
 
-@pytest.mark.parametrize("chat", [False, True], ids=["completion", "chat"])
+@pytest.mark.parametrize(("chat", "stopping"), [(False, False), (True, False), (False, True)],
+                         ids=["completion", "chat", "stop-string"])  # fmt: skip
 def test_text_and_token_count_are_the_engines(
-    make_server: Callable[..., LoopbackServer], real: Real, chat: bool
+    make_server: Callable[..., LoopbackServer], real: Real, chat: bool, stopping: bool
 ) -> None:
-    text, count = real.direct(chat=chat, text=PROMPT, max_tokens=24)
+    stop: list[str] = []
+    if stopping:  # a stop string from the middle of what the engine says: it cuts there, and so do we
+        whole, _ = real.direct(chat=chat, text=PROMPT, max_tokens=24)
+        stop = [whole[10:13]]
+    text, count = real.direct(chat=chat, text=PROMPT, max_tokens=24, stop=stop)
     before = real.generated()  # after the direct request's tokens were counted
     server = serve(make_server, real)
     with httpx.Client(base_url=server.base_url, timeout=120) as client:
-        shape = {"messages": [{"role": "user", "content": PROMPT}]} if chat else {"prompt": PROMPT}
+        shape: dict[str, Any] = (
+            {"messages": [{"role": "user", "content": PROMPT}]} if chat else {"prompt": PROMPT}
+        )
+        if stop:
+            shape["stop"] = stop
         events = read_events(client, job(client, max_tokens=24, **shape)["sse_url"])
     end = events[-1]
     assert end.event == "end", end.data
+    expected = "max_tokens"
+    if stopping:  # OpenAI's finish_reason "stop" is an EOS and a stop string alike: we say eos
+        expected = "stop_sequence" if real.tells_stop_strings else "eos"
+    assert end.data["stop_reason"] == expected, end.data
+    if stopping:
+        assert stop[0] not in text and len(text) < len(whole)
     relayed = "".join(e.data["t"] for e in events if e.event == "token")
     assert relayed.encode() == text.encode()  # byte for byte, control characters included
-    assert end.data["tokens_out"] == count
+    if real.counts_in_stream or not stopping:
+        assert end.data["tokens_out"] == count
+    else:  # the estimate counts what was relayed; the engine also counted the stop string's tokens
+        assert end.data["tokens_out"] <= count
     assert ("tokens_out_estimated" in end.data) is not real.counts_in_stream  # an estimate is named one
     if before is not None:  # the engine's own counter grew by as much
-        grew = lambda: real.generated() - before  # noqa: E731
         wait_until(
-            lambda: grew() == count, 10, lambda: f"{real.name}'s counter grew by {grew()}, not {count}"
+            lambda: real.generated_since(before) == count,
+            10,
+            lambda: f"{real.name}'s counter grew by {real.generated_since(before)}, not {count}",
         )
     indexes = [e.data["i"] for e in events if e.event == "token"]
     assert indexes == list(range(len(indexes)))  # `i` stays the gap-free index of token events
@@ -128,9 +147,9 @@ def test_a_cancel_frees_the_engine_and_stops_its_generation(
         assert client.post(f"/v1/tasks/{posted['job_id']}/cancel").status_code == 204
         end = read_events(client, posted["sse_url"])[-1]
         assert end.event == "end" and end.data["stop_reason"] == "canceled"
-    if real.busy() is not None:
+    if before is not None:
         wait_until(lambda: not real.busy(), 10, f"{real.name} freed its slot")
-        assert real.generated() - before < 1500, "the engine stopped early"
+        assert real.generated_since(before) < 1500, "the engine stopped early"
     else:  # llama-cpp-python serves one request at a time: a short one finishes only if ours stopped
         began = time.monotonic()
         _, count = real.direct(chat=False, text="Hi", max_tokens=4)

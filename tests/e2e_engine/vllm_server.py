@@ -11,6 +11,7 @@ time, not on a token count.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -102,63 +103,49 @@ class VllmServer:
         except httpx.TransportError:
             return False
 
-    def _signal_group(self, sig: int) -> bool:
-        """Send ``sig`` (0: none) to the server's process group; False when none of it is left."""
-        if self._group is None:
-            return False
-        try:
-            os.killpg(self._group, sig)
-        except ProcessLookupError:
-            return False
-        return True
-
-    def _end_group(self) -> None:
-        """Once the server itself is gone: end what it started. Its engine core and worker outlive it
-        (they do not notice its death); a SIGTERM lets them release their shared memory, and
-        multiprocessing's resource tracker (which ignores SIGTERM) then exits by itself. SIGKILL only
-        what is still there after 10 s, since that leaks the shared memory in /dev/shm."""
-        deadline = time.monotonic() + 10
-        if self._signal_group(signal.SIGTERM):
-            while self._signal_group(0) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        self._signal_group(signal.SIGKILL)
-        self._group = None  # its id may be reused: never signal it again
-
     def kill(self) -> None:
-        """SIGKILL the server, as a crash would (a client mid-stream gets an incomplete chunked body at
-        once), then end the processes it started, so that it can be started again on the same port.
-        Takes about 6 s on 2 cores (their teardown)."""
-        if self._process is not None:
-            segments = self._shared_memory()
-            self._process.send_signal(signal.SIGKILL)
-            self._process.wait()
-            self._end_group()
-            for segment in segments:  # what only the killed server would have unlinked
-                segment.unlink(missing_ok=True)
-
-    def _shared_memory(self) -> set[Path]:
-        """The server's shared-memory segments (/dev/shm/psm_*), from its memory map."""
-        assert self._process is not None
-        try:
-            maps = Path(f"/proc/{self._process.pid}/maps").read_text()
-        except OSError:
-            return set()
-        paths = {line.split(maxsplit=5)[-1] for line in maps.splitlines() if " /dev/shm/psm_" in line}
-        return {Path(path) for path in paths if path.startswith("/dev/shm/psm_") and " " not in path}
+        """SIGKILL the server and the processes it started (engine core, worker), as a crash would: a
+        client mid-stream gets an incomplete chunked body at once. ``start`` brings it back on the same
+        port."""
+        self._end(graceful=False)
 
     def stop(self) -> None:
-        if self._process is not None:
-            if self._process.poll() is None:
-                self._process.terminate()  # the API server shuts its engine core down
-                try:
-                    self._process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    self._process.kill()
-                    self._process.wait()
-            self._end_group()
+        self._end(graceful=True)
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def _end(self, *, graceful: bool) -> None:
+        if self._process is None or self._group is None:
+            return
+        segments = self._shared_memory()
+        if graceful and self._process.poll() is None:
+            self._process.terminate()  # the API server shuts its engine core down
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._group, signal.SIGKILL)  # whatever is left of it (its engine core outlives it)
+        self._process.wait()
+        self._group = None  # its id may be reused: never signal it again
+        for segment in segments:  # what the killed processes would have released
+            segment.unlink(missing_ok=True)
+
+    def _shared_memory(self) -> set[Path]:
+        """The multiprocessing shared memory and semaphores (/dev/shm/psm_*, sem.mp-*) the server's
+        processes have mapped: a SIGKILL leaves them behind."""
+        found: set[Path] = set()
+        for entry in Path("/proc").iterdir():
+            try:
+                if not entry.name.isdigit() or os.getpgid(int(entry.name)) != self._group:
+                    continue
+                maps = (entry / "maps").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            for line in maps.splitlines():
+                path = line.split(maxsplit=5)[-1]
+                if path.startswith(("/dev/shm/psm_", "/dev/shm/sem.mp-")) and " " not in path:
+                    found.add(Path(path))
+        return found
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
