@@ -40,7 +40,7 @@ from orchestratord.presence import Presence
 from orchestratord.state.base import EventLog, JobQueue, JobRecord, JobRegistry
 from orchestratord.state.shared import SharedState
 from pool_manager.registry import PoolRegistry, PoolState
-from worker_adapters.registry import SEED_LIMITS, honours, takes_seed
+from worker_adapters.registry import honours, seed_limit
 
 log = get_logger(__name__)
 
@@ -414,9 +414,9 @@ def _honouring(spec: TaskSpec, candidates: list[PoolState]) -> list[PoolState]:
             )
         candidates = able
     if spec.seed is not None:
-        able = [p for p in candidates if takes_seed(p.spec.engine, spec.seed)]
+        able = [p for p in candidates if spec.seed <= seed_limit(p.spec.engine, p.spec.max_seed)]
         if not able:
-            limit = min(SEED_LIMITS.get(p.spec.engine, 2**63 - 1) for p in candidates)
+            limit = max(seed_limit(p.spec.engine, p.spec.max_seed) for p in candidates)
             raise InvalidParams(
                 f"seed {spec.seed} is larger than the engines serving {spec.model_ref!r} take as given "
                 f"(at most {limit}); use a smaller seed",

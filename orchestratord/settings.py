@@ -64,6 +64,7 @@ class PoolConfig(_Strict):
     api: Literal["completion", "chat", "auto"] = "auto"
     read_timeout_s: float = Field(default=60.0, gt=0)
     first_token_timeout_s: float = Field(default=600.0, gt=0)
+    max_seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     options: dict[str, str | int | float | bool] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -115,6 +116,7 @@ class PoolConfig(_Strict):
             api=self.api,
             read_timeout_s=self.read_timeout_s,
             first_token_timeout_s=self.first_token_timeout_s,
+            max_seed=self.max_seed,
         )
 
 

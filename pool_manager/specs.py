@@ -30,6 +30,7 @@ class PoolSpec:
     api: str = "auto"
     read_timeout_s: float = 60.0
     first_token_timeout_s: float = 600.0
+    max_seed: int | None = None  # the largest seed the engine takes as given (None: the engine kind's)
 
     def engine_name(self, model: str) -> str:
         """What the engine calls `model` (the name a request's `model` field carries to it)."""

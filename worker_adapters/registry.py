@@ -44,8 +44,10 @@ def honours(engine: str, parameter: str) -> bool:
     return parameter not in UNSUPPORTED.get(engine, frozenset())
 
 
-def takes_seed(engine: str, seed: int) -> bool:
-    return seed <= SEED_LIMITS.get(engine, 2**63 - 1)
+def seed_limit(engine: str, configured: int | None = None) -> int:
+    """The largest seed a pool's engine takes as given: the pool's `max_seed` (for an engine whose kind
+    does not tell, such as an OpenAI-compatible llama-cpp-python, also 32 bits), else its kind's."""
+    return configured if configured is not None else SEED_LIMITS.get(engine, 2**63 - 1)
 
 
 def load_adapter(config: AdapterConfig) -> WorkerAdapter:

@@ -105,3 +105,22 @@ def test_a_seed_llama_cpp_cannot_take_as_given_is_refused_or_routed_elsewhere(ma
             small = client.post("/v1/tasks", json={"model_ref": "qwen", **body, "seed": 2**32 - 2}).json()
             assert read_events(client, small["sse_url"])[-1].event == "end"
     assert engine.record.last("/completion").body["seed"] == 2**32 - 2
+
+
+def test_a_pools_max_seed_is_the_seed_limit_of_an_engine_kind_that_does_not_tell(
+    make_server: Factory,
+) -> None:
+    """An OpenAI-compatible llama-cpp-python cuts seeds to 32 bits, which its kind (`openai`) does not
+    say: the pool's `max_seed` does, and admission holds to it like to llama.cpp's own."""
+    pools = [
+        {"id": "cut", "engine": "mock", "models": ["m"], "replicas": [{"id": "r0"}], "max_seed": 2**32 - 2}
+    ]
+    server = make_server(pools=pools)
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        body = {"model_ref": "m", "prompt": "hi", "max_tokens": 2}
+        refused = client.post("/v1/tasks", json={**body, "seed": 2**32})
+        assert refused.status_code == 400 and refused.json()["code"] == "INVALID_PARAMS"
+        assert "at most 4294967294" in refused.json()["message"]
+        taken = client.post("/v1/tasks", json={**body, "seed": 2**32 - 2})
+        assert taken.status_code == 202
+        assert read_events(client, taken.json()["sse_url"])[-1].event == "end"
