@@ -96,9 +96,11 @@ class Admission:
         tenant_limits: Mapping[str, TenantLimits] | None = None,
         checks: Sequence[AdmissionCheck] = (),
         shared: SharedState | None = None,
+        unready_limit_s: float | None = None,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._unready_limit = unready_limit_s
         self._store = store
         self._registry = registry
         self._outlook = outlook
@@ -200,6 +202,7 @@ class Admission:
                 f"every pool serving {spec.model_ref!r} is draining; retry later or on another deployment",
                 retry_after_ms=DEFAULT_RETRY_AFTER_MS,
             )
+        self._check_serving(spec, key_pools=candidates)
         needed = spec.tokens_in_estimate + spec.max_tokens
         fitting = [p for p in candidates if needed <= p.ctx_max and spec.max_tokens <= p.max_tokens_out]
         if not fitting:
@@ -220,6 +223,22 @@ class Admission:
             or len(fitting) < len(pools)
         )
         return Route.to(spec.model_ref, [p.spec.id for p in fitting] if restricted else None)
+
+    def _check_serving(self, spec: TaskSpec, key_pools: Sequence[PoolState]) -> None:
+        """503 at once when no replica serving the model has been able to take a job for longer than
+        `queue.unready_limit_s`: such a job would only wait to be failed."""
+        if self._unready_limit is None:
+            return
+        serving = [p for p in key_pools if not p.draining]
+        if not serving:
+            return
+        down = min(self._registry.down_for(p.spec.id, spec.model_ref) for p in serving)
+        if down > self._unready_limit:
+            raise PoolUnavailable(
+                f"no replica serving {spec.model_ref!r} has been able to take a job for {down:.0f} s "
+                f"(queue.unready_limit_s is {self._unready_limit:g}); GET /v1/pools says why; retry later",
+                retry_after_ms=DEFAULT_RETRY_AFTER_MS,
+            )
 
     @staticmethod
     def _too_large(spec: TaskSpec, candidates: Sequence[PoolState]) -> str:

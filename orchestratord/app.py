@@ -36,7 +36,7 @@ from orchestratord.shutdown import drain_and_stop
 from orchestratord.state.base import StateStore
 from orchestratord.state.memory import MemoryStore
 from pool_manager.health import HealthProber
-from pool_manager.registry import PoolRegistry
+from pool_manager.registry import BreakerPolicy, PoolRegistry
 from pool_manager.specs import PoolSpec
 from worker_adapters.base import AdapterConfig
 from worker_adapters.host import AdapterHost
@@ -102,14 +102,19 @@ def tenant_label(settings: Settings) -> Callable[[str], str]:
 
 def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     store = build_store(settings)
-    registry = PoolRegistry(settings.pool_specs(), leases=store.leases)
+    b = settings.breaker
+    breaker = BreakerPolicy(threshold=b.failures, backoff_s=b.backoff_s, max_backoff_s=b.max_backoff_s)
+    registry = PoolRegistry(settings.pool_specs(), leases=store.leases, breaker=breaker)
     metrics = Metrics(tenant_label=tenant_label(settings))
     control = build_control_plane(settings, store)
     runs = Runs()
     outlook = Outlook(registry, runs)
     endings = Endings(store, registry, metrics)
     reachability = Reachability()
-    housekeeper = Housekeeper(store, outlook, endings, metrics, reachability, shared=store.shared)
+    housekeeper = Housekeeper(
+        store, outlook, endings, metrics, reachability, shared=store.shared,
+        max_wait_s=settings.queue.max_wait_s, unready_limit_s=settings.queue.unready_limit_s,
+    )  # fmt: skip
     placer = Placer(registry, outlook, endings, metrics, hooks=control.gate, shared=store.shared)
     execution = Execution(
         store, registry, adapters, metrics, runs=runs, outlook=outlook, endings=endings, placer=placer,
@@ -139,6 +144,7 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         tenant_limits={t.id: TenantLimits(t.rps, t.burst) for t in settings.tenants},
         checks=[control.gate],
         shared=store.shared,
+        unready_limit_s=settings.queue.unready_limit_s,
     )  # fmt: skip
     prober = HealthProber(
         registry,

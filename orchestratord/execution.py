@@ -202,12 +202,16 @@ class Execution:
         )
 
     def _learn(self, assigned: Assigned, run: Running, stats: RunStats) -> None:
-        """What the attempt says of the replica: a fault toward its breaker, or a service time."""
+        """What the attempt says of the replica: a fault toward its breaker, a success that closes it
+        (the engine generated: a token, or a good end), and only a run that ended well is a service time
+        (a canceled or failed run says nothing of how long a job holds a slot)."""
         if stats.outcome == "error" and stats.error is not None:
             if counts_against_replica(stats.error):
                 self._registry.record_failure(assigned.pool_id, assigned.replica_id, stats.error.message)
-        else:
+            return
+        if stats.tokens > 0 or stats.outcome == "succeeded":
             self._registry.record_success(assigned.pool_id, assigned.replica_id)
+        if stats.outcome == "succeeded":
             self._outlook.served(assigned.pool_id, self._clock() - run.started)
 
     def _count_tokens(self, spec: TaskSpec, stats: RunStats, labels: dict[str, str]) -> None:

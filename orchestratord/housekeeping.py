@@ -5,7 +5,7 @@ state it needs (the store's roles, the outlook, the way jobs end), never the dis
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,9 +45,13 @@ class Housekeeper:
         reachability: Reachability,
         *,
         shared: SharedState | None = None,
+        max_wait_s: Mapping[str, float] | None = None,
+        unready_limit_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        self._max_wait = dict(max_wait_s or {})
+        self._unready_limit = unready_limit_s
         self._store = store
         self._outlook = outlook
         self._endings = endings
@@ -69,6 +73,7 @@ class Housekeeper:
                     self._endings.reaped(reaped)
             await self.expire()
             await self.end_unservable()  # a safety net: drains and reloads end these at once
+            await self.end_stuck()
             await self._publish_positions()
             await self._store.purge(self._wall())
         except StateUnavailable:
@@ -104,6 +109,38 @@ class Housekeeper:
             pool_id, message = verdict
             gone = PoolUnavailable(message, retry_after_ms=DEFAULT_RETRY_AFTER_MS, pool_id=pool_id)
             if await self._endings.fail(entry.job_id, gone):
+                ended += 1
+        return ended
+
+    async def end_stuck(self) -> int:
+        """End the queued jobs that waited longer than their class may (`queue.max_wait_s`), or whose
+        model no replica could serve for `queue.unready_limit_s` (all down, unready, or their breakers
+        open), with a retriable POOL_UNAVAILABLE naming why. Returns how many ended."""
+        if not self._max_wait and self._unready_limit is None:
+            return 0
+        now = self._wall()
+        ended = 0
+        down: dict[Route, tuple[float, str]] = {}
+        for entry in await self._store.queued():
+            model = entry.route.model
+            limit = self._max_wait.get(entry.priority)
+            if limit is not None and now - entry.enqueued_at > limit:
+                why = (
+                    f"the job waited {limit:g} s in the queue, the most its class ({entry.priority}) may "
+                    f"(queue.max_wait_s), without a slot serving {model!r} coming free; retry later"
+                )
+            else:
+                if entry.route not in down:
+                    down[entry.route] = self._outlook.down_for(entry.route)
+                seconds, errors = down[entry.route]
+                if self._unready_limit is None or seconds <= self._unready_limit:
+                    continue
+                why = (
+                    f"no replica serving {model!r} has been able to take a job for {seconds:.0f} s "
+                    f"(queue.unready_limit_s is {self._unready_limit:g}): {errors}; retry later"
+                )
+            gone = PoolUnavailable(why, retry_after_ms=DEFAULT_RETRY_AFTER_MS)
+            if await self._endings.fail(entry.job_id, gone, pool_id=self._outlook.labels(entry.route)[2]):
                 ended += 1
         return ended
 

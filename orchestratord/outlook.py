@@ -56,6 +56,26 @@ class Outlook:
     def predict(self, route: Route, position: int) -> int | None:
         return predict_start_ms(position, self.capacity(route))
 
+    def down_for(self, route: Route) -> tuple[float, str]:
+        """How long no replica of the pools serving `route` (not draining) could take its job, and the
+        replicas' last errors; (0, "") while one can."""
+        pools = [
+            p for p in self._registry.pools.values()
+            if route.model in p.spec.models and route.admits(p.spec.id) and not p.draining
+        ]  # fmt: skip
+        if not pools:
+            return 0.0, ""  # no pool serves it at all: `unservable` says so
+        down = min(self._registry.down_for(p.spec.id, route.model) for p in pools)
+        if down <= 0:
+            return 0.0, ""
+        errors = [
+            f"{p.spec.id}/{r.replica_id}: {r.breaker.reason if r.breaker.state == 'open' else r.last_error}"
+            for p in pools
+            for r in p.replicas.values()
+            if r.down_since is not None
+        ]
+        return down, "; ".join(errors)
+
     def labels(self, route: Route) -> tuple[str, str, str]:
         """(engine, engine_version, pool_id) a waiting job is counted under: the first pool serving it."""
         for pool in sorted(self._registry.pools.values(), key=lambda p: p.spec.id):

@@ -132,6 +132,22 @@ class QueueConfig(_Strict):
     full_policy: Literal["reject", "drop-lru", "shed-low-priority"] = "reject"
     class_weights: dict[str, float] = Field(default_factory=lambda: {"interactive": 8.0, "batch": 1.0})
     fairness_unit: Literal["requests", "tokens"] = "requests"
+    # The longest a job of each class may wait in the queue (absent: no limit); then it ends with a
+    # retriable POOL_UNAVAILABLE naming the limit.
+    max_wait_s: dict[str, float] = Field(default_factory=dict)
+    # A queued job whose model no replica has been able to serve for this long ends with a retriable
+    # POOL_UNAVAILABLE, and admission answers 503 at once for that model until a replica is back.
+    unready_limit_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("max_wait_s")
+    @classmethod
+    def _wait_classes(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - {"interactive", "batch"})
+        if unknown:
+            raise ValueError(f"unknown priority classes {unknown}; use interactive and batch")
+        if any(w <= 0 for w in value.values()):
+            raise ValueError("max_wait_s must be positive")
+        return value
 
     @field_validator("class_weights")
     @classmethod
@@ -175,6 +191,12 @@ class LimitsConfig(_Strict):
     # (a head or body not sent yet, an idle keep-alive) is closed for the newcomer.
     max_connections: int | None = Field(default=None, ge=8)
     max_connections_per_client: int | None = Field(default=None, ge=1)
+
+
+class BreakerConfig(_Strict):
+    failures: int = Field(default=3, ge=1)
+    backoff_s: float = Field(default=5.0, gt=0)
+    max_backoff_s: float = Field(default=300.0, gt=0)
 
 
 class RedisConfig(_Strict):
@@ -317,6 +339,7 @@ class Settings(BaseSettings):
     stream: StreamConfig = Field(default_factory=StreamConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     pools: list[PoolConfig] = Field(default_factory=_default_pools)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)

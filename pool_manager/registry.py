@@ -12,6 +12,34 @@ from pool_manager.snapshot import PoolSnapshot, ReplicaSnapshot
 from pool_manager.specs import PoolSpec
 from worker_adapters.base import WorkerHealth, WorkerProps
 
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+@dataclass(slots=True)
+class Breaker:
+    """A replica's circuit breaker, fed by real requests, never by health probes: an engine whose
+    `/health` is fine while its generations fail (out of memory, device errors) stays out.
+
+    `threshold` failures in a row (errors before a token, resets, timeouts) open it. After a backoff
+    that doubles with each opening without a success in between (`backoff_s` … `max_backoff_s`) it
+    half-opens: placement offers the replica one request, a trial. The trial's success closes it; its
+    failure opens it again, for twice as long. A trial that ends without telling (canceled before a
+    token) lets another through."""
+
+    state: BreakerState = "closed"
+    reason: str | None = None  # the failure that opened it
+    failures: int = 0  # in a row
+    openings: int = 0  # in a row, without a success between
+    reopen_at: float | None = None  # when an open breaker half-opens (monotonic)
+    trial: bool = False  # a half-open trial is in flight
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    threshold: int = 3
+    backoff_s: float = 5.0
+    max_backoff_s: float = 300.0
+
 
 @dataclass(slots=True)
 class ReplicaState:
@@ -23,8 +51,7 @@ class ReplicaState:
     live: bool = False
     ready: bool = False
     last_error: str | None = None
-    consecutive_failures: int = 0
-    circuit_open: bool = False
+    breaker: Breaker = field(default_factory=Breaker)
     engine_version: str | None = None
     kv_cache_usage_ratio: float | None = None
     checked_at: float | None = None
@@ -32,6 +59,14 @@ class ReplicaState:
     ctx_max: int | None = None  # the engine's own context per request (prompt and output), if it says
     max_tokens_out: int | None = None  # the engine's own output limit per request, if it says
     slots_source: Literal["config", "engine"] = "config"
+    # Since when placement could not offer it a job (down, unready, or its breaker open); None while it
+    # can. A replica starts down until its first passing probe.
+    down_since: float | None = None
+
+    def admits(self) -> bool:
+        """Placement may offer this replica a job: it is ready and its breaker lets one through."""
+        b = self.breaker
+        return self.ready and (b.state == "closed" or (b.state == "half_open" and not b.trial))
 
 
 @dataclass(slots=True)
@@ -83,13 +118,14 @@ class PoolRegistry:
         specs: Iterable[PoolSpec],
         *,
         leases: LeaseStore | None = None,
-        breaker_threshold: int = 3,
+        breaker: BreakerPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.pools: dict[str, PoolState] = {spec.id: _initial_state(spec) for spec in specs}
+        self.pools: dict[str, PoolState] = {spec.id: _initial_state(spec, clock()) for spec in specs}
         self.leases: LeaseStore = leases or MemoryLeases()
-        self.breaker_threshold = breaker_threshold
+        self.breaker_policy = breaker or BreakerPolicy()
         self._clock = clock
+        self._started = clock()
 
     def get(self, pool_id: str) -> PoolState | None:
         return self.pools.get(pool_id)
@@ -106,9 +142,7 @@ class PoolRegistry:
         replica.live = health.live
         replica.ready = health.live and health.ready
         replica.last_error = None if replica.ready else (health.detail or "engine not ready")
-        if replica.ready:
-            replica.circuit_open = False
-            replica.consecutive_failures = 0
+        self._track_down(replica)
         if props.slots:
             replica.slots_total = props.slots
             replica.slots_source = "engine"
@@ -128,18 +162,60 @@ class PoolRegistry:
         replica.live = False
         replica.ready = False
         replica.last_error = error
+        self._track_down(replica)
+
+    def _track_down(self, replica: ReplicaState) -> None:
+        if replica.ready and replica.breaker.state != "open":
+            replica.down_since = None
+        elif replica.down_since is None:
+            replica.down_since = self._clock()
+
+    def down_for(self, pool_id: str, model: str) -> float:
+        """Seconds since any replica of the pool could last take a job for `model` (0: one can now). A
+        model that no replica's engine lists counts from the registry's start (its listing's history is
+        not kept)."""
+        now = self._clock()
+        waits = [
+            0.0 if r.down_since is None else now - r.down_since
+            for r in self.pools[pool_id].replicas.values()
+            if r.serves is None or model in r.serves
+        ]
+        return min(waits, default=now - self._started)
 
     def record_failure(self, pool_id: str, replica_id: str, error: str) -> None:
-        """A request failed on this replica; enough in a row open its circuit until a probe passes."""
+        """A request failed on this replica: enough in a row, or a failed half-open trial, open its
+        breaker (see `Breaker`)."""
         replica = self.pools[pool_id].replicas[replica_id]
-        replica.consecutive_failures += 1
         replica.last_error = error
-        if replica.consecutive_failures >= self.breaker_threshold:
-            replica.circuit_open = True
-            replica.ready = False
+        b = replica.breaker
+        b.failures += 1
+        if b.state == "half_open" or (b.state == "closed" and b.failures >= self.breaker_policy.threshold):
+            b.openings += 1
+            policy = self.breaker_policy
+            backoff = min(policy.max_backoff_s, policy.backoff_s * 2 ** (b.openings - 1))
+            b.state, b.reason, b.trial = "open", error, False
+            b.reopen_at = self._clock() + backoff
+            self._track_down(replica)
 
     def record_success(self, pool_id: str, replica_id: str) -> None:
-        self.pools[pool_id].replicas[replica_id].consecutive_failures = 0
+        """A request succeeded on this replica (it produced a token or ended well): the breaker closes."""
+        replica = self.pools[pool_id].replicas[replica_id]
+        replica.breaker = Breaker()
+        if replica.ready:
+            replica.last_error = None
+        self._track_down(replica)
+
+    def breaker(self, pool_id: str, replica_id: str) -> tuple[Breaker, float | None]:
+        """A replica's breaker as of now, and (while open) the seconds until it half-opens."""
+        b = self._breaker_now(self.pools[pool_id].replicas[replica_id])
+        wait = None if b.state != "open" or b.reopen_at is None else max(0.0, b.reopen_at - self._clock())
+        return b, wait
+
+    def _breaker_now(self, replica: ReplicaState) -> Breaker:
+        b = replica.breaker
+        if b.state == "open" and b.reopen_at is not None and self._clock() >= b.reopen_at:
+            b.state, b.trial = "half_open", False
+        return b
 
     # -- operator actions ------------------------------------------------------------------------
     def drain(self, pool_id: str, deadline: float) -> None:
@@ -160,11 +236,23 @@ class PoolRegistry:
     # -- leases ----------------------------------------------------------------------------------
     async def lease(self, job_id: str, pool_id: str, replica_id: str) -> Lease | None:
         replica = self.pools[pool_id].replicas[replica_id]
+        b = self._breaker_now(replica)
+        if b.state == "open" or (b.state == "half_open" and b.trial):
+            return None
         lease = Lease(job_id, pool_id, replica_id)
-        return lease if await self.leases.acquire(lease, replica.slots_total) else None
+        if not await self.leases.acquire(lease, replica.slots_total):
+            return None
+        if b.state == "half_open":
+            b.trial = True  # this job is the trial: no other until it tells
+        return lease
 
     async def release(self, job_id: str) -> Lease | None:
-        return await self.leases.release(job_id)
+        lease = await self.leases.release(job_id)
+        if lease is not None:
+            replica = self.pools[lease.pool_id].replicas.get(lease.replica_id)
+            if replica is not None and replica.breaker.state == "half_open":
+                replica.breaker.trial = False  # the trial ended without telling: another may try
+        return lease
 
     # -- snapshots -------------------------------------------------------------------------------
     async def snapshot(self) -> list[PoolSnapshot]:
@@ -175,12 +263,14 @@ class PoolRegistry:
         replicas = []
         for r in pool.replicas.values():
             held = await self.leases.held(pool_id, r.replica_id)
+            b = self._breaker_now(r)
+            free = max(0, r.slots_total - held)
             replicas.append(
                 ReplicaSnapshot(
                     replica_id=r.replica_id,
-                    ready=r.ready and not r.circuit_open,
+                    ready=r.admits(),
                     slots_total=r.slots_total,
-                    slots_free=max(0, r.slots_total - held),
+                    slots_free=min(free, 1) if b.state == "half_open" else free,
                     last_error=r.last_error,
                     kv_cache_usage_ratio=r.kv_cache_usage_ratio,
                     serves=r.serves,
@@ -202,6 +292,9 @@ class PoolRegistry:
         )
 
 
-def _initial_state(spec: PoolSpec) -> PoolState:
-    replicas = {r.id: ReplicaState(replica_id=r.id, url=r.url, slots_total=spec.slots) for r in spec.replicas}
+def _initial_state(spec: PoolSpec, now: float) -> PoolState:
+    replicas = {
+        r.id: ReplicaState(replica_id=r.id, url=r.url, slots_total=spec.slots, down_since=now)
+        for r in spec.replicas
+    }
     return PoolState(spec=spec, replicas=replicas, engine_version=spec.engine_version or "unknown")

@@ -117,7 +117,7 @@ def pool_capabilities(pool: PoolState) -> PoolCapabilities:
         slots=sum(r.slots_total for r in pool.replicas.values()),
         sources=limit_sources(pool),
         replicas=len(pool.replicas),
-        ready=not pool.draining and any(r.ready and not r.circuit_open for r in pool.replicas.values()),
+        ready=not pool.draining and any(r.admits() for r in pool.replicas.values()),
         draining=pool.draining,
         workloads=workloads,
         # Every adapter streams, cancels and forwards the request's seed (the WorkerAdapter contract).

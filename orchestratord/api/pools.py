@@ -19,12 +19,20 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 PoolId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
+class BreakerInfo(BaseModel):
+    state: Literal["closed", "open", "half_open"]
+    reason: str | None
+    half_opens_in_ms: int | None
+    failures: int
+
+
 class ReplicaInfo(BaseModel):
     id: str
     ready: bool
     slots_total: int
     slots_free: int
     last_error: str | None
+    breaker: BreakerInfo
 
 
 class PoolHealth(BaseModel):
@@ -144,6 +152,12 @@ def _health(services: Services, snap: PoolSnapshot) -> PoolHealth:
     )
 
 
+def _breaker(services: Services, pool_id: str, replica_id: str) -> BreakerInfo:
+    b, wait_s = services.registry.breaker(pool_id, replica_id)
+    wait_ms = None if wait_s is None else round(wait_s * 1000)
+    return BreakerInfo(state=b.state, reason=b.reason, half_opens_in_ms=wait_ms, failures=b.failures)
+
+
 def _info(services: Services, snap: PoolSnapshot) -> PoolInfo:
     return PoolInfo(
         id=snap.pool_id,
@@ -162,6 +176,7 @@ def _info(services: Services, snap: PoolSnapshot) -> PoolInfo:
                 slots_total=r.slots_total,
                 slots_free=r.slots_free,
                 last_error=r.last_error,
+                breaker=_breaker(services, snap.pool_id, r.replica_id),
             )
             for r in snap.replicas
         ],

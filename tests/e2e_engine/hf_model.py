@@ -11,9 +11,10 @@ EOS (it runs to ``max_tokens``), never holds back a partial UTF-8 character and 
 character. (Zero rows of ``lm_head`` for the other tokens, as in tiny_model.py, the GGUF twin, only work
 greedily: sampled at temperature 1 the 163 zero logits take about half the draws, and EOS ends a
 generation after a few hundred tokens.) A Llama ``lm_head`` has no bias, so one is built: dimension 0
-of the residual stream is a constant (10 in every embedding) that no layer reads or writes, so after the
-final RMS norm it is a large positive number, and ``lm_head``'s column 0 (-5 for the other tokens, 0 for
-printable ASCII) puts their logits some 50 below.
+of the residual stream is a constant (``CONSTANT`` in every embedding) that no layer reads or writes, so
+after the final RMS norm it is positive, and ``lm_head``'s column 0 (``-BIAS`` for the other tokens, 0
+for printable ASCII) puts their logits far below: by about 1,100 in the default model, 70 in ``SLOW``
+and 50 with 16 of its layers (printable logits spread over ±0.2, ±9 and ±8).
 
 Seeded, so the files, and greedy output at temperature 0, are reproducible. Head size is
 ``hidden // heads``, and must be one vLLM's CPU attention supports (32, 64, 80, …): 128 / 2 = 64 by
@@ -32,6 +33,7 @@ import numpy as np
 BOS, EOS = "<|begin_of_text|>", "<|end_of_text|>"
 BOS_ID, EOS_ID = 256, 257  # after the 256 byte tokens, whose ids are their byte values
 VOCAB_SIZE = 258
+CONSTANT, BIAS = 30.0, 100.0  # dimension 0 of the residual stream; lm_head's weight on it (see above)
 
 # Wide and deep enough that vLLM on one CPU core generates slowly (a few hundred tokens take seconds),
 # for tests that must cancel or kill mid-generation. About 135 MB on disk.
@@ -160,7 +162,7 @@ def write_tiny_hf_llama(
         return w
 
     embed = weights(VOCAB_SIZE, hidden)
-    embed[:, 0] = 10.0  # the constant dimension (see the module docstring)
+    embed[:, 0] = CONSTANT  # the constant dimension (see the module docstring)
     tensors = {"model.embed_tokens.weight": embed}
     for i in range(layers):
         layer = f"model.layers.{i}"
@@ -176,7 +178,7 @@ def write_tiny_hf_llama(
     lm_head = weights(VOCAB_SIZE, hidden)
     printable = np.zeros(VOCAB_SIZE, dtype=bool)
     printable[0x20:0x7F] = True
-    lm_head[:, 0] = np.where(printable, 0.0, -5.0)  # the bias
+    lm_head[:, 0] = np.where(printable, 0.0, -BIAS)  # the bias
     lm_head[~printable, 1:] = 0.0
     tensors["lm_head.weight"] = lm_head
     write_safetensors(directory / "model.safetensors", tensors)

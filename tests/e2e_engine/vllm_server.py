@@ -4,7 +4,8 @@ random-weight Llama this helper writes (hf_model.py), for the tests of the `vllm
 The venv's python comes from ``ORCH_VLLM_PYTHON`` (``export ORCH_VLLM_PYTHON=$(bash ci/vllm_cpu.sh)``).
 vLLM boots in 20-30 s on 2 cores (mostly imports; up to 40 s when they are busy): start one per module
 where possible. The tiny model runs at about 900 tokens/s, the ``slow=True`` one (hf_model.SLOW) at about
-140, so a generation that must last seconds (cancel, kill) wants the slow model and a large ``max_tokens``.
+100-140, so a generation that must last seconds (cancel, kill) wants the slow model and a large
+``max_tokens`` (the tiny one can finish 3,000 tokens before a client has read 1,000 of them).
 On busy cores vLLM's stream comes out in bursts (engine-wire-formats.md §10.2): act mid-generation on
 time, not on a token count.
 """

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from pool_manager.health import HealthProber
-from pool_manager.registry import PoolRegistry
+from pool_manager.registry import BreakerPolicy, PoolRegistry
 from pool_manager.specs import PoolSpec, ReplicaSpec
 from worker_adapters.base import (
     EngineUnavailable,
@@ -98,16 +98,65 @@ async def test_failures_back_off_and_keep_last_error() -> None:
     assert reg.pools["p"].replicas["r0"].last_error == "POOL_UNAVAILABLE: connection refused"
 
 
-async def test_circuit_opens_after_repeated_failures_and_a_probe_closes_it() -> None:
-    reg = registry()
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_breaker_learns_from_requests_not_from_probes() -> None:
+    """Three failed requests open it; a passing probe does not close it (the engine's /health can be
+    fine while its generations fail); after the backoff it half-opens for exactly one trial; a failed
+    trial opens it for twice as long, a good one closes it."""
+    clock = Clock()
+    spec = PoolSpec(id="p", engine="scripted", models=("m",), replicas=(ReplicaSpec("r0"),), slots=4)
+    reg = PoolRegistry(
+        [spec], breaker=BreakerPolicy(threshold=3, backoff_s=5, max_backoff_s=300), clock=clock
+    )
     prober = HealthProber(reg, {("p", "r0"): ScriptedEngine(["ready"])})
     await prober.probe("p", "r0")
-    for _ in range(reg.breaker_threshold):
-        reg.record_failure("p", "r0", "reset")
+    for _ in range(2):
+        reg.record_failure("p", "r0", "WORKER_RESET: out of memory")
+    assert (await reg.pool_snapshot("p")).ready  # two in a row: still closed
+    reg.record_failure("p", "r0", "WORKER_RESET: out of memory")
     snap = await reg.pool_snapshot("p")
-    assert not snap.ready and snap.replicas[0].last_error == "reset"
-    await prober.probe("p", "r0")
-    assert (await reg.pool_snapshot("p")).ready
+    assert not snap.ready and snap.replicas[0].last_error == "WORKER_RESET: out of memory"
+    await prober.probe("p", "r0")  # /health is fine: the breaker stays open
+    assert not (await reg.pool_snapshot("p")).ready
+    assert await reg.lease("j0", "p", "r0") is None
+    assert reg.breaker("p", "r0")[1] == 5
+
+    clock.now += 5  # half-open: one trial, and only one
+    snap = await reg.pool_snapshot("p")
+    assert snap.ready and snap.replicas[0].slots_free == 1
+    assert await reg.lease("trial", "p", "r0") is not None
+    assert await reg.lease("second", "p", "r0") is None
+    assert not (await reg.pool_snapshot("p")).ready
+    reg.record_failure("p", "r0", "DECODE_TIMEOUT: no first event")  # the trial failed: twice as long
+    await reg.release("trial")
+    breaker, wait = reg.breaker("p", "r0")
+    assert (breaker.state, breaker.reason, wait) == ("open", "DECODE_TIMEOUT: no first event", 10)
+
+    clock.now += 10
+    assert await reg.lease("trial-2", "p", "r0") is not None
+    reg.record_success("p", "r0")  # it generated: closed, every slot usable again
+    await reg.release("trial-2")
+    snap = await reg.pool_snapshot("p")
+    assert snap.ready and snap.replicas[0].slots_free == 4 and reg.breaker("p", "r0")[0].state == "closed"
+
+
+async def test_a_half_open_trial_that_ends_without_telling_lets_another_through() -> None:
+    clock = Clock()
+    spec = PoolSpec(id="p", engine="scripted", models=("m",), replicas=(ReplicaSpec("r0"),), slots=4)
+    reg = PoolRegistry([spec], breaker=BreakerPolicy(threshold=1, backoff_s=1), clock=clock)
+    await HealthProber(reg, {("p", "r0"): ScriptedEngine(["ready"])}).probe("p", "r0")
+    reg.record_failure("p", "r0", "reset")
+    clock.now += 1
+    assert await reg.lease("canceled-trial", "p", "r0") is not None
+    await reg.release("canceled-trial")  # canceled before a token: it says nothing of the engine
+    assert await reg.lease("next-trial", "p", "r0") is not None
 
 
 async def test_leases_never_exceed_slots_and_release_is_idempotent() -> None:

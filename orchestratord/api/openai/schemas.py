@@ -166,9 +166,9 @@ class ModelList(BaseModel):
                 continue
             limits = DeploymentLimits(
                 pools=sorted(p.spec.id for p in pools),
-                ready=any(r.ready and not r.circuit_open for p in pools for r in p.replicas.values()),
+                ready=any(r.admits() for p in pools for r in p.replicas.values()),
                 ctx_max=max(p.ctx_max for p in pools),
-                max_tokens_out=max(p.spec.max_tokens_out for p in pools),
+                max_tokens_out=max(p.max_tokens_out for p in pools),
             )
             models.append(Model(id=model, created=started, owned_by="orchestratord", orchestratord=limits))
         return cls(data=models)

@@ -1,0 +1,58 @@
+"""Nothing waits for ever: a job whose model no replica can serve ends (retriable, naming why) once
+`queue.unready_limit_s` has passed, and admission then answers 503 at once; a job that waited longer
+than its class may (`queue.max_wait_s`) ends the same way."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx
+
+from tests.fakes.servers import LoopbackServer
+from tests.fakes.sse import read_events
+
+JOB = {"model_ref": "m", "prompt": "hi", "max_tokens": 2}
+
+
+def test_a_model_no_replica_can_serve_ends_its_jobs_then_is_refused_at_once(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    pool = {
+        "id": "p",
+        "engine": "mock",
+        "models": ["m"],
+        "replicas": [{"id": "r0"}],
+        "options": {"ready": False},
+    }
+    server = make_server(pools=[pool], health_interval_s=0.1, queue={"unready_limit_s": 2})
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        posted = client.post("/v1/tasks", json=JOB)
+        assert posted.status_code == 202, posted.text  # not yet down for 2 s: it may wait
+        began = time.monotonic()
+        error = read_events(client, posted.json()["sse_url"])[-1]
+        assert time.monotonic() - began < 5  # ended, not waiting for ever
+        assert error.event == "error" and error.data["code"] == "POOL_UNAVAILABLE", error.data
+        assert error.data["retriable"] is True
+        assert "queue.unready_limit_s" in error.data["message"] and "mock not ready" in error.data["message"]
+        refused = client.post("/v1/tasks", json=JOB)
+        assert refused.status_code == 503 and refused.json()["code"] == "POOL_UNAVAILABLE"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "GET /v1/pools says why" in refused.json()["message"]
+
+
+def test_a_job_past_its_classs_longest_wait_ends(make_server: Callable[..., LoopbackServer]) -> None:
+    pool = {"id": "p", "engine": "mock", "models": ["m"], "replicas": [{"id": "r0"}], "slots": 1}
+    server = make_server(pools=[pool], queue={"max_wait_s": {"batch": 0.5}})
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        holder = client.post("/v1/tasks", json={**JOB, "prompt": "[[mock hang]] hold the slot"}).json()
+        read_events(client, holder["sse_url"], stop_after=1)  # it started: the only slot is taken
+        interactive = client.post("/v1/tasks", json=JOB).json()
+        batch = client.post("/v1/tasks", json={**JOB, "priority": "batch"}).json()
+        error = read_events(client, batch["sse_url"])[-1]
+        assert error.event == "error" and error.data["code"] == "POOL_UNAVAILABLE", error.data
+        assert "waited 0.5 s" in error.data["message"] and "queue.max_wait_s" in error.data["message"]
+        # the interactive class has no limit: still waiting, and it runs once the slot frees
+        assert client.get(f"/v1/tasks/{interactive['job_id']}").json()["state"] == "queued"
+        assert client.post(f"/v1/tasks/{holder['job_id']}/cancel").status_code == 204
+        assert read_events(client, interactive["sse_url"])[-1].event == "end"
