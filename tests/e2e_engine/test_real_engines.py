@@ -63,11 +63,15 @@ def serve(make_server: Callable[..., LoopbackServer], real: Real, url: str | Non
 
 
 def generating(client: httpx.Client, real: Real, posted: dict[str, Any], before: float | None) -> None:
-    """Wait until the engine generates the job, on the engine's own evidence where it gives some (its
-    generated-token counter grew): vLLM on 2 cores streams in bursts, often all at the end, so its
-    first token event may come only when it has finished; otherwise on the job's first token."""
+    """Wait until the engine generates the job, on the engine's own evidence where it gives some (a
+    busy slot, or its generated-token counter grew: llama-server counts a request's tokens only when
+    it ends, vLLM's gauge of running requests can lag its counter): vLLM on 2 cores streams in bursts,
+    often all at the end, so its first token event may come only when it has finished. Otherwise
+    (llama-cpp-python) on the job's first token."""
     if before is not None:
-        wait_until(lambda: real.generated_since(before) > 0, 60, f"{real.name} generating")
+        wait_until(
+            lambda: bool(real.busy()) or real.generated_since(before) > 0, 60, f"{real.name} generating"
+        )
     else:
         first = read_events(client, posted["sse_url"], stop_after=3)  # started, then a token or metrics
         assert first[0].event == "started" and first[-1].event in ("token", "metrics"), first
