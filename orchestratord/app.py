@@ -105,7 +105,9 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     b = settings.breaker
     breaker = BreakerPolicy(threshold=b.failures, backoff_s=b.backoff_s, max_backoff_s=b.max_backoff_s)
     registry = PoolRegistry(settings.pool_specs(), leases=store.leases, breaker=breaker)
-    metrics = Metrics(tenant_label=tenant_label(settings))
+    metrics = Metrics(
+        tenant_label=tenant_label(settings), tenant_weights={t.id: t.weight for t in settings.tenants}
+    )
     control = build_control_plane(settings, store)
     runs = Runs()
     outlook = Outlook(registry, runs)

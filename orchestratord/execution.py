@@ -216,6 +216,7 @@ class Execution:
 
     def _count_tokens(self, spec: TaskSpec, stats: RunStats, labels: dict[str, str]) -> None:
         self._metrics.tokens_out.labels(**labels).inc(stats.tokens_out)
+        self._metrics.settled(spec.tenant, stats.tokens_out)
         prompt = stats.prompt_tokens if stats.prompt_tokens is not None else spec.tokens_in_estimate
         self._metrics.tokens_in.labels(**labels).inc(prompt)
 

@@ -2,8 +2,8 @@
 
 Names, types and label sets are a contract, listed in `ci/metrics.lint.json` and checked against a
 live scrape by `tests/observability/test_metrics_contract.py`. Pool gauges (readiness, slots, KV cache)
-are read from pool snapshots at scrape time; `admission_share` and `deadlines_met_ratio` are computed
-at scrape time over a sliding window of recent dispatches.
+are read from pool snapshots at scrape time; `admission_share`, `deadlines_met_ratio` and
+`fairness_jain_index` are computed at scrape time over a sliding window of recent dispatches.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -38,9 +38,11 @@ class Metrics:
         window_s: float = WINDOW_S,
         clock: Callable[[], float] = time.monotonic,
         tenant_label: Callable[[str], str] = str,
+        tenant_weights: Mapping[str, float] | None = None,
     ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self._tenant_label = tenant_label  # what a tenant's name becomes in a label (`hashed_tenant`)
+        weights = {tenant_label(t): w for t, w in (tenant_weights or {}).items()}
         r = self.registry
         self.tasks_enqueued = Counter(
             "tasks_enqueued_total", "Jobs admitted to the queue.", (*REPLICA, "priority"), registry=r
@@ -85,12 +87,16 @@ class Metrics:
             buckets=ADMISSION_BUCKETS,
             registry=r,
         )
-        self.dispatches = DispatchWindow(window_s, clock)
+        self.dispatches = DispatchWindow(window_s, clock, weights)
         r.register(self.dispatches)
 
     def started(self, tenant: str, priority: str, deadline_met: bool | None) -> None:
         """A job got its first slot; `deadline_met` is None for a job without a deadline."""
         self.dispatches.add(self._tenant_label(tenant), priority, deadline_met)
+
+    def settled(self, tenant: str, tokens_out: int) -> None:
+        """A run ended having generated `tokens_out` tokens for `tenant` (fairness by tokens)."""
+        self.dispatches.add_tokens(self._tenant_label(tenant), tokens_out)
 
     def deadline_missed(self, priority: str) -> None:
         """A job's deadline passed while it waited in the queue."""
@@ -110,30 +116,44 @@ def hashed_tenant(tenant: str) -> str:
 
 
 class DispatchWindow(Collector):
-    """Dispatches and deadline outcomes of the last `window_s` seconds, exposed as
-    `admission_share{tenant, priority}` (each flow's share of the dispatches) and
-    `deadlines_met_ratio{priority}` (jobs with a deadline that started in time / all that ended waiting).
+    """Dispatches, tokens and deadline outcomes of the last `window_s` seconds, exposed as
+    `admission_share{tenant, priority}` (each flow's share of the dispatches),
+    `deadlines_met_ratio{priority}` (jobs with a deadline that started in time / all that ended waiting)
+    and `fairness_jain_index{unit}`: Jain's index over the tenants served in the window,
+    `(Σx)² / (n·Σx²)` with `x` a tenant's dispatches (unit `requests`) or generated tokens (`tokens`)
+    divided by its weight. 1 when every tenant got service in proportion to its weight; 1/n when one
+    tenant got it all.
 
     Events are counted in one-second buckets and buckets older than the window are dropped on every
     `add` as well as on every scrape: memory is bounded by the window's length and the number of flows,
     whether or not anyone scrapes."""
 
-    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, window_s: float, clock: Callable[[], float], weights: Mapping[str, float] | None = None
+    ) -> None:
         self._window = window_s
         self._clock = clock
+        self._weights = dict(weights or {})  # tenant label -> weight (default 1)
         self._buckets: deque[_Bucket] = deque()
 
     def add(self, tenant: str | None, priority: str, deadline_met: bool | None) -> None:
+        self._bucket().count(tenant, priority, deadline_met)
+
+    def add_tokens(self, tenant: str, tokens: int) -> None:
+        bucket = self._bucket()
+        bucket.tokens[tenant] = bucket.tokens.get(tenant, 0) + tokens
+
+    def _bucket(self) -> _Bucket:
         now = self._clock()
         self._trim(now)
         second = int(now)
         if not self._buckets or self._buckets[-1].second != second:
             self._buckets.append(_Bucket(second))
-        self._buckets[-1].count(tenant, priority, deadline_met)
+        return self._buckets[-1]
 
     def collect(self) -> Iterable[Metric]:
         self._trim(self._clock())
-        return [self._shares(), self._deadlines()]
+        return [self._shares(), self._deadlines(), self._jain()]
 
     def held(self) -> int:
         """How many one-second buckets the window holds now."""
@@ -146,7 +166,22 @@ class DispatchWindow(Collector):
             self._buckets.popleft()
 
     def describe(self) -> Iterable[Metric]:
-        return [self._family("admission_share"), self._family("deadlines_met_ratio")]
+        return [self._family(n) for n in ("admission_share", "deadlines_met_ratio", "fairness_jain_index")]
+
+    def _jain(self) -> GaugeMetricFamily:
+        family = self._family("fairness_jain_index")
+        requests: dict[str, float] = {}
+        tokens: dict[str, float] = {}
+        for bucket in self._buckets:
+            for (tenant, _), n in bucket.dispatches.items():
+                requests[tenant] = requests.get(tenant, 0) + n
+            for tenant, n in bucket.tokens.items():
+                tokens[tenant] = tokens.get(tenant, 0) + n
+        for unit, served in (("requests", requests), ("tokens", tokens)):
+            index = jain_index([n / self._weights.get(tenant, 1.0) for tenant, n in served.items()])
+            if index is not None:
+                family.add_metric([unit], index)
+        return family
 
     def _shares(self) -> GaugeMetricFamily:
         family = self._family("admission_share")
@@ -171,6 +206,12 @@ class DispatchWindow(Collector):
         return family
 
     def _family(self, name: str) -> GaugeMetricFamily:
+        if name == "fairness_jain_index":
+            return GaugeMetricFamily(
+                name,
+                f"Jain's fairness index over the tenants' weighted service of the last {self._window:g} s.",
+                labels=["unit"],
+            )
         if name == "admission_share":
             return GaugeMetricFamily(
                 name,
@@ -184,14 +225,24 @@ class DispatchWindow(Collector):
         )
 
 
-class _Bucket:
-    """The dispatches per (tenant, priority) and the deadline outcomes per priority of one second."""
+def jain_index(amounts: Sequence[float]) -> float | None:
+    """Jain's fairness index of `amounts` (each tenant's service over its weight); None for none."""
+    squares = sum(x * x for x in amounts)
+    if not amounts or squares == 0:
+        return None
+    return sum(amounts) ** 2 / (len(amounts) * squares)
 
-    __slots__ = ("deadlines", "dispatches", "second")
+
+class _Bucket:
+    """The dispatches per (tenant, priority), the tokens per tenant and the deadline outcomes per
+    priority of one second."""
+
+    __slots__ = ("deadlines", "dispatches", "second", "tokens")
 
     def __init__(self, second: int) -> None:
         self.second = second
         self.dispatches: dict[tuple[str, str], int] = {}
+        self.tokens: dict[str, int] = {}
         self.deadlines: dict[str, tuple[int, int]] = {}
 
     def count(self, tenant: str | None, priority: str, deadline_met: bool | None) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from orchestratord.metrics import DispatchWindow, Metrics
+from orchestratord.metrics import DispatchWindow, Metrics, jain_index
 
 
 class Clock:
@@ -55,3 +55,23 @@ def test_shares_and_deadlines_cover_only_the_window() -> None:
     assert ("deadlines_met_ratio", ("batch",)) not in values
     clock.now += 61
     assert _values(window) == {}
+
+
+def test_jains_index_over_the_tenants_weighted_service() -> None:
+    clock = Clock()
+    metrics = Metrics(CollectorRegistry(), window_s=60.0, clock=clock, tenant_weights={"acme": 2.0})
+    for _ in range(4):  # acme (weight 2) gets twice what globex gets: exactly its share
+        metrics.started("acme", "interactive", None)
+        metrics.started("acme", "batch", None)
+        metrics.started("globex", "interactive", None)
+    metrics.settled("acme", 100)
+    metrics.settled("globex", 150)  # by tokens globex got 150 to acme's 100 / 2 = 50: unfair
+    values = _values(metrics.dispatches)
+    assert values[("fairness_jain_index", ("requests",))] == pytest.approx(1.0)
+    x = [50, 150]
+    assert values[("fairness_jain_index", ("tokens",))] == pytest.approx(
+        sum(x) ** 2 / (2 * sum(v * v for v in x))
+    )
+    assert jain_index([1.0, 0.0, 0.0]) == pytest.approx(1 / 3)  # one of three got it all
+    clock.now += 61
+    assert _values(metrics.dispatches) == {}
