@@ -388,6 +388,7 @@ class Admission:
         await self._outlook.refresh()
         position = await self._store.position(spec.job_id) or 0
         predicted = self._outlook.predict(key, position)
+        self._outlook.promised(spec.job_id, predicted)
         await self._store.append(
             spec.job_id,
             "started",

@@ -162,6 +162,7 @@ class Execution:
         run.pool_id, run.replica_id = assigned.pool_id, assigned.replica_id
         run.started = self._clock()
         queue_time_ms = round((run.started - admitted_mono) * 1000)
+        self._outlook.started(spec.job_id, queue_time_ms / 1000)
         bind(queue_time_ms=queue_time_ms)
         await self._dispatched(spec, assigned, queue_time_ms)
         labels = _labels(assigned)

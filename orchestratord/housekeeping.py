@@ -32,6 +32,7 @@ class _Store(JobRegistry, EventLog, JobQueue, Protocol):
 class _Published:
     position: int | None = None
     predicted: int | None = None
+    on_time: float | None = None
     at: float = 0.0
 
 
@@ -175,13 +176,18 @@ class Housekeeper:
             if position is None:
                 continue
             predicted = self._outlook.predict(entry.route, position)
-            if (position, predicted) != (seen.position, seen.predicted):
-                seen.position, seen.predicted, seen.at = position, predicted, now
-                await self._store.append(
-                    entry.job_id,
-                    "metrics",
-                    {"queue_position": position, "predicted_start_ms": predicted, "queue_depth": len(queued)},
-                )
+            on_time = None
+            if entry.deadline is not None:
+                on_time = self._outlook.on_time(predicted, entry.deadline - self._wall())
+            if (position, predicted, on_time) != (seen.position, seen.predicted, seen.on_time):
+                seen.position, seen.predicted, seen.on_time, seen.at = position, predicted, on_time, now
+                data: dict[str, object] = {
+                    "queue_position": position, "predicted_start_ms": predicted, "queue_depth": len(queued),
+                }  # fmt: skip
+                if on_time is not None:
+                    data["on_time_probability"] = on_time
+                await self._store.append(entry.job_id, "metrics", data)
         live = {e.job_id for e in queued}
+        self._outlook.keep_promises(live)
         for job_id in [j for j in self._published if j not in live]:
             del self._published[job_id]

@@ -8,7 +8,8 @@ dispatcher refreshes and feeds it; admission, idempotency, housekeeping and metr
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
 
 from orchestratord.core.capacity import capacity_for
 from orchestratord.core.prediction import Capacity, ServiceTimes, predict_start_ms
@@ -16,6 +17,9 @@ from orchestratord.core.route import Route
 from orchestratord.runs import Runs
 from pool_manager.registry import PoolRegistry
 from pool_manager.snapshot import PoolSnapshot
+
+ERROR_SAMPLES = 256  # the most recent jobs whose predicted and measured waits are compared
+MIN_SAMPLES = 10  # fewer say too little for a probability
 
 
 class Outlook:
@@ -28,6 +32,8 @@ class Outlook:
         self._times = ServiceTimes()
         self._snapshots: list[PoolSnapshot] = []
         self._queue_depth = 0
+        self._promised: dict[str, float] = {}  # job id -> the wait (s) predicted at its admission
+        self._ratios: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait / predicted wait
 
     async def refresh(self) -> list[PoolSnapshot]:
         self._snapshots = await self._registry.snapshot()
@@ -75,6 +81,38 @@ class Outlook:
             if r.down_since is not None
         ]
         return down, "; ".join(errors)
+
+    # -- how good the predictions are --------------------------------------------------------------
+    def promised(self, job_id: str, predicted_ms: int | None) -> None:
+        """A job was admitted with this predicted start: compare it with its start (`started`)."""
+        if predicted_ms:
+            self._promised[job_id] = predicted_ms / 1000
+
+    def started(self, job_id: str, waited_s: float) -> None:
+        """A job left the queue after `waited_s`: one more measured error of the predictions."""
+        predicted = self._promised.pop(job_id, None)
+        if predicted is not None:
+            self._ratios.append(waited_s / predicted)
+
+    def keep_promises(self, queued: Collection[str]) -> None:
+        """Forget the predictions of jobs that left the queue without starting (canceled, failed)."""
+        for job_id in [j for j in self._promised if j not in queued]:
+            del self._promised[job_id]
+
+    def on_time(self, predicted_ms: int | None, remaining_s: float) -> float | None:
+        """The probability that a job predicted to start in `predicted_ms` starts within `remaining_s`
+        (its deadline), from how the last measured waits compared with their predictions: the share of
+        them that, scaled to this prediction, fall within the deadline. None until enough jobs with a
+        prediction have started."""
+        if remaining_s < 0:
+            return 0.0
+        if predicted_ms == 0:
+            return 1.0
+        if predicted_ms is None or len(self._ratios) < MIN_SAMPLES:
+            return None
+        predicted = predicted_ms / 1000
+        within = sum(1 for ratio in self._ratios if predicted * ratio <= remaining_s)
+        return round(within / len(self._ratios), 3)
 
     def labels(self, route: Route) -> tuple[str, str, str]:
         """(engine, engine_version, pool_id) a waiting job is counted under: the first pool serving it."""
