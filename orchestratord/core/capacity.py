@@ -64,7 +64,9 @@ def capacity_for(
         mean = max(age for _, age in ages)
     releases: list[float] = []
     if mean is not None:
-        releases = sorted(max(0.0, _mean_or(times.mean(pool_id), mean) - age) for pool_id, age in ages)
+        releases = sorted(
+            times.remaining(pool_id, age, _mean_or(times.mean(pool_id), mean)) for pool_id, age in ages
+        )
     return Capacity(
         slots_total=sum(slots.values()),
         slots_free=sum(p.slots_free for p in serving),

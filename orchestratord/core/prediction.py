@@ -5,8 +5,9 @@ For the pools serving a route, with `S` usable slots of which `f` are free now a
 service time `m`:
 
 - a job with fewer than `f` jobs ahead of it starts now (0);
-- otherwise every slot frees once in its first round: a busy slot after `max(0, m_pool - age)` of its
-  running job (`m / 2` when the job's age is unknown, e.g. it runs on another orchestrator), a slot
+- otherwise every slot frees once in its first round: a busy slot after its running job's expected
+  remaining time (`ServiceTimes.remaining`: from the pool's recent holding times longer than the
+  job's age; `m / 2` when the job's age is unknown, e.g. it runs on another orchestrator), a slot
   that is free now after `m` (a job ahead of ours takes it first). Sorting these S times gives
   `R[0] <= … <= R[S-1]`; the k-th release from now (k = 0, 1, …) is `R[k mod S] + (k div S) * m`,
   and a job with `p >= f` jobs ahead starts at the release `k = p - f`.
@@ -18,7 +19,9 @@ measured at all.
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections import deque
 from dataclasses import dataclass
 
 
@@ -43,17 +46,43 @@ class Capacity:
 
 
 class ServiceTimes:
-    """EWMA of slot holding time per pool."""
+    """EWMA of slot holding time per pool, and the last `keep` holding times themselves, from which a
+    running job's expected remaining time is read (`remaining`)."""
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    def __init__(self, alpha: float = 0.2, keep: int = 128) -> None:
         self._alpha = alpha
+        self._keep = keep
         self._mean: dict[str, float] = {}
         self._count: dict[str, int] = {}
+        self._recent: dict[str, deque[float]] = {}
+        self._sorted: dict[str, tuple[list[float], list[float]]] = {}  # samples ascending, suffix sums
 
     def observe(self, pool_id: str, seconds: float) -> None:
         previous = self._mean.get(pool_id)
         self._mean[pool_id] = seconds if previous is None else previous + self._alpha * (seconds - previous)
         self._count[pool_id] = self._count.get(pool_id, 0) + 1
+        recent = self._recent.setdefault(pool_id, deque(maxlen=self._keep))
+        recent.append(seconds)
+        ascending = sorted(recent)
+        suffix = [0.0] * (len(ascending) + 1)
+        for i in range(len(ascending) - 1, -1, -1):
+            suffix[i] = suffix[i + 1] + ascending[i]
+        self._sorted[pool_id] = (ascending, suffix)
+
+    def remaining(self, pool_id: str, age: float, mean: float) -> float:
+        """Expected seconds until a job that has held its slot `age` seconds frees it: the mean excess
+        over `age` of the recent holding times longer than it (a conditional expectation, so a job past
+        the mean is not expected to end at once); half its age again when it outlived every one of
+        them; `mean - age` (at least 0) before the pool has any."""
+        known = self._sorted.get(pool_id)
+        if known is None:
+            return max(0.0, mean - age)
+        ascending, suffix = known
+        first = bisect.bisect_right(ascending, age)
+        longer = len(ascending) - first
+        if longer == 0:
+            return age / 2
+        return (suffix[first] - age * longer) / longer
 
     def mean(self, pool_id: str) -> float | None:
         return self._mean.get(pool_id)

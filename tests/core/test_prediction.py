@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from orchestratord.core.capacity import capacity_for
 from orchestratord.core.prediction import (
     Capacity,
@@ -93,3 +95,17 @@ def test_retry_hint_adds_a_tenth_of_a_service_time() -> None:
     assert retry_hint_ms(0, Capacity(slots_total=1, slots_free=0, mean_service_s=None)) is None
     unmeasured = capacity_for(Route("m"), [pool("a", 1, 0)], ServiceTimes(), {"a": [0.2]})
     assert not unmeasured.measured and retry_hint_ms(1, unmeasured) is None
+
+
+def test_a_job_past_the_mean_is_still_expected_to_take_time() -> None:
+    """A running job older than the mean holding time is not about to end (the old model said 0 s, so a
+    job queued behind it was told 1 ms for as long as it waited): its remaining time is read from the
+    recent holding times longer than its age."""
+    times = ServiceTimes()
+    for seconds in (1.0, 1.0, 1.0, 5.0):  # mostly short, sometimes long
+        times.observe("a", seconds)
+    assert times.remaining("a", 0.5, 2.0) == pytest.approx((0.5 * 3 + 4.5) / 4)
+    assert times.remaining("a", 2.0, 2.0) == pytest.approx(3.0)  # only the long ones are left: 5 - 2
+    assert times.remaining("a", 8.0, 2.0) == pytest.approx(4.0)  # longer than all seen: half its age
+    cap = capacity_for(Route("m"), [pool("a", 1, 0)], times, {"a": [2.0]})
+    assert predict_start_ms(0, cap) == 3000
