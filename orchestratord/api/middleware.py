@@ -1,9 +1,16 @@
 """ASGI middleware: X-Correlation-Id in and out, the request header limit (431) and the request body
-limit (413), chunked bodies too. Both refusals carry the error envelope."""
+limit (413), chunked bodies too. Both refusals carry the error envelope.
+
+A body over the limit is read on and discarded before the 413 is sent (up to `DRAIN_BYTES` and
+`DRAIN_S`, nginx's "lingering close"): most clients read the answer only once they have sent their
+whole body, and a server that closes while they still send makes their kernel see a reset instead of
+the 413. Past those bounds the 413 goes out and the connection closes."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
 
 import structlog
@@ -14,6 +21,8 @@ from orchestratord.api.errors import error_body, error_headers
 from orchestratord.errors import HeadersTooLarge, OrchestratorError, PayloadTooLarge
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+DRAIN_BYTES = 64 * 2**20
+DRAIN_S = 10.0
 
 
 class CorrelationAndLimits:
@@ -37,21 +46,23 @@ class CorrelationAndLimits:
             return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            await self._too_large(scope, send, cid)
+            await self._too_large(scope, send, cid, receive if length.isdigit() else None)
             return
         await self._limited(scope, receive, send, cid)
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send, cid: str) -> None:
         received = 0
         too_large = False
+        body_done = False
 
         async def limited_receive() -> Message:
-            nonlocal received, too_large
+            nonlocal received, too_large, body_done
             if too_large:
                 return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_body:
                     too_large = True
                     return {"type": "http.disconnect"}
@@ -73,11 +84,30 @@ class CorrelationAndLimits:
             if not too_large:
                 raise
         if too_large:
-            await self._too_large(scope, send, cid)
+            await self._too_large(scope, send, cid, None if body_done else receive)
 
-    async def _too_large(self, scope: Scope, send: Send, cid: str) -> None:
+    async def _too_large(self, scope: Scope, send: Send, cid: str, rest: Receive | None = None) -> None:
+        if rest is not None:
+            await _drain(rest)
         too_large = PayloadTooLarge(f"request body exceeds the limit of {self.max_body} bytes")
         await _refuse(scope, send, cid, too_large)
+
+
+async def _drain(receive: Receive) -> None:
+    """Read the rest of a refused request's body and drop it, within `DRAIN_BYTES` and `DRAIN_S`."""
+    drained = 0
+    deadline = time.monotonic() + DRAIN_S
+    try:
+        while drained < DRAIN_BYTES:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            drained += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+    except TimeoutError:
+        return
 
 
 async def _refuse(scope: Scope, send: Send, cid: str, exc: OrchestratorError) -> None:

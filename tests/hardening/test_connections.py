@@ -276,4 +276,20 @@ def test_an_endless_chunked_upload_is_cut_off(base_url: str) -> None:
             while sent < 256 * 2**20:
                 sock.sendall(chunk)
                 sent += len(chunk)
-    assert sent < 64 * 2**20
+    # the server drains a refused body up to 64 MiB (so that clients read their 413), then closes
+    assert sent < 128 * 2**20
+
+
+def test_a_client_that_keeps_sending_a_large_body_reads_its_413(base_url: str) -> None:
+    """A client that sends its whole 50 MB body before it reads (as most do), over a plain socket so
+    that nothing retries a read after a failed write: the server reads the rest and drops it before it
+    answers, so the client gets the 413 every time rather than a broken pipe or a connection reset."""
+    body = b"x" * 50_000_000
+    for _ in range(5):
+        with connect(base_url) as sock:
+            sock.sendall(
+                b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body)
+            )
+            sock.sendall(body)
+            assert_envelope(*parse(read_all(sock)), 413, "PAYLOAD_TOO_LARGE")
