@@ -28,7 +28,10 @@ class Presence:
         self._jobs = jobs
         self._attach_timeout = attach_timeout_s
         self._grace = grace_s
-        self._timers: set[asyncio.Task[None]] = set()
+        # One timer handle per pending check, a task only once it is due: a sleeping task per job
+        # (a coroutine frame and a task, about 1 KB) would outlive most jobs by attach_timeout_s.
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._checks: set[asyncio.Task[None]] = set()
 
     def admitted(self, job_id: str) -> None:
         self._later(self._attach_timeout, job_id, require_attached=True)
@@ -48,12 +51,19 @@ class Presence:
             self._later(self._grace, job_id, require_attached=False)
 
     def _later(self, delay: float, job_id: str, *, require_attached: bool) -> None:
-        task = asyncio.create_task(self._check(delay, job_id, require_attached))
-        self._timers.add(task)
-        task.add_done_callback(self._timers.discard)
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
 
-    async def _check(self, delay: float, job_id: str, require_attached: bool) -> None:
-        await asyncio.sleep(delay)
+        def due() -> None:
+            self._timers.discard(handle)
+            task = loop.create_task(self._check(job_id, require_attached))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+
+        handle = loop.call_later(delay, due)
+        self._timers.add(handle)
+
+    async def _check(self, job_id: str, require_attached: bool) -> None:
         try:
             record = await self._store.get(job_id)
         except StateUnavailable:
@@ -68,6 +78,9 @@ class Presence:
         await self._jobs.cancel(job_id, None, reason=reason)
 
     async def aclose(self) -> None:
-        for task in list(self._timers):
+        for handle in self._timers:
+            handle.cancel()
+        self._timers.clear()
+        for task in list(self._checks):
             task.cancel()
-        await asyncio.gather(*self._timers, return_exceptions=True)
+        await asyncio.gather(*self._checks, return_exceptions=True)
