@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install into ./.venv. Idempotent.
 #
-#   bash ci/setup.sh service                 the service only (`pip install -e .`): what ci/run.sh needs
+#   bash ci/setup.sh service                 the service and its Python client (`pip install -e . -e
+#                                            clients/python`): what ci/run.sh needs
 #   bash ci/setup.sh test [--with-engine]    the service with its dev and bench extras, and the tools the
 #                                            test suite runs (promtool, redis-server, chromium; apt, only
 #                                            when missing); --with-engine adds ./.venv-engine, a real
@@ -23,10 +24,10 @@ esac
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 if [ "$mode" = service ]; then
-  .venv/bin/python -m pip install --quiet -e .
+  .venv/bin/python -m pip install --quiet -e . -e clients/python
   exit 0
 fi
-.venv/bin/python -m pip install --quiet -e '.[dev,bench]'
+.venv/bin/python -m pip install --quiet -e '.[dev,bench]' -e clients/python
 
 # promtool (Debian's `prometheus` package) checks the alert rules in the test suite; only when missing.
 if ! command -v promtool >/dev/null; then

@@ -110,16 +110,20 @@ TERMINAL = (End, Error)
 
 
 def _started(d: Mapping[str, Any], id: str | None) -> Started:
-    return Started(d["job_id"], d["queue_position"], d.get("predicted_start_ms"), d.get("correlation_id"), id=id)
+    return Started(
+        d["job_id"], d["queue_position"], d.get("predicted_start_ms"), d.get("correlation_id"), id=id
+    )
 
 
 def _token(d: Mapping[str, Any], id: str | None) -> Token:
     return Token(d["t"], d["i"], d.get("logprobs"), id=id)
 
 
+_METRIC_FIELDS = frozenset(Metrics.__dataclass_fields__) - {"data", "id"}
+
+
 def _metrics(d: Mapping[str, Any], id: str | None) -> Metrics:
-    names = Metrics.__dataclass_fields__.keys() - {"data", "id"}
-    return Metrics(**{k: v for k, v in d.items() if k in names}, data=dict(d), id=id)
+    return Metrics(**{k: v for k, v in d.items() if k in _METRIC_FIELDS}, data=dict(d), id=id)
 
 
 def _tool_call(d: Mapping[str, Any], id: str | None) -> ToolCall:
@@ -171,5 +175,5 @@ def decode(frame: Frame) -> Event:
         return UnknownEvent(frame.event, data, id=frame.id)
     try:
         return decoder(data, frame.id)
-    except (KeyError, TypeError):  # a required field missing, or an unexpected one in Metrics
+    except (KeyError, TypeError):  # a required field missing, or data of the wrong shape
         return UnknownEvent(frame.event, data, id=frame.id)
