@@ -1,4 +1,5 @@
-"""`orchestratord serve [--host] [--port] [--config FILE]`."""
+"""`orchestratord serve [--host] [--port] [--config FILE]`, and the client commands (`run`, `status`,
+`cancel`, `pools`: orchestratord/client_cli.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from fastapi import FastAPI
 
 from orchestratord.api.protocol import Connections, GuardedHttpToolsProtocol, guarded_protocol
 from orchestratord.app import create_app
+from orchestratord.client_cli import add_commands
+from orchestratord.client_cli import main as client_main
 from orchestratord.logs import configure, get_logger
 from orchestratord.services import Services
 from orchestratord.settings import ConfigError, LimitsConfig, Settings, load_settings
@@ -68,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="bind port (default 8080)")
     serve.add_argument("--config", default=None, help="YAML config file (pools, queue, tenants, ...)")
+    add_commands(sub)
     return parser
 
 
@@ -137,6 +141,8 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        return client_main(args)
     try:
         settings = load_settings(args.config, host=args.host, port=args.port)
     except ConfigError as exc:

@@ -1,0 +1,231 @@
+"""The client side of the `orchestratord` command: `run`, `status`, `cancel` and `pools`, on the Python
+client (clients/python). The server is found through `--url` or `ORCHD_URL` (default: the embedded
+default's address), the key through `ORCHD_API_KEY`.
+
+`run` writes the job's text to stdout as it arrives. On a terminal, a live status line on stderr (rich)
+shows the queue position and the predicted start counting down while the job waits, and a summary with
+tokens/s once it ends; in a pipe, stdout carries the text alone. `--json` prints every event as one
+JSON line instead. Ctrl-C cancels the job.
+
+Exit codes, for scripts: 0 the job ended (`end`); 1 it failed for good (a non-retriable `error`);
+75 (EX_TEMPFAIL) it failed or was refused for now, try again (a retriable `error`, 429/503 beyond
+the retries, no answer); 64 (EX_USAGE) the server refused the request as invalid; 77 (EX_NOPERM) the
+key was missing or not allowed; 69 (EX_UNAVAILABLE) no such job or pool; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from orchestratord_client import (
+    Client,
+    ConnectionFailed,
+    End,
+    Error,
+    Forbidden,
+    InvalidRequest,
+    Metrics,
+    NotFound,
+    OrchestratordError,
+    Started,
+    Token,
+    Unauthorized,
+)
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+EX_OK, EX_FAILED, EX_USAGE, EX_UNAVAILABLE, EX_TEMPFAIL, EX_NOPERM, EX_INTERRUPTED = 0, 1, 64, 69, 75, 77, 130
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--url", default=None, help="the server (default: $ORCHD_URL, else http://127.0.0.1:8080)"
+        )
+
+    run = sub.add_parser("run", help="run a job and stream its text (the prompt from stdin if not given)")
+    run.add_argument("model")
+    run.add_argument("prompt", nargs="?", default=None, help="the prompt; '-' or nothing reads stdin")
+    run.add_argument("--max-tokens", type=int, default=256)
+    run.add_argument("--priority", choices=["interactive", "batch"], default=None)
+    run.add_argument("--temperature", type=float, default=None)
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--json", action="store_true", help="print every event as a JSON line")
+    common(run)
+    status = sub.add_parser("status", help="a job's status, as JSON")
+    status.add_argument("job_id")
+    common(status)
+    cancel = sub.add_parser("cancel", help="cancel a job")
+    cancel.add_argument("job_id")
+    common(cancel)
+    pools = sub.add_parser(
+        "pools", help="the pools, their replicas and free slots (admin key when keys are on)"
+    )
+    pools.add_argument("--json", action="store_true")
+    common(pools)
+
+
+def main(args: argparse.Namespace) -> int:
+    out, err = Console(), Console(stderr=True)
+    try:
+        with Client(base_url=args.url or os.environ.get("ORCHD_URL") or None) as client:
+            if args.command == "run":
+                return _run(client, args, err)
+            if args.command == "status":
+                print(json.dumps(_plain(client.status(args.job_id)), default=str))
+            elif args.command == "cancel":
+                client.cancel(args.job_id)
+            elif args.command == "pools":
+                _pools(client, args, out)
+            return EX_OK
+    except KeyboardInterrupt:
+        return EX_INTERRUPTED
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EX_OK
+    except OrchestratordError as exc:
+        err.print(f"orchestratord: {exc.code}: {exc.message}", style="red", markup=False, highlight=False)
+        return _exit_code(exc)
+
+
+def _run(client: Client, args: argparse.Namespace, err: Console) -> int:
+    prompt = args.prompt if args.prompt not in (None, "-") else sys.stdin.read()
+    fields = {
+        k: getattr(args, k) for k in ("priority", "temperature", "seed") if getattr(args, k) is not None
+    }
+    job = client.submit(args.model, prompt, max_tokens=args.max_tokens, **fields)
+    live = err.is_terminal and not args.json
+    try:
+        events = client.events(job)
+        if args.json:
+            return _as_json(events)
+        return _as_text(events, err if live else None)
+    except KeyboardInterrupt:
+        client.cancel(job)
+        return EX_INTERRUPTED
+
+
+def _as_json(events: Iterator[Any]) -> int:
+    code = EX_OK
+    for event in events:
+        print(json.dumps({"event": _name(event), **_plain(event)}, default=str), flush=True)
+        if isinstance(event, Error):
+            code = EX_TEMPFAIL if event.retriable else EX_FAILED
+    return code
+
+
+def _as_text(events: Iterator[Any], err: Console | None) -> int:
+    waiting = _Waiting()
+    tokens, first, last = 0, None, None
+    live = None
+    if err is not None:  # stdout is left alone: the text goes there as it comes, the live line to stderr
+        live = Live(waiting, console=err, transient=True, refresh_per_second=8, redirect_stdout=False)
+        live.start()
+    try:
+        for event in events:
+            if isinstance(event, (Started, Metrics)) and first is None:
+                waiting.update(event.queue_position, event.predicted_start_ms)
+            elif isinstance(event, Token):
+                if first is None:
+                    first = time.monotonic()
+                    if live is not None:
+                        live.stop()  # the job runs: the line goes, the text follows
+                tokens += 1
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, (End, Error)):
+                last = event
+                break
+    finally:
+        if live is not None:
+            live.stop()
+    if isinstance(last, End):
+        if err:  # after the live line is gone: it erases what is printed while it shows
+            _summary(err, last, tokens, first)
+        return EX_OK
+    if isinstance(last, Error):
+        print(file=sys.stdout)
+        message = f"orchestratord: {last.code}: {last.message}"
+        (err or Console(stderr=True)).print(message, style="red", markup=False, highlight=False)
+        return EX_TEMPFAIL if last.retriable else EX_FAILED
+    return EX_TEMPFAIL  # the stream ended without its terminal event (the client retried and gave up)
+
+
+class _Waiting:
+    """The status line while the job waits: how many jobs are ahead of it and the predicted start,
+    counting down from when the server said it."""
+
+    def __init__(self) -> None:
+        self.position: int | None = None
+        self.starts_at: float | None = None
+
+    def update(self, position: int | None, predicted_ms: int | None) -> None:
+        if position is not None:
+            self.position = position
+        if predicted_ms is not None:
+            self.starts_at = time.monotonic() + predicted_ms / 1000
+
+    def __rich__(self) -> Text:
+        line = Text("queued", style="bold yellow")
+        if self.position is not None:
+            line.append(f" · {self.position} ahead")
+        if self.starts_at is not None:
+            left = self.starts_at - time.monotonic()
+            line.append(f" · starts in ~{left:.1f} s" if left > 0 else " · starting")
+        return line
+
+
+def _summary(err: Console, end: End, tokens: int, first: float | None) -> None:
+    took = time.monotonic() - first if first is not None else 0.0
+    count = end.tokens_out if end.tokens_out is not None else tokens
+    rate = f", {count / took:.1f} tokens/s" if took > 0 else ""
+    print(file=sys.stdout)
+    err.print(f"{count} tokens{rate}, {end.stop_reason}", style="dim", markup=False, highlight=False)
+
+
+def _pools(client: Client, args: argparse.Namespace, out: Console) -> None:
+    pools = client.pools()
+    if args.json:
+        print(json.dumps(pools))
+        return
+    table = Table("pool", "engine", "models", "replica", "ready", "slots free", "breaker", "last error")
+    for pool in pools:
+        for replica in pool["replicas"]:
+            table.add_row(
+                pool["id"], f"{pool['engine']} {pool['engine_version']}", ", ".join(pool["models"]),
+                replica["id"], "yes" if replica["ready"] else "no",
+                f"{replica['slots_free']}/{replica['slots_total']}",
+                replica.get("breaker", {}).get("state", ""), replica["last_error"] or "",
+            )  # fmt: skip
+    out.print(table)
+
+
+def _exit_code(exc: OrchestratordError) -> int:
+    if isinstance(exc, (Unauthorized, Forbidden)):
+        return EX_NOPERM
+    if isinstance(exc, NotFound):
+        return EX_UNAVAILABLE
+    if isinstance(exc, InvalidRequest):
+        return EX_USAGE
+    if isinstance(exc, ConnectionFailed) or exc.retriable:
+        return EX_TEMPFAIL
+    return EX_FAILED
+
+
+def _name(event: Any) -> str:
+    return str(getattr(event, "name", None) or type(event).__name__.lower())
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return dict(value)
