@@ -35,6 +35,7 @@ from orchestratord.settings import Settings, redact_url
 from orchestratord.shutdown import drain_and_stop
 from orchestratord.state.base import StateStore
 from orchestratord.state.memory import MemoryStore
+from orchestratord.tracing import Tracer
 from pool_manager.health import HealthProber
 from pool_manager.registry import BreakerPolicy, PoolRegistry
 from pool_manager.specs import PoolSpec
@@ -73,6 +74,12 @@ def adapter_configs(specs: list[PoolSpec]) -> dict[tuple[str, str], AdapterConfi
         for spec in specs
         for replica in spec.replicas
     }
+
+
+def build_tracer(settings: Settings) -> Tracer | None:
+    """OpenTelemetry's job spans when an OTLP endpoint is configured; None (nothing loaded) otherwise."""
+    t = settings.tracing
+    return None if t.otlp_endpoint is None else Tracer(endpoint=t.otlp_endpoint, service_name=t.service_name)
 
 
 def build_store(settings: Settings) -> StateStore:
@@ -121,6 +128,7 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     execution = Execution(
         store, registry, adapters, metrics, runs=runs, outlook=outlook, endings=endings, placer=placer,
         config=RunConfig(metrics_interval_s=settings.stream.metrics_interval_s),
+        tracer=build_tracer(settings),
     )  # fmt: skip
     dispatcher = Dispatcher(
         store, registry,

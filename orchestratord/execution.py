@@ -30,6 +30,7 @@ from orchestratord.placing import Placer
 from orchestratord.relay import Relay, RunContext, RunStats
 from orchestratord.runs import Running, Runs
 from orchestratord.state.base import EventLog, JobQueue, JobRegistry
+from orchestratord.tracing import JobSpan, Tracer
 from pool_manager.registry import PoolRegistry
 from worker_adapters.base import WorkerAdapter
 
@@ -59,8 +60,10 @@ class Execution:
         endings: Endings,
         placer: Placer,
         config: RunConfig | None = None,
+        tracer: Tracer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._tracer = tracer
         self._store = store
         self._registry = registry
         self._adapters = adapters
@@ -100,10 +103,15 @@ class Execution:
         tried = set[tuple[str, str]]()
         assigned: Assigned | None = first
         bind_job(spec)  # this task's context: every event of the run carries the job's fields
+        span = None if self._tracer is None else self._tracer.start(spec, admitted_mono)
+        run.traceparent = None if span is None else span.traceparent
         try:
             while assigned is not None:  # the attempt awaited right here: no frame more per token
                 tried.add((assigned.pool_id, assigned.replica_id))
                 stats = await self._attempt(spec, assigned, admitted_mono, run)
+                if span is not None and stats.error is not None:
+                    span.event("attempt_failed", {"orchestratord.replica": f"{run.pool_id}/{run.replica_id}",
+                                                  "error.type": stats.error.code})  # fmt: skip
                 assigned = await self._next(spec, entry, run, stats, tried)
         except StateUnavailable:
             # The shared backend went away mid-run: the engine request is closed, the lease is no
@@ -114,11 +122,34 @@ class Execution:
             crashed = Internal("internal error while running the job", retriable=True)
             await self._endings.fail(spec.job_id, crashed, pool_id=run.pool_id or None, from_run=True)
         finally:
+            if span is not None:
+                self._end_span(span, run, stats, admitted_mono)
             self._runs.drop(spec.job_id)
             with contextlib.suppress(StateUnavailable):  # an unreleased shared lease expires by itself
                 await self._registry.release(spec.job_id)
                 await self._settle(spec, entry, stats)
             ended()
+
+    def _end_span(self, span: JobSpan, run: Running, stats: RunStats, admitted: float) -> None:
+        first = stats.first_token_at
+        queued_ms = round((run.started - admitted) * 1000) if run.pool_id else None
+        span.set(
+            {
+                "gen_ai.usage.input_tokens": stats.prompt_tokens,
+                "gen_ai.usage.output_tokens": stats.tokens_out,
+                "gen_ai.response.finish_reasons": [stats.stop_reason] if stats.stop_reason else None,
+                "orchestratord.pool_id": run.pool_id or None,
+                "orchestratord.replica_id": run.replica_id or None,
+                "orchestratord.queue_time_ms": queued_ms,
+                "orchestratord.time_to_first_token_ms": None
+                if first is None
+                else round((first - admitted) * 1000),
+            }
+        )
+        error = None
+        if stats.outcome == "error" and stats.error is not None:
+            error = f"{stats.error.code}: {stats.error.message}"
+        span.end(error=error)
 
     async def _next(
         self, spec: TaskSpec, entry: QueueEntry, run: Running, stats: RunStats, tried: set[tuple[str, str]]
@@ -178,6 +209,7 @@ class Execution:
             lambda: self._outlook.queue_depth,
             self._config.metrics_interval_s,
             {k: v for k, v in labels.items() if k != "replica_id"} | {"priority": spec.priority},
+            traceparent=run.traceparent,
         )
         stats = await self._relay.attempt(ctx, adapter, pool.spec.engine_name(spec.model_ref))
         self._count_tokens(spec, stats, labels)

@@ -50,6 +50,7 @@ class RunStats:
     completion_tokens: int | None = None  # the engine's own count, when it reported one
     outcome: str = "running"
     error: AdapterError | None = None
+    stop_reason: str | None = None  # as the `end` event says it
 
     @property
     def tokens_out(self) -> int:
@@ -65,9 +66,10 @@ class RunContext:
     queue_depth: Callable[[], int]
     metrics_interval_s: float
     labels: dict[str, str] = field(default_factory=dict)
+    traceparent: str | None = None  # the job span's, when tracing is on
 
 
-def submit_request(spec: TaskSpec, engine_model: str) -> SubmitRequest:
+def submit_request(spec: TaskSpec, engine_model: str, traceparent: str | None = None) -> SubmitRequest:
     messages = None
     if spec.messages is not None:
         messages = tuple(ChatMessage(m.role, m.content) for m in spec.messages)
@@ -90,6 +92,7 @@ def submit_request(spec: TaskSpec, engine_model: str) -> SubmitRequest:
         logprobs=spec.logprobs,
         ignore_eos=spec.ignore_eos,
         priority=spec.priority,
+        traceparent=traceparent or spec.traceparent,
     )
 
 
@@ -106,7 +109,8 @@ class Relay:
         started = self._clock()
         last_metrics = started
         try:
-            async with closing_stream(adapter.submit(submit_request(ctx.spec, engine_model))) as events:
+            request = submit_request(ctx.spec, engine_model, ctx.traceparent)
+            async with closing_stream(adapter.submit(request)) as events:
                 async for event in events:
                     if isinstance(event, Finished):
                         await self._finish(ctx, stats, event, started)
@@ -168,6 +172,7 @@ class Relay:
             # that cut the output to what the context leaves: llama.cpp, llama-cpp-python). Where the
             # engine reports no count, its token events are the count (one per token for those two).
             stop = "context_length"
+        stats.stop_reason = stop
         end: dict[str, object] = {"stop_reason": stop, "tokens_in": tokens_in}
         if event.prompt_tokens is None:  # the engine did not say: an estimate, named as one
             end["tokens_in_estimated"] = True

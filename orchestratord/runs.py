@@ -20,6 +20,7 @@ class Running:
     started: float
     task: asyncio.Task[None] | None = None
     adapter: WorkerAdapter | None = None  # the adapter the current attempt runs through
+    traceparent: str | None = None  # the job span's, for its engine requests (orchestratord.tracing)
 
 
 class Runs:

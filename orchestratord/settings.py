@@ -193,6 +193,12 @@ class LimitsConfig(_Strict):
     max_connections_per_client: int | None = Field(default=None, ge=1)
 
 
+class TracingConfig(_Strict):
+    # OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces); none: tracing off, at no cost
+    otlp_endpoint: str | None = None
+    service_name: str = "orchestratord"
+
+
 class BreakerConfig(_Strict):
     failures: int = Field(default=3, ge=1)
     backoff_s: float = Field(default=5.0, gt=0)
@@ -340,6 +346,7 @@ class Settings(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     pools: list[PoolConfig] = Field(default_factory=_default_pools)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)

@@ -209,6 +209,8 @@ class EngineHTTP:
         headers = {**self._headers, "Accept": accept, "Accept-Encoding": "identity"}
         if req.correlation_id:
             headers["X-Correlation-Id"] = req.correlation_id
+        if req.traceparent:
+            headers["traceparent"] = req.traceparent
         if self._request_ids is not None:
             headers["X-Request-Id"] = f"{req.task_id}-{next(self._request_ids)}"
         with self._flights.track(req.task_id) as flight, map_http_errors(self.engine, url):

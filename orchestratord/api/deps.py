@@ -14,6 +14,7 @@ from orchestratord.api.responses import errors_for
 from orchestratord.auth import Principal, Role, authorize
 from orchestratord.errors import UnsupportedMediaType
 from orchestratord.services import Services
+from orchestratord.tracing import valid_traceparent
 
 # Every dependency is `async def`: FastAPI runs plain `def` dependencies in a worker thread, which
 # the benchmark profile showed as a fifth of the CPU of a job's requests. And every dependency takes
@@ -30,6 +31,7 @@ class Caller:
     services: Services
     tenant: str
     correlation_id: str | None
+    traceparent: str | None = None  # the client's W3C trace context, when valid (orchestratord.tracing)
 
 
 def _services(request: Request) -> Services:
@@ -76,7 +78,8 @@ async def get_json_caller(request: Request) -> Caller:
 
 
 def _caller(request: Request) -> Caller:
-    return Caller(_services(request), _principal(request).tenant, _correlation_id(request))
+    traceparent = valid_traceparent(request.headers.get("traceparent"))
+    return Caller(_services(request), _principal(request).tenant, _correlation_id(request), traceparent)
 
 
 def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:

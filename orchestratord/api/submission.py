@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 from orchestratord.admission import AdmissionResult
 from orchestratord.api.deps import Caller
@@ -25,6 +26,8 @@ async def submit(
     is the request's fingerprint, computed only when there is a key to compare it with."""
     services = caller.services
     check_prompt_size(spec, services.settings.limits.max_prompt_chars)
+    if caller.traceparent is not None:
+        spec = replace(spec, traceparent=caller.traceparent)
     began = time.perf_counter()
     try:  # every request that reached admission counts, refused ones too
         return await services.idempotency.admit(spec, idempotency_key, body)

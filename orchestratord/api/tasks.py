@@ -18,6 +18,8 @@ from orchestratord.state.base import JobRecord
 router = APIRouter(tags=["tasks"])
 CallerDep = Annotated[Caller, Depends(get_caller)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)]
+# W3C trace context: declared for the contract; the caller dependency reads it (a malformed one is ignored)
+Traceparent = Annotated[str | None, Header(alias="traceparent")]
 
 
 @router.post(
@@ -35,6 +37,7 @@ async def submit_task(
     caller: Annotated[Caller, Depends(get_json_caller)],
     response: Response,
     idempotency_key: IdempotencyKey = None,
+    traceparent: Traceparent = None,
 ) -> AdmissionResponse:
     spec = body.to_spec(job_id=new_job_id(), tenant=caller.tenant, correlation_id=caller.correlation_id)
     result = await submit(

@@ -71,6 +71,7 @@ class TaskSpec:
     response_format: str | None = None
     logprobs: int | None = None  # each token's log probability and this many alternatives
     ignore_eos: bool | None = None  # True: to max_tokens past the end-of-sequence token (vLLM's)
+    traceparent: str | None = None  # the client's W3C trace context (orchestratord.tracing)
 
     @property
     def engine_parameters(self) -> tuple[str, ...]:
