@@ -59,7 +59,9 @@ def assert_percentiles(summary: dict[str, Any], count: int | None = None) -> Non
 
 def assert_resources(resources: dict[str, Any]) -> None:
     assert resources["wall_s"] > 0
-    assert resources["cpu_s"] > 0  # orchestratord did work while it was measured
+    # orchestratord did work while it was measured; process CPU time comes in clock ticks (10 ms), so
+    # a smoke-scale phase shorter than half a second may read as none
+    assert resources["cpu_s"] > 0 or resources["wall_s"] < 0.5, resources
     assert 10 < resources["peak_rss_mb"] < 4096
     assert resources["peak_rss_mb"] >= resources["rss_start_mb"] > 0
 
