@@ -7,8 +7,10 @@ COPY orchestratord orchestratord
 COPY worker_adapters worker_adapters
 COPY pool_manager pool_manager
 COPY contracts contracts
-# Editable: the served OpenAPI document is read from /app/contracts, next to the package.
-RUN pip install --no-cache-dir -e . \
+COPY clients clients
+# Editable: the served OpenAPI document is read from /app/contracts, next to the package. The Python
+# client comes along for `orchestratord run / status / cancel / pools` inside the container.
+RUN pip install --no-cache-dir -e . -e clients/python \
  && useradd --system --uid 10001 --home-dir /app orchestratord \
  && mkdir -p /var/lib/orchestratord && chown orchestratord /var/lib/orchestratord
 # The model catalog (catalog.dir) lives in $XDG_STATE_HOME/orchestratord: mount a volume there.

@@ -22,26 +22,12 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestratord_client import (
-    Client,
-    ConnectionFailed,
-    End,
-    Error,
-    Forbidden,
-    InvalidRequest,
-    Metrics,
-    NotFound,
-    OrchestratordError,
-    Started,
-    Token,
-    Unauthorized,
-)
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:  # at run time imported by the client commands only: `serve` needs neither
+    from orchestratord_client import Client, End, OrchestratordError
+    from rich.console import Console
+    from rich.text import Text
 
 EX_OK, EX_FAILED, EX_USAGE, EX_UNAVAILABLE, EX_TEMPFAIL, EX_NOPERM, EX_INTERRUPTED = 0, 1, 64, 69, 75, 77, 130
 
@@ -75,6 +61,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def main(args: argparse.Namespace) -> int:
+    from orchestratord_client import Client, OrchestratordError
+    from rich.console import Console
+
     out, err = Console(), Console(stderr=True)
     try:
         with Client(base_url=args.url or os.environ.get("ORCHD_URL") or None) as client:
@@ -115,6 +104,8 @@ def _run(client: Client, args: argparse.Namespace, err: Console) -> int:
 
 
 def _as_json(events: Iterator[Any]) -> int:
+    from orchestratord_client import Error
+
     code = EX_OK
     for event in events:
         print(json.dumps({"event": _name(event), **_plain(event)}, default=str), flush=True)
@@ -124,6 +115,10 @@ def _as_json(events: Iterator[Any]) -> int:
 
 
 def _as_text(events: Iterator[Any], err: Console | None) -> int:
+    from orchestratord_client import End, Error, Metrics, Started, Token
+    from rich.console import Console
+    from rich.live import Live
+
     waiting = _Waiting()
     tokens, first, last = 0, None, None
     live = None
@@ -175,6 +170,8 @@ class _Waiting:
             self.starts_at = time.monotonic() + predicted_ms / 1000
 
     def __rich__(self) -> Text:
+        from rich.text import Text
+
         line = Text("queued", style="bold yellow")
         if self.position is not None:
             line.append(f" · {self.position} ahead")
@@ -193,6 +190,8 @@ def _summary(err: Console, end: End, tokens: int, first: float | None) -> None:
 
 
 def _pools(client: Client, args: argparse.Namespace, out: Console) -> None:
+    from rich.table import Table
+
     pools = client.pools()
     if args.json:
         print(json.dumps(pools))
@@ -210,6 +209,8 @@ def _pools(client: Client, args: argparse.Namespace, out: Console) -> None:
 
 
 def _exit_code(exc: OrchestratordError) -> int:
+    from orchestratord_client import ConnectionFailed, Forbidden, InvalidRequest, NotFound, Unauthorized
+
     if isinstance(exc, (Unauthorized, Forbidden)):
         return EX_NOPERM
     if isinstance(exc, NotFound):

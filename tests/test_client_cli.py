@@ -151,3 +151,11 @@ def test_a_reader_that_stops_early_is_not_an_error(server: LoopbackServer) -> No
     )  # fmt: skip
     assert json.loads(done.stdout)["event"] == "started"
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_serve_does_not_need_the_client_package() -> None:
+    """An image with the server alone (the Dockerfile's) must start: the client commands import the
+    client package only when they run."""
+    probe = "import sys, orchestratord.cli; assert 'orchestratord_client' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
