@@ -183,19 +183,29 @@ class Proxy:
         ready = threading.Event()
 
         def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
+            self._loop = loop = asyncio.new_event_loop()
+            server = loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
             ready.set()
             try:
-                self._loop.run_forever()
+                loop.run_forever()
             finally:
                 server.close()
-                self._loop.close()
+                # end every connection's task here, on its loop: a pending task left to the garbage
+                # collector would log from whatever thread collects it, at any moment
+                loop.run_until_complete(self._finish())
+                loop.close()
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
         ready.wait(5)
         return self
+
+    @staticmethod
+    async def _finish() -> None:
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def __exit__(self, *exc: object) -> None:
         if self._loop is not None:

@@ -150,7 +150,9 @@ def test_tokens_are_relayed_as_the_engine_sends_them(
     total_ms = (arrivals[-1][0] - began) * 1000
     record_property("first_token_lag_ms", round(lag_ms, 1))
     print(f"{real.name}: first token {lag_ms:.1f} ms after the engine sent it; stream {total_ms:.0f} ms")
-    assert lag_ms < 250, f"the first token waited {lag_ms:.0f} ms in orchestratord"
+    # measured here: 0.5 to 4 ms; the bound only has to catch a relay that holds tokens back (the issue
+    # saw one wait for the engine's end, seconds), not the scheduling noise of a loaded 2-core machine
+    assert lag_ms < 1000, f"the first token waited {lag_ms:.0f} ms in orchestratord"
 
 
 def test_a_cancel_frees_the_engine_and_stops_its_generation(
