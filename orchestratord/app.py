@@ -9,7 +9,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from orchestratord.admission import Admission, TenantLimits
-from orchestratord.api import capabilities, catalog, errors, middleware, ops, pools, sessions, stream, tasks
+from orchestratord.api import (
+    capabilities,
+    catalog,
+    errors,
+    middleware,
+    ops,
+    pools,
+    sessions,
+    stream,
+    task_list,
+    tasks,
+    ui,
+)
 from orchestratord.api.deps import guard, guard_ops
 from orchestratord.api.openai import responses as openai_responses
 from orchestratord.api.openai import routes as openai_routes
@@ -141,7 +153,7 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         shared=store.shared,
     )  # fmt: skip
     metrics.watch_pools(lambda: outlook.snapshots)
-    jobs = JobControl(store, endings)
+    jobs = JobControl(store, endings, outlook)
     presence = Presence(
         store,
         jobs,
@@ -212,9 +224,10 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
     # Data plane: client keys (and admin); control plane: admin keys; probes and metrics: open by default.
     for module in (tasks, stream, sessions, capabilities, openai_routes, openai_responses):
         app.include_router(module.router, **guard("client"))
-    for module in (catalog, pools):
+    for module in (catalog, pools, task_list, ui):
         app.include_router(module.router, **guard("admin"))
     app.include_router(ops.router, **guard_ops())
+    app.include_router(ui.page_router)
     errors.install(app)
     middleware.install(
         app, max_body_bytes=settings.limits.max_body_bytes, max_header_bytes=settings.limits.max_header_bytes

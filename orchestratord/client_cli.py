@@ -1,5 +1,5 @@
-"""The client side of the `orchestratord` command: `run`, `status`, `cancel` and `pools`, on the Python
-client (clients/python). The server is found through `--url` or `ORCHD_URL` (default: the embedded
+"""The client side of the `orchestratord` command: `run`, `status`, `cancel`, `pools` and `jobs`, on the
+Python client (clients/python). The server is found through `--url` or `ORCHD_URL` (default: the embedded
 default's address), the key through `ORCHD_API_KEY`.
 
 `run` writes the job's text to stdout as it arrives. On a terminal, a live status line on stderr (rich)
@@ -58,13 +58,31 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     pools.add_argument("--json", action="store_true")
     common(pools)
+    jobs = sub.add_parser("jobs", help="every tenant's jobs, newest first (admin key when keys are on)")
+    jobs.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        choices=["queued", "running", "succeeded", "failed", "canceled"],
+        help="only jobs in this state (repeat for several); default: queued and running",
+    )
+    jobs.add_argument("--all", action="store_true", help="finished jobs too (every state)")
+    jobs.add_argument("--tenant", default=None)
+    jobs.add_argument("--pool", default=None)
+    jobs.add_argument("--model", default=None)
+    jobs.add_argument("--limit", type=int, default=50, help="at most this many (1-1000)")
+    jobs.add_argument("--cursor", default=None, help="the next page, as the previous one printed it")
+    jobs.add_argument("--json", action="store_true", help="the page as the API returns it")
+    common(jobs)
 
 
 def main(args: argparse.Namespace) -> int:
     from orchestratord_client import Client, OrchestratordError
     from rich.console import Console
 
-    out, err = Console(), Console(stderr=True)
+    # Into a pipe or a file, tables are not folded to 80 columns: a whole row per line, for grep
+    out = Console(width=None if sys.stdout.isatty() else 200)
+    err = Console(stderr=True)
     try:
         with Client(base_url=args.url or os.environ.get("ORCHD_URL") or None) as client:
             if args.command == "run":
@@ -75,6 +93,8 @@ def main(args: argparse.Namespace) -> int:
                 client.cancel(args.job_id)
             elif args.command == "pools":
                 _pools(client, args, out)
+            elif args.command == "jobs":
+                _jobs(client, args, out)
             return EX_OK
     except KeyboardInterrupt:
         return EX_INTERRUPTED
@@ -206,6 +226,49 @@ def _pools(client: Client, args: argparse.Namespace, out: Console) -> None:
                 replica.get("breaker", {}).get("state", ""), replica["last_error"] or "",
             )  # fmt: skip
     out.print(table)
+
+
+def _jobs(client: Client, args: argparse.Namespace, out: Console) -> None:
+    from rich.table import Table
+
+    states = () if args.all else (args.state or ("queued", "running"))
+    page = client.jobs(
+        state=states,
+        tenant=args.tenant,
+        pool_id=args.pool,
+        model_ref=args.model,
+        limit=args.limit,
+        cursor=args.cursor,
+    )
+    if args.json:
+        print(json.dumps(page))
+        return
+    table = Table()
+    table.add_column("job", no_wrap=True, min_width=36)  # whole, so it can be pasted into `cancel`
+    for name in ("tenant", "state", "model", "class", "where", "tokens", "since"):
+        table.add_column(name, overflow="fold")
+    now = time.time()
+    for job in page["tasks"]:
+        if job["state"] == "queued":
+            where = f"{job['queue_position']} ahead" if job["queue_position"] is not None else "queued"
+            if job["predicted_start_ms"] is not None:
+                where += f", starts in ~{job['predicted_start_ms'] / 1000:.1f} s"
+        else:
+            where = "/".join(p for p in (job["pool_id"], job["replica_id"]) if p) or "-"
+        since = job["finished_at"] or job["started_at"] or job["created_at"]
+        table.add_row(
+            job["job_id"], job["tenant"], job["state"], job["model_ref"], job["priority"], where,
+            str(job["tokens_out"]), f"{max(0.0, now - _epoch(since)):.0f} s ago",
+        )  # fmt: skip
+    out.print(table)
+    if page["next_cursor"]:
+        out.print(f"next page: --cursor {page['next_cursor']}", style="dim", markup=False, highlight=False)
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def _exit_code(exc: OrchestratordError) -> int:

@@ -1,33 +1,124 @@
-"""Job control: reading a job's status and canceling it, race-free, for its own tenant only."""
+"""Job control: reading a job's status, canceling it (race-free), and the operators' job list.
+
+A tenant reads and cancels its own jobs only; an admin (`owner=None`) any tenant's."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Protocol
+
+from orchestratord.core.tasks import JobState
 from orchestratord.endings import Endings
-from orchestratord.errors import NotFound
-from orchestratord.state.base import JobRecord, JobRegistry
+from orchestratord.errors import InvalidParams, NotFound
+from orchestratord.outlook import Outlook
+from orchestratord.state.base import JobQueue, JobRecord, JobRegistry
+
+MAX_PAGE = 1000
+
+
+class JobStore(JobRegistry, JobQueue, Protocol):
+    """The roles job control uses."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs a listing shows: every field set must match (`states` empty: every state)."""
+
+    states: frozenset[JobState] = frozenset()
+    tenant: str | None = None
+    pool_id: str | None = None
+    model_ref: str | None = None
+
+    def matches(self, record: JobRecord) -> bool:
+        return (
+            (self.tenant is None or record.tenant == self.tenant)
+            and (self.pool_id is None or record.pool_id == self.pool_id)
+            and (self.model_ref is None or record.model_ref == self.model_ref)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ListedJob:
+    record: JobRecord
+    queue_position: int | None  # jobs ahead of it, while queued
+    predicted_start_ms: int | None  # while queued, when there is a prediction
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[ListedJob]
+    next_cursor: str | None  # pass it back for the next page; None on the last
 
 
 class JobControl:
-    def __init__(self, store: JobRegistry, endings: Endings) -> None:
+    def __init__(self, store: JobStore, endings: Endings, outlook: Outlook) -> None:
         self._store = store
         self._endings = endings
+        self._outlook = outlook
 
-    async def get(self, job_id: str, tenant: str) -> JobRecord:
-        """The job, if it exists and belongs to `tenant`; NotFound otherwise (ids leak nothing)."""
+    async def get(self, job_id: str, owner: str | None) -> JobRecord:
+        """The job, if it exists and `owner` may see it; NotFound otherwise (ids leak nothing)."""
         record = await self._store.get(job_id)
-        if record is None or record.tenant != tenant:
+        if record is None or (owner is not None and record.tenant != owner):
             raise NotFound(f"no job {job_id!r}: it never existed, belongs to someone else, or has expired")
         return record
 
-    async def cancel(self, job_id: str, tenant: str | None, reason: str = "client") -> bool:
+    async def cancel(self, job_id: str, owner: str | None, reason: str = "client") -> bool:
         """End the job as canceled (`Endings.cancel`). Idempotent: False when it had already ended.
 
         The terminal `end` event is written in the same step as the state change, so after this
         returns no `token` can follow; the run sees the refused append and closes the engine request.
         """
-        record = await self._store.get(job_id)
-        if record is None or (tenant is not None and record.tenant != tenant):
-            raise NotFound(f"no job {job_id!r}: it never existed, belongs to someone else, or has expired")
+        record = await self.get(job_id, owner)
         if record.state.terminal:
             return False
         return await self._endings.cancel(job_id, reason, record)
+
+    async def listing(self, where: JobFilter, *, limit: int, cursor: str | None = None) -> JobPage:
+        """One page of the jobs that match, newest first (by creation, then id), across every
+        orchestrator replica sharing the state. Queued jobs come with their position and predicted
+        start. `cursor` is the previous page's `next_cursor`."""
+        after = _decode(cursor) if cursor is not None else None
+        states = where.states or frozenset(JobState)
+        found = sorted(
+            (r for r in await self._store.jobs(states) if where.matches(r)),
+            key=lambda r: (-r.created_at, r.job_id),
+        )
+        if after is not None:
+            found = [r for r in found if (-r.created_at, r.job_id) > after]
+        page, more = found[:limit], len(found) > limit
+        listed = await self._outlooks(page)
+        last = page[-1] if more else None
+        return JobPage(listed, None if last is None else _encode(last.created_at, last.job_id))
+
+    async def _outlooks(self, records: Collection[JobRecord]) -> list[ListedJob]:
+        queued = [r.job_id for r in records if r.state is JobState.QUEUED]
+        if not queued:
+            return [ListedJob(r, None, None) for r in records]
+        routes = {e.job_id: e.route for e in await self._store.queued()}
+        positions = dict(zip(queued, await asyncio.gather(*map(self._store.position, queued)), strict=True))
+        out: list[ListedJob] = []
+        for record in records:
+            position = positions.get(record.job_id)
+            route = routes.get(record.job_id)
+            predicted = None if position is None or route is None else self._outlook.predict(route, position)
+            out.append(ListedJob(record, position, predicted))
+        return out
+
+
+def _encode(created_at: float, job_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at!r} {job_id}".encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[float, str]:
+    try:
+        created, job_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split(" ")
+        return -float(created), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidParams(
+            f"cursor {cursor!r} is not one this list gave; pass a page's next_cursor unchanged"
+        ) from None

@@ -199,6 +199,14 @@ class TracingConfig(_Strict):
     service_name: str = "orchestratord"
 
 
+class UiConfig(_Strict):
+    # The live queue page at /ui. None (auto): on for a loopback host or when API keys are configured
+    # (then for admin keys only); off for a non-loopback host without keys.
+    enabled: bool | None = None
+    interval_s: float = Field(default=1.0, ge=0.2, le=60)  # how often the page gets a new snapshot
+    window_s: float = Field(default=300.0, ge=10, le=3600)  # the fair-share chart's span
+
+
 class BreakerConfig(_Strict):
     failures: int = Field(default=3, ge=1)
     backoff_s: float = Field(default=5.0, gt=0)
@@ -347,6 +355,7 @@ class Settings(BaseSettings):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
     pools: list[PoolConfig] = Field(default_factory=_default_pools)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
@@ -397,6 +406,13 @@ class Settings(BaseSettings):
                 f"{unknown}; known tenants: {sorted(known)}"
             )
         return self
+
+    @property
+    def ui_enabled(self) -> bool:
+        """Whether /ui answers: `ui.enabled`, or by default on a loopback host or behind API keys."""
+        if self.ui.enabled is not None:
+            return self.ui.enabled
+        return is_loopback(self.host) or bool(self.auth.keys)
 
     @model_validator(mode="after")
     def _keys_on_public_hosts(self) -> Settings:

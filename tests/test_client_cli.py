@@ -1,4 +1,4 @@
-"""`orchestratord run / status / cancel / pools` against a real server, as scripts use them (pipes,
+"""`orchestratord run / status / cancel / pools / jobs` against a real server, as scripts use them (pipes,
 exit codes, --json) and as people do (a real pseudo-terminal, driven by pexpect)."""
 
 from __future__ import annotations
@@ -98,6 +98,24 @@ def test_pools_and_status_and_cancel(server: LoopbackServer) -> None:
     assert cli("cancel", job["job_id"], "--url", server.base_url).returncode == 0
     status = cli("status", job["job_id"], "--url", server.base_url)
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "canceled"
+
+
+def test_jobs_lists_what_runs_and_waits(server: LoopbackServer) -> None:
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        body = {"model_ref": "mock", "max_tokens": 4, "cancel_on_disconnect": False}
+        running = client.post("/v1/tasks", json={**body, "prompt": "[[mock hang]]"}).json()["job_id"]
+        waiting = client.post("/v1/tasks", json={**body, "prompt": "next"}).json()["job_id"]
+        page = json.loads(cli("jobs", "--json", "--url", server.base_url).stdout)
+        assert {t["job_id"]: t["state"] for t in page["tasks"]} == {running: "running", waiting: "queued"}
+        table = cli("jobs", "--url", server.base_url)
+        assert table.returncode == 0, table.stderr
+        rows = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if "│" in line}
+        assert "p/r0" in rows[running] and "0 ahead" in rows[waiting]
+        client.post(f"/v1/tasks/{running}/cancel")
+        only = json.loads(cli("jobs", "--json", "--state", "canceled", "--url", server.base_url).stdout)
+        assert [t["job_id"] for t in only["tasks"]] == [running]
+        assert cli("jobs", "--limit", "0", "--url", server.base_url).returncode == 64
+        client.post(f"/v1/tasks/{waiting}/cancel")
 
 
 def spawn(*args: str) -> Any:

@@ -54,3 +54,17 @@ def test_bad_config_names_the_key_and_the_file(tmp_path: Path, yaml_text: str, f
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "on"),
+    [
+        ({}, True),  # loopback
+        ({"host": "0.0.0.0", "auth": {"allow_unauthenticated": True}}, False),  # the network, no keys
+        ({"host": "0.0.0.0", "auth": {"keys": [{"key": "k" * 32, "tenant": "t", "role": "admin"}]}}, True),
+        ({"host": "0.0.0.0", "auth": {"allow_unauthenticated": True}, "ui": {"enabled": True}}, True),
+        ({"ui": {"enabled": False}}, False),
+    ],
+)
+def test_the_queue_page_is_off_on_the_network_without_keys(overrides: dict[str, object], on: bool) -> None:
+    assert load_settings(None, **overrides).ui_enabled is on

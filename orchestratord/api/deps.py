@@ -32,6 +32,7 @@ class Caller:
     tenant: str
     correlation_id: str | None
     traceparent: str | None = None  # the client's W3C trace context, when valid (orchestratord.tracing)
+    owner: str | None = None  # whose jobs it may read and cancel: its tenant's, or (None) an admin any
 
 
 def _services(request: Request) -> Services:
@@ -79,7 +80,19 @@ async def get_json_caller(request: Request) -> Caller:
 
 def _caller(request: Request) -> Caller:
     traceparent = valid_traceparent(request.headers.get("traceparent"))
-    return Caller(_services(request), _principal(request).tenant, _correlation_id(request), traceparent)
+    principal = _principal(request)
+    return Caller(
+        _services(request), principal.tenant, _correlation_id(request), traceparent, _owner(principal)
+    )
+
+
+async def get_owner(request: Request) -> str | None:
+    """Whose jobs the caller may read and cancel: its own tenant's; an admin's, any tenant's (None)."""
+    return _owner(_principal(request))
+
+
+def _owner(principal: Principal) -> str | None:
+    return None if principal.role == "admin" else principal.tenant
 
 
 def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:

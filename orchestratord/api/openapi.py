@@ -28,7 +28,8 @@ def contract_document() -> dict[str, Any]:
     doc = contract("data.yaml")
     for name in ("control.yaml", "openai.yaml"):
         other = contract(name)
-        doc["paths"].update(other.get("paths", {}))
+        for path, operations in other.get("paths", {}).items():
+            doc["paths"].setdefault(path, {}).update(operations)  # e.g. GET /v1/tasks beside POST
         for section, items in other.get("components", {}).items():
             target = doc.setdefault("components", {}).setdefault(section, {})
             for key, item in items.items():

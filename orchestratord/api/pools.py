@@ -84,6 +84,11 @@ class ReloadDone(BaseModel):
 
 @router.get("/v1/pools", response_model=PoolList, operation_id="listPools", responses=errors_for(401, 403))
 async def list_pools(services: ServicesDep) -> PoolList:
+    return await pool_list(services)
+
+
+async def pool_list(services: Services) -> PoolList:
+    """Every pool as this replica's registry sees it now (also the queue page's, orchestratord.api.ui)."""
     snapshots = await services.outlook.refresh()
     return PoolList(pools=[_info(services, s) for s in snapshots])
 

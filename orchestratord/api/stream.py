@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from orchestratord.api.deps import get_services, get_tenant
+from orchestratord.api.deps import get_owner, get_services
 from orchestratord.api.responses import BUDGET_HEADERS, errors_for
 from orchestratord.core.tasks import LogEvent
 from orchestratord.errors import InvalidParams, StateUnavailable
@@ -42,10 +42,10 @@ MAX_PENDING_BYTES = 64 * 1024  # how far a stream reads the log ahead of what th
 async def stream_task(
     job_id: uuid.UUID,
     services: Annotated[Services, Depends(get_services)],
-    tenant: Annotated[str, Depends(get_tenant)],
+    owner: Annotated[str | None, Depends(get_owner)],
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> Response:
-    record = await services.jobs.get(str(job_id), tenant)
+    record = await services.jobs.get(str(job_id), owner)
     if last_event_id is not None and not services.store.valid_event_id(last_event_id):
         raise InvalidParams(f"Last-Event-ID {last_event_id!r} is not an event id of this stream")
     if (
@@ -63,7 +63,7 @@ async def stream_task(
         and await _seen_all(services, record.job_id, last_event_id)
     ):
         return Response(status_code=204)  # tells an EventSource to stop reconnecting
-    budget = await services.control.gate.budget_headers(tenant, record.session_id)
+    budget = await services.control.gate.budget_headers(record.tenant, record.session_id)
     return _EventStream(
         frames(services, record.job_id, last_event_id),
         ping=services.settings.stream.keepalive_s,

@@ -62,7 +62,7 @@ async def submit_task(
     operation_id="getTask",
 )
 async def get_task(job_id: uuid.UUID, caller: CallerDep) -> TaskStatus:
-    return status_of(await caller.services.jobs.get(str(job_id), caller.tenant))
+    return status_of(await caller.services.jobs.get(str(job_id), caller.owner))
 
 
 @router.post(
@@ -73,7 +73,7 @@ async def get_task(job_id: uuid.UUID, caller: CallerDep) -> TaskStatus:
     operation_id="cancelTask",
 )
 async def cancel_task(job_id: uuid.UUID, caller: CallerDep) -> Response:
-    await caller.services.jobs.cancel(str(job_id), caller.tenant)
+    await caller.services.jobs.cancel(str(job_id), caller.owner)
     return Response(status_code=204)
 
 
@@ -86,9 +86,9 @@ def status_of(record: JobRecord) -> TaskStatus:
         state=record.state.value,
         model_ref=record.model_ref,
         priority=record.priority,
-        created_at=_iso(record.created_at) or "",
-        started_at=_iso(record.started_at),
-        finished_at=_iso(record.finished_at),
+        created_at=iso(record.created_at) or "",
+        started_at=iso(record.started_at),
+        finished_at=iso(record.finished_at),
         tokens_out=record.tokens_out,
         stop_reason=record.stop_reason,
         error=error,
@@ -98,5 +98,5 @@ def status_of(record: JobRecord) -> TaskStatus:
     )
 
 
-def _iso(ts: float | None) -> str | None:
+def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")

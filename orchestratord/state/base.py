@@ -105,6 +105,11 @@ class JobRegistry(Protocol):
         """Forget finished jobs whose retention has passed; returns how many."""
         ...
 
+    async def jobs(self, states: frozenset[JobState]) -> list[JobRecord]:
+        """Every job the registry still holds in one of `states` (finished ones until their retention
+        passes), of every tenant and on every orchestrator replica, without their text; in no order."""
+        ...
+
 
 class EventLog(Protocol):
     """Each job's append-only log of events, and the readers that tail it."""

@@ -123,6 +123,9 @@ class MemoryStore:
             return None
         return replace(job.synced(), text="".join(job.pieces))
 
+    async def jobs(self, states: frozenset[JobState]) -> list[JobRecord]:
+        return [job.synced() for job in self._jobs.values() if job.record.state in states]
+
     async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
         job = self._jobs.get(job_id)
         if job is None or job.ended:

@@ -39,6 +39,7 @@ from pool_manager.leases import LeaseStore
 _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _END_FIELDS = ("decode_time_ms", "decode_ms")  # the store fills these in `end` events
 _RECORD_SKIP = ("job_id", "text")
+_PAGE = 500  # job hashes read per pipeline when listing jobs
 RESET_MESSAGE = (
     "the orchestrator replica running this job stopped renewing its lease (it died or lost Redis); retry"
 )
@@ -103,6 +104,23 @@ class RedisStore:
             [("HGETALL", self._key(f"job:{job_id}")), ("GET", self._key(f"text:{job_id}"))]
         )
         return _record(job_id, fields, text or "") if fields else None
+
+    async def jobs(self, states: frozenset[JobState]) -> list[JobRecord]:
+        # Where each state's ids are indexed: the queue's entries, the claims of taken jobs (a taken job
+        # is still `queued` until its run starts it) and the finished jobs awaiting their purge.
+        wanted: list[Sequence[str | int]] = []
+        if JobState.QUEUED in states or JobState.RUNNING in states:
+            wanted += [("HKEYS", self._key("q:entries")), ("ZRANGE", self._key("alive"), 0, -1)]
+        if any(state.terminal for state in states):
+            wanted.append(("ZRANGE", self._key("ended"), 0, -1))
+        ids = list(dict.fromkeys(job for found in await self._scripts.pipeline(wanted) for job in found))
+        records: list[JobRecord] = []
+        for start in range(0, len(ids), _PAGE):
+            chunk = ids[start : start + _PAGE]
+            stored = await self._scripts.pipeline([("HGETALL", self._key(f"job:{job}")) for job in chunk])
+            found = (_record(job, fields, "") for job, fields in zip(chunk, stored, strict=True) if fields)
+            records += [record for record in found if record.state in states]
+        return records
 
     async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
         started = await self._scripts.run(

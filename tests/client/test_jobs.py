@@ -133,3 +133,24 @@ def test_api_key_from_argument_or_environment(
     with Client() as from_env:
         assert from_env.base_url.rstrip("/") == server.base_url
         assert from_env.pools()
+
+
+def test_jobs_pages_through_every_tenants_jobs(server: LoopbackServer) -> None:
+    """The server is shared with other tests: this test's jobs are the newest three."""
+    with Client(server.base_url) as client:
+        made = [client.submit("mock", "hello", max_tokens=1).job_id for _ in range(3)]
+        first = client.jobs(limit=2)
+        assert first["next_cursor"] is not None and len(first["tasks"]) == 2
+        second = client.jobs(limit=2, cursor=first["next_cursor"])
+        seen = [t["job_id"] for t in first["tasks"] + second["tasks"]]
+        assert seen[:3] == made[::-1], "newest first, no job twice across pages"
+        assert all(t["state"] == "failed" for t in client.jobs(state=["failed"])["tasks"])
+
+
+async def test_async_jobs_filters(server: LoopbackServer) -> None:
+    async with AsyncClient(server.base_url) as client:
+        job = await client.submit("mock", HANG, max_tokens=8)
+        listed = await client.jobs(state=["queued", "running"], model_ref="mock", tenant="default")
+        assert [t["job_id"] for t in listed["tasks"]] == [job.job_id]
+        await client.cancel(job)
+        assert (await client.jobs(state=["canceled"]))["tasks"][0]["job_id"] == job.job_id

@@ -34,11 +34,15 @@ TERMINAL = {"end", "error"}
 
 
 def _validator(name: str) -> jsonschema.protocols.Validator:
+    return validator_for(f"/components/schemas/{name}")
+
+
+def validator_for(pointer: str) -> jsonschema.protocols.Validator:
+    """A validator of the schema at `pointer` (a JSON pointer) in the served contract."""
     registry: Registry[Any] = Registry().with_resource(
         "urn:contract", Resource.from_contents(contract_document(), default_specification=DRAFT202012)
     )
-    schema = {"$ref": f"urn:contract#/components/schemas/{name}"}
-    return jsonschema.Draft202012Validator(schema, registry=registry)
+    return jsonschema.Draft202012Validator({"$ref": f"urn:contract#{pointer}"}, registry=registry)
 
 
 FRAME = _validator("StreamEvent")

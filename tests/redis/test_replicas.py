@@ -20,6 +20,7 @@ from tests.redis.conftest import Deployment, RedisServer, start_deployment
 
 pytestmark = pytest.mark.redis
 KEYS = {"acme": "acme-key-0123456789", "beta": "beta-key-0123456789", "gamma": "gamma-key-0123456789"}
+ADMIN = "ops-key-0123456789ab"  # an operator's key (tenant "ops")
 CAPACITY, TENANT_CAPACITY = 24, 16
 HANG = "[[mock hang]] hold the only slot"
 
@@ -27,7 +28,10 @@ HANG = "[[mock hang]] hold the only slot"
 @pytest.fixture(scope="module")
 def trio(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     overrides = {
-        "auth": {"keys": [{"key": key, "tenant": tenant} for tenant, key in KEYS.items()]},
+        "auth": {"keys": [
+            *({"key": key, "tenant": tenant} for tenant, key in KEYS.items()),
+            {"key": ADMIN, "tenant": "ops", "role": "admin"},
+        ]},
         "tenants": [
             {"id": "acme", "weight": 3},
             {"id": "beta", "weight": 1},
@@ -129,6 +133,36 @@ def test_post_on_one_stream_from_another_cancel_from_a_third(trio: Deployment, h
     resumed = read_events(a, job["sse_url"], headers={"Last-Event-ID": events[2].id or ""})
     assert [e.id for e in resumed] == [e.id for e in events[3:]], "Last-Event-ID resumes on any replica"
     wait_for(lambda: leases_held(trio) == 0, what="the canceled job's slot is released")
+
+
+def test_an_operator_lists_and_stops_any_tenants_job_through_any_replica(
+    trio: Deployment, http: Clients
+) -> None:
+    """GET /v1/tasks reads the shared registry: jobs admitted and run by other replicas, queued ones
+    with their positions, finished ones until their retention ends."""
+    blocker = submit(http(0), model_ref="solo", prompt=HANG)
+    wait_for(lambda: status(http(0), blocker["job_id"])["state"] == "running", what="the blocker runs")
+    queued = [submit(http(1, "beta"), model_ref="solo"), submit(http(2), model_ref="solo")]
+    done = submit(http(1, "beta"), max_tokens=2)
+    wait_for(lambda: status(http(1, "beta"), done["job_id"])["state"] == "succeeded", what="a short job ends")
+    with httpx.Client(base_url=trio[2].base_url, headers={"Authorization": f"Bearer {ADMIN}"}) as ops:
+        listed = ops.get("/v1/tasks", params={"model_ref": "solo", "state": ["queued", "running"]})
+        assert listed.status_code == 200, listed.text
+        tasks = {t["job_id"]: t for t in listed.json()["tasks"]}
+        assert set(tasks) == {blocker["job_id"], *(j["job_id"] for j in queued)}
+        assert (
+            tasks[blocker["job_id"]]["state"] == "running" and tasks[blocker["job_id"]]["pool_id"] == "solo"
+        )
+        assert sorted(tasks[j["job_id"]]["queue_position"] for j in queued) == [0, 1]
+        finished = ops.get("/v1/tasks", params={"state": "succeeded", "tenant": "beta"}).json()["tasks"]
+        assert done["job_id"] in {t["job_id"] for t in finished}
+        assert http(0, "beta").get("/v1/tasks").status_code == 403, "clients may not list"
+        # replica 2 stops the job replica 0 runs for acme
+        assert ops.post(f"/v1/tasks/{blocker['job_id']}/cancel").status_code == 204
+        for job in queued:
+            assert ops.post(f"/v1/tasks/{job['job_id']}/cancel").status_code == 204
+    wait_for(lambda: status(http(0), blocker["job_id"])["state"] == "canceled", what="the cancel lands")
+    wait_for(lambda: leases_held(trio) == 0, what="the slot is released")
 
 
 def test_fair_shares_and_the_429_contract_hold_across_replicas(trio: Deployment, http: Clients) -> None:

@@ -16,6 +16,7 @@ from orchestratord_client._protocol import (
     base_url_from,
     headers_for,
     job_id_of,
+    jobs_query,
     session_path,
     stream_path,
     submit_headers,
@@ -186,6 +187,24 @@ class Client:
     def pools(self) -> list[dict[str, Any]]:
         pools: list[dict[str, Any]] = self._call("GET", "/v1/pools").json()["pools"]
         return pools
+
+    def jobs(
+        self,
+        *,
+        state: Sequence[str] = (),
+        tenant: str | None = None,
+        pool_id: str | None = None,
+        model_ref: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of every tenant's jobs, newest first (an admin key when keys are on): `{"tasks":
+        [...], "next_cursor": ...}`; pass `next_cursor` back as `cursor` for the next page."""
+        params = jobs_query(state, tenant, pool_id, model_ref, limit, cursor)
+        page: dict[str, Any] = (
+            self._send(self._http.build_request("GET", "/v1/tasks", params=params), stream=False)
+        ).json()
+        return page
 
     def capabilities(self) -> dict[str, Any]:
         capabilities: dict[str, Any] = self._call("GET", "/v1/capabilities").json()

@@ -68,6 +68,21 @@ def job_id_of(job: JobRef) -> str:
     return job.job_id if isinstance(job, Job) else job
 
 
+def jobs_query(
+    state: Sequence[str],
+    tenant: str | None,
+    pool_id: str | None,
+    model_ref: str | None,
+    limit: int,
+    cursor: str | None,
+) -> httpx.QueryParams:
+    """The query of `GET /v1/tasks`: `state` repeated, the other filters when given."""
+    query: list[tuple[str, str | int]] = [("state", s) for s in state]
+    optional = {"tenant": tenant, "pool_id": pool_id, "model_ref": model_ref, "cursor": cursor}
+    query += [(k, v) for k, v in optional.items() if v is not None]
+    return httpx.QueryParams([*query, ("limit", limit)])
+
+
 def task_path(job: JobRef, suffix: str = "") -> str:
     return f"{TASKS_PATH}/{quote(job_id_of(job), safe='')}{suffix}"
 

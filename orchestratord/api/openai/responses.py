@@ -44,7 +44,7 @@ from orchestratord.services import Services
 from orchestratord.state.base import JobRecord
 
 router = APIRouter(tags=["openai"])
-_UNSUPPORTED = (
+UNSUPPORTED = (
     "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning", "previous_response_id",
     "include", "truncation", "top_logprobs", "prompt", "conversation",
 )  # fmt: skip
@@ -95,7 +95,7 @@ class ResponseRequest(OpenAIRequest):
         return (size + len(self.instructions or "")) // 4 + 1
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
-        for name in _UNSUPPORTED:
+        for name in UNSUPPORTED:
             if getattr(self, name) not in (None, False, [], {}) and not _plain_text(
                 name, getattr(self, name)
             ):
