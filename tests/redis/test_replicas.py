@@ -157,6 +157,15 @@ def test_an_operator_lists_and_stops_any_tenants_job_through_any_replica(
         finished = ops.get("/v1/tasks", params={"state": "succeeded", "tenant": "beta"}).json()["tasks"]
         assert done["job_id"] in {t["job_id"] for t in finished}
         assert http(0, "beta").get("/v1/tasks").status_code == 403, "clients may not list"
+        # the queue page's data, read through replica 1, shows the whole deployment
+        with (
+            httpx.Client(base_url=trio[1].base_url, headers=ops.headers, timeout=30) as page,
+            page.stream("GET", "/ui/events") as stream,
+        ):
+            snapshot = next(e for e in parse_frames(stream.iter_lines()) if not isinstance(e, str)).data
+        assert blocker["job_id"] in {j["job_id"] for j in snapshot["running"]}
+        assert {j["job_id"] for j in snapshot["queued"]} == {j["job_id"] for j in queued}
+        assert {t["tenant"] for t in snapshot["shares"]["tenants"]} >= {"acme", "beta"}
         # replica 2 stops the job replica 0 runs for acme
         assert ops.post(f"/v1/tasks/{blocker['job_id']}/cancel").status_code == 204
         for job in queued:
