@@ -105,7 +105,12 @@ def build_store(settings: Settings) -> StateStore:
             settings.state_url,
             queue_policy(settings),
             retention_s=settings.stream.retention_s,
-            options=RedisOptions(key_prefix=r.key_prefix, lease_ttl_s=r.lease_ttl_s, timeout_s=r.timeout_s),
+            options=RedisOptions(
+                key_prefix=r.key_prefix,
+                lease_ttl_s=r.lease_ttl_s,
+                timeout_s=r.timeout_s,
+                max_connections=r.max_connections,
+            ),
             tenant_max_concurrent={t.id: t.max_concurrent for t in settings.tenants if t.max_concurrent},
         )
     return MemoryStore(queue_policy(settings), retention_s=settings.stream.retention_s)
@@ -175,8 +180,9 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         max_backoff_s=settings.health_max_backoff_s or settings.health_interval_s,
     )
     pools = PoolOps(
-        registry, adapters, runs=runs, endings=endings, housekeeper=housekeeper, wake=dispatcher.wake
-    )
+        registry, adapters, runs=runs, endings=endings, housekeeper=housekeeper, wake=dispatcher.wake,
+        shared=store.shared,
+    )  # fmt: skip
     # A key never outlives the finished job it names.
     window = min(settings.idempotency_window_s, settings.stream.retention_s)
     idempotency = Idempotency(store, admission, outlook, window_s=window)
@@ -198,6 +204,7 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
         await services.prober.probe_all()
         services.prober.start()
         services.dispatcher.start()
+        services.pools.start()
         await services.outlook.refresh()
         log.info(
             "orchestratord_started",

@@ -89,14 +89,15 @@ class Housekeeper:
             if await self._endings.fail(entry.job_id, missed, pool_id=self._outlook.labels(entry.route)[2]):
                 self._metrics.deadline_missed(entry.priority)
 
-    async def end_unservable(self, cause: str | None = None) -> int:
+    async def end_unservable(self, cause: str | None = None, *, everywhere: bool = False) -> int:
         """End every queued job that no pool can ever take any more (each pool that fits it drains, or
         no longer serves its model) with a retriable POOL_UNAVAILABLE; `cause` names the pool whose
         drain or reload made it so. Returns how many ended.
 
-        Pool state (drains, reloads) is this replica's own: with a shared backend the queued jobs stay
-        for the replicas whose pools still serve them."""
-        if self._shared is not None:
+        With a shared backend, only for an operator's change (`everywhere`: it applies to every
+        replica, and the replica it reached ends the shared queue's jobs); the periodic pass leaves the
+        shared queue alone, since another replica's pools may differ for a moment."""
+        if self._shared is not None and not everywhere:
             return 0
         snapshots = await self._outlook.refresh()
         ended = 0

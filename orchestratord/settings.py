@@ -220,6 +220,7 @@ class RedisConfig(_Strict):
     lease_ttl_s: float = Field(default=10.0, gt=0)  # a dead replica's jobs and slots are freed after this
     heartbeat_s: float = Field(default=2.0, gt=0)  # how often a replica renews its leases
     timeout_s: float = Field(default=2.0, gt=0)  # longest wait for Redis before answering 503
+    max_connections: int = Field(default=64, ge=4, le=10_000)  # per replica, whatever the open streams
 
     @model_validator(mode="after")
     def _heartbeat(self) -> RedisConfig:

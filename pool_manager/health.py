@@ -67,5 +67,8 @@ class HealthProber:
         delay = self._interval
         while True:
             await self._sleep(delay)
+            if self._adapters[(pool_id, replica_id)].streaming(self._interval):
+                delay = self._interval  # generating: its stream shows it is healthy (WorkerAdapter.streaming)
+                continue
             ok = await self.probe(pool_id, replica_id)
             delay = self._interval if ok else min(self._max_backoff, delay * 2)

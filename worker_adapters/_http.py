@@ -148,6 +148,10 @@ class EngineHTTP:
         self._flights = Flights()
         self._closed = False
 
+    def streaming(self, within_s: float) -> bool:
+        """Whether one of this engine's streams received data within `within_s` seconds."""
+        return self._flights.streaming(within_s)
+
     def _check_open(self) -> None:
         if self._closed:
             raise EngineUnavailable(
@@ -363,6 +367,9 @@ class HttpAdapter(abc.ABC):
     async def cancel(self, task_id: str) -> None:
         """Close `task_id`'s request to the engine now; its submit iterator then ends without `Finished`."""
         await self.http.cancel(task_id)
+
+    def streaming(self, within_s: float) -> bool:
+        return self.http.streaming(within_s)
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -143,6 +143,12 @@ class Flights:
         if flight is not None:
             flight.mark_started()
 
+    def streaming(self, within_s: float) -> bool:
+        """Whether a flight that has had its first event began a read within `within_s` seconds: the
+        engine is visibly generating (a read begins as soon as the previous one returned data)."""
+        now = time.monotonic()
+        return any(f.started and now - f._since < within_s for f in self._by_task.values())
+
     async def cancel_all(self) -> None:
         for flight in list(self._by_task.values()):
             await flight.cancel()

@@ -190,6 +190,13 @@ class WorkerAdapter(Protocol):
 
     async def cancel(self, task_id: str) -> None: ...
 
+    def streaming(self, within_s: float) -> bool:
+        """Whether a request to this replica received engine data within the last `within_s` seconds.
+        The health prober leaves a replica that is visibly generating alone: its stream is the proof
+        of health, and some engines (llama-cpp-python) end a running stream when any other request
+        waits for their model, a probe of `/v1/models` included."""
+        ...
+
     async def health(self) -> WorkerHealth: ...
 
     async def props(self) -> WorkerProps: ...

@@ -244,6 +244,9 @@ class MockAdapter:
         if event is not None:
             event.set()
 
+    def streaming(self, within_s: float) -> bool:
+        return False  # in-process: a probe never disturbs a stream, so it is always probed
+
     async def health(self) -> WorkerHealth:
         if not set(self._config.served) & set(self._loadable):
             wanted = ", ".join(repr(m) for m in self._config.served)

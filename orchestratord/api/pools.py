@@ -122,7 +122,7 @@ async def drain_pool(pool_id: PoolId, body: DrainRequest, services: ServicesDep)
     responses=errors_for(400, 401, 403, 404),
 )
 async def undrain_pool(pool_id: PoolId, services: ServicesDep) -> PoolHealth:
-    services.pools.undrain(pool_id)
+    await services.pools.undrain(pool_id)
     return _health(services, await _snapshot(services, pool_id))
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
 from importlib import resources
 from typing import Annotated, Any
 
@@ -91,28 +92,42 @@ async def _frames(feed: Feed, services: Services) -> AsyncIterator[dict[str, Any
 
 
 class Feed:
-    """The latest snapshot, rebuilt at most once per interval for all the pages that read it."""
+    """The latest snapshot, rebuilt at most once per interval for all the pages that read it, and the
+    slot-time of the jobs that ended within the window, read incrementally: each rebuild reads only
+    the jobs that ended since the last one."""
 
     def __init__(self, services: Services) -> None:
         self._services = services
         self._lock = asyncio.Lock()
         self._built_at = float("-inf")
         self._frame = b""
+        self._ended: deque[Held] = deque()  # in the order they were read
+        self._read_until: float | None = None  # wall clock: ended jobs up to here are in `_ended`
 
     async def frame(self) -> bytes:
         async with self._lock:
             if time.monotonic() - self._built_at >= self._services.settings.ui.interval_s * 0.9:
-                self._frame = orjson.dumps(await snapshot(self._services))
+                self._frame = orjson.dumps(await self._snapshot())
                 self._built_at = time.monotonic()
             return self._frame
 
+    async def _snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        window = self._services.settings.ui.window_s
+        since = now - window if self._read_until is None else max(self._read_until, now - window)
+        ended = await self._services.store.jobs(ENDED, ended_after=since)
+        self._ended.extend(Held(r.tenant, r.started_at, r.finished_at or now) for r in ended if r.started_at)
+        self._read_until = max([since, *(r.finished_at or 0.0 for r in ended)])
+        while self._ended and self._ended[0].end < now - window:
+            self._ended.popleft()
+        return await snapshot(self._services, now, self._ended)
 
-async def snapshot(services: Services) -> dict[str, Any]:
-    now = time.time()
+
+async def snapshot(services: Services, now: float, ended: Iterable[Held]) -> dict[str, Any]:
+    """What the page shows at `now`; `ended` is the slot-time of the jobs that ended in the window."""
     window = services.settings.ui.window_s
     pools = await pool_list(services)
     live = await services.jobs.listing(JobFilter(LIVE), limit=MAX_PAGE)
-    ended = [r for r in await services.store.jobs(ENDED) if (r.finished_at or 0) >= now - window]
     queued, running = [], []
     for job in reversed(live.jobs):  # oldest first
         r = job.record
@@ -126,9 +141,8 @@ async def snapshot(services: Services) -> dict[str, Any]:
             queued.append({**item, "in_state_s": round(now - r.created_at, 1)})
     queued.sort(key=lambda q: (q["queue_position"] is None, q["queue_position"] or 0))
     held = [
-        Held(r.tenant, r.started_at, r.finished_at or now)
-        for r in [*(j.record for j in live.jobs), *ended]
-        if r.started_at is not None
+        *ended,
+        *(Held(j.record.tenant, j.record.started_at, now) for j in live.jobs if j.record.started_at),
     ]
     weights = {t.id: t.weight for t in services.settings.tenants}
     bars = buckets(held, now=now, window_s=window, count=BUCKETS)

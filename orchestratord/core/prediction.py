@@ -73,10 +73,12 @@ class ServiceTimes:
         """Expected seconds until a job that has held its slot `age` seconds frees it: the mean excess
         over `age` of the recent holding times longer than it (a conditional expectation, so a job past
         the mean is not expected to end at once); half its age again when it outlived every one of
-        them; `mean - age` (at least 0) before the pool has any."""
+        them; before the pool has any, `mean - age` or half its age, whichever is longer (while
+        nothing has been measured the mean is the oldest running job's age, and a job queued behind a
+        long one must not be told it starts in 1 ms for as long as it waits)."""
         known = self._sorted.get(pool_id)
         if known is None:
-            return max(0.0, mean - age)
+            return max(mean - age, age / 2)
         ascending, suffix = known
         first = bisect.bisect_right(ascending, age)
         longer = len(ascending) - first

@@ -105,9 +105,10 @@ class JobRegistry(Protocol):
         """Forget finished jobs whose retention has passed; returns how many."""
         ...
 
-    async def jobs(self, states: frozenset[JobState]) -> list[JobRecord]:
+    async def jobs(self, states: frozenset[JobState], *, ended_after: float | None = None) -> list[JobRecord]:
         """Every job the registry still holds in one of `states` (finished ones until their retention
-        passes), of every tenant and on every orchestrator replica, without their text; in no order."""
+        passes; with `ended_after`, only those that ended after that wall-clock time), of every tenant
+        and on every orchestrator replica, without their text; in no order."""
         ...
 
 

@@ -123,8 +123,18 @@ class MemoryStore:
             return None
         return replace(job.synced(), text="".join(job.pieces))
 
-    async def jobs(self, states: frozenset[JobState]) -> list[JobRecord]:
-        return [job.synced() for job in self._jobs.values() if job.record.state in states]
+    async def jobs(self, states: frozenset[JobState], *, ended_after: float | None = None) -> list[JobRecord]:
+        if ended_after is None:
+            return [job.synced() for job in self._jobs.values() if job.record.state in states]
+        live = [job.synced() for job in self._jobs.values() if not job.ended and job.record.state in states]
+        ended: list[JobRecord] = []
+        for finished_at, job_id in reversed(self._finished):  # newest first: stop at the first older
+            if finished_at <= ended_after:
+                break
+            job = self._jobs.get(job_id)
+            if job is not None and job.record.state in states:
+                ended.append(job.synced())
+        return live + ended
 
     async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
         job = self._jobs.get(job_id)

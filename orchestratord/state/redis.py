@@ -33,7 +33,8 @@ from orchestratord.state.redis_client import SEP, RedisOptions, Scripts, connect
 from orchestratord.state.redis_documents import Documents
 from orchestratord.state.redis_leases import RedisLeases
 from orchestratord.state.redis_signals import Signals
-from orchestratord.state.shared import ReapAction, Reaped, SharedState
+from orchestratord.state.redis_tail import Entry, Tail, Waiter, stream_order
+from orchestratord.state.shared import PoolChange, ReapAction, Reaped, SharedState
 from pool_manager.leases import LeaseStore
 
 _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
@@ -72,6 +73,9 @@ class RedisStore:
         self._reader = connect(url, self.options, blocking=True)
         self._scripts = Scripts(self._client, self.options.key_prefix, self.options.timeout_s)
         self._signals = Signals(self._reader, self.options.key_prefix)
+        self._tail = Tail(
+            self._reader, self._client, self._key(f"tail:{self.owner}"), round(self.options.block_s * 1000)
+        )
         self._documents = Documents(self._client, self.options.key_prefix)
         self.leases: LeaseStore = RedisLeases(self._scripts, self.options.lease_ttl_s)
 
@@ -105,14 +109,15 @@ class RedisStore:
         )
         return _record(job_id, fields, text or "") if fields else None
 
-    async def jobs(self, states: frozenset[JobState]) -> list[JobRecord]:
+    async def jobs(self, states: frozenset[JobState], *, ended_after: float | None = None) -> list[JobRecord]:
         # Where each state's ids are indexed: the queue's entries, the claims of taken jobs (a taken job
         # is still `queued` until its run starts it) and the finished jobs awaiting their purge.
         wanted: list[Sequence[str | int]] = []
         if JobState.QUEUED in states or JobState.RUNNING in states:
             wanted += [("HKEYS", self._key("q:entries")), ("ZRANGE", self._key("alive"), 0, -1)]
-        if any(state.terminal for state in states):
-            wanted.append(("ZRANGE", self._key("ended"), 0, -1))
+        if any(state.terminal for state in states):  # `ended` is scored by the time each job ended
+            since = "-inf" if ended_after is None else f"({ended_after!r}"
+            wanted.append(("ZRANGEBYSCORE", self._key("ended"), since, "+inf"))
         ids = list(dict.fromkeys(job for found in await self._scripts.pipeline(wanted) for job in found))
         records: list[JobRecord] = []
         for start in range(0, len(ids), _PAGE):
@@ -197,30 +202,62 @@ class RedisStore:
         return None if reply is None else LogEvent(reply[0], "token", reply[1])
 
     async def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
-        """Tail the stream with blocking reads; stop after the terminal event, or when the job is
-        gone, or when it has ended and everything after `after` has been read."""
-        log_key = self._key(f"log:{job_id}")
+        """The log after `after`, then each event as it comes, to the terminal event. Caught up, the
+        reader waits in this instance's one shared blocking read (`redis_tail`), not on a connection
+        of its own. Ends after the terminal event, or when the job is gone, or when it has ended and
+        everything after `after` has been read."""
+        key = self._key(f"log:{job_id}")
         cursor = after or "0-0"
-        while True:
-            batch = await self._xread(log_key, cursor, block=False)
-            if not batch:
-                # An ended job's terminal event is written with its state: one more read finds it.
-                live = await self._live(job_id)
-                batch = await self._xread(log_key, cursor, block=live)
-                if not batch and not live:
-                    return
-            for event_id, fields in batch:
-                cursor = event_id
-                event = LogEvent(event_id, fields["n"], fields["d"])
-                yield event
-                if event.terminal:
-                    return
+        waiter: Waiter | None = None
+        try:
+            while True:
+                batch = (
+                    await self._xread(key, cursor)
+                    if waiter is None
+                    else await self._next(waiter, key, cursor)
+                )
+                if batch is None:  # nothing came for a while: is the job still running?
+                    if await self._live(job_id):
+                        continue
+                    batch = await self._xread(key, cursor)  # its terminal event is written with its state
+                    if not batch:
+                        return
+                elif not batch and waiter is None:
+                    if not await self._live(job_id):
+                        batch = await self._xread(key, cursor)
+                        if not batch:
+                            return
+                    else:
+                        waiter = self._tail.join(key, cursor)
+                        batch = await self._xread(key, cursor)  # what came before it joined
+                for event_id, fields in batch:
+                    cursor = event_id
+                    event = LogEvent(event_id, fields["n"], fields["d"])
+                    yield event
+                    if event.terminal:
+                        return
+        finally:
+            if waiter is not None:
+                self._tail.leave(key, waiter)
 
-    async def _xread(self, key: str, cursor: str, *, block: bool) -> list[tuple[str, dict[str, str]]]:
-        wait_ms = round(self.options.block_s * 1000) if block else None
+    async def _next(self, waiter: Waiter, key: str, cursor: str) -> list[Entry] | None:
+        """The entries after `cursor` that the shared read brings; None if none came in `block_s`."""
+        if waiter.behind:  # it fell behind the shared read: read the log from where this reader is
+            waiter.behind = False
+            while not waiter.got.empty():
+                waiter.got.get_nowait()
+            return await self._xread(key, cursor)
+        try:
+            entries = await asyncio.wait_for(waiter.got.get(), self.options.block_s)
+        except TimeoutError:
+            return None
+        after = stream_order(cursor)
+        return [entry for entry in entries if stream_order(entry[0]) > after]
+
+    async def _xread(self, key: str, cursor: str) -> list[Entry]:
         async with reachable():
-            reply: Any = await self._reader.xread({key: cursor}, count=256, block=wait_ms)
-        return cast(list[tuple[str, dict[str, str]]], reply[0][1]) if reply else []
+            reply: Any = await self._client.xread({key: cursor}, count=256)
+        return cast(list[Entry], reply[0][1]) if reply else []
 
     async def _live(self, job_id: str) -> bool:
         state = await self._scripts.call("HGET", self._key(f"job:{job_id}"), "state")
@@ -231,10 +268,10 @@ class RedisStore:
 
     async def beyond(self, job_id: str, event_id: str) -> bool:
         async with reachable():
-            newest: Any = await self._reader.xrevrange(self._key(f"log:{job_id}"), count=1)
+            newest: Any = await self._client.xrevrange(self._key(f"log:{job_id}"), count=1)
         if not newest:
             return True  # an empty log: no id is one of its events
-        return _stream_order(event_id) > _stream_order(str(newest[0][0]))
+        return stream_order(event_id) > stream_order(str(newest[0][0]))
 
     # -- the queue -------------------------------------------------------------------------------
     async def take(
@@ -304,6 +341,40 @@ class RedisStore:
     async def lead(self, role: str, ttl_s: float) -> bool:
         return bool(await self._scripts.run("lead", role, self.owner, max(1, round(ttl_s * 1000))))
 
+    async def announce(self, change: PoolChange) -> None:
+        drains, models = self._key("pools:drain"), self._key("pools:model")
+        record: list[Sequence[str | int | float]] = []
+        if change.action == "drain":
+            record.append(("HSET", drains, change.pool_id, repr(change.deadline_at)))
+        elif change.action == "undrain":
+            record.append(("HDEL", drains, change.pool_id))
+        else:
+            record.append(("HSET", models, change.pool_id, change.model or ""))
+        message = _json({**dataclasses.asdict(change), "origin": self.owner})
+        await self._scripts.pipeline([*record, ("PUBLISH", self._signals.pools_channel, message)])
+
+    async def pool_changes(self) -> AsyncIterator[PoolChange]:
+        async for message in self._signals.pool_changes():
+            if message is None:  # (re)subscribed: what was recorded, missed or not
+                for change in await self._recorded_pool_changes():
+                    yield change
+                continue
+            fields = orjson.loads(message)
+            if fields.pop("origin", None) != self.owner:
+                yield PoolChange(**fields)
+
+    async def _recorded_pool_changes(self) -> list[PoolChange]:
+        try:
+            drains, models = await self._scripts.pipeline(
+                [("HGETALL", self._key("pools:drain")), ("HGETALL", self._key("pools:model"))]
+            )
+        except StateUnavailable:
+            return []  # the subscription reconnects, and reads them then
+        return [
+            *(PoolChange(pool, "drain", deadline_at=float(at)) for pool, at in drains.items()),
+            *(PoolChange(pool, "reload", model=model) for pool, model in models.items()),
+        ]
+
     async def take_rate(self, tenant: str, rate: float, burst: int) -> float:
         return float(await self._scripts.run("rate", tenant, repr(rate), burst))
 
@@ -319,6 +390,7 @@ class RedisStore:
             return False
 
     async def aclose(self) -> None:
+        await self._tail.aclose()
         await self._signals.aclose()
         await self._client.aclose()
         await self._reader.aclose()
@@ -326,12 +398,6 @@ class RedisStore:
     @property
     def _ttl_ms(self) -> int:
         return max(1, round(self.options.lease_ttl_s * 1000))
-
-
-def _stream_order(event_id: str) -> tuple[int, int]:
-    """A Redis stream id (`<ms>-<seq>`) as the pair it orders by."""
-    ms, _, seq = event_id.partition("-")
-    return int(ms), int(seq)
 
 
 def _json(value: Any) -> str:

@@ -37,6 +37,7 @@ class RedisOptions:
     lease_ttl_s: float = 10.0
     timeout_s: float = 2.0
     block_s: float = 5.0  # how long one blocking stream read waits before it looks at the job again
+    max_connections: int = 64  # the request pool's; a request waits (up to timeout_s) for a free one
 
 
 def unavailable(exc: BaseException | None = None) -> StateUnavailable:
@@ -64,10 +65,15 @@ async def reachable() -> AsyncIterator[None]:
 
 def connect(url: str, options: RedisOptions, *, blocking: bool = False) -> aioredis.Redis:
     """A client that fails fast: one quick reconnect attempt (a restarted Redis drops pooled
-    connections), then an error. `blocking` clients wait up to `block_s` longer for blocking reads."""
+    connections), then an error. The request client's pool holds at most `max_connections`; a
+    request that finds none free waits for one, up to `timeout_s`, then gets StateUnavailable like
+    any other wait for Redis. The `blocking` client holds the instance's two long-lived connections
+    (the shared stream read and the pub/sub subscription) and waits up to `block_s` longer on reads."""
     read_timeout = options.timeout_s + (options.block_s if blocking else 0.0)
-    client: aioredis.Redis = aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=4 if blocking else options.max_connections,
+        timeout=options.timeout_s,
         decode_responses=True,
         protocol=2,  # reply shapes (streams, hashes) as every supported redis-py version returns them
         socket_timeout=read_timeout,
@@ -75,7 +81,7 @@ def connect(url: str, options: RedisOptions, *, blocking: bool = False) -> aiore
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
         health_check_interval=30,
     )
-    return client
+    return aioredis.Redis(connection_pool=pool)
 
 
 class Scripts:

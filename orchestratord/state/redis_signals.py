@@ -1,7 +1,8 @@
 """Notifications between orchestrator replicas over Redis pub/sub: cancel requests (a job id, for
-whichever replica runs it) and wake-ups (work may be taken: a job was queued, a slot or a tenant's
-concurrency came free). One subscription per instance; it reconnects by itself after Redis returns,
-and wakes the dispatcher then, in case something was missed while it was gone."""
+whichever replica runs it), wake-ups (work may be taken: a job was queued, a slot or a tenant's
+concurrency came free), and operators' pool changes (drain, undrain, reload). One subscription per
+instance; it reconnects by itself after Redis returns, and then wakes the dispatcher and reads the
+recorded pool changes, in case something was missed while it was gone."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ class Signals:
         self._client = client
         self.cancel_channel = f"{prefix}cancel"
         self.wake_channel = f"{prefix}wake"
+        self.pools_channel = f"{prefix}pools"
         self._cancels: asyncio.Queue[str] = asyncio.Queue()
+        # a pool change as published, or None: (re)subscribed, read the recorded state again
+        self._pool_changes: asyncio.Queue[str | None] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -38,6 +42,11 @@ class Signals:
         self.start()
         while True:
             yield await self._cancels.get()
+
+    async def pool_changes(self) -> AsyncIterator[str | None]:
+        self.start()
+        while True:
+            yield await self._pool_changes.get()
 
     async def wakes(self) -> AsyncIterator[None]:
         self.start()
@@ -51,11 +60,12 @@ class Signals:
         while True:
             pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self.cancel_channel, self.wake_channel)
+                await pubsub.subscribe(self.cancel_channel, self.wake_channel, self.pools_channel)
                 if failures:
                     log.info("state_backend_reconnected", channel="signals")
                 failures = 0
                 self._wake.set()
+                self._pool_changes.put_nowait(None)
                 await self._relay(pubsub)
             except (*UNREACHABLE, RedisError) as exc:  # task root: resubscribe, never stop listening
                 if failures == 0:
@@ -73,6 +83,8 @@ class Signals:
                 continue
             if message["channel"] == self.cancel_channel:
                 self._cancels.put_nowait(str(message["data"]))
+            elif message["channel"] == self.pools_channel:
+                self._pool_changes.put_nowait(str(message["data"]))
             else:
                 self._wake.set()
 

@@ -11,6 +11,17 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
 ReapAction = Literal["requeued", "reset", "gone"]
+PoolAction = Literal["drain", "undrain", "reload"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolChange:
+    """An operator's change to a pool, made through one replica and applied by every replica."""
+
+    pool_id: str
+    action: PoolAction
+    deadline_at: float | None = None  # drain: when (wall-clock seconds) its running jobs end
+    model: str | None = None  # reload: the model the pool serves now
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +52,15 @@ class SharedState(Protocol):
 
     async def lead(self, role: str, ttl_s: float) -> bool:
         """True if this replica holds `role` (renewed by calling again within `ttl_s`)."""
+        ...
+
+    async def announce(self, change: PoolChange) -> None:
+        """Record `change` as the pool's state (for replicas that start later) and tell the others."""
+        ...
+
+    def pool_changes(self) -> AsyncIterator[PoolChange]:
+        """The changes other replicas announce, as they come; first, and again after a reconnect to
+        the backend, the recorded state of every pool (its drain, if any, and its model)."""
         ...
 
     async def take_rate(self, tenant: str, rate: float, burst: int) -> float:

@@ -80,7 +80,7 @@ def test_capacity_from_pools_measurements_and_running_ages() -> None:
 def test_before_any_measurement_the_oldest_running_job_stands_in() -> None:
     cap = capacity_for(Route("m"), [pool("a", 2, 0)], ServiceTimes(), {"a": [0.4, 1.0]})
     assert cap.mean_service_s == 1.0 and not cap.measured
-    assert cap.releases_s == (0.0, 0.6)
+    assert cap.releases_s == (0.5, 0.6)  # the oldest: half its age, not 0; the other: 1.0 - 0.4
 
 
 def test_unready_replicas_offer_no_slots() -> None:
@@ -95,6 +95,14 @@ def test_retry_hint_adds_a_tenth_of_a_service_time() -> None:
     assert retry_hint_ms(0, Capacity(slots_total=1, slots_free=0, mean_service_s=None)) is None
     unmeasured = capacity_for(Route("m"), [pool("a", 1, 0)], ServiceTimes(), {"a": [0.2]})
     assert not unmeasured.measured and retry_hint_ms(1, unmeasured) is None
+
+
+def test_behind_a_long_first_job_the_prediction_grows_as_it_waits() -> None:
+    """Nothing measured yet and one job running for ever: the job behind it is told half the running
+    job's age, not 1 ms for as long as it waits."""
+    for age in (0.2, 10.0, 60.0):
+        cap = capacity_for(Route("m"), [pool("a", 1, 0)], ServiceTimes(), {"a": [age]})
+        assert predict_start_ms(0, cap) == round(age / 2 * 1000)
 
 
 def test_a_job_past_the_mean_is_still_expected_to_take_time() -> None:

@@ -155,6 +155,22 @@ def test_tokens_are_relayed_as_the_engine_sends_them(
     assert lag_ms < 1000, f"the first token waited {lag_ms:.0f} ms in orchestratord"
 
 
+def test_health_probes_never_cut_a_running_stream(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """llama-cpp-python ends a running stream with `[DONE]` and no finish reason as soon as any other
+    request waits for its model (`interrupt_requests`, on by default), and a probe of `/v1/models`
+    does: probes every 0.2 s used to cut every stream longer than that. A replica that is generating
+    is left alone by the prober."""
+    server = make_server(pools=[real.pool()], health_interval_s=0.2)
+    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+        began = time.monotonic()
+        events = read_events(client, job(client, prompt=PROMPT, max_tokens=300)["sse_url"])
+        took = time.monotonic() - began
+    assert events[-1].event == "end", events[-1].data
+    assert took > 0.6, f"the stream took {took:.2f} s: too short to have met a probe"
+
+
 def test_a_cancel_frees_the_engine_and_stops_its_generation(
     make_server: Callable[..., LoopbackServer], real: Real
 ) -> None:

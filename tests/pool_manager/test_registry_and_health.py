@@ -29,6 +29,9 @@ class ScriptedEngine:
         self.slots = slots
         self.probes: list[float] = []
 
+    def streaming(self, within_s: float) -> bool:
+        return False
+
     async def health(self) -> WorkerHealth:
         self.probes.append(asyncio.get_running_loop().time())
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]

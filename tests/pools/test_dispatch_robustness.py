@@ -291,6 +291,9 @@ class CancelFaults:
             await asyncio.Event().wait()
         await self.inner.cancel(task_id)
 
+    def streaming(self, within_s: float) -> bool:
+        return False
+
     async def health(self) -> WorkerHealth:
         return await self.inner.health()
 
