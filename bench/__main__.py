@@ -14,7 +14,7 @@ import uvloop
 from bench.procs import REPO
 from bench.results import RESULTS, Context, save
 
-SCENARIOS = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile")
+SCENARIOS = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile", "redis")
 # Run only by name: it installs guidellm (torch and all, about 1.5 GB) on first use, and it compares load
 # generators rather than measuring a target of its own.
 APART = ("guidellm",)

@@ -75,8 +75,11 @@ def engine_body(max_tokens: int) -> bytes:
     )
 
 
-async def through_orchestrator(client: Client, max_tokens: int, limit_s: float = 120.0) -> JobResult:
-    """POST /v1/tasks, then GET its stream until the terminal event."""
+async def through_orchestrator(
+    client: Client, max_tokens: int, limit_s: float = 120.0, reader: Client | None = None
+) -> JobResult:
+    """POST /v1/tasks, then GET its stream until the terminal event (through `reader`, another
+    replica of the deployment, when given)."""
     result = JobResult(time.perf_counter(), expected=max_tokens)
     try:
         answer = await client.request("POST", "/v1/tasks", task_body(max_tokens), limit_s=limit_s)
@@ -87,7 +90,7 @@ async def through_orchestrator(client: Client, max_tokens: int, limit_s: float =
         admission = orjson.loads(answer.sink.body)
         result.predicted_start_ms = admission["predicted_start_ms"]
         stream = TaskStream()
-        await client.request("GET", admission["sse_url"], sink=stream, limit_s=limit_s)
+        await (reader or client).request("GET", admission["sse_url"], sink=stream, limit_s=limit_s)
     except (HTTPError, OSError, TimeoutError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         return result

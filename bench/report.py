@@ -12,7 +12,7 @@ from typing import Any
 from bench.report_plots import plot_throughput, plot_ttft
 from bench.results import latest
 
-ORDER = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile", "guidellm")
+ORDER = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile", "redis", "guidellm")
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -350,6 +350,28 @@ def profile_section(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def redis_section(doc: dict[str, Any]) -> list[str]:
+    lines = ["## Scaling out: one process and two replicas on Redis", "", doc["description"], ""]
+    if doc.get("skipped"):
+        return [*lines, f"Skipped: {doc['skipped']}.", ""]
+    rows = []
+    for name, row in doc["setups"].items():
+        jobs, relay, streams = row["jobs"], row["relay"], row["streams"]
+        rows.append([
+            name, jobs["jobs_per_s"], jobs["cpu_ms_per_job"], jobs["cpu_us_per_token"],
+            f"{jobs['completed']}/{jobs['requests']}", relay["tokens_per_s"], relay["cpu_us_per_token"],
+            f"{streams['completed']}/{streams['requests']}", streams["redis_connections_peak"],
+        ])  # fmt: skip
+    head = ["setup", "50-token jobs/s", "CPU ms/job", "CPU µs/token", "jobs ended", "relay tokens/s",
+            "relay CPU µs/token", "slow streams ended", "Redis connections (peak)"]  # fmt: skip
+    note = (
+        "CPU is every orchestratord process's plus redis-server's. On Redis each token is still one Lua "
+        "call (issue 17: batched writes are next); the streams are read through the replica that did "
+        "not admit them, from one shared blocking read per replica."
+    )
+    return [*lines, *table(head, rows), note, ""]
+
+
 def _p50_p99(d: dict[str, Any] | None) -> str:
     return "-" if d is None else f"{fmt(d['p50'], 2)} / {fmt(d['p99'], 2)}"
 
@@ -405,6 +427,7 @@ def guidellm_section(doc: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = {
+    "redis": redis_section,
     "ttft": ttft_section,
     "jobs": jobs_section,
     "relay": relay_section,

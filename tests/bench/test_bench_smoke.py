@@ -16,7 +16,7 @@ import pytest
 
 from tests.fakes.servers import REPO
 
-SCENARIOS = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile")
+SCENARIOS = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile", "redis")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=180,
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -73,6 +73,17 @@ def test_every_result_names_its_machine_and_scale(results: dict[str, Any]) -> No
         assert doc["scale"] == "smoke" and doc["quick"] is True
         assert doc["machine"]["logical_cpus"] >= 1 and doc["machine"]["cpu"]
         assert doc["duration_s"] > 0
+
+
+def test_redis_compares_one_process_with_two_replicas(results: dict[str, Any]) -> None:
+    setups = results["redis"]["setups"]
+    assert list(setups) == ["one process, memory", "two replicas, Redis"]
+    for row in setups.values():
+        assert row["jobs"]["completed"] == row["jobs"]["requests"] > 0 and row["jobs"]["cpu_ms_per_job"] > 0
+        assert row["relay"]["ended"] == "end" and row["relay"]["tokens"] > 0
+        assert row["streams"]["completed"] == row["streams"]["requests"] > 0
+    assert setups["two replicas, Redis"]["streams"]["redis_connections_peak"] > 0
+    assert setups["one process, memory"]["streams"]["redis_connections_peak"] is None
 
 
 def test_ttft_compares_orchestratord_with_the_engine(results: dict[str, Any]) -> None:
