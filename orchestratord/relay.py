@@ -116,12 +116,15 @@ class Relay:
                         await self._finish(ctx, stats, event, started)
                         return stats
                     if isinstance(event, ToolCallDelta):  # rare: tested after the terminal mark
-                        appended = await self._store.append(ctx.spec.job_id, "tool_call", _fragment(event))
+                        fragment = _fragment(event)
+                        appended = (
+                            await self._store.append(ctx.spec.job_id, "tool_call", fragment) is not None
+                        )
                     else:
                         appended = await self._store.append_token(
                             ctx.spec.job_id, event.text, logprobs_data(event.logprobs)
                         )
-                    if appended is None:
+                    if not appended:  # the job has ended (canceled, or failed elsewhere)
                         stats.outcome = "canceled"
                         return stats
                     stats.tokens += 1

@@ -7,6 +7,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import httpx
+import hypothesis.internal.conjecture.optimiser  # noqa: F401  (see below)
 import pytest
 
 from orchestratord.app import create_app
@@ -15,6 +16,10 @@ from orchestratord.settings import Settings, load_settings
 from tests.fakes.servers import LoopbackServer, serve_in_thread
 
 configure("warning", "json")
+# Hypothesis imports its optimiser only when a test first reaches that phase, and pytest's assertion
+# rewriter then parses it mid-test. On CPython 3.11.7 that parse raised "AST constructor recursion depth
+# mismatch" (a SystemError) after the Redis tests, as it does when a collected object's finalizer runs
+# inside the AST builder; imported here, before any test, it is parsed while nothing else runs.
 
 
 def mock_pool(**overrides: Any) -> dict[str, Any]:

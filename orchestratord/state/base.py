@@ -119,9 +119,11 @@ class EventLog(Protocol):
 
     async def append_token(
         self, job_id: str, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None
-    ) -> LogEvent | None:
+    ) -> bool:
         """Append a `token` event with the next contiguous index (and the engine's `logprobs` for it,
-        when the job asked for them); None once the job has ended."""
+        when the job asked for them); False once the job has ended. A backend may write it behind
+        the call (Redis: in batches), and then say False one token late; it never writes a token
+        after the job's terminal event, and writes the job's other events after its tokens."""
         ...
 
     def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:

@@ -244,16 +244,18 @@ class MemoryStore:
 
     async def append_token(
         self, job_id: str, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None
-    ) -> LogEvent | None:
+    ) -> bool:
         job = self._jobs.get(job_id)
         if job is None or job.ended:
-            return None
+            return False
         index = job.tokens_out
         job.tokens_out = index + 1
         job.pieces.append(text)
         if logprobs is None:
-            return job.push("token", orjson.dumps({"t": text, "i": index}))
-        return job.push("token", orjson.dumps({"t": text, "i": index, "logprobs": logprobs}))
+            job.push("token", orjson.dumps({"t": text, "i": index}))
+        else:
+            job.push("token", orjson.dumps({"t": text, "i": index, "logprobs": logprobs}))
+        return True
 
     async def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
         job = self._jobs.get(job_id)

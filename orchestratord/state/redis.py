@@ -32,6 +32,7 @@ from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
 from orchestratord.state.redis_client import SEP, RedisOptions, Scripts, connect, reachable
 from orchestratord.state.redis_documents import Documents
 from orchestratord.state.redis_leases import RedisLeases
+from orchestratord.state.redis_outbox import Outbox
 from orchestratord.state.redis_signals import Signals
 from orchestratord.state.redis_tail import Entry, Tail, Waiter, stream_order
 from orchestratord.state.shared import PoolChange, ReapAction, Reaped, SharedState
@@ -73,6 +74,7 @@ class RedisStore:
         self._reader = connect(url, self.options, blocking=True)
         self._scripts = Scripts(self._client, self.options.key_prefix, self.options.timeout_s)
         self._signals = Signals(self._reader, self.options.key_prefix)
+        self._outbox = Outbox(self._scripts, self.owner)
         self._tail = Tail(
             self._reader, self._client, self._key(f"tail:{self.owner}"), round(self.options.block_s * 1000)
         )
@@ -143,6 +145,8 @@ class RedisStore:
                 payload.pop(field, None)
             tokens_out = payload.pop("tokens_out", None)
             counted = str(tokens_out) if isinstance(tokens_out, int) else ""
+        await self._outbox.settle(job_id)  # the run's tokens first, then its end
+        self._outbox.forget(job_id)
         # Only the replica running a job ends it successfully; anyone may cancel or fail it.
         owner = self.owner if state is JobState.SUCCEEDED else ""
         reply = await self._scripts.run(
@@ -189,17 +193,23 @@ class RedisStore:
         return math.ceil((session.expires_at - self._wall()) * 1000)
 
     # -- the event log ---------------------------------------------------------------------------
+    async def flush(self, job_id: str) -> None:
+        """Wait until the tokens handed over for `job_id` so far are written (or refused)."""
+        await self._outbox.settle(job_id)
+
     async def append(self, job_id: str, name: str, data: Mapping[str, Any]) -> LogEvent | None:
+        await self._outbox.settle(job_id)  # after the tokens the run produced before it
         body = _json(data)
         event_id = await self._scripts.run("append", job_id, name, body)
         return None if event_id is None else LogEvent(event_id, name, body)
 
     async def append_token(
         self, job_id: str, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None
-    ) -> LogEvent | None:
+    ) -> bool:
+        """Written behind the run, in batches (`redis_outbox`): True while the job takes tokens, as far
+        as this instance knows; the refusal of a batch comes with the next token."""
         extra = "" if logprobs is None else _json(logprobs)
-        reply = await self._scripts.run("append_token", job_id, self.owner, _json(text), text, extra)
-        return None if reply is None else LogEvent(reply[0], "token", reply[1])
+        return await self._outbox.add(job_id, _json(text), text, extra)
 
     async def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
         """The log after `after`, then each event as it comes, to the terminal event. Caught up, the
@@ -390,6 +400,7 @@ class RedisStore:
             return False
 
     async def aclose(self) -> None:
+        await self._outbox.aclose()
         await self._tail.aclose()
         await self._signals.aclose()
         await self._client.aclose()

@@ -76,7 +76,11 @@ async def test_a_dead_instances_job_without_tokens_runs_again_once(make_store: M
     assert [(r.job_id, r.action) for r in await survivor.reap(time.time())] == [("j1", "requeued")]
     record = await survivor.get("j1")
     assert record is not None and record.state is JobState.QUEUED and record.pool_id is None
-    assert await dead.append_token("j1", "too late") is None, "the old owner can no longer write"
+    await dead.append_token("j1", "too late")
+    await dead.flush("j1")
+    assert await dead.append_token("j1", "later") is False, "the old owner can no longer write"
+    again = await survivor.get("j1")
+    assert again is not None and again.tokens_out == 0 and again.text == "", "nothing was written"
     await run_on(survivor, "j1")
     await asyncio.sleep(TTL_S + 0.2)  # the survivor dies too: no second chance
     assert [(r.job_id, r.action) for r in await dead.reap(time.time())] == [("j1", "reset")]
@@ -90,7 +94,9 @@ async def test_a_live_instances_heartbeat_keeps_its_jobs(make_store: MakeStore) 
         await asyncio.sleep(TTL_S / 2)
         await owner.leases.renew(["j1"])
         assert await other.reap(time.time()) == []
-    assert await owner.append_token("j1", "still mine") is not None
+    assert await owner.append_token("j1", "still mine") is True
+    await owner.flush("j1")
+    assert await owner.append_token("j1", "and mine") is True, "its batch was written"
 
 
 async def test_a_lease_whose_release_was_lost_is_swept(make_store: MakeStore) -> None:

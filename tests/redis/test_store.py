@@ -72,11 +72,14 @@ async def test_the_event_log_is_shared_ordered_and_ends_once(make_store: MakeSto
     assert (await a.append("j1", "started", {"job_id": "j1", "queue_position": 0})) is not None
     await run_on(a, "j1")
     for text in ("Hel", "", "lo ä 🙂"):
-        assert await a.append_token("j1", text) is not None
+        assert await a.append_token("j1", text) is True
+    await a.flush("j1")  # written behind the calls, in batches
     end = await b.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
     assert end is not None
     assert await b.finish("j1", JobState.FAILED, "error", {"code": "INTERNAL"}) is None, "ends once"
-    assert await a.append_token("j1", "late") is None and await a.append("j1", "metrics", {}) is None
+    # the owner learns it with the token after the refused batch; nothing is written after the end
+    assert await a.append_token("j1", "late") is True and await a.append("j1", "metrics", {}) is None
+    assert await a.append_token("j1", "later") is False
     log = await events(b, "j1")
     assert [e.name for e in log] == ["started", "token", "token", "token", "end"]
     assert [orjson.loads(e.data)["i"] for e in log if e.name == "token"] == [0, 1, 2]
@@ -112,9 +115,11 @@ async def test_only_the_claimant_runs_a_job(make_store: MakeStore) -> None:
     await admit(owner, "j1")
     assert await other.start("j1", pool_id="p", replica_id="r", engine="mock") is None, "not taken yet"
     await run_on(owner, "j1")
-    assert await other.append_token("j1", "x") is None
+    await other.append_token("j1", "x")
+    await other.flush("j1")
+    assert await other.append_token("j1", "y") is False, "its batch was refused"
     assert await other.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"}) is None
-    assert await owner.append_token("j1", "x") is not None
+    assert await owner.append_token("j1", "x") is True
     assert await owner.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"}) is not None
 
 
@@ -266,15 +271,18 @@ async def test_a_tokens_logprobs_are_written_as_the_memory_store_writes_them(mak
     await admit(store, "j1")
     await run_on(store, "j1")
     logprobs = [{"token": "é", "logprob": -0.5, "top_logprobs": [{"token": "e", "logprob": -1.25}]}]
-    with_them = await store.append_token("j1", "é", logprobs)
-    without = await store.append_token("j1", "x")
-    assert with_them is not None and without is not None
+    assert await store.append_token("j1", "é", logprobs) and await store.append_token("j1", "x")
+    await store.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})  # its tokens first
+    with_them, without = [e for e in await events(store, "j1") if e.name == "token"]
     assert orjson.loads(with_them.data) == {"t": "é", "i": 0, "logprobs": logprobs}
     assert orjson.loads(without.data) == {"t": "x", "i": 1}
 
     memory = MemoryStore(QueuePolicy(capacity=4))
     await memory.create(record("j1"), entry("j1"))
-    assert (await memory.append_token("j1", "é", logprobs)) == LogEvent("1", "token", with_them.data)
+    assert await memory.append_token("j1", "é", logprobs)
+    await memory.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    first, _ = [e async for e in memory.read("j1")]
+    assert first == LogEvent("1", "token", with_them.data)
 
 
 async def test_the_engines_count_in_an_end_becomes_the_jobs_tokens_out(make_store: MakeStore) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,8 +33,10 @@ async def _all(store: MemoryStore, after: str | None = None) -> list[LogEvent]:
 async def _written(texts: list[str]) -> tuple[MemoryStore, list[LogEvent]]:
     store = await _store_with_job()
     written = [await store.append("job", "started", {"pool_id": "p", "engine": "mock"})]
-    for text in texts:
-        written.append(await store.append_token("job", text))
+    for i, text in enumerate(texts):
+        assert await store.append_token("job", text)
+        expected = orjson.dumps({"t": text, "i": i}).decode()
+        written.append(LogEvent(str(len(written) + 1), "token", expected))  # ids are 1-based positions
     written.append(await store.append("job", "metrics", {"tokens_out": len(texts)}))
     written.append(await store.finish("job", JobState.SUCCEEDED, "end", {"stop_reason": "eos"}))
     return store, [event for event in written if event is not None]
