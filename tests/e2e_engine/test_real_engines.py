@@ -137,22 +137,29 @@ def test_tokens_are_relayed_as_the_engine_sends_them(
     make_server: Callable[..., LoopbackServer], real: Real, record_property: Callable[[str, object], None]
 ) -> None:
     """Timestamps at both ends: a proxy in front of the engine notes when its first text passed, the
-    client when its first token event arrived. The difference is ours, whatever the engine's pace."""
+    client when its first token event arrived. The difference is ours, whatever the engine's pace.
+    Best of three jobs: the proxy, orchestratord and the client share one process (and its GIL) with
+    a CPU-bound engine on two cores, and a relay that holds tokens back is slow every time."""
+    lags: list[float] = []
     with Proxy(int(real.url.rsplit(":", 1)[1])) as proxy:
         server = serve(make_server, real, proxy.url)
         with httpx.Client(base_url=server.base_url, timeout=120) as client:
-            posted = job(client, prompt=PROMPT, max_tokens=64)
-            began = time.monotonic()
-            arrivals = list(timed_events(client, posted["sse_url"]))
-    assert arrivals[-1][1].event == "end", arrivals[-1][1].data
-    first_token = next(at for at, event in arrivals if event.event == "token" and event.data["t"])
-    lag_ms = (first_token - proxy.first_text_at(began)) * 1000
-    total_ms = (arrivals[-1][0] - began) * 1000
+            for _ in range(3):
+                posted = job(client, prompt=PROMPT, max_tokens=64)
+                began = time.monotonic()
+                arrivals = list(timed_events(client, posted["sse_url"]))
+                assert arrivals[-1][1].event == "end", arrivals[-1][1].data
+                first_token = next(at for at, event in arrivals if event.event == "token" and event.data["t"])
+                lags.append((first_token - proxy.first_text_at(began)) * 1000)
+                if lags[-1] < 100:
+                    break
+    lag_ms = min(lags)
     record_property("first_token_lag_ms", round(lag_ms, 1))
-    print(f"{real.name}: first token {lag_ms:.1f} ms after the engine sent it; stream {total_ms:.0f} ms")
+    print(f"{real.name}: first token {', '.join(f'{lag:.1f}' for lag in lags)} ms after the engine sent it")
     # measured here: 0.5 to 4 ms; the bound only has to catch a relay that holds tokens back (the issue
     # saw one wait for the engine's end, seconds), not the scheduling noise of a loaded 2-core machine
-    assert lag_ms < 1000, f"the first token waited {lag_ms:.0f} ms in orchestratord"
+    # (once 1,245 ms with vLLM busy on both cores)
+    assert lag_ms < 1000, f"the first token waited {lag_ms:.0f} ms in orchestratord, best of {len(lags)}"
 
 
 def test_health_probes_never_cut_a_running_stream(
