@@ -34,7 +34,7 @@ from orchestratord.state.redis_documents import Documents
 from orchestratord.state.redis_leases import RedisLeases
 from orchestratord.state.redis_outbox import Outbox
 from orchestratord.state.redis_signals import Signals
-from orchestratord.state.redis_tail import Entry, Tail, Waiter, stream_order
+from orchestratord.state.redis_tail import COUNT, Entry, Tail, Waiter, stream_order
 from orchestratord.state.shared import PoolChange, ReapAction, Reaped, SharedState
 from pool_manager.leases import LeaseStore
 
@@ -252,11 +252,17 @@ class RedisStore:
 
     async def _next(self, waiter: Waiter, key: str, cursor: str) -> list[Entry] | None:
         """The entries after `cursor` that the shared read brings; None if none came in `block_s`."""
-        if waiter.behind:  # it fell behind the shared read: read the log from where this reader is
-            waiter.behind = False
-            while not waiter.got.empty():
-                waiter.got.get_nowait()
-            return await self._xread(key, cursor)
+        if waiter.behind or waiter.paging:
+            # It fell behind the shared read, which dropped batches for it: from now on the shared read
+            # queues batches for it again, and it reads the log itself from where it is, page by page,
+            # until a page is not full (then the queue holds the rest, and what it read twice is skipped).
+            if waiter.behind:
+                waiter.behind = False
+                while not waiter.got.empty():
+                    waiter.got.get_nowait()
+            page = await self._xread(key, cursor)
+            waiter.paging = len(page) == COUNT
+            return page
         try:
             entries = await asyncio.wait_for(waiter.got.get(), self.options.block_s)
         except TimeoutError:
@@ -266,7 +272,7 @@ class RedisStore:
 
     async def _xread(self, key: str, cursor: str) -> list[Entry]:
         async with reachable():
-            reply: Any = await self._client.xread({key: cursor}, count=256)
+            reply: Any = await self._client.xread({key: cursor}, count=COUNT)
         return cast(list[Entry], reply[0][1]) if reply else []
 
     async def _live(self, job_id: str) -> bool:

@@ -48,6 +48,7 @@ class Waiter:
 
     got: asyncio.Queue[list[Entry]] = field(default_factory=asyncio.Queue)
     behind: bool = False  # batches were dropped: read the log from your own cursor
+    paging: bool = False  # reading the log itself, a full page at a time, until a page is not full
 
 
 @dataclass(slots=True)

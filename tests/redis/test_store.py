@@ -295,3 +295,37 @@ async def test_the_engines_count_in_an_end_becomes_the_jobs_tokens_out(make_stor
     assert end is not None and orjson.loads(end.data)["tokens_out"] == 4
     final = await store.get("j1")
     assert final is not None and final.tokens_out == 4
+
+
+async def test_a_reader_that_falls_behind_the_shared_read_loses_nothing(make_store: MakeStore) -> None:
+    """A reader that takes nothing while many batches arrive is dropped from the shared read's queue and
+    reads the log itself, page by page (more than a page behind here), then takes the queue again."""
+    writer, reading = make_store(), make_store()
+    await admit(writer, "j1")
+    await run_on(writer, "j1")
+    assert await writer.append_token("j1", "first")
+    await writer.flush("j1")
+    log = reading.read("j1")
+    assert (await anext(log)).name == "started" and (await anext(log)).name == "token"
+    waiting = asyncio.ensure_future(anext(log))  # caught up: it joins the shared read and waits
+    await asyncio.sleep(0.1)
+
+    async def write(batches: int) -> None:
+        for _ in range(batches):  # 20 tokens each, written (and read by the shared read) one by one
+            for _ in range(20):
+                assert await writer.append_token("j1", "x")
+            await writer.flush("j1")
+            await asyncio.sleep(0.005)
+
+    await write(40)  # far more batches than the shared read holds for a reader that takes nothing
+    await asyncio.sleep(0.3)
+
+    async def rest() -> list[LogEvent]:
+        return [await waiting, *[event async for event in log]]
+
+    reader = asyncio.ensure_future(rest())  # it reads the log itself, page by page, while more come
+    await write(10)
+    await writer.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+    events_read = await asyncio.wait_for(reader, 10)
+    tokens = [orjson.loads(e.data)["i"] for e in events_read if e.name == "token"]
+    assert tokens == list(range(1, 1001)) and events_read[-1].name == "end"
