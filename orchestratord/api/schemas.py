@@ -112,7 +112,9 @@ class TaskError(BaseModel):
     message: str
 
 
-class TaskStatus(BaseModel):
+class TaskFields(BaseModel):
+    """What a job's status and the operators' list (`api/task_list.py`) both say of a job."""
+
     job_id: str
     state: Literal["queued", "running", "succeeded", "failed", "canceled"]
     model_ref: str
@@ -125,6 +127,9 @@ class TaskStatus(BaseModel):
     error: TaskError | None
     pool_id: str | None
     replica_id: str | None
+
+
+class TaskStatus(TaskFields):
     text: str | None
 
 

@@ -9,8 +9,8 @@ from pydantic import BaseModel
 
 from orchestratord.api.deps import get_services
 from orchestratord.api.responses import errors_for
-from orchestratord.api.schemas import TaskError
-from orchestratord.api.tasks import iso
+from orchestratord.api.schemas import TaskFields
+from orchestratord.api.tasks import status_of
 from orchestratord.core.tasks import JobState
 from orchestratord.jobs import MAX_PAGE, JobFilter, ListedJob
 from orchestratord.services import Services
@@ -19,20 +19,8 @@ router = APIRouter(tags=["tasks"])
 State = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
 
-class TaskSummary(BaseModel):
-    job_id: str
+class TaskSummary(TaskFields):
     tenant: str
-    state: State
-    model_ref: str
-    priority: Literal["interactive", "batch"]
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    tokens_out: int
-    stop_reason: str | None
-    error: TaskError | None
-    pool_id: str | None
-    replica_id: str | None
     queue_position: int | None
     predicted_start_ms: int | None
 
@@ -63,22 +51,10 @@ async def list_tasks(
 
 
 def summary(job: ListedJob) -> TaskSummary:
-    r = job.record
-    error = None if r.error_code is None else TaskError(code=r.error_code, message=r.error_message or "")
+    status = status_of(job.record).model_dump(exclude={"text"})
     return TaskSummary(
-        job_id=r.job_id,
-        tenant=r.tenant,
-        state=r.state.value,
-        model_ref=r.model_ref,
-        priority=r.priority,
-        created_at=iso(r.created_at) or "",
-        started_at=iso(r.started_at),
-        finished_at=iso(r.finished_at),
-        tokens_out=r.tokens_out,
-        stop_reason=r.stop_reason,
-        error=error,
-        pool_id=r.pool_id,
-        replica_id=r.replica_id,
+        **status,
+        tenant=job.record.tenant,
         queue_position=job.queue_position,
         predicted_start_ms=job.predicted_start_ms,
     )

@@ -4,19 +4,13 @@ terminal `error` event reaches its `error` listener with data, its own connectio
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
-import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from tests.fakes.servers import LoopbackServer
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# The flags a sandboxed CI machine needs: no setuid sandbox as root, no GPU, no calls home.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 # Opens an EventSource and records what it sees until the browser closes it for good (readyState 2).
 READ = """([url, seconds]) => new Promise((resolve) => {
   const seen = [];
@@ -35,18 +29,6 @@ READ = """([url, seconds]) => new Promise((resolve) => {
     resolve(seen);
   }, seconds * 1000);
 })"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not shutil.which("chromium"):
-        pytest.fail(
-            "no chromium on PATH: run `bash ci/setup.sh test`, which installs Debian's", pytrace=False
-        )
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield launched
-        launched.close()
 
 
 def read_in_browser(browser: Browser, server: LoopbackServer, prompt: str) -> list[str]:

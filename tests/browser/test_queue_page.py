@@ -6,16 +6,14 @@ turns both routes off."""
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from tests.api.helpers import HANG, admit, state_of, wait_for
-from tests.browser.test_eventsource import CHROMIUM, FLAGS
 from tests.fakes.servers import REPO, LoopbackServer
 
 WAIT_MS = 5_000  # the page gets a snapshot every 0.2 s: anything it shows, it shows well within this
@@ -30,18 +28,6 @@ AUTH = {"keys": [
     {"key": KEYS["acme"], "tenant": "acme"},
     {"key": KEYS["beta"], "tenant": "beta"},
 ]}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not shutil.which("chromium"):
-        pytest.fail(
-            "no chromium on PATH: run `bash ci/setup.sh test`, which installs Debian's", pytrace=False
-        )
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
