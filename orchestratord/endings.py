@@ -4,8 +4,8 @@
 deadline, placement, an engine, a drain, a shutdown, a bug): it takes the job out of the queue, moves
 it to FAILED with its `error` event in one step, counts it in `tasks_rejected_total`, logs
 `task_failed` with the job's fields, and has its engine request closed (the run then returns its slot
-lease). `Endings.cancel` does the same for a canceled job. `error_event` is the one mapping from a
-domain error to the stream's `error` event.
+lease). `Endings.cancel` does the same for a canceled job. `errors.error_event` is the one mapping
+from a domain error to the stream's `error` event.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from orchestratord.core.tasks import JobState
-from orchestratord.errors import OrchestratorError
+from orchestratord.errors import OrchestratorError, error_event
 from orchestratord.logs import get_logger
 from orchestratord.metrics import NONE, Metrics
 from orchestratord.state.base import JobQueue, JobRecord, JobRegistry, Readers
@@ -25,18 +25,6 @@ log = get_logger(__name__)
 
 class _Store(JobRegistry, JobQueue, Readers, Protocol):
     """The roles ending a job touches."""
-
-
-def error_event(exc: OrchestratorError) -> dict[str, Any]:
-    """The data of a job's terminal `error` event (the contract's ErrorEvent)."""
-    data: dict[str, Any] = {"code": exc.kind.value, "message": exc.message, "retriable": exc.retriable}
-    if exc.retry_after_ms is not None:
-        data["retry_after_ms"] = exc.retry_after_ms
-    if exc.engine is not None:
-        data["engine"] = exc.engine
-    if exc.pool_id is not None:
-        data["pool_id"] = exc.pool_id
-    return data
 
 
 class Endings:

@@ -21,10 +21,12 @@ OrchestratorError
   ├─ QueueFullDropLru         (429)  the terminal error of a queued job evicted by a newer one
   ├─ PoolUnready / PoolUnavailable / ReplicaExhausted / ShuttingDown (503)
   ├─ StateUnavailable         (503, STATE_UNAVAILABLE)  the shared state backend (Redis) is unreachable
+  ├─ StateLost                (404, STATE_LOST, retriable)  the state backend lost the job's data (Redis
+  │                                                  restarted empty, a key evicted): resubmit
   └─ DecodeTimeout / WorkerReset / Internal (500-class; in streams they are `error` events)
 
 Each wire has one mapping from these classes: `api.errors.to_response` (the HTTP envelope) and
-`endings.error_event` (a job's `error` event). Whatever ends a job badly raises or passes one of them
+`error_event` here (a job's `error` event). Whatever ends a job badly raises or passes one of them
 to `endings.Endings.fail`, never a hand-built payload.
 """
 
@@ -60,6 +62,7 @@ class ErrorKind(StrEnum):
     SHUTTING_DOWN = "SHUTTING_DOWN"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
     STATE_UNAVAILABLE = "STATE_UNAVAILABLE"
+    STATE_LOST = "STATE_LOST"
     REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
 
 
@@ -92,6 +95,18 @@ class OrchestratorError(Exception):
         self.engine = engine
         self.pool_id = pool_id
         self.headers = headers or {}
+
+
+def error_event(exc: OrchestratorError) -> dict[str, Any]:
+    """The data of a job's terminal `error` event (the contract's ErrorEvent)."""
+    data: dict[str, Any] = {"code": exc.kind.value, "message": exc.message, "retriable": exc.retriable}
+    if exc.retry_after_ms is not None:
+        data["retry_after_ms"] = exc.retry_after_ms
+    if exc.engine is not None:
+        data["engine"] = exc.engine
+    if exc.pool_id is not None:
+        data["pool_id"] = exc.pool_id
+    return data
 
 
 class InvalidParams(OrchestratorError):
@@ -222,6 +237,15 @@ class StateUnavailable(OrchestratorError):
 
     kind = ErrorKind.STATE_UNAVAILABLE
     http_status = 503
+    retriable = True
+
+
+class StateLost(OrchestratorError):
+    """The state backend no longer holds a job it held (Redis restarted empty, or evicted its keys):
+    its events and status are gone for good, and only a new job gets the work done."""
+
+    kind = ErrorKind.STATE_LOST
+    http_status = 404
     retriable = True
 
 

@@ -126,6 +126,7 @@ class Execution:
                 self._end_span(span, run, stats, admitted_mono)
             self._runs.drop(spec.job_id)
             with contextlib.suppress(StateUnavailable):  # an unreleased shared lease expires by itself
+                await self._store.run_over(spec.job_id)
                 await self._registry.release(spec.job_id)
                 await self._settle(spec, entry, stats)
             ended()

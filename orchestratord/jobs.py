@@ -9,11 +9,12 @@ import base64
 import binascii
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
-from orchestratord.core.tasks import JobState
+from orchestratord.core.tasks import JobState, issued_at
 from orchestratord.endings import Endings
-from orchestratord.errors import InvalidParams, NotFound
+from orchestratord.errors import InvalidParams, NotFound, StateLost
 from orchestratord.outlook import Outlook
 from orchestratord.state.base import JobQueue, JobRecord, JobRegistry
 
@@ -63,9 +64,21 @@ class JobControl:
     async def get(self, job_id: str, owner: str | None) -> JobRecord:
         """The job, if it exists and `owner` may see it; NotFound otherwise (ids leak nothing)."""
         record = await self._store.get(job_id)
+        if record is None:
+            await self._gone(job_id)
         if record is None or (owner is not None and record.tenant != owner):
             raise NotFound(f"no job {job_id!r}: it never existed, belongs to someone else, or has expired")
         return record
+
+    async def _gone(self, job_id: str) -> None:
+        """StateLost for a job issued before the state backend lost its data (it existed; it is gone)."""
+        lost, issued = await self._store.lost_since(), issued_at(job_id)
+        if lost is not None and issued is not None and issued < lost:
+            when = datetime.fromtimestamp(lost, UTC).isoformat(timespec="seconds")
+            raise StateLost(
+                f"job {job_id!r} is gone: the state backend (Redis) lost its data at {when}, after this "
+                "job was submitted (restarted empty or flushed); submit it again"
+            )
 
     async def cancel(self, job_id: str, owner: str | None, reason: str = "client") -> bool:
         """End the job as canceled (`Endings.cancel`). Idempotent: False when it had already ended.

@@ -4,7 +4,6 @@ the prompt's size limit, idempotency and admission, and the admission latency me
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -13,10 +12,6 @@ from orchestratord.api.deps import Caller
 from orchestratord.core.tasks import TaskSpec
 from orchestratord.errors import InvalidParams
 from orchestratord.services import Services
-
-
-def new_job_id() -> str:
-    return str(uuid.uuid4())
 
 
 async def submit(

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, Header, Response
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.responses import BUDGET_HEADERS, errors_for
 from orchestratord.api.schemas import AdmissionResponse, TaskError, TaskRequest, TaskStatus
-from orchestratord.api.submission import new_job_id, submit
+from orchestratord.api.submission import submit
+from orchestratord.core.tasks import new_job_id
 from orchestratord.idempotency import fingerprint
 from orchestratord.state.base import JobRecord
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
@@ -13,6 +16,24 @@ ENGINE_PARAMETERS = (
     "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format", "logprobs",
     "ignore_eos",
 )  # fmt: skip
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A new job's id: a UUID of version 7 (RFC 9562), whose first 48 bits are the time it was issued
+    in Unix milliseconds (`issued_at` reads them back), the rest random."""
+    ms = int((time.time() if now is None else now) * 1000) & (1 << 48) - 1
+    rand = int.from_bytes(os.urandom(10))
+    value = ms << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | rand & (1 << 62) - 1
+    return str(uuid.UUID(int=value))
+
+
+def issued_at(job_id: str) -> float | None:
+    """When a job id of `new_job_id` was issued (Unix seconds); None for any other id."""
+    try:
+        parsed = uuid.UUID(job_id)
+    except ValueError:
+        return None
+    return (parsed.int >> 80) / 1000 if parsed.version == 7 else None
 
 
 class JobState(StrEnum):

@@ -105,6 +105,12 @@ class JobRegistry(Protocol):
         """Forget finished jobs whose retention has passed; returns how many."""
         ...
 
+    async def lost_since(self) -> float | None:
+        """The wall-clock time since which the registry holds only what was written after it lost its
+        data (a shared backend restarted empty or flushed, as this instance saw), or None: a job issued
+        before it and not found is gone, not unknown."""
+        ...
+
     async def jobs(self, states: frozenset[JobState], *, ended_after: float | None = None) -> list[JobRecord]:
         """Every job the registry still holds in one of `states` (finished ones until their retention
         passes; with `ended_after`, only those that ended after that wall-clock time), of every tenant
@@ -128,6 +134,12 @@ class EventLog(Protocol):
 
     def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
         """Every event after `after`, waiting for more, until the terminal event."""
+        ...
+
+    async def run_over(self, job_id: str) -> None:
+        """This instance's run of the job is over, however the job ended (here or elsewhere): a
+        backend that keeps a run's events in the process (Redis) writes what is left, and its readers
+        there go on from the shared log."""
         ...
 
     def valid_event_id(self, event_id: str) -> bool: ...

@@ -117,6 +117,12 @@ class MemoryStore:
             self._jobs[record.job_id] = _Job(record)
         return outcome
 
+    async def run_over(self, job_id: str) -> None:
+        return None  # every event is in the one log already
+
+    async def lost_since(self) -> float | None:
+        return None  # the process's memory: gone with the process, never in part
+
     async def get(self, job_id: str) -> JobRecord | None:
         job = self._jobs.get(job_id)
         if job is None:

@@ -27,12 +27,13 @@ from orchestratord.core.budget import Ledger
 from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy, Rejected
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent, Priority
-from orchestratord.errors import StateUnavailable
+from orchestratord.errors import StateLost, StateUnavailable, error_event
+from orchestratord.logs import get_logger
 from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
 from orchestratord.state.redis_client import SEP, RedisOptions, Scripts, connect, reachable
 from orchestratord.state.redis_documents import Documents
 from orchestratord.state.redis_leases import RedisLeases
-from orchestratord.state.redis_outbox import Outbox
+from orchestratord.state.redis_local import LocalLogs
 from orchestratord.state.redis_signals import Signals
 from orchestratord.state.redis_tail import COUNT, Entry, Tail, Waiter, stream_order
 from orchestratord.state.shared import PoolChange, ReapAction, Reaped, SharedState
@@ -42,6 +43,12 @@ _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _END_FIELDS = ("decode_time_ms", "decode_ms")  # the store fills these in `end` events
 _RECORD_SKIP = ("job_id", "text")
 _PAGE = 500  # job hashes read per pipeline when listing jobs
+_RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # between attempts to end a job well while Redis is away
+LOST_MESSAGE = (
+    "the state backend (Redis) lost this job's data (it restarted empty, or evicted the job's keys); "
+    "its events and status are gone: submit it again"
+)
+log = get_logger(__name__)
 RESET_MESSAGE = (
     "the orchestrator replica running this job stopped renewing its lease (it died or lost Redis); retry"
 )
@@ -74,12 +81,22 @@ class RedisStore:
         self._reader = connect(url, self.options, blocking=True)
         self._scripts = Scripts(self._client, self.options.key_prefix, self.options.timeout_s)
         self._signals = Signals(self._reader, self.options.key_prefix)
-        self._outbox = Outbox(self._scripts, self.owner)
+        self._leases = RedisLeases(self._scripts, self.options.lease_ttl_s)
+        self.leases: LeaseStore = self._leases
+        self._logs = LocalLogs(
+            self._scripts,
+            self.owner,
+            claim_ttl_s=self.options.lease_ttl_s,
+            renewed=lambda: self._leases.renewed,
+            lost=_lost_event,
+            wall=wall,
+        )
+        self._epoch: str | None = None  # the id of Redis's data as this instance first saw it
+        self._lost_at: float | None = None
         self._tail = Tail(
             self._reader, self._client, self._key(f"tail:{self.owner}"), round(self.options.block_s * 1000)
         )
         self._documents = Documents(self._client, self.options.key_prefix)
-        self.leases: LeaseStore = RedisLeases(self._scripts, self.options.lease_ttl_s)
 
     @property
     def shared(self) -> SharedState:
@@ -130,10 +147,13 @@ class RedisStore:
         return records
 
     async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
-        started = await self._scripts.run(
+        entries = await self._scripts.run(
             "start", job_id, self.owner, repr(self._wall()), pool_id, replica_id, engine
         )
-        return None if started is None else await self.get(job_id)
+        if entries is None:
+            return None
+        self._logs.open(job_id, [(event_id, _fields(flat)) for event_id, flat in entries])
+        return await self.get(job_id)
 
     async def finish(
         self, job_id: str, state: JobState, name: str, data: Mapping[str, Any]
@@ -145,16 +165,40 @@ class RedisStore:
                 payload.pop(field, None)
             tokens_out = payload.pop("tokens_out", None)
             counted = str(tokens_out) if isinstance(tokens_out, int) else ""
-        await self._outbox.settle(job_id)  # the run's tokens first, then its end
-        self._outbox.forget(job_id)
+        running_here = self._logs.get(job_id) is not None
+        await self._logs.settle(job_id)  # the run's events first, then its end
         # Only the replica running a job ends it successfully; anyone may cancel or fail it.
         owner = self.owner if state is JobState.SUCCEEDED else ""
-        reply = await self._scripts.run(
-            "finish", job_id, state.value, name, _json(payload), repr(self._wall()), self._retention_ms,
-            owner, _text(payload.get("stop_reason")), _text(payload.get("code")),
-            _text(payload.get("message")), counted,
+        args = (
+            job_id, state.value, name, _json(payload), repr(self._wall()), self._retention_ms, owner,
+            _text(payload.get("stop_reason")), _text(payload.get("code")), _text(payload.get("message")),
+            counted,
         )  # fmt: skip
-        return None if reply is None else LogEvent(reply[0], name, reply[1])
+        if running_here and state is JobState.SUCCEEDED:
+            reply = await self._finish_held(job_id, args)
+        else:
+            reply = await self._scripts.run("finish", *args)
+        ended = None if reply is None else LogEvent(reply[0], name, reply[1])
+        if running_here:
+            if ended is None and not await self._scripts.call("EXISTS", self._key(f"job:{job_id}")):
+                self._logs.lose(job_id)
+            self._logs.end(job_id, ended)
+        return ended
+
+    async def _finish_held(self, job_id: str, args: tuple[str | int, ...]) -> Any:
+        """A run's good end, tried again while Redis is away, for as long as the job's claim lives."""
+        failures = 0
+        while True:
+            try:
+                return await self._scripts.run("finish", *args)
+            except StateUnavailable:
+                local = self._logs.get(job_id)
+                if local is None or time.monotonic() >= self._logs.alive_until(local):
+                    raise
+                if failures == 0:
+                    log.warning("task_end_held", job_id=job_id)
+                await asyncio.sleep(_RETRY_S[min(failures, len(_RETRY_S) - 1)])
+                failures += 1
 
     # -- idempotency keys ------------------------------------------------------------------------
     async def remember_idempotency(
@@ -194,28 +238,54 @@ class RedisStore:
 
     # -- the event log ---------------------------------------------------------------------------
     async def flush(self, job_id: str) -> None:
-        """Wait until the tokens handed over for `job_id` so far are written (or refused)."""
-        await self._outbox.settle(job_id)
+        """Wait until the events this instance's run handed over for `job_id` are written (or refused)."""
+        await self._logs.settle(job_id)
 
     async def append(self, job_id: str, name: str, data: Mapping[str, Any]) -> LogEvent | None:
-        await self._outbox.settle(job_id)  # after the tokens the run produced before it
         body = _json(data)
+        if self._logs.get(job_id) is not None:  # a job this instance runs: its local log (redis_local)
+            event = self._logs.add(job_id, name, body)
+            if event is not None and self._logs.backlog(job_id):
+                await self._logs.settle(job_id)
+            return event
         event_id = await self._scripts.run("append", job_id, name, body)
         return None if event_id is None else LogEvent(event_id, name, body)
 
     async def append_token(
         self, job_id: str, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None
     ) -> bool:
-        """Written behind the run, in batches (`redis_outbox`): True while the job takes tokens, as far
-        as this instance knows; the refusal of a batch comes with the next token."""
+        """Into the run's local log at once, to Redis behind it (`redis_local`): True while the job
+        takes tokens from this instance, as far as it knows; a refusal comes with the next token."""
         extra = "" if logprobs is None else _json(logprobs)
-        return await self._outbox.add(job_id, _json(text), text, extra)
+        if self._logs.token(job_id, _json(text), text, extra) is None:
+            return False
+        if self._logs.backlog(job_id):  # Redis is slower than the engine, or away: wait for it
+            await self._logs.settle(job_id)
+        return True
 
     async def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
-        """The log after `after`, then each event as it comes, to the terminal event. Caught up, the
-        reader waits in this instance's one shared blocking read (`redis_tail`), not on a connection
-        of its own. Ends after the terminal event, or when the job is gone, or when it has ended and
-        everything after `after` has been read."""
+        """The log after `after`, then each event as it comes, to the terminal event. A job this
+        instance runs is read from its local log (`redis_local`), in the process; any other from Redis,
+        and caught up, the reader waits in this instance's one shared blocking read (`redis_tail`), not
+        on a connection of its own. Ends after the terminal event, or when the job has ended and
+        everything after `after` has been read; a job Redis no longer holds ends with a STATE_LOST
+        `error`."""
+        local = self._logs.get(job_id)
+        if local is not None:
+            async for event in local.read(after):
+                yield event
+                after = event.id
+                if event.terminal:
+                    return
+            after = local.resume_from(after)  # it ended elsewhere: its end is in Redis
+        async for event in self._read_shared(job_id, after):
+            yield event
+
+    async def run_over(self, job_id: str) -> None:
+        await self._logs.settle(job_id)
+        self._logs.end(job_id, None)  # ended here, the log has its end already and is gone
+
+    async def _read_shared(self, job_id: str, after: str | None) -> AsyncIterator[LogEvent]:
         key = self._key(f"log:{job_id}")
         cursor = after or "0-0"
         waiter: Waiter | None = None
@@ -226,20 +296,20 @@ class RedisStore:
                     if waiter is None
                     else await self._next(waiter, key, cursor)
                 )
-                if batch is None:  # nothing came for a while: is the job still running?
-                    if await self._live(job_id):
-                        continue
-                    batch = await self._xread(key, cursor)  # its terminal event is written with its state
-                    if not batch:
-                        return
-                elif not batch and waiter is None:
-                    if not await self._live(job_id):
+                if batch is None or (not batch and waiter is None):
+                    # Nothing came (for a while, or on the first read): is the job still running?
+                    state = await self._state(job_id)
+                    if state != "live":  # its terminal event is written with its state
                         batch = await self._xread(key, cursor)
                         if not batch:
+                            if state == "gone" and cursor != "0-0":  # it had a log; now it has none
+                                yield _lost_event(job_id, _after(cursor))
                             return
-                    else:
+                    elif waiter is None:
                         waiter = self._tail.join(key, cursor)
                         batch = await self._xread(key, cursor)  # what came before it joined
+                    else:
+                        continue
                 for event_id, fields in batch:
                     cursor = event_id
                     event = LogEvent(event_id, fields["n"], fields["d"])
@@ -275,14 +345,20 @@ class RedisStore:
             reply: Any = await self._client.xread({key: cursor}, count=COUNT)
         return cast(list[Entry], reply[0][1]) if reply else []
 
-    async def _live(self, job_id: str) -> bool:
+    async def _state(self, job_id: str) -> str:
+        """live, ended, or gone (Redis does not hold the job: restarted empty, or evicted it)."""
         state = await self._scripts.call("HGET", self._key(f"job:{job_id}"), "state")
-        return state is not None and not JobState(state).terminal
+        if state is None:
+            return "gone"
+        return "ended" if JobState(state).terminal else "live"
 
     def valid_event_id(self, event_id: str) -> bool:
         return _EVENT_ID.fullmatch(event_id) is not None
 
     async def beyond(self, job_id: str, event_id: str) -> bool:
+        local = self._logs.get(job_id)
+        if local is not None:
+            return stream_order(event_id) > stream_order(local.events[-1].id)
         async with reachable():
             newest: Any = await self._client.xrevrange(self._key(f"log:{job_id}"), count=1)
         if not newest:
@@ -345,6 +421,7 @@ class RedisStore:
         return self._signals.wakes()
 
     async def reap(self, now: float) -> list[Reaped]:
+        await self.lost_since()  # every replica reaps: each sees it at once if Redis lost its data
         flat = await self._scripts.run("reap", repr(now), self._retention_ms, self._weights, RESET_MESSAGE)
         triples = zip(flat[::3], flat[1::3], flat[2::3], strict=True)
         return [
@@ -405,8 +482,25 @@ class RedisStore:
         except (StateUnavailable, RedisError):  # a health probe reports, it never raises
             return False
 
+    async def lost_since(self) -> float | None:
+        """Redis's data carry an id (the `epoch` hash, made by the first replica to find none): when it
+        changes, Redis lost what it held, and the new id's `since` says from when it holds only newer
+        data."""
+        _, _, (epoch, since) = await self._scripts.pipeline(
+            [
+                ("HSETNX", self._key("epoch"), "id", uuid.uuid4().hex),
+                ("HSETNX", self._key("epoch"), "since", repr(self._wall())),
+                ("HMGET", self._key("epoch"), "id", "since"),
+            ]
+        )
+        if self._epoch is not None and epoch != self._epoch:
+            self._lost_at = float(since)
+            log.warning("state_backend_lost_data", since=self._lost_at)
+        self._epoch = epoch
+        return self._lost_at
+
     async def aclose(self) -> None:
-        await self._outbox.aclose()
+        await self._logs.aclose()
         await self._tail.aclose()
         await self._signals.aclose()
         await self._client.aclose()
@@ -419,6 +513,20 @@ class RedisStore:
 
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def _fields(flat: Sequence[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _after(event_id: str) -> str:
+    ms, seq = stream_order(event_id)
+    return f"{ms}-{seq + 1}"
+
+
+def _lost_event(job_id: str, event_id: str) -> LogEvent:
+    """The `error` that ends the stream of a job Redis no longer holds."""
+    return LogEvent(event_id, "error", _json(error_event(StateLost(LOST_MESSAGE))))
 
 
 def _text(value: object) -> str:

@@ -22,7 +22,7 @@ from orchestratord.errors import StateUnavailable
 SEP = "\x1f"  # joins the parts of composite names (flows, replicas) inside keys and script arguments
 RETRY_AFTER_MS = 1000
 SCRIPTS = (
-    "create", "take", "start", "append", "append_tokens", "finish", "dequeue", "expire", "settle",
+    "create", "take", "start", "append", "append_events", "finish", "dequeue", "expire", "settle",
     "position", "reap", "requeue", "readers", "purge", "lease_acquire", "lease_release", "lease_held",
     "renew", "rate", "lead", "idem_remember", "idem_forget",
 )  # fmt: skip

@@ -4,6 +4,8 @@ it, so the slots of a replica that died come free by themselves."""
 
 from __future__ import annotations
 
+import time
+
 from orchestratord.state.redis_client import SEP, Scripts
 from pool_manager.leases import Lease
 
@@ -14,6 +16,7 @@ class RedisLeases:
     def __init__(self, scripts: Scripts, ttl_s: float) -> None:
         self._scripts = scripts
         self._ttl_ms = max(1, round(ttl_s * 1000))
+        self.renewed = 0.0  # monotonic: when the heartbeat last renewed this instance's claims
 
     async def acquire(self, lease: Lease, limit: int) -> bool:
         where = f"{lease.pool_id}{SEP}{lease.replica_id}"
@@ -35,6 +38,7 @@ class RedisLeases:
     async def renew(self, job_ids: list[str]) -> None:
         if job_ids:
             await self._scripts.run("renew", self._ttl_ms, *job_ids)
+            self.renewed = time.monotonic()
 
 
 def _lease(job_id: str, where: str) -> Lease:

@@ -77,8 +77,10 @@ async def test_the_event_log_is_shared_ordered_and_ends_once(make_store: MakeSto
     end = await b.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
     assert end is not None
     assert await b.finish("j1", JobState.FAILED, "error", {"code": "INTERNAL"}) is None, "ends once"
-    # the owner learns it with the token after the refused batch; nothing is written after the end
-    assert await a.append_token("j1", "late") is True and await a.append("j1", "metrics", {}) is None
+    # the owner learns it with the event after the refused batch; nothing is written after the end
+    assert await a.append_token("j1", "late") is True
+    await a.flush("j1")
+    assert await a.append("j1", "metrics", {}) is None
     assert await a.append_token("j1", "later") is False
     log = await events(b, "j1")
     assert [e.name for e in log] == ["started", "token", "token", "token", "end"]

@@ -35,8 +35,8 @@ from orchestratord.api.openai.requests import TIERS, OpenAIRequest
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import Chunks, next_batch, tail, unless_gone
 from orchestratord.api.schemas import Text
-from orchestratord.api.submission import default_max_tokens, new_job_id, submit
-from orchestratord.core.tasks import JobState, LogEvent, Message, TaskSpec
+from orchestratord.api.submission import default_max_tokens, submit
+from orchestratord.core.tasks import JobState, LogEvent, Message, TaskSpec, new_job_id
 from orchestratord.errors import InvalidParams, NotFound
 from orchestratord.idempotency import fingerprint
 from orchestratord.logs import bind

@@ -25,8 +25,8 @@ from orchestratord.api.openai.render import DONE, Rendering, Surface, ToolCalls,
 from orchestratord.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from orchestratord.api.openai.schemas import ChatCompletion, Completion, ModelList, openai_errors
 from orchestratord.api.openai.streaming import Chunks, next_batch, tail, unless_gone
-from orchestratord.api.submission import default_max_tokens, new_job_id, submit
-from orchestratord.core.tasks import LogEvent
+from orchestratord.api.submission import default_max_tokens, submit
+from orchestratord.core.tasks import LogEvent, new_job_id
 from orchestratord.errors import ErrorKind, StateUnavailable
 from orchestratord.idempotency import fingerprint
 from orchestratord.logs import bind, get_logger

@@ -1,0 +1,256 @@
+"""The logs of the jobs this instance runs, kept in the process and written to Redis behind the run.
+
+A job's run starts with what its log holds in Redis (`started` and the queue's `metrics`, read by
+the `start` script); from then on every event the run produces (tokens, progress, tool calls) gets its
+id here, `<ms>-<seq>` after the newest id of the log, and goes into the local log at once: readers
+on this instance are served from it and never wait for Redis. The same events, with the same ids,
+reach Redis behind the run (`append_events.lua`), in order, each batch taking everything that
+arrived while the previous one was on its way. A reader on another replica, or a reconnect with
+`Last-Event-ID` on any, reads exactly what the local readers read.
+
+The terminal event is the one thing written to Redis first: whoever ends the job (this run, a cancel
+on any replica, a reaper) does it there, in one step with the state, and the local log takes the
+event Redis answered (or closes without it, and its readers go on reading from Redis).
+
+Redis away: a batch that cannot be written is held and tried again while the run goes on streaming
+to its local readers, for as long as the job's claim lives (`lease_ttl_s` from the last time this
+instance reached Redis); past that another replica may have reaped the job, and the run gets
+`StateUnavailable` with its next event. The job gone from Redis (restarted empty, keys evicted): the
+local log ends with a retriable `STATE_LOST` error, and the run learns it with its next event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from redis.exceptions import RedisError
+
+from orchestratord.core.tasks import LogEvent
+from orchestratord.errors import StateUnavailable
+from orchestratord.logs import get_logger
+from orchestratord.state.redis_client import Scripts
+from orchestratord.state.redis_tail import stream_order
+
+log = get_logger(__name__)
+
+MAX_PENDING = 8192  # events of one job waiting for Redis; past that the run waits for its batch
+_RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # between attempts to write a held batch
+
+Status = Literal["open", "closed", "lost"]
+
+
+@dataclass(slots=True, eq=False)
+class LocalLog:
+    """One running job's log in this process. `events` is the whole log as this instance knows it;
+    `status`: open (the run writes to it), closed (it takes no more from this instance: ended, or the
+    claim is gone) or lost (Redis no longer holds the job)."""
+
+    job_id: str
+    events: list[LogEvent]
+    ms: int  # the newest id, as the pair it orders by
+    seq: int
+    tokens: int  # the next token event's index
+    reached: float  # monotonic: when Redis last took this log's writes (or started the job)
+    pending: list[str] = field(default_factory=list)  # id, name, data, text of each unwritten event
+    written: str = "0-0"  # the newest id Redis holds
+    flushing: asyncio.Task[None] | None = None
+    status: Status = "open"
+    error: BaseException | None = None  # Redis was away for longer than the claim lives
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def next_id(self, now_ms: int) -> str:
+        if now_ms > self.ms:
+            self.ms, self.seq = now_ms, 0
+        else:
+            self.seq += 1
+        return f"{self.ms}-{self.seq}"
+
+    def push(self, event: LogEvent) -> None:
+        self.events.append(event)
+        self.wake()
+
+    def wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def changed(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    async def read(self, after: str | None) -> AsyncIterator[LogEvent]:
+        """The events after `after`, then each as it comes, until the terminal event or the log
+        closes (then the reader goes on from Redis: `resume_from`)."""
+        i = 0
+        if after is not None:
+            mark = stream_order(after)
+            while i < len(self.events) and stream_order(self.events[i].id) <= mark:
+                i += 1
+        while True:
+            while i < len(self.events):
+                event = self.events[i]
+                i += 1
+                yield event
+                if event.terminal:
+                    return
+            if self.status != "open":
+                return
+            await self.changed()
+
+    def resume_from(self, cursor: str | None) -> str | None:
+        """Where a reader of this (closed) log goes on in Redis: at most the newest id Redis took from
+        this instance, so the event that ended the job elsewhere is read whatever its id."""
+        if cursor is None or stream_order(cursor) <= stream_order(self.written):
+            return cursor
+        return self.written
+
+
+class LocalLogs:
+    """The local logs of the jobs this instance runs, and the writer that takes them to Redis."""
+
+    def __init__(
+        self,
+        scripts: Scripts,
+        owner: str,
+        *,
+        claim_ttl_s: float,
+        renewed: Callable[[], float],
+        lost: Callable[[str, str], LogEvent],
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._scripts = scripts
+        self._owner = owner
+        # Less a margin: the claim's time in Redis counts from a little before its reply came here.
+        self._claim_ttl_s = claim_ttl_s * 0.9
+        self._renewed = renewed  # monotonic: the heartbeat's last renewal of this instance's claims
+        self._lost = lost  # the STATE_LOST `error` event with a given id
+        self._wall = wall
+        self._clock = clock
+        self._logs: dict[str, LocalLog] = {}
+
+    def get(self, job_id: str) -> LocalLog | None:
+        return self._logs.get(job_id)
+
+    def open(self, job_id: str, entries: list[tuple[str, dict[str, str]]]) -> None:
+        """The job's run starts here, with what its log holds in Redis (a failover keeps its log)."""
+        if job_id in self._logs:
+            return
+        events = [LogEvent(event_id, fields["n"], fields["d"]) for event_id, fields in entries]
+        ms, seq = stream_order(events[-1].id)
+        tokens = sum(1 for event in events if event.name == "token")
+        self._logs[job_id] = LocalLog(job_id, events, ms, seq, tokens, self._clock(), written=events[-1].id)
+
+    def add(self, job_id: str, name: str, data: str, text: str = "") -> LogEvent | None:
+        """Append one event of the run: its id now, Redis later. None if the job takes no more from
+        this instance (the log is then forgotten); raises StateUnavailable once Redis has been away
+        for longer than the job's claim lives."""
+        local = self._logs.get(job_id)
+        if local is None:
+            return None
+        if local.status != "open" or local.error is not None:
+            self.end(job_id, None)
+            if local.error is not None:
+                raise local.error
+            return None
+        event = LogEvent(local.next_id(int(self._wall() * 1000)), name, data)
+        local.pending += (event.id, name, data, text)
+        local.push(event)
+        if local.flushing is None:
+            local.flushing = asyncio.create_task(self._flush(local))
+        return event
+
+    def token(self, job_id: str, text_json: str, text: str, logprobs_json: str) -> LogEvent | None:
+        """A `token` event with the next index (the run's only writer of tokens is this instance)."""
+        local = self._logs.get(job_id)
+        if local is None:
+            return None
+        data = f'{{"t":{text_json},"i":{local.tokens}'
+        data += f',"logprobs":{logprobs_json}}}' if logprobs_json else "}"
+        event = self.add(job_id, "token", data, text)
+        if event is not None:
+            local.tokens += 1
+        return event
+
+    def backlog(self, job_id: str) -> bool:
+        local = self._logs.get(job_id)
+        return local is not None and len(local.pending) >= 4 * MAX_PENDING
+
+    async def _flush(self, local: LocalLog) -> None:
+        """Write what is pending, batch after batch; a batch Redis cannot take now is held and tried
+        again until the claim would have expired."""
+        failures = 0
+        while local.pending and local.status == "open":
+            batch, local.pending = local.pending, []
+            try:
+                reply = await self._scripts.run(
+                    "append_events", local.job_id, self._owner, local.tokens, *batch
+                )
+            except (StateUnavailable, RedisError) as exc:
+                local.pending[:0] = batch  # held, ahead of what came meanwhile
+                if self._clock() >= self.alive_until(local):
+                    local.error = exc if isinstance(exc, StateUnavailable) else StateUnavailable(str(exc))
+                    log.warning("task_state_backend_gone", job_id=local.job_id, held=len(batch) // 4)
+                    break
+                if failures == 0:
+                    log.warning("task_events_held", job_id=local.job_id, error=type(exc).__name__)
+                await asyncio.sleep(_RETRY_S[min(failures, len(_RETRY_S) - 1)])
+                failures += 1
+                continue
+            if failures:
+                log.info("task_events_written", job_id=local.job_id, after_attempts=failures + 1)
+                failures = 0
+            local.reached = self._clock()
+            local.written = batch[-4]
+            if int(reply) < 0:
+                self.lose(local.job_id)
+            elif int(reply) == 0:
+                local.status = "closed"
+        local.flushing = None
+        local.wake()
+
+    def alive_until(self, local: LocalLog) -> float:
+        """Monotonic time until which this instance's claim on the job lives without Redis."""
+        return max(local.reached, self._renewed()) + self._claim_ttl_s
+
+    async def settle(self, job_id: str) -> None:
+        """Wait until what the run handed over is written (held while Redis is away, within the claim)."""
+        local = self._logs.get(job_id)
+        while local is not None and local.flushing is not None:
+            await asyncio.shield(local.flushing)
+
+    def end(self, job_id: str, terminal: LogEvent | None) -> None:
+        """The job ended: its terminal event (as Redis wrote it) goes to the local readers; without one
+        (it ended elsewhere, or is gone) they go on from Redis."""
+        local = self._logs.pop(job_id, None)
+        if local is None:
+            return
+        if terminal is not None:
+            local.written = terminal.id
+            local.events.append(terminal)
+        if local.status == "open":
+            local.status = "closed"
+        local.wake()
+
+    def lose(self, job_id: str) -> None:
+        """Redis no longer holds the job: its local readers get a STATE_LOST `error`, and the run
+        learns with its next event that the job takes no more (it stops, and its slot comes free)."""
+        local = self._logs.get(job_id)
+        if local is None or local.status == "lost":
+            return
+        local.status = "lost"
+        local.pending.clear()
+        log.warning("task_state_lost", job_id=job_id)
+        local.push(self._lost(job_id, local.next_id(int(self._wall() * 1000))))
+
+    async def aclose(self) -> None:
+        """Write what is still waiting (a stopping instance's last events)."""
+        for job_id in list(self._logs):
+            await self.settle(job_id)
+        self._logs.clear()
