@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 
@@ -9,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from orchestratord.core.tasks import Message, spec_from_dict, spec_to_dict
+from orchestratord.core.tasks import Message, issued_at, spec_from_dict, spec_to_dict
 from tests.api.helpers import submit
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
@@ -20,7 +21,8 @@ KEY = "orchd-test-Zq7Xw2Lr9Tb4Nc8Vy1Hs6Kd3Mf5"
 def test_submit_answers_at_once_with_ids_and_urls(client: httpx.Client) -> None:
     data = submit(client)
     job_id = data["job_id"]
-    assert uuid.UUID(job_id).version == 4
+    # a UUIDv7: its first 48 bits say when it was issued (how a lost job is told from a made-up id)
+    assert uuid.UUID(job_id).version == 7 and abs(issued_at(job_id) - time.time()) < 60
     assert data["sse_url"] == f"/v1/tasks/{job_id}/stream"
     assert data["status_url"] == f"/v1/tasks/{job_id}"
     assert data["queue_position"] == 0

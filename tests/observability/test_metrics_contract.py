@@ -17,8 +17,9 @@ MOCK = {"engine": "mock", "engine_version": "mock-1", "pool_id": "default"}
 VLLM = {"engine": "vllm", "engine_version": VERSION, "pool_id": "vpool"}
 # Error kinds that never end or refuse a job (they are answered before admission): not reasons.
 # Refusals of a request that never became a job (REQUEST_TIMEOUT: its body did not arrive in time).
+# STATE_LOST: a job Redis lost has no record left to end; its runner logs `task_state_lost`.
 NOT_JOB_OUTCOMES = {"NOT_FOUND", "UNAUTHORIZED", "FORBIDDEN", "METHOD_NOT_ALLOWED", "CONFLICT",
-                    "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "REQUEST_TIMEOUT"}  # fmt: skip
+                    "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "REQUEST_TIMEOUT", "STATE_LOST"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
