@@ -153,6 +153,8 @@ class Admission:
             deadline=None if spec.deadline_ms is None else now + spec.deadline_ms / 1000,
             enqueued_at=now,
             unit=self._policy.unit,
+            tokens_in=spec.tokens_in_estimate,
+            tokens_out=self._outlook.expected_tokens(spec),
         )
         await self._check_deadline(spec, entry)
         holds = await self._hold(spec)

@@ -86,7 +86,7 @@ class Execution:
     ) -> None:
         """Run the job (placed on `first`, its slot leased) in a task of its own; `ended` is called
         once the run has returned its slot."""
-        run = Running(spec.job_id, spec.tenant, "", "", self._clock())
+        run = Running(spec.job_id, spec.tenant, "", "", self._clock(), work=self._outlook.work(spec, entry))
         self._runs.add(run)
         run.task = asyncio.create_task(self._run(spec, entry, admitted_mono, run, first, ended))
 
@@ -211,10 +211,11 @@ class Execution:
             self._config.metrics_interval_s,
             {k: v for k, v in labels.items() if k != "replica_id"} | {"priority": spec.priority},
             traceparent=run.traceparent,
+            run=run,
         )
         stats = await self._relay.attempt(ctx, adapter, pool.spec.engine_name(spec.model_ref))
         self._count_tokens(spec, stats, labels)
-        self._learn(assigned, run, stats)
+        self._learn(spec, assigned, run, stats)
         if stats.outcome == "error":
             await self._registry.release(spec.job_id)  # a failover leases its next slot anew
         return stats
@@ -235,7 +236,7 @@ class Execution:
             },
         )
 
-    def _learn(self, assigned: Assigned, run: Running, stats: RunStats) -> None:
+    def _learn(self, spec: TaskSpec, assigned: Assigned, run: Running, stats: RunStats) -> None:
         """What the attempt says of the replica: a fault toward its breaker, a success that closes it
         (the engine generated: a token, or a good end), and only a run that ended well is a service time
         (a canceled or failed run says nothing of how long a job holds a slot)."""
@@ -245,8 +246,19 @@ class Execution:
             return
         if stats.tokens > 0 or stats.outcome == "succeeded":
             self._registry.record_success(assigned.pool_id, assigned.replica_id)
-        if stats.outcome == "succeeded":
-            self._outlook.served(assigned.pool_id, self._clock() - run.started)
+        if stats.outcome != "succeeded":
+            return
+        now, first = self._clock(), stats.first_token_at
+        self._outlook.served(
+            assigned.pool_id,
+            now - run.started,
+            prompt_tokens=spec.tokens_in_estimate if stats.prompt_tokens is None else stats.prompt_tokens,
+            first_token_s=None if first is None else first - run.started,
+            tokens=stats.tokens_out,
+            decode_s=0.0 if first is None else now - first,
+        )
+        if stats.stop_reason not in ("max_tokens", "context_length"):  # it stopped on its own
+            self._outlook.stopped(spec.model_ref, spec.tenant, stats.tokens_out)
 
     def _count_tokens(self, spec: TaskSpec, stats: RunStats, labels: dict[str, str]) -> None:
         self._metrics.tokens_out.labels(**labels).inc(stats.tokens_out)

@@ -4,10 +4,13 @@ state it needs (the store's roles, the outlook, the way jobs end), never the dis
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+import orjson
 
 from orchestratord.core.capacity import unservable
 from orchestratord.core.queue import QueueEntry
@@ -22,6 +25,7 @@ from orchestratord.state.base import EventLog, JobQueue, JobRegistry
 from orchestratord.state.shared import SharedState
 
 log = get_logger(__name__)
+OUTLOOK_EVERY_S = 1.0  # how often a replica shares its measurements and runs (shared state)
 
 
 class _Store(JobRegistry, EventLog, JobQueue, Protocol):
@@ -62,6 +66,7 @@ class Housekeeper:
         self._clock = clock
         self._wall = wall
         self._published: dict[str, _Published] = {}
+        self._shared_at = -math.inf  # when this replica last exchanged its outlook
 
     def forget(self, job_id: str) -> None:
         """The job left the queue: stop tracking what was published for it."""
@@ -72,6 +77,7 @@ class Housekeeper:
             if self._shared is not None:
                 for reaped in await self._shared.reap(self._wall()):
                     self._endings.reaped(reaped)
+                await self._share_outlook()
             await self.expire()
             await self.end_unservable()  # a safety net: drains and reloads end these at once
             await self.end_stuck()
@@ -81,6 +87,17 @@ class Housekeeper:
             self._reachability.report(False)
         except Exception:  # task root
             log.error("housekeeping_error", exc_info=True)
+
+    async def _share_outlook(self) -> None:
+        """Once a second: publish what this replica measured and runs, and predict from every
+        replica's (`Outlook.absorb`)."""
+        assert self._shared is not None
+        if self._clock() - self._shared_at < OUTLOOK_EVERY_S:
+            return
+        self._shared_at = self._clock()
+        mine = orjson.dumps(self._outlook.export(self._wall())).decode()
+        parts = await self._shared.exchange_outlook(mine, max_age_s=10 * OUTLOOK_EVERY_S)
+        self._outlook.absorb([orjson.loads(part) for part in parts], self._wall())
 
     async def expire(self) -> None:
         """End the queued jobs whose deadline passed before a slot could start them."""
@@ -149,6 +166,7 @@ class Housekeeper:
     def _gauge_queue(self, queued: list[QueueEntry]) -> None:
         """queue_depth per pool and class; a waiting job counts toward the first pool that serves it."""
         self._outlook.queued(len(queued))
+        self._outlook.queue_work(queued)
         counts: dict[tuple[str, str, str, str], int] = {}
         for snap in self._outlook.snapshots:
             for priority in ("interactive", "batch"):

@@ -8,12 +8,17 @@ dispatcher refreshes and feeds it; admission, idempotency, housekeeping and metr
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
-from orchestratord.core.capacity import capacity_for
+from orchestratord.core.capacity import capacity_for, serving_pools
 from orchestratord.core.prediction import Capacity, ServiceTimes, predict_start_ms
+from orchestratord.core.queue import QueueEntry
 from orchestratord.core.route import Route
+from orchestratord.core.tasks import TaskSpec
+from orchestratord.core.work import Work, WorkRates
 from orchestratord.runs import Runs
 from pool_manager.registry import PoolRegistry
 from pool_manager.snapshot import PoolSnapshot
@@ -30,6 +35,11 @@ class Outlook:
         self._runs = runs
         self._clock = clock
         self._times = ServiceTimes()
+        self._own = WorkRates()  # what this replica measured
+        self._rates = self._own  # what it predicts from: with shared state, every replica's (`absorb`)
+        self._remote: dict[str, list[float]] = {}  # pool_id -> other replicas' runs' remaining seconds
+        self._id = uuid.uuid4().hex
+        self._queued_s: dict[Route, float] = {}  # the mean expected service of each route's queued jobs
         self._snapshots: list[PoolSnapshot] = []
         self._queue_depth = 0
         self._promised: dict[str, float] = {}  # job id -> the wait (s) predicted at its admission
@@ -52,12 +62,89 @@ class Outlook:
         """The queue's depth, as housekeeping last counted it."""
         self._queue_depth = depth
 
-    def served(self, pool_id: str, seconds: float) -> None:
-        """A run on `pool_id` held its slot `seconds` and ended well: a service time to learn from."""
+    def served(
+        self,
+        pool_id: str,
+        seconds: float,
+        *,
+        prompt_tokens: int,
+        first_token_s: float | None,
+        tokens: int,
+        decode_s: float,
+    ) -> None:
+        """A run on `pool_id` held its slot `seconds` and ended well: a service time, and the rates of
+        its work (`core.work`), to learn from."""
         self._times.observe(pool_id, seconds)
+        self._own.observe(
+            pool_id,
+            prompt_tokens=prompt_tokens,
+            first_token_s=first_token_s,
+            tokens=tokens,
+            decode_s=decode_s,
+        )
+
+    def stopped(self, model: str, tenant: str, tokens: int) -> None:
+        """A job stopped on its own (not at its limit) after `tokens`: a length to expect of the next."""
+        self._own.observe_length(model, tenant, tokens)
+
+    def expected_tokens(self, spec: TaskSpec) -> int:
+        return self._rates.expected_tokens(spec.model_ref, spec.tenant, spec.max_tokens, spec.expected_tokens)
+
+    def work(self, spec: TaskSpec, entry: QueueEntry) -> Work:
+        return Work(spec.tokens_in_estimate, entry.tokens_out or spec.max_tokens, spec.max_tokens)
+
+    def queue_work(self, queued: Collection[QueueEntry]) -> None:
+        """The queued jobs, as housekeeping last read them: each route's mean expected service (over
+        the pools serving it whose rates are known) is what a job behind them waits per job ahead."""
+        totals: dict[Route, list[float]] = {}
+        for entry in queued:
+            if not entry.tokens_out:
+                continue
+            work = Work(entry.tokens_in, entry.tokens_out, entry.tokens_out)
+            pools = serving_pools(entry.route, self._snapshots)
+            known = [s for p in pools if (s := self._rates.service(p.pool_id, work)) is not None]
+            if known:
+                total = totals.setdefault(entry.route, [0.0, 0.0])
+                total[0] += sum(known) / len(known)
+                total[1] += 1
+        self._queued_s = {route: total / n for route, (total, n) in totals.items()}
 
     def capacity(self, route: Route) -> Capacity:
-        return capacity_for(route, self._snapshots, self._times, self._runs.ages(self._clock()))
+        return capacity_for(
+            route,
+            self._snapshots,
+            self._times,
+            {},
+            progress=self._runs.progress(self._clock()),
+            rates=self._rates,
+            queued_s=self._queued_s.get(route),
+            remote=self._remote,
+        )
+
+    # -- shared by replicas ------------------------------------------------------------------------
+    def export(self, wall: float) -> dict[str, object]:
+        """What this replica measured and the remaining time of each job it runs, for the others."""
+        running: dict[str, list[float]] = {}
+        for pool_id, jobs in self._runs.progress(self._clock()).items():
+            for job in jobs:
+                left = self._rates.remaining(pool_id, job)
+                if left is None:
+                    left = self._times.remaining(pool_id, job.age_s, self._times.mean(pool_id) or job.age_s)
+                running.setdefault(pool_id, []).append(round(left, 4))
+        return {"id": self._id, "at": wall, "rates": self._own.export(), "running": running}
+
+    def absorb(self, parts: Sequence[Mapping[str, Any]], wall: float) -> None:
+        """Every replica's `export` (this one's included): predict from all their measurements, and
+        count the jobs the others run as releases of the slots they hold."""
+        self._rates = WorkRates.merged([part.get("rates") or {} for part in parts]) if parts else self._own
+        remote: dict[str, list[float]] = {}
+        for part in parts:
+            if part.get("id") == self._id:
+                continue
+            elapsed = max(0.0, wall - float(part.get("at") or wall))
+            for pool_id, lefts in (part.get("running") or {}).items():
+                remote.setdefault(pool_id, []).extend(max(0.0, left - elapsed) for left in lefts)
+        self._remote = remote
 
     def predict(self, route: Route, position: int) -> int | None:
         return predict_start_ms(position, self.capacity(route))

@@ -20,6 +20,7 @@ from orchestratord.core.placement import Assigned
 from orchestratord.core.tasks import JobState, TaskSpec
 from orchestratord.logs import get_logger
 from orchestratord.metrics import Metrics
+from orchestratord.runs import Running
 from orchestratord.state.base import EventLog, JobRegistry
 from worker_adapters.base import (
     AdapterError,
@@ -67,6 +68,7 @@ class RunContext:
     metrics_interval_s: float
     labels: dict[str, str] = field(default_factory=dict)
     traceparent: str | None = None  # the job span's, when tracing is on
+    run: Running | None = None  # its progress, for the predictions of the jobs queued behind it
 
 
 def submit_request(spec: TaskSpec, engine_model: str, traceparent: str | None = None) -> SubmitRequest:
@@ -128,6 +130,8 @@ class Relay:
                         stats.outcome = "canceled"
                         return stats
                     stats.tokens += 1
+                    if ctx.run is not None:
+                        ctx.run.tokens = stats.tokens
                     now = self._clock()
                     if stats.first_token_at is None:
                         stats.first_token_at = now

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
+from orchestratord.core.work import Progress, Work
 from worker_adapters.base import WorkerAdapter
 
 
@@ -21,6 +22,8 @@ class Running:
     task: asyncio.Task[None] | None = None
     adapter: WorkerAdapter | None = None  # the adapter the current attempt runs through
     traceparent: str | None = None  # the job span's, for its engine requests (orchestratord.tracing)
+    work: Work | None = None  # what it asks of its slot (core.work), for the predictions
+    tokens: int = 0  # token events its current attempt relayed so far
 
 
 class Runs:
@@ -64,12 +67,12 @@ class Runs:
     def of_tenant(self, tenant: str) -> int:
         return sum(1 for r in self._by_job.values() if r.tenant == tenant)
 
-    def ages(self, now: float) -> dict[str, list[float]]:
-        """pool_id -> how long each run there has run (seconds), for predictions."""
-        ages: dict[str, list[float]] = {}
+    def progress(self, now: float) -> dict[str, list[Progress]]:
+        """pool_id -> each run there: its work, how long it has run (seconds), its tokens so far."""
+        out: dict[str, list[Progress]] = {}
         for run in self._by_job.values():
-            ages.setdefault(run.pool_id, []).append(now - run.started)
-        return ages
+            out.setdefault(run.pool_id, []).append(Progress(run.work, now - run.started, run.tokens))
+        return out
 
     async def wait(self, within_s: float, job_ids: Collection[str] | None = None) -> bool:
         """Wait for the runs (of `job_ids`, if given) to end; True if all did within `within_s`."""

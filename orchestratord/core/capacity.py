@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from orchestratord.core.prediction import Capacity, ServiceTimes
 from orchestratord.core.route import Route
+from orchestratord.core.work import Progress, WorkRates
 from pool_manager.snapshot import PoolSnapshot
 
 
@@ -50,23 +51,44 @@ def capacity_for(
     pools: Sequence[PoolSnapshot],
     times: ServiceTimes,
     running_ages: Mapping[str, Sequence[float]],
+    *,
+    progress: Mapping[str, Sequence[Progress]] | None = None,
+    rates: WorkRates | None = None,
+    queued_s: float | None = None,
+    remote: Mapping[str, Sequence[float]] | None = None,
 ) -> Capacity:
-    """Capacity of the pools serving `route`; `running_ages` maps pool_id to the ages (seconds) of the
-    jobs running there. Each running job is expected to free its slot after its pool's mean service
-    time; before a pool has a measurement, the combined mean, else the oldest running age, stands in.
-    """
+    """Capacity of the pools serving `route`. The jobs running there are `progress` (pool_id -> each
+    job's work, age and tokens), or only their ages (`running_ages`). A running job frees its slot
+    after its expected remaining work at its pool's measured rates (`core.work`); where those are not
+    known yet, after its pool's recent holding times (`ServiceTimes.remaining`). The jobs after the
+    first round hold a slot for `queued_s` each (the mean expected service of the queued work for the
+    route), else the pools' mean holding time; before anything is measured, the oldest running age
+    stands in. `remote`: the remaining seconds of the jobs other replicas run (shared state)."""
     serving = serving_pools(route, pools)
     slots = {p.pool_id: p.slots_total for p in serving}
-    ages = [(p.pool_id, age) for p in serving for age in running_ages.get(p.pool_id, ())]
+    runs: list[tuple[str, Progress]] = []
+    for p in serving:
+        if progress is not None:
+            runs += [(p.pool_id, job) for job in progress.get(p.pool_id, ())]
+        else:
+            runs += [(p.pool_id, Progress(None, age, 0)) for age in running_ages.get(p.pool_id, ())]
+    worked = {id(job): rates.remaining(pool_id, job) for pool_id, job in runs} if rates is not None else {}
     mean = times.combined(slots)
     measured = mean is not None
-    if mean is None and ages:
-        mean = max(age for _, age in ages)
+    if queued_s is not None:
+        mean, measured = queued_s, True
+    if mean is None and runs:
+        mean = max(job.age_s for _, job in runs)
     releases: list[float] = []
     if mean is not None:
-        releases = sorted(
-            times.remaining(pool_id, age, _mean_or(times.mean(pool_id), mean)) for pool_id, age in ages
-        )
+        for pool_id, job in runs:
+            left = worked.get(id(job))
+            if left is None:
+                left = times.remaining(pool_id, job.age_s, _mean_or(times.mean(pool_id), mean))
+            releases.append(left)
+        for p in serving:
+            releases += (remote or {}).get(p.pool_id, ())
+        releases.sort()
     return Capacity(
         slots_total=sum(slots.values()),
         slots_free=sum(p.slots_free for p in serving),

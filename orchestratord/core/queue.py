@@ -65,6 +65,8 @@ class QueueEntry:
     enqueued_at: float = 0.0
     seq: int = 0  # arrival order, stamped by the queue
     unit: FairnessUnit = "requests"  # the unit `cost` is counted in; settle only `tokens` costs
+    tokens_in: int = 0  # the prompt's tokens (estimated) and the output expected (core.work): what a
+    tokens_out: int = 0  # slot will spend on it, for the predictions of the jobs behind it
 
 
 @dataclass(frozen=True, slots=True)

@@ -468,6 +468,24 @@ class RedisStore:
             *(PoolChange(pool, "reload", model=model) for pool, model in models.items()),
         ]
 
+    async def exchange_outlook(self, mine: str, max_age_s: float) -> list[str]:
+        key = self._key("outlook")
+        _, every = await self._scripts.pipeline(
+            [("HSET", key, self.owner, f"{self._wall()!r} {mine}"), ("HGETALL", key)]
+        )
+        now = self._wall()
+        fresh: list[str] = []
+        stale: list[str] = []
+        for owner, stamped in every.items():
+            at, _, data = stamped.partition(" ")
+            if now - float(at) <= max_age_s:
+                fresh.append(data)
+            else:
+                stale.append(owner)
+        if stale:  # replicas gone for a while: their entries go
+            await self._scripts.call("HDEL", key, *stale)
+        return fresh
+
     async def take_rate(self, tenant: str, rate: float, burst: int) -> float:
         return float(await self._scripts.run("rate", tenant, repr(rate), burst))
 

@@ -2,21 +2,22 @@
 
 A job's run starts with what its log holds in Redis (`started` and the queue's `metrics`, read by
 the `start` script); from then on every event the run produces (tokens, progress, tool calls) gets its
-id here, `<ms>-<seq>` after the newest id of the log, and goes into the local log at once: readers
-on this instance are served from it and never wait for Redis. The same events, with the same ids,
-reach Redis behind the run (`append_events.lua`), in order, each batch taking everything that
-arrived while the previous one was on its way. A reader on another replica, or a reconnect with
-`Last-Event-ID` on any, reads exactly what the local readers read.
+id here, `<ms>-<seq>` after the newest id of the log, and goes into the local log at once. The same
+events, with the same ids, reach Redis behind the run (`append_events.lua`), in order, each batch
+taking everything that arrived while the previous one was on its way. Readers on this instance are
+served from the local log, never through Redis: each event as soon as Redis holds it (one batch's
+round trip later), so that they read exactly what a reader on another replica, or a reconnect with
+`Last-Event-ID` on any, reads, even when the job is canceled elsewhere meanwhile.
 
 The terminal event is the one thing written to Redis first: whoever ends the job (this run, a cancel
 on any replica, a reaper) does it there, in one step with the state, and the local log takes the
 event Redis answered (or closes without it, and its readers go on reading from Redis).
 
 Redis away: a batch that cannot be written is held and tried again while the run goes on streaming
-to its local readers, for as long as the job's claim lives (`lease_ttl_s` from the last time this
-instance reached Redis); past that another replica may have reaped the job, and the run gets
-`StateUnavailable` with its next event. The job gone from Redis (restarted empty, keys evicted): the
-local log ends with a retriable `STATE_LOST` error, and the run learns it with its next event.
+to its local readers, who then get each event at once, for as long as the job's claim lives
+(`lease_ttl_s` from the last time this instance reached Redis); past that another replica may have
+reaped the job, and the run gets `StateUnavailable` with its next event. The job gone from Redis
+(restarted empty, keys evicted): the local log ends with a retriable `STATE_LOST` error, and the run learns it with its next event.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class LocalLog:
     reached: float  # monotonic: when Redis last took this log's writes (or started the job)
     pending: list[str] = field(default_factory=list)  # id, name, data, text of each unwritten event
     written: str = "0-0"  # the newest id Redis holds
+    sent: int = 0  # events[:sent] are in Redis (the rest are pending)
+    visible: int = 0  # the events readers are given: those Redis holds, or all while Redis is away
+    held: bool = False  # Redis is away: the batch is held, and readers get every event at once
     flushing: asyncio.Task[None] | None = None
     status: Status = "open"
     error: BaseException | None = None  # Redis was away for longer than the claim lives
@@ -69,9 +73,15 @@ class LocalLog:
             self.seq += 1
         return f"{self.ms}-{self.seq}"
 
-    def push(self, event: LogEvent) -> None:
+    def push(self, event: LogEvent, *, show: bool = True) -> None:
         self.events.append(event)
-        self.wake()
+        if show:
+            self.show(len(self.events))
+
+    def show(self, upto: int) -> None:
+        if upto > self.visible:
+            self.visible = upto
+            self.wake()
 
     def wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -90,10 +100,10 @@ class LocalLog:
         i = 0
         if after is not None:
             mark = stream_order(after)
-            while i < len(self.events) and stream_order(self.events[i].id) <= mark:
+            while i < self.visible and stream_order(self.events[i].id) <= mark:
                 i += 1
         while True:
-            while i < len(self.events):
+            while i < self.visible:
                 event = self.events[i]
                 i += 1
                 yield event
@@ -145,7 +155,17 @@ class LocalLogs:
         events = [LogEvent(event_id, fields["n"], fields["d"]) for event_id, fields in entries]
         ms, seq = stream_order(events[-1].id)
         tokens = sum(1 for event in events if event.name == "token")
-        self._logs[job_id] = LocalLog(job_id, events, ms, seq, tokens, self._clock(), written=events[-1].id)
+        self._logs[job_id] = LocalLog(
+            job_id,
+            events,
+            ms,
+            seq,
+            tokens,
+            self._clock(),
+            written=events[-1].id,
+            sent=len(events),
+            visible=len(events),
+        )
 
     def add(self, job_id: str, name: str, data: str, text: str = "") -> LogEvent | None:
         """Append one event of the run: its id now, Redis later. None if the job takes no more from
@@ -161,7 +181,7 @@ class LocalLogs:
             return None
         event = LogEvent(local.next_id(int(self._wall() * 1000)), name, data)
         local.pending += (event.id, name, data, text)
-        local.push(event)
+        local.push(event, show=local.held)
         if local.flushing is None:
             local.flushing = asyncio.create_task(self._flush(local))
         return event
@@ -194,6 +214,8 @@ class LocalLogs:
                 )
             except (StateUnavailable, RedisError) as exc:
                 local.pending[:0] = batch  # held, ahead of what came meanwhile
+                local.held = True  # the local readers stream on without Redis
+                local.show(len(local.events))
                 if self._clock() >= self.alive_until(local):
                     local.error = exc if isinstance(exc, StateUnavailable) else StateUnavailable(str(exc))
                     log.warning("task_state_backend_gone", job_id=local.job_id, held=len(batch) // 4)
@@ -207,8 +229,12 @@ class LocalLogs:
                 log.info("task_events_written", job_id=local.job_id, after_attempts=failures + 1)
                 failures = 0
             local.reached = self._clock()
-            local.written = batch[-4]
-            if int(reply) < 0:
+            if int(reply) > 0:  # Redis holds them: the readers get them
+                local.held = False
+                local.written = batch[-4]
+                local.sent += len(batch) // 4
+                local.show(local.sent)
+            elif int(reply) < 0:
                 self.lose(local.job_id)
             elif int(reply) == 0:
                 local.status = "closed"

@@ -63,6 +63,12 @@ class SharedState(Protocol):
         the backend, the recorded state of every pool (its drain, if any, and its model)."""
         ...
 
+    async def exchange_outlook(self, mine: str, max_age_s: float) -> list[str]:
+        """Publish this replica's outlook (what it measured and what it runs, as JSON) and return every
+        replica's that is younger than `max_age_s`, this one's included: each replica predicts from
+        the same measurements and sees the others' running jobs."""
+        ...
+
     async def take_rate(self, tenant: str, rate: float, burst: int) -> float:
         """One request of `tenant`'s token bucket, shared by all replicas: 0 if granted, else the
         seconds until one would be."""

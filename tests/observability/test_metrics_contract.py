@@ -19,7 +19,8 @@ VLLM = {"engine": "vllm", "engine_version": VERSION, "pool_id": "vpool"}
 # Refusals of a request that never became a job (REQUEST_TIMEOUT: its body did not arrive in time).
 # STATE_LOST: a job Redis lost has no record left to end; its runner logs `task_state_lost`.
 NOT_JOB_OUTCOMES = {"NOT_FOUND", "UNAUTHORIZED", "FORBIDDEN", "METHOD_NOT_ALLOWED", "CONFLICT",
-                    "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "REQUEST_TIMEOUT", "STATE_LOST"}  # fmt: skip
+                    "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "REQUEST_TIMEOUT",
+                    "STATE_LOST"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
