@@ -17,7 +17,8 @@ Redis away: a batch that cannot be written is held and tried again while the run
 to its local readers, who then get each event at once, for as long as the job's claim lives
 (`lease_ttl_s` from the last time this instance reached Redis); past that another replica may have
 reaped the job, and the run gets `StateUnavailable` with its next event. The job gone from Redis
-(restarted empty, keys evicted): the local log ends with a retriable `STATE_LOST` error, and the run learns it with its next event.
+(restarted empty, keys evicted): the local log ends with a retriable `STATE_LOST` error, and the run
+learns it with its next event.
 """
 
 from __future__ import annotations
