@@ -39,6 +39,7 @@ class JobResult:
     predicted_start_ms: int | None = None
     queue_time_ms: int | None = None
     tokens_out: int | None = None
+    retry_after_ms: int | None = None  # a refusal's hint (its body's retry_after_ms)
     error: str | None = None
 
     @property
@@ -76,21 +77,32 @@ def engine_body(max_tokens: int) -> bytes:
 
 
 async def through_orchestrator(
-    client: Client, max_tokens: int, limit_s: float = 120.0, reader: Client | None = None
+    client: Client,
+    max_tokens: int,
+    limit_s: float = 120.0,
+    reader: Client | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    **body: Any,
 ) -> JobResult:
-    """POST /v1/tasks, then GET its stream until the terminal event (through `reader`, another
-    replica of the deployment, when given)."""
+    """POST /v1/tasks (with `body`'s fields besides max_tokens), then GET its stream until the
+    terminal event (through `reader`, another replica of the deployment, when given)."""
     result = JobResult(time.perf_counter(), expected=max_tokens)
     try:
-        answer = await client.request("POST", "/v1/tasks", task_body(max_tokens), limit_s=limit_s)
+        posted = task_body(max_tokens, **body)
+        answer = await client.request("POST", "/v1/tasks", posted, headers=headers, limit_s=limit_s)
         result.sent_at, result.status, result.answered_at = answer.sent_at, answer.status, answer.done_at
         assert isinstance(answer.sink, BufferSink)
         if answer.status != 202:
+            if answer.status == 429:
+                result.retry_after_ms = orjson.loads(answer.sink.body).get("retry_after_ms")
             return result
         admission = orjson.loads(answer.sink.body)
         result.predicted_start_ms = admission["predicted_start_ms"]
         stream = TaskStream()
-        await (reader or client).request("GET", admission["sse_url"], sink=stream, limit_s=limit_s)
+        await (reader or client).request(
+            "GET", admission["sse_url"], sink=stream, headers=headers, limit_s=limit_s
+        )
     except (HTTPError, OSError, TimeoutError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         return result

@@ -136,10 +136,15 @@ def test_overload_gets_429s_and_admits_some_jobs(results: dict[str, Any]) -> Non
 
 
 def test_prediction_pairs_predicted_and_measured_starts(results: dict[str, Any]) -> None:
-    p = results["prediction"]["prediction"]
-    assert p["all_jobs"]["jobs"] == len(p["pairs_ms"]) > 0
-    assert p["all_jobs"]["mae_ms"] >= 0
-    assert all(pred >= 0 and measured > 0 for pred, measured in p["pairs_ms"])
+    doc = results["prediction"]
+    assert doc["levels"], "at least one load level"
+    for row in doc["levels"].values():
+        p = row["prediction"]
+        assert p["all_jobs"]["jobs"] == len(p["pairs_ms"]) > 0
+        assert p["all_jobs"]["mae_ms"] >= 0 and p["all_jobs"]["p90_abs_ms"] >= 0
+        assert all(pred >= 0 and measured > 0 for pred, measured in p["pairs_ms"])
+    hint = doc["retry_hint"]
+    assert hint["requests"] > 0 and hint["admitted_on_first_retry"] <= hint["refused_with_hint"]
 
 
 def test_profile_has_samples_of_the_orchestrator(results: dict[str, Any]) -> None:
