@@ -339,6 +339,15 @@ def prediction_section(doc: dict[str, Any]) -> list[str]:
         f"{h['refused_with_hint']} clients refused with a hint waited it and retried; "
         f"{h['admitted_on_first_retry']} were admitted (share {fmt(h['admitted_share'])}, target 0.9); "
         f"median hint {fmt(h['hint_ms_p50'])} ms.",
+        "",
+        "Jain's fairness index over the two tenants (orchestratord's `fairness_jain_index` after each "
+        "level): "
+        + "; ".join(
+            f"{level}: requests {fmt(row['fairness_jain_index'].get('requests'), 3)}, "
+            f"tokens {fmt(row['fairness_jain_index'].get('tokens'), 3)}"
+            for level, row in doc["levels"].items()
+        )
+        + ".",
     ]
 
 

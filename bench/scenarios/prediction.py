@@ -8,7 +8,9 @@ also teaches orchestratord its rates); then jobs arrive at each factor of it, so
 queue stays short and above it a queue builds up. The error is reported for every job and for those
 that had to wait (predicted or measured start above 0): mean absolute error in ms and as a percentage
 of the mean measured start, its 90th percentile, and the mean signed error (bias: > 0 means late
-predictions, i.e. jobs started sooner than announced).
+predictions, i.e. jobs started sooner than announced); and orchestratord's own Jain's fairness index
+over the two tenants' weighted shares (`fairness_jain_index`, by requests and by tokens, over its
+window), scraped after each level.
 
 The hint: a second run with a short queue (`2 x slots`) at twice the capacity; every client refused
 with 429 waits its `retry_after_ms` and tries once more. Reported: how many of those retries were
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.client import Client
+from bench.client import BufferSink, Client
 from bench.load import JobResult, closed_loop, open_loop, through_orchestrator
 from bench.procs import EngineSpec, OrchestratorSpec, running, scratch_dir
 from bench.results import Context
@@ -126,6 +128,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                 "offered_per_s": round(capacity * factor, 1),
                 **outcome(results),
                 "prediction": honesty(results),
+                "fairness_jain_index": await jain(client),
             }
             await asyncio.sleep(1.0)  # the queue drains between levels
         client.close()
@@ -138,6 +141,18 @@ async def run(ctx: Context) -> dict[str, Any]:
         "retry_hint": await hint(ctx, load, engine, capacity),
         "targets": [],
     }
+
+
+async def jain(client: Client) -> dict[str, float]:
+    """orchestratord's `fairness_jain_index` gauge (over its window) for the two tenants, per unit."""
+    answer = await client.request("GET", "/metrics")
+    assert isinstance(answer.sink, BufferSink)
+    found: dict[str, float] = {}
+    for line in answer.sink.body.decode().splitlines():
+        if line.startswith("fairness_jain_index{"):
+            labels, _, value = line.rpartition(" ")
+            found[labels.split('unit="')[1].split('"')[0]] = round(float(value), 4)
+    return found
 
 
 async def hint(ctx: Context, load: Load, engine: EngineSpec, capacity: float) -> dict[str, Any]:

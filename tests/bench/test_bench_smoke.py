@@ -142,6 +142,7 @@ def test_prediction_pairs_predicted_and_measured_starts(results: dict[str, Any])
         p = row["prediction"]
         assert p["all_jobs"]["jobs"] == len(p["pairs_ms"]) > 0
         assert p["all_jobs"]["mae_ms"] >= 0 and p["all_jobs"]["p90_abs_ms"] >= 0
+        assert 0 < row["fairness_jain_index"]["requests"] <= 1
         assert all(pred >= 0 and measured > 0 for pred, measured in p["pairs_ms"])
     hint = doc["retry_hint"]
     assert hint["requests"] > 0 and hint["admitted_on_first_retry"] <= hint["refused_with_hint"]
