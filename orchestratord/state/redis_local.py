@@ -258,9 +258,9 @@ class LocalLogs:
         local = self._logs.pop(job_id, None)
         if local is None:
             return
-        if terminal is not None:
+        if terminal is not None:  # Redis holds everything before it (`finish` settles first)
             local.written = terminal.id
-            local.events.append(terminal)
+            local.push(terminal)
         if local.status == "open":
             local.status = "closed"
         local.wake()
