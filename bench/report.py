@@ -12,7 +12,10 @@ from typing import Any
 from bench.report_plots import plot_throughput, plot_ttft
 from bench.results import latest
 
-ORDER = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile", "redis", "guidellm")
+ORDER = (
+    "ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile", "redis", "guidellm",
+    "memory",
+)  # fmt: skip
 
 
 def fmt(value: Any, digits: int = 1) -> str:
@@ -456,7 +459,41 @@ def guidellm_section(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def _mb_steps(values: list[float]) -> str:
+    return " / ".join(fmt(v) for v in values)
+
+
+def memory_section(doc: dict[str, Any]) -> list[str]:
+    load = doc["config"]["load"]
+    head = ["variant", "idle", "after each round", "after its retention", "then gc.collect()",
+            "then malloc_trim(0)", "CPU ms/job"]  # fmt: skip
+    rows = [
+        [row["variant"], row["idle_mb"], _mb_steps(row["loaded_mb"]), _mb_steps(row["after_retention_mb"]),
+         row["after_gc_mb"], row["after_trim_mb"], _mb_steps(row["cpu_ms_per_job"])]
+        for row in doc["summary"]
+    ]  # fmt: skip
+    shipped = next((v for v in doc["variants"] if v["trim"]), None)
+    trims = shipped["trims_logged"] if shipped else []
+    cost = ", ".join(f"{t['took_ms']} ms ({t['jobs']} jobs, {t['rss_before_mb']} → {t['rss_after_mb']} MB)"
+                     for t in trims)  # fmt: skip
+    return [
+        "## 8. Memory given back",
+        "",
+        doc["description"],
+        "",
+        f"{load['jobs']:,} {doc['config']['tokens_per_job']}-token jobs per round at concurrency "
+        f"{load['concurrency']}, `stream.retention_s` {fmt(load['retention_s'])}; RSS in MB. The shipped "
+        f"variant's last column is its RSS {fmt(load['trim_interval_s'])} s after the retention (its own "
+        "trims come at most `memory.trim_interval_s` apart).",
+        "",
+        *table(head, rows),
+        f"orchestratord's own trims (shipped variant): {cost or 'none'}.",
+        "",
+    ]
+
+
 SECTIONS = {
+    "memory": memory_section,
     "redis": redis_section,
     "ttft": ttft_section,
     "jobs": jobs_section,

@@ -35,6 +35,7 @@ from orchestratord.housekeeping import Housekeeper
 from orchestratord.idempotency import Idempotency
 from orchestratord.jobs import JobControl
 from orchestratord.logs import get_logger
+from orchestratord.memory import HeapTrim, malloc_trim
 from orchestratord.metrics import Metrics, hashed_tenant
 from orchestratord.outlook import Outlook
 from orchestratord.placing import Placer
@@ -116,6 +117,14 @@ def build_store(settings: Settings) -> StateStore:
     return MemoryStore(queue_policy(settings), retention_s=settings.stream.retention_s)
 
 
+def build_heap_trim(settings: Settings, store: StateStore) -> HeapTrim | None:
+    """Memory held by the embedded backend's retention goes back to the system after its purge; with
+    shared state, retention lives in Redis, not here."""
+    if store.shared is not None or settings.memory.trim_interval_s == 0:
+        return None
+    return HeapTrim(malloc_trim(), interval_s=settings.memory.trim_interval_s)
+
+
 def tenant_label(settings: Settings) -> Callable[[str], str]:
     """Tenant names appear in metric labels as they are only where /metrics is as protected as the
     rest of the API (it needs a key, or there are no keys at all); an open /metrics beside keyed
@@ -140,6 +149,7 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     housekeeper = Housekeeper(
         store, outlook, endings, metrics, reachability, shared=store.shared,
         max_wait_s=settings.queue.max_wait_s, unready_limit_s=settings.queue.unready_limit_s,
+        heap=build_heap_trim(settings, store),
     )  # fmt: skip
     placer = Placer(registry, outlook, endings, metrics, hooks=control.gate, shared=store.shared)
     execution = Execution(

@@ -1,6 +1,7 @@
 """Periodic work beside dispatch: dead replicas' jobs, deadlines, queued jobs no pool can take any
-more, queue positions and gauges, retention. The dispatch loop runs it every tick; it is handed the
-state it needs (the store's roles, the outlook, the way jobs end), never the dispatcher."""
+more, queue positions and gauges, retention (and giving back the memory it held). The dispatch loop
+runs it every tick; it is handed the state it needs (the store's roles, the outlook, the way jobs
+end), never the dispatcher."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from orchestratord.core.route import Route
 from orchestratord.endings import Endings
 from orchestratord.errors import DEFAULT_RETRY_AFTER_MS, DeadlineUnmet, PoolUnavailable, StateUnavailable
 from orchestratord.logs import get_logger
+from orchestratord.memory import HeapTrim
 from orchestratord.metrics import Metrics
 from orchestratord.outlook import Outlook
 from orchestratord.reachability import Reachability
@@ -52,6 +54,7 @@ class Housekeeper:
         shared: SharedState | None = None,
         max_wait_s: Mapping[str, float] | None = None,
         unready_limit_s: float | None = None,
+        heap: HeapTrim | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -63,6 +66,7 @@ class Housekeeper:
         self._metrics = metrics
         self._reachability = reachability
         self._shared = shared
+        self._heap = heap
         self._clock = clock
         self._wall = wall
         self._published: dict[str, _Published] = {}
@@ -82,7 +86,9 @@ class Housekeeper:
             await self.end_unservable()  # a safety net: drains and reloads end these at once
             await self.end_stuck()
             await self._publish_positions()
-            await self._store.purge(self._wall())
+            purged = await self._store.purge(self._wall())
+            if self._heap is not None:
+                self._heap.purged(purged)
         except StateUnavailable:
             self._reachability.report(False)
         except Exception:  # task root

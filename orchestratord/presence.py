@@ -56,6 +56,8 @@ class Presence:
 
         def due() -> None:
             self._timers.discard(handle)
+            if not self._timers:
+                self._timers.clear()  # an empty set keeps the table a burst grew; clear() frees it
             task = loop.create_task(self._check(job_id, require_attached))
             self._checks.add(task)
             task.add_done_callback(self._checks.discard)

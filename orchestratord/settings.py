@@ -177,6 +177,12 @@ class StreamConfig(_Strict):
     send_timeout_s: float = Field(default=30.0, gt=0)  # a client that takes no bytes this long is cut off
 
 
+class MemoryConfig(_Strict):
+    # After purges freed at least 100 finished jobs, give the heap's free pages back to the system
+    # (glibc's malloc_trim), at most this often; 0: never. Embedded backend only (docs/operations.md)
+    trim_interval_s: float = Field(default=60.0, ge=0)
+
+
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     max_tokens: int = Field(default=8192, ge=1)
@@ -352,6 +358,7 @@ class Settings(BaseSettings):
     queue: QueueConfig = Field(default_factory=QueueConfig)
     tenants: list[TenantConfig] = Field(default_factory=list)
     stream: StreamConfig = Field(default_factory=StreamConfig)
+    memory: MemoryConfig = Field(default_factory=MemoryConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)

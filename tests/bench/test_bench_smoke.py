@@ -5,6 +5,7 @@ numbers themselves belong to bench/results (no timing thresholds in tests)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -202,3 +203,24 @@ def test_summary_and_plots_are_written(results: dict[str, Any]) -> None:
     assert "## Targets (issue 9 §4)" in summary and "## 1. Time to first token added" in summary
     for png in ("ttft_overhead.png", "throughput.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_memory_runs_only_by_name_and_its_probe_answers() -> None:
+    """The memory scenario waits out each round's retention (minutes), so `all` leaves it out; one of
+    its variants at smoke scale: orchestratord under the probe, the allocators' figures at each step,
+    gc.collect() and malloc_trim(0) by hand, and the summary's section from them."""
+    from bench.__main__ import SCENARIOS
+    from bench.report import memory_section
+    from bench.scenarios.memory import SMOKE, Variant, measure, summary_row
+
+    assert "memory" not in SCENARIOS
+    variant = asyncio.run(measure(SMOKE, Variant("no trim", rounds=2), REPO))
+    assert [r["completed"] for r in variant["rounds"]] == [SMOKE.jobs] * 2
+    for step in (variant["idle"], *(r[k] for r in variant["rounds"] for k in ("loaded", "after_retention"))):
+        assert 10 < step["rss_outside_mb"] < 4096 and step["gc_tracked_objects"] > 0
+        assert step["glibc"] is None or step["glibc"]["in_use_mb"] > 0
+    assert [a["action"] for a in variant["by_hand"]] == ["gc", "trim"]
+    assert variant["by_hand"][0]["collected"] >= 0 and variant["by_hand"][1]["took_ms"] >= 0
+    doc = {"config": {"load": SMOKE.__dict__, "tokens_per_job": 50}, "description": "d",
+           "summary": [summary_row(variant)], "variants": [variant]}  # fmt: skip
+    assert "| no trim |" in "\n".join(memory_section(doc))
