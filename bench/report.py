@@ -351,6 +351,7 @@ def prediction_section(doc: dict[str, Any]) -> list[str]:
             for level, row in doc["levels"].items()
         )
         + ".",
+        "",
     ]
 
 
