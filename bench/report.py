@@ -326,12 +326,12 @@ def prediction_section(doc: dict[str, Any]) -> list[str]:
         *table(
             [
                 "load",
-                "jobs",
+                "which jobs",
                 "complete",
                 "n",
                 "MAE ms",
                 "MAE %",
-                "p90 |error| ms",
+                "p90 abs error ms",
                 "bias ms",
                 "mean start ms",
             ],
