@@ -403,7 +403,7 @@ class Admission:
         )
         self._presence.admitted(spec.job_id)
         self._wake()
-        backoff = 0 if predicted is None else predicted
+        backoff = self._outlook.backoff(key, predicted, spec.tokens_in_estimate)
         engine, version, pool_id = self._outlook.labels(key)
         self._metrics.tasks_enqueued.labels(
             engine=engine, engine_version=version, pool_id=pool_id, replica_id=NONE, priority=spec.priority

@@ -82,5 +82,6 @@ class Idempotency:
             if entry.job_id == job_id:
                 position = await self._store.position(job_id) or 0
                 predicted = self._outlook.predict(entry.route, position)
-                return AdmissionResult(job_id, position, predicted, predicted or 0)
+                backoff = self._outlook.backoff(entry.route, predicted, entry.tokens_in)
+                return AdmissionResult(job_id, position, predicted, backoff)
         return AdmissionResult(job_id, 0, 0, 0)

@@ -149,6 +149,16 @@ class Outlook:
     def predict(self, route: Route, position: int) -> int | None:
         return predict_start_ms(position, self.capacity(route))
 
+    def backoff(self, route: Route, predicted_ms: int | None, tokens_in: int) -> int:
+        """How long a client that polls the job's status (rather than reading its stream) should wait
+        before its first poll: the predicted start plus the expected time to its first token on the
+        pools serving it (their measured rates); 0 while neither is known."""
+        pools = serving_pools(route, self._snapshots)
+        work = Work(tokens_in, 1, 1)
+        firsts = [s for p in pools if (s := self._rates.service(p.pool_id, work)) is not None]
+        first_ms = round(sum(firsts) / len(firsts) * 1000) if firsts else 0
+        return (predicted_ms or 0) + first_ms
+
     def down_for(self, route: Route) -> tuple[float, str]:
         """How long no replica of the pools serving `route` (not draining) could take its job, and the
         replicas' last errors; (0, "") while one can."""

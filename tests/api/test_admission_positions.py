@@ -101,3 +101,24 @@ def test_predicted_start_is_in_a_sane_range_of_the_real_start(
         # Loose: the benchmark measures the error; here the model must only be of the right size.
         assert predicted > 0
         assert abs(predicted - actual) <= 0.5 * actual + 300, (job["queue_position"], predicted, actual)
+
+
+def test_backoff_is_when_a_polling_client_finds_the_first_token(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """`backoff_ms` in the 202: the predicted start plus the first token's measured time (the mock
+    engine's 1 s here), not a copy of the predicted start; 0 before anything is measured."""
+    server = make_server(pools=[POOL])
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        first = post(client)
+        assert first["backoff_ms"] == 0 and first["predicted_start_ms"] == 0
+        assert read_events(client, first["sse_url"])[-1].event == "end"
+        free = post(client)  # the slot is free: starts now, its first token after about 1 s
+        assert free["predicted_start_ms"] == 0
+        assert 0.9 * SERVICE_S * 1000 <= free["backoff_ms"] <= 1.5 * SERVICE_S * 1000, free
+        behind = post(client)  # waits for the job before it
+        assert behind["predicted_start_ms"] > 0
+        gap = behind["backoff_ms"] - behind["predicted_start_ms"]
+        assert 0.9 * SERVICE_S * 1000 <= gap <= 1.5 * SERVICE_S * 1000, behind
+        for job in (free, behind):
+            assert read_events(client, job["sse_url"])[-1].event == "end"
