@@ -151,7 +151,10 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         max_wait_s=settings.queue.max_wait_s, unready_limit_s=settings.queue.unready_limit_s,
         heap=build_heap_trim(settings, store),
     )  # fmt: skip
-    placer = Placer(registry, outlook, endings, metrics, hooks=control.gate, shared=store.shared)
+    placer = Placer(
+        registry, outlook, endings, metrics,
+        hooks=control.gate, shared=store.shared, holdback=settings.queue.holdback,
+    )  # fmt: skip
     execution = Execution(
         store, registry, adapters, metrics, runs=runs, outlook=outlook, endings=endings, placer=placer,
         config=RunConfig(metrics_interval_s=settings.stream.metrics_interval_s),
@@ -164,6 +167,7 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         config=DispatchConfig(
             tenant_max_concurrent={t.id: t.max_concurrent for t in settings.tenants if t.max_concurrent},
             heartbeat_s=settings.redis.heartbeat_s,
+            holdback=settings.queue.holdback,
         ),
         shared=store.shared,
     )  # fmt: skip

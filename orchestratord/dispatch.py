@@ -52,6 +52,7 @@ class DispatchConfig:
     tick_s: float = 0.25
     tenant_max_concurrent: Mapping[str, int] = field(default_factory=dict)
     heartbeat_s: float = 2.0  # lease renewal; a shared backend's lease TTL is a few heartbeats
+    holdback: float = 0.0  # the share of each pool's slots kept for interactive jobs
     cancel_timeout_s: float = 5.0  # longest wait for an engine to take a cancel
 
 
@@ -141,7 +142,10 @@ class Dispatcher:
             async with self._placer.exclusive():
                 snapshots = await self._outlook.refresh()
                 await self._housekeeper.expire()  # a job past its deadline is never taken
-                entry = await self._store.take(partial(_servable, snapshots), self._tenant_ok)
+                batch = (
+                    partial(_servable, snapshots, self._config.holdback) if self._config.holdback else None
+                )
+                entry = await self._store.take(partial(_servable, snapshots, 0.0), self._tenant_ok, batch)
                 if entry is None:
                     return
                 await self._dispatch(entry, snapshots)
@@ -241,5 +245,5 @@ def _entry_fields(entry: QueueEntry, record: JobRecord | None) -> dict[str, Any]
     return {"job_id": entry.job_id, "tenant": entry.tenant, "priority": entry.priority, "tokens_out": 0}
 
 
-def _servable(snapshots: Sequence[PoolSnapshot], route: Route) -> bool:
-    return can_serve(route, snapshots)
+def _servable(snapshots: Sequence[PoolSnapshot], holdback: float, route: Route) -> bool:
+    return can_serve(route, snapshots, holdback)

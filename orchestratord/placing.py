@@ -50,7 +50,9 @@ class Placer:
         *,
         hooks: PlacementHooks | None = None,
         shared: SharedState | None = None,
+        holdback: float = 0.0,
     ) -> None:
+        self._holdback = holdback  # the share of each pool's slots a batch job may not take
         self._registry = registry
         self._outlook = outlook
         self._endings = endings
@@ -78,6 +80,7 @@ class Placer:
             spec.placement,
             affinity=affinity,
             tokens_out=spec.max_tokens,
+            holdback=self._holdback if spec.priority == "batch" else 0.0,
         )
         decision = decide(req, usable)
         self._count(decision)

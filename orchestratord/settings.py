@@ -138,6 +138,9 @@ class QueueConfig(_Strict):
     # A queued job whose model no replica has been able to serve for this long ends with a retriable
     # POOL_UNAVAILABLE, and admission answers 503 at once for that model until a replica is back.
     unready_limit_s: float = Field(default=120.0, gt=0)
+    # The share of each pool's slots kept for interactive jobs: a batch job takes a slot only while more
+    # than floor(holdback x the pool's slots) are free (0: off).
+    holdback: float = Field(default=0.0, ge=0, lt=1)
 
     @field_validator("max_wait_s")
     @classmethod

@@ -8,6 +8,7 @@ would assign the job a slot.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from orchestratord.core.prediction import Capacity, ServiceTimes
@@ -20,8 +21,15 @@ def serving_pools(route: Route, pools: Sequence[PoolSnapshot]) -> list[PoolSnaps
     return [p for p in pools if route.model in p.models and not p.draining and route.admits(p.pool_id)]
 
 
-def can_serve(route: Route, pools: Sequence[PoolSnapshot]) -> bool:
-    return any(p.slots_free > 0 for p in serving_pools(route, pools))
+def held_back(pool: PoolSnapshot, holdback: float) -> int:
+    """The slots of `pool` kept for interactive work: `floor(holdback x its usable slots)`."""
+    return math.floor(holdback * pool.slots_total + 1e-9)
+
+
+def can_serve(route: Route, pools: Sequence[PoolSnapshot], holdback: float = 0.0) -> bool:
+    """Whether a free slot serves `route` now; for a batch job (`holdback` > 0), one that is not kept
+    for interactive work."""
+    return any(p.slots_free > held_back(p, holdback) for p in serving_pools(route, pools))
 
 
 def unservable(

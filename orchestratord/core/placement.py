@@ -8,6 +8,7 @@ tie-break.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -25,6 +26,7 @@ class PlacementRequest:
     affinity: tuple[str, str] | None = None  # (pool_id, replica_id) that served the session before
     device_mask: str | None = None
     tokens_out: int = 0  # the task's max_tokens: a pool's max_tokens_out must allow it
+    holdback: float = 0.0  # a batch job: the share of each pool's slots it may not take
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,10 @@ def decide(req: PlacementRequest, pools: Sequence[PoolSnapshot]) -> Assigned | N
     allowed, _ = allowed_pools(req.prefs, [p.pool_id for p in pools])
     filtered: list[tuple[str, str]] = []
     eligible = [p for p in pools if _pool_ok(p, req, allowed, filtered)]
-    free = [(p, r) for p in eligible for r in p.replicas if _replica_ok(p, r, req.model, filtered)]
+    free = [
+        (p, r) for p in eligible for r in p.replicas
+        if _replica_ok(p, r, req.model, filtered) and _not_held_back(p, r, req.holdback, filtered)
+    ]  # fmt: skip
     candidates = tuple(f"{p.pool_id}/{r.replica_id}" for p, r in free)
     if not free:
         return _no_capacity(req, pools, eligible, filtered, candidates, pinned)
@@ -139,6 +144,13 @@ def _score(
 ) -> tuple[int, float, int, str, str]:
     affine = 0 if affinity == (p.pool_id, r.replica_id) else 1
     return (affine, r.load, -r.slots_free, p.pool_id, r.replica_id)
+
+
+def _not_held_back(p: PoolSnapshot, r: ReplicaSnapshot, holdback: float, out: list[tuple[str, str]]) -> bool:
+    if holdback > 0 and p.slots_free <= math.floor(holdback * p.slots_total + 1e-9):
+        out.append((f"{p.pool_id}/{r.replica_id}", "its free slots are held back for interactive work"))
+        return False
+    return True
 
 
 def _no_capacity(

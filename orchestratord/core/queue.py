@@ -233,15 +233,20 @@ class FairQueue:
         return entry
 
     def take(
-        self, can_serve: Callable[[Route], bool], tenant_ok: Callable[[str], bool] = lambda _: True
+        self,
+        can_serve: Callable[[Route], bool],
+        tenant_ok: Callable[[str], bool] = lambda _: True,
+        batch_can_serve: Callable[[Route], bool] | None = None,
     ) -> QueueEntry | None:
-        """Dispatch the job with the smallest flow tag among those a free slot can serve (rule 3)."""
+        """Dispatch the job with the smallest flow tag among those a free slot can serve (rule 3); a
+        batch job only where `batch_can_serve` (slots held back for interactive work), if given."""
         servable = _memo(can_serve)
+        batch = servable if batch_can_serve is None else _memo(batch_can_serve)
         best: tuple[tuple[float, float, int], FlowKey, str] | None = None
         for key, flow in self._flows.items():
             if flow.size == 0 or not tenant_ok(key[0]):
                 continue
-            head = self._flow_head(flow, servable)
+            head = self._flow_head(flow, batch if key[1] == "batch" else servable)
             if head is not None and (best is None or (flow.tag, head[0], head[1]) < best[0]):
                 best = ((flow.tag, head[0], head[1]), key, head[2])
         if best is None:

@@ -154,8 +154,15 @@ class JobQueue(Protocol):
     """The fair queue of admitted jobs (`core.queue` holds its rules)."""
 
     async def take(
-        self, can_serve: Callable[[Route], bool], tenant_ok: Callable[[str], bool]
-    ) -> QueueEntry | None: ...
+        self,
+        can_serve: Callable[[Route], bool],
+        tenant_ok: Callable[[str], bool],
+        batch_can_serve: Callable[[Route], bool] | None = None,
+    ) -> QueueEntry | None:
+        """The next job to run (`core.queue.FairQueue.take`): one a free slot can serve, of a tenant
+        that may run more; a batch job only where `batch_can_serve` says so, when given (slots held
+        back for interactive work)."""
+        ...
 
     async def dequeue(self, job_id: str) -> QueueEntry | None: ...
 

@@ -292,9 +292,12 @@ class MemoryStore:
 
     # -- the queue -------------------------------------------------------------------------------
     async def take(
-        self, can_serve: Callable[[Route], bool], tenant_ok: Callable[[str], bool]
+        self,
+        can_serve: Callable[[Route], bool],
+        tenant_ok: Callable[[str], bool],
+        batch_can_serve: Callable[[Route], bool] | None = None,
     ) -> QueueEntry | None:
-        return self.queue.take(can_serve, tenant_ok)
+        return self.queue.take(can_serve, tenant_ok, batch_can_serve)
 
     async def dequeue(self, job_id: str) -> QueueEntry | None:
         return self.queue.remove(job_id)

@@ -367,7 +367,10 @@ class RedisStore:
 
     # -- the queue -------------------------------------------------------------------------------
     async def take(
-        self, can_serve: Callable[[Route], bool], tenant_ok: Callable[[str], bool]
+        self,
+        can_serve: Callable[[Route], bool],
+        tenant_ok: Callable[[str], bool],
+        batch_can_serve: Callable[[Route], bool] | None = None,
     ) -> QueueEntry | None:
         keys, tenants = await self._scripts.pipeline(
             [("HKEYS", self._key("q:keys")), ("HKEYS", self._key("q:tenants"))]
@@ -376,9 +379,13 @@ class RedisStore:
         allowed = [t for t in tenants if tenant_ok(t)]
         if not servable or not allowed:
             return None
-        stored = await self._scripts.run(
-            "take", self.owner, self._ttl_ms, self._weights, _json(servable), _json(allowed), self._limits
+        batch = (
+            servable if batch_can_serve is None else [k for k in servable if batch_can_serve(Route.decode(k))]
         )
+        stored = await self._scripts.run(
+            "take", self.owner, self._ttl_ms, self._weights, _json(servable), _json(allowed), self._limits,
+            _json(batch),
+        )  # fmt: skip
         return None if stored is None else _entry(stored)
 
     async def dequeue(self, job_id: str) -> QueueEntry | None:

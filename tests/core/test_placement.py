@@ -206,3 +206,16 @@ def test_a_replica_is_offered_only_the_models_its_engine_lists_now() -> None:
     renamed = pool("p", replace(replica("a"), serves=frozenset({"org/Qwen-7B"})), engine_model="org/Qwen-7B")
     assert isinstance(decide(req("m"), [renamed]), Assigned)  # the pool's engine name is the one looked up
     assert isinstance(decide(req("m"), [pool("p", replica("a"))]), Assigned)  # lists nothing: serves it
+
+
+def test_a_batch_job_never_takes_the_slots_held_back_for_interactive_work() -> None:
+    """`queue.holdback` 0.25 of 8 slots keeps 2: with 2 free a batch job waits (busy, not invalid),
+    an interactive one is placed; with 3 free the batch job gets one, on the pool that has them."""
+    tight, roomy = pool("a", replica("r0", free=2, total=8)), pool("b", replica("r0", free=3, total=8))
+    batch = replace(req(), holdback=0.25)
+    held = decide(batch, [tight])
+    assert isinstance(held, NoCapacity) and held.kind == "busy"
+    assert any("held back for interactive work" in why for _, why in held.log.filtered)
+    assert isinstance(decide(req(), [tight]), Assigned)
+    placed = decide(batch, [tight, roomy])
+    assert isinstance(placed, Assigned) and placed.pool_id == "b"

@@ -202,3 +202,14 @@ def test_prospective_position_counts_what_would_go_first() -> None:
     assert prospective_position(queued, policy, entry("other", model="x")) == 0
     late_batch = entry("lb", priority="batch")
     assert prospective_position(queued, policy, late_batch) == 20 + 3
+
+
+def test_with_slots_held_back_batch_flows_are_skipped_and_interactive_ones_taken() -> None:
+    q = FairQueue()
+    q.enqueue(entry("b1", priority="batch"))
+    assert q.take(lambda _: True, batch_can_serve=lambda _: False) is None, "only held-back slots free"
+    q.enqueue(entry("i1"))
+    taken = q.take(lambda _: True, batch_can_serve=lambda _: False)
+    assert taken is not None and taken.job_id == "i1"
+    taken = q.take(lambda _: True, batch_can_serve=lambda _: True)
+    assert taken is not None and taken.job_id == "b1"

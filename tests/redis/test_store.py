@@ -331,3 +331,17 @@ async def test_a_reader_that_falls_behind_the_shared_read_loses_nothing(make_sto
     events_read = await asyncio.wait_for(reader, 10)
     tokens = [orjson.loads(e.data)["i"] for e in events_read if e.name == "token"]
     assert tokens == list(range(1, 1001)) and events_read[-1].name == "end"
+
+
+async def test_slots_held_back_for_interactive_work_skip_batch_jobs(make_store: MakeStore) -> None:
+    """The take script honours `batch_can_serve` as the embedded queue does (`queue.holdback`)."""
+    store = make_store()
+    batch = record("b1", priority="batch")
+    assert isinstance(await store.create(batch, entry("b1", priority="batch")), Admitted)
+    everything, only_held_back = (lambda key: True), (lambda key: False)
+    assert await store.take(everything, everything, only_held_back) is None, "only held-back slots are free"
+    await admit(store, "i1")
+    taken = await store.take(everything, everything, only_held_back)
+    assert taken is not None and taken.job_id == "i1"
+    taken = await store.take(everything, everything, everything)
+    assert taken is not None and taken.job_id == "b1"

@@ -2,7 +2,8 @@
 -- can serve, take the head of the flow with the smallest (tag, deadline, arrival); advance the virtual
 -- time and the flow's tag; record the claim of the orchestrator instance that took it.
 -- ARGV: prefix, owner, claim ttl (ms), policy JSON {classes, tenants}, servable routes (encoded) (JSON
--- list), allowed tenants (JSON list), tenant concurrency limits (JSON object).
+-- list), allowed tenants (JSON list), tenant concurrency limits (JSON object), the servable routes a
+-- batch job may take (JSON list: slots held back for interactive work leave some out).
 -- Returns the stored entry JSON, or nil.
 
 local owner, ttl = ARGV[2], tonumber(ARGV[3])
@@ -11,6 +12,8 @@ local servable, allowed = {}, {}
 for _, k in ipairs(cjson.decode(ARGV[5])) do servable[k] = true end
 for _, t in ipairs(cjson.decode(ARGV[6])) do allowed[t] = true end
 local limits = cjson.decode(ARGV[7])
+local batch_ok = {}
+for _, k in ipairs(cjson.decode(ARGV[8])) do batch_ok[k] = true end
 
 local function may_run(tenant)
   if not allowed[tenant] then return false end
@@ -21,7 +24,9 @@ end
 local best = nil
 for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
   local tenant, priority, route = split_pair(pair)
-  if servable[route] and may_run(tenant) then
+  local open = servable[route]
+  if priority == 'batch' then open = batch_ok[route] end
+  if open and may_run(tenant) then
     local head = redis.call('ZRANGE', K('q:z:' .. pair), 0, 0, 'WITHSCORES')
     if #head > 0 then
       local flow = tenant .. SEP .. priority
