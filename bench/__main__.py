@@ -14,7 +14,17 @@ import uvloop
 from bench.procs import REPO
 from bench.results import RESULTS, Context, save
 
-SCENARIOS = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile", "redis")
+SCENARIOS = (
+    "ttft",
+    "jobs",
+    "relay",
+    "open_streams",
+    "overload",
+    "prediction",
+    "holdback",
+    "profile",
+    "redis",
+)
 # Run only by name. guidellm installs guidellm (torch and all, about 1.5 GB) on first use, and it compares
 # load generators rather than measuring a target of its own; memory waits out each round's retention
 # (about 15 minutes at full scale).

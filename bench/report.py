@@ -13,8 +13,8 @@ from bench.report_plots import plot_throughput, plot_ttft
 from bench.results import latest
 
 ORDER = (
-    "ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile", "redis", "guidellm",
-    "memory",
+    "ttft", "jobs", "relay", "open_streams", "overload", "prediction", "holdback", "profile", "redis",
+    "guidellm", "memory",
 )  # fmt: skip
 
 
@@ -464,6 +464,37 @@ def _mb_steps(values: list[float]) -> str:
     return " / ".join(fmt(v) for v in values)
 
 
+def holdback_section(doc: dict[str, Any]) -> list[str]:
+    load = doc["config"]["load"]
+    rows = [
+        [row["holdback"], f"{row['interactive']['completed']}/{row['interactive']['requests']}",
+         row["interactive"]["ttft_ms"]["p50"], row["interactive"]["ttft_ms"]["p99"],
+         f"{row['batch']['completed']}/{row['batch']['requests']}", row["batch"]["tokens_per_s"]]
+        for row in doc["rows"]
+    ]  # fmt: skip
+    return [
+        "## Interactive work behind batch (`queue.holdback`)",
+        "",
+        " ".join(doc["description"].split()),
+        "",
+        f"{load['slots']} slots, {fmt(load['seconds'])} s per setting, interactive jobs at "
+        f"{fmt(load['interactive_per_s'])}/s:",
+        "",
+        *table(
+            [
+                "holdback",
+                "interactive complete",
+                "interactive TTFT p50 ms",
+                "p99 ms",
+                "batch complete",
+                "batch tokens/s",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
 def memory_section(doc: dict[str, Any]) -> list[str]:
     load = doc["config"]["load"]
     head = ["variant", "idle", "after each round", "after its retention", "then gc.collect()",
@@ -494,6 +525,7 @@ def memory_section(doc: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = {
+    "holdback": holdback_section,
     "memory": memory_section,
     "redis": redis_section,
     "ttft": ttft_section,

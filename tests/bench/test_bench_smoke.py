@@ -17,7 +17,17 @@ import pytest
 
 from tests.fakes.servers import REPO
 
-SCENARIOS = ("ttft", "jobs", "relay", "open_streams", "overload", "prediction", "profile", "redis")
+SCENARIOS = (
+    "ttft",
+    "jobs",
+    "relay",
+    "open_streams",
+    "overload",
+    "prediction",
+    "holdback",
+    "profile",
+    "redis",
+)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +157,14 @@ def test_prediction_pairs_predicted_and_measured_starts(results: dict[str, Any])
         assert all(pred >= 0 and measured > 0 for pred, measured in p["pairs_ms"])
     hint = doc["retry_hint"]
     assert hint["requests"] > 0 and hint["admitted_on_first_retry"] <= hint["refused_with_hint"]
+
+
+def test_holdback_measures_interactive_ttft_at_each_setting(results: dict[str, Any]) -> None:
+    rows = results["holdback"]["rows"]
+    assert [row["holdback"] for row in rows] == [0.0, 0.5]
+    for row in rows:
+        assert row["interactive"]["completed"] > 0 and row["interactive"]["ttft_ms"]["p50"] > 0
+        assert row["batch"]["completed"] > 0 and row["batch"]["tokens_per_s"] > 0
 
 
 def test_profile_has_samples_of_the_orchestrator(results: dict[str, Any]) -> None:
