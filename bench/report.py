@@ -467,7 +467,7 @@ def _mb_steps(values: list[float]) -> str:
 def holdback_section(doc: dict[str, Any]) -> list[str]:
     load = doc["config"]["load"]
     rows = [
-        [row["holdback"], f"{row['interactive']['completed']}/{row['interactive']['requests']}",
+        [f"{row['holdback']:g}", f"{row['interactive']['completed']}/{row['interactive']['requests']}",
          row["interactive"]["ttft_ms"]["p50"], row["interactive"]["ttft_ms"]["p99"],
          f"{row['batch']['completed']}/{row['batch']['requests']}", row["batch"]["tokens_per_s"]]
         for row in doc["rows"]
