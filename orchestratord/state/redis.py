@@ -283,7 +283,9 @@ class RedisStore:
 
     async def run_over(self, job_id: str) -> None:
         await self._logs.settle(job_id)
-        self._logs.end(job_id, None)  # ended here, the log has its end already and is gone
+        # Ended here, `finish` already closed the log with its end; ended elsewhere (or lost), this
+        # closes it without one and its readers go on from Redis.
+        self._logs.end(job_id, None)
 
     async def _read_shared(self, job_id: str, after: str | None) -> AsyncIterator[LogEvent]:
         key = self._key(f"log:{job_id}")
