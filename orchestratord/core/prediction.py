@@ -5,12 +5,13 @@ For the pools serving a route, with `S` usable slots of which `f` are free now a
 service time `m`:
 
 - a job with fewer than `f` jobs ahead of it starts now (0);
-- otherwise every slot frees once in its first round: a busy slot after its running job's expected
-  remaining time (`ServiceTimes.remaining`: from the pool's recent holding times longer than the
-  job's age; `m / 2` when the job's age is unknown, e.g. it runs on another orchestrator), a slot
-  that is free now after `m` (a job ahead of ours takes it first). Sorting these S times gives
-  `R[0] <= … <= R[S-1]`; the k-th release from now (k = 0, 1, …) is `R[k mod S] + (k div S) * m`,
-  and a job with `p >= f` jobs ahead starts at the release `k = p - f`.
+- otherwise the jobs ahead take the slots as they free, in order: a free slot at once, a busy slot
+  after its running job's expected remaining time (`core.work` from the job's remaining work, or
+  `ServiceTimes.remaining` from the pool's recent holding times longer than the job's age; `m / 2`
+  when nothing is known of it), and each holds its slot one mean service `m` (the mean expected
+  service of the queued work, or the pools' mean holding time). The job starts at the release after
+  theirs (`predict_start_s`: a heap of the S release times, the first 256 jobs ahead placed one by
+  one, `m / S` for each further one).
 
 Before a pool has finished a job, the age of its oldest running job stands in for the mean (a low but
 real measurement). Nothing is predicted (None) when no usable slot serves the key or nothing has been
@@ -20,6 +21,7 @@ measured at all.
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -38,11 +40,15 @@ class Capacity:
     def first_round(self) -> list[float]:
         """When each of the S slots frees in its first round, ascending (see the module docstring)."""
         assert self.mean_service_s is not None
-        mean = self.mean_service_s
+        return sorted(self.busy_releases() + [self.mean_service_s] * self.slots_free)
+
+    def busy_releases(self) -> list[float]:
+        """When each busy slot frees: its running job's expected remaining time where known, half a
+        mean service where not (a job whose age is unknown here)."""
+        assert self.mean_service_s is not None
         busy = max(0, self.slots_total - self.slots_free)
         known = list(self.releases_s[:busy])
-        unknown = [mean / 2] * (busy - len(known))
-        return sorted(known + unknown + [mean] * self.slots_free)
+        return known + [self.mean_service_s / 2] * (busy - len(known))
 
 
 class ServiceTimes:
@@ -99,15 +105,25 @@ class ServiceTimes:
         return None if not total else sum(m * n for m, n in known) / total
 
 
+SIMULATED = 256  # jobs ahead placed one by one; past them, each further one adds a mean service / S
+
+
 def predict_start_s(position: int, cap: Capacity) -> float | None:
-    """Seconds until a job with `position` jobs ahead of it (same route) is expected to start."""
+    """Seconds until a job with `position` jobs ahead of it (same route) is expected to start: the
+    jobs ahead take the slots as they free, in order, each holding its slot one mean service, and
+    the job starts at the release after theirs. (A job ahead that takes a slot early may free it
+    again before a long-running job frees its own: the k-th release is not simply the k-th of the
+    first round.)"""
     if position < cap.slots_free:
         return 0.0
     if cap.mean_service_s is None or cap.slots_total <= 0:
         return None
-    k = position - cap.slots_free
-    rounds = cap.first_round()
-    return rounds[k % len(rounds)] + (k // len(rounds)) * cap.mean_service_s
+    mean = cap.mean_service_s
+    heap = sorted([0.0] * cap.slots_free + cap.busy_releases())
+    placed = min(position, SIMULATED)
+    for _ in range(placed):
+        heapq.heapreplace(heap, heap[0] + mean)
+    return heap[0] + (position - placed) * mean / len(heap)
 
 
 def predict_start_ms(position: int, cap: Capacity) -> int | None:
