@@ -91,8 +91,7 @@ class RedisStore:
             lost=_lost_event,
             wall=wall,
         )
-        self._epoch: str | None = None  # the id of Redis's data as this instance first saw it
-        self._lost_at: float | None = None
+        self._epoch: str | None = None  # the id of Redis's data as this instance last saw it
         self._tail = Tail(
             self._reader, self._client, self._key(f"tail:{self.owner}"), round(self.options.block_s * 1000)
         )
@@ -108,6 +107,8 @@ class RedisStore:
 
     # -- job registry and admission -------------------------------------------------------------
     async def create(self, record: JobRecord, entry: QueueEntry) -> Admitted | Rejected:
+        if self._epoch is None:  # the data's epoch exists before this replica's first job
+            await self.lost_since()
         p = self.policy
         reply = await self._scripts.run(
             "create",
@@ -510,9 +511,10 @@ class RedisStore:
             return False
 
     async def lost_since(self) -> float | None:
-        """Redis's data carry an id (the `epoch` hash, made by the first replica to find none): when it
-        changes, Redis lost what it held, and the new id's `since` says from when it holds only newer
-        data."""
+        """Redis's data carry an id and the time they began (the `epoch` hash, made by the first replica
+        to find none, before it admits any job): a job issued before that time and not found was
+        held by data Redis has lost (restarted empty, or flushed). Whichever replica sees the id change
+        says so in its log."""
         _, _, (epoch, since) = await self._scripts.pipeline(
             [
                 ("HSETNX", self._key("epoch"), "id", uuid.uuid4().hex),
@@ -521,10 +523,9 @@ class RedisStore:
             ]
         )
         if self._epoch is not None and epoch != self._epoch:
-            self._lost_at = float(since)
-            log.warning("state_backend_lost_data", since=self._lost_at)
+            log.warning("state_backend_lost_data", since=float(since))
         self._epoch = epoch
-        return self._lost_at
+        return float(since)
 
     async def aclose(self) -> None:
         await self._logs.aclose()
