@@ -245,6 +245,8 @@ class RedisStore:
     async def append(self, job_id: str, name: str, data: Mapping[str, Any]) -> LogEvent | None:
         body = _json(data)
         if self._logs.get(job_id) is not None:  # a job this instance runs: its local log (redis_local)
+            if name == "started":  # dispatched before its admission announced it: `start` wrote it
+                return None
             event = self._logs.add(job_id, name, body)
             if event is not None and self._logs.backlog(job_id):
                 await self._logs.settle(job_id)

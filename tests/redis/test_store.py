@@ -345,3 +345,14 @@ async def test_slots_held_back_for_interactive_work_skip_batch_jobs(make_store: 
     assert taken is not None and taken.job_id == "i1"
     taken = await store.take(everything, everything, everything)
     assert taken is not None and taken.job_id == "b1"
+
+
+async def test_a_late_started_from_the_replica_that_runs_the_job_is_dropped(make_store: MakeStore) -> None:
+    """Admission announces `started` after `create`; this replica's own dispatcher may have taken and
+    started the job in between (its run's log is in the process then): no second `started`."""
+    store = make_store()
+    await admit(store, "j1")
+    await run_on(store, "j1")
+    assert await store.append("j1", "started", {"job_id": "j1", "queue_position": 0}) is None
+    await store.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    assert [e.name for e in await events(store, "j1")] == ["started", "end"]
