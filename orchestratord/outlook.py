@@ -29,7 +29,12 @@ MIN_SAMPLES = 10  # fewer say too little for a probability
 
 class Outlook:
     def __init__(
-        self, registry: PoolRegistry, runs: Runs, *, clock: Callable[[], float] = time.monotonic
+        self,
+        registry: PoolRegistry,
+        runs: Runs,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._registry = registry
         self._runs = runs
@@ -37,7 +42,8 @@ class Outlook:
         self._times = ServiceTimes()
         self._own = WorkRates()  # what this replica measured
         self._rates = self._own  # what it predicts from: with shared state, every replica's (`absorb`)
-        self._remote: dict[str, list[float]] = {}  # pool_id -> other replicas' runs' remaining seconds
+        self._remote: dict[str, list[float]] = {}  # pool_id -> when other replicas' runs end (wall s)
+        self._wall = wall
         self._id = uuid.uuid4().hex
         self._queued_s: dict[Route, float] = {}  # the mean expected service of each route's queued jobs
         self._snapshots: list[PoolSnapshot] = []
@@ -118,7 +124,7 @@ class Outlook:
             progress=self._runs.progress(self._clock()),
             rates=self._rates,
             queued_s=self._queued_s.get(route),
-            remote=self._remote,
+            remote=self._remote_left(),
         )
 
     # -- shared by replicas ------------------------------------------------------------------------
@@ -141,10 +147,15 @@ class Outlook:
         for part in parts:
             if part.get("id") == self._id:
                 continue
-            elapsed = max(0.0, wall - float(part.get("at") or wall))
+            at = float(part.get("at") or wall)
             for pool_id, lefts in (part.get("running") or {}).items():
-                remote.setdefault(pool_id, []).extend(max(0.0, left - elapsed) for left in lefts)
+                remote.setdefault(pool_id, []).extend(at + left for left in lefts)
         self._remote = remote
+
+    def _remote_left(self) -> dict[str, list[float]]:
+        """The other replicas' runs' remaining seconds, now (they published when each would end)."""
+        now = self._wall()
+        return {pool_id: [max(0.0, end - now) for end in ends] for pool_id, ends in self._remote.items()}
 
     def predict(self, route: Route, position: int) -> int | None:
         return predict_start_ms(position, self.capacity(route))
