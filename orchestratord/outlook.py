@@ -103,11 +103,14 @@ class Outlook:
         """The queued jobs, as housekeeping last read them: each route's mean expected service (over
         the pools serving it whose rates are known) is what a job behind them waits per job ahead."""
         totals: dict[Route, list[float]] = {}
+        serving: dict[Route, list[PoolSnapshot]] = {}  # looked up once per route, not per job
         for entry in queued:
             if not entry.tokens_out:
                 continue
             work = Work(entry.tokens_in, entry.tokens_out, entry.tokens_out)
-            pools = serving_pools(entry.route, self._snapshots)
+            pools = serving.get(entry.route)
+            if pools is None:
+                pools = serving[entry.route] = serving_pools(entry.route, self._snapshots)
             known = [s for p in pools if (s := self._rates.service(p.pool_id, work)) is not None]
             if known:
                 total = totals.setdefault(entry.route, [0.0, 0.0])

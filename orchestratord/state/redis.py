@@ -33,7 +33,7 @@ from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
 from orchestratord.state.redis_client import SEP, RedisOptions, Scripts, connect, reachable
 from orchestratord.state.redis_documents import Documents
 from orchestratord.state.redis_leases import RedisLeases
-from orchestratord.state.redis_local import LocalLogs
+from orchestratord.state.redis_local import RETRY_S, LocalLogs
 from orchestratord.state.redis_signals import Signals
 from orchestratord.state.redis_tail import COUNT, Entry, Tail, Waiter, stream_order
 from orchestratord.state.shared import PoolChange, ReapAction, Reaped, SharedState
@@ -43,7 +43,6 @@ _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _END_FIELDS = ("decode_time_ms", "decode_ms")  # the store fills these in `end` events
 _RECORD_SKIP = ("job_id", "text")
 _PAGE = 500  # job hashes read per pipeline when listing jobs
-_RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # between attempts to end a job well while Redis is away
 LOST_MESSAGE = (
     "the state backend (Redis) lost this job's data (it restarted empty, or evicted the job's keys); "
     "its events and status are gone: submit it again"
@@ -198,7 +197,7 @@ class RedisStore:
                     raise
                 if failures == 0:
                     log.warning("task_end_held", job_id=job_id)
-                await asyncio.sleep(_RETRY_S[min(failures, len(_RETRY_S) - 1)])
+                await asyncio.sleep(RETRY_S[min(failures, len(RETRY_S) - 1)])
                 failures += 1
 
     # -- idempotency keys ------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from orchestratord.state.redis_tail import stream_order
 log = get_logger(__name__)
 
 MAX_PENDING = 8192  # events of one job waiting for Redis; past that the run waits for its batch
-_RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # between attempts to write a held batch
+RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # between attempts to write to Redis while it is away
 
 Status = Literal["open", "closed", "lost"]
 
@@ -223,7 +223,7 @@ class LocalLogs:
                     break
                 if failures == 0:
                     log.warning("task_events_held", job_id=local.job_id, error=type(exc).__name__)
-                await asyncio.sleep(_RETRY_S[min(failures, len(_RETRY_S) - 1)])
+                await asyncio.sleep(RETRY_S[min(failures, len(RETRY_S) - 1)])
                 failures += 1
                 continue
             if failures:

@@ -15,19 +15,8 @@ from typing import Any
 
 import pytest
 
+from bench.__main__ import SCENARIOS  # every scenario `all` runs
 from tests.fakes.servers import REPO
-
-SCENARIOS = (
-    "ttft",
-    "jobs",
-    "relay",
-    "open_streams",
-    "overload",
-    "prediction",
-    "holdback",
-    "profile",
-    "redis",
-)
 
 
 @pytest.fixture(scope="module")
