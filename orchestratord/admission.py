@@ -17,7 +17,7 @@ import orjson
 
 from orchestratord.core.placement import allowed_pools
 from orchestratord.core.prediction import predict_start_ms, retry_hint_ms
-from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy, Rejected, prospective_position
+from orchestratord.core.queue import Admitted, Place, QueueEntry, QueuePolicy, Rejected, prospective_place
 from orchestratord.core.ratelimit import TokenBucket
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, TaskSpec
@@ -301,12 +301,12 @@ class Admission:
         if spec.deadline_ms is None:
             return
         await self._outlook.refresh()
-        position = prospective_position(await self._store.queued(), self._policy, entry)
-        predicted = self._outlook.predict(entry.route, position)
+        place = prospective_place(await self._store.queued(), self._policy, entry)
+        predicted = self._outlook.predict(entry.route, place)
         if predicted is not None and predicted > spec.deadline_ms:
             raise DeadlineUnmet(
                 f"predicted start in {predicted} ms is after the deadline of {spec.deadline_ms} ms "
-                f"({position} jobs ahead for {spec.model_ref!r})"
+                f"({place.ahead} jobs ahead for {spec.model_ref!r})"
             )
 
     def _cost(self, spec: TaskSpec) -> float:
@@ -352,7 +352,8 @@ class Admission:
             if tenant is None:
                 first[queued.route] = 0  # every route with queued jobs has one at position 0
             elif queued.tenant == tenant:
-                position = await self._store.position(queued.job_id) or 0
+                place = await self._store.place(queued.job_id)
+                position = 0 if place is None else place.ahead
                 first[queued.route] = min(position, first.get(queued.route, position))
         hints = []
         for route, position in (first or {key: 0}).items():
@@ -388,8 +389,9 @@ class Admission:
 
     async def _announce(self, spec: TaskSpec, key: Route, headers: Mapping[str, str]) -> AdmissionResult:
         await self._outlook.refresh()
-        position = await self._store.position(spec.job_id) or 0
-        predicted = self._outlook.predict(key, position)
+        place = await self._store.place(spec.job_id) or Place(0)
+        position = place.ahead
+        predicted = self._outlook.predict(key, place)
         self._outlook.promised(spec.job_id, predicted)
         await self._store.append(
             spec.job_id,

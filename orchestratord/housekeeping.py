@@ -197,10 +197,11 @@ class Housekeeper:
             seen = self._published.setdefault(entry.job_id, _Published(at=now))
             if now - seen.at < 1.0:
                 continue
-            position = await self._store.position(entry.job_id)
-            if position is None:
+            place = await self._store.place(entry.job_id)
+            if place is None:
                 continue
-            predicted = self._outlook.predict(entry.route, position)
+            position = place.ahead
+            predicted = self._outlook.predict(entry.route, place)
             on_time = None
             if entry.deadline is not None:
                 on_time = self._outlook.on_time(predicted, entry.deadline - self._wall())

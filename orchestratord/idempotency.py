@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import orjson
 
 from orchestratord.admission import Admission, AdmissionResult
+from orchestratord.core.queue import Place
 from orchestratord.core.tasks import TaskSpec
 from orchestratord.errors import Conflict, IdempotencyInProgress
 from orchestratord.logs import get_logger
@@ -80,8 +81,8 @@ class Idempotency:
         """The admission answer as it stands now: the job's place in the queue, or 0 once it left it."""
         for entry in await self._store.queued():
             if entry.job_id == job_id:
-                position = await self._store.position(job_id) or 0
-                predicted = self._outlook.predict(entry.route, position)
+                place = await self._store.place(job_id) or Place(0)
+                predicted = self._outlook.predict(entry.route, place)
                 backoff = self._outlook.backoff(entry.route, predicted, entry.tokens_in)
-                return AdmissionResult(job_id, position, predicted, backoff)
+                return AdmissionResult(job_id, place.ahead, predicted, backoff)
         return AdmissionResult(job_id, 0, 0, 0)

@@ -113,13 +113,13 @@ class JobControl:
         if not queued:
             return [ListedJob(r, None, None) for r in records]
         routes = {e.job_id: e.route for e in await self._store.queued()}
-        positions = dict(zip(queued, await asyncio.gather(*map(self._store.position, queued)), strict=True))
+        places = dict(zip(queued, await asyncio.gather(*map(self._store.place, queued)), strict=True))
         out: list[ListedJob] = []
         for record in records:
-            position = positions.get(record.job_id)
+            place = places.get(record.job_id)
             route = routes.get(record.job_id)
-            predicted = None if position is None or route is None else self._outlook.predict(route, position)
-            out.append(ListedJob(record, position, predicted))
+            predicted = None if place is None or route is None else self._outlook.predict(route, place)
+            out.append(ListedJob(record, None if place is None else place.ahead, predicted))
         return out
 
 

@@ -7,6 +7,7 @@ dispatcher refreshes and feeds it; admission, idempotency, housekeeping and metr
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections import deque
@@ -15,7 +16,7 @@ from typing import Any
 
 from orchestratord.core.capacity import capacity_for, serving_pools
 from orchestratord.core.prediction import Capacity, ServiceTimes, predict_start_ms
-from orchestratord.core.queue import QueueEntry
+from orchestratord.core.queue import Place, QueueEntry
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import TaskSpec
 from orchestratord.core.work import Work, WorkRates
@@ -111,12 +112,18 @@ class Outlook:
             pools = serving.get(entry.route)
             if pools is None:
                 pools = serving[entry.route] = serving_pools(entry.route, self._snapshots)
-            known = [s for p in pools if (s := self._rates.service(p.pool_id, work)) is not None]
-            if known:
+            service = self._service(pools, work)
+            if service is not None:
                 total = totals.setdefault(entry.route, [0.0, 0.0])
-                total[0] += sum(known) / len(known)
+                total[0] += service
                 total[1] += 1
         self._queued_s = {route: total / n for route, (total, n) in totals.items()}
+
+    def _service(self, pools: Sequence[PoolSnapshot], work: Work) -> float | None:
+        """The expected service of `work` on the pools that serve it (the mean over those whose rates
+        are known), or None."""
+        known = [s for p in pools if (s := self._rates.service(p.pool_id, work)) is not None]
+        return sum(known) / len(known) if known else None
 
     def capacity(self, route: Route) -> Capacity:
         return capacity_for(
@@ -160,17 +167,25 @@ class Outlook:
         now = self._wall()
         return {pool_id: [max(0.0, end - now) for end in ends] for pool_id, ends in self._remote.items()}
 
-    def predict(self, route: Route, position: int) -> int | None:
-        return predict_start_ms(position, self.capacity(route))
+    def predict(self, route: Route, place: Place) -> int | None:
+        """The predicted start (ms) of a job queued at `place`: the jobs ahead of it hold the slots for
+        their own mean expected service, from their work, where the rates are known."""
+        cap = self.capacity(route)
+        if place.ahead > 0 and place.tokens_out > 0 and cap.mean_service_s is not None:
+            n = place.ahead
+            work = Work(round(place.tokens_in / n), max(1, round(place.tokens_out / n)), 0)
+            ahead_s = self._service(serving_pools(route, self._snapshots), work)
+            if ahead_s is not None:
+                cap = dataclasses.replace(cap, ahead_s=ahead_s)
+        return predict_start_ms(place.ahead, cap)
 
     def backoff(self, route: Route, predicted_ms: int | None, tokens_in: int) -> int:
         """How long a client that polls the job's status (rather than reading its stream) should wait
         before its first poll: the predicted start plus the expected time to its first token on the
         pools serving it (their measured rates); 0 while neither is known."""
         pools = serving_pools(route, self._snapshots)
-        work = Work(tokens_in, 1, 1)
-        firsts = [s for p in pools if (s := self._rates.service(p.pool_id, work)) is not None]
-        first_ms = round(sum(firsts) / len(firsts) * 1000) if firsts else 0
+        first = self._service(pools, Work(tokens_in, 1, 1))
+        first_ms = 0 if first is None else round(first * 1000)
         return (predicted_ms or 0) + first_ms
 
     def down_for(self, route: Route) -> tuple[float, str]:

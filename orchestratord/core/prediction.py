@@ -8,10 +8,11 @@ service time `m`:
 - otherwise the jobs ahead take the slots as they free, in order: a free slot at once, a busy slot
   after its running job's expected remaining time (`core.work` from the job's remaining work, or
   `ServiceTimes.remaining` from the pool's recent holding times longer than the job's age; `m / 2`
-  when nothing is known of it), and each holds its slot one mean service `m` (the mean expected
-  service of the queued work, or the pools' mean holding time). The job starts at the release after
-  theirs (`predict_start_s`: a heap of the S release times, the first 256 jobs ahead placed one by
-  one, `m / S` for each further one).
+  when nothing is known of it), and each holds its slot for the mean expected service of the jobs
+  ahead of it (`a`: from their work, `core.queue.Place`), else one mean service `m` (the mean
+  expected service of the route's queued work, or the pools' mean holding time). The job starts at
+  the release after theirs (`predict_start_s`: a heap of the S release times, the first 256 jobs
+  ahead placed one by one, `a / S` for each further one).
 
 Before a pool has finished a job, the age of its oldest running job stands in for the mean (a low but
 real measurement). Nothing is predicted (None) when no usable slot serves the key or nothing has been
@@ -36,6 +37,7 @@ class Capacity:
     mean_service_s: float | None
     releases_s: tuple[float, ...] = ()  # first-round release times of the busy slots we know, ascending
     measured: bool = True  # False while the mean is only the oldest running job's age (a lower bound)
+    ahead_s: float | None = None  # the mean expected service of the jobs ahead of the one predicted
 
     def first_round(self) -> list[float]:
         """When each of the S slots frees in its first round, ascending (see the module docstring)."""
@@ -110,15 +112,15 @@ SIMULATED = 256  # jobs ahead placed one by one; past them, each further one add
 
 def predict_start_s(position: int, cap: Capacity) -> float | None:
     """Seconds until a job with `position` jobs ahead of it (same route) is expected to start: the
-    jobs ahead take the slots as they free, in order, each holding its slot one mean service, and
-    the job starts at the release after theirs. (A job ahead that takes a slot early may free it
-    again before a long-running job frees its own: the k-th release is not simply the k-th of the
-    first round.)"""
+    jobs ahead take the slots as they free, in order, each holding its slot for their mean expected
+    service (`ahead_s`, else one mean service), and the job starts at the release after theirs. (A
+    job ahead that takes a slot early may free it again before a long-running job frees its own: the
+    k-th release is not simply the k-th of the first round.)"""
     if position < cap.slots_free:
         return 0.0
     if cap.mean_service_s is None or cap.slots_total <= 0:
         return None
-    mean = cap.mean_service_s
+    mean = cap.mean_service_s if cap.ahead_s is None else cap.ahead_s
     heap = sorted([0.0] * cap.slots_free + cap.busy_releases())
     placed = min(position, SIMULATED)
     for _ in range(placed):

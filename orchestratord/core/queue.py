@@ -70,6 +70,17 @@ class QueueEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Place:
+    """A queued job's place: how many queued jobs for its route are expected to be taken before it,
+    and the work they ask for (their prompts' and expected outputs' tokens, summed), from which the
+    predictions tell how long they will hold the slots it waits for."""
+
+    ahead: int
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class QueuePolicy:
     capacity: int = 1024
     tenant_capacity: int | None = None
@@ -122,7 +133,7 @@ class FairQueue:
         self._deadline_stale = 0
         self._vtime = 0.0
         self._seq = 0
-        self._positions: dict[str, int] | None = None
+        self._positions: dict[str, Place] | None = None
 
     # -- admission -------------------------------------------------------------------------------
     def enqueue(self, entry: QueueEntry) -> Admitted | Rejected:
@@ -338,15 +349,18 @@ class FairQueue:
         )
 
     def position(self, job_id: str) -> int:
-        """How many queued jobs for the same route are expected to be taken before this one.
+        """How many queued jobs for the same route are expected to be taken before this one."""
+        return self.place(job_id).ahead
 
-        All positions are computed together in O(n log n) and kept until the queue changes.
+    def place(self, job_id: str) -> Place:
+        """The job's `Place`: the queued jobs for the same route expected to be taken before it, and
+        their work. All places are computed together in O(n log n) and kept until the queue changes.
         """
         if self._positions is None:
             self._positions = self._project()
-        return self._positions.get(job_id, 0)
+        return self._positions.get(job_id) or Place(0)
 
-    def _project(self) -> dict[str, int]:
+    def _project(self) -> dict[str, Place]:
         by_route: dict[Route, list[tuple[float, float, int, str]]] = {}
         for (tenant, priority), flow in self._flows.items():
             weight = self.policy.weight(tenant, priority)
@@ -355,15 +369,20 @@ class FairQueue:
                 for deadline, seq, job_id in sorted(i for i in heap if self._live(i)):
                     by_route.setdefault(route, []).append((tag, deadline, seq, job_id))
                     tag += self._entries[job_id].cost / weight
-        positions: dict[str, int] = {}
+        positions: dict[str, Place] = {}
         for projected in by_route.values():
             projected.sort()
-            positions.update((job_id, i) for i, (_, _, _, job_id) in enumerate(projected))
+            tokens_in = tokens_out = 0
+            for i, (_, _, _, job_id) in enumerate(projected):
+                positions[job_id] = Place(i, tokens_in, tokens_out)
+                entry = self._entries[job_id]
+                tokens_in, tokens_out = tokens_in + entry.tokens_in, tokens_out + entry.tokens_out
         return positions
 
 
-def prospective_position(queued: Iterable[QueueEntry], policy: QueuePolicy, newcomer: QueueEntry) -> int:
-    """How many queued jobs for the newcomer's route would be taken before it, if admitted now.
+def prospective_place(queued: Iterable[QueueEntry], policy: QueuePolicy, newcomer: QueueEntry) -> Place:
+    """The newcomer's `Place` (the queued jobs for its route that would be taken before it, and their
+    work), if it were admitted now.
 
     Used before admission, from the queued entries alone: every backlogged flow is assumed to stand
     at the newcomer's own start tag (the virtual time), so each flow's jobs are projected from 0.
@@ -376,15 +395,15 @@ def prospective_position(queued: Iterable[QueueEntry], policy: QueuePolicy, newc
     own = sorted(flows.pop((newcomer.tenant, newcomer.priority), []), key=_order)
     ahead_own = [e for e in own if _key(e.deadline) <= _key(newcomer.deadline)]
     my_tag = sum(e.cost for e in ahead_own) / mine
-    ahead = len(ahead_own)
+    before = list(ahead_own)
     for (tenant, priority), jobs in flows.items():
         weight, tag = policy.weight(tenant, priority), 0.0
         for e in sorted(jobs, key=_order):
             if (tag, _key(e.deadline)) > (my_tag, _key(newcomer.deadline)):
                 break
-            ahead += 1
+            before.append(e)
             tag += e.cost / weight
-    return ahead
+    return Place(len(before), sum(e.tokens_in for e in before), sum(e.tokens_out for e in before))
 
 
 def _key(deadline: float | None) -> float:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestratord.core.budget import Ledger
-from orchestratord.core.queue import Admitted, QueueEntry, Rejected
+from orchestratord.core.queue import Admitted, Place, QueueEntry, Rejected
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent, Priority
 from orchestratord.state.shared import SharedState
@@ -172,7 +172,9 @@ class JobQueue(Protocol):
 
     async def queued(self) -> list[QueueEntry]: ...
 
-    async def position(self, job_id: str) -> int | None: ...
+    async def place(self, job_id: str) -> Place | None:
+        """The queued job's place (`core.queue.Place`); None if it is not queued."""
+        ...
 
 
 class Readers(Protocol):

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from orchestratord.core.budget import Ledger
-from orchestratord.core.queue import Admitted, FairQueue, QueueEntry, QueuePolicy, Rejected
+from orchestratord.core.queue import Admitted, FairQueue, Place, QueueEntry, QueuePolicy, Rejected
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent, Priority
 from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
@@ -311,8 +311,8 @@ class MemoryStore:
     async def queued(self) -> list[QueueEntry]:
         return self.queue.entries()
 
-    async def position(self, job_id: str) -> int | None:
-        return self.queue.position(job_id) if job_id in self.queue else None
+    async def place(self, job_id: str) -> Place | None:
+        return self.queue.place(job_id) if job_id in self.queue else None
 
     # -- readers and cancel signals --------------------------------------------------------------
     async def attach(self, job_id: str) -> int:

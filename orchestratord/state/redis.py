@@ -24,7 +24,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from orchestratord.core.budget import Ledger
-from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy, Rejected
+from orchestratord.core.queue import Admitted, Place, QueueEntry, QueuePolicy, Rejected
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent, Priority
 from orchestratord.errors import StateLost, StateUnavailable, error_event
@@ -410,9 +410,9 @@ class RedisStore:
         stored = await self._scripts.call("HVALS", self._key("q:entries"))
         return sorted((_entry(s) for s in stored), key=lambda e: e.seq)
 
-    async def position(self, job_id: str) -> int | None:
-        ahead = int(await self._scripts.run("position", job_id, self._weights))
-        return None if ahead < 0 else ahead
+    async def place(self, job_id: str) -> Place | None:
+        ahead, tokens_in, tokens_out = await self._scripts.run("position", job_id, self._weights)
+        return None if int(ahead) < 0 else Place(int(ahead), int(tokens_in), int(tokens_out))
 
     # -- readers and cancel signals --------------------------------------------------------------
     async def attach(self, job_id: str) -> int:

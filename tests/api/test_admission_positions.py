@@ -122,3 +122,27 @@ def test_backoff_is_when_a_polling_client_finds_the_first_token(
         assert 0.9 * SERVICE_S * 1000 <= gap <= 1.5 * SERVICE_S * 1000, behind
         for job in (free, behind):
             assert read_events(client, job["sse_url"])[-1].event == "end"
+
+
+PACED = mock_pool(slots=1, options={"ttft_ms": 50, "tokens_per_s": 100})  # 10 ms a token
+
+
+def test_the_jobs_ahead_hold_the_slot_for_their_own_work(make_server: Callable[..., LoopbackServer]) -> None:
+    """A job queued behind a 10-token job is told it starts about 1.4 s sooner than one queued behind
+    a 150-token job (140 tokens at 10 ms): the prediction reads the work of the jobs ahead, not one
+    mean over the queue (which would put both about equally far)."""
+    server = make_server(pools=[PACED])
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        for tokens in (10, 150, 10, 150):  # the pool's rates: first token and time per token
+            assert read_events(client, post(client, max_tokens=tokens)["sse_url"])[-1].event == "end"
+        told: dict[int, int] = {}
+        for ahead in (10, 150):
+            running = post(client, max_tokens=100)
+            wait_for(lambda job=running: client.get(job["status_url"]).json()["state"] == "running")
+            queued = post(client, max_tokens=ahead)
+            behind = post(client, max_tokens=10)
+            assert (queued["queue_position"], behind["queue_position"]) == (0, 1)
+            told[ahead] = behind["predicted_start_ms"] - queued["predicted_start_ms"]
+            for job in (running, queued, behind):
+                client.delete(f"/v1/tasks/{job['job_id']}")
+    assert 1100 <= told[150] - told[10] <= 1700, told

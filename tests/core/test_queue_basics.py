@@ -5,10 +5,11 @@ from __future__ import annotations
 from orchestratord.core.queue import (
     Admitted,
     FairQueue,
+    Place,
     QueueEntry,
     QueuePolicy,
     Rejected,
-    prospective_position,
+    prospective_place,
 )
 from orchestratord.core.route import Route
 
@@ -175,11 +176,16 @@ def test_duplicate_job_id_is_a_programming_error() -> None:
 def test_positions_follow_the_weights() -> None:
     q = FairQueue()  # interactive 8 : batch 1
     for i in range(3):
-        q.enqueue(entry(f"b{i}", priority="batch"))
+        q.enqueue(entry(f"b{i}", priority="batch", tokens_in=5, tokens_out=100))
     for i in range(10):
-        q.enqueue(entry(f"i{i}"))
+        q.enqueue(entry(f"i{i}", tokens_in=1, tokens_out=10))
     order = take_all_copy(q)
     assert [q.position(j) for j in order] == list(range(13))
+    # The place carries the work of the jobs ahead: the tokens of those taken before, in order.
+    work = {e.job_id: (e.tokens_in, e.tokens_out) for e in q.entries()}
+    for i, job in enumerate(order):
+        ahead = [work[j] for j in order[:i]]
+        assert q.place(job) == Place(i, sum(a for a, _ in ahead), sum(b for _, b in ahead))
     assert order[:2] == ["b0", "i0"]  # equal tags: arrival breaks the tie
     assert order.index("b1") > order.index("i7")  # after the first batch, 8 interactive go per batch
 
@@ -191,17 +197,17 @@ def take_all_copy(q: FairQueue) -> list[str]:
     return take_all(clone)
 
 
-def test_prospective_position_counts_what_would_go_first() -> None:
+def test_prospective_place_counts_what_would_go_first() -> None:
     policy = QueuePolicy()
-    queued = [entry(f"b{i}", priority="batch", seq=i) for i in range(20)]
-    queued += [entry(f"i{i}", seq=20 + i) for i in range(3)]
+    queued = [entry(f"b{i}", priority="batch", seq=i, tokens_in=2, tokens_out=150) for i in range(20)]
+    queued += [entry(f"i{i}", seq=20 + i, tokens_in=1, tokens_out=10) for i in range(3)]
     newcomer = entry("new")
     # Its own flow's 3 jobs go first; batch advances 1/1 per job against 1/8 for interactive, so of the
     # batch flow only the jobs projected before the newcomer's tag (3/8) count: one.
-    assert prospective_position(queued, policy, newcomer) == 4
-    assert prospective_position(queued, policy, entry("other", model="x")) == 0
+    assert prospective_place(queued, policy, newcomer) == Place(4, 3 + 2, 30 + 150)
+    assert prospective_place(queued, policy, entry("other", model="x")) == Place(0)
     late_batch = entry("lb", priority="batch")
-    assert prospective_position(queued, policy, late_batch) == 20 + 3
+    assert prospective_place(queued, policy, late_batch) == Place(20 + 3, 40 + 3, 3000 + 30)
 
 
 def test_with_slots_held_back_batch_flows_are_skipped_and_interactive_ones_taken() -> None:

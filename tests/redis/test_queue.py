@@ -37,6 +37,8 @@ arrival = st.fixed_dictionaries(
         "route": st.sampled_from(ROUTES),
         "cost": st.sampled_from((1.0, 2.5, 40.0)),
         "deadline": st.one_of(st.none(), st.sampled_from((100.0, 200.0, 300.0))),
+        "tokens_in": st.sampled_from((0, 7, 300)),
+        "tokens_out": st.sampled_from((1, 10, 150)),
     }
 )
 
@@ -65,7 +67,8 @@ policies = st.builds(
 
 
 async def replay(url: str, policy: QueuePolicy, ops: list[tuple[object, ...]]) -> None:
-    """Apply `ops` to the Redis queue and the reference queue; every outcome and position must match."""
+    """Apply `ops` to the Redis queue and the reference queue; every outcome and place (position and
+    the work ahead) must match."""
     store = RedisStore(url, policy, options=RedisOptions(key_prefix=prefix()))
     reference = FairQueue(policy)
     ids = (f"job-{i}" for i in itertools.count())
@@ -73,7 +76,7 @@ async def replay(url: str, policy: QueuePolicy, ops: list[tuple[object, ...]]) -
         for op in ops:
             await apply(store, reference, op, ids)
             for job in reference.entries():
-                assert await store.position(job.job_id) == reference.position(job.job_id), op
+                assert await store.place(job.job_id) == reference.place(job.job_id), op
             assert [e.job_id for e in await store.queued()] == [e.job_id for e in reference.entries()]
     finally:
         await store.aclose()
