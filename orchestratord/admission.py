@@ -2,7 +2,10 @@
 
 Refusals are typed errors raised before anything is stored: INVALID_PARAMS (nothing can ever serve
 it), POOL_UNREADY (a pinned pool cannot take work now), DEADLINE_UNMET (it cannot start in time),
-ADMISSION_REJECT (queue full, rate limit; with a retry hint from the measured drain rate).
+ADMISSION_REJECT (queue full, rate limit; with a retry hint from the measured drain rate). A client
+refused from a full queue (`full_policy: reject`) is promised the place its hint points at: its retry
+with the same Idempotency-Key (else the same request body) takes it before any new arrival
+(`core.queue` rule 7), for `queue.retry_hold_s` past the hint.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from pool_manager.registry import PoolRegistry, PoolState
 from worker_adapters.registry import honours, seed_limit
 
 log = get_logger(__name__)
+HOLD_HORIZON_MS = 60_000  # no place is promised further out (the OpenAI SDKs wait at most 60 s)
 
 
 class _Store(JobRegistry, EventLog, JobQueue, Protocol):
@@ -127,15 +131,17 @@ class Admission:
         signal handler, and immediate."""
         self._accepting = False
 
-    async def admit(self, spec: TaskSpec) -> AdmissionResult:
+    async def admit(self, spec: TaskSpec, ticket: Callable[[], str] | None = None) -> AdmissionResult:
+        """Admit `spec`, or raise the typed error that refuses it. `ticket()` names the request for a
+        place held in a full queue (the tenant and its Idempotency-Key, else its body's fingerprint)."""
         bind_job(spec)
         try:
-            return await self._admit(spec)
+            return await self._admit(spec, ticket)
         except OrchestratorError as exc:
             self._refused(spec, exc)
             raise
 
-    async def _admit(self, spec: TaskSpec) -> AdmissionResult:
+    async def _admit(self, spec: TaskSpec, ticket: Callable[[], str] | None) -> AdmissionResult:
         if not self._accepting:
             raise ShuttingDown(
                 "this orchestrator is shutting down; retry on another replica",
@@ -159,9 +165,9 @@ class Admission:
         await self._check_deadline(spec, entry)
         holds = await self._hold(spec)
         try:
-            outcome = await self._store.create(self._record(spec, now), entry)
+            outcome = await self._store.create(self._record(spec, now), entry, ticket)
             if not isinstance(outcome, Admitted):
-                raise await self._rejected(spec, key, outcome)
+                raise await self._rejected(spec, key, outcome, ticket)
         except BaseException:
             await _undo(holds)
             raise
@@ -329,8 +335,12 @@ class Admission:
             cancel_on_disconnect=spec.cancel_on_disconnect,
         )
 
-    async def _rejected(self, spec: TaskSpec, key: Route, outcome: Rejected) -> AdmissionRejected:
+    async def _rejected(
+        self, spec: TaskSpec, key: Route, outcome: Rejected, ticket: Callable[[], str] | None
+    ) -> AdmissionRejected:
         tenant_bound = outcome.reason == "tenant_capacity"
+        if not tenant_bound and ticket is not None and self._holds_places():
+            return await self._held(key, outcome, ticket())
         hint = await self._retry_hint(key, spec.tenant if tenant_bound else None)
         scope = f"tenant {spec.tenant!r}'s share of the queue" if tenant_bound else "the queue"
         return AdmissionRejected(
@@ -340,9 +350,36 @@ class Admission:
             retry_after_ms=hint,
         )
 
-    async def _retry_hint(self, key: Route, tenant: str | None) -> int:
+    def _holds_places(self) -> bool:
+        return self._policy.full_policy == "reject" and self._policy.retry_hold_s > 0
+
+    async def _held(self, key: Route, outcome: Rejected, ticket: str) -> AdmissionRejected:
+        """Refused from a full queue: hold for this request the place that frees after those already
+        held (a request that holds one keeps it), and tell it when to come back for it."""
+        hint = self._outlook.assured(await self._retry_hint(key, None, ahead=await self._store.places_held()))
+        if hint > HOLD_HORIZON_MS:  # too far out to promise; the plain hint
+            return AdmissionRejected(
+                f"the queue is full (policy {outcome.policy}); retry in {hint} ms, when a queued job is "
+                "expected to start and free its place",
+                policy_label=outcome.policy,
+                retry_after_ms=hint,
+            )
+        hold_s = self._policy.retry_hold_s + hint / 10_000  # a tenth of the wait, for the hint's error
+        due_ms = math.ceil(await self._store.hold_place(ticket, hint / 1000, hold_s) * 1000)
+        if due_ms <= 0:  # its place is overdue: it comes with the next job that starts
+            due_ms = await self._retry_hint(key, None)
+        return AdmissionRejected(
+            f"the queue is full (policy {outcome.policy}); a place is held for this request: retry in "
+            f"{due_ms} ms with the same Idempotency-Key (or the same body), within "
+            f"{self._policy.retry_hold_s:g} s of it",
+            policy_label=outcome.policy,
+            retry_after_ms=due_ms,
+        )
+
+    async def _retry_hint(self, key: Route, tenant: str | None, *, ahead: int = 0) -> int:
         """When a place in the queue (or in `tenant`'s share) is expected to free, from the measured
-        drain rate: the earliest predicted start among the queued jobs in scope, plus a small margin.
+        drain rate: the earliest predicted start among the queued jobs in scope, plus a small margin;
+        with `ahead` places already promised to others, the start that frees the one after theirs.
 
         A job still queued now waits for a slot to free (or for its tenant's running jobs to end),
         so its wait counts from the next release even when a slot is free."""
@@ -358,7 +395,7 @@ class Admission:
         hints = []
         for route, position in (first or {key: 0}).items():
             cap = self._outlook.capacity(route)
-            wait = predict_start_ms(max(position, cap.slots_free), cap)
+            wait = predict_start_ms(max(position, cap.slots_free) + ahead, cap)
             hint = None if wait is None else retry_hint_ms(wait, cap)
             if hint is not None:
                 hints.append(hint)

@@ -67,6 +67,7 @@ def queue_policy(settings: Settings) -> QueuePolicy:
         class_weights=dict(q.class_weights),
         tenant_weights={t.id: t.weight for t in settings.tenants},
         unit=q.fairness_unit,
+        retry_hold_s=q.retry_hold_s,
     )
 
 

@@ -47,8 +47,12 @@ class Idempotency:
     async def admit(self, spec: TaskSpec, key: str | None, body: Callable[[], str]) -> AdmissionResult:
         """Admit `spec`, or, for a key seen before, answer with the job the key already created.
         `body()` is the request's fingerprint, computed only when there is a key to compare it with."""
+
+        def ticket() -> str:  # the request's place, if it is refused from a full queue
+            return f"{spec.tenant}\x1f{key if key is not None else body()}"
+
         if key is None or self._window <= 0:
-            return await self._admission.admit(spec)
+            return await self._admission.admit(spec, ticket)
         body_fingerprint = body()
         first = await self._store.remember_idempotency(
             key, spec.tenant, body_fingerprint, spec.job_id, self._window
@@ -56,7 +60,7 @@ class Idempotency:
         if first is not None:
             return await self._replay(key, first, body_fingerprint)
         try:
-            return await self._admission.admit(spec)
+            return await self._admission.admit(spec, ticket)
         except BaseException:
             if await self._store.get(spec.job_id) is None:
                 await self._store.forget_idempotency(key, spec.tenant, spec.job_id)

@@ -8,6 +8,7 @@ dispatcher refreshes and feeds it; admission, idempotency, housekeeping and metr
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import uuid
 from collections import deque
@@ -51,6 +52,7 @@ class Outlook:
         self._queue_depth = 0
         self._promised: dict[str, float] = {}  # job id -> the wait (s) predicted at its admission
         self._ratios: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait / predicted wait
+        self._late: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait - predicted wait (s)
 
     async def refresh(self) -> list[PoolSnapshot]:
         self._snapshots = await self._registry.snapshot()
@@ -219,6 +221,16 @@ class Outlook:
         predicted = self._promised.pop(job_id, None)
         if predicted is not None:
             self._ratios.append(waited_s / predicted)
+            self._late.append(waited_s - predicted)
+
+    def assured(self, wait_ms: int) -> int:
+        """`wait_ms` plus how late the measured starts came against their predictions (the 90th
+        percentile of the lateness, 0 if they came early), so that a client told to come back then
+        finds what it was promised about 9 times in 10."""
+        if len(self._late) < MIN_SAMPLES:
+            return wait_ms
+        late = sorted(self._late)[int(0.9 * (len(self._late) - 1))]
+        return wait_ms + max(0, math.ceil(late * 1000))
 
     def keep_promises(self, queued: Collection[str]) -> None:
         """Forget the predictions of jobs that left the queue without starting (canceled, failed)."""

@@ -26,7 +26,14 @@ The rules, precise enough to port (the Redis backend runs them as a Lua script o
    A policy change that shrinks a bound evicts the excess at once, in `drop-lru` order.
 6. **Deadlines.** `deadline` is absolute (wall-clock seconds). `expire(now)` removes every job whose
    deadline is `<= now`; callers expire before they take, so a job past its deadline is never taken.
-7. **Leaving.** A job leaves exactly once: taken, removed (cancel), evicted or expired. Removal is
+7. **Held places.** With `full_policy: reject`, a client refused because the queue is full may be
+   promised a place (`reserve`): its ticket (its Idempotency-Key, else its request's fingerprint)
+   is due when the place it is promised frees, and held until `expires`. The places that free go
+   to the tickets in order of due time: an arrival with a live ticket of rank `k` (tickets due
+   before it) is admitted while `len < capacity - k`, and takes its ticket out; any other arrival
+   while `len + tickets < capacity`. A ticket is never promised twice (a second refusal gets the
+   same due time).
+8. **Leaving.** A job leaves exactly once: taken, removed (cancel), evicted or expired. Removal is
    O(log n): the job is dropped from the hash maps at once, and heap entries are discarded lazily when
    they surface (heaps are rebuilt when stale entries outnumber live ones, so memory stays O(n)).
 
@@ -37,6 +44,7 @@ rule 3. No I/O, no asyncio, no logging: callers own time and wake-ups.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections import OrderedDict
@@ -88,6 +96,7 @@ class QueuePolicy:
     class_weights: Mapping[str, float] = field(default_factory=lambda: {"interactive": 8.0, "batch": 1.0})
     tenant_weights: Mapping[str, float] = field(default_factory=dict)
     unit: FairnessUnit = "requests"
+    retry_hold_s: float = 1.0  # how long past its due time a held place waits for its client (0: none)
 
     def weight(self, tenant: str, priority: Priority) -> float:
         return self.tenant_weights.get(tenant, 1.0) * self.class_weights.get(priority, 1.0)
@@ -106,6 +115,61 @@ class Rejected:
 
 
 _HeapItem = tuple[float, int, str]  # (deadline or inf, seq, job_id)
+
+
+class Tickets:
+    """Places held for clients refused from a full queue (rule 7): ticket -> due and expiry times,
+    ordered by due time (ties by arrival). O(log n) to hold, take out and expire; O(log n) + a
+    memmove of the order to rank."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[float, int, float]] = {}  # ticket -> (due, seq, expires)
+        self._order: list[tuple[float, int, str]] = []  # (due, seq, ticket), ascending
+        self._expiry: list[tuple[float, int, str]] = []  # heap of (expires, seq, ticket); lazy
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def purge(self, now: float) -> None:
+        """Drop the tickets whose time ran out."""
+        while self._expiry and self._expiry[0][0] <= now:
+            _, seq, ticket = heapq.heappop(self._expiry)
+            held = self._held.get(ticket)
+            if held is not None and held[1] == seq:
+                self.release(ticket)
+
+    def rank(self, ticket: str) -> int | None:
+        """How many live tickets are due before `ticket`; None if it holds no place."""
+        held = self._held.get(ticket)
+        if held is None:
+            return None
+        return bisect.bisect_left(self._order, (held[0], held[1], ticket))
+
+    def due(self, ticket: str) -> float | None:
+        held = self._held.get(ticket)
+        return None if held is None else held[0]
+
+    def hold(self, ticket: str, due: float, expires: float) -> float:
+        """Promise `ticket` the place due at `due` until `expires`; a ticket already held keeps its
+        own. Returns the ticket's due time."""
+        held = self._held.get(ticket)
+        if held is not None:
+            return held[0]
+        self._seq += 1
+        self._held[ticket] = (due, self._seq, expires)
+        bisect.insort(self._order, (due, self._seq, ticket))
+        heapq.heappush(self._expiry, (expires, self._seq, ticket))
+        return due
+
+    def release(self, ticket: str) -> None:
+        held = self._held.pop(ticket, None)
+        if held is not None:
+            i = bisect.bisect_left(self._order, (held[0], held[1], ticket))
+            del self._order[i]
+            if len(self._expiry) > max(_COMPACT_MIN, 2 * len(self._held)):
+                self._expiry = [i for i in self._expiry if self._held.get(i[2], (0.0, -1, 0.0))[1] == i[1]]
+                heapq.heapify(self._expiry)
 
 
 @dataclass(slots=True)
@@ -134,13 +198,29 @@ class FairQueue:
         self._vtime = 0.0
         self._seq = 0
         self._positions: dict[str, Place] | None = None
+        self.tickets = Tickets()
 
     # -- admission -------------------------------------------------------------------------------
-    def enqueue(self, entry: QueueEntry) -> Admitted | Rejected:
+    def enqueue(
+        self, entry: QueueEntry, *, ticket: Callable[[], str] | None = None, now: float = 0.0
+    ) -> Admitted | Rejected:
+        """Admit `entry` or refuse it (rules 5 and 7); `ticket()` names the client's held place, if
+        it has one (asked only while places are held)."""
         if entry.job_id in self._entries:
             raise ValueError(f"job {entry.job_id!r} is already queued")
         tenant_full = self._tenant_full(entry.tenant)
-        if not tenant_full and len(self._entries) < self.policy.capacity:
+        self.tickets.purge(now)
+        held, mine = len(self.tickets), None
+        if held and ticket is not None:
+            mine = ticket()
+            rank = self.tickets.rank(mine)
+            if rank is not None:
+                held = rank  # the places due before this ticket's are still promised
+            else:
+                mine = None
+        if not tenant_full and len(self._entries) + held < self.policy.capacity:
+            if mine is not None:
+                self.tickets.release(mine)
             return Admitted(self._insert(entry))
         victim = self._victim_for(entry, entry.tenant if tenant_full else None)
         if victim is None:

@@ -81,8 +81,11 @@ class SessionRecord:
 class JobRegistry(Protocol):
     """Every job's record and the one function that moves it between states."""
 
-    async def create(self, record: JobRecord, entry: QueueEntry) -> Admitted | Rejected:
-        """Register the job and enqueue it in one step; nothing is stored if it is rejected."""
+    async def create(
+        self, record: JobRecord, entry: QueueEntry, ticket: Callable[[], str] | None = None
+    ) -> Admitted | Rejected:
+        """Register the job and enqueue it in one step; nothing is stored if it is rejected. `ticket()`
+        names the place the client may hold (`JobQueue.hold_place`), asked only while places are held."""
         ...
 
     async def get(self, job_id: str) -> JobRecord | None: ...
@@ -174,6 +177,15 @@ class JobQueue(Protocol):
 
     async def place(self, job_id: str) -> Place | None:
         """The queued job's place (`core.queue.Place`); None if it is not queued."""
+        ...
+
+    async def places_held(self) -> int:
+        """How many places are held for clients refused from a full queue (`core.queue`, rule 7)."""
+        ...
+
+    async def hold_place(self, ticket: str, due_in_s: float, hold_s: float) -> float:
+        """Hold the place that frees in `due_in_s` for `ticket`, for `hold_s` past that (a ticket
+        that holds one keeps it). Returns the seconds until the ticket's place is due."""
         ...
 
 

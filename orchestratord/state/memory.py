@@ -111,8 +111,10 @@ class MemoryStore:
         self._idempotency: dict[tuple[str, str], tuple[IdempotencyRecord, float]] = {}
 
     # -- job registry ----------------------------------------------------------------------------
-    async def create(self, record: JobRecord, entry: QueueEntry) -> Admitted | Rejected:
-        outcome = self.queue.enqueue(entry)
+    async def create(
+        self, record: JobRecord, entry: QueueEntry, ticket: Callable[[], str] | None = None
+    ) -> Admitted | Rejected:
+        outcome = self.queue.enqueue(entry, ticket=ticket, now=self._wall())
         if isinstance(outcome, Admitted):
             self._jobs[record.job_id] = _Job(record)
         return outcome
@@ -313,6 +315,14 @@ class MemoryStore:
 
     async def place(self, job_id: str) -> Place | None:
         return self.queue.place(job_id) if job_id in self.queue else None
+
+    async def places_held(self) -> int:
+        self.queue.tickets.purge(self._wall())
+        return len(self.queue.tickets)
+
+    async def hold_place(self, ticket: str, due_in_s: float, hold_s: float) -> float:
+        now = self._wall()
+        return self.queue.tickets.hold(ticket, now + due_in_s, now + due_in_s + hold_s) - now
 
     # -- readers and cancel signals --------------------------------------------------------------
     async def attach(self, job_id: str) -> int:

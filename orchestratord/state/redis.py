@@ -105,7 +105,9 @@ class RedisStore:
         return self._scripts.key(name)
 
     # -- job registry and admission -------------------------------------------------------------
-    async def create(self, record: JobRecord, entry: QueueEntry) -> Admitted | Rejected:
+    async def create(
+        self, record: JobRecord, entry: QueueEntry, ticket: Callable[[], str] | None = None
+    ) -> Admitted | Rejected:
         if self._epoch is None:  # the data's epoch exists before this replica's first job
             await self.lost_since()
         p = self.policy
@@ -115,6 +117,7 @@ class RedisStore:
             p.capacity,
             -1 if p.tenant_capacity is None else p.tenant_capacity,
             p.full_policy,
+            "" if ticket is None else ticket(),  # asked always: whether places are held is known in Redis
             *_record_fields(record),
         )
         if reply[0] == "rejected":
@@ -409,6 +412,13 @@ class RedisStore:
     async def queued(self) -> list[QueueEntry]:
         stored = await self._scripts.call("HVALS", self._key("q:entries"))
         return sorted((_entry(s) for s in stored), key=lambda e: e.seq)
+
+    async def places_held(self) -> int:
+        return int(await self._scripts.run("held", "", 0, 0))
+
+    async def hold_place(self, ticket: str, due_in_s: float, hold_s: float) -> float:
+        due_in = await self._scripts.run("held", ticket, round(due_in_s * 1000), round(hold_s * 1000))
+        return float(due_in) / 1000
 
     async def place(self, job_id: str) -> Place | None:
         ahead, tokens_in, tokens_out = await self._scripts.run("position", job_id, self._weights)

@@ -24,7 +24,7 @@ RETRY_AFTER_MS = 1000
 SCRIPTS = (
     "create", "take", "start", "append", "append_events", "finish", "dequeue", "expire", "settle",
     "position", "reap", "requeue", "readers", "purge", "lease_acquire", "lease_release", "lease_held",
-    "renew", "rate", "lead", "idem_remember", "idem_forget",
+    "renew", "rate", "lead", "idem_remember", "idem_forget", "held",
 )  # fmt: skip
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)  # OSError: TimeoutError too
 

@@ -201,3 +201,43 @@ def test_tenant_max_concurrent(make_server: Callable[..., LoopbackServer]) -> No
 def state_of_as(client: httpx.Client, job_id: str, headers: dict[str, str]) -> str:
     state: str = client.get(f"/v1/tasks/{job_id}", headers=headers).json()["state"]
     return state
+
+
+def test_a_refused_client_that_obeys_the_hint_gets_the_place_it_was_promised(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """Refused from a full queue, a request is promised the place its hint points at: new arrivals
+    are refused while it is held, its retry (same Idempotency-Key) takes it, and a second refused
+    request is told to come after the first's place, not at the same time."""
+    server = make_server(queue={"capacity": 1}, pools=[mock_pool(slots=1, options=SLOW)])
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        warm_up(client)
+        running = post(client).json()["job_id"]
+        wait_for(lambda: client.get(f"/v1/tasks/{running}").json()["state"] == "running")
+        queued = post(client).json()["job_id"]  # one on the slot, one queued: the queue is full
+        first = post(client, {"Idempotency-Key": "first"}, prompt="one")
+        first_hint = assert_429_contract(first, "reject")
+        assert "a place is held for this request" in first.json()["message"]
+        second_hint = assert_429_contract(post(client, {"Idempotency-Key": "second"}, prompt="two"), "reject")
+        assert second_hint >= first_hint + 1000, (first_hint, second_hint)  # one more ~1.5 s job ahead
+        wait_for(lambda: client.get(f"/v1/tasks/{queued}").json()["state"] == "running", timeout=10)
+        # the place `first` was promised is free now: a newcomer is refused, `first` gets it
+        assert_429_contract(post(client, {"Idempotency-Key": "newcomer"}, prompt="new"), "reject")
+        again = post(client, {"Idempotency-Key": "first"}, prompt="one")
+        assert again.status_code == 202, again.text
+        # `second` is early: refused, told the time left until its own place
+        early = post(client, {"Idempotency-Key": "second"}, prompt="two")
+        assert 0 < assert_429_contract(early, "reject") <= second_hint
+        for job in (running, queued, again.json()["job_id"]):
+            client.delete(f"/v1/tasks/{job}")
+
+
+def test_with_no_places_held_the_hint_is_plain(make_server: Callable[..., LoopbackServer]) -> None:
+    server = make_server(queue={"capacity": 1, "retry_hold_s": 0}, pools=[mock_pool(slots=1, options=SLOW)])
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        warm_up(client)
+        fill(client)
+        one = assert_429_contract(post(client, {"Idempotency-Key": "a"}, prompt="one"), "reject")
+        two = assert_429_contract(post(client, {"Idempotency-Key": "b"}, prompt="two"), "reject")
+        assert abs(one - two) < 500, (one, two)  # both told the same next release
+        assert "held" not in post(client, prompt="three").json()["message"]

@@ -67,7 +67,7 @@ def test_cancel_removes_a_queued_job_at_once(make_server: Callable[..., Loopback
         assert events[-1].event == "end" and events[-1].data["stop_reason"] == "canceled"
         # The jobs behind it moved up by one.
         behind = queued[8]
-        assert server.call(store.position(behind["job_id"])) == behind["queue_position"] - 1
+        assert server.call(store.place(behind["job_id"])).ahead == behind["queue_position"] - 1
         assert client.post(f"/v1/tasks/{hog['job_id']}/cancel").status_code == 204
         for job in queued[-3:]:
             assert read_events(client, job["sse_url"])[-1].event == "end"

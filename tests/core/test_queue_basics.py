@@ -219,3 +219,37 @@ def test_with_slots_held_back_batch_flows_are_skipped_and_interactive_ones_taken
     assert taken is not None and taken.job_id == "i1"
     taken = q.take(lambda _: True, batch_can_serve=lambda _: True)
     assert taken is not None and taken.job_id == "b1"
+
+
+def test_a_place_held_for_a_refused_client_goes_to_its_retry_not_to_new_arrivals() -> None:
+    """Rule 7: while tickets are held, new arrivals count them as taken places; a ticket takes the
+    place that frees in its turn (by due time), and runs out at its expiry."""
+    q = FairQueue(QueuePolicy(capacity=2))
+    for job in ("a", "b"):
+        assert isinstance(q.enqueue(entry(job)), Admitted)
+    assert q.tickets.hold("t1", due=10.0, expires=12.0) == 10.0
+    assert q.tickets.hold("t2", due=20.0, expires=22.0) == 20.0
+    assert q.tickets.hold("t1", due=30.0, expires=32.0) == 10.0, "a ticket keeps the place it holds"
+    q.take(lambda _: True)  # a place frees
+    assert isinstance(q.enqueue(entry("new"), ticket=lambda: "stranger", now=5.0), Rejected)
+    assert isinstance(q.enqueue(entry("late"), ticket=lambda: "t2", now=5.0), Rejected), "t1's turn first"
+    assert isinstance(q.enqueue(entry("c"), ticket=lambda: "t1", now=10.0), Admitted)
+    assert q.tickets.rank("t1") is None and q.tickets.rank("t2") == 0
+    q.take(lambda _: True)
+    assert isinstance(q.enqueue(entry("d"), ticket=lambda: "t2", now=20.0), Admitted)
+    assert len(q.tickets) == 0
+    q.take(lambda _: True)
+    q.tickets.hold("t3", due=30.0, expires=31.0)
+    assert isinstance(q.enqueue(entry("e"), now=30.5), Rejected), "t3's place is still held"
+    assert isinstance(q.enqueue(entry("e"), now=31.0), Admitted), "t3 did not come back in time"
+    assert len(q.tickets) == 0
+
+
+def test_tickets_are_asked_for_only_while_places_are_held() -> None:
+    q = FairQueue(QueuePolicy(capacity=1))
+
+    def never() -> str:
+        raise AssertionError("the ticket was computed with no place held")
+
+    assert isinstance(q.enqueue(entry("a"), ticket=never), Admitted)
+    assert isinstance(q.enqueue(entry("b"), ticket=never), Rejected)

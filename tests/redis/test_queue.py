@@ -223,3 +223,24 @@ async def test_deadlines_expire_on_any_instance(make_store: MakeStore) -> None:
     await a.create(record("fine"), entry("fine", deadline=now + 60))
     assert [e.job_id for e in await b.expire(now)] == ["late"]
     assert [e.job_id for e in await a.queued()] == ["fine"]
+
+
+async def test_a_place_held_on_one_instance_goes_to_the_retry_on_another(make_store: MakeStore) -> None:
+    """Rule 7 across replicas: a place held through A is taken by the ticket's retry through B; a
+    newcomer is refused meanwhile; a second ticket waits for the first's turn; tickets run out."""
+    a, b = make_store(QueuePolicy(capacity=2)), make_store(QueuePolicy(capacity=2))
+    for job in ("j1", "j2"):
+        assert isinstance(await a.create(record(job), entry(job)), Admitted)
+    assert isinstance(await a.create(record("x"), entry("x"), lambda: "t1"), Rejected)
+    assert await a.hold_place("t1", 0.0, 30.0) <= 0.0
+    assert 4.9 <= await b.hold_place("t2", 5.0, 30.0) <= 5.0
+    assert await b.hold_place("t1", 9.0, 30.0) <= 0.0, "a ticket keeps the place it holds"
+    assert await b.places_held() == 2
+    assert await b.take(lambda _: True, lambda _: True) is not None  # a place frees
+    assert isinstance(await b.create(record("new"), entry("new"), lambda: "stranger"), Rejected)
+    assert isinstance(await b.create(record("t2job"), entry("t2job"), lambda: "t2"), Rejected), "t1 first"
+    assert isinstance(await b.create(record("t1job"), entry("t1job"), lambda: "t1"), Admitted)
+    assert await a.places_held() == 1
+    await a.hold_place("t3", 0.0, 0.05)
+    await asyncio.sleep(0.1)
+    assert await a.places_held() == 1, "t3 ran out; t2 still holds its place"

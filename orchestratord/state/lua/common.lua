@@ -15,6 +15,8 @@
 --   P q:deadlines     zset    job -> deadline
 --   P q:keys          hash    route (encoded) -> queued jobs
 --   P q:vtime, q:seq  string  the virtual time; the arrival counter
+--   P q:held          zset    ticket -> due (ms, Redis clock): places held for refused clients
+--   P q:held:exp      zset    ticket -> when its place stops being held (ms)
 --   P run:tenants     hash    tenant -> jobs taken and not yet ended
 --   P alive           zset    job -> expiry (ms, Redis clock) of its owner's claim, renewed by heartbeat
 --   P leases          hash    job -> pool SEP replica;  P lz:<pool SEP replica> zset job -> expiry (ms)
@@ -32,6 +34,16 @@ local function num(x) return string.format('%.17g', x) end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Drop the held places whose time ran out; returns how many are still held.
+local function purge_held(now)
+  local expired = redis.call('ZRANGEBYSCORE', K('q:held:exp'), '-inf', now)
+  if #expired > 0 then
+    redis.call('ZREM', K('q:held'), unpack(expired))
+    redis.call('ZREMRANGEBYSCORE', K('q:held:exp'), '-inf', now)
+  end
+  return redis.call('ZCARD', K('q:held'))
 end
 
 local function terminal(state)

@@ -1,9 +1,10 @@
 -- Register a job and enqueue it in one step, or refuse it; nothing is stored when it is refused.
--- ARGV: prefix, entry JSON, capacity, tenant capacity (-1: none), full policy, then the record's
--- field/value pairs.
+-- ARGV: prefix, entry JSON, capacity, tenant capacity (-1: none), full policy, the client's ticket
+-- ('' for none: see core.queue rule 7, held places), then the record's field/value pairs.
 -- Returns {'admitted', stored entry, evicted entry or nil} or {'rejected', reason}.
 
 local raw, capacity, tenant_capacity, policy = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local ticket = ARGV[6]
 local e = cjson.decode(raw)
 
 local function tenant_of(job)
@@ -42,8 +43,13 @@ end
 
 local tenant_full = tenant_capacity >= 0
   and tonumber(redis.call('HGET', K('q:tenants'), e.tenant) or '0') >= tenant_capacity
+local held, mine = purge_held(now_ms()), nil
+if held > 0 and ticket ~= '' then
+  local rank = redis.call('ZRANK', K('q:held'), ticket)
+  if rank then held, mine = rank, ticket end  -- the places due before this ticket's are promised
+end
 local evicted = false
-if tenant_full or redis.call('HLEN', K('q:entries')) >= capacity then
+if tenant_full or redis.call('HLEN', K('q:entries')) + held >= capacity then
   local scope = nil
   if tenant_full then scope = e.tenant end
   local job = victim(scope)
@@ -54,8 +60,12 @@ if tenant_full or redis.call('HLEN', K('q:entries')) >= capacity then
   evicted = dequeue(job)
 end
 
+if mine then
+  redis.call('ZREM', K('q:held'), mine)
+  redis.call('ZREM', K('q:held:exp'), mine)
+end
 local h = K('job:' .. e.job_id)
-for i = 6, #ARGV, 2 do redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
+for i = 7, #ARGV, 2 do redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', h, 'entry', raw, 'taken', '0', 'requeued', '0', 'claim', '')
 local stored = enqueue(raw, nil)
 redis.call('PUBLISH', K('wake'), e.job_id)
