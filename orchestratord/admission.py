@@ -356,7 +356,7 @@ class Admission:
     async def _held(self, key: Route, outcome: Rejected, ticket: str) -> AdmissionRejected:
         """Refused from a full queue: hold for this request the place that frees after those already
         held (a request that holds one keeps it), and tell it when to come back for it."""
-        hint = self._outlook.assured(await self._retry_hint(key, None, ahead=await self._store.places_held()))
+        hint = self._outlook.assured(await self._retry_hint(key, None, held=await self._store.places_held()))
         if hint > HOLD_HORIZON_MS:  # too far out to promise; the plain hint
             return AdmissionRejected(
                 f"the queue is full (policy {outcome.policy}); retry in {hint} ms, when a queued job is "
@@ -376,16 +376,22 @@ class Admission:
             retry_after_ms=due_ms,
         )
 
-    async def _retry_hint(self, key: Route, tenant: str | None, *, ahead: int = 0) -> int:
+    async def _retry_hint(self, key: Route, tenant: str | None, *, held: int = 0) -> int:
         """When a place in the queue (or in `tenant`'s share) is expected to free, from the measured
         drain rate: the earliest predicted start among the queued jobs in scope, plus a small margin;
-        with `ahead` places already promised to others, the start that frees the one after theirs.
+        with `held` places promised to others, the start that frees the one after theirs (those
+        places that are free already aside). The queued jobs hold the slots for their expected
+        service; the jobs of the clients promised places for the pools' typical one.
 
         A job still queued now waits for a slot to free (or for its tenant's running jobs to end),
         so its wait counts from the next release even when a slot is free."""
         await self._outlook.refresh()
         first: dict[Route, int] = {}
-        for queued in await self._store.queued():
+        depth: dict[Route, int] = {}
+        queue = await self._store.queued()
+        ahead = max(0, held + len(queue) - self._policy.capacity)  # promised places still to free
+        for queued in queue:
+            depth[queued.route] = depth.get(queued.route, 0) + 1
             if tenant is None:
                 first[queued.route] = 0  # every route with queued jobs has one at position 0
             elif queued.tenant == tenant:
@@ -395,7 +401,8 @@ class Admission:
         hints = []
         for route, position in (first or {key: 0}).items():
             cap = self._outlook.capacity(route)
-            wait = predict_start_ms(max(position, cap.slots_free) + ahead, cap)
+            at = max(position, cap.slots_free)
+            wait = predict_start_ms(at + ahead, cap, known=depth.get(route, 0))
             hint = None if wait is None else retry_hint_ms(wait, cap)
             if hint is not None:
                 hints.append(hint)

@@ -53,6 +53,7 @@ class Outlook:
         self._promised: dict[str, float] = {}  # job id -> the wait (s) predicted at its admission
         self._ratios: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait / predicted wait
         self._late: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait - predicted wait (s)
+        self._predicted: deque[float] = deque(maxlen=ERROR_SAMPLES)  # the predicted waits (s)
 
     async def refresh(self) -> list[PoolSnapshot]:
         self._snapshots = await self._registry.snapshot()
@@ -222,15 +223,19 @@ class Outlook:
         if predicted is not None:
             self._ratios.append(waited_s / predicted)
             self._late.append(waited_s - predicted)
+            self._predicted.append(predicted)
 
     def assured(self, wait_ms: int) -> int:
-        """`wait_ms` plus how late the measured starts came against their predictions (the 90th
-        percentile of the lateness, 0 if they came early), so that a client told to come back then
-        finds what it was promised about 9 times in 10."""
+        """`wait_ms` stretched by how late the measured starts came against their predictions, so
+        that a client told to come back then finds what it was promised about 9 times in 10: the
+        90th percentile of the lateness added, or of the ratio (over predictions of 100 ms and more,
+        at most 3) applied, whichever is more."""
         if len(self._late) < MIN_SAMPLES:
             return wait_ms
-        late = sorted(self._late)[int(0.9 * (len(self._late) - 1))]
-        return wait_ms + max(0, math.ceil(late * 1000))
+        late = max(0.0, _p90(self._late))
+        ratios = [r for r, p in zip(self._ratios, self._predicted, strict=True) if p >= 0.1]
+        ratio = min(3.0, max(1.0, _p90(ratios))) if len(ratios) >= MIN_SAMPLES else 1.0
+        return max(wait_ms + math.ceil(late * 1000), math.ceil(wait_ms * ratio))
 
     def keep_promises(self, queued: Collection[str]) -> None:
         """Forget the predictions of jobs that left the queue without starting (canceled, failed)."""
@@ -258,3 +263,8 @@ class Outlook:
             if route.model in pool.spec.models and route.admits(pool.spec.id):
                 return pool.spec.engine, pool.engine_version, pool.spec.id
         return "none", "unknown", "none"
+
+
+def _p90(values: Collection[float]) -> float:
+    ordered = sorted(values)
+    return ordered[int(0.9 * (len(ordered) - 1))]

@@ -103,6 +103,7 @@ def capacity_for(
         mean_service_s=mean,
         releases_s=tuple(releases),
         measured=measured,
+        typical_s=times.typical(slots),
     )
 
 

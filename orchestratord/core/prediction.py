@@ -38,6 +38,8 @@ class Capacity:
     releases_s: tuple[float, ...] = ()  # first-round release times of the busy slots we know, ascending
     measured: bool = True  # False while the mean is only the oldest running job's age (a lower bound)
     ahead_s: float | None = None  # the mean expected service of the jobs ahead of the one predicted
+    typical_s: float | None = None  # the pools' mean holding time over their recent jobs: of a job
+    # not queued yet (a place held for a refused client), whose work is not known
 
     def first_round(self) -> list[float]:
         """When each of the S slots frees in its first round, ascending (see the module docstring)."""
@@ -100,6 +102,13 @@ class ServiceTimes:
     def count(self, pool_id: str) -> int:
         return self._count.get(pool_id, 0)
 
+    def typical(self, pool_slots: dict[str, int]) -> float | None:
+        """Slot-weighted mean over several pools of their recent holding times (the last `keep`: a
+        steadier figure than the moving average, for jobs whose work is not known yet)."""
+        known = [(sum(r) / len(r), n) for p, n in pool_slots.items() if (r := self._recent.get(p)) and n > 0]
+        total = sum(n for _, n in known)
+        return None if not total else sum(m * n for m, n in known) / total
+
     def combined(self, pool_slots: dict[str, int]) -> float | None:
         """Slot-weighted mean over several pools, ignoring pools with no measurement yet."""
         known = [(self._mean[p], n) for p, n in pool_slots.items() if p in self._mean and n > 0]
@@ -110,27 +119,32 @@ class ServiceTimes:
 SIMULATED = 256  # jobs ahead placed one by one; past them, each further one adds a mean service / S
 
 
-def predict_start_s(position: int, cap: Capacity) -> float | None:
+def predict_start_s(position: int, cap: Capacity, known: int | None = None) -> float | None:
     """Seconds until a job with `position` jobs ahead of it (same route) is expected to start: the
     jobs ahead take the slots as they free, in order, each holding its slot for their mean expected
     service (`ahead_s`, else one mean service), and the job starts at the release after theirs. (A
     job ahead that takes a slot early may free it again before a long-running job frees its own: the
-    k-th release is not simply the k-th of the first round.)"""
+    k-th release is not simply the k-th of the first round.) With `known`, only the first `known`
+    jobs ahead are queued ones; the others (places held for clients) hold a slot `typical_s` each."""
     if position < cap.slots_free:
         return 0.0
     if cap.mean_service_s is None or cap.slots_total <= 0:
         return None
     mean = cap.mean_service_s if cap.ahead_s is None else cap.ahead_s
+    later = mean if known is None or cap.typical_s is None else cap.typical_s
+    known = position if known is None else known
     heap = sorted([0.0] * cap.slots_free + cap.busy_releases())
     placed = min(position, SIMULATED)
-    for _ in range(placed):
-        heapq.heapreplace(heap, heap[0] + mean)
-    return heap[0] + (position - placed) * mean / len(heap)
+    for i in range(placed):
+        heapq.heapreplace(heap, heap[0] + (mean if i < known else later))
+    rest = position - placed
+    beyond_known = min(rest, max(0, position - max(known, placed)))
+    return heap[0] + ((rest - beyond_known) * mean + beyond_known * later) / len(heap)
 
 
-def predict_start_ms(position: int, cap: Capacity) -> int | None:
+def predict_start_ms(position: int, cap: Capacity, known: int | None = None) -> int | None:
     """`predict_start_s` in whole milliseconds; at least 1 when the job has to wait at all."""
-    seconds = predict_start_s(position, cap)
+    seconds = predict_start_s(position, cap, known)
     if seconds is None:
         return None
     if position < cap.slots_free:

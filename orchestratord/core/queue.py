@@ -29,10 +29,12 @@ The rules, precise enough to port (the Redis backend runs them as a Lua script o
 7. **Held places.** With `full_policy: reject`, a client refused because the queue is full may be
    promised a place (`reserve`): its ticket (its Idempotency-Key, else its request's fingerprint)
    is due when the place it is promised frees, and held until `expires`. The places that free go
-   to the tickets in order of due time: an arrival with a live ticket of rank `k` (tickets due
-   before it) is admitted while `len < capacity - k`, and takes its ticket out; any other arrival
-   while `len + tickets < capacity`. A ticket is never promised twice (a second refusal gets the
-   same due time).
+   to the tickets in order of due time: an arrival with a live ticket of rank `k` (the tickets due
+   before it and not yet due now: a client that is late does not hold back one that is on time)
+   is admitted while `len < capacity - k`, and takes its ticket out; once its ticket is due, while
+   `len < 2 x capacity` (the promise is kept when the jobs ahead ran later than predicted); any
+   other arrival while `len + tickets < capacity`. A ticket is never promised twice (a second
+   refusal gets the same due time).
 8. **Leaving.** A job leaves exactly once: taken, removed (cancel), evicted or expired. Removal is
    O(log n): the job is dropped from the hash maps at once, and heap entries are discarded lazily when
    they surface (heaps are rebuilt when stale entries outnumber live ones, so memory stays O(n)).
@@ -139,12 +141,13 @@ class Tickets:
             if held is not None and held[1] == seq:
                 self.release(ticket)
 
-    def rank(self, ticket: str) -> int | None:
-        """How many live tickets are due before `ticket`; None if it holds no place."""
+    def rank(self, ticket: str, now: float) -> int | None:
+        """How many live tickets are due before `ticket` and after `now`; None if it holds no place."""
         held = self._held.get(ticket)
         if held is None:
             return None
-        return bisect.bisect_left(self._order, (held[0], held[1], ticket))
+        due_now = bisect.bisect_right(self._order, (now, math.inf, ""))
+        return max(0, bisect.bisect_left(self._order, (held[0], held[1], ticket)) - due_now)
 
     def due(self, ticket: str) -> float | None:
         held = self._held.get(ticket)
@@ -210,15 +213,18 @@ class FairQueue:
             raise ValueError(f"job {entry.job_id!r} is already queued")
         tenant_full = self._tenant_full(entry.tenant)
         self.tickets.purge(now)
-        held, mine = len(self.tickets), None
+        held, mine, bound = len(self.tickets), None, self.policy.capacity
         if held and ticket is not None:
             mine = ticket()
-            rank = self.tickets.rank(mine)
-            if rank is not None:
-                held = rank  # the places due before this ticket's are still promised
-            else:
+            rank = self.tickets.rank(mine, now)
+            due = self.tickets.due(mine)
+            if rank is None or due is None:
                 mine = None
-        if not tenant_full and len(self._entries) + held < self.policy.capacity:
+            elif due <= now:  # on time: its place is kept even if the jobs ahead ran late
+                held, bound = 0, 2 * self.policy.capacity
+            else:
+                held = rank  # early: the places due before this ticket's are still promised
+        if not tenant_full and len(self._entries) + held < bound:
             if mine is not None:
                 self.tickets.release(mine)
             return Admitted(self._insert(entry))

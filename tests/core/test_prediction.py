@@ -9,6 +9,7 @@ from orchestratord.core.prediction import (
     Capacity,
     ServiceTimes,
     predict_start_ms,
+    predict_start_s,
     retry_hint_ms,
 )
 from orchestratord.core.route import Route
@@ -117,3 +118,21 @@ def test_a_job_past_the_mean_is_still_expected_to_take_time() -> None:
     assert times.remaining("a", 8.0, 2.0) == pytest.approx(4.0)  # longer than all seen: half its age
     cap = capacity_for(Route("m"), [pool("a", 1, 0)], times, {"a": [2.0]})
     assert predict_start_ms(0, cap) == 3000
+
+
+def test_places_held_beyond_the_queue_take_the_typical_service() -> None:
+    """A retry hint counts the queued jobs at their own expected service, then the jobs of clients
+    promised a place at the pools' typical one (their work is not known yet)."""
+    cap = Capacity(slots_total=1, slots_free=0, mean_service_s=1.0, releases_s=(0.5,), typical_s=0.2)
+    assert predict_start_s(3, cap) == pytest.approx(0.5 + 3 * 1.0)
+    assert predict_start_s(3, cap, known=1) == pytest.approx(0.5 + 1.0 + 2 * 0.2)
+    assert predict_start_s(300, cap, known=1) == pytest.approx(0.5 + 1.0 + 299 * 0.2)
+    assert predict_start_s(300, cap, known=280) == pytest.approx(0.5 + 280 * 1.0 + 20 * 0.2)
+
+
+def test_the_typical_service_is_the_mean_of_the_recent_holding_times() -> None:
+    times = ServiceTimes(keep=4)
+    for seconds in (9.0, 1.0, 1.0, 3.0, 3.0):
+        times.observe("a", seconds)
+    assert times.typical({"a": 1}) == pytest.approx(2.0)  # the last four
+    assert times.typical({"b": 1}) is None

@@ -234,7 +234,7 @@ def test_a_place_held_for_a_refused_client_goes_to_its_retry_not_to_new_arrivals
     assert isinstance(q.enqueue(entry("new"), ticket=lambda: "stranger", now=5.0), Rejected)
     assert isinstance(q.enqueue(entry("late"), ticket=lambda: "t2", now=5.0), Rejected), "t1's turn first"
     assert isinstance(q.enqueue(entry("c"), ticket=lambda: "t1", now=10.0), Admitted)
-    assert q.tickets.rank("t1") is None and q.tickets.rank("t2") == 0
+    assert q.tickets.rank("t1", 10.0) is None and q.tickets.rank("t2", 10.0) == 0
     q.take(lambda _: True)
     assert isinstance(q.enqueue(entry("d"), ticket=lambda: "t2", now=20.0), Admitted)
     assert len(q.tickets) == 0
@@ -253,3 +253,30 @@ def test_tickets_are_asked_for_only_while_places_are_held() -> None:
 
     assert isinstance(q.enqueue(entry("a"), ticket=never), Admitted)
     assert isinstance(q.enqueue(entry("b"), ticket=never), Rejected)
+
+
+def test_a_late_client_does_not_hold_back_one_that_comes_on_time() -> None:
+    q = FairQueue(QueuePolicy(capacity=1))
+    q.enqueue(entry("a"))
+    q.tickets.hold("late", due=10.0, expires=25.0)
+    q.tickets.hold("on-time", due=20.0, expires=30.0)
+    assert isinstance(q.enqueue(entry("b"), ticket=lambda: "on-time", now=15.0), Rejected), "early, full"
+    q.take(lambda _: True)
+    assert isinstance(q.enqueue(entry("b"), ticket=lambda: "on-time", now=20.0), Admitted)
+    q.take(lambda _: True)
+    assert isinstance(q.enqueue(entry("c"), now=21.0), Rejected), "the late client's place is still held"
+    assert isinstance(q.enqueue(entry("c"), now=25.0), Admitted), "until its time ran out"
+
+
+def test_a_client_on_time_for_its_place_gets_it_even_when_the_jobs_ahead_ran_late() -> None:
+    """The promise is kept when the prediction was early: an on-time ticket is admitted past the
+    capacity, up to twice it; new arrivals still count the capacity."""
+    q = FairQueue(QueuePolicy(capacity=1))
+    q.enqueue(entry("a"))
+    for ticket in ("t1", "t2"):
+        q.tickets.hold(ticket, due=10.0, expires=12.0)
+    assert isinstance(q.enqueue(entry("b"), ticket=lambda: "t1", now=9.0), Rejected), "early"
+    assert isinstance(q.enqueue(entry("b"), ticket=lambda: "t1", now=10.0), Admitted)
+    assert len(q) == 2
+    assert isinstance(q.enqueue(entry("c"), ticket=lambda: "t2", now=10.5), Rejected), "twice the capacity"
+    assert isinstance(q.enqueue(entry("d"), now=13.0), Rejected), "new arrivals count the capacity"

@@ -43,13 +43,18 @@ end
 
 local tenant_full = tenant_capacity >= 0
   and tonumber(redis.call('HGET', K('q:tenants'), e.tenant) or '0') >= tenant_capacity
-local held, mine = purge_held(now_ms()), nil
+local now = now_ms()
+local held, mine, bound = purge_held(now), nil, capacity
 if held > 0 and ticket ~= '' then
-  local rank = redis.call('ZRANK', K('q:held'), ticket)
-  if rank then held, mine = rank, ticket end  -- the places due before this ticket's are promised
+  local due = redis.call('ZSCORE', K('q:held'), ticket)
+  if due and tonumber(due) <= now then  -- on time: its place is kept even if the jobs ahead ran late
+    held, mine, bound = 0, ticket, 2 * capacity
+  elseif due then  -- early: the places due before this ticket's, and not due yet, are promised
+    held, mine = redis.call('ZCOUNT', K('q:held'), '(' .. now, '(' .. due), ticket
+  end
 end
 local evicted = false
-if tenant_full or redis.call('HLEN', K('q:entries')) + held >= capacity then
+if tenant_full or redis.call('HLEN', K('q:entries')) + held >= bound then
   local scope = nil
   if tenant_full then scope = e.tenant end
   local job = victim(scope)
