@@ -78,6 +78,7 @@ async def test_what_survives_a_redis_restart(restarted: tuple[RedisServer, bool]
         await before.ledger_update("tenant:acme", lambda _: Ledger(window_start=100.0))
         await before.announce(PoolChange("default", "drain", deadline_at=now + 60))
         await before.announce(PoolChange("solo", "reload", model="other"))
+        assert await before.take_rate("gamma", 0.01, 1) == 0.0  # its one request per 100 s: spent
 
         server.stop()  # SIGKILL: no shutdown save; only what the AOF holds comes back
         server.start()
@@ -115,6 +116,7 @@ async def assert_kept(after: RedisStore, done_log: list[tuple[str, str]], since:
         PoolChange("default", "drain", deadline_at=now + 60),
         PoolChange("solo", "reload", model="other"),
     ]
+    assert await after.take_rate("gamma", 0.01, 1) > 0, "a rate limit's bucket stays spent"
     taken = await after.take(lambda _: True, lambda _: True)
     assert taken is not None and taken.job_id == "q1", "the queue serves on from where it was"
 
@@ -130,3 +132,4 @@ async def assert_lost(after: RedisStore, since: float) -> None:
     assert await after.session_get("acme/s1") is None
     assert await after.ledger_get("tenant:acme") is None
     assert await after._recorded_pool_changes() == [], "drains and reloads are forgotten"
+    assert await after.take_rate("gamma", 0.01, 1) == 0.0, "rate limits start with full buckets"
