@@ -134,7 +134,13 @@ class LocalCluster:
 def running_cluster(workdir: Path, size: int = 3) -> Iterator[LocalCluster]:
     """Start `size` cluster-enabled redis-servers, join them with `redis-cli --cluster create`, and
     wait until every node says `cluster_state:ok`."""
-    redis_cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    redis_cli = os.environ.get("ORCH_REDIS_CLI") or shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    if not (os.path.isfile(redis_cli) and os.access(redis_cli, os.X_OK)):
+        pytest.fail(
+            f"the Redis Cluster tests need redis-cli and found none at {redis_cli!r}: install it "
+            "(`apt-get install redis-tools`; ci/setup.sh does) or point ORCH_REDIS_CLI at one",
+            pytrace=False,
+        )
     nodes: list[RedisServer] = []
     try:
         for _ in range(size):
