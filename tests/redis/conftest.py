@@ -192,6 +192,13 @@ def standalone_and_cluster(request: pytest.FixtureRequest) -> RedisTarget:
     return target
 
 
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for this test alone (it may stop, restart or pause it)."""
+    with running_redis() as server:
+        yield server
+
+
 def prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}:"
 
