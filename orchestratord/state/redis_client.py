@@ -242,7 +242,10 @@ class Scripts:
                 return await _transaction(await self.node.client(), commands)
             except MovedError:
                 await self.node.moved()
+            try:
                 return await _transaction(await self.node.client(), commands)
+            except MovedError as exc:  # still moving: not a misconfiguration, a retry later
+                raise unavailable(exc) from exc
 
 
 async def _transaction(client: aioredis.Redis, commands: Sequence[Sequence[str | int | float]]) -> list[Any]:

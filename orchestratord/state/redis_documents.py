@@ -14,7 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import MovedError, WatchError
 
-from orchestratord.state.redis_client import Client, SlotNode, reachable
+from orchestratord.state.redis_client import Client, SlotNode, reachable, unavailable
 
 T = TypeVar("T")
 
@@ -47,7 +47,10 @@ class Documents:
                 return await _update(await self._node.client(), key, cls, change, ttl_ms)
             except MovedError:  # the cluster moved the deployment's slot: to its node now
                 await self._node.moved()
+            try:
                 return await _update(await self._node.client(), key, cls, change, ttl_ms)
+            except MovedError as exc:  # still moving: not a misconfiguration, a retry later
+                raise unavailable(exc) from exc
 
     async def delete(self, name: str) -> bool:
         async with reachable():

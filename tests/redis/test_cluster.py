@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 import redis.exceptions
@@ -13,7 +14,7 @@ from orchestratord.core.queue import Admitted, QueueEntry
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState
 from orchestratord.errors import StateUnavailable
-from orchestratord.state.base import JobRecord
+from orchestratord.state.base import JobRecord, SessionRecord
 from orchestratord.state.redis import RedisStore
 from orchestratord.state.redis_client import RedisOptions, tagged
 from tests.redis.conftest import LocalCluster, RedisServer
@@ -96,3 +97,41 @@ async def test_a_cluster_client_on_one_redis_says_to_unset_cluster(redis_server:
         assert not await store.ping()
     finally:
         await store.aclose()
+
+
+def move_slot(cluster: LocalCluster, slot: int, source: RedisServer, target: RedisServer) -> None:
+    """Move one hash slot with its keys, as `redis-cli --cluster reshard` does."""
+    src, dst = source.client(), target.client()
+    src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+    for node in cluster.nodes:
+        node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+
+async def test_a_deployment_follows_its_slot_to_another_node(redis_cluster: LocalCluster) -> None:
+    source, target = redis_cluster.nodes[1], redis_cluster.nodes[2]
+    prefix = prefix_on(redis_cluster, source)
+    admits, runs = store_on(redis_cluster.url, prefix), store_on(redis_cluster.url, prefix)
+    now = time.time()
+    visit = SessionRecord("s1", "acme", "mock", created_at=now, expires_at=now + 600)
+    try:
+        before = uuid.uuid4().hex
+        assert await run_one_job(admits, runs, before) == ["started", "token", "end"]
+        await admits.session_update("acme/s1", lambda _: visit)
+        slot = int(source.client().execute_command("CLUSTER", "KEYSLOT", f"{tagged(prefix)}epoch"))
+        move_slot(redis_cluster, slot, source, target)
+        # The same instances go on: reads and transactions find the slot's new node.
+        done = await runs.get(before)
+        assert done is not None and done.state is JobState.SUCCEEDED
+        await runs.session_update("acme/s1", lambda s: replace(s or visit, turns=(s or visit).turns + 1))
+        stored = await admits.session_get("acme/s1")
+        assert stored is not None and stored.turns == 1
+        after = uuid.uuid4().hex
+        assert await run_one_job(admits, runs, after) == ["started", "token", "end"]
+        assert target.client().exists(f"{tagged(prefix)}job:{after}") == 1
+    finally:
+        await admits.aclose()
+        await runs.aclose()
