@@ -44,11 +44,13 @@ if ! command -v chromium >/dev/null; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
-# redis-server runs the Redis backend's tests (tests/redis starts its own on a free port); only when missing.
-if ! command -v redis-server >/dev/null; then
+# redis-server runs the Redis backend's tests (tests/redis starts its own on a free port, and a
+# three-node Redis Cluster joined with redis-cli, from redis-tools); only when missing.
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
   sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
   $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server \
+    redis-tools >/dev/null
 fi
 
 # kubectl renders the Kubernetes manifests (`kubectl kustomize deploy/k8s/...`, tests/deploy); only

@@ -109,6 +109,7 @@ def build_store(settings: Settings) -> StateStore:
             retention_s=settings.stream.retention_s,
             options=RedisOptions(
                 key_prefix=r.key_prefix,
+                cluster=r.cluster,
                 lease_ttl_s=r.lease_ttl_s,
                 timeout_s=r.timeout_s,
                 max_connections=r.max_connections,

@@ -229,7 +229,10 @@ class BreakerConfig(_Strict):
 class RedisConfig(_Strict):
     """The shared state backend, used when `state_url` is `redis://` or `rediss://`."""
 
-    key_prefix: str = Field(default="orchd:", min_length=1, max_length=64)  # one deployment's keys
+    # One deployment's keys; they begin with it in braces (`{orchd:}`), a Redis Cluster hash tag, unless
+    # it has a tag of its own (`{orchd}:`): every key of a deployment is in one hash slot.
+    key_prefix: str = Field(default="orchd:", min_length=1, max_length=64)
+    cluster: bool = False  # state_url names a node of a Redis Cluster (any node; the others are found)
     lease_ttl_s: float = Field(default=10.0, gt=0)  # a dead replica's jobs and slots are freed after this
     heartbeat_s: float = Field(default=2.0, gt=0)  # how often a replica renews its leases
     timeout_s: float = Field(default=2.0, gt=0)  # longest wait for Redis before answering 503
@@ -390,6 +393,23 @@ class Settings(BaseSettings):
             f"state_url {redact_url(value)!r} is not supported; use memory:// (one process) or "
             "redis://host:6379/0 (rediss:// for TLS) to share state between replicas"
         )
+
+    @model_validator(mode="after")
+    def _cluster(self) -> Settings:
+        if not self.redis.cluster:
+            return self
+        parts = urlsplit(self.state_url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(
+                f"redis.cluster is true but state_url {redact_url(self.state_url)!r} is not a Redis URL; "
+                "name one node of the cluster: redis://host:6379 (rediss:// for TLS)"
+            )
+        if parts.path.strip("/") not in ("", "0"):
+            raise ValueError(
+                f"redis.cluster is true but state_url {redact_url(self.state_url)!r} names database "
+                f"{parts.path.strip('/')!r}; a Redis Cluster has only database 0"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_pools(self) -> Settings:

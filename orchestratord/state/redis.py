@@ -30,7 +30,7 @@ from orchestratord.core.tasks import JobState, LogEvent, Priority
 from orchestratord.errors import StateLost, StateUnavailable, error_event
 from orchestratord.logs import get_logger
 from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
-from orchestratord.state.redis_client import SEP, RedisOptions, Scripts, connect, reachable
+from orchestratord.state.redis_client import SEP, RedisOptions, Scripts, SlotNode, connect, reachable, tagged
 from orchestratord.state.redis_documents import Documents
 from orchestratord.state.redis_leases import RedisLeases
 from orchestratord.state.redis_local import RETRY_S, LocalLogs
@@ -78,8 +78,10 @@ class RedisStore:
         )
         self._client = connect(url, self.options)
         self._reader = connect(url, self.options, blocking=True)
-        self._scripts = Scripts(self._client, self.options.key_prefix, self.options.timeout_s)
-        self._signals = Signals(self._reader, self.options.key_prefix)
+        prefix = tagged(self.options.key_prefix)  # one hash slot per deployment (redis_client.tagged)
+        self._node = SlotNode.of(self._client, url, self.options, prefix)  # a cluster's transactions
+        self._scripts = Scripts(self._client, prefix, self.options.timeout_s, node=self._node)
+        self._signals = Signals(self._reader, prefix)
         self._leases = RedisLeases(self._scripts, self.options.lease_ttl_s)
         self.leases: LeaseStore = self._leases
         self._logs = LocalLogs(
@@ -94,7 +96,7 @@ class RedisStore:
         self._tail = Tail(
             self._reader, self._client, self._key(f"tail:{self.owner}"), round(self.options.block_s * 1000)
         )
-        self._documents = Documents(self._client, self.options.key_prefix)
+        self._documents = Documents(self._client, prefix, self._node)
 
     @property
     def shared(self) -> SharedState:
@@ -544,6 +546,8 @@ class RedisStore:
         await self._signals.aclose()
         await self._client.aclose()
         await self._reader.aclose()
+        if self._node is not None:
+            await self._node.aclose()
 
     @property
     def _ttl_ms(self) -> int:

@@ -1,23 +1,39 @@
-"""The Redis connection of one orchestrator instance: clients, Lua scripts, and one translation of
-"Redis is unreachable" into `StateUnavailable` (503 with Retry-After), so no caller sees a raw
-redis-py error and nothing waits longer than `timeout_s`."""
+"""The Redis connection of one orchestrator instance: clients (one Redis, or a Redis Cluster), the key
+prefix with its hash tag, Lua scripts, and one translation of "Redis is unreachable" into
+`StateUnavailable` (503 with Retry-After), so no caller sees a raw redis-py error and nothing waits
+longer than `timeout_s`.
+
+Every key of one deployment carries one hash tag (`tagged`), so all of them live in one hash slot:
+on a Redis Cluster (or a managed Redis/Valkey in cluster mode) a deployment lives on one shard, and
+every script, transaction, pipeline and multi-stream read touches keys of that slot only."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    AskError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    MovedError,
+    RedisClusterException,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestratord.errors import StateUnavailable
+from orchestratord.logs import get_logger
 
 SEP = "\x1f"  # joins the parts of composite names (flows, replicas) inside keys and script arguments
 RETRY_AFTER_MS = 1000
@@ -26,14 +42,31 @@ SCRIPTS = (
     "position", "reap", "requeue", "readers", "purge", "lease_acquire", "lease_release", "lease_held",
     "renew", "rate", "lead", "idem_remember", "idem_forget", "held",
 )  # fmt: skip
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)  # OSError: TimeoutError too
+# OSError: TimeoutError too. On a cluster: no node answers (RedisClusterException), a shard is down or
+# its slots are moving (CLUSTERDOWN, TRYAGAIN).
+UNREACHABLE = (
+    RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException, ClusterDownError, TryAgainError,
+)  # fmt: skip
+Client: TypeAlias = "aioredis.Redis | RedisCluster"
+ANCHOR = "epoch"  # the key every script declares (KEYS[1]): one key of the deployment's slot
+log = get_logger(__name__)
+
+
+def tagged(prefix: str) -> str:
+    """The key prefix of a deployment, with a hash tag: `prefix` itself if it has one (a non-empty
+    `{...}`, as Redis Cluster reads it: from the first `{` to the next `}`), else `prefix` in braces
+    (`orchd:` -> `{orchd:}`). Every key and channel starts with it, so all of them hash to one slot."""
+    start = prefix.find("{")
+    end = prefix.find("}", start + 1) if start >= 0 else -1
+    return prefix if end > start + 1 else f"{{{prefix}}}"
 
 
 @dataclass(frozen=True, slots=True)
 class RedisOptions:
     """How one instance talks to Redis (from the `redis:` settings)."""
 
-    key_prefix: str = "orchd:"
+    key_prefix: str = "orchd:"  # as configured; keys begin with `tagged(key_prefix)`
+    cluster: bool = False  # the URL names a node of a Redis Cluster (redis.asyncio.cluster.RedisCluster)
     lease_ttl_s: float = 10.0
     timeout_s: float = 2.0
     block_s: float = 5.0  # how long one blocking stream read waits before it looks at the job again
@@ -48,11 +81,32 @@ def unavailable(exc: BaseException | None = None) -> StateUnavailable:
     )
 
 
+def misconfigured(exc: BaseException) -> StateUnavailable | None:
+    """The error that says what to change when `redis.cluster` does not match the Redis it reaches:
+    a standalone client redirected by a cluster node (MOVED, ASK, CROSSSLOT), or a cluster client that
+    found no cluster. None for any other error."""
+    if isinstance(exc, AskError | ClusterCrossSlotError):  # MovedError is an AskError
+        fix = "the Redis at state_url is a Redis Cluster node: set redis.cluster: true"
+    elif isinstance(exc, RedisClusterException) and "Cluster mode is not enabled" in str(exc):
+        fix = (
+            "redis.cluster is true but the Redis at state_url is not a cluster node: set redis.cluster: false"
+        )
+    else:
+        return None
+    log.error("state_backend_misconfigured", fix=fix, error=str(exc))
+    return StateUnavailable(
+        f"the shared state backend (Redis) is misconfigured: {fix}", retry_after_ms=RETRY_AFTER_MS
+    )
+
+
 @asynccontextmanager
 async def reachable() -> AsyncIterator[None]:
-    """Run Redis calls; a lost or timed-out connection becomes StateUnavailable."""
+    """Run Redis calls; a lost or timed-out connection becomes StateUnavailable, and so does a
+    cluster setting that does not match the Redis it reaches (with the fix in its message)."""
     try:
         yield
+    except (AskError, ClusterCrossSlotError, RedisClusterException) as exc:
+        raise (misconfigured(exc) or unavailable(exc)) from exc
     except UNREACHABLE as exc:
         raise unavailable(exc) from exc
     except RuntimeError as exc:
@@ -63,13 +117,27 @@ async def reachable() -> AsyncIterator[None]:
         raise unavailable(exc) from exc
 
 
-def connect(url: str, options: RedisOptions, *, blocking: bool = False) -> aioredis.Redis:
+def connect(url: str, options: RedisOptions, *, blocking: bool = False) -> Client:
     """A client that fails fast: one quick reconnect attempt (a restarted Redis drops pooled
     connections), then an error. The request client's pool holds at most `max_connections`; a
     request that finds none free waits for one, up to `timeout_s`, then gets StateUnavailable like
     any other wait for Redis. The `blocking` client holds the instance's two long-lived connections
-    (the shared stream read and the pub/sub subscription) and waits up to `block_s` longer on reads."""
+    (the shared stream read and the pub/sub subscription) and waits up to `block_s` longer on reads.
+    With `cluster`, a RedisCluster that learns the other nodes from the one `url` names; each node's
+    pool holds at most `max_connections`, and a request that finds none free gets StateUnavailable
+    at once (redis-py's cluster client does not wait for one)."""
     read_timeout = options.timeout_s + (options.block_s if blocking else 0.0)
+    if options.cluster:
+        return RedisCluster.from_url(
+            url,
+            max_connections=4 if blocking else options.max_connections,
+            decode_responses=True,
+            protocol=2,
+            socket_timeout=read_timeout,
+            socket_connect_timeout=options.timeout_s,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
+            health_check_interval=30,
+        )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=4 if blocking else options.max_connections,
@@ -84,13 +152,71 @@ def connect(url: str, options: RedisOptions, *, blocking: bool = False) -> aiore
     return aioredis.Redis(connection_pool=pool)
 
 
+async def subscriber(client: Client) -> Any:
+    """A pub/sub of `client`. A cluster's subscribes where the channel's slot is (the deployment's
+    node; PUBLISH reaches every node anyway), so it needs the slot map first."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()  # at once when the map is known
+    return client.pubsub(ignore_subscribe_messages=True)
+
+
+class SlotNode:
+    """On a Redis Cluster, a plain client of the node that holds the deployment's hash slot, for
+    transactions (MULTI/EXEC, WATCH): redis-py's cluster client runs a transaction's commands through a
+    thread and an event loop of its own. Found from the cluster's slot map when first needed, and again
+    after the slot moved (MOVED)."""
+
+    def __init__(self, cluster: RedisCluster, url: str, options: RedisOptions, prefix: str) -> None:
+        self._cluster = cluster
+        self._url = url
+        self._options = replace(options, cluster=False)
+        self._anchor = f"{prefix}{ANCHOR}"
+        self._client: aioredis.Redis | None = None
+
+    @classmethod
+    def of(cls, client: Client, url: str, options: RedisOptions, prefix: str) -> SlotNode | None:
+        """The deployment's node on a cluster; None on one Redis (its client takes transactions)."""
+        return cls(client, url, options, prefix) if isinstance(client, RedisCluster) else None
+
+    async def client(self) -> aioredis.Redis:
+        if self._client is None:
+            await self._cluster.initialize()  # the slot map; at once when it is known
+            node = self._cluster.get_node_from_key(self._anchor)
+            if node is None:
+                raise RedisClusterException(f"no node of the cluster holds the slot of {self._anchor}")
+            parts = urlsplit(self._url)
+            auth = parts.netloc.rpartition("@")[0]
+            netloc = f"{auth}@{node.host}:{node.port}" if auth else f"{node.host}:{node.port}"
+            self._client = cast(
+                aioredis.Redis, connect(parts._replace(netloc=netloc).geturl(), self._options)
+            )
+        return self._client
+
+    async def moved(self) -> None:
+        """The slot is elsewhere now: read the slot map again before the next transaction."""
+        stale, self._client = self._client, None
+        self._cluster._initialize = True
+        if stale is not None:
+            await stale.aclose()
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
 class Scripts:
     """The Lua scripts (orchestratord/state/lua), each prefixed with common.lua, called by name."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, client: Client, prefix: str, timeout_s: float = 2.0, *, node: SlotNode | None = None
+    ) -> None:
         common = _source("common")
         self.client = client
-        self.prefix = prefix
+        self.node = node  # on a cluster: where transactions go
+        self.prefix = prefix  # tagged: every key the scripts build from it is in one slot
+        # The one key each script declares (KEYS[1]): a cluster client sends the script to the node
+        # that holds the deployment's slot, and Redis refuses any key the script touches outside it.
+        self.anchor = self.key(ANCHOR)
         # Each call's whole budget, its reconnect attempt included: an unreachable Redis is answered
         # (StateUnavailable, 503) within `redis.timeout_s`, as documented, not after two timeouts.
         self.timeout_s = timeout_s
@@ -101,7 +227,7 @@ class Scripts:
 
     async def run(self, name: str, *args: str | int | float) -> Any:
         async with reachable(), asyncio.timeout(self.timeout_s):
-            return await self._scripts[name](args=[self.prefix, *args])
+            return await self._scripts[name](keys=[self.anchor], args=[self.prefix, *args])
 
     async def call(self, *command: str | int | float) -> Any:
         async with reachable(), asyncio.timeout(self.timeout_s):
@@ -110,11 +236,24 @@ class Scripts:
     async def pipeline(self, commands: Sequence[Sequence[str | int | float]]) -> list[Any]:
         """Several commands in one round trip, as one transaction."""
         async with reachable(), asyncio.timeout(self.timeout_s):
-            pipe: Any = self.client.pipeline(transaction=True)
-            for command in commands:
-                pipe.execute_command(*command)
-            result: list[Any] = await pipe.execute()
-            return result
+            if self.node is None:
+                return await _transaction(cast(aioredis.Redis, self.client), commands)
+            try:
+                return await _transaction(await self.node.client(), commands)
+            except MovedError:
+                await self.node.moved()
+            try:
+                return await _transaction(await self.node.client(), commands)
+            except MovedError as exc:  # still moving: not a misconfiguration, a retry later
+                raise unavailable(exc) from exc
+
+
+async def _transaction(client: aioredis.Redis, commands: Sequence[Sequence[str | int | float]]) -> list[Any]:
+    pipe: Any = client.pipeline(transaction=True)
+    for command in commands:
+        pipe.execute_command(*command)
+    result: list[Any] = await pipe.execute()
+    return result
 
 
 def _source(name: str) -> str:

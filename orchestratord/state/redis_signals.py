@@ -11,11 +11,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from orchestratord.logs import get_logger
-from orchestratord.state.redis_client import UNREACHABLE
+from orchestratord.state.redis_client import UNREACHABLE, Client, subscriber
 
 log = get_logger(__name__)
 _POLL_S = 1.0
@@ -23,7 +22,7 @@ _BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 class Signals:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: Client, prefix: str) -> None:
         self._client = client
         self.cancel_channel = f"{prefix}cancel"
         self.wake_channel = f"{prefix}wake"
@@ -58,8 +57,9 @@ class Signals:
     async def _listen(self) -> None:
         failures = 0
         while True:
-            pubsub: Any = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub: Any = None
             try:
+                pubsub = await subscriber(self._client)
                 await pubsub.subscribe(self.cancel_channel, self.wake_channel, self.pools_channel)
                 if failures:
                     log.info("state_backend_reconnected", channel="signals")
@@ -73,8 +73,9 @@ class Signals:
                 await asyncio.sleep(_BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)])
                 failures += 1
             finally:
-                with contextlib.suppress(*UNREACHABLE):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(*UNREACHABLE):
+                        await pubsub.aclose()
 
     async def _relay(self, pubsub: Any) -> None:
         while True:

@@ -20,11 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from orchestratord.logs import get_logger
-from orchestratord.state.redis_client import UNREACHABLE
+from orchestratord.state.redis_client import UNREACHABLE, Client
 
 log = get_logger(__name__)
 Entry = tuple[str, dict[str, str]]  # (stream id, fields)
@@ -58,9 +57,7 @@ class _Job:
 
 
 class Tail:
-    def __init__(
-        self, blocking: aioredis.Redis, requests: aioredis.Redis, wake_key: str, block_ms: int
-    ) -> None:
+    def __init__(self, blocking: Client, requests: Client, wake_key: str, block_ms: int) -> None:
         self._blocking = blocking  # the shared read holds one of its connections
         self._requests = requests  # the wake-up is written through the request pool
         self._wake_key = wake_key

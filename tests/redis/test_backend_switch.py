@@ -28,12 +28,15 @@ async def test_state_url_chooses_the_backend(monkeypatch: pytest.MonkeyPatch, tm
     from_file = build_store(load_settings(config))
     monkeypatch.setenv("ORCHD_STATE_URL", "rediss://cache.internal:6380/0")
     from_env = build_store(load_settings())
+    on_a_cluster = build_store(load_settings(None, redis={"cluster": True}))
     try:
         assert isinstance(from_file, RedisStore) and from_file.options.lease_ttl_s == 6
-        assert isinstance(from_env, RedisStore)
+        assert isinstance(from_env, RedisStore) and not from_env.options.cluster
+        assert isinstance(on_a_cluster, RedisStore) and on_a_cluster.options.cluster
     finally:
         await from_file.aclose()
         await from_env.aclose()
+        await on_a_cluster.aclose()
 
 
 @pytest.mark.parametrize(
@@ -43,6 +46,8 @@ async def test_state_url_chooses_the_backend(monkeypatch: pytest.MonkeyPatch, tm
         ({"state_url": "redis:///0"}, "state_url"),
         ({"state_url": "redis://h:1/0", "redis": {"lease_ttl_s": 2, "heartbeat_s": 1.5}}, "at most half"),
         ({"redis": {"key_prefix": ""}}, "redis.key_prefix"),
+        ({"redis": {"cluster": True}}, "redis.cluster is true but state_url 'memory://' is not a Redis URL"),
+        ({"state_url": "redis://h:1/3", "redis": {"cluster": True}}, "a Redis Cluster has only database 0"),
     ],
 )
 def test_bad_redis_settings_name_the_key(overrides: dict[str, object], fragment: str) -> None:

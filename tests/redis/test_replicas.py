@@ -1,5 +1,7 @@
 """Three `orchestratord serve` processes on one Redis behave as one service: a job posted to one is
-streamed from another and canceled from a third; fairness, 429s, capacity and slots hold globally."""
+streamed from another and canceled from a third; fairness, 429s, capacity and slots hold globally.
+Every test runs twice: on one Redis, and on a three-node Redis Cluster (`redis.cluster: true`, the
+URL naming the first node) with a deployment whose hash slot another node holds."""
 
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import pytest
 
 from orchestratord.core.queue import FairQueue, QueueEntry, QueuePolicy
 from orchestratord.core.route import Route
+from orchestratord.state.redis_client import tagged
 from tests.fakes.sse import Event, parse_frames, read_events
-from tests.redis.conftest import Deployment, RedisServer, start_deployment
+from tests.redis.conftest import Deployment, LocalCluster, RedisTarget, prefix, start_deployment
 
 pytestmark = pytest.mark.redis
 KEYS = {"acme": "acme-key-0123456789", "beta": "beta-key-0123456789", "gamma": "gamma-key-0123456789"}
@@ -25,9 +28,19 @@ CAPACITY, TENANT_CAPACITY = 24, 16
 HANG = "[[mock hang]] hold the only slot"
 
 
-@pytest.fixture(scope="module")
-def trio(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    overrides = {
+def off_the_first_node(cluster: LocalCluster) -> str:
+    """A deployment prefix whose slot a node other than the first (the one state_url names) holds."""
+    while (candidate := prefix()) and cluster.node_of(f"{tagged(candidate)}epoch") is cluster.nodes[0]:
+        pass
+    return candidate
+
+
+@pytest.fixture(scope="module", params=["standalone", "cluster"])
+def trio(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    target: RedisTarget = request.getfixturevalue(
+        "redis_server" if request.param == "standalone" else "redis_cluster"
+    )
+    overrides: dict[str, Any] = {
         "auth": {"keys": [
             *({"key": key, "tenant": tenant} for tenant, key in KEYS.items()),
             {"key": ADMIN, "tenant": "ops", "role": "admin"},
@@ -45,7 +58,9 @@ def trio(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
              "options": {"ttft_ms": 1, "tokens_per_s": 1000}},
         ],
     }  # fmt: skip
-    with start_deployment(redis_server, tmp_path_factory.mktemp("trio"), 3, **overrides) as deployment:
+    if isinstance(target, LocalCluster):
+        overrides["key_prefix"] = off_the_first_node(target)
+    with start_deployment(target, tmp_path_factory.mktemp("trio"), 3, **overrides) as deployment:
         yield deployment
 
 

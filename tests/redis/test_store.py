@@ -19,11 +19,18 @@ from orchestratord.errors import StateUnavailable
 from orchestratord.state.base import JobRecord, SessionRecord
 from orchestratord.state.memory import MemoryStore
 from orchestratord.state.redis import RedisStore
+from orchestratord.state.redis_client import tagged
 from tests.fakes.servers import free_port
-from tests.redis.conftest import RedisServer
+from tests.redis.conftest import RedisTarget, standalone_and_cluster
 
 pytestmark = pytest.mark.redis
 MakeStore = Callable[..., RedisStore]
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
+    """Every test here runs on one Redis and on a three-node Redis Cluster."""
+    return standalone_and_cluster(request)
 
 
 def record(job_id: str, **overrides: object) -> JobRecord:
@@ -162,13 +169,13 @@ async def test_a_reader_waits_for_events_written_by_another_instance(make_store:
 
 
 async def test_a_finished_job_expires_after_its_retention(
-    make_store: MakeStore, redis_server: RedisServer
+    make_store: MakeStore, redis_target: RedisTarget
 ) -> None:
     store = make_store(retention_s=30)
     await admit(store, "j1")
     await store.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
-    client = redis_server.client()
-    ttls = [client.pttl(f"{store.options.key_prefix}{k}:j1") for k in ("job", "log")]
+    client = redis_target.client()
+    ttls = [client.pttl(f"{tagged(store.options.key_prefix)}{k}:j1") for k in ("job", "log")]
     assert all(0 < ttl <= 30_000 for ttl in ttls), ttls
     assert await store.purge(time.time()) == 0
     assert await store.purge(time.time() + 31) == 1

@@ -1,5 +1,8 @@
 -- Shared by every script (prepended to each one). ARGV[1] is the key prefix; every key is derived from
--- it inside the script, so the scripts need one Redis (standalone or a Sentinel primary), not a Cluster.
+-- it inside the script. The prefix carries the deployment's hash tag (`{orchd:}`, redis_client.tagged),
+-- so every key a script builds is in one hash slot, and KEYS[1] is one key of that slot (P epoch): a
+-- Redis Cluster client sends the script to the node that holds the slot, and Redis refuses a key
+-- outside it (CROSSSLOT). So the scripts run on one Redis, a Sentinel primary or a Redis Cluster.
 --
 -- Keys (P = prefix):
 --   P job:<id>        hash    the job record, plus `entry` (its queue entry as JSON), `seq`, `claim`
