@@ -3,9 +3,9 @@
 Refusals are typed errors raised before anything is stored: INVALID_PARAMS (nothing can ever serve
 it), POOL_UNREADY (a pinned pool cannot take work now), DEADLINE_UNMET (it cannot start in time),
 ADMISSION_REJECT (queue full, rate limit; with a retry hint from the measured drain rate). A client
-refused from a full queue (`full_policy: reject`) is promised the place its hint points at: its retry
-with the same Idempotency-Key (else the same request body) takes it before any new arrival
-(`core.queue` rule 7), for `queue.retry_hold_s` past the hint.
+refused from a full queue (`full_policy: reject`) with an Idempotency-Key is promised the place its
+hint points at: its retry with the same key takes it before any new arrival (`core.queue` rule 7),
+for `queue.retry_hold_s` past the hint.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class Admission:
 
     async def admit(self, spec: TaskSpec, ticket: Callable[[], str] | None = None) -> AdmissionResult:
         """Admit `spec`, or raise the typed error that refuses it. `ticket()` names the request for a
-        place held in a full queue (the tenant and its Idempotency-Key, else its body's fingerprint)."""
+        place held in a full queue (the tenant and its Idempotency-Key); None: it holds none."""
         bind_job(spec)
         try:
             return await self._admit(spec, ticket)
@@ -370,7 +370,7 @@ class Admission:
             due_ms = await self._retry_hint(key, None)
         return AdmissionRejected(
             f"the queue is full (policy {outcome.policy}); a place is held for this request: retry in "
-            f"{due_ms} ms with the same Idempotency-Key (or the same body), within "
+            f"{due_ms} ms with the same Idempotency-Key, within "
             f"{self._policy.retry_hold_s:g} s of it",
             policy_label=outcome.policy,
             retry_after_ms=due_ms,

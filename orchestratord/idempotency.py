@@ -47,10 +47,9 @@ class Idempotency:
     async def admit(self, spec: TaskSpec, key: str | None, body: Callable[[], str]) -> AdmissionResult:
         """Admit `spec`, or, for a key seen before, answer with the job the key already created.
         `body()` is the request's fingerprint, computed only when there is a key to compare it with."""
-
-        def ticket() -> str:  # the request's place, if it is refused from a full queue
-            return f"{spec.tenant}\x1f{key if key is not None else body()}"
-
+        # A request refused from a full queue may hold the place its Retry-After points at, named
+        # by its Idempotency-Key (a client that retries sends the same one; the OpenAI SDKs do).
+        ticket = None if key is None else (lambda: f"{spec.tenant}\x1f{key}")
         if key is None or self._window <= 0:
             return await self._admission.admit(spec, ticket)
         body_fingerprint = body()

@@ -141,8 +141,8 @@ class QueueConfig(_Strict):
     # The share of each pool's slots kept for interactive jobs: a batch job takes a slot only while more
     # than floor(holdback x the pool's slots) are free (0: off).
     holdback: float = Field(default=0.0, ge=0, lt=1)
-    # With full_policy reject: a client refused from a full queue is promised the place its
-    # Retry-After points at; its retry (same Idempotency-Key, else same body) takes it before new
+    # With full_policy reject: a client refused from a full queue with an Idempotency-Key is
+    # promised the place its Retry-After points at; its retry (same key) takes it before new
     # arrivals if it comes within this many seconds of that time (0: no places held).
     retry_hold_s: float = Field(default=1.0, ge=0, le=60)
 

@@ -27,8 +27,8 @@ The rules, precise enough to port (the Redis backend runs them as a Lua script o
 6. **Deadlines.** `deadline` is absolute (wall-clock seconds). `expire(now)` removes every job whose
    deadline is `<= now`; callers expire before they take, so a job past its deadline is never taken.
 7. **Held places.** With `full_policy: reject`, a client refused because the queue is full may be
-   promised a place (`reserve`): its ticket (its Idempotency-Key, else its request's fingerprint)
-   is due when the place it is promised frees, and held until `expires`. The places that free go
+   promised a place (`Tickets.hold`): its ticket (its tenant and Idempotency-Key) is due when the
+   place it is promised frees, and held until `expires`. The places that free go
    to the tickets in order of due time: an arrival with a live ticket of rank `k` (the tickets due
    before it and not yet due now: a client that is late does not hold back one that is on time)
    is admitted while `len < capacity - k`, and takes its ticket out; once its ticket is due, while

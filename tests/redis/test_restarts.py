@@ -104,7 +104,8 @@ async def assert_kept(after: RedisStore, done_log: list[tuple[str, str]], since:
     assert running is not None and running.state is JobState.RUNNING
     assert await after.leases.held("p", "r") == 1, "its slot stays leased until its claim expires"
     assert [e.job_id for e in await after.queued()] == ["q1", "q2"], "the queue, in its order"
-    assert await after.position("q2") == 1
+    place = await after.place("q2")
+    assert place is not None and place.ahead == 1
     assert await after.remember_idempotency("k", "acme", "fp", "q-retry", 600) == IdempotencyRecord(
         "q1", "fp"
     )
