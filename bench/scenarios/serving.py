@@ -246,15 +246,20 @@ def router(engine_url: str, workdir: Path, cores: set[int] | None) -> Iterator[t
     port = free_port()
     argv = [str(ROUTER), "--host", "127.0.0.1", "--port", str(port), "--worker-urls", engine_url]
     log = workdir / "vllm-router.log"
-    child = Child("vllm-router", f"http://127.0.0.1:{port}", _spawn(argv, log, cores=cores))
     try:
+        child = Child("vllm-router", f"http://127.0.0.1:{port}", _spawn(argv, log, cores=cores))
+    except OSError as exc:
+        yield None, f"vllm-router could not be started: {exc}"
+        return
+    try:
+        ready, why = True, ""
         try:
             wait_ready(child, "/v1/models", timeout=60.0)
         except RuntimeError as exc:
             tail = log.read_text(errors="replace")[-600:] if log.exists() else ""
-            yield None, f"vllm-router did not start: {exc}; its log ends: {tail!r}"
-            return
-        yield child, " ".join(["vllm-router", *argv[1:]])
+            ready, why = False, f"vllm-router did not start: {exc}; its log ends: {tail!r}"
+        # outside the except clause: an error of the measured block is not chained to a start failure
+        yield (child, " ".join(["vllm-router", *argv[1:]])) if ready else (None, why)
     finally:
         child.stop()
 
