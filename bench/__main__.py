@@ -24,6 +24,7 @@ SCENARIOS = (
     "holdback",
     "profile",
     "redis",
+    "serving",
 )
 # Run only by name. guidellm installs guidellm (torch and all, about 1.5 GB) on first use, and it compares
 # load generators rather than measuring a target of its own; memory waits out each round's retention

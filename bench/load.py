@@ -8,8 +8,9 @@ request starts (each request in flight is itself bounded by the client's timeout
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +84,12 @@ async def through_orchestrator(
     reader: Client | None = None,
     *,
     headers: dict[str, str] | None = None,
+    stream: TaskStream | None = None,
     **body: Any,
 ) -> JobResult:
     """POST /v1/tasks (with `body`'s fields besides max_tokens), then GET its stream until the
-    terminal event (through `reader`, another replica of the deployment, when given)."""
+    terminal event (through `reader`, another replica of the deployment, when given), read into
+    `stream` when given (a subclass that records more)."""
     result = JobResult(time.perf_counter(), expected=max_tokens)
     try:
         posted = task_body(max_tokens, **body)
@@ -99,7 +102,7 @@ async def through_orchestrator(
             return result
         admission = orjson.loads(answer.sink.body)
         result.predicted_start_ms = admission["predicted_start_ms"]
-        stream = TaskStream()
+        stream = stream or TaskStream()
         await (reader or client).request(
             "GET", admission["sse_url"], sink=stream, headers=headers, limit_s=limit_s
         )
@@ -172,3 +175,33 @@ async def open_loop(job: Job, rate: float, max_requests: int, max_seconds: float
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(job()))
     return list(await asyncio.gather(*tasks))
+
+
+def poisson_arrivals(rate: float, seconds: float, seed: int) -> list[float]:
+    """When jobs arrive (seconds from the start) in a Poisson process at `rate` over `seconds`, given
+    its count: exactly ``round(rate * seconds) + 1`` arrivals, the first at 0 and the last at `seconds`,
+    exponential gaps between them (seeded: the same arrivals for every system measured at a rate)."""
+    count = max(1, round(rate * seconds))
+    rng = random.Random(seed)
+    gaps = [rng.expovariate(1.0) for _ in range(count)]
+    scale, at, times = seconds / sum(gaps), 0.0, [0.0]
+    for gap in gaps[:-1]:
+        at += gap * scale
+        times.append(at)
+    return [*times, seconds]
+
+
+async def open_loop_at(job: Job, arrivals: Sequence[float]) -> tuple[list[JobResult], list[float]]:
+    """One request at each arrival time (seconds from now) whatever happens to the earlier ones; the
+    results, and how late (ms) each request was started against its arrival time, which says whether
+    the load generator kept up."""
+    start = time.perf_counter()
+    tasks: list[asyncio.Task[JobResult]] = []
+    late: list[float] = []
+    for at in arrivals:
+        delay = start + at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        late.append(max(0.0, (time.perf_counter() - start - at) * 1000))
+        tasks.append(asyncio.create_task(job()))
+    return list(await asyncio.gather(*tasks)), late

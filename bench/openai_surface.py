@@ -31,10 +31,13 @@ class TextStream(EngineStream):
             self.done, self.ended_at = True, now
 
 
-async def completion(client: Client, max_tokens: int, limit_s: float = 120.0) -> JobResult:
-    """The request `bench.load.direct_to_engine` sends, read with `TextStream`."""
+async def completion(
+    client: Client, max_tokens: int, limit_s: float = 120.0, stream: TextStream | None = None
+) -> JobResult:
+    """The request `bench.load.direct_to_engine` sends, read with `TextStream` (or `stream`, a
+    subclass that records more)."""
     result = JobResult(time.perf_counter(), expected=max_tokens)
-    stream = TextStream()
+    stream = stream or TextStream()
     try:
         answer = await client.request("POST", PATH, engine_body(max_tokens), sink=stream, limit_s=limit_s)
     except (HTTPError, OSError, TimeoutError) as exc:

@@ -102,10 +102,30 @@ def free_port() -> int:
         return port
 
 
-def _spawn(argv: list[str], log: Path, source: Path = REPO) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: list[str], log: Path, source: Path = REPO, cores: set[int] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `argv` with its output in `log`; on `cores` only, when given (every thread it will
+    start inherits the affinity, so a runtime that sizes its thread pool by the cores it may use,
+    as tokio does, sees those)."""
     env = {**os.environ, "PYTHONPATH": str(source)}
-    with open(log, "ab") as out:
+    with open(log, "ab") as out, pinned(cores):
         return subprocess.Popen(argv, env=env, cwd=source, stdout=out, stderr=subprocess.STDOUT)
+
+
+@contextlib.contextmanager
+def pinned(cores: set[int] | None) -> Iterator[None]:
+    """Run the block (and any child forked in it) on `cores` only, then restore this thread's
+    affinity; nothing changes when `cores` is None."""
+    if cores is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def wait_ready(child: Child, path: str, timeout: float = 30.0) -> None:
@@ -145,20 +165,42 @@ def _start(
     engine: EngineSpec, orch: OrchestratorSpec, workdir: Path, source: Path, stack: contextlib.ExitStack
 ) -> tuple[Child, Child]:
     """The two children, each registered on `stack` to be stopped."""
+    eng = start_engine(engine, workdir, stack)
+    return eng, start_orchestrator(orch, eng.base_url, workdir, source, stack)
+
+
+def start_engine(
+    engine: EngineSpec, workdir: Path, stack: contextlib.ExitStack, cores: set[int] | None = None
+) -> Child:
+    """The fake engine (on `cores` only, when given), registered on `stack` to be stopped."""
     eport = free_port()
     engine_argv = [sys.executable, "-m", "bench.fake_engine", "--port", str(eport), *engine.args()]
-    eng = Child("fake engine", f"http://127.0.0.1:{eport}", _spawn(engine_argv, workdir / "engine.log"))
+    log = workdir / "engine.log"
+    eng = Child("fake engine", f"http://127.0.0.1:{eport}", _spawn(engine_argv, log, cores=cores))
     stack.callback(eng.stop)
     wait_ready(eng, "/v1/models")
+    return eng
+
+
+def start_orchestrator(
+    orch: OrchestratorSpec,
+    engine_url: str,
+    workdir: Path,
+    source: Path,
+    stack: contextlib.ExitStack,
+    cores: set[int] | None = None,
+) -> Child:
+    """orchestratord from the checkout `source` in front of `engine_url` (on `cores` only, when
+    given), registered on `stack` to be stopped."""
     oport = free_port()
     config = workdir / "orchestratord.yaml"
-    config.write_text(yaml.safe_dump(orch.config(oport, eng.base_url), sort_keys=False))
+    config.write_text(yaml.safe_dump(orch.config(oport, engine_url), sort_keys=False))
     argv = [sys.executable, "-m", "orchestratord", "serve", "--config", str(config)]
     log = workdir / "orchestratord.log"
-    orc = Child("orchestratord", f"http://127.0.0.1:{oport}", _spawn(argv, log, source))
+    orc = Child("orchestratord", f"http://127.0.0.1:{oport}", _spawn(argv, log, source, cores))
     stack.callback(orc.stop)
     wait_ready(orc, "/readyz")
-    return eng, orc
+    return orc
 
 
 def scratch_dir(prefix: str) -> Path:

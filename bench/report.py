@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.report_plots import plot_throughput, plot_ttft
+from bench.report_plots import plot_serving, plot_throughput, plot_ttft
 from bench.results import latest
 
 ORDER = (
-    "ttft", "jobs", "relay", "open_streams", "overload", "prediction", "holdback", "profile", "redis",
-    "guidellm", "memory",
+    "serving", "ttft", "jobs", "relay", "open_streams", "overload", "prediction", "holdback", "profile",
+    "redis", "guidellm", "memory",
 )  # fmt: skip
 
 
@@ -50,7 +50,7 @@ def targets_section(docs: dict[str, dict[str, Any]]) -> list[str]:
             quick = " (quick run: not comparable)" if doc and doc.get("quick") else ""
             rows.append([t["name"] + quick, t["target"], f"{fmt(t['measured'])} {t['unit']}", verdict, miss])
     head = ["target", "wanted", "measured", "", "missed"]
-    return ["## Targets (issue 9 §4) against what was measured", "", *table(head, rows)]
+    return ["## Targets (issues 9 §4 and 18 §2) against what was measured", "", *table(head, rows)]
 
 
 def machine_section(docs: dict[str, dict[str, Any]]) -> list[str]:
@@ -406,6 +406,77 @@ def redis_section(doc: dict[str, Any]) -> list[str]:
     return [*lines, *table(head, rows), note, ""]
 
 
+def _core_split(split: dict[str, Any]) -> str:
+    if not split.get("pinned"):
+        return f"nothing pinned ({split.get('note', 'fewer than two cores')})"
+    return (
+        f"the system under test pinned to core {', '.join(map(str, split['system_under_test']))}, the fake "
+        f"engine and the load generator to core {', '.join(map(str, split['engine_and_load_generator']))} "
+        "(with whatever else ran on the machine)"
+    )
+
+
+def _serving_row(r: dict[str, Any]) -> list[Any]:
+    res = r["resources"]
+    return [
+        r["system"], r["offered_per_s"], r["achieved_per_s"], f"{r['completed']}/{r['requests']}",
+        r["never_ended"], "yes" if r["kept"] else "**no**", _p50_p99(r["ttft_ms"]),
+        _p50_p99(r.get("added_ttft_ms")), fmt(r["itl_ms"]["p99"], 2),
+        fmt((r.get("added_itl_ms") or {}).get("p99"), 2), fmt(res["cpu_cores"], 2),
+        fmt(res["cpu_ms_per_job"], 2), fmt(res["cpu_us_per_token"]),
+        fmt(res["engine_cpu_cores"] + res["loadgen_cpu_cores"], 2), fmt(res["other_work_cpu_cores"], 2),
+    ]  # fmt: skip
+
+
+def serving_section(doc: dict[str, Any]) -> list[str]:
+    m, e, load = doc["machine"], doc["engine"], doc["config"]["load"]
+    router = doc["vllm_router"]
+    ran = (
+        f"vllm-router ran as `{router['command']}`."
+        if router["ran"]
+        else f"**vllm-router is absent from this run**: {router['note']}."
+    )
+    lines = [
+        "## Real serving load: Poisson arrivals, paced tokens, beside vllm-router",
+        "",
+        doc["description"],
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs; {_core_split(doc['core_split'])}. Engine: "
+        f"time to first token {fmt(e['ttft_ms'])} ms, then a token every {fmt(e['interval_ms'])} ms. "
+        f"{fmt(load['seconds'])} s of arrivals per rate and system. {ran} Revision measured: "
+        f"{_revision(doc['revision'])}.",
+        "",
+    ]
+    head = ["system", "offered jobs/s", "achieved jobs/s", "ended", "never ended", "kept",
+            "TTFT p50 / p99 ms", "added TTFT p50 / p99 ms", "ITL p99 ms", "added ITL p99 ms",
+            "SUT CPU (cores)", "SUT CPU ms/job", "SUT CPU µs/token", "engine + load gen CPU (cores)",
+            "other work CPU (cores)"]  # fmt: skip
+    for tokens in sorted({r["tokens"] for r in doc["rows"]}):
+        rows = [_serving_row(r) for r in doc["rows"] if r["tokens"] == tokens]
+        lines += [f"### {tokens}-token jobs", "", *table(head, rows)]
+    serial = [
+        [r["system"], f"{r['completed']}/{r['requests']}", _p50_p99(r["ttft_ms"]),
+         _p50_p99(r.get("added_ttft_ms")), fmt(r["resources"]["cpu_ms_per_job"], 2)]
+        for r in doc["one_at_a_time"]
+    ]  # fmt: skip
+    lines += [
+        f"### One request at a time ({load['serial_tokens']}-token jobs)",
+        "",
+        *table(["system", "ended", "TTFT p50 / p99 ms", "added TTFT p50 / p99 ms", "SUT CPU ms/job"], serial),
+        "Achieved: jobs ended per second, from the first job's end to the last's. Kept: every job ended "
+        f"and at least {load['kept_share']:.0%} of the offered rate was achieved. Added: the percentile less "
+        "the engine alone's at the same rate (the same seeded arrivals). ITL: the gaps between one job's "
+        "tokens as the client received them, over every job of the rate. SUT CPU: the process under test "
+        "(orchestratord or vllm-router) over the rate's arrivals and drain; per job over the jobs ended, "
+        "per token over the tokens received. Targets (issue 18 §2) are for orchestratord's own API "
+        "(`/v1/tasks`); the table of targets above states them against these figures.",
+        "",
+        "![Serving load: added TTFT and CPU per job against the offered rate](serving.png)",
+        "",
+    ]
+    return lines
+
+
 def _p50_p99(d: dict[str, Any] | None) -> str:
     return "-" if d is None else f"{fmt(d['p50'], 2)} / {fmt(d['p99'], 2)}"
 
@@ -525,6 +596,7 @@ def memory_section(doc: dict[str, Any]) -> list[str]:
 
 
 SECTIONS = {
+    "serving": serving_section,
     "holdback": holdback_section,
     "memory": memory_section,
     "redis": redis_section,
@@ -560,6 +632,8 @@ def write_report(results: Path) -> Path:
         for name in ORDER:
             if name in docs:
                 lines += SECTIONS[name](docs[name])
+        if "serving" in docs:
+            plot_serving(docs["serving"], results / "serving.png")
         if "ttft" in docs:
             plot_ttft(docs["ttft"], results / "ttft_overhead.png")
         if "jobs" in docs or "relay" in docs:

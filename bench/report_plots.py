@@ -81,3 +81,39 @@ def plot_throughput(jobs: dict[str, Any] | None, relay: dict[str, Any] | None, p
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_serving(doc: dict[str, Any], path: Path) -> None:
+    """Per token class, added TTFT (p50 solid, p99 dashed) and CPU per job against the offered rate,
+    one colour per system; the engine alone is the zero of the added TTFT."""
+    classes = sorted({r["tokens"] for r in doc["rows"]})
+    fig, axes = plt.subplots(2, len(classes), figsize=(5.5 * len(classes), 7.5), dpi=110, squeeze=False)
+    systems = [s for s in doc["systems"] if s != "engine alone"]
+    colours = dict(zip(systems, ("tab:blue", "tab:cyan", "tab:orange", "tab:green"), strict=False))
+    for col, tokens in enumerate(classes):
+        top, bottom = axes[0][col], axes[1][col]
+        for system in systems:
+            rows = [r for r in doc["rows"] if r["tokens"] == tokens and r["system"] == system]
+            xs = [r["offered_per_s"] for r in rows]
+            for key, style in (("p50", "o-"), ("p99", "^--")):
+                ys = [(r.get("added_ttft_ms") or {}).get(key) for r in rows]
+                top.plot(xs, [y if y is not None else float("nan") for y in ys], style,
+                         color=colours[system], label=f"{system} {key}")  # fmt: skip
+            cpu = [r["resources"]["cpu_ms_per_job"] for r in rows]
+            bottom.plot(xs, [c if c is not None else float("nan") for c in cpu], "o-",
+                        color=colours[system], label=system)  # fmt: skip
+        if tokens == 50:
+            top.axhline(5.0, color="green", lw=0.8, ls=":", label="target p50 at 200/s (5 ms)")
+            top.axhline(20.0, color="red", lw=0.8, ls=":", label="target p99 at 200/s (20 ms)")
+        top.set_yscale("symlog", linthresh=1.0)
+        top.set_title(f"{tokens}-token jobs, tokens {doc['engine']['interval_ms']:g} ms apart")
+        top.set_ylabel("TTFT added over the engine alone (ms)")
+        bottom.set_yscale("log")
+        bottom.set_ylabel("CPU of the system under test per job (ms)")
+        for ax in (top, bottom):
+            ax.set_xlabel("offered rate (Poisson arrivals, jobs/s)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

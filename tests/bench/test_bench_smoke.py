@@ -86,6 +86,38 @@ def test_redis_compares_one_process_with_two_replicas(results: dict[str, Any]) -
     assert setups["one process, memory"]["streams"]["redis_connections_peak"] is None
 
 
+def test_serving_offers_the_same_load_to_every_way_in(results: dict[str, Any]) -> None:
+    """Poisson arrivals at each rate to the engine alone, orchestratord (both APIs) and vllm-router
+    when it is installed (a note saying why when it is not), every job ended; added figures over the
+    engine alone; the issue 18 targets stated."""
+    doc = results["serving"]
+    router = doc["vllm_router"]
+    assert router["ran"] == ("vllm-router /v1/completions" in doc["systems"])
+    assert router.get("command" if router["ran"] else "note")
+    assert doc["systems"][:3] == ["engine alone", "orchestratord /v1/tasks", "orchestratord /v1/completions"]
+    assert doc["core_split"]["pinned"] == (len(doc["core_split"]["cores"]) >= 2)
+    levels = {(r["tokens"], r["offered_per_s"]) for r in doc["rows"]}
+    assert levels == {(20, 20.0), (60, 10.0)}
+    for row in doc["rows"]:
+        assert row["completed"] == row["requests"] > 0 and row["never_ended"] == 0, row["error_examples"]
+        assert_percentiles(row["ttft_ms"], row["requests"])
+        assert row["itl_ms"]["count"] == row["requests"] * (row["tokens"] - 1)
+        assert row["achieved_per_s"] > 0
+        if row["system"] == "engine alone":
+            assert row["resources"]["cpu_ms_per_job"] is None and "added_ttft_ms" not in row
+        else:
+            assert row["resources"]["cpu_s"] >= 0 and row["resources"]["cpu_ms_per_job"] is not None
+            assert row["added_ttft_ms"]["p50"] is not None and row["added_itl_ms"]["p99"] is not None
+    for row in doc["one_at_a_time"]:
+        assert row["completed"] == row["requests"] == 5
+    assert [t["name"].split(" (")[0] for t in doc["targets"]] == [
+        "paced 20-token jobs/s kept",
+        "added TTFT p50 at 20 paced 20-token jobs/s",
+        "added TTFT p99 at 20 paced 20-token jobs/s",
+        "added TTFT p50 one request at a time",
+    ]
+
+
 def test_ttft_compares_orchestratord_with_the_engine(results: dict[str, Any]) -> None:
     doc = results["ttft"]
     assert [lv["concurrency"] for lv in doc["levels"]] == [1, 2]
@@ -207,8 +239,9 @@ def test_guidellm_pool_takes_its_vllm_fields_and_chat(tmp_path: Path) -> None:
 def test_summary_and_plots_are_written(results: dict[str, Any]) -> None:
     out: Path = results["_dir"]
     summary = (out / "SUMMARY.md").read_text()
-    assert "## Targets (issue 9 §4)" in summary and "## 1. Time to first token added" in summary
-    for png in ("ttft_overhead.png", "throughput.png"):
+    assert "## Targets (issues 9 §4 and 18 §2)" in summary and "## 1. Time to first token added" in summary
+    assert "## Real serving load" in summary
+    for png in ("serving.png", "ttft_overhead.png", "throughput.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
