@@ -148,8 +148,16 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     outlook = Outlook(registry, runs)
     endings = Endings(store, registry, metrics)
     reachability = Reachability()
+    jobs = JobControl(store, endings, outlook)
+    presence = Presence(
+        store,
+        jobs,
+        attach_timeout_s=settings.stream.attach_timeout_s,
+        grace_s=settings.stream.reconnect_grace_s,
+        shared=store.shared,
+    )
     housekeeper = Housekeeper(
-        store, outlook, endings, metrics, reachability, shared=store.shared,
+        store, outlook, endings, metrics, reachability, shared=store.shared, presence=presence,
         max_wait_s=settings.queue.max_wait_s, unready_limit_s=settings.queue.unready_limit_s,
         heap=build_heap_trim(settings, store),
     )  # fmt: skip
@@ -174,13 +182,6 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         shared=store.shared,
     )  # fmt: skip
     metrics.watch_pools(lambda: outlook.snapshots)
-    jobs = JobControl(store, endings, outlook)
-    presence = Presence(
-        store,
-        jobs,
-        attach_timeout_s=settings.stream.attach_timeout_s,
-        grace_s=settings.stream.reconnect_grace_s,
-    )
     admission = Admission(
         store, registry, outlook, endings, dispatcher.wake, presence, metrics, queue_policy(settings),
         max_tokens=settings.limits.max_tokens,

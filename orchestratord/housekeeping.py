@@ -22,6 +22,7 @@ from orchestratord.logs import get_logger
 from orchestratord.memory import HeapTrim
 from orchestratord.metrics import Metrics
 from orchestratord.outlook import Outlook
+from orchestratord.presence import Presence
 from orchestratord.reachability import Reachability
 from orchestratord.state.base import EventLog, JobQueue, JobRegistry
 from orchestratord.state.shared import SharedState
@@ -52,6 +53,7 @@ class Housekeeper:
         reachability: Reachability,
         *,
         shared: SharedState | None = None,
+        presence: Presence | None = None,
         max_wait_s: Mapping[str, float] | None = None,
         unready_limit_s: float | None = None,
         heap: HeapTrim | None = None,
@@ -66,6 +68,7 @@ class Housekeeper:
         self._metrics = metrics
         self._reachability = reachability
         self._shared = shared
+        self._presence = presence
         self._heap = heap
         self._clock = clock
         self._wall = wall
@@ -82,6 +85,7 @@ class Housekeeper:
                 for reaped in await self._shared.reap(self._wall()):
                     self._endings.reaped(reaped)
                 await self._share_outlook()
+                await self._sweep_unread()
             await self.expire()
             await self.end_unservable()  # a safety net: drains and reloads end these at once
             await self.end_stuck()
@@ -104,6 +108,11 @@ class Housekeeper:
         mine = orjson.dumps(self._outlook.export(self._wall())).decode()
         parts = await self._shared.exchange_outlook(mine, max_age_s=10 * OUTLOOK_EVERY_S)
         self._outlook.absorb([orjson.loads(part) for part in parts], self._wall())
+
+    async def _sweep_unread(self) -> None:
+        """Shared state: cancel-on-disconnect is the deployment's (`Presence.sweep`)."""
+        if self._presence is not None:
+            await self._presence.sweep()
 
     async def expire(self) -> None:
         """End the queued jobs whose deadline passed before a slot could start them."""

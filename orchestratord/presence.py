@@ -3,17 +3,25 @@
 A client that dies between POST and GET must not burn a GPU: a job no reader attaches to within
 `attach_timeout_s` is canceled. When the last reader leaves, the job is canceled unless a reader comes
 back within `grace_s` (so a reconnect with Last-Event-ID loses nothing).
+
+Alone, the timers are this process's. With shared state (`shared`) they are the deployment's: the
+store records when each such job became unread (admitted, or its last reader left, on any replica)
+and every replica's housekeeping `sweep`s, canceling the jobs whose time ran out, so a job outlives
+neither the replica that admitted it nor the one its readers read through (a dead replica's readers
+are counted out once its heartbeat expires).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Protocol
 
-from orchestratord.errors import StateUnavailable
+from orchestratord.errors import NotFound, StateUnavailable
 from orchestratord.jobs import JobControl
 from orchestratord.logs import get_logger
 from orchestratord.state.base import JobRegistry, Readers
+from orchestratord.state.shared import SharedState
 
 log = get_logger(__name__)
 
@@ -23,8 +31,17 @@ class _Store(Readers, JobRegistry, Protocol):
 
 
 class Presence:
-    def __init__(self, store: _Store, jobs: JobControl, *, attach_timeout_s: float, grace_s: float) -> None:
+    def __init__(
+        self,
+        store: _Store,
+        jobs: JobControl,
+        *,
+        attach_timeout_s: float,
+        grace_s: float,
+        shared: SharedState | None = None,
+    ) -> None:
         self._store = store
+        self._shared = shared
         self._jobs = jobs
         self._attach_timeout = attach_timeout_s
         self._grace = grace_s
@@ -34,7 +51,16 @@ class Presence:
         self._checks: set[asyncio.Task[None]] = set()
 
     def admitted(self, job_id: str) -> None:
-        self._later(self._attach_timeout, job_id, require_attached=True)
+        if self._shared is not None:
+            self._spawn(self._record_unattached(self._shared, job_id))
+        else:
+            self._later(self._attach_timeout, job_id, require_attached=True)
+
+    async def _record_unattached(self, shared: SharedState, job_id: str) -> None:
+        try:
+            await shared.unattached(job_id, self._attach_timeout)
+        except StateUnavailable:
+            log.warning("presence_unattached_lost", job_id=job_id, reason="state backend unreachable")
 
     async def attach(self, job_id: str) -> None:
         await self._store.attach(job_id)
@@ -43,6 +69,9 @@ class Presence:
         """Count a reader out. Runs shielded after the reader is gone, so it never raises: with the
         state backend unreachable the reader stays counted and the job is not canceled for it."""
         try:
+            if self._shared is not None:  # the shared store records the job as unread, if it now is
+                await self._shared.leave(job_id, self._grace)
+                return
             readers = await self._store.detach(job_id)
         except StateUnavailable:
             log.warning("presence_detach_lost", job_id=job_id, reason="state backend unreachable")
@@ -58,12 +87,28 @@ class Presence:
             self._timers.discard(handle)
             if not self._timers:
                 self._timers.clear()  # an empty set keeps the table a burst grew; clear() frees it
-            task = loop.create_task(self._check(job_id, require_attached))
-            self._checks.add(task)
-            task.add_done_callback(self._checks.discard)
+            self._spawn(self._check(job_id, require_attached))
 
         handle = loop.call_later(delay, due)
         self._timers.add(handle)
+
+    def _spawn(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def sweep(self) -> None:
+        """With shared state, on every housekeeping tick of every replica: cancel the jobs nobody read
+        for their time (each is handed to one replica), after counting out dead replicas' readers."""
+        if self._shared is None:
+            return
+        for job in await self._shared.abandoned(self._grace):
+            reason = "client_disconnect" if job.attached else "no_reader"
+            log.info("task_abandoned", job_id=job.job_id, reason=reason)
+            try:
+                await self._jobs.cancel(job.job_id, None, reason=reason)
+            except NotFound:  # purged meanwhile
+                continue
 
     async def _check(self, job_id: str, require_attached: bool) -> None:
         try:

@@ -36,7 +36,7 @@ from orchestratord.state.redis_leases import RedisLeases
 from orchestratord.state.redis_local import RETRY_S, LocalLogs
 from orchestratord.state.redis_signals import Signals
 from orchestratord.state.redis_tail import COUNT, Entry, Tail, Waiter, stream_order
-from orchestratord.state.shared import PoolChange, ReapAction, Reaped, SharedState
+from orchestratord.state.shared import Abandoned, PoolChange, ReapAction, Reaped, SharedState
 from pool_manager.leases import LeaseStore
 
 _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
@@ -82,7 +82,7 @@ class RedisStore:
         self._node = SlotNode.of(self._client, url, self.options, prefix)  # a cluster's transactions
         self._scripts = Scripts(self._client, prefix, self.options.timeout_s, node=self._node)
         self._signals = Signals(self._reader, prefix)
-        self._leases = RedisLeases(self._scripts, self.options.lease_ttl_s)
+        self._leases = RedisLeases(self._scripts, self.options.lease_ttl_s, self.owner)
         self.leases: LeaseStore = self._leases
         self._logs = LocalLogs(
             self._scripts,
@@ -428,10 +428,24 @@ class RedisStore:
 
     # -- readers and cancel signals --------------------------------------------------------------
     async def attach(self, job_id: str) -> int:
-        return int(await self._scripts.run("readers", job_id, 1))
+        return int(await self._scripts.run("readers", job_id, 1, self.owner, self._ttl_ms, -1))
 
     async def detach(self, job_id: str) -> int:
-        return int(await self._scripts.run("readers", job_id, -1))
+        return int(await self._scripts.run("readers", job_id, -1, self.owner, self._ttl_ms, -1))
+
+    async def leave(self, job_id: str, grace_s: float) -> int:
+        ms = round(grace_s * 1000)
+        return int(await self._scripts.run("readers", job_id, -1, self.owner, self._ttl_ms, ms))
+
+    async def unattached(self, job_id: str, within_s: float) -> None:
+        await self._scripts.run("unread", job_id, round(within_s * 1000))
+
+    async def abandoned(self, grace_s: float) -> list[Abandoned]:
+        dead, due = await self._scripts.run("abandoned", round(grace_s * 1000))
+        for owner in dead:
+            log.warning("replica_readers_dropped", replica=owner)
+        pairs = zip(due[::2], due[1::2], strict=True)
+        return [Abandoned(job_id, attached == "1") for job_id, attached in pairs]
 
     async def publish_cancel(self, job_id: str) -> None:
         await self._scripts.call("PUBLISH", self._signals.cancel_channel, job_id)

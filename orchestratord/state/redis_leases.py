@@ -13,8 +13,9 @@ from pool_manager.leases import Lease
 class RedisLeases:
     """LeaseStore on Redis (see `pool_manager.leases.LeaseStore`)."""
 
-    def __init__(self, scripts: Scripts, ttl_s: float) -> None:
+    def __init__(self, scripts: Scripts, ttl_s: float, owner: str) -> None:
         self._scripts = scripts
+        self._owner = owner
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self.renewed = 0.0  # monotonic: when the heartbeat last renewed this instance's claims
 
@@ -36,9 +37,10 @@ class RedisLeases:
         return [_lease(job_id, where) for job_id, where in pairs]
 
     async def renew(self, job_ids: list[str]) -> None:
-        if job_ids:
-            await self._scripts.run("renew", self._ttl_ms, *job_ids)
-            self.renewed = time.monotonic()
+        """The heartbeat: this instance lives (which keeps its readers counted), and so do the claims
+        and leases of the jobs it runs."""
+        await self._scripts.run("renew", self._ttl_ms, self._owner, *job_ids)
+        self.renewed = time.monotonic()
 
 
 def _lease(job_id: str, where: str) -> Lease:

@@ -34,6 +34,15 @@ class Reaped:
     engine: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Abandoned:
+    """A job to be canceled on disconnect that nobody read for its grace: none attached in time
+    (`attached` False), or its last reader left and none came back."""
+
+    job_id: str
+    attached: bool
+
+
 @runtime_checkable
 class SharedState(Protocol):
     def wake_signals(self) -> AsyncIterator[None]:
@@ -72,4 +81,20 @@ class SharedState(Protocol):
     async def take_rate(self, tenant: str, rate: float, burst: int) -> float:
         """One request of `tenant`'s token bucket, shared by all replicas: 0 if granted, else the
         seconds until one would be."""
+        ...
+
+    async def leave(self, job_id: str, grace_s: float) -> int:
+        """Count one of this replica's readers out (as `Readers.detach`); if it was the job's last and
+        the job is to be canceled on disconnect, it becomes due for cancellation after `grace_s`
+        (unless a reader attaches, on any replica). Returns the readers left."""
+        ...
+
+    async def unattached(self, job_id: str, within_s: float) -> None:
+        """A job to be canceled on disconnect was admitted: it becomes due for cancellation after
+        `within_s`, unless a reader attaches first, on any replica."""
+        ...
+
+    async def abandoned(self, grace_s: float) -> list[Abandoned]:
+        """Count out the readers of replicas that stopped renewing (they died; a job left unread by
+        them is due `grace_s` later), and take the jobs due for cancellation, each by one replica."""
         ...

@@ -192,6 +192,46 @@ async def test_readers_are_counted_across_instances(make_store: MakeStore) -> No
     assert await a.attach("gone") == 0 and await a.get("gone") is None, "no record is created by a reader"
 
 
+async def test_unread_jobs_are_due_once_on_any_instance_and_a_reader_stops_the_clock(
+    make_store: MakeStore,
+) -> None:
+    a, b = make_store(), make_store()
+    for job_id in ("never", "left", "read", "kept"):
+        await admit(a, job_id, cancel_on_disconnect=job_id != "kept")
+        await a.unattached(job_id, 0.2)
+    assert await b.attach("read") == 1, "a reader attached in time: not due"
+    assert await b.attach("left") == 1 and await b.leave("left", 0.0) == 0, "its last reader left"
+    await asyncio.sleep(0.3)
+    due = await b.abandoned(5.0) + await a.abandoned(5.0)
+    assert sorted((d.job_id, d.attached) for d in due) == [("left", True), ("never", False)], "each once"
+    assert await a.abandoned(5.0) == [], "taken out when handed over"
+
+
+async def test_a_dead_instances_readers_are_counted_out_when_its_heartbeat_expires(
+    make_store: MakeStore,
+) -> None:
+    dying, alive = make_store(lease_ttl_s=0.5), make_store(lease_ttl_s=0.5)
+    await admit(alive, "cod", cancel_on_disconnect=True)
+    await admit(alive, "plain", cancel_on_disconnect=False)
+    for job_id in ("cod", "plain"):
+        assert await dying.attach(job_id) == 1 and await alive.attach(job_id) == 2
+        assert await alive.detach(job_id) == 1
+    await dying.leases.renew([])
+    await alive.leases.renew([])
+    assert await alive.abandoned(0.0) == [], "its heartbeat still holds"
+    await asyncio.sleep(0.3)
+    await alive.leases.renew([])
+    assert await alive.abandoned(0.0) == []
+    await asyncio.sleep(0.3)  # `dying` renewed 0.6 s ago, past its 0.5 s
+    due = await alive.abandoned(0.0)
+    assert [(d.job_id, d.attached) for d in due] == [("cod", True)]
+    for job_id in ("cod", "plain"):
+        got = await alive.get(job_id)
+        assert got is not None and got.readers == 0, "the dead instance's reader is counted out"
+        assert await dying.detach(job_id) == 0, "and not counted out twice if it comes back"
+    assert await alive.attach("plain") == 1
+
+
 async def test_cancel_and_wake_signals_reach_the_other_instances(make_store: MakeStore) -> None:
     a, b = make_store(), make_store()
     cancels, wakes = b.cancel_signals(), b.wake_signals()
