@@ -24,6 +24,9 @@
 --   P alive           zset    job -> expiry (ms, Redis clock) of its owner's claim, renewed by heartbeat
 --   P leases          hash    job -> pool SEP replica;  P lz:<pool SEP replica> zset job -> expiry (ms)
 --   P ended           zset    job -> finished_at (for purge)
+--   P replicas        zset    instance -> expiry (ms) of its liveness, renewed by its heartbeat
+--   P readers:<inst>  hash    job -> that instance's readers (counted out when it stops renewing)
+--   P unread          zset    job -> when (ms) it is canceled if still unread (cancel_on_disconnect)
 --   channels P wake (work may be taken) and P cancel (job ids)
 
 local P = ARGV[1]
