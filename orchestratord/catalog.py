@@ -6,7 +6,10 @@ with the registered digest: a mismatch marks the entry untrusted, and jobs for i
 UNTRUSTED_ARTIFACT until a later verify matches. Models without an entry are not restricted.
 
 Entries persist in SQLite (`catalog.sqlite3` in `catalog.dir`); SQLite calls run in a worker thread,
-and reads on the job path come from an in-memory copy kept in step with every write.
+and reads on the job path come from an in-memory copy kept in step with every write. With shared state
+(`shared`, Redis) the entries live in Redis instead, for every replica: a change made through one is
+written there, and every replica reads the entries again within `FOLLOW_S` of any change (a
+`catalog.sqlite3` found at start seeds a deployment that never had a catalog, once).
 """
 
 from __future__ import annotations
@@ -33,12 +36,17 @@ from orchestratord.errors import (
     NotFound,
     OrchestratorError,
     PoolUnavailable,
+    StateUnavailable,
     UntrustedArtifact,
 )
+from orchestratord.logs import get_logger
+from orchestratord.state.shared import SharedState
 
 ModelState = Literal["Active", "Deprecated", "Retired"]
 Trust = Literal["unverified", "trusted", "untrusted"]
 T = TypeVar("T")
+log = get_logger(__name__)
+FOLLOW_S = 0.25  # with shared state: how often a replica looks for changes made through the others
 _CHUNK = 1 << 20
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -78,8 +86,13 @@ class Catalog:
         *,
         artifacts_dir: str | Path | None = None,
         wall: Callable[[], float] = time.time,
+        shared: SharedState | None = None,
     ) -> None:
         self.path = Path(directory) / "catalog.sqlite3"
+        self._shared = shared
+        self._version = -1  # of the shared catalog, as last read
+        self._seed: list[str] | None = None  # id, JSON, ...: what catalog.sqlite3 held, for Redis
+        self._follower: asyncio.Task[None] | None = None
         self.artifacts_dir = None if artifacts_dir is None else Path(artifacts_dir)
         self._wall = wall
         self._entries: dict[str, CatalogEntry] = {}
@@ -91,6 +104,36 @@ class Catalog:
         self._db = await asyncio.to_thread(self._connect)
         rows = await self._run(lambda db: db.execute("SELECT entry FROM models").fetchall())
         self._entries = {e.id: e for e in (CatalogEntry.from_json(r[0]) for r in rows)}
+        if self._shared is not None:
+            self._seed = [part for e in self._entries.values() for part in (e.id, e.to_json())]
+            self._entries = {}
+            await self.aclose()  # the entries are Redis's now; the file only seeded them
+            try:
+                await self._follow_once(self._shared)
+            except StateUnavailable:
+                log.warning("catalog_not_loaded", reason="state backend unreachable; retrying")
+            self._follower = asyncio.create_task(self._follow(self._shared))
+
+    async def _follow(self, shared: SharedState) -> None:
+        """Read the shared catalog again whenever its version moves (a change on any replica)."""
+        while True:
+            await asyncio.sleep(FOLLOW_S)
+            try:
+                await self._follow_once(shared)
+            except StateUnavailable:
+                continue  # keep the entries it has; they are read again when Redis is back
+            except Exception:  # task root: a follower that stops would leave this replica's copy stale
+                log.error("catalog_follow_error", exc_info=True)
+
+    async def _follow_once(self, shared: SharedState) -> None:
+        if self._seed is not None:
+            if self._seed:
+                await shared.catalog_change("seed", *self._seed)
+            self._seed = None
+        if await shared.catalog_version() == self._version:
+            return
+        self._version, stored = await shared.catalog_entries()
+        self._entries = {model_id: CatalogEntry.from_json(text) for model_id, text in stored.items()}
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +143,10 @@ class Catalog:
         return db
 
     async def aclose(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
+            self._follower = None
         if self._db is not None:
             db, self._db = self._db, None
             await asyncio.to_thread(db.close)
@@ -131,12 +178,16 @@ class Catalog:
         entry = CatalogEntry(
             model_id, digest.lower(), source, tuple(tags), state, created_at=now, updated_at=now
         )
-        await self._save(entry)
+        await self._save(entry, new=True)
         return entry
 
     async def delete(self, model_id: str) -> None:
         self.get(model_id)
-        await self._write(lambda db: db.execute("DELETE FROM models WHERE id = ?", (model_id,)))
+        if self._shared is not None:
+            if not await self._shared.catalog_change("del", model_id):
+                raise NotFound(f"no catalog entry {model_id!r}; GET /v1/catalog/models lists them")
+        else:
+            await self._write(lambda db: db.execute("DELETE FROM models WHERE id = ?", (model_id,)))
         self._entries.pop(model_id, None)
 
     async def set_state(self, model_id: str, state: ModelState) -> CatalogEntry:
@@ -183,7 +234,16 @@ class Catalog:
             )
         return sha256_file(path)
 
-    async def _save(self, entry: CatalogEntry) -> None:
+    async def _save(self, entry: CatalogEntry, *, new: bool = False) -> None:
+        if self._shared is not None:
+            if not await self._shared.catalog_change("add" if new else "put", entry.id, entry.to_json()):
+                if new:  # added through another replica a moment ago
+                    raise Conflict(
+                        f"catalog entry {entry.id!r} already exists; DELETE it first to replace it"
+                    )
+                raise NotFound(f"no catalog entry {entry.id!r}: it was deleted meanwhile")
+            self._entries[entry.id] = entry
+            return
         await self._write(
             lambda db: db.execute(
                 "INSERT INTO models (id, entry) VALUES (?, ?) "

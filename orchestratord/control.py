@@ -36,7 +36,7 @@ def build_control_plane(settings: Settings, store: StateStore) -> ControlPlane:
     keys = ApiKeys.from_digests((k.key_sha256, k.tenant, k.role) for k in settings.auth.keys)
     budgets = Budgets(store, budget_policy(settings))
     sessions = Sessions(store, budgets, ttl_s=settings.sessions.ttl_s, max_turns=settings.sessions.max_turns)
-    catalog = Catalog(settings.catalog.dir, artifacts_dir=settings.catalog.artifacts_dir)
+    catalog = Catalog(settings.catalog.dir, artifacts_dir=settings.catalog.artifacts_dir, shared=store.shared)
     return ControlPlane(keys, budgets, sessions, catalog, ControlGate(budgets, sessions, catalog))
 
 

@@ -36,7 +36,7 @@ from orchestratord.state.redis_leases import RedisLeases
 from orchestratord.state.redis_local import RETRY_S, LocalLogs
 from orchestratord.state.redis_signals import Signals
 from orchestratord.state.redis_tail import COUNT, Entry, Tail, Waiter, stream_order
-from orchestratord.state.shared import Abandoned, PoolChange, ReapAction, Reaped, SharedState
+from orchestratord.state.shared import Abandoned, CatalogOp, PoolChange, ReapAction, Reaped, SharedState
 from pool_manager.leases import LeaseStore
 
 _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
@@ -522,6 +522,18 @@ class RedisStore:
         if stale:  # replicas gone for a while: their entries go
             await self._scripts.call("HDEL", key, *stale)
         return fresh
+
+    async def catalog_change(self, op: CatalogOp, *args: str) -> bool:
+        return bool(await self._scripts.run("catalog", op, *args))
+
+    async def catalog_version(self) -> int:
+        return int(await self._scripts.call("GET", self._key("catalog:v")) or 0)
+
+    async def catalog_entries(self) -> tuple[int, dict[str, str]]:
+        version, entries = await self._scripts.pipeline(
+            [("GET", self._key("catalog:v")), ("HGETALL", self._key("catalog"))]
+        )
+        return int(version or 0), dict(entries)
 
     async def take_rate(self, tenant: str, rate: float, burst: int) -> float:
         return float(await self._scripts.run("rate", tenant, repr(rate), burst))

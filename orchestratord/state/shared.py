@@ -12,6 +12,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 ReapAction = Literal["requeued", "reset", "gone"]
 PoolAction = Literal["drain", "undrain", "reload"]
+CatalogOp = Literal["add", "put", "del", "seed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,4 +98,18 @@ class SharedState(Protocol):
     async def abandoned(self, grace_s: float) -> list[Abandoned]:
         """Count out the readers of replicas that stopped renewing (they died; a job left unread by
         them is due `grace_s` later), and take the jobs due for cancellation, each by one replica."""
+        ...
+
+    async def catalog_change(self, op: CatalogOp, *args: str) -> bool:
+        """Change the shared model catalog (id -> entry JSON): `add` an entry (False if its id
+        exists), `put` a changed one (False if it is gone), `del` one (False if there was none), or
+        `seed` the entries kept before (id, JSON, ...; only if the deployment never had a catalog)."""
+        ...
+
+    async def catalog_version(self) -> int:
+        """A number every change of the catalog increments: read the entries again when it moves."""
+        ...
+
+    async def catalog_entries(self) -> tuple[int, dict[str, str]]:
+        """The catalog's version and its entries (id -> entry JSON)."""
         ...

@@ -27,6 +27,7 @@
 --   P replicas        zset    instance -> expiry (ms) of its liveness, renewed by its heartbeat
 --   P readers:<inst>  hash    job -> that instance's readers (counted out when it stops renewing)
 --   P unread          zset    job -> when (ms) it is canceled if still unread (cancel_on_disconnect)
+--   P catalog         hash    model id -> catalog entry JSON;  P catalog:v  string  its version
 --   channels P wake (work may be taken) and P cancel (job ids)
 
 local P = ARGV[1]
