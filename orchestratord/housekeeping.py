@@ -14,7 +14,7 @@ from typing import Protocol
 import orjson
 
 from orchestratord.core.capacity import unservable
-from orchestratord.core.queue import QueueEntry
+from orchestratord.core.queue import Place, QueueEntry
 from orchestratord.core.route import Route
 from orchestratord.endings import Endings
 from orchestratord.errors import DEFAULT_RETRY_AFTER_MS, DeadlineUnmet, PoolUnavailable, StateUnavailable
@@ -202,11 +202,14 @@ class Housekeeper:
         self._gauge_queue(queued)
         if self._shared is not None and not await self._shared.lead("positions", ttl_s=2.0):
             return  # one replica publishes positions for the shared queue
+        places: Mapping[str, Place] | None = None  # read once per pass, for every job, when one is due
         for entry in queued:
             seen = self._published.setdefault(entry.job_id, _Published(at=now))
             if now - seen.at < 1.0:
                 continue
-            place = await self._store.place(entry.job_id)
+            if places is None:
+                places = await self._store.places()
+            place = places.get(entry.job_id)
             if place is None:
                 continue
             position = place.ahead

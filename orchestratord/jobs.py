@@ -4,7 +4,6 @@ A tenant reads and cancels its own jobs only; an admin (`owner=None`) any tenant
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from collections.abc import Collection
@@ -113,7 +112,7 @@ class JobControl:
         if not queued:
             return [ListedJob(r, None, None) for r in records]
         routes = {e.job_id: e.route for e in await self._store.queued()}
-        places = dict(zip(queued, await asyncio.gather(*map(self._store.place, queued)), strict=True))
+        places = await self._store.places()
         out: list[ListedJob] = []
         for record in records:
             place = places.get(record.job_id)

@@ -171,7 +171,8 @@ class Tickets:
             i = bisect.bisect_left(self._order, (held[0], held[1], ticket))
             del self._order[i]
             if len(self._expiry) > max(_COMPACT_MIN, 2 * len(self._held)):
-                self._expiry = [i for i in self._expiry if self._held.get(i[2], (0.0, -1, 0.0))[1] == i[1]]
+                live = self._held
+                self._expiry = [e for e in self._expiry if live.get(e[2], (0.0, -1, 0.0))[1] == e[1]]
                 heapq.heapify(self._expiry)
 
 
@@ -445,6 +446,12 @@ class FairQueue:
         if self._positions is None:
             self._positions = self._project()
         return self._positions.get(job_id) or Place(0)
+
+    def places(self) -> Mapping[str, Place]:
+        """Every queued job's `Place` (computed once per change of the queue, as `place` does)."""
+        if self._positions is None:
+            self._positions = self._project()
+        return self._positions
 
     def _project(self) -> dict[str, Place]:
         by_route: dict[Route, list[tuple[float, float, int, str]]] = {}

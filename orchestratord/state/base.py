@@ -179,6 +179,10 @@ class JobQueue(Protocol):
         """The queued job's place (`core.queue.Place`); None if it is not queued."""
         ...
 
+    async def places(self) -> Mapping[str, Place]:
+        """Every queued job's place, computed together (one walk of the queue)."""
+        ...
+
     async def places_held(self) -> int:
         """How many places are held for clients refused from a full queue (`core.queue`, rule 7)."""
         ...

@@ -316,6 +316,9 @@ class MemoryStore:
     async def place(self, job_id: str) -> Place | None:
         return self.queue.place(job_id) if job_id in self.queue else None
 
+    async def places(self) -> Mapping[str, Place]:
+        return self.queue.places()
+
     async def places_held(self) -> int:
         self.queue.tickets.purge(self._wall())
         return len(self.queue.tickets)

@@ -415,6 +415,13 @@ class RedisStore:
         stored = await self._scripts.call("HVALS", self._key("q:entries"))
         return sorted((_entry(s) for s in stored), key=lambda e: e.seq)
 
+    async def places(self) -> Mapping[str, Place]:
+        flat = await self._scripts.run("places", self._weights)
+        return {
+            str(flat[i]): Place(int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]))
+            for i in range(0, len(flat), 4)
+        }
+
     async def places_held(self) -> int:
         return int(await self._scripts.run("held", "", 0, 0))
 

@@ -77,6 +77,7 @@ async def replay(url: str, policy: QueuePolicy, ops: list[tuple[object, ...]]) -
             await apply(store, reference, op, ids)
             for job in reference.entries():
                 assert await store.place(job.job_id) == reference.place(job.job_id), op
+            assert await store.places() == reference.places(), op  # all at once, the same
             assert [e.job_id for e in await store.queued()] == [e.job_id for e in reference.entries()]
     finally:
         await store.aclose()

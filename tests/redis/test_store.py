@@ -160,7 +160,11 @@ async def test_a_reader_waits_for_events_written_by_another_instance(make_store:
             seen.append(event.name)
 
     task = asyncio.create_task(tail())
-    await asyncio.sleep(0.2)
+    for _ in range(250):  # the first event, however slow the machine (a cluster takes more round trips)
+        if seen:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
     assert seen == ["started"] and not task.done()
     await writer.append_token("j1", "a")
     await writer.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
