@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -121,7 +123,16 @@ def test_jobs_lists_what_runs_and_waits(server: LoopbackServer) -> None:
 def spawn(*args: str) -> Any:
     env = {**{k: v for k, v in os.environ.items() if k != "ORCHD_URL"}, "TERM": "xterm", "COLUMNS": "100"}
     return pexpect.spawn(
-        COMMAND[0], [*COMMAND[1:], *args], cwd=str(REPO), env=env, encoding="utf-8", timeout=30
+        COMMAND[0],
+        [*COMMAND[1:], *args],
+        cwd=str(REPO),
+        env=env,
+        encoding="utf-8",
+        timeout=30,
+        # as a terminal's shell starts it: a test run started in the background by a shell without job
+        # control inherits SIGINT ignored (POSIX), and so would the command (the cause of a full run's
+        # "did not exit on Ctrl-C", SigIgn 0x...1007)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -156,10 +167,24 @@ def test_ctrl_c_cancels_the_job(server: LoopbackServer) -> None:
             deadline -= 1
             child.expect([pexpect.TIMEOUT], timeout=0.1)
         child.sendintr()
-        child.expect(pexpect.EOF)
+        try:
+            child.expect(pexpect.EOF)
+        except pexpect.TIMEOUT:  # say where the command hangs, not only that it does
+            raise AssertionError(f"the command did not exit on Ctrl-C:\n{_where(child.pid)}") from None
         child.close()
         assert child.exitstatus == 130 or child.signalstatus is not None
         assert running() == []  # the job was canceled: its slot is free
+
+
+def _where(pid: int) -> str:
+    """The process's signal masks and its threads' Python stacks (py-spy, when it is installed)."""
+    status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+    masks = "\n".join(line for line in status.splitlines() if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+    spy = REPO / ".venv" / "bin" / "py-spy"
+    if not spy.exists():
+        return masks
+    dump = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+    return f"{masks}\n{dump.stdout}{dump.stderr}"
 
 
 def test_a_reader_that_stops_early_is_not_an_error(server: LoopbackServer) -> None:

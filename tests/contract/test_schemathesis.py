@@ -83,8 +83,8 @@ def _outside_the_schema(case: schemathesis.Case) -> str | None:
         return "no text may contain NUL (engines take C strings); the 400 names the field (tests/api)"
     if any(body.get(name) not in (None, False, [], {}) for name in NOT_YET):
         return "an OpenAI field orchestratord refuses by name until it passes it on (docs/openai.md)"
-    if any(body.get(name) is not None for name in STRUCTURED):
-        return "whether the engines serving a model take tools or formats is configuration (tests/openai)"
+    if any(body.get(name) is not None for name in STRUCTURED) or body.get("logprobs") not in (None, False, 0):
+        return "whether a model's engines take tools, formats or logprobs is configuration (tests/openai)"
     if isinstance(case.body, dict) and not _valid_body(case):
         return "schemathesis labelled a body the contract's schema refuses as positive"
     return None
