@@ -200,6 +200,7 @@ class Housekeeper:
         queued = await self._store.queued()
         await self._outlook.refresh()
         self._gauge_queue(queued)
+        self._metrics.places_held.set(await self._store.places_held())
         if self._shared is not None and not await self._shared.lead("positions", ttl_s=2.0):
             return  # one replica publishes positions for the shared queue
         places: Mapping[str, Place] | None = None  # read once per pass, for every job, when one is due

@@ -71,6 +71,11 @@ class Metrics:
             "placement_decisions_total", "Placement outcomes.", ("outcome", "pinned", "fallback"), registry=r
         )
         self.queue_depth = Gauge("queue_depth", "Jobs waiting in the queue.", POOL_CLASS, registry=r)
+        self.places_held = Gauge(
+            "queue_places_held",
+            "Places promised to clients refused from a full queue, held for their retries.",
+            registry=r,
+        )
         self.ttft = Histogram(
             "latency_first_token_ms",
             "Admission to first token, ms.",

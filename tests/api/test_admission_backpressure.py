@@ -241,3 +241,22 @@ def test_with_no_places_held_the_hint_is_plain(make_server: Callable[..., Loopba
         two = assert_429_contract(post(client, {"Idempotency-Key": "b"}, prompt="two"), "reject")
         assert abs(one - two) < 500, (one, two)  # both told the same next release
         assert "held" not in post(client, prompt="three").json()["message"]
+
+
+def test_held_places_are_a_gauge(make_server: Callable[..., LoopbackServer]) -> None:
+    server = make_server(queue={"capacity": 1}, pools=[mock_pool(slots=1, options=SLOW)])
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+
+        def held() -> float:
+            lines = client.get("/metrics").text.splitlines()
+            return float(next(x for x in lines if x.startswith("queue_places_held ")).split()[1])
+
+        warm_up(client)
+        running = post(client).json()["job_id"]
+        wait_for(lambda: client.get(f"/v1/tasks/{running}").json()["state"] == "running")
+        queued = post(client).json()["job_id"]
+        assert held() == 0
+        assert_429_contract(post(client, {"Idempotency-Key": "k1"}, prompt="one"), "reject")
+        wait_for(lambda: held() == 1)
+        for job in (running, queued):
+            client.delete(f"/v1/tasks/{job}")
