@@ -386,23 +386,15 @@ class Admission:
         A job still queued now waits for a slot to free (or for its tenant's running jobs to end),
         so its wait counts from the next release even when a slot is free."""
         await self._outlook.refresh()
-        first: dict[Route, int] = {}
-        depth: dict[Route, int] = {}
-        queue = await self._store.queued()
-        ahead = max(0, held + len(queue) - self._policy.capacity)  # promised places still to free
-        for queued in queue:
-            depth[queued.route] = depth.get(queued.route, 0) + 1
-            if tenant is None:
-                first[queued.route] = 0  # every route with queued jobs has one at position 0
-            elif queued.tenant == tenant:
-                place = await self._store.place(queued.job_id)
-                position = 0 if place is None else place.ahead
-                first[queued.route] = min(position, first.get(queued.route, position))
+        depths = await self._store.depths(tenant)  # per route, never a walk of the queue
+        ahead = max(0, held + sum(depths.by_route.values()) - self._policy.capacity)  # still to free
+        # Every route with queued jobs has one at position 0; a tenant's share frees with its first.
+        first = dict.fromkeys(depths.by_route, 0) if tenant is None else depths.first
         hints = []
         for route, position in (first or {key: 0}).items():
             cap = self._outlook.capacity(route)
             at = max(position, cap.slots_free)
-            wait = predict_start_ms(at + ahead, cap, known=depth.get(route, 0))
+            wait = predict_start_ms(at + ahead, cap, known=depths.by_route.get(route, 0))
             hint = None if wait is None else retry_hint_ms(wait, cap)
             if hint is not None:
                 hints.append(hint)

@@ -35,13 +35,16 @@ The rules, precise enough to port (the Redis backend runs them as a Lua script o
    `len < 2 x capacity` (the promise is kept when the jobs ahead ran later than predicted); any
    other arrival while `len + tickets < capacity`. A ticket is never promised twice (a second
    refusal gets the same due time).
-8. **Leaving.** A job leaves exactly once: taken, removed (cancel), evicted or expired. Removal is
-   O(log n): the job is dropped from the hash maps at once, and heap entries are discarded lazily when
-   they surface (heaps are rebuilt when stale entries outnumber live ones, so memory stays O(n)).
+8. **Leaving.** A job leaves exactly once: taken, removed (cancel), evicted or expired.
 
-Positions project each flow's queued jobs for a key onto virtual time (the flow's tag, plus
-cost/weight per job ahead in the flow) and count the jobs projected before a job, ties broken as in
-rule 3. No I/O, no asyncio, no logging: callers own time and wake-ups.
+Each flow keeps its queued jobs per route in a lane, in take order ((deadline, arrival)), with the
+running sums of their cost and work. Positions project each flow's lane for a key onto virtual time
+(the job's projected tag is the flow's tag plus the cost of the jobs ahead of it in the lane over the
+flow's weight) and count the jobs projected before a job, ties broken as in rule 3. One job's place is
+found by bisection in each flow's lane for its route: O(flows x log n), whatever the queue's length;
+arrivals, takes and removals cost O(log n) comparisons plus a memmove of the lane's arrays.
+
+No I/O, no asyncio, no logging: callers own time and wake-ups.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from typing import Literal
 
 from orchestratord.core.route import Route
@@ -88,6 +92,16 @@ class Place:
     ahead: int
     tokens_in: int = 0
     tokens_out: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Depths:
+    """How many jobs are queued for each route that has any, and where a tenant's first queued job
+    stands on each of its routes (its place's `ahead`): what the 429 hints need, without a walk of
+    the queue."""
+
+    by_route: Mapping[Route, int]
+    first: Mapping[Route, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,12 +190,99 @@ class Tickets:
                 heapq.heapify(self._expiry)
 
 
+class _Sums:
+    """A series of numbers and its running sums, kept for bisection: `upto(k)` is the sum of the first
+    `k`. An append or a removal at the front costs O(1) plus a memmove; a change in the middle leaves
+    the sums after it stale until they are next read (rebuilt at C speed by `accumulate`)."""
+
+    __slots__ = ("stale", "sums", "values")
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.sums: list[float] = [0.0]  # sums[k] - sums[0]: the first k values
+        self.stale = 1  # sums[stale:] need rebuilding; len(sums) when none do
+
+    def insert(self, i: int, value: float) -> None:
+        if i == len(self.values) and self.stale == len(self.sums):
+            self.values.append(value)
+            self.sums.append(self.sums[-1] + value)
+            self.stale += 1
+            return
+        self.values.insert(i, value)
+        self.sums.insert(i + 1, 0.0)
+        self.stale = min(self.stale, i + 1)
+
+    def delete(self, i: int) -> None:
+        del self.values[i]
+        if i:
+            del self.sums[i + 1]
+            self.stale = min(self.stale, i + 1)
+        else:  # at the front the differences from the new first sum still hold
+            del self.sums[0]
+            self.stale = max(1, self.stale - 1)
+
+    def upto(self, k: int) -> float:
+        if self.stale < len(self.sums):
+            s = self.stale
+            self.sums[s - 1 :] = accumulate(self.values[s - 1 :], initial=self.sums[s - 1])
+            self.stale = len(self.sums)
+        return self.sums[k] - self.sums[0]
+
+
+class _Lane:
+    """One flow's queued jobs for one route, in take order ((deadline or inf, arrival)), with the
+    running sums of their cost and work."""
+
+    __slots__ = ("cost", "ids", "keys", "tokens_in", "tokens_out")
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[float, int]] = []
+        self.ids: list[str] = []
+        self.cost, self.tokens_in, self.tokens_out = _Sums(), _Sums(), _Sums()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, entry: QueueEntry) -> None:
+        key = _order(entry)
+        i = len(self.keys) if not self.keys or self.keys[-1] < key else bisect.bisect_left(self.keys, key)
+        self.keys.insert(i, key)
+        self.ids.insert(i, entry.job_id)
+        self.cost.insert(i, entry.cost)
+        self.tokens_in.insert(i, entry.tokens_in)
+        self.tokens_out.insert(i, entry.tokens_out)
+
+    def index(self, entry: QueueEntry) -> int:
+        return bisect.bisect_left(self.keys, _order(entry))
+
+    def discard(self, entry: QueueEntry) -> None:
+        i = self.index(entry)
+        del self.keys[i], self.ids[i]
+        self.cost.delete(i)
+        self.tokens_in.delete(i)
+        self.tokens_out.delete(i)
+
+    def tag(self, start: float, weight: float, k: int) -> float:
+        """The projected start tag of the lane's `k`-th job, the flow's tag being `start`."""
+        return start + self.cost.upto(k) / weight
+
+    def before(self, start: float, weight: float, mark: tuple[float, float, int]) -> int:
+        """How many of the lane's jobs project before `mark` ((tag, deadline, arrival))."""
+        keys = self.keys
+        return bisect.bisect_left(
+            range(len(keys)), mark, key=lambda k: (self.tag(start, weight, k), *keys[k])
+        )
+
+    def work(self, k: int) -> tuple[int, int]:
+        """The tokens of the lane's first `k` jobs: (prompts, expected outputs)."""
+        return int(self.tokens_in.upto(k)), int(self.tokens_out.upto(k))
+
+
 @dataclass(slots=True)
 class _Flow:
     tag: float
     order: OrderedDict[str, None] = field(default_factory=OrderedDict)  # queued jobs, by arrival
-    heaps: dict[Route, list[_HeapItem]] = field(default_factory=dict)  # per route
-    stale: int = 0  # heap items of jobs that already left
+    lanes: dict[Route, _Lane] = field(default_factory=dict)  # its queued jobs, per route
 
     @property
     def size(self) -> int:
@@ -202,6 +303,8 @@ class FairQueue:
         self._vtime = 0.0
         self._seq = 0
         self._positions: dict[str, Place] | None = None
+        self._lanes: dict[Route, dict[FlowKey, _Lane]] = {}  # each route's lanes, by flow
+        self._by_route: dict[Route, int] = {}
         self.tickets = Tickets()
 
     # -- admission -------------------------------------------------------------------------------
@@ -291,6 +394,7 @@ class FairQueue:
         self._seq += 1
         self._positions = None
         entry = replace(entry, seq=self._seq)
+        self._by_route[entry.route] = self._by_route.get(entry.route, 0) + 1
         self._entries[entry.job_id] = entry
         self._by_class[entry.priority][entry.job_id] = None
         self._by_tenant[entry.tenant] = self._by_tenant.get(entry.tenant, 0) + 1
@@ -298,7 +402,11 @@ class FairQueue:
         if flow.size == 0:
             flow.tag = max(flow.tag, self._vtime)
         flow.order[entry.job_id] = None
-        heapq.heappush(flow.heaps.setdefault(entry.route, []), _item(entry))
+        lane = flow.lanes.get(entry.route)
+        if lane is None:
+            lane = flow.lanes[entry.route] = _Lane()
+            self._lanes.setdefault(entry.route, {})[(entry.tenant, entry.priority)] = lane
+        lane.add(entry)
         if entry.deadline is not None:
             heapq.heappush(self._deadlines, (entry.deadline, entry.seq, entry.job_id))
         return entry
@@ -317,11 +425,19 @@ class FairQueue:
         self._by_tenant[entry.tenant] -= 1
         if not self._by_tenant[entry.tenant]:
             del self._by_tenant[entry.tenant]
+        self._by_route[entry.route] -= 1
+        if not self._by_route[entry.route]:
+            del self._by_route[entry.route]
         flow = self._flows[(entry.tenant, entry.priority)]
         del flow.order[job_id]
-        flow.stale += 1
-        if flow.stale > max(_COMPACT_MIN, flow.size):
-            self._compact(flow)
+        lane = flow.lanes[entry.route]
+        lane.discard(entry)
+        if not lane:
+            del flow.lanes[entry.route]
+            lanes = self._lanes[entry.route]
+            del lanes[(entry.tenant, entry.priority)]
+            if not lanes:
+                del self._lanes[entry.route]
         if entry.deadline is not None and not deadline_popped:
             self._deadline_stale += 1
             if self._deadline_stale > max(_COMPACT_MIN, len(self._deadlines) - self._deadline_stale):
@@ -356,29 +472,18 @@ class FairQueue:
         flow.tag += entry.cost / self.policy.weight(entry.tenant, entry.priority)
         return entry
 
-    def _flow_head(self, flow: _Flow, servable: Callable[[Route], bool]) -> _HeapItem | None:
-        best: _HeapItem | None = None
-        for route, heap in flow.heaps.items():
-            while heap and not self._live(heap[0]):
-                heapq.heappop(heap)
-                flow.stale -= 1
-            if heap and (best is None or heap[0] < best) and servable(route):
-                best = heap[0]
+    @staticmethod
+    def _flow_head(flow: _Flow, servable: Callable[[Route], bool]) -> tuple[float, int, str] | None:
+        best: tuple[float, int, str] | None = None
+        for route, lane in flow.lanes.items():
+            head = (*lane.keys[0], lane.ids[0])
+            if (best is None or head < best) and servable(route):
+                best = head
         return best
 
     def _live(self, item: _HeapItem) -> bool:
         entry = self._entries.get(item[2])
         return entry is not None and entry.seq == item[1]
-
-    def _compact(self, flow: _Flow) -> None:
-        for route, heap in list(flow.heaps.items()):
-            live = [i for i in heap if self._live(i)]
-            if live:
-                heapq.heapify(live)
-                flow.heaps[route] = live
-            else:
-                del flow.heaps[route]
-        flow.stale = 0
 
     def expire(self, now: float) -> list[QueueEntry]:
         """Remove and return every queued job whose deadline is at or before `now`."""
@@ -416,9 +521,9 @@ class FairQueue:
     def tenant_size(self, tenant: str) -> int:
         return self._by_tenant.get(tenant, 0)
 
-    def heap_items(self) -> int:
-        """Items held in the per-flow heaps, live or not yet discarded: memory stays O(len(self))."""
-        return sum(len(heap) for flow in self._flows.values() for heap in flow.heaps.values())
+    def lane_items(self) -> int:
+        """Jobs held in the flows' lanes: every queued job once, none that left."""
+        return sum(len(lane) for flow in self._flows.values() for lane in flow.lanes.values())
 
     @property
     def vtime(self) -> float:
@@ -429,6 +534,8 @@ class FairQueue:
         return None if flow is None else flow.tag
 
     def depth(self, route: Route | None = None, priority: Priority | None = None) -> int:
+        if priority is None:
+            return len(self._entries) if route is None else self._by_route.get(route, 0)
         return sum(
             1
             for e in self._entries.values()
@@ -439,29 +546,54 @@ class FairQueue:
         """How many queued jobs for the same route are expected to be taken before this one."""
         return self.place(job_id).ahead
 
+    def depths(self, tenant: str | None = None) -> Depths:
+        """The jobs queued per route and, with `tenant`, the place of its first job on each of its
+        routes: O(routes), plus one `place` per flow of the tenant."""
+        first: dict[Route, int] = {}
+        flows = [] if tenant is None else [self._flows.get((tenant, p)) for p in PRIORITIES]
+        for flow in flows:
+            for route, lane in flow.lanes.items() if flow is not None else ():
+                ahead = self.place(lane.ids[0]).ahead
+                first[route] = min(ahead, first.get(route, ahead))
+        return Depths(dict(self._by_route), first)
+
     def place(self, job_id: str) -> Place:
         """The job's `Place`: the queued jobs for the same route expected to be taken before it, and
-        their work. All places are computed together in O(n log n) and kept until the queue changes.
-        """
-        if self._positions is None:
-            self._positions = self._project()
-        return self._positions.get(job_id) or Place(0)
+        their work. Found by bisection in each flow's lane for the route: O(flows x log n)."""
+        entry = self._entries.get(job_id)
+        if entry is None:
+            return Place(0)
+        if self._positions is not None:
+            return self._positions[job_id]
+        mine = (entry.tenant, entry.priority)
+        lane = self._lanes[entry.route][mine]
+        k = lane.index(entry)
+        mark = (lane.tag(self._flows[mine].tag, self.policy.weight(*mine), k), *_order(entry))
+        ahead = k
+        tokens_in, tokens_out = lane.work(k)
+        for flow_key, other in self._lanes[entry.route].items():
+            if flow_key == mine:
+                continue
+            n = other.before(self._flows[flow_key].tag, self.policy.weight(*flow_key), mark)
+            work = other.work(n)
+            ahead, tokens_in, tokens_out = ahead + n, tokens_in + work[0], tokens_out + work[1]
+        return Place(ahead, tokens_in, tokens_out)
 
     def places(self) -> Mapping[str, Place]:
-        """Every queued job's `Place` (computed once per change of the queue, as `place` does)."""
+        """Every queued job's `Place`, computed together in O(n log n) and kept until the queue
+        changes (for views of the whole queue; one job's place is `place`)."""
         if self._positions is None:
             self._positions = self._project()
         return self._positions
 
     def _project(self) -> dict[str, Place]:
         by_route: dict[Route, list[tuple[float, float, int, str]]] = {}
-        for (tenant, priority), flow in self._flows.items():
-            weight = self.policy.weight(tenant, priority)
-            for route, heap in flow.heaps.items():
-                tag = flow.tag
-                for deadline, seq, job_id in sorted(i for i in heap if self._live(i)):
-                    by_route.setdefault(route, []).append((tag, deadline, seq, job_id))
-                    tag += self._entries[job_id].cost / weight
+        for route, lanes in self._lanes.items():
+            projected = by_route[route] = []
+            for flow_key, lane in lanes.items():
+                start, weight = self._flows[flow_key].tag, self.policy.weight(*flow_key)
+                for k, (job_id, key) in enumerate(zip(lane.ids, lane.keys, strict=True)):
+                    projected.append((lane.tag(start, weight, k), *key, job_id))
         positions: dict[str, Place] = {}
         for projected in by_route.values():
             projected.sort()
@@ -490,12 +622,12 @@ def prospective_place(queued: Iterable[QueueEntry], policy: QueuePolicy, newcome
     my_tag = sum(e.cost for e in ahead_own) / mine
     before = list(ahead_own)
     for (tenant, priority), jobs in flows.items():
-        weight, tag = policy.weight(tenant, priority), 0.0
+        weight, spent = policy.weight(tenant, priority), 0.0
         for e in sorted(jobs, key=_order):
-            if (tag, _key(e.deadline)) > (my_tag, _key(newcomer.deadline)):
+            if (spent / weight, _key(e.deadline)) > (my_tag, _key(newcomer.deadline)):
                 break
             before.append(e)
-            tag += e.cost / weight
+            spent += e.cost
     return Place(len(before), sum(e.tokens_in for e in before), sum(e.tokens_out for e in before))
 
 
@@ -505,10 +637,6 @@ def _key(deadline: float | None) -> float:
 
 def _order(entry: QueueEntry) -> tuple[float, int]:
     return _key(entry.deadline), entry.seq
-
-
-def _item(entry: QueueEntry) -> _HeapItem:
-    return _key(entry.deadline), entry.seq, entry.job_id
 
 
 def _memo(fn: Callable[[Route], bool]) -> Callable[[Route], bool]:

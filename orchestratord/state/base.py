@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestratord.core.budget import Ledger
-from orchestratord.core.queue import Admitted, Place, QueueEntry, Rejected
+from orchestratord.core.queue import Admitted, Depths, Place, QueueEntry, Rejected
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent, Priority
 from orchestratord.state.shared import SharedState
@@ -181,6 +181,11 @@ class JobQueue(Protocol):
 
     async def places(self) -> Mapping[str, Place]:
         """Every queued job's place, computed together (one walk of the queue)."""
+        ...
+
+    async def depths(self, tenant: str | None = None) -> Depths:
+        """The jobs queued per route and, with `tenant`, the place of its first job on each of its
+        routes (`core.queue.Depths`), without a walk of the queue."""
         ...
 
     async def places_held(self) -> int:

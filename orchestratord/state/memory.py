@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from orchestratord.core.budget import Ledger
-from orchestratord.core.queue import Admitted, FairQueue, Place, QueueEntry, QueuePolicy, Rejected
+from orchestratord.core.queue import Admitted, Depths, FairQueue, Place, QueueEntry, QueuePolicy, Rejected
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent, Priority
 from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
@@ -318,6 +318,9 @@ class MemoryStore:
 
     async def places(self) -> Mapping[str, Place]:
         return self.queue.places()
+
+    async def depths(self, tenant: str | None = None) -> Depths:
+        return self.queue.depths(tenant)
 
     async def places_held(self) -> int:
         self.queue.tickets.purge(self._wall())

@@ -24,7 +24,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from orchestratord.core.budget import Ledger
-from orchestratord.core.queue import Admitted, Place, QueueEntry, QueuePolicy, Rejected
+from orchestratord.core.queue import Admitted, Depths, Place, QueueEntry, QueuePolicy, Rejected
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent, Priority
 from orchestratord.errors import StateLost, StateUnavailable, error_event
@@ -421,6 +421,19 @@ class RedisStore:
             str(flat[i]): Place(int(flat[i + 1]), int(flat[i + 2]), int(flat[i + 3]))
             for i in range(0, len(flat), 4)
         }
+
+    async def depths(self, tenant: str | None = None) -> Depths:
+        flat = await self._scripts.run("depths", tenant or "")
+        by_route: dict[Route, int] = {}
+        first: dict[Route, int] = {}
+        for i in range(0, len(flat), 3):
+            route = Route.decode(_text(flat[i]))
+            by_route[route] = int(flat[i + 1])
+            for head in filter(None, _text(flat[i + 2]).split(SEP)):
+                place = await self.place(head)
+                if place is not None:
+                    first[route] = min(place.ahead, first.get(route, place.ahead))
+        return Depths(by_route, first)
 
     async def places_held(self) -> int:
         return int(await self._scripts.run("held", "", 0, 0))

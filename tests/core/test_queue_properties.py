@@ -8,6 +8,7 @@ remove (cancel), expire, settle and policy changes. After every step:
   rest drain out through `take`;
 - a take never passes over a servable job of the same flow that is earlier in (deadline, arrival)
   order, hence FIFO within the same tenant, class and deadline;
+- one job's place (bisection in the flows' lanes) equals the whole queue's projection, sorted;
 - a full queue follows its policy: drop-lru evicts the oldest batch job, else the oldest job;
   shed-low-priority evicts the newest lower-priority job or rejects; reject rejects.
 """
@@ -114,7 +115,7 @@ class QueueMachine(RuleBasedStateMachine):
             job_id, tenant, priority, Route(model),
             cost=1.0 if policy.unit == "requests" else float(tokens),
             deadline=None if deadline is None else self.now + deadline,
-            unit=policy.unit,
+            unit=policy.unit, tokens_in=tokens // 3, tokens_out=tokens,
         )  # fmt: skip
         cap = policy.tenant_capacity
         tenant_full = cap is not None and len(self._scope(tenant)) >= cap
@@ -219,6 +220,25 @@ class QueueMachine(RuleBasedStateMachine):
         for model in MODELS:
             ids = [j for j, job in self.live.items() if job.entry.route.model == model]
             assert sorted(self.queue.position(j) for j in ids) == list(range(len(ids)))
+
+    @invariant()
+    def one_place_agrees_with_the_whole_projection(self) -> None:
+        # Each job's place is found by bisection in the flows' lanes; the whole queue's projection,
+        # sorted, is the reference (computed second: `place` would read it once cached).
+        self.queue._positions = None  # the cache of the last projection: bisect afresh
+        singles = {j: self.queue.place(j) for j in self.live}
+        assert singles == dict(self.queue.places())
+        depths: dict[Route, int] = {}
+        for job in self.live.values():
+            depths[job.entry.route] = depths.get(job.entry.route, 0) + 1
+        assert dict(self.queue.depths().by_route) == depths
+        for tenant in TENANTS:
+            first: dict[Route, int] = {}
+            for j, job in self.live.items():
+                if job.entry.tenant == tenant:
+                    ahead = singles[j].ahead
+                    first[job.entry.route] = min(ahead, first.get(job.entry.route, ahead))
+            assert dict(self.queue.depths(tenant).first) == first
 
     def teardown(self) -> None:
         while (taken := self.queue.take(lambda _: True)) is not None:

@@ -68,7 +68,7 @@ policies = st.builds(
 
 async def replay(url: str, policy: QueuePolicy, ops: list[tuple[object, ...]]) -> None:
     """Apply `ops` to the Redis queue and the reference queue; every outcome and place (position and
-    the work ahead) must match."""
+    the work ahead), and the depths per route with each tenant's first place, must match."""
     store = RedisStore(url, policy, options=RedisOptions(key_prefix=prefix()))
     reference = FairQueue(policy)
     ids = (f"job-{i}" for i in itertools.count())
@@ -78,6 +78,8 @@ async def replay(url: str, policy: QueuePolicy, ops: list[tuple[object, ...]]) -
             for job in reference.entries():
                 assert await store.place(job.job_id) == reference.place(job.job_id), op
             assert await store.places() == reference.places(), op  # all at once, the same
+            for tenant in (None, *{job.tenant for job in reference.entries()}):
+                assert await store.depths(tenant) == reference.depths(tenant), op  # the 429 hints' view
             assert [e.job_id for e in await store.queued()] == [e.job_id for e in reference.entries()]
     finally:
         await store.aclose()

@@ -1,22 +1,23 @@
 -- Every queued job's place (as position.lua gives one job's), in one walk of the queue: each flow's
--- jobs for a route are projected onto virtual time (the flow's tag plus cost/weight per job ahead in
--- it), each route's jobs ordered by (tag, deadline, arrival), and each job given its index and the
--- summed tokens of the jobs before it.
+-- jobs for a route are projected onto virtual time (the flow's tag plus the cost of the jobs ahead
+-- in it over its weight, as core/queue.py computes it), each route's jobs ordered by (tag,
+-- deadline, arrival), and each job given its index and the summed tokens of the jobs before it.
 -- ARGV: prefix, policy JSON. Returns a flat list: job, position, tokens_in, tokens_out, job, ...
 local policy = cjson.decode(ARGV[2])
 local by_route = {}
 for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
   local tenant, priority, route = split_pair(pair)
-  local t = tonumber(redis.call('HGET', K('q:tags'), tenant .. SEP .. priority) or '0')
+  local t0 = tonumber(redis.call('HGET', K('q:tags'), tenant .. SEP .. priority) or '0')
   local w = weight(policy, tenant, priority)
+  local spent = 0
   local items = redis.call('ZRANGE', K('q:z:' .. pair), 0, -1, 'WITHSCORES')
   local list = by_route[route]
   if not list then list = {} by_route[route] = list end
   for i = 1, #items, 2 do
     local job = string.sub(items[i], 17)
     local entry = cjson.decode(redis.call('HGET', K('q:entries'), job))
-    list[#list + 1] = {t, tonumber(items[i + 1]), items[i], job, entry.tokens_in or 0, entry.tokens_out or 0}
-    t = t + entry.cost / w
+    list[#list + 1] = {t0 + spent / w, tonumber(items[i + 1]), items[i], job, entry.tokens_in or 0, entry.tokens_out or 0}
+    spent = spent + entry.cost
   end
 end
 local out = {}

@@ -1,6 +1,7 @@
 -- How many queued jobs for the same route are expected to be taken before this one: each flow's
--- jobs for the key are projected onto virtual time (the flow's tag plus cost/weight per job ahead in
--- it), and those before this job's (tag, deadline, arrival) are counted, with their work.
+-- jobs for the key are projected onto virtual time (the flow's tag plus the cost of the jobs ahead
+-- in it over its weight, as core/queue.py computes it), and those before this job's (tag, deadline,
+-- arrival) are counted, with their work.
 -- ARGV: prefix, job, policy JSON. Returns {position, their tokens_in, their tokens_out} (summed), or
 -- {-1, 0, 0} if the job is not queued.
 local job = ARGV[2]
@@ -12,8 +13,9 @@ local mine = member(me.seq, job)
 
 local function walk(pair, visit)
   local tenant, priority = split_pair(pair)
-  local t = tonumber(redis.call('HGET', K('q:tags'), tenant .. SEP .. priority) or '0')
+  local t0 = tonumber(redis.call('HGET', K('q:tags'), tenant .. SEP .. priority) or '0')
   local w = weight(policy, tenant, priority)
+  local spent = 0
   local z = K('q:z:' .. pair)
   local start = 0
   while true do
@@ -21,8 +23,8 @@ local function walk(pair, visit)
     if #items == 0 then return end
     for i = 1, #items, 2 do
       local entry = cjson.decode(redis.call('HGET', K('q:entries'), string.sub(items[i], 17)))
-      if not visit(t, tonumber(items[i + 1]), items[i], entry) then return end
-      t = t + entry.cost / w
+      if not visit(t0 + spent / w, tonumber(items[i + 1]), items[i], entry) then return end
+      spent = spent + entry.cost
     end
     start = start + 64
   end
