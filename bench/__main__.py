@@ -25,6 +25,7 @@ SCENARIOS = (
     "profile",
     "redis",
     "serving",
+    "admission",
 )
 # Run only by name. guidellm installs guidellm (torch and all, about 1.5 GB) on first use, and it compares
 # load generators rather than measuring a target of its own; memory waits out each round's retention

@@ -13,8 +13,8 @@ from bench.report_plots import plot_serving, plot_throughput, plot_ttft
 from bench.results import latest
 
 ORDER = (
-    "serving", "ttft", "jobs", "relay", "open_streams", "overload", "prediction", "holdback", "profile",
-    "redis", "guidellm", "memory",
+    "serving", "ttft", "jobs", "relay", "open_streams", "overload", "admission", "prediction", "holdback",
+    "profile", "redis", "guidellm", "memory",
 )  # fmt: skip
 
 
@@ -566,6 +566,27 @@ def holdback_section(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def admission_section(doc: dict[str, Any]) -> list[str]:
+    load = doc["config"]["load"]
+    rows = [
+        [f"{lv['queued']:,}", "202", lv["answer_ms"]["p50"], lv["answer_ms"]["p99"], lv["cpu_ms_per_request"]]
+        for lv in doc["accepted"]
+    ]
+    full = doc["refused_full_queue"]
+    rows.append([f"{full['queued']:,} (full)", "429", full["answer_ms"]["p50"], full["answer_ms"]["p99"],
+                 full["cpu_ms_per_request"]])  # fmt: skip
+    return [
+        "## Admission against a deep queue",
+        "",
+        " ".join(doc["description"].split()),
+        "",
+        f"{load['measured']} POSTs measured one at a time at each depth:",
+        "",
+        *table(["queued", "answer", "answer p50 ms", "p99 ms", "CPU ms/request"], rows),
+        "",
+    ]
+
+
 def memory_section(doc: dict[str, Any]) -> list[str]:
     load = doc["config"]["load"]
     head = ["variant", "idle", "after each round", "after its retention", "then gc.collect()",
@@ -598,6 +619,7 @@ def memory_section(doc: dict[str, Any]) -> list[str]:
 SECTIONS = {
     "serving": serving_section,
     "holdback": holdback_section,
+    "admission": admission_section,
     "memory": memory_section,
     "redis": redis_section,
     "ttft": ttft_section,

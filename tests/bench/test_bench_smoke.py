@@ -38,7 +38,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -165,6 +165,16 @@ def test_overload_gets_429s_and_admits_some_jobs(results: dict[str, Any]) -> Non
     assert_percentiles(over["rejection_latency_ms"], int(over["statuses"]["429"]))
     assert over["memory"]["rss_first_mb"] > 0
     assert doc["targets"][0]["measured"] == over["rejection_latency_ms"]["p99"]
+
+
+def test_admission_measures_posts_at_each_depth_and_the_429_of_a_full_queue(results: dict[str, Any]) -> None:
+    doc = results["admission"]
+    levels = doc["accepted"]
+    assert [lv["queued"] for lv in levels] == list(doc["config"]["load"]["depths"])
+    for level in [*levels, doc["refused_full_queue"]]:
+        assert_percentiles(level["answer_ms"], doc["config"]["load"]["measured"])
+        assert level["cpu_ms_per_request"] >= 0
+    assert doc["refused_full_queue"]["queued"] == doc["config"]["queue_capacity"]
 
 
 def test_prediction_pairs_predicted_and_measured_starts(results: dict[str, Any]) -> None:

@@ -1,0 +1,108 @@
+"""Admission against a deep queue: the cost of an accepted POST, and of a 429, as the queue grows.
+
+The pool has one slot and its engine never answers in time, so every job after the first stays
+queued. The queue is filled to each depth (concurrent POSTs, not measured), then POSTs are sent one
+at a time and measured: the client's answer time and orchestratord's CPU per request. Once the
+deepest level is measured the queue is filled to its capacity and the 429s are measured the same
+way. Admission work that grows with the queue (a place computed from the whole queue, a hint that
+reads it all) shows as a cost that grows with the depth; the target is a flat one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from bench.client import Client
+from bench.load import task_body
+from bench.monitor import Monitor
+from bench.procs import EngineSpec, OrchestratorSpec, running, scratch_dir
+from bench.results import Context, target
+from bench.stats import summary
+
+FILL_CONCURRENCY = 32
+TOKENS = 10
+
+
+@dataclass(frozen=True)
+class Load:
+    depths: tuple[int, ...]  # queued jobs before each measured level
+    measured: int  # POSTs measured at each level (they stay queued: the next level counts them)
+
+
+FULL = Load((0, 1_000, 2_500, 5_000, 10_000), 300)
+QUICK = Load((0, 500, 2_000), 100)
+SMOKE = Load((0, 50), 10)
+
+
+async def _post(client: Client, expect: int) -> float:
+    """One POST; its answer time in ms (it must be answered with `expect`)."""
+    body = task_body(TOKENS, cancel_on_disconnect=False)
+    answer = await client.request("POST", "/v1/tasks", body)
+    assert answer.status == expect, f"POST /v1/tasks answered {answer.status}, not {expect}"
+    return (answer.done_at - answer.sent_at) * 1000
+
+
+async def _fill(client: Client, count: int) -> None:
+    remaining = iter(range(count))
+
+    async def user() -> None:
+        for _ in remaining:
+            await _post(client, 202)
+
+    await asyncio.gather(*(user() for _ in range(FILL_CONCURRENCY)))
+
+
+async def _measure(client: Client, monitor: Monitor, n: int, expect: int) -> dict[str, Any]:
+    await _post(client, expect)  # the connection warm
+    async with monitor.phase() as phase:
+        times = [await _post(client, expect) for _ in range(n)]
+    assert phase.usage is not None
+    return {
+        "answer_ms": summary(times),
+        "cpu_ms_per_request": round(phase.usage.cpu_s * 1000 / n, 3),
+        "peak_rss_mb": round(phase.usage.peak_rss_mb, 1),
+    }
+
+
+async def run(ctx: Context) -> dict[str, Any]:
+    load = ctx.pick(FULL, QUICK, SMOKE)
+    deepest = load.depths[-1] + 2 * (load.measured + 1) * len(load.depths)
+    capacity = deepest + load.measured  # room for every measured POST, and then a full queue
+    engine = EngineSpec(ttft_ms=3_600_000.0)  # the one running job holds the only slot for an hour
+    orch = OrchestratorSpec(slots=1, queue_capacity=capacity)
+    levels: list[dict[str, Any]] = []
+    with running(engine, orch, scratch_dir("admission"), ctx.source) as (eng, orc):
+        client = Client(orc.base_url)
+        monitor = Monitor(orc.pid, eng.pid)
+        try:
+            await _post(client, 202)  # the job that takes the slot; the rest queue
+            queued = 0
+            for depth in load.depths:
+                await _fill(client, depth - queued)
+                queued = depth
+                level = await _measure(client, monitor, load.measured, 202)
+                queued += load.measured + 1
+                levels.append({"queued": depth, **level})
+            await _fill(client, capacity - queued)
+            full = {"queued": capacity, **await _measure(client, monitor, load.measured, 429)}
+        finally:
+            client.close()
+    first, last = levels[0], levels[-1]
+    growth = last["cpu_ms_per_request"] / first["cpu_ms_per_request"] if first["cpu_ms_per_request"] else None
+    return {
+        "description": __doc__.split("\n\n")[0],
+        "config": {"slots": 1, "queue_capacity": capacity, "load": load.__dict__},
+        "accepted": levels,
+        "refused_full_queue": full,
+        "targets": [
+            target(
+                f"accepted POST CPU at {last['queued']:,} queued over at {first['queued']}",
+                round(growth, 3) if growth is not None else None,
+                1.25,
+                unit="x",
+                at_most=True,
+            ),
+        ],
+    }
