@@ -111,10 +111,11 @@ async def frames(services: Services, job_id: str, after: str | None) -> AsyncIte
 
 
 def encode(event: LogEvent) -> bytes:
-    """One SSE frame. Event data is JSON, one line; a line break in it would start a new data line."""
+    """One SSE frame. Event data is JSON, one line; a line break in it starts a new data line (which
+    the client joins back with LF: SSE cannot carry a CR), a trailing one included."""
     data = event.data
     if "\n" in data or "\r" in data:
-        data = "\ndata: ".join(data.splitlines())
+        data = "\ndata: ".join(data.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
     return f"id: {event.id}\nevent: {event.name}\ndata: {data}\n\n".encode()
 
 
