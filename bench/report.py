@@ -568,13 +568,18 @@ def holdback_section(doc: dict[str, Any]) -> list[str]:
 
 def admission_section(doc: dict[str, Any]) -> list[str]:
     load = doc["config"]["load"]
+    head = ["queued", "answer", "answer p50 ms", "p99 ms", "CPU ms/request", "background cores",
+            "own CPU ms/request"]  # fmt: skip
     rows = [
-        [f"{lv['queued']:,}", "202", lv["answer_ms"]["p50"], lv["answer_ms"]["p99"], lv["cpu_ms_per_request"]]
+        [f"{lv['queued']:,}", "202", lv["answer_ms"]["p50"], lv["answer_ms"]["p99"], lv["cpu_ms_per_request"],
+         lv["background_cores"], lv["own_cpu_ms_per_request"]]
         for lv in doc["accepted"]
-    ]
+    ]  # fmt: skip
     full = doc["refused_full_queue"]
-    rows.append([f"{full['queued']:,} (full)", "429", full["answer_ms"]["p50"], full["answer_ms"]["p99"],
-                 full["cpu_ms_per_request"]])  # fmt: skip
+    rows.append([
+        f"{full['queued']:,} (full)", "429", full["answer_ms"]["p50"], full["answer_ms"]["p99"],
+        full["cpu_ms_per_request"], full["background_cores"], full["own_cpu_ms_per_request"],
+    ])  # fmt: skip
     return [
         "## Admission against a deep queue",
         "",
@@ -582,7 +587,7 @@ def admission_section(doc: dict[str, Any]) -> list[str]:
         "",
         f"{load['measured']} POSTs measured one at a time at each depth:",
         "",
-        *table(["queued", "answer", "answer p50 ms", "p99 ms", "CPU ms/request"], rows),
+        *table(head, rows),
         "",
     ]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,6 +15,7 @@ from typing import Protocol
 import orjson
 
 from orchestratord.core.capacity import unservable
+from orchestratord.core.prediction import Capacity
 from orchestratord.core.queue import Place, QueueEntry
 from orchestratord.core.route import Route
 from orchestratord.endings import Endings
@@ -133,11 +135,12 @@ class Housekeeper:
             return 0
         snapshots = await self._outlook.refresh()
         ended = 0
-        verdicts: dict[Route, tuple[str | None, str] | None] = {}
+        routes = (await self._store.depths()).by_route
+        verdicts = {route: verdict for route in routes if (verdict := unservable(route, snapshots, cause))}
+        if not verdicts:
+            return 0  # every route with queued jobs has a pool: no walk of the queue
         for entry in await self._store.queued():
-            if entry.route not in verdicts:
-                verdicts[entry.route] = unservable(entry.route, snapshots, cause)
-            verdict = verdicts[entry.route]
+            verdict = verdicts.get(entry.route)
             if verdict is None:
                 continue
             pool_id, message = verdict
@@ -154,7 +157,10 @@ class Housekeeper:
             return 0
         now = self._wall()
         ended = 0
-        down: dict[Route, tuple[float, str]] = {}
+        down = {route: self._outlook.down_for(route) for route in (await self._store.depths()).by_route}
+        unready = math.inf if self._unready_limit is None else self._unready_limit
+        if not self._max_wait and all(seconds <= unready for seconds, _ in down.values()):
+            return 0  # no limit reached: no walk of the queue
         for entry in await self._store.queued():
             model = entry.route.model
             limit = self._max_wait.get(entry.priority)
@@ -164,7 +170,7 @@ class Housekeeper:
                     f"(queue.max_wait_s), without a slot serving {model!r} coming free; retry later"
                 )
             else:
-                if entry.route not in down:
+                if entry.route not in down:  # queued since the depths were read
                     down[entry.route] = self._outlook.down_for(entry.route)
                 seconds, errors = down[entry.route]
                 if self._unready_limit is None or seconds <= self._unready_limit:
@@ -186,9 +192,9 @@ class Housekeeper:
         for snap in self._outlook.snapshots:
             for priority in ("interactive", "batch"):
                 counts[(snap.engine, snap.engine_version, snap.pool_id, priority)] = 0
-        for entry in queued:
-            key = (*self._outlook.labels(entry.route), entry.priority)
-            counts[key] = counts.get(key, 0) + 1
+        for (route, priority), n in Counter((e.route, e.priority) for e in queued).items():
+            key = (*self._outlook.labels(route), priority)  # the labels once per route, not per job
+            counts[key] = counts.get(key, 0) + n
         for (engine, version, pool_id, priority), n in counts.items():
             self._metrics.queue_depth.labels(
                 engine=engine, engine_version=version, pool_id=pool_id, priority=priority
@@ -204,6 +210,7 @@ class Housekeeper:
         if self._shared is not None and not await self._shared.lead("positions", ttl_s=2.0):
             return  # one replica publishes positions for the shared queue
         places: Mapping[str, Place] | None = None  # read once per pass, for every job, when one is due
+        caps: dict[Route, Capacity] = {}  # the same for every job of a route in one pass
         for entry in queued:
             seen = self._published.setdefault(entry.job_id, _Published(at=now))
             if now - seen.at < 1.0:
@@ -214,7 +221,10 @@ class Housekeeper:
             if place is None:
                 continue
             position = place.ahead
-            predicted = self._outlook.predict(entry.route, place)
+            cap = caps.get(entry.route)
+            if cap is None:
+                cap = caps[entry.route] = self._outlook.capacity(entry.route)
+            predicted = self._outlook.predict(entry.route, place, cap)
             on_time = None
             if entry.deadline is not None:
                 on_time = self._outlook.on_time(predicted, entry.deadline - self._wall())

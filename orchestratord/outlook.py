@@ -11,7 +11,7 @@ import dataclasses
 import math
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -108,18 +108,16 @@ class Outlook:
         the pools serving it whose rates are known) is what a job behind them waits per job ahead."""
         totals: dict[Route, list[float]] = {}
         serving: dict[Route, list[PoolSnapshot]] = {}  # looked up once per route, not per job
-        for entry in queued:
-            if not entry.tokens_out:
-                continue
-            work = Work(entry.tokens_in, entry.tokens_out, entry.tokens_out)
-            pools = serving.get(entry.route)
+        shapes = Counter((e.route, e.tokens_in, e.tokens_out) for e in queued if e.tokens_out)
+        for (route, tokens_in, tokens_out), count in shapes.items():  # once per kind of job
+            pools = serving.get(route)
             if pools is None:
-                pools = serving[entry.route] = serving_pools(entry.route, self._snapshots)
-            service = self._service(pools, work)
+                pools = serving[route] = serving_pools(route, self._snapshots)
+            service = self._service(pools, Work(tokens_in, tokens_out, tokens_out))
             if service is not None:
-                total = totals.setdefault(entry.route, [0.0, 0.0])
-                total[0] += service
-                total[1] += 1
+                total = totals.setdefault(route, [0.0, 0.0])
+                total[0] += service * count
+                total[1] += count
         self._queued_s = {route: total / n for route, (total, n) in totals.items()}
 
     def _service(self, pools: Sequence[PoolSnapshot], work: Work) -> float | None:
@@ -170,10 +168,11 @@ class Outlook:
         now = self._wall()
         return {pool_id: [max(0.0, end - now) for end in ends] for pool_id, ends in self._remote.items()}
 
-    def predict(self, route: Route, place: Place) -> int | None:
+    def predict(self, route: Route, place: Place, cap: Capacity | None = None) -> int | None:
         """The predicted start (ms) of a job queued at `place`: the jobs ahead of it hold the slots for
-        their own mean expected service, from their work, where the rates are known."""
-        cap = self.capacity(route)
+        their own mean expected service, from their work, where the rates are known. `cap`: the
+        route's `capacity`, when the caller already has it (one per pass over many jobs)."""
+        cap = self.capacity(route) if cap is None else cap
         if place.ahead > 0 and place.tokens_out > 0 and cap.mean_service_s is not None:
             n = place.ahead
             work = Work(round(place.tokens_in / n), max(1, round(place.tokens_out / n)), 0)

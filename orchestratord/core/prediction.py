@@ -134,12 +134,30 @@ def predict_start_s(position: int, cap: Capacity, known: int | None = None) -> f
     later = mean if known is None or cap.typical_s is None else cap.typical_s
     known = position if known is None else known
     heap = sorted([0.0] * cap.slots_free + cap.busy_releases())
+    if known >= position or later == mean:
+        return _cycling(heap, mean, position)
     placed = min(position, SIMULATED)
     for i in range(placed):
         heapq.heapreplace(heap, heap[0] + (mean if i < known else later))
     rest = position - placed
     beyond_known = min(rest, max(0, position - max(known, placed)))
     return heap[0] + ((rest - beyond_known) * mean + beyond_known * later) / len(heap)
+
+
+def _cycling(heap: list[float], mean: float, position: int) -> float:
+    """The start of the job `position` jobs down when every job holds its slot `mean`: the slots'
+    release times are placed one by one (a slot freeing far later than the others is skipped until
+    its turn) until they lie within one `mean` of each other; from then on the starts repeat a round
+    of the slots every `mean`, and the job's is read off its round."""
+    latest, placed = heap[-1], 0
+    while placed < position and latest - heap[0] > mean:
+        if placed == SIMULATED:  # a slot freeing much later: the rest shares the slots evenly
+            return heap[0] + (position - placed) * mean / len(heap)
+        freed = heapq.heapreplace(heap, heap[0] + mean) + mean
+        latest = max(latest, freed)
+        placed += 1
+    rounds, turn = divmod(position - placed, len(heap))
+    return sorted(heap)[turn] + rounds * mean
 
 
 def predict_start_ms(position: int, cap: Capacity, known: int | None = None) -> int | None:

@@ -173,7 +173,8 @@ def test_admission_measures_posts_at_each_depth_and_the_429_of_a_full_queue(resu
     assert [lv["queued"] for lv in levels] == list(doc["config"]["load"]["depths"])
     for level in [*levels, doc["refused_full_queue"]]:
         assert_percentiles(level["answer_ms"], doc["config"]["load"]["measured"])
-        assert level["cpu_ms_per_request"] >= 0
+        assert level["cpu_ms_per_request"] >= level["own_cpu_ms_per_request"] >= 0
+        assert level["background_cores"] >= 0
     assert doc["refused_full_queue"]["queued"] == doc["config"]["queue_capacity"]
 
 

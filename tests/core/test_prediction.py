@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import heapq
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orchestratord.core.capacity import capacity_for
 from orchestratord.core.prediction import (
@@ -19,6 +23,27 @@ from pool_manager.snapshot import PoolSnapshot, ReplicaSnapshot
 def pool(pool_id: str, slots: int, free: int, model: str = "m", ready: bool = True) -> PoolSnapshot:
     replica = ReplicaSnapshot("r0", ready, slots, free)
     return PoolSnapshot(pool_id, "mock", "mock-1", (model,), 4096, 4096, False, (replica,))
+
+
+@given(
+    free=st.integers(0, 3),
+    releases=st.lists(st.floats(0.0, 20.0), min_size=1, max_size=6),
+    mean=st.floats(0.05, 3.0),
+    position=st.integers(0, 700),
+)
+def test_the_start_is_the_slots_freeing_one_by_one(
+    free: int, releases: list[float], mean: float, position: int
+) -> None:
+    """Read off the slots' round (no simulation past the first rounds, no averaging past 256 jobs),
+    the start equals placing every job ahead on the slot that frees first, one by one (a slot that
+    frees more than 256 services after the others is still averaged over)."""
+    releases = sorted(r * mean for r in releases)  # within 20 services: 256 placements reach the round
+    cap = Capacity(len(releases) + free, free, mean, tuple(releases))
+    heap = sorted([0.0] * free + releases)
+    for _ in range(position):
+        heapq.heapreplace(heap, heap[0] + mean)
+    expected = 0.0 if position < free else heap[0]
+    assert predict_start_s(position, cap) == pytest.approx(expected, rel=1e-9, abs=1e-9)
 
 
 def test_zero_when_a_slot_is_free() -> None:
