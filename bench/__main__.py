@@ -29,8 +29,8 @@ SCENARIOS = (
 )
 # Run only by name. guidellm installs guidellm (torch and all, about 1.5 GB) on first use, and it compares
 # load generators rather than measuring a target of its own; memory waits out each round's retention
-# (about 15 minutes at full scale).
-APART = ("guidellm", "memory")
+# (about 15 minutes at full scale); engine_client measures HTTP client libraries, not orchestratord.
+APART = ("guidellm", "memory", "engine_client")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from bench.results import latest
 
 ORDER = (
     "serving", "ttft", "jobs", "relay", "open_streams", "overload", "admission", "prediction", "holdback",
-    "profile", "redis", "guidellm", "memory",
+    "profile", "redis", "guidellm", "memory", "engine_client",
 )  # fmt: skip
 
 
@@ -621,6 +621,33 @@ def memory_section(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def _engine_client_row(m: dict[str, Any]) -> list[Any]:
+    rounds = " / ".join(fmt(x) for x in m["cpu_us_per_job_rounds"])
+    connections = f"{m['connections']} ({m['connections_open_at_end']})"
+    return [m["client"], m["concurrency"], m["cpu_us_per_job"], rounds, f"{m['cpu_over_sharded']:.2f}x",
+            m["jobs_per_s"], connections, m["failed"]]  # fmt: skip
+
+
+def engine_client_section(doc: dict[str, Any]) -> list[str]:
+    load = doc["config"]["load"]
+    versions = ", ".join(f"{k} {v}" for k, v in doc["config"]["versions"].items())
+    head = ["client", "concurrency", "CPU µs/job", "each round", "against sharded", "jobs/s",
+            "connections (open at end)", "failed"]  # fmt: skip
+    rows = [_engine_client_row(m) for m in doc["median"]]
+    return [
+        "## Engine client: sharded httpx pools, one httpx pool, one httpx2 pool",
+        "",
+        " ".join(doc["description"].split()),
+        "",
+        f"{load['jobs']:,} measured jobs per client and concurrency in each of {load['rounds']} rounds "
+        f"({versions}); medians of the rounds. Against sharded: the median of the rounds' ratios. "
+        "Connections: the most opened in a round (warm-up included), and the fewest still open at its end:",
+        "",
+        *table(head, rows),
+        "",
+    ]
+
+
 SECTIONS = {
     "serving": serving_section,
     "holdback": holdback_section,
@@ -635,6 +662,7 @@ SECTIONS = {
     "prediction": prediction_section,
     "profile": profile_section,
     "guidellm": guidellm_section,
+    "engine_client": engine_client_section,
 }
 
 

@@ -275,3 +275,22 @@ def test_memory_runs_only_by_name_and_its_probe_answers() -> None:
     doc = {"config": {"load": SMOKE.__dict__, "tokens_per_job": 50}, "description": "d",
            "summary": [summary_row(variant)], "variants": [variant]}  # fmt: skip
     assert "| no trim |" in "\n".join(memory_section(doc))
+
+
+def test_engine_client_runs_only_by_name_and_keeps_its_connections(tmp_path: Path) -> None:
+    """The engine client scenario measures HTTP client libraries, not orchestratord, so `all` leaves it
+    out; at smoke scale every client completes every job on one connection per worker, and the
+    summary's section shows each of them."""
+    from bench.report import engine_client_section
+    from bench.results import Context
+    from bench.scenarios.engine_client import CLIENTS, SMOKE, run
+
+    assert "engine_client" not in SCENARIOS
+    doc = asyncio.run(run(Context.today(tmp_path, scale="smoke")))
+    levels = [lv for r in doc["rounds"] for lv in r]
+    assert sorted(lv["client"] for lv in levels) == sorted(CLIENTS)
+    for lv in levels:
+        assert lv["failed"] == 0 and lv["cpu_us_per_job"] > 0, lv
+        assert lv["connections"] == lv["connections_open_at_end"] == SMOKE.concurrency[0], lv
+    section = "\n".join(engine_client_section(doc))
+    assert all(f"| {name} | {SMOKE.concurrency[0]} |" in section for name in CLIENTS)
