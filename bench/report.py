@@ -624,23 +624,23 @@ def memory_section(doc: dict[str, Any]) -> list[str]:
 def _engine_client_row(m: dict[str, Any]) -> list[Any]:
     rounds = " / ".join(fmt(x) for x in m["cpu_us_per_job_rounds"])
     connections = f"{m['connections']} ({m['connections_open_at_end']})"
-    return [m["client"], m["concurrency"], m["cpu_us_per_job"], rounds, f"{m['cpu_over_sharded']:.2f}x",
+    return [m["client"], m["concurrency"], m["cpu_us_per_job"], rounds, f"{m['cpu_over_adapters']:.2f}x",
             m["jobs_per_s"], connections, m["failed"]]  # fmt: skip
 
 
 def engine_client_section(doc: dict[str, Any]) -> list[str]:
     load = doc["config"]["load"]
     versions = ", ".join(f"{k} {v}" for k, v in doc["config"]["versions"].items())
-    head = ["client", "concurrency", "CPU µs/job", "each round", "against sharded", "jobs/s",
+    head = ["client", "concurrency", "CPU µs/job", "each round", "against adapters", "jobs/s",
             "connections (open at end)", "failed"]  # fmt: skip
     rows = [_engine_client_row(m) for m in doc["median"]]
     return [
-        "## Engine client: sharded httpx pools, one httpx pool, one httpx2 pool",
+        "## Engine client: the adapters' httpx2 pool beside one httpx pool",
         "",
         " ".join(doc["description"].split()),
         "",
         f"{load['jobs']:,} measured jobs per client and concurrency in each of {load['rounds']} rounds "
-        f"({versions}); medians of the rounds. Against sharded: the median of the rounds' ratios. "
+        f"({versions}); medians of the rounds. Against adapters: the median of the rounds' ratios. "
         "Connections: the most opened in a round (warm-up included), and the fewest still open at its end:",
         "",
         *table(head, rows),

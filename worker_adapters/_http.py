@@ -1,8 +1,9 @@
-"""The one place that speaks httpx: the engine client, the translation of its errors, in-flight streams.
+"""The one place that speaks HTTP to engines (httpx2, pydantic's maintained fork of httpx): the engine
+client, the translation of its errors, in-flight streams.
 
 Foreign exceptions are translated once, here (`map_http_errors`, `raise_for_status`), into the
 `worker_adapters.base` error tree, as httpx's own ``map_httpcore_exceptions()`` does for httpcore.
-Engine modules build request bodies and map decoded events to tokens; they never touch httpx errors.
+Engine modules build request bodies and map decoded events to tokens; they never touch httpx2 errors.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import asyncio
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import aclosing, contextmanager, suppress
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
-import httpx
+import httpx2
 
 from worker_adapters._inflight import Canceled, Flights
 from worker_adapters._ndjson import NDJSONDecoder
 from worker_adapters._sse import SSEDecoder, SSEEvent
-from worker_adapters._transport import ShardedTransport
 from worker_adapters._wire import body_message, clip, error_class, option_float, option_str
 from worker_adapters.base import (
     AdapterConfig,
@@ -49,9 +49,9 @@ class StreamMapper(Protocol[_F]):
     def feed(self, frame: _F) -> list[TokenEvent]: ...
 
 
-def build_client(config: AdapterConfig) -> httpx.AsyncClient:
+def build_client(config: AdapterConfig) -> httpx2.AsyncClient:
     """The adapter's client. Its read timeout bounds JSON reads; streams are timed by their flights."""
-    timeout = httpx.Timeout(
+    timeout = httpx2.Timeout(
         connect=config.connect_timeout_s,
         read=config.read_timeout_s,
         write=config.connect_timeout_s,
@@ -59,48 +59,49 @@ def build_client(config: AdapterConfig) -> httpx.AsyncClient:
     )
     max_connections = int(option_float(config.options, "max_connections", 256))
     # Every connection stays alive between jobs (reused if the job's response was read to its end, see
-    # `_drain`); they are split among small pools to keep httpcore's per-request work short.
-    limits = httpx.Limits(max_connections=max_connections, keepalive_expiry=15)
-    return httpx.AsyncClient(timeout=timeout, transport=ShardedTransport(limits), follow_redirects=False)
+    # `_drain`). One pool: httpcore2's does not grow its per-request work with its size, as httpcore
+    # 1.0's did (bench/results/NOTES.md, the engine_client scenario: it costs less than the small
+    # httpcore pools we split connections among before).
+    limits = httpx2.Limits(max_connections=max_connections, keepalive_expiry=15)  # every one kept alive
+    return httpx2.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
 
 
 @contextmanager
 def map_http_errors(engine: str, url: str) -> Iterator[None]:
-    """Translate httpx's errors into the adapter error tree, naming the engine and the URL."""
+    """Translate httpx2's errors into the adapter error tree, naming the engine and the URL."""
     try:
         yield
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+    except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
         raise EngineUnavailable(
             f"{engine} at {url}: cannot connect ({_describe(exc)})", engine=engine
         ) from exc
-    except httpx.TimeoutException as exc:
+    except httpx2.TimeoutException as exc:
         raise EngineTimeout(
             f"{engine} at {url}: no data within the timeout ({_describe(exc)})", engine=engine
         ) from exc
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+    except (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError) as exc:
         raise EngineReset(f"{engine} at {url}: connection broke ({_describe(exc)})", engine=engine) from exc
-    except httpx.HTTPError as exc:
+    except httpx2.HTTPError as exc:
         raise EngineInternal(f"{engine} at {url}: HTTP failure ({_describe(exc)})", engine=engine) from exc
 
 
-def _body_chunks(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+def _body_chunks(response: httpx2.Response) -> AsyncGenerator[bytes, None]:
     """The body's chunks as read. Without a Content-Encoding (we ask for ``identity``) these are the raw
     chunks, which spares the decoding layer of ``aiter_bytes`` (a no-op then) on every chunk."""
-    chunks = response.aiter_bytes() if "content-encoding" in response.headers else response.aiter_raw()
-    return cast(AsyncGenerator[bytes, None], chunks)
+    return response.aiter_bytes() if "content-encoding" in response.headers else response.aiter_raw()
 
 
 def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def raise_for_status(response: httpx.Response, engine: str) -> None:
+async def raise_for_status(response: httpx2.Response, engine: str) -> None:
     """Raise the adapter error for a non-2xx answer, with the engine's own message in it."""
     status = response.status_code
     if 200 <= status < 300:
         return
     body = bytearray()
-    async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_bytes())) as chunks:
+    async with aclosing(response.aiter_bytes()) as chunks:
         async for chunk in chunks:
             body += chunk
             if len(body) >= _ERROR_BODY_LIMIT:
@@ -121,7 +122,7 @@ class EngineHTTP:
         self,
         config: AdapterConfig,
         engine: str,
-        client: httpx.AsyncClient | None = None,
+        client: httpx2.AsyncClient | None = None,
         *,
         request_ids: bool = False,
     ) -> None:
@@ -134,12 +135,12 @@ class EngineHTTP:
         api_key = option_str(config.options, "api_key")
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         probe_s = option_float(config.options, "probe_timeout_s", min(5.0, config.read_timeout_s))
-        self._probe_timeout = httpx.Timeout(probe_s, connect=config.connect_timeout_s)
+        self._probe_timeout = httpx2.Timeout(probe_s, connect=config.connect_timeout_s)
         # A stream's reads are timed by its flight's watchdog (first event, then between reads), not by
         # httpx's per-read timeout, which cannot tell a long prefill from a silent engine mid-stream.
         self._first_event_s = config.first_token_timeout_s
         self._between_reads_s = config.read_timeout_s
-        self._stream_timeout = httpx.Timeout(
+        self._stream_timeout = httpx2.Timeout(
             connect=config.connect_timeout_s,
             read=None,
             write=config.connect_timeout_s,
@@ -339,7 +340,7 @@ class HttpAdapter(abc.ABC):
     engine: str = "http"
     request_ids = False  # send X-Request-Id (see `EngineHTTP`)
 
-    def __init__(self, config: AdapterConfig, *, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, config: AdapterConfig, *, client: httpx2.AsyncClient | None = None) -> None:
         self.config = config
         self.http = EngineHTTP(config, self.engine, client, request_ids=self.request_ids)
 

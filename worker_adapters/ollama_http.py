@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import httpx2
 
 from worker_adapters._http import HttpAdapter, relay
 from worker_adapters._wire import (
@@ -147,7 +147,7 @@ def answers_to(installed: tuple[str, ...]) -> tuple[str, ...]:
 class OllamaAdapter(HttpAdapter):
     engine = "ollama"
 
-    def __init__(self, config: AdapterConfig, *, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, config: AdapterConfig, *, client: httpx2.AsyncClient | None = None) -> None:
         super().__init__(config, client=client)
         self._limits: dict[str, tuple[str, ModelLimits]] = {}  # model -> (digest, its limits)
 

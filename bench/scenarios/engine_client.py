@@ -1,10 +1,10 @@
 """The engine client's own cost: CPU per streamed 50-token job, in the bench's process, through the
-adapters' sharded httpx transport, one plain httpx pool and one plain httpx2 pool (issue 18, item 3).
+adapters' client (one httpx2 pool) and one plain httpx pool of the same size (issue 18, item 3).
 
 Each client streams ``POST /v1/completions`` from the fake engine (no TTFT, no token interval; the
 engine runs in its own process) and reads every body to its end, as the adapters do, in a closed loop
-at each concurrency. ``sharded`` is what ``worker_adapters._http.build_client`` builds; ``httpx`` and
-``httpx2`` are one ``AsyncClient`` each, with the same timeouts and a pool of the same size. The clients
+at each concurrency. ``adapters`` is what ``worker_adapters._http.build_client`` builds; ``httpx`` is one
+``AsyncClient`` with the same timeouts and a pool of the same size. The clients
 take turns at each concurrency, round after round, so that the machine's noise falls on them alike.
 Connections opened are counted where httpcore and httpcore2 open them (``anyio.connect_tcp``, wrapped
 by a mock), those still open at the level's end from the socket table (psutil).
@@ -70,19 +70,9 @@ def _httpx(url: str) -> AnyClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0, write=5.0, pool=5.0), limits=limits)
 
 
-def _httpx2(url: str) -> AnyClient:
-    limits = httpx2.Limits(
-        max_connections=MAX_CONNECTIONS,
-        max_keepalive_connections=MAX_CONNECTIONS,
-        keepalive_expiry=KEEPALIVE_S,
-    )
-    return httpx2.AsyncClient(timeout=httpx2.Timeout(60.0, connect=5.0, write=5.0, pool=5.0), limits=limits)
-
-
 CLIENTS: dict[str, Callable[[str], AnyClient]] = {
-    "sharded": lambda url: build_client(_config(url)),
+    "adapters": lambda url: build_client(_config(url)),
     "httpx": _httpx,
-    "httpx2": _httpx2,
 }
 
 
@@ -141,8 +131,9 @@ async def _level(name: str, base_url: str, concurrency: int, jobs: int) -> dict[
 
 
 def _medians(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Each client and level's median over the rounds; its CPU per job over sharded's is the median of
-    the rounds' ratios (the two ran a few seconds apart: less noisy than the CPU per job itself)."""
+    """Each client and level's median over the rounds; its CPU per job over the adapters' client's is
+    the median of the rounds' ratios (the two ran a few seconds apart: less noisy than the CPU per job
+    itself)."""
     cpu = {
         (i, lv["client"], lv["concurrency"]): lv["cpu_us_per_job"] for i, r in enumerate(rounds) for lv in r
     }
@@ -150,14 +141,14 @@ def _medians(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for name in CLIENTS:
         for c in sorted({lv["concurrency"] for lv in rounds[0]}):
             runs = [lv for r in rounds for lv in r if (lv["client"], lv["concurrency"]) == (name, c)]
-            ratios = [cpu[i, name, c] / cpu[i, "sharded", c] for i in range(len(rounds))]
+            ratios = [cpu[i, name, c] / cpu[i, "adapters", c] for i in range(len(rounds))]
             out.append(
                 {
                     "client": name,
                     "concurrency": c,
                     "cpu_us_per_job": statistics.median(lv["cpu_us_per_job"] for lv in runs),
                     "cpu_us_per_job_rounds": [lv["cpu_us_per_job"] for lv in runs],
-                    "cpu_over_sharded": round(statistics.median(ratios), 3),
+                    "cpu_over_adapters": round(statistics.median(ratios), 3),
                     "jobs_per_s": statistics.median(lv["jobs_per_s"] for lv in runs),
                     "connections": max(lv["connections"] for lv in runs),
                     "connections_open_at_end": min(lv["connections_open_at_end"] for lv in runs),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fakes.engines.asgi import FakeEngine
@@ -52,7 +52,7 @@ async def make_adapter() -> AsyncIterator[MakeAdapter]:
         read_timeout_s: float = 10.0,
         first_token_timeout_s: float = 10.0,
         ctx_max: int | None = None,
-        client: httpx.AsyncClient | None = None,
+        client: httpx2.AsyncClient | None = None,
         **options: object,
     ) -> Any:
         config = AdapterConfig(

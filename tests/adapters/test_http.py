@@ -1,5 +1,5 @@
 """The HTTP boundary: exception and status translation, the client's settings, ownership of an
-injected client, and the guards around in-flight streams. Uses httpx.MockTransport, the seam httpx
+injected client, and the guards around in-flight streams. Uses httpx2.MockTransport, the seam httpx
 was designed with; streaming behaviour over a real socket is in test_conformance.py."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fakes.engines.harness import collect, request
@@ -34,22 +34,22 @@ MakeAdapter = Any
 @pytest.mark.parametrize(
     ("raised", "error"),
     [
-        (httpx.ConnectError("[Errno 111] Connection refused"), EngineUnavailable),
-        (httpx.ConnectTimeout("timed out"), EngineUnavailable),
-        (httpx.PoolTimeout("no connection available"), EngineUnavailable),
-        (httpx.ReadTimeout("timed out"), EngineTimeout),
-        (httpx.WriteTimeout("timed out"), EngineTimeout),
+        (httpx2.ConnectError("[Errno 111] Connection refused"), EngineUnavailable),
+        (httpx2.ConnectTimeout("timed out"), EngineUnavailable),
+        (httpx2.PoolTimeout("no connection available"), EngineUnavailable),
+        (httpx2.ReadTimeout("timed out"), EngineTimeout),
+        (httpx2.WriteTimeout("timed out"), EngineTimeout),
         (
-            httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
+            httpx2.RemoteProtocolError("peer closed connection without sending complete message body"),
             EngineReset,
         ),
-        (httpx.ReadError("connection reset by peer"), EngineReset),
-        (httpx.WriteError("broken pipe"), EngineReset),
-        (httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'ftp://'"), EngineInternal),
-        (httpx.DecodingError("bad gzip"), EngineInternal),
+        (httpx2.ReadError("connection reset by peer"), EngineReset),
+        (httpx2.WriteError("broken pipe"), EngineReset),
+        (httpx2.UnsupportedProtocol("Request URL has an unsupported protocol 'ftp://'"), EngineInternal),
+        (httpx2.DecodingError("bad gzip"), EngineInternal),
     ],
 )
-def test_map_http_errors(raised: httpx.HTTPError, error: type[AdapterError]) -> None:
+def test_map_http_errors(raised: httpx2.HTTPError, error: type[AdapterError]) -> None:
     with pytest.raises(AdapterError) as caught, map_http_errors("vllm", "http://gpu-7:8000/v1/completions"):
         raise raised
     assert type(caught.value) is error
@@ -111,24 +111,24 @@ async def test_client_settings_come_from_the_config() -> None:
     )
     client = build_client(config)
     async with client:
-        assert client.timeout == httpx.Timeout(connect=2.5, read=90, write=2.5, pool=2.5)
+        assert client.timeout == httpx2.Timeout(connect=2.5, read=90, write=2.5, pool=2.5)
         assert client.follow_redirects is False
 
 
 async def test_an_injected_client_is_closed_with_the_adapter() -> None:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200)))
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(lambda r: httpx2.Response(200)))
     adapter = LlamaCppAdapter(AdapterConfig(engine="llamacpp", base_url="http://x", model="m"), client=client)
     await adapter.aclose()
     assert client.is_closed
 
 
 def mock_adapter(make_adapter: MakeAdapter, answer: Any) -> LlamaCppAdapter:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
     return make_adapter(LlamaCppAdapter, "http://engine.invalid:8080/", client=client)  # type: ignore[no-any-return]
 
 
 async def test_invalid_json_from_a_props_endpoint(make_adapter: MakeAdapter) -> None:
-    adapter = mock_adapter(make_adapter, lambda r: httpx.Response(200, content=b"<html>"))
+    adapter = mock_adapter(make_adapter, lambda r: httpx2.Response(200, content=b"<html>"))
     with pytest.raises(EngineInternal, match="invalid JSON"):
         await adapter.props()
 
@@ -138,11 +138,11 @@ async def test_base_url_trailing_slash_and_read_timeout_mid_stream(make_adapter:
 
     async def stall() -> AsyncIterator[bytes]:
         yield b'data: {"content":"a","stop":false}\n\n'
-        raise httpx.ReadTimeout("timed out")
+        raise httpx2.ReadTimeout("timed out")
 
-    def answer(req: httpx.Request) -> httpx.Response:
+    def answer(req: httpx2.Request) -> httpx2.Response:
         seen.append(str(req.url))
-        return httpx.Response(200, content=stall(), headers={"content-type": "text/event-stream"})
+        return httpx2.Response(200, content=stall(), headers={"content-type": "text/event-stream"})
 
     adapter = mock_adapter(make_adapter, answer)
     with pytest.raises(EngineTimeout):
@@ -156,7 +156,7 @@ async def test_a_frame_that_never_ends_is_an_internal_error(make_adapter: MakeAd
         for _ in range(20):
             yield b"x" * (1024 * 1024)
 
-    adapter = mock_adapter(make_adapter, lambda r: httpx.Response(200, content=endless()))
+    adapter = mock_adapter(make_adapter, lambda r: httpx2.Response(200, content=endless()))
     with pytest.raises(EngineInternal, match="exceeds"):
         await collect(adapter, request())
 
@@ -166,7 +166,7 @@ async def test_a_task_id_can_be_in_flight_once(make_adapter: MakeAdapter) -> Non
         yield b'data: {"content":"a","stop":false}\n\n'
         yield b'data: {"content":"","stop":true,"stop_type":"eos"}\n\n'
 
-    adapter = mock_adapter(make_adapter, lambda r: httpx.Response(200, content=slow()))
+    adapter = mock_adapter(make_adapter, lambda r: httpx2.Response(200, content=slow()))
     first = adapter.submit(request("same"))
     await anext(first)
     with pytest.raises(ValueError, match="already in flight"):
@@ -215,7 +215,7 @@ async def test_the_next_jobs_reuse_the_connections_of_the_last(
     assert rounds[1] == rounds[0]
 
 
-class _Lingering(httpx.AsyncByteStream):
+class _Lingering(httpx2.AsyncByteStream):
     """A llama.cpp body that goes on after its terminal event (with one more event, or nothing)."""
 
     def __init__(self, then: str) -> None:
@@ -240,6 +240,6 @@ async def test_a_body_that_goes_on_after_the_terminal_mark_is_closed(
     # After the terminal mark the adapter waits a moment for the body's end, to keep the connection; a
     # body that goes on instead is closed (rather than waited for), and its late data is not relayed.
     body = _Lingering(then)
-    adapter = mock_adapter(make_adapter, lambda r: httpx.Response(200, stream=body))
+    adapter = mock_adapter(make_adapter, lambda r: httpx2.Response(200, stream=body))
     assert await collect(adapter, request()) == [Token("a"), Finished("eos")]
     assert body.closed

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from tests.fakes.engines import llamacpp as llama_fake
@@ -246,15 +246,15 @@ async def test_engine_version_where_the_server_tells_it(
 ) -> None:
     asked: list[str] = []
 
-    def answer(request: httpx.Request) -> httpx.Response:
+    def answer(request: httpx2.Request) -> httpx2.Response:
         asked.append(request.url.path)
         if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
+            return httpx2.Response(200, json={"object": "list", "data": [{"id": "m", "object": "model"}]})
         if request.url.path in routes:
-            return httpx.Response(200, json=routes[request.url.path])
-        return httpx.Response(404, json={"detail": "Not Found"})
+            return httpx2.Response(200, json=routes[request.url.path])
+        return httpx2.Response(404, json={"detail": "Not Found"})
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
     adapter = make_adapter(OpenAIAdapter, "http://engine", client=client)
     assert (await adapter.props()).engine_version == version
     await adapter.props()

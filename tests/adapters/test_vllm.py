@@ -93,12 +93,12 @@ def test_kv_cache_usage_reads_either_gauge_name() -> None:
     ],
 )
 async def test_error_bodies_of_other_versions(body: bytes, text: str, make_adapter: MakeAdapter) -> None:
-    import httpx
+    import httpx2
 
-    def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(401 if b"Unauthorized" in body else 400, content=body)
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(401 if b"Unauthorized" in body else 400, content=body)
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
     adapter = make_adapter(VllmAdapter, "http://vllm.invalid", client=client)
     with pytest.raises((EngineRejected, EngineInternal), match=text):
         await collect(adapter, request())
