@@ -635,7 +635,7 @@ def engine_client_section(doc: dict[str, Any]) -> list[str]:
             "connections (open at end)", "failed"]  # fmt: skip
     rows = [_engine_client_row(m) for m in doc["median"]]
     return [
-        "## Engine client: the adapters' httpx2 pool beside one httpx pool",
+        "## Engine client: the adapters' sharded httpx2 pools beside one httpx2 pool and one httpx pool",
         "",
         " ".join(doc["description"].split()),
         "",

@@ -20,6 +20,7 @@ import httpx2
 from worker_adapters._inflight import Canceled, Flights
 from worker_adapters._ndjson import NDJSONDecoder
 from worker_adapters._sse import SSEDecoder, SSEEvent
+from worker_adapters._transport import ShardedTransport
 from worker_adapters._wire import body_message, clip, error_class, option_float, option_str
 from worker_adapters.base import (
     AdapterConfig,
@@ -59,11 +60,9 @@ def build_client(config: AdapterConfig) -> httpx2.AsyncClient:
     )
     max_connections = int(option_float(config.options, "max_connections", 256))
     # Every connection stays alive between jobs (reused if the job's response was read to its end, see
-    # `_drain`). One pool: httpcore2's does not grow its per-request work with its size, as httpcore
-    # 1.0's did (bench/results/NOTES.md, the engine_client scenario: it costs less than the small
-    # httpcore pools we split connections among before).
-    limits = httpx2.Limits(max_connections=max_connections, keepalive_expiry=15)  # every one kept alive
-    return httpx2.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+    # `_drain`); they are split among small pools to keep the pool's per-request work short.
+    limits = httpx2.Limits(max_connections=max_connections, keepalive_expiry=15)
+    return httpx2.AsyncClient(timeout=timeout, transport=ShardedTransport(limits), follow_redirects=False)
 
 
 @contextmanager

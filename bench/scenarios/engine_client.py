@@ -1,11 +1,12 @@
 """The engine client's own cost: CPU per streamed 50-token job, in the bench's process, through the
-adapters' client (one httpx2 pool) and one plain httpx pool of the same size (issue 18, item 3).
+adapters' client (httpx2 over our sharded pools), one plain httpx2 pool and one plain httpx pool of the
+same size (issue 18, item 3).
 
 Each client streams ``POST /v1/completions`` from the fake engine (no TTFT, no token interval; the
 engine runs in its own process) and reads every body to its end, as the adapters do, in a closed loop
-at each concurrency. ``adapters`` is what ``worker_adapters._http.build_client`` builds; ``httpx`` is one
-``AsyncClient`` with the same timeouts and a pool of the same size. The clients
-take turns at each concurrency, round after round, so that the machine's noise falls on them alike.
+at each concurrency. ``adapters`` is what ``worker_adapters._http.build_client`` builds;
+``httpx2`` and ``httpx`` are one ``AsyncClient`` each, with the same timeouts and a pool of the same
+size. The clients take turns at each concurrency, round after round, so that the machine's noise falls on them alike.
 Connections opened are counted where httpcore and httpcore2 open them (``anyio.connect_tcp``, wrapped
 by a mock), those still open at the level's end from the socket table (psutil).
 """
@@ -52,7 +53,7 @@ class Load:
     rounds: int
 
 
-FULL = Load((4, 32, 64, 128), 1500, 3)
+FULL = Load((4, 32, 64, 128, 256), 1500, 3)
 QUICK = Load((4, 32, 128), 300, 2)
 SMOKE = Load((4,), 20, 1)
 
@@ -70,8 +71,18 @@ def _httpx(url: str) -> AnyClient:
     return httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0, write=5.0, pool=5.0), limits=limits)
 
 
+def _httpx2(url: str) -> AnyClient:
+    limits = httpx2.Limits(
+        max_connections=MAX_CONNECTIONS,
+        max_keepalive_connections=MAX_CONNECTIONS,
+        keepalive_expiry=KEEPALIVE_S,
+    )
+    return httpx2.AsyncClient(timeout=httpx2.Timeout(60.0, connect=5.0, write=5.0, pool=5.0), limits=limits)
+
+
 CLIENTS: dict[str, Callable[[str], AnyClient]] = {
     "adapters": lambda url: build_client(_config(url)),
+    "httpx2": _httpx2,
     "httpx": _httpx,
 }
 
