@@ -6,9 +6,10 @@ Each client streams ``POST /v1/completions`` from the fake engine (no TTFT, no t
 engine runs in its own process) and reads every body to its end, as the adapters do, in a closed loop
 at each concurrency. ``adapters`` is what ``worker_adapters._http.build_client`` builds;
 ``httpx2`` and ``httpx`` are one ``AsyncClient`` each, with the same timeouts and a pool of the same
-size. The clients take turns at each concurrency, round after round, so that the machine's noise falls on them alike.
-Connections opened are counted where httpcore and httpcore2 open them (``anyio.connect_tcp``, wrapped
-by a mock), those still open at the level's end from the socket table (psutil).
+size. The clients take turns at each concurrency, round after round, so that the machine's noise falls
+on them alike. Connections opened are counted where httpcore and httpcore2 open them
+(``anyio.connect_tcp``, wrapped by a mock), those still open at the level's end from the socket table
+(psutil).
 """
 
 from __future__ import annotations
