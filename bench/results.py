@@ -19,7 +19,9 @@ from bench.procs import REPO
 
 RESULTS = REPO / "bench" / "results"
 _L = TypeVar("_L")
-_PACKAGES = ("uvicorn", "uvloop", "httptools", "starlette", "fastapi", "sse-starlette", "orjson", "httpx")
+_PACKAGES = (
+    "uvicorn", "uvloop", "httptools", "starlette", "fastapi", "sse-starlette", "orjson", "httpx", "httpx2",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
