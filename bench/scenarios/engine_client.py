@@ -63,28 +63,28 @@ def _config(url: str) -> AdapterConfig:
     return AdapterConfig("openai", url, MODEL, options={"max_connections": MAX_CONNECTIONS})
 
 
-def _httpx(url: str) -> AnyClient:
-    limits = httpx.Limits(
-        max_connections=MAX_CONNECTIONS,
-        max_keepalive_connections=MAX_CONNECTIONS,
-        keepalive_expiry=KEEPALIVE_S,
-    )
-    return httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0, write=5.0, pool=5.0), limits=limits)
+def _one_pool(lib: Any) -> Callable[[str], AnyClient]:
+    """One plain ``AsyncClient`` of `lib` (httpx or httpx2: the same API), its pool the size of the
+    adapters' and every connection kept alive."""
 
+    def build(url: str) -> AnyClient:
+        limits = lib.Limits(
+            max_connections=MAX_CONNECTIONS,
+            max_keepalive_connections=MAX_CONNECTIONS,
+            keepalive_expiry=KEEPALIVE_S,
+        )
+        client: AnyClient = lib.AsyncClient(
+            timeout=lib.Timeout(60.0, connect=5.0, write=5.0, pool=5.0), limits=limits
+        )
+        return client
 
-def _httpx2(url: str) -> AnyClient:
-    limits = httpx2.Limits(
-        max_connections=MAX_CONNECTIONS,
-        max_keepalive_connections=MAX_CONNECTIONS,
-        keepalive_expiry=KEEPALIVE_S,
-    )
-    return httpx2.AsyncClient(timeout=httpx2.Timeout(60.0, connect=5.0, write=5.0, pool=5.0), limits=limits)
+    return build
 
 
 CLIENTS: dict[str, Callable[[str], AnyClient]] = {
     "adapters": lambda url: build_client(_config(url)),
-    "httpx2": _httpx2,
-    "httpx": _httpx,
+    "httpx2": _one_pool(httpx2),
+    "httpx": _one_pool(httpx),
 }
 
 
