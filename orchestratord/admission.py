@@ -18,6 +18,7 @@ from typing import Protocol
 
 import orjson
 
+from orchestratord.core.capacity import serving_pools
 from orchestratord.core.placement import allowed_pools
 from orchestratord.core.prediction import predict_start_ms, retry_hint_ms
 from orchestratord.core.queue import Admitted, Place, QueueEntry, QueuePolicy, Rejected, prospective_place
@@ -46,6 +47,7 @@ from pool_manager.registry import PoolRegistry, PoolState
 from worker_adapters.registry import honours, seed_limit
 
 log = get_logger(__name__)
+SHARED_SNAPSHOT_AGE_S = 0.05
 HOLD_HORIZON_MS = 60_000  # no place is promised further out (the OpenAI SDKs wait at most 60 s)
 
 
@@ -165,7 +167,12 @@ class Admission:
         await self._check_deadline(spec, entry)
         holds = await self._hold(spec)
         try:
-            outcome = await self._store.create(self._record(spec, now), entry, ticket)
+            # A job this replica can serve is its own to take: its dispatcher looks at once (`_announce`)
+            # and the job's readers here are served from this process. With no ready pool for it in
+            # this replica's view (its breakers, its health checks), it wakes the other replicas'
+            # dispatchers. Slots are counted deployment-wide: one busy here is busy everywhere.
+            mine = any(pool.ready for pool in serving_pools(key, self._outlook.snapshots))
+            outcome = await self._store.create(self._record(spec, now), entry, ticket, wake_all=not mine)
             if not isinstance(outcome, Admitted):
                 raise await self._rejected(spec, key, outcome, ticket)
         except BaseException:
@@ -173,7 +180,8 @@ class Admission:
             raise
         if outcome.evicted is not None:
             await self._evict(outcome.evicted)
-        return await self._announce(spec, key, {k: v for h in holds for k, v in h.headers.items()})
+        headers = {k: v for h in holds for k, v in h.headers.items()}
+        return await self._announce(spec, key, headers, outcome.place)
 
     async def _hold(self, spec: TaskSpec) -> list[AdmissionHold]:
         """Run the checks in order; if one refuses, undo what the earlier ones held."""
@@ -423,9 +431,14 @@ class Admission:
             engine = self._endings.engine_serving(victim.route.model)
             self._metrics.backpressure.labels(engine=engine, policy=policy).inc()
 
-    async def _announce(self, spec: TaskSpec, key: Route, headers: Mapping[str, str]) -> AdmissionResult:
-        await self._outlook.refresh()
-        place = await self._store.place(spec.job_id) or Place(0)
+    async def _announce(
+        self, spec: TaskSpec, key: Route, headers: Mapping[str, str], place: Place | None
+    ) -> AdmissionResult:
+        # With shared state, reading the slots is a Redis call: the dispatcher's view of a moment ago
+        # (it refreshes on every round) predicts as well.
+        await self._outlook.refresh(SHARED_SNAPSHOT_AGE_S if self._shared is not None else 0.0)
+        if place is None:  # the store did not find it with the job's creation
+            place = await self._store.place(spec.job_id) or Place(0)
         position = place.ahead
         predicted = self._outlook.predict(key, place)
         self._outlook.promised(spec.job_id, predicted)

@@ -115,6 +115,7 @@ def build_store(settings: Settings) -> StateStore:
                 max_connections=r.max_connections,
             ),
             tenant_max_concurrent={t.id: t.max_concurrent for t in settings.tenants if t.max_concurrent},
+            unread_within_s=settings.stream.attach_timeout_s,
         )
     return MemoryStore(queue_policy(settings), retention_s=settings.stream.retention_s)
 

@@ -140,12 +140,19 @@ class Dispatcher:
     async def _dispatch_ready(self) -> None:
         while self._accepting:
             async with self._placer.exclusive():
+                # One look first: a round with nothing queued (most wake-ups at light load) ends here.
+                pending = await self._store.pending(self._wall())
+                if not pending.queued:
+                    return
+                if pending.expired:
+                    await self._housekeeper.expire()  # a job past its deadline is never taken
                 snapshots = await self._outlook.refresh()
-                await self._housekeeper.expire()  # a job past its deadline is never taken
                 batch = (
                     partial(_servable, snapshots, self._config.holdback) if self._config.holdback else None
                 )
-                entry = await self._store.take(partial(_servable, snapshots, 0.0), self._tenant_ok, batch)
+                entry = await self._store.take(
+                    partial(_servable, snapshots, 0.0), self._tenant_ok, batch, pending
+                )
                 if entry is None:
                     return
                 await self._dispatch(entry, snapshots)

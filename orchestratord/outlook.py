@@ -49,14 +49,19 @@ class Outlook:
         self._id = uuid.uuid4().hex
         self._queued_s: dict[Route, float] = {}  # the mean expected service of each route's queued jobs
         self._snapshots: list[PoolSnapshot] = []
+        self._refreshed = 0.0  # when (clock) `_snapshots` were taken
         self._queue_depth = 0
         self._promised: dict[str, float] = {}  # job id -> the wait (s) predicted at its admission
         self._ratios: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait / predicted wait
         self._late: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait - predicted wait (s)
         self._predicted: deque[float] = deque(maxlen=ERROR_SAMPLES)  # the predicted waits (s)
 
-    async def refresh(self) -> list[PoolSnapshot]:
+    async def refresh(self, max_age_s: float = 0.0) -> list[PoolSnapshot]:
+        """The pools now; or as the last refresh saw them, if that was at most `max_age_s` ago."""
+        if max_age_s > 0 and self._snapshots and self._clock() - self._refreshed <= max_age_s:
+            return self._snapshots
         self._snapshots = await self._registry.snapshot()
+        self._refreshed = self._clock()
         return self._snapshots
 
     @property

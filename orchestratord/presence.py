@@ -51,16 +51,10 @@ class Presence:
         self._checks: set[asyncio.Task[None]] = set()
 
     def admitted(self, job_id: str) -> None:
-        if self._shared is not None:
-            self._spawn(self._record_unattached(self._shared, job_id))
-        else:
+        # A shared store records an unread `cancel_on_disconnect` job with its creation (in the same
+        # step), and any replica's housekeeping cancels it when due (`SharedState.abandoned`).
+        if self._shared is None:
             self._later(self._attach_timeout, job_id, require_attached=True)
-
-    async def _record_unattached(self, shared: SharedState, job_id: str) -> None:
-        try:
-            await shared.unattached(job_id, self._attach_timeout)
-        except StateUnavailable:
-            log.warning("presence_unattached_lost", job_id=job_id, reason="state backend unreachable")
 
     async def attach(self, job_id: str) -> None:
         await self._store.attach(job_id)

@@ -122,6 +122,7 @@ class QueuePolicy:
 class Admitted:
     entry: QueueEntry
     evicted: QueueEntry | None = None
+    place: Place | None = None  # its place when admitted, when the store found it in the same step
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,6 +485,11 @@ class FairQueue:
     def _live(self, item: _HeapItem) -> bool:
         entry = self._entries.get(item[2])
         return entry is not None and entry.seq == item[1]
+
+    def due(self, now: float) -> bool:
+        """Whether `expire(now)` may have work: a deadline at or before `now` (perhaps of a job that
+        has left the queue since)."""
+        return bool(self._deadlines) and self._deadlines[0][0] <= now
 
     def expire(self, now: float) -> list[QueueEntry]:
         """Remove and return every queued job whose deadline is at or before `now`."""

@@ -82,10 +82,17 @@ class JobRegistry(Protocol):
     """Every job's record and the one function that moves it between states."""
 
     async def create(
-        self, record: JobRecord, entry: QueueEntry, ticket: Callable[[], str] | None = None
+        self,
+        record: JobRecord,
+        entry: QueueEntry,
+        ticket: Callable[[], str] | None = None,
+        *,
+        wake_all: bool = True,
     ) -> Admitted | Rejected:
         """Register the job and enqueue it in one step; nothing is stored if it is rejected. `ticket()`
-        names the place the client may hold (`JobQueue.hold_place`), asked only while places are held."""
+        names the place the client may hold (`JobQueue.hold_place`), asked only while places are held.
+        With shared state, `wake_all` wakes every replica's dispatcher; False leaves the job to this
+        replica's (it can serve the job and will look at once), and the others see it on their tick."""
         ...
 
     async def get(self, job_id: str) -> JobRecord | None: ...
@@ -153,18 +160,35 @@ class EventLog(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A dispatch round's first look at the queue, in one step: whether anything is queued, and
+    whether a queued job's deadline has passed. A shared store also says which routes and tenants have
+    queued jobs, which its `take` then need not read again."""
+
+    queued: bool
+    expired: bool
+    routes: tuple[str, ...] = ()  # encoded (`Route.encode`)
+    tenants: tuple[str, ...] = ()
+
+
 class JobQueue(Protocol):
     """The fair queue of admitted jobs (`core.queue` holds its rules)."""
+
+    async def pending(self, now: float) -> Pending:
+        """Whether a dispatch round has anything to take, and whether it must expire jobs first."""
+        ...
 
     async def take(
         self,
         can_serve: Callable[[Route], bool],
         tenant_ok: Callable[[str], bool],
         batch_can_serve: Callable[[Route], bool] | None = None,
+        pending: Pending | None = None,
     ) -> QueueEntry | None:
         """The next job to run (`core.queue.FairQueue.take`): one a free slot can serve, of a tenant
         that may run more; a batch job only where `batch_can_serve` says so, when given (slots held
-        back for interactive work)."""
+        back for interactive work). `pending`: this round's first look, when taken just before."""
         ...
 
     async def dequeue(self, job_id: str) -> QueueEntry | None: ...

@@ -17,7 +17,7 @@ from orchestratord.core.budget import Ledger
 from orchestratord.core.queue import Admitted, Depths, FairQueue, Place, QueueEntry, QueuePolicy, Rejected
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent, Priority
-from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
+from orchestratord.state.base import IdempotencyRecord, JobRecord, Pending, SessionRecord
 from orchestratord.state.shared import SharedState
 from pool_manager.leases import LeaseStore, MemoryLeases
 
@@ -112,7 +112,12 @@ class MemoryStore:
 
     # -- job registry ----------------------------------------------------------------------------
     async def create(
-        self, record: JobRecord, entry: QueueEntry, ticket: Callable[[], str] | None = None
+        self,
+        record: JobRecord,
+        entry: QueueEntry,
+        ticket: Callable[[], str] | None = None,
+        *,
+        wake_all: bool = True,  # one process: its dispatcher is the only one
     ) -> Admitted | Rejected:
         outcome = self.queue.enqueue(entry, ticket=ticket, now=self._wall())
         if isinstance(outcome, Admitted):
@@ -293,11 +298,15 @@ class MemoryStore:
         return job is not None and int(event_id) > len(job.events)
 
     # -- the queue -------------------------------------------------------------------------------
+    async def pending(self, now: float) -> Pending:
+        return Pending(queued=len(self.queue) > 0, expired=self.queue.due(now))
+
     async def take(
         self,
         can_serve: Callable[[Route], bool],
         tenant_ok: Callable[[str], bool],
         batch_can_serve: Callable[[Route], bool] | None = None,
+        pending: Pending | None = None,
     ) -> QueueEntry | None:
         return self.queue.take(can_serve, tenant_ok, batch_can_serve)
 

@@ -12,6 +12,7 @@ retriable WORKER_RESET, or queues it again if it had sent no token yet.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import re
@@ -29,7 +30,7 @@ from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent, Priority
 from orchestratord.errors import StateLost, StateUnavailable, error_event
 from orchestratord.logs import get_logger
-from orchestratord.state.base import IdempotencyRecord, JobRecord, SessionRecord
+from orchestratord.state.base import IdempotencyRecord, JobRecord, Pending, SessionRecord
 from orchestratord.state.redis_client import SEP, RedisOptions, Scripts, SlotNode, connect, reachable, tagged
 from orchestratord.state.redis_documents import Documents
 from orchestratord.state.redis_leases import RedisLeases
@@ -43,6 +44,12 @@ _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _END_FIELDS = ("decode_time_ms", "decode_ms")  # the store fills these in `end` events
 _RECORD_SKIP = ("job_id", "text")
 _PAGE = 500  # job hashes read per pipeline when listing jobs
+# How long a reader waits for a queued job admitted here to start here before it waits in the shared
+# read instead (which a start here interrupts too): this replica's dispatcher looks at the job at
+# once, so it usually starts within a few ms; a job another replica takes meanwhile is late by at
+# most this much to such a reader.
+_EXPECTED_S = 0.05
+_EXPECTED_MAX = 4096  # jobs admitted here and not yet started or ended, remembered at most
 LOST_MESSAGE = (
     "the state backend (Redis) lost this job's data (it restarted empty, or evicted the job's keys); "
     "its events and status are gone: submit it again"
@@ -66,8 +73,12 @@ class RedisStore:
         tenant_max_concurrent: Mapping[str, int] | None = None,
         wall: Callable[[], float] = time.time,
         owner: str | None = None,
+        unread_within_s: float = 30.0,
     ) -> None:
         self.options = options or RedisOptions()
+        # A `cancel_on_disconnect` job is due for cancellation this long after its admission unless a
+        # reader attaches first, on any replica (`stream.attach_timeout_s`; recorded by `create`).
+        self._unread_ms = round(unread_within_s * 1000)
         self.policy = policy or QueuePolicy()
         self.owner = owner or uuid.uuid4().hex
         self._retention_ms = round(retention_s * 1000)
@@ -97,6 +108,13 @@ class RedisStore:
             self._reader, self._client, self._key(f"tail:{self.owner}"), round(self.options.block_s * 1000)
         )
         self._documents = Documents(self._client, prefix, self._node)
+        # Jobs this instance admitted to run itself (`create` with wake_all=False), until their run
+        # starts here or they end: a reader here waits for the local log rather than read Redis.
+        self._expected: dict[str, asyncio.Event] = {}
+        # The record of the job `take` just took, read in the same script, for the dispatcher's `get`
+        # that follows it at once (no await between them). Any `get` takes it away, and so does any
+        # change of the job's state here, so it is never read later than that.
+        self._taken: JobRecord | None = None
 
     @property
     def shared(self) -> SharedState:
@@ -108,7 +126,12 @@ class RedisStore:
 
     # -- job registry and admission -------------------------------------------------------------
     async def create(
-        self, record: JobRecord, entry: QueueEntry, ticket: Callable[[], str] | None = None
+        self,
+        record: JobRecord,
+        entry: QueueEntry,
+        ticket: Callable[[], str] | None = None,
+        *,
+        wake_all: bool = True,
     ) -> Admitted | Rejected:
         if self._epoch is None:  # the data's epoch exists before this replica's first job
             await self.lost_since()
@@ -120,14 +143,37 @@ class RedisStore:
             -1 if p.tenant_capacity is None else p.tenant_capacity,
             p.full_policy,
             "" if ticket is None else ticket(),  # asked always: whether places are held is known in Redis
+            self._weights,
+            "1" if wake_all else "0",
+            self._unread_ms,
             *_record_fields(record),
         )
         if reply[0] == "rejected":
             return Rejected(cast(Any, reply[1]), p.full_policy)
-        evicted = reply[2] if len(reply) > 2 else None
-        return Admitted(_entry(reply[1]), evicted=_entry(evicted) if evicted else None)
+        _, stored, evicted, (ahead, tokens_in, tokens_out) = reply
+        if not wake_all:
+            self._expect(record.job_id)
+        return Admitted(
+            _entry(stored),
+            evicted=_entry(evicted) if evicted else None,
+            place=Place(int(ahead), int(tokens_in), int(tokens_out)),
+        )
+
+    def _expect(self, job_id: str) -> None:
+        if len(self._expected) >= _EXPECTED_MAX:  # taken elsewhere and never ended here: forgotten
+            del self._expected[next(iter(self._expected))]
+        self._expected[job_id] = asyncio.Event()
+
+    def _arrived(self, job_id: str) -> None:
+        """The job admitted here started here, or ended: its readers here stop waiting for it."""
+        expected = self._expected.pop(job_id, None)
+        if expected is not None:
+            expected.set()
 
     async def get(self, job_id: str) -> JobRecord | None:
+        taken, self._taken = self._taken, None
+        if taken is not None and taken.job_id == job_id:
+            return taken
         fields, text = await self._scripts.pipeline(
             [("HGETALL", self._key(f"job:{job_id}")), ("GET", self._key(f"text:{job_id}"))]
         )
@@ -152,17 +198,22 @@ class RedisStore:
         return records
 
     async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
-        entries = await self._scripts.run(
+        self._taken = None
+        reply = await self._scripts.run(
             "start", job_id, self.owner, repr(self._wall()), pool_id, replica_id, engine
         )
-        if entries is None:
+        if reply is None:
             return None
+        entries, record, text = reply
         self._logs.open(job_id, [(event_id, _fields(flat)) for event_id, flat in entries])
-        return await self.get(job_id)
+        self._tail.nudge(self._key(f"log:{job_id}"))  # its readers here go on from the local log
+        self._arrived(job_id)
+        return _record(job_id, _fields(record), text)
 
     async def finish(
         self, job_id: str, state: JobState, name: str, data: Mapping[str, Any]
     ) -> LogEvent | None:
+        self._taken = None
         payload = dict(data)
         counted = ""  # the engine's tokens_out, which wins over the token events counted
         if name == "end":
@@ -170,6 +221,7 @@ class RedisStore:
                 payload.pop(field, None)
             tokens_out = payload.pop("tokens_out", None)
             counted = str(tokens_out) if isinstance(tokens_out, int) else ""
+        self._arrived(job_id)
         running_here = self._logs.get(job_id) is not None
         await self._logs.settle(job_id)  # the run's events first, then its end
         # Only the replica running a job ends it successfully; anyone may cancel or fail it.
@@ -184,6 +236,8 @@ class RedisStore:
         else:
             reply = await self._scripts.run("finish", *args)
         ended = None if reply is None else LogEvent(reply[0], name, reply[1])
+        if reply is not None and reply[2]:  # the run's good end gave its slot back with it
+            self._leases.given_back(job_id, reply[2])
         if running_here:
             if ended is None and not await self._scripts.call("EXISTS", self._key(f"job:{job_id}")):
                 self._logs.lose(job_id)
@@ -278,13 +332,21 @@ class RedisStore:
         everything after `after` has been read; a job Redis no longer holds ends with a STATE_LOST
         `error`."""
         local = self._logs.get(job_id)
-        if local is not None:
-            async for event in local.read(after):
+        if local is None:  # queued, or running elsewhere: from Redis, until its run starts here
+            async for event in self._read_shared(job_id, after, until_here=True):
                 yield event
                 after = event.id
                 if event.terminal:
                     return
-            after = local.resume_from(after)  # it ended elsewhere: its end is in Redis
+            local = self._logs.get(job_id)
+            if local is None:  # it ended (or Redis lost it) without running here
+                return
+        async for event in local.read(after):
+            yield event
+            after = event.id
+            if event.terminal:
+                return
+        after = local.resume_from(after)  # it ended elsewhere: its end is in Redis
         async for event in self._read_shared(job_id, after):
             yield event
 
@@ -294,12 +356,23 @@ class RedisStore:
         # closes it without one and its readers go on from Redis.
         self._logs.end(job_id, None)
 
-    async def _read_shared(self, job_id: str, after: str | None) -> AsyncIterator[LogEvent]:
+    async def _read_shared(
+        self, job_id: str, after: str | None, *, until_here: bool = False
+    ) -> AsyncIterator[LogEvent]:
+        """The log from Redis; `until_here`: only until the job's run starts on this instance (the
+        reader then goes on from the local log, which holds the same events with the same ids)."""
         key = self._key(f"log:{job_id}")
         cursor = after or "0-0"
         waiter: Waiter | None = None
+        # After the first read: whether the log holds nothing but `started` (the job is still queued, so
+        # the reader may wait for its run to start here). A run elsewhere has written more.
+        queued: bool | None = None
         try:
             while True:
+                if until_here and (
+                    self._logs.get(job_id) is not None or (queued and await self._here_soon(job_id))
+                ):
+                    return
                 batch = (
                     await self._xread(key, cursor)
                     if waiter is None
@@ -319,6 +392,10 @@ class RedisStore:
                         batch = await self._xread(key, cursor)  # what came before it joined
                     else:
                         continue
+                if queued is None:
+                    queued = bool(batch) and all(fields["n"] == "started" for _, fields in batch)
+                else:
+                    queued = False  # waited for it once already
                 for event_id, fields in batch:
                     cursor = event_id
                     event = LogEvent(event_id, fields["n"], fields["d"])
@@ -328,6 +405,17 @@ class RedisStore:
         finally:
             if waiter is not None:
                 self._tail.leave(key, waiter)
+
+    async def _here_soon(self, job_id: str) -> bool:
+        """Whether the run of a job admitted here to run here has started here, waiting up to
+        `_EXPECTED_S` for it."""
+        expected = self._expected.get(job_id)
+        if expected is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_EXPECTED_S):
+                    await expected.wait()
+            self._expected.pop(job_id, None)  # not started in time (taken elsewhere?): read Redis
+        return self._logs.get(job_id) is not None
 
     async def _next(self, waiter: Waiter, key: str, cursor: str) -> list[Entry] | None:
         """The entries after `cursor` that the shared read brings; None if none came in `block_s`."""
@@ -375,15 +463,29 @@ class RedisStore:
         return stream_order(event_id) > stream_order(str(newest[0][0]))
 
     # -- the queue -------------------------------------------------------------------------------
+    async def pending(self, now: float) -> Pending:
+        keys, tenants, due = await self._scripts.pipeline(
+            [
+                ("HKEYS", self._key("q:keys")),
+                ("HKEYS", self._key("q:tenants")),
+                ("ZRANGEBYSCORE", self._key("q:deadlines"), "-inf", repr(now), "LIMIT", 0, 1),
+            ]
+        )
+        return Pending(bool(keys), bool(due), tuple(keys), tuple(tenants))
+
     async def take(
         self,
         can_serve: Callable[[Route], bool],
         tenant_ok: Callable[[str], bool],
         batch_can_serve: Callable[[Route], bool] | None = None,
+        pending: Pending | None = None,
     ) -> QueueEntry | None:
-        keys, tenants = await self._scripts.pipeline(
-            [("HKEYS", self._key("q:keys")), ("HKEYS", self._key("q:tenants"))]
-        )
+        if pending is None:
+            keys, tenants = await self._scripts.pipeline(
+                [("HKEYS", self._key("q:keys")), ("HKEYS", self._key("q:tenants"))]
+            )
+        else:
+            keys, tenants = pending.routes, pending.tenants
         servable = [k for k in keys if can_serve(Route.decode(k))]
         allowed = [t for t in tenants if tenant_ok(t)]
         if not servable or not allowed:
@@ -391,11 +493,16 @@ class RedisStore:
         batch = (
             servable if batch_can_serve is None else [k for k in servable if batch_can_serve(Route.decode(k))]
         )
-        stored = await self._scripts.run(
+        taken = await self._scripts.run(
             "take", self.owner, self._ttl_ms, self._weights, _json(servable), _json(allowed), self._limits,
             _json(batch),
         )  # fmt: skip
-        return None if stored is None else _entry(stored)
+        if taken is None:
+            return None
+        stored, fields, text = taken
+        entry = _entry(stored)
+        self._taken = _record(entry.job_id, _fields(fields), text)  # what the dispatcher reads next
+        return entry
 
     async def dequeue(self, job_id: str) -> QueueEntry | None:
         stored = await self._scripts.run("dequeue", job_id)
@@ -456,9 +563,6 @@ class RedisStore:
     async def leave(self, job_id: str, grace_s: float) -> int:
         ms = round(grace_s * 1000)
         return int(await self._scripts.run("readers", job_id, -1, self.owner, self._ttl_ms, ms))
-
-    async def unattached(self, job_id: str, within_s: float) -> None:
-        await self._scripts.run("unread", job_id, round(within_s * 1000))
 
     async def abandoned(self, grace_s: float) -> list[Abandoned]:
         dead, due = await self._scripts.run("abandoned", round(grace_s * 1000))

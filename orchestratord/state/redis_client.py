@@ -40,7 +40,7 @@ RETRY_AFTER_MS = 1000
 SCRIPTS = (
     "create", "take", "start", "append", "append_events", "finish", "dequeue", "expire", "settle",
     "position", "reap", "requeue", "readers", "purge", "lease_acquire", "lease_release", "lease_held",
-    "renew", "rate", "lead", "idem_remember", "idem_forget", "held", "places", "depths", "unread",
+    "renew", "rate", "lead", "idem_remember", "idem_forget", "held", "places", "depths",
     "abandoned", "catalog",
 )  # fmt: skip
 # OSError: TimeoutError too. On a cluster: no node answers (RedisClusterException), a shard is down or

@@ -18,12 +18,21 @@ class RedisLeases:
         self._owner = owner
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self.renewed = 0.0  # monotonic: when the heartbeat last renewed this instance's claims
+        self._given_back: dict[str, Lease] = {}  # leases the jobs' good ends released (`finish`)
 
     async def acquire(self, lease: Lease, limit: int) -> bool:
         where = f"{lease.pool_id}{SEP}{lease.replica_id}"
         return bool(await self._scripts.run("lease_acquire", lease.job_id, where, limit, self._ttl_ms))
 
+    def given_back(self, job_id: str, where: str) -> None:
+        """The job's good end (the `finish` script) released its lease already: `release` says so
+        without asking Redis again."""
+        self._given_back[job_id] = _lease(job_id, where)
+
     async def release(self, job_id: str) -> Lease | None:
+        given = self._given_back.pop(job_id, None)
+        if given is not None:
+            return given
         where = await self._scripts.run("lease_release", job_id)
         return None if where is None else _lease(job_id, where)
 
@@ -41,6 +50,9 @@ class RedisLeases:
         and leases of the jobs it runs."""
         await self._scripts.run("renew", self._ttl_ms, self._owner, *job_ids)
         self.renewed = time.monotonic()
+        running = set(job_ids)  # a run that stopped before its release (Redis away) leaves no entry here
+        for job_id in [job for job in self._given_back if job not in running]:
+            del self._given_back[job_id]
 
 
 def _lease(job_id: str, where: str) -> Lease:

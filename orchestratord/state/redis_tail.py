@@ -97,6 +97,14 @@ class Tail:
         if not job.readers:
             del self._jobs[key]
 
+    def nudge(self, key: str) -> None:
+        """Hand the readers of stream `key` an empty batch, so that each looks at its job again now
+        (its run just started on this instance) instead of after the next entry or `block_s`."""
+        job = self._jobs.get(key)
+        for reader in job.readers if job is not None else ():
+            if not reader.behind:
+                reader.got.put_nowait([])
+
     def _wake(self) -> None:
         """Make the read in flight return, so that the next one covers a job that just joined."""
         if self._woken or self._task is None or self._task.done():

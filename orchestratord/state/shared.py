@@ -90,11 +90,6 @@ class SharedState(Protocol):
         (unless a reader attaches, on any replica). Returns the readers left."""
         ...
 
-    async def unattached(self, job_id: str, within_s: float) -> None:
-        """A job to be canceled on disconnect was admitted: it becomes due for cancellation after
-        `within_s`, unless a reader attaches first, on any replica."""
-        ...
-
     async def abandoned(self, grace_s: float) -> list[Abandoned]:
         """Count out the readers of replicas that stopped renewing (they died; a job left unread by
         them is due `grace_s` later), and take the jobs due for cancellation, each by one replica."""

@@ -212,7 +212,7 @@ async def make_store(redis_target: RedisTarget) -> AsyncIterator[Callable[..., R
     shared = prefix()
 
     def build(policy: QueuePolicy | None = None, *, url: str | None = None, **kwargs: Any) -> RedisStore:
-        store_keys = ("retention_s", "tenant_max_concurrent", "wall")
+        store_keys = ("retention_s", "tenant_max_concurrent", "wall", "unread_within_s")
         store_args = {k: kwargs.pop(k) for k in store_keys if k in kwargs}
         kwargs.setdefault("cluster", redis_target.cluster)
         options = RedisOptions(key_prefix=kwargs.pop("key_prefix", shared), **kwargs)

@@ -199,10 +199,9 @@ async def test_readers_are_counted_across_instances(make_store: MakeStore) -> No
 async def test_unread_jobs_are_due_once_on_any_instance_and_a_reader_stops_the_clock(
     make_store: MakeStore,
 ) -> None:
-    a, b = make_store(), make_store()
+    a, b = make_store(unread_within_s=0.2), make_store()
     for job_id in ("never", "left", "read", "kept"):
-        await admit(a, job_id, cancel_on_disconnect=job_id != "kept")
-        await a.unattached(job_id, 0.2)
+        await admit(a, job_id, cancel_on_disconnect=job_id != "kept")  # unread, due in 0.2 s
     assert await b.attach("read") == 1, "a reader attached in time: not due"
     assert await b.attach("left") == 1 and await b.leave("left", 0.0) == 0, "its last reader left"
     await asyncio.sleep(0.3)
@@ -407,3 +406,131 @@ async def test_a_late_started_from_the_replica_that_runs_the_job_is_dropped(make
     assert await store.append("j1", "started", {"job_id": "j1", "queue_position": 0}) is None
     await store.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
     assert [e.name for e in await events(store, "j1")] == ["started", "end"]
+
+
+async def test_only_work_another_replica_may_take_wakes_the_other_replicas(make_store: MakeStore) -> None:
+    a, b = make_store(), make_store()
+    wakes = b.wake_signals()
+    await asyncio.wait_for(anext(wakes), 5)  # the first wake comes with the subscription
+    count = 0
+
+    async def listen() -> None:
+        nonlocal count
+        async for _ in wakes:
+            count += 1
+
+    listener = asyncio.create_task(listen())
+
+    async def woken() -> bool:
+        nonlocal count
+        await asyncio.sleep(0.5)
+        seen, count = count > 0, 0
+        return seen
+
+    mine = await a.create(record("mine"), entry("mine"), wake_all=False)
+    assert isinstance(mine, Admitted) and not await woken(), "a job its admitting replica takes itself"
+    await run_on(a, "mine")
+    await a.finish("mine", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+    assert not await woken(), "a job ended with nothing queued: no dispatcher has anything to take"
+    await admit(a, "anyone")  # wake_all: the admitting replica has no ready pool for it
+    assert await woken()
+    await admit(a, "waiting")
+    assert await woken()
+    await run_on(a, "anyone")
+    await a.finish("anyone", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+    assert await woken(), "a slot came free while a job waits"
+    listener.cancel()
+
+
+async def test_a_reader_of_a_job_admitted_to_run_here_reads_it_from_the_process(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("orchestratord.state.redis._EXPECTED_S", 5.0)  # however slow the machine
+    a = make_store()
+    assert isinstance(await a.create(record("j1"), entry("j1"), wake_all=False), Admitted)
+    await a.append("j1", "started", {"job_id": "j1", "queue_position": 0})
+    seen: list[str] = []
+
+    async def tail() -> None:
+        async for event in a.read("j1"):
+            seen.append(event.name)
+
+    task = asyncio.create_task(tail())
+    for _ in range(250):
+        if seen:
+            break
+        await asyncio.sleep(0.02)
+    assert seen == ["started"]
+    await asyncio.sleep(0.3)  # the run starts a while later: the reader waits for it, not in Redis
+    await run_on(a, "j1")
+    for text in ("a", "b"):
+        await a.append_token("j1", text)
+    await a.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+    await asyncio.wait_for(task, 5)
+    assert seen == ["started", "token", "token", "end"]
+    assert a._tail.waiting == 0 and a._tail._task is None, "it never waited in the shared read"
+
+
+async def test_the_owners_good_end_gives_its_slot_back_in_the_same_step(make_store: MakeStore) -> None:
+    from pool_manager.leases import Lease
+
+    a = make_store()
+    await admit(a, "j1")
+    await run_on(a, "j1")
+    assert await a.leases.acquire(Lease("j1", "p", "r"), 1)
+    assert await a.leases.held("p", "r") == 1
+    await a.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+    assert await a.leases.held("p", "r") == 0, "released by finish"
+    assert await a.leases.release("j1") == Lease("j1", "p", "r"), "release still names the lease it freed"
+    await admit(a, "j2")
+    await run_on(a, "j2")
+    assert await a.leases.acquire(Lease("j2", "p", "r"), 1)
+    await a.finish("j2", JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    assert await a.leases.held("p", "r") == 1, "a cancel leaves the run's slot to the run"
+    assert await a.leases.release("j2") == Lease("j2", "p", "r")
+
+
+async def test_a_dispatch_round_looks_at_the_queue_once(make_store: MakeStore) -> None:
+    a = make_store()
+    empty = await a.pending(time.time())
+    assert not empty.queued and not empty.expired
+    for job_id, deadline in (("late", time.time() - 1), ("fine", time.time() + 60)):
+        assert isinstance(await a.create(record(job_id), entry(job_id, deadline=deadline)), Admitted)
+    pending = await a.pending(time.time())
+    assert pending.queued and pending.expired and pending.routes == (Route("mock").encode(),)
+    assert [e.job_id for e in await a.expire(time.time())] == ["late"]
+    pending = await a.pending(time.time())
+    assert pending.queued and not pending.expired
+    taken = await a.take(lambda _: True, lambda _: True, None, pending)
+    assert taken is not None and taken.job_id == "fine"
+    got = await a.get("fine")
+    assert got is not None and got.job_id == "fine" and got.spec == '{"job_id": "x"}'
+
+
+async def test_the_events_of_several_running_jobs_go_to_redis_in_one_call(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = make_store(), make_store()
+    for job_id in ("j1", "j2", "j3"):
+        await admit(a, job_id)
+        await run_on(a, job_id)
+    calls: list[int] = []
+    run = a._scripts.run
+
+    async def counted(name: str, *args: str | int | float) -> object:
+        if name == "append_events":
+            calls.append(sum(1 for arg in args if arg in ("j1", "j2", "j3")))  # the jobs in this call
+        return await run(name, *args)
+
+    monkeypatch.setattr(a._scripts, "run", counted)
+    for text in ("x", "y"):
+        for job_id in ("j1", "j2", "j3"):
+            assert await a.append_token(job_id, text) is True
+    for job_id in ("j1", "j2", "j3"):
+        await a.flush(job_id)
+    assert sum(calls) == 3 and len(calls) <= 2, calls  # one call took every job's first batch
+    for job_id in ("j1", "j2", "j3"):
+        await a.finish(job_id, JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+        assert [e.name for e in await events(b, job_id)] == ["started", "token", "token", "end"]
+        record = await b.get(job_id)
+        assert record is not None and record.text == "xy" and record.tokens_out == 2

@@ -1,10 +1,14 @@
 -- Register a job and enqueue it in one step, or refuse it; nothing is stored when it is refused.
 -- ARGV: prefix, entry JSON, capacity, tenant capacity (-1: none), full policy, the client's ticket
--- ('' for none: see core.queue rule 7, held places), then the record's field/value pairs.
--- Returns {'admitted', stored entry, evicted entry or nil} or {'rejected', reason}.
+-- ('' for none: see core.queue rule 7, held places), the weights JSON {classes, tenants}, whether to
+-- wake every replica's dispatcher ('1') or leave the job to the admitting replica's ('0'), how long
+-- (ms) a `cancel_on_disconnect` job may wait for its first reader before it is due for cancellation
+-- (P unread, as unread.lua records it), then the record's field/value pairs.
+-- Returns {'admitted', stored entry, evicted entry or false, its place (as position.lua gives it)} or
+-- {'rejected', reason}.
 
 local raw, capacity, tenant_capacity, policy = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local ticket = ARGV[6]
+local ticket, weights, wake_all, unread_ms = ARGV[6], ARGV[7], ARGV[8] == '1', tonumber(ARGV[9])
 local e = cjson.decode(raw)
 
 local function tenant_of(job)
@@ -70,8 +74,15 @@ if mine then
   redis.call('ZREM', K('q:held:exp'), mine)
 end
 local h = K('job:' .. e.job_id)
-for i = 7, #ARGV, 2 do redis.call('HSET', h, ARGV[i], ARGV[i + 1]) end
+local cancel_on_disconnect = false
+for i = 10, #ARGV, 2 do
+  redis.call('HSET', h, ARGV[i], ARGV[i + 1])
+  if ARGV[i] == 'cancel_on_disconnect' then cancel_on_disconnect = ARGV[i + 1] == '1' end
+end
 redis.call('HSET', h, 'entry', raw, 'taken', '0', 'requeued', '0', 'claim', '')
 local stored = enqueue(raw, nil)
-redis.call('PUBLISH', K('wake'), e.job_id)
-return {'admitted', stored, evicted}
+if wake_all then redis.call('PUBLISH', K('wake'), e.job_id) end
+if cancel_on_disconnect then redis.call('ZADD', K('unread'), now + unread_ms, e.job_id) end
+local place = {0, 0, 0}  -- alone on its route: nothing ahead, no walk
+if tonumber(redis.call('HGET', K('q:keys'), e.route)) > 1 then place = place_of(e.job_id, cjson.decode(weights)) end
+return {'admitted', stored, evicted, place}

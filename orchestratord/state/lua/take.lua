@@ -4,7 +4,7 @@
 -- ARGV: prefix, owner, claim ttl (ms), policy JSON {classes, tenants}, servable routes (encoded) (JSON
 -- list), allowed tenants (JSON list), tenant concurrency limits (JSON object), the servable routes a
 -- batch job may take (JSON list: slots held back for interactive work leave some out).
--- Returns the stored entry JSON, or nil.
+-- Returns {the stored entry JSON, the job's record (its hash, flat), its text}, or nil.
 
 local owner, ttl = ARGV[2], tonumber(ARGV[3])
 local policy = cjson.decode(ARGV[4])
@@ -50,4 +50,4 @@ redis.call('HSET', K('q:tags'), best.flow, num(best.tag + e.cost / weight(policy
 redis.call('HSET', K('job:' .. job), 'claim', owner, 'taken', '1')
 redis.call('HINCRBY', K('run:tenants'), e.tenant, 1)
 redis.call('ZADD', K('alive'), now_ms() + ttl, job)
-return stored
+return {stored, redis.call('HGETALL', K('job:' .. job)), redis.call('GET', K('text:' .. job)) or ''}
