@@ -1,39 +1,84 @@
-"""Scaling out: one process on in-memory state beside two replicas on one Redis, in one run.
+"""Scaling out (issue 17): one process on in-memory state, then one, two and three replicas on one Redis,
+in one run, with the same fake engines and load generator for every setup.
 
-The same fake engine and load generator for both. Jobs: 50-token jobs in a closed loop, posted to the
-replicas in turn (CPU per job is every orchestratord process's plus redis-server's). Relay: one long
-stream, posted to one replica and read through the other. Streams: slow streams (a token a second),
-posted to one replica and read through the other, all open together: whether every one ends, and the
-most Redis client connections seen (they should not grow with the streams).
+Each setup is one deployment, with a pool for each of three fake engines started once for the run: fast
+(tokens as fast as the socket takes them), paced (a token every 10 ms) and slow (a token a second).
+
+Jobs: 50-token jobs in a closed loop, posted to the replicas in turn and read through the replica that
+admitted them. TTFT: 50-token jobs paced by the engine (a token every 10 ms, no prefill, so the time to
+first token is what the deployment adds), at fixed offered rates (open loop, the same seeded Poisson
+arrivals for every setup), posted and read as the jobs are. Relay: one long stream, posted to the first
+replica and read through the last. Streams: slow streams (a token a second), all open together, each
+posted to one replica and read through the next: whether every one ends, each replica's peak RSS and
+the Redis client connections (they should not grow with the streams). CPU is every orchestratord
+process's plus redis-server's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import math
+import os
+import resource
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import yaml
 
 from bench.client import Client
-from bench.load import JobResult, closed_loop, open_loop, through_orchestrator
-from bench.procs import Child, EngineSpec, OrchestratorSpec, _spawn, free_port, scratch_dir, wait_ready
-from bench.results import Context
+from bench.load import (
+    Job,
+    JobResult,
+    closed_loop,
+    open_loop,
+    open_loop_at,
+    poisson_arrivals,
+    through_orchestrator,
+)
+from bench.procs import (
+    MODEL,
+    Child,
+    EngineSpec,
+    OrchestratorSpec,
+    _spawn,
+    free_port,
+    scratch_dir,
+    start_engine,
+    wait_ready,
+)
+from bench.results import Context, target
 from bench.scenarios.common import outcome, rate
+from bench.scenarios.open_streams import most_open
+from bench.stats import summary
 
 TOKENS = 50
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 HAVE_REDIS = Path(REDIS).exists()
+ONE_PROCESS = "one process, memory"
+SETUPS = ((ONE_PROCESS, 1, False), ("one replica, Redis", 1, True), ("two replicas, Redis", 2, True),
+          ("three replicas, Redis", 3, True))  # fmt: skip
+ENGINES = {
+    "fast": EngineSpec(ttft_ms=0.0, interval_ms=0.0),  # jobs and relay
+    "paced": EngineSpec(ttft_ms=0.0, interval_ms=10.0),  # TTFT
+    "slow": EngineSpec(ttft_ms=0.0, interval_ms=1000.0),  # open streams
+}
+STREAM_RATE = 200.0  # slow streams opened per second
+SAMPLE_S = 0.25
+SLOTS = 2048  # per engine replica
+MB = 2**20
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -42,15 +87,15 @@ class Load:
     requests: int
     max_seconds: float
     long_tokens: int
-    streams: int
-    stream_tokens: int  # one a second
+    rates: tuple[float, ...]  # offered 50-token jobs/s for the TTFT, open loop
+    rate_seconds: float  # of arrivals at each rate
+    streams_per_replica: int
+    hold_s: float  # how long the slow streams outlast their opening (which a busy machine may slow)
 
 
-FULL = Load(
-    concurrency=32, requests=3000, max_seconds=20.0, long_tokens=20_000, streams=1000, stream_tokens=10
-)
-QUICK = Load(concurrency=16, requests=300, max_seconds=5.0, long_tokens=2_000, streams=200, stream_tokens=4)
-SMOKE = Load(concurrency=2, requests=10, max_seconds=2.0, long_tokens=100, streams=5, stream_tokens=2)
+FULL = Load(32, 2000, 20.0, 50_000, (25.0, 50.0, 100.0), 15.0, streams_per_replica=2000, hold_s=10.0)
+QUICK = Load(16, 300, 5.0, 10_000, (25.0, 50.0), 5.0, streams_per_replica=200, hold_s=5.0)
+SMOKE = Load(2, 10, 2.0, 5_000, (10.0,), 1.0, streams_per_replica=5, hold_s=2.0)
 
 
 @dataclass
@@ -63,6 +108,7 @@ class Deployment:
         return [r.pid for r in self.replicas] + ([self.redis.pid] if self.redis else [])
 
     def connections(self) -> int | None:
+        """Redis's connected clients, less this probe's own connection; None without Redis."""
         if self.redis_port is None:
             return None
         with socket.create_connection(("127.0.0.1", self.redis_port), timeout=2) as conn:
@@ -70,21 +116,41 @@ class Deployment:
             text = conn.recv(65536).decode(errors="replace")
         for line in text.splitlines():
             if line.startswith("connected_clients:"):
-                return int(line.split(":")[1]) - 1  # not this connection
+                return int(line.split(":")[1]) - 1
         return None
+
+    def rss_mb(self) -> list[float]:
+        """Each replica's resident memory now (0 for one that is gone)."""
+        out = []
+        for r in self.replicas:
+            try:
+                out.append(psutil.Process(r.pid).memory_info().rss / MB)
+            except psutil.Error:
+                out.append(0.0)
+        return out
+
+
+def pools(template: dict[str, Any], engines: dict[str, str], streams: int) -> list[dict[str, Any]]:
+    """A pool per fake engine, serving a model named for it (a job picks its engine by its model_ref);
+    the slow engine's pool has as many engine replica ids, all at its one address, as `streams` need
+    slots (slots are the deployment's, at most 4,096 per engine replica)."""
+    out = []
+    for name, url in engines.items():
+        count = math.ceil((streams + 64) / SLOTS) if name == "slow" else 1
+        replicas = [{"id": f"r{k}", "url": url} for k in range(count)]
+        pool = {**template, "id": name, "models": [name], "engine_model": MODEL, "replicas": replicas}
+        out.append({**pool, "options": dict(template["options"])})
+    return out
 
 
 @contextlib.contextmanager
 def deployment(
-    ctx: Context, engine: EngineSpec, replicas: int, shared: bool, workdir: Path
+    ctx: Context, engines: dict[str, str], replicas: int, shared: bool, streams: int, workdir: Path
 ) -> Iterator[Deployment]:
-    stack = contextlib.ExitStack()
-    with stack:
-        eport = free_port()
-        argv = [sys.executable, "-m", "bench.fake_engine", "--port", str(eport), *engine.args()]
-        eng = Child("fake engine", f"http://127.0.0.1:{eport}", _spawn(argv, workdir / "engine.log"))
-        stack.callback(eng.stop)
-        wait_ready(eng, "/v1/models")
+    """`replicas` orchestratord processes in front of the engines, on one Redis when `shared`, with
+    slots and client connections for `streams` open together."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
         redis, rport = None, None
         extra: dict[str, Any] = {}
         if shared:
@@ -97,20 +163,18 @@ def deployment(
             stack.callback(redis.terminate)
             time.sleep(0.3)
             extra = {"state_url": f"redis://127.0.0.1:{rport}/0", "redis": {"key_prefix": "bench:"}}
-        spec = OrchestratorSpec(slots=2048, queue_capacity=4096, extra={
-            **extra, "limits": {"max_tokens": 200_000, "max_connections": 8192},
-        })  # fmt: skip
+        limits = {"max_tokens": 200_000, "max_connections": max(8192, 2 * streams + 1024)}
+        spec = OrchestratorSpec(slots=SLOTS, queue_capacity=4096, extra={**extra, "limits": limits})
         children = []
         for i in range(replicas):
             port = free_port()
-            config = workdir / f"orchestratord-{i}.yaml"
-            config.write_text(yaml.safe_dump(spec.config(port, eng.base_url), sort_keys=False))
-            argv = [sys.executable, "-m", "orchestratord", "serve", "--config", str(config)]
-            child = Child(
-                f"orchestratord-{i}",
-                f"http://127.0.0.1:{port}",
-                _spawn(argv, workdir / f"o{i}.log", ctx.source),
-            )
+            config = spec.config(port, engines["fast"])
+            config["pools"] = pools(config["pools"][0], engines, streams)
+            path = workdir / f"orchestratord-{i}.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            argv = [sys.executable, "-m", "orchestratord", "serve", "--config", str(path)]
+            log = workdir / f"o{i}.log"
+            child = Child(f"orchestratord-{i}", f"http://127.0.0.1:{port}", _spawn(argv, log, ctx.source))
             stack.callback(child.stop)
             children.append(child)
         for child in children:
@@ -127,36 +191,78 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-async def measured(dep: Deployment, work: Any) -> tuple[Any, float, float]:
-    """(what `work()` returned, the CPU seconds of the deployment's processes, wall seconds)."""
-    cpu0, wall0 = cpu_seconds(dep.pids()), time.perf_counter()
+async def measured(dep: Deployment, work: Callable[[], Awaitable[_T]]) -> tuple[_T, float]:
+    """What `work()` returned, and the CPU seconds the deployment's processes spent meanwhile."""
+    cpu0 = cpu_seconds(dep.pids())
     result = await work()
-    return result, cpu_seconds(dep.pids()) - cpu0, time.perf_counter() - wall0
+    return result, cpu_seconds(dep.pids()) - cpu0
 
 
-async def jobs(dep: Deployment, load: Load) -> dict[str, Any]:
-    clients = [Client(r.base_url, max_connections=load.concurrency * 2) for r in dep.replicas]
-    turn = 0
+def in_turn(clients: Sequence[Client], engine: str, tokens: int, limit_s: float, across: bool = False) -> Job:
+    """Jobs for `engine` posted to the replicas in turn, each read through the replica it was posted to
+    or, when `across`, through the next one."""
+    turn = itertools.count()
 
-    def one() -> Any:
-        nonlocal turn
-        turn += 1
-        return through_orchestrator(clients[turn % len(clients)], TOKENS)
+    def job() -> Coroutine[Any, Any, JobResult]:
+        i = next(turn)
+        writer, reader = clients[i % len(clients)], clients[(i + int(across)) % len(clients)]
+        return through_orchestrator(writer, tokens, limit_s, reader=reader, model_ref=engine)
 
+    return job
+
+
+@contextlib.asynccontextmanager
+async def clients_of(dep: Deployment, max_connections: int = 4096) -> AsyncIterator[list[Client]]:
+    """A client for each replica, closed after the block."""
+    clients = [Client(r.base_url, max_connections=max_connections) for r in dep.replicas]
     try:
-        await closed_loop(one, load.concurrency, load.concurrency * 2, load.max_seconds)  # warm up
-        results, cpu, _ = await measured(
-            dep, lambda: closed_loop(one, load.concurrency, load.requests, load.max_seconds)
-        )
+        yield clients
     finally:
         for c in clients:
             c.close()
+
+
+async def jobs(dep: Deployment, load: Load) -> dict[str, Any]:
+    async with clients_of(dep, load.concurrency * 2) as clients:
+        one = in_turn(clients, "fast", TOKENS, 120.0)
+        await closed_loop(one, load.concurrency, load.concurrency * 2, load.max_seconds)  # warm up
+        results, cpu = await measured(
+            dep, lambda: closed_loop(one, load.concurrency, load.requests, load.max_seconds)
+        )
     done = max(1, outcome(results)["completed"])
     return {
         **outcome(results),
         "jobs_per_s": round(rate(results), 1),
         "cpu_ms_per_job": round(cpu * 1000 / done, 3),
-        "cpu_us_per_token": round(cpu * 1e6 / (done * TOKENS), 1),
+    }
+
+
+async def ttft(dep: Deployment, load: Load) -> list[dict[str, Any]]:
+    async with clients_of(dep) as clients:
+        job = in_turn(clients, "paced", TOKENS, 20.0)  # each rate ends within its arrivals and 20 s
+        await closed_loop(job, 4 * len(clients), 4 * len(clients), 5.0)  # warm up: one paced job each
+        return [await ttft_at(dep, job, rate, load.rate_seconds) for rate in load.rates]
+
+
+async def ttft_at(dep: Deployment, job: Job, rate: float, seconds: float) -> dict[str, Any]:
+    """The jobs offered at `rate` per second: the same seeded arrivals as for every other setup."""
+    arrivals = poisson_arrivals(rate, seconds, seed=round(rate * 10))
+    (results, late), cpu = await measured(dep, lambda: open_loop_at(job, arrivals))
+    ended = sum(1 for r in results if r.ok)
+    refused = sum(1 for r in results if r.status == 429)
+    counts = outcome(results)
+    return {
+        "offered_per_s": rate,
+        "requests": len(results),
+        "ended": ended,
+        "refused_429": refused,
+        "never_ended": len(results) - ended - refused,  # neither every token and `end`, nor a 429
+        "statuses": counts["statuses"],
+        "endings": endings(results),
+        "error_examples": counts["error_examples"],
+        "ttft_ms": summary(r.ttft_ms for r in results if r.ok),
+        "cpu_ms_per_job": round(cpu * 1000 / ended, 3) if ended else None,
+        "arrival_lateness_ms": summary(late),
     }
 
 
@@ -164,9 +270,8 @@ async def relay(dep: Deployment, load: Load) -> dict[str, Any]:
     writer = Client(dep.replicas[0].base_url)
     reader = Client(dep.replicas[-1].base_url)
     try:
-        result, cpu, _ = await measured(
-            dep, lambda: through_orchestrator(writer, load.long_tokens, 300.0, reader=reader)
-        )
+        long = partial(through_orchestrator, writer, load.long_tokens, 300.0, reader, model_ref="fast")
+        result, cpu = await measured(dep, long)
     finally:
         writer.close()
         reader.close()
@@ -175,47 +280,170 @@ async def relay(dep: Deployment, load: Load) -> dict[str, Any]:
         "tokens": result.tokens,
         "ended": result.terminal,
         "tokens_per_s": round(result.tokens / span) if span > 0 else None,
-        "cpu_us_per_token": round(cpu * 1e6 / max(1, result.tokens), 1),
+        "cpu_us_per_token": round(cpu * 1e6 / result.tokens, 2) if result.tokens else None,
     }
 
 
+def endings(results: Sequence[JobResult]) -> dict[str, int]:
+    """How the admitted jobs' streams ended: `end` with every token, `end` with too few or too many,
+    `error`, or `none` (the stream closed without a terminal event, or the client gave up waiting)."""
+
+    def ending(r: JobResult) -> str:
+        if r.terminal == "end":
+            return "end" if r.ok else "end, tokens wrong"
+        return r.terminal or "none"
+
+    return dict(sorted(Counter(ending(r) for r in results if r.status == 202).items()))
+
+
+@dataclass
+class Peaks:
+    redis_connections: int | None
+    rss_mb: list[float]
+
+
+async def watch(dep: Deployment, stop: asyncio.Event) -> Peaks:
+    """The most Redis client connections and each replica's highest RSS, sampled every 0.25 s until `stop`."""
+    peaks = Peaks(None if dep.redis_port is None else 0, dep.rss_mb())
+    while not stop.is_set():
+        if peaks.redis_connections is not None:
+            peaks.redis_connections = max(peaks.redis_connections, dep.connections() or 0)
+        peaks.rss_mb = [max(a, b) for a, b in zip(peaks.rss_mb, dep.rss_mb(), strict=True)]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), SAMPLE_S)
+    return peaks
+
+
 async def streams(dep: Deployment, load: Load) -> dict[str, Any]:
-    writer = Client(dep.replicas[0].base_url, max_connections=load.streams + 16)
-    reader = Client(dep.replicas[-1].base_url, max_connections=load.streams + 16)
-    peak = 0
+    n = len(dep.replicas)
+    count = load.streams_per_replica * n
+    opening_s = count / STREAM_RATE
+    tokens = math.ceil(opening_s * 1.5 + load.hold_s)  # one a second: they outlast the opening
+    idle = dep.rss_mb()
     stop = asyncio.Event()
+    watcher = asyncio.create_task(watch(dep, stop))
+    async with clients_of(dep, count + 64) as clients:
+        job = in_turn(clients, "slow", tokens, tokens + 30.0, across=True)
+        try:
+            results: list[JobResult] = await open_loop(job, STREAM_RATE, count, opening_s + 5.0)
+        finally:
+            stop.set()
+            peaks = await watcher
+    grown = sum(peaks.rss_mb) - sum(idle)
+    connections = peaks.redis_connections
+    return {
+        "streams": count,
+        "tokens_each": tokens,
+        **outcome(results),
+        "endings": endings(results),
+        "never_ended": sum(1 for r in results if not r.ok and r.status != 429),
+        "most_open_at_once": most_open(results),
+        "idle_rss_mb": [round(x, 1) for x in idle],
+        "peak_rss_mb": [round(x, 1) for x in peaks.rss_mb],
+        "rss_per_stream_kb": round(grown * 1024 / count, 1),
+        "redis_connections_peak": connections,
+        "redis_connections_per_replica_peak": None if connections is None else round(connections / n, 1),
+    }
 
-    async def watch() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, dep.connections() or 0)
-            await asyncio.sleep(0.25)
 
-    watcher = asyncio.create_task(watch())
-    job = partial(through_orchestrator, writer, load.stream_tokens, load.stream_tokens + 60.0, reader)
-    try:
-        results: list[JobResult] = await open_loop(job, 200.0, load.streams, 60.0)
-    finally:
-        stop.set()
-        await watcher
-        writer.close()
-        reader.close()
-    return {**outcome(results), "redis_connections_peak": peak if dep.redis_port else None}
+async def setup(
+    ctx: Context, engines: dict[str, str], replicas: int, shared: bool, load: Load, workdir: Path
+) -> dict[str, Any]:
+    """One setup's four measures, on one deployment."""
+    streams_total = load.streams_per_replica * replicas
+    with deployment(ctx, engines, replicas, shared, streams_total, workdir) as dep:
+        return {
+            "replicas": replicas,
+            "jobs": await jobs(dep, load),
+            "ttft": await ttft(dep, load),
+            "relay": await relay(dep, load),
+            "streams": await streams(dep, load),
+        }
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    return round(value / base, 3) if value is not None and base else None
+
+
+def compare(setups: dict[str, dict[str, Any]]) -> None:
+    """Each setup's ratios to the one process's figures of the same run."""
+    jobs0, relay0 = setups[ONE_PROCESS]["jobs"], setups[ONE_PROCESS]["relay"]
+    for row in setups.values():
+        jobs, relay = row["jobs"], row["relay"]
+        jobs["cpu_vs_one_process"] = ratio(jobs["cpu_ms_per_job"], jobs0["cpu_ms_per_job"])
+        relay["tokens_per_s_vs_one_process"] = ratio(relay["tokens_per_s"], relay0["tokens_per_s"])
+        relay["cpu_per_token_vs_one_process"] = ratio(relay["cpu_us_per_token"], relay0["cpu_us_per_token"])
+
+
+def targets(setups: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Issue 17's targets for each Redis setup, against the one process of the same run."""
+    out = {}
+    for name, row in setups.items():
+        if name == ONE_PROCESS:
+            continue
+        silent = sum(r["never_ended"] for r in row["ttft"]) + row["streams"]["never_ended"]
+        jobs, relay, streams = row["jobs"], row["relay"], row["streams"]
+        out[name] = [
+            target("CPU per job vs one process", jobs["cpu_vs_one_process"], 1.5, unit="x", at_most=True),
+            target("CPU per relayed token vs one process", relay["cpu_per_token_vs_one_process"], 1.25,
+                   unit="x", at_most=True),
+            target("relay tokens/s vs one process", relay["tokens_per_s_vs_one_process"], 0.75, unit="x",
+                   at_most=False),
+            target("admitted jobs that did not end with every token (TTFT rates, streams)", silent, 0,
+                   unit="jobs", at_most=True),
+            # the request pool's bound (redis.max_connections, 64 by default), the shared stream read and
+            # the pub/sub subscription: a constant, however many streams are open
+            target("Redis connections per replica (peak, streams open)",
+                   streams["redis_connections_per_replica_peak"], 64 + 2, unit="connections", at_most=True),
+        ]  # fmt: skip
+    return out
+
+
+def raise_fd_limit() -> int:
+    """Let the load generator (a connection per open stream, more while they open) and the processes it
+    starts, which inherit the limit, open as many files as the hard limit allows; that limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def machine_note(fd_limit: int) -> dict[str, Any]:
+    cores = os.cpu_count() or 1
+    return {
+        "cores": cores,
+        "open_files_limit": fd_limit,
+        "note": f"{cores} cores, shared by every process of the run: the replicas, redis-server, the fake "
+        "engines and the load generator. N replicas cannot scale beyond the cores: once the replicas, "
+        "Redis and the load generator fill them, more replicas add no jobs/s, so the cost per job and per "
+        "token (CPU) says how N replicas on N cores of their own would scale, not the jobs/s measured here.",
+    }
 
 
 async def run(ctx: Context) -> dict[str, Any]:
     load = ctx.pick(FULL, QUICK, SMOKE)
-    out: dict[str, Any] = {"description": __doc__.split("\n\n")[0], "load": load.__dict__, "setups": {}}
+    out: dict[str, Any] = {
+        "description": " ".join(__doc__.split("\n\n")[0].split()),
+        "load": {**load.__dict__, "tokens_per_job": TOKENS, "stream_open_per_s": STREAM_RATE},
+        "engines": {
+            name: {"ttft_ms": e.ttft_ms, "interval_ms": e.interval_ms} for name, e in ENGINES.items()
+        },
+        "setups": {},
+    }
     if not HAVE_REDIS:
         out["skipped"] = f"no redis-server at {REDIS}: `bash ci/setup.sh test` installs Debian's"
         return out
-    for name, replicas, shared in (("one process, memory", 1, False), ("two replicas, Redis", 2, True)):
-        fast, slow = EngineSpec(ttft_ms=0.0, interval_ms=0.0), EngineSpec(ttft_ms=0.0, interval_ms=1000.0)
-        row: dict[str, Any] = {"replicas": replicas}
-        with deployment(ctx, fast, replicas, shared, scratch_dir("redis")) as dep:
-            row["jobs"] = await jobs(dep, load)
-            row["relay"] = await relay(dep, load)
-        with deployment(ctx, slow, replicas, shared, scratch_dir("redis")) as dep:
-            row["streams"] = await streams(dep, load)
-        out["setups"][name] = row
+    out["machine_note"] = machine_note(raise_fd_limit())
+    workdir = scratch_dir("redis")  # the processes' logs stay here
+    print(f"bench: redis: the processes' logs are in {workdir}", file=sys.stderr, flush=True)
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for name, spec in ENGINES.items():
+            (workdir / name).mkdir()
+            urls[name] = start_engine(spec, workdir / name, stack).base_url
+        for i, (name, replicas, shared) in enumerate(SETUPS):
+            out["setups"][name] = await setup(ctx, urls, replicas, shared, load, workdir / f"setup-{i}")
+            print(f"bench: redis: {name} done", file=sys.stderr, flush=True)
+    compare(out["setups"])
+    out["targets"] = targets(out["setups"])
     return out

@@ -18,6 +18,9 @@ import pytest
 from bench.__main__ import SCENARIOS  # every scenario `all` runs
 from tests.fakes.servers import REPO
 
+# The module's first test runs every scenario at smoke scale (the fixture below): minutes, not seconds.
+pytestmark = pytest.mark.timeout(420)
+
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
@@ -38,7 +41,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=400,
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -75,15 +78,41 @@ def test_every_result_names_its_machine_and_scale(results: dict[str, Any]) -> No
         assert doc["duration_s"] > 0
 
 
-def test_redis_compares_one_process_with_two_replicas(results: dict[str, Any]) -> None:
-    setups = results["redis"]["setups"]
-    assert list(setups) == ["one process, memory", "two replicas, Redis"]
+def test_redis_scales_one_process_to_three_replicas(results: dict[str, Any]) -> None:
+    """One process on memory, then one, two and three replicas on one Redis, in one run: every measure
+    for every setup, the ratios to the one process, Redis connections counted only where there is a
+    Redis, issue 17's targets for each Redis setup, and the summary's section from them."""
+    doc = results["redis"]
+    setups = doc["setups"]
+    redis = ["one replica, Redis", "two replicas, Redis", "three replicas, Redis"]
+    assert list(setups) == ["one process, memory", *redis]
+    assert doc["machine_note"]["cores"] >= 1 and doc["machine_note"]["note"]
     for row in setups.values():
-        assert row["jobs"]["completed"] == row["jobs"]["requests"] > 0 and row["jobs"]["cpu_ms_per_job"] > 0
-        assert row["relay"]["ended"] == "end" and row["relay"]["tokens"] > 0
-        assert row["streams"]["completed"] == row["streams"]["requests"] > 0
-    assert setups["two replicas, Redis"]["streams"]["redis_connections_peak"] > 0
-    assert setups["one process, memory"]["streams"]["redis_connections_peak"] is None
+        jobs, relay, streams = row["jobs"], row["relay"], row["streams"]
+        assert jobs["completed"] == jobs["requests"] > 0, jobs["error_examples"]
+        assert jobs["cpu_ms_per_job"] > 0 and jobs["cpu_vs_one_process"] > 0
+        assert [t["offered_per_s"] for t in row["ttft"]] == list(doc["load"]["rates"])
+        for t in row["ttft"]:
+            assert t["ended"] + t["refused_429"] == t["requests"] > 0 and t["never_ended"] == 0, t
+            assert_percentiles(t["ttft_ms"], t["ended"])
+        assert relay["ended"] == "end" and relay["tokens"] == doc["load"]["long_tokens"]
+        assert relay["tokens_per_s_vs_one_process"] > 0 and relay["cpu_per_token_vs_one_process"] > 0
+        assert streams["completed"] == streams["requests"] == 5 * row["replicas"], streams["error_examples"]
+        assert streams["never_ended"] == 0 and len(streams["peak_rss_mb"]) == row["replicas"]
+        assert all(peak >= 10 for peak in streams["peak_rss_mb"])
+    one = setups["one process, memory"]
+    assert one["jobs"]["cpu_vs_one_process"] == one["relay"]["cpu_per_token_vs_one_process"] == 1.0
+    assert one["streams"]["redis_connections_peak"] is None
+    assert one["streams"]["redis_connections_per_replica_peak"] is None
+    for name in redis:
+        assert setups[name]["streams"]["redis_connections_peak"] > 0
+        assert setups[name]["streams"]["redis_connections_per_replica_peak"] > 0
+    assert list(doc["targets"]) == redis
+    for listed in doc["targets"].values():
+        assert len(listed) == 5
+        assert all(t["measured"] is not None and isinstance(t["met"], bool) for t in listed)
+    summary = (results["_dir"] / "SUMMARY.md").read_text()
+    assert "## Scaling out" in summary and "| three replicas, Redis | CPU per job vs one process |" in summary
 
 
 def test_serving_offers_the_same_load_to_every_way_in(results: dict[str, Any]) -> None:
