@@ -175,10 +175,12 @@ class PoolRegistry:
         model that no replica's engine lists counts from the registry's start (its listing's history is
         not kept)."""
         now = self._clock()
+        pool = self.pools[pool_id]
+        name = pool.spec.engine_name(model)  # what the engines list it as (`engine_model`)
         waits = [
             0.0 if r.down_since is None else now - r.down_since
-            for r in self.pools[pool_id].replicas.values()
-            if r.serves is None or model in r.serves
+            for r in pool.replicas.values()
+            if r.serves is None or name in r.serves
         ]
         return min(waits, default=now - self._started)
 

@@ -56,3 +56,18 @@ def test_a_job_past_its_classs_longest_wait_ends(make_server: Callable[..., Loop
         assert client.get(f"/v1/tasks/{interactive['job_id']}").json()["state"] == "queued"
         assert client.post(f"/v1/tasks/{holder['job_id']}/cancel").status_code == 204
         assert read_events(client, interactive["sse_url"])[-1].event == "end"
+
+
+def test_a_ready_pool_that_names_its_model_otherwise_is_never_taken_for_down(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """Its engine lists the model as `engine_model`; clients name it as the pool's model. Idle for longer
+    than `unready_limit_s`, it still takes jobs."""
+    pool = {"id": "p", "engine": "mock", "models": ["public"], "engine_model": "m",
+            "replicas": [{"id": "r0"}]}  # fmt: skip
+    server = make_server(pools=[pool], health_interval_s=0.1, queue={"unready_limit_s": 1})
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        time.sleep(1.5)  # idle past the limit
+        posted = client.post("/v1/tasks", json={**JOB, "model_ref": "public"})
+        assert posted.status_code == 202, posted.text
+        assert read_events(client, posted.json()["sse_url"])[-1].event == "end"
