@@ -534,3 +534,15 @@ async def test_the_events_of_several_running_jobs_go_to_redis_in_one_call(
         assert [e.name for e in await events(b, job_id)] == ["started", "token", "token", "end"]
         record = await b.get(job_id)
         assert record is not None and record.text == "xy" and record.tokens_out == 2
+
+
+async def test_a_queue_member_without_its_job_never_blocks_the_queue(make_store: MakeStore) -> None:
+    a = make_store()
+    await admit(a, "j1")
+    await admit(a, "j2")
+    # j1's entry gone, its member left behind: the inconsistency a take must survive
+    await a._scripts.call("HDEL", a._key("q:entries"), "j1")
+    taken = await a.take(lambda _: True, lambda _: True)
+    assert taken is not None and taken.job_id == "j2"
+    assert await a._scripts.call("HGET", a._key("q:orphans"), "dropped") == "1"
+    assert await a.take(lambda _: True, lambda _: True) is None
