@@ -546,3 +546,21 @@ async def test_a_queue_member_without_its_job_never_blocks_the_queue(make_store:
     assert taken is not None and taken.job_id == "j2"
     assert await a._scripts.call("HGET", a._key("q:orphans"), "dropped") == "1"
     assert await a.take(lambda _: True, lambda _: True) is None
+
+
+async def test_a_create_sent_again_admits_the_job_once(make_store: MakeStore) -> None:
+    """redis-py sends a command again when its reply is late, and Redis may have run the first."""
+    a = make_store()
+    first = await a.create(record("j1"), entry("j1"))
+    again = await a.create(record("j1"), entry("j1"))
+    assert isinstance(first, Admitted) and isinstance(again, Admitted)
+    assert again.entry == first.entry and again.place == first.place
+    assert await a._scripts.call("ZCARD", a._key("q:class:interactive")) == 1
+    lanes = await a._scripts.call("SMEMBERS", a._key("q:pairs"))
+    assert [await a._scripts.call("ZCARD", a._key(f"q:z:{lane}")) for lane in lanes] == [1]
+    taken = await a.take(lambda _: True, lambda _: True)
+    assert taken is not None and taken.job_id == "j1"
+    later = await a.create(record("j1"), entry("j1"))
+    assert isinstance(later, Admitted) and later.entry.seq == first.entry.seq, "taken since: as admitted"
+    assert await a.take(lambda _: True, lambda _: True) is None
+    assert await a._scripts.call("HGET", a._key("q:orphans"), "dropped") is None

@@ -3,13 +3,25 @@
 -- ('' for none: see core.queue rule 7, held places), the weights JSON {classes, tenants}, whether to
 -- wake every replica's dispatcher ('1') or leave the job to the admitting replica's ('0'), how long
 -- (ms) a `cancel_on_disconnect` job may wait for its first reader before it is due for cancellation
--- (P unread, as unread.lua records it), then the record's field/value pairs.
+-- (P unread, read by abandoned.lua), then the record's field/value pairs.
 -- Returns {'admitted', stored entry, evicted entry or false, its place (as position.lua gives it)} or
 -- {'rejected', reason}.
 
 local raw, capacity, tenant_capacity, policy = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local ticket, weights, wake_all, unread_ms = ARGV[6], ARGV[7], ARGV[8] == '1', tonumber(ARGV[9])
 local e = cjson.decode(raw)
+
+-- The same call again (redis-py sends a command once more when its reply did not come in time, and
+-- Redis may have run the first): the job is admitted once. Enqueued twice, its first place would
+-- stay in its lane with no job behind it.
+if redis.call('EXISTS', K('job:' .. e.job_id)) == 1 then
+  local stored = redis.call('HGET', K('q:entries'), e.job_id)
+  if not stored then  -- taken (or ended) since: as it was admitted
+    stored = string.sub(raw, 1, -2) .. ',"seq":' .. (redis.call('HGET', K('job:' .. e.job_id), 'seq') or '0') .. '}'
+    return {'admitted', stored, false, {0, 0, 0}}
+  end
+  return {'admitted', stored, false, place_of(e.job_id, cjson.decode(weights))}
+end
 
 local function tenant_of(job)
   return cjson.decode(redis.call('HGET', K('q:entries'), job)).tenant
