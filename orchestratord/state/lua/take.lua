@@ -31,7 +31,8 @@ for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
     local head = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
     -- A member whose job the queue no longer holds would block its lane for ever (every take failing
     -- on it): it is dropped, and counted in P q:orphans. It must never happen; it was seen under
-    -- overload on two and three replicas (bench/results/NOTES.md), its cause not found yet.
+    -- overload on two and three replicas (bench/results/NOTES.md), most likely from a `create` sent
+    -- twice, which create.lua now admits once.
     while #head > 0 and redis.call('HEXISTS', K('q:entries'), string.sub(head[1], 17)) == 0 do
       redis.call('ZREM', z, head[1])
       redis.call('HINCRBY', K('q:orphans'), 'dropped', 1)
