@@ -31,9 +31,10 @@ from orchestratord.core.tasks import JobState, LogEvent, Priority
 from orchestratord.errors import StateLost, StateUnavailable, error_event
 from orchestratord.logs import get_logger
 from orchestratord.state.base import IdempotencyRecord, JobRecord, Pending, SessionRecord
-from orchestratord.state.redis_client import SEP, RedisOptions, Scripts, SlotNode, connect, reachable, tagged
+from orchestratord.state.redis_client import SEP, RedisOptions, Scripts, SlotNode, connect, tagged
 from orchestratord.state.redis_documents import Documents
 from orchestratord.state.redis_leases import RedisLeases
+from orchestratord.state.redis_line import Line
 from orchestratord.state.redis_local import RETRY_S, LocalLogs
 from orchestratord.state.redis_signals import Signals
 from orchestratord.state.redis_tail import COUNT, Entry, Tail, Waiter, stream_order
@@ -90,8 +91,10 @@ class RedisStore:
         self._client = connect(url, self.options)
         self._reader = connect(url, self.options, blocking=True)
         prefix = tagged(self.options.key_prefix)  # one hash slot per deployment (redis_client.tagged)
-        self._node = SlotNode.of(self._client, url, self.options, prefix)  # a cluster's transactions
-        self._scripts = Scripts(self._client, prefix, self.options.timeout_s, node=self._node)
+        self._node = SlotNode.of(self._client, url, self.options, prefix)  # a cluster's slot node
+        # Scripts and the request path's commands share one pipelined connection (redis_line).
+        line = Line(url, timeout_s=self.options.timeout_s) if self._node is None else None
+        self._scripts = Scripts(line, prefix, self.options.timeout_s, node=self._node)
         self._signals = Signals(self._reader, prefix)
         self._leases = RedisLeases(self._scripts, self.options.lease_ttl_s, self.owner)
         self.leases: LeaseStore = self._leases
@@ -105,7 +108,7 @@ class RedisStore:
         )
         self._epoch: str | None = None  # the id of Redis's data as this instance last saw it
         self._tail = Tail(
-            self._reader, self._client, self._key(f"tail:{self.owner}"), round(self.options.block_s * 1000)
+            self._reader, self._scripts, self._key(f"tail:{self.owner}"), round(self.options.block_s * 1000)
         )
         self._documents = Documents(self._client, prefix, self._node)
         # Jobs this instance admitted to run itself (`create` with wake_all=False), until their run
@@ -438,8 +441,7 @@ class RedisStore:
         return [entry for entry in entries if stream_order(entry[0]) > after]
 
     async def _xread(self, key: str, cursor: str) -> list[Entry]:
-        async with reachable():
-            reply: Any = await self._client.xread({key: cursor}, count=COUNT)
+        reply: Any = await self._scripts.call("XREAD", "COUNT", COUNT, "STREAMS", key, cursor)
         return cast(list[Entry], reply[0][1]) if reply else []
 
     async def _state(self, job_id: str) -> str:
@@ -456,8 +458,7 @@ class RedisStore:
         local = self._logs.get(job_id)
         if local is not None:
             return stream_order(event_id) > stream_order(local.events[-1].id)
-        async with reachable():
-            newest: Any = await self._client.xrevrange(self._key(f"log:{job_id}"), count=1)
+        newest: Any = await self._scripts.call("XREVRANGE", self._key(f"log:{job_id}"), "+", "-", "COUNT", 1)
         if not newest:
             return True  # an empty log: no id is one of its events
         return stream_order(event_id) > stream_order(str(newest[0][0]))
@@ -668,8 +669,7 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            async with reachable(), asyncio.timeout(self.options.timeout_s):
-                return bool(await self._client.ping())
+            return bool(await self._scripts.call("PING"))
         except (StateUnavailable, RedisError):  # a health probe reports, it never raises
             return False
 
@@ -694,6 +694,7 @@ class RedisStore:
         await self._logs.aclose()
         await self._tail.aclose()
         await self._signals.aclose()
+        await self._scripts.aclose()
         await self._client.aclose()
         await self._reader.aclose()
         if self._node is not None:

@@ -10,9 +10,10 @@ every script, transaction, pipeline and multi-stream read touches keys of that s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any, TypeAlias, cast
 from urllib.parse import urlsplit
@@ -34,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestratord.errors import StateUnavailable
 from orchestratord.logs import get_logger
+from orchestratord.state.redis_line import Line
 
 SEP = "\x1f"  # joins the parts of composite names (flows, replicas) inside keys and script arguments
 RETRY_AFTER_MS = 1000
@@ -173,6 +175,7 @@ class SlotNode:
         self._options = replace(options, cluster=False)
         self._anchor = f"{prefix}{ANCHOR}"
         self._client: aioredis.Redis | None = None
+        self._line: Line | None = None
 
     @classmethod
     def of(cls, client: Client, url: str, options: RedisOptions, prefix: str) -> SlotNode | None:
@@ -181,80 +184,122 @@ class SlotNode:
 
     async def client(self) -> aioredis.Redis:
         if self._client is None:
-            await self._cluster.initialize()  # the slot map; at once when it is known
-            node = self._cluster.get_node_from_key(self._anchor)
-            if node is None:
-                raise RedisClusterException(f"no node of the cluster holds the slot of {self._anchor}")
-            parts = urlsplit(self._url)
-            auth = parts.netloc.rpartition("@")[0]
-            netloc = f"{auth}@{node.host}:{node.port}" if auth else f"{node.host}:{node.port}"
-            self._client = cast(
-                aioredis.Redis, connect(parts._replace(netloc=netloc).geturl(), self._options)
-            )
+            self._client = cast(aioredis.Redis, connect(await self._node_url(), self._options))
         return self._client
+
+    async def line(self) -> Line:
+        """The shared, pipelined connection to the slot's node (redis_line), for scripts and commands."""
+        if self._line is None:
+            self._line = Line(await self._node_url(), timeout_s=self._options.timeout_s)
+        return self._line
+
+    async def _node_url(self) -> str:
+        await self._cluster.initialize()  # the slot map; at once when it is known
+        node = self._cluster.get_node_from_key(self._anchor)
+        if node is None:
+            raise RedisClusterException(f"no node of the cluster holds the slot of {self._anchor}")
+        parts = urlsplit(self._url)
+        auth = parts.netloc.rpartition("@")[0]
+        netloc = f"{auth}@{node.host}:{node.port}" if auth else f"{node.host}:{node.port}"
+        return parts._replace(netloc=netloc).geturl()
 
     async def moved(self) -> None:
         """The slot is elsewhere now: read the slot map again before the next transaction."""
         stale, self._client = self._client, None
+        line, self._line = self._line, None
         self._cluster._initialize = True
         if stale is not None:
             await stale.aclose()
+        if line is not None:
+            await line.aclose()
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+        if self._line is not None:
+            await self._line.aclose()
 
 
 class Scripts:
-    """The Lua scripts (orchestratord/state/lua), each prefixed with common.lua, called by name."""
+    """The Lua scripts (orchestratord/state/lua), each prefixed with common.lua, called by name, and
+    the commands of the request path, all sent on one shared, pipelined connection (redis_line.Line):
+    on one Redis, the `line` given; on a cluster, the one to the node that holds the deployment's slot."""
 
     def __init__(
-        self, client: Client, prefix: str, timeout_s: float = 2.0, *, node: SlotNode | None = None
+        self, line: Line | None, prefix: str, timeout_s: float = 2.0, *, node: SlotNode | None = None
     ) -> None:
+        if (line is None) == (node is None):
+            raise ValueError("Scripts needs a line (one Redis) or a slot node (a cluster), not both")
         common = _source("common")
-        self.client = client
-        self.node = node  # on a cluster: where transactions go
+        self.line = line
+        self.node = node  # on a cluster: where scripts, commands and transactions go
         self.prefix = prefix  # tagged: every key the scripts build from it is in one slot
-        # The one key each script declares (KEYS[1]): a cluster client sends the script to the node
-        # that holds the deployment's slot, and Redis refuses any key the script touches outside it.
+        # The one key each script declares (KEYS[1]): the slot's node runs the script, and Redis
+        # refuses any key the script touches outside it.
         self.anchor = self.key(ANCHOR)
-        # Each call's whole budget, its reconnect attempt included: an unreachable Redis is answered
-        # (StateUnavailable, 503) within `redis.timeout_s`, as documented, not after two timeouts.
+        # Each call's whole budget, its connect included: an unreachable Redis is answered
+        # (StateUnavailable, 503) within `redis.timeout_s`, as documented.
         self.timeout_s = timeout_s
-        self._scripts = {name: client.register_script(f"{common}\n{_source(name)}") for name in SCRIPTS}
+        self._scripts = {name: _Script(f"{common}\n{_source(name)}") for name in SCRIPTS}
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
 
     async def run(self, name: str, *args: str | int | float) -> Any:
-        async with reachable(), asyncio.timeout(self.timeout_s):
-            return await self._scripts[name](keys=[self.anchor], args=[self.prefix, *args])
+        script = self._scripts[name]
+        keys, argv = (self.anchor,), (self.prefix, *args)
+        return await self._on_line(lambda line: line.evalsha(script.sha, script.source, keys, argv))
 
     async def call(self, *command: str | int | float) -> Any:
-        async with reachable(), asyncio.timeout(self.timeout_s):
-            return await cast(Any, self.client).execute_command(*command)
+        return _shaped(command, await self._on_line(lambda line: line.execute(*command)))
 
     async def pipeline(self, commands: Sequence[Sequence[str | int | float]]) -> list[Any]:
         """Several commands in one round trip, as one transaction."""
+        replies = await self._on_line(lambda line: line.transaction(commands))
+        return [_shaped(command, reply) for command, reply in zip(commands, replies, strict=True)]
+
+    async def _on_line(self, send: Callable[[Line], Awaitable[Any]]) -> Any:
         async with reachable(), asyncio.timeout(self.timeout_s):
             if self.node is None:
-                return await _transaction(cast(aioredis.Redis, self.client), commands)
+                return await send(cast(Line, self.line))
             try:
-                return await _transaction(await self.node.client(), commands)
-            except MovedError:
+                return await send(await self.node.line())
+            except MovedError:  # the cluster moved the deployment's slot: to its node now
                 await self.node.moved()
             try:
-                return await _transaction(await self.node.client(), commands)
+                return await send(await self.node.line())
             except MovedError as exc:  # still moving: not a misconfiguration, a retry later
                 raise unavailable(exc) from exc
 
+    async def aclose(self) -> None:
+        if self.line is not None:
+            await self.line.aclose()
 
-async def _transaction(client: aioredis.Redis, commands: Sequence[Sequence[str | int | float]]) -> list[Any]:
-    pipe: Any = client.pipeline(transaction=True)
-    for command in commands:
-        pipe.execute_command(*command)
-    result: list[Any] = await pipe.execute()
-    return result
+
+@dataclass(frozen=True, slots=True)
+class _Script:
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+def _shaped(command: Sequence[str | int | float], reply: Any) -> Any:
+    """A raw reply in the shape the callers read (as redis-py's client shapes it): a hash as a dict,
+    stream entries as (id, fields) pairs."""
+    name = str(command[0]).upper()
+    if name == "HGETALL":
+        return dict(zip(reply[::2], reply[1::2], strict=True))
+    if name in ("XRANGE", "XREVRANGE"):
+        return _entries(reply)
+    if name == "XREAD":
+        return [[stream, _entries(entries)] for stream, entries in reply or ()]
+    return reply
+
+
+def _entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
+    return [(entry_id, dict(zip(fields[::2], fields[1::2], strict=True))) for entry_id, fields in raw or ()]
 
 
 def _source(name: str) -> str:

@@ -22,8 +22,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from orchestratord.errors import StateUnavailable
 from orchestratord.logs import get_logger
-from orchestratord.state.redis_client import UNREACHABLE, Client
+from orchestratord.state.redis_client import UNREACHABLE, Client, Scripts
 
 log = get_logger(__name__)
 Entry = tuple[str, dict[str, str]]  # (stream id, fields)
@@ -57,9 +58,9 @@ class _Job:
 
 
 class Tail:
-    def __init__(self, blocking: Client, requests: Client, wake_key: str, block_ms: int) -> None:
+    def __init__(self, blocking: Client, requests: Scripts, wake_key: str, block_ms: int) -> None:
         self._blocking = blocking  # the shared read holds one of its connections
-        self._requests = requests  # the wake-up is written through the request pool
+        self._requests = requests  # the wake-up is written through the shared line
         self._wake_key = wake_key
         # From the start of the wake stream (it holds a few entries at most): a wake-up written just
         # before a read is sent is still seen by it, which "$" would miss.
@@ -114,11 +115,13 @@ class Tail:
         poke.add_done_callback(self._pokes.discard)
 
     async def _poke(self) -> None:
-        with contextlib.suppress(*UNREACHABLE, RedisError):
-            pipe: Any = self._requests.pipeline(transaction=False)
-            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=8, approximate=False)
-            pipe.expire(self._wake_key, WAKE_TTL_S)  # gone a while after its instance is
-            await pipe.execute()
+        with contextlib.suppress(StateUnavailable, RedisError):
+            await self._requests.pipeline(
+                [
+                    ("XADD", self._wake_key, "MAXLEN", 8, "*", "w", "1"),
+                    ("EXPIRE", self._wake_key, WAKE_TTL_S),  # gone a while after its instance is
+                ]
+            )
 
     async def _run(self) -> None:
         failures = 0
