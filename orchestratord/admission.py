@@ -38,6 +38,7 @@ from orchestratord.errors import (
     ShuttingDown,
 )
 from orchestratord.logs import bind_job, get_logger
+from orchestratord.loop_lag import LoopLag
 from orchestratord.metrics import NONE, Metrics
 from orchestratord.outlook import Outlook
 from orchestratord.presence import Presence
@@ -103,6 +104,7 @@ class Admission:
         checks: Sequence[AdmissionCheck] = (),
         shared: SharedState | None = None,
         unready_limit_s: float | None = None,
+        lag: LoopLag | None = None,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -123,6 +125,7 @@ class Admission:
         self._wall = wall
         self._clock = clock
         self._accepting = True
+        self._lag = lag  # this process's event loop: past its limit, new jobs are refused
 
     @property
     def accepting(self) -> bool:
@@ -150,6 +153,7 @@ class Admission:
                 retry_after_ms=DEFAULT_RETRY_AFTER_MS,
             )
         key = self._validate(spec)
+        self._check_load()
         await self._rate_limit(spec)
         now = self._wall()
         entry = QueueEntry(
@@ -289,6 +293,20 @@ class Admission:
             raise PoolUnready(
                 f"pinned pool {pin!r} is {state}", pool_id=pin, retry_after_ms=DEFAULT_RETRY_AFTER_MS
             )
+
+    def _check_load(self) -> None:
+        lag = self._lag
+        if lag is None or not lag.overloaded or lag.limit_s is None:
+            return
+        behind = round(lag.behind_s * 1000)
+        retry = max(DEFAULT_RETRY_AFTER_MS, 2 * behind)
+        raise AdmissionRejected(
+            f"this orchestrator is overloaded: its event loop runs {behind} ms behind (the limit, "
+            f"limits.max_loop_lag_ms, is {round(lag.limit_s * 1000)} ms); retry in {retry} ms or on "
+            "another replica",
+            policy_label="overload",
+            retry_after_ms=retry,
+        )
 
     async def _rate_limit(self, spec: TaskSpec) -> None:
         limits = self._limits.get(spec.tenant)

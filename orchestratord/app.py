@@ -35,6 +35,7 @@ from orchestratord.housekeeping import Housekeeper
 from orchestratord.idempotency import Idempotency
 from orchestratord.jobs import JobControl
 from orchestratord.logs import get_logger
+from orchestratord.loop_lag import LoopLag
 from orchestratord.memory import HeapTrim, malloc_trim
 from orchestratord.metrics import Metrics, hashed_tenant
 from orchestratord.outlook import Outlook
@@ -183,6 +184,9 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         shared=store.shared,
     )  # fmt: skip
     metrics.watch_pools(lambda: outlook.snapshots)
+    max_lag = settings.limits.max_loop_lag_ms
+    lag = LoopLag(None if max_lag is None else max_lag / 1000)
+    metrics.loop_lag.set_function(lambda: lag.behind_s)
     admission = Admission(
         store, registry, outlook, endings, dispatcher.wake, presence, metrics, queue_policy(settings),
         max_tokens=settings.limits.max_tokens,
@@ -190,6 +194,7 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         checks=[control.gate],
         shared=store.shared,
         unready_limit_s=settings.queue.unready_limit_s,
+        lag=lag,
     )  # fmt: skip
     prober = HealthProber(
         registry,
@@ -206,7 +211,7 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     idempotency = Idempotency(store, admission, outlook, window_s=window)
     return Services(
         settings, store, registry, adapters, runs, outlook, endings, dispatcher, admission, jobs,
-        presence, prober, metrics, pools, idempotency=idempotency, control=control,
+        presence, prober, metrics, pools, idempotency=idempotency, control=control, lag=lag,
     )  # fmt: skip
 
 
@@ -221,6 +226,7 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
         await services.control.catalog.open()
         await services.prober.probe_all()
         services.prober.start()
+        services.lag.start()
         services.dispatcher.start()
         services.pools.start()
         await services.outlook.refresh()
@@ -236,6 +242,7 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
                 await drain_and_stop(services)
             await services.dispatcher.stop()
             await services.prober.stop()
+            await services.lag.stop()
             await services.presence.aclose()
             await services.pools.aclose()
             await host.aclose()

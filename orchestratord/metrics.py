@@ -92,6 +92,12 @@ class Metrics:
             buckets=ADMISSION_BUCKETS,
             registry=r,
         )
+        self.loop_lag = Gauge(
+            "event_loop_lag_seconds",
+            "How late this process's event loop ran its last 100 ms timer: the wait every reply and token "
+            "sees.",
+            registry=r,
+        )
         self.dispatches = DispatchWindow(window_s, clock, weights)
         r.register(self.dispatches)
 

@@ -12,6 +12,7 @@ from orchestratord.dispatch import Dispatcher
 from orchestratord.endings import Endings
 from orchestratord.idempotency import Idempotency
 from orchestratord.jobs import JobControl
+from orchestratord.loop_lag import LoopLag
 from orchestratord.metrics import Metrics
 from orchestratord.outlook import Outlook
 from orchestratord.pool_ops import PoolOps
@@ -42,5 +43,6 @@ class Services:
     pools: PoolOps
     idempotency: Idempotency
     control: ControlPlane
+    lag: LoopLag = field(default_factory=lambda: LoopLag(None))  # how far behind the event loop runs
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.time)  # wall clock, when the services were built

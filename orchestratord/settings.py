@@ -204,6 +204,9 @@ class LimitsConfig(_Strict):
     # (a head or body not sent yet, an idle keep-alive) is closed for the newcomer.
     max_connections: int | None = Field(default=None, ge=8)
     max_connections_per_client: int | None = Field(default=None, ge=1)
+    # New jobs are refused (429, policy "overload") while the event loop runs this far behind, two
+    # ticks in a row (`loop_lag`): the jobs already admitted keep the process. None: never.
+    max_loop_lag_ms: int | None = Field(default=500, ge=10)
 
 
 class TracingConfig(_Strict):

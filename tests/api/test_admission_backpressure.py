@@ -3,7 +3,9 @@ per-tenant capacity and concurrency; a tenant named by the client is never trust
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -260,3 +262,55 @@ def test_held_places_are_a_gauge(make_server: Callable[..., LoopbackServer]) -> 
         wait_for(lambda: held() == 1)
         for job in (running, queued):
             client.delete(f"/v1/tasks/{job}")
+
+
+def test_a_loop_running_behind_refuses_new_jobs_and_the_admitted_ones_end(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """Overload is answered with 429 (policy `overload`), not with silence: while the server's event
+    loop runs past `limits.max_loop_lag_ms` behind, new jobs are refused with a hint; those admitted
+    before it end; once the loop keeps up again, jobs are admitted."""
+    server = make_server(limits={"max_loop_lag_ms": 150})
+    blocking = threading.Event()
+
+    async def hog() -> None:  # the loop busy for 300 ms at a time, as a saturated replica's is
+        while blocking.is_set():
+            time.sleep(0.3)  # noqa: ASYNC251 (blocking the loop is the point)
+            await asyncio.sleep(0)
+
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        before = post(client, max_tokens=8)
+        assert before.status_code == 202
+        blocking.set()
+        hogging = asyncio.run_coroutine_threadsafe(hog(), server.loop)
+        try:
+            refused = None
+            for _ in range(40):
+                response = post(client)
+                if response.status_code == 429:
+                    refused = response
+                    break
+                assert response.status_code == 202, response.text
+            assert refused is not None, "a loop 300 ms behind never refused a job"
+            hint = assert_429_contract(refused, "overload")
+            assert hint >= 1000
+            assert "limits.max_loop_lag_ms" in refused.json()["message"]
+            lag = scrape(client, "event_loop_lag_seconds")
+            assert lag > 0.15
+        finally:
+            blocking.clear()
+            hogging.result(10)
+        wait_for(lambda: post(client).status_code == 202, timeout=10)
+        events = read_events(client, before.json()["sse_url"])
+        assert events[-1].event == "end"
+        refusals = scrape(client, 'admission_backpressure_events_total{engine="mock",policy="overload"}')
+        assert refusals >= 1
+
+
+def scrape(client: httpx.Client, series: str) -> float:
+    """The value of one series (its name and labels as exposed) on /metrics."""
+    for line in client.get("/metrics").text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == series:
+            return float(value)
+    raise AssertionError(f"{series} is not in /metrics")
