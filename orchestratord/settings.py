@@ -239,7 +239,9 @@ class RedisConfig(_Strict):
     lease_ttl_s: float = Field(default=10.0, gt=0)  # a dead replica's jobs and slots are freed after this
     heartbeat_s: float = Field(default=2.0, gt=0)  # how often a replica renews its leases
     timeout_s: float = Field(default=2.0, gt=0)  # longest wait for Redis before answering 503
-    max_connections: int = Field(default=64, ge=4, le=10_000)  # per replica, whatever the open streams
+    # per replica, for WATCH transactions (sessions, budgets); every other call shares one pipelined
+    # connection (state/redis_line.py), whatever the open streams
+    max_connections: int = Field(default=64, ge=4, le=10_000)
 
     @model_validator(mode="after")
     def _heartbeat(self) -> RedisConfig:

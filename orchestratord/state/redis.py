@@ -107,9 +107,7 @@ class RedisStore:
             wall=wall,
         )
         self._epoch: str | None = None  # the id of Redis's data as this instance last saw it
-        self._tail = Tail(
-            self._reader, self._scripts, self._key(f"tail:{self.owner}"), round(self.options.block_s * 1000)
-        )
+        self._tail = Tail(self._reader, self._scripts, prefix, round(self.options.block_s * 1000))
         self._documents = Documents(self._client, prefix, self._node)
         # Jobs this instance admitted to run itself (`create` with wake_all=False), until their run
         # starts here or they end: a reader here waits for the local log rather than read Redis.

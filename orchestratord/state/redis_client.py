@@ -121,10 +121,12 @@ async def reachable() -> AsyncIterator[None]:
 
 
 def connect(url: str, options: RedisOptions, *, blocking: bool = False) -> Client:
-    """A client that fails fast: one quick reconnect attempt (a restarted Redis drops pooled
-    connections), then an error. The request client's pool holds at most `max_connections`; a
-    request that finds none free waits for one, up to `timeout_s`, then gets StateUnavailable like
-    any other wait for Redis. The `blocking` client holds the instance's two long-lived connections
+    """A redis-py client that fails fast: one quick reconnect attempt (a restarted Redis drops pooled
+    connections), then an error. Scripts and commands go on the line (redis_line, see `Scripts`); this
+    client takes WATCH transactions (redis_documents) and, on a cluster, learns the slot map. Its
+    pool holds at most `max_connections`; a request that finds none free waits for one, up to
+    `timeout_s`, then gets StateUnavailable like any other wait for Redis. The `blocking` client
+    holds the instance's two long-lived connections
     (the shared stream read and the pub/sub subscription) and waits up to `block_s` longer on reads.
     With `cluster`, a RedisCluster that learns the other nodes from the one `url` names; each node's
     pool holds at most `max_connections`, and a request that finds none free gets StateUnavailable

@@ -202,8 +202,12 @@ class Line:
         self._flush_pending = False
         out, self._out = self._out, []
         protocol = self._protocol
-        if protocol is not None and protocol.transport is not None and out:
+        if protocol is None or protocol.transport is None or not out:
+            return
+        try:
             protocol.transport.write(b"".join(out))
+        except (OSError, RuntimeError) as exc:  # uvloop: "the handler is closed"
+            protocol._fail(RedisConnectionError(f"writing to Redis failed ({exc})"))
 
     async def _connect(self) -> _Protocol:
         if self._connecting is None:

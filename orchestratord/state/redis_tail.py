@@ -1,21 +1,26 @@
-"""One blocking stream read per orchestrator instance for every reader that waits on a job's log.
+"""One shared read per orchestrator instance for every reader that waits on a job's log.
 
 A reader that has caught up with a job's log (Redis Stream `log:<id>`) waits here instead of holding
-a blocking `XREAD` of its own, which would hold a Redis connection for as long as it waits: a few
-hundred open streams would take every connection the client allows. Here one task runs one
-`XREAD BLOCK` over the streams of every job that has a waiting reader on this instance, from the
-newest entry it has seen of each, and hands each batch to that job's readers. A job joins the read
-when its first reader arrives (a write to this instance's own wake stream interrupts the read in
-flight so that the next one includes it) and leaves when its last reader has gone.
+a blocking `XREAD` of its own, which would hold a Redis connection for as long as it waits. Every
+script that appends to a log also names the job in the deployment's `news` stream (lua/common.lua),
+in the same script. One task per instance follows `news` with one blocking `XREAD` of that one key,
+and when a job with readers here is named, reads that job's log from the newest entry it delivered
+(one `XREAD` over every such job at once, on the shared line) and hands the batch to its readers.
+What a read costs grows with the logs that grew, not with the streams open: a replica holding
+thousands of open streams does not name thousands of keys on every read.
 
-Connections per instance: this read, the pub/sub subscription (redis_signals), and the request
-pool's, whatever the number of open streams.
+A job joins when its first reader arrives and leaves when its last has gone; the reader reads the gap
+from its own cursor after joining, so a join needs no read of its own here. Whenever the task starts,
+comes back from an error, or finds that `news` moved on further than one read takes (it is capped), it
+reads every log it waits on, so nothing named while it was not looking is missed.
+
+Connections per instance: this read and the pub/sub subscription (each one, on the blocking client),
+and the shared line of every other call (redis_line), whatever the number of open streams.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +43,8 @@ def stream_order(event_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-WAKE_TTL_S = 3600
+NEWS_COUNT = 1000  # `news` entries per read (the stream keeps about 10,000: lua/common.lua NEWS_KEEP)
+READ_KEYS = 500  # logs per read of the logs that grew
 MAX_PENDING = 8  # batches held for a reader that is not taking them; past that it reads the log itself
 
 
@@ -58,18 +64,15 @@ class _Job:
 
 
 class Tail:
-    def __init__(self, blocking: Client, requests: Scripts, wake_key: str, block_ms: int) -> None:
-        self._blocking = blocking  # the shared read holds one of its connections
-        self._requests = requests  # the wake-up is written through the shared line
-        self._wake_key = wake_key
-        # From the start of the wake stream (it holds a few entries at most): a wake-up written just
-        # before a read is sent is still seen by it, which "$" would miss.
-        self._wake_cursor = "0-0"
+    def __init__(self, blocking: Client, requests: Scripts, prefix: str, block_ms: int) -> None:
+        self._blocking = blocking  # the `news` read holds one of its connections
+        self._requests = requests  # the logs that grew are read on the shared line
+        self._news_key = f"{prefix}news"
+        self._log_prefix = f"{prefix}log:"
         self._block_ms = block_ms
         self._jobs: dict[str, _Job] = {}
+        self._grew: set[str] = set()  # keys of logs named in `news` and not read since
         self._task: asyncio.Task[None] | None = None
-        self._pokes: set[asyncio.Task[None]] = set()
-        self._woken = False
 
     @property
     def waiting(self) -> int:
@@ -84,7 +87,6 @@ class Tail:
         job = self._jobs.get(key)
         if job is None:
             self._jobs[key] = job = _Job(after)
-            self._wake()
         job.readers.add(reader)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
@@ -97,6 +99,7 @@ class Tail:
         job.readers.discard(reader)
         if not job.readers:
             del self._jobs[key]
+            self._grew.discard(key)
 
     def nudge(self, key: str) -> None:
         """Hand the readers of stream `key` an empty batch, so that each looks at its job again now
@@ -106,49 +109,58 @@ class Tail:
             if not reader.behind:
                 reader.got.put_nowait([])
 
-    def _wake(self) -> None:
-        """Make the read in flight return, so that the next one covers a job that just joined."""
-        if self._woken or self._task is None or self._task.done():
-            return
-        self._woken = True
-        self._pokes.add(poke := asyncio.create_task(self._poke()))
-        poke.add_done_callback(self._pokes.discard)
-
-    async def _poke(self) -> None:
-        with contextlib.suppress(StateUnavailable, RedisError):
-            await self._requests.pipeline(
-                [
-                    ("XADD", self._wake_key, "MAXLEN", 8, "*", "w", "1"),
-                    ("EXPIRE", self._wake_key, WAKE_TTL_S),  # gone a while after its instance is
-                ]
-            )
-
     async def _run(self) -> None:
         failures = 0
+        cursor: str | None = None  # the newest `news` entry seen; None: find it, then read every log
         while self._jobs:
-            self._woken = False
-            streams: dict[Any, Any] = {key: job.cursor for key, job in self._jobs.items()}
-            streams[self._wake_key] = self._wake_cursor
             try:
-                reply: Any = await self._blocking.xread(streams, count=COUNT, block=self._block_ms)
+                if cursor is None:
+                    newest = await self._requests.call("XREVRANGE", self._news_key, "+", "-", "COUNT", 1)
+                    cursor = newest[0][0] if newest else "0-0"
+                    self._grew.update(self._jobs)  # whatever came before `cursor`
+                await self._read_grown()
+                reply: Any = await self._blocking.xread(
+                    {self._news_key: cursor}, count=NEWS_COUNT, block=self._block_ms
+                )
                 failures = 0
-            except (*UNREACHABLE, RedisError) as exc:  # task root: the readers' own checks report it
+            except (*UNREACHABLE, RedisError, StateUnavailable) as exc:  # task root: readers look themselves
                 if failures == 0:
                     log.warning("state_backend_unreachable", channel="tail", error=type(exc).__name__)
                 await asyncio.sleep(_BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)])
                 failures += 1
+                cursor = None
                 continue
+            for _, entries in reply or ():
+                cursor = entries[-1][0]
+                if len(entries) >= NEWS_COUNT:  # perhaps further behind than the cap: read them all
+                    self._grew.update(self._jobs)
+                    continue
+                for _, fields in entries:
+                    for job in fields["j"].split():
+                        key = self._log_prefix + job
+                        if key in self._jobs:
+                            self._grew.add(key)
+
+    async def _read_grown(self) -> None:
+        """Read every log named since the last read, from where each job's delivery stands, in
+        reads of at most READ_KEYS logs; a log with more than a page left is read again next time."""
+        while self._grew:
+            keys = [key for key in self._grew if key in self._jobs][:READ_KEYS]
+            self._grew.difference_update(keys)
+            if not keys:
+                return
+            reply: Any = await self._requests.call(
+                "XREAD", "COUNT", COUNT, "STREAMS", *keys, *(self._jobs[key].cursor for key in keys)
+            )
             for key, entries in reply or ():
                 self._deliver(key, entries)
+                if len(entries) == COUNT:
+                    self._grew.add(key)
+            await asyncio.sleep(0)  # many logs: let the readers take what they were given
 
     def _deliver(self, key: str, entries: Sequence[Entry]) -> None:
-        if not entries:
-            return
-        if key == self._wake_key:
-            self._wake_cursor = entries[-1][0]
-            return
         job = self._jobs.get(key)
-        if job is None:
+        if job is None or not entries:
             return
         job.cursor = entries[-1][0]
         batch = list(entries)
@@ -160,8 +172,7 @@ class Tail:
 
     async def aclose(self) -> None:
         self._jobs.clear()
-        tasks = [*self._pokes, *([self._task] if self._task is not None else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
         self._task = None

@@ -106,10 +106,15 @@ def test_redis_scales_one_process_to_three_replicas(results: dict[str, Any]) -> 
     assert one["streams"]["redis_connections_per_replica_peak"] is None
     for name in redis:
         assert setups[name]["streams"]["redis_connections_peak"] > 0
-        assert setups[name]["streams"]["redis_connections_per_replica_peak"] > 0
+        assert (
+            0 < setups[name]["streams"]["redis_connections_per_replica_peak"] <= 3
+        )  # the line, read, pub/sub
+        assert (
+            setups[name]["streams"]["admitted_not_ended"] == setups[name]["streams"]["refused_not_429"] == 0
+        )
     assert list(doc["targets"]) == redis
     for listed in doc["targets"].values():
-        assert len(listed) == 5
+        assert len(listed) == 6
         assert all(t["measured"] is not None and isinstance(t["met"], bool) for t in listed)
     summary = (results["_dir"] / "SUMMARY.md").read_text()
     assert "## Scaling out" in summary and "| three replicas, Redis | CPU per job vs one process |" in summary

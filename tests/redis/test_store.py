@@ -564,3 +564,49 @@ async def test_a_create_sent_again_admits_the_job_once(make_store: MakeStore) ->
     assert isinstance(later, Admitted) and later.entry.seq == first.entry.seq, "taken since: as admitted"
     assert await a.take(lambda _: True, lambda _: True) is None
     assert await a._scripts.call("HGET", a._key("q:orphans"), "dropped") is None
+
+
+async def test_a_waiting_reader_gets_each_batch_through_the_news_and_only_its_log_is_read(
+    make_store: MakeStore,
+) -> None:
+    """Readers on one replica wait on 120 jobs running on another. A batch written for one job reaches
+    its reader at once (block_s is a minute: no periodic look rescues a batch the shared read missed),
+    and the read that fetches it names that job's log alone, not the 120 the replica waits on."""
+    writer, reading = make_store(block_s=60.0), make_store(block_s=60.0)
+    jobs = [f"n{n}" for n in range(120)]
+    for job in jobs:
+        await admit(writer, job)
+        await run_on(writer, job)
+    seen: dict[str, list[str]] = {job: [] for job in jobs}
+    got_token = asyncio.Event()
+
+    async def follow(job: str) -> None:
+        async for event in reading.read(job):
+            seen[job].append(event.name)
+            if event.name == "token":
+                got_token.set()
+
+    tasks = [asyncio.create_task(follow(job)) for job in jobs]
+    for _ in range(500):
+        if reading._tail.waiting == len(jobs):
+            break
+        await asyncio.sleep(0.02)
+    assert reading._tail.waiting == len(jobs)
+    named: list[int] = []
+    call = reading._scripts.call
+
+    async def counting(*command: str | int | float) -> object:
+        if command[0] == "XREAD":
+            named.append((len(command) - 4) // 2)
+        return await call(*command)
+
+    reading._scripts.call = counting  # type: ignore[method-assign]
+    assert await writer.append_token("n7", "a")
+    await writer.flush("n7")
+    await asyncio.wait_for(got_token.wait(), 5)
+    assert seen["n7"] == ["started", "token"]
+    assert named and max(named) == 1, f"a read named {max(named, default=0)} logs for one that grew"
+    for job in jobs:
+        await writer.finish(job, JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert all(names[-1] == "end" for names in seen.values())

@@ -11,4 +11,6 @@ if name == 'started' then
 else
   ensure_started(job)
 end
-return redis.call('XADD', log, '*', 'n', name, 'd', ARGV[4])
+local id = redis.call('XADD', log, '*', 'n', name, 'd', ARGV[4])
+news({job})
+return id

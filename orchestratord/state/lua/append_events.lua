@@ -5,7 +5,7 @@
 -- ARGV: prefix, owner, then for each job: job, tokens_out after the batch, the number of events, then
 -- for each event: its id, name, data JSON and the text it adds ("" but for tokens).
 -- Returns, for each job in order: 1, 0 (the job takes no more events from this instance) or -1 (Redis
--- does not hold the job).
+-- does not hold the job). The jobs whose logs grew are in one entry of the news stream (common.lua).
 
 local function append(job, owner, tokens_out, first, count)
   local h = K('job:' .. job)
@@ -19,27 +19,31 @@ local function append(job, owner, tokens_out, first, count)
     local ms, seq = string.match(top[1][1], '^(%d+)-(%d+)$')
     top_ms, top_seq = tonumber(ms), tonumber(seq)
   end
-  local text = {}
+  local text, grew = {}, false
   for a = first, first + 4 * (count - 1), 4 do
     local ms, seq = string.match(ARGV[a], '^(%d+)-(%d+)$')
     ms, seq = tonumber(ms), tonumber(seq)
     if ms > top_ms or (ms == top_ms and seq > top_seq) then
       redis.call('XADD', log, ARGV[a], 'n', ARGV[a + 1], 'd', ARGV[a + 2])
       top_ms, top_seq = ms, seq
+      grew = true
       if ARGV[a + 3] ~= '' then text[#text + 1] = ARGV[a + 3] end
     end
   end
   redis.call('HSET', h, 'tokens_out', tokens_out)
   if #text > 0 then redis.call('APPEND', K('text:' .. job), table.concat(text)) end
-  return 1
+  return 1, grew
 end
 
 local owner = ARGV[2]
-local out = {}
+local out, grown = {}, {}
 local a = 3
 while a <= #ARGV do
   local count = tonumber(ARGV[a + 2])
-  out[#out + 1] = append(ARGV[a], owner, ARGV[a + 1], a + 3, count)
+  local done, grew = append(ARGV[a], owner, ARGV[a + 1], a + 3, count)
+  out[#out + 1] = done
+  if grew then grown[#grown + 1] = ARGV[a] end
   a = a + 3 + 4 * count
 end
+news(grown)
 return out

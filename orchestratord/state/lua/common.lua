@@ -9,6 +9,8 @@
 --                             (the orchestrator instance that took it), `taken`, `requeued`
 --   P text:<id>       string  the concatenated token text
 --   P log:<id>        stream  the event log: fields n (event name) and d (JSON data)
+--   P news            stream  field j: the ids (space-separated) of jobs whose logs one script grew;
+--                             capped at about NEWS_KEEP entries (state/redis_tail.py)
 --   P q:entries       hash    job -> queue entry JSON (with its seq)
 --   P q:class:<prio>  zset    job -> seq, per priority class (arrival order)
 --   P q:tenants       hash    tenant -> queued jobs
@@ -209,6 +211,16 @@ local function ensure_started(job)
   redis.call('XADD', log, '*', 'n', 'started', 'd', data)
 end
 
+-- Every script that appends to a log says so here, in the same script: each replica's shared read
+-- (state/redis_tail.py) follows this one stream and then reads only the logs that grew. Capped; a
+-- replica that falls NEWS_KEEP entries behind reads every log it waits on instead.
+local NEWS_KEEP = 10000
+local function news(jobs)
+  if #jobs > 0 then
+    redis.call('XADD', K('news'), 'MAXLEN', '~', NEWS_KEEP, '*', 'j', table.concat(jobs, ' '))
+  end
+end
+
 local function release_lease(job)
   local where = redis.call('HGET', K('leases'), job)
   if not where then return nil end
@@ -248,6 +260,7 @@ local function finish_job(job, state, name, data, now, retention_ms, fields, cou
   redis.call('ZREM', K('alive'), job)
   ensure_started(job)
   local id = redis.call('XADD', K('log:' .. job), '*', 'n', name, 'd', payload)
+  news({job})
   redis.call('ZADD', K('ended'), num(now), job)
   local keep = math.max(retention_ms, 1000)
   for _, k in ipairs({h, K('log:' .. job), K('text:' .. job)}) do redis.call('PEXPIRE', k, keep) end
