@@ -34,7 +34,6 @@ from orchestratord.state.base import IdempotencyRecord, JobRecord, Pending, Sess
 from orchestratord.state.redis_client import SEP, RedisOptions, Scripts, SlotNode, connect, tagged
 from orchestratord.state.redis_documents import Documents
 from orchestratord.state.redis_leases import RedisLeases
-from orchestratord.state.redis_line import Line
 from orchestratord.state.redis_local import RETRY_S, LocalLogs
 from orchestratord.state.redis_signals import Signals
 from orchestratord.state.redis_tail import COUNT, Entry, Tail, Waiter, stream_order
@@ -93,8 +92,8 @@ class RedisStore:
         prefix = tagged(self.options.key_prefix)  # one hash slot per deployment (redis_client.tagged)
         self._node = SlotNode.of(self._client, url, self.options, prefix)  # a cluster's slot node
         # Scripts and the request path's commands share one pipelined connection (redis_line).
-        line = Line(url, timeout_s=self.options.timeout_s) if self._node is None else None
-        self._scripts = Scripts(line, prefix, self.options.timeout_s, node=self._node)
+        line_url = url if self._node is None else None
+        self._scripts = Scripts(line_url, prefix, self.options.timeout_s, node=self._node)
         self._signals = Signals(self._reader, prefix)
         self._leases = RedisLeases(self._scripts, self.options.lease_ttl_s, self.owner)
         self.leases: LeaseStore = self._leases
@@ -107,7 +106,7 @@ class RedisStore:
             wall=wall,
         )
         self._epoch: str | None = None  # the id of Redis's data as this instance last saw it
-        self._tail = Tail(self._reader, self._scripts, prefix, round(self.options.block_s * 1000))
+        self._tail = Tail(self._scripts, prefix, round(self.options.block_s * 1000))
         self._documents = Documents(self._client, prefix, self._node)
         # Jobs this instance admitted to run itself (`create` with wake_all=False), until their run
         # starts here or they end: a reader here waits for the local log rather than read Redis.

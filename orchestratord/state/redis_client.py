@@ -108,16 +108,24 @@ async def reachable() -> AsyncIterator[None]:
     cluster setting that does not match the Redis it reaches (with the fix in its message)."""
     try:
         yield
-    except (AskError, ClusterCrossSlotError, RedisClusterException) as exc:
-        raise (misconfigured(exc) or unavailable(exc)) from exc
-    except UNREACHABLE as exc:
-        raise unavailable(exc) from exc
-    except RuntimeError as exc:
-        # uvloop reports a write on a connection Redis already closed as a RuntimeError
-        # ("unable to perform operation on <TCPTransport closed=True ...>; the handler is closed").
-        if "handler is closed" not in str(exc):
+    except Exception as exc:
+        translated = _translated(exc)
+        if translated is None:
             raise
-        raise unavailable(exc) from exc
+        raise translated from exc
+
+
+def _translated(exc: Exception) -> StateUnavailable | None:
+    """The StateUnavailable that a redis-py error means (None: not one of Redis's reachability)."""
+    if isinstance(exc, AskError | ClusterCrossSlotError | RedisClusterException):
+        return misconfigured(exc) or unavailable(exc)
+    if isinstance(exc, UNREACHABLE):
+        return unavailable(exc)
+    # uvloop reports a write on a connection Redis already closed as a RuntimeError
+    # ("unable to perform operation on <TCPTransport closed=True ...>; the handler is closed").
+    if isinstance(exc, RuntimeError) and "handler is closed" in str(exc):
+        return unavailable(exc)
+    return None
 
 
 def connect(url: str, options: RedisOptions, *, blocking: bool = False) -> Client:
@@ -178,6 +186,7 @@ class SlotNode:
         self._anchor = f"{prefix}{ANCHOR}"
         self._client: aioredis.Redis | None = None
         self._line: Line | None = None
+        self._blocking: Line | None = None
 
     @classmethod
     def of(cls, client: Client, url: str, options: RedisOptions, prefix: str) -> SlotNode | None:
@@ -189,8 +198,14 @@ class SlotNode:
             self._client = cast(aioredis.Redis, connect(await self._node_url(), self._options))
         return self._client
 
-    async def line(self) -> Line:
-        """The shared, pipelined connection to the slot's node (redis_line), for scripts and commands."""
+    async def line(self, *, blocking: bool = False) -> Line:
+        """The shared, pipelined connection to the slot's node (redis_line), for scripts and commands;
+        `blocking`: the one for the blocking read, which waits `block_s` longer."""
+        if blocking:
+            if self._blocking is None:
+                wait = self._options.timeout_s + self._options.block_s
+                self._blocking = Line(await self._node_url(), timeout_s=wait)
+            return self._blocking
         if self._line is None:
             self._line = Line(await self._node_url(), timeout_s=self._options.timeout_s)
         return self._line
@@ -208,18 +223,20 @@ class SlotNode:
     async def moved(self) -> None:
         """The slot is elsewhere now: read the slot map again before the next transaction."""
         stale, self._client = self._client, None
-        line, self._line = self._line, None
+        lines = [line for line in (self._line, self._blocking) if line is not None]
+        self._line = self._blocking = None
         self._cluster._initialize = True
         if stale is not None:
             await stale.aclose()
-        if line is not None:
+        for line in lines:
             await line.aclose()
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-        if self._line is not None:
-            await self._line.aclose()
+        for line in (self._line, self._blocking):
+            if line is not None:
+                await line.aclose()
 
 
 class Scripts:
@@ -228,12 +245,14 @@ class Scripts:
     on one Redis, the `line` given; on a cluster, the one to the node that holds the deployment's slot."""
 
     def __init__(
-        self, line: Line | None, prefix: str, timeout_s: float = 2.0, *, node: SlotNode | None = None
+        self, url: str | None, prefix: str, timeout_s: float = 2.0, *, node: SlotNode | None = None
     ) -> None:
-        if (line is None) == (node is None):
-            raise ValueError("Scripts needs a line (one Redis) or a slot node (a cluster), not both")
+        if (url is None) == (node is None):
+            raise ValueError("Scripts needs a URL (one Redis) or a slot node (a cluster), not both")
         common = _source("common")
-        self.line = line
+        self._url = url or ""
+        self.line = Line(url, timeout_s=timeout_s) if url is not None else None
+        self._blocking: Line | None = None  # for `blocking_read`, opened when first needed
         self.node = node  # on a cluster: where scripts, commands and transactions go
         self.prefix = prefix  # tagged: every key the scripts build from it is in one slot
         # The one key each script declares (KEYS[1]): the slot's node runs the script, and Redis
@@ -260,22 +279,55 @@ class Scripts:
         replies = await self._on_line(lambda line: line.transaction(commands))
         return [_shaped(command, reply) for command, reply in zip(commands, replies, strict=True)]
 
-    async def _on_line(self, send: Callable[[Line], Awaitable[Any]]) -> Any:
-        async with reachable(), asyncio.timeout(self.timeout_s):
-            if self.node is None:
-                return await send(cast(Line, self.line))
-            try:
-                return await send(await self.node.line())
-            except MovedError:  # the cluster moved the deployment's slot: to its node now
+    async def blocking_read(self, block_ms: int, *command: str | int | float) -> Any:
+        """A blocking read (`XREAD ... BLOCK block_ms ...`) on a line of its own: on the shared line it
+        would hold back every call behind it. One caller at a time."""
+        try:
+            async with asyncio.timeout(self.timeout_s + block_ms / 1000):
+                if self.node is None:
+                    if self._blocking is None:
+                        self._blocking = Line(self._url, timeout_s=self.timeout_s + block_ms / 1000)
+                    line = self._blocking
+                else:
+                    line = await self.node.line(blocking=True)
+                return _shaped(command, await line.execute(*command))
+        except MovedError:
+            if self.node is not None:
                 await self.node.moved()
-            try:
-                return await send(await self.node.line())
-            except MovedError as exc:  # still moving: not a misconfiguration, a retry later
-                raise unavailable(exc) from exc
+            raise
+        except Exception as exc:
+            translated = _translated(exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
+    async def _on_line(self, send: Callable[[Line], Awaitable[Any]]) -> Any:
+        # Inline rather than `reachable()`: this is every call's path, and a generator-based context
+        # manager costs more than the call's own work on the line.
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if self.node is None:
+                    return await send(cast(Line, self.line))
+                try:
+                    return await send(await self.node.line())
+                except MovedError:  # the cluster moved the deployment's slot: to its node now
+                    await self.node.moved()
+                try:
+                    return await send(await self.node.line())
+                except MovedError as exc:  # still moving: not a misconfiguration, a retry later
+                    raise unavailable(exc) from exc
+        except StateUnavailable:
+            raise
+        except Exception as exc:
+            translated = _translated(exc)
+            if translated is None:
+                raise
+            raise translated from exc
 
     async def aclose(self) -> None:
-        if self.line is not None:
-            await self.line.aclose()
+        for line in (self.line, self._blocking):
+            if line is not None:
+                await line.aclose()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from its own cursor after joining, so a join needs no read of its own here. When
 comes back from an error, or finds that `news` moved on further than one read takes (it is capped), it
 reads every log it waits on, so nothing named while it was not looking is missed.
 
-Connections per instance: this read and the pub/sub subscription (each one, on the blocking client),
-and the shared line of every other call (redis_line), whatever the number of open streams.
+Connections per instance: this read (a line of its own, redis_line), the shared line of every other
+call, and the pub/sub subscription, whatever the number of open streams.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from orchestratord.errors import StateUnavailable
 from orchestratord.logs import get_logger
-from orchestratord.state.redis_client import UNREACHABLE, Client, Scripts
+from orchestratord.state.redis_client import UNREACHABLE, Scripts
 
 log = get_logger(__name__)
 Entry = tuple[str, dict[str, str]]  # (stream id, fields)
@@ -64,9 +64,8 @@ class _Job:
 
 
 class Tail:
-    def __init__(self, blocking: Client, requests: Scripts, prefix: str, block_ms: int) -> None:
-        self._blocking = blocking  # the `news` read holds one of its connections
-        self._requests = requests  # the logs that grew are read on the shared line
+    def __init__(self, requests: Scripts, prefix: str, block_ms: int) -> None:
+        self._requests = requests  # `news` on a line of its own, the logs that grew on the shared one
         self._news_key = f"{prefix}news"
         self._log_prefix = f"{prefix}log:"
         self._block_ms = block_ms
@@ -119,9 +118,10 @@ class Tail:
                     cursor = newest[0][0] if newest else "0-0"
                     self._grew.update(self._jobs)  # whatever came before `cursor`
                 await self._read_grown()
-                reply: Any = await self._blocking.xread(
-                    {self._news_key: cursor}, count=NEWS_COUNT, block=self._block_ms
-                )
+                reply: Any = await self._requests.blocking_read(
+                    self._block_ms, "XREAD", "COUNT", NEWS_COUNT, "BLOCK", self._block_ms,
+                    "STREAMS", self._news_key, cursor,
+                )  # fmt: skip
                 failures = 0
             except (*UNREACHABLE, RedisError, StateUnavailable) as exc:  # task root: readers look themselves
                 if failures == 0:
