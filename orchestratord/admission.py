@@ -301,9 +301,9 @@ class Admission:
         behind = round(lag.behind_s * 1000)
         retry = max(DEFAULT_RETRY_AFTER_MS, 2 * behind)
         raise AdmissionRejected(
-            f"this orchestrator is overloaded: its event loop runs {behind} ms behind (the limit, "
-            f"limits.max_loop_lag_ms, is {round(lag.limit_s * 1000)} ms); retry in {retry} ms or on "
-            "another replica",
+            f"this orchestrator is overloaded: its event loop or its state backend answers {behind} ms "
+            f"late (the limit, limits.max_loop_lag_ms, is {round(lag.limit_s * 1000)} ms); retry in "
+            f"{retry} ms or on another replica",
             policy_label="overload",
             retry_after_ms=retry,
         )

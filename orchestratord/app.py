@@ -185,7 +185,9 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     )  # fmt: skip
     metrics.watch_pools(lambda: outlook.snapshots)
     max_lag = settings.limits.max_loop_lag_ms
-    lag = LoopLag(None if max_lag is None else max_lag / 1000)
+    lag = LoopLag(
+        None if max_lag is None else max_lag / 1000, probe=store.ping if store.shared is not None else None
+    )
     metrics.loop_lag.set_function(lambda: lag.behind_s)
     admission = Admission(
         store, registry, outlook, endings, dispatcher.wake, presence, metrics, queue_policy(settings),
