@@ -94,8 +94,8 @@ class Metrics:
         )
         self.loop_lag = Gauge(
             "event_loop_lag_seconds",
-            "How late this process's event loop ran its last 100 ms timer: the wait every reply and token "
-            "sees.",
+            "How late this process's event loop ran its last 100 ms timer, or (Redis mode) how long the last "
+            "PING to Redis took, whichever is more: the wait every reply and token sees.",
             registry=r,
         )
         self.dispatches = DispatchWindow(window_s, clock, weights)

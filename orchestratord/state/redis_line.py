@@ -12,8 +12,8 @@ error reply is the redis-py exception callers already handle), the blocking stre
 
 Nothing is sent twice: a connection lost with commands in flight fails them (the caller answers 503;
 Redis may have run them, and a script run twice is not always harmless), and the next call connects
-again. A caller that gives up (a timeout, a client gone) leaves its reply to be read and dropped; a
-connection that has answered nothing for a whole timeout is taken for dead and closed."""
+again. A caller that gives up early (a client gone) leaves its reply to be read and dropped; a caller
+that waited a whole timeout closes the connection: dead, or holding a backlog no caller waits for."""
 
 from __future__ import annotations
 
@@ -186,9 +186,11 @@ class Line:
             return await future
         except asyncio.CancelledError:
             # The caller gave up; its reply is dropped when it comes. One that waited its whole
-            # timeout on a connection that said nothing since this command went out: dead or wedged.
-            waited = time.monotonic() - sent_at
-            if waited >= self._timeout_s * 0.9 and protocol.answered_at < sent_at:
+            # timeout says the connection is dead, or that Redis holds a backlog a timeout deep on it:
+            # the commands behind would be late too, and Redis would go on running commands whose
+            # callers have all given up (each retry adding more). Closing the connection makes Redis
+            # drop what it has not read yet, and fails the calls in flight (503) at once.
+            if time.monotonic() - sent_at >= self._timeout_s * 0.9 and protocol.transport is not None:
                 protocol._fail(RedisConnectionError("Redis did not answer in time"))
             raise
 
