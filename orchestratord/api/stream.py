@@ -23,7 +23,6 @@ from orchestratord.services import Services
 router = APIRouter(tags=["tasks"])
 log = get_logger(__name__)
 MAX_PENDING_BYTES = 64 * 1024  # how far a stream reads the log ahead of what the client has taken
-STATE_WAIT_S = 30.0  # how long a stream waits for an unreachable state backend before it ends
 
 
 @router.get(
@@ -95,41 +94,20 @@ class _EventStream(EventSourceResponse):
 async def frames(services: Services, job_id: str, after: str | None) -> AsyncIterator[bytes]:
     """Tail the event log. A reader never touches the engine: leaving only updates presence.
 
-    If a shared state backend goes away mid-stream, the stream reads on from its last event once the
-    backend answers again (`resumed`); one gone for longer than STATE_WAIT_S ends the stream without a
-    terminal event: the client reconnects with Last-Event-ID (503 with Retry-After until the backend
-    is back) and loses nothing."""
+    If a shared state backend goes away mid-stream, the stream ends without a terminal event: the
+    client reconnects with Last-Event-ID (503 with Retry-After until the backend is back) and loses
+    nothing."""
     attached = False
     try:
         await services.presence.attach(job_id)
         attached = True
-        async for chunk in coalesced(resumed(services, job_id, after)):
+        async for chunk in coalesced(services.store.read(job_id, after)):
             yield chunk
     except StateUnavailable:
         log.warning("stream_lost_state_backend", job_id=job_id)
     finally:
         if attached:
             await asyncio.shield(services.presence.detach(job_id))
-
-
-async def resumed(services: Services, job_id: str, after: str | None) -> AsyncIterator[LogEvent]:
-    """The job's log after `after`. A read that loses the shared backend (a Redis call timed out: Redis
-    restarting, or too busy to answer in `redis.timeout_s`) reads again from the last event it gave,
-    backing off, for up to STATE_WAIT_S in a row: a moment's outage does not cut the stream."""
-    waited, delay = 0.0, 0.1
-    while True:
-        try:
-            async for event in services.store.read(job_id, after):
-                after, waited, delay = event.id, 0.0, 0.1
-                yield event
-            return
-        except StateUnavailable:
-            if waited >= STATE_WAIT_S:
-                raise
-            if waited == 0.0:
-                log.warning("stream_waits_for_state_backend", job_id=job_id, after=after)
-            await asyncio.sleep(delay)
-            waited, delay = waited + delay, min(2 * delay, 2.0)
 
 
 def encode(event: LogEvent) -> bytes:
