@@ -100,7 +100,6 @@ class _Protocol(asyncio.Protocol):
         self._parser = hiredis.Reader(encoding="utf-8", replyError=ErrorReply)
         self.waiting: deque[asyncio.Future[Any] | _Transaction] = deque()
         self.transport: asyncio.Transport | None = None
-        self.answered_at = time.monotonic()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,7 +107,6 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._parser.feed(data)
-        self.answered_at = time.monotonic()
         waiting = self.waiting
         while (reply := self._parser.gets()) is not False:
             if not waiting:  # a reply nobody asked for: the stream is out of step
@@ -154,7 +152,6 @@ class Line:
         self._connecting: asyncio.Lock | None = None
         self._out: list[bytes] = []
         self._flush_pending = False
-        self._scripts: dict[str, str] = {}  # sha -> source, for a Redis that lost its script cache
         self.connections = 0  # opened so far (the bench's and tests' count)
 
     async def execute(self, *args: Arg) -> Any:
