@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from importlib import resources
-from typing import Any, TypeAlias, cast
+from typing import Any, NoReturn, TypeAlias, cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -108,11 +108,16 @@ async def reachable() -> AsyncIterator[None]:
     cluster setting that does not match the Redis it reaches (with the fix in its message)."""
     try:
         yield
-    except Exception as exc:
-        translated = _translated(exc)
-        if translated is None:
-            raise
-        raise translated from exc
+    except Exception as exc:  # noqa: BLE001 (_reraise raises it again, or what it means)
+        _reraise(exc)
+
+
+def _reraise(exc: Exception) -> NoReturn:
+    """Raise the StateUnavailable a redis-py error means, or `exc` itself if it means none."""
+    translated = _translated(exc)
+    if translated is None:
+        raise exc
+    raise translated from exc
 
 
 def _translated(exc: Exception) -> StateUnavailable | None:
@@ -295,11 +300,8 @@ class Scripts:
             if self.node is not None:
                 await self.node.moved()
             raise
-        except Exception as exc:
-            translated = _translated(exc)
-            if translated is None:
-                raise
-            raise translated from exc
+        except Exception as exc:  # noqa: BLE001 (_reraise raises it again, or what it means)
+            _reraise(exc)
 
     async def _on_line(self, send: Callable[[Line], Awaitable[Any]]) -> Any:
         # Inline rather than `reachable()`: this is every call's path, and a generator-based context
@@ -318,11 +320,8 @@ class Scripts:
                     raise unavailable(exc) from exc
         except StateUnavailable:
             raise
-        except Exception as exc:
-            translated = _translated(exc)
-            if translated is None:
-                raise
-            raise translated from exc
+        except Exception as exc:  # noqa: BLE001 (_reraise raises it again, or what it means)
+            _reraise(exc)
 
     async def aclose(self) -> None:
         for line in (self.line, self._blocking):
