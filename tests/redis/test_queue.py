@@ -94,6 +94,8 @@ async def apply(store: RedisStore, reference: FairQueue, op: tuple[object, ...],
         assert type(got) is type(want)
         if isinstance(got, Admitted) and isinstance(want, Admitted):
             assert got.entry == want.entry and got.evicted == want.evicted
+            if got.place is not None:  # the place create.lua found in the same step
+                assert got.place == reference.place(job_id), op
         else:
             assert isinstance(got, Rejected) and got == want
     elif kind == "take":
@@ -257,3 +259,32 @@ async def test_a_client_on_time_for_its_place_gets_it_past_the_capacity(make_sto
     assert isinstance(await store.create(record("b"), entry("b"), lambda: "t1"), Admitted)
     assert isinstance(await store.create(record("c"), entry("c"), lambda: "t2"), Rejected), "2 x capacity"
     assert isinstance(await store.create(record("d"), entry("d"), lambda: "stranger"), Rejected)
+
+
+def hget_calls(client: object) -> int:
+    stats = client.info("commandstats")  # type: ignore[attr-defined]
+    return int(stats.get("cmdstat_hget", {}).get("calls", 0))
+
+
+async def test_a_job_admitted_behind_a_long_queue_is_placed_without_walking_it(
+    own_redis: RedisServer, make_store: MakeStore
+) -> None:
+    """`create` gives the new job's place in the same step; behind 600 queued jobs of two tenants it
+    counts whole lanes from their sums (common.lua `place_of`) instead of reading each entry ahead.
+    Counted in Redis's own command statistics, which count the calls scripts make."""
+    store = make_store(QueuePolicy(capacity=10_000, tenant_weights={"acme": 2.0}), url=own_redis.url)
+    for i in range(300):
+        for tenant in ("acme", "beta"):
+            job_id = f"{tenant}-{i}"
+            await store.create(record(job_id, tenant=tenant), entry(job_id, tenant=tenant, tokens_in=3))
+    client = own_redis.client()
+    try:
+        client.config_resetstat()
+        got = await store.create(record("last", tenant="beta"), entry("last", tenant="beta", tokens_in=3))
+        reads = hget_calls(client)
+    finally:
+        client.close()
+    assert isinstance(got, Admitted) and got.place is not None
+    # beta's 300 ahead in its own lane, and acme's (weight 2) whole lane projects before it
+    assert (got.place.ahead, got.place.tokens_in) == (600, 1800)
+    assert reads < 30, f"{reads} HGETs: the place was found by reading the queue entry by entry"

@@ -17,6 +17,8 @@
 --   P q:tags, q:sizes hash    flow (tenant SEP priority) -> start tag / queued jobs
 --   P q:pairs         set     flow SEP route (encoded), for every non-empty flow-key queue
 --   P q:z:<pair>      zset    member seq(16 digits)..job, score = deadline (NO_DEADLINE if none)
+--   P q:lanes         hash    pair SEP n|c|i|o -> each q:z:<pair>'s jobs, and the sums of their cost,
+--                             tokens_in and tokens_out (kept by enqueue and dequeue, read by place_of)
 --   P q:deadlines     zset    job -> deadline
 --   P q:keys          hash    route (encoded) -> queued jobs
 --   P q:vtime, q:seq  string  the virtual time; the arrival counter
@@ -81,6 +83,22 @@ end
 
 -- The queue ------------------------------------------------------------------------------------------
 
+-- Count a job into (sign 1) or out of (sign -1) its lane's sums. A lane whose count reaches 0 drops
+-- its sums, so one whose jobs were not all counted (queued by a version without the sums, or a member
+-- dropped by take.lua) is counted right again once it empties; until then place_of walks it.
+local function lane_count(pair, e, sign)
+  local h = K('q:lanes')
+  local n, c, i, o = pair .. SEP .. 'n', pair .. SEP .. 'c', pair .. SEP .. 'i', pair .. SEP .. 'o'
+  if redis.call('HINCRBY', h, n, sign) <= 0 then
+    redis.call('HDEL', h, n, c, i, o)
+    return
+  end
+  -- (a zero is not sent: Lua gives -0 as '-0', which HINCRBY refuses)
+  for field, v in pairs({[c] = e.cost, [i] = e.tokens_in or 0, [o] = e.tokens_out or 0}) do
+    if v ~= 0 then redis.call('HINCRBYFLOAT', h, field, sign * v) end
+  end
+end
+
 local function enqueue(raw, seq)
   local e = cjson.decode(raw)
   if not seq then seq = redis.call('INCR', K('q:seq')) end
@@ -104,6 +122,7 @@ local function enqueue(raw, seq)
     redis.call('ZADD', K('q:deadlines'), num(e.deadline), job)
   end
   redis.call('ZADD', K('q:z:' .. pair), num(score), member(seq, job))
+  lane_count(pair, e, 1)
   redis.call('HINCRBY', K('q:keys'), e.route, 1)
   redis.call('HSET', K('job:' .. job), 'seq', seq)
   return stored
@@ -121,6 +140,7 @@ local function dequeue(job)
   local pair = flow .. SEP .. e.route
   local z = K('q:z:' .. pair)
   redis.call('ZREM', z, member(e.seq, job))
+  lane_count(pair, e, -1)
   if redis.call('ZCARD', z) == 0 then redis.call('SREM', K('q:pairs'), pair) end
   redis.call('ZREM', K('q:deadlines'), job)
   decr(K('q:keys'), e.route)
@@ -132,16 +152,36 @@ end
 -- its weight, as core/queue.py computes it), and those before this job's (tag, deadline, arrival) are
 -- counted, with their work. Returns {position, their tokens_in, their tokens_out} (summed), or
 -- {-1, 0, 0} if the job is not queued.
+--
+-- A lane is walked only as far as its jobs come before this one. A lane that comes before it entirely
+-- (its last job does), and the job's own lane when the job is its last (a new job without a deadline),
+-- are counted from their sums (P q:lanes): a `create` behind a long queue costs O(lanes), not O(jobs).
 local function place_of(job, policy)
   local stored = redis.call('HGET', K('q:entries'), job)
   if not stored then return {-1, 0, 0} end
   local me = cjson.decode(stored)
   local mine = member(me.seq, job)
+  local my_pair = me.tenant .. SEP .. me.priority .. SEP .. me.route
+
+  local function start_of(pair)  -- the flow's tag and weight
+    local tenant, priority = split_pair(pair)
+    return tonumber(redis.call('HGET', K('q:tags'), tenant .. SEP .. priority) or '0'), weight(policy, tenant, priority)
+  end
+
+  -- {n, cost, tokens_in, tokens_out, last member, its deadline, its entry}, or nil if the lane's sums
+  -- do not count every job in it
+  local function sums(pair)
+    local z = K('q:z:' .. pair)
+    local v = redis.call('HMGET', K('q:lanes'), pair .. SEP .. 'n', pair .. SEP .. 'c', pair .. SEP .. 'i', pair .. SEP .. 'o')
+    local n = redis.call('ZCARD', z)
+    if n == 0 or tonumber(v[1]) ~= n then return nil end
+    local last = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')
+    local entry = cjson.decode(redis.call('HGET', K('q:entries'), string.sub(last[1], 17)))
+    return {n, tonumber(v[2] or '0'), tonumber(v[3] or '0'), tonumber(v[4] or '0'), last[1], tonumber(last[2]), entry}
+  end
 
   local function walk(pair, visit)
-    local tenant, priority = split_pair(pair)
-    local t0 = tonumber(redis.call('HGET', K('q:tags'), tenant .. SEP .. priority) or '0')
-    local w = weight(policy, tenant, priority)
+    local t0, w = start_of(pair)
     local spent = 0
     local z = K('q:z:' .. pair)
     local start = 0
@@ -157,25 +197,47 @@ local function place_of(job, policy)
     end
   end
 
-  local my_tag, my_deadline = nil, nil
-  walk(me.tenant .. SEP .. me.priority .. SEP .. me.route, function(t, d, m)
-    if m == mine then my_tag, my_deadline = t, d return false end
-    return true
-  end)
+  local function before(t, d, m, tag, deadline)
+    return t < tag or (t == tag and (d < deadline or (d == deadline and m < mine)))
+  end
 
   local ahead, tokens_in, tokens_out = 0, 0, 0
+  local my_tag, my_deadline = nil, nil
+  local own = sums(my_pair)
+  if own and own[5] == mine then  -- last in its lane: every other job of the lane is ahead
+    local t0, w = start_of(my_pair)
+    my_tag, my_deadline = t0 + (own[2] - me.cost) / w, own[6]
+    ahead, tokens_in, tokens_out = own[1] - 1, own[3] - (me.tokens_in or 0), own[4] - (me.tokens_out or 0)
+  else
+    own = nil
+    walk(my_pair, function(t, d, m)
+      if m == mine then my_tag, my_deadline = t, d return false end
+      return true
+    end)
+  end
+
   for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
     local _, _, route = split_pair(pair)
-    if route == me.route then
-      walk(pair, function(t, d, m, entry)
-        if t < my_tag or (t == my_tag and (d < my_deadline or (d == my_deadline and m < mine))) then
-          ahead = ahead + 1
-          tokens_in = tokens_in + (entry.tokens_in or 0)
-          tokens_out = tokens_out + (entry.tokens_out or 0)
-          return true
-        end
-        return false
-      end)
+    if route == me.route and not (own and pair == my_pair) then
+      local lane = pair ~= my_pair and sums(pair)
+      local all = false
+      if lane then
+        local t0, w = start_of(pair)
+        all = before(t0 + (lane[2] - lane[7].cost) / w, lane[6], lane[5], my_tag, my_deadline)
+      end
+      if all then
+        ahead, tokens_in, tokens_out = ahead + lane[1], tokens_in + lane[3], tokens_out + lane[4]
+      else
+        walk(pair, function(t, d, m, entry)
+          if before(t, d, m, my_tag, my_deadline) then
+            ahead = ahead + 1
+            tokens_in = tokens_in + (entry.tokens_in or 0)
+            tokens_out = tokens_out + (entry.tokens_out or 0)
+            return true
+          end
+          return false
+        end)
+      end
     end
   end
   return {ahead, tokens_in, tokens_out}
