@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -34,7 +34,7 @@ from orchestratord.outlook import Outlook
 from orchestratord.placing import Placer
 from orchestratord.reachability import Reachability
 from orchestratord.runs import Running, Runs
-from orchestratord.state.base import EventLog, JobQueue, JobRecord, JobRegistry, Readers
+from orchestratord.state.base import EventLog, JobQueue, JobRecord, JobRegistry, Pending, Readers
 from orchestratord.state.shared import SharedState
 from pool_manager.registry import PoolRegistry
 from pool_manager.snapshot import PoolSnapshot
@@ -141,12 +141,14 @@ class Dispatcher:
         while self._accepting:
             async with self._placer.exclusive():
                 # One look first: a round with nothing queued (most wake-ups at light load) ends here.
-                pending = await self._store.pending(self._wall())
+                # On a shared backend the pools' slot counts are asked in the same round trip.
+                pending, snapshots = await self._look()
                 if not pending.queued:
                     return
                 if pending.expired:
                     await self._housekeeper.expire()  # a job past its deadline is never taken
-                snapshots = await self._outlook.refresh()
+                if snapshots is None:
+                    snapshots = await self._outlook.refresh()
                 batch = (
                     partial(_servable, snapshots, self._config.holdback) if self._config.holdback else None
                 )
@@ -156,6 +158,20 @@ class Dispatcher:
                 if entry is None:
                     return
                 await self._dispatch(entry, snapshots)
+
+    async def _look(self) -> tuple[Pending, Sequence[PoolSnapshot] | None]:
+        """The queue's first look; with a shared backend, the pools' snapshots too, asked at once
+        (both on the one Redis connection, in one write: a round trip less per job taken)."""
+        if self._shared is None:
+            return await self._store.pending(self._wall()), None
+        looks = await asyncio.gather(
+            self._store.pending(self._wall()), self._outlook.refresh(), return_exceptions=True
+        )
+        for look in looks:
+            if isinstance(look, BaseException):
+                raise look
+        pending, snapshots = looks
+        return cast(Pending, pending), cast(list[PoolSnapshot], snapshots)
 
     def _tenant_ok(self, tenant: str) -> bool:
         limit = self._config.tenant_max_concurrent.get(tenant)

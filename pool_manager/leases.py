@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +25,10 @@ class LeaseStore(Protocol):
     async def release(self, job_id: str) -> Lease | None: ...
 
     async def held(self, pool_id: str, replica_id: str) -> int: ...
+
+    async def held_each(self, slots: Sequence[tuple[str, str]]) -> list[int]:
+        """`held` for each (pool, replica) of `slots`, in one look (one round trip on Redis)."""
+        ...
 
     async def all(self) -> list[Lease]: ...
 
@@ -54,6 +59,9 @@ class MemoryLeases:
 
     async def held(self, pool_id: str, replica_id: str) -> int:
         return self._counts.get((pool_id, replica_id), 0)
+
+    async def held_each(self, slots: Sequence[tuple[str, str]]) -> list[int]:
+        return [self._counts.get(slot, 0) for slot in slots]
 
     async def all(self) -> list[Lease]:
         return list(self._by_job.values())

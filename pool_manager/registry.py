@@ -258,15 +258,21 @@ class PoolRegistry:
 
     # -- snapshots -------------------------------------------------------------------------------
     async def snapshot(self) -> list[PoolSnapshot]:
-        return [await self.pool_snapshot(pool_id) for pool_id in self.pools]
+        slots = [(pool_id, r) for pool_id, pool in self.pools.items() for r in pool.replicas]
+        held = dict(zip(slots, await self.leases.held_each(slots), strict=True))  # one look for all
+        return [self._pool_snapshot(pool_id, held) for pool_id in self.pools]
 
     async def pool_snapshot(self, pool_id: str) -> PoolSnapshot:
+        slots = [(pool_id, r) for r in self.pools[pool_id].replicas]
+        return self._pool_snapshot(pool_id, dict(zip(slots, await self.leases.held_each(slots), strict=True)))
+
+    def _pool_snapshot(self, pool_id: str, held: dict[tuple[str, str], int]) -> PoolSnapshot:
         pool = self.pools[pool_id]
         replicas = []
         for r in pool.replicas.values():
-            held = await self.leases.held(pool_id, r.replica_id)
             b = self._breaker_now(r)
-            free = max(0, r.slots_total - held)
+            # (a replica a reload added while the counts were read: none held yet, as far as known)
+            free = max(0, r.slots_total - held.get((pool_id, r.replica_id), 0))
             replicas.append(
                 ReplicaSnapshot(
                     replica_id=r.replica_id,

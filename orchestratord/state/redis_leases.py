@@ -5,6 +5,7 @@ it, so the slots of a replica that died come free by themselves."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from orchestratord.state.redis_client import SEP, Scripts
 from pool_manager.leases import Lease
@@ -37,8 +38,13 @@ class RedisLeases:
         return None if where is None else _lease(job_id, where)
 
     async def held(self, pool_id: str, replica_id: str) -> int:
-        counts = await self._scripts.run("lease_held", f"{pool_id}{SEP}{replica_id}")
-        return int(counts[0])
+        return (await self.held_each([(pool_id, replica_id)]))[0]
+
+    async def held_each(self, slots: Sequence[tuple[str, str]]) -> list[int]:
+        if not slots:
+            return []
+        counts = await self._scripts.run("lease_held", *(f"{pool}{SEP}{replica}" for pool, replica in slots))
+        return [int(n) for n in counts]
 
     async def all(self) -> list[Lease]:
         held = await self._scripts.call("HGETALL", self._scripts.key("leases"))

@@ -13,6 +13,7 @@ import pytest
 from orchestratord.core.tasks import JobState
 from orchestratord.state.redis import RedisStore
 from pool_manager.leases import Lease
+from tests.redis.conftest import RedisServer
 from tests.redis.test_store import admit, events, run_on
 
 pytestmark = pytest.mark.redis
@@ -108,3 +109,30 @@ async def test_a_lease_whose_release_was_lost_is_swept(make_store: MakeStore) ->
     await asyncio.sleep(TTL_S + 0.2)
     assert await store.reap(time.time()) == []
     assert await store.leases.all() == [] and await store.leases.held("pool", "r0") == 0
+
+
+async def test_a_snapshot_of_every_pool_counts_their_leases_in_one_call(
+    own_redis: RedisServer, make_store: MakeStore
+) -> None:
+    """The dispatcher snapshots the pools for each job it takes: on Redis, the live leases of every
+    replica of every pool come back from one script call, not one call (and round trip) each."""
+    from pool_manager.registry import PoolRegistry
+    from pool_manager.specs import PoolSpec, ReplicaSpec
+
+    store = make_store(url=own_redis.url)
+    replicas = (ReplicaSpec("r0"), ReplicaSpec("r1"))
+    specs = [PoolSpec(id=f"p{i}", engine="mock", models=("m",), replicas=replicas, slots=4) for i in range(3)]
+    registry = PoolRegistry(specs, leases=store.leases)
+    for job, pool, replica in (("a", "p0", "r1"), ("b", "p2", "r0"), ("c", "p2", "r0")):
+        assert await store.leases.acquire(Lease(job, pool, replica), 4)
+    client = own_redis.client()
+    try:
+        client.config_resetstat()
+        snapshots = await registry.snapshot()
+        calls = client.info("commandstats")
+    finally:
+        client.close()
+    free = {(p.pool_id, r.replica_id): r.slots_free for p in snapshots for r in p.replicas}
+    assert free == {("p0", "r0"): 4, ("p0", "r1"): 3, ("p1", "r0"): 4, ("p1", "r1"): 4,
+                    ("p2", "r0"): 2, ("p2", "r1"): 4}  # fmt: skip
+    assert calls["cmdstat_evalsha"]["calls"] == 1, calls
