@@ -45,10 +45,10 @@ _END_FIELDS = ("decode_time_ms", "decode_ms")  # the store fills these in `end` 
 _RECORD_SKIP = ("job_id", "text")
 _PAGE = 500  # job hashes read per pipeline when listing jobs
 # How long a reader waits for a queued job admitted here to start here before it waits in the shared
-# read instead (which a start here interrupts too): this replica's dispatcher looks at the job at
-# once, so it usually starts within a few ms; a job another replica takes meanwhile is late by at
-# most this much to such a reader.
-_EXPECTED_S = 0.05
+# read instead (which a start here interrupts too). It is let go at once when the job starts or ends
+# here, and when another replica takes or ends it (the `elsewhere` signal): this bounds only a wait
+# whose word was lost (pub/sub delivers at most once) or a job that stays queued this long.
+_EXPECTED_S = 1.0
 _EXPECTED_MAX = 4096  # jobs admitted here and not yet started or ended, remembered at most
 LOST_MESSAGE = (
     "the state backend (Redis) lost this job's data (it restarted empty, or evicted the job's keys); "
@@ -94,7 +94,7 @@ class RedisStore:
         # Scripts and the request path's commands share one pipelined connection (redis_line).
         line_url = url if self._node is None else None
         self._scripts = Scripts(line_url, prefix, self.options.timeout_s, node=self._node)
-        self._signals = Signals(self._reader, prefix)
+        self._signals = Signals(self._reader, prefix, self.owner, self._elsewhere)
         self._leases = RedisLeases(self._scripts, self.options.lease_ttl_s, self.owner)
         self.leases: LeaseStore = self._leases
         self._logs = LocalLogs(
@@ -136,6 +136,9 @@ class RedisStore:
         if self._epoch is None:  # the data's epoch exists before this replica's first job
             await self.lost_since()
         p = self.policy
+        expected = () if wake_all else ("expected_by", self.owner)  # lua/common.lua expected_elsewhere
+        if not wake_all:
+            self._signals.start()  # so that this instance hears if another takes it
         reply = await self._scripts.run(
             "create",
             _entry_json(entry),
@@ -147,6 +150,7 @@ class RedisStore:
             "1" if wake_all else "0",
             self._unread_ms,
             *_record_fields(record),
+            *expected,
         )
         if reply[0] == "rejected":
             return Rejected(cast(Any, reply[1]), p.full_policy)
@@ -168,6 +172,15 @@ class RedisStore:
         """The job admitted here started here, or ended: its readers here stop waiting for it."""
         expected = self._expected.pop(job_id, None)
         if expected is not None:
+            expected.set()
+
+    def _elsewhere(self, job_id: str | None) -> None:
+        """Another instance took or ended a job admitted here to run here (None: perhaps some, while
+        the signals were away): its readers here read it from Redis now."""
+        if job_id is not None:
+            self._arrived(job_id)
+            return
+        for expected in self._expected.values():
             expected.set()
 
     async def get(self, job_id: str) -> JobRecord | None:

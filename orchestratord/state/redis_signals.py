@@ -1,14 +1,16 @@
 """Notifications between orchestrator replicas over Redis pub/sub: cancel requests (a job id, for
 whichever replica runs it), wake-ups (work may be taken: a job was queued, a slot or a tenant's
-concurrency came free), and operators' pool changes (drain, undrain, reload). One subscription per
-instance; it reconnects by itself after Redis returns, and then wakes the dispatcher and reads the
-recorded pool changes, in case something was missed while it was gone."""
+concurrency came free), operators' pool changes (drain, undrain, reload), and, on each instance's own
+channel, word that a job it admitted to run itself was taken or ended elsewhere (take.lua, common.lua
+`finish_job`). One subscription per instance; it reconnects by itself after Redis returns, and then
+wakes the dispatcher, reads the recorded pool changes and lets go of every reader waiting for a local
+run (`elsewhere(None)`), in case something was missed while it was gone."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -22,11 +24,16 @@ _BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 class Signals:
-    def __init__(self, client: Client, prefix: str) -> None:
+    def __init__(
+        self, client: Client, prefix: str, owner: str, elsewhere: Callable[[str | None], None]
+    ) -> None:
         self._client = client
         self.cancel_channel = f"{prefix}cancel"
         self.wake_channel = f"{prefix}wake"
         self.pools_channel = f"{prefix}pools"
+        self.elsewhere_channel = f"{prefix}elsewhere:{owner}"  # lua/common.lua `elsewhere`
+        self._elsewhere = elsewhere
+        self._listened = False  # subscribed before (a subscription now is a return)
         self._cancels: asyncio.Queue[str] = asyncio.Queue()
         # a pool change as published, or None: (re)subscribed, read the recorded state again
         self._pool_changes: asyncio.Queue[str | None] = asyncio.Queue()
@@ -60,12 +67,17 @@ class Signals:
             pubsub: Any = None
             try:
                 pubsub = await subscriber(self._client)
-                await pubsub.subscribe(self.cancel_channel, self.wake_channel, self.pools_channel)
+                await pubsub.subscribe(
+                    self.cancel_channel, self.wake_channel, self.pools_channel, self.elsewhere_channel
+                )
                 if failures:
                     log.info("state_backend_reconnected", channel="signals")
                 failures = 0
                 self._wake.set()
                 self._pool_changes.put_nowait(None)
+                if self._listened:  # again: words for this instance may have been lost meanwhile
+                    self._elsewhere(None)
+                self._listened = True
                 await self._relay(pubsub)
             except (*UNREACHABLE, RedisError) as exc:  # task root: resubscribe, never stop listening
                 if failures == 0:
@@ -86,6 +98,8 @@ class Signals:
                 self._cancels.put_nowait(str(message["data"]))
             elif message["channel"] == self.pools_channel:
                 self._pool_changes.put_nowait(str(message["data"]))
+            elif message["channel"] == self.elsewhere_channel:
+                self._elsewhere(str(message["data"]))
             else:
                 self._wake.set()
 

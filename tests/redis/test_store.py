@@ -471,6 +471,40 @@ async def test_a_reader_of_a_job_admitted_to_run_here_reads_it_from_the_process(
     assert a._tail.waiting == 0 and a._tail._task is None, "it never waited in the shared read"
 
 
+@pytest.mark.parametrize("elsewhere", ["taken", "canceled"])
+async def test_a_reader_waiting_for_a_local_run_hears_when_another_instance_takes_or_ends_it(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch, elsewhere: str
+) -> None:
+    """A reader on A of a job A admitted to run itself waits for the run in the process; when B takes
+    the job (or cancels it) instead, B's script tells A on A's own channel, and the reader goes on
+    from Redis at once rather than after its wait's bound (an hour here, so only the word can end it)."""
+    monkeypatch.setattr("orchestratord.state.redis._EXPECTED_S", 3600.0)
+    a, b = make_store(), make_store()
+    assert isinstance(await a.create(record("j1"), entry("j1"), wake_all=False), Admitted)
+    await a.append("j1", "started", {"job_id": "j1", "queue_position": 0})
+    seen: list[str] = []
+
+    async def tail() -> None:
+        async for event in a.read("j1"):
+            seen.append(event.name)
+
+    task = asyncio.create_task(tail())
+    for _ in range(250):
+        if seen:
+            break
+        await asyncio.sleep(0.02)
+    assert seen == ["started"]
+    await asyncio.sleep(0.2)  # the reader waits for a run here
+    if elsewhere == "taken":
+        await run_on(b, "j1")
+        await b.append_token("j1", "a")
+        await b.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+    else:
+        await b.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    await asyncio.wait_for(task, 10)
+    assert seen == (["started", "token", "end"] if elsewhere == "taken" else ["started", "end"])
+
+
 async def test_the_owners_good_end_gives_its_slot_back_in_the_same_step(make_store: MakeStore) -> None:
     from pool_manager.leases import Lease
 

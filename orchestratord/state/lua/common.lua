@@ -6,7 +6,8 @@
 --
 -- Keys (P = prefix):
 --   P job:<id>        hash    the job record, plus `entry` (its queue entry as JSON), `seq`, `claim`
---                             (the orchestrator instance that took it), `taken`, `requeued`
+--                             (the orchestrator instance that took it), `taken`, `requeued`,
+--                             `expected_by` (the instance that admitted it to run itself, until taken)
 --   P text:<id>       string  the concatenated token text
 --   P log:<id>        stream  the event log: fields n (event name) and d (JSON data)
 --   P news            stream  field j: the ids (space-separated) of jobs whose logs one script grew;
@@ -32,7 +33,8 @@
 --   P readers:<inst>  hash    job -> that instance's readers (counted out when it stops renewing)
 --   P unread          zset    job -> when (ms) it is canceled if still unread (cancel_on_disconnect)
 --   P catalog         hash    model id -> catalog entry JSON;  P catalog:v  string  its version
---   channels P wake (work may be taken) and P cancel (job ids)
+--   channels P wake (work may be taken), P cancel (job ids) and P elsewhere:<instance> (job ids:
+--   `expected_elsewhere`)
 
 local P = ARGV[1]
 local SEP = '\31'
@@ -283,6 +285,17 @@ local function news(jobs)
   end
 end
 
+-- A job that an instance admitted to run itself (`expected_by`, set by its create) is taken, by
+-- `owner`, or ends ('' : whoever ends it): if not by that instance, the instance hears of it on its own
+-- channel, and its readers waiting for a local run read the log from Redis at once.
+local function expected_elsewhere(h, job, owner)
+  local by = redis.call('HGET', h, 'expected_by')
+  if by then
+    redis.call('HDEL', h, 'expected_by')
+    if by ~= owner then redis.call('PUBLISH', K('elsewhere:' .. by), job) end
+  end
+end
+
 local function release_lease(job)
   local where = redis.call('HGET', K('leases'), job)
   if not where then return nil end
@@ -320,6 +333,7 @@ local function finish_job(job, state, name, data, now, retention_ms, fields, cou
   end
   if taken == '1' then decr(K('run:tenants'), tenant) end
   redis.call('ZREM', K('alive'), job)
+  expected_elsewhere(h, job, '')
   ensure_started(job)
   local id = redis.call('XADD', K('log:' .. job), '*', 'n', name, 'd', payload)
   news({job})

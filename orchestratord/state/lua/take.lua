@@ -59,6 +59,7 @@ local vtime = tonumber(redis.call('GET', K('q:vtime')) or '0')
 redis.call('SET', K('q:vtime'), num(math.max(vtime, best.tag)))
 redis.call('HSET', K('q:tags'), best.flow, num(best.tag + e.cost / weight(policy, e.tenant, e.priority)))
 redis.call('HSET', K('job:' .. job), 'claim', owner, 'taken', '1')
+expected_elsewhere(K('job:' .. job), job, owner)
 redis.call('HINCRBY', K('run:tenants'), e.tenant, 1)
 redis.call('ZADD', K('alive'), now_ms() + ttl, job)
 return {stored, redis.call('HGETALL', K('job:' .. job)), redis.call('GET', K('text:' .. job)) or ''}
