@@ -644,3 +644,30 @@ async def test_a_waiting_reader_gets_each_batch_through_the_news_and_only_its_lo
         await writer.finish(job, JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
     await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert all(names[-1] == "end" for names in seen.values())
+
+
+async def test_a_batch_sent_again_after_its_reply_was_lost_is_written_once(make_store: MakeStore) -> None:
+    """`append_events` skips the events of a batch that the log already holds (an earlier attempt ran
+    but its reply was lost): sent again with new events after it, only the new ones are added."""
+    a = make_store()
+    await admit(a, "j1")
+    await run_on(a, "j1")
+    newest = (await events_in_redis(a, "j1"))[-1][0]
+    ms = int(newest.split("-")[0]) + 1
+
+    def batch(*seqs: int) -> list[str | int]:
+        out: list[str | int] = []
+        for seq in seqs:
+            out += [f"{ms}-{seq}", "token", f'{{"t":"{seq}","i":{seq}}}', str(seq)]
+        return out
+
+    assert await a._scripts.run("append_events", a.owner, "j1", 2, 2, *batch(0, 1)) == [1]
+    assert await a._scripts.run("append_events", a.owner, "j1", 4, 4, *batch(0, 1, 2, 3)) == [1]
+    assert await a._scripts.run("append_events", a.owner, "j1", 4, 2, *batch(2, 3)) == [1]
+    tokens = [fields["d"] for _, fields in await events_in_redis(a, "j1") if fields["n"] == "token"]
+    assert tokens == [f'{{"t":"{i}","i":{i}}}' for i in range(4)]
+    assert await a._scripts.call("GET", a._key("text:j1")) == "0123"
+
+
+async def events_in_redis(store: RedisStore, job_id: str) -> list[tuple[str, dict[str, str]]]:
+    return list(await store._scripts.call("XRANGE", store._key(f"log:{job_id}"), "-", "+"))

@@ -20,12 +20,22 @@ local function append(job, owner, tokens_out, first, count)
     top_ms, top_seq = tonumber(ms), tonumber(seq)
   end
   local text, grew = {}, false
-  for a = first, first + 4 * (count - 1), 4 do
-    local ms, seq = string.match(ARGV[a], '^(%d+)-(%d+)$')
-    ms, seq = tonumber(ms), tonumber(seq)
-    if ms > top_ms or (ms == top_ms and seq > top_seq) then
+  local last = first + 4 * (count - 1)
+  -- A batch's ids increase (one instance gives them, in order): when its first is past the log's
+  -- newest, all are, and none is compared (most batches: only a retried one was partly written).
+  local ms, seq = string.match(ARGV[first], '^(%d+)-(%d+)$')
+  ms, seq = tonumber(ms), tonumber(seq)
+  local fresh = ms > top_ms or (ms == top_ms and seq > top_seq)
+  for a = first, last, 4 do
+    local new = fresh
+    if not fresh then
+      ms, seq = string.match(ARGV[a], '^(%d+)-(%d+)$')
+      ms, seq = tonumber(ms), tonumber(seq)
+      new = ms > top_ms or (ms == top_ms and seq > top_seq)
+      if new then top_ms, top_seq = ms, seq end
+    end
+    if new then
       redis.call('XADD', log, ARGV[a], 'n', ARGV[a + 1], 'd', ARGV[a + 2])
-      top_ms, top_seq = ms, seq
       grew = true
       if ARGV[a + 3] ~= '' then text[#text + 1] = ARGV[a + 3] end
     end
