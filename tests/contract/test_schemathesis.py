@@ -267,6 +267,9 @@ def test_stateful_links_conform(make_server: Callable[..., LoopbackServer]) -> N
         settings=settings(
             max_examples=40,
             stateful_step_count=6,
+            # The same walks every run: random ones missed the POST -> cancel link now and then, and the
+            # last assertion failed on luck alone (about one run in five, seen alone and in a full run).
+            derandomize=True,
             deadline=None,
             suppress_health_check=list(HealthCheck),
             database=None,
@@ -276,7 +279,7 @@ def test_stateful_links_conform(make_server: Callable[..., LoopbackServer]) -> N
     assert seen[("POST /v1/tasks", 202)] > 0
     assert seen[("GET /v1/tasks/{job_id}/stream", 200)] > 0
     assert seen[("GET /v1/tasks/{job_id}", 200)] > 0
-    assert seen[("POST /v1/tasks/{job_id}/cancel", 204)] > 0
+    assert seen[("POST /v1/tasks/{job_id}/cancel", 204)] > 0, seen
 
 
 def test_the_checks_see_a_response_that_breaks_the_contract(live: LoopbackServer) -> None:
