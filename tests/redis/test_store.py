@@ -442,11 +442,9 @@ async def test_only_work_another_replica_may_take_wakes_the_other_replicas(make_
     listener.cancel()
 
 
-async def test_a_reader_of_a_job_admitted_to_run_here_reads_it_from_the_process(
-    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("orchestratord.state.redis._EXPECTED_S", 5.0)  # however slow the machine
-    a = make_store()
+async def reading_a_job_admitted_to_run_here(a: RedisStore) -> tuple[list[str], asyncio.Task[None]]:
+    """Admit j1 on `a` for `a` to run, announce it, and start a reader on `a`; returns the names of the
+    events the reader got (its `started` so far) and its task."""
     assert isinstance(await a.create(record("j1"), entry("j1"), wake_all=False), Admitted)
     await a.append("j1", "started", {"job_id": "j1", "queue_position": 0})
     seen: list[str] = []
@@ -461,6 +459,15 @@ async def test_a_reader_of_a_job_admitted_to_run_here_reads_it_from_the_process(
             break
         await asyncio.sleep(0.02)
     assert seen == ["started"]
+    return seen, task
+
+
+async def test_a_reader_of_a_job_admitted_to_run_here_reads_it_from_the_process(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("orchestratord.state.redis._EXPECTED_S", 5.0)  # however slow the machine
+    a = make_store()
+    seen, task = await reading_a_job_admitted_to_run_here(a)
     await asyncio.sleep(0.3)  # the run starts a while later: the reader waits for it, not in Redis
     await run_on(a, "j1")
     for text in ("a", "b"):
@@ -480,20 +487,7 @@ async def test_a_reader_waiting_for_a_local_run_hears_when_another_instance_take
     from Redis at once rather than after its wait's bound (an hour here, so only the word can end it)."""
     monkeypatch.setattr("orchestratord.state.redis._EXPECTED_S", 3600.0)
     a, b = make_store(), make_store()
-    assert isinstance(await a.create(record("j1"), entry("j1"), wake_all=False), Admitted)
-    await a.append("j1", "started", {"job_id": "j1", "queue_position": 0})
-    seen: list[str] = []
-
-    async def tail() -> None:
-        async for event in a.read("j1"):
-            seen.append(event.name)
-
-    task = asyncio.create_task(tail())
-    for _ in range(250):
-        if seen:
-            break
-        await asyncio.sleep(0.02)
-    assert seen == ["started"]
+    seen, task = await reading_a_job_admitted_to_run_here(a)
     await asyncio.sleep(0.2)  # the reader waits for a run here
     if elsewhere == "taken":
         await run_on(b, "j1")
