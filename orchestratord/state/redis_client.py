@@ -181,8 +181,9 @@ async def subscriber(client: Client) -> Any:
 class SlotNode:
     """On a Redis Cluster, a plain client of the node that holds the deployment's hash slot, for
     transactions (MULTI/EXEC, WATCH): redis-py's cluster client runs a transaction's commands through a
-    thread and an event loop of its own. Found from the cluster's slot map when first needed, and again
-    after the slot moved (MOVED)."""
+    thread and an event loop of its own. Found from the cluster's slot map when first needed; after the
+    slot moved, the node the MOVED reply names (the cluster client's own map may refresh later: redis-py
+    spaces its refreshes out)."""
 
     def __init__(self, cluster: RedisCluster, url: str, options: RedisOptions, prefix: str) -> None:
         self._cluster = cluster
@@ -192,6 +193,7 @@ class SlotNode:
         self._client: aioredis.Redis | None = None
         self._line: Line | None = None
         self._blocking: Line | None = None
+        self._moved_to: tuple[str, int] | None = None  # the node a MOVED reply named
 
     @classmethod
     def of(cls, client: Client, url: str, options: RedisOptions, prefix: str) -> SlotNode | None:
@@ -216,21 +218,25 @@ class SlotNode:
         return self._line
 
     async def _node_url(self) -> str:
-        await self._cluster.initialize()  # the slot map; at once when it is known
-        node = self._cluster.get_node_from_key(self._anchor)
-        if node is None:
-            raise RedisClusterException(f"no node of the cluster holds the slot of {self._anchor}")
+        if self._moved_to is not None:
+            host, port = self._moved_to
+        else:
+            await self._cluster.initialize()  # the slot map; at once when it is known
+            node = self._cluster.get_node_from_key(self._anchor)
+            if node is None:
+                raise RedisClusterException(f"no node of the cluster holds the slot of {self._anchor}")
+            host, port = node.host, int(node.port)
         parts = urlsplit(self._url)
         auth = parts.netloc.rpartition("@")[0]
-        netloc = f"{auth}@{node.host}:{node.port}" if auth else f"{node.host}:{node.port}"
+        netloc = f"{auth}@{host}:{port}" if auth else f"{host}:{port}"
         return parts._replace(netloc=netloc).geturl()
 
-    async def moved(self) -> None:
-        """The slot is elsewhere now: read the slot map again before the next transaction."""
+    async def moved(self, reply: MovedError) -> None:
+        """The slot is elsewhere now, on the node `reply` names: the next call goes there."""
         stale, self._client = self._client, None
         lines = [line for line in (self._line, self._blocking) if line is not None]
         self._line = self._blocking = None
-        self._cluster._initialize = True
+        self._moved_to = (reply.host, int(reply.port))
         if stale is not None:
             await stale.aclose()
         for line in lines:
@@ -296,9 +302,9 @@ class Scripts:
                 else:
                     line = await self.node.line(blocking=True)
                 return _shaped(command, await line.execute(*command))
-        except MovedError:
+        except MovedError as exc:
             if self.node is not None:
-                await self.node.moved()
+                await self.node.moved(exc)
             raise
         except Exception as exc:  # noqa: BLE001 (_reraise raises it again, or what it means)
             _reraise(exc)
@@ -312,8 +318,8 @@ class Scripts:
                     return await send(cast(Line, self.line))
                 try:
                     return await send(await self.node.line())
-                except MovedError:  # the cluster moved the deployment's slot: to its node now
-                    await self.node.moved()
+                except MovedError as exc:  # the cluster moved the deployment's slot: to its node now
+                    await self.node.moved(exc)
                 try:
                     return await send(await self.node.line())
                 except MovedError as exc:  # still moving: not a misconfiguration, a retry later

@@ -45,8 +45,8 @@ class Documents:
                 return await _update(cast(aioredis.Redis, self._client), key, cls, change, ttl_ms)
             try:
                 return await _update(await self._node.client(), key, cls, change, ttl_ms)
-            except MovedError:  # the cluster moved the deployment's slot: to its node now
-                await self._node.moved()
+            except MovedError as exc:  # the cluster moved the deployment's slot: to its node now
+                await self._node.moved(exc)
             try:
                 return await _update(await self._node.client(), key, cls, change, ttl_ms)
             except MovedError as exc:  # still moving: not a misconfiguration, a retry later
