@@ -36,7 +36,7 @@ from orchestratord.state.redis_documents import Documents
 from orchestratord.state.redis_leases import RedisLeases
 from orchestratord.state.redis_local import RETRY_S, LocalLogs
 from orchestratord.state.redis_signals import Signals
-from orchestratord.state.redis_tail import COUNT, Entry, Tail, Waiter, stream_order
+from orchestratord.state.redis_tail import COUNT, Entry, Tail, Waiter, events_of, stream_order
 from orchestratord.state.shared import Abandoned, CatalogOp, PoolChange, ReapAction, Reaped, SharedState
 from pool_manager.leases import LeaseStore
 
@@ -218,7 +218,7 @@ class RedisStore:
         if reply is None:
             return None
         entries, record, text = reply
-        self._logs.open(job_id, [(event_id, _fields(flat)) for event_id, flat in entries])
+        self._logs.open(job_id, events_of((event_id, _fields(flat)) for event_id, flat in entries))
         self._tail.nudge(self._key(f"log:{job_id}"))  # its readers here go on from the local log
         self._arrived(job_id)
         return _record(job_id, _fields(record), text)
@@ -406,12 +406,11 @@ class RedisStore:
                     else:
                         continue
                 if queued is None:
-                    queued = bool(batch) and all(fields["n"] == "started" for _, fields in batch)
+                    queued = bool(batch) and all(event.name == "started" for event in batch)
                 else:
                     queued = False  # waited for it once already
-                for event_id, fields in batch:
-                    cursor = event_id
-                    event = LogEvent(event_id, fields["n"], fields["d"])
+                for event in batch:
+                    cursor = event.id
                     yield event
                     if event.terminal:
                         return
@@ -430,8 +429,8 @@ class RedisStore:
             self._expected.pop(job_id, None)  # not started in time (taken elsewhere?): read Redis
         return self._logs.get(job_id) is not None
 
-    async def _next(self, waiter: Waiter, key: str, cursor: str) -> list[Entry] | None:
-        """The entries after `cursor` that the shared read brings; None if none came in `block_s`."""
+    async def _next(self, waiter: Waiter, key: str, cursor: str) -> list[LogEvent] | None:
+        """The events after `cursor` that the shared read brings; None if none came in `block_s`."""
         if waiter.behind or waiter.paging:
             # It fell behind the shared read, which dropped batches for it: from now on the shared read
             # queues batches for it again, and it reads the log itself from where it is, page by page,
@@ -440,17 +439,19 @@ class RedisStore:
                 waiter.behind = False
                 while not waiter.got.empty():
                     waiter.got.get_nowait()
-            page = await self._xread(key, cursor)
+            page = await self._xread_entries(key, cursor)
             waiter.paging = len(page) == COUNT
-            return page
+            return events_of(page, cursor)
         try:
             entries = await asyncio.wait_for(waiter.got.get(), self.options.block_s)
         except TimeoutError:
             return None
-        after = stream_order(cursor)
-        return [entry for entry in entries if stream_order(entry[0]) > after]
+        return events_of(entries, cursor)
 
-    async def _xread(self, key: str, cursor: str) -> list[Entry]:
+    async def _xread(self, key: str, cursor: str) -> list[LogEvent]:
+        return events_of(await self._xread_entries(key, cursor), cursor)
+
+    async def _xread_entries(self, key: str, cursor: str) -> list[Entry]:
         reply: Any = await self._scripts.call("XREAD", "COUNT", COUNT, "STREAMS", key, cursor)
         return cast(list[Entry], reply[0][1]) if reply else []
 

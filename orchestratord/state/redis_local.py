@@ -4,9 +4,11 @@ A job's run starts with what its log holds in Redis (`started` and the queue's `
 the `start` script); from then on every event the run produces (tokens, progress, tool calls) gets its
 id here, `<ms>-<seq>` after the newest id of the log, and goes into the local log at once. The same
 events, with the same ids, reach Redis behind the run (`append_events.lua`), in order, each batch
-taking everything that arrived while the previous one was on its way; the batches of all the jobs
-this instance runs that are ready together go in one script call (`_Writer`), so at a few hundred
-paced tokens a second the calls are counted by the round trips, not by the tokens. Readers on this
+taking everything that arrived while the previous one was on its way, and stored as one stream entry
+(the batch's records under its last event's id: state/redis_tail.py `events_of` reads them back), so
+Redis does one `XADD` per batch, not per token. The batches of all the jobs this instance runs that
+are ready together go in one script call (`_Writer`), so at a few hundred paced tokens a second the
+calls are counted by the round trips, not by the tokens. Readers on this
 instance are served from the local log, never through Redis: each event as soon as Redis holds it
 (one batch's round trip later), so that they read exactly what a reader on another replica, or a
 reconnect with `Last-Event-ID` on any, reads, even when the job is canceled elsewhere meanwhile.
@@ -15,12 +17,13 @@ The terminal event is the one thing written to Redis first: whoever ends the job
 on any replica, a reaper) does it there, in one step with the state, and the local log takes the
 event Redis answered (or closes without it, and its readers go on reading from Redis).
 
-Redis away: a batch that cannot be written is held and tried again while the run goes on streaming
-to its local readers, who then get each event at once, for as long as the job's claim lives
-(`lease_ttl_s` from the last time this instance reached Redis); past that another replica may have
-reaped the job, and the run gets `StateUnavailable` with its next event. The job gone from Redis
-(restarted empty, keys evicted): the local log ends with a retriable `STATE_LOST` error, and the run
-learns it with its next event.
+Redis away: a batch that cannot be written is held and tried again as it was (its reply may have
+been lost after Redis wrote it: the script then finds its last id written and skips it), while the
+run goes on streaming to its local readers, who then get each event at once, for as long as the job's
+claim lives (`lease_ttl_s` from the last time this instance reached Redis); past that another
+replica may have reaped the job, and the run gets `StateUnavailable` with its next event. The job
+gone from Redis (restarted empty, keys evicted): the local log ends with a retriable `STATE_LOST`
+error, and the run learns it with its next event.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from orchestratord.core.tasks import LogEvent
 from orchestratord.errors import StateUnavailable
 from orchestratord.logs import get_logger
 from orchestratord.state.redis_client import Scripts
-from orchestratord.state.redis_tail import stream_order
+from orchestratord.state.redis_tail import RS, US, stream_order
 
 log = get_logger(__name__)
 
@@ -45,6 +48,19 @@ MAX_PENDING = 8192  # events of one job waiting for Redis; past that the run wai
 RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # between attempts to write to Redis while it is away
 
 Status = Literal["open", "closed", "lost"]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Events of one job on their way to Redis, as one stream entry: `records` (each event's id,
+    name and data joined by US, the events joined by RS), under `last`, the newest event's id;
+    `text`, the text their tokens add; `tokens`, the job's tokens with them."""
+
+    last: str
+    count: int
+    records: str
+    text: str
+    tokens: int
 
 
 @dataclass(slots=True, eq=False)
@@ -59,7 +75,9 @@ class LocalLog:
     seq: int
     tokens: int  # the next token event's index
     reached: float  # monotonic: when Redis last took this log's writes (or started the job)
-    pending: list[str] = field(default_factory=list)  # id, name, data, text of each unwritten event
+    pending: list[str] = field(default_factory=list)  # the record of each event not yet batched
+    texts: list[str] = field(default_factory=list)  # the text they add
+    retry: Batch | None = None  # a batch Redis did not take (it is away): sent again, as it is
     written: str = "0-0"  # the newest id Redis holds
     sent: int = 0  # events[:sent] are in Redis (the rest are pending)
     visible: int = 0  # the events readers are given: those Redis holds, or all while Redis is away
@@ -135,12 +153,12 @@ class _Writer:
     def __init__(self, scripts: Scripts, owner: str) -> None:
         self._scripts = scripts
         self._owner = owner
-        self._waiting: list[tuple[str, int, list[str], asyncio.Future[int]]] = []
+        self._waiting: list[tuple[str, Batch, asyncio.Future[int]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def append(self, job_id: str, tokens_out: int, batch: list[str]) -> int:
+    async def append(self, job_id: str, batch: Batch) -> int:
         reply = asyncio.get_running_loop().create_future()
-        self._waiting.append((job_id, tokens_out, batch, reply))
+        self._waiting.append((job_id, batch, reply))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
         answer: int = await reply
@@ -150,8 +168,8 @@ class _Writer:
         while self._waiting:
             calls, self._waiting = self._waiting, []
             args: list[str | int] = []
-            for job_id, tokens_out, batch, _ in calls:
-                args += [job_id, tokens_out, len(batch) // 4, *batch]
+            for job_id, batch, _ in calls:
+                args += [job_id, batch.tokens, batch.last, batch.records, batch.text]
             try:
                 replies = await self._scripts.run("append_events", self._owner, *args)
             except BaseException as exc:  # each caller holds its batch and tries again (or stops)
@@ -194,11 +212,10 @@ class LocalLogs:
     def get(self, job_id: str) -> LocalLog | None:
         return self._logs.get(job_id)
 
-    def open(self, job_id: str, entries: list[tuple[str, dict[str, str]]]) -> None:
+    def open(self, job_id: str, events: list[LogEvent]) -> None:
         """The job's run starts here, with what its log holds in Redis (a failover keeps its log)."""
         if job_id in self._logs:
             return
-        events = [LogEvent(event_id, fields["n"], fields["d"]) for event_id, fields in entries]
         ms, seq = stream_order(events[-1].id)
         tokens = sum(1 for event in events if event.name == "token")
         self._logs[job_id] = LocalLog(
@@ -226,7 +243,9 @@ class LocalLogs:
                 raise local.error
             return None
         event = LogEvent(local.next_id(int(self._wall() * 1000)), name, data)
-        local.pending += (event.id, name, data, text)
+        local.pending.append(f"{event.id}{US}{name}{US}{data}")
+        if text:
+            local.texts.append(text)
         local.push(event, show=local.held)
         if local.flushing is None:
             local.flushing = asyncio.create_task(self._flush(local))
@@ -246,37 +265,38 @@ class LocalLogs:
 
     def backlog(self, job_id: str) -> bool:
         local = self._logs.get(job_id)
-        return local is not None and len(local.pending) >= 4 * MAX_PENDING
+        return local is not None and len(local.pending) >= MAX_PENDING
 
     async def _flush(self, local: LocalLog) -> None:
         """Write what is pending, batch after batch; a batch Redis cannot take now is held and tried
         again until the claim would have expired."""
         failures = 0
-        while local.pending and local.status == "open":
-            batch, local.pending = local.pending, []
+        while (local.retry is not None or local.pending) and local.status == "open":
+            batch = local.retry or _batch(local)
             try:
-                reply = await self._writer.append(local.job_id, local.tokens, batch)
+                reply = await self._writer.append(local.job_id, batch)
             except (StateUnavailable, RedisError) as exc:
-                local.pending[:0] = batch  # held, ahead of what came meanwhile
+                local.retry = batch  # held, ahead of what comes meanwhile
                 local.held = True  # the local readers stream on without Redis
                 local.show(len(local.events))
                 if self._clock() >= self.alive_until(local):
                     local.error = exc if isinstance(exc, StateUnavailable) else StateUnavailable(str(exc))
-                    log.warning("task_state_backend_gone", job_id=local.job_id, held=len(batch) // 4)
+                    log.warning("task_state_backend_gone", job_id=local.job_id, held=batch.count)
                     break
                 if failures == 0:
                     log.warning("task_events_held", job_id=local.job_id, error=type(exc).__name__)
                 await asyncio.sleep(RETRY_S[min(failures, len(RETRY_S) - 1)])
                 failures += 1
                 continue
+            local.retry = None
             if failures:
                 log.info("task_events_written", job_id=local.job_id, after_attempts=failures + 1)
                 failures = 0
             local.reached = self._clock()
             if int(reply) > 0:  # Redis holds them: the readers get them
                 local.held = False
-                local.written = batch[-4]
-                local.sent += len(batch) // 4
+                local.written = batch.last
+                local.sent += batch.count
                 local.show(local.sent)
             elif int(reply) < 0:
                 self.lose(local.job_id)
@@ -316,6 +336,7 @@ class LocalLogs:
             return
         local.status = "lost"
         local.pending.clear()
+        local.retry = None
         log.warning("task_state_lost", job_id=job_id)
         local.push(self._lost(job_id, local.next_id(int(self._wall() * 1000))))
 
@@ -324,3 +345,10 @@ class LocalLogs:
         for job_id in list(self._logs):
             await self.settle(job_id)
         self._logs.clear()
+
+
+def _batch(local: LocalLog) -> Batch:
+    """What is pending of `local`, as the next batch (the newest id given is its last event's)."""
+    records, local.pending = local.pending, []
+    texts, local.texts = local.texts, []
+    return Batch(f"{local.ms}-{local.seq}", len(records), RS.join(records), "".join(texts), local.tokens)

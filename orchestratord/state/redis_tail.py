@@ -21,12 +21,13 @@ call, and the pub/sub subscription, whatever the number of open streams.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from orchestratord.core.tasks import LogEvent
 from orchestratord.errors import StateUnavailable
 from orchestratord.logs import get_logger
 from orchestratord.state.redis_client import UNREACHABLE, Scripts
@@ -41,6 +42,35 @@ def stream_order(event_id: str) -> tuple[int, int]:
     """A Redis stream id (`<ms>-<seq>`) as the pair it orders by."""
     ms, _, seq = event_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+# A log's entries are of two kinds. One event (`started`, what a queued job is given, the terminal
+# event): fields `n` (its name) and `d` (its data), under the event's own id. A run's batch
+# (append_events.lua, written behind the run by state/redis_local.py): field `e`, the events' records
+# joined by RS, each its id, name and data joined by US, under the id of the batch's last event; so an
+# entry's id is always the newest event id it holds, and reading after an id returns every event past
+# it (the first entry read may also hold some at or before it, which are skipped). Neither separator
+# occurs in an id, an event name or JSON text (whose strings escape every control character).
+RS, US = "\x1e", "\x1f"
+
+
+def events_of(entries: Iterable[Entry], after: str | None = None) -> list[LogEvent]:
+    """The events of a log's entries, in order, those after the id `after` only."""
+    mark = stream_order(after) if after else None
+    out: list[LogEvent] = []
+    for entry_id, fields in entries:
+        if mark is not None and stream_order(entry_id) <= mark:
+            continue
+        records = fields.get("e")
+        if records is None:
+            out.append(LogEvent(entry_id, fields["n"], fields["d"]))
+        else:
+            events = [LogEvent._make(record.split(US, 2)) for record in records.split(RS)]
+            if mark is not None:  # only the first entry past the mark may straddle it
+                events = [event for event in events if stream_order(event.id) > mark]
+            out += events
+        mark = None
+    return out
 
 
 NEWS_COUNT = 1000  # `news` entries per read (the stream keeps about 10,000: lua/common.lua NEWS_KEEP)

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestratord.state.redis_tail import events_of
 from tests.fakes.sse import Event, parse_frames
 from tests.redis.conftest import Deployment, RedisServer, running_redis, start_deployment
 from tests.redis.test_failover import submit
@@ -94,8 +95,8 @@ def assert_whole(deployment: Deployment, job: dict[str, str], reader: Reader) ->
     assert events[-1].event == "end", events[-1]
     indices = [e.data["i"] for e in events if e.event == "token"]
     assert indices == list(range(len(indices))) and len(indices) == events[-1].data["tokens_out"]
-    stored = deployment.redis.client().xrange(deployment.keys(f"log:{job['job_id']}"))
-    assert [(event_id, f["n"], f["d"]) for event_id, f in stored] == [(e.id, e.event, e.raw) for e in events]
+    stored = events_of(deployment.redis.client().xrange(deployment.keys(f"log:{job['job_id']}")))
+    assert [tuple(event) for event in stored] == [(e.id, e.event, e.raw) for e in events]
 
 
 def test_redis_frozen_for_ten_seconds_ends_no_running_job(own_redis: RedisServer, tmp_path: Path) -> None:

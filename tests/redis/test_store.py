@@ -20,6 +20,7 @@ from orchestratord.state.base import JobRecord, SessionRecord
 from orchestratord.state.memory import MemoryStore
 from orchestratord.state.redis import RedisStore
 from orchestratord.state.redis_client import tagged
+from orchestratord.state.redis_tail import RS, US, events_of
 from tests.fakes.servers import free_port
 from tests.redis.conftest import RedisTarget, standalone_and_cluster
 
@@ -641,27 +642,44 @@ async def test_a_waiting_reader_gets_each_batch_through_the_news_and_only_its_lo
 
 
 async def test_a_batch_sent_again_after_its_reply_was_lost_is_written_once(make_store: MakeStore) -> None:
-    """`append_events` skips the events of a batch that the log already holds (an earlier attempt ran
-    but its reply was lost): sent again with new events after it, only the new ones are added."""
+    """`append_events` skips a batch whose last id the log already holds (an earlier attempt ran but
+    its reply was lost), its text with it; the batch after it is added."""
     a = make_store()
     await admit(a, "j1")
     await run_on(a, "j1")
-    newest = (await events_in_redis(a, "j1"))[-1][0]
+    newest = (await events_in_redis(a, "j1"))[-1].id
     ms = int(newest.split("-")[0]) + 1
 
     def batch(*seqs: int) -> list[str | int]:
-        out: list[str | int] = []
-        for seq in seqs:
-            out += [f"{ms}-{seq}", "token", f'{{"t":"{seq}","i":{seq}}}', str(seq)]
-        return out
+        records = [f'{ms}-{seq}{US}token{US}{{"t":"{seq}","i":{seq}}}' for seq in seqs]
+        return [f"{ms}-{seqs[-1]}", RS.join(records), "".join(str(seq) for seq in seqs)]
 
-    assert await a._scripts.run("append_events", a.owner, "j1", 2, 2, *batch(0, 1)) == [1]
-    assert await a._scripts.run("append_events", a.owner, "j1", 4, 4, *batch(0, 1, 2, 3)) == [1]
-    assert await a._scripts.run("append_events", a.owner, "j1", 4, 2, *batch(2, 3)) == [1]
-    tokens = [fields["d"] for _, fields in await events_in_redis(a, "j1") if fields["n"] == "token"]
+    assert await a._scripts.run("append_events", a.owner, "j1", 2, *batch(0, 1)) == [1]
+    assert await a._scripts.run("append_events", a.owner, "j1", 2, *batch(0, 1)) == [1]
+    assert await a._scripts.run("append_events", a.owner, "j1", 4, *batch(2, 3)) == [1]
+    tokens = [event.data for event in await events_in_redis(a, "j1") if event.name == "token"]
     assert tokens == [f'{{"t":"{i}","i":{i}}}' for i in range(4)]
     assert await a._scripts.call("GET", a._key("text:j1")) == "0123"
 
 
-async def events_in_redis(store: RedisStore, job_id: str) -> list[tuple[str, dict[str, str]]]:
-    return list(await store._scripts.call("XRANGE", store._key(f"log:{job_id}"), "-", "+"))
+async def test_a_batch_is_one_stream_entry_and_a_reader_resumes_inside_it(make_store: MakeStore) -> None:
+    """The tokens handed over while no batch is on its way go to Redis as one stream entry; a reader
+    on another instance resuming from an id inside it gets exactly the events after that id."""
+    a, b = make_store(), make_store()
+    await admit(a, "j1")
+    await run_on(a, "j1")
+    before = int(await a._scripts.call("XLEN", a._key("log:j1")))
+    for text in "abcde":
+        assert await a.append_token("j1", text) is True
+    await a.flush("j1")
+    assert int(await a._scripts.call("XLEN", a._key("log:j1"))) == before + 1
+    tokens = [e for e in await events_in_redis(a, "j1") if e.name == "token"]
+    assert [orjson.loads(e.data)["t"] for e in tokens] == list("abcde")
+    await a.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+    rest = await events(b, "j1", after=tokens[2].id)
+    assert [(e.id, e.name) for e in rest[:2]] == [(tokens[3].id, "token"), (tokens[4].id, "token")]
+    assert [e.name for e in rest] == ["token", "token", "end"]
+
+
+async def events_in_redis(store: RedisStore, job_id: str) -> list[LogEvent]:
+    return events_of(await store._scripts.call("XRANGE", store._key(f"log:{job_id}"), "-", "+"))

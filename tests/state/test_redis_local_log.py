@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from redis.exceptions import RedisError
+
 from orchestratord.core.tasks import LogEvent
-from orchestratord.state.redis_local import LocalLog
+from orchestratord.state.redis_local import LocalLog, LocalLogs
+from orchestratord.state.redis_tail import RS, US
 
 
 async def test_a_reader_that_read_ahead_in_redis_gets_nothing_twice_from_the_local_log() -> None:
@@ -29,3 +32,42 @@ async def test_a_reader_that_read_ahead_in_redis_gets_nothing_twice_from_the_loc
     log.show(5)  # the reply: every event is visible here now
     await asyncio.wait_for(reader, 1)
     assert got == ["100-4"]
+
+
+async def test_a_batch_redis_did_not_take_is_sent_again_as_it_was_and_what_came_meanwhile_after_it() -> None:
+    """Redis away: the batch is held and sent again unchanged (its reply may have been lost after
+    Redis wrote it, and `append_events` recognizes it by its last id); events added meanwhile go in
+    the next batch, never merged into the held one."""
+    calls: list[tuple[object, ...]] = []
+    gate = asyncio.Event()
+
+    class Scripts:
+        async def run(self, name: str, *args: object) -> list[int]:
+            calls.append(args)
+            if len(calls) == 1:
+                await gate.wait()
+                raise RedisError("connection lost")
+            return [1]
+
+    logs = LocalLogs(
+        Scripts(),  # type: ignore[arg-type]
+        "me",
+        claim_ttl_s=60.0,
+        renewed=lambda: 0.0,
+        lost=lambda job, event_id: LogEvent(event_id, "error", "{}"),
+        wall=lambda: 200.0,
+    )
+    logs.open("j1", [LogEvent("100-0", "started", "{}")])
+    logs.token("j1", '"a"', "a", "")
+    logs.token("j1", '"b"', "b", "")
+    await asyncio.sleep(0)  # the first batch is on its way
+    logs.token("j1", '"c"', "c", "")
+    gate.set()
+    await logs.settle("j1")
+    first, again, after = ([arg for arg in call[1:]] for call in calls)
+    assert len(calls) == 3 and again == first
+    assert first[:3] == ["j1", 2, "200000-1"] and first[4] == "ab"
+    assert [record.split(US)[0] for record in first[3].split(RS)] == ["200000-0", "200000-1"]
+    assert after[:3] == ["j1", 3, "200000-2"] and after[3].split(US)[:2] == ["200000-2", "token"]
+    local = logs.get("j1")
+    assert local is not None and local.written == "200000-2" and local.sent == 4
