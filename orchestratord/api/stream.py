@@ -92,21 +92,24 @@ class _EventStream(EventSourceResponse):
 
 
 async def frames(services: Services, job_id: str, after: str | None) -> AsyncIterator[bytes]:
-    """Tail the event log. A reader never touches the engine: leaving only updates presence.
+    """Tail the event log. A reader never touches the engine: leaving only updates presence, and a
+    reader that read the log to its end (the job has ended: nothing is left to cancel) leaves as it is
+    (the store forgets its count with the job).
 
     If a shared state backend goes away mid-stream, the stream ends without a terminal event: the
     client reconnects with Last-Event-ID (503 with Retry-After until the backend is back) and loses
     nothing."""
-    attached = False
+    attached = ended = False
     try:
         await services.presence.attach(job_id)
         attached = True
         async for chunk in coalesced(services.store.read(job_id, after)):
             yield chunk
+        ended = True  # `read` ends by itself only once the job has ended
     except StateUnavailable:
         log.warning("stream_lost_state_backend", job_id=job_id)
     finally:
-        if attached:
+        if attached and not ended:
             await asyncio.shield(services.presence.detach(job_id))
 
 

@@ -111,6 +111,9 @@ class RedisStore:
         # Jobs this instance admitted to run itself (`create` with wake_all=False), until their run
         # starts here or they end: a reader here waits for the local log rather than read Redis.
         self._expected: dict[str, asyncio.Event] = {}
+        # The `started` event this instance wrote for such a job (as Redis holds it): its first reader
+        # here is given it without reading Redis, then waits for the run.
+        self._started: dict[str, LogEvent] = {}
         # The record of the job `take` just took, read in the same script, for the dispatcher's `get`
         # that follows it at once (no await between them). Any `get` takes it away, and so does any
         # change of the job's state here, so it is never read later than that.
@@ -165,12 +168,16 @@ class RedisStore:
 
     def _expect(self, job_id: str) -> None:
         if len(self._expected) >= _EXPECTED_MAX:  # taken elsewhere and never ended here: forgotten
-            del self._expected[next(iter(self._expected))]
+            self._forget(next(iter(self._expected)))
         self._expected[job_id] = asyncio.Event()
+
+    def _forget(self, job_id: str) -> asyncio.Event | None:
+        self._started.pop(job_id, None)
+        return self._expected.pop(job_id, None)
 
     def _arrived(self, job_id: str) -> None:
         """The job admitted here started here, or ended: its readers here stop waiting for it."""
-        expected = self._expected.pop(job_id, None)
+        expected = self._forget(job_id)
         if expected is not None:
             expected.set()
 
@@ -323,7 +330,12 @@ class RedisStore:
                 await self._logs.settle(job_id)
             return event
         event_id = await self._scripts.run("append", job_id, name, body)
-        return None if event_id is None else LogEvent(event_id, name, body)
+        if event_id is None:
+            return None
+        event = LogEvent(event_id, name, body)
+        if name == "started" and job_id in self._expected:
+            self._started[job_id] = event
+        return event
 
     async def append_token(
         self, job_id: str, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None
@@ -345,8 +357,12 @@ class RedisStore:
         everything after `after` has been read; a job Redis no longer holds ends with a STATE_LOST
         `error`."""
         local = self._logs.get(job_id)
+        started = self._started.get(job_id) if local is None and after is None else None
+        if started is not None:  # admitted here to run here, and still queued: no need to read Redis
+            yield started
+            after = started.id
         if local is None:  # queued, or running elsewhere: from Redis, until its run starts here
-            async for event in self._read_shared(job_id, after, until_here=True):
+            async for event in self._read_shared(job_id, after, until_here=True, queued=started is not None):
                 yield event
                 after = event.id
                 if event.terminal:
@@ -370,16 +386,17 @@ class RedisStore:
         self._logs.end(job_id, None)
 
     async def _read_shared(
-        self, job_id: str, after: str | None, *, until_here: bool = False
+        self, job_id: str, after: str | None, *, until_here: bool = False, queued: bool | None = None
     ) -> AsyncIterator[LogEvent]:
         """The log from Redis; `until_here`: only until the job's run starts on this instance (the
-        reader then goes on from the local log, which holds the same events with the same ids)."""
+        reader then goes on from the local log, which holds the same events with the same ids).
+        `queued`: the reader was given the job's `started` from this instance, which wrote it (so it
+        waits for the run here before it reads Redis)."""
         key = self._key(f"log:{job_id}")
         cursor = after or "0-0"
         waiter: Waiter | None = None
         # After the first read: whether the log holds nothing but `started` (the job is still queued, so
         # the reader may wait for its run to start here). A run elsewhere has written more.
-        queued: bool | None = None
         try:
             while True:
                 if until_here and (
@@ -426,7 +443,7 @@ class RedisStore:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_EXPECTED_S):
                     await expected.wait()
-            self._expected.pop(job_id, None)  # not started in time (taken elsewhere?): read Redis
+            self._forget(job_id)  # not started in time (taken elsewhere?): read Redis
         return self._logs.get(job_id) is not None
 
     async def _next(self, waiter: Waiter, key: str, cursor: str) -> list[LogEvent] | None:

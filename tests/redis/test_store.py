@@ -187,6 +187,19 @@ async def test_a_finished_job_expires_after_its_retention(
     assert await store.get("j1") is None and await events(store, "j1") == []
 
 
+async def test_a_purged_job_leaves_no_reader_count_behind(make_store: MakeStore) -> None:
+    """A reader that read its job to the end is not counted out (api/stream.py); the purge of the job
+    drops its count from every live instance's readers."""
+    store, other = make_store(retention_s=30), make_store(retention_s=30)
+    await admit(store, "j1")
+    assert await store.attach("j1") == 1 and await other.attach("j1") == 2
+    await store.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    counts = [store._key(f"readers:{s.owner}") for s in (store, other)]
+    assert [await store._scripts.call("HGET", key, "j1") for key in counts] == ["1", "1"]
+    assert await store.purge(time.time() + 31) == 1
+    assert [await store._scripts.call("HGET", key, "j1") for key in counts] == [None, None]
+
+
 async def test_readers_are_counted_across_instances(make_store: MakeStore) -> None:
     a, b = make_store(), make_store()
     await admit(a, "j1")
@@ -477,6 +490,41 @@ async def test_a_reader_of_a_job_admitted_to_run_here_reads_it_from_the_process(
     await asyncio.wait_for(task, 5)
     assert seen == ["started", "token", "token", "end"]
     assert a._tail.waiting == 0 and a._tail._task is None, "it never waited in the shared read"
+
+
+async def test_a_reader_of_a_job_queued_here_to_run_here_reads_nothing_from_redis(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its `started` is the one this instance wrote (same id, same data), given from the process, and
+    the rest comes from the local run: the reader sends Redis no command at all."""
+    monkeypatch.setattr("orchestratord.state.redis._EXPECTED_S", 5.0)  # however slow the machine
+    a = make_store()
+    assert isinstance(await a.create(record("j1"), entry("j1"), wake_all=False), Admitted)
+    await a.append("j1", "started", {"job_id": "j1", "queue_position": 0})
+    commands: list[object] = []
+    call = a._scripts.call
+
+    async def counting(*command: str | int | float) -> object:
+        commands.append(command[0])
+        return await call(*command)
+
+    monkeypatch.setattr(a._scripts, "call", counting)
+    got: list[LogEvent] = []
+
+    async def tail() -> None:
+        async for event in a.read("j1"):
+            got.append(event)
+
+    task = asyncio.create_task(tail())
+    await asyncio.sleep(0.2)
+    assert [e.name for e in got] == ["started"] and commands == []
+    monkeypatch.setattr(a._scripts, "call", call)
+    await run_on(a, "j1")
+    await a.append_token("j1", "a")
+    await a.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+    await asyncio.wait_for(task, 5)
+    assert [tuple(e) for e in got] == [tuple(e) for e in await events_in_redis(a, "j1")]
+    assert [e.name for e in got] == ["started", "token", "end"]
 
 
 @pytest.mark.parametrize("elsewhere", ["taken", "canceled"])

@@ -30,7 +30,8 @@
 --   P leases          hash    job -> pool SEP replica;  P lz:<pool SEP replica> zset job -> expiry (ms)
 --   P ended           zset    job -> finished_at (for purge)
 --   P replicas        zset    instance -> expiry (ms) of its liveness, renewed by its heartbeat
---   P readers:<inst>  hash    job -> that instance's readers (counted out when it stops renewing)
+--   P readers:<inst>  hash    job -> that instance's readers (counted out when it stops renewing;
+--                             a job's field goes when the job is purged)
 --   P unread          zset    job -> when (ms) it is canceled if still unread (cancel_on_disconnect)
 --   P catalog         hash    model id -> catalog entry JSON;  P catalog:v  string  its version
 --   channels P wake (work may be taken), P cancel (job ids) and P elsewhere:<instance> (job ids:

@@ -1,0 +1,57 @@
+"""A stream's reader and presence (orchestratord/api/stream.py `frames`): a reader that leaves before
+its job has ended is counted out (the job may be canceled for it); one that read the log to its end
+is not (nothing is left to cancel: a shared store would spend a round trip for nothing, and forgets
+its count with the job)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+from orchestratord.api.stream import frames
+from orchestratord.core.tasks import LogEvent
+
+
+class _Presence:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def attach(self, job_id: str) -> None:
+        self.calls.append(f"attach {job_id}")
+
+    async def detach(self, job_id: str) -> None:
+        self.calls.append(f"detach {job_id}")
+
+
+class _Store:
+    def __init__(self, ends: bool) -> None:
+        self.ends = ends
+
+    async def read(self, job_id: str, after: str | None) -> AsyncIterator[LogEvent]:
+        yield LogEvent("1-0", "started", "{}")
+        yield LogEvent("1-1", "token", '{"t":"a","i":0}')
+        if self.ends:
+            yield LogEvent("1-2", "end", "{}")
+        else:
+            await asyncio.Event().wait()  # the job goes on
+
+
+def _services(ends: bool) -> Any:
+    return SimpleNamespace(store=_Store(ends), presence=_Presence())
+
+
+async def test_a_reader_that_read_to_the_end_is_not_counted_out() -> None:
+    services = _services(ends=True)
+    body = b"".join([chunk async for chunk in frames(services, "j1", None)])
+    assert b"event: end" in body
+    assert services.presence.calls == ["attach j1"]
+
+
+async def test_a_reader_that_leaves_a_running_job_is_counted_out() -> None:
+    services = _services(ends=False)
+    stream = frames(services, "j1", None)
+    assert b"event: token" in await anext(stream) or b"event: token" in await anext(stream)
+    await stream.aclose()  # the client went away
+    assert services.presence.calls == ["attach j1", "detach j1"]
