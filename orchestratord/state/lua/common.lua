@@ -9,7 +9,8 @@
 --                             (the orchestrator instance that took it), `taken`, `requeued`,
 --                             `expected_by` (the instance that admitted it to run itself, until taken)
 --   P text:<id>       string  the concatenated token text
---   P log:<id>        stream  the event log: fields n (event name) and d (JSON data)
+--   P log:<id>        stream  the event log: an event as fields n (event name) and d (JSON data), or a
+--                             batch of events as field e (append_events.lua)
 --   P news            stream  field j: the ids (space-separated) of jobs whose logs one script grew;
 --                             capped at about NEWS_KEEP entries (state/redis_tail.py)
 --   P q:entries       hash    job -> queue entry JSON (with its seq)
