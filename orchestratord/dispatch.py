@@ -3,10 +3,11 @@
 Wake-ups come from admission, from finished runs, from other replicas (a shared backend's wake
 signals) and from a periodic tick, which also runs housekeeping. Each job taken from the queue is
 placed and leased (`placing.Placer`) before the next is taken, then run in its own task
-(`execution.Execution`). Cancel signals arrive through the state store, from this or another replica,
-and close the engine request of the run they name. A heartbeat renews the leases of the jobs this
-replica runs; on a shared backend a replica that stops renewing them is taken for dead and its jobs
-are reaped by the others (housekeeping).
+(`execution.Execution`); on a shared backend a round takes several on one look at the queue. Cancel
+signals arrive through the state store, from this or another replica, and close the engine request of
+the run they name. A heartbeat renews the leases of the jobs this replica runs; on a shared backend a
+replica that stops renewing them is taken for dead and its jobs are reaped by the others
+(housekeeping).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Protocol, cast
 
 import orjson
 
 from orchestratord.core.capacity import can_serve
+from orchestratord.core.placement import Assigned
 from orchestratord.core.queue import QueueEntry
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, spec_from_dict
@@ -41,6 +43,8 @@ from pool_manager.snapshot import PoolSnapshot
 from worker_adapters.base import WorkerAdapter
 
 log = get_logger(__name__)
+
+TAKES_PER_LOOK = 8  # jobs a shared backend's dispatch round takes on one look at the queue
 
 
 class _Store(JobRegistry, EventLog, JobQueue, Readers, Protocol):
@@ -138,6 +142,11 @@ class Dispatcher:
                 log.error("dispatch_loop_error", exc_info=True)
 
     async def _dispatch_ready(self) -> None:
+        # On a shared backend a look is a round trip that waits for a turn of a busy loop as well: up
+        # to TAKES_PER_LOOK jobs are taken on one, its slot counts less the slots this round leased
+        # (what other replicas leased meanwhile shows at the next look; a slot they took first makes
+        # a lease fail, and the job goes back to the queue, as between any look and lease).
+        takes = TAKES_PER_LOOK if self._shared is not None else 1
         while self._accepting:
             async with self._placer.exclusive():
                 # One look first: a round with nothing queued (most wake-ups at light load) ends here.
@@ -149,15 +158,25 @@ class Dispatcher:
                     await self._housekeeper.expire()  # a job past its deadline is never taken
                 if snapshots is None:
                     snapshots = await self._outlook.refresh()
-                batch = (
-                    partial(_servable, snapshots, self._config.holdback) if self._config.holdback else None
-                )
-                entry = await self._store.take(
-                    partial(_servable, snapshots, 0.0), self._tenant_ok, batch, pending
-                )
-                if entry is None:
-                    return
-                await self._dispatch(entry, snapshots)
+                for taken in range(takes):
+                    if taken and not self._accepting:
+                        return
+                    entry = await self._store.take(
+                        partial(_servable, snapshots, 0.0), self._tenant_ok, self._batch(snapshots), pending
+                    )
+                    if entry is None:
+                        if taken == 0:
+                            return
+                        break  # the look is stale (routes or tenants queued since): look again
+                    assigned = await self._dispatch(entry, snapshots)
+                    if assigned is None:
+                        break
+                    if taken + 1 < takes:
+                        snapshots = _leased(snapshots, assigned)
+
+    def _batch(self, snapshots: Sequence[PoolSnapshot]) -> Callable[[Route], bool] | None:
+        """Which routes a batch job may take: not the slots held back for interactive work."""
+        return partial(_servable, snapshots, self._config.holdback) if self._config.holdback else None
 
     async def _look(self) -> tuple[Pending, Sequence[PoolSnapshot] | None]:
         """The queue's first look; with a shared backend, the pools' snapshots too, asked at once
@@ -177,14 +196,15 @@ class Dispatcher:
         limit = self._config.tenant_max_concurrent.get(tenant)
         return limit is None or self._runs.of_tenant(tenant) < limit
 
-    async def _dispatch(self, entry: QueueEntry, snapshots: Sequence[PoolSnapshot]) -> None:
-        """Place and lease a job just taken from the queue, and start its run. Whatever goes wrong
-        here ends the job: it has left the queue, and nothing else would ever end it."""
+    async def _dispatch(self, entry: QueueEntry, snapshots: Sequence[PoolSnapshot]) -> Assigned | None:
+        """Place and lease a job just taken from the queue, and start its run; the slot it leased, if
+        any. Whatever goes wrong here ends the job: it has left the queue, and nothing else would ever
+        end it."""
         record: JobRecord | None = None
         try:
             record = await self._store.get(entry.job_id)
             if record is None or record.state is not JobState.QUEUED:
-                return
+                return None
             spec = spec_from_dict(orjson.loads(record.spec))
             admitted_mono = self._clock() - max(0.0, self._wall() - record.created_at)
             self._housekeeper.forget(spec.job_id)
@@ -194,6 +214,7 @@ class Dispatcher:
             assigned = await self._placer.place(spec, entry.route, set(), snapshots)
             if assigned is not None:
                 self._execution.start(spec, entry, admitted_mono, assigned, self.wake)
+            return assigned
         except StateUnavailable:
             raise  # the shared backend is away: the claim expires and a replica reaps the job
         except Exception as exc:  # the job has left the queue: a bug here must still end it, loudly
@@ -201,6 +222,7 @@ class Dispatcher:
                 "dispatch_failed", error=type(exc).__name__, exc_info=True, **_entry_fields(entry, record)
             )
             await self._dispatch_failed(entry, exc)
+            return None
 
     async def _dispatch_failed(self, entry: QueueEntry, exc: Exception) -> None:
         self._runs.drop(entry.job_id)
@@ -270,3 +292,17 @@ def _entry_fields(entry: QueueEntry, record: JobRecord | None) -> dict[str, Any]
 
 def _servable(snapshots: Sequence[PoolSnapshot], holdback: float, route: Route) -> bool:
     return can_serve(route, snapshots, holdback)
+
+
+def _leased(snapshots: Sequence[PoolSnapshot], assigned: Assigned) -> list[PoolSnapshot]:
+    """`snapshots` with the slot just leased on `assigned` counted as busy."""
+    out = []
+    for pool in snapshots:
+        if pool.pool_id == assigned.pool_id:
+            replicas = tuple(
+                replace(r, slots_free=max(0, r.slots_free - 1)) if r.replica_id == assigned.replica_id else r
+                for r in pool.replicas
+            )
+            pool = replace(pool, replicas=replicas)
+        out.append(pool)
+    return out
