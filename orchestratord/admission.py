@@ -2,7 +2,8 @@
 
 Refusals are typed errors raised before anything is stored: INVALID_PARAMS (nothing can ever serve
 it), POOL_UNREADY (a pinned pool cannot take work now), DEADLINE_UNMET (it cannot start in time),
-ADMISSION_REJECT (queue full, rate limit; with a retry hint from the measured drain rate). A client
+ADMISSION_REJECT (queue full, rate limit, a predicted wait past the class's `queue.max_wait_s`; with a
+retry hint from the measured drain rate). A client
 refused from a full queue (`full_policy: reject`) with an Idempotency-Key is promised the place its
 hint points at: its retry with the same key takes it before any new arrival (`core.queue` rule 7),
 for `queue.retry_hold_s` past the hint.
@@ -104,11 +105,13 @@ class Admission:
         checks: Sequence[AdmissionCheck] = (),
         shared: SharedState | None = None,
         unready_limit_s: float | None = None,
+        max_wait_s: Mapping[str, float] | None = None,
         lag: LoopLag | None = None,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._unready_limit = unready_limit_s
+        self._max_wait = dict(max_wait_s or {})
         self._store = store
         self._registry = registry
         self._outlook = outlook
@@ -169,6 +172,7 @@ class Admission:
             tokens_out=self._outlook.expected_tokens(spec),
         )
         await self._check_deadline(spec, entry)
+        self._check_wait(spec, entry)
         holds = await self._hold(spec)
         try:
             # A job this replica can serve is its own to take: its dispatcher looks at once (`_announce`)
@@ -182,6 +186,7 @@ class Admission:
         except BaseException:
             await _undo(holds)
             raise
+        self._outlook.admitted(entry)
         if outcome.evicted is not None:
             await self._evict(outcome.evicted)
         headers = {k: v for h in holds for k, v in h.headers.items()}
@@ -340,6 +345,36 @@ class Admission:
                 f"predicted start in {predicted} ms is after the deadline of {spec.deadline_ms} ms "
                 f"({place.ahead} jobs ahead for {spec.model_ref!r})"
             )
+
+    def _check_wait(self, spec: TaskSpec, entry: QueueEntry) -> None:
+        """429 at once for a job not expected to start within its class's longest wait
+        (`queue.max_wait_s`): it would only be failed from the queue later, or outwaited by its client.
+        The prediction counts the free slots and the dispatchers' measured pace, in the queue as
+        housekeeping last read it (at most a tick ago: no walk of the queue per request), stretched by
+        how late the recent starts came against their predictions (`Outlook.assured`: the job is
+        admitted only if it starts in time about 9 times in 10)."""
+        limit = self._max_wait.get(spec.priority)
+        if limit is None:
+            return
+        place = self._outlook.place_if_admitted(entry, self._policy)
+        predicted = self._outlook.predict(entry.route, place)
+        limit_ms = round(limit * 1000)
+        if predicted is None or predicted <= 0:
+            return
+        expected = self._outlook.assured(predicted)
+        if expected <= limit_ms:
+            return
+        pace = self._outlook.dispatch_per_s()
+        paced = "" if pace is None else f", the dispatchers starting {pace:.0f} jobs/s"
+        stretched = "" if expected == predicted else f", {expected} ms as late as recent starts came"
+        retry = max(DEFAULT_RETRY_AFTER_MS, expected - limit_ms)
+        raise AdmissionRejected(
+            f"a job admitted now is predicted to start in {predicted} ms{stretched} ({place.ahead} jobs "
+            f"ahead for {spec.model_ref!r}{paced}), later than a {spec.priority} job may wait "
+            f"(queue.max_wait_s: {limit:g} s); retry in {retry} ms",
+            policy_label="max-wait",
+            retry_after_ms=retry,
+        )
 
     def _cost(self, spec: TaskSpec) -> float:
         if self._policy.unit == "tokens":

@@ -196,6 +196,7 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
         checks=[control.gate],
         shared=store.shared,
         unready_limit_s=settings.queue.unready_limit_s,
+        max_wait_s=settings.queue.max_wait_s,
         lag=lag,
     )  # fmt: skip
     prober = HealthProber(

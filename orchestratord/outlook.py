@@ -16,8 +16,14 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from orchestratord.core.capacity import capacity_for, serving_pools
-from orchestratord.core.prediction import Capacity, ServiceTimes, predict_start_ms
-from orchestratord.core.queue import Place, QueueEntry
+from orchestratord.core.prediction import (
+    Capacity,
+    DispatchRate,
+    ServiceTimes,
+    dispatch_wait_ms,
+    predict_start_ms,
+)
+from orchestratord.core.queue import Place, QueueEntry, QueuePolicy, QueueShape
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import TaskSpec
 from orchestratord.core.work import Work, WorkRates
@@ -51,6 +57,12 @@ class Outlook:
         self._snapshots: list[PoolSnapshot] = []
         self._refreshed = 0.0  # when (clock) `_snapshots` were taken
         self._queue_depth = 0
+        self._queued: Collection[QueueEntry] = ()  # the queue as housekeeping last read it
+        self._since: list[QueueEntry] = []  # the jobs this replica admitted since
+        self._taken: list[QueueEntry] = []  # the jobs this replica's dispatcher took since
+        self._shape: QueueShape | None = None  # of both, built when first asked for
+        self._dispatch = DispatchRate()  # how fast this replica's dispatcher starts jobs
+        self._others_dispatch = 0.0  # the other replicas' rates, summed (shared state: `absorb`)
         self._promised: dict[str, float] = {}  # job id -> the wait (s) predicted at its admission
         self._ratios: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait / predicted wait
         self._late: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait - predicted wait (s)
@@ -111,6 +123,7 @@ class Outlook:
     def queue_work(self, queued: Collection[QueueEntry]) -> None:
         """The queued jobs, as housekeeping last read them: each route's mean expected service (over
         the pools serving it whose rates are known) is what a job behind them waits per job ahead."""
+        self._queued, self._since, self._taken, self._shape = queued, [], [], None
         totals: dict[Route, list[float]] = {}
         serving: dict[Route, list[PoolSnapshot]] = {}  # looked up once per route, not per job
         shapes = Counter((e.route, e.tokens_in, e.tokens_out) for e in queued if e.tokens_out)
@@ -124,6 +137,41 @@ class Outlook:
                 total[0] += service * count
                 total[1] += count
         self._queued_s = {route: total / n for route, (total, n) in totals.items()}
+
+    def place_if_admitted(self, entry: QueueEntry, policy: QueuePolicy) -> Place:
+        """The place `entry` would take were it admitted now, in the queue as housekeeping last read
+        it (at most a tick ago) with the jobs this replica admitted and took since: no walk of the
+        queue per admission (`core.queue.QueueShape`). What other replicas did since shows at the
+        next read."""
+        if self._shape is None:
+            self._shape = QueueShape([*self._queued, *self._since])
+            for gone in self._taken:
+                self._shape.remove(gone)
+        return self._shape.place(entry, policy)
+
+    def admitted(self, entry: QueueEntry) -> None:
+        """This replica queued `entry`: count it in `place_if_admitted` until the next read."""
+        self._since.append(entry)
+        if self._shape is not None:
+            self._shape.add(entry)
+
+    def taken(self, entry: QueueEntry) -> None:
+        """This replica's dispatcher took `entry` from the queue: no longer ahead of anyone."""
+        self._taken.append(entry)
+        if self._shape is not None:
+            self._shape.remove(entry)
+
+    # -- the dispatchers' pace -----------------------------------------------------------------------
+    def dispatched(self, jobs: int, seconds: float) -> None:
+        """This replica's dispatcher started `jobs` in `seconds` of work (`core.prediction.DispatchRate`)."""
+        self._dispatch.observe(self._clock(), jobs, seconds)
+
+    def dispatch_per_s(self) -> float | None:
+        """How many jobs a second the deployment's dispatchers start between them while they have
+        work (this replica's measurement, plus the others' as they last shared them); None before
+        any has been measured."""
+        total = (self._dispatch.per_s(self._clock()) or 0.0) + self._others_dispatch
+        return total or None
 
     def _service(self, pools: Sequence[PoolSnapshot], work: Work) -> float | None:
         """The expected service of `work` on the pools that serve it (the mean over those whose rates
@@ -153,20 +201,27 @@ class Outlook:
                 if left is None:
                     left = self._times.remaining(pool_id, job.age_s, self._times.mean(pool_id) or job.age_s)
                 running.setdefault(pool_id, []).append(round(left, 4))
-        return {"id": self._id, "at": wall, "rates": self._own.export(), "running": running}
+        dispatch = self._dispatch.per_s(self._clock())
+        return {
+            "id": self._id, "at": wall, "rates": self._own.export(), "running": running,
+            "dispatch_per_s": None if dispatch is None else round(dispatch, 3),
+        }  # fmt: skip
 
     def absorb(self, parts: Sequence[Mapping[str, Any]], wall: float) -> None:
         """Every replica's `export` (this one's included): predict from all their measurements, and
         count the jobs the others run as releases of the slots they hold."""
         self._rates = WorkRates.merged([part.get("rates") or {} for part in parts]) if parts else self._own
         remote: dict[str, list[float]] = {}
+        others_dispatch = 0.0
         for part in parts:
             if part.get("id") == self._id:
                 continue
+            others_dispatch += float(part.get("dispatch_per_s") or 0.0)
             at = float(part.get("at") or wall)
             for pool_id, lefts in (part.get("running") or {}).items():
                 remote.setdefault(pool_id, []).extend(at + left for left in lefts)
         self._remote = remote
+        self._others_dispatch = others_dispatch
 
     def _remote_left(self) -> dict[str, list[float]]:
         """The other replicas' runs' remaining seconds, now (they published when each would end)."""
@@ -175,8 +230,9 @@ class Outlook:
 
     def predict(self, route: Route, place: Place, cap: Capacity | None = None) -> int | None:
         """The predicted start (ms) of a job queued at `place`: the jobs ahead of it hold the slots for
-        their own mean expected service, from their work, where the rates are known. `cap`: the
-        route's `capacity`, when the caller already has it (one per pass over many jobs)."""
+        their own mean expected service, from their work, where the rates are known; and it starts no
+        sooner than the dispatchers, at their measured pace, have started the jobs ahead of it. `cap`:
+        the route's `capacity`, when the caller already has it (one per pass over many jobs)."""
         cap = self.capacity(route) if cap is None else cap
         if place.ahead > 0 and place.tokens_out > 0 and cap.mean_service_s is not None:
             n = place.ahead
@@ -184,7 +240,10 @@ class Outlook:
             ahead_s = self._service(serving_pools(route, self._snapshots), work)
             if ahead_s is not None:
                 cap = dataclasses.replace(cap, ahead_s=ahead_s)
-        return predict_start_ms(place.ahead, cap)
+        slots = predict_start_ms(place.ahead, cap)
+        if slots is None:
+            return None
+        return max(slots, dispatch_wait_ms(place.ahead, self.dispatch_per_s()))
 
     def backoff(self, route: Route, predicted_ms: int | None, tokens_in: int) -> int:
         """How long a client that polls the job's status (rather than reading its stream) should wait

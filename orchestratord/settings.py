@@ -133,7 +133,8 @@ class QueueConfig(_Strict):
     class_weights: dict[str, float] = Field(default_factory=lambda: {"interactive": 8.0, "batch": 1.0})
     fairness_unit: Literal["requests", "tokens"] = "requests"
     # The longest a job of each class may wait in the queue (absent: no limit); then it ends with a
-    # retriable POOL_UNAVAILABLE naming the limit.
+    # retriable POOL_UNAVAILABLE naming the limit. A job predicted to wait longer is refused at
+    # admission with 429 max-wait.
     max_wait_s: dict[str, float] = Field(default_factory=dict)
     # A queued job whose model no replica has been able to serve for this long ends with a retriable
     # POOL_UNAVAILABLE, and admission answers 503 at once for that model until a replica is back.

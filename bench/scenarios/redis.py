@@ -75,6 +75,8 @@ ENGINES = {
     "slow": EngineSpec(ttft_ms=0.0, interval_ms=1000.0),  # open streams
 }
 STREAM_RATE = 200.0  # slow streams opened per second
+PATIENCE_S = 30.0  # how long past its tokens' time a bench client waits for its stream's end
+MAX_WAIT_S = 20.0  # queue.max_wait_s, every class: under the clients' patience
 SAMPLE_S = 0.25
 SLOTS = 2048  # per engine replica
 MB = 2**20
@@ -164,7 +166,10 @@ def deployment(
             time.sleep(0.3)
             extra = {"state_url": f"redis://127.0.0.1:{rport}/0", "redis": {"key_prefix": "bench:"}}
         limits = {"max_tokens": 200_000, "max_connections": max(8192, 2 * streams + 1024)}
-        spec = OrchestratorSpec(slots=SLOTS, queue_capacity=4096, extra={**extra, "limits": limits})
+        # what an operator whose clients wait PATIENCE_S sets: refuse (429) a job not expected to start
+        # within MAX_WAIT_S, rather than queue it past its client's patience
+        queue = {"capacity": 4096, "max_wait_s": dict.fromkeys(("interactive", "batch"), MAX_WAIT_S)}
+        spec = OrchestratorSpec(slots=SLOTS, extra={**extra, "limits": limits, "queue": queue})
         children = []
         for i in range(replicas):
             port = free_port()
@@ -338,7 +343,7 @@ async def streams(dep: Deployment, load: Load) -> dict[str, Any]:
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch(dep, stop))
     async with clients_of(dep, count + 64) as clients:
-        job = in_turn(clients, "slow", tokens, tokens + 30.0, across=True)
+        job = in_turn(clients, "slow", tokens, tokens + PATIENCE_S, across=True)
         try:
             results: list[JobResult] = await open_loop(job, STREAM_RATE, count, opening_s + 5.0)
         finally:
@@ -442,7 +447,10 @@ async def run(ctx: Context) -> dict[str, Any]:
     load = ctx.pick(FULL, QUICK, SMOKE)
     out: dict[str, Any] = {
         "description": " ".join(__doc__.split("\n\n")[0].split()),
-        "load": {**load.__dict__, "tokens_per_job": TOKENS, "stream_open_per_s": STREAM_RATE},
+        "load": {
+            **load.__dict__, "tokens_per_job": TOKENS, "stream_open_per_s": STREAM_RATE,
+            "stream_client_patience_s": PATIENCE_S, "queue_max_wait_s": MAX_WAIT_S,
+        },  # fmt: skip
         "engines": {
             name: {"ttft_ms": e.ttft_ms, "interval_ms": e.interval_ms} for name, e in ENGINES.items()
         },

@@ -17,6 +17,10 @@ service time `m`:
 Before a pool has finished a job, the age of its oldest running job stands in for the mean (a low but
 real measurement). Nothing is predicted (None) when no usable slot serves the key or nothing has been
 measured at all.
+
+Free slots are not the only bound: the dispatchers place jobs at a measured rate (`DispatchRate`,
+summed over the replicas), so a job with `n` jobs ahead starts no sooner than `n / rate` from now
+(`dispatch_wait_ms`) however many slots are free. `Outlook.predict` takes the later of the two.
 """
 
 from __future__ import annotations
@@ -114,6 +118,52 @@ class ServiceTimes:
         known = [(self._mean[p], n) for p, n in pool_slots.items() if p in self._mean and n > 0]
         total = sum(n for _, n in known)
         return None if not total else sum(m * n for m, n in known) / total
+
+
+class DispatchRate:
+    """How fast a dispatcher moves queued jobs onto slots while it has jobs to move: the jobs its
+    rounds started over the time those rounds took (the housekeeping run between them included, and
+    whatever else the process's event loop ran meanwhile), over the last `window_s`. Rounds that
+    started nothing (an empty queue, no free slot) are not counted: that time is idle, not
+    capacity. Unknown (None) until `min_jobs` have been seen in the window."""
+
+    def __init__(self, window_s: float = 10.0, min_jobs: int = 8) -> None:
+        self._window = window_s
+        self._min_jobs = min_jobs
+        self._seen: deque[tuple[float, int, float]] = deque()  # (when, jobs, seconds), oldest first
+        self._jobs = 0
+        self._seconds = 0.0
+
+    def observe(self, now: float, jobs: int, seconds: float) -> None:
+        if jobs <= 0 or seconds <= 0:
+            return
+        self._seen.append((now, jobs, seconds))
+        self._jobs += jobs
+        self._seconds += seconds
+        self._trim(now)
+
+    def per_s(self, now: float) -> float | None:
+        self._trim(now)
+        if self._jobs < self._min_jobs:
+            return None
+        return self._jobs / self._seconds
+
+    def _trim(self, now: float) -> None:
+        while self._seen and now - self._seen[0][0] > self._window:
+            _, jobs, seconds = self._seen.popleft()
+            self._jobs -= jobs
+            self._seconds -= seconds
+        if not self._seen:
+            self._jobs, self._seconds = 0, 0.0  # no drift from the subtractions
+
+
+def dispatch_wait_ms(position: int, per_s: float | None) -> int:
+    """The least wait (ms) of a job with `position` jobs ahead of it when the deployment's dispatchers
+    start `per_s` jobs a second between them, however many slots are free; 0 when the rate is
+    unknown."""
+    if not per_s or position <= 0:
+        return 0
+    return math.ceil(position / per_s * 1000)
 
 
 SIMULATED = 256  # jobs ahead placed one by one; past them, each further one adds a mean service / S

@@ -55,6 +55,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import accumulate
 from typing import Literal
 
@@ -635,6 +636,79 @@ def prospective_place(queued: Iterable[QueueEntry], policy: QueuePolicy, newcome
             before.append(e)
             spent += e.cost
     return Place(len(before), sum(e.tokens_in for e in before), sum(e.tokens_out for e in before))
+
+
+class QueueShape:
+    """The queued jobs as one read found them, grouped by route and flow with running sums, so that a
+    newcomer's `prospective_place` is a few bisections rather than a walk and a sort of the queue
+    (admission asks it for every job while the queue is deep). The newcomer is taken to have no
+    deadline: for one with a deadline it counts at most the jobs `prospective_place` would. Jobs
+    queued (`add`) and taken (`remove`) since the read keep it current between reads."""
+
+    def __init__(self, queued: Iterable[QueueEntry]) -> None:
+        grouped: dict[Route, dict[FlowKey, list[QueueEntry]]] = {}
+        for e in queued:
+            grouped.setdefault(e.route, {}).setdefault((e.tenant, e.priority), []).append(e)
+        # Per route, per flow, in the order the flow's jobs are taken: the cost spent before each job
+        # (from 0, then the flow's whole cost), the tokens of its first k jobs, and how many of its
+        # first jobs were taken since.
+        self._flows: dict[Route, dict[FlowKey, _FlowSums]] = {}
+        for route, flows in grouped.items():
+            mine = self._flows[route] = {}
+            for key, jobs in flows.items():
+                jobs.sort(key=_order)
+                mine[key] = _FlowSums(
+                    list(accumulate((e.cost for e in jobs), initial=0.0)),
+                    list(accumulate((e.tokens_in for e in jobs), initial=0)),
+                    list(accumulate((e.tokens_out for e in jobs), initial=0)),
+                )
+
+    def add(self, entry: QueueEntry) -> None:
+        """A job queued since the read, at the end of its flow (where a job without a deadline goes)."""
+        flows = self._flows.setdefault(entry.route, {})
+        flow = flows.get((entry.tenant, entry.priority))
+        if flow is None:
+            flow = flows[(entry.tenant, entry.priority)] = _FlowSums([0.0], [0], [0])
+        flow.spent.append(flow.spent[-1] + entry.cost)
+        flow.tokens_in.append(flow.tokens_in[-1] + entry.tokens_in)
+        flow.tokens_out.append(flow.tokens_out[-1] + entry.tokens_out)
+
+    def remove(self, entry: QueueEntry) -> None:
+        """A job taken since the read: its flow's first (a flow's jobs are taken in order)."""
+        flow = self._flows.get(entry.route, {}).get((entry.tenant, entry.priority))
+        if flow is not None and flow.taken < len(flow.spent) - 1:
+            flow.taken += 1
+
+    def place(self, newcomer: QueueEntry, policy: QueuePolicy) -> Place:
+        flows = self._flows.get(newcomer.route, {})
+        own = flows.get((newcomer.tenant, newcomer.priority))
+        mine = policy.weight(newcomer.tenant, newcomer.priority)
+        my_tag = 0.0 if own is None else (own.spent[-1] - own.spent[own.taken]) / mine
+        ahead, tokens_in, tokens_out = 0, 0, 0
+        for (tenant, priority), flow in flows.items():
+            first, last = flow.taken, len(flow.spent) - 1
+            if flow is own:
+                k = last  # every job of its own flow is taken first
+            else:  # the jobs whose start tag (the cost spent before them / the flow's weight) <= my_tag
+                base, weight = flow.spent[first], policy.weight(tenant, priority)
+                key = partial(_tag, base=base, weight=weight)
+                k = bisect.bisect_right(flow.spent, my_tag, lo=first, hi=last, key=key)
+            ahead += k - first
+            tokens_in += flow.tokens_in[k] - flow.tokens_in[first]
+            tokens_out += flow.tokens_out[k] - flow.tokens_out[first]
+        return Place(ahead, tokens_in, tokens_out)
+
+
+@dataclass(slots=True)
+class _FlowSums:
+    spent: list[float]
+    tokens_in: list[int]
+    tokens_out: list[int]
+    taken: int = 0
+
+
+def _tag(spent: float, base: float, weight: float) -> float:
+    return (spent - base) / weight
 
 
 def _key(deadline: float | None) -> float:
