@@ -448,9 +448,12 @@ async def run(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {
         "description": " ".join(__doc__.split("\n\n")[0].split()),
         "load": {
-            **load.__dict__, "tokens_per_job": TOKENS, "stream_open_per_s": STREAM_RATE,
-            "stream_client_patience_s": PATIENCE_S, "queue_max_wait_s": MAX_WAIT_S,
-        },  # fmt: skip
+            **load.__dict__,
+            "tokens_per_job": TOKENS,
+            "stream_open_per_s": STREAM_RATE,
+            "stream_client_patience_s": PATIENCE_S,
+            "queue_max_wait_s": MAX_WAIT_S,
+        },
         "engines": {
             name: {"ttft_ms": e.ttft_ms, "interval_ms": e.interval_ms} for name, e in ENGINES.items()
         },
