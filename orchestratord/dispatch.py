@@ -130,24 +130,21 @@ class Dispatcher:
                 async with asyncio.timeout(self._config.tick_s):
                     await self._wake.wait()
             self._wake.clear()
-            busy_from = self._clock()
-            if busy_from - last_housekeeping >= self._config.tick_s:  # even when wake-ups never pause
-                last_housekeeping = busy_from
+            if self._clock() - last_housekeeping >= self._config.tick_s:  # even when wake-ups never pause
+                last_housekeeping = self._clock()
                 await self._housekeeper.run_once()
             try:
-                started = await self._dispatch_ready()
-                if started:  # the dispatcher's pace, housekeeping included: what predictions wait on
-                    self._outlook.dispatched(started, self._clock() - busy_from)
+                await self._dispatch_ready()
                 self._reachability.report(True)
             except StateUnavailable:
                 self._reachability.report(False)
             except Exception:  # task root: log loudly, keep dispatching
                 log.error("dispatch_loop_error", exc_info=True)
 
-    async def _dispatch_ready(self) -> int:
+    async def _dispatch_ready(self) -> None:
         """Take queued jobs onto free slots until none is left that a free slot serves, or for one tick
         (then the loop runs housekeeping, which a long backlog must not hold off, and comes straight
-        back). Returns how many runs it started."""
+        back)."""
         # On a shared backend a look is a round trip that waits for a turn of a busy loop as well: up
         # to TAKES_PER_LOOK jobs are taken on one, its slot counts less the slots this round leased
         # (what other replicas leased meanwhile shows at the next look; a slot they took first makes
@@ -160,26 +157,26 @@ class Dispatcher:
                 # store answers without one), run housekeeping, then straight back.
                 self.wake()
                 await asyncio.sleep(0)
-                return started
+                return
             async with self._placer.exclusive():
                 # One look first: a round with nothing queued (most wake-ups at light load) ends here.
                 # On a shared backend the pools' slot counts are asked in the same round trip.
                 pending, snapshots = await self._look()
                 if not pending.queued:
-                    return started
+                    return
                 if pending.expired:
                     await self._housekeeper.expire()  # a job past its deadline is never taken
                 if snapshots is None:
                     snapshots = await self._outlook.refresh()
                 for taken in range(takes):
                     if taken and not self._accepting:
-                        return started
+                        return
                     entry = await self._store.take(
                         partial(_servable, snapshots, 0.0), self._tenant_ok, self._batch(snapshots), pending
                     )
                     if entry is None:
                         if taken == 0:
-                            return started
+                            return
                         break  # the look is stale (routes or tenants queued since): look again
                     assigned = await self._dispatch(entry, snapshots)
                     if assigned is None:
@@ -187,7 +184,6 @@ class Dispatcher:
                     started += 1
                     if taken + 1 < takes:
                         snapshots = _leased(snapshots, assigned)
-        return started
 
     def _batch(self, snapshots: Sequence[PoolSnapshot]) -> Callable[[Route], bool] | None:
         """Which routes a batch job may take: not the slots held back for interactive work."""

@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from orchestratord.core.capacity import capacity_for, serving_pools
+from orchestratord.core.capacity import can_serve, capacity_for, serving_pools
 from orchestratord.core.prediction import (
     Capacity,
     DispatchRate,
@@ -61,8 +61,12 @@ class Outlook:
         self._since: list[QueueEntry] = []  # the jobs this replica admitted since
         self._taken: list[QueueEntry] = []  # the jobs this replica's dispatcher took since
         self._shape: QueueShape | None = None  # of both, built when first asked for
-        self._dispatch = DispatchRate()  # how fast this replica's dispatcher starts jobs
-        self._others_dispatch = 0.0  # the other replicas' rates, summed (shared state: `absorb`)
+        self._dispatch = DispatchRate()  # how fast this replica starts queued jobs while the queue has any
+        self._starts = 0  # the runs this replica started, ever
+        self._read: tuple[float, int] | None = None  # (clock, starts) at the last read of a non-empty queue
+        self._unstarted: set[str] = set()  # taken from the queue here, not started yet
+        self._others_dispatch = 0.0  # the other replicas' paces, summed (shared state: `absorb`)
+        self._others_unstarted = 0  # the jobs the others took and have not started
         self._promised: dict[str, float] = {}  # job id -> the wait (s) predicted at its admission
         self._ratios: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait / predicted wait
         self._late: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait - predicted wait (s)
@@ -124,6 +128,8 @@ class Outlook:
         """The queued jobs, as housekeeping last read them: each route's mean expected service (over
         the pools serving it whose rates are known) is what a job behind them waits per job ahead."""
         self._queued, self._since, self._taken, self._shape = queued, [], [], None
+        # a backlog on free slots: the queue waits for the dispatchers, not for slots
+        self._pace(any(can_serve(route, self._snapshots) for route in {e.route for e in queued}))
         totals: dict[Route, list[float]] = {}
         serving: dict[Route, list[PoolSnapshot]] = {}  # looked up once per route, not per job
         shapes = Counter((e.route, e.tokens_in, e.tokens_out) for e in queued if e.tokens_out)
@@ -156,15 +162,27 @@ class Outlook:
             self._shape.add(entry)
 
     def taken(self, entry: QueueEntry) -> None:
-        """This replica's dispatcher took `entry` from the queue: no longer ahead of anyone."""
+        """This replica's dispatcher took `entry` from the queue: no longer queued, but still ahead of
+        every queued job until its run starts."""
         self._taken.append(entry)
+        self._unstarted.add(entry.job_id)
         if self._shape is not None:
             self._shape.remove(entry)
 
     # -- the dispatchers' pace -----------------------------------------------------------------------
-    def dispatched(self, jobs: int, seconds: float) -> None:
-        """This replica's dispatcher started `jobs` in `seconds` of work (`core.prediction.DispatchRate`)."""
-        self._dispatch.observe(self._clock(), jobs, seconds)
+    def _pace(self, backlog: bool) -> None:
+        """At each read of the queue: the runs this replica started since the last read, over the time
+        since, if the queue then had jobs that free slots could take (`core.prediction.DispatchRate`;
+        a queue waiting for slots says nothing of the pace, and the slots' prediction covers it).
+        Measured where a queued job's wait ends, so that whatever delays a start counts: the dispatch
+        rounds, a busy event loop, the shared backend's round trips. Jobs taken and not started yet
+        are pruned to the runs still alive."""
+        now = self._clock()
+        if self._read is not None:
+            since, starts = self._read
+            self._dispatch.observe(now, self._starts - starts, now - since)
+        self._read = (now, self._starts) if backlog else None
+        self._unstarted &= set(self._runs.job_ids())
 
     def dispatch_per_s(self) -> float | None:
         """How many jobs a second the deployment's dispatchers start between them while they have
@@ -172,6 +190,11 @@ class Outlook:
         any has been measured."""
         total = (self._dispatch.per_s(self._clock()) or 0.0) + self._others_dispatch
         return total or None
+
+    def unstarted(self) -> int:
+        """The jobs the deployment's dispatchers took from the queue and have not started yet: a queued
+        job waits for them too (this replica's now, the others' as they last shared them)."""
+        return len(self._unstarted) + self._others_unstarted
 
     def _service(self, pools: Sequence[PoolSnapshot], work: Work) -> float | None:
         """The expected service of `work` on the pools that serve it (the mean over those whose rates
@@ -205,6 +228,7 @@ class Outlook:
         return {
             "id": self._id, "at": wall, "rates": self._own.export(), "running": running,
             "dispatch_per_s": None if dispatch is None else round(dispatch, 3),
+            "unstarted": len(self._unstarted),
         }  # fmt: skip
 
     def absorb(self, parts: Sequence[Mapping[str, Any]], wall: float) -> None:
@@ -212,16 +236,17 @@ class Outlook:
         count the jobs the others run as releases of the slots they hold."""
         self._rates = WorkRates.merged([part.get("rates") or {} for part in parts]) if parts else self._own
         remote: dict[str, list[float]] = {}
-        others_dispatch = 0.0
+        others_dispatch, others_unstarted = 0.0, 0
         for part in parts:
             if part.get("id") == self._id:
                 continue
             others_dispatch += float(part.get("dispatch_per_s") or 0.0)
+            others_unstarted += int(part.get("unstarted") or 0)
             at = float(part.get("at") or wall)
             for pool_id, lefts in (part.get("running") or {}).items():
                 remote.setdefault(pool_id, []).extend(at + left for left in lefts)
         self._remote = remote
-        self._others_dispatch = others_dispatch
+        self._others_dispatch, self._others_unstarted = others_dispatch, others_unstarted
 
     def _remote_left(self) -> dict[str, list[float]]:
         """The other replicas' runs' remaining seconds, now (they published when each would end)."""
@@ -243,7 +268,9 @@ class Outlook:
         slots = predict_start_ms(place.ahead, cap)
         if slots is None:
             return None
-        return max(slots, dispatch_wait_ms(place.ahead, self.dispatch_per_s()))
+        if not place.ahead:
+            return slots
+        return max(slots, dispatch_wait_ms(place.ahead + self.unstarted(), self.dispatch_per_s()))
 
     def backoff(self, route: Route, predicted_ms: int | None, tokens_in: int) -> int:
         """How long a client that polls the job's status (rather than reading its stream) should wait
@@ -281,7 +308,10 @@ class Outlook:
             self._promised[job_id] = predicted_ms / 1000
 
     def started(self, job_id: str, waited_s: float) -> None:
-        """A job left the queue after `waited_s`: one more measured error of the predictions."""
+        """A job left the queue after `waited_s`: one more start, and one more measured error of the
+        predictions."""
+        self._starts += 1
+        self._unstarted.discard(job_id)
         predicted = self._promised.pop(job_id, None)
         if predicted is not None:
             self._ratios.append(waited_s / predicted)

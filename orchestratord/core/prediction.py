@@ -18,9 +18,10 @@ Before a pool has finished a job, the age of its oldest running job stands in fo
 real measurement). Nothing is predicted (None) when no usable slot serves the key or nothing has been
 measured at all.
 
-Free slots are not the only bound: the dispatchers place jobs at a measured rate (`DispatchRate`,
-summed over the replicas), so a job with `n` jobs ahead starts no sooner than `n / rate` from now
-(`dispatch_wait_ms`) however many slots are free. `Outlook.predict` takes the later of the two.
+Free slots are not the only bound: queued jobs start at a measured pace while there is a backlog
+(`DispatchRate`, summed over the replicas), so a job with `n` jobs ahead starts no sooner than
+`n / pace` from now (`dispatch_wait_ms`) however many slots are free. `Outlook.predict` takes the
+later of the two.
 """
 
 from __future__ import annotations
@@ -121,11 +122,10 @@ class ServiceTimes:
 
 
 class DispatchRate:
-    """How fast a dispatcher moves queued jobs onto slots while it has jobs to move: the jobs its
-    rounds started over the time those rounds took (the housekeeping run between them included, and
-    whatever else the process's event loop ran meanwhile), over the last `window_s`. Rounds that
-    started nothing (an empty queue, no free slot) are not counted: that time is idle, not
-    capacity. Unknown (None) until `min_jobs` have been seen in the window."""
+    """How fast queued jobs start while jobs are left for free slots: the runs started over the wall
+    time during which a dispatcher had such a backlog, over the last `window_s`. Time without a
+    backlog (an empty queue, no free slot) is not counted: it says nothing of the pace. Unknown (None)
+    until `min_jobs` have started in the window."""
 
     def __init__(self, window_s: float = 10.0, min_jobs: int = 8) -> None:
         self._window = window_s
@@ -135,7 +135,7 @@ class DispatchRate:
         self._seconds = 0.0
 
     def observe(self, now: float, jobs: int, seconds: float) -> None:
-        if jobs <= 0 or seconds <= 0:
+        if seconds <= 0:
             return
         self._seen.append((now, jobs, seconds))
         self._jobs += jobs

@@ -19,15 +19,16 @@ TENANTS = ("t1", "t2", "t3")
 CLASSES: tuple[Priority, ...] = ("interactive", "batch")
 
 
-def test_the_rate_is_the_jobs_started_over_the_busy_time_of_the_window() -> None:
+def test_the_rate_is_the_jobs_started_over_the_backlogged_time_of_the_window() -> None:
     rate = DispatchRate(window_s=10.0, min_jobs=8)
     rate.observe(0.0, 4, 0.02)
     assert rate.per_s(0.0) is None  # fewer jobs than it takes to say
     rate.observe(1.0, 8, 0.02)
-    rate.observe(2.0, 0, 5.0)  # a round that started nothing is idle time, not counted
-    assert rate.per_s(2.0) == 12 / 0.04
-    rate.observe(10.5, 10, 0.1)  # the first observation (at 0 s) has left the window
-    assert rate.per_s(10.5) == 18 / 0.12
+    assert rate.per_s(1.0) == 12 / 0.04
+    rate.observe(2.0, 0, 0.46)  # a backlog during which nothing started: the pace was slow
+    assert rate.per_s(2.0) == 12 / 0.5
+    rate.observe(10.5, 6, 0.5)  # the first observation (at 0 s) has left the window
+    assert rate.per_s(10.5) == 14 / 0.98
     assert rate.per_s(30.0) is None  # nothing seen for a window: unknown again
 
 
@@ -40,18 +41,48 @@ def test_the_dispatch_wait_is_the_jobs_ahead_at_the_measured_pace() -> None:
 
 def test_a_job_behind_thousands_waits_for_the_dispatchers_though_slots_are_free() -> None:
     replica = ReplicaSnapshot("r0", True, 6000, 6000)
-    outlook = Outlook(PoolRegistry([]), Runs(), clock=lambda: 100.0, wall=lambda: 100.0)
+    now = [100.0]
+    outlook = Outlook(PoolRegistry([]), Runs(), clock=lambda: now[0], wall=lambda: 100.0)
     outlook._snapshots = [PoolSnapshot("p", "mock", "mock-1", ("m",), 4096, 4096, False, (replica,))]
     route = Route("m")
+    queued = [_entry(f"q{i}", "t1", "interactive", i) for i in range(3000)]
     assert outlook.predict(route, Place(3000)) == 0  # free slots, no pace measured: starts now
-    outlook.dispatched(200, 2.0)  # 100 jobs/s
-    assert outlook.dispatch_per_s() == 100.0
+    outlook.queue_work(queued)  # housekeeping's read: jobs that free slots could take
+    for i in range(150):
+        outlook.started(f"j{i}", 1.0)
+    now[0] += 1.5
+    outlook.queue_work(queued)
+    for i in range(50):
+        outlook.started(f"k{i}", 1.0)
+    now[0] += 0.5
+    outlook.queue_work([])  # the queue is empty: the time from here on says nothing of the pace
+    now[0] += 5.0
+    outlook.queue_work([])
+    assert outlook.dispatch_per_s() == 100.0  # 200 starts over 2 s of backlog
     assert outlook.predict(route, Place(3000)) == 30_000
-    # Another replica's dispatcher, as it shared its pace, doubles the deployment's.
-    outlook.absorb([{"id": "other", "at": 100.0, "dispatch_per_s": 100.0}], 100.0)
+    assert outlook.predict(route, Place(0)) == 0  # first in line, a slot free: now
+    outlook.taken(queued[0])  # taken, not started yet: the jobs behind wait for it too
+    assert outlook.predict(route, Place(3000)) == 30_010
+    # Another replica's pace and unstarted jobs, as it shared them, join this one's.
+    outlook.absorb([{"id": "other", "at": 100.0, "dispatch_per_s": 100.0, "unstarted": 9}], 100.0)
     assert outlook.dispatch_per_s() == 200.0
-    assert outlook.predict(route, Place(3000)) == 15_000
-    assert outlook.export(100.0)["dispatch_per_s"] == 100.0  # what this one shares: its own pace
+    assert outlook.predict(route, Place(3000)) == 15_050
+    shared = outlook.export(100.0)
+    assert shared["dispatch_per_s"] == 100.0 and shared["unstarted"] == 1  # what this one shares
+
+
+def test_a_queue_waiting_for_slots_says_nothing_of_the_pace() -> None:
+    replica = ReplicaSnapshot("r0", True, 2, 0)  # every slot busy
+    now = [100.0]
+    outlook = Outlook(PoolRegistry([]), Runs(), clock=lambda: now[0], wall=lambda: 100.0)
+    outlook._snapshots = [PoolSnapshot("p", "mock", "mock-1", ("m",), 4096, 4096, False, (replica,))]
+    queued = [_entry(f"q{i}", "t1", "interactive", i) for i in range(50)]
+    for _ in range(5):
+        outlook.queue_work(queued)
+        for i in range(10):
+            outlook.started(f"j{now[0]}-{i}", 1.0)
+        now[0] += 1.0
+    assert outlook.dispatch_per_s() is None
 
 
 def _entry(job: str, tenant: str, priority: Priority, seq: int, model: str = "m", **kw: object) -> QueueEntry:
