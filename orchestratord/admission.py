@@ -3,10 +3,9 @@
 Refusals are typed errors raised before anything is stored: INVALID_PARAMS (nothing can ever serve
 it), POOL_UNREADY (a pinned pool cannot take work now), DEADLINE_UNMET (it cannot start in time),
 ADMISSION_REJECT (queue full, rate limit, a predicted wait past the class's `queue.max_wait_s`; with a
-retry hint from the measured drain rate). A client
-refused from a full queue (`full_policy: reject`) with an Idempotency-Key is promised the place its
-hint points at: its retry with the same key takes it before any new arrival (`core.queue` rule 7),
-for `queue.retry_hold_s` past the hint.
+retry hint from the measured drain rate). A client refused from a full queue (`full_policy: reject`)
+with an Idempotency-Key is promised the place its hint points at: its retry with the same key takes it
+before any new arrival (`core.queue` rule 7), for `queue.retry_hold_s` past the hint.
 """
 
 from __future__ import annotations
@@ -349,7 +348,7 @@ class Admission:
     def _check_wait(self, spec: TaskSpec, entry: QueueEntry) -> None:
         """429 at once for a job not expected to start within its class's longest wait
         (`queue.max_wait_s`): it would only be failed from the queue later, or outwaited by its client.
-        The prediction counts the free slots and the dispatchers' measured pace, in the queue as
+        The prediction counts the free slots and the queue's measured pace, in the queue as
         housekeeping last read it (at most a tick ago: no walk of the queue per request), stretched by
         how late the recent starts came against their predictions (`Outlook.assured`: the job is
         admitted only if it starts in time about 9 times in 10)."""

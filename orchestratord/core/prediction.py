@@ -122,10 +122,11 @@ class ServiceTimes:
 
 
 class DispatchRate:
-    """How fast queued jobs start while jobs are left for free slots: the runs started over the wall
-    time during which a dispatcher had such a backlog, over the last `window_s`. Time without a
-    backlog (an empty queue, no free slot) is not counted: it says nothing of the pace. Unknown (None)
-    until `min_jobs` have started in the window."""
+    """How fast queued jobs start while the queue holds jobs that free slots could take (a backlog):
+    the runs started over the wall time of such a backlog, over the last `window_s` (`Outlook` feeds
+    it at each housekeeping read of the queue). Time without a backlog (an empty queue, no free slot)
+    is not counted: it says nothing of the pace. Unknown (None) until `min_jobs` have started in the
+    window."""
 
     def __init__(self, window_s: float = 10.0, min_jobs: int = 8) -> None:
         self._window = window_s
@@ -158,8 +159,8 @@ class DispatchRate:
 
 
 def dispatch_wait_ms(position: int, per_s: float | None) -> int:
-    """The least wait (ms) of a job with `position` jobs ahead of it when the deployment's dispatchers
-    start `per_s` jobs a second between them, however many slots are free; 0 when the rate is
+    """The least wait (ms) of a job with `position` jobs ahead of it when the deployment's replicas
+    start `per_s` queued jobs a second between them, however many slots are free; 0 when the pace is
     unknown."""
     if not per_s or position <= 0:
         return 0
