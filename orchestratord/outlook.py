@@ -63,7 +63,8 @@ class Outlook:
         self._shape: QueueShape | None = None  # of both, built when first asked for
         self._dispatch = DispatchRate()  # how fast this replica starts queued jobs while the queue has any
         self._starts = 0  # the runs this replica started, ever
-        self._read: tuple[float, int] | None = None  # (clock, starts) at the last read of a non-empty queue
+        # (clock, starts, the jobs free slots could take) at the last read that found any
+        self._read: tuple[float, int, set[str]] | None = None
         self._unstarted: set[str] = set()  # taken from the queue here, not started yet
         self._others_dispatch = 0.0  # the other replicas' paces, summed (shared state: `absorb`)
         self._others_unstarted = 0  # the jobs the others took and have not started
@@ -128,8 +129,8 @@ class Outlook:
         """The queued jobs, as housekeeping last read them: each route's mean expected service (over
         the pools serving it whose rates are known) is what a job behind them waits per job ahead."""
         self._queued, self._since, self._taken, self._shape = queued, [], [], None
-        # a backlog on free slots: the queue waits for the dispatchers, not for slots
-        self._pace(any(can_serve(route, self._snapshots) for route in {e.route for e in queued}))
+        servable = {route for route in {e.route for e in queued} if can_serve(route, self._snapshots)}
+        self._pace({e.job_id for e in queued if e.route in servable})
         totals: dict[Route, list[float]] = {}
         serving: dict[Route, list[PoolSnapshot]] = {}  # looked up once per route, not per job
         shapes = Counter((e.route, e.tokens_in, e.tokens_out) for e in queued if e.tokens_out)
@@ -170,24 +171,27 @@ class Outlook:
             self._shape.remove(entry)
 
     # -- the dispatchers' pace -----------------------------------------------------------------------
-    def _pace(self, backlog: bool) -> None:
-        """At each read of the queue: the runs this replica started since the last read, over the time
-        since, if the queue then had jobs that free slots could take (`core.prediction.DispatchRate`;
-        a queue waiting for slots says nothing of the pace, and the slots' prediction covers it).
-        Measured where a queued job's wait ends, so that whatever delays a start counts: the dispatch
-        rounds, a busy event loop, the shared backend's round trips. Jobs taken and not started yet
-        are pruned to the runs still alive."""
+    def _pace(self, waiting: set[str]) -> None:
+        """At each read of the queue, given the queued jobs that free slots could take: the runs this
+        replica started since the last read, over the time since, if one of those jobs was already
+        waiting then (`core.prediction.DispatchRate`). Such a job waited through the interval, so the
+        starts were all the deployment could do: a queue that ran dry meanwhile (a job admitted just
+        before a read and taken just after it) would give the arrival rate, and a queue waiting for
+        slots says nothing of the pace (the slots' prediction covers it). Measured where a queued job's
+        wait ends, so that whatever delays a start counts: the dispatch rounds, a busy event loop, the
+        shared backend's round trips. Jobs taken and not started yet are pruned to the runs alive."""
         now = self._clock()
         if self._read is not None:
-            since, starts = self._read
-            self._dispatch.observe(now, self._starts - starts, now - since)
-        self._read = (now, self._starts) if backlog else None
+            since, starts, before = self._read
+            if not before.isdisjoint(waiting):
+                self._dispatch.observe(now, self._starts - starts, now - since)
+        self._read = (now, self._starts, waiting) if waiting else None
         self._unstarted &= set(self._runs.job_ids())
 
     def dispatch_per_s(self) -> float | None:
-        """How many jobs a second the deployment's dispatchers start between them while they have
-        work (this replica's measurement, plus the others' as they last shared them); None before
-        any has been measured."""
+        """How many queued jobs a second the deployment's replicas start between them while jobs that
+        free slots could take wait (this replica's measurement, plus the others' as they last shared
+        them); None before any has been measured."""
         total = (self._dispatch.per_s(self._clock()) or 0.0) + self._others_dispatch
         return total or None
 

@@ -85,6 +85,20 @@ def test_a_queue_waiting_for_slots_says_nothing_of_the_pace() -> None:
     assert outlook.dispatch_per_s() is None
 
 
+def test_a_queue_that_ran_dry_between_reads_says_nothing_of_the_pace() -> None:
+    """Sparse arrivals: each read finds a job admitted just before it, taken just after. The starts
+    between reads are the arrival rate, not what the deployment could do."""
+    replica = ReplicaSnapshot("r0", True, 8, 8)
+    now = [100.0]
+    outlook = Outlook(PoolRegistry([]), Runs(), clock=lambda: now[0], wall=lambda: 100.0)
+    outlook._snapshots = [PoolSnapshot("p", "mock", "mock-1", ("m",), 4096, 4096, False, (replica,))]
+    for i in range(40):
+        outlook.queue_work([_entry(f"q{i}", "t1", "interactive", i)])  # a different job at every read
+        outlook.started(f"q{i}", 0.001)
+        now[0] += 0.25
+    assert outlook.dispatch_per_s() is None
+
+
 def _entry(job: str, tenant: str, priority: Priority, seq: int, model: str = "m", **kw: object) -> QueueEntry:
     return QueueEntry(job_id=job, tenant=tenant, priority=priority, route=Route(model), seq=seq, **kw)  # type: ignore[arg-type]
 
