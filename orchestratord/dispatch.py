@@ -219,12 +219,12 @@ class Dispatcher:
             spec = spec_from_dict(orjson.loads(record.spec))
             admitted_mono = self._clock() - max(0.0, self._wall() - record.created_at)
             self._housekeeper.forget(spec.job_id)
-            self._outlook.taken(entry)
             # Place on the snapshots the job was taken with (the queue's `can_serve` saw a free slot
             # there, so placement finds it), and lease before taking the next job, so the next
             # snapshot already counts this slot.
             assigned = await self._placer.place(spec, entry.route, set(), snapshots)
-            if assigned is not None:
+            if assigned is not None:  # else back in the queue (a lease lost) or ended: the next read tells
+                self._outlook.taken(entry)
                 self._execution.start(spec, entry, admitted_mono, assigned, self.wake)
             return assigned
         except StateUnavailable:
