@@ -393,11 +393,18 @@ def _endings(counts: dict[str, int] | None) -> str:
     return ", ".join(f"{name} {n:,}" for name, n in (counts or {}).items()) or "-"
 
 
+def _rounds(values: list[float | None] | None, digits: int = 2) -> str:
+    """A measure's value in each round (results from before rounds have none)."""
+    return " / ".join(fmt(x, digits) for x in values) if values else "-"
+
+
 def _scaling_jobs(name: str, row: dict[str, Any]) -> list[Any]:
     j = row["jobs"]
     return [
         name, row["replicas"], j["jobs_per_s"], f"{j['completed']}/{j['requests']}",
-        fmt(j["cpu_ms_per_job"], 2), _times(j["cpu_vs_one_process"]),
+        fmt(j["cpu_ms_per_job"], 2), fmt(j.get("redis_cpu_ms_per_job"), 2),
+        _rounds(j.get("cpu_ms_per_job_rounds")), _times(j["cpu_vs_one_process"]),
+        _rounds(j.get("cpu_vs_one_process_rounds")),
     ]  # fmt: skip
 
 
@@ -412,7 +419,7 @@ def _scaling_relay(name: str, row: dict[str, Any]) -> list[Any]:
     r = row["relay"]
     return [
         name, r["tokens_per_s"], _times(r["tokens_per_s_vs_one_process"]), fmt(r["cpu_us_per_token"]),
-        _times(r["cpu_per_token_vs_one_process"]),
+        _times(r["cpu_per_token_vs_one_process"]), _rounds(r.get("cpu_per_token_vs_one_process_rounds")),
     ]  # fmt: skip
 
 
@@ -446,6 +453,8 @@ def redis_section(doc: dict[str, Any]) -> list[str]:
         for name, listed in doc["targets"].items()
         for t in listed
     ]
+    jobs_head = ["setup", "replicas", "jobs/s", "ended", "CPU ms/job", "of which redis-server", "each round",
+                 "CPU vs one process", "each round"]  # fmt: skip
     ttft_head = ["setup", "offered jobs/s", "ended", "refused (429)", "never ended or failed",
                  "admitted streams ended by", "TTFT p50 / p99 ms", "CPU ms/job"]  # fmt: skip
     streams_head = ["setup", "streams", "ended", "most open at once", "never ended or failed",
@@ -459,14 +468,19 @@ def redis_section(doc: dict[str, Any]) -> list[str]:
         "",
         f"### 50-token jobs, closed loop ({fmt(load['requests'])} at concurrency {load['concurrency']})",
         "",
-        *table(["setup", "replicas", "jobs/s", "ended", "CPU ms/job", "CPU vs one process"], jobs),
+        "The jobs and the relay are measured in rounds, every setup in turn: a figure is the setup's median "
+        "round, a ratio the median of its rounds' ratios to the one process of the same round.",
+        "",
+        *table(jobs_head, jobs),
         f"### Added time to first token, open loop ({fmt(load['rate_seconds'])} s of arrivals a rate)",
         "",
         *table(ttft_head, ttft),
         f"### Relay: one stream of {fmt(load['long_tokens'])} tokens, posted to the first replica and read "
         "through the last",
         "",
-        *table(["setup", "tokens/s", "vs one process", "CPU µs/token", "vs one process"], relay),
+        *table(
+            ["setup", "tokens/s", "vs one process", "CPU µs/token", "vs one process", "each round"], relay
+        ),
         f"### Open slow streams: {fmt(load['streams_per_replica'])} a replica, a token a second",
         "",
         *table(streams_head, streams),

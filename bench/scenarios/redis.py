@@ -3,6 +3,11 @@ in one run, with the same fake engines and load generator for every setup.
 
 Each setup is one deployment, with a pool for each of three fake engines started once for the run: fast
 (tokens as fast as the socket takes them), paced (a token every 10 ms) and slow (a token a second).
+The four deployments run side by side for the whole run. The measures whose targets are ratios to the
+one process (jobs, relay) are taken in rounds, each round measuring every setup in turn (in an order
+that rotates): a shared VM's speed drifts by a third within minutes, and only measures taken minutes
+apart would compare the drift. A setup's figure is its median round, and its ratio the median of its
+rounds' ratios to the one process's measure of the same round.
 
 Jobs: 50-token jobs in a closed loop, posted to the replicas in turn and read through the replica that
 admitted them. TTFT: 50-token jobs paced by the engine (a token every 10 ms, no prefill, so the time to
@@ -24,6 +29,7 @@ import os
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -93,11 +99,14 @@ class Load:
     rate_seconds: float  # of arrivals at each rate
     streams_per_replica: int
     hold_s: float  # how long the slow streams outlast their opening (which a busy machine may slow)
+    rounds: int  # of the jobs and relay measures, every setup in turn
 
 
-FULL = Load(32, 2000, 20.0, 50_000, (25.0, 50.0, 100.0), 15.0, streams_per_replica=2000, hold_s=10.0)
-QUICK = Load(16, 300, 5.0, 10_000, (25.0, 50.0), 5.0, streams_per_replica=200, hold_s=5.0)
-SMOKE = Load(2, 10, 2.0, 5_000, (10.0,), 1.0, streams_per_replica=5, hold_s=2.0)
+FULL = Load(
+    32, 2000, 20.0, 50_000, (25.0, 50.0, 100.0), 15.0, streams_per_replica=2000, hold_s=10.0, rounds=5
+)
+QUICK = Load(16, 300, 5.0, 10_000, (25.0, 50.0), 5.0, streams_per_replica=200, hold_s=5.0, rounds=2)
+SMOKE = Load(2, 10, 2.0, 5_000, (10.0,), 1.0, streams_per_replica=5, hold_s=2.0, rounds=2)
 
 
 @dataclass
@@ -196,11 +205,20 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-async def measured(dep: Deployment, work: Callable[[], Awaitable[_T]]) -> tuple[_T, float]:
-    """What `work()` returned, and the CPU seconds the deployment's processes spent meanwhile."""
-    cpu0 = cpu_seconds(dep.pids())
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds the deployment's processes spent: all of them, and redis-server's share."""
+
+    total: float
+    redis: float
+
+
+async def measured(dep: Deployment, work: Callable[[], Awaitable[_T]]) -> tuple[_T, Cpu]:
+    """What `work()` returned, and the CPU the deployment's processes spent meanwhile."""
+    redis = [dep.redis.pid] if dep.redis else []
+    cpu0, redis0 = cpu_seconds(dep.pids()), cpu_seconds(redis)
     result = await work()
-    return result, cpu_seconds(dep.pids()) - cpu0
+    return result, Cpu(cpu_seconds(dep.pids()) - cpu0, cpu_seconds(redis) - redis0)
 
 
 def in_turn(clients: Sequence[Client], engine: str, tokens: int, limit_s: float, across: bool = False) -> Job:
@@ -238,7 +256,8 @@ async def jobs(dep: Deployment, load: Load) -> dict[str, Any]:
     return {
         **outcome(results),
         "jobs_per_s": round(rate(results), 1),
-        "cpu_ms_per_job": round(cpu * 1000 / done, 3),
+        "cpu_ms_per_job": round(cpu.total * 1000 / done, 3),
+        "redis_cpu_ms_per_job": round(cpu.redis * 1000 / done, 3) if dep.redis else None,  # within the above
     }
 
 
@@ -267,7 +286,7 @@ async def ttft_at(dep: Deployment, job: Job, rate: float, seconds: float) -> dic
         "endings": endings(results),
         "error_examples": counts["error_examples"],
         "ttft_ms": summary(r.ttft_ms for r in results if r.ok),
-        "cpu_ms_per_job": round(cpu * 1000 / ended, 3) if ended else None,
+        "cpu_ms_per_job": round(cpu.total * 1000 / ended, 3) if ended else None,
         "arrival_lateness_ms": summary(late),
     }
 
@@ -286,7 +305,10 @@ async def relay(dep: Deployment, load: Load) -> dict[str, Any]:
         "tokens": result.tokens,
         "ended": result.terminal,
         "tokens_per_s": round(result.tokens / span) if span > 0 else None,
-        "cpu_us_per_token": round(cpu * 1e6 / result.tokens, 2) if result.tokens else None,
+        "cpu_us_per_token": round(cpu.total * 1e6 / result.tokens, 2) if result.tokens else None,
+        "redis_cpu_us_per_token": round(cpu.redis * 1e6 / result.tokens, 2)
+        if result.tokens and dep.redis
+        else None,
     }
 
 
@@ -367,32 +389,66 @@ async def streams(dep: Deployment, load: Load) -> dict[str, Any]:
     }
 
 
-async def setup(
-    ctx: Context, engines: dict[str, str], replicas: int, shared: bool, load: Load, workdir: Path
-) -> dict[str, Any]:
-    """One setup's four measures, on one deployment. The fixed offered rates come last: a rate past the
-    deployment's capacity leaves work behind that would weigh on any measure after it."""
-    streams_total = load.streams_per_replica * replicas
-    with deployment(ctx, engines, replicas, shared, streams_total, workdir) as dep:
-        row: dict[str, Any] = {"replicas": replicas, "jobs": await jobs(dep, load)}
-        row["relay"] = await relay(dep, load)
-        row["streams"] = await streams(dep, load)
-        row["ttft"] = await ttft(dep, load)
-        return row
+Measure = Callable[[Deployment, Load], Awaitable[dict[str, Any]]]
+
+
+async def in_rounds(
+    deps: dict[str, Deployment], load: Load, measure: Measure
+) -> dict[str, list[dict[str, Any]]]:
+    """`measure` on every setup in turn, `load.rounds` times, the order rotated by one each round (no setup
+    always first, or always right after another); each setup's measures, round by round."""
+    names = list(deps)
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for r in range(load.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            rounds[name].append(await measure(deps[name], load))
+    return rounds
 
 
 def ratio(value: float | None, base: float | None) -> float | None:
     return round(value / base, 3) if value is not None and base else None
 
 
-def compare(setups: dict[str, dict[str, Any]]) -> None:
-    """Each setup's ratios to the one process's figures of the same run."""
-    jobs0, relay0 = setups[ONE_PROCESS]["jobs"], setups[ONE_PROCESS]["relay"]
-    for row in setups.values():
-        jobs, relay = row["jobs"], row["relay"]
-        jobs["cpu_vs_one_process"] = ratio(jobs["cpu_ms_per_job"], jobs0["cpu_ms_per_job"])
-        relay["tokens_per_s_vs_one_process"] = ratio(relay["tokens_per_s"], relay0["tokens_per_s"])
-        relay["cpu_per_token_vs_one_process"] = ratio(relay["cpu_us_per_token"], relay0["cpu_us_per_token"])
+def median_round(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The round whose `key` is the median (the lower middle one of an even count), whole, with every
+    round's `key` beside it."""
+    measured = sorted((r for r in rounds if r.get(key) is not None), key=lambda r: r[key])
+    middle = measured[(len(measured) - 1) // 2] if measured else rounds[0]
+    return {**middle, f"{key}_rounds": [r.get(key) for r in rounds]}
+
+
+def round_ratios(rounds: list[dict[str, Any]], bases: list[dict[str, Any]], key: str) -> list[float | None]:
+    """Each round's `key` over the one process's of the same round."""
+    return [ratio(r.get(key), b.get(key)) for r, b in zip(rounds, bases, strict=True)]
+
+
+def median_ratio(ratios: list[float | None]) -> float | None:
+    measured = [x for x in ratios if x is not None]
+    return round(statistics.median(measured), 3) if measured else None
+
+
+def compare(
+    jobs_rounds: dict[str, list[dict[str, Any]]], relay_rounds: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, Any]]:
+    """Each setup's jobs and relay figures (its median round), and its ratios to the one process: the
+    median of its rounds' ratios to the one process's measure of the same round."""
+    jobs0, relay0 = jobs_rounds[ONE_PROCESS], relay_rounds[ONE_PROCESS]
+    out = {}
+    for name in jobs_rounds:
+        jobs = median_round(jobs_rounds[name], "cpu_ms_per_job")
+        cpu = round_ratios(jobs_rounds[name], jobs0, "cpu_ms_per_job")
+        jobs |= {"cpu_vs_one_process": median_ratio(cpu), "cpu_vs_one_process_rounds": cpu}
+        relay = median_round(relay_rounds[name], "cpu_us_per_token")
+        speed = round_ratios(relay_rounds[name], relay0, "tokens_per_s")
+        per_token = round_ratios(relay_rounds[name], relay0, "cpu_us_per_token")
+        relay |= {
+            "tokens_per_s_vs_one_process": median_ratio(speed),
+            "tokens_per_s_vs_one_process_rounds": speed,
+            "cpu_per_token_vs_one_process": median_ratio(per_token),
+            "cpu_per_token_vs_one_process_rounds": per_token,
+        }
+        out[name] = {"jobs": jobs, "relay": relay}
+    return out
 
 
 def targets(setups: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -470,9 +526,22 @@ async def run(ctx: Context) -> dict[str, Any]:
         for name, spec in ENGINES.items():
             (workdir / name).mkdir()
             urls[name] = start_engine(spec, workdir / name, stack).base_url
-        for i, (name, replicas, shared) in enumerate(SETUPS):
-            out["setups"][name] = await setup(ctx, urls, replicas, shared, load, workdir / f"setup-{i}")
+        deps = {
+            name: stack.enter_context(
+                deployment(
+                    ctx, urls, replicas, shared, load.streams_per_replica * replicas, workdir / f"setup-{i}"
+                )
+            )
+            for i, (name, replicas, shared) in enumerate(SETUPS)
+        }
+        compared = compare(await in_rounds(deps, load, jobs), await in_rounds(deps, load, relay))
+        print("bench: redis: jobs and relay done", file=sys.stderr, flush=True)
+        # Then each setup alone: the fixed offered rates last, since a rate past a deployment's capacity
+        # leaves work behind that would weigh on any measure after it.
+        for name, dep in deps.items():
+            row = out["setups"][name] = {"replicas": len(dep.replicas), **compared[name]}
+            row["streams"] = await streams(dep, load)
+            row["ttft"] = await ttft(dep, load)
             print(f"bench: redis: {name} done", file=sys.stderr, flush=True)
-    compare(out["setups"])
     out["targets"] = targets(out["setups"])
     return out

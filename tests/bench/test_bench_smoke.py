@@ -91,6 +91,9 @@ def test_redis_scales_one_process_to_three_replicas(results: dict[str, Any]) -> 
         jobs, relay, streams = row["jobs"], row["relay"], row["streams"]
         assert jobs["completed"] == jobs["requests"] > 0, jobs["error_examples"]
         assert jobs["cpu_ms_per_job"] > 0 and jobs["cpu_vs_one_process"] > 0
+        # measured in rounds, every setup in turn: the figure is one of its rounds
+        assert len(jobs["cpu_vs_one_process_rounds"]) == doc["load"]["rounds"] >= 2
+        assert jobs["cpu_ms_per_job"] in jobs["cpu_ms_per_job_rounds"]
         assert [t["offered_per_s"] for t in row["ttft"]] == list(doc["load"]["rates"])
         for t in row["ttft"]:
             assert t["ended"] + t["refused_429"] == t["requests"] > 0 and t["never_ended"] == 0, t

@@ -1,0 +1,39 @@
+"""The redis scenario's rounds (bench/scenarios/redis.py): every setup measured in turn, in an order
+that rotates, and each ratio to the one process taken round by round before its median."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.scenarios import redis as scenario
+
+
+async def test_every_setup_is_measured_each_round_in_a_rotating_order() -> None:
+    seen: list[str] = []
+
+    async def measure(dep: Any, load: Any) -> dict[str, Any]:
+        seen.append(dep)
+        return {"at": len(seen)}
+
+    deps: Any = {name: name for name in ("a", "b", "c")}
+    load: Any = type("Load", (), {"rounds": 3})()
+    rounds = await scenario.in_rounds(deps, load, measure)
+    assert seen == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert rounds["a"] == [{"at": 1}, {"at": 6}, {"at": 8}]
+
+
+def test_a_ratio_is_the_median_of_the_same_rounds_ratios_not_of_the_medians() -> None:
+    # The machine slowed in round two for everyone: the one process's round and the replica's round
+    # keep their ratio, which the setups' medians compared across rounds would not.
+    one = [{"cpu_ms_per_job": 4.0}, {"cpu_ms_per_job": 8.0}, {"cpu_ms_per_job": 4.2}]
+    replica = [{"cpu_ms_per_job": 5.0}, {"cpu_ms_per_job": 10.0}, {"cpu_ms_per_job": 5.5}]
+    relay = [{"cpu_us_per_token": 10.0, "tokens_per_s": 100.0}] * 3
+    compared = scenario.compare(
+        {scenario.ONE_PROCESS: one, "replica": replica}, {scenario.ONE_PROCESS: relay, "replica": relay}
+    )
+    jobs = compared["replica"]["jobs"]
+    assert jobs["cpu_vs_one_process_rounds"] == [1.25, 1.25, 1.31]
+    assert jobs["cpu_vs_one_process"] == 1.25  # the medians' ratio would be 5.5 / 4.2 = 1.31
+    assert jobs["cpu_ms_per_job"] == 5.5 and jobs["cpu_ms_per_job_rounds"] == [5.0, 10.0, 5.5]
+    assert compared[scenario.ONE_PROCESS]["jobs"]["cpu_vs_one_process"] == 1.0
+    assert compared["replica"]["relay"]["cpu_per_token_vs_one_process"] == 1.0
