@@ -128,6 +128,20 @@ def pinned(cores: set[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
+def core_split() -> dict[str, Any]:
+    """The system under test on one core, the engine and the load generator on another (of the cores
+    this process may use); no pinning on a machine with one."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return {"pinned": False, "cores": allowed, "note": "one core: nothing pinned"}
+    return {
+        "pinned": True,
+        "system_under_test": [allowed[-1]],
+        "engine_and_load_generator": [allowed[0]],
+        "cores": allowed,
+    }
+
+
 def wait_ready(child: Child, path: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,11 +1,14 @@
 """Scaling out (issue 17): one process on in-memory state, then one, two and three replicas on one Redis,
 in one run, with the same fake engines and load generator for every setup.
 
-Each setup is one deployment, with a pool for each of three fake engines started once for the run: fast
+Each setup is a deployment, with a pool for each of three fake engines started once for the run: fast
 (tokens as fast as the socket takes them), paced (a token every 10 ms) and slow (a token a second).
-The four deployments run side by side for the whole run. The measures whose targets are ratios to the
-one process (jobs, relay) are taken in rounds, each round measuring every setup in turn (in an order
-that rotates): a shared VM's speed drifts by a third within minutes, and only measures taken minutes
+As issue 17 measured it, the system under test (every replica and redis-server) runs alone on one core
+and the fake engines and the load generator on another (where the machine has two cores or more), so
+that the load generator does not take the replicas' core and its load does not pass for theirs.
+The measures whose targets are ratios to the one process (jobs, relay) are taken in rounds, each round
+measuring every setup in turn (in an order that rotates), each on a deployment started for it and
+alone on its core: a shared VM's speed drifts by a third within minutes, and measures taken minutes
 apart would compare the drift. A setup's figure is its median round, and its ratio the median of its
 rounds' ratios to the one process's measure of the same round.
 
@@ -59,7 +62,9 @@ from bench.procs import (
     EngineSpec,
     OrchestratorSpec,
     _spawn,
+    core_split,
     free_port,
+    pinned,
     scratch_dir,
     start_engine,
     wait_ready,
@@ -156,20 +161,27 @@ def pools(template: dict[str, Any], engines: dict[str, str], streams: int) -> li
 
 @contextlib.contextmanager
 def deployment(
-    ctx: Context, engines: dict[str, str], replicas: int, shared: bool, streams: int, workdir: Path
+    ctx: Context,
+    engines: dict[str, str],
+    replicas: int,
+    shared: bool,
+    streams: int,
+    workdir: Path,
+    cores: set[int] | None = None,
 ) -> Iterator[Deployment]:
     """`replicas` orchestratord processes in front of the engines, on one Redis when `shared`, with
-    slots and client connections for `streams` open together."""
+    slots and client connections for `streams` open together; all of them on `cores` when given."""
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         redis, rport = None, None
         extra: dict[str, Any] = {}
         if shared:
             rport = free_port()
-            redis = subprocess.Popen(
-                [REDIS, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            with pinned(cores):
+                redis = subprocess.Popen(
+                    [REDIS, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
             stack.callback(redis.wait)
             stack.callback(redis.terminate)
             time.sleep(0.3)
@@ -188,7 +200,9 @@ def deployment(
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             argv = [sys.executable, "-m", "orchestratord", "serve", "--config", str(path)]
             log = workdir / f"o{i}.log"
-            child = Child(f"orchestratord-{i}", f"http://127.0.0.1:{port}", _spawn(argv, log, ctx.source))
+            child = Child(
+                f"orchestratord-{i}", f"http://127.0.0.1:{port}", _spawn(argv, log, ctx.source, cores)
+            )
             stack.callback(child.stop)
             children.append(child)
         for child in children:
@@ -389,20 +403,16 @@ async def streams(dep: Deployment, load: Load) -> dict[str, Any]:
     }
 
 
-Measure = Callable[[Deployment, Load], Awaitable[dict[str, Any]]]
-
-
 async def in_rounds(
-    deps: dict[str, Deployment], load: Load, measure: Measure
-) -> dict[str, list[dict[str, Any]]]:
-    """`measure` on every setup in turn, `load.rounds` times, the order rotated by one each round (no setup
-    always first, or always right after another); each setup's measures, round by round."""
-    names = list(deps)
-    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for r in range(load.rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            rounds[name].append(await measure(deps[name], load))
-    return rounds
+    names: Sequence[str], rounds: int, measure: Callable[[str, int], Awaitable[_T]]
+) -> dict[str, list[_T]]:
+    """`measure(name, round)` for every setup in turn, `rounds` times, the order rotated by one each round
+    (no setup always first, or always right after another); each setup's measures, round by round."""
+    out: dict[str, list[_T]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in [*names[r % len(names) :], *names[: r % len(names)]]:
+            out[name].append(await measure(name, r))
+    return out
 
 
 def ratio(value: float | None, base: float | None) -> float | None:
@@ -487,15 +497,24 @@ def raise_fd_limit() -> int:
     return hard
 
 
-def machine_note(fd_limit: int) -> dict[str, Any]:
+def machine_note(fd_limit: int, split: dict[str, Any]) -> dict[str, Any]:
     cores = os.cpu_count() or 1
+    if split["pinned"]:
+        where = (
+            f"the system under test (every orchestratord replica and redis-server) on core "
+            f"{split['system_under_test'][0]}, the fake engines and the load generator on core "
+            f"{split['engine_and_load_generator'][0]}. One core bounds every setup's jobs/s: three replicas "
+            "and Redis share what one process has to itself"
+        )
+    else:
+        where = "every process of the run (replicas, redis-server, fake engines, load generator) shares them"
     return {
         "cores": cores,
         "open_files_limit": fd_limit,
-        "note": f"{cores} cores, shared by every process of the run: the replicas, redis-server, the fake "
-        "engines and the load generator. N replicas cannot scale beyond the cores: once the replicas, "
-        "Redis and the load generator fill them, more replicas add no jobs/s, so the cost per job and per "
-        "token (CPU) says how N replicas on N cores of their own would scale, not the jobs/s measured here.",
+        "core_split": split,
+        "note": f"{cores} cores; {where}. N replicas cannot scale beyond the cores they have, so the cost "
+        "per job and per token (CPU) says how N replicas on N cores of their own would scale, not the "
+        "jobs/s measured here.",
     }
 
 
@@ -518,30 +537,44 @@ async def run(ctx: Context) -> dict[str, Any]:
     if not HAVE_REDIS:
         out["skipped"] = f"no redis-server at {REDIS}: `bash ci/setup.sh test` installs Debian's"
         return out
-    out["machine_note"] = machine_note(raise_fd_limit())
+    split = core_split()  # as issue 17 measured it: the system under test alone on one core
+    sut = set(split["system_under_test"]) if split["pinned"] else None
+    ours = set(split["engine_and_load_generator"]) if split["pinned"] else None
+    out["machine_note"] = machine_note(raise_fd_limit(), split)
     workdir = scratch_dir("redis")  # the processes' logs stay here
     print(f"bench: redis: the processes' logs are in {workdir}", file=sys.stderr, flush=True)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(pinned(ours))  # the load generator: this process's main thread
         urls = {}
         for name, spec in ENGINES.items():
             (workdir / name).mkdir()
-            urls[name] = start_engine(spec, workdir / name, stack).base_url
-        deps = {
-            name: stack.enter_context(
-                deployment(
-                    ctx, urls, replicas, shared, load.streams_per_replica * replicas, workdir / f"setup-{i}"
-                )
-            )
-            for i, (name, replicas, shared) in enumerate(SETUPS)
-        }
-        compared = compare(await in_rounds(deps, load, jobs), await in_rounds(deps, load, relay))
+            urls[name] = start_engine(spec, workdir / name, stack, cores=ours).base_url
+        setups = {name: (replicas, shared) for name, replicas, shared in SETUPS}
+
+        def deployed(name: str, phase: str) -> contextlib.AbstractContextManager[Deployment]:
+            """The setup's deployment, alone on the system under test's core while it is measured."""
+            replicas, shared = setups[name]
+            streams_total = load.streams_per_replica * replicas
+            where = workdir / f"setup-{list(setups).index(name)}-{phase}"
+            return deployment(ctx, urls, replicas, shared, streams_total, where, sut)
+
+        async def jobs_and_relay(name: str, r: int) -> tuple[dict[str, Any], dict[str, Any]]:
+            with deployed(name, f"round-{r}") as dep:
+                return await jobs(dep, load), await relay(dep, load)
+
+        measured_rounds = await in_rounds(list(setups), load.rounds, jobs_and_relay)
+        compared = compare(
+            {name: [j for j, _ in got] for name, got in measured_rounds.items()},
+            {name: [r for _, r in got] for name, got in measured_rounds.items()},
+        )
         print("bench: redis: jobs and relay done", file=sys.stderr, flush=True)
-        # Then each setup alone: the fixed offered rates last, since a rate past a deployment's capacity
-        # leaves work behind that would weigh on any measure after it.
-        for name, dep in deps.items():
-            row = out["setups"][name] = {"replicas": len(dep.replicas), **compared[name]}
-            row["streams"] = await streams(dep, load)
-            row["ttft"] = await ttft(dep, load)
+        # Then each setup on its own: the fixed offered rates last, since a rate past a deployment's
+        # capacity leaves work behind that would weigh on any measure after it.
+        for name, (replicas, _) in setups.items():
+            with deployed(name, "streams-ttft") as dep:
+                row = out["setups"][name] = {"replicas": replicas, **compared[name]}
+                row["streams"] = await streams(dep, load)
+                row["ttft"] = await ttft(dep, load)
             print(f"bench: redis: {name} done", file=sys.stderr, flush=True)
     out["targets"] = targets(out["setups"])
     return out

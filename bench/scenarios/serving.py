@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
 import shutil
 import sys
 import time
@@ -35,6 +34,7 @@ from bench.procs import (
     EngineSpec,
     OrchestratorSpec,
     _spawn,
+    core_split,
     free_port,
     pinned,
     scratch_dir,
@@ -157,20 +157,6 @@ def _cpu(proc: psutil.Process) -> float:
     except psutil.Error:
         return 0.0
     return float(t.user + t.system)
-
-
-def core_split() -> dict[str, Any]:
-    """The system under test on one core, the engine and the load generator on another (of the cores
-    this process may use); no pinning on a machine with one."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) < 2:
-        return {"pinned": False, "cores": allowed, "note": "one core: nothing pinned"}
-    return {
-        "pinned": True,
-        "system_under_test": [allowed[-1]],
-        "engine_and_load_generator": [allowed[0]],
-        "cores": allowed,
-    }
 
 
 def achieved(results: Sequence[JobResult]) -> float:

@@ -3,23 +3,20 @@ that rotates, and each ratio to the one process taken round by round before its 
 
 from __future__ import annotations
 
-from typing import Any
-
 from bench.scenarios import redis as scenario
 
 
 async def test_every_setup_is_measured_each_round_in_a_rotating_order() -> None:
-    seen: list[str] = []
+    seen: list[tuple[str, int]] = []
 
-    async def measure(dep: Any, load: Any) -> dict[str, Any]:
-        seen.append(dep)
-        return {"at": len(seen)}
+    async def measure(name: str, r: int) -> int:
+        seen.append((name, r))
+        return len(seen)
 
-    deps: Any = {name: name for name in ("a", "b", "c")}
-    load: Any = type("Load", (), {"rounds": 3})()
-    rounds = await scenario.in_rounds(deps, load, measure)
-    assert seen == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
-    assert rounds["a"] == [{"at": 1}, {"at": 6}, {"at": 8}]
+    rounds = await scenario.in_rounds(["a", "b", "c"], 3, measure)
+    assert [name for name, _ in seen] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert [r for _, r in seen] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert rounds["a"] == [1, 6, 8]
 
 
 def test_a_ratio_is_the_median_of_the_same_rounds_ratios_not_of_the_medians() -> None:
