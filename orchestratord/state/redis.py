@@ -243,20 +243,26 @@ class RedisStore:
             counted = str(tokens_out) if isinstance(tokens_out, int) else ""
         self._arrived(job_id)
         running_here = self._logs.get(job_id) is not None
-        await self._logs.settle(job_id)  # the run's events first, then its end
         # Only the replica running a job ends it successfully; anyone may cancel or fail it.
         owner = self.owner if state is JobState.SUCCEEDED else ""
-        args = (
+        args: tuple[str | int, ...] = (
             job_id, state.value, name, _json(payload), repr(self._wall()), self._retention_ms, owner,
             _text(payload.get("stop_reason")), _text(payload.get("code")), _text(payload.get("message")),
             counted,
         )  # fmt: skip
+        batch = None  # the run's events first, then its end: a good end takes its last batch along
         if running_here and state is JobState.SUCCEEDED:
-            reply = await self._finish_held(job_id, args)
+            batch = await self._logs.last_batch(job_id)
+            if batch is not None:
+                args += (batch.tokens, batch.last, batch.records, batch.text)
+            reply = await self._finish_held(job_id, args, batch is not None)
         else:
+            await self._logs.settle(job_id)
             reply = await self._scripts.run("finish", *args)
-        ended = None if reply is None else LogEvent(reply[0], name, reply[1])
-        if reply is not None and reply[2]:  # the run's good end gave its slot back with it
+        if batch is not None:
+            self._logs.written(job_id, batch, int(reply[3]))
+        ended = LogEvent(reply[0], name, reply[1]) if reply[0] else None
+        if reply[2]:  # the run's good end gave its slot back with it
             self._leases.given_back(job_id, reply[2])
         if running_here:
             if ended is None and not await self._scripts.call("EXISTS", self._key(f"job:{job_id}")):
@@ -264,8 +270,9 @@ class RedisStore:
             self._logs.end(job_id, ended)
         return ended
 
-    async def _finish_held(self, job_id: str, args: tuple[str | int, ...]) -> Any:
-        """A run's good end, tried again while Redis is away, for as long as the job's claim lives."""
+    async def _finish_held(self, job_id: str, args: tuple[str | int, ...], with_batch: bool) -> Any:
+        """A run's good end (with its last batch), tried again while Redis is away, for as long as the
+        job's claim lives; the local readers get the batch's events meanwhile."""
         failures = 0
         while True:
             try:
@@ -274,6 +281,8 @@ class RedisStore:
                 local = self._logs.get(job_id)
                 if local is None or time.monotonic() >= self._logs.alive_until(local):
                     raise
+                if with_batch:
+                    self._logs.hold(job_id)
                 if failures == 0:
                     log.warning("task_end_held", job_id=job_id)
                 await asyncio.sleep(RETRY_S[min(failures, len(RETRY_S) - 1)])

@@ -15,7 +15,9 @@ reconnect with `Last-Event-ID` on any, reads, even when the job is canceled else
 
 The terminal event is the one thing written to Redis first: whoever ends the job (this run, a cancel
 on any replica, a reaper) does it there, in one step with the state, and the local log takes the
-event Redis answered (or closes without it, and its readers go on reading from Redis).
+event Redis answered (or closes without it, and its readers go on reading from Redis). A run that ends
+well does not wait for a batch of its last events before its end: once the batch on its way (if any)
+is written, what is still pending goes with the end, in the same script call (`last_batch`).
 
 Redis away: a batch that cannot be written is held and tried again as it was (its reply may have
 been lost after Redis wrote it: the script then finds its last id written and skips it), while the
@@ -82,6 +84,7 @@ class LocalLog:
     sent: int = 0  # events[:sent] are in Redis (the rest are pending)
     visible: int = 0  # the events readers are given: those Redis holds, or all while Redis is away
     held: bool = False  # Redis is away: the batch is held, and readers get every event at once
+    ending: bool = False  # the run has ended: what is pending goes with its end (`LocalLogs.last_batch`)
     flushing: asyncio.Task[None] | None = None
     status: Status = "open"
     error: BaseException | None = None  # Redis was away for longer than the claim lives
@@ -271,14 +274,13 @@ class LocalLogs:
         """Write what is pending, batch after batch; a batch Redis cannot take now is held and tried
         again until the claim would have expired."""
         failures = 0
-        while (local.retry is not None or local.pending) and local.status == "open":
+        while local.status == "open" and (local.retry is not None or (local.pending and not local.ending)):
             batch = local.retry or _batch(local)
             try:
                 reply = await self._writer.append(local.job_id, batch)
             except (StateUnavailable, RedisError) as exc:
                 local.retry = batch  # held, ahead of what comes meanwhile
-                local.held = True  # the local readers stream on without Redis
-                local.show(len(local.events))
+                _hold(local)
                 if self._clock() >= self.alive_until(local):
                     local.error = exc if isinstance(exc, StateUnavailable) else StateUnavailable(str(exc))
                     log.warning("task_state_backend_gone", job_id=local.job_id, held=batch.count)
@@ -292,22 +294,52 @@ class LocalLogs:
             if failures:
                 log.info("task_events_written", job_id=local.job_id, after_attempts=failures + 1)
                 failures = 0
-            local.reached = self._clock()
-            if int(reply) > 0:  # Redis holds them: the readers get them
-                local.held = False
-                local.written = batch.last
-                local.sent += batch.count
-                local.show(local.sent)
-            elif int(reply) < 0:
-                self.lose(local.job_id)
-            elif int(reply) == 0:
-                local.status = "closed"
+            self._written(local, batch, int(reply))
         local.flushing = None
         local.wake()
+
+    def written(self, job_id: str, batch: Batch, answer: int) -> None:
+        """Redis answered the run's last batch (with its end: finish.lua)."""
+        local = self._logs.get(job_id)
+        if local is not None:
+            self._written(local, batch, answer)
+
+    def hold(self, job_id: str) -> None:
+        """Redis did not take the run's last batch (it is away): the local readers stream on without it."""
+        local = self._logs.get(job_id)
+        if local is not None:
+            _hold(local)
+
+    def _written(self, local: LocalLog, batch: Batch, answer: int) -> None:
+        """Redis answered `batch` (`append_batch` in common.lua): 1, it holds the events, and the readers
+        get them; 0, the job takes no more from this instance; -1, Redis does not hold the job."""
+        local.reached = self._clock()
+        if answer > 0:
+            local.held = False
+            local.written = batch.last
+            local.sent += batch.count
+            local.show(local.sent)
+        elif answer < 0:
+            self.lose(local.job_id)
+        else:
+            local.status = "closed"
 
     def alive_until(self, local: LocalLog) -> float:
         """Monotonic time until which this instance's claim on the job lives without Redis."""
         return max(local.reached, self._renewed()) + self._claim_ttl_s
+
+    async def last_batch(self, job_id: str) -> Batch | None:
+        """The run ended well: once the batch on its way (or held) is written, what is still pending,
+        as the batch that goes with the job's end in one call (finish.lua); None when nothing is
+        pending, or the log takes no more from this instance."""
+        local = self._logs.get(job_id)
+        if local is None:
+            return None
+        local.ending = True
+        await self.settle(job_id)
+        if local.status != "open" or local.error is not None or not local.pending:
+            return None
+        return _batch(local)
 
     async def settle(self, job_id: str) -> None:
         """Wait until what the run handed over is written (held while Redis is away, within the claim)."""
@@ -345,6 +377,12 @@ class LocalLogs:
         for job_id in list(self._logs):
             await self.settle(job_id)
         self._logs.clear()
+
+
+def _hold(local: LocalLog) -> None:
+    """Redis did not take a batch of `local` (it is away): its readers stream on without Redis."""
+    local.held = True
+    local.show(len(local.events))
 
 
 def _batch(local: LocalLog) -> Batch:

@@ -613,6 +613,77 @@ async def test_the_events_of_several_running_jobs_go_to_redis_in_one_call(
         assert record is not None and record.text == "xy" and record.tokens_out == 2
 
 
+async def test_a_runs_last_tokens_reach_redis_with_its_end_in_one_call(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that ends well sends what is still pending with its end: one `finish` call, not a batch's
+    round trip and then the end's. A batch already on its way is written first; what came after it
+    goes with the end. Readers here and on another instance get every event once, the end last."""
+    a, b = make_store(), make_store()
+    names: list[str] = []
+    run = a._scripts.run
+
+    async def counted(name: str, *args: str | int | float) -> object:
+        names.append(name)
+        return await run(name, *args)
+
+    for job_id, on_its_way in (("j1", ""), ("j2", "ab")):
+        await admit(a, job_id)
+        await run_on(a, job_id)
+        here = asyncio.create_task(events(a, job_id))
+        monkeypatch.setattr(a._scripts, "run", counted)
+        names.clear()
+        for text in on_its_way:
+            assert await a.append_token(job_id, text) is True
+        await asyncio.sleep(0)  # the first batch (if any) leaves
+        for text in "cde":
+            assert await a.append_token(job_id, text) is True
+        ended = await a.finish(job_id, JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+        monkeypatch.setattr(a._scripts, "run", run)
+        assert names == (["append_events", "finish"] if on_its_way else ["finish"])
+        assert ended is not None and ended.name == "end"
+        texts = [*on_its_way, *"cde"]
+        for got in (await asyncio.wait_for(here, 5), await events(b, job_id)):
+            assert [e.name for e in got] == ["started", *["token"] * len(texts), "end"]
+            assert [orjson.loads(e.data)["t"] for e in got if e.name == "token"] == texts
+            assert got[-1] == ended and orjson.loads(ended.data)["tokens_out"] == len(texts)
+        stored = await b.get(job_id)
+        assert stored is not None and stored.text == "".join(texts) and stored.tokens_out == len(texts)
+        assert stored.state is JobState.SUCCEEDED
+
+
+async def test_a_runs_end_sent_again_after_its_reply_was_lost_writes_its_last_tokens_once(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis ran the end with its last batch, but the reply was lost: the run tries again while its
+    claim lives, the batch is recognized by its last id and skipped, and a reader here goes on from
+    Redis after it and reads each event once."""
+    a = make_store()
+    await admit(a, "j1")
+    await run_on(a, "j1")
+    here = asyncio.create_task(events(a, "j1"))
+    run = a._scripts.run
+    lost: list[str] = []
+
+    async def reply_lost_once(name: str, *args: str | int | float) -> object:
+        reply = await run(name, *args)
+        if name == "finish" and not lost:
+            lost.append(name)
+            raise StateUnavailable("the reply was lost")
+        return reply
+
+    monkeypatch.setattr(a._scripts, "run", reply_lost_once)
+    for text in "abc":
+        assert await a.append_token("j1", text) is True
+    await a.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+    assert lost == ["finish"]
+    got = await asyncio.wait_for(here, 5)
+    assert [e.name for e in got] == ["started", "token", "token", "token", "end"]
+    assert [e.name for e in await events_in_redis(a, "j1")] == ["started", "token", "token", "token", "end"]
+    stored = await a.get("j1")
+    assert stored is not None and stored.text == "abc" and stored.tokens_out == 3
+
+
 async def test_a_queue_member_without_its_job_never_blocks_the_queue(make_store: MakeStore) -> None:
     a = make_store()
     await admit(a, "j1")

@@ -298,6 +298,40 @@ local function expected_elsewhere(h, job, owner)
   end
 end
 
+local function id_pair(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+-- Append one batch of a running job's events, given their ids by the instance that runs it (its local
+-- log, state/redis_local.py), as one stream entry under its last event's id, for that instance only.
+-- Returns 1 and whether the log grew (a batch whose last id the log already holds was written by an
+-- earlier attempt whose reply was lost: it is skipped, its text with it), 0 (the job takes no more
+-- events from this instance: ended, or its claim is gone) or -1 (Redis does not hold the job).
+local function append_batch(job, owner, tokens_out, last, records, text)
+  local h = K('job:' .. job)
+  local state, claim = unpack(redis.call('HMGET', h, 'state', 'claim'))
+  if not state then return -1 end
+  local log = K('log:' .. job)
+  if terminal(state) or claim ~= owner then
+    -- written by the attempt whose reply was lost, and the job ended since (the run's own end with it):
+    -- the very batch, not another event that got the same id from another clock
+    local found = redis.call('XRANGE', log, last, last)
+    if #found > 0 and found[1][2][1] == 'e' and found[1][2][2] == records then return 1, false end
+    return 0
+  end
+  local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+  if #top > 0 then
+    local ms, seq = id_pair(last)
+    local top_ms, top_seq = id_pair(top[1][1])
+    if ms < top_ms or (ms == top_ms and seq <= top_seq) then return 1, false end
+  end
+  redis.call('XADD', log, last, 'e', records)
+  redis.call('HSET', h, 'tokens_out', tokens_out)
+  if text ~= '' then redis.call('APPEND', K('text:' .. job), text) end
+  return 1, true
+end
+
 local function release_lease(job)
   local where = redis.call('HGET', K('leases'), job)
   if not where then return nil end

@@ -1,14 +1,26 @@
 -- Move a job to a terminal state and append its terminal event, once.
 -- ARGV: prefix, job, state, name, data JSON, now (wall s), retention (ms), owner ('' for anyone),
 -- stop_reason, error_code, error_message ('' when absent), the engine's tokens_out ('' when it gave
--- none: the token events are counted). The owner's end (its run ended well) also gives back the job's
--- slot lease. Returns {id, data, the released lease's pool SEP replica or false}, or nil.
+-- none: the token events are counted), then, for a run that ends here with events not yet written,
+-- its last batch: tokens_out after it, its last event id, its records and its text (as append_events
+-- takes them), written first, so that the run's last tokens and its end cost one call. The owner's
+-- end (its run ended well) also gives back the job's slot lease.
+-- Returns {id, data, the released lease's pool SEP replica, the batch's answer (common.lua
+-- `append_batch`: 1, 0 or -1; false without a batch)}; id, data and lease are false when the job
+-- was not ended here.
 local job, owner = ARGV[2], ARGV[8]
-if owner ~= '' and redis.call('HGET', K('job:' .. job), 'claim') ~= owner then return nil end
-local fields = {stop_reason = ARGV[9], error_code = ARGV[10], error_message = ARGV[11]}
-local id = finish_job(job, ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), fields, ARGV[12])
-if not id then return nil end
+local wrote, grew = false, false
+if ARGV[13] then wrote, grew = append_batch(job, owner, ARGV[13], ARGV[14], ARGV[15], ARGV[16]) end
+local id = nil
+if owner == '' or redis.call('HGET', K('job:' .. job), 'claim') == owner then
+  local fields = {stop_reason = ARGV[9], error_code = ARGV[10], error_message = ARGV[11]}
+  id = finish_job(job, ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), fields, ARGV[12])
+end
+if not id then
+  if grew then news({job}) end  -- (an end written here tells of the batch in its own news)
+  return {false, false, false, wrote}
+end
 local last = redis.call('XRANGE', K('log:' .. job), id, id)
 local released = false
 if owner ~= '' then released = release_lease(job) or false end
-return {id, last[1][2][4], released}
+return {id, last[1][2][4], released, wrote}
