@@ -311,11 +311,12 @@ class Scripts:
 
     async def _on_line(self, send: Callable[[Line], Awaitable[Any]]) -> Any:
         # Inline rather than `reachable()`: this is every call's path, and a generator-based context
-        # manager costs more than the call's own work on the line.
+        # manager costs more than the call's own work on the line. On one Redis the line keeps each
+        # call's deadline itself (redis_line); a cluster's node lookup is bounded here.
         try:
+            if self.node is None:
+                return await send(cast(Line, self.line))
             async with asyncio.timeout(self.timeout_s):
-                if self.node is None:
-                    return await send(cast(Line, self.line))
                 try:
                     return await send(await self.node.line())
                 except MovedError as exc:  # the cluster moved the deployment's slot: to its node now

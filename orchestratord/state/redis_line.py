@@ -12,14 +12,16 @@ error reply is the redis-py exception callers already handle), the blocking stre
 
 Nothing is sent twice: a connection lost with commands in flight fails them (the caller answers 503;
 Redis may have run them, and a script run twice is not always harmless), and the next call connects
-again. A caller that gives up early (a client gone) leaves its reply to be read and dropped; a caller
-that waited a whole timeout closes the connection: dead, or holding a backlog no caller waits for."""
+again. A caller that gives up early (a client gone) leaves its reply to be read and dropped. The line
+keeps the deadline itself: when the oldest command in flight has waited a whole timeout (from its
+call, its connect included), the connection is closed (dead, or holding a backlog no caller waits
+for) and everything in flight fails, so a call needs no timer of its own (`asyncio.timeout` per call
+cost 5 µs, 14 times a job: bench/results/NOTES.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
@@ -89,6 +91,7 @@ class _Protocol(asyncio.Protocol):
         self._line = line
         self._parser = hiredis.Reader(encoding="utf-8", replyError=ErrorReply)
         self.waiting: deque[asyncio.Future[Any] | _Transaction] = deque()
+        self.since: deque[float] = deque()  # when each waiting command's call began (loop time)
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -106,8 +109,10 @@ class _Protocol(asyncio.Protocol):
             if isinstance(head, _Transaction):
                 if head.take(reply):
                     waiting.popleft()
+                    self.since.popleft()
                 continue
             waiting.popleft()
+            self.since.popleft()
             if head.done():  # its caller gave up waiting
                 continue
             if isinstance(reply, ErrorReply):
@@ -120,6 +125,7 @@ class _Protocol(asyncio.Protocol):
 
     def _fail(self, error: Exception) -> None:
         self._line._forget(self)
+        self.since.clear()
         while self.waiting:
             head = self.waiting.popleft()
             future = head.future if isinstance(head, _Transaction) else head
@@ -132,8 +138,8 @@ class _Protocol(asyncio.Protocol):
 
 
 class Line:
-    """A Redis connection many callers share at once (see the module's text). `timeout_s` bounds the
-    connect; each caller bounds its own wait for a reply."""
+    """A Redis connection many callers share at once (see the module's text). `timeout_s` bounds each
+    call, its connect included."""
 
     def __init__(self, url: str, *, timeout_s: float = 2.0) -> None:
         self._where: dict[str, Any] = cast(Any, parse_url)(url)
@@ -142,44 +148,66 @@ class Line:
         self._connecting: asyncio.Lock | None = None
         self._out: list[bytes] = []
         self._flush_pending = False
+        self._watch: asyncio.TimerHandle | None = None  # the deadline of the oldest command in flight
         self.connections = 0  # opened so far (the bench's and tests' count)
 
     async def execute(self, *args: Arg) -> Any:
-        protocol = self._protocol or await self._connect()
+        return await self._execute(args, asyncio.get_running_loop().time())
+
+    async def _execute(self, args: tuple[Arg, ...], since: float) -> Any:
+        protocol = self._protocol or await self._connected(since)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        protocol.waiting.append(future)
+        self._queue(protocol, future, since)
         self._send(pack(args))
-        return await self._wait(protocol, future)
+        return await future
 
     async def transaction(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """`commands` as one MULTI/EXEC (the replies of EXEC); no other caller's command runs between."""
-        protocol = self._protocol or await self._connect()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        protocol.waiting.append(_Transaction(future, len(commands)))
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        protocol = self._protocol or await self._connected(since)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue(protocol, _Transaction(future, len(commands)), since)
         self._send(b"".join([pack(("MULTI",)), *(pack(tuple(c)) for c in commands), pack(("EXEC",))]))
-        result: list[Any] = await self._wait(protocol, future)
+        result: list[Any] = await future
         return result
 
     async def evalsha(self, sha: str, source: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-        """Run a script by its digest; a Redis that does not have it (restarted, flushed) gets its source."""
+        """Run a script by its digest; a Redis that does not have it (restarted, flushed) gets its source
+        (within the same call's deadline)."""
+        since = asyncio.get_running_loop().time()
         try:
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+            return await self._execute(("EVALSHA", sha, len(keys), *keys, *args), since)
         except NoScriptError:
-            return await self.execute("EVAL", source, len(keys), *keys, *args)
+            return await self._execute(("EVAL", source, len(keys), *keys, *args), since)
 
-    async def _wait(self, protocol: _Protocol, future: asyncio.Future[Any]) -> Any:
-        sent_at = time.monotonic()
-        try:
-            return await future
-        except asyncio.CancelledError:
-            # The caller gave up; its reply is dropped when it comes. One that waited its whole
-            # timeout says the connection is dead, or that Redis holds a backlog a timeout deep on it:
-            # the commands behind would be late too, and Redis would go on running commands whose
-            # callers have all given up (each retry adding more). Closing the connection makes Redis
-            # drop what it has not read yet, and fails the calls in flight (503) at once.
-            if time.monotonic() - sent_at >= self._timeout_s * 0.9 and protocol.transport is not None:
-                protocol._fail(RedisConnectionError("Redis did not answer in time"))
-            raise
+    async def _connected(self, since: float) -> _Protocol:
+        """The connection, opened (or waited for, while another call opens it) within the call's
+        timeout."""
+        async with asyncio.timeout_at(since + self._timeout_s):
+            return await self._connect()
+
+    def _queue(self, protocol: _Protocol, waiter: asyncio.Future[Any] | _Transaction, since: float) -> None:
+        """`waiter` takes its reply after those of the commands queued before it; the line's deadline
+        watches it from `since` (when its call began)."""
+        protocol.waiting.append(waiter)
+        protocol.since.append(since)
+        if self._watch is None:
+            self._watch = asyncio.get_running_loop().call_at(since + self._timeout_s, self._check)
+
+    def _check(self) -> None:
+        """The deadline: the oldest command in flight answered within its timeout, or the connection
+        goes, and everything in flight with it."""
+        self._watch = None
+        protocol = self._protocol
+        if protocol is None or not protocol.since:
+            return
+        loop = asyncio.get_running_loop()
+        due = protocol.since[0] + self._timeout_s
+        if loop.time() >= due:
+            protocol._fail(RedisConnectionError(f"Redis did not answer within {self._timeout_s:g} s"))
+        else:
+            self._watch = loop.call_at(due, self._check)
 
     def _send(self, data: bytes) -> None:
         self._out.append(data)
@@ -244,6 +272,9 @@ class Line:
             self._out.clear()  # written for a connection that is gone; their futures have failed
 
     async def aclose(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
