@@ -778,31 +778,39 @@ def _entry(stored: str) -> QueueEntry:
 
 def _record_fields(record: JobRecord) -> list[str]:
     out: list[str] = []
-    for field in dataclasses.fields(record):
-        value = getattr(record, field.name)
-        if field.name not in _RECORD_SKIP and value is not None:
-            out += [field.name, ("1" if value else "0") if isinstance(value, bool) else str(value)]
+    for name, _ in _STORED:
+        value = getattr(record, name)
+        if value is not None:
+            out += [name, ("1" if value else "0") if isinstance(value, bool) else str(value)]
     return out
 
 
 def _record(job_id: str, stored: Mapping[str, str], text: str) -> JobRecord:
     """A JobRecord from its hash. Values are converted by the field's declared type."""
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(JobRecord):
-        raw = stored.get(field.name)
-        if field.name in _RECORD_SKIP or raw is None or raw == "":
-            continue
-        values[field.name] = _convert(str(field.type), raw)
+    for name, convert in _STORED:
+        raw = stored.get(name)
+        if raw:  # neither absent nor ""
+            values[name] = convert(raw)
     return JobRecord(job_id=job_id, text=text, **values)
 
 
-def _convert(declared: str, raw: str) -> Any:
+def _converter(declared: str) -> Callable[[str], Any]:
     if declared == "JobState":
-        return JobState(raw)
+        return JobState
     if declared.startswith("bool"):
-        return raw == "1"
+        return "1".__eq__
     if declared.startswith("int"):
-        return int(raw)
+        return int
     if declared.startswith("float"):
-        return float(raw)
-    return raw
+        return float
+    return str
+
+
+# Each stored field of a JobRecord and how its hash value is read back (worked out once: a record
+# is read a few times a job).
+_STORED = tuple(
+    (field.name, _converter(str(field.type)))
+    for field in dataclasses.fields(JobRecord)
+    if field.name not in _RECORD_SKIP
+)
