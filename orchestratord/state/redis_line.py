@@ -227,6 +227,7 @@ class Line:
             protocol._fail(RedisConnectionError(f"writing to Redis failed ({exc})"))
 
     async def _connect(self) -> _Protocol:
+        """Open the connection (one caller at a time); bounded by the calling `_connected`."""
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
@@ -234,28 +235,25 @@ class Line:
                 return self._protocol
             loop = asyncio.get_running_loop()
             where = self._where
-            async with asyncio.timeout(self._timeout_s):
-                if "path" in where:
-                    _, protocol = await loop.create_unix_connection(lambda: _Protocol(self), where["path"])
-                else:
-                    context = (
-                        ssl.create_default_context()
-                        if where.get("connection_class") is SSLConnection
-                        else None
-                    )
-                    _, protocol = await loop.create_connection(
-                        lambda: _Protocol(self),
-                        where.get("host", "localhost"),
-                        where.get("port", 6379),
-                        ssl=context,
-                    )
-                self._protocol = protocol
-                self.connections += 1
-                try:
-                    await self._hello(protocol)
-                except BaseException:
-                    protocol._fail(RedisConnectionError("Redis refused the connection's setup"))
-                    raise
+            if "path" in where:
+                _, protocol = await loop.create_unix_connection(lambda: _Protocol(self), where["path"])
+            else:
+                context = (
+                    ssl.create_default_context() if where.get("connection_class") is SSLConnection else None
+                )
+                _, protocol = await loop.create_connection(
+                    lambda: _Protocol(self),
+                    where.get("host", "localhost"),
+                    where.get("port", 6379),
+                    ssl=context,
+                )
+            self._protocol = protocol
+            self.connections += 1
+            try:
+                await self._hello(protocol)
+            except BaseException:
+                protocol._fail(RedisConnectionError("Redis refused the connection's setup"))
+                raise
             return protocol
 
     async def _hello(self, protocol: _Protocol) -> None:
