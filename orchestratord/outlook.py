@@ -72,6 +72,7 @@ class Outlook:
         self._ratios: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait / predicted wait
         self._late: deque[float] = deque(maxlen=ERROR_SAMPLES)  # measured wait - predicted wait (s)
         self._predicted: deque[float] = deque(maxlen=ERROR_SAMPLES)  # the predicted waits (s)
+        self._stretch: tuple[float, float] | None = None  # `assured`'s lateness and ratio, until a start
 
     async def refresh(self, max_age_s: float = 0.0) -> list[PoolSnapshot]:
         """The pools now; or as the last refresh saw them, if that was at most `max_age_s` ago."""
@@ -321,6 +322,7 @@ class Outlook:
             self._ratios.append(waited_s / predicted)
             self._late.append(waited_s - predicted)
             self._predicted.append(predicted)
+            self._stretch = None
 
     def assured(self, wait_ms: int) -> int:
         """`wait_ms` stretched by how late the measured starts came against their predictions, so
@@ -329,9 +331,13 @@ class Outlook:
         at most 3) applied, whichever is more."""
         if len(self._late) < MIN_SAMPLES:
             return wait_ms
-        late = max(0.0, _p90(self._late))
-        ratios = [r for r, p in zip(self._ratios, self._predicted, strict=True) if p >= 0.1]
-        ratio = min(3.0, max(1.0, _p90(ratios))) if len(ratios) >= MIN_SAMPLES else 1.0
+        if self._stretch is None:  # worked out once per new sample, not per admission
+            ratios = [r for r, p in zip(self._ratios, self._predicted, strict=True) if p >= 0.1]
+            self._stretch = (
+                max(0.0, _p90(self._late)),
+                min(3.0, max(1.0, _p90(ratios))) if len(ratios) >= MIN_SAMPLES else 1.0,
+            )
+        late, ratio = self._stretch
         return max(wait_ms + math.ceil(late * 1000), math.ceil(wait_ms * ratio))
 
     def keep_promises(self, queued: Collection[str]) -> None:

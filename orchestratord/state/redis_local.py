@@ -238,8 +238,10 @@ class LocalLogs:
         this instance (the log is then forgotten); raises StateUnavailable once Redis has been away
         for longer than the job's claim lives."""
         local = self._logs.get(job_id)
-        if local is None:
-            return None
+        return None if local is None else self._add(local, name, data, text)
+
+    def _add(self, local: LocalLog, name: str, data: str, text: str) -> LogEvent | None:
+        job_id = local.job_id
         if local.status != "open" or local.error is not None:
             self.end(job_id, None)
             if local.error is not None:
@@ -261,12 +263,13 @@ class LocalLogs:
             return None
         data = f'{{"t":{text_json},"i":{local.tokens}'
         data += f',"logprobs":{logprobs_json}}}' if logprobs_json else "}"
-        event = self.add(job_id, "token", data, text)
+        event = self._add(local, "token", data, text)
         if event is not None:
             local.tokens += 1
         return event
 
     def backlog(self, job_id: str) -> bool:
+        """Redis is slower than the run (or away): its run should wait for the batch on its way."""
         local = self._logs.get(job_id)
         return local is not None and len(local.pending) >= MAX_PENDING
 

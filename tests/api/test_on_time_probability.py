@@ -32,6 +32,20 @@ def test_the_probability_follows_the_measured_errors() -> None:
     assert outlook.on_time(1000, 1.5) == pytest.approx(0.5)
 
 
+def test_a_wait_is_stretched_by_the_latest_measured_lateness() -> None:
+    outlook = Outlook(PoolRegistry([]), Runs())
+    assert outlook.assured(1000) == 1000  # nothing measured yet
+    for i in range(MIN_SAMPLES):  # every start came when predicted
+        outlook.promised(f"j{i}", 1000)
+        outlook.started(f"j{i}", 1.0)
+    assert outlook.assured(1000) == 1000
+    assert outlook.assured(2000) == 2000  # asked again, with nothing new measured
+    for i in range(MIN_SAMPLES * 10):  # then most came twice as late: the next admission sees it
+        outlook.promised(f"k{i}", 1000)
+        outlook.started(f"k{i}", 2.0)
+    assert outlook.assured(1000) == 2000
+
+
 def test_a_queued_job_with_a_deadline_is_told_its_chances(make_server: Callable[..., LoopbackServer]) -> None:
     pool = {"id": "p", "engine": "mock", "models": ["m"], "replicas": [{"id": "r0"}], "slots": 1,
             "options": {"ttft_ms": 0, "tokens_per_s": 400}}  # fmt: skip
