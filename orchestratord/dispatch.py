@@ -129,22 +129,24 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._config.tick_s):
                     await self._wake.wait()
+            woken = self._wake.is_set()
             self._wake.clear()
             if self._clock() - last_housekeeping >= self._config.tick_s:  # even when wake-ups never pause
                 last_housekeeping = self._clock()
                 await self._housekeeper.run_once()
             try:
-                await self._dispatch_ready()
+                await self._dispatch_ready(woken)
                 self._reachability.report(True)
             except StateUnavailable:
                 self._reachability.report(False)
             except Exception:  # task root: log loudly, keep dispatching
                 log.error("dispatch_loop_error", exc_info=True)
 
-    async def _dispatch_ready(self) -> None:
+    async def _dispatch_ready(self, woken: bool = True) -> None:
         """Take queued jobs onto free slots until none is left that a free slot serves, or for one tick
         (then the loop runs housekeeping, which a long backlog must not hold off, and comes straight
-        back)."""
+        back). `woken`: a job was queued or a slot freed since the last round; else the tick came round
+        (an idle replica's look then asks the queue alone)."""
         # On a shared backend a look is a round trip that waits for a turn of a busy loop as well: up
         # to TAKES_PER_LOOK jobs are taken on one, its slot counts less the slots this round leased
         # (what other replicas leased meanwhile shows at the next look; a slot they took first makes
@@ -161,7 +163,7 @@ class Dispatcher:
             async with self._placer.exclusive():
                 # One look first: a round with nothing queued (most wake-ups at light load) ends here.
                 # On a shared backend the pools' slot counts are asked in the same round trip.
-                pending, snapshots = await self._look()
+                pending, snapshots = await self._look(woken or started > 0)
                 if not pending.queued:
                     return
                 if pending.expired:
@@ -189,10 +191,12 @@ class Dispatcher:
         """Which routes a batch job may take: not the slots held back for interactive work."""
         return partial(_servable, snapshots, self._config.holdback) if self._config.holdback else None
 
-    async def _look(self) -> tuple[Pending, Sequence[PoolSnapshot] | None]:
-        """The queue's first look; with a shared backend, the pools' snapshots too, asked at once
-        (both on the one Redis connection, in one write: a round trip less per job taken)."""
-        if self._shared is None:
+    async def _look(self, busy: bool) -> tuple[Pending, Sequence[PoolSnapshot] | None]:
+        """The queue's first look; with a shared backend and when `busy`, the pools' snapshots too,
+        asked at once (both on the one Redis connection, in one write: a round trip less per job
+        taken). A tick's look on an idle replica mostly finds nothing queued: it asks the queue alone
+        (housekeeping's pass has just refreshed the snapshots for the gauges)."""
+        if self._shared is None or not busy:
             return await self._store.pending(self._wall()), None
         looks = await asyncio.gather(
             self._store.pending(self._wall()), self._outlook.refresh(), return_exceptions=True

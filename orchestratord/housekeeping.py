@@ -207,8 +207,14 @@ class Housekeeper:
         await self._outlook.refresh()
         self._gauge_queue(queued)
         self._metrics.places_held.set(await self._store.places_held())
-        if self._shared is not None and not await self._shared.lead("positions", ttl_s=2.0):
-            return  # one replica publishes positions for the shared queue
+        if queued and (self._shared is None or await self._shared.lead("positions", ttl_s=2.0)):
+            await self._publish(queued, now)  # one replica publishes positions for the shared queue
+        live = {e.job_id for e in queued}
+        self._outlook.keep_promises(live)
+        for job_id in [j for j in self._published if j not in live]:
+            del self._published[job_id]
+
+    async def _publish(self, queued: list[QueueEntry], now: float) -> None:
         places: Mapping[str, Place] | None = None  # read once per pass, for every job, when one is due
         caps: dict[Route, Capacity] = {}  # the same for every job of a route in one pass
         for entry in queued:
@@ -236,7 +242,3 @@ class Housekeeper:
                 if on_time is not None:
                     data["on_time_probability"] = on_time
                 await self._store.append(entry.job_id, "metrics", data)
-        live = {e.job_id for e in queued}
-        self._outlook.keep_promises(live)
-        for job_id in [j for j in self._published if j not in live]:
-            del self._published[job_id]

@@ -3,6 +3,7 @@ a round trip), counting the slots it leased meanwhile."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from orchestratord.state.redis import RedisStore
+from orchestratord.state.redis_leases import RedisLeases
 from tests.conftest import mock_pool
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
@@ -58,3 +60,59 @@ def test_a_backlog_is_taken_several_jobs_to_a_look_as_far_as_the_free_slots_go(
     # one look, then the four jobs the pool's four free slots take, in admission order (one tenant,
     # one class), and no fifth: the round counted the slots it leased
     assert taken == [j["job_id"] for j in jobs[:4]] + [None], calls
+
+
+def test_an_idle_replica_asks_redis_for_the_slots_once_a_tick_and_never_for_the_positions_lead(
+    make_server: Callable[..., LoopbackServer], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    look, held_each, lead = RedisStore.pending, RedisLeases.held_each, RedisStore.lead
+
+    async def counted_look(self: RedisStore, *args: Any) -> Any:
+        calls.append("look")
+        return await look(self, *args)
+
+    async def counted_held(self: RedisLeases, *args: Any) -> Any:
+        calls.append("slots")
+        return await held_each(self, *args)
+
+    async def counted_lead(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
+        calls.append("lead")
+        return await lead(self, *args, **kwargs)
+
+    monkeypatch.setattr(RedisStore, "pending", counted_look)
+    monkeypatch.setattr(RedisLeases, "held_each", counted_held)
+    monkeypatch.setattr(RedisStore, "lead", counted_lead)
+    server = make_server(state_url=redis_server.url, redis={"key_prefix": prefix()}, pools=[mock_pool()])
+    calls.clear()
+    time.sleep(1.5)  # about six ticks with nothing queued
+    looks = calls.count("look")
+    assert looks >= 4, calls
+    # housekeeping's pass reads the slots for the gauges; the tick's look at an empty queue does not
+    # read them again, and with nothing queued no replica needs to lead the positions' publishing
+    assert calls.count("slots") <= looks + 1, calls
+    assert "lead" not in calls, calls
+    body = {"model_ref": "mock", "prompt": "x", "max_tokens": 2}
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        job = client.post("/v1/tasks", json=body).json()
+        assert read_events(client, job["sse_url"])[-1].event == "end"
+
+
+def test_a_replica_that_does_not_lead_the_positions_still_forgets_the_promises_of_jobs_gone(
+    make_server: Callable[..., LoopbackServer], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def never_leads(self: RedisStore, *args: Any, **kwargs: Any) -> bool:
+        return False  # another replica publishes the positions
+
+    monkeypatch.setattr(RedisStore, "lead", never_leads)
+    server = make_server(state_url=redis_server.url, redis={"key_prefix": prefix()}, pools=[mock_pool()])
+    outlook = server.app.state.services.outlook
+
+    async def promise() -> None:  # a job admitted here, then started on another replica
+        outlook.promised("started-elsewhere", 1000)
+
+    server.call(promise())
+    deadline = time.monotonic() + 5.0
+    while "started-elsewhere" in outlook._promised and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "started-elsewhere" not in outlook._promised  # else each such job stays for good
