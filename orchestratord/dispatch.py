@@ -145,8 +145,8 @@ class Dispatcher:
     async def _dispatch_ready(self, woken: bool = True) -> None:
         """Take queued jobs onto free slots until none is left that a free slot serves, or for one tick
         (then the loop runs housekeeping, which a long backlog must not hold off, and comes straight
-        back). `woken`: a job was queued or a slot freed since the last round; else the tick came round
-        (an idle replica's look then asks the queue alone)."""
+        back). `woken`: a job was queued, a slot freed or the last round left jobs; else the tick came
+        round (an idle replica's look then asks the queue alone)."""
         # On a shared backend a look is a round trip that waits for a turn of a busy loop as well: up
         # to TAKES_PER_LOOK jobs are taken on one, its slot counts less the slots this round leased
         # (what other replicas leased meanwhile shows at the next look; a slot they took first makes
