@@ -51,6 +51,27 @@ UNREACHABLE = (
     RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException, ClusterDownError, TryAgainError,
 )  # fmt: skip
 Client: TypeAlias = "aioredis.Redis | RedisCluster"
+
+
+async def stop(task: asyncio.Task[Any]) -> None:
+    """Cancel a task root that talks to Redis and wait until it has ended, asking again while it runs on:
+    redis-py retries a read whose timeout fired together with the cancel, and the cancel is lost (seen:
+    the pub/sub poll on a cluster, so that closing the store hung)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("task_failed", task=task.get_name(), exc_info=task.exception())
+
+
+def stopping() -> bool:
+    """Whether the running task was asked to stop. A task root that retries on UNREACHABLE checks it:
+    a cancel that lands as a library's own timeout fires can come out as TimeoutError, an OSError, and
+    would otherwise be retried."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 ANCHOR = "epoch"  # the key every script declares (KEYS[1]): one key of the deployment's slot
 log = get_logger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from orchestratord.logs import get_logger
-from orchestratord.state.redis_client import UNREACHABLE, Client, subscriber
+from orchestratord.state.redis_client import UNREACHABLE, Client, stop, stopping, subscriber
 
 log = get_logger(__name__)
 _POLL_S = 1.0
@@ -63,7 +63,7 @@ class Signals:
 
     async def _listen(self) -> None:
         failures = 0
-        while True:
+        while not stopping():
             pubsub: Any = None
             try:
                 pubsub = await subscriber(self._client)
@@ -80,6 +80,8 @@ class Signals:
                 self._listened = True
                 await self._relay(pubsub)
             except (*UNREACHABLE, RedisError) as exc:  # task root: resubscribe, never stop listening
+                if stopping():
+                    return
                 if failures == 0:
                     log.warning("state_backend_unreachable", channel="signals", error=type(exc).__name__)
                 await asyncio.sleep(_BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)])
@@ -105,6 +107,5 @@ class Signals:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await stop(self._task)
             self._task = None

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from orchestratord.core.tasks import LogEvent
 from orchestratord.errors import StateUnavailable
 from orchestratord.logs import get_logger
-from orchestratord.state.redis_client import UNREACHABLE, Scripts
+from orchestratord.state.redis_client import UNREACHABLE, Scripts, stopping
 
 log = get_logger(__name__)
 Entry = tuple[str, dict[str, str]]  # (stream id, fields)
@@ -154,6 +154,8 @@ class Tail:
                 )  # fmt: skip
                 failures = 0
             except (*UNREACHABLE, RedisError, StateUnavailable) as exc:  # task root: readers look themselves
+                if stopping():
+                    return
                 if failures == 0:
                     log.warning("state_backend_unreachable", channel="tail", error=type(exc).__name__)
                 await asyncio.sleep(_BACKOFF_S[min(failures, len(_BACKOFF_S) - 1)])

@@ -11,6 +11,7 @@ import pytest
 from redis.exceptions import AuthenticationError, MovedError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from orchestratord.state.redis_client import stop
 from orchestratord.state.redis_line import ErrorReply, Line, exception_of, pack
 from tests.redis.conftest import RedisServer
 
@@ -167,3 +168,27 @@ def test_a_moved_reply_is_redis_pys_moved_error() -> None:
     moved = exception_of(ErrorReply("MOVED 3999 127.0.0.1:7001"))
     assert isinstance(moved, MovedError)
     assert (moved.host, moved.port) == ("127.0.0.1", 7001)
+
+
+async def test_a_task_root_is_stopped_even_when_it_swallows_a_cancel() -> None:
+    """redis-py retries a read whose timeout fired together with a cancel, and the cancel is lost:
+    `stop` asks again until the task has ended (closing a store on a cluster hung without it)."""
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1
+                task = asyncio.current_task()
+                assert task is not None
+                task.uncancel()  # as a library that turns it into an error and retries
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(stop(task), 5)
+    assert task.cancelled() and swallowed == 1

@@ -537,7 +537,7 @@ async def test_a_reader_waiting_for_a_local_run_hears_when_another_instance_take
     monkeypatch.setattr("orchestratord.state.redis._EXPECTED_S", 3600.0)
     a, b = make_store(), make_store()
     seen, task = await reading_a_job_admitted_to_run_here(a)
-    await asyncio.sleep(0.2)  # the reader waits for a run here
+    await asyncio.sleep(0.3)  # the reader waits for a run here; A's reservation (RESERVED_MS) runs out
     if elsewhere == "taken":
         await run_on(b, "j1")
         await b.append_token("j1", "a")
@@ -546,6 +546,34 @@ async def test_a_reader_waiting_for_a_local_run_hears_when_another_instance_take
         await b.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
     await asyncio.wait_for(task, 10)
     assert seen == (["started", "token", "end"] if elsewhere == "taken" else ["started", "end"])
+
+
+async def test_a_job_its_replica_admitted_to_run_itself_is_left_to_it_a_while(make_store: MakeStore) -> None:
+    """Another replica woken meanwhile (a slot came free there) takes the jobs behind it, in their
+    order, and the reserved one only once its reservation (lua/common.lua RESERVED_MS, 250 ms) has run
+    out: the job's tokens then reach its readers from the process that admitted it, not Redis."""
+    a, b = make_store(), make_store()
+    assert isinstance(await a.create(record("a1"), entry("a1"), wake_all=False), Admitted)
+    await admit(a, "open1")  # wake_all: anyone's
+    assert isinstance(await b.create(record("b1"), entry("b1"), wake_all=False), Admitted)
+    await admit(b, "open2")
+    anything = (lambda key: True, lambda tenant: True)
+    assert (await b.take(*anything)).job_id == "open1", "a1 is a's for now"  # type: ignore[union-attr]
+    assert (await b.take(*anything)).job_id == "b1", "its own reserved job, in its turn"  # type: ignore[union-attr]
+    assert (await b.take(*anything)).job_id == "open2"  # type: ignore[union-attr]
+    assert await b.take(*anything) is None, "only a1 is queued, and it is a's"
+    await asyncio.sleep(0.3)
+    assert (await b.take(*anything)).job_id == "a1", "a did not take it in time: anyone may"  # type: ignore[union-attr]
+
+
+async def test_the_admitting_replica_takes_its_reserved_job_in_its_turn(make_store: MakeStore) -> None:
+    a, b = make_store(), make_store()
+    await admit(b, "open1")
+    assert isinstance(await a.create(record("a1"), entry("a1"), wake_all=False), Admitted)
+    assert isinstance(await b.create(record("b1"), entry("b1"), wake_all=False), Admitted)
+    anything = (lambda key: True, lambda tenant: True)
+    assert [(await a.take(*anything)).job_id for _ in range(2)] == ["open1", "a1"]  # type: ignore[union-attr]
+    assert await a.take(*anything) is None, "b1 is b's for now"
 
 
 async def test_the_owners_good_end_gives_its_slot_back_in_the_same_step(make_store: MakeStore) -> None:

@@ -8,6 +8,7 @@
 --   P job:<id>        hash    the job record, plus `entry` (its queue entry as JSON), `seq`, `claim`
 --                             (the orchestrator instance that took it), `taken`, `requeued`,
 --                             `expected_by` (the instance that admitted it to run itself, until taken)
+--                             and `expected_until` (ms, Redis clock: till then no other instance takes it)
 --   P text:<id>       string  the concatenated token text
 --   P log:<id>        stream  the event log: an event as fields n (event name) and d (JSON data), or a
 --                             batch of events as field e (append_events.lua)
@@ -293,9 +294,20 @@ end
 local function expected_elsewhere(h, job, owner)
   local by = redis.call('HGET', h, 'expected_by')
   if by then
-    redis.call('HDEL', h, 'expected_by')
+    redis.call('HDEL', h, 'expected_by', 'expected_until')
     if by ~= owner then redis.call('PUBLISH', K('elsewhere:' .. by), job) end
   end
+end
+
+-- How long a job that an instance admitted to run itself is left to that instance's dispatcher. An
+-- instance woken meanwhile (a slot came free there: every finish with jobs queued wakes them all) takes
+-- the jobs behind it instead, so that the job's tokens reach its readers from the process that admitted
+-- it rather than through Redis. Past it (that instance is slow, or gone), any instance takes the job.
+local RESERVED_MS = 250
+
+local function reserved_for_other(job, owner, now)
+  local by, till = unpack(redis.call('HMGET', K('job:' .. job), 'expected_by', 'expected_until'))
+  return by ~= false and by ~= owner and (tonumber(till) or 0) > now
 end
 
 local function id_pair(id)

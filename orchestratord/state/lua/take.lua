@@ -1,6 +1,7 @@
 -- Dispatch: among the flows whose tenant may run more and whose queued jobs include one a free slot
--- can serve, take the head of the flow with the smallest (tag, deadline, arrival); advance the virtual
--- time and the flow's tag; record the claim of the orchestrator instance that took it.
+-- can serve, take the first job (not reserved for the instance that admitted it: common.lua
+-- RESERVED_MS) of the flow with the smallest (tag, deadline, arrival); advance the virtual time and
+-- the flow's tag; record the claim of the orchestrator instance that took it.
 -- ARGV: prefix, owner, claim ttl (ms), policy JSON {classes, tenants}, servable routes (encoded) (JSON
 -- list), allowed tenants (JSON list), tenant concurrency limits (JSON object), the servable routes a
 -- batch job may take (JSON list: slots held back for interactive work leave some out).
@@ -21,29 +22,51 @@ local function may_run(tenant)
   return limit == nil or tonumber(redis.call('HGET', K('run:tenants'), tenant) or '0') < limit
 end
 
+-- A flow's first job this instance may take (not reserved for the instance that admitted it:
+-- common.lua RESERVED_MS), looking at most SCAN jobs deep: its member and score, or nil.
+local SCAN = 32
+local now = now_ms()
+local function first_open(pair)
+  local z = K('q:z:' .. pair)
+  local i = 0
+  while i < SCAN do
+    local page = redis.call('ZRANGE', z, i, SCAN - 1, 'WITHSCORES')
+    if #page == 0 then
+      if i == 0 then redis.call('SREM', K('q:pairs'), pair) end
+      return nil
+    end
+    local moved = false
+    for k = 1, #page, 2 do
+      local job = string.sub(page[k], 17)
+      -- A member whose job the queue no longer holds would block its lane for ever (every take
+      -- failing on it): it is dropped, and counted in P q:orphans. It must never happen; it was seen
+      -- under overload on two and three replicas (bench/results/NOTES.md), most likely from a `create`
+      -- sent twice, which create.lua now admits once.
+      if redis.call('HEXISTS', K('q:entries'), job) == 0 then
+        redis.call('ZREM', z, page[k])
+        redis.call('HINCRBY', K('q:orphans'), 'dropped', 1)
+        moved = true
+        break  -- the ranks behind it moved up: read on from the same rank
+      end
+      if not reserved_for_other(job, owner, now) then return page[k], page[k + 1] end
+      i = i + 1
+    end
+    if not moved then return nil end  -- every job up to SCAN deep is reserved, or the lane ended
+  end
+  return nil
+end
+
 local best = nil
 for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
   local tenant, priority, route = split_pair(pair)
   local open = servable[route]
   if priority == 'batch' then open = batch_ok[route] end
   if open and may_run(tenant) then
-    local z = K('q:z:' .. pair)
-    local head = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
-    -- A member whose job the queue no longer holds would block its lane for ever (every take failing
-    -- on it): it is dropped, and counted in P q:orphans. It must never happen; it was seen under
-    -- overload on two and three replicas (bench/results/NOTES.md), most likely from a `create` sent
-    -- twice, which create.lua now admits once.
-    while #head > 0 and redis.call('HEXISTS', K('q:entries'), string.sub(head[1], 17)) == 0 do
-      redis.call('ZREM', z, head[1])
-      redis.call('HINCRBY', K('q:orphans'), 'dropped', 1)
-      head = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
-    end
-    if #head == 0 then redis.call('SREM', K('q:pairs'), pair) end
-    if #head > 0 then
+    local m, score = first_open(pair)
+    if m then
       local flow = tenant .. SEP .. priority
       local tag = tonumber(redis.call('HGET', K('q:tags'), flow) or '0')
-      local deadline = tonumber(head[2])
-      local m = head[1]
+      local deadline = tonumber(score)
       if best == nil or tag < best.tag or (tag == best.tag and (deadline < best.deadline
           or (deadline == best.deadline and m < best.member))) then
         best = {tag = tag, deadline = deadline, member = m, flow = flow}
