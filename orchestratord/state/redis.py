@@ -352,9 +352,10 @@ class RedisStore:
         """Into the run's local log at once, to Redis behind it (`redis_local`): True while the job
         takes tokens from this instance, as far as it knows; a refusal comes with the next token."""
         extra = "" if logprobs is None else _json(logprobs)
-        if self._logs.token(job_id, _json(text), text, extra) is None:
+        behind = self._logs.token(job_id, _json(text), text, extra)
+        if behind is None:
             return False
-        if self._logs.backlog(job_id):  # Redis is slower than the engine, or away: wait for it
+        if behind:  # Redis is slower than the engine, or away: wait for it
             await self._logs.settle(job_id)
         return True
 

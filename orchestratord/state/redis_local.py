@@ -251,22 +251,26 @@ class LocalLogs:
         local.pending.append(f"{event.id}{US}{name}{US}{data}")
         if text:
             local.texts.append(text)
-        local.push(event, show=local.held)
+        local.events.append(event)  # `push`, a call less a token
+        if local.held:
+            local.show(len(local.events))
         if local.flushing is None:
             local.flushing = asyncio.create_task(self._flush(local))
         return event
 
-    def token(self, job_id: str, text_json: str, text: str, logprobs_json: str) -> LogEvent | None:
-        """A `token` event with the next index (the run's only writer of tokens is this instance)."""
+    def token(self, job_id: str, text_json: str, text: str, logprobs_json: str) -> bool | None:
+        """A `token` event with the next index (the run's only writer of tokens is this instance).
+        None if the job takes no more from this instance; else whether Redis is behind the run
+        (`backlog`), told here so that a token costs one lookup of its log."""
         local = self._logs.get(job_id)
         if local is None:
             return None
         data = f'{{"t":{text_json},"i":{local.tokens}'
         data += f',"logprobs":{logprobs_json}}}' if logprobs_json else "}"
-        event = self._add(local, "token", data, text)
-        if event is not None:
-            local.tokens += 1
-        return event
+        if self._add(local, "token", data, text) is None:
+            return None
+        local.tokens += 1
+        return len(local.pending) >= MAX_PENDING
 
     def backlog(self, job_id: str) -> bool:
         """Redis is slower than the run (or away): its run should wait for the batch on its way."""

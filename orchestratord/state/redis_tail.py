@@ -67,7 +67,12 @@ def events_of(entries: Iterable[Entry], after: str | None = None) -> list[LogEve
         else:
             events = [LogEvent._make(record.split(US, 2)) for record in records.split(RS)]
             if mark is not None:  # only the first entry past the mark may straddle it
-                events = [event for event in events if stream_order(event.id) > mark]
+                # its events ascend: skip those at or before the mark (one comparison when none is)
+                skip = 0
+                while skip < len(events) and stream_order(events[skip].id) <= mark:
+                    skip += 1
+                if skip:
+                    events = events[skip:]
             out += events
         mark = None
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from redis.exceptions import RedisError
 
 from orchestratord.core.tasks import LogEvent
@@ -71,3 +72,34 @@ async def test_a_batch_redis_did_not_take_is_sent_again_as_it_was_and_what_came_
     assert after[:3] == ["j1", 3, "200000-2"] and after[3].split(US)[:2] == ["200000-2", "token"]
     local = logs.get("j1")
     assert local is not None and local.written == "200000-2" and local.sent == 4
+
+
+async def test_a_token_says_when_redis_is_behind_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_PENDING events waiting for Redis, the run is told to wait for its batch; a job this
+    instance does not run takes no token."""
+    monkeypatch.setattr("orchestratord.state.redis_local.MAX_PENDING", 2)
+    gate = asyncio.Event()
+
+    class Scripts:
+        async def run(self, name: str, *args: object) -> list[int]:
+            await gate.wait()  # Redis is slow
+            return [1]
+
+    logs = LocalLogs(
+        Scripts(),  # type: ignore[arg-type]
+        "me",
+        claim_ttl_s=60.0,
+        renewed=lambda: 0.0,
+        lost=lambda job, event_id: LogEvent(event_id, "error", "{}"),
+    )
+    logs.open("j1", [LogEvent("100-0", "started", "{}")])
+    assert logs.token("j1", '"a"', "a", "") is False
+    await asyncio.sleep(0)  # "a" is on its way; the next ones wait for it
+    assert logs.token("j1", '"b"', "b", "") is False
+    assert logs.token("j1", '"c"', "c", "") is True, "two events wait behind the batch on its way"
+    assert logs.token("nobody", '"x"', "x", "") is None
+    gate.set()
+    await logs.settle("j1")
+    assert logs.token("j1", '"d"', "d", "") is False
+    gate.set()
+    await logs.settle("j1")
