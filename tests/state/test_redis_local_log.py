@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from redis.exceptions import RedisError
@@ -10,6 +11,18 @@ from redis.exceptions import RedisError
 from orchestratord.core.tasks import LogEvent
 from orchestratord.state.redis_local import LocalLog, LocalLogs
 from orchestratord.state.redis_tail import RS, US
+
+
+def local_logs(scripts: object, **options: Any) -> LocalLogs:
+    """Local logs over a stand-in for the Redis scripts (its `run`), claims that never lapse."""
+    return LocalLogs(
+        scripts,  # type: ignore[arg-type]
+        "me",
+        claim_ttl_s=60.0,
+        renewed=lambda: 0.0,
+        lost=lambda job, event_id: LogEvent(event_id, "error", "{}"),
+        **options,
+    )
 
 
 async def test_a_reader_that_read_ahead_in_redis_gets_nothing_twice_from_the_local_log() -> None:
@@ -50,14 +63,7 @@ async def test_a_batch_redis_did_not_take_is_sent_again_as_it_was_and_what_came_
                 raise RedisError("connection lost")
             return [1]
 
-    logs = LocalLogs(
-        Scripts(),  # type: ignore[arg-type]
-        "me",
-        claim_ttl_s=60.0,
-        renewed=lambda: 0.0,
-        lost=lambda job, event_id: LogEvent(event_id, "error", "{}"),
-        wall=lambda: 200.0,
-    )
+    logs = local_logs(Scripts(), wall=lambda: 200.0)
     logs.open("j1", [LogEvent("100-0", "started", "{}")])
     logs.token("j1", '"a"', "a", "")
     logs.token("j1", '"b"', "b", "")
@@ -85,13 +91,7 @@ async def test_a_token_says_when_redis_is_behind_the_run(monkeypatch: pytest.Mon
             await gate.wait()  # Redis is slow
             return [1]
 
-    logs = LocalLogs(
-        Scripts(),  # type: ignore[arg-type]
-        "me",
-        claim_ttl_s=60.0,
-        renewed=lambda: 0.0,
-        lost=lambda job, event_id: LogEvent(event_id, "error", "{}"),
-    )
+    logs = local_logs(Scripts())
     logs.open("j1", [LogEvent("100-0", "started", "{}")])
     assert logs.token("j1", '"a"', "a", "") is False
     await asyncio.sleep(0)  # "a" is on its way; the next ones wait for it
