@@ -50,6 +50,10 @@ _PAGE = 500  # job hashes read per pipeline when listing jobs
 # whose word was lost (pub/sub delivers at most once) or a job that stays queued this long.
 _EXPECTED_S = 1.0
 _EXPECTED_MAX = 4096  # jobs admitted here and not yet started or ended, remembered at most
+# A `take` that finds the fair next job reserved for another instance looks again this soon (or when the
+# reservation runs out, if sooner): that instance takes it within a loop turn, and the jobs behind it,
+# perhaps this instance's own, are not left to the next tick.
+_RESERVED_LOOK_MS = 10
 LOST_MESSAGE = (
     "the state backend (Redis) lost this job's data (it restarted empty, or evicted the job's keys); "
     "its events and status are gone: submit it again"
@@ -537,6 +541,11 @@ class RedisStore:
             _json(batch),
         )  # fmt: skip
         if taken is None:
+            return None
+        if isinstance(taken, int):
+            # The fair next job is another instance's for `taken` ms yet (lua/common.lua RESERVED_MS):
+            # it takes it at once, or its reservation runs out; either way this one looks again.
+            self._signals.wake_in(min(taken, _RESERVED_LOOK_MS) / 1000)
             return None
         stored, fields, text = taken
         entry = _entry(stored)

@@ -549,21 +549,48 @@ async def test_a_reader_waiting_for_a_local_run_hears_when_another_instance_take
 
 
 async def test_a_job_its_replica_admitted_to_run_itself_is_left_to_it_a_while(make_store: MakeStore) -> None:
-    """Another replica woken meanwhile (a slot came free there) takes the jobs behind it, in their
-    order, and the reserved one only once its reservation (lua/common.lua RESERVED_MS, 250 ms) has run
-    out: the job's tokens then reach its readers from the process that admitted it, not Redis."""
+    """While the fair next job is reserved for the replica that admitted it (lua/common.lua
+    RESERVED_MS, 250 ms), another replica woken meanwhile takes nothing, and nothing behind it: the
+    job's tokens reach its readers from the process that admitted it, not Redis, and shares stay fair.
+    Once the reservation has run out (that replica is slow, or gone), anyone takes it."""
     a, b = make_store(), make_store()
     assert isinstance(await a.create(record("a1"), entry("a1"), wake_all=False), Admitted)
-    await admit(a, "open1")  # wake_all: anyone's
+    await admit(b, "open1")  # wake_all: anyone's
     assert isinstance(await b.create(record("b1"), entry("b1"), wake_all=False), Admitted)
-    await admit(b, "open2")
     anything = (lambda key: True, lambda tenant: True)
-    assert (await b.take(*anything)).job_id == "open1", "a1 is a's for now"  # type: ignore[union-attr]
-    assert (await b.take(*anything)).job_id == "b1", "its own reserved job, in its turn"  # type: ignore[union-attr]
-    assert (await b.take(*anything)).job_id == "open2"  # type: ignore[union-attr]
-    assert await b.take(*anything) is None, "only a1 is queued, and it is a's"
+    assert await b.take(*anything) is None, "a1 is next, and a's for now: nothing is taken ahead of it"
+    assert (await a.take(*anything)).job_id == "a1"  # type: ignore[union-attr]
+    assert [(await b.take(*anything)).job_id for _ in range(2)] == ["open1", "b1"]  # type: ignore[union-attr]
+    assert isinstance(await a.create(record("a2"), entry("a2"), wake_all=False), Admitted)
+    assert await b.take(*anything) is None
     await asyncio.sleep(0.3)
-    assert (await b.take(*anything)).job_id == "a1", "a did not take it in time: anyone may"  # type: ignore[union-attr]
+    assert (await b.take(*anything)).job_id == "a2", "a did not take it in time: anyone may"  # type: ignore[union-attr]
+
+
+async def test_a_replica_that_finds_the_next_job_reserved_looks_again_soon(make_store: MakeStore) -> None:
+    """b's own job waits behind a's reserved one: once a has taken its job, b's dispatcher is woken
+    to look again (lua/take.lua replies how long the reservation lasts), not left to its next tick."""
+    a, b = make_store(), make_store()
+    wakes = b.wake_signals()
+    await asyncio.wait_for(anext(wakes), 5)  # b is subscribed (its first wake)
+    assert isinstance(await a.create(record("a1"), entry("a1"), wake_all=False), Admitted)
+    assert isinstance(await b.create(record("b1"), entry("b1"), wake_all=False), Admitted)
+    anything = (lambda key: True, lambda tenant: True)
+    assert await b.take(*anything) is None, "a1 is next, and a's"
+    assert (await a.take(*anything)).job_id == "a1"  # type: ignore[union-attr]
+    await asyncio.wait_for(anext(wakes), 1)  # nothing else wakes b: a's create and take publish nothing
+    assert (await b.take(*anything)).job_id == "b1"  # type: ignore[union-attr]
+
+
+async def test_a_reserved_job_holds_back_no_other_flows_turn_but_its_own(make_store: MakeStore) -> None:
+    """The fair next job is acme's, reserved for a: b, woken, does not serve beta out of turn."""
+    a, b = make_store(), make_store()
+    assert isinstance(await a.create(record("a1"), entry("a1"), wake_all=False), Admitted)
+    await b.create(record("beta1", tenant="beta"), entry("beta1", tenant="beta"))
+    anything = (lambda key: True, lambda tenant: True)
+    assert await b.take(*anything) is None, "acme's a1 is next"
+    assert (await a.take(*anything)).job_id == "a1"  # type: ignore[union-attr]
+    assert (await b.take(*anything)).job_id == "beta1"  # type: ignore[union-attr]
 
 
 async def test_the_admitting_replica_takes_its_reserved_job_in_its_turn(make_store: MakeStore) -> None:
@@ -574,6 +601,7 @@ async def test_the_admitting_replica_takes_its_reserved_job_in_its_turn(make_sto
     anything = (lambda key: True, lambda tenant: True)
     assert [(await a.take(*anything)).job_id for _ in range(2)] == ["open1", "a1"]  # type: ignore[union-attr]
     assert await a.take(*anything) is None, "b1 is b's for now"
+    assert (await b.take(*anything)).job_id == "b1"  # type: ignore[union-attr]
 
 
 async def test_the_owners_good_end_gives_its_slot_back_in_the_same_step(make_store: MakeStore) -> None:

@@ -1,11 +1,12 @@
 -- Dispatch: among the flows whose tenant may run more and whose queued jobs include one a free slot
--- can serve, take the first job (not reserved for the instance that admitted it: common.lua
--- RESERVED_MS) of the flow with the smallest (tag, deadline, arrival); advance the virtual time and
+-- can serve, take the head of the flow with the smallest (tag, deadline, arrival), unless it is
+-- reserved for another instance (common.lua RESERVED_MS: then nothing); advance the virtual time and
 -- the flow's tag; record the claim of the orchestrator instance that took it.
 -- ARGV: prefix, owner, claim ttl (ms), policy JSON {classes, tenants}, servable routes (encoded) (JSON
 -- list), allowed tenants (JSON list), tenant concurrency limits (JSON object), the servable routes a
 -- batch job may take (JSON list: slots held back for interactive work leave some out).
--- Returns {the stored entry JSON, the job's record (its hash, flat), its text}, or nil.
+-- Returns {the stored entry JSON, the job's record (its hash, flat), its text}; nil when no job is
+-- servable; the ms the fair next job is reserved for another instance yet.
 
 local owner, ttl = ARGV[2], tonumber(ARGV[3])
 local policy = cjson.decode(ARGV[4])
@@ -22,38 +23,24 @@ local function may_run(tenant)
   return limit == nil or tonumber(redis.call('HGET', K('run:tenants'), tenant) or '0') < limit
 end
 
--- A flow's first job this instance may take (not reserved for the instance that admitted it:
--- common.lua RESERVED_MS), looking at most SCAN jobs deep: its member and score, or nil.
-local SCAN = 32
-local now = now_ms()
-local function first_open(pair)
+-- A flow's head: its member and score, or nil when the lane is empty (then it leaves q:pairs).
+local function head_of(pair)
   local z = K('q:z:' .. pair)
-  local i = 0
-  while i < SCAN do
-    local page = redis.call('ZRANGE', z, i, SCAN - 1, 'WITHSCORES')
-    if #page == 0 then
-      if i == 0 then redis.call('SREM', K('q:pairs'), pair) end
-      return nil
-    end
-    local moved = false
-    for k = 1, #page, 2 do
-      local job = string.sub(page[k], 17)
-      -- A member whose job the queue no longer holds would block its lane for ever (every take
-      -- failing on it): it is dropped, and counted in P q:orphans. It must never happen; it was seen
-      -- under overload on two and three replicas (bench/results/NOTES.md), most likely from a `create`
-      -- sent twice, which create.lua now admits once.
-      if redis.call('HEXISTS', K('q:entries'), job) == 0 then
-        redis.call('ZREM', z, page[k])
-        redis.call('HINCRBY', K('q:orphans'), 'dropped', 1)
-        moved = true
-        break  -- the ranks behind it moved up: read on from the same rank
-      end
-      if not reserved_for_other(job, owner, now) then return page[k], page[k + 1] end
-      i = i + 1
-    end
-    if not moved then return nil end  -- every job up to SCAN deep is reserved, or the lane ended
+  local head = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  -- A member whose job the queue no longer holds would block its lane for ever (every take failing
+  -- on it): it is dropped, and counted in P q:orphans. It must never happen; it was seen under
+  -- overload on two and three replicas (bench/results/NOTES.md), most likely from a `create` sent
+  -- twice, which create.lua now admits once.
+  while #head > 0 and redis.call('HEXISTS', K('q:entries'), string.sub(head[1], 17)) == 0 do
+    redis.call('ZREM', z, head[1])
+    redis.call('HINCRBY', K('q:orphans'), 'dropped', 1)
+    head = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
   end
-  return nil
+  if #head == 0 then
+    redis.call('SREM', K('q:pairs'), pair)
+    return nil
+  end
+  return head[1], head[2]
 end
 
 local best = nil
@@ -62,7 +49,7 @@ for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
   local open = servable[route]
   if priority == 'batch' then open = batch_ok[route] end
   if open and may_run(tenant) then
-    local m, score = first_open(pair)
+    local m, score = head_of(pair)
     if m then
       local flow = tenant .. SEP .. priority
       local tag = tonumber(redis.call('HGET', K('q:tags'), flow) or '0')
@@ -77,6 +64,12 @@ end
 if best == nil then return nil end
 
 local job = string.sub(best.member, 17)
+-- The fair next job is reserved for the instance that admitted it to run itself (common.lua
+-- RESERVED_MS): that instance takes it (the finish that woke this one woke it too), and no other job
+-- is taken ahead of it here, so shares stay exactly fair. The reply is the ms it is reserved for yet.
+local now = now_ms()
+local left = reserved_for_other(job, owner, now)
+if left then return left end
 local stored, e = dequeue(job)
 local vtime = tonumber(redis.call('GET', K('q:vtime')) or '0')
 redis.call('SET', K('q:vtime'), num(math.max(vtime, best.tag)))
@@ -84,5 +77,5 @@ redis.call('HSET', K('q:tags'), best.flow, num(best.tag + e.cost / weight(policy
 redis.call('HSET', K('job:' .. job), 'claim', owner, 'taken', '1')
 expected_elsewhere(K('job:' .. job), job, owner)
 redis.call('HINCRBY', K('run:tenants'), e.tenant, 1)
-redis.call('ZADD', K('alive'), now_ms() + ttl, job)
+redis.call('ZADD', K('alive'), now + ttl, job)
 return {stored, redis.call('HGETALL', K('job:' .. job)), redis.call('GET', K('text:' .. job)) or ''}
