@@ -22,7 +22,7 @@ from typing import Any, Protocol, cast
 
 import orjson
 
-from orchestratord.core.capacity import can_serve
+from orchestratord.core.capacity import can_serve, has_spare
 from orchestratord.core.placement import Assigned
 from orchestratord.core.queue import QueueEntry
 from orchestratord.core.route import Route
@@ -174,7 +174,11 @@ class Dispatcher:
                     if taken and not self._accepting:
                         return
                     entry = await self._store.take(
-                        partial(_servable, snapshots, 0.0), self._tenant_ok, self._batch(snapshots), pending
+                        partial(_servable, snapshots, 0.0),
+                        self._tenant_ok,
+                        self._batch(snapshots),
+                        pending,
+                        spare=partial(_spare, snapshots),
                     )
                     if entry is None:
                         if taken == 0:
@@ -308,6 +312,10 @@ def _entry_fields(entry: QueueEntry, record: JobRecord | None) -> dict[str, Any]
 
 def _servable(snapshots: Sequence[PoolSnapshot], holdback: float, route: Route) -> bool:
     return can_serve(route, snapshots, holdback)
+
+
+def _spare(snapshots: Sequence[PoolSnapshot], route: Route) -> bool:
+    return has_spare(route, snapshots)
 
 
 def _leased(snapshots: Sequence[PoolSnapshot], assigned: Assigned) -> list[PoolSnapshot]:

@@ -32,6 +32,12 @@ def can_serve(route: Route, pools: Sequence[PoolSnapshot], holdback: float = 0.0
     return any(p.slots_free > held_back(p, holdback) for p in serving_pools(route, pools))
 
 
+def has_spare(route: Route, pools: Sequence[PoolSnapshot]) -> bool:
+    """Whether free slots serve `route` with one to spare: a job taken ahead of another that a second
+    replica is about to take (state/lua/take.lua) then leaves that job a slot."""
+    return sum(p.slots_free for p in serving_pools(route, pools)) >= 2
+
+
 def unservable(
     route: Route, pools: Sequence[PoolSnapshot], cause: str | None
 ) -> tuple[str | None, str] | None:

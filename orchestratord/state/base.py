@@ -185,10 +185,14 @@ class JobQueue(Protocol):
         tenant_ok: Callable[[str], bool],
         batch_can_serve: Callable[[Route], bool] | None = None,
         pending: Pending | None = None,
+        spare: Callable[[Route], bool] | None = None,
     ) -> QueueEntry | None:
         """The next job to run (`core.queue.FairQueue.take`): one a free slot can serve, of a tenant
         that may run more; a batch job only where `batch_can_serve` says so, when given (slots held
-        back for interactive work). `pending`: this round's first look, when taken just before."""
+        back for interactive work). `pending`: this round's first look, when taken just before.
+        `spare`: where free slots are more than one job needs. With shared state, a job another
+        replica admitted to run itself is left to it a while: on a route with slots to spare this
+        replica takes the jobs behind it, on any other it takes nothing while that job is next."""
         ...
 
     async def dequeue(self, job_id: str) -> QueueEntry | None: ...

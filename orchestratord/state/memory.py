@@ -307,6 +307,7 @@ class MemoryStore:
         tenant_ok: Callable[[str], bool],
         batch_can_serve: Callable[[Route], bool] | None = None,
         pending: Pending | None = None,
+        spare: Callable[[Route], bool] | None = None,  # one process: no job is another's
     ) -> QueueEntry | None:
         return self.queue.take(can_serve, tenant_ok, batch_can_serve)
 

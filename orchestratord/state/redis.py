@@ -50,10 +50,6 @@ _PAGE = 500  # job hashes read per pipeline when listing jobs
 # whose word was lost (pub/sub delivers at most once) or a job that stays queued this long.
 _EXPECTED_S = 1.0
 _EXPECTED_MAX = 4096  # jobs admitted here and not yet started or ended, remembered at most
-# A `take` that finds the fair next job reserved for another instance looks again this soon (or when the
-# reservation runs out, if sooner): that instance takes it within a loop turn, and the jobs behind it,
-# perhaps this instance's own, are not left to the next tick.
-_RESERVED_LOOK_MS = 10
 LOST_MESSAGE = (
     "the state backend (Redis) lost this job's data (it restarted empty, or evicted the job's keys); "
     "its events and status are gone: submit it again"
@@ -522,6 +518,7 @@ class RedisStore:
         tenant_ok: Callable[[str], bool],
         batch_can_serve: Callable[[Route], bool] | None = None,
         pending: Pending | None = None,
+        spare: Callable[[Route], bool] | None = None,
     ) -> QueueEntry | None:
         if pending is None:
             keys, tenants = await self._scripts.pipeline(
@@ -536,16 +533,12 @@ class RedisStore:
         batch = (
             servable if batch_can_serve is None else [k for k in servable if batch_can_serve(Route.decode(k))]
         )
+        roomy = [] if spare is None else [k for k in servable if spare(Route.decode(k))]
         taken = await self._scripts.run(
             "take", self.owner, self._ttl_ms, self._weights, _json(servable), _json(allowed), self._limits,
-            _json(batch),
+            _json(batch), _json(roomy),
         )  # fmt: skip
         if taken is None:
-            return None
-        if isinstance(taken, int):
-            # The fair next job is another instance's for `taken` ms yet (lua/common.lua RESERVED_MS):
-            # it takes it at once, or its reservation runs out; either way this one looks again.
-            self._signals.wake_in(min(taken, _RESERVED_LOOK_MS) / 1000)
             return None
         stored, fields, text = taken
         entry = _entry(stored)

@@ -38,7 +38,6 @@ class Signals:
         # a pool change as published, or None: (re)subscribed, read the recorded state again
         self._pool_changes: asyncio.Queue[str | None] = asyncio.Queue()
         self._wake = asyncio.Event()
-        self._wake_later: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -54,15 +53,6 @@ class Signals:
         self.start()
         while True:
             yield await self._pool_changes.get()
-
-    def wake_in(self, seconds: float) -> None:
-        """Wake this instance's dispatcher in `seconds` (unless a wake is already set for sooner)."""
-        loop = asyncio.get_running_loop()
-        if self._wake_later is not None and self._wake_later.when() <= loop.time() + seconds:
-            return
-        if self._wake_later is not None:
-            self._wake_later.cancel()
-        self._wake_later = loop.call_later(seconds, self._wake.set)
 
     async def wakes(self) -> AsyncIterator[None]:
         self.start()
@@ -116,8 +106,6 @@ class Signals:
                 self._wake.set()
 
     async def aclose(self) -> None:
-        if self._wake_later is not None:
-            self._wake_later.cancel()
         if self._task is not None:
             await stop(self._task)
             self._task = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestratord.core.capacity import can_serve, unservable
+from orchestratord.core.capacity import can_serve, has_spare, unservable
 from orchestratord.core.route import Route
 from pool_manager.snapshot import PoolSnapshot, ReplicaSnapshot
 
@@ -45,6 +45,13 @@ def test_can_serve_a_model_named_like_a_restricted_route() -> None:
     assert can_serve(Route("m@v1"), pools)
     assert can_serve(Route.to("m@v1", ["a"]), pools)
     assert not can_serve(Route.to("m@v1", ["b"]), pools)
+
+
+def test_a_route_has_a_slot_to_spare_with_two_free_across_its_pools() -> None:
+    assert not has_spare(Route("m"), [pool("a", ("m",), free=1)])
+    assert has_spare(Route("m"), [pool("a", ("m",), free=1), pool("b", ("m",), free=1)])
+    assert not has_spare(Route.to("m", ["a"]), [pool("a", ("m",), free=1), pool("b", ("m",), free=1)])
+    assert not has_spare(Route("m"), [pool("a", ("m",), free=1), pool("b", ("m",), draining=True, free=5)])
 
 
 def test_unservable_names_the_draining_pool_or_the_cause() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestratord.core.route import Route
 from orchestratord.state.redis import RedisStore
 from orchestratord.state.redis_leases import RedisLeases
 from tests.conftest import mock_pool
@@ -23,16 +24,21 @@ pytestmark = pytest.mark.redis
 def test_a_backlog_is_taken_several_jobs_to_a_look_as_far_as_the_free_slots_go(
     make_server: Callable[..., LoopbackServer], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[tuple[str, str | None]] = []  # ("look", None) and ("take", the job taken or None)
+    # ("look", None) and ("take", the job taken or None); and whether each take was told the route has
+    # a slot to spare (two free: a job another replica reserved could be passed over, lua/take.lua)
+    calls: list[tuple[str, str | None]] = []
+    spare: list[bool] = []
     look, take = RedisStore.pending, RedisStore.take
 
     async def counted_look(self: RedisStore, *args: Any) -> Any:
         calls.append(("look", None))
         return await look(self, *args)
 
-    async def counted_take(self: RedisStore, *args: Any) -> Any:
-        entry = await take(self, *args)
+    async def counted_take(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
+        told = kwargs.get("spare")
+        entry = await take(self, *args, **kwargs)
         calls.append(("take", None if entry is None else entry.job_id))
+        spare.append(told is not None and told(Route("mock")))
         return entry
 
     monkeypatch.setattr(RedisStore, "pending", counted_look)
@@ -47,6 +53,7 @@ def test_a_backlog_is_taken_several_jobs_to_a_look_as_far_as_the_free_slots_go(
         jobs = [client.post("/v1/tasks", json=body).json() for _ in range(6)]
         assert all(j["job_id"] for j in jobs)
         calls.clear()
+        spare.clear()
 
         async def release() -> None:
             round_lock.release()
@@ -60,6 +67,7 @@ def test_a_backlog_is_taken_several_jobs_to_a_look_as_far_as_the_free_slots_go(
     # one look, then the four jobs the pool's four free slots take, in admission order (one tenant,
     # one class), and no fifth: the round counted the slots it leased
     assert taken == [j["job_id"] for j in jobs[:4]] + [None], calls
+    assert spare[: len(first_round)] == [True, True, True, False, False], "4, 3, 2, 1 and 0 slots free"
 
 
 def test_an_idle_replica_asks_redis_for_the_slots_once_a_tick_and_never_for_the_positions_lead(

@@ -550,9 +550,10 @@ async def test_a_reader_waiting_for_a_local_run_hears_when_another_instance_take
 
 async def test_a_job_its_replica_admitted_to_run_itself_is_left_to_it_a_while(make_store: MakeStore) -> None:
     """While the fair next job is reserved for the replica that admitted it (lua/common.lua
-    RESERVED_MS, 250 ms), another replica woken meanwhile takes nothing, and nothing behind it: the
-    job's tokens reach its readers from the process that admitted it, not Redis, and shares stay fair.
-    Once the reservation has run out (that replica is slow, or gone), anyone takes it."""
+    RESERVED_MS, 250 ms) and its route has no slot to spare, another replica woken meanwhile takes
+    nothing, and nothing behind it: the job's tokens reach its readers from the process that admitted
+    it, not Redis, and shares stay fair. Once the reservation has run out (that replica is slow, or
+    gone), anyone takes it."""
     a, b = make_store(), make_store()
     assert isinstance(await a.create(record("a1"), entry("a1"), wake_all=False), Admitted)
     await admit(b, "open1")  # wake_all: anyone's
@@ -567,19 +568,25 @@ async def test_a_job_its_replica_admitted_to_run_itself_is_left_to_it_a_while(ma
     assert (await b.take(*anything)).job_id == "a2", "a did not take it in time: anyone may"  # type: ignore[union-attr]
 
 
-async def test_a_replica_that_finds_the_next_job_reserved_looks_again_soon(make_store: MakeStore) -> None:
-    """b's own job waits behind a's reserved one: once a has taken its job, b's dispatcher is woken
-    to look again (lua/take.lua replies how long the reservation lasts), not left to its next tick."""
+async def test_with_slots_to_spare_another_replica_takes_the_jobs_behind_a_reserved_one(
+    make_store: MakeStore,
+) -> None:
+    """Where the route has free slots to spare, b, woken meanwhile, takes the jobs behind a's reserved
+    one, in their order: a1 keeps a slot, and its tokens reach its readers from a's process. a1 itself
+    only once its reservation has run out."""
     a, b = make_store(), make_store()
-    wakes = b.wake_signals()
-    await asyncio.wait_for(anext(wakes), 5)  # b is subscribed (its first wake)
     assert isinstance(await a.create(record("a1"), entry("a1"), wake_all=False), Admitted)
+    await admit(b, "open1")  # wake_all: anyone's
     assert isinstance(await b.create(record("b1"), entry("b1"), wake_all=False), Admitted)
-    anything = (lambda key: True, lambda tenant: True)
-    assert await b.take(*anything) is None, "a1 is next, and a's"
-    assert (await a.take(*anything)).job_id == "a1"  # type: ignore[union-attr]
-    await asyncio.wait_for(anext(wakes), 1)  # nothing else wakes b: a's create and take publish nothing
-    assert (await b.take(*anything)).job_id == "b1"  # type: ignore[union-attr]
+    await admit(b, "open2")
+
+    async def take() -> str | None:
+        taken = await b.take(lambda key: True, lambda tenant: True, spare=lambda key: True)
+        return None if taken is None else taken.job_id
+
+    assert [await take() for _ in range(4)] == ["open1", "b1", "open2", None], "a1 is a's for now"
+    await asyncio.sleep(0.3)
+    assert await take() == "a1", "a did not take it in time: anyone may"
 
 
 async def test_a_reserved_job_holds_back_no_other_flows_turn_but_its_own(make_store: MakeStore) -> None:

@@ -300,18 +300,15 @@ local function expected_elsewhere(h, job, owner)
 end
 
 -- How long a job that an instance admitted to run itself is left to that instance's dispatcher, so
--- that its tokens reach its readers from the process that admitted it rather than through Redis. While
--- it is the fair next job, another instance woken meanwhile (every finish with jobs queued wakes them
--- all) takes nothing (take.lua): the jobs behind it are not taken ahead of it, so shares stay fair.
--- Past it (that instance is slow, or gone), any instance takes the job.
+-- that its tokens reach its readers from the process that admitted it rather than through Redis.
+-- Another instance woken meanwhile (every finish with jobs queued wakes them all) takes the jobs behind
+-- it where their route has slots to spare, and nothing where it has not (take.lua), so shares stay
+-- fair. Past it (that instance is slow, or gone), any instance takes the job.
 local RESERVED_MS = 250
 
--- How many ms `job` is still reserved for an instance other than `owner`, or nil.
 local function reserved_for_other(job, owner, now)
   local by, till = unpack(redis.call('HMGET', K('job:' .. job), 'expected_by', 'expected_until'))
-  local left = (tonumber(till) or 0) - now
-  if by ~= false and by ~= owner and left > 0 then return left end
-  return nil
+  return by ~= false and by ~= owner and (tonumber(till) or 0) > now
 end
 
 local function id_pair(id)

@@ -1,12 +1,14 @@
 -- Dispatch: among the flows whose tenant may run more and whose queued jobs include one a free slot
--- can serve, take the head of the flow with the smallest (tag, deadline, arrival), unless it is
--- reserved for another instance (common.lua RESERVED_MS: then nothing); advance the virtual time and
--- the flow's tag; record the claim of the orchestrator instance that took it.
+-- can serve, take the head of the flow with the smallest (tag, deadline, arrival); advance the virtual
+-- time and the flow's tag; record the claim of the orchestrator instance that took it. A job reserved
+-- for the instance that admitted it (common.lua RESERVED_MS) is left to it: where its route has slots
+-- to spare, this instance takes the first job behind it instead; where it has not, this instance
+-- takes nothing while that job is the fair next one (taking another would take its slot).
 -- ARGV: prefix, owner, claim ttl (ms), policy JSON {classes, tenants}, servable routes (encoded) (JSON
 -- list), allowed tenants (JSON list), tenant concurrency limits (JSON object), the servable routes a
--- batch job may take (JSON list: slots held back for interactive work leave some out).
--- Returns {the stored entry JSON, the job's record (its hash, flat), its text}; nil when no job is
--- servable; the ms the fair next job is reserved for another instance yet.
+-- batch job may take (JSON list: slots held back for interactive work leave some out), the servable
+-- routes with slots to spare (JSON list).
+-- Returns {the stored entry JSON, the job's record (its hash, flat), its text}, or nil.
 
 local owner, ttl = ARGV[2], tonumber(ARGV[3])
 local policy = cjson.decode(ARGV[4])
@@ -16,6 +18,9 @@ for _, t in ipairs(cjson.decode(ARGV[6])) do allowed[t] = true end
 local limits = cjson.decode(ARGV[7])
 local batch_ok = {}
 for _, k in ipairs(cjson.decode(ARGV[8])) do batch_ok[k] = true end
+local roomy = {}
+for _, k in ipairs(cjson.decode(ARGV[9])) do roomy[k] = true end
+local now = now_ms()
 
 local function may_run(tenant)
   if not allowed[tenant] then return false end
@@ -43,13 +48,30 @@ local function head_of(pair)
   return head[1], head[2]
 end
 
+-- A lane's candidate: its head, unless the head is reserved for another instance and the lane's route
+-- has slots to spare; then the first job behind it that is not (at most SCAN deep; a job the queue no
+-- longer holds is passed over here and dropped once it is the head). Its member and score, or nil.
+local SCAN = 32
+local function candidate(pair, spare)
+  local m, score = head_of(pair)
+  if m == nil or not spare or not reserved_for_other(string.sub(m, 17), owner, now) then return m, score end
+  local page = redis.call('ZRANGE', K('q:z:' .. pair), 1, SCAN - 1, 'WITHSCORES')
+  for k = 1, #page, 2 do
+    local job = string.sub(page[k], 17)
+    if redis.call('HEXISTS', K('q:entries'), job) == 1 and not reserved_for_other(job, owner, now) then
+      return page[k], page[k + 1]
+    end
+  end
+  return m, score  -- every job in reach is reserved for another: the head, which is not taken here
+end
+
 local best = nil
 for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
   local tenant, priority, route = split_pair(pair)
   local open = servable[route]
   if priority == 'batch' then open = batch_ok[route] end
   if open and may_run(tenant) then
-    local m, score = head_of(pair)
+    local m, score = candidate(pair, roomy[route])
     if m then
       local flow = tenant .. SEP .. priority
       local tag = tonumber(redis.call('HGET', K('q:tags'), flow) or '0')
@@ -64,12 +86,9 @@ end
 if best == nil then return nil end
 
 local job = string.sub(best.member, 17)
--- The fair next job is reserved for the instance that admitted it to run itself (common.lua
--- RESERVED_MS): that instance takes it (the finish that woke this one woke it too), and no other job
--- is taken ahead of it here, so shares stay exactly fair. The reply is the ms it is reserved for yet.
-local now = now_ms()
-local left = reserved_for_other(job, owner, now)
-if left then return left end
+-- The fair next job is reserved for the instance that admitted it: that instance takes it (the finish
+-- that woke this one woke it too), and no job is taken ahead of it here, so shares stay exactly fair.
+if reserved_for_other(job, owner, now) then return nil end
 local stored, e = dequeue(job)
 local vtime = tonumber(redis.call('GET', K('q:vtime')) or '0')
 redis.call('SET', K('q:vtime'), num(math.max(vtime, best.tag)))
