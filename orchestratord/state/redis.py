@@ -50,6 +50,13 @@ _PAGE = 500  # job hashes read per pipeline when listing jobs
 # whose word was lost (pub/sub delivers at most once) or a job that stays queued this long.
 _EXPECTED_S = 1.0
 _EXPECTED_MAX = 4096  # jobs admitted here and not yet started or ended, remembered at most
+# How long (ms, Redis's clock) a job that an instance admitted to run itself is left to that instance's
+# dispatcher, so that its tokens reach its readers from the process that admitted it rather than
+# through Redis. Another instance woken meanwhile (every finish with jobs queued wakes them all) takes
+# the jobs behind it where their route has slots to spare, and nothing while it is the fair next job
+# where it has not (lua/take.lua), so shares stay fair. Past it (that instance is slow, or gone), any
+# instance takes the job.
+RESERVED_MS = 250
 LOST_MESSAGE = (
     "the state backend (Redis) lost this job's data (it restarted empty, or evicted the job's keys); "
     "its events and status are gone: submit it again"
@@ -139,7 +146,8 @@ class RedisStore:
         if self._epoch is None:  # the data's epoch exists before this replica's first job
             await self.lost_since()
         p = self.policy
-        expected = () if wake_all else ("expected_by", self.owner)  # lua/common.lua expected_elsewhere
+        # lua/common.lua expected_elsewhere, reserved_for_other
+        expected = () if wake_all else ("expected_by", self.owner, "expected_until", RESERVED_MS)
         if not wake_all:
             self._signals.start()  # so that this instance hears if another takes it
         reply = await self._scripts.run(
@@ -371,23 +379,27 @@ class RedisStore:
         if started is not None:  # admitted here to run here, and still queued: no need to read Redis
             yield started
             after = started.id
+        # Both sources give lists of events: one generator step per event, here, as in one process.
         if local is None:  # queued, or running elsewhere: from Redis, until its run starts here
-            async for event in self._read_shared(job_id, after, until_here=True, queued=started is not None):
-                yield event
-                after = event.id
-                if event.terminal:
-                    return
+            async for batch in self._read_shared(job_id, after, until_here=True, queued=started is not None):
+                for event in batch:
+                    yield event
+                    if event.terminal:
+                        return
+                after = batch[-1].id
             local = self._logs.get(job_id)
             if local is None:  # it ended (or Redis lost it) without running here
                 return
-        async for event in local.read(after):
-            yield event
-            after = event.id
-            if event.terminal:
-                return
+        async for batch in local.read(after):
+            for event in batch:
+                yield event
+                if event.terminal:
+                    return
+            after = batch[-1].id
         after = local.resume_from(after)  # it ended elsewhere: its end is in Redis
-        async for event in self._read_shared(job_id, after):
-            yield event
+        async for batch in self._read_shared(job_id, after):
+            for event in batch:
+                yield event
 
     async def run_over(self, job_id: str) -> None:
         await self._logs.settle(job_id)
@@ -397,8 +409,9 @@ class RedisStore:
 
     async def _read_shared(
         self, job_id: str, after: str | None, *, until_here: bool = False, queued: bool | None = None
-    ) -> AsyncIterator[LogEvent]:
-        """The log from Redis; `until_here`: only until the job's run starts on this instance (the
+    ) -> AsyncIterator[list[LogEvent]]:
+        """The log from Redis, as lists of events (never empty), to the list that holds the terminal
+        event; `until_here`: only until the job's run starts on this instance (the
         reader then goes on from the local log, which holds the same events with the same ids).
         `queued`: the reader was given the job's `started` from this instance, which wrote it (so it
         waits for the run here before it reads Redis)."""
@@ -425,7 +438,7 @@ class RedisStore:
                         batch = await self._xread(key, cursor)
                         if not batch:
                             if state == "gone" and cursor != "0-0":  # it had a log; now it has none
-                                yield _lost_event(job_id, _after(cursor))
+                                yield [_lost_event(job_id, _after(cursor))]
                             return
                     elif waiter is None:
                         waiter = self._tail.join(key, cursor)
@@ -436,10 +449,10 @@ class RedisStore:
                     queued = bool(batch) and all(event.name == "started" for event in batch)
                 else:
                     queued = False  # waited for it once already
-                for event in batch:
-                    cursor = event.id
-                    yield event
-                    if event.terminal:
+                if batch:
+                    cursor = batch[-1].id
+                    yield batch
+                    if batch[-1].terminal:  # nothing follows the terminal event in a log
                         return
         finally:
             if waiter is not None:
@@ -469,10 +482,13 @@ class RedisStore:
             page = await self._xread_entries(key, cursor)
             waiter.paging = len(page) == COUNT
             return events_of(page, cursor)
-        try:
-            entries = await asyncio.wait_for(waiter.got.get(), self.options.block_s)
-        except TimeoutError:
-            return None
+        if waiter.got.empty():
+            try:
+                entries = await asyncio.wait_for(waiter.got.get(), self.options.block_s)
+            except TimeoutError:
+                return None
+        else:  # a batch came while the reader wrote the last: no wait to bound
+            entries = waiter.got.get_nowait()
         return events_of(entries, cursor)
 
     async def _xread(self, key: str, cursor: str) -> list[LogEvent]:

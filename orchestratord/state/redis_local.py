@@ -118,24 +118,27 @@ class LocalLog:
         self._waiters.append(waiter)
         await waiter
 
-    async def read(self, after: str | None) -> AsyncIterator[LogEvent]:
-        """The events after `after`, then each as it comes, until the terminal event or the log
-        closes (then the reader goes on from Redis: `resume_from`)."""
+    async def read(self, after: str | None) -> AsyncIterator[list[LogEvent]]:
+        """The events after `after`, then those that come, as lists (what is visible each time the
+        reader looks; never empty), until the log closes (then the reader goes on from Redis:
+        `resume_from`). The reader stops at the terminal event: nothing follows it in a log."""
         # `after` may lie past what is visible here yet (a reader that read Redis before the batch's
         # reply reached this instance, then came here): skipped by id, whenever it becomes visible.
         i = 0
-        skipping, mark = after is not None, stream_order(after or "0-0")
+        mark = None if after is None else stream_order(after)
         while True:
-            while i < self.visible:
-                event = self.events[i]
-                i += 1
-                if skipping:
-                    if stream_order(event.id) <= mark:
-                        continue
-                    skipping = False
-                yield event
-                if event.terminal:
-                    return
+            if i < self.visible:
+                batch, i = self.events[i : self.visible], self.visible
+                if mark is not None:  # its events ascend: skip those at or before the mark
+                    skip = 0
+                    while skip < len(batch) and stream_order(batch[skip].id) <= mark:
+                        skip += 1
+                    if skip < len(batch):
+                        mark = None
+                    batch = batch[skip:]
+                if batch:
+                    yield batch
+                continue
             if self.status != "open":
                 return
             await self.changed()

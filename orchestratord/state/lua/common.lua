@@ -299,13 +299,8 @@ local function expected_elsewhere(h, job, owner)
   end
 end
 
--- How long a job that an instance admitted to run itself is left to that instance's dispatcher, so
--- that its tokens reach its readers from the process that admitted it rather than through Redis.
--- Another instance woken meanwhile (every finish with jobs queued wakes them all) takes the jobs behind
--- it where their route has slots to spare, and nothing where it has not (take.lua), so shares stay
--- fair. Past it (that instance is slow, or gone), any instance takes the job.
-local RESERVED_MS = 250
-
+-- Whether `job` is reserved for an instance other than `owner` at `now`: admitted by that instance to
+-- run itself, until `expected_until` (state/redis.py RESERVED_MS). take.lua leaves it to that instance.
 local function reserved_for_other(job, owner, now)
   local by, till = unpack(redis.call('HMGET', K('job:' .. job), 'expected_by', 'expected_until'))
   return by ~= false and by ~= owner and (tonumber(till) or 0) > now

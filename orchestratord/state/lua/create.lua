@@ -91,7 +91,7 @@ local fields = {}  -- one HSET for the whole record (a call from Lua costs more 
 for i = 10, #ARGV, 2 do
   fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1]
   if ARGV[i] == 'cancel_on_disconnect' then cancel_on_disconnect = ARGV[i + 1] == '1' end
-  if ARGV[i] == 'expected_by' then fields[#fields + 1], fields[#fields + 2] = 'expected_until', num(now + RESERVED_MS) end
+  if ARGV[i] == 'expected_until' then fields[#fields] = num(now + tonumber(ARGV[i + 1])) end  -- given in ms from now
 end
 for _, v in ipairs({'entry', raw, 'taken', '0', 'requeued', '0', 'claim', ''}) do fields[#fields + 1] = v end
 redis.call('HSET', h, unpack(fields))

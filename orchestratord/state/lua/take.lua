@@ -1,7 +1,7 @@
 -- Dispatch: among the flows whose tenant may run more and whose queued jobs include one a free slot
 -- can serve, take the head of the flow with the smallest (tag, deadline, arrival); advance the virtual
 -- time and the flow's tag; record the claim of the orchestrator instance that took it. A job reserved
--- for the instance that admitted it (common.lua RESERVED_MS) is left to it: where its route has slots
+-- for the instance that admitted it (state/redis.py RESERVED_MS) is left to it: where its route has slots
 -- to spare, this instance takes the first job behind it instead; where it has not, this instance
 -- takes nothing while that job is the fair next one (taking another would take its slot).
 -- ARGV: prefix, owner, claim ttl (ms), policy JSON {classes, tenants}, servable routes (encoded) (JSON
