@@ -609,6 +609,28 @@ async def test_a_reserved_job_holds_back_no_other_flows_turn_but_its_own(
     assert (await b.take(*anything)).job_id == "beta1"  # type: ignore[union-attr]
 
 
+async def test_a_reserved_job_holds_back_no_job_on_another_route_with_slots_to_spare(
+    make_store: MakeStore, long_reservations: None
+) -> None:
+    """a1 (model m1, no slot to spare) is next and a's; b1, b's own on model m2 with slots to spare,
+    takes nothing from a1's slot: b takes it now rather than at its next tick. open1, behind a1 on m1,
+    waits for a1."""
+    a, b = make_store(), make_store()
+    m1, m2 = {"route": Route("m1")}, {"route": Route("m2")}
+    assert isinstance(await a.create(record("a1"), entry("a1", **m1), wake_all=False), Admitted)
+    await b.create(record("open1"), entry("open1", **m1))
+    assert isinstance(await b.create(record("b1"), entry("b1", **m2), wake_all=False), Admitted)
+
+    async def take(store: RedisStore) -> str | None:
+        spare = Route("m2").__eq__  # m2 has slots to spare, m1 has not
+        taken = await store.take(lambda key: True, lambda tenant: True, spare=spare)
+        return None if taken is None else taken.job_id
+
+    assert await take(b) == "b1"
+    assert await take(b) is None, "a1 is next on m1, and a's"
+    assert [await take(a), await take(a)] == ["a1", "open1"]
+
+
 async def test_the_admitting_replica_takes_its_reserved_job_in_its_turn(
     make_store: MakeStore, long_reservations: None
 ) -> None:

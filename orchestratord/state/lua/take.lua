@@ -3,7 +3,8 @@
 -- time and the flow's tag; record the claim of the orchestrator instance that took it. A job reserved
 -- for the instance that admitted it (state/redis.py RESERVED_MS) is left to it: where its route has slots
 -- to spare, this instance takes the first job behind it instead; where it has not, this instance
--- takes nothing while that job is the fair next one (taking another would take its slot).
+-- takes nothing while that job is the fair next one (taking another would take its slot), but for a
+-- job on another route with slots to spare.
 -- ARGV: prefix, owner, claim ttl (ms), policy JSON {classes, tenants}, servable routes (encoded) (JSON
 -- list), allowed tenants (JSON list), tenant concurrency limits (JSON object), the servable routes a
 -- batch job may take (JSON list: slots held back for interactive work leave some out), the servable
@@ -65,30 +66,41 @@ local function candidate(pair, spare)
   return m, score  -- every job in reach is reserved for another: the head, which is not taken here
 end
 
-local best = nil
-for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
-  local tenant, priority, route = split_pair(pair)
-  local open = servable[route]
-  if priority == 'batch' then open = batch_ok[route] end
-  if open and may_run(tenant) then
-    local m, score = candidate(pair, roomy[route])
-    if m then
-      local flow = tenant .. SEP .. priority
-      local tag = tonumber(redis.call('HGET', K('q:tags'), flow) or '0')
-      local deadline = tonumber(score)
-      if best == nil or tag < best.tag or (tag == best.tag and (deadline < best.deadline
-          or (deadline == best.deadline and m < best.member))) then
-        best = {tag = tag, deadline = deadline, member = m, flow = flow}
+-- The best candidate of the lanes on the routes `fits` admits (smallest tag, deadline, arrival), or nil.
+local function pick(fits)
+  local best = nil
+  for _, pair in ipairs(redis.call('SMEMBERS', K('q:pairs'))) do
+    local tenant, priority, route = split_pair(pair)
+    local open = servable[route]
+    if priority == 'batch' then open = batch_ok[route] end
+    if open and fits(route) and may_run(tenant) then
+      local m, score = candidate(pair, roomy[route])
+      if m then
+        local flow = tenant .. SEP .. priority
+        local tag = tonumber(redis.call('HGET', K('q:tags'), flow) or '0')
+        local deadline = tonumber(score)
+        if best == nil or tag < best.tag or (tag == best.tag and (deadline < best.deadline
+            or (deadline == best.deadline and m < best.member))) then
+          best = {tag = tag, deadline = deadline, member = m, flow = flow, route = route}
+        end
       end
     end
   end
+  return best
 end
+
+local best = pick(function() return true end)
 if best == nil then return nil end
+if reserved_for_other(string.sub(best.member, 17), owner, now) then
+  -- The fair next job is reserved for the instance that admitted it: that instance takes it (the
+  -- finish that woke this one woke it too), and no job that could take its slot is taken ahead of it
+  -- here, so shares stay fair. A job on another route with slots to spare leaves it its slot.
+  local held = best.route
+  best = pick(function(route) return route ~= held and roomy[route] end)
+  if best == nil or reserved_for_other(string.sub(best.member, 17), owner, now) then return nil end
+end
 
 local job = string.sub(best.member, 17)
--- The fair next job is reserved for the instance that admitted it: that instance takes it (the finish
--- that woke this one woke it too), and no job is taken ahead of it here, so shares stay exactly fair.
-if reserved_for_other(job, owner, now) then return nil end
 local stored, e = dequeue(job)
 local vtime = tonumber(redis.call('GET', K('q:vtime')) or '0')
 redis.call('SET', K('q:vtime'), num(math.max(vtime, best.tag)))
