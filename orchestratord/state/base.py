@@ -192,7 +192,8 @@ class JobQueue(Protocol):
         back for interactive work). `pending`: this round's first look, when taken just before.
         `spare`: where free slots are more than one job needs. With shared state, a job another
         replica admitted to run itself is left to it a while: on a route with slots to spare this
-        replica takes the jobs behind it, on any other it takes nothing while that job is next."""
+        replica takes the jobs behind it; while that job is next on a route without, only a job on
+        another route with slots to spare."""
         ...
 
     async def dequeue(self, job_id: str) -> QueueEntry | None: ...

@@ -53,9 +53,9 @@ _EXPECTED_MAX = 4096  # jobs admitted here and not yet started or ended, remembe
 # How long (ms, Redis's clock) a job that an instance admitted to run itself is left to that instance's
 # dispatcher, so that its tokens reach its readers from the process that admitted it rather than
 # through Redis. Another instance woken meanwhile (every finish with jobs queued wakes them all) takes
-# the jobs behind it where their route has slots to spare, and nothing while it is the fair next job
-# where it has not (lua/take.lua), so shares stay fair. Past it (that instance is slow, or gone), any
-# instance takes the job.
+# the jobs behind it where their route has slots to spare; while it is the fair next job where it has
+# not, only a job on another route with slots to spare (lua/take.lua), so shares stay fair. Past it
+# (that instance is slow, or gone), any instance takes the job.
 RESERVED_MS = 250
 LOST_MESSAGE = (
     "the state backend (Redis) lost this job's data (it restarted empty, or evicted the job's keys); "

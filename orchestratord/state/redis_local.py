@@ -42,7 +42,7 @@ from orchestratord.core.tasks import LogEvent
 from orchestratord.errors import StateUnavailable
 from orchestratord.logs import get_logger
 from orchestratord.state.redis_client import Scripts
-from orchestratord.state.redis_tail import RS, US, stream_order
+from orchestratord.state.redis_tail import RS, US, past, stream_order
 
 log = get_logger(__name__)
 
@@ -129,13 +129,10 @@ class LocalLog:
         while True:
             if i < self.visible:
                 batch, i = self.events[i : self.visible], self.visible
-                if mark is not None:  # its events ascend: skip those at or before the mark
-                    skip = 0
-                    while skip < len(batch) and stream_order(batch[skip].id) <= mark:
-                        skip += 1
-                    if skip < len(batch):
+                if mark is not None:
+                    batch = past(batch, mark)
+                    if batch:
                         mark = None
-                    batch = batch[skip:]
                 if batch:
                     yield batch
                 continue

@@ -54,6 +54,15 @@ def stream_order(event_id: str) -> tuple[int, int]:
 RS, US = "\x1e", "\x1f"
 
 
+def past(events: list[LogEvent], mark: tuple[int, int]) -> list[LogEvent]:
+    """Of `events`, in ascending order, those after `mark` (a `stream_order`): skipped from the front,
+    one comparison when none is at or before it."""
+    skip = 0
+    while skip < len(events) and stream_order(events[skip].id) <= mark:
+        skip += 1
+    return events[skip:] if skip else events
+
+
 def events_of(entries: Iterable[Entry], after: str | None = None) -> list[LogEvent]:
     """The events of a log's entries, in order, those after the id `after` only."""
     mark = stream_order(after) if after else None
@@ -67,12 +76,7 @@ def events_of(entries: Iterable[Entry], after: str | None = None) -> list[LogEve
         else:
             events = [LogEvent._make(record.split(US, 2)) for record in records.split(RS)]
             if mark is not None:  # only the first entry past the mark may straddle it
-                # its events ascend: skip those at or before the mark (one comparison when none is)
-                skip = 0
-                while skip < len(events) and stream_order(events[skip].id) <= mark:
-                    skip += 1
-                if skip:
-                    events = events[skip:]
+                events = past(events, mark)
             out += events
         mark = None
     return out
