@@ -140,6 +140,28 @@ class LogEvent(NamedTuple):
         return self.name in TERMINAL_EVENTS
 
 
+# How a log that keeps a run's events together (the Redis log, state/redis_tail.py) stores them: each
+# event's id, name and data joined by US, the events joined by RS. Neither separator occurs in an id, an
+# event name or JSON text (whose strings escape every control character).
+RS, US = "\x1e", "\x1f"
+
+
+class EventRun(NamedTuple):
+    """Consecutive events of one run, none of them terminal, as such a log stores them: `records` (see
+    RS and US), under `id`, the newest event's id. A reader that relays the log as it is stored gets
+    these whole (`EventLog.read_runs`); `events()` splits one into its events."""
+
+    id: str
+    records: str
+
+    @property
+    def terminal(self) -> bool:
+        return False  # a run's batch never holds its end: that is written as an event of its own
+
+    def events(self) -> list[LogEvent]:
+        return [LogEvent._make(record.split(US, 2)) for record in self.records.split(RS)]
+
+
 def spec_to_dict(spec: TaskSpec) -> dict[str, object]:
     return asdict(spec)
 

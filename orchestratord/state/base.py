@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from orchestratord.core.budget import Ledger
 from orchestratord.core.queue import Admitted, Depths, Place, QueueEntry, Rejected
 from orchestratord.core.route import Route
-from orchestratord.core.tasks import JobState, LogEvent, Priority
+from orchestratord.core.tasks import EventRun, JobState, LogEvent, Priority
 from orchestratord.state.shared import SharedState
 from pool_manager.leases import LeaseStore
 
@@ -144,6 +144,11 @@ class EventLog(Protocol):
 
     def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
         """Every event after `after`, waiting for more, until the terminal event."""
+        ...
+
+    def read_runs(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent | EventRun]:
+        """As `read`, for a reader that relays the log as it is stored (api/stream.py): where the
+        backend keeps a run's events together (Redis), it may give them as one `EventRun`."""
         ...
 
     async def run_over(self, job_id: str) -> None:

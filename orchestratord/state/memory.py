@@ -290,6 +290,9 @@ class MemoryStore:
             job.waiters.append(waiter)  # no await since the last look at the log: no wake-up is lost
             await waiter
 
+    def read_runs(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
+        return self.read(job_id, after)  # the log holds each event as it is relayed
+
     def valid_event_id(self, event_id: str) -> bool:
         return event_id.isascii() and event_id.isdigit() and len(event_id) < 19
 

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from orchestratord.core.budget import Ledger
 from orchestratord.core.queue import Admitted, Depths, Place, QueueEntry, QueuePolicy, Rejected
 from orchestratord.core.route import Route
-from orchestratord.core.tasks import JobState, LogEvent, Priority
+from orchestratord.core.tasks import EventRun, JobState, LogEvent, Priority
 from orchestratord.errors import StateLost, StateUnavailable, error_event
 from orchestratord.logs import get_logger
 from orchestratord.state.base import IdempotencyRecord, JobRecord, Pending, SessionRecord
@@ -36,7 +36,7 @@ from orchestratord.state.redis_documents import Documents
 from orchestratord.state.redis_leases import RedisLeases
 from orchestratord.state.redis_local import RETRY_S, LocalLogs
 from orchestratord.state.redis_signals import Signals
-from orchestratord.state.redis_tail import COUNT, Entry, Tail, Waiter, events_of, stream_order
+from orchestratord.state.redis_tail import COUNT, Entry, Tail, Waiter, events_of, runs_of, stream_order
 from orchestratord.state.shared import Abandoned, CatalogOp, PoolChange, ReapAction, Reaped, SharedState
 from pool_manager.leases import LeaseStore
 
@@ -367,13 +367,23 @@ class RedisStore:
             await self._logs.settle(job_id)
         return True
 
-    async def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
+    def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
         """The log after `after`, then each event as it comes, to the terminal event. A job this
         instance runs is read from its local log (`redis_local`), in the process; any other from Redis,
         and caught up, the reader waits in this instance's one shared blocking read (`redis_tail`), not
         on a connection of its own. Ends after the terminal event, or when the job has ended and
         everything after `after` has been read; a job Redis no longer holds ends with a STATE_LOST
         `error`."""
+        return cast(AsyncIterator[LogEvent], self._read(job_id, after, runs=False))
+
+    def read_runs(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent | EventRun]:
+        """As `read`, but what is read from Redis gives each batch of a run as it is stored, whole:
+        a reader that relays a job running elsewhere splits no batch into events."""
+        return self._read(job_id, after, runs=True)
+
+    async def _read(
+        self, job_id: str, after: str | None, *, runs: bool
+    ) -> AsyncIterator[LogEvent | EventRun]:
         local = self._logs.get(job_id)
         started = self._started.get(job_id) if local is None and after is None else None
         if started is not None:  # admitted here to run here, and still queued: no need to read Redis
@@ -381,7 +391,9 @@ class RedisStore:
             after = started.id
         # Both sources give lists of events: one generator step per event, here, as in one process.
         if local is None:  # queued, or running elsewhere: from Redis, until its run starts here
-            async for batch in self._read_shared(job_id, after, until_here=True, queued=started is not None):
+            async for batch in self._read_shared(
+                job_id, after, runs=runs, until_here=True, queued=started is not None
+            ):
                 for event in batch:
                     yield event
                     if event.terminal:
@@ -390,14 +402,14 @@ class RedisStore:
             local = self._logs.get(job_id)
             if local is None:  # it ended (or Redis lost it) without running here
                 return
-        async for batch in local.read(after):
-            for event in batch:
+        async for events in local.read(after):
+            for event in events:
                 yield event
                 if event.terminal:
                     return
-            after = batch[-1].id
+            after = events[-1].id
         after = local.resume_from(after)  # it ended elsewhere: its end is in Redis
-        async for batch in self._read_shared(job_id, after):
+        async for batch in self._read_shared(job_id, after, runs=runs):
             for event in batch:
                 yield event
 
@@ -408,11 +420,18 @@ class RedisStore:
         self._logs.end(job_id, None)
 
     async def _read_shared(
-        self, job_id: str, after: str | None, *, until_here: bool = False, queued: bool | None = None
-    ) -> AsyncIterator[list[LogEvent]]:
-        """The log from Redis, as lists of events (never empty), to the list that holds the terminal
-        event; `until_here`: only until the job's run starts on this instance (the
-        reader then goes on from the local log, which holds the same events with the same ids).
+        self,
+        job_id: str,
+        after: str | None,
+        *,
+        runs: bool,
+        until_here: bool = False,
+        queued: bool | None = None,
+    ) -> AsyncIterator[list[LogEvent | EventRun]]:
+        """The log from Redis, as lists of events (never empty; `runs`: a run's batch whole, as
+        `redis_tail.runs_of` gives it), to the list that holds the terminal event; `until_here`: only
+        until the job's run starts on this instance (the reader then goes on from the local log,
+        which holds the same events with the same ids).
         `queued`: the reader was given the job's `started` from this instance, which wrote it (so it
         waits for the run here before it reads Redis)."""
         key = self._key(f"log:{job_id}")
@@ -427,26 +446,26 @@ class RedisStore:
                 ):
                     return
                 batch = (
-                    await self._xread(key, cursor)
+                    await self._xread(key, cursor, runs)
                     if waiter is None
-                    else await self._next(waiter, key, cursor)
+                    else await self._next(waiter, key, cursor, runs)
                 )
                 if batch is None or (not batch and waiter is None):
                     # Nothing came (for a while, or on the first read): is the job still running?
                     state = await self._state(job_id)
                     if state != "live":  # its terminal event is written with its state
-                        batch = await self._xread(key, cursor)
+                        batch = await self._xread(key, cursor, runs)
                         if not batch:
                             if state == "gone" and cursor != "0-0":  # it had a log; now it has none
                                 yield [_lost_event(job_id, _after(cursor))]
                             return
                     elif waiter is None:
                         waiter = self._tail.join(key, cursor)
-                        batch = await self._xread(key, cursor)  # what came before it joined
+                        batch = await self._xread(key, cursor, runs)  # what came before it joined
                     else:
                         continue
                 if queued is None:
-                    queued = bool(batch) and all(event.name == "started" for event in batch)
+                    queued = bool(batch) and all(_is_started(event) for event in batch)
                 else:
                     queued = False  # waited for it once already
                 if batch:
@@ -469,7 +488,9 @@ class RedisStore:
             self._forget(job_id)  # not started in time (taken elsewhere?): read Redis
         return self._logs.get(job_id) is not None
 
-    async def _next(self, waiter: Waiter, key: str, cursor: str) -> list[LogEvent] | None:
+    async def _next(
+        self, waiter: Waiter, key: str, cursor: str, runs: bool
+    ) -> list[LogEvent | EventRun] | None:
         """The events after `cursor` that the shared read brings; None if none came in `block_s`."""
         if waiter.behind or waiter.paging:
             # It fell behind the shared read, which dropped batches for it: from now on the shared read
@@ -481,7 +502,7 @@ class RedisStore:
                     waiter.got.get_nowait()
             page = await self._xread_entries(key, cursor)
             waiter.paging = len(page) == COUNT
-            return events_of(page, cursor)
+            return _of(page, cursor, runs)
         if waiter.got.empty():
             try:
                 entries = await asyncio.wait_for(waiter.got.get(), self.options.block_s)
@@ -489,10 +510,10 @@ class RedisStore:
                 return None
         else:  # a batch came while the reader wrote the last: no wait to bound
             entries = waiter.got.get_nowait()
-        return events_of(entries, cursor)
+        return _of(entries, cursor, runs)
 
-    async def _xread(self, key: str, cursor: str) -> list[LogEvent]:
-        return events_of(await self._xread_entries(key, cursor), cursor)
+    async def _xread(self, key: str, cursor: str, runs: bool) -> list[LogEvent | EventRun]:
+        return _of(await self._xread_entries(key, cursor), cursor, runs)
 
     async def _xread_entries(self, key: str, cursor: str) -> list[Entry]:
         reply: Any = await self._scripts.call("XREAD", "COUNT", COUNT, "STREAMS", key, cursor)
@@ -767,6 +788,14 @@ def _json(value: Any) -> str:
 
 def _fields(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _of(entries: list[Entry], cursor: str, runs: bool) -> list[LogEvent | EventRun]:
+    return runs_of(entries, cursor) if runs else cast(list[LogEvent | EventRun], events_of(entries, cursor))
+
+
+def _is_started(event: LogEvent | EventRun) -> bool:
+    return type(event) is LogEvent and event.name == "started"
 
 
 def _after(event_id: str) -> str:

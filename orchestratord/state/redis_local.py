@@ -38,11 +38,11 @@ from typing import Literal
 
 from redis.exceptions import RedisError
 
-from orchestratord.core.tasks import LogEvent
+from orchestratord.core.tasks import RS, US, LogEvent
 from orchestratord.errors import StateUnavailable
 from orchestratord.logs import get_logger
 from orchestratord.state.redis_client import Scripts
-from orchestratord.state.redis_tail import RS, US, past, stream_order
+from orchestratord.state.redis_tail import past, stream_order
 
 log = get_logger(__name__)
 

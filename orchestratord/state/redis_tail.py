@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import RedisError
 
-from orchestratord.core.tasks import LogEvent
+from orchestratord.core.tasks import US, EventRun, LogEvent
 from orchestratord.errors import StateUnavailable
 from orchestratord.logs import get_logger
 from orchestratord.state.redis_client import UNREACHABLE, Scripts, stopping
@@ -47,11 +47,9 @@ def stream_order(event_id: str) -> tuple[int, int]:
 # A log's entries are of two kinds. One event (`started`, what a queued job is given, the terminal
 # event): fields `n` (its name) and `d` (its data), under the event's own id. A run's batch
 # (append_events.lua, written behind the run by state/redis_local.py): field `e`, the events' records
-# joined by RS, each its id, name and data joined by US, under the id of the batch's last event; so an
-# entry's id is always the newest event id it holds, and reading after an id returns every event past
-# it (the first entry read may also hold some at or before it, which are skipped). Neither separator
-# occurs in an id, an event name or JSON text (whose strings escape every control character).
-RS, US = "\x1e", "\x1f"
+# joined by RS, each its id, name and data joined by US (core.tasks), under the id of the batch's last
+# event; so an entry's id is always the newest event id it holds, and reading after an id returns every
+# event past it (the first entry read may also hold some at or before it, which are skipped).
 
 
 def past(events: list[LogEvent], mark: tuple[int, int]) -> list[LogEvent]:
@@ -65,8 +63,17 @@ def past(events: list[LogEvent], mark: tuple[int, int]) -> list[LogEvent]:
 
 def events_of(entries: Iterable[Entry], after: str | None = None) -> list[LogEvent]:
     """The events of a log's entries, in order, those after the id `after` only."""
+    return cast(list[LogEvent], _read(entries, after, runs=False))
+
+
+def runs_of(entries: Iterable[Entry], after: str | None = None) -> list[LogEvent | EventRun]:
+    """As `events_of`, but each run's batch wholly after `after` as it is stored: one `EventRun`."""
+    return _read(entries, after, runs=True)
+
+
+def _read(entries: Iterable[Entry], after: str | None, *, runs: bool) -> list[LogEvent | EventRun]:
     mark = stream_order(after) if after else None
-    out: list[LogEvent] = []
+    out: list[LogEvent | EventRun] = []
     for entry_id, fields in entries:
         if mark is not None and stream_order(entry_id) <= mark:
             continue
@@ -74,10 +81,12 @@ def events_of(entries: Iterable[Entry], after: str | None = None) -> list[LogEve
         if records is None:
             out.append(LogEvent(entry_id, fields["n"], fields["d"]))
         else:
-            events = [LogEvent._make(record.split(US, 2)) for record in records.split(RS)]
-            if mark is not None:  # only the first entry past the mark may straddle it
-                events = past(events, mark)
-            out += events
+            run = EventRun(entry_id, records)
+            # only the first entry past the mark may straddle it: whole if its first event is past it
+            if runs and (mark is None or stream_order(records[: records.index(US)]) > mark):
+                out.append(run)
+            else:
+                out += run.events() if mark is None else past(run.events(), mark)
         mark = None
     return out
 

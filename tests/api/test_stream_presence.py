@@ -29,7 +29,7 @@ class _Store:
     def __init__(self, ends: bool) -> None:
         self.ends = ends
 
-    async def read(self, job_id: str, after: str | None) -> AsyncIterator[LogEvent]:
+    async def read_runs(self, job_id: str, after: str | None) -> AsyncIterator[LogEvent]:
         yield LogEvent("1-0", "started", "{}")
         yield LogEvent("1-1", "token", '{"t":"a","i":0}')
         if self.ends:

@@ -11,16 +11,17 @@ from dataclasses import replace
 import orjson
 import pytest
 
+from orchestratord.api.stream import encode, encode_run
 from orchestratord.core.budget import Hold, Ledger, Usage
 from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy
 from orchestratord.core.route import Route
-from orchestratord.core.tasks import JobState, LogEvent
+from orchestratord.core.tasks import RS, US, EventRun, JobState, LogEvent
 from orchestratord.errors import StateUnavailable
 from orchestratord.state.base import JobRecord, SessionRecord
 from orchestratord.state.memory import MemoryStore
 from orchestratord.state.redis import RedisStore
 from orchestratord.state.redis_client import tagged
-from orchestratord.state.redis_tail import RS, US, events_of
+from orchestratord.state.redis_tail import events_of
 from tests.fakes.servers import free_port
 from tests.redis.conftest import RedisTarget, standalone_and_cluster
 
@@ -898,3 +899,28 @@ async def test_a_batch_is_one_stream_entry_and_a_reader_resumes_inside_it(make_s
 
 async def events_in_redis(store: RedisStore, job_id: str) -> list[LogEvent]:
     return events_of(await store._scripts.call("XRANGE", store._key(f"log:{job_id}"), "-", "+"))
+
+
+async def test_a_reader_elsewhere_relays_a_runs_batch_whole_and_frames_it_as_its_events(
+    make_store: MakeStore,
+) -> None:
+    """A reader that relays the log as stored (the SSE stream) gets a batch of a job running on
+    another instance as one `EventRun`, not split into its events; framed, it is byte for byte the
+    frames of the events that `read` gives one by one."""
+    a, b = make_store(), make_store()
+    await admit(a, "j1")
+    await run_on(a, "j1")
+    for text in ("a", "b\n", 'c"'):
+        assert await a.append_token("j1", text) is True
+    assert await a.append("j1", "metrics", {"tokens_out": 3}) is not None
+    assert await a.append_token("j1", "d") is True
+    await a.flush("j1")
+    await a.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
+    read = await events(b, "j1")
+    relayed = [e async for e in b.read_runs("j1")]
+    assert [type(e) for e in relayed] == [LogEvent, EventRun, LogEvent]  # started, the batch, end
+    split = [e for item in relayed for e in (item.events() if isinstance(item, EventRun) else [item])]
+    assert split == read
+    assert [e.name for e in read] == ["started", "token", "token", "token", "metrics", "token", "end"]
+    frames = b"".join(encode(e) for e in read)
+    assert b"".join(encode_run(e) if isinstance(e, EventRun) else encode(e) for e in relayed) == frames

@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 from redis.exceptions import RedisError
 
-from orchestratord.core.tasks import LogEvent
+from orchestratord.core.tasks import RS, US, LogEvent
 from orchestratord.state.redis_local import LocalLog, LocalLogs
-from orchestratord.state.redis_tail import RS, US
 
 
 def local_logs(scripts: object, **options: Any) -> LocalLogs:
