@@ -106,7 +106,7 @@ async def frames(services: Services, job_id: str, after: str | None) -> AsyncIte
         attached = True
         async for chunk in coalesced(services.store.read_runs(job_id, after)):
             yield chunk
-        ended = True  # `read` ends by itself only once the job has ended
+        ended = True  # `read_runs` ends by itself only once the job has ended
     except StateUnavailable:
         log.warning("stream_lost_state_backend", job_id=job_id)
     finally:
