@@ -502,7 +502,7 @@ class RedisStore:
                     waiter.got.get_nowait()
             page = await self._xread_entries(key, cursor)
             waiter.paging = len(page) == COUNT
-            return _of(page, cursor, runs)
+            return runs_of(page, cursor, whole=runs)
         if waiter.got.empty():
             try:
                 entries = await asyncio.wait_for(waiter.got.get(), self.options.block_s)
@@ -510,10 +510,10 @@ class RedisStore:
                 return None
         else:  # a batch came while the reader wrote the last: no wait to bound
             entries = waiter.got.get_nowait()
-        return _of(entries, cursor, runs)
+        return runs_of(entries, cursor, whole=runs)
 
     async def _xread(self, key: str, cursor: str, runs: bool) -> list[LogEvent | EventRun]:
-        return _of(await self._xread_entries(key, cursor), cursor, runs)
+        return runs_of(await self._xread_entries(key, cursor), cursor, whole=runs)
 
     async def _xread_entries(self, key: str, cursor: str) -> list[Entry]:
         reply: Any = await self._scripts.call("XREAD", "COUNT", COUNT, "STREAMS", key, cursor)
@@ -788,10 +788,6 @@ def _json(value: Any) -> str:
 
 def _fields(flat: Sequence[str]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _of(entries: list[Entry], cursor: str, runs: bool) -> list[LogEvent | EventRun]:
-    return runs_of(entries, cursor) if runs else cast(list[LogEvent | EventRun], events_of(entries, cursor))
 
 
 def _is_started(event: LogEvent | EventRun) -> bool:

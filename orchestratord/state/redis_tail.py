@@ -63,15 +63,14 @@ def past(events: list[LogEvent], mark: tuple[int, int]) -> list[LogEvent]:
 
 def events_of(entries: Iterable[Entry], after: str | None = None) -> list[LogEvent]:
     """The events of a log's entries, in order, those after the id `after` only."""
-    return cast(list[LogEvent], _read(entries, after, runs=False))
+    return cast(list[LogEvent], runs_of(entries, after, whole=False))
 
 
-def runs_of(entries: Iterable[Entry], after: str | None = None) -> list[LogEvent | EventRun]:
-    """As `events_of`, but each run's batch wholly after `after` as it is stored: one `EventRun`."""
-    return _read(entries, after, runs=True)
-
-
-def _read(entries: Iterable[Entry], after: str | None, *, runs: bool) -> list[LogEvent | EventRun]:
+def runs_of(
+    entries: Iterable[Entry], after: str | None = None, *, whole: bool = True
+) -> list[LogEvent | EventRun]:
+    """As `events_of`, but (when `whole`) each run's batch wholly after `after` as it is stored: one
+    `EventRun`."""
     mark = stream_order(after) if after else None
     out: list[LogEvent | EventRun] = []
     for entry_id, fields in entries:
@@ -83,7 +82,7 @@ def _read(entries: Iterable[Entry], after: str | None, *, runs: bool) -> list[Lo
         else:
             run = EventRun(entry_id, records)
             # only the first entry past the mark may straddle it: whole if its first event is past it
-            if runs and (mark is None or stream_order(records[: records.index(US)]) > mark):
+            if whole and (mark is None or stream_order(records[: records.index(US)]) > mark):
                 out.append(run)
             else:
                 out += run.events() if mark is None else past(run.events(), mark)
