@@ -171,7 +171,7 @@ class Admission:
             tokens_out=self._outlook.expected_tokens(spec),
         )
         await self._check_deadline(spec, entry)
-        self._check_wait(spec, entry)
+        most_ahead = self._check_wait(spec, entry)
         holds = await self._hold(spec)
         try:
             # A job this replica can serve is its own to take: its dispatcher looks at once (`_announce`)
@@ -179,7 +179,12 @@ class Admission:
             # this replica's view (its breakers, its health checks), it wakes the other replicas'
             # dispatchers. Slots are counted deployment-wide: one busy here is busy everywhere.
             mine = any(pool.ready for pool in serving_pools(key, self._outlook.snapshots))
-            outcome = await self._store.create(self._record(spec, now), entry, ticket, wake_all=not mine)
+            outcome = await self._store.create(
+                self._record(spec, now), entry, ticket, wake_all=not mine, most_ahead=most_ahead
+            )
+            if isinstance(outcome, Rejected) and outcome.reason == "max_wait":
+                place = outcome.place or Place(0)
+                raise self._too_late(spec, place, *self._expected_wait(entry, place))
             if not isinstance(outcome, Admitted):
                 raise await self._rejected(spec, key, outcome, ticket)
         except BaseException:
@@ -345,29 +350,40 @@ class Admission:
                 f"({place.ahead} jobs ahead for {spec.model_ref!r})"
             )
 
-    def _check_wait(self, spec: TaskSpec, entry: QueueEntry) -> None:
+    def _check_wait(self, spec: TaskSpec, entry: QueueEntry) -> int | None:
         """429 at once for a job not expected to start within its class's longest wait
         (`queue.max_wait_s`): it would only be failed from the queue later, or outwaited by its client.
         The prediction counts the free slots and the queue's measured pace, in the queue as
         housekeeping last read it (at most a tick ago: no walk of the queue per request), stretched by
         how late the recent starts came against their predictions (`Outlook.assured`: the job is
-        admitted only if it starts in time about 9 times in 10)."""
+        admitted only if it starts in time about 9 times in 10). Returns the most jobs that may be
+        ahead of it at that pace (`Outlook.most_ahead`), for a shared queue to check where it queues
+        the job: other replicas admit between this one's reads, and a burst of admissions on several
+        replicas would pass a queue that only their sum makes too long."""
         limit = self._max_wait.get(spec.priority)
         if limit is None:
-            return
-        place = self._outlook.place_if_admitted(entry, self._policy)
-        predicted = self._outlook.predict(entry.route, place)
+            return None
         limit_ms = round(limit * 1000)
-        if predicted is None or predicted <= 0:
-            return
-        expected = self._outlook.assured(predicted)
-        if expected <= limit_ms:
-            return
+        place = self._outlook.place_if_admitted(entry, self._policy)
+        predicted, expected = self._expected_wait(entry, place)
+        if expected > limit_ms:
+            raise self._too_late(spec, place, predicted, expected)
+        return self._outlook.most_ahead(limit_ms)
+
+    def _expected_wait(self, entry: QueueEntry, place: Place) -> tuple[int, int]:
+        """The predicted start (ms) of a job at `place`, and that stretched by how late the recent
+        starts came; (0, 0) while nothing can be predicted."""
+        predicted = self._outlook.predict(entry.route, place) or 0
+        return predicted, self._outlook.assured(predicted) if predicted > 0 else 0
+
+    def _too_late(self, spec: TaskSpec, place: Place, predicted: int, expected: int) -> AdmissionRejected:
+        """The 429 for a job at `place` predicted to start later than its class may wait."""
+        limit = self._max_wait[spec.priority]
         pace = self._outlook.dispatch_per_s()
         paced = "" if pace is None else f", the dispatchers starting {pace:.0f} jobs/s"
         stretched = "" if expected == predicted else f", {expected} ms as late as recent starts came"
-        retry = max(DEFAULT_RETRY_AFTER_MS, expected - limit_ms)
-        raise AdmissionRejected(
+        retry = max(DEFAULT_RETRY_AFTER_MS, expected - round(limit * 1000))
+        return AdmissionRejected(
             f"a job admitted now is predicted to start in {predicted} ms{stretched} ({place.ahead} jobs "
             f"ahead for {spec.model_ref!r}{paced}), later than a {spec.priority} job may wait "
             f"(queue.max_wait_s: {limit:g} s); retry in {retry} ms",

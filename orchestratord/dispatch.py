@@ -16,17 +16,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, cast
 
 import orjson
 
-from orchestratord.core.capacity import can_serve, has_spare
-from orchestratord.core.placement import Assigned
+from orchestratord.core.capacity import can_serve, has_spare, slot_budget
 from orchestratord.core.queue import QueueEntry
 from orchestratord.core.route import Route
-from orchestratord.core.tasks import JobState, spec_from_dict
+from orchestratord.core.tasks import JobState, TaskSpec, spec_from_dict
 from orchestratord.endings import Endings, record_fields
 from orchestratord.errors import Internal, StateUnavailable
 from orchestratord.execution import Execution
@@ -147,11 +146,12 @@ class Dispatcher:
         (then the loop runs housekeeping, which a long backlog must not hold off, and comes straight
         back). `woken`: a job was queued, a slot freed or the last round left jobs; else the tick came
         round (an idle replica's look then asks the queue alone)."""
-        # On a shared backend a look is a round trip that waits for a turn of a busy loop as well: up
-        # to TAKES_PER_LOOK jobs are taken on one, its slot counts less the slots this round leased
-        # (what other replicas leased meanwhile shows at the next look; a slot they took first makes
-        # a lease fail, and the job goes back to the queue, as between any look and lease).
-        takes = TAKES_PER_LOOK if self._shared is not None else 1
+        # On a shared backend each round trip waits for a turn of a busy loop as well: after one look,
+        # up to TAKES_PER_LOOK jobs are taken in one call (take.lua spends the free slots the look
+        # counted as it takes them), then each is placed and leased on those counts less the slots
+        # this round leased (what other replicas leased meanwhile shows at the next look; a slot they
+        # took first makes a lease fail, and the job goes back to the queue, as between any look and
+        # lease).
         started, until = 0, self._clock() + self._config.tick_s
         while self._accepting:
             if started and self._clock() >= until:
@@ -170,9 +170,12 @@ class Dispatcher:
                     await self._housekeeper.expire()  # a job past its deadline is never taken
                 if snapshots is None:
                     snapshots = await self._outlook.refresh()
-                for taken in range(takes):
-                    if taken and not self._accepting:
-                        return
+                if self._shared is not None:  # several in one round trip, each spending a slot
+                    budget = partial(_budget, snapshots, self._config.holdback)
+                    entries = await self._shared.take_several(
+                        TAKES_PER_LOOK, budget, self._tenant_ok, pending
+                    )
+                else:
                     entry = await self._store.take(
                         partial(_servable, snapshots, 0.0),
                         self._tenant_ok,
@@ -180,16 +183,12 @@ class Dispatcher:
                         pending,
                         spare=partial(_spare, snapshots),
                     )
-                    if entry is None:
-                        if taken == 0:
-                            return
-                        break  # the look is stale (routes or tenants queued since): look again
-                    assigned = await self._dispatch(entry, snapshots)
-                    if assigned is None:
-                        break
-                    started += 1
-                    if taken + 1 < takes:
-                        snapshots = _leased(snapshots, assigned)
+                    entries = [] if entry is None else [entry]
+                if not entries:
+                    return
+                # Every job taken is placed and started (or given back), draining or not: it has left
+                # the queue. Fewer than asked for, or a lease lost: the next look tells what is left.
+                started += await self._dispatch(entries, snapshots)
 
     def _batch(self, snapshots: Sequence[PoolSnapshot]) -> Callable[[Route], bool] | None:
         """Which routes a batch job may take: not the slots held back for interactive work."""
@@ -215,34 +214,58 @@ class Dispatcher:
         limit = self._config.tenant_max_concurrent.get(tenant)
         return limit is None or self._runs.of_tenant(tenant) < limit
 
-    async def _dispatch(self, entry: QueueEntry, snapshots: Sequence[PoolSnapshot]) -> Assigned | None:
-        """Place and lease a job just taken from the queue, and start its run; the slot it leased, if
-        any. Whatever goes wrong here ends the job: it has left the queue, and nothing else would ever
-        end it."""
-        record: JobRecord | None = None
+    async def _dispatch(self, entries: Sequence[QueueEntry], snapshots: Sequence[PoolSnapshot]) -> int:
+        """Place and lease the jobs just taken from the queue, and start their runs; how many started.
+        Whatever goes wrong here ends the job it concerns: it has left the queue, and nothing else
+        would ever end it."""
+        taken: list[tuple[QueueEntry, TaskSpec, float, JobRecord]] = []
+        for entry in entries:
+            record: JobRecord | None = None
+            try:
+                record = await self._store.get(entry.job_id)
+                if record is None or record.state is not JobState.QUEUED:
+                    continue
+                spec = spec_from_dict(orjson.loads(record.spec))
+                admitted_mono = self._clock() - max(0.0, self._wall() - record.created_at)
+                self._housekeeper.forget(spec.job_id)
+                taken.append((entry, spec, admitted_mono, record))
+            except StateUnavailable:
+                raise  # the shared backend is away: the claims expire and a replica reaps the jobs
+            except Exception as exc:  # the job has left the queue: a bug here must still end it, loudly
+                log.error(
+                    "dispatch_failed", error=type(exc).__name__, exc_info=True, **_entry_fields(entry, record)
+                )
+                await self._dispatch_failed(entry, exc)
+        if not taken:
+            return 0
+        # Placed on the snapshots the jobs were taken with (the queue saw a free slot there for each,
+        # so placement finds it), and leased before the next look, so that it counts these slots.
         try:
-            record = await self._store.get(entry.job_id)
-            if record is None or record.state is not JobState.QUEUED:
-                return None
-            spec = spec_from_dict(orjson.loads(record.spec))
-            admitted_mono = self._clock() - max(0.0, self._wall() - record.created_at)
-            self._housekeeper.forget(spec.job_id)
-            # Place on the snapshots the job was taken with (the queue's `can_serve` saw a free slot
-            # there, so placement finds it), and lease before taking the next job, so the next
-            # snapshot already counts this slot.
-            assigned = await self._placer.place(spec, entry.route, set(), snapshots)
-            if assigned is not None:  # else back in the queue (a lease lost) or ended: the next read tells
+            jobs = [(spec, entry.route) for entry, spec, _, _ in taken]
+            placed = await self._placer.place_several(jobs, snapshots)
+        except StateUnavailable:
+            raise
+        except Exception as exc:  # as above, for every job of the round
+            for entry, _, _, record in taken:
+                log.error(
+                    "dispatch_failed", error=type(exc).__name__, exc_info=True, **_entry_fields(entry, record)
+                )
+                await self._dispatch_failed(entry, exc)
+            return 0
+        started = 0
+        for (entry, spec, admitted_mono, record), assigned in zip(taken, placed, strict=True):
+            if assigned is None:  # back in the queue (a lease lost) or ended: the next read tells
+                continue
+            try:
                 self._outlook.taken(entry)
                 self._execution.start(spec, entry, admitted_mono, assigned, self.wake)
-            return assigned
-        except StateUnavailable:
-            raise  # the shared backend is away: the claim expires and a replica reaps the job
-        except Exception as exc:  # the job has left the queue: a bug here must still end it, loudly
-            log.error(
-                "dispatch_failed", error=type(exc).__name__, exc_info=True, **_entry_fields(entry, record)
-            )
-            await self._dispatch_failed(entry, exc)
-            return None
+                started += 1
+            except Exception as exc:  # as above
+                log.error(
+                    "dispatch_failed", error=type(exc).__name__, exc_info=True, **_entry_fields(entry, record)
+                )
+                await self._dispatch_failed(entry, exc)
+        return started
 
     async def _dispatch_failed(self, entry: QueueEntry, exc: Exception) -> None:
         self._runs.drop(entry.job_id)
@@ -318,15 +341,5 @@ def _spare(snapshots: Sequence[PoolSnapshot], route: Route) -> bool:
     return has_spare(route, snapshots)
 
 
-def _leased(snapshots: Sequence[PoolSnapshot], assigned: Assigned) -> list[PoolSnapshot]:
-    """`snapshots` with the slot just leased on `assigned` counted as busy."""
-    out = []
-    for pool in snapshots:
-        if pool.pool_id == assigned.pool_id:
-            replicas = tuple(
-                replace(r, slots_free=max(0, r.slots_free - 1)) if r.replica_id == assigned.replica_id else r
-                for r in pool.replicas
-            )
-            pool = replace(pool, replicas=replicas)
-        out.append(pool)
-    return out
+def _budget(snapshots: Sequence[PoolSnapshot], holdback: float, route: Route) -> list[tuple[str, int, int]]:
+    return slot_budget(route, snapshots, holdback)

@@ -329,16 +329,34 @@ class Outlook:
         that a client told to come back then finds what it was promised about 9 times in 10: the
         90th percentile of the lateness added, or of the ratio (over predictions of 100 ms and more,
         at most 3) applied, whichever is more."""
+        late, ratio = self._stretched()
+        return max(wait_ms + math.ceil(late * 1000), math.ceil(wait_ms * ratio))
+
+    def most_ahead(self, limit_ms: int) -> int | None:
+        """The most jobs that may be ahead of a job for it still to start within `limit_ms`, at the
+        dispatchers' measured pace, stretched as `assured` stretches a wait (the inverse of the pace's
+        part of `predict`); None while the pace is unknown. A shared queue checks it where the job is
+        queued, against the queue as it is then (other replicas admit between this one's reads)."""
+        pace = self.dispatch_per_s()
+        if pace is None:
+            return None
+        late, ratio = self._stretched()
+        wait_s = min(limit_ms / 1000 - late, limit_ms / 1000 / ratio)
+        return max(0, math.floor(wait_s * pace) - self.unstarted())
+
+    def _stretched(self) -> tuple[float, float]:
+        """How late the measured starts came against their predictions: the 90th percentile of the
+        lateness (s), and of the ratio (over predictions of 100 ms and more, at most 3); no stretch
+        (0, 1) until enough have started."""
         if len(self._late) < MIN_SAMPLES:
-            return wait_ms
+            return 0.0, 1.0
         if self._stretch is None:  # worked out once per new sample, not per admission
             ratios = [r for r, p in zip(self._ratios, self._predicted, strict=True) if p >= 0.1]
             self._stretch = (
                 max(0.0, _p90(self._late)),
                 min(3.0, max(1.0, _p90(ratios))) if len(ratios) >= MIN_SAMPLES else 1.0,
             )
-        late, ratio = self._stretch
-        return max(wait_ms + math.ceil(late * 1000), math.ceil(wait_ms * ratio))
+        return self._stretch
 
     def keep_promises(self, queued: Collection[str]) -> None:
         """Forget the predictions of jobs that left the queue without starting (canceled, failed)."""

@@ -1,11 +1,13 @@
 """Placing a job taken from the queue: choose a replica (`core.placement.decide`, a pure function over
 pool snapshots) and lease one of its slots.
 
-Taking a job and leasing its slot, and a failover's placement and lease, happen one at a time (under
-`exclusive()`): with the embedded backend nothing else leases, so a job taken because a slot was free
-always gets that slot. A job that finds no slot goes back to its place in the queue when another
-orchestrator replica took the slot first (shared state), and otherwise ends with the error
-`core.attempts.placement_error` names.
+Taking jobs and leasing their slots, and a failover's placement and lease, happen one round at a time
+(under `exclusive()`): with the embedded backend nothing else leases, so a job taken because a slot was
+free always gets that slot. The jobs a shared backend's round took together are chosen one after
+another, each on the slots the ones before it chose, and their leases asked at once (one round trip).
+A job that finds no slot goes back to its place in the queue when another orchestrator replica took
+the slot first (shared state), and otherwise ends with the error `core.attempts.placement_error`
+names.
 """
 
 from __future__ import annotations
@@ -72,6 +74,35 @@ class Placer:
         gives back the job if it finds none; a failover's placement only reports that there is none."""
         if snapshots is None:
             snapshots = await self._outlook.refresh()
+        decision = await self._decide(spec, route, tried, snapshots)
+        return await self._settle(spec, decision, await self._lease(spec, decision), first=not tried)
+
+    async def place_several(
+        self, jobs: Sequence[tuple[TaskSpec, Route]], snapshots: Sequence[PoolSnapshot]
+    ) -> list[Assigned | None]:
+        """The first placements of jobs taken from the queue together (under `exclusive()`): each
+        chosen on the slots the ones before it chose, then every lease asked at once (on a shared
+        backend, one round trip for them all). As `place` for each, in order."""
+        decisions: list[Assigned | NoCapacity] = []
+        for spec, route in jobs:
+            decision = await self._decide(spec, route, set(), snapshots)
+            if isinstance(decision, Assigned):
+                snapshots = leased(snapshots, decision)
+            decisions.append(decision)
+        if len(decisions) == 1:  # the embedded backend's round, one job a take: no task for its lease
+            leases = [await self._lease(jobs[0][0], decisions[0])]
+        else:
+            leases = await asyncio.gather(
+                *(self._lease(spec, decision) for (spec, _), decision in zip(jobs, decisions, strict=True))
+            )
+        return [
+            await self._settle(spec, decision, granted, first=True)
+            for (spec, _), decision, granted in zip(jobs, decisions, leases, strict=True)
+        ]
+
+    async def _decide(
+        self, spec: TaskSpec, route: Route, tried: Tried, snapshots: Sequence[PoolSnapshot]
+    ) -> Assigned | NoCapacity:
         usable = [_without(p, tried) for p in snapshots if route.admits(p.pool_id)]
         affinity = await self._hooks.affinity(spec) if self._hooks is not None else None
         req = PlacementRequest(
@@ -88,12 +119,24 @@ class Placer:
             "placement_decided", outcome="assigned" if isinstance(decision, Assigned) else decision.kind,
             **job_context(spec), **placement_fields(decision),
         )  # fmt: skip
+        return decision
+
+    async def _lease(self, spec: TaskSpec, decision: Assigned | NoCapacity) -> bool:
         if isinstance(decision, NoCapacity):
-            if not tried:
+            return False
+        return await self._registry.lease(spec.job_id, decision.pool_id, decision.replica_id) is not None
+
+    async def _settle(
+        self, spec: TaskSpec, decision: Assigned | NoCapacity, granted: bool, *, first: bool
+    ) -> Assigned | None:
+        """The slot, if it was chosen and leased; else None, and a first placement's job given back or
+        ended."""
+        if isinstance(decision, NoCapacity):
+            if first:
                 await self._not_placed(spec, decision)
             return None
-        if await self._registry.lease(spec.job_id, decision.pool_id, decision.replica_id) is None:
-            if not tried:
+        if not granted:
+            if first:
                 await self._not_placed(spec, NoCapacity("busy", "the chosen slot was taken", decision.log))
             return None
         return decision
@@ -130,6 +173,20 @@ class Placer:
             return False
         log.info("task_requeued", job_id=spec.job_id, reason="another replica took the free slot first")
         return True
+
+
+def leased(snapshots: Sequence[PoolSnapshot], assigned: Assigned) -> list[PoolSnapshot]:
+    """`snapshots` with the slot just leased on `assigned` counted as busy."""
+    out = []
+    for pool in snapshots:
+        if pool.pool_id == assigned.pool_id:
+            replicas = tuple(
+                replace(r, slots_free=max(0, r.slots_free - 1)) if r.replica_id == assigned.replica_id else r
+                for r in pool.replicas
+            )
+            pool = replace(pool, replicas=replicas)
+        out.append(pool)
+    return out
 
 
 def _without(pool: PoolSnapshot, tried: Tried) -> PoolSnapshot:

@@ -38,6 +38,15 @@ def has_spare(route: Route, pools: Sequence[PoolSnapshot]) -> bool:
     return sum(p.slots_free for p in serving_pools(route, pools)) >= 2
 
 
+def slot_budget(
+    route: Route, pools: Sequence[PoolSnapshot], holdback: float = 0.0
+) -> list[tuple[str, int, int]]:
+    """The pools serving `route` as (pool id, free slots, slots kept for interactive work): what a
+    dispatch round that takes several jobs in one call may spend (state/lua/take.lua counts `can_serve`
+    and `has_spare` from them as it takes)."""
+    return [(p.pool_id, p.slots_free, held_back(p, holdback)) for p in serving_pools(route, pools)]
+
+
 def unservable(
     route: Route, pools: Sequence[PoolSnapshot], cause: str | None
 ) -> tuple[str | None, str] | None:

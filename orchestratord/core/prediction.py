@@ -124,13 +124,16 @@ class ServiceTimes:
 class DispatchRate:
     """How fast queued jobs start while the queue holds jobs that free slots could take (a backlog):
     the runs started over the wall time of such a backlog, over the last `window_s` (`Outlook` feeds
-    it at each housekeeping read of the queue). Time without a backlog (an empty queue, no free slot)
-    is not counted: it says nothing of the pace. Unknown (None) until `min_jobs` have started in the
-    window."""
+    it at each housekeeping read of the queue), or over the last `recent_s` when that is slower and
+    covers at least half of it: a pace that falls (the runs it started load the replicas that start
+    the next ones) shows within a few reads, one that rises only once the window has seen it. Time
+    without a backlog (an empty queue, no free slot) is not counted: it says nothing of the pace.
+    Unknown (None) until `min_jobs` have started in the window."""
 
-    def __init__(self, window_s: float = 10.0, min_jobs: int = 8) -> None:
+    def __init__(self, window_s: float = 10.0, min_jobs: int = 8, recent_s: float = 2.0) -> None:
         self._window = window_s
         self._min_jobs = min_jobs
+        self._recent = recent_s
         self._seen: deque[tuple[float, int, float]] = deque()  # (when, jobs, seconds), oldest first
         self._jobs = 0
         self._seconds = 0.0
@@ -147,7 +150,15 @@ class DispatchRate:
         self._trim(now)
         if self._jobs < self._min_jobs:
             return None
-        return self._jobs / self._seconds
+        rate = self._jobs / self._seconds
+        jobs, seconds = 0, 0.0
+        for when, started, spent in reversed(self._seen):
+            if now - when > self._recent:
+                break
+            jobs, seconds = jobs + started, seconds + spent
+        if jobs and seconds >= self._recent / 2:
+            rate = min(rate, jobs / seconds)
+        return rate
 
     def _trim(self, now: float) -> None:
         while self._seen and now - self._seen[0][0] > self._window:

@@ -128,8 +128,9 @@ class Admitted:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    reason: Literal["capacity", "tenant_capacity"]
+    reason: Literal["capacity", "tenant_capacity", "max_wait"]
     policy: FullPolicy
+    place: Place | None = None  # max_wait: the place the job would have taken
 
 
 _HeapItem = tuple[float, int, str]  # (deadline or inf, seq, job_id)

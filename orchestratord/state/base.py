@@ -88,11 +88,16 @@ class JobRegistry(Protocol):
         ticket: Callable[[], str] | None = None,
         *,
         wake_all: bool = True,
+        most_ahead: int | None = None,
     ) -> Admitted | Rejected:
         """Register the job and enqueue it in one step; nothing is stored if it is rejected. `ticket()`
         names the place the client may hold (`JobQueue.hold_place`), asked only while places are held.
         With shared state, `wake_all` wakes every replica's dispatcher; False leaves the job to this
-        replica's (it can serve the job and will look at once), and the others see it on their tick."""
+        replica's (it can serve the job and will look at once), and the others see it on their tick.
+        `most_ahead`: a shared queue refuses the job (`max_wait`) if more jobs for its route would be
+        ahead of it than that, counted as the job is queued: other replicas admit between this
+        replica's reads of the queue. The embedded queue has no other admitter: admission's own count
+        of the place is the queue's, and it ignores it."""
         ...
 
     async def get(self, job_id: str) -> JobRecord | None: ...

@@ -118,6 +118,7 @@ class MemoryStore:
         ticket: Callable[[], str] | None = None,
         *,
         wake_all: bool = True,  # one process: its dispatcher is the only one
+        most_ahead: int | None = None,  # one process: admission counted the place already
     ) -> Admitted | Rejected:
         outcome = self.queue.enqueue(entry, ticket=ticket, now=self._wall())
         if isinstance(outcome, Admitted):

@@ -121,10 +121,11 @@ class RedisStore:
         # The `started` event this instance wrote for such a job (as Redis holds it): its first reader
         # here is given it without reading Redis, then waits for the run.
         self._started: dict[str, LogEvent] = {}
-        # The record of the job `take` just took, read in the same script, for the dispatcher's `get`
-        # that follows it at once (no await between them). Any `get` takes it away, and so does any
-        # change of the job's state here, so it is never read later than that.
-        self._taken: JobRecord | None = None
+        # The records of the jobs the last `take` or `take_several` took, read in the same script, for
+        # the dispatcher's `get` of each that follows. Its `get` takes each away, and so does any change
+        # of the job's state here (a change made elsewhere meanwhile is found by start.lua, which starts
+        # only a job still queued and claimed by this instance).
+        self._taken: dict[str, JobRecord] = {}
 
     @property
     def shared(self) -> SharedState:
@@ -142,6 +143,7 @@ class RedisStore:
         ticket: Callable[[], str] | None = None,
         *,
         wake_all: bool = True,
+        most_ahead: int | None = None,
     ) -> Admitted | Rejected:
         if self._epoch is None:  # the data's epoch exists before this replica's first job
             await self.lost_since()
@@ -160,11 +162,13 @@ class RedisStore:
             self._weights,
             "1" if wake_all else "0",
             self._unread_ms,
+            -1 if most_ahead is None else most_ahead,
             *_record_fields(record),
             *expected,
         )
         if reply[0] == "rejected":
-            return Rejected(cast(Any, reply[1]), p.full_policy)
+            place = Place(*(int(x) for x in reply[2])) if len(reply) > 2 else None
+            return Rejected(cast(Any, reply[1]), p.full_policy, place)
         _, stored, evicted, (ahead, tokens_in, tokens_out) = reply
         if not wake_all:
             self._expect(record.job_id)
@@ -199,8 +203,8 @@ class RedisStore:
             expected.set()
 
     async def get(self, job_id: str) -> JobRecord | None:
-        taken, self._taken = self._taken, None
-        if taken is not None and taken.job_id == job_id:
+        taken = self._taken.pop(job_id, None)
+        if taken is not None:
             return taken
         fields, text = await self._scripts.pipeline(
             [("HGETALL", self._key(f"job:{job_id}")), ("GET", self._key(f"text:{job_id}"))]
@@ -226,7 +230,7 @@ class RedisStore:
         return records
 
     async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
-        self._taken = None
+        self._taken.pop(job_id, None)
         reply = await self._scripts.run(
             "start", job_id, self.owner, repr(self._wall()), pool_id, replica_id, engine
         )
@@ -241,7 +245,7 @@ class RedisStore:
     async def finish(
         self, job_id: str, state: JobState, name: str, data: Mapping[str, Any]
     ) -> LogEvent | None:
-        self._taken = None
+        self._taken.pop(job_id, None)
         payload = dict(data)
         counted = ""  # the engine's tokens_out, which wins over the token events counted
         if name == "end":
@@ -557,30 +561,61 @@ class RedisStore:
         pending: Pending | None = None,
         spare: Callable[[Route], bool] | None = None,
     ) -> QueueEntry | None:
-        if pending is None:
-            keys, tenants = await self._scripts.pipeline(
-                [("HKEYS", self._key("q:keys")), ("HKEYS", self._key("q:tenants"))]
-            )
-        else:
-            keys, tenants = pending.routes, pending.tenants
+        keys, tenants = await self._routes_and_tenants(pending)
         servable = [k for k in keys if can_serve(Route.decode(k))]
-        allowed = [t for t in tenants if tenant_ok(t)]
-        if not servable or not allowed:
-            return None
         batch = (
             servable if batch_can_serve is None else [k for k in servable if batch_can_serve(Route.decode(k))]
         )
         roomy = [] if spare is None else [k for k in servable if spare(Route.decode(k))]
+        taken = await self._take(servable, [t for t in tenants if tenant_ok(t)], batch, roomy, 1, {})
+        return taken[0] if taken else None
+
+    async def take_several(
+        self,
+        count: int,
+        budget: Callable[[Route], Sequence[tuple[str, int, int]]],
+        tenant_ok: Callable[[str], bool],
+        pending: Pending | None = None,
+    ) -> list[QueueEntry]:
+        keys, tenants = await self._routes_and_tenants(pending)
+        slots = {k: budget(Route.decode(k)) for k in keys}
+        servable = [k for k in keys if any(free > 0 for _, free, _ in slots[k])]
+        batch = [k for k in servable if any(free > held for _, free, held in slots[k])]
+        roomy = [k for k in servable if sum(free for _, free, _ in slots[k]) >= 2]
+        budgets = {k: slots[k] for k in servable}
+        return await self._take(servable, [t for t in tenants if tenant_ok(t)], batch, roomy, count, budgets)
+
+    async def _routes_and_tenants(self, pending: Pending | None) -> tuple[list[str], list[str]]:
+        """The routes and the tenants with queued jobs: as this round's first look saw them, if given."""
+        if pending is not None:
+            return list(pending.routes), list(pending.tenants)
+        keys, tenants = await self._scripts.pipeline(
+            [("HKEYS", self._key("q:keys")), ("HKEYS", self._key("q:tenants"))]
+        )
+        return keys, tenants
+
+    async def _take(
+        self,
+        servable: list[str],
+        allowed: list[str],
+        batch: list[str],
+        roomy: list[str],
+        count: int,
+        budgets: Mapping[str, Sequence[tuple[str, int, int]]],
+    ) -> list[QueueEntry]:
+        if not servable or not allowed:
+            return []
         taken = await self._scripts.run(
             "take", self.owner, self._ttl_ms, self._weights, _json(servable), _json(allowed), self._limits,
-            _json(batch), _json(roomy),
+            _json(batch), _json(roomy), count, _json(budgets),
         )  # fmt: skip
-        if taken is None:
-            return None
-        stored, fields, text = taken
-        entry = _entry(stored)
-        self._taken = _record(entry.job_id, _fields(fields), text)  # what the dispatcher reads next
-        return entry
+        self._taken.clear()  # only a round cut short (Redis went away: those jobs are reaped) leaves any
+        entries = []
+        for stored, fields, text in taken or ():
+            entry = _entry(stored)
+            self._taken[entry.job_id] = _record(entry.job_id, _fields(fields), text)  # for `get`, next
+            entries.append(entry)
+        return entries
 
     async def dequeue(self, job_id: str) -> QueueEntry | None:
         stored = await self._scripts.run("dequeue", job_id)

@@ -6,9 +6,14 @@ The dispatcher and admission use it when the store offers it (`isinstance(store,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from orchestratord.core.queue import QueueEntry
+    from orchestratord.core.route import Route
+    from orchestratord.state.base import Pending
 
 ReapAction = Literal["requeued", "reset", "gone"]
 PoolAction = Literal["drain", "undrain", "reload"]
@@ -54,6 +59,18 @@ class SharedState(Protocol):
     async def reap(self, now: float) -> list[Reaped]:
         """Handle jobs whose owner stopped renewing its claim (it died): release their leases; queue a
         job again if it sent no token yet (once), else end it with a retriable WORKER_RESET error."""
+        ...
+
+    async def take_several(
+        self,
+        count: int,
+        budget: Callable[[Route], Sequence[tuple[str, int, int]]],
+        tenant_ok: Callable[[str], bool],
+        pending: Pending | None = None,
+    ) -> list[QueueEntry]:
+        """Up to `count` queued jobs in one round trip, each the one `JobQueue.take` would give next:
+        `budget(route)` gives the pools serving a route as (pool id, free slots, slots kept for
+        interactive work, `core.capacity.slot_budget`), and each job taken spends a slot of them."""
         ...
 
     async def requeue(self, job_id: str) -> bool:

@@ -32,6 +32,21 @@ def test_the_rate_is_the_jobs_started_over_the_backlogged_time_of_the_window() -
     assert rate.per_s(30.0) is None  # nothing seen for a window: unknown again
 
 
+def test_a_falling_pace_shows_at_once_and_a_rising_one_once_the_window_has_seen_it() -> None:
+    rate = DispatchRate(window_s=10.0, min_jobs=8, recent_s=2.0)
+    for k in range(24):  # 6 s of reads a quarter second apart, with a backlog between: 48 jobs a second
+        rate.observe(k * 0.25, 12, 0.25)
+    assert rate.per_s(5.75) == 48.0
+    for k in range(24, 32):  # then 2 s at 10 jobs a second
+        rate.observe(k * 0.25, 2 + k % 2, 0.25)
+    falling = rate.per_s(7.75)
+    assert falling is not None and falling < 15.0, "the last 2 s, not the window's 38 a second"
+    for k in range(32, 40):  # then 2 s at 100 jobs a second
+        rate.observe(k * 0.25, 25, 0.25)
+    rising = rate.per_s(9.75)
+    assert rising is not None and 45.0 < rising < 55.0, "the window's pace, slower than the last 2 s"
+
+
 def test_the_dispatch_wait_is_the_jobs_ahead_at_the_measured_pace() -> None:
     assert dispatch_wait_ms(0, 100.0) == 0
     assert dispatch_wait_ms(250, 100.0) == 2500
@@ -67,6 +82,11 @@ def test_a_job_behind_thousands_waits_for_the_dispatchers_though_slots_are_free(
     outlook.absorb([{"id": "other", "at": 100.0, "dispatch_per_s": 100.0, "unstarted": 9}], 100.0)
     assert outlook.dispatch_per_s() == 200.0
     assert outlook.predict(route, Place(3000)) == 15_050
+    # The most jobs ahead for a start within 20 s at that pace (a shared queue checks it as it queues
+    # the job): the last place whose prediction is within the limit.
+    most = outlook.most_ahead(20_000)
+    assert most is not None
+    assert outlook.predict(route, Place(most)) <= 20_000 < (outlook.predict(route, Place(most + 1)) or 0)
     shared = outlook.export(100.0)
     assert shared["dispatch_per_s"] == 100.0 and shared["unstarted"] == 1  # what this one shares
 

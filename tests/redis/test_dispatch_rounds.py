@@ -1,5 +1,5 @@
-"""On a shared backend a dispatch round takes several queued jobs on one look at the queue (each look is
-a round trip), counting the slots it leased meanwhile."""
+"""On a shared backend a dispatch round takes several queued jobs on one look at the queue, in one call
+(each is a round trip), as far as the free slots go."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestratord.core.route import Route
 from orchestratord.state.redis import RedisStore
 from orchestratord.state.redis_leases import RedisLeases
 from tests.conftest import mock_pool
@@ -24,25 +23,34 @@ pytestmark = pytest.mark.redis
 def test_a_backlog_is_taken_several_jobs_to_a_look_as_far_as_the_free_slots_go(
     make_server: Callable[..., LoopbackServer], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # ("look", None) and ("take", the job taken or None); and whether each take was told the route has
-    # a slot to spare (two free: a job another replica reserved could be passed over, lua/take.lua)
-    calls: list[tuple[str, str | None]] = []
-    spare: list[bool] = []
-    look, take = RedisStore.pending, RedisStore.take
+    # ("look", []) and ("take", the jobs taken in one call)
+    calls: list[tuple[str, list[str]]] = []
+    look, take = RedisStore.pending, RedisStore.take_several
 
     async def counted_look(self: RedisStore, *args: Any) -> Any:
-        calls.append(("look", None))
+        calls.append(("look", []))
         return await look(self, *args)
 
     async def counted_take(self: RedisStore, *args: Any, **kwargs: Any) -> Any:
-        told = kwargs.get("spare")
-        entry = await take(self, *args, **kwargs)
-        calls.append(("take", None if entry is None else entry.job_id))
-        spare.append(told is not None and told(Route("mock")))
-        return entry
+        entries = await take(self, *args, **kwargs)
+        calls.append(("take", [e.job_id for e in entries]))
+        return entries
+
+    # the leases in flight at once: a round asks them together, one round trip for them all
+    in_flight, most_in_flight = [0], [0]
+    acquire = RedisLeases.acquire
+
+    async def counted_acquire(self: RedisLeases, *args: Any) -> Any:
+        in_flight[0] += 1
+        most_in_flight[0] = max(most_in_flight[0], in_flight[0])
+        try:
+            return await acquire(self, *args)
+        finally:
+            in_flight[0] -= 1
 
     monkeypatch.setattr(RedisStore, "pending", counted_look)
-    monkeypatch.setattr(RedisStore, "take", counted_take)
+    monkeypatch.setattr(RedisStore, "take_several", counted_take)
+    monkeypatch.setattr(RedisLeases, "acquire", counted_acquire)
     server = make_server(
         state_url=redis_server.url, redis={"key_prefix": prefix()}, pools=[mock_pool(slots=4)]
     )
@@ -53,7 +61,6 @@ def test_a_backlog_is_taken_several_jobs_to_a_look_as_far_as_the_free_slots_go(
         jobs = [client.post("/v1/tasks", json=body).json() for _ in range(6)]
         assert all(j["job_id"] for j in jobs)
         calls.clear()
-        spare.clear()
 
         async def release() -> None:
             round_lock.release()
@@ -61,13 +68,10 @@ def test_a_backlog_is_taken_several_jobs_to_a_look_as_far_as_the_free_slots_go(
         server.call(release())
         ended = [read_events(client, job["sse_url"])[-1].event for job in jobs]
     assert ended == ["end"] * 6
-    assert calls[0] == ("look", None), calls
-    first_round = calls[1 : calls.index(("look", None), 1)]
-    taken = [job_id for _, job_id in first_round]
     # one look, then the four jobs the pool's four free slots take, in admission order (one tenant,
-    # one class), and no fifth: the round counted the slots it leased
-    assert taken == [j["job_id"] for j in jobs[:4]] + [None], calls
-    assert spare[: len(first_round)] == [True, True, True, False, False], "4, 3, 2, 1 and 0 slots free"
+    # one class), in one call, and no fifth: the call spent a slot for each
+    assert calls[:2] == [("look", []), ("take", [j["job_id"] for j in jobs[:4]])], calls
+    assert most_in_flight[0] == 4, "the four leases of the first round asked at once"
 
 
 def test_an_idle_replica_asks_redis_for_the_slots_once_a_tick_and_never_for_the_positions_lead(

@@ -288,3 +288,86 @@ async def test_a_job_admitted_behind_a_long_queue_is_placed_without_walking_it(
     # beta's 300 ahead in its own lane, and acme's (weight 2) whole lane projects before it
     assert (got.place.ahead, got.place.tokens_in) == (600, 1800)
     assert reads < 30, f"{reads} HGETs: the place was found by reading the queue entry by entry"
+
+
+# Pools for the several-take below: each serves some of ROUTES' models (a route restricted to pools is
+# served only by those of them that serve its model), with (free slots, slots held back).
+SERVES = {"pool-a": {"m1", "m2"}, "b@c": {"m1", "org/m@v1:q4,x"}, "pool,a": {"org/m@v1:q4,x"}}
+
+
+def serving(route: Route) -> list[str]:
+    return [p for p, models in SERVES.items() if route.model in models and route.admits(p)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    arrivals=st.lists(arrival, min_size=1, max_size=24),
+    slots=st.fixed_dictionaries({p: st.tuples(st.integers(0, 4), st.integers(0, 2)) for p in SERVES}),
+    count=st.integers(1, 8),
+    tenants=some_or_all(TENANTS),
+)
+def test_several_taken_in_one_call_are_the_jobs_taken_one_by_one_each_spending_a_slot(
+    redis_server: RedisServer,
+    arrivals: list[dict[str, object]],
+    slots: dict[str, tuple[int, int]],
+    count: int,
+    tenants: set[str],
+) -> None:
+    """`take_several` gives what as many single takes would, one after another, each on the slots the
+    jobs before it left: a job spends a free slot of the serving pool with the most it may use (a batch
+    job none held back for interactive work), and a route without one is served no more."""
+    asyncio.run(several_and_one_by_one(redis_server.url, arrivals, slots, count, tenants))
+
+
+async def several_and_one_by_one(
+    url: str,
+    arrivals: list[dict[str, object]],
+    slots: dict[str, tuple[int, int]],
+    count: int,
+    tenants: set[str],
+) -> None:
+    store = RedisStore(url, QueuePolicy(capacity=64), options=RedisOptions(key_prefix=prefix()))
+    reference = FairQueue(QueuePolicy(capacity=64))
+    try:
+        for i, fields in enumerate(arrivals):
+            new = QueueEntry(job_id=f"job-{i}", **fields)  # type: ignore[arg-type]
+            await store.create(record(new.job_id), new)
+            reference.enqueue(new)
+        free = {p: list(held) for p, held in slots.items()}  # pool -> [free, held back]
+
+        def budget(route: Route) -> list[tuple[str, int, int]]:
+            return [(p, free[p][0], free[p][1]) for p in serving(route)]
+
+        got = await store.take_several(count, budget, tenants.__contains__)
+        want = []
+        for _ in range(count):
+            taken = reference.take(
+                lambda r: any(f > 0 for _, f, _ in budget(r)),
+                tenants.__contains__,
+                lambda r: any(f > h for _, f, h in budget(r)),
+            )
+            if taken is None:
+                break
+            want.append(taken)
+            usable = [p for p, f, h in budget(taken.route) if f > (h if taken.priority == "batch" else 0)]
+            most = max(usable, key=lambda p: free[p][0], default=None)  # the first of equals, as Lua
+            if most is not None:
+                free[most][0] -= 1
+        assert got == want
+    finally:
+        await store.aclose()
+
+
+async def test_several_taken_behind_a_reserved_job_stop_where_no_slot_is_left_to_spare(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """b takes the jobs behind a's reserved a1 while a slot is left to spare for it; with one slot left,
+    a1 is next and that slot is a1's: b takes nothing more in the same call."""
+    monkeypatch.setattr("orchestratord.state.redis.RESERVED_MS", 60_000)
+    a, b = make_store(), make_store()
+    assert isinstance(await a.create(record("a1"), entry("a1"), wake_all=False), Admitted)
+    for job_id in ("open1", "open2", "open3"):
+        await b.create(record(job_id), entry(job_id))
+    taken = await b.take_several(8, lambda route: [("p", 3, 0)], lambda tenant: True)
+    assert [e.job_id for e in taken] == ["open1", "open2"], "3 free: two taken, the last slot is a1's"
+    assert [e.job_id for e in await a.take_several(8, lambda route: [("p", 1, 0)], lambda t: True)] == ["a1"]

@@ -3,12 +3,15 @@
 -- ('' for none: see core.queue rule 7, held places), the weights JSON {classes, tenants}, whether to
 -- wake every replica's dispatcher ('1') or leave the job to the admitting replica's ('0'), how long
 -- (ms) a `cancel_on_disconnect` job may wait for its first reader before it is due for cancellation
--- (P unread, read by abandoned.lua), then the record's field/value pairs.
+-- (P unread, read by abandoned.lua), the most jobs for its route that may be ahead of it (-1: any
+-- number; admission's `queue.max_wait_s` at the dispatchers' pace, checked here because other
+-- replicas admit between a replica's reads of the queue), then the record's field/value pairs.
 -- Returns {'admitted', stored entry, evicted entry or false, its place (as position.lua gives it)} or
--- {'rejected', reason}.
+-- {'rejected', reason} or {'rejected', 'max_wait', the place it would have taken}.
 
 local raw, capacity, tenant_capacity, policy = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local ticket, weights, wake_all, unread_ms = ARGV[6], ARGV[7], ARGV[8] == '1', tonumber(ARGV[9])
+local most_ahead = tonumber(ARGV[10])
 local e = cjson.decode(raw)
 
 -- The same call again (redis-py sends a command once more when its reply did not come in time, and
@@ -81,14 +84,10 @@ if tenant_full or redis.call('HLEN', K('q:entries')) + held >= bound then
   evicted = dequeue(job)
 end
 
-if mine then
-  redis.call('ZREM', K('q:held'), mine)
-  redis.call('ZREM', K('q:held:exp'), mine)
-end
 local h = K('job:' .. e.job_id)
 local cancel_on_disconnect = false
 local fields = {}  -- one HSET for the whole record (a call from Lua costs more than the command)
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1]
   if ARGV[i] == 'cancel_on_disconnect' then cancel_on_disconnect = ARGV[i + 1] == '1' end
   if ARGV[i] == 'expected_until' then fields[#fields] = num(now + tonumber(ARGV[i + 1])) end  -- given in ms from now
@@ -96,8 +95,19 @@ end
 for _, v in ipairs({'entry', raw, 'taken', '0', 'requeued', '0', 'claim', ''}) do fields[#fields + 1] = v end
 redis.call('HSET', h, unpack(fields))
 local stored = enqueue(raw, nil)
-if wake_all then redis.call('PUBLISH', K('wake'), e.job_id) end
-if cancel_on_disconnect then redis.call('ZADD', K('unread'), now + unread_ms, e.job_id) end
 local place = {0, 0, 0}  -- alone on its route: nothing ahead, no walk
 if tonumber(redis.call('HGET', K('q:keys'), e.route)) > 1 then place = place_of(e.job_id, cjson.decode(weights)) end
+-- Too far back to start in time: taken out again, nothing kept (a job evicted for it stays evicted:
+-- the check applies where no eviction made room, as a queue with room is where waits grow).
+if most_ahead >= 0 and place[1] > most_ahead and not evicted then
+  dequeue(e.job_id)
+  redis.call('DEL', h)
+  return {'rejected', 'max_wait', place}
+end
+if mine then
+  redis.call('ZREM', K('q:held'), mine)
+  redis.call('ZREM', K('q:held:exp'), mine)
+end
+if wake_all then redis.call('PUBLISH', K('wake'), e.job_id) end
+if cancel_on_disconnect then redis.call('ZADD', K('unread'), now + unread_ms, e.job_id) end
 return {'admitted', stored, evicted, place}

@@ -5,11 +5,17 @@
 -- to spare, this instance takes the first job behind it instead; where it has not, this instance
 -- takes nothing while that job is the fair next one (taking another would take its slot), but for a
 -- job on another route with slots to spare.
+-- Taking several in one call (`count`, with the slots they may use, `budget`) takes each as a call of
+-- its own would, one after another: each job taken spends a free slot of a pool serving its route, and
+-- a route whose pools have none left (for a batch job: none but those held back) is served no more.
 -- ARGV: prefix, owner, claim ttl (ms), policy JSON {classes, tenants}, servable routes (encoded) (JSON
 -- list), allowed tenants (JSON list), tenant concurrency limits (JSON object), the servable routes a
 -- batch job may take (JSON list: slots held back for interactive work leave some out), the servable
--- routes with slots to spare (JSON list).
--- Returns {the stored entry JSON, the job's record (its hash, flat), its text}, or nil.
+-- routes with slots to spare (JSON list), how many jobs to take at most, and the budget (JSON object:
+-- for each servable route, the pools serving it as {pool id, free slots, slots held back}; `{}` with a
+-- count of 1).
+-- Returns a list of {the stored entry JSON, the job's record (its hash, flat), its text}, in the order
+-- taken; empty when none is.
 
 local owner, ttl = ARGV[2], tonumber(ARGV[3])
 local policy = cjson.decode(ARGV[4])
@@ -89,24 +95,74 @@ local function pick(fits)
   return best
 end
 
-local best = pick(function() return true end)
-if best == nil then return nil end
-if reserved_for_other(string.sub(best.member, 17), owner, now) then
-  -- The fair next job is reserved for the instance that admitted it: that instance takes it (the
-  -- finish that woke this one woke it too), and no job that could take its slot is taken ahead of it
-  -- here, so shares stay fair. A job on another route with slots to spare leaves it its slot.
-  local held = best.route
-  best = pick(function(route) return route ~= held and roomy[route] end)
-  if best == nil or reserved_for_other(string.sub(best.member, 17), owner, now) then return nil end
+-- The next job (its member, flow and route), or nil.
+local function next_job()
+  local best = pick(function() return true end)
+  if best == nil then return nil end
+  if reserved_for_other(string.sub(best.member, 17), owner, now) then
+    -- The fair next job is reserved for the instance that admitted it: that instance takes it (the
+    -- finish that woke this one woke it too), and no job that could take its slot is taken ahead of
+    -- it here, so shares stay fair. A job on another route with slots to spare leaves it its slot.
+    local held = best.route
+    best = pick(function(route) return route ~= held and roomy[route] end)
+    if best == nil or reserved_for_other(string.sub(best.member, 17), owner, now) then return nil end
+  end
+  return best
 end
 
-local job = string.sub(best.member, 17)
-local stored, e = dequeue(job)
-local vtime = tonumber(redis.call('GET', K('q:vtime')) or '0')
-redis.call('SET', K('q:vtime'), num(math.max(vtime, best.tag)))
-redis.call('HSET', K('q:tags'), best.flow, num(best.tag + e.cost / weight(policy, e.tenant, e.priority)))
-redis.call('HSET', K('job:' .. job), 'claim', owner, 'taken', '1')
-expected_elsewhere(K('job:' .. job), job, owner)
-redis.call('HINCRBY', K('run:tenants'), e.tenant, 1)
-redis.call('ZADD', K('alive'), now + ttl, job)
-return {stored, redis.call('HGETALL', K('job:' .. job)), redis.call('GET', K('text:' .. job)) or ''}
+local function take(best)
+  local job = string.sub(best.member, 17)
+  local stored, e = dequeue(job)
+  local vtime = tonumber(redis.call('GET', K('q:vtime')) or '0')
+  redis.call('SET', K('q:vtime'), num(math.max(vtime, best.tag)))
+  redis.call('HSET', K('q:tags'), best.flow, num(best.tag + e.cost / weight(policy, e.tenant, e.priority)))
+  redis.call('HSET', K('job:' .. job), 'claim', owner, 'taken', '1')
+  expected_elsewhere(K('job:' .. job), job, owner)
+  redis.call('HINCRBY', K('run:tenants'), e.tenant, 1)
+  redis.call('ZADD', K('alive'), now + ttl, job)
+  return {stored, redis.call('HGETALL', K('job:' .. job)), redis.call('GET', K('text:' .. job)) or ''}, e
+end
+
+-- The budget: each pool's free and held-back slots (shared by the routes it serves), each route's pools.
+local count = tonumber(ARGV[10] or '1')
+local pools, routes = {}, {}
+for route, serving in pairs(cjson.decode(ARGV[11] or '{}')) do
+  routes[route] = {}
+  for _, p in ipairs(serving) do
+    pools[p[1]] = pools[p[1]] or {free = tonumber(p[2]), held = tonumber(p[3])}
+    table.insert(routes[route], p[1])
+  end
+end
+
+-- A job of `route` (a batch one when `batch`) took a slot: the serving pool with the most free slots
+-- it may use gives one (placement chooses where; a lease that finds the slot gone sends the job back),
+-- and every route's openings are counted again as core/capacity.py counts them.
+local function spend(route, batch)
+  local most = nil
+  for _, id in ipairs(routes[route] or {}) do
+    local p = pools[id]
+    if p.free > (batch and p.held or 0) and (most == nil or p.free > most.free) then most = p end
+  end
+  if most == nil then return end
+  most.free = most.free - 1
+  for r, ids in pairs(routes) do
+    local any, unheld, sum = false, false, 0
+    for _, id in ipairs(ids) do
+      local p = pools[id]
+      any = any or p.free > 0
+      unheld = unheld or p.free > p.held
+      sum = sum + p.free
+    end
+    servable[r], batch_ok[r], roomy[r] = any or nil, unheld or nil, sum >= 2 or nil
+  end
+end
+
+local out = {}
+for _ = 1, count do
+  local best = next_job()
+  if best == nil then break end
+  local got, e = take(best)
+  table.insert(out, got)
+  spend(best.route, e.priority == 'batch')
+end
+return out
