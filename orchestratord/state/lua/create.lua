@@ -97,8 +97,8 @@ redis.call('HSET', h, unpack(fields))
 local stored = enqueue(raw, nil)
 local place = {0, 0, 0}  -- alone on its route: nothing ahead, no walk
 if tonumber(redis.call('HGET', K('q:keys'), e.route)) > 1 then place = place_of(e.job_id, cjson.decode(weights)) end
--- Too far back to start in time: taken out again, nothing kept (a job evicted for it stays evicted:
--- the check applies where no eviction made room, as a queue with room is where waits grow).
+-- Too far back to start in time: taken out again, nothing kept. A job that a full queue's policy
+-- evicted a job for is admitted as before (the eviction stands; waits grow in a queue with room).
 if most_ahead >= 0 and place[1] > most_ahead and not evicted then
   dequeue(e.job_id)
   redis.call('DEL', h)
