@@ -368,7 +368,8 @@ class Admission:
         predicted, expected = self._expected_wait(entry, place)
         if expected > limit_ms:
             raise self._too_late(spec, place, predicted, expected)
-        return self._outlook.most_ahead(limit_ms)
+        # only a shared queue checks it (the embedded queue has no other admitter)
+        return self._outlook.most_ahead(limit_ms) if self._shared is not None else None
 
     def _expected_wait(self, entry: QueueEntry, place: Place) -> tuple[int, int]:
         """The predicted start (ms) of a job at `place`, and that stretched by how late the recent

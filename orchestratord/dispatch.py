@@ -171,7 +171,7 @@ class Dispatcher:
                 if snapshots is None:
                     snapshots = await self._outlook.refresh()
                 if self._shared is not None:  # several in one round trip, each spending a slot
-                    budget = partial(_budget, snapshots, self._config.holdback)
+                    budget = partial(slot_budget, pools=snapshots, holdback=self._config.holdback)
                     entries = await self._shared.take_several(
                         TAKES_PER_LOOK, budget, self._tenant_ok, pending
                     )
@@ -339,7 +339,3 @@ def _servable(snapshots: Sequence[PoolSnapshot], holdback: float, route: Route) 
 
 def _spare(snapshots: Sequence[PoolSnapshot], route: Route) -> bool:
     return has_spare(route, snapshots)
-
-
-def _budget(snapshots: Sequence[PoolSnapshot], holdback: float, route: Route) -> list[tuple[str, int, int]]:
-    return slot_budget(route, snapshots, holdback)
