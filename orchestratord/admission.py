@@ -48,7 +48,10 @@ from pool_manager.registry import PoolRegistry, PoolState
 from worker_adapters.registry import honours, seed_limit
 
 log = get_logger(__name__)
-SHARED_SNAPSHOT_AGE_S = 0.05
+# With shared state, how old a view of the slots admission predicts from may be: the dispatcher reads
+# them at every busy round and housekeeping at every tick (0.25 s), so under load admission reads none
+# of its own (a Redis call per admitted job, mostly)
+SHARED_SNAPSHOT_AGE_S = 0.25
 HOLD_HORIZON_MS = 60_000  # no place is promised further out (the OpenAI SDKs wait at most 60 s)
 
 
@@ -503,8 +506,8 @@ class Admission:
     async def _announce(
         self, spec: TaskSpec, key: Route, headers: Mapping[str, str], place: Place | None
     ) -> AdmissionResult:
-        # With shared state, reading the slots is a Redis call: the dispatcher's view of a moment ago
-        # (it refreshes on every round) predicts as well.
+        # With shared state, reading the slots is a Redis call: the dispatcher's or housekeeping's view
+        # of a moment ago predicts as well.
         await self._outlook.refresh(SHARED_SNAPSHOT_AGE_S if self._shared is not None else 0.0)
         if place is None:  # the store did not find it with the job's creation
             place = await self._store.place(spec.job_id) or Place(0)

@@ -15,12 +15,12 @@ from orchestratord.core.tasks import JobState, issued_at
 from orchestratord.endings import Endings
 from orchestratord.errors import InvalidParams, NotFound, StateLost
 from orchestratord.outlook import Outlook
-from orchestratord.state.base import JobQueue, JobRecord, JobRegistry
+from orchestratord.state.base import JobQueue, JobRecord, JobRegistry, Readers
 
 MAX_PAGE = 1000
 
 
-class JobStore(JobRegistry, JobQueue, Protocol):
+class JobStore(JobRegistry, JobQueue, Readers, Protocol):
     """The roles job control uses."""
 
 
@@ -66,7 +66,16 @@ class JobControl:
         if record is None:
             await self._gone(job_id)
         if record is None or (owner is not None and record.tenant != owner):
-            raise NotFound(f"no job {job_id!r}: it never existed, belongs to someone else, or has expired")
+            raise _not_found(job_id)
+        return record
+
+    async def open(self, job_id: str, owner: str | None) -> JobRecord:
+        """As `get`, for a reader opening the job's stream, with the reader counted in
+        (`Presence.detach` counts it out); its record comes without the text."""
+        record = await self._store.open(job_id, owner)
+        if record is None:
+            await self._gone(job_id)
+            raise _not_found(job_id)
         return record
 
     async def _gone(self, job_id: str) -> None:
@@ -134,3 +143,8 @@ def _decode(cursor: str) -> tuple[float, str]:
         raise InvalidParams(
             f"cursor {cursor!r} is not one this list gave; pass a page's next_cursor unchanged"
         ) from None
+
+
+def _not_found(job_id: str) -> NotFound:
+    """What a caller who may not see the job, or asks for one that is gone, is told (ids leak nothing)."""
+    return NotFound(f"no job {job_id!r}: it never existed, belongs to someone else, or has expired")

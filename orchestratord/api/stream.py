@@ -6,7 +6,7 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import Response
@@ -46,27 +46,29 @@ async def stream_task(
     owner: Annotated[str | None, Depends(get_owner)],
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64)] = None,
 ) -> Response:
-    record = await services.jobs.get(str(job_id), owner)
-    if last_event_id is not None and not services.store.valid_event_id(last_event_id):
-        raise InvalidParams(f"Last-Event-ID {last_event_id!r} is not an event id of this stream")
-    if (
-        last_event_id is not None
-        and not record.state.terminal
-        and await services.store.beyond(record.job_id, last_event_id)
-    ):
-        raise InvalidParams(
-            f"Last-Event-ID {last_event_id!r} is ahead of this stream's newest event; resume from an id "
-            "this stream sent, or leave the header out to read from the start"
-        )
-    if (
-        last_event_id is not None
-        and record.state.terminal
-        and await _seen_all(services, record.job_id, last_event_id)
-    ):
-        return Response(status_code=204)  # tells an EventSource to stop reconnecting
-    budget = await services.control.gate.budget_headers(record.tenant, record.session_id)
+    if last_event_id is None:  # a reader from the start: counted in with the read of the record
+        record = await services.jobs.open(str(job_id), owner)
+        reader = Reader(services, record.job_id, attached=True)
+    else:  # counted in once its resume point is checked (an ended job read to its end: 204)
+        record = await services.jobs.get(str(job_id), owner)
+        reader = Reader(services, record.job_id, attached=False)
+        if not services.store.valid_event_id(last_event_id):
+            raise InvalidParams(f"Last-Event-ID {last_event_id!r} is not an event id of this stream")
+        if not record.state.terminal and await services.store.beyond(record.job_id, last_event_id):
+            raise InvalidParams(
+                f"Last-Event-ID {last_event_id!r} is ahead of this stream's newest event; resume from an "
+                "id this stream sent, or leave the header out to read from the start"
+            )
+        if record.state.terminal and await _seen_all(services, record.job_id, last_event_id):
+            return Response(status_code=204)  # tells an EventSource to stop reconnecting
+    try:
+        budget = await services.control.gate.budget_headers(record.tenant, record.session_id)
+    except BaseException:
+        await reader.leave()
+        raise
     return _EventStream(
-        frames(services, record.job_id, last_event_id),
+        frames(services, record.job_id, last_event_id, reader),
+        reader,
         ping=services.settings.stream.keepalive_s,
         send_timeout=services.settings.stream.send_timeout_s,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **budget},
@@ -81,37 +83,70 @@ async def _seen_all(services: Services, job_id: str, after: str) -> bool:
     return True
 
 
+class Reader:
+    """A stream's reader in its job's presence: counted in once, and counted out once unless it read
+    the log to its end (the job has ended: nothing is left to cancel, and the store forgets its count
+    with the job)."""
+
+    __slots__ = ("_job_id", "_services", "attached", "ended")
+
+    def __init__(self, services: Services, job_id: str, *, attached: bool) -> None:
+        self._services = services
+        self._job_id = job_id
+        self.attached = attached
+        self.ended = False
+
+    async def attach(self) -> None:
+        if not self.attached:
+            await self._services.presence.attach(self._job_id)
+            self.attached = True
+
+    async def leave(self) -> None:
+        """Count the reader out, if it is counted in and did not read to the end; runs shielded, so
+        that a reader cut off counts out all the same."""
+        if self.attached and not self.ended:
+            self.attached = False
+            await asyncio.shield(self._services.presence.detach(self._job_id))
+
+
 class _EventStream(EventSourceResponse):
     """sse-starlette's response; a client that takes no bytes for `send_timeout` seconds is cut off
-    (its connection is closed, the reader detaches) and that is logged as a fact, not a crash."""
+    (its connection is closed, the reader detaches) and that is logged as a fact, not a crash. The
+    reader is counted out when the response ends, even if its frames were never read."""
+
+    def __init__(self, content: AsyncIterator[bytes], reader: Reader, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._reader = reader
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
             log.warning("stream_send_timeout", path=scope.get("path"), send_timeout_s=self.send_timeout)
+        finally:
+            await self._reader.leave()
 
 
-async def frames(services: Services, job_id: str, after: str | None) -> AsyncIterator[bytes]:
-    """Tail the event log. A reader never touches the engine: leaving only updates presence, and a
-    reader that read the log to its end (the job has ended: nothing is left to cancel) leaves as it is
-    (the store forgets its count with the job).
+async def frames(
+    services: Services, job_id: str, after: str | None, reader: Reader | None = None
+) -> AsyncIterator[bytes]:
+    """Tail the event log, with `reader` (a new one when not given) counted in while it reads. A
+    reader never touches the engine: leaving only updates presence.
 
     If a shared state backend goes away mid-stream, the stream ends without a terminal event: the
     client reconnects with Last-Event-ID (503 with Retry-After until the backend is back) and loses
     nothing."""
-    attached = ended = False
+    if reader is None:
+        reader = Reader(services, job_id, attached=False)
     try:
-        await services.presence.attach(job_id)
-        attached = True
+        await reader.attach()
         async for chunk in coalesced(services.store.read_runs(job_id, after)):
             yield chunk
-        ended = True  # `read_runs` ends by itself only once the job has ended
+        reader.ended = True  # `read_runs` ends by itself only once the job has ended
     except StateUnavailable:
         log.warning("stream_lost_state_backend", job_id=job_id)
     finally:
-        if attached and not ended:
-            await asyncio.shield(services.presence.detach(job_id))
+        await reader.leave()
 
 
 def encode(event: LogEvent) -> bytes:

@@ -348,6 +348,13 @@ class MemoryStore:
     async def attach(self, job_id: str) -> int:
         return self._readers(job_id, +1)
 
+    async def open(self, job_id: str, tenant: str | None) -> JobRecord | None:
+        job = self._jobs.get(job_id)
+        if job is None or (tenant is not None and job.record.tenant != tenant):
+            return None
+        self._readers(job_id, +1)
+        return job.synced()
+
     async def detach(self, job_id: str) -> int:
         return self._readers(job_id, -1)
 

@@ -670,6 +670,10 @@ class RedisStore:
     async def attach(self, job_id: str) -> int:
         return int(await self._scripts.run("readers", job_id, 1, self.owner, self._ttl_ms, -1))
 
+    async def open(self, job_id: str, tenant: str | None) -> JobRecord | None:
+        flat = await self._scripts.run("open", job_id, tenant or "", self.owner, self._ttl_ms)
+        return _record(job_id, _fields(flat), "") if flat else None
+
     async def detach(self, job_id: str) -> int:
         return int(await self._scripts.run("readers", job_id, -1, self.owner, self._ttl_ms, -1))
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
-from orchestratord.api.stream import frames
+from orchestratord.api.stream import Reader, _EventStream, frames
 from orchestratord.core.tasks import LogEvent
 
 
@@ -55,3 +55,32 @@ async def test_a_reader_that_leaves_a_running_job_is_counted_out() -> None:
     assert b"event: token" in await anext(stream) or b"event: token" in await anext(stream)
     await stream.aclose()  # the client went away
     assert services.presence.calls == ["attach j1", "detach j1"]
+
+
+async def test_a_reader_counted_in_with_its_record_is_counted_out_if_its_frames_are_never_read() -> None:
+    """A reader from the start is counted in with the read of its job's record (`jobs.open`), before
+    its response is sent; a client gone before the first frame is counted out by the response."""
+    services = _services(ends=False)
+    reader = Reader(services, "j1", attached=True)
+    response = _EventStream(frames(services, "j1", None, reader), reader)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        await asyncio.Event().wait()  # the client takes nothing, not even the headers
+
+    scope = {"type": "http", "method": "GET", "path": "/v1/tasks/j1/stream", "headers": []}
+    await asyncio.wait_for(response(scope, receive, send), 5)
+    assert services.presence.calls == ["detach j1"]
+
+
+async def test_a_resuming_reader_is_counted_in_by_its_frames() -> None:
+    services = _services(ends=False)
+    reader = Reader(services, "j1", attached=False)
+    stream = frames(services, "j1", "1-0", reader)
+    await anext(stream)
+    await stream.aclose()
+    assert services.presence.calls == ["attach j1", "detach j1"]
+    await reader.leave()
+    assert services.presence.calls == ["attach j1", "detach j1"], "counted out once"

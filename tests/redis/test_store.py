@@ -211,6 +211,34 @@ async def test_readers_are_counted_across_instances(make_store: MakeStore) -> No
     assert await a.attach("gone") == 0 and await a.get("gone") is None, "no record is created by a reader"
 
 
+async def test_a_stream_opened_reads_the_record_and_counts_its_reader_in_one_call(
+    make_store: MakeStore,
+) -> None:
+    """`open` (api/stream.py, a reader from the start): the record and the reader counted in, one round
+    trip; a tenant that does not own the job, or a job that does not exist, gets nothing and counts
+    nobody in."""
+    a, b = make_store(), make_store()
+    await admit(a, "j1", cancel_on_disconnect=True)
+    calls: list[str] = []
+    run = a._scripts.run
+
+    async def counted(name: str, *args: object) -> object:
+        calls.append(name)
+        return await run(name, *args)
+
+    a._scripts.run = counted  # type: ignore[method-assign]
+    assert await a._scripts.call("ZSCORE", a._key("unread"), "j1") is not None, "due unless read"
+    opened = await a.open("j1", "acme")
+    assert calls == ["open"], "one call: no separate read of the record"
+    assert opened is not None and opened.tenant == "acme" and opened.state is JobState.QUEUED
+    assert opened.readers == 1 and opened.attached
+    assert await a._scripts.call("ZSCORE", a._key("unread"), "j1") is None, "no longer due as unread"
+    assert await b.open("j1", "other") is None and await b.open("nope", None) is None
+    assert await b.open("j1", None) is not None, "any tenant's job, for a caller who may read every one"
+    assert await b.detach("j1") == 1 and await a.detach("j1") == 0
+    assert await a._scripts.call("HGET", a._key(f"readers:{b.owner}"), "j1") is None, "b counted out"
+
+
 async def test_unread_jobs_are_due_once_on_any_instance_and_a_reader_stops_the_clock(
     make_store: MakeStore,
 ) -> None:

@@ -299,6 +299,17 @@ local function expected_elsewhere(h, job, owner)
   end
 end
 
+-- One of `owner`'s readers counted in to an existing job (readers.lua, open.lua): `owner` lives (for
+-- `ttl` ms more at least), the job is no longer due for cancellation as unread. Returns its readers.
+local function count_in(job, owner, ttl, now)
+  local h = K('job:' .. job)
+  redis.call('ZADD', K('replicas'), 'GT', now + ttl, owner)
+  redis.call('HINCRBY', K('readers:' .. owner), job, 1)
+  redis.call('ZREM', K('unread'), job)
+  redis.call('HSET', h, 'attached', '1')
+  return redis.call('HINCRBY', h, 'readers', 1)
+end
+
 -- Whether `job` is reserved for an instance other than `owner` at `now`: admitted by that instance to
 -- run itself, until `expected_until` (state/redis.py RESERVED_MS). take.lua leaves it to that instance.
 local function reserved_for_other(job, owner, now)

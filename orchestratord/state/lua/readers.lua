@@ -8,14 +8,8 @@ local job, delta, owner = ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local h = K('job:' .. job)
 if redis.call('EXISTS', h) == 0 then return 0 end
 local now = now_ms()
+if delta > 0 then return count_in(job, owner, tonumber(ARGV[5]), now) end
 local mine = K('readers:' .. owner)
-if delta > 0 then
-  redis.call('ZADD', K('replicas'), 'GT', now + tonumber(ARGV[5]), owner)
-  redis.call('HINCRBY', mine, job, 1)
-  redis.call('ZREM', K('unread'), job)
-  redis.call('HSET', h, 'attached', '1')
-  return redis.call('HINCRBY', h, 'readers', 1)
-end
 if tonumber(redis.call('HGET', mine, job) or '0') <= 0 then
   return tonumber(redis.call('HGET', h, 'readers') or '0')  -- already counted out (this instance was taken for dead)
 end
