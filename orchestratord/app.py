@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from orchestratord.admission import Admission, TenantLimits
+from orchestratord.admission import SHARED_SNAPSHOT_AGE_S, Admission, TenantLimits
 from orchestratord.api import (
     capabilities,
     catalog,
@@ -147,7 +147,8 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     )
     control = build_control_plane(settings, store)
     runs = Runs()
-    outlook = Outlook(registry, runs)
+    # with shared state the slots are read within a tick too (admission.SHARED_SNAPSHOT_AGE_S)
+    outlook = Outlook(registry, runs, releases_age_s=SHARED_SNAPSHOT_AGE_S if store.shared else 0.0)
     endings = Endings(store, registry, metrics)
     reachability = Reachability()
     jobs = JobControl(store, endings, outlook)

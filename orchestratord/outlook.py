@@ -7,6 +7,7 @@ dispatcher refreshes and feeds it; admission, idempotency, housekeeping and metr
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import time
@@ -43,8 +44,14 @@ class Outlook:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        releases_age_s: float = 0.0,
     ) -> None:
         self._registry = registry
+        # How long the release times of a route's busy slots, once worked out, are reused (taken down
+        # by the time passed since): they walk every job running in the deployment, and admission asks
+        # for them with every request. 0: worked out at every call.
+        self._releases_age = releases_age_s
+        self._releases: dict[Route, tuple[float, Capacity]] = {}  # route -> (when, its capacity then)
         self._runs = runs
         self._clock = clock
         self._times = ServiceTimes()
@@ -208,16 +215,30 @@ class Outlook:
         return sum(known) / len(known) if known else None
 
     def capacity(self, route: Route) -> Capacity:
-        return capacity_for(
+        """The capacity of the pools serving `route`: their slots as the last `refresh` saw them; the
+        release times of the busy ones as worked out at most `releases_age_s` ago (shared state: a
+        tick, as stale as the slots it may predict from), less the time since."""
+        now = self._clock()
+        kept = self._releases.get(route)
+        if kept is not None and now - kept[0] <= self._releases_age:
+            at, cap = kept
+            serving = serving_pools(route, self._snapshots)
+            if sum(p.slots_total for p in serving) == cap.slots_total:  # else the pools changed
+                free = sum(p.slots_free for p in serving)
+                return dataclasses.replace(cap, slots_free=free, releases_s=_less(cap.releases_s, now - at))
+        cap = capacity_for(
             route,
             self._snapshots,
             self._times,
             {},
-            progress=self._runs.progress(self._clock()),
+            progress=self._runs.progress(now),
             rates=self._rates,
             queued_s=self._queued_s.get(route),
             remote=self._remote_left(),
         )
+        if self._releases_age > 0:
+            self._releases[route] = (now, cap)
+        return cap
 
     # -- shared by replicas ------------------------------------------------------------------------
     def export(self, wall: float) -> dict[str, object]:
@@ -384,6 +405,15 @@ class Outlook:
             if route.model in pool.spec.models and route.admits(pool.spec.id):
                 return pool.spec.engine, pool.engine_version, pool.spec.id
         return "none", "unknown", "none"
+
+
+def _less(releases: tuple[float, ...], since: float) -> tuple[float, ...]:
+    """Ascending release times `since` seconds on (none below 0); in C, not a Python loop: a thousand
+    running jobs are a thousand releases, taken down at every admission."""
+    if since <= 0:
+        return releases
+    due = bisect.bisect_right(releases, since)
+    return (0.0,) * due + tuple(map(since.__rsub__, releases[due:]))
 
 
 def _p90(values: Collection[float]) -> float:

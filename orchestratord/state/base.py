@@ -138,6 +138,12 @@ class EventLog(Protocol):
 
     async def append(self, job_id: str, name: str, data: Mapping[str, Any]) -> LogEvent | None: ...
 
+    async def append_each(self, events: Sequence[tuple[str, str, Mapping[str, Any]]]) -> int:
+        """Append each (job_id, name, data) as `append` would, in one call where the backend can (Redis:
+        one round trip for housekeeping's queue positions, however many jobs wait); the events of jobs
+        that have ended are dropped. Returns how many were appended."""
+        ...
+
     async def append_token(
         self, job_id: str, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None
     ) -> bool:

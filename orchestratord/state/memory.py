@@ -256,6 +256,12 @@ class MemoryStore:
             return None
         return job.push(name, orjson.dumps(data))
 
+    async def append_each(self, events: Sequence[tuple[str, str, Mapping[str, Any]]]) -> int:
+        appended = 0
+        for job_id, name, data in events:
+            appended += await self.append(job_id, name, data) is not None
+        return appended
+
     async def append_token(
         self, job_id: str, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None
     ) -> bool:

@@ -358,6 +358,21 @@ class RedisStore:
             self._started[job_id] = event
         return event
 
+    async def append_each(self, events: Sequence[tuple[str, str, Mapping[str, Any]]]) -> int:
+        """The queued jobs' events in one script call (append_each.lua); a job this instance runs takes
+        its event into its local log, and a `started` event goes as `append` writes it."""
+        appended = 0
+        queued: list[str] = []  # job, name, data: append_each.lua's arguments
+        for job_id, name, data in events:
+            if name == "started" or self._logs.get(job_id) is not None:
+                appended += await self.append(job_id, name, data) is not None
+            else:
+                queued += (job_id, name, _json(data))
+        if queued:
+            ids = await self._scripts.run("append_each", *queued)
+            appended += sum(1 for event_id in ids if event_id is not None)
+        return appended
+
     async def append_token(
         self, job_id: str, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None
     ) -> bool:

@@ -40,9 +40,9 @@ from orchestratord.state.redis_line import Line
 SEP = "\x1f"  # joins the parts of composite names (flows, replicas) inside keys and script arguments
 RETRY_AFTER_MS = 1000
 SCRIPTS = (
-    "create", "take", "start", "append", "append_events", "finish", "dequeue", "expire", "settle",
-    "position", "reap", "requeue", "readers", "purge", "lease_acquire", "lease_release", "lease_held",
-    "renew", "rate", "lead", "idem_remember", "idem_forget", "held", "places", "depths",
+    "create", "take", "start", "append", "append_each", "append_events", "finish", "dequeue", "expire",
+    "settle", "position", "reap", "requeue", "readers", "purge", "lease_acquire", "lease_release",
+    "lease_held", "renew", "rate", "lead", "idem_remember", "idem_forget", "held", "places", "depths",
     "abandoned", "catalog", "open",
 )  # fmt: skip
 # OSError: TimeoutError too. On a cluster: no node answers (RedisClusterException), a shard is down or

@@ -128,3 +128,44 @@ def test_a_replica_that_does_not_lead_the_positions_still_forgets_the_promises_o
     while "started-elsewhere" in outlook._promised and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "started-elsewhere" not in outlook._promised  # else each such job stays for good
+
+
+def test_the_queue_positions_of_a_pass_go_to_redis_in_one_call(
+    make_server: Callable[..., LoopbackServer], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Housekeeping's `metrics` events (each waiting job's place, once a second) go in one call a pass,
+    not one a job: a call each held a loaded replica's pass, and its dispatcher, up for seconds."""
+    single: list[str] = []  # the events appended one call each: a place, or another event's name
+    batches: list[list[str]] = []  # the jobs of each call for several
+    append, append_each = RedisStore.append, RedisStore.append_each
+
+    async def counted_append(self: RedisStore, job_id: str, name: str, data: Any) -> Any:
+        single.append("place" if name == "metrics" and "queue_position" in data else name)
+        return await append(self, job_id, name, data)
+
+    async def counted_each(self: RedisStore, events: Any) -> int:
+        batches.append([job_id for job_id, _, _ in events])
+        return await append_each(self, events)
+
+    monkeypatch.setattr(RedisStore, "append", counted_append)
+    monkeypatch.setattr(RedisStore, "append_each", counted_each)
+    server = make_server(
+        state_url=redis_server.url, redis={"key_prefix": prefix()}, pools=[mock_pool(slots=1)]
+    )
+    body = {"model_ref": "mock", "max_tokens": 2, "cancel_on_disconnect": False}
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        hung = client.post("/v1/tasks", json={**body, "prompt": "[[mock hang]] hold the only slot"}).json()
+        waiting = [client.post("/v1/tasks", json={**body, "prompt": "x"}).json() for _ in range(8)]
+        deadline = time.monotonic() + 10.0
+        ids = {job["job_id"] for job in waiting}
+        while not ids <= {j for b in batches for j in b} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ids <= {j for b in batches for j in b}, batches
+        assert max(len(b) for b in batches) > 1, "the jobs due in one pass together"
+        assert "place" not in single, "no place appended a call at a time"
+        assert client.post(f"/v1/tasks/{hung['job_id']}/cancel").status_code == 204
+        for job in waiting:
+            events = read_events(client, job["sse_url"])
+            assert events[-1].event == "end"
+    places = [e.data["queue_position"] for e in events if e.event == "metrics" and "queue_position" in e.data]
+    assert places and places[0] == len(waiting) - 1, "the last job's stream carries its place as published"

@@ -63,6 +63,19 @@ async def run_on(store: RedisStore, job_id: str) -> None:
     assert await store.start(job_id, pool_id="p", replica_id="r", engine="mock") is not None
 
 
+def script_calls(store: RedisStore) -> list[str]:
+    """The names of the scripts `store` runs from now on, in order."""
+    calls: list[str] = []
+    run = store._scripts.run
+
+    async def counted(name: str, *args: object) -> object:
+        calls.append(name)
+        return await run(name, *args)
+
+    store._scripts.run = counted  # type: ignore[method-assign]
+    return calls
+
+
 async def events(store: RedisStore, job_id: str, after: str | None = None) -> list[LogEvent]:
     return [e async for e in store.read(job_id, after)]
 
@@ -219,14 +232,7 @@ async def test_a_stream_opened_reads_the_record_and_counts_its_reader_in_one_cal
     nobody in."""
     a, b = make_store(), make_store()
     await admit(a, "j1", cancel_on_disconnect=True)
-    calls: list[str] = []
-    run = a._scripts.run
-
-    async def counted(name: str, *args: object) -> object:
-        calls.append(name)
-        return await run(name, *args)
-
-    a._scripts.run = counted  # type: ignore[method-assign]
+    calls = script_calls(a)
     assert await a._scripts.call("ZSCORE", a._key("unread"), "j1") is not None, "due unless read"
     opened = await a.open("j1", "acme")
     assert calls == ["open"], "one call: no separate read of the record"
@@ -237,6 +243,28 @@ async def test_a_stream_opened_reads_the_record_and_counts_its_reader_in_one_cal
     assert await b.open("j1", None) is not None, "any tenant's job, for a caller who may read every one"
     assert await b.detach("j1") == 1 and await a.detach("j1") == 0
     assert await a._scripts.call("HGET", a._key(f"readers:{b.owner}"), "j1") is None, "b counted out"
+
+
+async def test_queued_jobs_events_go_in_one_call_and_one_news_entry(make_store: MakeStore) -> None:
+    """`append_each` (housekeeping's queue positions): one script call however many jobs wait, one
+    entry in the news stream for the replicas' shared reads; a job that left the queue (taken by
+    another instance) or that Redis does not hold gets nothing; `started` still comes first."""
+    a, b = make_store(), make_store()
+    for job_id in ("j1", "j2", "j3"):
+        await admit(a, job_id)
+    await run_on(b, "j1")  # running on b: its events are b's
+    calls = script_calls(a)
+    news = await a._scripts.call("XLEN", a._key("news"))
+    appended = await a.append_each(
+        [(job_id, "metrics", {"queue_position": n}) for n, job_id in enumerate(("j1", "j2", "gone", "j3"))]
+    )
+    assert appended == 2 and calls == ["append_each"]
+    assert await a._scripts.call("XLEN", a._key("news")) == news + 1, "one news entry for both"
+    for job_id, position in (("j2", 1), ("j3", 3)):
+        names = [(e.name, orjson.loads(e.data)) for e in await events_in_redis(a, job_id)]
+        assert [n for n, _ in names] == ["started", "metrics"], "started first, as `append` writes it"
+        assert names[1][1] == {"queue_position": position}
+    assert "metrics" not in [e.name for e in await events_in_redis(a, "j1")], "not queued any more"
 
 
 async def test_unread_jobs_are_due_once_on_any_instance_and_a_reader_stops_the_clock(

@@ -288,6 +288,22 @@ local function news(jobs)
   end
 end
 
+-- An event appended to a queued job's log (append.lua, append_each.lua): nil once the job has left the
+-- queue (a running job's events are its runner's: append_events.lua). A `started` event is only ever
+-- the first one (another replica may have written the job's first event already); any other event is
+-- preceded by `started`. The caller says so in the news stream.
+local function append_queued(job, name, data)
+  local state = redis.call('HGET', K('job:' .. job), 'state')
+  if not state or state ~= 'queued' then return nil end
+  local log = K('log:' .. job)
+  if name == 'started' then
+    if redis.call('XLEN', log) > 0 then return nil end
+  else
+    ensure_started(job)
+  end
+  return redis.call('XADD', log, '*', 'n', name, 'd', data)
+end
+
 -- A job that an instance admitted to run itself (`expected_by`, set by its create) is taken, by
 -- `owner`, or ends ('' : whoever ends it): if not by that instance, the instance hears of it on its own
 -- channel, and its readers waiting for a local run read the log from Redis at once.
