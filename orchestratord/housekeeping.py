@@ -14,7 +14,7 @@ from typing import Protocol
 
 import orjson
 
-from orchestratord.core.capacity import unservable
+from orchestratord.core.capacity import can_serve, unservable
 from orchestratord.core.prediction import Capacity
 from orchestratord.core.queue import Place, QueueEntry
 from orchestratord.core.route import Route
@@ -167,7 +167,7 @@ class Housekeeper:
             if limit is not None and now - entry.enqueued_at > limit:
                 why = (
                     f"the job waited {limit:g} s in the queue, the most its class ({entry.priority}) may "
-                    f"(queue.max_wait_s), without a slot serving {model!r} coming free; retry later"
+                    f"(queue.max_wait_s), {self._held_up(entry.route)}; retry later"
                 )
             else:
                 if entry.route not in down:  # queued since the depths were read
@@ -183,6 +183,15 @@ class Housekeeper:
             if await self._endings.fail(entry.job_id, gone, pool_id=self._outlook.labels(entry.route)[2]):
                 ended += 1
         return ended
+
+    def _held_up(self, route: Route) -> str:
+        """What kept a job in the queue past its class's limit: no slot came free, or slots were free
+        and the dispatchers had not reached it (more jobs admitted than they could start in time)."""
+        if not can_serve(route, self._outlook.snapshots):
+            return f"without a slot serving {route.model!r} coming free"
+        pace = self._outlook.dispatch_per_s()
+        paced = "" if pace is None else f", starting {pace:.0f} jobs a second,"
+        return f"with slots serving {route.model!r} free, but the dispatchers{paced} had not reached it"
 
     def _gauge_queue(self, queued: list[QueueEntry]) -> None:
         """queue_depth per pool and class; a waiting job counts toward the first pool that serves it."""

@@ -52,10 +52,37 @@ def test_a_job_past_its_classs_longest_wait_ends(make_server: Callable[..., Loop
         error = read_events(client, batch["sse_url"])[-1]
         assert error.event == "error" and error.data["code"] == "POOL_UNAVAILABLE", error.data
         assert "waited 0.5 s" in error.data["message"] and "queue.max_wait_s" in error.data["message"]
+        assert "without a slot serving 'm' coming free" in error.data["message"], error.data
         # the interactive class has no limit: still waiting, and it runs once the slot frees
         assert client.get(f"/v1/tasks/{interactive['job_id']}").json()["state"] == "queued"
         assert client.post(f"/v1/tasks/{holder['job_id']}/cancel").status_code == 204
         assert read_events(client, interactive["sse_url"])[-1].event == "end"
+
+
+def test_a_job_past_its_limit_with_slots_free_is_told_the_dispatchers_had_not_reached_it(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """More jobs admitted than the dispatchers could start in time (a surge that loads the replicas):
+    the error says so, not that no slot came free."""
+    pool = {"id": "p", "engine": "mock", "models": ["m"], "replicas": [{"id": "r0"}], "slots": 2}
+    server = make_server(pools=[pool], queue={"max_wait_s": {"batch": 0.5}})
+    services = server.app.state.services
+    rounds = services.dispatcher._placer.exclusive()
+    server.call(rounds.acquire())  # the dispatch rounds wait here: the job stays queued, its slots free
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        job = client.post("/v1/tasks", json={**JOB, "priority": "batch"}).json()
+        time.sleep(0.7)
+        assert server.call(services.dispatcher._housekeeper.end_stuck()) == 1
+
+        async def release() -> None:
+            rounds.release()
+
+        server.call(release())
+        error = read_events(client, job["sse_url"])[-1]
+    assert error.event == "error" and error.data["code"] == "POOL_UNAVAILABLE", error.data
+    message = error.data["message"]
+    assert "waited 0.5 s" in message and "slots serving 'm' free" in message, message
+    assert "the dispatchers" in message and "had not reached it" in message, message
 
 
 def test_a_ready_pool_that_names_its_model_otherwise_is_never_taken_for_down(
