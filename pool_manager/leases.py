@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -12,6 +12,8 @@ class Lease:
     job_id: str
     pool_id: str
     replica_id: str
+    # the engine the job runs on there: a backend that starts the job with its lease (Redis) records it
+    engine: str = field(default="", compare=False)
 
 
 class LeaseStore(Protocol):

@@ -241,7 +241,7 @@ class PoolRegistry:
         b = self._breaker_now(replica)
         if b.state == "open" or (b.state == "half_open" and b.trial):
             return None
-        lease = Lease(job_id, pool_id, replica_id)
+        lease = Lease(job_id, pool_id, replica_id, self.pools[pool_id].spec.engine)
         if not await self.leases.acquire(lease, replica.slots_total):
             return None
         if b.state == "half_open":

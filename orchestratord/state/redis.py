@@ -38,7 +38,7 @@ from orchestratord.state.redis_local import RETRY_S, LocalLogs
 from orchestratord.state.redis_signals import Signals
 from orchestratord.state.redis_tail import COUNT, Entry, Tail, Waiter, events_of, runs_of, stream_order
 from orchestratord.state.shared import Abandoned, CatalogOp, PoolChange, ReapAction, Reaped, SharedState
-from pool_manager.leases import LeaseStore
+from pool_manager.leases import Lease, LeaseStore
 
 _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _END_FIELDS = ("decode_time_ms", "decode_ms")  # the store fills these in `end` events
@@ -102,7 +102,9 @@ class RedisStore:
         line_url = url if self._node is None else None
         self._scripts = Scripts(line_url, prefix, self.options.timeout_s, node=self._node)
         self._signals = Signals(self._reader, prefix, self.owner, self._elsewhere)
-        self._leases = RedisLeases(self._scripts, self.options.lease_ttl_s, self.owner)
+        self._leases = RedisLeases(
+            self._scripts, self.options.lease_ttl_s, self.owner, started=self._started_with_lease, wall=wall
+        )
         self.leases: LeaseStore = self._leases
         self._logs = LocalLogs(
             self._scripts,
@@ -126,6 +128,9 @@ class RedisStore:
         # of the job's state here (a change made elsewhere meanwhile is found by start.lua, which starts
         # only a job still queued and claimed by this instance).
         self._taken: dict[str, JobRecord] = {}
+        # What starting a job with its slot's lease returned (lease_acquire.lua), for its run's `start`:
+        # job -> (pool, replica, the start's reply, None if it did not start the job).
+        self._leased: dict[str, tuple[str, str, Any]] = {}
 
     @property
     def shared(self) -> SharedState:
@@ -229,11 +234,20 @@ class RedisStore:
             records += [record for record in found if record.state in states]
         return records
 
+    def _started_with_lease(self, lease: Lease, reply: Any) -> None:
+        self._leased[lease.job_id] = (lease.pool_id, lease.replica_id, reply)
+
     async def start(self, job_id: str, *, pool_id: str, replica_id: str, engine: str) -> JobRecord | None:
+        """The job's run starts here: mostly already done by its slot's lease, in the same call
+        (`_started_with_lease`); else one call of its own (start.lua)."""
         self._taken.pop(job_id, None)
-        reply = await self._scripts.run(
-            "start", job_id, self.owner, repr(self._wall()), pool_id, replica_id, engine
-        )
+        leased = self._leased.pop(job_id, None)
+        if leased is not None and leased[:2] == (pool_id, replica_id):
+            reply = leased[2]
+        else:
+            reply = await self._scripts.run(
+                "start", job_id, self.owner, repr(self._wall()), pool_id, replica_id, engine
+            )
         if reply is None:
             return None
         entries, record, text = reply
@@ -246,6 +260,7 @@ class RedisStore:
         self, job_id: str, state: JobState, name: str, data: Mapping[str, Any]
     ) -> LogEvent | None:
         self._taken.pop(job_id, None)
+        self._leased.pop(job_id, None)
         payload = dict(data)
         counted = ""  # the engine's tokens_out, which wins over the token events counted
         if name == "end":

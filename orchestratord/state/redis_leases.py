@@ -5,7 +5,8 @@ it, so the slots of a replica that died come free by themselves."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from orchestratord.state.redis_client import SEP, Scripts
 from pool_manager.leases import Lease
@@ -14,16 +15,35 @@ from pool_manager.leases import Lease
 class RedisLeases:
     """LeaseStore on Redis (see `pool_manager.leases.LeaseStore`)."""
 
-    def __init__(self, scripts: Scripts, ttl_s: float, owner: str) -> None:
+    def __init__(
+        self,
+        scripts: Scripts,
+        ttl_s: float,
+        owner: str,
+        started: Callable[[Lease, Any], None] | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self._scripts = scripts
         self._owner = owner
+        # A lease that names its engine starts the job with it, in the same call (lease_acquire.lua):
+        # `started` is handed what the start returned, for the job's run (RedisStore.start).
+        self._started = started
+        self._wall = wall
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self.renewed = 0.0  # monotonic: when the heartbeat last renewed this instance's claims
         self._given_back: dict[str, Lease] = {}  # leases the jobs' good ends released (`finish`)
 
     async def acquire(self, lease: Lease, limit: int) -> bool:
         where = f"{lease.pool_id}{SEP}{lease.replica_id}"
-        return bool(await self._scripts.run("lease_acquire", lease.job_id, where, limit, self._ttl_ms))
+        args: tuple[str | int, ...] = (lease.job_id, where, limit, self._ttl_ms)
+        if self._started is None or not lease.engine:
+            return bool(await self._scripts.run("lease_acquire", *args))
+        start = (self._owner, repr(self._wall()), lease.pool_id, lease.replica_id, lease.engine)
+        reply = await self._scripts.run("lease_acquire", *args, *start)
+        if not isinstance(reply, list):
+            return False  # not granted
+        self._started(lease, reply[1])
+        return True
 
     def given_back(self, job_id: str, where: str) -> None:
         """The job's good end (the `finish` script) released its lease already: `release` says so

@@ -22,6 +22,7 @@ from orchestratord.state.memory import MemoryStore
 from orchestratord.state.redis import RedisStore
 from orchestratord.state.redis_client import tagged
 from orchestratord.state.redis_tail import events_of
+from pool_manager.leases import Lease
 from tests.fakes.servers import free_port
 from tests.redis.conftest import RedisTarget, standalone_and_cluster
 
@@ -265,6 +266,35 @@ async def test_queued_jobs_events_go_in_one_call_and_one_news_entry(make_store: 
         assert [n for n, _ in names] == ["started", "metrics"], "started first, as `append` writes it"
         assert names[1][1] == {"queue_position": position}
     assert "metrics" not in [e.name for e in await events_in_redis(a, "j1")], "not queued any more"
+
+
+async def test_a_lease_that_names_its_engine_starts_the_job_in_the_same_call(make_store: MakeStore) -> None:
+    """The dispatcher's lease (the registry names the pool's engine) starts the job taken here in the
+    same script; its run's `start` then asks Redis nothing. A job this instance has not taken is not
+    started by its lease, and its run hears so; a lease without an engine starts nothing."""
+    a, b = make_store(), make_store()
+    for job_id in ("j1", "j2", "j3"):
+        await admit(a, job_id)
+    taken = await a.take(lambda key: True, lambda tenant: True)
+    assert taken is not None and taken.job_id == "j1"
+    calls = script_calls(a)
+    assert await a.leases.acquire(Lease("j1", "p", "r", "mock"), 4)
+    assert calls == ["lease_acquire"]
+    running = await b.get("j1")
+    assert running is not None and running.state is JobState.RUNNING
+    assert (running.pool_id, running.replica_id, running.engine) == ("p", "r", "mock")
+    record = await a.start("j1", pool_id="p", replica_id="r", engine="mock")
+    assert calls == ["lease_acquire"], "the run's start asks Redis nothing more"
+    assert record is not None and record.state is JobState.RUNNING
+    assert [e.name for e in await events_in_redis(a, "j1")] == ["started"]
+    assert await a.append_token("j1", "x"), "its run's log is open here"
+    assert await a.leases.acquire(Lease("j2", "p", "r", "mock"), 4), "the slot is granted"
+    queued = await b.get("j2")
+    assert queued is not None and queued.state is JobState.QUEUED, "not taken here: not started"
+    assert await a.start("j2", pool_id="p", replica_id="r", engine="mock") is None
+    assert await a.leases.acquire(Lease("j3", "p", "r"), 4)
+    still = await b.get("j3")
+    assert still is not None and still.state is JobState.QUEUED
 
 
 async def test_unread_jobs_are_due_once_on_any_instance_and_a_reader_stops_the_clock(
@@ -702,8 +732,6 @@ async def test_the_admitting_replica_takes_its_reserved_job_in_its_turn(
 
 
 async def test_the_owners_good_end_gives_its_slot_back_in_the_same_step(make_store: MakeStore) -> None:
-    from pool_manager.leases import Lease
-
     a = make_store()
     await admit(a, "j1")
     await run_on(a, "j1")

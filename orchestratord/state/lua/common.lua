@@ -304,6 +304,21 @@ local function append_queued(job, name, data)
   return redis.call('XADD', log, '*', 'n', name, 'd', data)
 end
 
+-- queued -> running, or running -> running on another engine replica (a failover before the first
+-- token), only for the orchestrator instance that took the job and still holds its claim (start.lua,
+-- and lease_acquire.lua, which starts the job with its slot). Returns the job's log so far (the
+-- instance runs it from there: state/redis_local.py), its record (the hash, flat) and its text, or nil.
+local function start_job(job, owner, now, pool, replica, engine)
+  local h = K('job:' .. job)
+  local state, claim = unpack(redis.call('HMGET', h, 'state', 'claim'))
+  if (state ~= 'queued' and state ~= 'running') or claim ~= owner then return nil end
+  redis.call('HSET', h, 'state', 'running', 'started_at', now, 'pool_id', pool, 'replica_id', replica,
+    'engine', engine)
+  ensure_started(job)
+  return {redis.call('XRANGE', K('log:' .. job), '-', '+'), redis.call('HGETALL', h),
+    redis.call('GET', K('text:' .. job)) or ''}
+end
+
 -- A job that an instance admitted to run itself (`expected_by`, set by its create) is taken, by
 -- `owner`, or ends ('' : whoever ends it): if not by that instance, the instance hears of it on its own
 -- channel, and its readers waiting for a local run read the log from Redis at once.
