@@ -162,7 +162,7 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     housekeeper = Housekeeper(
         store, outlook, endings, metrics, reachability, shared=store.shared, presence=presence,
         max_wait_s=settings.queue.max_wait_s, unready_limit_s=settings.queue.unready_limit_s,
-        heap=build_heap_trim(settings, store),
+        heap=build_heap_trim(settings, store), holdback=settings.queue.holdback,
     )  # fmt: skip
     placer = Placer(
         registry, outlook, endings, metrics,

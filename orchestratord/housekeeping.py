@@ -59,6 +59,7 @@ class Housekeeper:
         max_wait_s: Mapping[str, float] | None = None,
         unready_limit_s: float | None = None,
         heap: HeapTrim | None = None,
+        holdback: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -72,6 +73,7 @@ class Housekeeper:
         self._shared = shared
         self._presence = presence
         self._heap = heap
+        self._holdback = holdback  # queue.holdback: the slots a batch job may not take
         self._clock = clock
         self._wall = wall
         self._published: dict[str, _Published] = {}
@@ -167,7 +169,7 @@ class Housekeeper:
             if limit is not None and now - entry.enqueued_at > limit:
                 why = (
                     f"the job waited {limit:g} s in the queue, the most its class ({entry.priority}) may "
-                    f"(queue.max_wait_s), {self._held_up(entry.route)}; retry later"
+                    f"(queue.max_wait_s), {self._held_up(entry)}; retry later"
                 )
             else:
                 if entry.route not in down:  # queued since the depths were read
@@ -184,10 +186,13 @@ class Housekeeper:
                 ended += 1
         return ended
 
-    def _held_up(self, route: Route) -> str:
-        """What kept a job in the queue past its class's limit: no slot came free, or slots were free
-        and the dispatchers had not reached it (more jobs admitted than they could start in time)."""
-        if not can_serve(route, self._outlook.snapshots):
+    def _held_up(self, entry: QueueEntry) -> str:
+        """What kept a job in the queue past its class's limit: no slot it may take came free (a batch
+        job may not take those held back for interactive work), or slots were free and the dispatchers
+        had not reached it (more jobs admitted than they could start in time)."""
+        route = entry.route
+        holdback = self._holdback if entry.priority == "batch" else 0.0
+        if not can_serve(route, self._outlook.snapshots, holdback):
             return f"without a slot serving {route.model!r} coming free"
         pace = self._outlook.dispatch_per_s()
         paced = "" if pace is None else f", starting {pace:.0f} jobs a second,"

@@ -85,6 +85,22 @@ def test_a_job_past_its_limit_with_slots_free_is_told_the_dispatchers_had_not_re
     assert "the dispatchers" in message and "had not reached it" in message, message
 
 
+def test_a_batch_job_kept_off_the_slots_held_back_is_told_no_slot_came_free(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """`queue.holdback`: the one free slot is kept for interactive work, so none came free for it."""
+    pool = {"id": "p", "engine": "mock", "models": ["m"], "replicas": [{"id": "r0"}], "slots": 2}
+    server = make_server(pools=[pool], queue={"max_wait_s": {"batch": 0.5}, "holdback": 0.5})
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        holder = client.post("/v1/tasks", json={**JOB, "prompt": "[[mock hang]] hold a slot"}).json()
+        read_events(client, holder["sse_url"], stop_after=1)  # one slot taken, the other held back
+        batch = client.post("/v1/tasks", json={**JOB, "priority": "batch"}).json()
+        error = read_events(client, batch["sse_url"])[-1]
+        assert client.post(f"/v1/tasks/{holder['job_id']}/cancel").status_code == 204
+    assert error.event == "error" and error.data["code"] == "POOL_UNAVAILABLE", error.data
+    assert "without a slot serving 'm' coming free" in error.data["message"], error.data
+
+
 def test_a_ready_pool_that_names_its_model_otherwise_is_never_taken_for_down(
     make_server: Callable[..., LoopbackServer],
 ) -> None:
