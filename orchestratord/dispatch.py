@@ -91,6 +91,9 @@ class Dispatcher:
         self._placer = placer
         self._execution = execution
         self._wake = asyncio.Event()
+        # Whether a slot or a tenant's turn coming free elsewhere may let this replica take a job: its
+        # last look left queued jobs and some slot or turn held its take back (`_unbound`).
+        self._held_back = True
         self._tasks: list[asyncio.Task[None]] = []
         self._cancels: set[asyncio.Task[None]] = set()
         self._accepting = True
@@ -137,8 +140,10 @@ class Dispatcher:
                 await self._dispatch_ready(woken)
                 self._reachability.report(True)
             except StateUnavailable:
+                self._held_back = True
                 self._reachability.report(False)
             except Exception:  # task root: log loudly, keep dispatching
+                self._held_back = True
                 log.error("dispatch_loop_error", exc_info=True)
 
     async def _dispatch_ready(self, woken: bool = True) -> None:
@@ -165,6 +170,7 @@ class Dispatcher:
                 # On a shared backend the pools' slot counts are asked in the same round trip.
                 pending, snapshots = await self._look(woken or started > 0)
                 if not pending.queued:
+                    self._held_back = False
                     return
                 if pending.expired:
                     await self._housekeeper.expire()  # a job past its deadline is never taken
@@ -175,6 +181,7 @@ class Dispatcher:
                     entries = await self._shared.take_several(
                         TAKES_PER_LOOK, budget, self._tenant_ok, pending
                     )
+                    self._held_back = not entries and not self._unbound(pending, budget)
                 else:
                     entry = await self._store.take(
                         partial(_servable, snapshots, 0.0),
@@ -189,6 +196,20 @@ class Dispatcher:
                 # Every job taken is placed and started (or given back), draining or not: it has left
                 # the queue. Fewer than asked for, or a lease lost: the next look tells what is left.
                 started += await self._dispatch(entries, snapshots)
+
+    def _unbound(self, pending: Pending, budget: Callable[[Route], Sequence[tuple[str, int, int]]]) -> bool:
+        """Whether no slot and no tenant's turn held back a take that found nothing: every route with
+        queued jobs has two free slots or more, one of them beyond those held back for interactive work
+        (so take.lua passed over no job for want of a slot, nor a reserved head for want of a spare
+        one), and no tenant with queued jobs has a concurrency limit. What such a take left is reserved
+        for the replicas that admitted it; a slot freed elsewhere changes nothing for this one."""
+        if any(tenant in self._config.tenant_max_concurrent for tenant in pending.tenants):
+            return False
+        for key in pending.routes:
+            pools = budget(Route.decode(key))
+            if sum(free for _, free, _ in pools) < 2 or not any(free > held for _, free, held in pools):
+                return False
+        return True
 
     def _batch(self, snapshots: Sequence[PoolSnapshot]) -> Callable[[Route], bool] | None:
         """Which routes a batch job may take: not the slots held back for interactive work."""
@@ -322,8 +343,13 @@ class Dispatcher:
                 log.error("heartbeat_error", exc_info=True)
 
     async def _wake_listener(self, shared: SharedState) -> None:
-        async for _ in shared.wake_signals():
-            self.wake()
+        """Another replica queued a job, or ended one while jobs were queued. A slot or a turn freed
+        wakes this dispatcher only when one held its last look back: otherwise every finish anywhere
+        would cost each idle replica a round (a look and a take) that finds only jobs reserved for the
+        replicas that admitted them (a lapsed reservation waits for the next tick's look)."""
+        async for work in shared.wake_signals():
+            if work or self._held_back:
+                self.wake()
 
 
 def _entry_fields(entry: QueueEntry, record: JobRecord | None) -> dict[str, Any]:

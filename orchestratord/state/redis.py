@@ -725,7 +725,7 @@ class RedisStore:
         return self._signals.cancels()
 
     # -- shared by replicas (state.shared.SharedState) -------------------------------------------
-    def wake_signals(self) -> AsyncIterator[None]:
+    def wake_signals(self) -> AsyncIterator[bool]:
         return self._signals.wakes()
 
     async def reap(self, now: float) -> list[Reaped]:

@@ -1,10 +1,10 @@
 """Notifications between orchestrator replicas over Redis pub/sub: cancel requests (a job id, for
-whichever replica runs it), wake-ups (work may be taken: a job was queued, a slot or a tenant's
-concurrency came free), operators' pool changes (drain, undrain, reload), and, on each instance's own
-channel, word that a job it admitted to run itself was taken or ended elsewhere (take.lua, common.lua
-`finish_job`). One subscription per instance; it reconnects by itself after Redis returns, and then
-wakes the dispatcher, reads the recorded pool changes and lets go of every reader waiting for a local
-run (`elsewhere(None)`), in case something was missed while it was gone."""
+whichever replica runs it), wake-ups (work may be taken: a job was queued, or a slot or a tenant's
+concurrency came free, which is marked FREED), operators' pool changes (drain, undrain, reload), and,
+on each instance's own channel, word that a job it admitted to run itself was taken or ended elsewhere
+(take.lua, common.lua `finish_job`). One subscription per instance; it reconnects by itself after
+Redis returns, and then wakes the dispatcher, reads the recorded pool changes and lets go of every
+reader waiting for a local run (`elsewhere(None)`), in case something was missed while it was gone."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from orchestratord.state.redis_client import UNREACHABLE, Client, stop, stopping
 
 log = get_logger(__name__)
 _POLL_S = 1.0
+FREED = "freed:"  # a wake-up that only says a slot or a tenant's turn came free (lua/common.lua)
 _BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -38,6 +39,7 @@ class Signals:
         # a pool change as published, or None: (re)subscribed, read the recorded state again
         self._pool_changes: asyncio.Queue[str | None] = asyncio.Queue()
         self._wake = asyncio.Event()
+        self._work = False  # a wake-up since the last yield said more than FREED
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -54,12 +56,15 @@ class Signals:
         while True:
             yield await self._pool_changes.get()
 
-    async def wakes(self) -> AsyncIterator[None]:
+    async def wakes(self) -> AsyncIterator[bool]:
+        """One item for the wake-ups since the last: True if any may bring work (a job queued or queued
+        again, a reconnect), False if each only said that a slot or a tenant's turn came free."""
         self.start()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            yield None
+            work, self._work = self._work, False
+            yield work
 
     async def _listen(self) -> None:
         failures = 0
@@ -73,6 +78,7 @@ class Signals:
                 if failures:
                     log.info("state_backend_reconnected", channel="signals")
                 failures = 0
+                self._work = True
                 self._wake.set()
                 self._pool_changes.put_nowait(None)
                 if self._listened:  # again: words for this instance may have been lost meanwhile
@@ -103,6 +109,8 @@ class Signals:
             elif message["channel"] == self.elsewhere_channel:
                 self._elsewhere(str(message["data"]))
             else:
+                if not str(message["data"]).startswith(FREED):
+                    self._work = True
                 self._wake.set()
 
     async def aclose(self) -> None:

@@ -51,9 +51,10 @@ class Abandoned:
 
 @runtime_checkable
 class SharedState(Protocol):
-    def wake_signals(self) -> AsyncIterator[None]:
-        """Yields whenever another replica may have made work available (a job queued, a slot or a
-        tenant's concurrency freed), and after a reconnect to the backend."""
+    def wake_signals(self) -> AsyncIterator[bool]:
+        """Yields whenever another replica may have made work available, and after a reconnect to the
+        backend: True when a job was queued (or queued again) or after a reconnect, False when every
+        wake-up since the last only said that a slot or a tenant's concurrency came free."""
         ...
 
     async def reap(self, now: float) -> list[Reaped]:

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from orchestratord.state import redis as redis_store
 from orchestratord.state.redis import RedisStore
 from orchestratord.state.redis_leases import RedisLeases
 from tests.conftest import mock_pool
@@ -169,3 +172,56 @@ def test_the_queue_positions_of_a_pass_go_to_redis_in_one_call(
             assert events[-1].event == "end"
     places = [e.data["queue_position"] for e in events if e.event == "metrics" and "queue_position" in e.data]
     assert places and places[0] == len(waiting) - 1, "the last job's stream carries its place as published"
+
+
+def test_a_slot_freed_elsewhere_wakes_a_replica_only_if_a_slot_held_its_last_look_back(
+    make_server: Callable[..., LoopbackServer], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A finish anywhere, with jobs queued, tells every replica that a slot came free. A replica whose
+    # last look found only jobs reserved for the replicas that admitted them, with slots to spare,
+    # passes it by (before, each such wake-up cost each idle replica a look and a take); one that a
+    # pool without a slot to spare held back looks again.
+    monkeypatch.setattr(redis_store, "RESERVED_MS", 60_000)  # the job A admits stays A's meanwhile
+    looks: list[str] = []  # the instance of each look at the queue
+    look = RedisStore.pending
+
+    async def counted_look(self: RedisStore, *args: Any) -> Any:
+        looks.append(self.owner)
+        return await look(self, *args)
+
+    monkeypatch.setattr(RedisStore, "pending", counted_look)
+    settings = {
+        "state_url": redis_server.url,
+        "redis": {"key_prefix": prefix()},
+        "pools": [mock_pool(slots=3, options={"ttft_ms": 1, "tokens_per_s": 20})],
+    }
+    a, b = make_server(**settings), make_server(**settings)
+    a.call(a.app.state.services.dispatcher._placer.exclusive().acquire())  # A takes nothing
+    dispatcher, store = b.app.state.services.dispatcher, b.app.state.services.store
+    dispatcher._config = dataclasses.replace(dispatcher._config, tick_s=30.0)  # B looks when woken
+    publisher = redis.Redis.from_url(redis_server.url)
+
+    def looks_after(message: str) -> int:
+        """B's looks at the queue within 0.6 s of `message` on the wake channel."""
+        before = looks.count(store.owner)
+        publisher.publish(store._signals.wake_channel, message)
+        time.sleep(0.6)
+        return looks.count(store.owner) - before
+
+    body = {"model_ref": "mock", "prompt": "x", "max_tokens": 2000, "cancel_on_disconnect": False}
+    with (
+        httpx.Client(base_url=a.base_url, timeout=30) as via_a,
+        httpx.Client(base_url=b.base_url, timeout=30) as via_b,
+    ):
+        assert via_a.post("/v1/tasks", json=body).status_code == 202  # queued, reserved for A
+        time.sleep(0.5)  # B's last short tick has passed
+        assert looks_after("queued-job") >= 1, "a job queued: B looks, and finds it reserved for A"
+        assert looks_after("freed:ended-job") == 0, "three slots free: a fourth changes nothing for B"
+        running = [via_b.post("/v1/tasks", json=body).json() for _ in range(2)]  # B's own
+        deadline = time.monotonic() + 10
+        while any(via_b.get(j["status_url"]).json()["state"] != "running" for j in running):
+            assert time.monotonic() < deadline, "B's jobs did not start"
+            time.sleep(0.05)
+        time.sleep(0.3)  # B's round after starting them looked once more: one slot left, kept for A's
+        # job, the fair next one: a slot freed would let B take a job behind it
+        assert looks_after("freed:ended-job") >= 1, "no slot to spare: a slot freed may serve B"

@@ -512,20 +512,19 @@ async def test_a_late_started_from_the_replica_that_runs_the_job_is_dropped(make
 async def test_only_work_another_replica_may_take_wakes_the_other_replicas(make_store: MakeStore) -> None:
     a, b = make_store(), make_store()
     wakes = b.wake_signals()
-    await asyncio.wait_for(anext(wakes), 5)  # the first wake comes with the subscription
-    count = 0
+    assert await asyncio.wait_for(anext(wakes), 5), "the first wake comes with the subscription, as work"
+    said: list[bool] = []  # each wake: True if it may bring work, False if it only frees a slot
 
     async def listen() -> None:
-        nonlocal count
-        async for _ in wakes:
-            count += 1
+        async for work in wakes:
+            said.append(work)
 
     listener = asyncio.create_task(listen())
 
-    async def woken() -> bool:
-        nonlocal count
+    async def woken(work: bool = True) -> bool:
         await asyncio.sleep(0.5)
-        seen, count = count > 0, 0
+        seen = bool(said) and all(w is work for w in said)
+        said.clear()
         return seen
 
     mine = await a.create(record("mine"), entry("mine"), wake_all=False)
@@ -539,7 +538,7 @@ async def test_only_work_another_replica_may_take_wakes_the_other_replicas(make_
     assert await woken()
     await run_on(a, "anyone")
     await a.finish("anyone", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
-    assert await woken(), "a slot came free while a job waits"
+    assert await woken(work=False), "a slot came free while a job waits: said to be only that"
     listener.cancel()
 
 

@@ -36,12 +36,13 @@
 --                             a job's field goes when the job is purged)
 --   P unread          zset    job -> when (ms) it is canceled if still unread (cancel_on_disconnect)
 --   P catalog         hash    model id -> catalog entry JSON;  P catalog:v  string  its version
---   channels P wake (work may be taken), P cancel (job ids) and P elsewhere:<instance> (job ids:
---   `expected_elsewhere`)
+--   channels P wake (work may be taken: the job queued or requeued, or FREED and the job that ended),
+--   P cancel (job ids) and P elsewhere:<instance> (job ids: `expected_elsewhere`)
 
 local P = ARGV[1]
 local SEP = '\31'
 local NO_DEADLINE = 1e300
+local FREED = 'freed:'  -- a wake-up that only frees a slot or a turn (state/redis_signals.py)
 
 local function K(name) return P .. name end
 
@@ -426,7 +427,8 @@ local function finish_job(job, state, name, data, now, retention_ms, fields, cou
   redis.call('ZADD', K('ended'), num(now), job)
   local keep = math.max(retention_ms, 1000)
   for _, k in ipairs({h, K('log:' .. job), K('text:' .. job)}) do redis.call('PEXPIRE', k, keep) end
-  -- a slot or a tenant's turn came free: news only to dispatchers with something queued to take
-  if redis.call('HLEN', K('q:entries')) > 0 then redis.call('PUBLISH', K('wake'), job) end
+  -- a slot or a tenant's turn came free: news only to dispatchers with something queued to take, and
+  -- marked (FREED) so that each may pass it by when no slot or turn held its last look back
+  if redis.call('HLEN', K('q:entries')) > 0 then redis.call('PUBLISH', K('wake'), FREED .. job) end
   return id
 end
