@@ -175,7 +175,10 @@ def test_the_queue_positions_of_a_pass_go_to_redis_in_one_call(
 
 
 def test_a_slot_freed_elsewhere_wakes_a_replica_only_if_a_slot_held_its_last_look_back(
-    make_server: Callable[..., LoopbackServer], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    make_server: Callable[..., LoopbackServer],
+    redis_server: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     # A finish anywhere, with jobs queued, tells every replica that a slot came free. A replica whose
     # last look found only jobs reserved for the replicas that admitted them, with slots to spare,
@@ -200,6 +203,7 @@ def test_a_slot_freed_elsewhere_wakes_a_replica_only_if_a_slot_held_its_last_loo
     dispatcher, store = b.app.state.services.dispatcher, b.app.state.services.store
     dispatcher._config = dataclasses.replace(dispatcher._config, tick_s=30.0)  # B looks when woken
     publisher = redis.Redis.from_url(redis_server.url)
+    request.addfinalizer(publisher.close)
 
     def looks_after(message: str) -> int:
         """B's looks at the queue within 0.6 s of `message` on the wake channel."""
