@@ -412,7 +412,31 @@ def _scaling_ttft(name: str, t: dict[str, Any]) -> list[Any]:
     return [
         name, t["offered_per_s"], f"{t['ended']}/{t['requests']}", t["refused_429"], t["never_ended"],
         _endings(t.get("endings")), _p50_p99(t["ttft_ms"]), fmt(t["cpu_ms_per_job"], 2),
+        _times(t.get("cpu_vs_one_process")),
     ]  # fmt: skip
+
+
+def _sharing_a_core(share: dict[str, Any] | None) -> list[str]:
+    """Three replicas against one replica alone on the core at each one's share of the concurrency (a
+    file from before the measure has none)."""
+    if share is None:
+        return []
+    j = share["jobs"]
+    row = [
+        share["setup"], share["concurrency"], j["jobs_per_s"], fmt(j["cpu_ms_per_job"], 2),
+        _rounds(j.get("cpu_ms_per_job_rounds")), _times(j["cpu_vs_one_process"]),
+        _rounds(j.get("cpu_vs_one_process_rounds")), _times(share["three_replicas_cpu_vs_it"]),
+        _rounds(share.get("three_replicas_cpu_vs_it_rounds")),
+    ]  # fmt: skip
+    head = ["setup", "concurrency", "jobs/s", "CPU ms/job", "each round", "CPU vs one process", "each round",
+            "three replicas' CPU vs it", "each round"]  # fmt: skip
+    return [
+        "What sharing one core costs: one replica alone on the core at a third of the concurrency, the "
+        "share each of three replicas carries, in the same rounds. Each of the three does the same work a "
+        "job on the same Redis; what differs is four processes taking turns on one core.",
+        "",
+        *table(head, [row]),
+    ]
 
 
 def _scaling_relay(name: str, row: dict[str, Any]) -> list[Any]:
@@ -456,7 +480,8 @@ def redis_section(doc: dict[str, Any]) -> list[str]:
     jobs_head = ["setup", "replicas", "jobs/s", "ended", "CPU ms/job", "of which redis-server", "each round",
                  "CPU vs one process", "each round"]  # fmt: skip
     ttft_head = ["setup", "offered jobs/s", "ended", "refused (429)", "never ended or failed",
-                 "admitted streams ended by", "TTFT p50 / p99 ms", "CPU ms/job"]  # fmt: skip
+                 "admitted streams ended by", "TTFT p50 / p99 ms", "CPU ms/job",
+                 "vs one process"]  # fmt: skip
     streams_head = ["setup", "streams", "ended", "most open at once", "never ended or failed",
                     "admitted streams ended by", "peak RSS MB (each replica)", "RSS per stream KB",
                     "Redis connections (peak)", "per replica"]  # fmt: skip
@@ -472,6 +497,7 @@ def redis_section(doc: dict[str, Any]) -> list[str]:
         "round, a ratio the median of its rounds' ratios to the one process of the same round.",
         "",
         *table(jobs_head, jobs),
+        *_sharing_a_core(doc.get("sharing_a_core")),
         f"### Added time to first token, open loop ({fmt(load['rate_seconds'])} s of arrivals a rate)",
         "",
         *table(ttft_head, ttft),

@@ -13,13 +13,15 @@ apart would compare the drift. A setup's figure is its median round, and its rat
 rounds' ratios to the one process's measure of the same round.
 
 Jobs: 50-token jobs in a closed loop, posted to the replicas in turn and read through the replica that
-admitted them. TTFT: 50-token jobs paced by the engine (a token every 10 ms, no prefill, so the time to
-first token is what the deployment adds), at fixed offered rates (open loop, the same seeded Poisson
-arrivals for every setup), posted and read as the jobs are. Relay: one long stream, posted to the first
-replica and read through the last. Streams: slow streams (a token a second), all open together, each
-posted to one replica and read through the next: whether every one ends, each replica's peak RSS and
-the Redis client connections (they should not grow with the streams). CPU is every orchestratord
-process's plus redis-server's.
+admitted them. In the same rounds, one replica alone on the core at a third of that concurrency (what
+each of three replicas carries): three replicas' CPU a job over its own is what sharing one core costs.
+TTFT: 50-token jobs paced by the engine (a token every 10 ms, no prefill, so the time to first token is
+what the deployment adds), at fixed offered rates (open loop, the same seeded Poisson arrivals for every
+setup), posted and read as the jobs are; the CPU a job at each rate is compared with the one process's.
+Relay: one long stream, posted to the first replica and read through the last. Streams: slow streams (a
+token a second), all open together, each posted to one replica and read through the next: whether every
+one ends, each replica's peak RSS and the Redis client connections (they should not grow with the
+streams). CPU is every orchestratord process's plus redis-server's.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,8 +80,13 @@ TOKENS = 50
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 HAVE_REDIS = Path(REDIS).exists()
 ONE_PROCESS = "one process, memory"
+THREE = "three replicas, Redis"
 SETUPS = ((ONE_PROCESS, 1, False), ("one replica, Redis", 1, True), ("two replicas, Redis", 2, True),
-          ("three replicas, Redis", 3, True))  # fmt: skip
+          (THREE, 3, True))  # fmt: skip
+# One replica alone on the core at the concurrency each of the three replicas carries in the jobs measure
+# (a third of it): the same work a job and the same Redis as each of the three, so three replicas' CPU a
+# job over its own is what four processes taking turns on one core cost them (`sharing_a_core`).
+AT_A_SHARE = "one replica, Redis, a third of the concurrency"
 ENGINES = {
     "fast": EngineSpec(ttft_ms=0.0, interval_ms=0.0),  # jobs and relay
     "paced": EngineSpec(ttft_ms=0.0, interval_ms=10.0),  # TTFT
@@ -461,6 +468,32 @@ def compare(
     return out
 
 
+def sharing_a_core(jobs_rounds: dict[str, list[dict[str, Any]]], concurrency: int) -> dict[str, Any]:
+    """What sharing one core costs three replicas: their CPU a job over that of one replica alone on the
+    core at the concurrency each of them carries (`AT_A_SHARE`), round by round, and that replica's own
+    ratio to the one process (what a replica with a core of its own costs at that load)."""
+    alone = jobs_rounds[AT_A_SHARE]
+    vs_one = round_ratios(alone, jobs_rounds[ONE_PROCESS], "cpu_ms_per_job")
+    three = round_ratios(jobs_rounds[THREE], alone, "cpu_ms_per_job")
+    jobs = median_round(alone, "cpu_ms_per_job")
+    return {
+        "setup": AT_A_SHARE,
+        "concurrency": concurrency,
+        "jobs": jobs | {"cpu_vs_one_process": median_ratio(vs_one), "cpu_vs_one_process_rounds": vs_one},
+        "three_replicas_cpu_vs_it": median_ratio(three),
+        "three_replicas_cpu_vs_it_rounds": three,
+    }
+
+
+def open_loop_ratios(setups: dict[str, dict[str, Any]]) -> None:
+    """Each setup's CPU a job at each offered rate over the one process's at that rate (one measure each,
+    minutes apart: the VM's drift is in them, as it is not in the rounds' ratios)."""
+    base = {t["offered_per_s"]: t["cpu_ms_per_job"] for t in setups[ONE_PROCESS]["ttft"]}
+    for row in setups.values():
+        for t in row["ttft"]:
+            t["cpu_vs_one_process"] = ratio(t["cpu_ms_per_job"], base.get(t["offered_per_s"]))
+
+
 def targets(setups: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Issue 17's targets for each Redis setup, against the one process of the same run."""
     out = {}
@@ -558,14 +591,22 @@ async def run(ctx: Context) -> dict[str, Any]:
             where = workdir / f"setup-{list(setups).index(name)}-{phase}"
             return deployment(ctx, urls, replicas, shared, streams_total, where, sut)
 
-        async def jobs_and_relay(name: str, r: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        share = replace(load, concurrency=max(1, round(load.concurrency / 3)))
+
+        async def jobs_and_relay(name: str, r: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+            if name == AT_A_SHARE:  # the jobs measure alone: its figure is the cost of sharing a core
+                where = workdir / f"setup-{len(setups)}-round-{r}"
+                with deployment(ctx, urls, 1, True, load.streams_per_replica, where, sut) as dep:
+                    return await jobs(dep, share), None
             with deployed(name, f"round-{r}") as dep:
                 return await jobs(dep, load), await relay(dep, load)
 
-        measured_rounds = await in_rounds(list(setups), load.rounds, jobs_and_relay)
+        measured_rounds = await in_rounds([*setups, AT_A_SHARE], load.rounds, jobs_and_relay)
+        jobs_rounds = {name: [j for j, _ in got] for name, got in measured_rounds.items()}
+        out["sharing_a_core"] = sharing_a_core(jobs_rounds, share.concurrency)
         compared = compare(
-            {name: [j for j, _ in got] for name, got in measured_rounds.items()},
-            {name: [r for _, r in got] for name, got in measured_rounds.items()},
+            {name: jobs_rounds[name] for name in setups},
+            {name: [r for _, r in measured_rounds[name] if r is not None] for name in setups},
         )
         print("bench: redis: jobs and relay done", file=sys.stderr, flush=True)
         # Then each setup on its own: the fixed offered rates last, since a rate past a deployment's
@@ -576,5 +617,6 @@ async def run(ctx: Context) -> dict[str, Any]:
                 row["streams"] = await streams(dep, load)
                 row["ttft"] = await ttft(dep, load)
             print(f"bench: redis: {name} done", file=sys.stderr, flush=True)
+    open_loop_ratios(out["setups"])
     out["targets"] = targets(out["setups"])
     return out

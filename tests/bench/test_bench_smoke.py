@@ -98,6 +98,7 @@ def test_redis_scales_one_process_to_three_replicas(results: dict[str, Any]) -> 
         for t in row["ttft"]:
             assert t["ended"] + t["refused_429"] == t["requests"] > 0 and t["never_ended"] == 0, t
             assert_percentiles(t["ttft_ms"], t["ended"])
+            assert t["cpu_vs_one_process"] > 0
         assert relay["ended"] == "end" and relay["tokens"] == doc["load"]["long_tokens"]
         assert relay["tokens_per_s_vs_one_process"] > 0 and relay["cpu_per_token_vs_one_process"] > 0
         assert streams["completed"] == streams["requests"] == 5 * row["replicas"], streams["error_examples"]
@@ -115,11 +116,18 @@ def test_redis_scales_one_process_to_three_replicas(results: dict[str, Any]) -> 
         assert (
             setups[name]["streams"]["admitted_not_ended"] == setups[name]["streams"]["refused_not_429"] == 0
         )
+    # one replica alone at each of three replicas' share of the concurrency, in the same rounds
+    share = doc["sharing_a_core"]
+    assert share["concurrency"] == max(1, round(doc["load"]["concurrency"] / 3))
+    assert share["jobs"]["completed"] == share["jobs"]["requests"] > 0, share["jobs"]["error_examples"]
+    assert len(share["three_replicas_cpu_vs_it_rounds"]) == doc["load"]["rounds"]
+    assert share["three_replicas_cpu_vs_it"] > 0 and share["jobs"]["cpu_vs_one_process"] > 0
     assert list(doc["targets"]) == redis
     for listed in doc["targets"].values():
         assert len(listed) == 6
         assert all(t["measured"] is not None and isinstance(t["met"], bool) for t in listed)
     summary = (results["_dir"] / "SUMMARY.md").read_text()
+    assert "What sharing one core costs" in summary
     assert "## Scaling out" in summary and "| three replicas, Redis | CPU per job vs one process |" in summary
 
 

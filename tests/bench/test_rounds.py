@@ -34,3 +34,26 @@ def test_a_ratio_is_the_median_of_the_same_rounds_ratios_not_of_the_medians() ->
     assert jobs["cpu_ms_per_job"] == 5.5 and jobs["cpu_ms_per_job_rounds"] == [5.0, 10.0, 5.5]
     assert compared[scenario.ONE_PROCESS]["jobs"]["cpu_vs_one_process"] == 1.0
     assert compared["replica"]["relay"]["cpu_per_token_vs_one_process"] == 1.0
+
+
+def test_sharing_a_core_is_three_replicas_over_one_alone_at_their_share_round_by_round() -> None:
+    one = [{"cpu_ms_per_job": 4.0}, {"cpu_ms_per_job": 8.0}]
+    alone = [{"cpu_ms_per_job": 5.0}, {"cpu_ms_per_job": 10.0}]
+    three = [{"cpu_ms_per_job": 6.0}, {"cpu_ms_per_job": 13.0}]
+    rounds = {scenario.ONE_PROCESS: one, scenario.AT_A_SHARE: alone, scenario.THREE: three}
+    got = scenario.sharing_a_core(rounds, 11)
+    assert got["three_replicas_cpu_vs_it_rounds"] == [1.2, 1.3]
+    assert got["three_replicas_cpu_vs_it"] == 1.25
+    assert got["jobs"]["cpu_vs_one_process_rounds"] == [1.25, 1.25]
+    assert got["concurrency"] == 11 and got["jobs"]["cpu_ms_per_job"] == 5.0
+
+
+def test_the_open_loop_cpu_is_compared_rate_by_rate() -> None:
+    def rates(*cpu: float) -> dict[str, list[dict[str, float]]]:
+        rows = zip((25.0, 50.0), cpu, strict=True)
+        return {"ttft": [{"offered_per_s": r, "cpu_ms_per_job": c} for r, c in rows]}
+
+    setups = {scenario.ONE_PROCESS: rates(10.0, 8.0), "replica": rates(12.0, 10.0)}
+    scenario.open_loop_ratios(setups)
+    assert [t["cpu_vs_one_process"] for t in setups["replica"]["ttft"]] == [1.2, 1.25]
+    assert [t["cpu_vs_one_process"] for t in setups[scenario.ONE_PROCESS]["ttft"]] == [1.0, 1.0]
