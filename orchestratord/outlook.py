@@ -34,6 +34,9 @@ from pool_manager.snapshot import PoolSnapshot
 
 ERROR_SAMPLES = 256  # the most recent jobs whose predicted and measured waits are compared
 MIN_SAMPLES = 10  # fewer say too little for a probability
+# below this (s) a prediction's error is measured by its lateness alone: a start predicted in 2 ms that
+# came in 60 ms is 30 times late, but that ratio says nothing about a start predicted in 2 s
+SCALES_FROM_S = 0.1
 
 
 class Outlook:
@@ -372,7 +375,7 @@ class Outlook:
         if len(self._late) < MIN_SAMPLES:
             return 0.0, 1.0
         if self._stretch is None:  # worked out once per new sample, not per admission
-            ratios = [r for r, p in zip(self._ratios, self._predicted, strict=True) if p >= 0.1]
+            ratios = [r for r, p in zip(self._ratios, self._predicted, strict=True) if p >= SCALES_FROM_S]
             self._stretch = (
                 max(0.0, _p90(self._late)),
                 min(3.0, max(1.0, _p90(ratios))) if len(ratios) >= MIN_SAMPLES else 1.0,
@@ -387,8 +390,9 @@ class Outlook:
     def on_time(self, predicted_ms: int | None, remaining_s: float) -> float | None:
         """The probability that a job predicted to start in `predicted_ms` starts within `remaining_s`
         (its deadline), from how the last measured waits compared with their predictions: the share of
-        them that, scaled to this prediction, fall within the deadline. None until enough jobs with a
-        prediction have started."""
+        them that, carried over to this prediction, fall within the deadline. A wait predicted at
+        100 ms or more carries over as its ratio to its prediction, a shorter one as its lateness
+        (as `assured` stretches a wait). None until enough jobs with a prediction have started."""
         if remaining_s < 0:
             return 0.0
         if predicted_ms == 0:
@@ -396,7 +400,11 @@ class Outlook:
         if predicted_ms is None or len(self._ratios) < MIN_SAMPLES:
             return None
         predicted = predicted_ms / 1000
-        within = sum(1 for ratio in self._ratios if predicted * ratio <= remaining_s)
+        samples = zip(self._ratios, self._late, self._predicted, strict=True)
+        within = sum(
+            1 for ratio, late, then in samples
+            if (predicted * ratio if then >= SCALES_FROM_S else predicted + late) <= remaining_s
+        )  # fmt: skip
         return round(within / len(self._ratios), 3)
 
     def labels(self, route: Route) -> tuple[str, str, str]:

@@ -32,6 +32,20 @@ def test_the_probability_follows_the_measured_errors() -> None:
     assert outlook.on_time(1000, 1.5) == pytest.approx(0.5)
 
 
+def test_a_short_prediction_carries_over_its_lateness_not_its_ratio() -> None:
+    outlook = Outlook(PoolRegistry([]), Runs())
+    for i in range(MIN_SAMPLES):  # predicted in 2 ms, started in 60 ms: 30 times late, 58 ms late
+        outlook.promised(f"j{i}", 2)
+        outlook.started(f"j{i}", 0.06)
+    assert outlook.on_time(2000, 10.0) == 1.0  # 2 s and 58 ms, not 60 s
+    assert outlook.on_time(2000, 2.05) == 0.0  # yet 58 ms late still misses a deadline 50 ms out
+    for i in range(MIN_SAMPLES):  # as many predicted in 1 s that started in 3 s: they scale
+        outlook.promised(f"k{i}", 1000)
+        outlook.started(f"k{i}", 3.0)
+    assert outlook.on_time(2000, 10.0) == 1.0
+    assert outlook.on_time(2000, 5.0) == pytest.approx(0.5)
+
+
 def test_a_wait_is_stretched_by_the_latest_measured_lateness() -> None:
     outlook = Outlook(PoolRegistry([]), Runs())
     assert outlook.assured(1000) == 1000  # nothing measured yet
