@@ -29,6 +29,7 @@ from orchestratord.endings import Endings
 from orchestratord.errors import (
     DEFAULT_RETRY_AFTER_MS,
     AdmissionRejected,
+    BudgetExceeded,
     DeadlineUnmet,
     InvalidParams,
     OrchestratorError,
@@ -482,10 +483,11 @@ class Admission:
 
     def _refused(self, spec: TaskSpec, exc: OrchestratorError) -> None:
         """Every refusal, of any kind, is one `task_rejected` event and one count; backpressure (a full
-        queue, a rate limit) is counted under its policy too."""
+        queue, a rate limit, a predicted wait past the class's limit, an overloaded loop) and a spent
+        budget (`quota`) are counted under their policy too."""
         engine = self._endings.engine_serving(spec.model_ref)
         self._metrics.tasks_rejected.labels(engine=engine, reason=exc.kind.value).inc()
-        if isinstance(exc, AdmissionRejected):
+        if isinstance(exc, AdmissionRejected | BudgetExceeded):
             self._metrics.backpressure.labels(engine=engine, policy=exc.policy_label).inc()
         log.info(
             "task_rejected", reason=exc.kind.value, policy=exc.policy_label, message=exc.message,

@@ -63,7 +63,9 @@ class Metrics:
         self.tokens_out = Counter("tokens_out_total", "Tokens streamed from engines.", REPLICA, registry=r)
         self.backpressure = Counter(
             "admission_backpressure_events_total",
-            "Admissions refused or evicted by a full queue or a rate limit.",
+            "Admissions refused or evicted by a full queue (policy = queue.full_policy), a limit "
+            "(rate-limit, quota: a spent budget), an event loop running behind (overload) or a predicted "
+            "wait past the class's queue.max_wait_s (max-wait).",
             ("engine", "policy"),
             registry=r,
         )

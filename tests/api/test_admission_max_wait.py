@@ -12,6 +12,7 @@ from tests.api.helpers import admit, post, wait_for
 from tests.conftest import mock_pool
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
+from tests.observability.exposition import contract_problems, load_lint
 
 
 def test_a_job_predicted_to_wait_past_its_classs_limit_is_refused_with_429(
@@ -45,3 +46,4 @@ def test_a_job_predicted_to_wait_past_its_classs_limit_is_refused_with_429(
     assert ended == ["end"] * 3  # every admitted job started within its class's limit
     metrics = httpx.get(f"{server.base_url}/metrics").text
     assert 'admission_backpressure_events_total{engine="mock",policy="max-wait"} 1.0' in metrics
+    assert contract_problems(metrics, load_lint()) == []  # `max-wait` is one of the contract's policies

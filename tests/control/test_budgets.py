@@ -12,6 +12,7 @@ from tests.api.helpers import wait_for
 from tests.control.helpers import ACME_KEY, GLOBEX_KEY, KEYS, admitted, assert_envelope, client, task
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
+from tests.observability.exposition import contract_problems, load_lint, value
 
 ServerFactory = Callable[..., LoopbackServer]
 TOKENS = "X-Budget-Tokens-Remaining"
@@ -59,6 +60,11 @@ def test_session_token_budget_refuses_up_front_and_never_truncates(make_server: 
         assert other.headers[TOKENS] == "39"
         for done in (exact, other):
             assert read_events(c, done.json()["sse_url"])[-1].event == "end"
+    # Both refusals are backpressure an operator sees, under the policy the 429 named.
+    metrics = httpx.get(f"{server.base_url}/metrics").text
+    assert value(metrics, "admission_backpressure_events_total", engine="mock", policy="quota") == 2
+    assert value(metrics, "tasks_rejected_total", engine="mock", reason="BUDGET_EXCEEDED") == 2
+    assert contract_problems(metrics, load_lint()) == []
 
 
 def test_a_job_that_ends_early_is_charged_what_it_used(make_server: ServerFactory) -> None:
