@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -92,8 +92,11 @@ class Housekeeper:
                 await self._sweep_unread()
             await self.expire()
             await self.end_unservable()  # a safety net: drains and reloads end these at once
-            await self.end_stuck()
-            await self._publish_positions()
+            # One read of the queue a pass serves both: with a thousand queued, each read is a
+            # thousand entries decoded on every replica four times a second.
+            queued = await self._store.queued()
+            ended = await self.end_stuck(queued)
+            await self._publish_positions([e for e in queued if e.job_id not in ended] if ended else queued)
             purged = await self._store.purge(self._wall())
             if self._heap is not None:
                 self._heap.purged(purged)
@@ -151,19 +154,22 @@ class Housekeeper:
                 ended += 1
         return ended
 
-    async def end_stuck(self) -> int:
+    async def end_stuck(self, queued: Sequence[QueueEntry] | None = None) -> set[str]:
         """End the queued jobs that waited longer than their class may (`queue.max_wait_s`), or whose
         model no replica could serve for `queue.unready_limit_s` (all down, unready, or their breakers
-        open), with a retriable POOL_UNAVAILABLE naming why. Returns how many ended."""
+        open), with a retriable POOL_UNAVAILABLE naming why. `queued`: the queue as the caller just
+        read it (else read here). Returns the jobs that ended."""
+        ended: set[str] = set()
         if not self._max_wait and self._unready_limit is None:
-            return 0
+            return ended
         now = self._wall()
-        ended = 0
-        down = {route: self._outlook.down_for(route) for route in (await self._store.depths()).by_route}
+        if queued is None:
+            queued = await self._store.queued()
+        down = {route: self._outlook.down_for(route) for route in {e.route for e in queued}}
         unready = math.inf if self._unready_limit is None else self._unready_limit
         if not self._max_wait and all(seconds <= unready for seconds, _ in down.values()):
-            return 0  # no limit reached: no walk of the queue
-        for entry in await self._store.queued():
+            return ended  # no limit reached: no walk of the queue
+        for entry in queued:
             model = entry.route.model
             limit = self._max_wait.get(entry.priority)
             if limit is not None and now - entry.enqueued_at > limit:
@@ -172,8 +178,6 @@ class Housekeeper:
                     f"(queue.max_wait_s), {self._held_up(entry)}; retry later"
                 )
             else:
-                if entry.route not in down:  # queued since the depths were read
-                    down[entry.route] = self._outlook.down_for(entry.route)
                 seconds, errors = down[entry.route]
                 if self._unready_limit is None or seconds <= self._unready_limit:
                     continue
@@ -183,7 +187,7 @@ class Housekeeper:
                 )
             gone = PoolUnavailable(why, retry_after_ms=DEFAULT_RETRY_AFTER_MS)
             if await self._endings.fail(entry.job_id, gone, pool_id=self._outlook.labels(entry.route)[2]):
-                ended += 1
+                ended.add(entry.job_id)
         return ended
 
     def _held_up(self, entry: QueueEntry) -> str:
@@ -214,10 +218,10 @@ class Housekeeper:
                 engine=engine, engine_version=version, pool_id=pool_id, priority=priority
             ).set(n)
 
-    async def _publish_positions(self) -> None:
-        """A `metrics` event for each waiting job whose position or prediction changed (≤ 1/s)."""
+    async def _publish_positions(self, queued: list[QueueEntry]) -> None:
+        """The queue's gauges, and a `metrics` event for each waiting job whose position or prediction
+        changed (≤ 1/s); `queued`, the queue as this pass read it."""
         now = self._clock()
-        queued = await self._store.queued()
         await self._outlook.refresh()
         self._gauge_queue(queued)
         self._metrics.places_held.set(await self._store.places_held())

@@ -72,7 +72,7 @@ def test_a_job_past_its_limit_with_slots_free_is_told_the_dispatchers_had_not_re
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
         job = client.post("/v1/tasks", json={**JOB, "priority": "batch"}).json()
         time.sleep(0.7)
-        assert server.call(services.dispatcher._housekeeper.end_stuck()) == 1
+        assert server.call(services.dispatcher._housekeeper.end_stuck()) == {job["job_id"]}
 
         async def release() -> None:
             rounds.release()
@@ -114,3 +114,45 @@ def test_a_ready_pool_that_names_its_model_otherwise_is_never_taken_for_down(
         posted = client.post("/v1/tasks", json={**JOB, "model_ref": "public"})
         assert posted.status_code == 202, posted.text
         assert read_events(client, posted.json()["sse_url"])[-1].event == "end"
+
+
+def test_a_housekeeping_pass_reads_the_queue_once_and_publishes_nothing_for_a_job_it_ended(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """With `queue.max_wait_s` set, the pass's limit check and its positions share one read of the
+    queue (a read of a thousand entries is a thousand decoded, on every replica, every tick); the job
+    the check ends gets one error, its last event, and the job still waiting runs."""
+    pool = {"id": "p", "engine": "mock", "models": ["m"], "replicas": [{"id": "r0"}], "slots": 1}
+    server = make_server(pools=[pool], queue={"max_wait_s": {"batch": 0.5}})
+    services = server.app.state.services
+    housekeeper = services.dispatcher._housekeeper
+    rounds = services.dispatcher._placer.exclusive()
+    server.call(rounds.acquire())  # the dispatch rounds wait here: the jobs stay queued
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        old = client.post("/v1/tasks", json={**JOB, "priority": "batch"}).json()
+        time.sleep(0.7)  # past the batch class's limit
+        young = client.post("/v1/tasks", json=JOB).json()  # interactive: no limit
+        reads = []
+        store = services.store
+        read = store.queued
+
+        async def counted() -> object:
+            reads.append(1)
+            return await read()
+
+        store.queued = counted
+        try:
+            server.call(housekeeper.run_once())
+        finally:
+            store.queued = read
+
+        async def release() -> None:
+            rounds.release()
+
+        server.call(release())
+        ended = read_events(client, old["sse_url"])
+        waited = read_events(client, young["sse_url"])
+    assert len(reads) == 1
+    assert [e.event for e in ended][-1] == "error" and ended[-1].data["code"] == "POOL_UNAVAILABLE"
+    assert [e.event for e in ended].count("error") == 1
+    assert waited[-1].event == "end"
