@@ -34,13 +34,22 @@ class Endings:
         self._metrics = metrics
 
     async def fail(
-        self, job_id: str, error: OrchestratorError, *, pool_id: str | None = None, from_run: bool = False
+        self,
+        job_id: str,
+        error: OrchestratorError,
+        *,
+        pool_id: str | None = None,
+        from_run: bool = False,
+        queued_only: bool = False,
     ) -> bool:
         """End the job (queued or running) with `error`. `pool_id`: the pool it ran on or waited for,
         when its record does not say; `from_run`: the job's own run ends it (and closes its request
-        itself). False if it had already ended."""
-        if not from_run:
-            await self._store.dequeue(job_id)
+        itself); `queued_only`: the caller found the job in the queue, and ends it only if it is still
+        there: a dispatcher that took it since (on any replica, while the caller was ending others)
+        started it in time or places it, and its placement ends it if it must. False if it had
+        already ended, or left the queue when `queued_only`."""
+        if not from_run and await self._store.dequeue(job_id) is None and queued_only:
+            return False
         if await self._store.finish(job_id, JobState.FAILED, "error", error_event(error)) is None:
             return False
         if not from_run:  # its owner, here or on another replica, closes the run and frees its slot

@@ -150,7 +150,7 @@ class Housekeeper:
                 continue
             pool_id, message = verdict
             gone = PoolUnavailable(message, retry_after_ms=DEFAULT_RETRY_AFTER_MS, pool_id=pool_id)
-            if await self._endings.fail(entry.job_id, gone):
+            if await self._endings.fail(entry.job_id, gone, queued_only=True):
                 ended += 1
         return ended
 
@@ -186,7 +186,8 @@ class Housekeeper:
                     f"(queue.unready_limit_s is {self._unready_limit:g}): {errors}; retry later"
                 )
             gone = PoolUnavailable(why, retry_after_ms=DEFAULT_RETRY_AFTER_MS)
-            if await self._endings.fail(entry.job_id, gone, pool_id=self._outlook.labels(entry.route)[2]):
+            pool_id = self._outlook.labels(entry.route)[2]
+            if await self._endings.fail(entry.job_id, gone, pool_id=pool_id, queued_only=True):
                 ended.add(entry.job_id)
         return ended
 

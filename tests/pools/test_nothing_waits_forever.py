@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import httpx
 
@@ -156,3 +157,36 @@ def test_a_housekeeping_pass_reads_the_queue_once_and_publishes_nothing_for_a_jo
     assert [e.event for e in ended][-1] == "error" and ended[-1].data["code"] == "POOL_UNAVAILABLE"
     assert [e.event for e in ended].count("error") == 1
     assert waited[-1].event == "end"
+
+
+def test_a_job_a_dispatcher_took_after_the_queue_was_read_runs_on(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """The limit check ends the jobs of the queue as its pass read it, one by one; a job a dispatcher
+    took meanwhile (on another replica, or here while the check was ending others) started in time and
+    runs on, not failed with its first tokens out. Only a job still in the queue is ended."""
+    pool = {"id": "p", "engine": "mock", "models": ["m"], "replicas": [{"id": "r0"}], "slots": 2}
+    server = make_server(pools=[pool], queue={"max_wait_s": {"batch": 5}})
+    services = server.app.state.services
+    rounds = services.dispatcher._placer.exclusive()
+    server.call(rounds.acquire())  # the dispatch rounds wait here: the job stays queued
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        job = client.post(
+            "/v1/tasks", json={**JOB, "prompt": "[[mock hang]] run on", "priority": "batch"}
+        ).json()
+        # the queue as a pass read it, the job already past its class's limit by then
+        read = [replace(e, enqueued_at=e.enqueued_at - 10) for e in server.call(services.store.queued())]
+        assert [e.job_id for e in read] == [job["job_id"]]
+
+        async def release() -> None:
+            rounds.release()
+
+        server.call(release())
+        started = read_events(client, job["sse_url"], stop_after=1)  # a dispatcher took and started it
+        assert started[0].event == "started", started
+        assert server.call(services.dispatcher._housekeeper.end_stuck(read)) == set()
+        assert client.get(f"/v1/tasks/{job['job_id']}").json()["state"] == "running"
+        assert client.post(f"/v1/tasks/{job['job_id']}/cancel").status_code == 204
+        events = read_events(client, job["sse_url"])
+    assert "error" not in [e.event for e in events]
+    assert events[-1].event == "end" and events[-1].data["stop_reason"] == "canceled", events[-1]
