@@ -10,19 +10,23 @@ from dataclasses import replace
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 
 from orchestratord.api.stream import encode, encode_run
 from orchestratord.core.budget import Hold, Ledger, Usage
 from orchestratord.core.queue import Admitted, QueueEntry, QueuePolicy
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import RS, US, EventRun, JobState, LogEvent
-from orchestratord.errors import StateUnavailable
+from orchestratord.endings import Endings
+from orchestratord.errors import PoolUnavailable, StateUnavailable
+from orchestratord.metrics import Metrics
 from orchestratord.state.base import JobRecord, SessionRecord
 from orchestratord.state.memory import MemoryStore
 from orchestratord.state.redis import RedisStore
 from orchestratord.state.redis_client import tagged
 from orchestratord.state.redis_tail import events_of
 from pool_manager.leases import Lease
+from pool_manager.registry import PoolRegistry
 from tests.fakes.servers import free_port
 from tests.redis.conftest import RedisTarget, standalone_and_cluster
 
@@ -1007,3 +1011,24 @@ async def test_a_reader_elsewhere_relays_a_runs_batch_whole_and_frames_it_as_its
     assert [e.name for e in read] == ["started", "token", "token", "token", "metrics", "token", "end"]
     frames = b"".join(encode(e) for e in read)
     assert b"".join(encode_run(e) if isinstance(e, EventRun) else encode(e) for e in relayed) == frames
+
+
+async def test_a_queued_only_failure_leaves_a_job_another_replica_took_since(make_store: MakeStore) -> None:
+    """Housekeeping's limit checks end the jobs of a read of the shared queue one by one: a job another
+    replica took since runs on, and one still queued ends (`Endings.fail(queued_only=True)`)."""
+    runner, checker = make_store(), make_store()
+    await admit(runner, "j1")
+    await admit(runner, "j2")
+    read = await checker.queued()  # the check's read: both queued
+    assert {e.job_id for e in read} == {"j1", "j2"}
+    await run_on(runner, "j1")  # then the other replica takes the first and starts it
+    endings = Endings(checker, PoolRegistry([]), Metrics(CollectorRegistry()))
+    late = PoolUnavailable("waited past its class's limit", retry_after_ms=1000)
+    assert await endings.fail("j1", late, queued_only=True) is False
+    assert await endings.fail("j2", late, queued_only=True) is True
+    running, failed = await checker.get("j1"), await checker.get("j2")
+    assert running is not None and running.state == JobState.RUNNING
+    assert await runner.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"}) is not None
+    assert [e.name for e in await events(checker, "j1")] == ["started", "end"]
+    assert failed is not None and failed.state == JobState.FAILED
+    assert [e.name for e in await events(checker, "j2")][-1] == "error"
