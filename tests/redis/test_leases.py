@@ -111,6 +111,54 @@ async def test_a_lease_whose_release_was_lost_is_swept(make_store: MakeStore) ->
     assert await store.leases.all() == [] and await store.leases.held("pool", "r0") == 0
 
 
+async def test_a_lapsed_lease_is_released_whole_by_the_next_lease_on_its_replica(
+    make_store: MakeStore,
+) -> None:
+    """The next lease on the replica drops a lapsed one from the lease table too, not only from the
+    replica's count: nothing is left for a sweep to find."""
+    dead, alive = make_store(lease_ttl_s=TTL_S), make_store(lease_ttl_s=TTL_S)
+    assert await dead.leases.acquire(Lease("a", "pool", "r0"), 1)
+    await asyncio.sleep(TTL_S + 0.2)
+    assert await alive.leases.acquire(Lease("b", "pool", "r0"), 1)
+    assert await alive.leases.all() == [Lease("b", "pool", "r0")]
+
+
+async def test_the_sweep_of_lapsed_leases_reads_none_of_the_live_ones(
+    own_redis: RedisServer, make_store: MakeStore
+) -> None:
+    """Every replica reaps every tick: with thousands of streams open, a walk of every live lease was
+    thousands of Redis commands a tick on each. The sweep reads the lapsed leases only."""
+    store = make_store(url=own_redis.url, lease_ttl_s=30.0)
+    live = [f"j{i}" for i in range(300)]
+    for job in live:
+        assert await store.leases.acquire(Lease(job, "pool", f"r{len(job) % 3}"), 1000)
+    client = own_redis.client()
+    try:
+        client.config_resetstat()
+        assert await store.reap(time.time()) == []
+        calls = client.info("commandstats")
+    finally:
+        client.close()
+    inside = {
+        name: c["calls"]
+        for name, c in calls.items()
+        if name not in ("cmdstat_evalsha", "cmdstat_config|resetstat")
+    }
+    assert sum(inside.values()) < 20, inside
+    assert len(await store.leases.all()) == 300, "the live leases stay"
+
+
+async def test_a_deployments_leases_from_before_the_lease_index_are_swept(make_store: MakeStore) -> None:
+    """A deployment upgraded with leases held has no index of the replicas with leases (`lz:keys`) yet:
+    the first reap builds it from the lease table, so a lease lost then is still swept."""
+    store = make_store(lease_ttl_s=TTL_S)
+    assert await store.leases.acquire(Lease("old", "pool", "r0"), 1)
+    await store._scripts.call("DEL", store._scripts.key("lz:keys"))
+    await asyncio.sleep(TTL_S + 0.2)
+    assert await store.reap(time.time()) == []
+    assert await store.leases.all() == [] and await store.leases.held("pool", "r0") == 0
+
+
 async def test_a_snapshot_of_every_pool_counts_their_leases_in_one_call(
     own_redis: RedisServer, make_store: MakeStore
 ) -> None:

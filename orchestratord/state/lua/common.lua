@@ -30,6 +30,7 @@
 --   P run:tenants     hash    tenant -> jobs taken and not yet ended
 --   P alive           zset    job -> expiry (ms, Redis clock) of its owner's claim, renewed by heartbeat
 --   P leases          hash    job -> pool SEP replica;  P lz:<pool SEP replica> zset job -> expiry (ms)
+--   P lz:keys         set     every pool SEP replica that has had a lease (each of its lz zsets)
 --   P ended           zset    job -> finished_at (for purge)
 --   P replicas        zset    instance -> expiry (ms) of its liveness, renewed by its heartbeat
 --   P readers:<inst>  hash    job -> that instance's readers (counted out when it stops renewing;
@@ -389,6 +390,16 @@ local function release_lease(job)
   redis.call('HDEL', K('leases'), job)
   redis.call('ZREM', K('lz:' .. where), job)
   return where
+end
+
+-- Release the leases on `where` whose holder stopped renewing them (a release lost with its replica),
+-- at most `limit` of them (all without one): a walk of the lapsed leases only, never of the live ones.
+local function release_lapsed(where, now, limit)
+  local z = K('lz:' .. where)
+  local range = limit and {'LIMIT', 0, limit} or {}
+  for _, job in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', now, unpack(range))) do
+    if redis.call('HGET', K('leases'), job) == where then release_lease(job) else redis.call('ZREM', z, job) end
+  end
 end
 
 -- Move a live job to a terminal state and append its terminal event, once. `fields` holds the

@@ -1,5 +1,6 @@
 -- Lease one slot of a replica: never more than `limit` live leases on it. Expired leases (their holder
--- stopped renewing them) no longer count, so no slot stays leased forever. With `owner` (and the rest),
+-- stopped renewing them) no longer count, so no slot stays leased forever; those on this replica are
+-- released here (reap.lua releases the others), and the replica is named in `lz:keys` for reap.lua. With `owner` (and the rest),
 -- a granted lease also starts the job there, as start.lua does: its run needs no call of its own.
 -- ARGV: prefix, job, pool SEP replica, limit, ttl (ms)[, owner, now (wall seconds), pool, replica,
 -- engine]. Returns 1 if granted, else 0; with `owner`, {1, what start_job returned (nil: the job was
@@ -9,8 +10,9 @@ local z = K('lz:' .. where)
 local now = now_ms()
 if redis.call('HEXISTS', K('leases'), job) == 1 then return 0 end
 if redis.call('ZCOUNT', z, '(' .. now, '+inf') >= limit then return 0 end
-redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+release_lapsed(where, now)
 redis.call('ZADD', z, now + ttl, job)
+redis.call('SADD', K('lz:keys'), where)
 redis.call('HSET', K('leases'), job, where)
 redis.call('ZADD', K('alive'), 'XX', now + ttl, job)
 if ARGV[6] then

@@ -30,11 +30,13 @@ for _, job in ipairs(redis.call('ZRANGEBYSCORE', K('alive'), '-inf', now_ms(), '
   table.insert(out, action)
   table.insert(out, engine or '')
 end
--- Leases whose holder stopped renewing them (a release lost with its replica) are dropped too.
-local held = redis.call('HGETALL', K('leases'))
+-- Leases whose holder stopped renewing them (a release lost with its replica) are dropped too: on each
+-- engine replica, from its lapsed leases only (each tick, on every orchestrator replica: a walk of every
+-- live lease was thousands of calls a tick with thousands of streams open). A deployment whose leases
+-- predate `lz:keys` has them named there first.
 local now = now_ms()
-for i = 1, #held, 2 do
-  local score = redis.call('ZSCORE', K('lz:' .. held[i + 1]), held[i])
-  if not score or tonumber(score) <= now then release_lease(held[i]) end
+if redis.call('EXISTS', K('lz:keys')) == 0 then
+  for _, where in ipairs(redis.call('HVALS', K('leases'))) do redis.call('SADD', K('lz:keys'), where) end
 end
+for _, where in ipairs(redis.call('SMEMBERS', K('lz:keys'))) do release_lapsed(where, now, 100) end
 return out
