@@ -449,10 +449,12 @@ def _scaling_relay(name: str, row: dict[str, Any]) -> list[Any]:
 
 def _scaling_streams(name: str, row: dict[str, Any]) -> list[Any]:
     s = row["streams"]
+    held = s.get("held_open") or {}
     return [
         name, s["streams"], f"{s['completed']}/{s['requests']}", s["most_open_at_once"], s["never_ended"],
-        _endings(s.get("endings")), " / ".join(fmt(x) for x in s["peak_rss_mb"]), s["rss_per_stream_kb"],
-        s["redis_connections_peak"], s["redis_connections_per_replica_peak"],
+        _endings(s.get("endings")), fmt(held.get("cpu_us_per_token")), _times(held.get("cpu_vs_one_process")),
+        " / ".join(fmt(x) for x in s["peak_rss_mb"]), s["rss_per_stream_kb"], s["redis_connections_peak"],
+        s["redis_connections_per_replica_peak"],
     ]  # fmt: skip
 
 
@@ -483,7 +485,8 @@ def redis_section(doc: dict[str, Any]) -> list[str]:
                  "admitted streams ended by", "TTFT p50 / p99 ms", "CPU ms/job",
                  "vs one process"]  # fmt: skip
     streams_head = ["setup", "streams", "ended", "most open at once", "never ended or failed",
-                    "admitted streams ended by", "peak RSS MB (each replica)", "RSS per stream KB",
+                    "admitted streams ended by", "CPU µs/token, all open", "vs one process",
+                    "peak RSS MB (each replica)", "RSS per stream KB",
                     "Redis connections (peak)", "per replica"]  # fmt: skip
     return [
         *lines,
@@ -519,7 +522,9 @@ def redis_section(doc: dict[str, Any]) -> list[str]:
         "Never ended or failed: jobs that neither ended with every token nor were refused with a 429 "
         "(there should be none); `none`: the stream closed without a terminal event or the client gave up "
         "waiting. RSS per stream: the replicas' peak RSS above their RSS before the streams, "
-        "over the streams.",
+        "over the streams. CPU µs/token, all open: the deployment's CPU from the end of the opening to "
+        "just before the first stream ends, over the tokens the open streams relayed meanwhile (each a "
+        "token a second: each token its own engine read, client write and, on Redis, its own batch).",
         "",
     ]
 

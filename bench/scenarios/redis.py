@@ -96,6 +96,9 @@ STREAM_RATE = 200.0  # slow streams opened per second
 PATIENCE_S = 30.0  # how long past its tokens' time a bench client waits for its stream's end
 MAX_WAIT_S = 20.0  # queue.max_wait_s, every class: under the clients' patience
 SAMPLE_S = 0.25
+SETTLE_S = (
+    2.0  # the held-open measure starts this long after the opening and ends this long before the first end
+)
 SLOTS = 2048  # per engine replica
 MB = 2**20
 _T = TypeVar("_T")
@@ -118,7 +121,7 @@ FULL = Load(
     32, 2000, 20.0, 50_000, (25.0, 50.0, 100.0), 15.0, streams_per_replica=2000, hold_s=10.0, rounds=5
 )
 QUICK = Load(16, 300, 5.0, 10_000, (25.0, 50.0), 5.0, streams_per_replica=200, hold_s=5.0, rounds=2)
-SMOKE = Load(2, 10, 2.0, 5_000, (10.0,), 1.0, streams_per_replica=5, hold_s=2.0, rounds=2)
+SMOKE = Load(2, 10, 2.0, 5_000, (10.0,), 1.0, streams_per_replica=5, hold_s=4.0, rounds=2)
 
 
 @dataclass
@@ -377,6 +380,54 @@ async def watch(dep: Deployment, stop: asyncio.Event) -> Peaks:
     return peaks
 
 
+@dataclass(frozen=True)
+class Held:
+    """The deployment's CPU seconds between two `time.perf_counter()` moments."""
+
+    start: float
+    end: float
+    cpu_s: float
+
+
+async def cpu_between(dep: Deployment, start: float, end: float) -> Held | None:
+    """The deployment's CPU from `start` to `end` (perf_counter), sleeping until then; None for a window
+    too short to tell anything."""
+    if end - start < 0.5:
+        return None
+    await asyncio.sleep(max(0.0, start - time.perf_counter()))
+    t0, cpu0 = time.perf_counter(), cpu_seconds(dep.pids())
+    await asyncio.sleep(max(0.0, end - t0))
+    return Held(t0, time.perf_counter(), cpu_seconds(dep.pids()) - cpu0)
+
+
+def tokens_within(results: Sequence[JobResult], start: float, end: float, interval_s: float) -> float:
+    """The tokens the streams relayed between `start` and `end`: each stream's span from its first token
+    to its end (or to `end`, for one that never ended) within the window, a token every `interval_s`."""
+    total = 0.0
+    for r in results:
+        if r.first_token_at is None:
+            continue
+        last = end if r.ended_at is None else min(end, r.ended_at)
+        total += max(0.0, last - max(start, r.first_token_at))
+    return total / interval_s
+
+
+def held_open(results: Sequence[JobResult], held: Held | None) -> dict[str, Any] | None:
+    """The CPU a relayed token costs while the admitted slow streams are all open (after the opening,
+    before the first of them ends): each token its own engine read, log append and client write, and on
+    Redis its own batch, unlike the long stream's."""
+    if held is None:
+        return None
+    window = held.end - held.start
+    tokens = tokens_within(results, held.start, held.end, ENGINES["slow"].interval_ms / 1000)
+    return {
+        "window_s": round(window, 1),
+        "streams_open_mean": round(tokens * ENGINES["slow"].interval_ms / 1000 / window, 1),
+        "tokens": round(tokens),
+        "cpu_us_per_token": round(held.cpu_s * 1e6 / tokens, 1) if tokens else None,
+    }
+
+
 async def streams(dep: Deployment, load: Load) -> dict[str, Any]:
     n = len(dep.replicas)
     count = load.streams_per_replica * n
@@ -385,6 +436,8 @@ async def streams(dep: Deployment, load: Load) -> dict[str, Any]:
     idle = dep.rss_mb()
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch(dep, stop))
+    began = time.perf_counter()
+    held = asyncio.create_task(cpu_between(dep, began + opening_s + SETTLE_S, began + tokens - SETTLE_S))
     async with clients_of(dep, count + 64) as clients:
         job = in_turn(clients, "slow", tokens, tokens + PATIENCE_S, across=True)
         try:
@@ -392,6 +445,7 @@ async def streams(dep: Deployment, load: Load) -> dict[str, Any]:
         finally:
             stop.set()
             peaks = await watcher
+            held_cpu = await held
     grown = sum(peaks.rss_mb) - sum(idle)
     connections = peaks.redis_connections
     return {
@@ -402,6 +456,7 @@ async def streams(dep: Deployment, load: Load) -> dict[str, Any]:
         "never_ended": sum(1 for r in results if not r.ok and r.status != 429),
         **admitted_and_refused(results),
         "most_open_at_once": most_open(results),
+        "held_open": held_open(results, held_cpu),
         "idle_rss_mb": [round(x, 1) for x in idle],
         "peak_rss_mb": [round(x, 1) for x in peaks.rss_mb],
         "rss_per_stream_kb": round(grown * 1024 / count, 1),
@@ -486,12 +541,17 @@ def sharing_a_core(jobs_rounds: dict[str, list[dict[str, Any]]], concurrency: in
 
 
 def open_loop_ratios(setups: dict[str, dict[str, Any]]) -> None:
-    """Each setup's CPU a job at each offered rate over the one process's at that rate (one measure each,
-    minutes apart: the VM's drift is in them, as it is not in the rounds' ratios)."""
+    """Each setup's CPU a job at each offered rate, and a slow stream's token while all are open, over the
+    one process's (one measure each, minutes apart: the VM's drift is in them, as it is not in the rounds'
+    ratios)."""
     base = {t["offered_per_s"]: t["cpu_ms_per_job"] for t in setups[ONE_PROCESS]["ttft"]}
+    base_held = setups[ONE_PROCESS]["streams"]["held_open"] or {}
     for row in setups.values():
         for t in row["ttft"]:
             t["cpu_vs_one_process"] = ratio(t["cpu_ms_per_job"], base.get(t["offered_per_s"]))
+        held = row["streams"]["held_open"]
+        if held is not None:
+            held["cpu_vs_one_process"] = ratio(held["cpu_us_per_token"], base_held.get("cpu_us_per_token"))
 
 
 def targets(setups: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -104,9 +104,14 @@ def test_redis_scales_one_process_to_three_replicas(results: dict[str, Any]) -> 
         assert streams["completed"] == streams["requests"] == 5 * row["replicas"], streams["error_examples"]
         assert streams["never_ended"] == 0 and len(streams["peak_rss_mb"]) == row["replicas"]
         assert all(peak >= 10 for peak in streams["peak_rss_mb"])
+        # the CPU a token costs while every admitted slow stream is open, against the one process's
+        held = streams["held_open"]
+        assert held["window_s"] > 0 and held["tokens"] > 0 and held["cpu_us_per_token"] > 0, held
+        assert held["cpu_vs_one_process"] > 0, held
     one = setups["one process, memory"]
     assert one["jobs"]["cpu_vs_one_process"] == one["relay"]["cpu_per_token_vs_one_process"] == 1.0
     assert one["streams"]["redis_connections_peak"] is None
+    assert one["streams"]["held_open"]["cpu_vs_one_process"] == 1.0
     assert one["streams"]["redis_connections_per_replica_peak"] is None
     for name in redis:
         assert setups[name]["streams"]["redis_connections_peak"] > 0
@@ -128,6 +133,7 @@ def test_redis_scales_one_process_to_three_replicas(results: dict[str, Any]) -> 
         assert all(t["measured"] is not None and isinstance(t["met"], bool) for t in listed)
     summary = (results["_dir"] / "SUMMARY.md").read_text()
     assert "What sharing one core costs" in summary
+    assert "CPU µs/token, all open" in summary
     assert "## Scaling out" in summary and "| three replicas, Redis | CPU per job vs one process |" in summary
 
 

@@ -3,6 +3,8 @@ that rotates, and each ratio to the one process taken round by round before its 
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.scenarios import redis as scenario
 
 
@@ -49,11 +51,36 @@ def test_sharing_a_core_is_three_replicas_over_one_alone_at_their_share_round_by
 
 
 def test_the_open_loop_cpu_is_compared_rate_by_rate() -> None:
-    def rates(*cpu: float) -> dict[str, list[dict[str, float]]]:
+    def rates(*cpu: float, held: float | None = None) -> dict[str, Any]:
         rows = zip((25.0, 50.0), cpu, strict=True)
-        return {"ttft": [{"offered_per_s": r, "cpu_ms_per_job": c} for r, c in rows]}
+        streams = {"held_open": None if held is None else {"cpu_us_per_token": held}}
+        return {"ttft": [{"offered_per_s": r, "cpu_ms_per_job": c} for r, c in rows], "streams": streams}
 
-    setups = {scenario.ONE_PROCESS: rates(10.0, 8.0), "replica": rates(12.0, 10.0)}
+    setups = {
+        scenario.ONE_PROCESS: rates(10.0, 8.0, held=250.0),
+        "replica": rates(12.0, 10.0, held=350.0),
+        "too short to hold": rates(12.0, 10.0),
+    }
     scenario.open_loop_ratios(setups)
     assert [t["cpu_vs_one_process"] for t in setups["replica"]["ttft"]] == [1.2, 1.25]
     assert [t["cpu_vs_one_process"] for t in setups[scenario.ONE_PROCESS]["ttft"]] == [1.0, 1.0]
+    assert setups["replica"]["streams"]["held_open"]["cpu_vs_one_process"] == 1.4
+    assert setups["too short to hold"]["streams"]["held_open"] is None
+
+
+def test_the_tokens_held_open_streams_relay_are_counted_within_the_window_only() -> None:
+    from bench.load import JobResult
+
+    streams = [
+        JobResult(0.0, 202, first_token_at=1.0, ended_at=30.0),  # open through the window: 10 tokens
+        JobResult(0.0, 202, first_token_at=15.0, ended_at=30.0),  # started late in it: 5
+        JobResult(0.0, 202, first_token_at=12.0, ended_at=14.0),  # ended in it: 2
+        JobResult(0.0, 202, first_token_at=11.0),  # never ended: open to the window's end, 9
+        JobResult(0.0, 429),  # refused: none
+        JobResult(0.0, 202, first_token_at=25.0, ended_at=30.0),  # after it: none
+    ]
+    assert scenario.tokens_within(streams, 10.0, 20.0, 1.0) == 26.0
+    assert scenario.tokens_within(streams, 10.0, 20.0, 0.5) == 52.0
+    held = scenario.held_open(streams, scenario.Held(10.0, 20.0, cpu_s=0.013))
+    assert held == {"window_s": 10.0, "streams_open_mean": 2.6, "tokens": 26, "cpu_us_per_token": 500.0}
+    assert scenario.held_open(streams, None) is None
