@@ -96,9 +96,8 @@ STREAM_RATE = 200.0  # slow streams opened per second
 PATIENCE_S = 30.0  # how long past its tokens' time a bench client waits for its stream's end
 MAX_WAIT_S = 20.0  # queue.max_wait_s, every class: under the clients' patience
 SAMPLE_S = 0.25
-SETTLE_S = (
-    2.0  # the held-open measure starts this long after the opening and ends this long before the first end
-)
+# the held-open measure starts this long after the opening and ends this long before the first stream ends
+SETTLE_S = 2.0
 SLOTS = 2048  # per engine replica
 MB = 2**20
 _T = TypeVar("_T")

@@ -104,14 +104,15 @@ def test_redis_scales_one_process_to_three_replicas(results: dict[str, Any]) -> 
         assert streams["completed"] == streams["requests"] == 5 * row["replicas"], streams["error_examples"]
         assert streams["never_ended"] == 0 and len(streams["peak_rss_mb"]) == row["replicas"]
         assert all(peak >= 10 for peak in streams["peak_rss_mb"])
-        # the CPU a token costs while every admitted slow stream is open, against the one process's
+        # the CPU a token costs while every admitted slow stream is open (at smoke scale a second of a
+        # few streams: the CPU, counted in 10 ms ticks, may be none)
         held = streams["held_open"]
-        assert held["window_s"] > 0 and held["tokens"] > 0 and held["cpu_us_per_token"] > 0, held
-        assert held["cpu_vs_one_process"] > 0, held
+        assert held["window_s"] > 0 and held["cpu_us_per_token"] >= 0, held
+        assert abs(held["tokens"] - held["window_s"] * 5 * row["replicas"]) <= 5 * row["replicas"], held
     one = setups["one process, memory"]
     assert one["jobs"]["cpu_vs_one_process"] == one["relay"]["cpu_per_token_vs_one_process"] == 1.0
     assert one["streams"]["redis_connections_peak"] is None
-    assert one["streams"]["held_open"]["cpu_vs_one_process"] == 1.0
+    assert one["streams"]["held_open"]["cpu_vs_one_process"] in (1.0, None)  # None: no CPU tick counted
     assert one["streams"]["redis_connections_per_replica_peak"] is None
     for name in redis:
         assert setups[name]["streams"]["redis_connections_peak"] > 0

@@ -1,7 +1,8 @@
 -- Lease one slot of a replica: never more than `limit` live leases on it. Expired leases (their holder
 -- stopped renewing them) no longer count, so no slot stays leased forever; those on this replica are
--- released here (reap.lua releases the others), and the replica is named in `lz:keys` for reap.lua. With `owner` (and the rest),
--- a granted lease also starts the job there, as start.lua does: its run needs no call of its own.
+-- released here (reap.lua releases the others), and the replica is named in `lz:keys` for reap.lua.
+-- With `owner` (and the rest), a granted lease also starts the job there, as start.lua does: its run
+-- needs no call of its own.
 -- ARGV: prefix, job, pool SEP replica, limit, ttl (ms)[, owner, now (wall seconds), pool, replica,
 -- engine]. Returns 1 if granted, else 0; with `owner`, {1, what start_job returned (nil: the job was
 -- not started)} if granted.
