@@ -193,8 +193,9 @@ def test_fair_shares_and_the_429_contract_hold_across_replicas(trio: Deployment,
     blocker = submit(http(0), model_ref="solo", prompt=HANG)
     wait_for(lambda: status(http(0), blocker["job_id"])["state"] == "running", what="the blocker runs")
     arrivals: list[tuple[str, str]] = []
-    for i in range(CAPACITY):  # 16 acme, 8 beta, interleaved, each posted to the next replica
-        tenant = "beta" if i % 3 == 2 else "acme"
+    # Beta's 8 first, then acme's 16, each posted to the next replica: arrival order would serve every
+    # beta job first (six acme jobs behind the fair order at the eighth), weights 3:1 about 3 of 4 acme.
+    for i, tenant in enumerate(["beta"] * (CAPACITY - TENANT_CAPACITY) + ["acme"] * TENANT_CAPACITY):
         arrivals.append((tenant, submit(http(i % 3, tenant), model_ref="solo", max_tokens=1)["job_id"]))
     over_tenant = post(http(2, "acme"), model_ref="solo")
     over_queue = post(http(1, "beta"), model_ref="solo")
@@ -210,8 +211,11 @@ def test_fair_shares_and_the_429_contract_hold_across_replicas(trio: Deployment,
     started = sorted(arrivals, key=lambda tj: instant(status(http(0, tj[0]), tj[1])["started_at"]))
     served = [tenant for tenant, _ in started]
     expected = reference_order(arrivals)
-    for k in range(1, len(served) + 1):  # two replicas racing for the slot may swap two neighbours
-        assert abs(served[:k].count("acme") - expected[:k].count("acme")) <= 1, (served, expected)
+    # When the slot frees, each replica may take the fair next job it sees; the one whose lease lands
+    # first runs and the others go back to their places. So each start is one of the next three in
+    # fair order, which keeps every prefix within two jobs of it (and arrival order six off).
+    for k in range(1, len(served) + 1):
+        assert abs(served[:k].count("acme") - expected[:k].count("acme")) <= 2, (served, expected)
     assert served[:8].count("acme") >= 5, "acme (weight 3) gets about three of every four slots"
 
 
