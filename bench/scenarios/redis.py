@@ -117,7 +117,7 @@ class Load:
 
 
 FULL = Load(
-    32, 2000, 20.0, 50_000, (25.0, 50.0, 100.0), 15.0, streams_per_replica=2000, hold_s=10.0, rounds=5
+    32, 2000, 20.0, 200_000, (25.0, 50.0, 100.0), 15.0, streams_per_replica=2000, hold_s=10.0, rounds=5
 )
 QUICK = Load(16, 300, 5.0, 10_000, (25.0, 50.0), 5.0, streams_per_replica=200, hold_s=5.0, rounds=2)
 SMOKE = Load(2, 10, 2.0, 5_000, (10.0,), 1.0, streams_per_replica=5, hold_s=4.0, rounds=2)
