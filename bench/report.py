@@ -703,6 +703,11 @@ def admission_section(doc: dict[str, Any]) -> list[str]:
         f"{full['queued']:,} (full)", "429", full["answer_ms"]["p50"], full["answer_ms"]["p99"],
         full["cpu_ms_per_request"], full["background_cores"], full["own_cpu_ms_per_request"],
     ])  # fmt: skip
+    for lv in doc.get("refused_while_running", ()):  # not in runs before 2026-12-06
+        rows.append([
+            f"1 (full), {lv['running']:,} running", "429", lv["answer_ms"]["p50"], lv["answer_ms"]["p99"],
+            lv["cpu_ms_per_request"], lv["background_cores"], lv["own_cpu_ms_per_request"],
+        ])  # fmt: skip
     return [
         "## Admission against a deep queue",
         "",

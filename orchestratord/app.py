@@ -147,8 +147,9 @@ def build_services(settings: Settings, adapters: AdapterHost) -> Services:
     )
     control = build_control_plane(settings, store)
     runs = Runs()
-    # with shared state the slots are read within a tick too (admission.SHARED_SNAPSHOT_AGE_S)
-    outlook = Outlook(registry, runs, releases_age_s=SHARED_SNAPSHOT_AGE_S if store.shared else 0.0)
+    # with shared state the slots are read within a tick too (admission.SHARED_SNAPSHOT_AGE_S); the
+    # embedded backend reuses release times only while its runs and measures stay as they were
+    outlook = Outlook(registry, runs, releases_age_s=SHARED_SNAPSHOT_AGE_S, releases_exact=not store.shared)
     endings = Endings(store, registry, metrics)
     reachability = Reachability()
     jobs = JobControl(store, endings, outlook)

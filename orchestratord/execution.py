@@ -191,8 +191,7 @@ class Execution:
             return RunStats(outcome="canceled")
         first_attempt = not run.pool_id
         bind(**placement_fields(assigned))
-        run.pool_id, run.replica_id = assigned.pool_id, assigned.replica_id
-        run.started = self._clock()
+        self._runs.attempt(run, assigned.pool_id, assigned.replica_id, self._clock())
         queue_time_ms = round((run.started - admitted_mono) * 1000)
         self._outlook.started(spec.job_id, queue_time_ms / 1000)
         bind(queue_time_ms=queue_time_ms)

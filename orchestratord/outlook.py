@@ -48,13 +48,19 @@ class Outlook:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         releases_age_s: float = 0.0,
+        releases_exact: bool = False,
     ) -> None:
         self._registry = registry
         # How long the release times of a route's busy slots, once worked out, are reused (taken down
         # by the time passed since): they walk every job running in the deployment, and admission asks
-        # for them with every request. 0: worked out at every call.
+        # for them with every request. 0: worked out at every call. `releases_exact` (this replica's
+        # runs are all there are: the embedded backend): reused only while no run started, moved or
+        # ended and nothing was learned meanwhile, so that what a prediction reads stays current.
         self._releases_age = releases_age_s
-        self._releases: dict[Route, tuple[float, Capacity]] = {}  # route -> (when, its capacity then)
+        self._releases_exact = releases_exact
+        self._learned = 0  # counts what changes release times besides the runs: measures, the queue
+        # route -> (when, the runs' version and `_learned` then, its capacity then)
+        self._releases: dict[Route, tuple[float, tuple[int, int], Capacity]] = {}
         self._runs = runs
         self._clock = clock
         self._times = ServiceTimes()
@@ -117,6 +123,7 @@ class Outlook:
     ) -> None:
         """A run on `pool_id` held its slot `seconds` and ended well: a service time, and the rates of
         its work (`core.work`), to learn from."""
+        self._learned += 1
         self._times.observe(pool_id, seconds)
         self._own.observe(
             pool_id,
@@ -140,6 +147,7 @@ class Outlook:
         """The queued jobs, as housekeeping last read them: each route's mean expected service (over
         the pools serving it whose rates are known) is what a job behind them waits per job ahead."""
         self._queued, self._since, self._taken, self._shape = queued, [], [], None
+        self._learned += 1
         servable = {route for route in {e.route for e in queued} if can_serve(route, self._snapshots)}
         self._pace({e.job_id for e in queued if e.route in servable})
         totals: dict[Route, list[float]] = {}
@@ -220,11 +228,17 @@ class Outlook:
     def capacity(self, route: Route) -> Capacity:
         """The capacity of the pools serving `route`: their slots as the last `refresh` saw them; the
         release times of the busy ones as worked out at most `releases_age_s` ago (shared state: a
-        tick, as stale as the slots it may predict from), less the time since."""
+        tick, as stale as the slots it may predict from; the embedded backend: while they hold), less the
+        time since."""
         now = self._clock()
         kept = self._releases.get(route)
-        if kept is not None and now - kept[0] <= self._releases_age:
-            at, cap = kept
+        state = (self._runs.version, self._learned)
+        if (
+            kept is not None
+            and now - kept[0] <= self._releases_age
+            and (not self._releases_exact or kept[1] == state)
+        ):
+            at, _, cap = kept
             serving = serving_pools(route, self._snapshots)
             if sum(p.slots_total for p in serving) == cap.slots_total:  # else the pools changed
                 free = sum(p.slots_free for p in serving)
@@ -239,8 +253,9 @@ class Outlook:
             queued_s=self._queued_s.get(route),
             remote=self._remote_left(),
         )
-        if self._releases_age > 0:
-            self._releases[route] = (now, cap)
+        # (before anything is measured the oldest run's age stands in for the mean, which time changes)
+        if self._releases_age > 0 and (cap.measured or not self._releases_exact):
+            self._releases[route] = (now, state, cap)
         return cap
 
     # -- shared by replicas ------------------------------------------------------------------------

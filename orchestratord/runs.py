@@ -29,12 +29,22 @@ class Running:
 class Runs:
     def __init__(self) -> None:
         self._by_job: dict[str, Running] = {}
+        # Counts every run that started, moved to another slot or ended: predictions worked out from the
+        # runs hold, but for the time passed, while it stays the same (`Outlook.capacity`).
+        self.version = 0
 
     def add(self, run: Running) -> None:
         self._by_job[run.job_id] = run
+        self.version += 1
 
     def drop(self, job_id: str) -> None:
-        self._by_job.pop(job_id, None)
+        if self._by_job.pop(job_id, None) is not None:
+            self.version += 1
+
+    def attempt(self, run: Running, pool_id: str, replica_id: str, started: float) -> None:
+        """The run's attempt on `replica_id` of `pool_id` starts now (`started`)."""
+        run.pool_id, run.replica_id, run.started = pool_id, replica_id, started
+        self.version += 1
 
     def get(self, job_id: str) -> Running | None:
         return self._by_job.get(job_id)

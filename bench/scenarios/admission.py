@@ -8,16 +8,22 @@ way. Admission work that grows with the queue (a place computed from the whole q
 reads it all) shows as a cost that grows with the depth; the target is a flat one. Before each level
 the process is watched for a few seconds with no request: what a deep queue costs in the background
 (housekeeping) is reported apart, and the POSTs' own CPU is the rest.
+
+Then the same 429s against a queue of one place with many jobs running (a token a second each, no
+reader), and with one: the predictions a 429's hint is made from know when each running job frees its
+slot, and a cost that grows with the running jobs shows there. The pool has measured a few short jobs
+first, as a serving deployment has.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from bench.client import Client
-from bench.load import task_body
+from bench.load import closed_loop, task_body, through_orchestrator
 from bench.monitor import Monitor
 from bench.procs import EngineSpec, OrchestratorSpec, running, scratch_dir
 from bench.results import Context, target
@@ -32,19 +38,32 @@ IDLE_S = 3.0
 class Load:
     depths: tuple[int, ...]  # queued jobs before each measured level
     measured: int  # POSTs measured at each level (they stay queued: the next level counts them)
+    running: int  # jobs running while the 429s of a one-place queue are measured (and then one)
 
 
-FULL = Load((0, 1_000, 2_500, 5_000, 10_000), 300)
-QUICK = Load((0, 500, 2_000), 100)
-SMOKE = Load((0, 50), 10)
+FULL = Load((0, 1_000, 2_500, 5_000, 10_000), 300, running=2_000)
+QUICK = Load((0, 500, 2_000), 100, running=300)
+SMOKE = Load((0, 50), 10, running=20)
 
 
-async def _post(client: Client, expect: int) -> float:
+async def _post(client: Client, expect: int, tokens: int = TOKENS) -> float:
     """One POST; its answer time in ms (it must be answered with `expect`)."""
-    body = task_body(TOKENS, cancel_on_disconnect=False)
+    body = task_body(tokens, cancel_on_disconnect=False)
     answer = await client.request("POST", "/v1/tasks", body)
     assert answer.status == expect, f"POST /v1/tasks answered {answer.status}, not {expect}"
     return (answer.done_at - answer.sent_at) * 1000
+
+
+async def _admitted(client: Client, tokens: int) -> None:
+    """One job admitted: a POST sent again while the one-place queue is full (its jobs start meanwhile)."""
+    body = task_body(tokens, cancel_on_disconnect=False)
+    for _ in range(1200):  # a minute
+        answer = await client.request("POST", "/v1/tasks", body)
+        if answer.status == 202:
+            return
+        assert answer.status == 429, f"POST /v1/tasks answered {answer.status}, not 202 or 429"
+        await asyncio.sleep(0.05)
+    raise AssertionError("the queue's one place stayed taken for a minute")
 
 
 async def _fill(client: Client, count: int) -> None:
@@ -101,6 +120,7 @@ async def run(ctx: Context) -> dict[str, Any]:
             full = {"queued": capacity, **await _measure(client, monitor, load.measured, 429)}
         finally:
             client.close()
+    while_running = [await _refused_while_running(ctx, load, n) for n in (1, load.running)]
     first, last = levels[0], levels[-1]
     base = first["own_cpu_ms_per_request"]
     growth = last["own_cpu_ms_per_request"] / base if base else None
@@ -109,6 +129,7 @@ async def run(ctx: Context) -> dict[str, Any]:
         "config": {"slots": 1, "queue_capacity": capacity, "load": load.__dict__},
         "accepted": levels,
         "refused_full_queue": full,
+        "refused_while_running": while_running,
         "targets": [
             target(
                 f"accepted POST's own CPU at {last['queued']:,} queued over at {first['queued']}",
@@ -119,3 +140,25 @@ async def run(ctx: Context) -> dict[str, Any]:
             ),
         ],
     }
+
+
+async def _refused_while_running(ctx: Context, load: Load, jobs: int) -> dict[str, Any]:
+    """429s against a full queue of one place while `jobs` jobs hold every slot."""
+    engine = EngineSpec(ttft_ms=0.0, interval_ms=1000.0)
+    orch = OrchestratorSpec(slots=jobs, queue_capacity=1)
+    with running(engine, orch, scratch_dir("admission"), ctx.source) as (eng, orc):
+        client = Client(orc.base_url, max_connections=FILL_CONCURRENCY + 8)
+        monitor = Monitor(orc.pid, eng.pid)
+        try:
+            await closed_loop(partial(through_orchestrator, client, 1), 4, 16, 30.0)  # measured jobs
+            remaining = iter(range(jobs))
+
+            async def user() -> None:
+                for _ in remaining:
+                    await _admitted(client, 3_600)
+
+            await asyncio.gather(*(user() for _ in range(FILL_CONCURRENCY)))
+            await _admitted(client, TOKENS)  # the queue's one place: taken once every job has started
+            return {"running": jobs, **await _measure(client, monitor, load.measured, 429)}
+        finally:
+            client.close()

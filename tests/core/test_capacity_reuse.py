@@ -1,6 +1,8 @@
-"""With shared state, admission asks for a route's capacity with every request, and working it out walks
-every job running in the deployment: the release times of the busy slots are reused for a tick, taken
-down by the time since, while the slots free are always those of the last refresh."""
+"""Admission asks for a route's capacity with every request, and working it out walks every job running
+in the deployment: the release times of the busy slots are reused for a tick, taken down by the time
+since, while the slots free are always those of the last refresh. With shared state they are reused for
+the tick whatever happened meanwhile; the embedded backend, which knows every run, reuses them only while
+no run started, moved or ended and nothing was measured (`releases_exact`)."""
 
 from __future__ import annotations
 
@@ -24,8 +26,11 @@ def run(job_id: str, started: float) -> Running:
     return Running(job_id, "t1", "p", "r0", started)
 
 
-def outlook_at(now: list[float], runs: Runs, age_s: float) -> Outlook:
-    outlook = Outlook(PoolRegistry([]), runs, clock=lambda: now[0], wall=lambda: 100.0, releases_age_s=age_s)
+def outlook_at(now: list[float], runs: Runs, age_s: float, exact: bool = False) -> Outlook:
+    outlook = Outlook(
+        PoolRegistry([]), runs, clock=lambda: now[0], wall=lambda: 100.0, releases_age_s=age_s,
+        releases_exact=exact,
+    )  # fmt: skip
     for _ in range(3):  # jobs on this pool hold their slot 10 s
         outlook.served("p", 10.0, prompt_tokens=1, first_token_s=None, tokens=0, decode_s=0.0)
     return outlook
@@ -61,3 +66,35 @@ def test_without_an_age_every_call_works_them_out() -> None:
     assert outlook.capacity(ROUTE).releases_s == pytest.approx((8.0,))
     runs.add(run("b", 100.0))
     assert outlook.capacity(ROUTE).releases_s == pytest.approx((8.0, 10.0))
+
+
+def test_the_embedded_backend_reuses_them_while_its_runs_and_measures_stay_the_same() -> None:
+    now, runs, a, c = [100.0], Runs(), run("a", 98.0), run("c", 100.1)
+    runs.add(a)
+    runs.add(run("b", 99.0))
+    outlook = outlook_at(now, runs, 0.25, exact=True)
+    outlook._snapshots = pools(free=2)
+    assert outlook.capacity(ROUTE).releases_s == pytest.approx((8.0, 9.0))
+    a.tokens = 5  # progress within a run: reused, less the time since
+    now[0] = 100.1
+    assert outlook.capacity(ROUTE).releases_s == pytest.approx((7.9, 8.9))
+    runs.add(c)  # a run started: worked out again at once
+    assert outlook.capacity(ROUTE).releases_s == pytest.approx((7.9, 8.9, 10.0))
+    now[0] = 100.15
+    runs.attempt(c, "p", "r1", 100.15)  # it starts again on another slot (a failover)
+    assert outlook.capacity(ROUTE).releases_s == pytest.approx((7.85, 8.85, 10.0))
+    runs.drop("a")  # a run ended
+    assert outlook.capacity(ROUTE).releases_s == pytest.approx((8.85, 10.0))
+    outlook.served("p", 1.0, prompt_tokens=1, first_token_s=None, tokens=0, decode_s=0.0)  # measured
+    assert outlook.capacity(ROUTE).releases_s != pytest.approx((8.85, 10.0))
+
+
+def test_the_embedded_backend_reuses_nothing_before_a_measure() -> None:
+    """Before any job has ended, the oldest run's age stands in for the mean service: it grows with time."""
+    now, runs = [100.0], Runs()
+    runs.add(run("a", 98.0))
+    outlook = Outlook(PoolRegistry([]), runs, clock=lambda: now[0], releases_age_s=0.25, releases_exact=True)
+    outlook._snapshots = pools(free=3)
+    assert outlook.capacity(ROUTE).mean_service_s == pytest.approx(2.0)
+    now[0] = 100.2
+    assert outlook.capacity(ROUTE).mean_service_s == pytest.approx(2.2)
