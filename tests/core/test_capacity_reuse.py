@@ -58,7 +58,7 @@ def test_the_release_times_are_reused_for_their_age_less_the_time_since() -> Non
 
 
 def test_without_an_age_every_call_works_them_out() -> None:
-    """The embedded store: its slots are read at every admission, and so are the releases."""
+    """An outlook built without an age works them out at every call."""
     now, runs = [100.0], Runs()
     runs.add(run("a", 98.0))
     outlook = outlook_at(now, runs, 0.0)
