@@ -18,6 +18,7 @@ first, as a serving deployment has.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -46,9 +47,9 @@ QUICK = Load((0, 500, 2_000), 100, running=300)
 SMOKE = Load((0, 50), 10, running=20)
 
 
-async def _post(client: Client, expect: int, tokens: int = TOKENS) -> float:
+async def _post(client: Client, expect: int) -> float:
     """One POST; its answer time in ms (it must be answered with `expect`)."""
-    body = task_body(tokens, cancel_on_disconnect=False)
+    body = task_body(TOKENS, cancel_on_disconnect=False)
     answer = await client.request("POST", "/v1/tasks", body)
     assert answer.status == expect, f"POST /v1/tasks answered {answer.status}, not {expect}"
     return (answer.done_at - answer.sent_at) * 1000
@@ -66,12 +67,13 @@ async def _admitted(client: Client, tokens: int) -> None:
     raise AssertionError("the queue's one place stayed taken for a minute")
 
 
-async def _fill(client: Client, count: int) -> None:
+async def _fill(count: int, admit: Callable[[], Awaitable[object]]) -> None:
+    """`count` jobs admitted by `admit`, FILL_CONCURRENCY at a time."""
     remaining = iter(range(count))
 
     async def user() -> None:
         for _ in remaining:
-            await _post(client, 202)
+            await admit()
 
     await asyncio.gather(*(user() for _ in range(FILL_CONCURRENCY)))
 
@@ -111,12 +113,12 @@ async def run(ctx: Context) -> dict[str, Any]:
             await _post(client, 202)  # the job that takes the slot; the rest queue
             queued = 0
             for depth in load.depths:
-                await _fill(client, depth - queued)
+                await _fill(depth - queued, partial(_post, client, 202))
                 queued = depth
                 level = await _measure(client, monitor, load.measured, 202)
                 queued += load.measured + 1
                 levels.append({"queued": depth, **level})
-            await _fill(client, capacity - queued)
+            await _fill(capacity - queued, partial(_post, client, 202))
             full = {"queued": capacity, **await _measure(client, monitor, load.measured, 429)}
         finally:
             client.close()
@@ -151,13 +153,7 @@ async def _refused_while_running(ctx: Context, load: Load, jobs: int) -> dict[st
         monitor = Monitor(orc.pid, eng.pid)
         try:
             await closed_loop(partial(through_orchestrator, client, 1), 4, 16, 30.0)  # measured jobs
-            remaining = iter(range(jobs))
-
-            async def user() -> None:
-                for _ in remaining:
-                    await _admitted(client, 3_600)
-
-            await asyncio.gather(*(user() for _ in range(FILL_CONCURRENCY)))
+            await _fill(jobs, partial(_admitted, client, 3_600))
             await _admitted(client, TOKENS)  # the queue's one place: taken once every job has started
             return {"running": jobs, **await _measure(client, monitor, load.measured, 429)}
         finally:

@@ -417,11 +417,11 @@ def held_open(results: Sequence[JobResult], held: Held | None) -> dict[str, Any]
     Redis its own batch, unlike the long stream's."""
     if held is None:
         return None
-    window = held.end - held.start
-    tokens = tokens_within(results, held.start, held.end, ENGINES["slow"].interval_ms / 1000)
+    window, interval_s = held.end - held.start, ENGINES["slow"].interval_ms / 1000
+    tokens = tokens_within(results, held.start, held.end, interval_s)
     return {
         "window_s": round(window, 1),
-        "streams_open_mean": round(tokens * ENGINES["slow"].interval_ms / 1000 / window, 1),
+        "streams_open_mean": round(tokens * interval_s / window, 1),
         "tokens": round(tokens),
         "cpu_us_per_token": round(held.cpu_s * 1e6 / tokens, 1) if tokens else None,
     }

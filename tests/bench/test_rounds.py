@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.load import JobResult
 from bench.scenarios import redis as scenario
 
 
@@ -69,8 +70,6 @@ def test_the_open_loop_cpu_is_compared_rate_by_rate() -> None:
 
 
 def test_the_tokens_held_open_streams_relay_are_counted_within_the_window_only() -> None:
-    from bench.load import JobResult
-
     streams = [
         JobResult(0.0, 202, first_token_at=1.0, ended_at=30.0),  # open through the window: 10 tokens
         JobResult(0.0, 202, first_token_at=15.0, ended_at=30.0),  # started late in it: 5
