@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -281,7 +282,7 @@ class Scripts:
     ) -> None:
         if (url is None) == (node is None):
             raise ValueError("Scripts needs a URL (one Redis) or a slot node (a cluster), not both")
-        common = _source("common")
+        common = _parts(_source("common"))
         self._url = url or ""
         self.line = Line(url, timeout_s=timeout_s) if url is not None else None
         self._blocking: Line | None = None  # for `blocking_read`, opened when first needed
@@ -293,7 +294,7 @@ class Scripts:
         # Each call's whole budget, its connect included: an unreachable Redis is answered
         # (StateUnavailable, 503) within `redis.timeout_s`, as documented.
         self.timeout_s = timeout_s
-        self._scripts = {name: _Script(f"{common}\n{_source(name)}") for name in SCRIPTS}
+        self._scripts = {name: _Script(_assembled(common, _source(name))) for name in SCRIPTS}
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -385,3 +386,30 @@ def _entries(raw: Any) -> list[tuple[str, dict[str, str]]]:
 
 def _source(name: str) -> str:
     return resources.files("orchestratord.state").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+_DEFINED = re.compile(r"^local (?:function )?(\w+)", re.MULTILINE)  # common.lua's top level: only these
+_COMMENT = re.compile(r"--[^\n]*")  # (tests/state/test_lua_scripts.py checks what this reading misses)
+
+
+def _parts(common: str) -> dict[str, str]:
+    """common.lua's top-level definitions by name, in its order."""
+    starts = list(_DEFINED.finditer(common))
+    ends = [m.start() for m in starts[1:]] + [len(common)]
+    return {m[1]: common[m.start() : end] for m, end in zip(starts, ends, strict=True)}
+
+
+def _assembled(common: dict[str, str], body: str) -> str:
+    """`body` after the parts of common.lua that it names, directly or through another part, in
+    common.lua's order (so each is defined before the parts that use it). Redis runs a script's whole
+    text at every call, making each function it defines anew: a script that defines only what it may
+    use costs Redis less at every call (the whole of common.lua cost about 5 µs a call)."""
+    wanted: set[str] = set()
+    pending = [body]
+    while pending:
+        code = _COMMENT.sub("", pending.pop())
+        for name, part in common.items():
+            if name not in wanted and re.search(rf"\b{name}\b", code):
+                wanted.add(name)
+                pending.append(part)
+    return "".join(part for name, part in common.items() if name in wanted) + body

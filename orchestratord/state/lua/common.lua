@@ -106,8 +106,9 @@ local function lane_count(pair, e, sign)
   end
 end
 
-local function enqueue(raw, seq)
-  local e = cjson.decode(raw)
+-- `e` is `raw` decoded, when the caller has it already.
+local function enqueue(raw, seq, e)
+  e = e or cjson.decode(raw)
   if not seq then seq = redis.call('INCR', K('q:seq')) end
   local job = e.job_id
   local stored = string.sub(raw, 1, -2) .. ',"seq":' .. seq .. '}'
@@ -261,7 +262,7 @@ local function requeue(job, h, policy)
   redis.call('HSET', h, 'state', 'queued', 'claim', '', 'taken', '0')
   redis.call('HDEL', h, 'started_at', 'pool_id', 'replica_id', 'engine')
   redis.call('ZREM', K('alive'), job)
-  enqueue(raw, tonumber(seq))
+  enqueue(raw, tonumber(seq), e)
   redis.call('PUBLISH', K('wake'), job)
 end
 

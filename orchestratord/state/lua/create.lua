@@ -94,7 +94,7 @@ for i = 11, #ARGV, 2 do
 end
 for _, v in ipairs({'entry', raw, 'taken', '0', 'requeued', '0', 'claim', ''}) do fields[#fields + 1] = v end
 redis.call('HSET', h, unpack(fields))
-local stored = enqueue(raw, nil)
+local stored = enqueue(raw, nil, e)
 local place = {0, 0, 0}  -- alone on its route: nothing ahead, no walk
 if tonumber(redis.call('HGET', K('q:keys'), e.route)) > 1 then place = place_of(e.job_id, cjson.decode(weights)) end
 -- Too far back to start in time: taken out again, nothing kept. A job that a full queue's policy
