@@ -351,11 +351,6 @@ local function reserved_for_other(job, owner, now)
   return by ~= false and by ~= owner and (tonumber(till) or 0) > now
 end
 
-local function id_pair(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-
 -- Append one batch of a running job's events, given their ids by the instance that runs it (its local
 -- log, state/redis_local.py), as one stream entry under its last event's id, for that instance only.
 -- Returns 1 and whether the log grew (a batch whose last id the log already holds was written by an
@@ -373,13 +368,13 @@ local function append_batch(job, owner, tokens_out, last, records, text)
     if #found > 0 and found[1][2][1] == 'e' and found[1][2][2] == records then return 1, false end
     return 0
   end
-  local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
-  if #top > 0 then
-    local ms, seq = id_pair(last)
-    local top_ms, top_seq = id_pair(top[1][1])
-    if ms < top_ms or (ms == top_ms and seq <= top_seq) then return 1, false end
+  -- an id the log already holds (or one below its top) is refused by XADD itself: one command, not a
+  -- read of the top first (a log is never trimmed, so its top is its last entry)
+  local added = redis.pcall('XADD', log, last, 'e', records)
+  if type(added) == 'table' and added.err then
+    if string.find(added.err, 'equal or smaller', 1, true) then return 1, false end
+    error(added)  -- any other refusal fails the script, as redis.call would
   end
-  redis.call('XADD', log, last, 'e', records)
   redis.call('HSET', h, 'tokens_out', tokens_out)
   if text ~= '' then redis.call('APPEND', K('text:' .. job), text) end
   return 1, true
@@ -405,7 +400,8 @@ end
 
 -- Move a live job to a terminal state and append its terminal event, once. `fields` holds the
 -- stop_reason / error_code / error_message to record; `counted`, the engine's tokens_out for an `end`
--- ('' or nil: the token events counted stand). Returns the event id, or nil if already ended.
+-- ('' or nil: the token events counted stand). Returns the event id and its data, or nil if already
+-- ended.
 local function finish_job(job, state, name, data, now, retention_ms, fields, counted)
   local h = K('job:' .. job)
   local cur, started_at, tokens, taken, tenant =
@@ -442,5 +438,5 @@ local function finish_job(job, state, name, data, now, retention_ms, fields, cou
   -- a slot or a tenant's turn came free: news only to dispatchers with something queued to take, and
   -- marked (FREED) so that each may pass it by when no slot or turn held its last look back
   if redis.call('HLEN', K('q:entries')) > 0 then redis.call('PUBLISH', K('wake'), FREED .. job) end
-  return id
+  return id, payload
 end

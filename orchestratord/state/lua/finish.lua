@@ -11,16 +11,15 @@
 local job, owner = ARGV[2], ARGV[8]
 local wrote, grew = false, false
 if ARGV[13] then wrote, grew = append_batch(job, owner, ARGV[13], ARGV[14], ARGV[15], ARGV[16]) end
-local id = nil
+local id, data = nil, nil
 if owner == '' or redis.call('HGET', K('job:' .. job), 'claim') == owner then
   local fields = {stop_reason = ARGV[9], error_code = ARGV[10], error_message = ARGV[11]}
-  id = finish_job(job, ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), fields, ARGV[12])
+  id, data = finish_job(job, ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), fields, ARGV[12])
 end
 if not id then
   if grew then news({job}) end  -- (an end written here tells of the batch in its own news)
   return {false, false, false, wrote}
 end
-local last = redis.call('XRANGE', K('log:' .. job), id, id)
 local released = false
 if owner ~= '' then released = release_lease(job) or false end
-return {id, last[1][2][4], released, wrote}
+return {id, data, released, wrote}
