@@ -301,7 +301,13 @@ class Outlook:
         """The predicted start (ms) of a job queued at `place`: the jobs ahead of it hold the slots for
         their own mean expected service, from their work, where the rates are known; and it starts no
         sooner than the dispatchers, at their measured pace, have started the jobs ahead of it. `cap`:
-        the route's `capacity`, when the caller already has it (one per pass over many jobs)."""
+        the route's `capacity`, when the caller already has it (one per pass over many jobs).
+
+        A job that a free slot takes needs no release times: its slots' part is 0 without working
+        out the capacity, which walks every running job (each admission while streams open, with a
+        start before each: `capacity` cannot reuse what it worked out)."""
+        if cap is None and place.ahead < sum(p.slots_free for p in serving_pools(route, self._snapshots)):
+            return self._paced(place, 0)
         cap = self.capacity(route) if cap is None else cap
         if place.ahead > 0 and place.tokens_out > 0 and cap.mean_service_s is not None:
             n = place.ahead
@@ -310,11 +316,14 @@ class Outlook:
             if ahead_s is not None:
                 cap = dataclasses.replace(cap, ahead_s=ahead_s)
         slots = predict_start_ms(place.ahead, cap)
-        if slots is None:
-            return None
+        return None if slots is None else self._paced(place, slots)
+
+    def _paced(self, place: Place, slots_ms: int) -> int:
+        """A start predicted at `slots_ms` by the slots, no sooner than the dispatchers, at their
+        measured pace, start the jobs ahead."""
         if not place.ahead:
-            return slots
-        return max(slots, dispatch_wait_ms(place.ahead + self.unstarted(), self.dispatch_per_s()))
+            return slots_ms
+        return max(slots_ms, dispatch_wait_ms(place.ahead + self.unstarted(), self.dispatch_per_s()))
 
     def backoff(self, route: Route, predicted_ms: int | None, tokens_in: int) -> int:
         """How long a client that polls the job's status (rather than reading its stream) should wait

@@ -11,8 +11,10 @@ the process is watched for a few seconds with no request: what a deep queue cost
 
 Then the same 429s against a queue of one place with many jobs running (a token a second each, no
 reader), and with one: the predictions a 429's hint is made from know when each running job frees its
-slot, and a cost that grows with the running jobs shows there. The pool has measured a few short jobs
-first, as a serving deployment has.
+slot, and a cost that grows with the running jobs shows there. Last, accepted POSTs with as many jobs
+running and free slots for each, as while many streams open: every measured job starts before the
+next POST, so that an admission follows each start. The pool has measured a few short jobs first, as a
+serving deployment has.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ async def run(ctx: Context) -> dict[str, Any]:
             full = {"queued": capacity, **await _measure(client, monitor, load.measured, 429)}
         finally:
             client.close()
-    while_running = [await _refused_while_running(ctx, load, n) for n in (1, load.running)]
+    while_running = [await _while_running(ctx, load, n, 429) for n in (1, load.running)]
+    admitted_running = [await _while_running(ctx, load, n, 202) for n in (1, load.running)]
     first, last = levels[0], levels[-1]
     base = first["own_cpu_ms_per_request"]
     growth = last["own_cpu_ms_per_request"] / base if base else None
@@ -132,6 +135,7 @@ async def run(ctx: Context) -> dict[str, Any]:
         "accepted": levels,
         "refused_full_queue": full,
         "refused_while_running": while_running,
+        "admitted_while_running": admitted_running,
         "targets": [
             target(
                 f"accepted POST's own CPU at {last['queued']:,} queued over at {first['queued']}",
@@ -144,17 +148,21 @@ async def run(ctx: Context) -> dict[str, Any]:
     }
 
 
-async def _refused_while_running(ctx: Context, load: Load, jobs: int) -> dict[str, Any]:
-    """429s against a full queue of one place while `jobs` jobs hold every slot."""
+async def _while_running(ctx: Context, load: Load, jobs: int, expect: int) -> dict[str, Any]:
+    """POSTs answered `expect` while `jobs` jobs run: 429s against a full queue of one place, the slots
+    all held; or 202s with a free slot for each measured job, which starts before the next POST."""
     engine = EngineSpec(ttft_ms=0.0, interval_ms=1000.0)
-    orch = OrchestratorSpec(slots=jobs, queue_capacity=1)
+    refused = expect == 429
+    slots = jobs if refused else jobs + load.measured + 1  # the measured ones, and `_measure`'s first
+    orch = OrchestratorSpec(slots=slots, queue_capacity=1) if refused else OrchestratorSpec(slots=slots)
     with running(engine, orch, scratch_dir("admission"), ctx.source) as (eng, orc):
         client = Client(orc.base_url, max_connections=FILL_CONCURRENCY + 8)
         monitor = Monitor(orc.pid, eng.pid)
         try:
             await closed_loop(partial(through_orchestrator, client, 1), 4, 16, 30.0)  # measured jobs
             await _fill(jobs, partial(_admitted, client, 3_600))
-            await _admitted(client, TOKENS)  # the queue's one place: taken once every job has started
-            return {"running": jobs, **await _measure(client, monitor, load.measured, 429)}
+            if refused:
+                await _admitted(client, TOKENS)  # the queue's one place: taken once every job has started
+            return {"running": jobs, **await _measure(client, monitor, load.measured, expect)}
         finally:
             client.close()

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from orchestratord.core.queue import Place
 from orchestratord.core.route import Route
+from orchestratord.core.work import Progress
 from orchestratord.outlook import Outlook
 from orchestratord.runs import Running, Runs
 from pool_manager.registry import PoolRegistry
@@ -98,3 +100,30 @@ def test_the_embedded_backend_reuses_nothing_before_a_measure() -> None:
     assert outlook.capacity(ROUTE).mean_service_s == pytest.approx(2.0)
     now[0] = 100.2
     assert outlook.capacity(ROUTE).mean_service_s == pytest.approx(2.2)
+
+
+class CountedRuns(Runs):
+    """Runs that count the walks of every running job (`progress`)."""
+
+    walks = 0
+
+    def progress(self, now: float) -> dict[str, list[Progress]]:
+        self.walks += 1
+        return super().progress(now)
+
+
+def test_a_job_a_free_slot_takes_is_predicted_without_walking_the_running_jobs() -> None:
+    """While streams open, a run starts between one admission and the next, so that no release time
+    worked out for one can serve the next: a job that a free slot takes needs none (its slots' part is
+    0); a job that waits for a release does."""
+    now, runs = [100.0], CountedRuns()
+    outlook = outlook_at(now, runs, 0.25, exact=True)
+    outlook._snapshots = pools(free=2)
+    for i in range(3):
+        runs.add(run(f"j{i}", 99.0 + i / 10))  # a start before each admission
+        assert outlook.predict(ROUTE, Place(ahead=0)) == 0
+        assert outlook.predict(ROUTE, Place(ahead=1)) == 0
+    assert runs.walks == 0
+    outlook._snapshots = pools(free=0, total=3)
+    assert outlook.predict(ROUTE, Place(ahead=0)) == 9_000  # j0, 1 s into its 10, frees the first slot
+    assert runs.walks == 1
