@@ -62,6 +62,13 @@ class Real:
         return {**pool, **overrides}
 
     # -- engine-side evidence ------------------------------------------------------------------
+    @property
+    def shows_busy(self) -> bool:
+        """Whether `busy` can say, known without asking the engine: vLLM's API server answers late
+        while it decodes on 2 cores (its `/metrics` too), so a test that acts mid-generation must not
+        ask it first."""
+        return isinstance(self.server, LlamaServer | VllmServer)
+
     def busy(self) -> bool | None:
         """Is the engine generating now? None where it does not say (llama-cpp-python)."""
         if isinstance(self.server, LlamaServer):

@@ -69,16 +69,17 @@ def generating(client: httpx.Client, real: Real, posted: dict[str, Any]) -> None
     """Wait until the engine is mid-generation. For the engines that show it (busy slots, running
     requests): the job runs, then a second more, on time rather than on a token count or the engine's
     gauges, since vLLM on 2 cores streams (and updates its metrics) in bursts, often all at the end.
-    llama-cpp-python shows nothing: its first token (it streams evenly)."""
-    if real.busy() is None:
+    llama-cpp-python shows nothing: its first token (it streams evenly). The engine is not asked
+    here: vLLM's API server may answer only once the generation is over."""
+    if not real.shows_busy:
         first = read_events(client, posted["sse_url"], stop_after=3)  # started, then a token or metrics
         assert first[0].event == "started" and first[-1].event in ("token", "metrics"), first
         return
 
-    def running() -> bool:
-        return bool(client.get(f"/v1/tasks/{posted['job_id']}").json()["state"] == "running")
+    def state() -> str:
+        return str(client.get(f"/v1/tasks/{posted['job_id']}").json()["state"])
 
-    wait_until(running, 30, "the job running")
+    wait_until(lambda: state() == "running", 30, lambda: f"the job running (it is {state()})")
     time.sleep(1.0)
 
 
