@@ -12,8 +12,8 @@ the process is watched for a few seconds with no request: what a deep queue cost
 Then the same 429s against a queue of one place with many jobs running (a token a second each, no
 reader), and with one: the predictions a 429's hint is made from know when each running job frees its
 slot, and a cost that grows with the running jobs shows there. Last, accepted POSTs with as many jobs
-running and free slots for each, as while many streams open: every measured job starts before the
-next POST, so that an admission follows each start. The pool has measured a few short jobs first, as a
+running and free slots for each, as while many streams open: each measured job starts at once, so
+that starts and admissions alternate. The pool has measured a few short jobs first, as a
 serving deployment has.
 """
 
@@ -155,7 +155,7 @@ async def run(ctx: Context) -> dict[str, Any]:
 
 async def _while_running(ctx: Context, load: Load, jobs: int, expect: int) -> dict[str, Any]:
     """POSTs answered `expect` while `jobs` jobs run: 429s against a full queue of one place, the slots
-    all held; or 202s with a free slot for each measured job, which starts before the next POST."""
+    all held; or 202s with a free slot for each measured job, which starts at once."""
     engine = EngineSpec(ttft_ms=0.0, interval_ms=1000.0)
     refused = expect == 429
     slots = jobs if refused else jobs + load.measured + 1  # the measured ones, and `_measure`'s first
