@@ -225,9 +225,9 @@ def _route_stdlib(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # httpx(2): a line per engine request (the job events say it); sse_starlette: a line per SSE chunk at
-    # debug, i.e. per token, with the generated text. Neither belongs in the log, at any level.
-    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2", "sse_starlette"):
+    # httpx(2): a line per engine request (the job events say it). It does not belong in the log, at
+    # any level.
+    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

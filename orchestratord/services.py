@@ -14,6 +14,7 @@ from orchestratord.idempotency import Idempotency
 from orchestratord.jobs import JobControl
 from orchestratord.loop_lag import LoopLag
 from orchestratord.metrics import Metrics
+from orchestratord.open_streams import OpenStreams
 from orchestratord.outlook import Outlook
 from orchestratord.pool_ops import PoolOps
 from orchestratord.presence import Presence
@@ -45,4 +46,5 @@ class Services:
     control: ControlPlane
     lag: LoopLag = field(default_factory=lambda: LoopLag(None))  # how far behind the event loop runs
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    streams: OpenStreams = field(default_factory=OpenStreams)  # the SSE responses being written
     started_at: float = field(default_factory=time.time)  # wall clock, when the services were built

@@ -5,6 +5,8 @@
    (embedded backend; with shared state they stay queued for another replica).
 3. Running jobs may finish within `shutdown_grace_s`; those still running then end with a retriable
    WORKER_RESET error and their engine requests are closed.
+4. Half a second later the streams still open are closed: with shared state, those of jobs that go
+   on in another replica (their clients resume there from their last event id).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ async def drain_and_stop(services: Services) -> None:
         await services.runs.wait(CANCEL_WAIT_S)
     await _end_queued(services)  # a job whose admission was already under way when draining began
     services.shutdown.set()
+    services.streams.close_soon()  # those of jobs that go on in another replica, once the rest are written
     log.info("drained", grace_s=grace)
 
 

@@ -1,1 +1,1 @@
-"""The HTTP layer: the only package that imports FastAPI, Starlette and sse-starlette."""
+"""The HTTP layer: the only package that imports FastAPI and Starlette."""

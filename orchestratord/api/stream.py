@@ -6,16 +6,14 @@ import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, cast
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import Response
-from sse_starlette import EventSourceResponse
-from sse_starlette.sse import SendTimeoutError
-from starlette.types import Receive, Scope, Send
 
 from orchestratord.api.deps import get_owner, get_services
 from orchestratord.api.responses import BUDGET_HEADERS, errors_for
+from orchestratord.api.sse import EventStream, frame
 from orchestratord.core.tasks import RS, US, EventRun, LogEvent
 from orchestratord.errors import InvalidParams, StateUnavailable
 from orchestratord.logs import get_logger
@@ -28,7 +26,7 @@ MAX_PENDING_BYTES = 64 * 1024  # how far a stream reads the log ahead of what th
 
 @router.get(
     "/v1/tasks/{job_id}/stream",
-    response_class=EventSourceResponse,
+    response_class=EventStream,
     responses={
         200: {
             "content": {"text/event-stream": {}},
@@ -66,13 +64,13 @@ async def stream_task(
     except BaseException:
         await reader.leave()
         raise
-    return _EventStream(
+    return EventStream(
         frames(services, record.job_id, last_event_id, reader),
-        reader,
-        ping=services.settings.stream.keepalive_s,
-        send_timeout=services.settings.stream.send_timeout_s,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **budget},
-        sep="\n",
+        keepalive_s=services.settings.stream.keepalive_s,
+        send_timeout_s=services.settings.stream.send_timeout_s,
+        headers=budget,
+        streams=services.streams,
+        on_end=reader.leave,  # counted out even if its frames were never read
     )
 
 
@@ -109,24 +107,6 @@ class Reader:
             await asyncio.shield(self._services.presence.detach(self._job_id))
 
 
-class _EventStream(EventSourceResponse):
-    """sse-starlette's response; a client that takes no bytes for `send_timeout` seconds is cut off
-    (its connection is closed, the reader detaches) and that is logged as a fact, not a crash. The
-    reader is counted out when the response ends, even if its frames were never read."""
-
-    def __init__(self, content: AsyncIterator[bytes], reader: Reader, **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
-        self._reader = reader
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            log.warning("stream_send_timeout", path=scope.get("path"), send_timeout_s=self.send_timeout)
-        finally:
-            await self._reader.leave()
-
-
 async def frames(
     services: Services, job_id: str, after: str | None, reader: Reader | None = None
 ) -> AsyncIterator[bytes]:
@@ -150,12 +130,8 @@ async def frames(
 
 
 def encode(event: LogEvent) -> bytes:
-    """One SSE frame. Event data is JSON, one line; a line break in it starts a new data line (which
-    the client joins back with LF: SSE cannot carry a CR), a trailing one included."""
-    data = event.data
-    if "\n" in data or "\r" in data:
-        data = "\ndata: ".join(data.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
-    return f"id: {event.id}\nevent: {event.name}\ndata: {data}\n\n".encode()
+    """One event's SSE frame, with its id (event data is JSON, one line)."""
+    return frame(event.name, event.data, event.id)
 
 
 _TOKEN_SEP = f"{US}token{US}"  # between a token's id and its data, in a run's records

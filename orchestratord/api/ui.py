@@ -19,11 +19,11 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, Response
-from sse_starlette import EventSourceResponse
 
 from orchestratord.api.deps import get_services
 from orchestratord.api.pools import pool_list
 from orchestratord.api.responses import errors_for
+from orchestratord.api.sse import EventStream, frame
 from orchestratord.api.task_list import summary
 from orchestratord.core.shares import Held, buckets, entitled
 from orchestratord.core.tasks import JobState
@@ -63,30 +63,30 @@ async def queue_page(services: ServicesDep) -> HTMLResponse:
 
 @router.get(
     "/ui/events",
-    response_class=EventSourceResponse,
+    response_class=EventStream,
     responses={200: {"content": {"text/event-stream": {}}}, **errors_for(404)},
     operation_id="queuePageEvents",
 )
-async def queue_page_events(request: Request, services: ServicesDep) -> EventSourceResponse:
+async def queue_page_events(request: Request, services: ServicesDep) -> EventStream:
     _enabled(services)
     feed: Feed | None = getattr(request.app.state, "ui_feed", None)
     if feed is None:
         feed = request.app.state.ui_feed = Feed(services)
-    return EventSourceResponse(
+    return EventStream(
         _frames(feed, services),
-        ping=15,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        sep="\n",
+        keepalive_s=services.settings.stream.keepalive_s,
+        send_timeout_s=services.settings.stream.send_timeout_s,
+        streams=services.streams,
     )
 
 
-async def _frames(feed: Feed, services: Services) -> AsyncIterator[dict[str, Any]]:
+async def _frames(feed: Feed, services: Services) -> AsyncIterator[bytes]:
     interval = services.settings.ui.interval_s
     while not services.shutdown.is_set():
         try:
-            yield {"event": "snapshot", "data": (await feed.frame()).decode()}
+            yield frame("snapshot", (await feed.frame()).decode())
         except StateUnavailable as exc:
-            yield {"event": "unavailable", "data": orjson.dumps({"message": exc.message}).decode()}
+            yield frame("unavailable", orjson.dumps({"message": exc.message}).decode())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(services.shutdown.wait(), interval)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -50,3 +52,13 @@ def engine_started(server: Any, pool: str = "default", replica: str = "r0") -> i
     """How many requests the pool's mock engine has begun."""
     started: int = server.app.state.services.adapters[(pool, replica)].stats.started
     return started
+
+
+def silent_reader(base_url: str, path: str) -> socket.socket:
+    """A client that asks for a stream and then reads nothing: a tiny receive window fills at once."""
+    url = urlsplit(base_url)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((url.hostname or "127.0.0.1", url.port or 80))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+    return sock

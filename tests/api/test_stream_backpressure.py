@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator, Callable
-from urllib.parse import urlsplit
 
 import httpx
 
 from orchestratord.api.stream import MAX_PENDING_BYTES, coalesced, encode
 from orchestratord.core.tasks import LogEvent
-from tests.api.helpers import submit, wait_for
+from tests.api.helpers import silent_reader, submit, wait_for
 from tests.conftest import mock_pool
 from tests.fakes.servers import LoopbackServer
 
@@ -42,16 +41,6 @@ async def test_the_log_is_read_ahead_of_a_stalled_reader_by_a_bounded_amount() -
     await frames.aclose()
 
 
-def _open_stream(base_url: str, path: str) -> socket.socket:
-    """A client that asks for the stream and then reads nothing: a tiny receive window fills at once."""
-    url = urlsplit(base_url)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((url.hostname or "127.0.0.1", url.port or 80))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
-    return sock
-
-
 def _read_to_eof(sock: socket.socket, timeout: float) -> bytes:
     sock.settimeout(timeout)
     received = bytearray()
@@ -78,7 +67,7 @@ def test_a_reader_that_takes_nothing_is_cut_off_after_send_timeout(
     server.server.servers[0].sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     with httpx.Client(base_url=server.base_url, timeout=30) as client:
         job = submit(client, max_tokens=tokens, cancel_on_disconnect=False)
-        sock = _open_stream(server.base_url, job["sse_url"])
+        sock = silent_reader(server.base_url, job["sse_url"])
         try:
             wait_for(lambda: client.get(job["status_url"]).json()["state"] == "succeeded", timeout=60)
             store = server.app.state.services.store

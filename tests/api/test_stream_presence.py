@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
-from orchestratord.api.stream import Reader, _EventStream, frames
+from orchestratord.api.sse import EventStream
+from orchestratord.api.stream import Reader, frames
 from orchestratord.core.tasks import LogEvent
 
 
@@ -62,7 +63,9 @@ async def test_a_reader_counted_in_with_its_record_is_counted_out_if_its_frames_
     its response is sent; a client gone before the first frame is counted out by the response."""
     services = _services(ends=False)
     reader = Reader(services, "j1", attached=True)
-    response = _EventStream(frames(services, "j1", None, reader), reader)
+    response = EventStream(
+        frames(services, "j1", None, reader), keepalive_s=None, send_timeout_s=None, on_end=reader.leave
+    )
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.disconnect"}

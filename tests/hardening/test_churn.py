@@ -222,8 +222,8 @@ def _settle(
 @pytest.mark.timeout(180)
 def test_issue_7_no_leaks_under_churn(make_server: Any) -> None:
     server: LoopbackServer = make_server(**SETTINGS)
-    # A warm-up first: what is created once (connection pools, sse-starlette's shutdown watcher,
-    # metric children, caches) belongs to the baseline, not to the churn.
+    # A warm-up first: what is created once (connection pools, metric children, caches) belongs to
+    # the baseline, not to the churn.
     warm_ids, _ = asyncio.run(churn(server.base_url, WARM_UP, SEED))
     _settle(server, warm_ids)
     server.call(_purge(server))

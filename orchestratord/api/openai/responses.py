@@ -33,7 +33,7 @@ from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import response_error
 from orchestratord.api.openai.requests import TIERS, OpenAIRequest
 from orchestratord.api.openai.schemas import openai_errors
-from orchestratord.api.openai.streaming import Chunks, next_batch, tail, unless_gone
+from orchestratord.api.openai.streaming import chunks, next_batch, tail, unless_gone
 from orchestratord.api.schemas import Text
 from orchestratord.api.submission import default_max_tokens, submit
 from orchestratord.core.tasks import JobState, LogEvent, Message, TaskSpec, new_job_id
@@ -288,8 +288,7 @@ async def create_response(
     record = await services.jobs.get(result.job_id, caller.tenant)
     headers = {"X-Job-Id": result.job_id, **result.headers}
     if body.stream:
-        return Chunks(_events(services, record, body.background, -1), media_type="text/event-stream",
-                      headers=headers)  # fmt: skip
+        return chunks(services, _events(services, record, body.background, -1), headers)
     if body.background:
         return _json(ResponseEvents(record, True).snapshot(), headers)
     return await _answer_when_done(request, services, record, headers)
@@ -315,7 +314,7 @@ async def get_response(
     background = not record.cancel_on_disconnect
     if stream:
         after = -1 if starting_after is None else starting_after
-        return Chunks(_events(services, record, background, after), media_type="text/event-stream")
+        return chunks(services, _events(services, record, background, after))
     return _json(await _current(services, record), {"X-Job-Id": record.job_id})
 
 

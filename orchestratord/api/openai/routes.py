@@ -24,7 +24,7 @@ from orchestratord.api.errors import from_event, openai_error, to_openai_respons
 from orchestratord.api.openai.render import DONE, Rendering, Surface, ToolCalls, error_chunk
 from orchestratord.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from orchestratord.api.openai.schemas import ChatCompletion, Completion, ModelList, openai_errors
-from orchestratord.api.openai.streaming import Chunks, next_batch, tail, unless_gone
+from orchestratord.api.openai.streaming import chunks, next_batch, tail, unless_gone
 from orchestratord.api.submission import default_max_tokens, submit
 from orchestratord.core.tasks import LogEvent, new_job_id
 from orchestratord.errors import ErrorKind, StateUnavailable
@@ -36,7 +36,6 @@ router = APIRouter(tags=["openai"])
 log = get_logger(__name__)
 JsonCaller = Annotated[Caller, Depends(get_json_caller)]
 Generation = ChatCompletionRequest | CompletionRequest
-_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _generation_responses(whole: type[Any]) -> dict[int | str, dict[str, Any]]:
@@ -97,8 +96,7 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
     )  # fmt: skip
     headers = {"X-Job-Id": result.job_id, **result.headers}
     if body.stream:
-        chunks = _stream(services, rendering, services.settings.stream.keepalive_s)
-        return Chunks(chunks, media_type="text/event-stream", headers={**_STREAM_HEADERS, **headers})
+        return chunks(services, _stream(services, rendering, services.settings.stream.keepalive_s), headers)
     return await _whole(request, services, rendering, headers)
 
 

@@ -1,18 +1,17 @@
 """What the OpenAI surfaces share to serve a job's events: tailing its log as its reader (the reader's
-leaving may cancel the job after the grace), batching what is already there into one write, and a
-streaming response that notices a client that left."""
+leaving may cancel the job after the grace), batching what is already there into one write, and the
+streaming response."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
+from orchestratord.api.sse import EventStream
 from orchestratord.core.tasks import LogEvent
 from orchestratord.errors import StateUnavailable
 from orchestratord.services import Services
@@ -21,24 +20,18 @@ T = TypeVar("T")
 _BACKLOG = 256  # events read from the log ahead of the client; the log itself is the buffer
 
 
-class Chunks(StreamingResponse):
-    """Starlette's streaming response, stopped when the client leaves: under ASGI 2.4 Starlette relies
-    on a failed send to notice, and uvicorn drops a send to a closed connection in silence, so a
-    stream between chunks (a job still queued, a slow engine) would never learn of it."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        streaming = asyncio.ensure_future(self.stream_response(send))
-        gone = asyncio.ensure_future(self.listen_for_disconnect(receive))
-        try:
-            await asyncio.wait({streaming, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            streaming.cancel()
-            gone.cancel()
-            await asyncio.gather(streaming, gone, return_exceptions=True)
-        if not streaming.cancelled() and isinstance(streaming.exception(), Exception):
-            failure = streaming.exception()
-            if not isinstance(failure, OSError):  # a client gone mid-write is no error of ours
-                raise failure  # type: ignore[misc]
+def chunks(
+    services: Services, body: AsyncIterator[bytes], headers: Mapping[str, str] | None = None
+) -> EventStream:
+    """An OpenAI surface's stream, written as every stream is (`EventStream`: a client that leaves is
+    noticed at once, one that takes nothing is cut off); its keep-alives are the surface's own."""
+    return EventStream(
+        body,
+        keepalive_s=None,
+        send_timeout_s=services.settings.stream.send_timeout_s,
+        headers=headers,
+        streams=services.streams,
+    )
 
 
 async def unless_gone(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
