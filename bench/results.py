@@ -20,7 +20,7 @@ from bench.procs import REPO
 RESULTS = REPO / "bench" / "results"
 _L = TypeVar("_L")
 _PACKAGES = (
-    "uvicorn", "uvloop", "httptools", "starlette", "fastapi", "sse-starlette", "orjson", "httpx", "httpx2",
+    "uvicorn", "uvloop", "httptools", "starlette", "fastapi", "orjson", "httpx", "httpx2",
 )  # fmt: skip
 
 

@@ -27,7 +27,7 @@ from tests.e2e_engine.real_engines import (
 )
 from tests.e2e_engine.tiny_model import write_tiny_llama
 from tests.fakes.servers import LoopbackServer
-from tests.fakes.sse import read_events
+from tests.fakes.sse import Event, read_events
 
 pytestmark = pytest.mark.engine
 ENGINES = ["llama-server", "llama-cpp-python", "vllm"]
@@ -97,6 +97,13 @@ def mid_generation(client: httpx.Client, real: Real) -> tuple[dict[str, Any], fl
             return posted, before
         ended.append(client.get(f"/v1/tasks/{posted['job_id']}").json())
     raise AssertionError(f"no job was still running a second after it started: {ended}")
+
+
+def finished_before(events: list[Event]) -> bool:
+    """Whether a job's engine had given it its whole answer (every token asked for, or its end of
+    sequence) before the test killed the engine: an `end` that is not a cut answer."""
+    last = events[-1].data if events and events[-1].event == "end" else None
+    return last is not None and (last["stop_reason"] == "eos" or last["tokens_out"] == LONG)
 
 
 def job(client: httpx.Client, **fields: Any) -> dict[str, Any]:
@@ -273,11 +280,18 @@ def test_a_killed_engine_gives_one_retriable_error_then_its_replica_comes_back(
         def ready() -> bool:
             return bool(client.get("/v1/pools/real/health").json()["ready"])
 
-        posted, _ = mid_generation(client, real)
-        real.server.kill()
-        events = read_events(client, posted["sse_url"])
+        for _ in range(3):
+            posted, _ = mid_generation(client, real)
+            real.server.kill()
+            events = read_events(client, posted["sse_url"])
+            if not finished_before(events):
+                break
+            # vLLM on 2 cores streams in bursts: the whole answer may lie in our socket's buffer by the
+            # time the engine dies. That job proves nothing; another is tried with the engine back.
+            real.server.start()
+            wait_until(ready, 5, "the replica ready again")
         errors = [e for e in events if e.event == "error"]
-        assert len(errors) == 1 and events[-1] is errors[0], [e.event for e in events]
+        assert len(errors) == 1 and events[-1] is errors[0], (len(events), events[0], events[-1])
         assert errors[0].data["retriable"] is True, errors[0].data
         wait_until(lambda: not ready(), 5, "the replica unready")
         real.server.start()  # same port; returns once the engine answers its health check
