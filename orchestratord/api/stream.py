@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Header
@@ -21,7 +21,7 @@ from orchestratord.services import Services
 
 router = APIRouter(tags=["tasks"])
 log = get_logger(__name__)
-MAX_PENDING_BYTES = 64 * 1024  # how far a stream reads the log ahead of what the client has taken
+WRITE_BYTES = 64 * 1024  # a batch's frames are joined into writes of about this size
 
 
 @router.get(
@@ -113,6 +113,10 @@ async def frames(
     """Tail the event log, with `reader` (a new one when not given) counted in while it reads. A
     reader never touches the engine: leaving only updates presence.
 
+    The log is read as the client takes the stream, in the response's own task: each time the
+    response is ready for more, everything the log holds past its last write leaves as one write (see
+    `joined`). Nothing reads ahead of the client: the log itself is the buffer.
+
     If a shared state backend goes away mid-stream, the stream ends without a terminal event: the
     client reconnects with Last-Event-ID (503 with Retry-After until the backend is back) and loses
     nothing."""
@@ -120,9 +124,10 @@ async def frames(
         reader = Reader(services, job_id, attached=False)
     try:
         await reader.attach()
-        async for chunk in coalesced(services.store.read_runs(job_id, after)):
-            yield chunk
-        reader.ended = True  # `read_runs` ends by itself only once the job has ended
+        async for batch in services.store.read_batches(job_id, after):
+            for chunk in joined(batch):
+                yield chunk
+        reader.ended = True  # `read_batches` ends by itself only once the job has ended
     except StateUnavailable:
         log.warning("stream_lost_state_backend", job_id=job_id)
     finally:
@@ -150,62 +155,22 @@ def encode_run(run: EventRun) -> bytes:
     return ("id: " + text.replace(RS, "\n\nid: ") + "\n\n").encode()
 
 
-async def coalesced(
-    events: AsyncIterator[LogEvent | EventRun], *, max_pending_bytes: int = MAX_PENDING_BYTES
-) -> AsyncIterator[bytes]:
-    """The frames of `events`, joined: every event already in the log when the reader is scheduled
-    leaves in one write (a burst of tokens from one engine read is one write, not one per token).
-
-    The log is read ahead of the writes by at most `max_pending_bytes`: a reader that does not read
-    holds back the log's tail, never more than that much memory (the log itself is the buffer)."""
-    buffer = _Pending(max_pending_bytes)
-
-    async def pump() -> None:
-        try:
-            async for event in events:  # (a run's batch, from the Redis log of a job running elsewhere)
-                frame = encode(event) if type(event) is LogEvent else encode_run(cast(EventRun, event))
-                await buffer.put(frame)
-        finally:
-            buffer.ready.set()
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            if not buffer.frames and not task.done():
-                await buffer.ready.wait()
-            buffer.ready.clear()
-            if buffer.frames:
-                yield buffer.take()
-            elif task.done():
-                task.result()  # an error in the log's reader surfaces here
-                return
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-
-class _Pending:
-    """Frames read from the log and not yet written; `put` waits while they exceed the bound."""
-
-    def __init__(self, limit: int) -> None:
-        self.frames: list[bytes] = []
-        self.ready = asyncio.Event()  # set when frames arrive (or the log ends)
-        self._size = 0
-        self._limit = limit
-        self._room = asyncio.Event()  # set while under the bound
-        self._room.set()
-
-    async def put(self, frame: bytes) -> None:
-        self.frames.append(frame)
-        self._size += len(frame)
-        self.ready.set()
-        if self._size >= self._limit:
-            self._room.clear()
-            await self._room.wait()
-
-    def take(self) -> bytes:
-        chunk = b"".join(self.frames)
-        self.frames.clear()
-        self._size = 0
-        self._room.set()
-        return chunk
+def joined(batch: Sequence[LogEvent | EventRun], write_bytes: int = WRITE_BYTES) -> Iterator[bytes]:
+    """The frames of a batch the log gave at once, joined into writes of about `write_bytes` (a burst
+    of tokens from one engine read is one write, not one per token; a replay from the start of a long
+    log is many, so that a reader's next write is never more than that, and a frame)."""
+    if len(batch) == 1:
+        event = batch[0]
+        yield encode(event) if type(event) is LogEvent else encode_run(cast(EventRun, event))
+        return
+    frames: list[bytes] = []
+    size = 0
+    for event in batch:
+        frames.append(encode(event) if type(event) is LogEvent else encode_run(cast(EventRun, event)))
+        size += len(frames[-1])
+        if size >= write_bytes:
+            yield b"".join(frames)
+            frames.clear()
+            size = 0
+    if frames:
+        yield b"".join(frames)

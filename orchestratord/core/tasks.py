@@ -149,7 +149,7 @@ RS, US = "\x1e", "\x1f"
 class EventRun(NamedTuple):
     """Consecutive events of one run, none of them terminal, as such a log stores them: `records` (see
     RS and US), under `id`, the newest event's id. A reader that relays the log as it is stored gets
-    these whole (`EventLog.read_runs`); `events()` splits one into its events."""
+    these whole (`EventLog.read_batches`); `events()` splits one into its events."""
 
     id: str
     records: str

@@ -157,9 +157,14 @@ class EventLog(Protocol):
         """Every event after `after`, waiting for more, until the terminal event."""
         ...
 
-    def read_runs(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent | EventRun]:
-        """As `read`, for a reader that relays the log as it is stored (api/stream.py): where the
-        backend keeps a run's events together (Redis), it may give them as one `EventRun`."""
+    def read_batches(
+        self, job_id: str, after: str | None = None
+    ) -> AsyncIterator[Sequence[LogEvent | EventRun]]:
+        """As `read`, for a reader that relays the log as it is stored (api/stream.py): each time the
+        reader looks, every event the log holds past what it gave last, as one batch (never empty;
+        the terminal event, if any, last). Where the backend keeps a run's events together (Redis),
+        a batch may give them as one `EventRun`. The log itself is the buffer: a reader that does
+        not look holds nothing."""
         ...
 
     async def run_over(self, job_id: str) -> None:

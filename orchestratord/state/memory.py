@@ -62,6 +62,9 @@ class _Job:
         return self.record
 
 
+READ_BATCH = 1024  # events a reader is given at most at once (a finished log's are built as it reads)
+
+
 class _CompactLog:
     """A finished job's events, kept for `retention_s` for late readers and resumes.
 
@@ -83,6 +86,9 @@ class _CompactLog:
     def __getitem__(self, index: int) -> LogEvent:
         start = self._ends[index - 1] if index > 0 else 0
         return LogEvent(str(index + 1), self._names[index], self._data[start : self._ends[index]])
+
+    def between(self, start: int, stop: int) -> list[LogEvent]:
+        return [self[index] for index in range(start, stop)]
 
 
 class MemoryStore:
@@ -278,17 +284,25 @@ class MemoryStore:
         return True
 
     async def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
+        async for batch in self.read_batches(job_id, after):
+            for event in batch:
+                yield event
+
+    async def read_batches(self, job_id: str, after: str | None = None) -> AsyncIterator[list[LogEvent]]:
         job = self._jobs.get(job_id)
         if job is None:
             return
         cursor = int(after) if after else 0
         while True:
-            while cursor < len(job.events):
-                event = job.events[cursor]
-                cursor += 1
-                yield event
-                if event.terminal:
+            events = job.events
+            if cursor < len(events):
+                end = min(len(events), cursor + READ_BATCH)
+                batch = events[cursor:end] if isinstance(events, list) else events.between(cursor, end)
+                cursor = end
+                yield batch
+                if batch[-1].terminal:  # nothing is appended after it
                     return
+                continue
             if job.ended:
                 return  # `after` lies beyond the terminal event: nothing more will ever come
             if self._closed:
@@ -296,9 +310,6 @@ class MemoryStore:
             waiter = asyncio.get_running_loop().create_future()
             job.waiters.append(waiter)  # no await since the last look at the log: no wake-up is lost
             await waiter
-
-    def read_runs(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
-        return self.read(job_id, after)  # the log holds each event as it is relayed
 
     def valid_event_id(self, event_id: str) -> bool:
         return event_id.isascii() and event_id.isdigit() and len(event_id) < 19

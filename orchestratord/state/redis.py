@@ -401,51 +401,53 @@ class RedisStore:
             await self._logs.settle(job_id)
         return True
 
-    def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
+    async def read(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent]:
         """The log after `after`, then each event as it comes, to the terminal event. A job this
         instance runs is read from its local log (`redis_local`), in the process; any other from Redis,
         and caught up, the reader waits in this instance's one shared blocking read (`redis_tail`), not
         on a connection of its own. Ends after the terminal event, or when the job has ended and
         everything after `after` has been read; a job Redis no longer holds ends with a STATE_LOST
         `error`."""
-        return cast(AsyncIterator[LogEvent], self._read(job_id, after, runs=False))
+        async for batch in self._batches(job_id, after, runs=False):
+            for event in cast(list[LogEvent], batch):
+                yield event
 
-    def read_runs(self, job_id: str, after: str | None = None) -> AsyncIterator[LogEvent | EventRun]:
-        """As `read`, but what is read from Redis gives each batch of a run as it is stored, whole:
-        a reader that relays a job running elsewhere splits no batch into events."""
-        return self._read(job_id, after, runs=True)
+    def read_batches(
+        self, job_id: str, after: str | None = None
+    ) -> AsyncIterator[Sequence[LogEvent | EventRun]]:
+        """As `read`, a batch at a time: what the local log shows each time the reader looks, or one
+        read from Redis, where each batch of a run comes whole, as it is stored (a reader that relays
+        a job running elsewhere splits no batch into events)."""
+        return self._batches(job_id, after, runs=True)
 
-    async def _read(
+    async def _batches(
         self, job_id: str, after: str | None, *, runs: bool
-    ) -> AsyncIterator[LogEvent | EventRun]:
+    ) -> AsyncIterator[list[LogEvent | EventRun]]:
+        # Never an empty list; the terminal event, if any, last (nothing follows it in a log).
         local = self._logs.get(job_id)
         started = self._started.get(job_id) if local is None and after is None else None
         if started is not None:  # admitted here to run here, and still queued: no need to read Redis
-            yield started
+            yield [started]
             after = started.id
-        # Both sources give lists of events: one generator step per event, here, as in one process.
         if local is None:  # queued, or running elsewhere: from Redis, until its run starts here
             async for batch in self._read_shared(
                 job_id, after, runs=runs, until_here=True, queued=started is not None
             ):
-                for event in batch:
-                    yield event
-                    if event.terminal:
-                        return
+                yield batch
+                if batch[-1].terminal:
+                    return
                 after = batch[-1].id
             local = self._logs.get(job_id)
             if local is None:  # it ended (or Redis lost it) without running here
                 return
         async for events in local.read(after):
-            for event in events:
-                yield event
-                if event.terminal:
-                    return
+            yield cast(list[LogEvent | EventRun], events)
+            if events[-1].terminal:
+                return
             after = events[-1].id
         after = local.resume_from(after)  # it ended elsewhere: its end is in Redis
         async for batch in self._read_shared(job_id, after, runs=runs):
-            for event in batch:
-                yield event
+            yield batch
 
     async def run_over(self, job_id: str) -> None:
         await self._logs.settle(job_id)

@@ -30,11 +30,11 @@ class _Store:
     def __init__(self, ends: bool) -> None:
         self.ends = ends
 
-    async def read_runs(self, job_id: str, after: str | None) -> AsyncIterator[LogEvent]:
-        yield LogEvent("1-0", "started", "{}")
-        yield LogEvent("1-1", "token", '{"t":"a","i":0}')
+    async def read_batches(self, job_id: str, after: str | None) -> AsyncIterator[list[LogEvent]]:
+        yield [LogEvent("1-0", "started", "{}")]
+        yield [LogEvent("1-1", "token", '{"t":"a","i":0}')]
         if self.ends:
-            yield LogEvent("1-2", "end", "{}")
+            yield [LogEvent("1-2", "end", "{}")]
         else:
             await asyncio.Event().wait()  # the job goes on
 

@@ -1004,7 +1004,7 @@ async def test_a_reader_elsewhere_relays_a_runs_batch_whole_and_frames_it_as_its
     await a.flush("j1")
     await a.finish("j1", JobState.SUCCEEDED, "end", {"stop_reason": "eos"})
     read = await events(b, "j1")
-    relayed = [e async for e in b.read_runs("j1")]
+    relayed = [e async for batch in b.read_batches("j1") for e in batch]
     assert [type(e) for e in relayed] == [LogEvent, EventRun, LogEvent]  # started, the batch, end
     split = [e for item in relayed for e in (item.events() if isinstance(item, EventRun) else [item])]
     assert split == read

@@ -14,7 +14,7 @@ from orchestratord.core.queue import QueueEntry, QueuePolicy
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, LogEvent
 from orchestratord.state.base import JobRecord
-from orchestratord.state.memory import MemoryStore
+from orchestratord.state.memory import READ_BATCH, MemoryStore
 
 tokens = st.lists(st.text(min_size=0, max_size=8), max_size=40)
 
@@ -77,3 +77,18 @@ async def test_a_reader_waiting_when_the_job_ends_reads_through_to_the_end() -> 
     assert [event.name for event in seen] == ["token", "token", "error"]
     assert seen[-1] == end
     assert seen[1].data == '{"t":"é","i":1}'
+
+
+def test_a_long_finished_log_is_given_a_bounded_batch_at_a_time() -> None:
+    """A relaying reader (`read_batches`) of a compacted log gets its events built a batch at a time,
+    never the whole log's event objects at once."""
+
+    async def check() -> None:
+        store, written = await _written(["w"] * 2500)
+        batches = [list(batch) async for batch in store.read_batches("job")]
+        assert [len(batch) for batch in batches] == [READ_BATCH, READ_BATCH, 2503 - 2 * READ_BATCH]
+        assert [event for batch in batches for event in batch] == written
+        resumed = [event async for batch in store.read_batches("job", "2500") for event in batch]
+        assert resumed == written[2500:]
+
+    asyncio.run(check())
