@@ -207,11 +207,16 @@ def jobs_section(doc: dict[str, Any]) -> list[str]:
 
 def relay_section(doc: dict[str, Any]) -> list[str]:
     one, many = doc["one_long_stream"], doc["concurrent_streams"]
-    rows = []
-    for label, part, tokens in (
+    loads = [
         (f"one stream of {fmt(one['tokens'])} tokens", one, one["tokens"]),
         (f"{many['streams']} streams x {fmt(many['tokens_each'])} tokens", many, many["tokens_each"]),
-    ):
+    ]
+    if "openai_streams" in doc:  # (runs before 2026-12-06 did not measure the OpenAI surface)
+        surface = doc["openai_streams"]
+        label = f"{surface['streams']} streams x {fmt(surface['tokens_each'])} tokens, OpenAI surface"
+        loads.append((label, surface, surface["tokens_each"]))
+    rows = []
+    for label, part, tokens in loads:
         via, r = part["orchestratord"], part["orchestratord"]["resources"]
         per_cpu = via["completed"] * tokens / r["cpu_s"] if r["cpu_s"] else None
         rows.append(

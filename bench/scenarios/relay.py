@@ -1,4 +1,5 @@
-"""Relay throughput: tokens per second through one long stream, and across 100 concurrent streams.
+"""Relay throughput: tokens per second through one long stream, and across 100 concurrent streams
+(read from the job's stream, then through the OpenAI surface's streamed `POST /v1/completions`).
 
 The engine sends its tokens as fast as the socket takes them; the rate is the tokens the client
 received divided by the time from its first request to its last token. The same streams read straight from
@@ -16,6 +17,7 @@ from typing import Any
 from bench.client import Client
 from bench.load import JobResult, direct_to_engine, through_orchestrator
 from bench.monitor import Monitor
+from bench.openai_surface import completion
 from bench.procs import EngineSpec, OrchestratorSpec, running, scratch_dir
 from bench.results import Context, target
 from bench.scenarios.common import outcome
@@ -93,6 +95,9 @@ async def run(ctx: Context) -> dict[str, Any]:
         async with monitor.phase() as phase:
             orch_many = await streams(through_orchestrator, oc, load.streams, load.stream_tokens)
         assert phase.usage is not None
+        async with monitor.phase() as openai_phase:  # the same streams through the OpenAI surface
+            openai_many = await streams(completion, oc, load.streams, load.stream_tokens)
+        assert openai_phase.usage is not None
         ec.close()
         oc.close()
     rates = [tokens_per_s([r]) for r in orch_long if r.ok]
@@ -112,6 +117,12 @@ async def run(ctx: Context) -> dict[str, Any]:
             "tokens_each": load.stream_tokens,
             "direct": report(direct_many),
             "orchestratord": report(orch_many, phase.usage.as_dict()),
+        },
+        "openai_streams": {
+            "streams": load.streams,
+            "tokens_each": load.stream_tokens,
+            "direct": report(direct_many),
+            "orchestratord": report(openai_many, openai_phase.usage.as_dict()),
         },
         "targets": [
             target("relayed tokens/s, one long stream", single, 50_000, unit="tokens/s", at_most=False),

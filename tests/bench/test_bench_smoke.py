@@ -192,12 +192,13 @@ def test_jobs_and_relay_deliver_every_token(results: dict[str, Any]) -> None:
     assert jobs["best"]["jobs_per_s"] > 0 and jobs["best"]["engine_alone_jobs_per_s"] > 0
     assert jobs["best"]["cpu_ms_per_job"] > 0
     relay = results["relay"]
-    for part in ("one_long_stream", "concurrent_streams"):
+    for part in ("one_long_stream", "concurrent_streams", "openai_streams"):
         for side in ("direct", "orchestratord"):
             measured = relay[part][side]
             assert measured["completed"] == measured["requests"] > 0, measured["error_examples"]
             assert measured["tokens_per_s"] > 0
     assert_resources(relay["concurrent_streams"]["orchestratord"]["resources"])
+    assert_resources(relay["openai_streams"]["orchestratord"]["resources"])
 
 
 def test_open_streams_reports_memory_per_stream(results: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import response_error
 from orchestratord.api.openai.requests import TIERS, OpenAIRequest
 from orchestratord.api.openai.schemas import openai_errors
-from orchestratord.api.openai.streaming import chunks, next_batch, tail, unless_gone
+from orchestratord.api.openai.streaming import chunks, tail, unless_gone
 from orchestratord.api.schemas import Text
 from orchestratord.api.submission import default_max_tokens, submit
 from orchestratord.core.tasks import JobState, LogEvent, Message, TaskSpec, new_job_id
@@ -341,11 +341,11 @@ async def _events(
     """The response's events after sequence number `after`, from the start of the job's log, then
     as they come."""
     events = ResponseEvents(record, background)
-    async with tail(services, record.job_id) as queue:
+    async with tail(services, record.job_id) as log:
         while True:
             out: list[bytes] = []
             over = False
-            for item in await next_batch(queue):
+            for item in await anext(log):
                 if isinstance(item, BaseException):
                     return  # the state backend went away: the client resumes with starting_after
                 for event in events.of(item):
@@ -385,9 +385,9 @@ async def _answer_when_done(
 
 
 async def _until_ended(services: Services, record: JobRecord) -> dict[str, Any]:
-    async with tail(services, record.job_id) as queue:
+    async with tail(services, record.job_id) as events:
         while True:
-            for item in await next_batch(queue):
+            for item in await anext(events):
                 if isinstance(item, BaseException):
                     raise item
                 if item.terminal:

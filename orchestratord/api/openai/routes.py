@@ -24,10 +24,10 @@ from orchestratord.api.errors import from_event, openai_error, to_openai_respons
 from orchestratord.api.openai.render import DONE, Rendering, Surface, ToolCalls, error_chunk
 from orchestratord.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from orchestratord.api.openai.schemas import ChatCompletion, Completion, ModelList, openai_errors
-from orchestratord.api.openai.streaming import chunks, next_batch, tail, unless_gone
+from orchestratord.api.openai.streaming import Batch, chunks, tail, unless_gone
 from orchestratord.api.submission import default_max_tokens, submit
 from orchestratord.core.tasks import LogEvent, new_job_id
-from orchestratord.errors import ErrorKind, StateUnavailable
+from orchestratord.errors import ErrorKind
 from orchestratord.idempotency import fingerprint
 from orchestratord.logs import bind, get_logger
 from orchestratord.services import Services
@@ -101,31 +101,38 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
 
 
 async def _stream(services: Services, rendering: Rendering, keepalive_s: float) -> AsyncIterator[bytes]:
-    """The job's chunks. Until the first one, a keep-alive comment every `keepalive_s`."""
+    """The job's chunks. Until the first one, a keep-alive comment every `keepalive_s` (the log is
+    then read in a task of its own, so that a comment can go while it waits; after, in the
+    response's)."""
     sent = False
     relayed = [0]  # token events so far (continuous usage counts them)
     async with tail(services, rendering.job_id) as events:
-        while True:
-            try:
+        waiting: asyncio.Future[Batch] | None = None
+        try:
+            while True:
                 if sent:
-                    batch = await next_batch(events)
+                    batch = await anext(events)
                 else:
-                    async with asyncio.timeout(keepalive_s):
-                        batch = await next_batch(events)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
-                continue
-            out: list[bytes] = []
-            done = False
-            for event in batch:
-                done = _render(rendering, event, out, first=not sent and not out, relayed=relayed)
+                    waiting = waiting or asyncio.ensure_future(anext(events))
+                    if not (await asyncio.wait({waiting}, timeout=keepalive_s))[0]:
+                        yield b": keep-alive\n\n"
+                        continue
+                    batch, waiting = waiting.result(), None
+                out: list[bytes] = []
+                done = False
+                for event in batch:
+                    done = _render(rendering, event, out, first=not sent and not out, relayed=relayed)
+                    if done:
+                        break
+                if out:
+                    sent = True
+                    yield b"".join(out)
                 if done:
-                    break
-            if out:
-                sent = True
-                yield b"".join(out)
-            if done:
-                return
+                    return
+        finally:
+            if waiting is not None:  # the log's reader stops before the log is closed
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
 
 
 def _render(
@@ -195,10 +202,10 @@ class _Answer:
 async def _collect(services: Services, job_id: str) -> _Answer:
     answer = _Answer()
     async with tail(services, job_id) as events:
-        while True:
-            for event in await next_batch(events):
+        while True:  # (the log's last batch ends the job's answer, or is an error)
+            for event in await anext(events):
                 if isinstance(event, BaseException):
-                    raise StateUnavailable("the state backend is unreachable; retry", retry_after_ms=1000)
+                    raise event
                 if event.name == "token":
                     data = orjson.loads(event.data)
                     answer.parts.append(data["t"])

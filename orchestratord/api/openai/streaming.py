@@ -1,23 +1,22 @@
 """What the OpenAI surfaces share to serve a job's events: tailing its log as its reader (the reader's
-leaving may cancel the job after the grace), batching what is already there into one write, and the
-streaming response."""
+leaving may cancel the job after the grace), a batch of what is already there at each look (one
+write), and the streaming response."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from fastapi import Request
 
 from orchestratord.api.sse import EventStream
-from orchestratord.core.tasks import LogEvent
+from orchestratord.core.tasks import EventRun, LogEvent
 from orchestratord.errors import StateUnavailable
 from orchestratord.services import Services
 
 T = TypeVar("T")
-_BACKLOG = 256  # events read from the log ahead of the client; the log itself is the buffer
 
 
 def chunks(
@@ -55,31 +54,41 @@ async def disconnected(request: Request) -> None:
 
 
 @contextlib.asynccontextmanager
-async def tail(services: Services, job_id: str) -> AsyncIterator[asyncio.Queue[LogEvent | BaseException]]:
-    """The job's events as they are appended, through a bounded queue, with this reader counted in
-    the job's presence while it lasts (its leaving may cancel the job after the grace)."""
-    queue: asyncio.Queue[LogEvent | BaseException] = asyncio.Queue(_BACKLOG)
+async def tail(services: Services, job_id: str) -> AsyncIterator[AsyncIterator[Batch]]:
+    """The job's events, with this reader counted in the job's presence while it lasts (its leaving
+    may cancel the job after the grace): each time the reader looks, every event the log holds past
+    the last batch, as one batch (one write for a burst of tokens). The log is read in the reader's
+    own task and nothing reads ahead of it: the log itself is the buffer.
 
-    async def pump() -> None:
-        try:
-            async for event in services.store.read(job_id):
-                await queue.put(event)
-        except StateUnavailable as exc:
-            await queue.put(exc)
-
+    A batch ends with the terminal event, or with a `StateUnavailable` in place of it when the log
+    cannot be read to its end (the state backend went away, or the log is gone); nothing follows."""
     await services.presence.attach(job_id)
-    task = asyncio.create_task(pump())
+    batches = _batches(services, job_id)
     try:
-        yield queue
+        yield batches
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await asyncio.shield(services.presence.detach(job_id))
+        try:
+            await batches.aclose()
+        finally:
+            await asyncio.shield(services.presence.detach(job_id))
 
 
-async def next_batch(queue: asyncio.Queue[LogEvent | BaseException]) -> list[LogEvent | BaseException]:
-    """The next event, and every one already waiting behind it (one write for a burst of tokens)."""
-    batch = [await queue.get()]
-    while not queue.empty():
-        batch.append(queue.get_nowait())
-    return batch
+Batch = list[LogEvent | BaseException]
+
+
+async def _batches(services: Services, job_id: str) -> AsyncGenerator[Batch]:
+    try:
+        async for batch in services.store.read_batches(job_id):
+            events: Batch = []
+            for item in batch:
+                if isinstance(item, EventRun):  # a run's batch from Redis, whole
+                    events += item.events()
+                else:
+                    events.append(item)
+            yield events
+            if batch[-1].terminal:
+                return
+    except StateUnavailable as exc:
+        yield [exc]
+        return
+    yield [StateUnavailable("the job's event log is no longer readable; retry", retry_after_ms=1000)]
