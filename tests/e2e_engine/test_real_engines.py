@@ -205,15 +205,27 @@ def test_health_probes_never_cut_a_running_stream(
 def test_a_cancel_frees_the_engine_and_stops_its_generation(
     make_server: Callable[..., LoopbackServer], real: Real
 ) -> None:
+    """For the engines that count what they generate: the canceled job's generation stops short of
+    its end. vLLM on 2 cores, beside the rest of the suite, sometimes generates a whole answer in one
+    burst before the cancel reaches it (its API server notices the closed connection only when its
+    loop next runs); each of up to three jobs is a fresh chance, and an engine that never stops fails
+    all three."""
     server = serve(make_server, real)
+    generated: list[float] = []
     with httpx.Client(base_url=server.base_url, timeout=120) as client:
-        posted, before = mid_generation(client, real)
-        assert client.post(f"/v1/tasks/{posted['job_id']}/cancel").status_code == 204
-        end = read_events(client, posted["sse_url"])[-1]
-        assert end.event == "end" and end.data["stop_reason"] == "canceled"
+        for _ in range(3 if real.shows_busy else 1):
+            posted, before = mid_generation(client, real)
+            assert client.post(f"/v1/tasks/{posted['job_id']}/cancel").status_code == 204
+            end = read_events(client, posted["sse_url"])[-1]
+            assert end.event == "end" and end.data["stop_reason"] == "canceled"
+            if before is None:
+                break
+            wait_until(lambda: not real.busy(), 10, f"{real.name} freed its slot")
+            generated.append(real.generated_since(before))
+            if generated[-1] < LONG:
+                break
     if before is not None:
-        wait_until(lambda: not real.busy(), 10, f"{real.name} freed its slot")
-        assert real.generated_since(before) < LONG, "the engine stopped early"
+        assert generated[-1] < LONG, f"the engine generated every token asked for, each time: {generated}"
     else:  # llama-cpp-python serves one request at a time: a short one finishes only if ours stopped
         began = time.monotonic()
         _, count = real.direct(chat=False, text="Hi", max_tokens=4)
