@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from orchestratord.api.openai.streaming import tail
+from orchestratord.api.openai.streaming import MOST_A_BATCH, tail
 from orchestratord.core.tasks import RS, US, EventRun, LogEvent
 from orchestratord.errors import StateUnavailable
 
@@ -57,3 +57,12 @@ def test_a_log_that_ends_without_its_terminal_event_ends_with_state_unavailable(
     assert read[0] == [TOKENS[0]]
     assert len(read) == 2 and len(read[1]) == 1 and isinstance(read[1][0], StateUnavailable)
     assert presence == ["attach", "detach"]
+
+
+def test_a_long_batch_is_given_a_bounded_part_at_a_time() -> None:
+    """A reader that catches up on a long log (a replay, or a client that took nothing for a while)
+    renders at most `MOST_A_BATCH` events into one write."""
+    many = [LogEvent(f"2-{i}", "token", f'{{"t":"x","i":{i}}}') for i in range(600)]
+    read, _ = asyncio.run(_read([[*many, END]]))
+    assert [len(batch) for batch in read] == [MOST_A_BATCH, MOST_A_BATCH, 601 - 2 * MOST_A_BATCH]
+    assert [event for batch in read for event in batch] == [*many, END]

@@ -17,6 +17,7 @@ from orchestratord.errors import StateUnavailable
 from orchestratord.services import Services
 
 T = TypeVar("T")
+MOST_A_BATCH = 256  # events a reader renders into one write at most
 
 
 def chunks(
@@ -57,8 +58,9 @@ async def disconnected(request: Request) -> None:
 async def tail(services: Services, job_id: str) -> AsyncIterator[AsyncIterator[Batch]]:
     """The job's events, with this reader counted in the job's presence while it lasts (its leaving
     may cancel the job after the grace): each time the reader looks, every event the log holds past
-    the last batch, as one batch (one write for a burst of tokens). The log is read in the reader's
-    own task and nothing reads ahead of it: the log itself is the buffer.
+    the last batch, as one batch (one write for a burst of tokens), of at most `MOST_A_BATCH` events.
+    The log is read in the reader's own task and nothing reads ahead of it: the log itself is the
+    buffer.
 
     A batch ends with the terminal event, or with a `StateUnavailable` in place of it when the log
     cannot be read to its end (the state backend went away, or the log is gone); nothing follows."""
@@ -85,7 +87,8 @@ async def _batches(services: Services, job_id: str) -> AsyncGenerator[Batch]:
                     events += item.events()
                 else:
                     events.append(item)
-            yield events
+            for start in range(0, len(events), MOST_A_BATCH):  # (a replay renders a write at a time)
+                yield events[start : start + MOST_A_BATCH]
             if batch[-1].terminal:
                 return
     except StateUnavailable as exc:
