@@ -62,7 +62,7 @@ async def tail(services: Services, job_id: str) -> AsyncIterator[AsyncIterator[B
     The log is read in the reader's own task and nothing reads ahead of it: the log itself is the
     buffer.
 
-    A batch ends with the terminal event, or with a `StateUnavailable` in place of it when the log
+    The last batch ends with the terminal event, or with a `StateUnavailable` in place of it when the log
     cannot be read to its end (the state backend went away, or the log is gone); nothing follows."""
     await services.presence.attach(job_id)
     batches = _batches(services, job_id)
