@@ -121,9 +121,16 @@ def http_protocol(limits: LimitsConfig) -> type[GuardedHttpToolsProtocol]:
     )
 
 
+# How long an idle keep-alive connection stays open (the header deadline, `limits.header_timeout_s`,
+# may close it sooner). Longer than httpx's keep-alive expiry (5 s, the OpenAI SDKs' too): a server
+# that closes at the moment a client reuses the connection resets the client's request, and with
+# both at 5 s a client that waited just under 5 s could get "connection reset by peer".
+KEEP_ALIVE_S = 10
+
+
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     """uvicorn as we run it: uvloop, and httptools with a header size limit and a header deadline (slow
-    or silent clients are cut off), a short keep-alive, and a graceful-shutdown budget beyond our own
+    or silent clients are cut off), a keep-alive past the usual clients' own, and a graceful-shutdown budget beyond our own
     drain."""
     limits = settings.limits
     return uvicorn.Config(
@@ -134,7 +141,7 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         access_log=False,
         loop="uvloop",
         http=http_protocol(limits),
-        timeout_keep_alive=5,
+        timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
 

@@ -74,6 +74,18 @@ def test_a_body_trickled_past_its_deadline_gets_408(base_url: str) -> None:
     assert "did not arrive within 1 s" in str(envelope["message"])
 
 
+def test_an_idle_keep_alive_connection_outlives_the_clients_own_expiry(base_url: str) -> None:
+    """httpx and the OpenAI SDKs reuse an idle connection for up to 5 s. The server keeps it longer, so
+    a request sent just before a client's expiry never meets the server's close (a reset)."""
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(base_url) as sock:
+        sock.sendall(get)
+        assert response_of(sock)[0] == 200
+        time.sleep(6.0)
+        sock.sendall(get)
+        assert response_of(sock)[0] == 200
+
+
 def test_a_long_body_at_the_minimum_rate_gets_the_time_it_needs(base_url: str) -> None:
     """4,000 bytes at the minimum rate of 1,000 bytes/s may take 4 s: sent over 2 s, past the 1 s
     deadline a short body gets, it is served."""
