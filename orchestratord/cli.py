@@ -130,8 +130,8 @@ KEEP_ALIVE_S = 10
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     """uvicorn as we run it: uvloop, and httptools with a header size limit and a header deadline (slow
-    or silent clients are cut off), a keep-alive past the usual clients' own, and a graceful-shutdown budget beyond our own
-    drain."""
+    or silent clients are cut off), a keep-alive past the usual clients' own (`KEEP_ALIVE_S`), and a
+    graceful-shutdown budget beyond our own drain."""
     limits = settings.limits
     return uvicorn.Config(
         app,
