@@ -114,6 +114,7 @@ def http_protocol(limits: LimitsConfig) -> type[GuardedHttpToolsProtocol]:
     """The HTTP protocol class with this configuration's deadlines, header limit and caps."""
     return guarded_protocol(
         header_timeout_s=limits.header_timeout_s,
+        keep_alive_s=limits.keep_alive_s,
         max_header_bytes=limits.max_header_bytes,
         body_timeout_s=limits.body_timeout_s,
         min_body_rate_bytes_s=limits.min_body_rate_bytes_s,
@@ -121,16 +122,9 @@ def http_protocol(limits: LimitsConfig) -> type[GuardedHttpToolsProtocol]:
     )
 
 
-# How long an idle keep-alive connection stays open (the header deadline, `limits.header_timeout_s`,
-# may close it sooner). Longer than httpx's keep-alive expiry (5 s, the OpenAI SDKs' too): a server
-# that closes at the moment a client reuses the connection resets the client's request, and with
-# both at 5 s a client that waited just under 5 s could get "connection reset by peer".
-KEEP_ALIVE_S = 10
-
-
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
     """uvicorn as we run it: uvloop, and httptools with a header size limit and a header deadline (slow
-    or silent clients are cut off), a keep-alive past the usual clients' own (`KEEP_ALIVE_S`), and a
+    or silent clients are cut off), the idle keep-alive of `limits.keep_alive_s`, and a
     graceful-shutdown budget beyond our own drain."""
     limits = settings.limits
     return uvicorn.Config(
@@ -141,7 +135,6 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         access_log=False,
         loop="uvloop",
         http=http_protocol(limits),
-        timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
 

@@ -197,6 +197,10 @@ class LimitsConfig(_Strict):
     max_prompt_chars: int = Field(default=1_000_000, ge=1)
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     header_timeout_s: float = Field(default=10.0, gt=0)
+    # An idle keep-alive connection closes after this long; keep it above the idle timeout of any load
+    # balancer in front (nginx and AWS ALB keep idle backend connections 60 s), else a request it sends
+    # on a connection the server closes that very moment fails (docs/operations.md, "Connections").
+    keep_alive_s: int = Field(default=75, ge=1)
     # A request body must arrive within max(body_timeout_s, its length / min_body_rate_bytes_s).
     body_timeout_s: float = Field(default=30.0, gt=0)
     min_body_rate_bytes_s: int = Field(default=4096, ge=1)

@@ -3,8 +3,14 @@ per request than the pure-Python h11) with the guards it lacks.
 
 - A header deadline. uvicorn waits forever for the first request on a new connection (its keep-alive
   timeout only starts after a response), so a client that connects and sends nothing, or trickles its
-  headers, would hold a connection for good. Here every request's headers must be complete within
-  `header_timeout_s` of the connection opening or the previous response ending; else it is closed.
+  headers, would hold a connection for good. Here a new connection's first request head must be
+  complete within `header_timeout_s` of the connection opening, and every later one within
+  `header_timeout_s` of its first byte (or of the previous response's end, for a head that began
+  before it); else the connection is closed.
+- A keep-alive of its own length. Between a response and the next request's first byte, a connection
+  idles for up to `keep_alive_s` (uvicorn's keep-alive timer, set from it here), apart from the header
+  deadline: a load balancer that keeps idle connections to its backends for 60 s needs backends that
+  keep them longer, while a slow head is still cut off after `header_timeout_s`.
 - A body deadline. A request's body must be complete within max(`body_timeout_s`, its length /
   `min_body_rate_bytes_s`) of its headers; else the client gets 408 and the connection closes.
 - Connection caps (`Connections`): at most `max_connections` open client connections, and at most
@@ -100,6 +106,7 @@ class Connections:
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout_s: float = 10.0
+    keep_alive_s: int = 75
     max_header_bytes: int = 16 * 1024
     body_timeout_s: float = 30.0
     min_body_rate_bytes_s: int = 4096
@@ -113,11 +120,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _in_head: bool = True  # the bytes arriving belong to a request head (or come before one)
     _boundaries: int = 0  # heads and messages ended so far: tells whether a read crossed one
     _head_bytes: int = 0
+    _head_began: bool = False  # the parser has begun a request it has not ended yet
     _owed: int = 0  # requests parsed whose response is not complete yet
     _refusal: OrchestratorError | None = None  # the answer to send once `_owed` is 0
     _lingering: bool = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.timeout_keep_alive = self.keep_alive_s  # uvicorn arms it when a response ends
         super().connection_made(transport)
         client = self.client[0] if self.client else ""
         if not self.open_connections.admit(self, client):
@@ -150,6 +159,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return  # the answer is sent; what follows is dropped until the connection closes
+        if self._deadline is None and self._owed == 0:
+            self._await_headers()  # an idle keep-alive's next request begins (uvicorn unsets its timer)
         boundaries = self._boundaries
         super().data_received(data)
         # A read that crossed no boundary and ends inside a head is all head. One that crossed one
@@ -161,6 +172,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(HeadersTooLarge(f"request headers exceed the limit of {limit} bytes"))
 
     # -- llhttp's callbacks (the parser calls them from inside `data_received`) ------------------
+    def on_message_begin(self) -> None:
+        self._head_began = True
+        super().on_message_begin()
+
     def on_headers_complete(self) -> None:
         self._disarm()
         if self.parser.get_http_version() not in HTTP_VERSIONS:
@@ -178,6 +193,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._disarm()  # the body is in: the server owes the response now
         self.waiting_since = None
+        self._head_began = False
         self._in_head = True
         self._boundaries += 1
         super().on_message_complete()
@@ -190,8 +206,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._refusal is not None:
             self._answer_when_due()
+        elif self._head_began and not next_is_parsed:
+            self._await_headers()  # a head began while the server owed the response
         elif not next_is_parsed:
-            self._await_headers()
+            self.waiting_since = time.monotonic()  # idle: uvicorn's keep-alive timer closes it
 
     def send_400_response(self, msg: str) -> None:
         """llhttp refused the bytes received, or `on_headers_complete` refused the HTTP version."""
@@ -280,6 +298,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 def guarded_protocol(
     *,
     header_timeout_s: float,
+    keep_alive_s: int,
     max_header_bytes: int,
     body_timeout_s: float = 30.0,
     min_body_rate_bytes_s: int = 4096,
@@ -291,6 +310,7 @@ def guarded_protocol(
         pass
 
     Guarded.header_timeout_s = header_timeout_s
+    Guarded.keep_alive_s = keep_alive_s
     Guarded.max_header_bytes = max_header_bytes
     Guarded.body_timeout_s = body_timeout_s
     Guarded.min_body_rate_bytes_s = min_body_rate_bytes_s

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from orchestratord.cli import KEEP_ALIVE_S, http_protocol
+from orchestratord.cli import http_protocol
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,6 @@ def serve_in_thread(app: Any, **config: Any) -> Iterator[LoopbackServer]:
     settings = getattr(getattr(app, "state", None), "settings", None)
     if settings is not None:
         config.setdefault("http", http_protocol(settings.limits))
-        config.setdefault("timeout_keep_alive", KEEP_ALIVE_S)
     cfg = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, **config)
     server = uvicorn.Server(cfg)
     holder: dict[str, Any] = {}

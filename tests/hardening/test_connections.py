@@ -17,6 +17,7 @@ import pytest
 from tests.fakes.servers import LoopbackServer, serve_in_process
 
 HEADER_TIMEOUT_S = 1.0
+KEEP_ALIVE_S = 3
 MAX_HEADER_BYTES = 8192
 
 
@@ -24,7 +25,8 @@ MAX_HEADER_BYTES = 8192
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config = tmp_path_factory.mktemp("conn") / "c.yaml"
     config.write_text(
-        f"limits: {{header_timeout_s: {HEADER_TIMEOUT_S}, max_header_bytes: {MAX_HEADER_BYTES}}}\n"
+        f"limits: {{header_timeout_s: {HEADER_TIMEOUT_S}, keep_alive_s: {KEEP_ALIVE_S}, "
+        f"max_header_bytes: {MAX_HEADER_BYTES}}}\n"
     )
     with serve_in_process("--config", str(config)) as (base, _):
         yield base
@@ -48,17 +50,21 @@ def read_all(sock: socket.socket) -> bytes:
 def read_response(sock: socket.socket) -> bytes:
     """One response with a content-length, and nothing more."""
     raw = b""
-    while b"\r\n\r\n" not in raw or len(raw) < len(first_response(raw)):
+    while b"\r\n\r\n" not in raw or len(raw) < response_length(raw):
         chunk = sock.recv(65536)
         assert chunk, f"closed before the response was complete: {raw!r}"
         raw += chunk
     return raw
 
 
-def first_response(raw: bytes) -> bytes:
+def response_length(raw: bytes) -> int:
+    """The length of the response `raw` begins with (its head complete), body included."""
     head, _, _ = raw.partition(b"\r\n\r\n")
-    length = int(parse(head + b"\r\n\r\n")[1]["content-length"])
-    return raw[: len(head) + 4 + length]
+    return len(head) + 4 + int(parse(head + b"\r\n\r\n")[1]["content-length"])
+
+
+def first_response(raw: bytes) -> bytes:
+    return raw[: response_length(raw)]
 
 
 def trickle_until_closed(sock: socket.socket) -> bytes:
@@ -167,7 +173,7 @@ def test_a_client_that_trickles_its_headers_is_cut_off(base_url: str) -> None:
 
 
 def test_idle_keep_alive_connections_are_closed_and_busy_ones_are_not(base_url: str) -> None:
-    """The header deadline starts again after each response, and never cuts a running request."""
+    """An idle connection closes after the keep-alive, and the deadlines never cut a running request."""
     with connect(base_url) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(HEADER_TIMEOUT_S / 2)
@@ -180,6 +186,42 @@ def test_idle_keep_alive_connections_are_closed_and_busy_ones_are_not(base_url: 
         with client.stream("GET", job["sse_url"]) as stream:
             lines = [line for line in stream.iter_lines() if line.startswith("event:")]
     assert lines[-1] == "event: end"
+
+
+def test_an_idle_keep_alive_outlives_the_header_deadline_and_then_closes(base_url: str) -> None:
+    """Between requests a connection idles for `keep_alive_s`, not `header_timeout_s`: a load balancer
+    reusing a connection idle longer than the header deadline is served, and the connection closes
+    quietly once idle for the whole keep-alive."""
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(base_url) as sock:
+        sock.sendall(get)
+        read_response(sock)
+        time.sleep(HEADER_TIMEOUT_S * 1.6)
+        sock.sendall(get)
+        answered = read_response(sock)
+        idle_from = time.monotonic()
+        assert read_all(sock) == b""
+        idled = time.monotonic() - idle_from
+    assert parse(answered)[0] == 200
+    assert KEEP_ALIVE_S * 0.9 <= idled < KEEP_ALIVE_S + HEADER_TIMEOUT_S * 2
+
+
+@pytest.mark.parametrize("first_bytes", [b"GET /healthz HTTP/1.1\r\n", b"\r\n"], ids=["a-head", "a-crlf"])
+def test_a_request_begun_on_an_idle_keep_alive_gets_the_header_deadline_from_its_first_byte(
+    base_url: str, first_bytes: bytes
+) -> None:
+    """After an idle while, the next request's first bytes start the header deadline: a head left
+    unfinished (or bytes that begin none, which stop uvicorn's keep-alive timer) is cut off after
+    `header_timeout_s`, not after a keep-alive or never."""
+    with connect(base_url) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_response(sock)
+        time.sleep(HEADER_TIMEOUT_S * 1.2)
+        sock.sendall(first_bytes)
+        began = time.monotonic()
+        assert read_all(sock) == b""
+        waited = time.monotonic() - began
+    assert HEADER_TIMEOUT_S * 0.9 <= waited < KEEP_ALIVE_S
 
 
 @pytest.mark.parametrize("pipelined", [True, False], ids=["pipelined", "after-the-response"])

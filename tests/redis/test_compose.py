@@ -16,8 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from orchestratord.cli import KEEP_ALIVE_S
-from orchestratord.settings import load_settings
+from orchestratord.settings import LimitsConfig, load_settings
 from tests.fakes.servers import REPO
 
 REPLICAS = ("orchestratord-1", "orchestratord-2")
@@ -127,7 +126,7 @@ def test_the_load_balancer_spreads_over_every_replica_without_buffering_streams(
     assert upstream is not None
     assert sorted(re.findall(r"server ([\w.-]+):(\d+)", upstream.group(1))) == [(r, "8080") for r in REPLICAS]
     idle = re.search(r"keepalive_timeout (\d+)s;", upstream.group(1))
-    assert idle is not None and int(idle.group(1)) < KEEP_ALIVE_S, (
+    assert idle is not None and int(idle.group(1)) < LimitsConfig().keep_alive_s, (
         "nginx drops an idle connection before the replica closes it (else a reused one meets the close)"
     )
     listen = re.search(r"listen (\d+);", conf)
