@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -25,6 +27,20 @@ from orchestratord.open_streams import OpenStreams
 log = get_logger(__name__)
 PING = b": ping\n\n"
 FINISH_TIMEOUT_S = 1.0  # how long a closed stream waits for its client to take the body's end
+
+# A stream that cuts off a client taking nothing ends without the body's end (the client could not
+# take it), and uvicorn then closes the connection and logs an error, as it would for an application
+# that forgot to finish its response. The stream says so in its request's task (each request has its
+# own), where uvicorn logs, and this filter drops that one record: the stream logs the cut itself.
+_INCOMPLETE = "ASGI callable returned without completing response."
+_cut_off_here: ContextVar[bool] = ContextVar("stream_cut_off", default=False)
+
+
+def _not_a_cut_off_stream(record: logging.LogRecord) -> bool:
+    return not (record.msg == _INCOMPLETE and _cut_off_here.get())
+
+
+logging.getLogger("uvicorn.error").addFilter(_not_a_cut_off_stream)
 
 
 def frame(event: str, data: str, event_id: str | None = None) -> bytes:
@@ -89,6 +105,7 @@ class EventStream(Response):
                 raise  # a cancellation of the request itself (the server stopping)
             if self._cut == "slow":
                 log.warning("stream_send_timeout", path=scope.get("path"), send_timeout_s=self._send_timeout)
+                _cut_off_here.set(True)
             elif self._cut == "closed":
                 await self._finish()
         except OSError:

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import pytest
 
 from orchestratord.api.stream import WRITE_BYTES, Reader, frames
 from orchestratord.core.queue import QueueEntry, QueuePolicy
@@ -47,8 +48,10 @@ def _read_to_eof(sock: socket.socket, timeout: float) -> bytes:
 
 
 def test_a_reader_that_takes_nothing_is_cut_off_after_send_timeout(
-    make_server: Callable[..., LoopbackServer],
+    make_server: Callable[..., LoopbackServer], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """...and the cut is the stream's warning alone: uvicorn does not report the response it could not
+    finish as the application's error."""
     tokens = 20_000  # about 1 MB of frames: far more than the socket buffers between us and the server
     server = make_server(
         pools=[
@@ -74,3 +77,4 @@ def test_a_reader_that_takes_nothing_is_cut_off_after_send_timeout(
             sock.close()
     assert received.startswith(b"HTTP/1.1 200")
     assert b"event: end" not in received  # cut off mid-stream: the client reconnects with Last-Event-ID
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("uvicorn")] == []
