@@ -2,7 +2,7 @@
 # docker build -t orchestratord:local .  ·  docker compose up (docker-compose.yml) for the deployment.
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY orchestratord orchestratord
 COPY worker_adapters worker_adapters
 COPY pool_manager pool_manager
