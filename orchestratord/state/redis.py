@@ -103,7 +103,7 @@ class RedisStore:
         self._scripts = Scripts(line_url, prefix, self.options.timeout_s, node=self._node)
         self._signals = Signals(self._reader, prefix, self.owner, self._elsewhere)
         self._leases = RedisLeases(
-            self._scripts, self.options.lease_ttl_s, self.owner, started=self._started_with_lease, wall=wall
+            self._scripts, self.options.lease_ttl_s, self.owner, started=self._started_with_lease
         )
         self.leases: LeaseStore = self._leases
         self._logs = LocalLogs(
@@ -245,9 +245,7 @@ class RedisStore:
         if leased is not None and leased[:2] == (pool_id, replica_id):
             reply = leased[2]
         else:
-            reply = await self._scripts.run(
-                "start", job_id, self.owner, repr(self._wall()), pool_id, replica_id, engine
-            )
+            reply = await self._scripts.run("start", job_id, self.owner, pool_id, replica_id, engine)
         if reply is None:
             return None
         entries, record, text = reply
@@ -273,7 +271,7 @@ class RedisStore:
         # Only the replica running a job ends it successfully; anyone may cancel or fail it.
         owner = self.owner if state is JobState.SUCCEEDED else ""
         args: tuple[str | int, ...] = (
-            job_id, state.value, name, _json(payload), repr(self._wall()), self._retention_ms, owner,
+            job_id, state.value, name, _json(payload), self._retention_ms, owner,
             _text(payload.get("stop_reason")), _text(payload.get("code")), _text(payload.get("message")),
             counted,
         )  # fmt: skip
@@ -731,8 +729,9 @@ class RedisStore:
         return self._signals.wakes()
 
     async def reap(self, now: float) -> list[Reaped]:
+        # (`now` is not sent: claims lapse, and a lost job ends, by Redis's clock, lua/reap.lua)
         await self.lost_since()  # every replica reaps: each sees it at once if Redis lost its data
-        flat = await self._scripts.run("reap", repr(now), self._retention_ms, self._weights, RESET_MESSAGE)
+        flat = await self._scripts.run("reap", self._retention_ms, self._weights, RESET_MESSAGE)
         triples = zip(flat[::3], flat[1::3], flat[2::3], strict=True)
         return [
             Reaped(job_id, cast(ReapAction, action), engine or None) for job_id, action, engine in triples

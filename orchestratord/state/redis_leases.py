@@ -21,14 +21,12 @@ class RedisLeases:
         ttl_s: float,
         owner: str,
         started: Callable[[Lease, Any], None] | None = None,
-        wall: Callable[[], float] = time.time,
     ) -> None:
         self._scripts = scripts
         self._owner = owner
         # A lease that names its engine starts the job with it, in the same call (lease_acquire.lua):
         # `started` is handed what the start returned, for the job's run (RedisStore.start).
         self._started = started
-        self._wall = wall
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self.renewed = 0.0  # monotonic: when the heartbeat last renewed this instance's claims
         self._given_back: dict[str, Lease] = {}  # leases the jobs' good ends released (`finish`)
@@ -38,7 +36,7 @@ class RedisLeases:
         args: tuple[str | int, ...] = (lease.job_id, where, limit, self._ttl_ms)
         if self._started is None or not lease.engine:
             return bool(await self._scripts.run("lease_acquire", *args))
-        start = (self._owner, repr(self._wall()), lease.pool_id, lease.replica_id, lease.engine)
+        start = (self._owner, lease.pool_id, lease.replica_id, lease.engine)
         reply = await self._scripts.run("lease_acquire", *args, *start)
         if not isinstance(reply, list):
             return False  # not granted

@@ -268,15 +268,11 @@ def test_capacity_is_never_exceeded_under_concurrent_posts_to_every_replica(
     wait_for(lambda: leases_held(trio) == 0, what="the slot is free again")
 
 
-# A replica stamps a job's start with its own clock when it asks Redis for the slot, before the call
-# reaches Redis. Between the two, other replicas' calls may run first: another job's end, which frees
-# the slot this one then gets. So a start may be stamped up to a busy replica's delay before the slot
-# was its; a job oversubscribing a slot (a lease lapsed while its job ran) would overlap for its whole
-# run, which lasts longer than this allowance.
-START_STAMP_SKEW_S = 0.1
-
-
 def test_slots_are_never_oversubscribed_across_replicas(trio: Deployment, http: Clients) -> None:
+    """A job's start and end are stamped by Redis's clock inside the scripts that take its slot (the
+    lease starts the job: lease_acquire.lua) and give it back (its good end releases the lease:
+    finish.lua), so two jobs whose times overlap held one slot at once."""
+
     def run(i: int) -> str:
         with client(trio, i % 3) as c:
             return str(submit(c, max_tokens=12)["job_id"])  # 0.3 s each at the pool's 40 tokens/s
@@ -285,10 +281,9 @@ def test_slots_are_never_oversubscribed_across_replicas(trio: Deployment, http: 
         job_ids = list(pool.map(run, range(12)))
     wait_for(lambda: all(status(http(1), j)["state"] == "succeeded" for j in job_ids), what="all jobs ran")
     spans = [
-        (instant(s["started_at"]) + START_STAMP_SKEW_S, instant(s["finished_at"]))
-        for s in (status(http(2), j) for j in job_ids)
+        (instant(s["started_at"]), instant(s["finished_at"])) for s in (status(http(2), j) for j in job_ids)
     ]
-    assert all(start < end for start, end in spans), "each job ran longer than the allowance"
+    assert all(start < end for start, end in spans)
     edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
     running, peak = 0, 0
     for _, step in edges:

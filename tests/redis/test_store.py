@@ -89,8 +89,34 @@ async def test_a_record_written_by_one_instance_reads_the_same_on_another(make_s
     a, b = make_store(), make_store()
     original = record("j1", session_id="s-1", correlation_id="c-9", cancel_on_disconnect=False)
     assert isinstance(await a.create(original, entry("j1")), Admitted)
-    assert await b.get("j1") == original
+    read = await b.get("j1")
+    assert read is not None and abs(read.created_at - original.created_at) < 5  # stamped by Redis
+    assert read == replace(original, created_at=read.created_at)
     assert await b.get("nope") is None
+
+
+async def test_a_jobs_times_are_redis_clock_whatever_the_replicas_clocks_say(make_store: MakeStore) -> None:
+    """Replicas on several hosts have clocks that differ. A job admitted through one, run on another
+    and canceled through a third is stamped by Redis's one clock, when each change happens there, so
+    its queue and decode times hold, and so does every "ended since" read that compares the stamps."""
+    hour = 3600.0
+    ahead = make_store(wall=lambda: time.time() + hour)
+    behind = make_store(wall=lambda: time.time() - hour)
+    other = make_store()
+    before = time.time()  # Redis runs on this host: its clock is this one
+    await admit(ahead, "j1", created_at=time.time() + hour)  # as the admission on `ahead` stamps it
+    await asyncio.sleep(0.05)
+    await run_on(behind, "j1")
+    await asyncio.sleep(0.05)
+    end = await other.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    after = time.time()
+    read = await other.get("j1")
+    assert end is not None and read is not None and read.started_at and read.finished_at
+    assert before - 1 <= read.created_at <= read.started_at <= read.finished_at <= after + 1
+    assert read.started_at - read.created_at >= 0.04 and read.finished_at - read.started_at >= 0.04
+    assert 40 <= orjson.loads(end.data)["decode_ms"] <= round((after - before) * 1000) + 1000
+    ended = await other.jobs(frozenset({JobState.CANCELED}), ended_after=before - 1)
+    assert [r.job_id for r in ended] == ["j1"]
 
 
 async def test_the_event_log_is_shared_ordered_and_ends_once(make_store: MakeStore) -> None:

@@ -5,8 +5,9 @@
 -- outside it (CROSSSLOT). So the scripts run on one Redis, a Sentinel primary or a Redis Cluster.
 --
 -- Keys (P = prefix):
---   P job:<id>        hash    the job record, plus `entry` (its queue entry as JSON), `seq`, `claim`
---                             (the orchestrator instance that took it), `taken`, `requeued`,
+--   P job:<id>        hash    the job record (created_at, started_at and finished_at: wall seconds by
+--                             Redis's clock, `now_s`), plus `entry` (its queue entry as JSON), `seq`,
+--                             `claim` (the orchestrator instance that took it), `taken`, `requeued`,
 --                             `expected_by` (the instance that admitted it to run itself, until taken)
 --                             and `expected_until` (ms, Redis clock: till then no other instance takes it)
 --   P text:<id>       string  the concatenated token text
@@ -31,7 +32,8 @@
 --   P alive           zset    job -> expiry (ms, Redis clock) of its owner's claim, renewed by heartbeat
 --   P leases          hash    job -> pool SEP replica;  P lz:<pool SEP replica> zset job -> expiry (ms)
 --   P lz:keys         set     every pool SEP replica that has had a lease (each of its lz zsets)
---   P ended           zset    job -> finished_at (for purge)
+--   P ended           zset    job -> finished_at (wall s, Redis clock: for purge, and for reads of
+--                             the jobs that ended since a time)
 --   P replicas        zset    instance -> expiry (ms) of its liveness, renewed by its heartbeat
 --   P readers:<inst>  hash    job -> that instance's readers (counted out when it stops renewing;
 --                             a job's field goes when the job is purged)
@@ -52,6 +54,15 @@ local function num(x) return string.format('%.17g', x) end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Wall-clock seconds (to the microsecond) by Redis's clock: a job's stamps, whichever replica makes the
+-- call, so that its times are one clock's (on replicas with skewed clocks, a job created on one, run
+-- on another and canceled through a third still has whole queue and decode times) and each stamp is
+-- taken when the change happens here, not when the replica sent its call.
+local function now_s()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1e6
 end
 
 -- Drop the held places whose time ran out; returns how many are still held.
@@ -311,12 +322,12 @@ end
 -- token), only for the orchestrator instance that took the job and still holds its claim (start.lua,
 -- and lease_acquire.lua, which starts the job with its slot). Returns the job's log so far (the
 -- instance runs it from there: state/redis_local.py), its record (the hash, flat) and its text, or nil.
-local function start_job(job, owner, now, pool, replica, engine)
+local function start_job(job, owner, pool, replica, engine)
   local h = K('job:' .. job)
   local state, claim = unpack(redis.call('HMGET', h, 'state', 'claim'))
   if (state ~= 'queued' and state ~= 'running') or claim ~= owner then return nil end
-  redis.call('HSET', h, 'state', 'running', 'started_at', now, 'pool_id', pool, 'replica_id', replica,
-    'engine', engine)
+  redis.call('HSET', h, 'state', 'running', 'started_at', num(now_s()), 'pool_id', pool,
+    'replica_id', replica, 'engine', engine)
   ensure_started(job)
   return {redis.call('XRANGE', K('log:' .. job), '-', '+'), redis.call('HGETALL', h),
     redis.call('GET', K('text:' .. job)) or ''}
@@ -400,13 +411,14 @@ end
 
 -- Move a live job to a terminal state and append its terminal event, once. `fields` holds the
 -- stop_reason / error_code / error_message to record; `counted`, the engine's tokens_out for an `end`
--- ('' or nil: the token events counted stand). Returns the event id and its data, or nil if already
--- ended.
-local function finish_job(job, state, name, data, now, retention_ms, fields, counted)
+-- ('' or nil: the token events counted stand). Stamped by Redis's clock (`now_s`). Returns the event id
+-- and its data, or nil if already ended.
+local function finish_job(job, state, name, data, retention_ms, fields, counted)
   local h = K('job:' .. job)
   local cur, started_at, tokens, taken, tenant =
     unpack(redis.call('HMGET', h, 'state', 'started_at', 'tokens_out', 'taken', 'tenant'))
   if not cur or terminal(cur) then return nil end
+  local now = now_s()
   dequeue(job)
   if counted and counted ~= '' then
     tokens = counted

@@ -5,7 +5,8 @@
 -- (ms) a `cancel_on_disconnect` job may wait for its first reader before it is due for cancellation
 -- (P unread, read by abandoned.lua), the most jobs for its route that may be ahead of it (-1: any
 -- number; admission's `queue.max_wait_s` at the dispatchers' pace, checked here because other
--- replicas admit between a replica's reads of the queue), then the record's field/value pairs.
+-- replicas admit between a replica's reads of the queue), then the record's field/value pairs (its
+-- created_at is stamped here, by Redis's clock).
 -- Returns {'admitted', stored entry, evicted entry or false, its place (as position.lua gives it)} or
 -- {'rejected', reason} or {'rejected', 'max_wait', the place it would have taken}.
 
@@ -91,6 +92,7 @@ for i = 11, #ARGV, 2 do
   fields[#fields + 1], fields[#fields + 2] = ARGV[i], ARGV[i + 1]
   if ARGV[i] == 'cancel_on_disconnect' then cancel_on_disconnect = ARGV[i + 1] == '1' end
   if ARGV[i] == 'expected_until' then fields[#fields] = num(now + tonumber(ARGV[i + 1])) end  -- given in ms from now
+  if ARGV[i] == 'created_at' then fields[#fields] = num(now_s()) end  -- stamped here: common.lua now_s
 end
 for _, v in ipairs({'entry', raw, 'taken', '0', 'requeued', '0', 'claim', ''}) do fields[#fields + 1] = v end
 redis.call('HSET', h, unpack(fields))

@@ -1,10 +1,10 @@
 -- End or re-run the jobs whose owner stopped renewing its claim (the orchestrator replica died or
 -- lost Redis): their slot leases are released; a job that sent no token yet is queued again (once);
 -- any other ends with a retriable WORKER_RESET error. Then drop every expired lease.
--- ARGV: prefix, now (wall s), retention (ms), policy JSON, error message.
+-- ARGV: prefix, retention (ms), policy JSON, error message.
 -- Returns a flat list: job, action ('requeued' | 'reset' | 'gone'), engine ('' if none), ...
-local now, retention = tonumber(ARGV[2]), tonumber(ARGV[3])
-local policy = cjson.decode(ARGV[4])
+local retention = tonumber(ARGV[2])
+local policy = cjson.decode(ARGV[3])
 local out = {}
 for _, job in ipairs(redis.call('ZRANGEBYSCORE', K('alive'), '-inf', now_ms(), 'LIMIT', 0, 100)) do
   redis.call('ZREM', K('alive'), job)
@@ -19,10 +19,9 @@ for _, job in ipairs(redis.call('ZRANGEBYSCORE', K('alive'), '-inf', now_ms(), '
       requeue(job, h, policy)
       action = 'requeued'
     else
-      local data = cjson.encode({code = 'WORKER_RESET', message = ARGV[5], retriable = true,
+      local data = cjson.encode({code = 'WORKER_RESET', message = ARGV[4], retriable = true,
         retry_after_ms = 1000, pool_id = pool or cjson.null, engine = engine or cjson.null})
-      finish_job(job, 'failed', 'error', data, now, retention,
-        {error_code = 'WORKER_RESET', error_message = ARGV[5]})
+      finish_job(job, 'failed', 'error', data, retention, {error_code = 'WORKER_RESET', error_message = ARGV[4]})
       action = 'reset'
     end
   end
