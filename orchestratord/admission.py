@@ -24,7 +24,7 @@ from orchestratord.core.prediction import predict_start_ms, retry_hint_ms
 from orchestratord.core.queue import Admitted, Place, QueueEntry, QueuePolicy, Rejected, prospective_place
 from orchestratord.core.ratelimit import TokenBucket
 from orchestratord.core.route import Route
-from orchestratord.core.tasks import JobState, TaskSpec
+from orchestratord.core.tasks import TOOL_MESSAGES, JobState, TaskSpec
 from orchestratord.endings import Endings
 from orchestratord.errors import (
     DEFAULT_RETRY_AFTER_MS,
@@ -554,6 +554,12 @@ def _honouring(spec: TaskSpec, candidates: list[PoolState]) -> list[PoolState]:
         able = [p for p in candidates if honours(p.spec.engine, parameter)]
         if not able:
             engines = ", ".join(sorted({p.spec.engine for p in candidates}))
+            if parameter == TOOL_MESSAGES:
+                raise InvalidParams(
+                    f"messages with tool calls or tool results need an engine that takes tools; the "
+                    f"engines serving {spec.model_ref!r} ({engines}) take none",
+                    param="messages",
+                )
             raise InvalidParams(
                 f"{parameter} is not supported by the engines serving {spec.model_ref!r} ({engines}); "
                 "leave it out",

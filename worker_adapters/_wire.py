@@ -19,6 +19,7 @@ import orjson
 
 from worker_adapters.base import (
     AdapterError,
+    ChatMessage,
     EngineInternal,
     EngineRejected,
     EngineUnavailable,
@@ -181,10 +182,24 @@ def wants_chat(api: str, req: SubmitRequest, engine: str) -> bool:
     return req.messages is not None
 
 
-def chat_messages(req: SubmitRequest) -> list[dict[str, str]]:
+def chat_messages(req: SubmitRequest) -> list[dict[str, object]]:
     if req.messages is None:
         return [{"role": "user", "content": req.prompt or ""}]
-    return [{"role": m.role, "content": m.content} for m in req.messages]
+    return [_chat_message(m) for m in req.messages]
+
+
+def _chat_message(m: ChatMessage) -> dict[str, object]:
+    """One turn in OpenAI's shape: an assistant turn that only called tools has `content: null`, as
+    OpenAI's SDKs send it (chat templates test for it); a tool result names its call."""
+    if m.tool_calls is None and m.tool_call_id is None:
+        return {"role": m.role, "content": m.content}
+    content = (m.content or None) if m.tool_calls is not None else m.content
+    out: dict[str, object] = {"role": m.role, "content": content}
+    if m.tool_calls is not None:
+        out["tool_calls"] = orjson.loads(m.tool_calls)
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
 
 
 _SAMPLING = ("seed", "temperature", "top_p", "presence_penalty", "frequency_penalty", "ignore_eos")

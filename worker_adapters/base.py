@@ -25,6 +25,8 @@ StopReason = Literal["max_tokens", "eos", "stop_sequence", "tool_calls"]
 class ChatMessage:
     role: str
     content: str
+    tool_calls: str | None = None  # an assistant turn's tool calls, as OpenAI's JSON text
+    tool_call_id: str | None = None  # a `tool` turn: the call it answers
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ ADAPTERS: dict[str, str] = {
 
 # Optional request parameters an engine cannot honour. A job that asks for one is only placed on
 # pools whose engine can, and refused (naming the parameter) when no pool serving its model can.
-_STRUCTURED = frozenset({"tools", "tool_choice", "response_format"})
+# (`tool_messages`: chat turns that carry tool calls or tool results, which only OpenAI-dialect chat reads.)
+_STRUCTURED = frozenset({"tools", "tool_choice", "response_format", "tool_messages"})
 _NATIVE = _STRUCTURED | {"logprobs"}
 UNSUPPORTED: dict[str, frozenset[str]] = {
     # TGI's generate parameters have no presence penalty; the native routes of TGI, llama.cpp and

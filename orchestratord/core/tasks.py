@@ -16,6 +16,8 @@ ENGINE_PARAMETERS = (
     "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format", "logprobs",
     "ignore_eos",
 )  # fmt: skip
+# Not a field: a job whose chat turns carry tool calls or tool results (`Message.carries_tools`).
+TOOL_MESSAGES = "tool_messages"
 
 
 def new_job_id(now: float | None = None) -> str:
@@ -59,8 +61,17 @@ class PlacementPrefs:
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """One chat turn. An assistant turn may carry the tool calls the model made (OpenAI's
+    `tool_calls`, as JSON text); a `tool` turn answers one of them (`tool_call_id`)."""
+
     role: str
     content: str
+    tool_calls: str | None = None
+    tool_call_id: str | None = None
+
+    @property
+    def carries_tools(self) -> bool:
+        return self.tool_calls is not None or self.tool_call_id is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +107,19 @@ class TaskSpec:
 
     @property
     def engine_parameters(self) -> tuple[str, ...]:
-        """The optional parameters the job sets that not every engine honours."""
-        return tuple(p for p in ENGINE_PARAMETERS if getattr(self, p) is not None)
+        """The optional parameters the job sets that not every engine honours (TOOL_MESSAGES: its
+        messages carry tool calls or tool results, which only the engines that take tools read)."""
+        asked = tuple(p for p in ENGINE_PARAMETERS if getattr(self, p) is not None)
+        if self.messages is not None and any(m.carries_tools for m in self.messages):
+            return (*asked, TOOL_MESSAGES)
+        return asked
 
     @property
     def prompt_text(self) -> str:
         if self.messages is not None:
-            return "\n".join(m.content for m in self.messages)
+            return "\n".join(
+                m.content if m.tool_calls is None else m.content + m.tool_calls for m in self.messages
+            )
         return self.prompt or ""
 
     @property

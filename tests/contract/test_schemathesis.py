@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
     use_after_free,
 )
 
-from orchestratord.api.openai.requests import STRUCTURED, UNSUPPORTED
+from orchestratord.api.openai.requests import STRUCTURED, UNSUPPORTED, asks_for
 from orchestratord.api.openai.responses import UNSUPPORTED as RESPONSES_NOT_YET
 from orchestratord.api.openapi import contract_document
 from orchestratord.app import create_app
@@ -81,13 +81,22 @@ def _outside_the_schema(case: schemathesis.Case) -> str | None:
         return "which pools exist is configuration (tests/core/test_placement.py)"
     if "\\u0000" in json.dumps(body):
         return "no text may contain NUL (engines take C strings); the 400 names the field (tests/api)"
-    if any(body.get(name) not in (None, False, [], {}) for name in NOT_YET):
+    if any(asks_for(name, body.get(name)) for name in NOT_YET):
         return "an OpenAI field orchestratord refuses by name until it passes it on (docs/openai.md)"
-    if any(body.get(name) is not None for name in STRUCTURED) or body.get("logprobs") not in (None, False, 0):
+    if _asks_engine_features(body):
         return "whether a model's engines take tools, formats or logprobs is configuration (tests/openai)"
     if isinstance(case.body, dict) and not _valid_body(case):
         return "schemathesis labelled a body the contract's schema refuses as positive"
     return None
+
+
+def _asks_engine_features(body: dict[str, Any]) -> bool:
+    """Whether the body asks for what only some engines take: tools, formats, logprobs, or chat turns
+    with tool calls or tool results."""
+    if any(body.get(name) is not None for name in STRUCTURED) or body.get("logprobs") not in (None, False, 0):
+        return True
+    turns = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    return any(m.get("tool_calls") or m.get("tool_call_id") is not None for m in turns)
 
 
 def _leaves_the_served_pool(placement: dict[str, Any]) -> bool:

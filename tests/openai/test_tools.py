@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import openai
+import orjson
 import pytest
 
+from orchestratord.api.openai.requests import ChatCompletionRequest
+from orchestratord.core.tasks import spec_from_dict
+from orchestratord.relay import submit_request
 from tests.fakes.engines.server import serve
 from tests.fakes.engines.vllm import VllmEngine
 from tests.fakes.servers import LoopbackServer
 from tests.openai.pools import sdk, vllm_and_mock
+from worker_adapters.openai_http import request_body
 
 CALLS = (("get_weather", '{"city": "Tokyo", "unit": "celsius"}'), ("get_time", '{"zone": "JST"}'))
 TOOLS = [
@@ -93,3 +99,121 @@ def test_tools_on_a_text_completion_are_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="qwen", prompt="x", max_tokens=3, extra_body={"tools": TOOLS})
     assert caught.value.body["param"] == "tools"  # type: ignore[index]
+
+
+def test_a_tool_loop_sends_the_calls_and_their_results_back_to_the_engine(
+    client: openai.OpenAI, engine: tuple[VllmEngine, str]
+) -> None:
+    """OpenAI's function-calling loop, as its docs write it: the response's message is appended as it
+    came, then one `tool` message for each call. The engine gets the assistant's calls (content null)
+    and each result with the id of its call."""
+    fake, _ = engine
+    messages: list[Any] = list(ASK)
+    first = client.chat.completions.create(model="qwen", messages=messages, tools=TOOLS, max_tokens=50)  # type: ignore[arg-type]
+    said = first.choices[0].message
+    messages.append(said)
+    for call, result in zip(said.tool_calls or [], ('{"celsius": 21}', '"09:30"'), strict=True):
+        messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+    second = client.chat.completions.create(model="qwen", messages=messages, tools=TOOLS, max_tokens=50)
+    assert second.choices[0].finish_reason == "tool_calls"  # the fake answers every turn with calls
+    sent = [r for r in fake.record.requests if r.method == "POST"][-1].body["messages"]
+    assert sent[0] == ASK[0]
+    assert sent[1]["role"] == "assistant" and sent[1]["content"] is None
+    assert [
+        (c["id"], c["type"], c["function"]["name"], c["function"]["arguments"]) for c in sent[1]["tool_calls"]
+    ] == [
+        ("chatcmpl-tool-0abc", "function", *CALLS[0]),
+        (said.tool_calls[1].id, "function", *CALLS[1]),  # type: ignore[index]
+    ]
+    assert sent[2:] == [
+        {"role": "tool", "content": '{"celsius": 21}', "tool_call_id": "chatcmpl-tool-0abc"},
+        {"role": "tool", "content": '"09:30"', "tool_call_id": said.tool_calls[1].id},  # type: ignore[index]
+    ]
+
+
+def test_tool_turns_reach_only_an_engine_that_takes_tools(client: openai.OpenAI) -> None:
+    turns = [*ASK, {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    ]}, {"role": "tool", "tool_call_id": "c1", "content": "09:30"}]  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="mock", messages=turns, max_tokens=3)  # type: ignore[arg-type]
+    assert caught.value.body["param"] == "messages"  # type: ignore[index]
+    assert "tool calls or tool results need an engine that takes tools" in caught.value.body["message"]  # type: ignore[index]
+    assert "'mock' (mock)" in caught.value.body["message"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("turn", "param", "says"),
+    [
+        (
+            {"role": "tool", "content": "09:30"},
+            "messages[1].tool_call_id",
+            "a tool message needs tool_call_id",
+        ),
+        ({"role": "user", "content": "x", "tool_call_id": "c1"}, "messages[1].tool_call_id", "role 'tool'"),
+        ({"role": "user", "content": "x", "tool_calls": []}, "messages[1].tool_calls", "role 'assistant'"),
+        ({"role": "assistant"}, "messages[1].content", "content is required"),
+        ({"role": "tool", "tool_call_id": "c1"}, "messages[1].content", "content is required"),
+    ],
+    ids=[
+        "result-without-its-call",
+        "call-id-on-a-user",
+        "calls-on-a-user",
+        "empty-assistant",
+        "empty-result",
+    ],
+)
+def test_a_tool_turn_openai_would_refuse_is_refused_by_name(
+    client: openai.OpenAI, turn: dict[str, Any], param: str, says: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="qwen", messages=[*ASK, turn], max_tokens=3)  # type: ignore[arg-type]
+    assert caught.value.body["param"] == param, caught.value.body  # type: ignore[index]
+    assert says in caught.value.body["message"]  # type: ignore[index]
+
+
+def test_tool_turns_are_kept_in_the_stored_spec_that_any_replica_runs() -> None:
+    """A job is stored as its spec's JSON and run from it, on this replica or another (Redis): the
+    engine request built from the stored spec carries the turns as the client sent them."""
+    calls = [
+        {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "JST"}'}}
+    ]
+    result = {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "09:30"}]}
+    turns = [*ASK, {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None}, result]
+    request = ChatCompletionRequest.model_validate({"model": "qwen", "messages": turns, "tools": TOOLS})
+    spec = request.to_spec(job_id="j", tenant="t", correlation_id=None, max_tokens=5)
+    stored = spec_from_dict(orjson.loads(orjson.dumps(spec)))  # as admission stores it, as dispatch reads it
+    assert stored == spec
+    body = request_body(submit_request(stored, "m"), "m", chat=True)
+    assert body["messages"] == [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "content": "09:30", "tool_call_id": "c1"},
+    ]
+    assert spec.tokens_in_estimate > len("weather and time in Tokyo?09:30") // 4  # the calls count too
+
+
+def test_parallel_tool_calls_at_openais_default_is_accepted_and_false_is_refused(
+    client: openai.OpenAI, engine: tuple[VllmEngine, str]
+) -> None:
+    """`parallel_tool_calls: true` is OpenAI's default and asks for nothing (clients that send their
+    settings whole send it); false asks for at most one call, which orchestratord cannot promise."""
+    fake, _ = engine
+    done = client.chat.completions.create(
+        model="qwen",
+        messages=ASK,
+        tools=TOOLS,
+        parallel_tool_calls=True,
+        max_tokens=50,  # type: ignore[arg-type]
+    )
+    assert done.choices[0].finish_reason == "tool_calls"
+    assert "parallel_tool_calls" not in [r for r in fake.record.requests if r.method == "POST"][-1].body
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="qwen",
+            messages=ASK,
+            tools=TOOLS,
+            parallel_tool_calls=False,
+            max_tokens=50,  # type: ignore[arg-type]
+        )
+    assert caught.value.body["param"] == "parallel_tool_calls"  # type: ignore[index]

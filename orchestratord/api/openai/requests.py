@@ -27,6 +27,17 @@ UNSUPPORTED = (
     "parallel_tool_calls", "functions", "function_call", "logit_bias", "prediction", "audio",
     "modalities", "reasoning_effort", "web_search_options", "store", "echo", "suffix", "best_of",
 )  # fmt: skip
+
+
+def asks_for(name: str, value: Any) -> bool:
+    """Whether an UNSUPPORTED field (or one of the Responses API's) asks for anything: it is set, and
+    not to OpenAI's default. `parallel_tool_calls` defaults to true; false asks for at most one call,
+    which orchestratord cannot promise."""
+    if name == "parallel_tool_calls":
+        return value is False
+    return value not in (None, False, [], {})
+
+
 # Passed to the engine as they are (chat only), for the engines that take them.
 STRUCTURED = ("tools", "tool_choice", "response_format")
 MAX_LOGPROBS = 20  # alternatives per token: OpenAI's limit, and vLLM's default `max_logprobs`
@@ -54,16 +65,61 @@ class ContentPart(BaseModel):
 Content = Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[ContentPart], Field(max_length=256)]
 
 
+class MessageFunctionCall(BaseModel):
+    model_config = _STRICT
+    name: Text = Field(min_length=1, max_length=256)
+    arguments: Text = Field(max_length=1_000_000)  # JSON text, as the model wrote it
+
+
+class MessageToolCall(BaseModel):
+    """A tool call an assistant turn made, sent back with the conversation."""
+
+    model_config = _STRICT
+    id: Text = Field(min_length=1, max_length=256)
+    type: Literal["function"]
+    function: MessageFunctionCall
+
+
 class ChatCompletionMessage(BaseModel):
     model_config = _STRICT
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Content
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # Optional only on an assistant turn that called tools (`check`).
+    content: Content | None = None
     name: Text | None = Field(default=None, max_length=64)
+    tool_calls: list[MessageToolCall] | None = Field(default=None, max_length=128)  # assistant turns
+    tool_call_id: Text | None = Field(default=None, min_length=1, max_length=256)  # `tool` turns
+    # What the SDKs send back when a client appends a response's message as it came: ours is null.
+    refusal: None = None
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def check(self, index: int) -> None:
+        """InvalidParams for a turn OpenAI's API would refuse: a tool result without the call it
+        answers, tool fields on the wrong role, a turn with no content that called no tool."""
+        where = f"messages[{index}]"
+        if self.role == "tool" and self.tool_call_id is None:
+            raise InvalidParams(f"{where}: a tool message needs tool_call_id, the id of the call it answers",
+                                param=f"{where}.tool_call_id")  # fmt: skip
+        if self.role != "tool" and self.tool_call_id is not None:
+            raise InvalidParams(f"{where}: tool_call_id belongs on a message with role 'tool'",
+                                param=f"{where}.tool_call_id")  # fmt: skip
+        if self.role != "assistant" and self.tool_calls is not None:
+            raise InvalidParams(f"{where}: tool_calls belongs on a message with role 'assistant'",
+                                param=f"{where}.tool_calls")  # fmt: skip
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise InvalidParams(f"{where}: content is required (it may be left out only on an assistant "
+                                "message with tool_calls)", param=f"{where}.content")  # fmt: skip
+
+    def to_message(self) -> Message:
+        calls = None
+        if self.tool_calls:  # an empty list is no call
+            calls = _json_text("tool_calls", [call.model_dump() for call in self.tool_calls])
+        return Message(_role(self.role), self.text(), calls, self.tool_call_id)
 
 
 class OpenAIRequest(BaseModel):
@@ -115,7 +171,7 @@ class _Generation(OpenAIRequest):
     def refuse_unsupported(self, *, chat: bool) -> None:
         """InvalidParams naming the first field set that orchestratord does not pass on."""
         for name in UNSUPPORTED if chat else (*UNSUPPORTED, *STRUCTURED, "top_logprobs"):
-            if getattr(self, name, None) not in (None, False, [], {}):
+            if asks_for(name, getattr(self, name, None)):
                 raise InvalidParams(f"{name} is not supported by orchestratord yet; leave it out", param=name)
 
     def structured(self) -> dict[str, str | None]:
@@ -162,7 +218,9 @@ class ChatCompletionRequest(_Generation):
         self.refuse_unsupported(chat=True)
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidParams("top_logprobs needs logprobs: true", param="top_logprobs")
-        messages = tuple(Message(_role(m.role), m.text()) for m in self.messages)
+        for index, m in enumerate(self.messages):
+            m.check(index)
+        messages = tuple(m.to_message() for m in self.messages)
         return self._spec(
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
             messages=messages, logprobs=(self.top_logprobs or 0) if self.logprobs else None,
@@ -170,7 +228,12 @@ class ChatCompletionRequest(_Generation):
         )  # fmt: skip
 
     def prompt_estimate(self) -> int:
-        return sum(len(m.text()) for m in self.messages) // 4 + 1
+        calls = sum(
+            len(c.function.arguments) + len(c.function.name)
+            for m in self.messages
+            for c in m.tool_calls or ()
+        )
+        return (sum(len(m.text()) for m in self.messages) + calls) // 4 + 1
 
 
 class CompletionRequest(_Generation):

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import response_error
-from orchestratord.api.openai.requests import TIERS, OpenAIRequest
+from orchestratord.api.openai.requests import TIERS, OpenAIRequest, asks_for
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import chunks, tail, unless_gone
 from orchestratord.api.schemas import Text
@@ -96,9 +96,7 @@ class ResponseRequest(OpenAIRequest):
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
         for name in UNSUPPORTED:
-            if getattr(self, name) not in (None, False, [], {}) and not _plain_text(
-                name, getattr(self, name)
-            ):
+            if asks_for(name, getattr(self, name)) and not _plain_text(name, getattr(self, name)):
                 raise InvalidParams(f"{name} is not supported by orchestratord yet; leave it out", param=name)
         if self.background and not self.store:
             raise InvalidParams("a background response must be stored; leave store out", param="store")
