@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.e2e_engine.real_engines import (
@@ -362,3 +363,38 @@ def test_a_vllm_pool_passes_on_the_jobs_class_and_id(
     sent = b"".join(proxy.sent)
     assert re.search(rb'"priority":\s*1', sent), sent[-400:]
     assert f"x-request-id: {posted['job_id']}-".encode() in sent.lower()
+
+
+@pytest.mark.parametrize("real", ["vllm"], indirect=True)
+def test_a_tool_loops_turns_reach_vllm_as_the_sdk_sent_them(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """The second turn of OpenAI's function-calling loop, sent with the official SDK: the assistant's
+    call (content null) and the tool's result reach vLLM, which takes them and answers exactly as it
+    answers the same turns sent to it directly."""
+    call = {
+        "id": "call-1",
+        "type": "function",
+        "function": {"name": "get_time", "arguments": '{"zone": "JST"}'},
+    }
+    turns: list[Any] = [
+        {"role": "user", "content": "What time is it in Tokyo?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call-1", "content": "09:30"},
+    ]
+    greedy = {"temperature": 0.0, "seed": 7, "max_tokens": 6}
+    direct = httpx.post(
+        real.url + "/v1/chat/completions", json={"model": MODEL, "messages": turns, **greedy}, timeout=120
+    )
+    assert direct.status_code == 200, direct.text
+    with Proxy(int(real.url.rsplit(":", 1)[1])) as proxy:
+        server = make_server(pools=[real.pool(proxy.url)], health_interval_s=0.5)
+        with httpx.Client(base_url=server.base_url, timeout=120) as client:
+            wait_until(lambda: client.get("/v1/pools/real/health").json()["ready"], 15, "pool ready")
+        sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+        answer = sdk.chat.completions.create(model=MODEL, messages=turns, **greedy)  # type: ignore[call-overload]
+    assert answer.choices[0].message.content == direct.json()["choices"][0]["message"]["content"]
+    sent = b"".join(proxy.sent)
+    assert re.search(rb'"tool_call_id":\s*"call-1"', sent) and re.search(rb'"content":\s*null', sent), sent[
+        -600:
+    ]
