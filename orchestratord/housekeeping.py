@@ -123,10 +123,12 @@ class Housekeeper:
 
     async def expire(self) -> None:
         """End the queued jobs whose deadline passed before a slot could start them."""
-        for entry in await self._store.expire(self._wall()):
+        now = self._wall()
+        for entry in await self._store.expire(now):
             missed = DeadlineUnmet("the job's deadline passed before a slot could start it")
             if await self._endings.fail(entry.job_id, missed, pool_id=self._outlook.labels(entry.route)[2]):
                 self._metrics.deadline_missed(entry.priority)
+                self._outlook.missed(entry.job_id, now - entry.enqueued_at)
 
     async def end_unservable(self, cause: str | None = None, *, everywhere: bool = False) -> int:
         """End every queued job that no pool can ever take any more (each pool that fits it drains, or
@@ -172,7 +174,8 @@ class Housekeeper:
         for entry in queued:
             model = entry.route.model
             limit = self._max_wait.get(entry.priority)
-            if limit is not None and now - entry.enqueued_at > limit:
+            outwaited = limit is not None and now - entry.enqueued_at > limit
+            if outwaited:
                 why = (
                     f"the job waited {limit:g} s in the queue, the most its class ({entry.priority}) may "
                     f"(queue.max_wait_s), {self._held_up(entry)}; retry later"
@@ -189,6 +192,8 @@ class Housekeeper:
             pool_id = self._outlook.labels(entry.route)[2]
             if await self._endings.fail(entry.job_id, gone, pool_id=pool_id, queued_only=True):
                 ended.add(entry.job_id)
+                if outwaited:  # its promise missed (a job ended for its pools being down did not)
+                    self._outlook.missed(entry.job_id, now - entry.enqueued_at)
         return ended
 
     def _held_up(self, entry: QueueEntry) -> str:

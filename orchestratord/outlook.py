@@ -365,6 +365,21 @@ class Outlook:
         predictions."""
         self._starts += 1
         self._unstarted.discard(job_id)
+        self._measured(job_id, waited_s)
+
+    def missed(self, job_id: str, waited_s: float) -> None:
+        """A job's wait ended after `waited_s` without a start: it outwaited its class's limit
+        (`queue.max_wait_s`) or its deadline in the queue. One more measured error of the predictions,
+        the largest they make: were such jobs left out (forgotten as canceled ones are), the stretch
+        would learn only from the jobs that made it, and go on admitting jobs the dispatchers will not
+        reach in time just when their pace falls. Its true wait is at least `waited_s`, so it counts as
+        no later than that."""
+        self._measured(job_id, waited_s)
+
+    def _measured(self, job_id: str, waited_s: float) -> None:
+        """Compare the wait promised to `job_id` at its admission here, if any, with the measured one.
+        Each replica compares only the jobs it admitted and whose wait it saw end (it started or
+        failed them): with several replicas, a sample of starts and misses alike."""
         predicted = self._promised.pop(job_id, None)
         if predicted is not None:
             self._ratios.append(waited_s / predicted)
@@ -407,7 +422,8 @@ class Outlook:
         return self._stretch
 
     def keep_promises(self, queued: Collection[str]) -> None:
-        """Forget the predictions of jobs that left the queue without starting (canceled, failed)."""
+        """Forget the predictions of jobs that left the queue without starting here (canceled, failed,
+        or started or failed by another replica) and not counted by `missed`."""
         for job_id in [j for j in self._promised if j not in queued]:
             del self._promised[job_id]
 

@@ -60,6 +60,20 @@ def test_a_wait_is_stretched_by_the_latest_measured_lateness() -> None:
     assert outlook.assured(1000) == 2000
 
 
+def test_a_job_that_outwaited_the_queue_stretches_the_next_waits_as_much_as_a_late_start() -> None:
+    outlook = Outlook(PoolRegistry([]), Runs())
+    for i in range(MIN_SAMPLES):  # every start came when predicted
+        outlook.promised(f"j{i}", 1000)
+        outlook.started(f"j{i}", 1.0)
+    for i in range(MIN_SAMPLES * 10):  # then most never started: each failed after waiting 4 s
+        outlook.promised(f"k{i}", 1000)
+        outlook.missed(f"k{i}", 4.0)
+    assert outlook.assured(1000) == 4000  # missed by 3 s, as a start 3 s late would have been
+    assert outlook.most_ahead(2000) is None  # no pace measured: the shared queue's check is off
+    outlook.missed("never promised here", 60.0)  # admitted by another replica: not this one's error
+    assert outlook.assured(1000) == 4000
+
+
 def test_a_queued_job_with_a_deadline_is_told_its_chances(make_server: Callable[..., LoopbackServer]) -> None:
     pool = {"id": "p", "engine": "mock", "models": ["m"], "replicas": [{"id": "r0"}], "slots": 1,
             "options": {"ttft_ms": 0, "tokens_per_s": 400}}  # fmt: skip
