@@ -27,7 +27,7 @@ from orchestratord.core.queue import QueueEntry
 from orchestratord.core.route import Route
 from orchestratord.core.tasks import JobState, TaskSpec, spec_from_dict
 from orchestratord.endings import Endings, record_fields
-from orchestratord.errors import Internal, StateUnavailable
+from orchestratord.errors import Internal, OrchestratorError, StateUnavailable
 from orchestratord.execution import Execution
 from orchestratord.housekeeping import Housekeeper
 from orchestratord.logs import get_logger
@@ -294,8 +294,12 @@ class Dispatcher:
             await self._registry.release(entry.job_id)
             if entry.unit == "tokens":  # it never ran: its flow is not charged for it
                 await self._store.settle(entry.tenant, entry.priority, entry.cost, 0.0)
-        failed = Internal(
-            "internal error while dispatching the job", retriable=bool(getattr(exc, "retriable", False))
+        failed = (
+            exc
+            if isinstance(exc, OrchestratorError)  # one that says what went wrong (`spec_from_dict`)
+            else Internal(
+                "internal error while dispatching the job", retriable=bool(getattr(exc, "retriable", False))
+            )
         )
         await self._endings.fail(entry.job_id, failed)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
+
+from orchestratord.errors import Internal
 
 Priority = Literal["interactive", "batch"]
 PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
@@ -184,14 +186,42 @@ def spec_to_dict(spec: TaskSpec) -> dict[str, object]:
 
 
 def spec_from_dict(data: dict[str, Any]) -> TaskSpec:
-    """Rebuild a TaskSpec stored as JSON (by this or another orchestrator replica)."""
-    fields = dict(data)
-    messages = fields.get("messages")
+    """Rebuild a TaskSpec stored as JSON (by this or another orchestrator replica).
+
+    During a rolling upgrade a newer replica's spec may hold fields this one does not know. One that
+    holds nothing (null, false, empty: what a new optional field holds in a job that does not use it)
+    is dropped, so that the job runs here as it would there. One that holds a value would change
+    what the job asks for, and this replica cannot honour it: the job fails with a retriable error
+    that names the field, rather than running as something else."""
+    values = _known(TaskSpec, data, "the job")
+    messages = values.get("messages")
     if messages is not None:
-        fields["messages"] = tuple(Message(**m) for m in messages)
-    placement = dict(fields.get("placement") or {})
+        values["messages"] = tuple(
+            Message(**_known(Message, m, f"its message {i}")) for i, m in enumerate(messages)
+        )
+    placement = _known(PlacementPrefs, values.get("placement") or {}, "its placement")
     for key in ("prefer_pools", "avoid_pools"):
         placement[key] = tuple(placement.get(key) or ())
-    fields["placement"] = PlacementPrefs(**placement)
-    fields["stop"] = tuple(fields.get("stop") or ())
-    return TaskSpec(**fields)
+    values["placement"] = PlacementPrefs(**placement)
+    values["stop"] = tuple(values.get("stop") or ())
+    return TaskSpec(**values)
+
+
+def _known(kind: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    """`data` without the keys that `kind` has no field for and that hold nothing (see
+    `spec_from_dict`); Internal (retriable) if one of them holds a value."""
+    names = {f.name for f in fields(kind)}
+    unknown = {key: value for key, value in data.items() if key not in names}
+    if not unknown:
+        return dict(data)
+    if holding := sorted(key for key, value in unknown.items() if not _holds_nothing(value)):
+        raise Internal(
+            f"{what} sets {', '.join(map(repr, holding))}, which this orchestratord replica does not know: "
+            "a newer replica admitted it; retry, and a replica of its version will run it",
+            retriable=True,
+        )
+    return {key: value for key, value in data.items() if key in names}
+
+
+def _holds_nothing(value: object) -> bool:
+    return value is None or value is False or value in ("", [], {})  # 0 holds a number

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
@@ -10,7 +11,10 @@ import httpx
 import orjson
 import pytest
 
-from orchestratord.core.tasks import Message, issued_at, spec_from_dict, spec_to_dict
+from orchestratord.admission import Admission
+from orchestratord.core.tasks import Message, TaskSpec, issued_at, spec_from_dict, spec_to_dict
+from orchestratord.errors import Internal
+from orchestratord.state.base import JobRecord
 from tests.api.helpers import submit
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
@@ -114,6 +118,48 @@ def test_the_stored_spec_is_the_request_as_the_dispatcher_reads_it(
     assert stored == orjson.loads(orjson.dumps(spec_to_dict(spec)))
     assert spec.messages == (Message("user", "hi ä"),) and spec.stop == ("x",) and spec.seed == 2**63 - 1
     assert spec.placement.prefer_pools == ("default",) and spec.session_id == "s-1"
+
+
+def test_a_spec_from_a_newer_replica_runs_here_unless_it_asks_for_what_this_one_does_not_know(
+    make_server: Callable[..., LoopbackServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolling upgrade: a newer replica admits jobs whose stored spec holds fields this replica's
+    dispatcher does not know. Empty ones (a new optional field the job does not use) are dropped and the
+    job runs; one that holds a value fails the job with a retriable error that names it."""
+    server = make_server()
+    original = Admission._record
+
+    def newer(self: Admission, spec: TaskSpec, now: float) -> JobRecord:
+        record = original(self, spec, now)
+        stored = orjson.loads(record.spec)
+        stored |= {"future_null": None, "future_flag": False}
+        stored["placement"] |= {"future_list": []}
+        for message in stored["messages"] or ():
+            message |= {"future_name": ""}
+        if "[[ask]]" in spec.prompt_text:
+            stored["messages"][0]["future_name"] = "alice"
+            stored["future_count"] = 0  # 0 is a value, as much as "alice"
+        return dataclasses.replace(record, spec=orjson.dumps(stored).decode())
+
+    monkeypatch.setattr(Admission, "_record", newer)
+    with httpx.Client(base_url=server.base_url, timeout=30) as client:
+        runs = submit(client, prompt=None, messages=[{"role": "user", "content": "hi"}])
+        asks = submit(client, prompt=None, messages=[{"role": "user", "content": "[[ask]] hi"}])
+        ran, failed = (read_events(client, job["sse_url"])[-1] for job in (runs, asks))
+    assert ran.event == "end", ran
+    assert failed.event == "error" and failed.data["retriable"] is True, failed
+    assert "'future_count'" in failed.data["message"] and "'future_name'" not in failed.data["message"]
+
+
+def test_a_message_field_from_a_newer_replica_is_named_when_it_holds_a_value() -> None:
+    spec = spec_to_dict(TaskSpec("j", "t", "m", 4, messages=(Message("user", "hi"),)))
+    stored = orjson.loads(orjson.dumps(spec))
+    stored["messages"][0]["name"] = "alice"
+    with pytest.raises(Internal, match=r"its message 0 sets 'name'") as raised:
+        spec_from_dict(stored)
+    assert raised.value.retriable
+    stored["messages"][0]["name"] = None
+    assert spec_from_dict(stored).messages == (Message("user", "hi"),)
 
 
 def test_the_caller_is_authenticated_once_per_request(
