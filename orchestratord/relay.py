@@ -74,7 +74,9 @@ class RunContext:
 def submit_request(spec: TaskSpec, engine_model: str, traceparent: str | None = None) -> SubmitRequest:
     messages = None
     if spec.messages is not None:
-        messages = tuple(ChatMessage(m.role, m.content, m.tool_calls, m.tool_call_id) for m in spec.messages)
+        messages = tuple(
+            ChatMessage(m.role, m.content, m.tool_calls, m.tool_call_id, m.name) for m in spec.messages
+        )
     return SubmitRequest(
         task_id=spec.job_id,
         model=engine_model,

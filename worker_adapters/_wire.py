@@ -182,23 +182,28 @@ def wants_chat(api: str, req: SubmitRequest, engine: str) -> bool:
     return req.messages is not None
 
 
-def chat_messages(req: SubmitRequest) -> list[dict[str, object]]:
+def chat_messages(req: SubmitRequest, *, names: bool = False) -> list[dict[str, object]]:
+    """The turns in OpenAI's shape (Ollama's shares it); `names`: with each turn's `name` where it has
+    one (OpenAI's dialect; Ollama's has no such field)."""
     if req.messages is None:
         return [{"role": "user", "content": req.prompt or ""}]
-    return [_chat_message(m) for m in req.messages]
+    return [_chat_message(m, names) for m in req.messages]
 
 
-def _chat_message(m: ChatMessage) -> dict[str, object]:
+def _chat_message(m: ChatMessage, names: bool) -> dict[str, object]:
     """One turn in OpenAI's shape: an assistant turn that only called tools has `content: null`, as
     OpenAI's SDKs send it (chat templates test for it); a tool result names its call."""
     if m.tool_calls is None and m.tool_call_id is None:
-        return {"role": m.role, "content": m.content}
-    content = (m.content or None) if m.tool_calls is not None else m.content
-    out: dict[str, object] = {"role": m.role, "content": content}
-    if m.tool_calls is not None:
-        out["tool_calls"] = orjson.loads(m.tool_calls)
-    if m.tool_call_id is not None:
-        out["tool_call_id"] = m.tool_call_id
+        out: dict[str, object] = {"role": m.role, "content": m.content}
+    else:
+        content = (m.content or None) if m.tool_calls is not None else m.content
+        out = {"role": m.role, "content": content}
+        if m.tool_calls is not None:
+            out["tool_calls"] = orjson.loads(m.tool_calls)
+        if m.tool_call_id is not None:
+            out["tool_call_id"] = m.tool_call_id
+    if names and m.name is not None:
+        out["name"] = m.name
     return out
 
 

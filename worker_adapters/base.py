@@ -27,6 +27,7 @@ class ChatMessage:
     content: str
     tool_calls: str | None = None  # an assistant turn's tool calls, as OpenAI's JSON text
     tool_call_id: str | None = None  # a `tool` turn: the call it answers
+    name: str | None = None  # the participant's (OpenAI's `name`): sent in that dialect only
 
 
 @dataclass(frozen=True, slots=True)

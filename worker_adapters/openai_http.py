@@ -70,7 +70,7 @@ _FINISH: dict[str, StopReason] = {
 def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, object]:
     body: dict[str, object] = {"model": model}
     if chat:
-        body["messages"] = chat_messages(req)
+        body["messages"] = chat_messages(req, names=True)
     else:
         body["prompt"] = req.prompt or ""
     body.update(max_tokens=req.max_tokens, stream=True, stream_options={"include_usage": True})

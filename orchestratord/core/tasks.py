@@ -64,12 +64,14 @@ class PlacementPrefs:
 @dataclass(frozen=True, slots=True)
 class Message:
     """One chat turn. An assistant turn may carry the tool calls the model made (OpenAI's
-    `tool_calls`, as JSON text); a `tool` turn answers one of them (`tool_call_id`)."""
+    `tool_calls`, as JSON text); a `tool` turn answers one of them (`tool_call_id`). `name`: the
+    participant's, as an OpenAI client gives it (for the engines of that dialect)."""
 
     role: str
     content: str
     tool_calls: str | None = None
     tool_call_id: str | None = None
+    name: str | None = None
 
     @property
     def carries_tools(self) -> bool:

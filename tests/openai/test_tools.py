@@ -20,6 +20,7 @@ from tests.fakes.engines.server import serve
 from tests.fakes.engines.vllm import VllmEngine
 from tests.fakes.servers import LoopbackServer
 from tests.openai.pools import sdk, vllm_and_mock
+from worker_adapters.ollama_http import ollama_body
 from worker_adapters.openai_http import request_body
 
 CALLS = (("get_weather", '{"city": "Tokyo", "unit": "celsius"}'), ("get_time", '{"zone": "JST"}'))
@@ -191,6 +192,26 @@ def test_tool_turns_are_kept_in_the_stored_spec_that_any_replica_runs() -> None:
         {"role": "tool", "content": "09:30", "tool_call_id": "c1"},
     ]
     assert spec.tokens_in_estimate > len("weather and time in Tokyo?09:30") // 4  # the calls count too
+
+
+def test_a_participants_name_reaches_an_openai_engine_and_not_ollama(
+    client: openai.OpenAI, engine: tuple[VllmEngine, str]
+) -> None:
+    """OpenAI's `name` on a turn (multi-agent clients set it; some chat templates render it) is passed
+    to the engines of OpenAI's dialect, through the stored spec; Ollama's chat has no such field."""
+    fake, _ = engine
+    turns = [{"role": "system", "content": "be brief", "name": "planner"}, {"role": "user", "content": "hi"}]
+    client.chat.completions.create(model="qwen", messages=turns, max_tokens=3)  # type: ignore[arg-type]
+    sent = [r for r in fake.record.requests if r.method == "POST"][-1].body["messages"]
+    assert sent == turns
+    request = ChatCompletionRequest.model_validate({"model": "qwen", "messages": turns})
+    spec = spec_from_dict(
+        orjson.loads(orjson.dumps(request.to_spec(job_id="j", tenant="t", correlation_id=None, max_tokens=3)))
+    )
+    assert ollama_body(submit_request(spec, "m"), "m", chat=True, raw=False)["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+    ]
 
 
 def test_parallel_tool_calls_at_openais_default_is_accepted_and_false_is_refused(

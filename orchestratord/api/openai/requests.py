@@ -119,7 +119,7 @@ class ChatCompletionMessage(BaseModel):
         calls = None
         if self.tool_calls:  # an empty list is no call
             calls = _json_text("tool_calls", [call.model_dump() for call in self.tool_calls])
-        return Message(_role(self.role), self.text(), calls, self.tool_call_id)
+        return Message(_role(self.role), self.text(), calls, self.tool_call_id, self.name)
 
 
 class OpenAIRequest(BaseModel):
