@@ -154,11 +154,11 @@ def test_a_spec_from_a_newer_replica_runs_here_unless_it_asks_for_what_this_one_
 def test_a_message_field_from_a_newer_replica_is_named_when_it_holds_a_value() -> None:
     spec = spec_to_dict(TaskSpec("j", "t", "m", 4, messages=(Message("user", "hi"),)))
     stored = orjson.loads(orjson.dumps(spec))
-    stored["messages"][0]["name"] = "alice"
-    with pytest.raises(Internal, match=r"its message 0 sets 'name'") as raised:
+    stored["messages"][0]["future_name"] = "alice"
+    with pytest.raises(Internal, match=r"its message 0 sets 'future_name'") as raised:
         spec_from_dict(stored)
     assert raised.value.retriable
-    stored["messages"][0]["name"] = None
+    stored["messages"][0]["future_name"] = None
     assert spec_from_dict(stored).messages == (Message("user", "hi"),)
 
 
