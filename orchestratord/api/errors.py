@@ -7,6 +7,8 @@ headers: `Retry-After`, `retry-after-ms` and `X-Backoff-Ms` when there is a hint
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -146,8 +148,7 @@ def describe_validation(exc: RequestValidationError) -> str:
     """A message that names the field: `max_tokens: Input should be greater than or equal to 1`."""
     parts = []
     for err in exc.errors()[:5]:
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
-        where = ".".join(loc) or "body"
+        where = _where(err.get("loc", ())) or "body"
         if err.get("type") == "json_invalid":
             parts.append(f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})")
         elif err.get("type") == "extra_forbidden":
@@ -164,11 +165,24 @@ async def _domain(request: Request, exc: Exception) -> Response:
     return render(request, exc)
 
 
+def _where(loc: Sequence[int | str]) -> str:
+    """A validation error's location as a client names the field (`messages.0.content`): without
+    `body`, and without the labels pydantic gives the branches of a union (`list[...]`,
+    `function-after[...]`, a model's class name), which name no field."""
+    return ".".join(
+        str(p) for p in loc if p != "body" and not (isinstance(p, str) and ("[" in p or _CLASS.match(p)))
+    )
+
+
+_CLASS = re.compile(r"[A-Z][a-z]+[A-Z]\w*\Z")  # CamelCase: a model's name (field names are snake_case)
+
+
 async def _validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
-    param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
-    return render(request, InvalidParams(describe_validation(exc), param=param))
+    return render(
+        request, InvalidParams(describe_validation(exc), param=_where(first.get("loc", ())) or None)
+    )
 
 
 def describe_unparsable(cause: BaseException | None) -> str:

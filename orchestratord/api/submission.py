@@ -30,15 +30,17 @@ async def submit(
         services.metrics.admission_latency.observe((time.perf_counter() - began) * 1000)
 
 
-def default_max_tokens(services: Services, model: str, prompt_tokens: int) -> int:
-    """For a request that names no output limit (the OpenAI surfaces): as much as the largest pool
-    serving the model leaves after the prompt, the server's own limit at most."""
+def with_default_max_tokens(services: Services, spec: TaskSpec) -> TaskSpec:
+    """For a request that names no output limit (the OpenAI surfaces may not): `spec` with as much as
+    the largest pool serving the model leaves after the prompt, as admission estimates the prompt
+    (`TaskSpec.tokens_in_estimate`, so that the two never disagree), the server's own limit at most."""
     room = [
-        min(p.max_tokens_out, p.ctx_max - prompt_tokens)
+        min(p.max_tokens_out, p.ctx_max - spec.tokens_in_estimate)
         for p in services.registry.pools.values()
-        if model in p.spec.models
+        if spec.model_ref in p.spec.models
     ]
-    return max(1, min(services.settings.limits.max_tokens, max(room, default=1)))
+    limit = max(1, min(services.settings.limits.max_tokens, max(room, default=1)))
+    return replace(spec, max_tokens=limit)
 
 
 def check_prompt_size(spec: TaskSpec, limit: int) -> None:

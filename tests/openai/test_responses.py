@@ -94,5 +94,5 @@ def test_unknown_or_foreign_responses_are_404(server: LoopbackServer) -> None:
 
 def test_unsupported_response_fields_are_named(server: LoopbackServer) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        sdk(server).responses.create(model="mock", input="x", tools=[{"type": "web_search"}])
-    assert caught.value.body["param"] == "tools"  # type: ignore[index]
+        sdk(server).responses.create(model="mock", input="x", reasoning={"effort": "high"})
+    assert caught.value.body["param"] == "reasoning"  # type: ignore[index]

@@ -132,6 +132,25 @@ def test_a_tool_loop_sends_the_calls_and_their_results_back_to_the_engine(
     ]
 
 
+def test_a_tool_loop_that_names_no_output_limit_gets_what_the_context_leaves(
+    client: openai.OpenAI, engine: tuple[VllmEngine, str]
+) -> None:
+    """Without `max_tokens` the output limit is what the model's context leaves after the prompt, as
+    admission estimates the prompt: the calls' JSON counts in both (a second turn was once refused
+    for a prompt estimated larger at admission than when its limit was worked out)."""
+    fake, _ = engine
+    calls = [
+        {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "JST"}'}}
+    ]
+    turns: list[Any] = [*ASK, {"role": "assistant", "content": None, "tool_calls": calls},
+                        {"role": "tool", "tool_call_id": "c1", "content": '"09:30"'}]  # fmt: skip
+    client.chat.completions.create(model="qwen", messages=turns, tools=TOOLS)  # type: ignore[arg-type]
+    request = ChatCompletionRequest.model_validate({"model": "qwen", "messages": turns, "tools": TOOLS})
+    estimate = request.to_spec(job_id="j", tenant="t", correlation_id=None, max_tokens=1).tokens_in_estimate
+    sent = [r for r in fake.record.requests if r.method == "POST"][-1].body
+    assert sent["max_tokens"] == 4096 - estimate  # the fake's context (max_model_len)
+
+
 def test_tool_turns_reach_only_an_engine_that_takes_tools(client: openai.OpenAI) -> None:
     turns = [*ASK, {"role": "assistant", "content": "", "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}

@@ -118,7 +118,7 @@ class ChatCompletionMessage(BaseModel):
     def to_message(self) -> Message:
         calls = None
         if self.tool_calls:  # an empty list is no call
-            calls = _json_text("tool_calls", [call.model_dump() for call in self.tool_calls])
+            calls = json_text("tool_calls", [call.model_dump() for call in self.tool_calls])
         return Message(_role(self.role), self.text(), calls, self.tool_call_id, self.name)
 
 
@@ -180,7 +180,7 @@ class _Generation(OpenAIRequest):
         fields = {name: getattr(self, name) for name in STRUCTURED}
         if _plain(fields["response_format"]):
             fields["response_format"] = None
-        return {k: None if v is None else _json_text(k, v) for k, v in fields.items()}
+        return {k: None if v is None else json_text(k, v) for k, v in fields.items()}
 
     def _spec(
         self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int, **inputs: Any
@@ -227,14 +227,6 @@ class ChatCompletionRequest(_Generation):
             **self.structured(),
         )  # fmt: skip
 
-    def prompt_estimate(self) -> int:
-        calls = sum(
-            len(c.function.arguments) + len(c.function.name)
-            for m in self.messages
-            for c in m.tool_calls or ()
-        )
-        return (sum(len(m.text()) for m in self.messages) + calls) // 4 + 1
-
 
 class CompletionRequest(_Generation):
     prompt: (
@@ -260,11 +252,8 @@ class CompletionRequest(_Generation):
             prompt=self.prompt_text(), logprobs=self.logprobs,
         )  # fmt: skip
 
-    def prompt_estimate(self) -> int:
-        return len(self.prompt_text()) // 4 + 1
 
-
-def _json_text(name: str, value: Any) -> str:
+def json_text(name: str, value: Any) -> str:
     """`value` as JSON text for the engine; a number JSON parsers of engines cannot hold (an integer
     beyond 64 bits) is the request's fault, named."""
     try:

@@ -27,15 +27,15 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import response_error
-from orchestratord.api.openai.requests import TIERS, OpenAIRequest, asks_for
+from orchestratord.api.openai.requests import TIERS, OpenAIRequest, asks_for, json_text
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import chunks, tail, unless_gone
 from orchestratord.api.schemas import Text
-from orchestratord.api.submission import default_max_tokens, submit
+from orchestratord.api.submission import submit, with_default_max_tokens
 from orchestratord.core.tasks import JobState, LogEvent, Message, TaskSpec, new_job_id
 from orchestratord.errors import InvalidParams, NotFound
 from orchestratord.idempotency import fingerprint
@@ -45,8 +45,8 @@ from orchestratord.state.base import JobRecord
 
 router = APIRouter(tags=["openai"])
 UNSUPPORTED = (
-    "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning", "previous_response_id",
-    "include", "truncation", "top_logprobs", "prompt", "conversation",
+    "parallel_tool_calls", "text", "reasoning", "previous_response_id", "include", "truncation",
+    "top_logprobs", "prompt", "conversation",
 )  # fmt: skip
 _STATUS = {
     JobState.QUEUED: "queued", JobState.RUNNING: "in_progress", JobState.SUCCEEDED: "completed",
@@ -54,29 +54,100 @@ _STATUS = {
 }  # fmt: skip
 
 
+_ITEM = ConfigDict(extra="forbid", strict=True)
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+
+
 class InputContent(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = _ITEM
     type: Literal["input_text", "output_text", "text"]
     text: Text = Field(max_length=1_000_000)
+    # What a response's `output_text` part carries, when a client sends the response's output back
+    annotations: list[dict[str, Any]] | None = Field(default=None, max_length=0)
+    logprobs: list[dict[str, Any]] | None = None
 
 
 class InputMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = _ITEM
     type: Literal["message"] = "message"
     role: Literal["system", "developer", "user", "assistant"]
     content: (
         Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[InputContent], Field(max_length=256)]
     )
+    id: Text | None = Field(default=None, max_length=256)  # a response's output item, sent back
+    status: ItemStatus | None = None
 
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(c.text for c in self.content)
 
 
+class FunctionCallItem(BaseModel):
+    """A call the model made (a response's `function_call` output item), sent back with the
+    conversation."""
+
+    model_config = _ITEM
+    type: Literal["function_call"]
+    call_id: Text = Field(min_length=1, max_length=256)
+    name: Text = Field(min_length=1, max_length=256)
+    arguments: Text = Field(max_length=1_000_000)  # JSON text, as the model wrote it
+    id: Text | None = Field(default=None, max_length=256)
+    status: ItemStatus | None = None
+
+
+class FunctionCallOutputItem(BaseModel):
+    """A tool's result, answering the call `call_id`."""
+
+    model_config = _ITEM
+    type: Literal["function_call_output"]
+    call_id: Text = Field(min_length=1, max_length=256)
+    output: Text = Field(max_length=1_000_000)
+    id: Text | None = Field(default=None, max_length=256)
+    status: ItemStatus | None = None
+
+
+def _item_kind(value: Any) -> str | None:
+    """Which kind of input item `value` is, by its `type` (a message may leave it out): its errors are
+    then that kind's alone, not every kind's."""
+    return value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", None)
+
+
+InputItem = Annotated[
+    Annotated[InputMessage, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    Discriminator(_item_kind),
+]
+
+
+class FunctionTool(BaseModel):
+    """A function the model may call, in the Responses API's flat shape."""
+
+    model_config = _ITEM
+    type: Literal["function"]
+    name: Text = Field(min_length=1, max_length=64)
+    description: Text | None = Field(default=None, max_length=100_000)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    def chat(self) -> dict[str, Any]:
+        """The same function in Chat Completions' shape, which the engines take."""
+        function = self.model_dump(exclude={"type"}, exclude_none=True)
+        return {"type": "function", "function": function}
+
+
+class FunctionChoice(BaseModel):
+    model_config = _ITEM
+    type: Literal["function"]
+    name: Text = Field(min_length=1, max_length=64)
+
+
 class ResponseRequest(OpenAIRequest):
     input: (
         Annotated[Text, Field(max_length=1_000_000)]
-        | Annotated[list[InputMessage], Field(min_length=1, max_length=1024)]
+        | Annotated[list[InputItem], Field(min_length=1, max_length=1024)]
     )
+    tools: list[FunctionTool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["auto", "none", "required"] | FunctionChoice | None = None
     instructions: Text | None = Field(default=None, max_length=1_000_000)
     max_output_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     background: bool = False
@@ -89,11 +160,6 @@ class ResponseRequest(OpenAIRequest):
     prompt: dict[str, Any] | None = None
     conversation: Any = None
 
-    def prompt_estimate(self) -> int:
-        texts = [self.input] if isinstance(self.input, str) else [m.text() for m in self.input]
-        size = sum(map(len, texts))
-        return (size + len(self.instructions or "")) // 4 + 1
-
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
         for name in UNSUPPORTED:
             if asks_for(name, getattr(self, name)) and not _plain_text(name, getattr(self, name)):
@@ -104,14 +170,61 @@ class ResponseRequest(OpenAIRequest):
         if isinstance(self.input, str):
             messages.append(Message("user", self.input))
         else:
-            messages += [Message("system" if m.role == "developer" else m.role, m.text()) for m in self.input]
+            messages += _turns(self.input)
+        tools = None if self.tools is None else json_text("tools", [tool.chat() for tool in self.tools])
+        choice: str | dict[str, Any] | None = (  # in Chat Completions' shape
+            {"type": "function", "function": {"name": self.tool_choice.name}}
+            if isinstance(self.tool_choice, FunctionChoice)
+            else self.tool_choice
+        )
         return TaskSpec(
             job_id=job_id, tenant=tenant, model_ref=self.model, max_tokens=max_tokens,
             priority=TIERS[self.service_tier or "auto"], messages=tuple(messages),
             temperature=self.temperature, top_p=self.top_p, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, correlation_id=correlation_id,
-            cancel_on_disconnect=not self.background,
+            cancel_on_disconnect=not self.background, tools=tools,
+            tool_choice=None if choice is None else json_text("tool_choice", choice),
         )  # fmt: skip
+
+
+def _turns(items: list[InputItem]) -> list[Message]:
+    """The input items as chat turns: messages as they are; consecutive `function_call` items as one
+    assistant turn with their calls (joined to the assistant message just before them, as OpenAI
+    joins a turn's text and calls); each `function_call_output` as a `tool` turn answering its call,
+    which an earlier item must have made (InvalidParams naming `input[i].call_id` otherwise)."""
+    turns: list[Message] = []
+    calls: list[dict[str, Any]] = []  # the calls of the assistant turn being built
+    called: set[str] = set()
+    for index, item in enumerate(items):
+        if isinstance(item, FunctionCallItem):
+            calls.append({"id": item.call_id, "type": "function",
+                          "function": {"name": item.name, "arguments": item.arguments}})  # fmt: skip
+            called.add(item.call_id)
+            continue
+        _close(turns, calls)
+        if isinstance(item, FunctionCallOutputItem):
+            if item.call_id not in called:
+                raise InvalidParams(
+                    f"input[{index}]: no function_call item before it has call_id {item.call_id!r}; send "
+                    "the call (the response's function_call output item) ahead of its output",
+                    param=f"input[{index}].call_id",
+                )
+            turns.append(Message("tool", item.output, None, item.call_id))
+        else:
+            turns.append(Message("system" if item.role == "developer" else item.role, item.text()))
+    _close(turns, calls)
+    return turns
+
+
+def _close(turns: list[Message], calls: list[dict[str, Any]]) -> None:
+    """End the assistant turn of `calls` (if any): its text, if a message item began it, and them."""
+    if not calls:
+        return
+    text = ""
+    if turns and turns[-1].role == "assistant" and turns[-1].tool_calls is None:
+        text = turns.pop().content
+    turns.append(Message("assistant", text, json_text("tool_calls", calls)))
+    calls.clear()
 
 
 def _plain_text(name: str, value: Any) -> bool:
@@ -148,8 +261,28 @@ def job_id_of(resp_id: str) -> str:
 
 
 @dataclass
+class _Call:
+    """A function call the model is making: its output item, built from the job's `tool_call`
+    fragments."""
+
+    output_index: int
+    item_id: str
+    call_id: str
+    name: str
+    arguments: list[str] = field(default_factory=list)
+
+    def item(self, status: str) -> dict[str, Any]:
+        arguments = "".join(self.arguments) if status == "completed" else ""
+        return {
+            "id": self.item_id, "type": "function_call", "status": status, "arguments": arguments,
+            "call_id": self.call_id, "name": self.name,
+        }  # fmt: skip
+
+
+@dataclass
 class ResponseEvents:
-    """Renders a job's log into Responses events, numbered from 0 in log order."""
+    """Renders a job's log into Responses events, numbered from 0 in log order. The output items
+    (the text message, each function call) are numbered in the order they began."""
 
     record: JobRecord
     background: bool
@@ -157,10 +290,17 @@ class ResponseEvents:
     in_progress: bool = False
     text: list[str] = field(default_factory=list)
     status: str = "queued"
+    message_index: int | None = None  # the text message's output_index, once it began
+    calls: dict[int, _Call] = field(default_factory=dict)  # by the fragments' `index`
 
     @property
     def item_id(self) -> str:
         return "msg_" + uuid.UUID(self.record.job_id).hex
+
+    @property
+    def items(self) -> int:
+        """How many output items have begun."""
+        return len(self.calls) + (self.message_index is not None)
 
     def snapshot(self, **changes: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -183,13 +323,15 @@ class ResponseEvents:
             self.in_progress, self.status = True, "in_progress"
             yield self._event("response.in_progress", response=self.snapshot())
         elif event.name == "token":
-            if not self.text:
+            if self.message_index is None:
                 yield from self._opened()
             self.text.append(data["t"])
             yield self._event(
-                "response.output_text.delta", item_id=self.item_id, output_index=0, content_index=0,
-                delta=data["t"], logprobs=[],
+                "response.output_text.delta", item_id=self.item_id, output_index=self.message_index,
+                content_index=0, delta=data["t"], logprobs=[],
             )  # fmt: skip
+        elif event.name == "tool_call":
+            yield from self._call(data)
         elif event.name in ("end", "error"):
             yield from self._closed(event.name, data)
 
@@ -215,12 +357,36 @@ class ResponseEvents:
         }
 
     def _opened(self) -> Iterator[dict[str, Any]]:
+        self.message_index = index = self.items
         item = {**self._message("in_progress"), "content": []}
-        yield self._event("response.output_item.added", output_index=0, item=item)
+        yield self._event("response.output_item.added", output_index=index, item=item)
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         yield self._event(
-            "response.content_part.added", item_id=self.item_id, output_index=0, content_index=0, part=part
+            "response.content_part.added",
+            item_id=self.item_id,
+            output_index=index,
+            content_index=0,
+            part=part,
         )
+
+    def _call(self, fragment: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """A `tool_call` fragment: its call's item begins with its first (which names the call), then
+        each fragment's arguments are a delta."""
+        index = int(fragment.get("index", 0))
+        call = self.calls.get(index)
+        if call is None:
+            job = uuid.UUID(self.record.job_id).hex
+            call = _Call(
+                output_index=self.items, item_id=f"fc_{job}_{index}",
+                call_id=str(fragment.get("id") or f"call_{job}_{index}"), name=str(fragment.get("name", "")),
+            )  # fmt: skip
+            self.calls[index] = call
+            yield self._event("response.output_item.added", output_index=call.output_index,
+                              item=call.item("in_progress"))  # fmt: skip
+        if delta := fragment.get("arguments"):
+            call.arguments.append(delta)
+            yield self._event("response.function_call_arguments.delta", item_id=call.item_id,
+                              output_index=call.output_index, delta=delta)  # fmt: skip
 
     def _closed(self, name: str, data: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if name == "error":
@@ -228,20 +394,34 @@ class ResponseEvents:
             error = response_error(str(data.get("code", "")), str(data.get("message", "")))
             yield self._event("response.failed", response=self.snapshot(error=error, output=self._output()))
             return
-        text = "".join(self.text)
-        if self.text:
-            yield self._event("response.output_text.done", item_id=self.item_id, output_index=0,
-                              content_index=0, text=text, logprobs=[])  # fmt: skip
-            part = self._message("completed")["content"][0]
-            yield self._event("response.content_part.done", item_id=self.item_id, output_index=0,
-                              content_index=0, part=part)  # fmt: skip
-            yield self._event("response.output_item.done", output_index=0, item=self._message("completed"))
+        ends: list[tuple[int, _Call | None]] = [(call.output_index, call) for call in self.calls.values()]
+        if self.message_index is not None:
+            ends.append((self.message_index, None))
+        for index, call in sorted(ends, key=lambda end: end[0]):
+            if call is None:
+                yield from self._message_done(index)
+                continue
+            arguments = "".join(call.arguments)
+            yield self._event("response.function_call_arguments.done", item_id=call.item_id,
+                              output_index=index, arguments=arguments, name=call.name)  # fmt: skip
+            yield self._event("response.output_item.done", output_index=index, item=call.item("completed"))
         final = self.final(data)
         kind = "response.completed" if final["status"] == "completed" else "response.incomplete"
         yield self._event(kind, response=final)
 
+    def _message_done(self, index: int) -> Iterator[dict[str, Any]]:
+        yield self._event("response.output_text.done", item_id=self.item_id, output_index=index,
+                          content_index=0, text="".join(self.text), logprobs=[])  # fmt: skip
+        part = self._message("completed")["content"][0]
+        yield self._event("response.content_part.done", item_id=self.item_id, output_index=index,
+                          content_index=0, part=part)  # fmt: skip
+        yield self._event("response.output_item.done", output_index=index, item=self._message("completed"))
+
     def _output(self) -> list[dict[str, Any]]:
-        return [self._message("completed")] if self.text else []
+        items = [(call.output_index, call.item("completed")) for call in self.calls.values()]
+        if self.message_index is not None:
+            items.append((self.message_index, self._message("completed")))
+        return [item for _, item in sorted(items, key=lambda entry: entry[0])]
 
     def final(self, end: dict[str, Any]) -> dict[str, Any]:
         """The response object once its job ended well, or was canceled."""
@@ -276,8 +456,10 @@ async def create_response(
     services = caller.services
     spec = body.to_spec(
         job_id=new_job_id(), tenant=caller.tenant, correlation_id=caller.correlation_id,
-        max_tokens=body.max_output_tokens or default_max_tokens(services, body.model, body.prompt_estimate()),
+        max_tokens=body.max_output_tokens or 1,
     )  # fmt: skip
+    if body.max_output_tokens is None:
+        spec = with_default_max_tokens(services, spec)
     bind(user=body.user, metadata=body.metadata)
     result = await submit(
         caller, spec, idempotency_key=request.headers.get("idempotency-key"),

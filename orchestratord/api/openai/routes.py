@@ -25,7 +25,7 @@ from orchestratord.api.openai.render import DONE, Rendering, Surface, ToolCalls,
 from orchestratord.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from orchestratord.api.openai.schemas import ChatCompletion, Completion, ModelList, openai_errors
 from orchestratord.api.openai.streaming import Batch, chunks, tail, unless_gone
-from orchestratord.api.submission import default_max_tokens, submit
+from orchestratord.api.submission import submit, with_default_max_tokens
 from orchestratord.core.tasks import LogEvent, new_job_id
 from orchestratord.errors import ErrorKind
 from orchestratord.idempotency import fingerprint
@@ -77,12 +77,13 @@ async def list_models(caller: Annotated[Caller, Depends(get_caller)]) -> ModelLi
 
 async def _generate(request: Request, caller: Caller, body: Generation, surface: Surface) -> Response:
     services = caller.services
+    requested = body.requested_tokens
     spec = body.to_spec(
-        job_id=new_job_id(),
-        tenant=caller.tenant,
-        correlation_id=caller.correlation_id,
-        max_tokens=body.requested_tokens or default_max_tokens(services, body.model, body.prompt_estimate()),
-    )
+        job_id=new_job_id(), tenant=caller.tenant, correlation_id=caller.correlation_id,
+        max_tokens=requested or 1,
+    )  # fmt: skip
+    if requested is None:
+        spec = with_default_max_tokens(services, spec)
     bind(user=body.user, metadata=body.metadata)  # the client's ids, into this request's log lines
     result = await submit(
         caller,
