@@ -16,15 +16,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import orjson
-
 from orchestratord.core.capacity import serving_pools
 from orchestratord.core.placement import allowed_pools
 from orchestratord.core.prediction import predict_start_ms, retry_hint_ms
 from orchestratord.core.queue import Admitted, Place, QueueEntry, QueuePolicy, Rejected, prospective_place
 from orchestratord.core.ratelimit import TokenBucket
 from orchestratord.core.route import Route
-from orchestratord.core.tasks import TOOL_MESSAGES, JobState, TaskSpec
+from orchestratord.core.tasks import TOOL_MESSAGES, JobState, TaskSpec, spec_json
 from orchestratord.endings import Endings
 from orchestratord.errors import (
     DEFAULT_RETRY_AFTER_MS,
@@ -410,7 +408,7 @@ class Admission:
             priority=spec.priority,
             state=JobState.QUEUED,
             created_at=now,
-            spec=orjson.dumps(spec).decode(),  # as `spec_to_dict`, without its deep copy
+            spec=spec_json(spec),
             session_id=spec.session_id,
             correlation_id=spec.correlation_id,
             cancel_on_disconnect=spec.cancel_on_disconnect,

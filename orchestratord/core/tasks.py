@@ -6,9 +6,11 @@ import functools
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
+
+import orjson
 
 from orchestratord.errors import Internal
 
@@ -109,6 +111,9 @@ class TaskSpec:
     logprobs: int | None = None  # each token's log probability and this many alternatives
     ignore_eos: bool | None = None  # True: to max_tokens past the end-of-sequence token (vLLM's)
     traceparent: str | None = None  # the client's W3C trace context (orchestratord.tracing)
+    # True: the first message is the request's instructions (the Responses API's), which a response
+    # that carries this one on (`previous_response_id`) leaves out
+    instructed: bool | None = None
 
     @property
     def engine_parameters(self) -> tuple[str, ...]:
@@ -184,8 +189,17 @@ class EventRun(NamedTuple):
         return [LogEvent._make(record.split(US, 2)) for record in self.records.split(RS)]
 
 
-def spec_to_dict(spec: TaskSpec) -> dict[str, object]:
-    return asdict(spec)
+def spec_json(spec: TaskSpec) -> str:
+    """The spec as a job's record stores it (`spec_from_dict` reads it back): the fields that hold a
+    value. A field left unset is left out, so that a replica of an older version, which does not know
+    a field added since, reads every job that does not use it (a rolling upgrade)."""
+    data = {name: value for name in _order(TaskSpec) if (value := getattr(spec, name)) is not None}
+    if spec.messages is not None:
+        data["messages"] = [
+            {name: value for name in _order(Message) if (value := getattr(m, name)) is not None}
+            for m in spec.messages
+        ]
+    return orjson.dumps(data).decode()
 
 
 def spec_from_dict(data: dict[str, Any]) -> TaskSpec:
@@ -228,7 +242,12 @@ def _known(kind: type, data: dict[str, Any], what: str) -> dict[str, Any]:
 
 @functools.cache
 def _names(kind: type) -> frozenset[str]:
-    return frozenset(f.name for f in fields(kind))
+    return frozenset(_order(kind))
+
+
+@functools.cache
+def _order(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(kind))
 
 
 def _holds_nothing(value: object) -> bool:

@@ -91,17 +91,19 @@ def _outside_the_schema(case: schemathesis.Case) -> str | None:
 
 
 def _asks_engine_features(body: dict[str, Any]) -> bool:
-    """Whether the body asks for what only some engines take: tools, formats, logprobs, or chat turns
-    (or Responses input items) with tool calls or tool results."""
+    """Whether the body asks for what only some engines take: tools, formats (Responses' `text.format`
+    too), logprobs, or chat turns (or Responses input items) with tool calls or tool results."""
     if any(body.get(name) is not None for name in STRUCTURED) or body.get("logprobs") not in (None, False, 0):
         return True
     turns = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     if any(m.get("tool_calls") or m.get("tool_call_id") is not None for m in turns):
         return True
     items = body.get("input") if isinstance(body.get("input"), list) else []
-    return any(
-        isinstance(i, dict) and i.get("type") in ("function_call", "function_call_output") for i in items
-    )
+    if any(isinstance(i, dict) and i.get("type") in ("function_call", "function_call_output") for i in items):
+        return True
+    text = body.get("text")
+    form = text.get("format") if isinstance(text, dict) else None
+    return isinstance(form, dict) and form.get("type") not in (None, "text")  # Responses' response_format
 
 
 def _leaves_the_served_pool(placement: dict[str, Any]) -> bool:

@@ -398,3 +398,59 @@ def test_a_tool_loops_turns_reach_vllm_as_the_sdk_sent_them(
     assert re.search(rb'"tool_call_id":\s*"call-1"', sent) and re.search(rb'"content":\s*null', sent), sent[
         -600:
     ]
+
+
+@pytest.mark.parametrize("real", ["vllm"], indirect=True)
+def test_a_responses_tool_loop_reaches_vllm_as_chat_turns(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """The same loop through the Responses API: a `function_call` item and its `function_call_output`
+    reach vLLM as the assistant's call and the tool's result, with a function tool in chat shape, and
+    vLLM answers as it answers those chat turns sent to it directly (`tool_choice: none`: the test's
+    vLLM runs without a tool-call parser, which `auto` needs)."""
+    tool = {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}}
+    call = {"name": "get_time", "arguments": '{"zone": "JST"}'}
+    turns: list[Any] = [
+        {"role": "user", "content": "What time is it in Tokyo?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call-1", "type": "function", "function": call}],
+        },
+        {"role": "tool", "tool_call_id": "call-1", "content": "09:30"},
+    ]
+    items: list[Any] = [
+        {"role": "user", "content": "What time is it in Tokyo?"},
+        {"type": "function_call", "call_id": "call-1", "name": "get_time", "arguments": '{"zone": "JST"}'},
+        {"type": "function_call_output", "call_id": "call-1", "output": "09:30"},
+    ]
+    chat_tools = [{"type": "function", "function": tool}]
+    direct = httpx.post(
+        real.url + "/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": turns,
+            "tools": chat_tools,
+            "tool_choice": "none",
+            "temperature": 0.0,
+            "max_tokens": 6,
+        },
+        timeout=120,
+    )
+    assert direct.status_code == 200, direct.text
+    with Proxy(int(real.url.rsplit(":", 1)[1])) as proxy:
+        server = make_server(pools=[real.pool(proxy.url)], health_interval_s=0.5)
+        with httpx.Client(base_url=server.base_url, timeout=120) as client:
+            wait_until(lambda: client.get("/v1/pools/real/health").json()["ready"], 15, "pool ready")
+        sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+        answer = sdk.responses.create(
+            model=MODEL, input=items, tools=[{"type": "function", **tool}],  # type: ignore[list-item]
+            tool_choice="none", temperature=0.0, max_output_tokens=6,
+        )  # fmt: skip
+    said = direct.json()["choices"][0]["message"]
+    assert answer.output_text == (said["content"] or ""), (answer.output, said)
+    sent = b"".join(proxy.sent)
+    assert re.search(rb'"tool_call_id":\s*"call-1"', sent) and re.search(rb'"content":\s*null', sent), sent[
+        -600:
+    ]
+    assert re.search(rb'"function":\s*\{"name":\s*"get_time"', sent), sent[-600:]

@@ -7,6 +7,7 @@ import uuid
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.api.helpers import HANG, wait_for
@@ -96,3 +97,54 @@ def test_unsupported_response_fields_are_named(server: LoopbackServer) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         sdk(server).responses.create(model="mock", input="x", reasoning={"effort": "high"})
     assert caught.value.body["param"] == "reasoning"  # type: ignore[index]
+
+
+def stored_turns(server: LoopbackServer, response_id: str) -> list[dict[str, object]]:
+    """The chat turns the job behind a response runs, as its stored spec holds them."""
+    job_id = str(uuid.UUID(response_id.removeprefix("resp_")))
+    record = server.call(server.app.state.services.store.get(job_id))
+    turns: list[dict[str, object]] = orjson.loads(record.spec)["messages"]
+    return turns
+
+
+def test_a_response_carries_on_from_a_previous_one(server: LoopbackServer) -> None:
+    """`previous_response_id`: the previous response's turns and its output come before the new input;
+    the previous instructions do not (the new ones lead), as OpenAI's API does it."""
+    client = sdk(server)
+    first = client.responses.create(model="mock", input="hello", instructions="be brief", max_output_tokens=4)
+    second = client.responses.create(
+        model="mock",
+        input="and then?",
+        instructions="be terse",
+        previous_response_id=first.id,
+        max_output_tokens=4,
+    )
+    third = client.responses.create(
+        model="mock", input="bye", previous_response_id=second.id, max_output_tokens=4
+    )
+    assert stored_turns(server, second.id) == [
+        {"role": "system", "content": "be terse"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "and then?"},
+    ]
+    assert stored_turns(server, third.id) == [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": first.output_text},
+        {"role": "user", "content": "and then?"},
+        {"role": "assistant", "content": second.output_text},
+        {"role": "user", "content": "bye"},
+    ]
+
+
+def test_a_previous_response_that_is_unknown_or_unfinished_is_refused_by_name(server: LoopbackServer) -> None:
+    client = sdk(server)
+    running = client.responses.create(model="mock", input=HANG, background=True)
+    wait_for(lambda: client.responses.retrieve(running.id).status == "in_progress")
+    for previous, says in [("resp_" + "0" * 32, "no response"), ("not-ours", "no response"),
+                           (running.id, "is in_progress")]:  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(model="mock", input="x", previous_response_id=previous)
+        error = caught.value.body
+        assert error["param"] == "previous_response_id" and says in error["message"], error  # type: ignore[index]
+    client.responses.cancel(running.id)

@@ -1,8 +1,9 @@
-"""Function calling through the Responses API, with the official SDK against the vLLM fake (speaking
-vLLM's tool-call bytes): the flat function tools reach the engine in Chat Completions' shape, the
-model's calls come back as `function_call` output items (whole, and streamed as the SDK's stream
-helper rebuilds them), and the loop goes on: the response's output is sent back with each call's
-`function_call_output`, and the engine gets the calls and their results as chat turns."""
+"""Function calling and structured output through the Responses API, with the official SDK against
+the vLLM fake (speaking vLLM's tool-call bytes): the flat function tools reach the engine in Chat
+Completions' shape, the model's calls come back as `function_call` output items (whole, and streamed
+as the SDK's stream helper rebuilds them), and the loop goes on: the response's output is sent back
+with each call's `function_call_output`, and the engine gets the calls and their results as chat
+turns. `text.format` reaches the engine as `response_format`, and the SDK's `parse` reads the JSON."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import openai
 import pytest
+from pydantic import BaseModel
 
 from tests.fakes.engines.server import serve
 from tests.fakes.engines.vllm import VllmEngine
@@ -111,6 +113,27 @@ def test_the_loop_sends_the_calls_and_their_outputs_back_as_chat_turns(
     ]  # fmt: skip
 
 
+def test_the_loop_carries_on_from_the_previous_response_with_only_the_outputs(
+    client: openai.OpenAI, engine: VllmEngine
+) -> None:
+    """With `previous_response_id` the client sends only the calls' outputs: the previous response's
+    turns and calls come from it, and the outputs answer its calls."""
+    first = client.responses.create(model="qwen", input=ASK, tools=TOOLS)
+    outputs = [
+        {"type": "function_call_output", "call_id": item.call_id, "output": result}
+        for item, result in zip(first.output, ('{"celsius": 21}', '"09:30"'), strict=True)
+        if item.type == "function_call"
+    ]
+    second = client.responses.create(model="qwen", input=outputs, tools=TOOLS, previous_response_id=first.id)  # type: ignore[arg-type]
+    assert second.status == "completed"
+    sent_turns = sent(engine)["messages"]
+    assert sent_turns[0] == {"role": "user", "content": ASK}
+    assert [c["id"] for c in sent_turns[1]["tool_calls"]] == ["chatcmpl-tool-0abc", "chatcmpl-tool-1abc"]
+    assert sent_turns[1]["content"] is None and [t["tool_call_id"] for t in sent_turns[2:]] == [
+        "chatcmpl-tool-0abc", "chatcmpl-tool-1abc"
+    ]  # fmt: skip
+
+
 def test_a_text_responses_output_sent_back_is_the_assistants_turn(
     client: openai.OpenAI, engine: VllmEngine
 ) -> None:
@@ -152,3 +175,30 @@ def test_what_cannot_be_honoured_is_refused_by_name(
     error: dict[str, Any] = caught.value.body  # type: ignore[assignment]
     assert says in error["message"], error
     assert error["param"] == param, error
+
+
+class Weather(BaseModel):
+    city: str
+    celsius: int
+
+
+def test_a_json_schema_text_format_is_the_engines_response_format(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    fake = VllmEngine(tokens=('{"city": ', '"Tokyo", ', '"celsius": 21}'), eos_after=3)
+    with serve(fake) as url:
+        client = sdk(make_server(pools=vllm_and_mock(url)))
+        parsed = client.responses.parse(model="qwen", input=ASK, text_format=Weather)
+        client.responses.create(model="qwen", input=ASK, text={"format": {"type": "json_object"}})
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(model="mock", input=ASK, text={"format": {"type": "json_object"}})
+    assert parsed.output_parsed == Weather(city="Tokyo", celsius=21)
+    bodies = [r.body for r in fake.record.requests if r.method == "POST"]
+    form = bodies[0]["response_format"]
+    assert form["type"] == "json_schema" and form["json_schema"]["name"] == "Weather"
+    assert form["json_schema"]["strict"] is True  # as the SDK asked
+    assert set(form["json_schema"]["schema"]["properties"]) == {"city", "celsius"}
+    assert bodies[1]["response_format"] == {"type": "json_object"}
+    error: dict[str, Any] = caught.value.body  # type: ignore[assignment]
+    assert error["param"] == "text.format", error  # as this API names it, not the job's field
+    assert error["message"].startswith("text.format is not supported by the engines serving 'mock'"), error

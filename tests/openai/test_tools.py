@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from orchestratord.api.openai.requests import ChatCompletionRequest
-from orchestratord.core.tasks import spec_from_dict
+from orchestratord.core.tasks import spec_from_dict, spec_json
 from orchestratord.relay import submit_request
 from tests.fakes.engines.server import serve
 from tests.fakes.engines.vllm import VllmEngine
@@ -202,7 +202,7 @@ def test_tool_turns_are_kept_in_the_stored_spec_that_any_replica_runs() -> None:
     turns = [*ASK, {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None}, result]
     request = ChatCompletionRequest.model_validate({"model": "qwen", "messages": turns, "tools": TOOLS})
     spec = request.to_spec(job_id="j", tenant="t", correlation_id=None, max_tokens=5)
-    stored = spec_from_dict(orjson.loads(orjson.dumps(spec)))  # as admission stores it, as dispatch reads it
+    stored = spec_from_dict(orjson.loads(spec_json(spec)))  # as admission stores it, as dispatch reads it
     assert stored == spec
     body = request_body(submit_request(stored, "m"), "m", chat=True)
     assert body["messages"] == [
@@ -225,7 +225,7 @@ def test_a_participants_name_reaches_an_openai_engine_and_not_ollama(
     assert sent == turns
     request = ChatCompletionRequest.model_validate({"model": "qwen", "messages": turns})
     spec = spec_from_dict(
-        orjson.loads(orjson.dumps(request.to_spec(job_id="j", tenant="t", correlation_id=None, max_tokens=3)))
+        orjson.loads(spec_json(request.to_spec(job_id="j", tenant="t", correlation_id=None, max_tokens=3)))
     )
     assert ollama_body(submit_request(spec, "m"), "m", chat=True, raw=False)["messages"] == [
         {"role": "system", "content": "be brief"},

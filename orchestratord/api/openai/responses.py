@@ -20,7 +20,7 @@ The log → events mapping:
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -36,7 +36,7 @@ from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import chunks, tail, unless_gone
 from orchestratord.api.schemas import Text
 from orchestratord.api.submission import submit, with_default_max_tokens
-from orchestratord.core.tasks import JobState, LogEvent, Message, TaskSpec, new_job_id
+from orchestratord.core.tasks import JobState, LogEvent, Message, TaskSpec, new_job_id, spec_from_dict
 from orchestratord.errors import InvalidParams, NotFound
 from orchestratord.idempotency import fingerprint
 from orchestratord.logs import bind
@@ -45,7 +45,7 @@ from orchestratord.state.base import JobRecord
 
 router = APIRouter(tags=["openai"])
 UNSUPPORTED = (
-    "parallel_tool_calls", "text", "reasoning", "previous_response_id", "include", "truncation",
+    "parallel_tool_calls", "reasoning", "include", "truncation",
     "top_logprobs", "prompt", "conversation",
 )  # fmt: skip
 _STATUS = {
@@ -135,6 +135,38 @@ class FunctionTool(BaseModel):
         return {"type": "function", "function": function}
 
 
+class TextFormat(BaseModel):
+    """`text.format`: plain text, any JSON object, or JSON that follows `schema`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    type: Literal["text", "json_object", "json_schema"]
+    name: Text | None = Field(default=None, min_length=1, max_length=64)
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    description: Text | None = Field(default=None, max_length=100_000)
+    strict: bool | None = None
+
+    def response_format(self) -> dict[str, Any] | None:
+        """The same request in Chat Completions' `response_format`, which the engines take; None for
+        plain text, which every engine gives. InvalidParams for a `json_schema` without its parts."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        if self.name is None or self.json_schema is None:
+            missing = "name" if self.name is None else "schema"
+            raise InvalidParams(
+                f"text.format of type json_schema needs {missing}", param=f"text.format.{missing}"
+            )
+        schema = {"name": self.name, "schema": self.json_schema, "description": self.description,
+                  "strict": self.strict}  # fmt: skip
+        return {"type": "json_schema", "json_schema": {k: v for k, v in schema.items() if v is not None}}
+
+
+class TextConfig(BaseModel):
+    model_config = _ITEM
+    format: TextFormat | None = None
+
+
 class FunctionChoice(BaseModel):
     model_config = _ITEM
     type: Literal["function"]
@@ -152,7 +184,7 @@ class ResponseRequest(OpenAIRequest):
     max_output_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     background: bool = False
     store: bool = True
-    text: dict[str, Any] | None = None
+    text: TextConfig | None = None
     reasoning: dict[str, Any] | None = None
     previous_response_id: str | None = None
     include: list[str] | None = None
@@ -160,18 +192,30 @@ class ResponseRequest(OpenAIRequest):
     prompt: dict[str, Any] | None = None
     conversation: Any = None
 
-    def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
+    def to_spec(
+        self,
+        *,
+        job_id: str,
+        tenant: str,
+        correlation_id: str | None,
+        max_tokens: int,
+        history: Sequence[Message] = (),
+    ) -> TaskSpec:
+        """The job; `history`, the turns of the response this one carries on (`previous_response_id`),
+        which come after this request's instructions and before its input."""
         for name in UNSUPPORTED:
-            if asks_for(name, getattr(self, name)) and not _plain_text(name, getattr(self, name)):
+            if asks_for(name, getattr(self, name)):
                 raise InvalidParams(f"{name} is not supported by orchestratord yet; leave it out", param=name)
         if self.background and not self.store:
             raise InvalidParams("a background response must be stored; leave store out", param="store")
         messages = [Message("system", self.instructions)] if self.instructions else []
+        messages += history
         if isinstance(self.input, str):
             messages.append(Message("user", self.input))
         else:
-            messages += _turns(self.input)
+            messages += _turns(self.input, _calls_made(history))
         tools = None if self.tools is None else json_text("tools", [tool.chat() for tool in self.tools])
+        form = None if self.text is None or self.text.format is None else self.text.format.response_format()
         choice: str | dict[str, Any] | None = (  # in Chat Completions' shape
             {"type": "function", "function": {"name": self.tool_choice.name}}
             if isinstance(self.tool_choice, FunctionChoice)
@@ -184,17 +228,25 @@ class ResponseRequest(OpenAIRequest):
             frequency_penalty=self.frequency_penalty, correlation_id=correlation_id,
             cancel_on_disconnect=not self.background, tools=tools,
             tool_choice=None if choice is None else json_text("tool_choice", choice),
+            response_format=None if form is None else json_text("text.format", form),
+            instructed=True if self.instructions else None,
         )  # fmt: skip
 
 
-def _turns(items: list[InputItem]) -> list[Message]:
+def _calls_made(turns: Sequence[Message]) -> set[str]:
+    """The ids of the tool calls the assistant turns of `turns` made."""
+    return {call["id"] for m in turns if m.tool_calls is not None for call in orjson.loads(m.tool_calls)}
+
+
+def _turns(items: list[InputItem], called: set[str]) -> list[Message]:
     """The input items as chat turns: messages as they are; consecutive `function_call` items as one
     assistant turn with their calls (joined to the assistant message just before them, as OpenAI
     joins a turn's text and calls); each `function_call_output` as a `tool` turn answering its call,
-    which an earlier item must have made (InvalidParams naming `input[i].call_id` otherwise)."""
+    which an earlier item (or `called`: the calls of the response carried on) must have made
+    (InvalidParams naming `input[i].call_id` otherwise)."""
     turns: list[Message] = []
     calls: list[dict[str, Any]] = []  # the calls of the assistant turn being built
-    called: set[str] = set()
+    called = set(called)
     for index, item in enumerate(items):
         if isinstance(item, FunctionCallItem):
             calls.append({"id": item.call_id, "type": "function",
@@ -227,11 +279,6 @@ def _close(turns: list[Message], calls: list[dict[str, Any]]) -> None:
     calls.clear()
 
 
-def _plain_text(name: str, value: Any) -> bool:
-    """`text: {"format": {"type": "text"}}` asks for nothing beyond plain text."""
-    return name == "text" and value == {"format": {"type": "text"}}
-
-
 class ResponseObject(BaseModel):
     """OpenAI's response object (the fields orchestratord fills), with its job's queue position."""
 
@@ -250,6 +297,53 @@ class ResponseObject(BaseModel):
 
 def response_id(job_id: str) -> str:
     return "resp_" + uuid.UUID(job_id).hex
+
+
+async def _history(caller: Caller, previous: str) -> tuple[Message, ...]:
+    """The conversation a response with `previous_response_id` carries on: the previous response's
+    turns, without its instructions (as OpenAI's API leaves them out), and its output as one assistant
+    turn (its text and its calls). It must have completed; it is kept as long as its job
+    (`stream.retention_s` after it ended), on every replica."""
+    param = "previous_response_id"
+    try:
+        record = await caller.services.jobs.get(job_id_of(previous), caller.tenant)
+    except NotFound:
+        raise InvalidParams(
+            f"previous_response_id: no response {previous!r} here (a response is kept for stream.retention_s "
+            "after it ends); send the whole conversation as input instead",
+            param=param,
+        ) from None
+    if record.state is not JobState.SUCCEEDED:
+        raise InvalidParams(
+            f"previous_response_id: response {previous!r} is {_STATUS[record.state]}; a response carries "
+            "on only from one that completed",
+            param=param,
+        )
+    spec = spec_from_dict(orjson.loads(record.spec))
+    turns = list(spec.messages or ())[1 if spec.instructed else 0 :]
+    output = (await _current(caller.services, record))["output"]
+    text = "".join(part["text"] for item in output if item["type"] == "message" for part in item["content"])
+    calls = [
+        {"id": item["call_id"], "type": "function",
+         "function": {"name": item["name"], "arguments": item["arguments"]}}
+        for item in output if item["type"] == "function_call"
+    ]  # fmt: skip
+    if text or calls:
+        turns.append(Message("assistant", text, json_text("tool_calls", calls) if calls else None))
+    return tuple(turns)
+
+
+# The job's fields a refusal may name, as this API calls them
+_NAMES = {"response_format": "text.format", "messages": "input"}
+
+
+def _in_our_names(exc: InvalidParams) -> InvalidParams:
+    """A refusal that names a job field (admission's: what no engine serving the model takes) named
+    as the request called it."""
+    ours = _NAMES.get(exc.param or "")
+    if ours is None or exc.param is None:
+        return exc
+    return InvalidParams(exc.message.replace(exc.param, ours, 1), param=ours)
 
 
 def job_id_of(resp_id: str) -> str:
@@ -454,17 +548,21 @@ async def create_response(
     body: ResponseRequest, request: Request, caller: Annotated[Caller, Depends(get_json_caller)]
 ) -> Response:
     services = caller.services
+    history = () if body.previous_response_id is None else await _history(caller, body.previous_response_id)
     spec = body.to_spec(
         job_id=new_job_id(), tenant=caller.tenant, correlation_id=caller.correlation_id,
-        max_tokens=body.max_output_tokens or 1,
+        max_tokens=body.max_output_tokens or 1, history=history,
     )  # fmt: skip
     if body.max_output_tokens is None:
         spec = with_default_max_tokens(services, spec)
     bind(user=body.user, metadata=body.metadata)
-    result = await submit(
-        caller, spec, idempotency_key=request.headers.get("idempotency-key"),
-        body=lambda: fingerprint(body.model_dump(mode="json")),
-    )  # fmt: skip
+    try:
+        result = await submit(
+            caller, spec, idempotency_key=request.headers.get("idempotency-key"),
+            body=lambda: fingerprint(body.model_dump(mode="json")),
+        )  # fmt: skip
+    except InvalidParams as exc:
+        raise _in_our_names(exc) from None
     record = await services.jobs.get(result.job_id, caller.tenant)
     headers = {"X-Job-Id": result.job_id, **result.headers}
     if body.stream:
