@@ -148,3 +148,21 @@ def test_a_previous_response_that_is_unknown_or_unfinished_is_refused_by_name(se
         error = caught.value.body
         assert error["param"] == "previous_response_id" and says in error["message"], error  # type: ignore[index]
     client.responses.cancel(running.id)
+
+
+def test_a_response_carries_on_from_a_job_of_our_own_api(server: LoopbackServer) -> None:
+    """A job posted to `/v1/tasks` with a prompt is a response too (`resp_` and its id in hex): its
+    prompt is the user's turn a response carried on from it begins with."""
+    with httpx.Client(base_url=server.base_url, timeout=30) as http:
+        posted = http.post("/v1/tasks", json={"model_ref": "mock", "prompt": "hello", "max_tokens": 4}).json()
+        wait_for(lambda: http.get(f"/v1/tasks/{posted['job_id']}").json()["state"] == "succeeded")
+        said = http.get(f"/v1/tasks/{posted['job_id']}").json()["text"]
+    previous = "resp_" + uuid.UUID(posted["job_id"]).hex
+    after = sdk(server).responses.create(
+        model="mock", input="more", previous_response_id=previous, max_output_tokens=2
+    )
+    assert stored_turns(server, after.id) == [
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": said},
+        {"role": "user", "content": "more"},
+    ]

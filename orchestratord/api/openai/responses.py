@@ -13,8 +13,15 @@ The log → events mapping:
 - the dispatch `metrics` event → `response.in_progress` (once);
 - the first `token` → `response.output_item.added`, `response.content_part.added`; each `token` →
   `response.output_text.delta`;
-- `end` → the `.done` events, then `response.completed` (`response.incomplete` when it stopped at
-  `max_output_tokens`, or with status `cancelled` when it was canceled); `error` → `response.failed`.
+- a call's first `tool_call` fragment → `response.output_item.added` (a `function_call` item); each
+  fragment's arguments → `response.function_call_arguments.delta`;
+- `end` → the `.done` events of each output item, in the order they began, then `response.completed`
+  (`response.incomplete` when it stopped at `max_output_tokens`, or with status `cancelled` when it
+  was canceled); `error` → `response.failed`.
+
+The request side maps onto a chat job: function tools and `function_call` / `function_call_output`
+items become chat `tools` and turns, `text.format` the `response_format`, and `previous_response_id`
+the previous job's turns and output before the input.
 """
 
 from __future__ import annotations
@@ -320,7 +327,10 @@ async def _history(caller: Caller, previous: str) -> tuple[Message, ...]:
             param=param,
         )
     spec = spec_from_dict(orjson.loads(record.spec))
-    turns = list(spec.messages or ())[1 if spec.instructed else 0 :]
+    if spec.messages is None:  # a job of our own API, given as a prompt
+        turns = [Message("user", spec.prompt or "")]
+    else:
+        turns = list(spec.messages)[1 if spec.instructed else 0 :]
     output = (await _current(caller.services, record))["output"]
     text = "".join(part["text"] for item in output if item["type"] == "message" for part in item["content"])
     calls = [
