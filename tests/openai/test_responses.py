@@ -166,3 +166,15 @@ def test_a_response_carries_on_from_a_job_of_our_own_api(server: LoopbackServer)
         {"role": "assistant", "content": said},
         {"role": "user", "content": "more"},
     ]
+
+
+def test_what_agent_frameworks_send_on_every_request_asks_for_nothing(server: LoopbackServer) -> None:
+    """No tools (`tools: []`), no includes and `truncation: "disabled"` (OpenAI's default) run on an
+    engine that takes no tools; `truncation: "auto"` would drop turns, which orchestratord does not."""
+    client = sdk(server)
+    done = client.responses.create(model="mock", input="x", tools=[], include=[], truncation="disabled",
+                                   max_output_tokens=2)  # fmt: skip
+    assert done.status == "incomplete" and done.output_text
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="mock", input="x", truncation="auto", max_output_tokens=2)
+    assert caught.value.body["param"] == "truncation"  # type: ignore[index]

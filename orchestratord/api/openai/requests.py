@@ -32,9 +32,12 @@ UNSUPPORTED = (
 def asks_for(name: str, value: Any) -> bool:
     """Whether an UNSUPPORTED field (or one of the Responses API's) asks for anything: it is set, and
     not to OpenAI's default. `parallel_tool_calls` defaults to true; false asks for at most one call,
-    which orchestratord cannot promise."""
+    which orchestratord cannot promise. `truncation` defaults to "disabled" (a prompt too long for the
+    context is refused, as orchestratord refuses it)."""
     if name == "parallel_tool_calls":
         return value is False
+    if name == "truncation":  # the Responses API's: "disabled" is its default
+        return value not in (None, "disabled")
     return value not in (None, False, [], {})
 
 

@@ -221,7 +221,8 @@ class ResponseRequest(OpenAIRequest):
             messages.append(Message("user", self.input))
         else:
             messages += _turns(self.input, _calls_made(history))
-        tools = None if self.tools is None else json_text("tools", [tool.chat() for tool in self.tools])
+        # no tools (`[]`, which agent frameworks send on every request) ask for nothing
+        tools = json_text("tools", [tool.chat() for tool in self.tools]) if self.tools else None
         form = None if self.text is None or self.text.format is None else self.text.format.response_format()
         choice: str | dict[str, Any] | None = (  # in Chat Completions' shape
             {"type": "function", "function": {"name": self.tool_choice.name}}
