@@ -6,6 +6,7 @@ engine-side evidence it gives); the oracle is always the engine itself, asked di
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -365,6 +366,36 @@ def test_a_vllm_pool_passes_on_the_jobs_class_and_id(
     assert f"x-request-id: {posted['job_id']}-".encode() in sent.lower()
 
 
+# The second turn of a function-calling loop: the assistant's call (content null) and the tool's result
+TOOL_TURNS: list[Any] = [
+    {"role": "user", "content": "What time is it in Tokyo?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call-1", "type": "function", "function": {"name": "get_time", "arguments": '{"zone": "JST"}'}}
+    ]},
+    {"role": "tool", "tool_call_id": "call-1", "content": "09:30"},
+]  # fmt: skip
+
+
+@contextlib.contextmanager
+def sdk_through_proxy(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> Iterator[tuple[openai.OpenAI, Proxy]]:
+    """The official SDK on an orchestratord whose pool reaches `real` through a recording proxy,
+    once the pool is ready; the proxy's `sent` holds the bytes that reached the engine."""
+    with Proxy(int(real.url.rsplit(":", 1)[1])) as proxy:
+        server = make_server(pools=[real.pool(proxy.url)], health_interval_s=0.5)
+        with httpx.Client(base_url=server.base_url, timeout=120) as client:
+            wait_until(lambda: client.get("/v1/pools/real/health").json()["ready"], 15, "pool ready")
+        yield openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0), proxy
+
+
+def assert_the_tool_turns_reached_the_engine(proxy: Proxy) -> None:
+    sent = b"".join(proxy.sent)
+    assert re.search(rb'"tool_call_id":\s*"call-1"', sent) and re.search(rb'"content":\s*null', sent), sent[
+        -600:
+    ]
+
+
 @pytest.mark.parametrize("real", ["vllm"], indirect=True)
 def test_a_tool_loops_turns_reach_vllm_as_the_sdk_sent_them(
     make_server: Callable[..., LoopbackServer], real: Real
@@ -372,32 +403,17 @@ def test_a_tool_loops_turns_reach_vllm_as_the_sdk_sent_them(
     """The second turn of OpenAI's function-calling loop, sent with the official SDK: the assistant's
     call (content null) and the tool's result reach vLLM, which takes them and answers exactly as it
     answers the same turns sent to it directly."""
-    call = {
-        "id": "call-1",
-        "type": "function",
-        "function": {"name": "get_time", "arguments": '{"zone": "JST"}'},
-    }
-    turns: list[Any] = [
-        {"role": "user", "content": "What time is it in Tokyo?"},
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "call-1", "content": "09:30"},
-    ]
     greedy = {"temperature": 0.0, "seed": 7, "max_tokens": 6}
     direct = httpx.post(
-        real.url + "/v1/chat/completions", json={"model": MODEL, "messages": turns, **greedy}, timeout=120
+        real.url + "/v1/chat/completions",
+        json={"model": MODEL, "messages": TOOL_TURNS, **greedy},
+        timeout=120,
     )
     assert direct.status_code == 200, direct.text
-    with Proxy(int(real.url.rsplit(":", 1)[1])) as proxy:
-        server = make_server(pools=[real.pool(proxy.url)], health_interval_s=0.5)
-        with httpx.Client(base_url=server.base_url, timeout=120) as client:
-            wait_until(lambda: client.get("/v1/pools/real/health").json()["ready"], 15, "pool ready")
-        sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
-        answer = sdk.chat.completions.create(model=MODEL, messages=turns, **greedy)  # type: ignore[call-overload]
+    with sdk_through_proxy(make_server, real) as (sdk, proxy):
+        answer = sdk.chat.completions.create(model=MODEL, messages=TOOL_TURNS, **greedy)  # type: ignore[call-overload]
     assert answer.choices[0].message.content == direct.json()["choices"][0]["message"]["content"]
-    sent = b"".join(proxy.sent)
-    assert re.search(rb'"tool_call_id":\s*"call-1"', sent) and re.search(rb'"content":\s*null', sent), sent[
-        -600:
-    ]
+    assert_the_tool_turns_reached_the_engine(proxy)
 
 
 @pytest.mark.parametrize("real", ["vllm"], indirect=True)
@@ -409,48 +425,23 @@ def test_a_responses_tool_loop_reaches_vllm_as_chat_turns(
     vLLM answers as it answers those chat turns sent to it directly (`tool_choice: none`: the test's
     vLLM runs without a tool-call parser, which `auto` needs)."""
     tool = {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}}
-    call = {"name": "get_time", "arguments": '{"zone": "JST"}'}
-    turns: list[Any] = [
-        {"role": "user", "content": "What time is it in Tokyo?"},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [{"id": "call-1", "type": "function", "function": call}],
-        },
-        {"role": "tool", "tool_call_id": "call-1", "content": "09:30"},
-    ]
     items: list[Any] = [
         {"role": "user", "content": "What time is it in Tokyo?"},
         {"type": "function_call", "call_id": "call-1", "name": "get_time", "arguments": '{"zone": "JST"}'},
         {"type": "function_call_output", "call_id": "call-1", "output": "09:30"},
     ]
-    chat_tools = [{"type": "function", "function": tool}]
-    direct = httpx.post(
-        real.url + "/v1/chat/completions",
-        json={
-            "model": MODEL,
-            "messages": turns,
-            "tools": chat_tools,
-            "tool_choice": "none",
-            "temperature": 0.0,
-            "max_tokens": 6,
-        },
-        timeout=120,
-    )
+    body = {"model": MODEL, "messages": TOOL_TURNS, "tools": [{"type": "function", "function": tool}],
+            "tool_choice": "none", "temperature": 0.0, "max_tokens": 6}  # fmt: skip
+    direct = httpx.post(real.url + "/v1/chat/completions", json=body, timeout=120)
     assert direct.status_code == 200, direct.text
-    with Proxy(int(real.url.rsplit(":", 1)[1])) as proxy:
-        server = make_server(pools=[real.pool(proxy.url)], health_interval_s=0.5)
-        with httpx.Client(base_url=server.base_url, timeout=120) as client:
-            wait_until(lambda: client.get("/v1/pools/real/health").json()["ready"], 15, "pool ready")
-        sdk = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+    with sdk_through_proxy(make_server, real) as (sdk, proxy):
         answer = sdk.responses.create(
             model=MODEL, input=items, tools=[{"type": "function", **tool}],  # type: ignore[list-item]
             tool_choice="none", temperature=0.0, max_output_tokens=6,
         )  # fmt: skip
     said = direct.json()["choices"][0]["message"]
     assert answer.output_text == (said["content"] or ""), (answer.output, said)
-    sent = b"".join(proxy.sent)
-    assert re.search(rb'"tool_call_id":\s*"call-1"', sent) and re.search(rb'"content":\s*null', sent), sent[
+    assert_the_tool_turns_reached_the_engine(proxy)
+    assert re.search(rb'"function":\s*\{"name":\s*"get_time"', b"".join(proxy.sent)), b"".join(proxy.sent)[
         -600:
     ]
-    assert re.search(rb'"function":\s*\{"name":\s*"get_time"', sent), sent[-600:]
