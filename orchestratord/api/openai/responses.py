@@ -315,8 +315,8 @@ async def _history(caller: Caller, previous: str) -> tuple[Message, ...]:
     param = "previous_response_id"
     try:
         record = await caller.services.jobs.get(job_id_of(previous), caller.tenant)
-    except NotFound:
-        raise InvalidParams(
+    except NotFound:  # 404, as OpenAI answers it: the request is well formed, what it names is not here
+        raise NotFound(
             f"previous_response_id: no response {previous!r} here (a response is kept for stream.retention_s "
             "after it ends); send the whole conversation as input instead",
             param=param,
@@ -551,7 +551,7 @@ class ResponseEvents:
     response_class=Response,
     responses={
         200: {"model": ResponseObject, "content": {"text/event-stream": {}}, "description": "The response."},
-        **openai_errors(400, 409, 413, 415, 429, 503),
+        **openai_errors(400, 404, 409, 413, 415, 429, 503),
     },
     operation_id="createResponse",
 )
