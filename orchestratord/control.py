@@ -3,7 +3,8 @@
 `ControlPlane` holds the API keys, sessions, budgets and the model catalog. `ControlGate` is how the job
 path consults them: admission asks it to `hold` a job before queueing it (catalog state, the session's
 turn, the session's and the tenant's budgets; any refusal is typed, and nothing is queued), and the
-dispatcher asks it for the session's affinity before placement and tells it where the job was placed.
+dispatcher asks it for the job's affinity (its session's, or its prompt cache key's) before placement
+and tells it where the job was placed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from orchestratord.admission import AdmissionHold
 from orchestratord.auth import ApiKeys
 from orchestratord.budgets import BudgetPolicy, Budgets, Price, event_fields, headers
+from orchestratord.cache_keys import CacheKeys
 from orchestratord.catalog import Catalog
 from orchestratord.core.budget import Limits, Remaining, remaining, tightest
 from orchestratord.core.placement import Assigned
@@ -62,6 +64,7 @@ class ControlGate:
         self._budgets = budgets
         self._sessions = sessions
         self._catalog = catalog
+        self.cache_keys = CacheKeys()
 
     # -- admission -------------------------------------------------------------------------------
     async def hold(self, spec: TaskSpec) -> AdmissionHold:
@@ -99,6 +102,10 @@ class ControlGate:
 
     # -- placement -------------------------------------------------------------------------------
     async def affinity(self, spec: TaskSpec) -> tuple[str, str] | None:
+        """Where the job's session ran its last turn; for a job outside a session, where the last job
+        of its prompt cache key was placed."""
+        if spec.session_id is None and spec.cache_key is not None:
+            return self.cache_keys.last(spec.tenant, spec.cache_key)
         return await self._sessions.affinity(spec)
 
     async def placed(self, spec: TaskSpec, assigned: Assigned) -> Mapping[str, object]:
@@ -107,4 +114,7 @@ class ControlGate:
         fields = event_fields(await self.remaining_for(spec.tenant, spec.session_id))
         if record is not None:
             fields["kv_warmth"] = record.kv_warmth
+        elif spec.cache_key is not None:
+            self.cache_keys.placed(spec.tenant, spec.cache_key, assigned.pool_id, assigned.replica_id)
+            fields["kv_warmth"] = assigned.affinity_hit
         return fields

@@ -1,9 +1,9 @@
 """Placement: choose a pool and replica for a task from snapshots. Pure: data in, decision out.
 
 Filters, in order: the pin/avoid/prefer restriction, not draining, serves the model, context fits,
-output fits (`max_tokens_out`), device mask, ready, a free slot. Scoring among survivors: session
-affinity first, then least loaded, then most free slots, then (pool_id, replica_id) as a deterministic
-tie-break.
+output fits (`max_tokens_out`), device mask, ready, a free slot. Scoring among survivors: affinity
+(the replica of the session's last turn, or of the prompt cache key's last job) first, then least
+loaded, then most free slots, then (pool_id, replica_id) as a deterministic tie-break.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ class PlacementRequest:
     model: str
     tokens_needed: int
     prefs: PlacementPrefs = field(default_factory=PlacementPrefs)
-    affinity: tuple[str, str] | None = None  # (pool_id, replica_id) that served the session before
+    # (pool_id, replica_id) that served the session's last turn, or its prompt cache key's last job
+    affinity: tuple[str, str] | None = None
     device_mask: str | None = None
     tokens_out: int = 0  # the task's max_tokens: a pool's max_tokens_out must allow it
     holdback: float = 0.0  # a batch job: the share of each pool's slots it may not take
@@ -94,7 +95,7 @@ def decide(req: PlacementRequest, pools: Sequence[PoolSnapshot]) -> Assigned | N
     pick_from = preferred or free
     pool, replica = min(pick_from, key=lambda pr: _score(pr[0], pr[1], req.affinity))
     hit = req.affinity == (pool.pool_id, replica.replica_id)
-    reason = "session affinity" if hit else "least loaded"
+    reason = "affinity" if hit else "least loaded"
     log = DecisionLog(candidates, tuple(filtered), reason, pinned, fallback)
     return Assigned(pool.pool_id, replica.replica_id, pool.engine, pool.engine_version, log, hit)
 

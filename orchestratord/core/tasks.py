@@ -114,6 +114,11 @@ class TaskSpec:
     # True: the first message is the request's instructions (the Responses API's), which a response
     # that carries this one on (`previous_response_id`) leaves out
     instructed: bool | None = None
+    # The client's prompt cache key (OpenAI's `prompt_cache_key`): a job outside a session is placed,
+    # when it can be, where the key's last job was (orchestratord.cache_keys)
+    cache_key: str | None = None
+    # True: a Responses API job created with `store: false`, which that API does not give back
+    unstored: bool | None = None
 
     @property
     def engine_parameters(self) -> tuple[str, ...]:

@@ -65,7 +65,7 @@ def test_session_affinity_beats_load() -> None:
     affine = PlacementRequest("m", 10, PlacementPrefs(), affinity=("a", "r0"))
     decision = decide(affine, pools)
     assert isinstance(decision, Assigned) and decision.replica_id == "r0" and decision.affinity_hit
-    assert decision.log.reason == "session affinity"
+    assert decision.log.reason == "affinity"
 
 
 def test_pin_is_never_a_silent_fallback() -> None:

@@ -4,6 +4,7 @@ from the job's event log, retrieved and canceled; every event exactly once, in o
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import httpx
 import openai
@@ -183,3 +184,28 @@ def test_what_agent_frameworks_send_on_every_request_asks_for_nothing(server: Lo
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model="mock", input="x", truncation="auto", max_output_tokens=2)
     assert caught.value.body["param"] == "truncation"  # type: ignore[index]
+
+
+def test_a_response_created_with_store_false_is_not_given_back(server: LoopbackServer) -> None:
+    """`store: false`: the answer comes whole or streamed, and then the API gives it back to no one:
+    retrieving, streaming again, cancelling and carrying on from it are 404s that say why."""
+    client = sdk(server)
+    whole = client.responses.create(model="mock", input="private", store=False, max_output_tokens=3)
+    assert whole.output_text and whole.usage is not None and whole.usage.output_tokens == 3
+    events = list(client.responses.create(model="mock", input="private", store=False, stream=True,
+                                          max_output_tokens=3))  # fmt: skip
+    assert events[-1].type == "response.incomplete"
+    streamed = events[-1].response.id
+    kept = client.responses.create(model="mock", input="not private", max_output_tokens=3)
+    refusals: list[Callable[[str], object]] = [
+        lambda unstored: client.responses.retrieve(unstored),
+        lambda unstored: client.responses.retrieve(unstored, stream=True),
+        lambda unstored: client.responses.cancel(unstored),
+        lambda unstored: client.responses.create(model="mock", input="x", previous_response_id=unstored),
+    ]
+    for unstored in (whole.id, streamed):
+        for refused in refusals:
+            with pytest.raises(openai.NotFoundError) as caught:
+                refused(unstored)
+            assert "store: false" in caught.value.body["message"], caught.value.body  # type: ignore[index]
+    assert client.responses.retrieve(kept.id).output_text == kept.output_text

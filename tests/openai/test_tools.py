@@ -96,6 +96,21 @@ def test_an_engine_that_takes_no_tools_gets_none(client: openai.OpenAI) -> None:
     assert "tools is not supported by the engines serving 'mock'" in caught.value.body["message"]  # type: ignore[index]
 
 
+def test_no_tools_ask_for_nothing(client: openai.OpenAI) -> None:
+    """`tools: []` (agent frameworks send it when they have none), with `tool_choice` `auto` or `none`,
+    runs on an engine that takes no tools; `required` without tools still asks for a tool engine."""
+    for choice in ("auto", "none"):
+        done = client.chat.completions.create(
+            model="mock", messages=ASK, tools=[], tool_choice=choice, max_tokens=2
+        )
+        assert done.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="mock", messages=ASK, tools=[], tool_choice="required", max_tokens=2
+        )
+    assert caught.value.body["param"] == "tool_choice"  # type: ignore[index]
+
+
 def test_tools_on_a_text_completion_are_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="qwen", prompt="x", max_tokens=3, extra_body={"tools": TOOLS})

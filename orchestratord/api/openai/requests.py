@@ -136,6 +136,10 @@ class OpenAIRequest(BaseModel):
     frequency_penalty: Penalty | None = None
     stream: bool = False
     user: Text | None = Field(default=None, max_length=256)
+    # OpenAI's successors of `user`: a stable id of the end user (into the request's log lines, as
+    # `user`), and a key naming requests that share a prefix (placed together: orchestratord.cache_keys)
+    safety_identifier: Text | None = Field(default=None, min_length=1, max_length=256)
+    prompt_cache_key: Text | None = Field(default=None, min_length=1, max_length=256)
     metadata: dict[str, Text] | None = Field(default=None, max_length=16)
     service_tier: Literal["auto", "default", "flex", "priority"] | None = None
     # Passed on or refused by name, per surface: declared so that the errors can name them.
@@ -178,11 +182,16 @@ class _Generation(OpenAIRequest):
                 raise InvalidParams(f"{name} is not supported by orchestratord yet; leave it out", param=name)
 
     def structured(self) -> dict[str, str | None]:
-        """tools, tool_choice and response_format as JSON text for the engine (`{"type": "text"}`, the
-        default format, is no request at all)."""
+        """tools, tool_choice and response_format as JSON text for the engine. What asks for nothing is
+        no request at all: `{"type": "text"}` (the default format), `tools: []` (which agent frameworks
+        send when they have none), and `tool_choice` `auto` or `none` without tools."""
         fields = {name: getattr(self, name) for name in STRUCTURED}
         if _plain(fields["response_format"]):
             fields["response_format"] = None
+        if not fields["tools"]:
+            fields["tools"] = None
+            if fields["tool_choice"] in ("auto", "none"):
+                fields["tool_choice"] = None
         return {k: None if v is None else json_text(k, v) for k, v in fields.items()}
 
     def _spec(
@@ -203,6 +212,7 @@ class _Generation(OpenAIRequest):
             frequency_penalty=self.frequency_penalty,
             ignore_eos=True if self.ignore_eos else None,
             correlation_id=correlation_id,
+            cache_key=self.prompt_cache_key,
             **inputs,
         )
 

@@ -237,7 +237,8 @@ class ResponseRequest(OpenAIRequest):
             cancel_on_disconnect=not self.background, tools=tools,
             tool_choice=None if choice is None else json_text("tool_choice", choice),
             response_format=None if form is None else json_text("text.format", form),
-            instructed=True if self.instructions else None,
+            instructed=True if self.instructions else None, cache_key=self.prompt_cache_key,
+            unstored=None if self.store else True,
         )  # fmt: skip
 
 
@@ -321,13 +322,19 @@ async def _history(caller: Caller, previous: str) -> tuple[Message, ...]:
             "after it ends); send the whole conversation as input instead",
             param=param,
         ) from None
+    spec = spec_from_dict(orjson.loads(record.spec))
+    if spec.unstored:
+        raise NotFound(
+            f"previous_response_id: response {previous!r} was created with store: false, and such a "
+            "response cannot be carried on; send the whole conversation as input instead",
+            param=param,
+        )
     if record.state is not JobState.SUCCEEDED:
         raise InvalidParams(
             f"previous_response_id: response {previous!r} is {_STATUS[record.state]}; a response carries "
             "on only from one that completed",
             param=param,
         )
-    spec = spec_from_dict(orjson.loads(record.spec))
     if spec.messages is None:  # a job of our own API, given as a prompt
         turns = [Message("user", spec.prompt or "")]
     else:
@@ -355,6 +362,17 @@ def _in_our_names(exc: InvalidParams) -> InvalidParams:
     if ours is None or exc.param is None:
         return exc
     return InvalidParams(exc.message.replace(exc.param, ours, 1), param=ours)
+
+
+def _given_back(resp_id: str, record: JobRecord) -> JobRecord:
+    """The record of a response this API may give back (read, stream again, cancel): NotFound, as
+    OpenAI answers, for one created with `store: false`."""
+    if spec_from_dict(orjson.loads(record.spec)).unstored:
+        raise NotFound(
+            f"response {resp_id!r} was created with store: false, and this API does not give such a "
+            "response back (to read, stream again or cancel); create it with store: true (the default)"
+        )
+    return record
 
 
 def job_id_of(resp_id: str) -> str:
@@ -566,7 +584,7 @@ async def create_response(
     )  # fmt: skip
     if body.max_output_tokens is None:
         spec = with_default_max_tokens(services, spec)
-    bind(user=body.user, metadata=body.metadata)
+    bind(user=body.user, safety_identifier=body.safety_identifier, metadata=body.metadata)
     try:
         result = await submit(
             caller, spec, idempotency_key=request.headers.get("idempotency-key"),
@@ -599,7 +617,7 @@ async def get_response(
     starting_after: Annotated[int | None, Query(ge=-1)] = None,
 ) -> Response:
     services = caller.services
-    record = await services.jobs.get(job_id_of(response_id), caller.tenant)
+    record = _given_back(response_id, await services.jobs.get(job_id_of(response_id), caller.tenant))
     background = not record.cancel_on_disconnect
     if stream:
         after = -1 if starting_after is None else starting_after
@@ -619,6 +637,7 @@ async def get_response(
 async def cancel_response(response_id: str, caller: Annotated[Caller, Depends(get_caller)]) -> Response:
     services = caller.services
     job_id = job_id_of(response_id)
+    _given_back(response_id, await services.jobs.get(job_id, caller.tenant))
     await services.jobs.cancel(job_id, caller.tenant)  # idempotent: an ended job stays as it ended
     record = await services.jobs.get(job_id, caller.tenant)
     return _json(await _current(services, record), {"X-Job-Id": job_id})

@@ -84,7 +84,8 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
     )  # fmt: skip
     if requested is None:
         spec = with_default_max_tokens(services, spec)
-    bind(user=body.user, metadata=body.metadata)  # the client's ids, into this request's log lines
+    # the client's ids, into this request's log lines
+    bind(user=body.user, safety_identifier=body.safety_identifier, metadata=body.metadata)
     result = await submit(
         caller,
         spec,
