@@ -112,6 +112,7 @@ class Relay:
         stats = RunStats()
         started = self._clock()
         last_metrics = started
+        first_call: int | None = None  # the index of the engine's first tool call
         try:
             request = submit_request(ctx.spec, engine_model, ctx.traceparent)
             async with closing_stream(adapter.submit(request)) as events:
@@ -120,6 +121,10 @@ class Relay:
                         await self._finish(ctx, stats, event, started)
                         return stats
                     if isinstance(event, ToolCallDelta):  # rare: tested after the terminal mark
+                        if first_call is None:
+                            first_call = event.index
+                        elif event.index != first_call and ctx.spec.single_tool_call:
+                            continue  # `parallel_tool_calls: false`: the calls after the first are dropped
                         fragment = _fragment(event)
                         appended = (
                             await self._store.append(ctx.spec.job_id, "tool_call", fragment) is not None

@@ -119,6 +119,9 @@ class TaskSpec:
     cache_key: str | None = None
     # True: a Responses API job created with `store: false`, which that API does not give back
     unstored: bool | None = None
+    # True: at most one tool call comes back (OpenAI's `parallel_tool_calls: false`); the relay drops
+    # the engine's calls after the first, as vLLM does
+    single_tool_call: bool | None = None
 
     @property
     def engine_parameters(self) -> tuple[str, ...]:

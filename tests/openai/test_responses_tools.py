@@ -69,6 +69,14 @@ def test_the_tools_reach_the_engine_and_its_calls_are_function_call_items(
     assert response.output_text == ""  # the model said nothing besides its calls
 
 
+def test_parallel_tool_calls_false_gives_one_function_call_item(client: openai.OpenAI) -> None:
+    """The engine makes two calls; with `parallel_tool_calls: false` the response holds its first."""
+    response = client.responses.create(model="qwen", input=ASK, tools=TOOLS, parallel_tool_calls=False)
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert [(c.name, c.arguments, c.call_id) for c in calls] == [(*CALLS[0], "chatcmpl-tool-0abc")]
+    assert response.status == "completed"
+
+
 def test_streamed_calls_are_rebuilt_by_the_sdks_stream_helper(client: openai.OpenAI) -> None:
     with client.responses.stream(model="qwen", input=ASK, tools=TOOLS) as stream:
         events = list(stream)
@@ -157,15 +165,12 @@ def test_a_text_responses_output_sent_back_is_the_assistants_turn(
          "input[0].call_id", "no function_call item before it has call_id 'c9'"),
         ({"input": ASK, "tools": [{"type": "web_search"}]}, "tools.0.type",
          "tools.0.type: Input should be 'function'"),
-        ({"input": ASK, "tools": TOOLS, "parallel_tool_calls": False}, "parallel_tool_calls",
-         "not supported"),
         ({"model": "mock", "input": ASK, "tools": TOOLS}, "tools",
          "not supported by the engines serving 'mock'"),
         ({"input": [{"type": "function_call", "call_id": "c1"}], "tools": TOOLS}, "input",
          "input.0.function_call.name: field required"),
     ],
-    ids=["output_without_its_call", "a_hosted_tool", "parallel_tool_calls_false", "an_engine_without_tools",
-         "a_call_without_its_name"],
+    ids=["output_without_its_call", "a_hosted_tool", "an_engine_without_tools", "a_call_without_its_name"],
 )  # fmt: skip
 def test_what_cannot_be_honoured_is_refused_by_name(
     client: openai.OpenAI, body: dict[str, Any], param: str, says: str

@@ -248,27 +248,43 @@ def test_a_participants_name_reaches_an_openai_engine_and_not_ollama(
     ]
 
 
-def test_parallel_tool_calls_at_openais_default_is_accepted_and_false_is_refused(
+def test_parallel_tool_calls_false_gives_only_the_first_call(
     client: openai.OpenAI, engine: tuple[VllmEngine, str]
 ) -> None:
     """`parallel_tool_calls: true` is OpenAI's default and asks for nothing (clients that send their
-    settings whole send it); false asks for at most one call, which orchestratord cannot promise."""
+    settings whole send it); `false` gives at most one call: the engine's first, streamed and whole
+    (the engine made two), as vLLM answers it. Neither reaches the engine."""
     fake, _ = engine
-    done = client.chat.completions.create(
+    both = client.chat.completions.create(
         model="qwen",
         messages=ASK,
         tools=TOOLS,
         parallel_tool_calls=True,
         max_tokens=50,  # type: ignore[arg-type]
     )
-    assert done.choices[0].finish_reason == "tool_calls"
-    assert "parallel_tool_calls" not in [r for r in fake.record.requests if r.method == "POST"][-1].body
-    with pytest.raises(openai.BadRequestError) as caught:
+    assert [c.function.name for c in both.choices[0].message.tool_calls or []] == ["get_weather", "get_time"]
+    one = client.chat.completions.create(
+        model="qwen",
+        messages=ASK,
+        tools=TOOLS,
+        parallel_tool_calls=False,
+        max_tokens=50,  # type: ignore[arg-type]
+    )
+    calls = one.choices[0].message.tool_calls or []
+    assert [(c.function.name, c.function.arguments) for c in calls] == [CALLS[0]]  # type: ignore[union-attr]
+    assert one.choices[0].finish_reason == "tool_calls"
+    chunks = list(
         client.chat.completions.create(
             model="qwen",
             messages=ASK,
             tools=TOOLS,
             parallel_tool_calls=False,
-            max_tokens=50,  # type: ignore[arg-type]
+            max_tokens=50,
+            stream=True,  # type: ignore[arg-type]
         )
-    assert caught.value.body["param"] == "parallel_tool_calls"  # type: ignore[index]
+    )
+    fragments = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or []]
+    assert {f.index for f in fragments} == {0}
+    assert "".join(f.function.arguments or "" for f in fragments) == CALLS[0][1]  # type: ignore[union-attr]
+    posts = [r.body for r in fake.record.requests if r.method == "POST"]
+    assert len(posts) == 3 and not any("parallel_tool_calls" in body for body in posts)

@@ -24,18 +24,15 @@ TIERS: dict[str, Priority] = {"auto": "interactive", "default": "interactive", "
                               "flex": "batch"}  # fmt: skip
 # Accepted only at their neutral value: what orchestratord cannot pass on to every engine yet.
 UNSUPPORTED = (
-    "parallel_tool_calls", "functions", "function_call", "logit_bias", "prediction", "audio",
+    "functions", "function_call", "logit_bias", "prediction", "audio",
     "modalities", "reasoning_effort", "web_search_options", "store", "echo", "suffix", "best_of",
 )  # fmt: skip
 
 
 def asks_for(name: str, value: Any) -> bool:
     """Whether an UNSUPPORTED field (or one of the Responses API's) asks for anything: it is set, and
-    not to OpenAI's default. `parallel_tool_calls` defaults to true; false asks for at most one call,
-    which orchestratord cannot promise. `truncation` defaults to "disabled" (a prompt too long for the
-    context is refused, as orchestratord refuses it)."""
-    if name == "parallel_tool_calls":
-        return value is False
+    not to OpenAI's default. `truncation` defaults to "disabled" (a prompt too long for the context is
+    refused, as orchestratord refuses it)."""
     if name == "truncation":  # the Responses API's: "disabled" is its default
         return value not in (None, "disabled")
     return value not in (None, False, [], {})
@@ -148,6 +145,11 @@ class OpenAIRequest(BaseModel):
     parallel_tool_calls: bool | None = None
     top_logprobs: int | None = None
 
+    @property
+    def single_tool_call(self) -> bool | None:
+        """`parallel_tool_calls: false` with tools: at most one call comes back (`TaskSpec`)."""
+        return True if self.parallel_tool_calls is False and self.tools else None
+
 
 class _Generation(OpenAIRequest):
     """What Chat Completions and Completions share."""
@@ -213,6 +215,7 @@ class _Generation(OpenAIRequest):
             ignore_eos=True if self.ignore_eos else None,
             correlation_id=correlation_id,
             cache_key=self.prompt_cache_key,
+            single_tool_call=self.single_tool_call,
             **inputs,
         )
 

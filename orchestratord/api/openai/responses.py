@@ -51,10 +51,7 @@ from orchestratord.services import Services
 from orchestratord.state.base import JobRecord
 
 router = APIRouter(tags=["openai"])
-UNSUPPORTED = (
-    "parallel_tool_calls", "reasoning", "include", "truncation",
-    "top_logprobs", "prompt", "conversation",
-)  # fmt: skip
+UNSUPPORTED = ("reasoning", "include", "truncation", "top_logprobs", "prompt", "conversation")
 _STATUS = {
     JobState.QUEUED: "queued", JobState.RUNNING: "in_progress", JobState.SUCCEEDED: "completed",
     JobState.FAILED: "failed", JobState.CANCELED: "cancelled",
@@ -238,7 +235,7 @@ class ResponseRequest(OpenAIRequest):
             tool_choice=None if choice is None else json_text("tool_choice", choice),
             response_format=None if form is None else json_text("text.format", form),
             instructed=True if self.instructions else None, cache_key=self.prompt_cache_key,
-            unstored=None if self.store else True,
+            unstored=None if self.store else True, single_tool_call=self.single_tool_call,
         )  # fmt: skip
 
 
