@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # at run time imported by the client commands only: `serve` needs neither
-    from orchestratord_client import Client, End, OrchestratordError
+    from orchestratord_client import Client, End, OrchestratordError, Reasoning, Token
     from rich.console import Console
     from rich.text import Text
 
@@ -135,12 +135,13 @@ def _as_json(events: Iterator[Any]) -> int:
 
 
 def _as_text(events: Iterator[Any], err: Console | None) -> int:
-    from orchestratord_client import End, Error, Metrics, Started, Token
+    from orchestratord_client import End, Error, Metrics, Reasoning, Started, Token
     from rich.console import Console
     from rich.live import Live
 
     waiting = _Waiting()
     tokens, first, last = 0, None, None
+    thinking = False  # the last event was reasoning
     live = None
     if err is not None:  # stdout is left alone: the text goes there as it comes, the live line to stderr
         live = Live(waiting, console=err, transient=True, refresh_per_second=8, redirect_stdout=False)
@@ -149,14 +150,13 @@ def _as_text(events: Iterator[Any], err: Console | None) -> int:
         for event in events:
             if isinstance(event, (Started, Metrics)) and first is None:
                 waiting.update(event.queue_position, event.predicted_start_ms)
-            elif isinstance(event, Token):
+            elif isinstance(event, (Token, Reasoning)):
                 if first is None:
                     first = time.monotonic()
                     if live is not None:
                         live.stop()  # the job runs: the line goes, the text follows
-                tokens += 1
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
+                tokens += _show(event, err, thinking)
+                thinking = isinstance(event, Reasoning)
             elif isinstance(event, (End, Error)):
                 last = event
                 break
@@ -199,6 +199,22 @@ class _Waiting:
             left = self.starts_at - time.monotonic()
             line.append(f" · starts in ~{left:.1f} s" if left > 0 else " · starting")
         return line
+
+
+def _show(event: Token | Reasoning, err: Console | None, thinking: bool) -> int:
+    """Write a token of the answer to stdout, or a thinking model's reasoning dimmed to stderr (it is
+    not the answer); `thinking`: the event before was reasoning. How many answer tokens it wrote."""
+    from orchestratord_client import Reasoning
+
+    if isinstance(event, Reasoning):
+        if err is not None:
+            err.print(event.text, style="dim", end="", markup=False, highlight=False)
+        return 0
+    if thinking and err is not None:
+        err.print()  # the answer begins below the reasoning
+    sys.stdout.write(event.text)
+    sys.stdout.flush()
+    return 1
 
 
 def _summary(err: Console, end: End, tokens: int, first: float | None) -> None:

@@ -27,7 +27,9 @@ from worker_adapters.base import (
     ChatMessage,
     EngineReset,
     Finished,
+    Reasoning,
     SubmitRequest,
+    Token,
     TokenEvent,
     TokenLogprob,
     ToolCallDelta,
@@ -117,10 +119,17 @@ class Relay:
             request = submit_request(ctx.spec, engine_model, ctx.traceparent)
             async with closing_stream(adapter.submit(request)) as events:
                 async for event in events:
-                    if isinstance(event, Finished):
+                    if type(event) is Token:  # the common case, tested first
+                        appended = await self._store.append_token(
+                            ctx.spec.job_id, event.text, logprobs_data(event.logprobs)
+                        )
+                    elif isinstance(event, Finished):
                         await self._finish(ctx, stats, event, started)
                         return stats
-                    if isinstance(event, ToolCallDelta):  # rare: tested after the terminal mark
+                    elif isinstance(event, Reasoning):  # a thinking model's, before its answer
+                        data = {"t": event.text}
+                        appended = await self._store.append(ctx.spec.job_id, "reasoning", data) is not None
+                    else:  # a tool call's fragment
                         if first_call is None:
                             first_call = event.index
                         elif event.index != first_call and ctx.spec.single_tool_call:
@@ -128,10 +137,6 @@ class Relay:
                         fragment = _fragment(event)
                         appended = (
                             await self._store.append(ctx.spec.job_id, "tool_call", fragment) is not None
-                        )
-                    else:
-                        appended = await self._store.append_token(
-                            ctx.spec.job_id, event.text, logprobs_data(event.logprobs)
                         )
                     if not appended:  # the job has ended (canceled, or failed elsewhere)
                         stats.outcome = "canceled"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, final, runtime_checkable
 
 StopReason = Literal["max_tokens", "eos", "stop_sequence", "tool_calls"]
 
@@ -69,6 +69,7 @@ class TokenLogprob:
     top: tuple[tuple[str, float], ...] = ()
 
 
+@final  # the relay tells a token by its exact type (`type(event) is Token`), its hot path
 @dataclass(frozen=True, slots=True)
 class Token:
     """One engine token. `text` may be empty (an incomplete UTF-8 character, a special token).
@@ -76,6 +77,15 @@ class Token:
 
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """A piece of the model's reasoning, which a thinking model writes before its answer and the
+    engine's reasoning parser keeps apart from it: `reasoning_content` or `reasoning` in OpenAI's
+    dialect (llama.cpp, vLLM), `thinking` in Ollama's. Never part of the answer's text."""
+
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +108,7 @@ class Finished:
     completion_tokens: int | None = None
 
 
-TokenEvent = Token | ToolCallDelta | Finished
+TokenEvent = Token | Reasoning | ToolCallDelta | Finished
 
 
 @dataclass(frozen=True, slots=True)

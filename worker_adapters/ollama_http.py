@@ -39,6 +39,7 @@ from worker_adapters._wire import (
 from worker_adapters.base import (
     AdapterConfig,
     Finished,
+    Reasoning,
     StopReason,
     SubmitRequest,
     Token,
@@ -77,13 +78,21 @@ class OllamaStream:
     def feed(self, line: str) -> list[TokenEvent]:
         step = checked_step(line, self.engine)
         text = as_str(step.get("response"))
+        message = step if text is not None else as_dict(step.get("message"))
         if text is None:
-            text = as_str(as_dict(step.get("message")).get("content")) or ""
+            text = as_str(message.get("content")) or ""
+        # a thinking model's reasoning (`thinking`, beside `response` or in `message`) comes apart
+        thought = as_str(message.get("thinking"))
+        events: list[TokenEvent] = [Reasoning(thought)] if thought else []
         if step.get("done") is not True:
-            return [Token(text)]
+            if not events or text:
+                events.append(Token(text))
+            return events
         self.done = True
-        finished = _finished(step)
-        return [Token(text), finished] if text else [finished]
+        if text:
+            events.append(Token(text))
+        events.append(_finished(step))
+        return events
 
 
 def _finished(final: Mapping[str, Any]) -> Finished:

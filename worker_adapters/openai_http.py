@@ -44,6 +44,7 @@ from worker_adapters.base import (
     EngineInternal,
     EngineReset,
     Finished,
+    Reasoning,
     StopReason,
     SubmitRequest,
     Token,
@@ -110,11 +111,17 @@ class OpenAIStream:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # we ask for one choice
             finish = choice.get("finish_reason")
+            delta = choice.get("delta")
+            thought = (
+                delta.get("reasoning") or delta.get("reasoning_content") if isinstance(delta, dict) else None
+            )
+            if thought and isinstance(thought, str):  # before the text: the model thinks, then answers
+                self._started = True
+                out.append(Reasoning(thought))
             text = self._text(choice, finish)
             if text is not None:
                 self._started = True
                 out.append(Token(text, token_logprobs(choice.get("logprobs"))))
-            delta = choice.get("delta")
             if isinstance(delta, dict) and delta.get("tool_calls"):
                 self._started = True
                 out += tool_call_deltas(delta["tool_calls"])

@@ -156,7 +156,7 @@ class TaskSpec:
         return min(self.expected_tokens or self.max_tokens, self.max_tokens)
 
 
-EventName = Literal["started", "token", "metrics", "end", "error"]
+EventName = Literal["started", "token", "reasoning", "tool_call", "metrics", "end", "error"]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"end", "error"})
 
 

@@ -143,3 +143,13 @@ async def test_api_show_is_asked_again_only_when_the_model_changes(ollama: Any) 
     engine.digest = "b" * 64  # `ollama pull` brought a new build of the model
     await adapter.props()
     assert sum(seen.path == "/api/show" for seen in engine.record.requests) == 2
+
+
+@pytest.mark.parametrize("chat", [False, True])
+async def test_a_thinking_models_thinking_is_reasoning_before_the_answer(ollama: Any, chat: bool) -> None:
+    """A thinking model's `thinking` (beside `response`, or in `message`) comes apart from its text."""
+    _, adapter = ollama(thinking=("Hm, ", "hi."), tokens=("Hi",), eos_after=1)
+    events = await collect(adapter, request(chat=chat, max_tokens=8))
+    kinds = [(type(e).__name__, getattr(e, "text", None)) for e in events[:-1]]
+    assert kinds == [("Reasoning", "Hm, "), ("Reasoning", "hi."), ("Token", "Hi")]
+    assert finished(events).completion_tokens == 3

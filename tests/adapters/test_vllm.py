@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.fakes.engines import vllm as fake
 from tests.fakes.engines.harness import collect, finished, request, texts
 from tests.fakes.engines.server import closed_port_url
 from tests.fakes.engines.vllm import VllmEngine
-from worker_adapters.base import EngineInternal, EngineRejected, Finished, WorkerProps
+from worker_adapters._sse import SSEEvent
+from worker_adapters.base import EngineInternal, EngineRejected, Finished, Reasoning, Token, WorkerProps
+from worker_adapters.openai_http import OpenAIStream
 from worker_adapters.vllm_http import VllmAdapter, kv_cache_usage
 
 MakeAdapter = Any
@@ -124,3 +127,21 @@ async def test_priority_reaches_vllm_only_when_the_pool_says_it_schedules_by_it(
         assert isinstance(events[-1], Finished)
     sent = [seen.body.get("priority") for seen in engine.record.requests if seen.path == "/v1/completions"]
     assert sent == ([1, 0] if scheduling else [None, None])
+
+
+async def test_a_reasoning_parsers_output_is_reasoning_before_the_answer(vllm: Any) -> None:
+    """vLLM with `--reasoning-parser`: `delta.reasoning` (older builds and llama.cpp:
+    `reasoning_content`) is the model's reasoning, apart from its text, and counted by the engine."""
+    _, adapter = vllm(thinking=("Let me ", "think."), tokens=("Hi", "!"), eos_after=2)
+    events = await collect(adapter, request(chat=True, max_tokens=8, model=fake.MODEL))
+    kinds = [(type(e).__name__, e.text) for e in events[:-1] if isinstance(e, Token | Reasoning) and e.text]
+    assert kinds == [("Reasoning", "Let me "), ("Reasoning", "think."), ("Token", "Hi"), ("Token", "!")]
+    assert finished(events).completion_tokens == 5  # two of reasoning, two of text, the EOS token
+
+
+def test_reasoning_content_is_read_as_reasoning_too() -> None:
+    stream = OpenAIStream("vllm")
+    chunk = {"choices": [{"index": 0, "delta": {"reasoning_content": "hmm"}, "finish_reason": None}]}
+    assert stream.feed(SSEEvent("message", orjson.dumps(chunk).decode())) == [Reasoning("hmm")]
+    empty = {"choices": [{"index": 0, "delta": {"content": "a", "reasoning_content": ""}}]}
+    assert stream.feed(SSEEvent("message", orjson.dumps(empty).decode())) == [Token("a")]

@@ -26,6 +26,8 @@ from tests.fakes.sse import Event, read_events
 DATA_SCHEMAS = {
     "started": "StartedEvent",
     "token": "TokenEvent",
+    "reasoning": "ReasoningEvent",
+    "tool_call": "ToolCallEvent",
     "metrics": "MetricsEvent",
     "end": "EndEvent",
     "error": "ErrorEvent",

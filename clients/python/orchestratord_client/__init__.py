@@ -26,7 +26,17 @@ from orchestratord_client.errors import (
     Unauthorized,
     Unavailable,
 )
-from orchestratord_client.events import End, Error, Event, Metrics, Started, Token, ToolCall, UnknownEvent
+from orchestratord_client.events import (
+    End,
+    Error,
+    Event,
+    Metrics,
+    Reasoning,
+    Started,
+    Token,
+    ToolCall,
+    UnknownEvent,
+)
 from orchestratord_client.resources import Job, JobStatus, Session
 
 __all__ = [
@@ -48,6 +58,7 @@ __all__ = [
     "OrchestratordError",
     "QueueFull",
     "RateLimited",
+    "Reasoning",
     "ServerError",
     "Session",
     "Started",

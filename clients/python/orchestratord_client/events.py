@@ -1,9 +1,10 @@
 """The typed events of a job's stream, and their decoding from SSE frames.
 
-A stream is `Started`, then `Token`s (with `Metrics` and `ToolCall`s between them), then exactly one
-terminal `End` or `Error`. Each event carries the SSE `id` it came with: the value to resume after.
-An event this client does not know, or one whose data it cannot read, becomes an `UnknownEvent`
-rather than an exception, so a newer server never breaks an older client mid-stream.
+A stream is `Started`, then `Token`s (with `Metrics` and `ToolCall`s between them, and a thinking
+model's `Reasoning` before them), then exactly one terminal `End` or `Error`. Each event carries the
+SSE `id` it came with: the value to resume after. An event this client does not know, or one whose
+data it cannot read, becomes an `UnknownEvent` rather than an exception, so a newer server never
+breaks an older client mid-stream.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ class Token:
     text: str
     index: int
     logprobs: list[dict[str, Any]] | None = field(default=None, compare=False)
+    id: str | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """A piece of a thinking model's reasoning, which comes before its answer and is not part of it."""
+
+    text: str
     id: str | None = field(default=None, kw_only=True)
 
 
@@ -105,7 +114,7 @@ class UnknownEvent:
     id: str | None = field(default=None, kw_only=True)
 
 
-Event: TypeAlias = Started | Token | Metrics | ToolCall | End | Error | UnknownEvent
+Event: TypeAlias = Started | Token | Reasoning | Metrics | ToolCall | End | Error | UnknownEvent
 TERMINAL = (End, Error)
 
 
@@ -117,6 +126,10 @@ def _started(d: Mapping[str, Any], id: str | None) -> Started:
 
 def _token(d: Mapping[str, Any], id: str | None) -> Token:
     return Token(d["t"], d["i"], d.get("logprobs"), id=id)
+
+
+def _reasoning(d: Mapping[str, Any], id: str | None) -> Reasoning:
+    return Reasoning(d["t"], id=id)
 
 
 _METRIC_FIELDS = frozenset(Metrics.__dataclass_fields__) - {"data", "id"}
@@ -157,6 +170,7 @@ def _error(d: Mapping[str, Any], id: str | None) -> Error:
 _DECODERS: dict[str, Callable[[Mapping[str, Any], str | None], Event]] = {
     "started": _started,
     "token": _token,
+    "reasoning": _reasoning,
     "metrics": _metrics,
     "tool_call": _tool_call,
     "end": _end,

@@ -1,7 +1,9 @@
 """A job's events in the shapes the OpenAI SDKs parse: stream chunks, whole responses, usage.
 
-One job, many renderings: the chunks are made from the job's event log (`token`, then the terminal
-`end` or `error`), the same log our own stream relays.
+One job, many renderings: the chunks are made from the job's event log (`reasoning`, `token`,
+`tool_call`, then the terminal `end` or `error`), the same log our own stream relays. A thinking
+model's reasoning goes in both names clients read: `reasoning` (vLLM's, OpenRouter's, OpenAI's
+guidance) and `reasoning_content` (DeepSeek's, llama.cpp's, LiteLLM's), the same text in each.
 """
 
 from __future__ import annotations
@@ -84,6 +86,11 @@ class Rendering:
             ],
         }
 
+    def reasoning(self, text: str, tokens: int = 0) -> bytes:
+        """One `reasoning` event's chunk (chat only: a text completion has no field for it)."""
+        delta = {"reasoning": text, "reasoning_content": text}
+        return self._chunk([_choice_delta(delta, None)], self._so_far(tokens))
+
     def tool_call(self, fragment: Mapping[str, Any], tokens: int = 0) -> bytes:
         """One fragment of a tool call, as `delta.tool_calls[]` keyed by its index."""
         return self._chunk([_choice_delta({"tool_calls": [tool_call(fragment)]}, None)], self._so_far(tokens))
@@ -105,9 +112,10 @@ class Rendering:
         end: Mapping[str, Any],
         calls: list[dict[str, Any]] | None = None,
         logprobs: Sequence[Mapping[str, Any]] = (),
+        reasoning: str = "",
     ) -> dict[str, Any]:
         """The non-streaming response; `calls`, the tool calls the fragments made (`ToolCalls`);
-        `logprobs`, every token event's entries in order."""
+        `logprobs`, every token event's entries in order; `reasoning`, the model's (chat only)."""
         rendered = self.render_logprobs(logprobs)
         reason = FINISH.get(str(end.get("stop_reason")), "stop")
         if self.surface == "chat":
@@ -116,6 +124,8 @@ class Rendering:
                 message["tool_calls"] = calls
             elif not text:
                 message["content"] = text
+            if reasoning:
+                message["reasoning"] = message["reasoning_content"] = reasoning
             choice: dict[str, Any] = {
                 "index": 0,
                 "message": message,

@@ -90,6 +90,10 @@ class ChatCompletionMessage(BaseModel):
     tool_call_id: Text | None = Field(default=None, min_length=1, max_length=256)  # `tool` turns
     # What the SDKs send back when a client appends a response's message as it came: ours is null.
     refusal: None = None
+    # A thinking model's reasoning, on an assistant turn sent back as it came: accepted and left out,
+    # as the chat templates of such models leave earlier turns' reasoning out
+    reasoning: Text | None = Field(default=None, max_length=1_000_000)
+    reasoning_content: Text | None = Field(default=None, max_length=1_000_000)
 
     def text(self) -> str:
         if self.content is None:

@@ -109,6 +109,25 @@ class FunctionCallOutputItem(BaseModel):
     status: ItemStatus | None = None
 
 
+class ReasoningPart(BaseModel):
+    model_config = _ITEM
+    type: Literal["reasoning_text", "summary_text"]
+    text: Text = Field(max_length=1_000_000)
+
+
+class ReasoningItem(BaseModel):
+    """A response's `reasoning` output item, sent back with the conversation as the SDKs' docs show.
+    It is not passed on: the chat templates of thinking models leave earlier turns' reasoning out."""
+
+    model_config = _ITEM
+    type: Literal["reasoning"]
+    id: Text | None = Field(default=None, max_length=256)
+    summary: list[ReasoningPart] = Field(default_factory=list, max_length=256)
+    content: list[ReasoningPart] | None = Field(default=None, max_length=256)
+    encrypted_content: Text | None = Field(default=None, max_length=1_000_000)
+    status: ItemStatus | None = None
+
+
 def _item_kind(value: Any) -> str | None:
     """Which kind of input item `value` is, by its `type` (a message may leave it out): its errors are
     then that kind's alone, not every kind's."""
@@ -118,7 +137,8 @@ def _item_kind(value: Any) -> str | None:
 InputItem = Annotated[
     Annotated[InputMessage, Tag("message")]
     | Annotated[FunctionCallItem, Tag("function_call")]
-    | Annotated[FunctionCallOutputItem, Tag("function_call_output")],
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")],
     Discriminator(_item_kind),
 ]
 
@@ -254,6 +274,8 @@ def _turns(items: list[InputItem], called: set[str]) -> list[Message]:
     calls: list[dict[str, Any]] = []  # the calls of the assistant turn being built
     called = set(called)
     for index, item in enumerate(items):
+        if isinstance(item, ReasoningItem):
+            continue  # the model's earlier reasoning: left out, as its chat template leaves it out
         if isinstance(item, FunctionCallItem):
             calls.append({"id": item.call_id, "type": "function",
                           "function": {"name": item.name, "arguments": item.arguments}})  # fmt: skip
@@ -400,9 +422,24 @@ class _Call:
 
 
 @dataclass
+class _Thought:
+    """A reasoning output item: a thinking model's reasoning up to its next output item."""
+
+    output_index: int
+    item_id: str
+    text: list[str] = field(default_factory=list)
+    done: bool = False
+
+    def item(self, status: str) -> dict[str, Any]:
+        content = [{"type": "reasoning_text", "text": "".join(self.text)}] if status == "completed" else []
+        return {"id": self.item_id, "type": "reasoning", "summary": [], "content": content, "status": status}
+
+
+@dataclass
 class ResponseEvents:
     """Renders a job's log into Responses events, numbered from 0 in log order. The output items
-    (the text message, each function call) are numbered in the order they began."""
+    (reasoning, the text message, each function call) are numbered in the order they began; a
+    reasoning item is done when the next item begins."""
 
     record: JobRecord
     background: bool
@@ -412,6 +449,8 @@ class ResponseEvents:
     status: str = "queued"
     message_index: int | None = None  # the text message's output_index, once it began
     calls: dict[int, _Call] = field(default_factory=dict)  # by the fragments' `index`
+    thoughts: list[_Thought] = field(default_factory=list)
+    reasoning_steps: int = 0  # the `reasoning` events of the log
 
     @property
     def item_id(self) -> str:
@@ -420,7 +459,7 @@ class ResponseEvents:
     @property
     def items(self) -> int:
         """How many output items have begun."""
-        return len(self.calls) + (self.message_index is not None)
+        return len(self.calls) + (self.message_index is not None) + len(self.thoughts)
 
     def snapshot(self, **changes: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -442,7 +481,10 @@ class ResponseEvents:
         elif event.name == "metrics" and "pool_id" in data and not self.in_progress:
             self.in_progress, self.status = True, "in_progress"
             yield self._event("response.in_progress", response=self.snapshot())
+        elif event.name == "reasoning":
+            yield from self._thinking(data["t"])
         elif event.name == "token":
+            yield from self._thought_done()
             if self.message_index is None:
                 yield from self._opened()
             self.text.append(data["t"])
@@ -451,6 +493,7 @@ class ResponseEvents:
                 content_index=0, delta=data["t"], logprobs=[],
             )  # fmt: skip
         elif event.name == "tool_call":
+            yield from self._thought_done()
             yield from self._call(data)
         elif event.name in ("end", "error"):
             yield from self._closed(event.name, data)
@@ -489,6 +532,36 @@ class ResponseEvents:
             part=part,
         )
 
+    def _thinking(self, text: str) -> Iterator[dict[str, Any]]:
+        """A `reasoning` event: a delta of the open reasoning item, which it opens if none is."""
+        thought = self.thoughts[-1] if self.thoughts and not self.thoughts[-1].done else None
+        if thought is None:
+            job = uuid.UUID(self.record.job_id).hex
+            thought = _Thought(output_index=self.items, item_id=f"rs_{job}_{len(self.thoughts)}")
+            self.thoughts.append(thought)
+            yield self._event("response.output_item.added", output_index=thought.output_index,
+                              item=thought.item("in_progress"))  # fmt: skip
+            yield self._event("response.content_part.added", item_id=thought.item_id,
+                              output_index=thought.output_index, content_index=0,
+                              part={"type": "reasoning_text", "text": ""})  # fmt: skip
+        thought.text.append(text)
+        self.reasoning_steps += 1
+        yield self._event("response.reasoning_text.delta", item_id=thought.item_id,
+                          output_index=thought.output_index, content_index=0, delta=text)  # fmt: skip
+
+    def _thought_done(self) -> Iterator[dict[str, Any]]:
+        """Close the open reasoning item, if any: the model has moved on (or ended)."""
+        if not self.thoughts or self.thoughts[-1].done:
+            return
+        thought = self.thoughts[-1]
+        thought.done = True
+        text, index = "".join(thought.text), thought.output_index
+        yield self._event("response.reasoning_text.done", item_id=thought.item_id, output_index=index,
+                          content_index=0, text=text)  # fmt: skip
+        yield self._event("response.content_part.done", item_id=thought.item_id, output_index=index,
+                          content_index=0, part={"type": "reasoning_text", "text": text})  # fmt: skip
+        yield self._event("response.output_item.done", output_index=index, item=thought.item("completed"))
+
     def _call(self, fragment: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """A `tool_call` fragment: its call's item begins with its first (which names the call), then
         each fragment's arguments are a delta."""
@@ -514,6 +587,7 @@ class ResponseEvents:
             error = response_error(str(data.get("code", "")), str(data.get("message", "")))
             yield self._event("response.failed", response=self.snapshot(error=error, output=self._output()))
             return
+        yield from self._thought_done()
         ends: list[tuple[int, _Call | None]] = [(call.output_index, call) for call in self.calls.values()]
         if self.message_index is not None:
             ends.append((self.message_index, None))
@@ -539,6 +613,7 @@ class ResponseEvents:
 
     def _output(self) -> list[dict[str, Any]]:
         items = [(call.output_index, call.item("completed")) for call in self.calls.values()]
+        items += [(thought.output_index, thought.item("completed")) for thought in self.thoughts]
         if self.message_index is not None:
             items.append((self.message_index, self._message("completed")))
         return [item for _, item in sorted(items, key=lambda entry: entry[0])]
@@ -555,7 +630,9 @@ class ResponseEvents:
         tokens_in, tokens_out = int(end.get("tokens_in") or 0), int(end.get("tokens_out") or 0)
         usage = {
             "input_tokens": tokens_in, "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": tokens_out, "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens": tokens_out,
+            # the reasoning events relayed: one per engine step, usually one token
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_steps},
             "total_tokens": tokens_in + tokens_out,
         }  # fmt: skip
         return self.snapshot(output=self._output(), usage=usage, incomplete_details=details)

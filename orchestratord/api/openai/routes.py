@@ -151,14 +151,19 @@ def _render(
         error = openai_error(ErrorKind.STATE_UNAVAILABLE, "the state backend is unreachable; retry")
         out += [error_chunk(error), DONE]
         return True
-    if event.name not in ("token", "tool_call", "end", "error"):
+    if event.name not in ("token", "reasoning", "tool_call", "end", "error"):
         return False
+    if event.name == "reasoning" and rendering.surface != "chat":
+        return False  # a text completion has no field for it
     data: dict[str, Any] = orjson.loads(event.data)
     if first and rendering.surface == "chat" and event.name != "error":
         out.append(rendering.first())
     if event.name == "token":
         relayed[0] = data["i"] + 1
         out.append(rendering.text(data["t"], data.get("logprobs"), relayed[0]))
+        return False
+    if event.name == "reasoning":
+        out.append(rendering.reasoning(data["t"], relayed[0]))
         return False
     if event.name == "tool_call":
         out.append(rendering.tool_call(data, relayed[0]))
@@ -185,16 +190,19 @@ async def _whole(
         response = to_openai_response(from_event(answer.data))
         response.headers.update(headers)
         return response
-    whole = rendering.whole("".join(answer.parts), answer.data, answer.calls.calls(), answer.logprobs)
+    whole = rendering.whole(
+        "".join(answer.parts), answer.data, answer.calls.calls(), answer.logprobs, "".join(answer.thoughts)
+    )
     body = orjson.dumps(whole)
     return Response(body, media_type="application/json", headers=headers)
 
 
 @dataclass
 class _Answer:
-    """A job's whole answer, read from its log: text, tool calls, and how it ended."""
+    """A job's whole answer, read from its log: text, reasoning, tool calls, and how it ended."""
 
     parts: list[str] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     calls: ToolCalls = field(default_factory=ToolCalls)
     ending: str = ""
@@ -212,6 +220,8 @@ async def _collect(services: Services, job_id: str) -> _Answer:
                     data = orjson.loads(event.data)
                     answer.parts.append(data["t"])
                     answer.logprobs += data.get("logprobs", ())
+                elif event.name == "reasoning":
+                    answer.thoughts.append(orjson.loads(event.data)["t"])
                 elif event.name == "tool_call":
                     answer.calls.add(orjson.loads(event.data))
                 elif event.name in ("end", "error"):

@@ -52,6 +52,9 @@ class Behaviour:
     coalesce: bool = False  # send the whole stream in one write (many events per read)
     tool_calls: Sequence[tuple[str, str]] = ()  # (name, arguments JSON): called when a request has tools
     stream_interval: int = 1  # vLLM's --stream-interval: tokens per chunk (their text joined)
+    # A thinking model behind a reasoning parser: these pieces of reasoning, one a step, before the
+    # answer (vLLM: `delta.reasoning`; Ollama: `thinking`); each counts as a generated token
+    thinking: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

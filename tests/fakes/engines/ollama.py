@@ -125,16 +125,22 @@ class OllamaEngine(FakeEngine):
     async def _lines(self, body: dict[str, Any], script: Script, *, chat: bool) -> Frames:
         b = self.behaviour
 
-        def line(i: int, text: str, **extra: Any) -> bytes:
+        def line(i: int, text: str, thinking: str | None = None, **extra: Any) -> bytes:
             obj: dict[str, Any] = {"model": body["model"], "created_at": timestamp(i)}
             if chat:
                 obj["message"] = {"role": "assistant", "content": text}
+                if thinking is not None:
+                    obj["message"]["thinking"] = thinking
             else:
                 obj["response"] = text
+                if thinking is not None:
+                    obj["thinking"] = thinking
             obj.update(extra)
             return go_json(obj) + b"\n"
 
-        for i, text in enumerate(script.texts()):
+        for i, piece in enumerate(b.thinking):  # a thinking model's reasoning: empty text beside it
+            yield line(i, "", piece, done=False)
+        for i, text in enumerate(script.texts(), start=len(b.thinking)):
             yield line(i, text, done=False)
         if script.ending == "fail":
             if b.failure == "error":
@@ -151,5 +157,5 @@ class OllamaEngine(FakeEngine):
         final.update(total_duration=4883583458, load_duration=1334875)
         if b.prompt_tokens:  # omitempty: absent when the whole prompt came from the cache
             final.update(prompt_eval_count=b.prompt_tokens, prompt_eval_duration=342546000)
-        final.update(eval_count=script.count, eval_duration=4535599000)
+        final.update(eval_count=script.count + len(b.thinking), eval_duration=4535599000)
         yield line(script.count, "", **final)

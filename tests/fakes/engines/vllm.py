@@ -218,6 +218,10 @@ class VllmEngine(FakeEngine):
                 ),
                 eol,
             )
+        if chat:  # a reasoning parser's output: before the answer, in a field of its own
+            for piece in b.thinking:
+                thought = {"index": 0, "delta": {"reasoning": piece}, "logprobs": None, "finish_reason": None}
+                yield sse(self._chunk(chat, thought), eol)
         last = script.count - 1 if script.ending == "length" else None
         top = _top_logprobs(body, chat)
         texts, step = list(script.texts()), b.stream_interval
@@ -236,7 +240,7 @@ class VllmEngine(FakeEngine):
                 error = json.dumps(error_object(b.error_status, b.error_message, b.error_type))
                 yield sse(error.encode(), eol) + sse(b"[DONE]", eol)
             return
-        generated = script.count
+        generated = script.count + (len(b.thinking) if chat else 0)
         if script.ending in ("eos", "stop"):  # the EOS token, or the one completing the stop string: no text
             generated += 1
             reason = self._choice(chat, "", "stop", script.stop_word or None)
