@@ -97,6 +97,7 @@ def submit_request(spec: TaskSpec, engine_model: str, traceparent: str | None = 
         response_format=spec.response_format,
         logprobs=spec.logprobs,
         ignore_eos=spec.ignore_eos,
+        reasoning_effort=spec.reasoning_effort,
         priority=spec.priority,
         traceparent=traceparent or spec.traceparent,
     )

@@ -55,6 +55,7 @@ class SubmitRequest:
     # alternatives (for the engines that report them; `registry.UNSUPPORTED` lists the others).
     logprobs: int | None = None
     ignore_eos: bool | None = None  # True: generate to max_tokens past the end-of-sequence token
+    reasoning_effort: str | None = None  # a thinking model's effort (OpenAI-dialect chat engines)
     traceparent: str | None = None  # W3C trace context for the engine's own spans (vLLM)
     priority: Literal["interactive", "batch"] = "interactive"  # the job's class (vLLM schedules by it)
 

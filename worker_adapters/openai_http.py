@@ -80,6 +80,8 @@ def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, obj
         value = getattr(req, name)
         if value is not None:
             body[name] = orjson.loads(value)
+    if chat and req.reasoning_effort is not None:
+        body["reasoning_effort"] = req.reasoning_effort
     if req.logprobs is not None:
         body.update({"logprobs": True, "top_logprobs": req.logprobs} if chat else {"logprobs": req.logprobs})
     return body

@@ -26,11 +26,12 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     # Ollama, and the mock, take no OpenAI tools or response formats (only OpenAI-dialect chat does)
     # and report no log probabilities in a shape the adapters read (the OpenAI dialect's only).
     # `ignore_eos` is vLLM's and llama.cpp's (and the mock's); OpenAI-compatible servers may drop it
-    # unread (llama-cpp-python does), TGI and Ollama have none.
-    "tgi": frozenset({"presence_penalty", "ignore_eos"}) | _NATIVE,
-    "llamacpp": _NATIVE,
-    "ollama": _NATIVE | {"ignore_eos"},
-    "mock": _NATIVE,
+    # unread (llama-cpp-python does), TGI and Ollama have none. `reasoning_effort` is OpenAI's chat
+    # field, which vLLM reads (gpt-oss); llama.cpp's chat, TGI and Ollama's native API have none.
+    "tgi": frozenset({"presence_penalty", "ignore_eos"}) | _NATIVE | {"reasoning_effort"},
+    "llamacpp": _NATIVE | {"reasoning_effort"},
+    "ollama": _NATIVE | {"ignore_eos", "reasoning_effort"},
+    "mock": _NATIVE | {"reasoning_effort"},
     "openai": frozenset({"ignore_eos"}),
 }
 

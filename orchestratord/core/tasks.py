@@ -19,7 +19,7 @@ PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 PlacementMode = Literal["pin", "prefer", "auto"]
 ENGINE_PARAMETERS = (
     "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format", "logprobs",
-    "ignore_eos",
+    "ignore_eos", "reasoning_effort",
 )  # fmt: skip
 # Not a field: a job whose chat turns carry tool calls or tool results (`Message.carries_tools`).
 TOOL_MESSAGES = "tool_messages"
@@ -122,6 +122,9 @@ class TaskSpec:
     # True: at most one tool call comes back (OpenAI's `parallel_tool_calls: false`); the relay drops
     # the engine's calls after the first, as vLLM does
     single_tool_call: bool | None = None
+    # How hard a thinking model thinks (OpenAI's `reasoning_effort`: none, minimal, low, medium, high),
+    # for the engines that take it
+    reasoning_effort: str | None = None
 
     @property
     def engine_parameters(self) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.contract.test_sse_events import validate_stream
@@ -123,3 +124,29 @@ def test_a_streamed_response_reasons_then_answers_as_the_sdks_helper_rebuilds_it
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert [item.type for item in final.output] == ["reasoning", "message"]
     assert final.output_text == "Hello!"
+
+
+def test_an_effort_reaches_the_engine_from_either_surface(server: LoopbackServer, engine: VllmEngine) -> None:
+    """Chat's `reasoning_effort` and the Responses API's `reasoning.effort` reach vLLM as
+    `reasoning_effort`; a summary is not an engine's to give (the reasoning comes whole instead)."""
+    client = sdk(server)
+    client.chat.completions.create(model="qwen", messages=ASK, max_tokens=4, reasoning_effort="low")  # type: ignore[arg-type]
+    bodies = [r.body for r in engine.record.requests if r.method == "POST"]
+    assert bodies[-1]["reasoning_effort"] == "low"
+    done = client.responses.create(model="qwen", input="hi", max_output_tokens=8,
+                                   reasoning={"effort": "high", "summary": "auto"})  # fmt: skip
+    bodies = [r.body for r in engine.record.requests if r.method == "POST"]
+    assert bodies[-1]["reasoning_effort"] == "high" and "summary" not in bodies[-1]
+    assert done.output[0].type == "reasoning"
+    plain = client.chat.completions.create(model="qwen", messages=ASK, max_tokens=4)  # type: ignore[arg-type]
+    assert plain.choices[0].message.content and "reasoning_effort" not in engine.record.requests[-1].body
+
+
+def test_an_effort_no_engine_serving_the_model_takes_is_refused_by_name(server: LoopbackServer) -> None:
+    client = sdk(server)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="mock", messages=ASK, max_tokens=4, reasoning_effort="low")  # type: ignore[arg-type]
+    assert caught.value.body["param"] == "reasoning_effort"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="qwen", messages=ASK, extra_body={"reasoning_effort": "max"})  # type: ignore[arg-type]
+    assert caught.value.body["param"] == "reasoning_effort"  # type: ignore[index]

@@ -95,9 +95,13 @@ def test_unknown_or_foreign_responses_are_404(server: LoopbackServer) -> None:
 
 
 def test_unsupported_response_fields_are_named(server: LoopbackServer) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
-        sdk(server).responses.create(model="mock", input="x", reasoning={"effort": "high"})
-    assert caught.value.body["param"] == "reasoning"  # type: ignore[index]
+    """What orchestratord cannot honour is refused by name: an include, an effort no engine serving
+    the model takes (the mock takes none)."""
+    for fields, param in [({"include": ["reasoning.encrypted_content"]}, "include"),
+                          ({"reasoning": {"effort": "high"}}, "reasoning.effort")]:  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as caught:
+            sdk(server).responses.create(model="mock", input="x", **fields)  # type: ignore[arg-type]
+        assert caught.value.body["param"] == param, caught.value.body  # type: ignore[index]
 
 
 def stored_turns(server: LoopbackServer, response_id: str) -> list[dict[str, object]]:

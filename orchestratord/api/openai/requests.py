@@ -25,7 +25,7 @@ TIERS: dict[str, Priority] = {"auto": "interactive", "default": "interactive", "
 # Accepted only at their neutral value: what orchestratord cannot pass on to every engine yet.
 UNSUPPORTED = (
     "functions", "function_call", "logit_bias", "prediction", "audio",
-    "modalities", "reasoning_effort", "web_search_options", "store", "echo", "suffix", "best_of",
+    "modalities", "web_search_options", "store", "echo", "suffix", "best_of",
 )  # fmt: skip
 
 
@@ -42,6 +42,8 @@ def asks_for(name: str, value: Any) -> bool:
 STRUCTURED = ("tools", "tool_choice", "response_format")
 MAX_LOGPROBS = 20  # alternatives per token: OpenAI's limit, and vLLM's default `max_logprobs`
 Penalty = Annotated[float, Field(ge=-2, le=2)]
+# How hard a thinking model thinks (OpenAI's `reasoning_effort`, the Responses API's `reasoning.effort`)
+Effort = Literal["none", "minimal", "low", "medium", "high"]
 # One prompt: a string, or a list holding one (several prompts in one request are not supported).
 Prompt = (
     Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[Text], Field(min_length=1, max_length=1)]
@@ -226,6 +228,7 @@ class _Generation(OpenAIRequest):
 
 class ChatCompletionRequest(_Generation):
     messages: list[ChatCompletionMessage] = Field(min_length=1, max_length=1024)
+    reasoning_effort: Effort | None = None
     max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
@@ -244,7 +247,7 @@ class ChatCompletionRequest(_Generation):
         return self._spec(
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
             messages=messages, logprobs=(self.top_logprobs or 0) if self.logprobs else None,
-            **self.structured(),
+            reasoning_effort=self.reasoning_effort, **self.structured(),
         )  # fmt: skip
 
 

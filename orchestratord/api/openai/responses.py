@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import response_error
-from orchestratord.api.openai.requests import TIERS, OpenAIRequest, asks_for, json_text
+from orchestratord.api.openai.requests import TIERS, Effort, OpenAIRequest, asks_for, json_text
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import chunks, tail, unless_gone
 from orchestratord.api.schemas import Text
@@ -51,7 +51,7 @@ from orchestratord.services import Services
 from orchestratord.state.base import JobRecord
 
 router = APIRouter(tags=["openai"])
-UNSUPPORTED = ("reasoning", "include", "truncation", "top_logprobs", "prompt", "conversation")
+UNSUPPORTED = ("include", "truncation", "top_logprobs", "prompt", "conversation")
 _STATUS = {
     JobState.QUEUED: "queued", JobState.RUNNING: "in_progress", JobState.SUCCEEDED: "completed",
     JobState.FAILED: "failed", JobState.CANCELED: "cancelled",
@@ -191,6 +191,17 @@ class TextConfig(BaseModel):
     format: TextFormat | None = None
 
 
+class ReasoningConfig(BaseModel):
+    """How a thinking model reasons. `effort` reaches the engines that take it (as Chat Completions'
+    `reasoning_effort`); `summary` asks for a summary of the reasoning, and the reasoning comes whole
+    instead, as `reasoning_text` content (engines summarize nothing)."""
+
+    model_config = _ITEM
+    effort: Effort | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None  # `summary`'s old name
+
+
 class FunctionChoice(BaseModel):
     model_config = _ITEM
     type: Literal["function"]
@@ -209,7 +220,7 @@ class ResponseRequest(OpenAIRequest):
     background: bool = False
     store: bool = True
     text: TextConfig | None = None
-    reasoning: dict[str, Any] | None = None
+    reasoning: ReasoningConfig | None = None
     previous_response_id: str | None = None
     include: list[str] | None = None
     truncation: str | None = None
@@ -256,6 +267,7 @@ class ResponseRequest(OpenAIRequest):
             response_format=None if form is None else json_text("text.format", form),
             instructed=True if self.instructions else None, cache_key=self.prompt_cache_key,
             unstored=None if self.store else True, single_tool_call=self.single_tool_call,
+            reasoning_effort=None if self.reasoning is None else self.reasoning.effort,
         )  # fmt: skip
 
 
@@ -371,7 +383,7 @@ async def _history(caller: Caller, previous: str) -> tuple[Message, ...]:
 
 
 # The job's fields a refusal may name, as this API calls them
-_NAMES = {"response_format": "text.format", "messages": "input"}
+_NAMES = {"response_format": "text.format", "messages": "input", "reasoning_effort": "reasoning.effort"}
 
 
 def _in_our_names(exc: InvalidParams) -> InvalidParams:
