@@ -255,24 +255,20 @@ def test_parallel_tool_calls_false_gives_only_the_first_call(
     settings whole send it); `false` gives at most one call: the engine's first, streamed and whole
     (the engine made two), as vLLM answers it. Neither reaches the engine."""
     fake, _ = engine
-    both = client.chat.completions.create(
-        model="qwen",
-        messages=ASK,
-        tools=TOOLS,
-        parallel_tool_calls=True,
-        max_tokens=50,  # type: ignore[arg-type]
-    )
-    assert [c.function.name for c in both.choices[0].message.tool_calls or []] == ["get_weather", "get_time"]
-    one = client.chat.completions.create(
-        model="qwen",
-        messages=ASK,
-        tools=TOOLS,
-        parallel_tool_calls=False,
-        max_tokens=50,  # type: ignore[arg-type]
-    )
-    calls = one.choices[0].message.tool_calls or []
-    assert [(c.function.name, c.function.arguments) for c in calls] == [CALLS[0]]  # type: ignore[union-attr]
-    assert one.choices[0].finish_reason == "tool_calls"
+
+    def calls(parallel: bool) -> list[tuple[str, str]]:
+        done = client.chat.completions.create(
+            model="qwen",
+            messages=ASK,
+            tools=TOOLS,
+            parallel_tool_calls=parallel,
+            max_tokens=50,  # type: ignore[arg-type]
+        )
+        assert done.choices[0].finish_reason == "tool_calls"
+        return [(c.function.name, c.function.arguments) for c in done.choices[0].message.tool_calls or []]  # type: ignore[union-attr]
+
+    assert calls(True) == list(CALLS)
+    assert calls(False) == [CALLS[0]]
     chunks = list(
         client.chat.completions.create(
             model="qwen",
