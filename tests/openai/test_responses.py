@@ -97,7 +97,7 @@ def test_unknown_or_foreign_responses_are_404(server: LoopbackServer) -> None:
 def test_unsupported_response_fields_are_named(server: LoopbackServer) -> None:
     """What orchestratord cannot honour is refused by name: an include, an effort no engine serving
     the model takes (the mock takes none)."""
-    for fields, param in [({"include": ["reasoning.encrypted_content"]}, "include"),
+    for fields, param in [({"include": ["message.output_text.logprobs"]}, "include"),
                           ({"reasoning": {"effort": "high"}}, "reasoning.effort")]:  # fmt: skip
         with pytest.raises(openai.BadRequestError) as caught:
             sdk(server).responses.create(model="mock", input="x", **fields)  # type: ignore[arg-type]
@@ -185,6 +185,9 @@ def test_what_agent_frameworks_send_on_every_request_asks_for_nothing(server: Lo
     done = client.responses.create(model="mock", input="x", tools=[], include=[], truncation="disabled",
                                    max_output_tokens=2)  # fmt: skip
     assert done.status == "incomplete" and done.output_text
+    stateless = client.responses.create(model="mock", input="x", store=False, max_output_tokens=2,
+                                        include=["reasoning.encrypted_content"])  # fmt: skip
+    assert stateless.output_text
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.create(model="mock", input="x", truncation="auto", max_output_tokens=2)
     assert caught.value.body["param"] == "truncation"  # type: ignore[index]
