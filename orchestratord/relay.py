@@ -98,6 +98,7 @@ def submit_request(spec: TaskSpec, engine_model: str, traceparent: str | None = 
         logprobs=spec.logprobs,
         ignore_eos=spec.ignore_eos,
         reasoning_effort=spec.reasoning_effort,
+        chat_template_kwargs=spec.chat_template_kwargs,
         priority=spec.priority,
         traceparent=traceparent or spec.traceparent,
     )

@@ -82,6 +82,8 @@ def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, obj
             body[name] = orjson.loads(value)
     if chat and req.reasoning_effort is not None:
         body["reasoning_effort"] = req.reasoning_effort
+    if chat and req.chat_template_kwargs is not None:
+        body["chat_template_kwargs"] = orjson.loads(req.chat_template_kwargs)
     if req.logprobs is not None:
         body.update({"logprobs": True, "top_logprobs": req.logprobs} if chat else {"logprobs": req.logprobs})
     return body

@@ -19,7 +19,7 @@ PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 PlacementMode = Literal["pin", "prefer", "auto"]
 ENGINE_PARAMETERS = (
     "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format", "logprobs",
-    "ignore_eos", "reasoning_effort",
+    "ignore_eos", "reasoning_effort", "chat_template_kwargs",
 )  # fmt: skip
 # Not a field: a job whose chat turns carry tool calls or tool results (`Message.carries_tools`).
 TOOL_MESSAGES = "tool_messages"
@@ -125,6 +125,9 @@ class TaskSpec:
     # How hard a thinking model thinks (OpenAI's `reasoning_effort`: none, minimal, low, medium, high),
     # for the engines that take it
     reasoning_effort: str | None = None
+    # Extra variables for the engine's chat template (vLLM's and llama.cpp's `chat_template_kwargs`,
+    # such as Qwen3's `enable_thinking`), as JSON text
+    chat_template_kwargs: str | None = None
 
     @property
     def engine_parameters(self) -> tuple[str, ...]:

@@ -150,3 +150,26 @@ def test_an_effort_no_engine_serving_the_model_takes_is_refused_by_name(server: 
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="qwen", messages=ASK, extra_body={"reasoning_effort": "max"})  # type: ignore[arg-type]
     assert caught.value.body["param"] == "reasoning_effort"  # type: ignore[index]
+
+
+def test_chat_template_kwargs_reach_the_engine_that_takes_them(
+    server: LoopbackServer, engine: VllmEngine
+) -> None:
+    """vLLM's and llama.cpp's `chat_template_kwargs` (Qwen3's `enable_thinking: false`, sent through the
+    SDK's `extra_body`) reach vLLM as they are; `{}` asks for nothing, and an engine without them (the
+    mock) makes the request a 400 naming them."""
+    client = sdk(server)
+    off = {"enable_thinking": False}
+    client.chat.completions.create(
+        model="qwen", messages=ASK, max_tokens=4, extra_body={"chat_template_kwargs": off}
+    )  # type: ignore[arg-type]
+    assert [r for r in engine.record.requests if r.method == "POST"][-1].body["chat_template_kwargs"] == off
+    done = client.chat.completions.create(
+        model="mock", messages=ASK, max_tokens=2, extra_body={"chat_template_kwargs": {}}
+    )  # type: ignore[arg-type]
+    assert done.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="mock", messages=ASK, max_tokens=2, extra_body={"chat_template_kwargs": off}
+        )  # type: ignore[arg-type]
+    assert caught.value.body["param"] == "chat_template_kwargs"  # type: ignore[index]

@@ -234,6 +234,9 @@ class _Generation(OpenAIRequest):
 class ChatCompletionRequest(_Generation):
     messages: list[ChatCompletionMessage] = Field(min_length=1, max_length=1024)
     reasoning_effort: Effort | None = None
+    # vLLM's and llama.cpp's extension: variables for the model's chat template (Qwen3's
+    # `enable_thinking: false` turns its thinking off); `{}` asks for nothing
+    chat_template_kwargs: dict[str, Any] | None = Field(default=None, max_length=64)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
@@ -253,6 +256,9 @@ class ChatCompletionRequest(_Generation):
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
             messages=messages, logprobs=(self.top_logprobs or 0) if self.logprobs else None,
             reasoning_effort=self.reasoning_effort, **self.structured(),
+            chat_template_kwargs=json_text("chat_template_kwargs", self.chat_template_kwargs)
+            if self.chat_template_kwargs
+            else None,
         )  # fmt: skip
 
 
