@@ -21,6 +21,7 @@ from tests.e2e_engine.test_llama_cpp_python import free_port
 from tests.e2e_engine.tiny_model import write_tiny_llama
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
+from tests.openai.pools import sdk
 
 pytestmark = pytest.mark.engine
 BUILD = "bash ci/llama_server.sh (ci/setup.sh test --with-engine runs it)"
@@ -42,6 +43,7 @@ class LlamaServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     model: Path = field(default_factory=Path)
+    extra: tuple[str, ...] = ()  # more of llama-server's options
     _process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -57,6 +59,7 @@ class LlamaServer:
         self._log = (self.workdir / "llama-server.log").open("ab")
         command = [binary(), "-m", str(self.model), "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["-c", str(4096 * SLOTS), "--parallel", str(SLOTS), "--metrics", "--threads", "1"]
+        command += self.extra
         self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
         wait_for(self._healthy, timeout=60)
         return self
@@ -135,3 +138,43 @@ def test_the_engines_text_and_counts_come_back_unchanged(
         assert pool["replicas"][0]["slots_total"] == SLOTS == engine.get("/props")["total_slots"]
         n_ctx = engine.get("/props")["default_generation_settings"]["n_ctx"]
         assert (pool["ctx_max"], pool["ctx_max_source"]) == (n_ctx, "engine") == (4096, "engine")
+
+
+# A Qwen3-like chat template: the assistant's turn opens with a closed, empty thinking block unless the
+# request's `enable_thinking` is true (as Qwen3's template turns thinking off)
+THINKING_TEMPLATE = (
+    "{%- for m in messages %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{%- if not (enable_thinking is defined and enable_thinking) %}"
+    "{{ '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}{%- endif %}"
+)
+
+
+def test_chat_template_kwargs_reach_llama_servers_chat_template(
+    make_server: Callable[..., LoopbackServer], tmp_path: Path
+) -> None:
+    """A chat job's `chat_template_kwargs` reach llama-server's template: with `enable_thinking`, the
+    prompt lacks the closed thinking block, whose 19 bytes are 19 tokens of the tiny byte-level vocabulary."""
+    template = tmp_path / "thinking.jinja"
+    template.write_text(THINKING_TEMPLATE)
+    model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=4096)
+    engine = LlamaServer(
+        tmp_path, model=model, extra=("--jinja", "--chat-template-file", str(template))
+    ).start()
+    try:
+        client = sdk(start(make_server, engine))
+        ask = [{"role": "user", "content": "hi"}]
+        closed = client.chat.completions.create(model="tiny", messages=ask, max_tokens=2)  # type: ignore[arg-type]
+        thinking = client.chat.completions.create(
+            model="tiny",
+            messages=ask,
+            max_tokens=2,
+            extra_body={"chat_template_kwargs": {"enable_thinking": True}},  # type: ignore[arg-type]
+        )
+    finally:
+        engine.stop()
+    assert closed.usage is not None and thinking.usage is not None
+    assert closed.usage.prompt_tokens - thinking.usage.prompt_tokens == len("<think>\n\n</think>\n\n")
