@@ -27,7 +27,8 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     # and report no log probabilities in a shape the adapters read (the OpenAI dialect's only).
     # `ignore_eos` is vLLM's and llama.cpp's (and the mock's); OpenAI-compatible servers may drop it
     # unread (llama-cpp-python does), TGI and Ollama have none. `reasoning_effort` is OpenAI's chat
-    # field, which vLLM reads (gpt-oss); llama.cpp's chat, TGI and Ollama's native API have none.
+    # field, which vLLM reads (gpt-oss); llama-server takes it without saying what it does with it
+    # (its own `--reasoning-effort` feeds the chat template), and TGI and Ollama's native API have none.
     # `chat_template_kwargs` is vLLM's and llama-server's chat extension; OpenAI's own API refuses a
     # field it does not know, so a generic OpenAI-compatible server is not sent it.
     "tgi": frozenset({"presence_penalty", "ignore_eos"})
