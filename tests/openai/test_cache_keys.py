@@ -45,6 +45,13 @@ def _idle(server: LoopbackServer) -> bool:
     return not server.call(server.app.state.services.registry.leases.all())
 
 
+def _ran_on(http: httpx.Client, server: LoopbackServer, job_id: str) -> str:
+    """The replica a whole request's job ran on, once its slot is free again (the client has its answer
+    a moment before the slot is given back), so that the next placement sees both replicas free."""
+    wait_for(lambda: _idle(server))
+    return _replica(http, job_id)
+
+
 def _on_r1_while_r0_is_busy(http: httpx.Client, server: LoopbackServer, place: Callable[[], str]) -> None:
     """Run `place` (a job) while a long job holds r0, so that it lands on r1; then free r0."""
     blocker = admitted(http, max_tokens=3000)
@@ -64,15 +71,16 @@ def test_requests_sharing_a_prompt_cache_key_go_back_to_its_replica(make_server:
         )
         # Both replicas free: a job without the key goes to r0 (least loaded, then by id), the key's to r1,
         # through either surface; the dispatch event says the job runs where its key's last one did.
-        assert _replica(http, _chat(sdk_client)) == "r0"
+        assert _ran_on(http, server, _chat(sdk_client)) == "r0"
         again = _response(sdk_client, prompt_cache_key="agent-7", safety_identifier="user-1234")
+        assert _ran_on(http, server, again) == "r1"
         dispatch = next(
             e.data for e in read_events(http, f"/v1/tasks/{again}/stream") if "replica_id" in e.data
         )
         assert (dispatch["replica_id"], dispatch["kv_warmth"]) == ("r1", True)
-        assert _replica(http, _chat(sdk_client, prompt_cache_key="agent-7")) == "r1"
+        assert _ran_on(http, server, _chat(sdk_client, prompt_cache_key="agent-7")) == "r1"
         # Another key is not this one's.
-        assert _replica(http, _chat(sdk_client, prompt_cache_key="agent-8")) == "r0"
+        assert _ran_on(http, server, _chat(sdk_client, prompt_cache_key="agent-8")) == "r0"
 
 
 def test_a_cache_key_is_the_tenants_own(make_server: ServerFactory) -> None:
