@@ -17,6 +17,8 @@ import httpx
 import pexpect
 import pytest
 
+from tests.fakes.engines.ollama import OllamaEngine
+from tests.fakes.engines.server import serve
 from tests.fakes.servers import REPO, LoopbackServer
 from tests.fakes.sse import read_events
 
@@ -202,3 +204,22 @@ def test_serve_does_not_need_the_client_package() -> None:
     probe = "import sys, orchestratord.cli; assert 'orchestratord_client' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_thinking_models_reasoning_stays_out_of_the_answer(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """Ollama's `thinking` (the fake's, on /api/generate): in a pipe, stdout holds the answer alone; on
+    a terminal the reasoning shows too (dimmed, on stderr), before the answer."""
+    fake = OllamaEngine(thinking=("Hmm, ", "a greeting."), tokens=("Hello", "!"), eos_after=2)
+    with serve(fake) as url:
+        pool = {"id": "o", "engine": "ollama", "models": ["llama3.2"], "replicas": [{"id": "r0", "url": url}]}
+        server = make_server(pools=[pool])
+        piped = cli("run", "llama3.2", "hi", "--max-tokens", "8", "--url", server.base_url)
+        child = spawn("run", "llama3.2", "hi", "--max-tokens", "8", "--url", server.base_url)
+        child.expect(pexpect.EOF)
+        child.close()
+    assert piped.returncode == 0, piped.stderr
+    assert (piped.stdout, piped.stderr) == ("Hello!", "")
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before).replace("\r", "")
+    assert child.exitstatus == 0 and "Hmm, a greeting.\nHello!" in shown, shown
