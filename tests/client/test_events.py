@@ -16,6 +16,7 @@ from orchestratord_client import (
     Event,
     JobFailed,
     Metrics,
+    Reasoning,
     Started,
     Token,
     ToolCall,
@@ -56,6 +57,7 @@ def test_frames_decode_to_typed_events_and_unknown_ones_are_kept() -> None:
         ": keep-alive\r\n\r\n"
         + STARTED.replace("\n", "\r\n")
         + 'id: 2\nevent: metrics\ndata: {"queue_position": 0, "tokens_out": 0, "new_figure": 7}\n\n'
+        + 'id: 25\nevent: reasoning\ndata: {"t": "hm"}\n\n'
         + 'id: 3\nevent: token\ndata: {"t": "a\\nb",\ndata:  "i": 0}\n\n'  # data over two lines
         + 'id: 4\nevent: tool_call\ndata: {"index": 0, "id": "call_1", "name": "f", "arguments": "{}"}\n\n'
         + 'id: 5\nevent: future_thing\ndata: {"x": 1}\n\n'
@@ -71,6 +73,7 @@ def test_frames_decode_to_typed_events_and_unknown_ones_are_kept() -> None:
     assert events == [
         Started(JOB_ID, 0, 0, id="1"),
         Metrics(queue_position=0, tokens_out=0, id="2"),
+        Reasoning("hm", id="25"),
         Token("a\nb", 0, id="3"),
         ToolCall(0, "{}", "call_1", "f", id="4"),
         UnknownEvent("future_thing", {"x": 1}, id="5"),
