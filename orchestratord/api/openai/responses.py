@@ -462,7 +462,6 @@ class ResponseEvents:
     message_index: int | None = None  # the text message's output_index, once it began
     calls: dict[int, _Call] = field(default_factory=dict)  # by the fragments' `index`
     thoughts: list[_Thought] = field(default_factory=list)
-    reasoning_steps: int = 0  # the `reasoning` events of the log
 
     @property
     def item_id(self) -> str:
@@ -557,7 +556,6 @@ class ResponseEvents:
                               output_index=thought.output_index, content_index=0,
                               part={"type": "reasoning_text", "text": ""})  # fmt: skip
         thought.text.append(text)
-        self.reasoning_steps += 1
         yield self._event("response.reasoning_text.delta", item_id=thought.item_id,
                           output_index=thought.output_index, content_index=0, delta=text)  # fmt: skip
 
@@ -643,8 +641,9 @@ class ResponseEvents:
         usage = {
             "input_tokens": tokens_in, "input_tokens_details": {"cached_tokens": 0},
             "output_tokens": tokens_out,
-            # the reasoning events relayed: one per engine step, usually one token
-            "output_tokens_details": {"reasoning_tokens": self.reasoning_steps},
+            # the reasoning events relayed (each a piece of a reasoning item): one per engine step, usually
+            # one token
+            "output_tokens_details": {"reasoning_tokens": sum(len(t.text) for t in self.thoughts)},
             "total_tokens": tokens_in + tokens_out,
         }  # fmt: skip
         return self.snapshot(output=self._output(), usage=usage, incomplete_details=details)
