@@ -13,6 +13,13 @@ not fit; so every request names ``num_ctx``: the pool's configured ``ctx_max``, 
 context where that is smaller. The engine then has exactly the context admission checked the job
 against. ``/api/show`` is asked again only when a model's digest in ``/api/tags`` changes.
 
+Thinking: a job's ``reasoning_effort`` becomes Ollama's ``think``, as Ollama's own OpenAI layer maps it
+(``none`` turns thinking off), but only for a model whose ``/api/show`` capabilities say ``thinking``:
+Ollama refuses ``think`` for any other model ("… does not support thinking"), which thinks not at all
+whatever the effort. Effort levels (``low``, ``medium``, ``high``; ``minimal`` as ``low``) go to gpt-oss,
+the one architecture that reads them (and the one every Ollama release takes them for); another
+thinking model gets ``true``.
+
 Options: ``raw`` (send prompts without the model's template, ``/api/generate``'s ``raw: true``).
 """
 
@@ -52,7 +59,13 @@ _DONE_REASONS: dict[str, StopReason] = {"stop": "eos", "length": "max_tokens"}
 
 
 def ollama_body(
-    req: SubmitRequest, model: str, *, chat: bool, raw: bool, num_ctx: int | None = None
+    req: SubmitRequest,
+    model: str,
+    *,
+    chat: bool,
+    raw: bool,
+    num_ctx: int | None = None,
+    facts: ModelFacts | None = None,
 ) -> dict[str, object]:
     body: dict[str, object] = {"model": model}
     if chat:
@@ -65,7 +78,18 @@ def ollama_body(
     if num_ctx is not None:
         options["num_ctx"] = num_ctx
     body.update(stream=True, options=options)
+    if req.reasoning_effort is not None and facts is not None and facts.thinks:
+        body["think"] = think(req.reasoning_effort, levels=facts.effort_levels)
     return body
+
+
+def think(effort: str, *, levels: bool) -> bool | str:
+    """Ollama's `think` for an OpenAI `reasoning_effort`, for a model that thinks."""
+    if effort == "none":
+        return False
+    if not levels:
+        return True
+    return "low" if effort == "minimal" else effort
 
 
 class OllamaStream:
@@ -104,23 +128,30 @@ def _finished(final: Mapping[str, Any]) -> Finished:
 
 
 @dataclass(frozen=True, slots=True)
-class ModelLimits:
+class ModelFacts:
     ctx: int | None  # the Modelfile's num_ctx, else the model's trained context
     max_out: int | None  # the Modelfile's num_predict, when positive
+    thinks: bool = False  # its capabilities say `thinking`: Ollama takes `think` for it
+    effort_levels: bool = False  # gpt-oss: `think` takes "low", "medium" and "high"
 
 
-def show_limits(show: object) -> ModelLimits:
-    """A model's limits from an ``/api/show`` answer."""
+def show_facts(show: object) -> ModelFacts:
+    """What a model's ``/api/show`` answer tells: its limits, and whether and how it thinks."""
     show = as_dict(show)
     info = as_dict(show.get("model_info"))
-    trained = as_int(info.get(f"{as_str(info.get('general.architecture'))}.context_length"))
+    architecture = as_str(info.get("general.architecture"))
+    trained = as_int(info.get(f"{architecture}.context_length"))
     parameters: dict[str, str] = {}
     for line in (as_str(show.get("parameters")) or "").splitlines():
         key, _, value = line.strip().partition(" ")
         parameters.setdefault(key, value.strip())
     num_ctx, num_predict = _int(parameters.get("num_ctx")), _int(parameters.get("num_predict"))
     positive = num_predict if num_predict and num_predict > 0 else None
-    return ModelLimits(ctx=num_ctx or trained, max_out=positive)
+    capabilities = show.get("capabilities")
+    thinks = isinstance(capabilities, list) and "thinking" in capabilities
+    return ModelFacts(
+        ctx=num_ctx or trained, max_out=positive, thinks=thinks, effort_levels=architecture == "gptoss"
+    )
 
 
 def _int(text: str | None) -> int | None:
@@ -158,18 +189,24 @@ class OllamaAdapter(HttpAdapter):
 
     def __init__(self, config: AdapterConfig, *, client: httpx2.AsyncClient | None = None) -> None:
         super().__init__(config, client=client)
-        self._limits: dict[str, tuple[str, ModelLimits]] = {}  # model -> (digest, its limits)
+        self._facts: dict[str, tuple[str, ModelFacts]] = {}  # model -> (digest, what /api/show told)
+
+    def facts(self, model: str) -> ModelFacts | None:
+        known = self._facts.get(model) or self._facts.get(f"{model}:latest")
+        return known[1] if known else None
 
     def num_ctx(self, model: str) -> int | None:
         """The context to ask for: the pool's ceiling, or the model's own where that is smaller."""
-        known = self._limits.get(model) or self._limits.get(f"{model}:latest")
-        sizes = [n for n in (self.config.ctx_max, known[1].ctx if known else None) if n]
+        known = self.facts(model)
+        sizes = [n for n in (self.config.ctx_max, known.ctx if known else None) if n]
         return min(sizes) if sizes else None
 
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         chat = wants_chat(self.config.api, req, self.engine)
         raw = option_bool(self.config.options, "raw")
-        body = ollama_body(req, req.model, chat=chat, raw=raw, num_ctx=self.num_ctx(req.model))
+        body = ollama_body(
+            req, req.model, chat=chat, raw=raw, num_ctx=self.num_ctx(req.model), facts=self.facts(req.model)
+        )
         lines = self.http.ndjson(req, "/api/chat" if chat else "/api/generate", body)
         return relay(self.http, lines, OllamaStream(self.engine), 'a final object with "done":true')
 
@@ -195,11 +232,11 @@ class OllamaAdapter(HttpAdapter):
         wanted = set(self.config.served)
         served = [name for name in digests if {name, name.removesuffix(":latest")} & wanted]
         for name in served:
-            cached = self._limits.get(name)
+            cached = self._facts.get(name)
             if cached is None or cached[0] != digests[name]:  # new, or pulled again since
-                limits = show_limits(await self.http.get_json("/api/show", {"model": name}))
-                self._limits[name] = (digests[name], limits)
-        known = [self._limits[name][1] for name in served]
+                facts = show_facts(await self.http.get_json("/api/show", {"model": name}))
+                self._facts[name] = (digests[name], facts)
+        known = [self._facts[name][1] for name in served]
         ctx = [n for model in known if (n := model.ctx)]
         out = [n for model in known if (n := model.max_out)]
         return WorkerProps(

@@ -27,15 +27,16 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     # and report no log probabilities in a shape the adapters read (the OpenAI dialect's only).
     # `ignore_eos` is vLLM's and llama.cpp's (and the mock's); OpenAI-compatible servers may drop it
     # unread (llama-cpp-python does), TGI and Ollama have none. `reasoning_effort` is OpenAI's chat
-    # field, which vLLM reads (gpt-oss); llama-server takes it without saying what it does with it
-    # (its own `--reasoning-effort` feeds the chat template), and TGI and Ollama's native API have none.
+    # field, which vLLM reads (gpt-oss) and the Ollama adapter turns into `think`; llama-server takes it
+    # without saying what it does with it (its own `--reasoning-effort` feeds the chat template), and
+    # TGI has none.
     # `chat_template_kwargs` is vLLM's and llama-server's chat extension; OpenAI's own API refuses a
     # field it does not know, so a generic OpenAI-compatible server is not sent it.
     "tgi": frozenset({"presence_penalty", "ignore_eos"})
     | _NATIVE
     | {"reasoning_effort", "chat_template_kwargs"},
     "llamacpp": _NATIVE | {"reasoning_effort"},
-    "ollama": _NATIVE | {"ignore_eos", "reasoning_effort", "chat_template_kwargs"},
+    "ollama": _NATIVE | {"ignore_eos", "chat_template_kwargs"},
     "mock": _NATIVE | {"reasoning_effort", "chat_template_kwargs"},
     "openai": frozenset({"ignore_eos", "chat_template_kwargs"}),
 }

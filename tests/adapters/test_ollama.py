@@ -153,3 +153,34 @@ async def test_a_thinking_models_thinking_is_reasoning_before_the_answer(ollama:
     kinds = [(type(e).__name__, getattr(e, "text", None)) for e in events[:-1]]
     assert kinds == [("Reasoning", "Hm, "), ("Reasoning", "hi."), ("Token", "Hi")]
     assert finished(events).completion_tokens == 3
+
+
+@pytest.mark.parametrize(
+    ("architecture", "effort", "think"),
+    [
+        ("llama", "none", False),  # turned off
+        ("llama", "low", True),  # a thinking model without levels: on
+        ("gptoss", "high", "high"),  # gpt-oss reads the level
+        ("gptoss", "minimal", "low"),  # a level Ollama's releases know
+    ],
+)
+async def test_an_effort_becomes_think_for_a_model_that_thinks(
+    ollama: Any, architecture: str, effort: str, think: bool | str
+) -> None:
+    engine, adapter = ollama(thinking=("Hm.",), tokens=("Hi",), eos_after=1)
+    engine.architecture = architecture
+    await adapter.props()  # `/api/show`: capabilities ["completion", "tools", "thinking"]
+    events = await collect(adapter, request(chat=True, max_tokens=8, reasoning_effort=effort))
+    assert engine.record.last("/api/chat").body["think"] == think
+    assert any(type(e).__name__ == "Reasoning" for e in events) is (think is not False)
+    assert texts(events) == ["Hi"]
+
+
+async def test_a_model_that_does_not_think_is_sent_no_think(ollama: Any) -> None:
+    """Ollama refuses `think` for a model without the `thinking` capability ("does not support
+    thinking"); such a model runs the job, and thinks not at all, as with OpenAI's effort `none`."""
+    engine, adapter = ollama(tokens=("Hi",), eos_after=1)
+    await adapter.props()
+    events = await collect(adapter, request(chat=True, max_tokens=8, reasoning_effort="high"))
+    assert "think" not in engine.record.last("/api/chat").body
+    assert texts(events) == ["Hi"]

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.contract.test_sse_events import validate_stream
+from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.engines.server import serve
 from tests.fakes.engines.vllm import VllmEngine
 from tests.fakes.servers import LoopbackServer
@@ -173,3 +174,29 @@ def test_chat_template_kwargs_reach_the_engine_that_takes_them(
             model="mock", messages=ASK, max_tokens=2, extra_body={"chat_template_kwargs": off}
         )  # type: ignore[arg-type]
     assert caught.value.body["param"] == "chat_template_kwargs"  # type: ignore[index]
+
+
+def test_an_effort_turns_an_ollama_models_thinking_on_and_off(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """On Ollama (its native API), `reasoning_effort` becomes `think`, as Ollama's own OpenAI layer maps
+    it: `none` turns a thinking model's thinking off, another effort on; from either surface."""
+    fake = OllamaEngine(thinking=THINKING, tokens=("Hello", "!"), eos_after=2)
+    with serve(fake) as url:
+        pool = {"id": "o", "engine": "ollama", "models": ["llama3.2"], "replicas": [{"id": "r0", "url": url}]}
+        client = sdk(make_server(pools=[pool]))
+        ask = {"model": "llama3.2", "messages": ASK, "max_tokens": 8}
+        off = client.chat.completions.create(**ask, reasoning_effort="none")  # type: ignore[call-overload]
+        assert fake.record.last("/api/chat").body["think"] is False
+        assert off.choices[0].message.content == "Hello!" and not off.choices[0].message.model_extra
+        on = client.chat.completions.create(**ask, reasoning_effort="low")  # type: ignore[call-overload]
+        assert fake.record.last("/api/chat").body["think"] is True
+        assert on.choices[0].message.model_extra == {
+            "reasoning": "".join(THINKING),
+            "reasoning_content": "".join(THINKING),
+        }
+        done = client.responses.create(
+            model="llama3.2", input="hi", max_output_tokens=8, reasoning={"effort": "none"}
+        )
+        assert fake.record.last("/api/chat").body["think"] is False
+        assert [item.type for item in done.output] == ["message"] and done.output_text == "Hello!"

@@ -37,6 +37,7 @@ class OllamaEngine(FakeEngine):
         self.installed = [MODEL]
         self.digest = "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72"
         self.context_length = 131072  # the model's trained context (`llama.context_length`)
+        self.architecture = "llama"  # `general.architecture`: "gptoss" takes effort levels for `think`
         self.parameters = 'stop                           "<|start_header_id|>"'  # the Modelfile's PARAMETERs
         self.routes = {
             ("GET", "/"): self.root,
@@ -79,12 +80,12 @@ class OllamaEngine(FakeEngine):
         details = {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"]}
         details.update(parameter_size="3.2B", quantization_level="Q4_K_M")
         info = {
-            "general.architecture": "llama",
+            "general.architecture": self.architecture,
             "general.file_type": 15,
             "general.parameter_count": 3212749888,
             "llama.attention.head_count": 24,
             "llama.block_count": 28,
-            "llama.context_length": self.context_length,
+            f"{self.architecture}.context_length": self.context_length,
             "llama.embedding_length": 3072,
             "tokenizer.ggml.model": "gpt2",
         }
@@ -95,7 +96,7 @@ class OllamaEngine(FakeEngine):
             "template": "<|start_header_id|>user<|end_header_id|>\n\n{{ .Prompt }}<|eot_id|>",
             "details": details,
             "model_info": info,
-            "capabilities": ["completion", "tools"],
+            "capabilities": ["completion", "tools"] + (["thinking"] if self.behaviour.thinking else []),
             "modified_at": "2026-07-30T10:01:02.123456789-07:00",
         }
         await exchange.respond(200, go_json(show))
@@ -118,6 +119,13 @@ class OllamaEngine(FakeEngine):
                 404, go_json({"error": f'model "{body.get("model")}" not found, try pulling it first'})
             )
             return
+        think = body.get("think")
+        if think not in (None, True, False, "low", "medium", "high"):  # what every release takes
+            await exchange.respond(400, go_json({"error": f"invalid think value: {json.dumps(think)}"}))
+            return
+        if think not in (None, False) and not b.thinking:
+            await exchange.respond(400, go_json({"error": f'"{body["model"]}" does not support thinking'}))
+            return
         options = body.get("options") or {}
         script = plan(b, options.get("num_predict", -1), options.get("stop") or [])
         await exchange.stream("application/x-ndjson", self._lines(body, script, chat=chat))
@@ -138,9 +146,10 @@ class OllamaEngine(FakeEngine):
             obj.update(extra)
             return go_json(obj) + b"\n"
 
-        for i, piece in enumerate(b.thinking):  # a thinking model's reasoning: empty text beside it
+        thinking = () if body.get("think") is False else b.thinking  # `think: false` turns it off
+        for i, piece in enumerate(thinking):  # a thinking model's reasoning: empty text beside it
             yield line(i, "", piece, done=False)
-        for i, text in enumerate(script.texts(), start=len(b.thinking)):
+        for i, text in enumerate(script.texts(), start=len(thinking)):
             yield line(i, text, done=False)
         if script.ending == "fail":
             if b.failure == "error":
@@ -157,5 +166,5 @@ class OllamaEngine(FakeEngine):
         final.update(total_duration=4883583458, load_duration=1334875)
         if b.prompt_tokens:  # omitempty: absent when the whole prompt came from the cache
             final.update(prompt_eval_count=b.prompt_tokens, prompt_eval_duration=342546000)
-        final.update(eval_count=script.count + len(b.thinking), eval_duration=4535599000)
+        final.update(eval_count=script.count + len(thinking), eval_duration=4535599000)
         yield line(script.count, "", **final)
