@@ -39,7 +39,8 @@ def build_control_plane(settings: Settings, store: StateStore) -> ControlPlane:
     budgets = Budgets(store, budget_policy(settings))
     sessions = Sessions(store, budgets, ttl_s=settings.sessions.ttl_s, max_turns=settings.sessions.max_turns)
     catalog = Catalog(settings.catalog.dir, artifacts_dir=settings.catalog.artifacts_dir, shared=store.shared)
-    return ControlPlane(keys, budgets, sessions, catalog, ControlGate(budgets, sessions, catalog))
+    gate = ControlGate(budgets, sessions, catalog, CacheKeys(shared=store.shared))
+    return ControlPlane(keys, budgets, sessions, catalog, gate)
 
 
 def budget_policy(settings: Settings) -> BudgetPolicy:
@@ -60,11 +61,11 @@ def _limits(config: BudgetConfig) -> Limits:
 class ControlGate:
     """Admission's `AdmissionCheck` and the dispatcher's `PlacementHooks`."""
 
-    def __init__(self, budgets: Budgets, sessions: Sessions, catalog: Catalog) -> None:
+    def __init__(self, budgets: Budgets, sessions: Sessions, catalog: Catalog, cache_keys: CacheKeys) -> None:
         self._budgets = budgets
         self._sessions = sessions
         self._catalog = catalog
-        self.cache_keys = CacheKeys()
+        self._cache_keys = cache_keys
 
     # -- admission -------------------------------------------------------------------------------
     async def hold(self, spec: TaskSpec) -> AdmissionHold:
@@ -105,7 +106,7 @@ class ControlGate:
         """Where the job's session ran its last turn; for a job outside a session, where the last job
         of its prompt cache key was placed."""
         if spec.session_id is None and spec.cache_key is not None:
-            return self.cache_keys.last(spec.tenant, spec.cache_key)
+            return await self._cache_keys.last(spec.tenant, spec.cache_key)
         return await self._sessions.affinity(spec)
 
     async def placed(self, spec: TaskSpec, assigned: Assigned) -> Mapping[str, object]:
@@ -115,6 +116,6 @@ class ControlGate:
         if record is not None:
             fields["kv_warmth"] = record.kv_warmth
         elif spec.cache_key is not None:
-            self.cache_keys.placed(spec.tenant, spec.cache_key, assigned.pool_id, assigned.replica_id)
+            await self._cache_keys.placed(spec.tenant, spec.cache_key, assigned.pool_id, assigned.replica_id)
             fields["kv_warmth"] = assigned.affinity_hit
         return fields

@@ -795,6 +795,25 @@ class RedisStore:
             await self._scripts.call("HDEL", key, *stale)
         return fresh
 
+    # -- prompt cache keys -----------------------------------------------------------------------
+    def _cache_key(self, tenant: str, key: str) -> str:
+        return self._key(f"ck:{len(tenant)}:{tenant}:{key}")  # the tenant's length: no two pairs meet
+
+    async def cache_key_place(self, tenant: str, key: str) -> tuple[str, str] | None:
+        placed = await self._scripts.call("GET", self._cache_key(tenant, key))
+        if not placed:
+            return None
+        pool_id, _, replica_id = str(placed).partition("\n")
+        return pool_id, replica_id
+
+    async def cache_key_placed(
+        self, tenant: str, key: str, pool_id: str, replica_id: str, ttl_s: float
+    ) -> None:
+        placed = f"{pool_id}\n{replica_id}"
+        await self._scripts.call(
+            "SET", self._cache_key(tenant, key), placed, "PX", max(1, round(ttl_s * 1000))
+        )
+
     async def catalog_change(self, op: CatalogOp, *args: str) -> bool:
         return bool(await self._scripts.run("catalog", op, *args))
 

@@ -113,6 +113,17 @@ class SharedState(Protocol):
         them is due `grace_s` later), and take the jobs due for cancellation, each by one replica."""
         ...
 
+    async def cache_key_place(self, tenant: str, key: str) -> tuple[str, str] | None:
+        """The (pool, replica) the last job of the tenant's prompt cache key was placed on, by any
+        replica, unless the key went unused for its time to live."""
+        ...
+
+    async def cache_key_placed(
+        self, tenant: str, key: str, pool_id: str, replica_id: str, ttl_s: float
+    ) -> None:
+        """Remember where a job of the key was placed, for `ttl_s` from now."""
+        ...
+
     async def catalog_change(self, op: CatalogOp, *args: str) -> bool:
         """Change the shared model catalog (id -> entry JSON): `add` an entry (False if its id
         exists), `put` a changed one (False if it is gone), `del` one (False if there was none), or

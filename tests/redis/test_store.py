@@ -418,6 +418,20 @@ async def test_an_expired_session_is_gone(make_store: MakeStore) -> None:
     assert not await store.session_delete("k")
 
 
+async def test_a_prompt_cache_keys_place_is_every_instances_until_unused(make_store: MakeStore) -> None:
+    a, b = make_store(), make_store()
+    await a.cache_key_placed("acme", "agent", "p", "r1", ttl_s=60)
+    assert await b.cache_key_place("acme", "agent") == ("p", "r1")
+    await b.cache_key_placed("acme", "agent", "p", "r0", ttl_s=60)  # the last placement is the one kept
+    assert await a.cache_key_place("acme", "agent") == ("p", "r0")
+    # per tenant, and no tenant and key run into another pair (names may hold the separator)
+    await a.cache_key_placed("a:b", "c", "p", "r1", ttl_s=60)
+    assert await a.cache_key_place("a", "b:c") is None and await a.cache_key_place("globex", "agent") is None
+    await a.cache_key_placed("acme", "brief", "p", "r1", ttl_s=0.05)
+    await asyncio.sleep(0.2)
+    assert await b.cache_key_place("acme", "brief") is None
+
+
 async def test_unreachable_redis_is_a_quick_state_unavailable(make_store: MakeStore) -> None:
     store = make_store(url=f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.5)
     began = time.monotonic()
