@@ -98,6 +98,23 @@ def test_models_lists_what_routes_with_the_deployments_limits(server: LoopbackSe
     assert limits["pools"] == ["default"] and limits["ctx_max"] > 0 and limits["ready"] is True
 
 
+def test_a_model_is_retrieved_as_the_list_gives_it(make_server: ServerFactory) -> None:
+    """`models.retrieve` (GET /v1/models/{model}): a Hugging Face name's slash is part of the id; a
+    model no pool serves is OpenAI's 404 naming `model`."""
+    hf = "Qwen/Qwen3-0.6B"
+    server = make_server(
+        pools=[{"id": "p", "engine": "mock", "models": ["mock", hf], "replicas": [{"id": "r0"}]}]
+    )
+    client = sdk(server)
+    listed = {m.id: m for m in client.models.list().data}
+    assert set(listed) == {"mock", hf}
+    for name, model in listed.items():
+        assert client.models.retrieve(name) == model
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("Qwen/other")
+    assert caught.value.body["param"] == "model" and "not served here" in caught.value.body["message"]  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("extra", "param", "fragment"),
     [
@@ -283,6 +300,8 @@ def test_models_leaves_out_what_the_catalog_forbids(make_server: ServerFactory) 
             assert client.post(f"/v1/catalog/models/{model}/state", json={"state": state}).status_code == 200
     openai_client = sdk(server, max_retries=0)
     assert [m.id for m in openai_client.models.list().data] == ["mock"]
+    with pytest.raises(openai.NotFoundError):
+        openai_client.models.retrieve("old")
     with pytest.raises(openai.BadRequestError):
         openai_client.chat.completions.create(model="old", messages=CHAT, max_tokens=2)
 

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions, POST /v1/completions, GET /v1/models.
+"""POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{model}.
 
 Each request is admitted as a job through the shared submission path (`api.submission`), then
 rendered from the job's event log: streamed as `data:` chunks ending with `data: [DONE]` (keep-alive
@@ -23,11 +23,11 @@ from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import from_event, openai_error, to_openai_response
 from orchestratord.api.openai.render import DONE, Rendering, Surface, ToolCalls, error_chunk
 from orchestratord.api.openai.requests import ChatCompletionRequest, CompletionRequest
-from orchestratord.api.openai.schemas import ChatCompletion, Completion, ModelList, openai_errors
+from orchestratord.api.openai.schemas import ChatCompletion, Completion, Model, ModelList, openai_errors
 from orchestratord.api.openai.streaming import Batch, chunks, tail, unless_gone
 from orchestratord.api.submission import submit, with_default_max_tokens
 from orchestratord.core.tasks import LogEvent, new_job_id
-from orchestratord.errors import ErrorKind
+from orchestratord.errors import ErrorKind, NotFound
 from orchestratord.idempotency import fingerprint
 from orchestratord.logs import bind, get_logger
 from orchestratord.services import Services
@@ -73,6 +73,23 @@ async def completions(body: CompletionRequest, request: Request, caller: JsonCal
 @router.get("/v1/models", response_model=ModelList, responses=openai_errors(), operation_id="listModels")
 async def list_models(caller: Annotated[Caller, Depends(get_caller)]) -> ModelList:
     return ModelList.of(caller.services)
+
+
+@router.get(
+    "/v1/models/{model:path}",
+    response_model=Model,
+    responses=openai_errors(404),
+    operation_id="retrieveModel",
+)
+async def retrieve_model(model: str, caller: Annotated[Caller, Depends(get_caller)]) -> Model:
+    """One model of the list (its id may hold slashes, as Hugging Face names do); 404 for one the list
+    leaves out, as OpenAI answers a model that does not exist."""
+    for listed in ModelList.of(caller.services).data:
+        if listed.id == model:
+            return listed
+    raise NotFound(
+        f"the model {model!r} is not served here (GET /v1/models lists those that are)", param="model"
+    )
 
 
 async def _generate(request: Request, caller: Caller, body: Generation, surface: Surface) -> Response:
