@@ -43,6 +43,12 @@ def with_default_max_tokens(services: Services, spec: TaskSpec) -> TaskSpec:
     return replace(spec, max_tokens=limit)
 
 
+def largest_context(services: Services, model: str) -> int:
+    """The largest context (`ctx_max`, as the engines report it) of the pools serving `model`; 0 when
+    none does (admission then refuses the job, saying so)."""
+    return max((p.ctx_max for p in services.registry.pools.values() if model in p.spec.models), default=0)
+
+
 def check_prompt_size(spec: TaskSpec, limit: int) -> None:
     """InvalidParams when the prompt, or the messages' contents together, exceed `limit` characters."""
     if spec.messages is None:

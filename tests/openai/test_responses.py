@@ -180,7 +180,7 @@ def test_a_response_carries_on_from_a_job_of_our_own_api(server: LoopbackServer)
 
 def test_what_agent_frameworks_send_on_every_request_asks_for_nothing(server: LoopbackServer) -> None:
     """No tools (`tools: []`), no includes and `truncation: "disabled"` (OpenAI's default) run on an
-    engine that takes no tools; `truncation: "auto"` would drop turns, which orchestratord does not."""
+    engine that takes no tools; `truncation` is one of two values (test_truncation.py: `auto`)."""
     client = sdk(server)
     done = client.responses.create(model="mock", input="x", tools=[], include=[], truncation="disabled",
                                    max_output_tokens=2)  # fmt: skip
@@ -189,7 +189,7 @@ def test_what_agent_frameworks_send_on_every_request_asks_for_nothing(server: Lo
                                         include=["reasoning.encrypted_content"])  # fmt: skip
     assert stateless.output_text
     with pytest.raises(openai.BadRequestError) as caught:
-        client.responses.create(model="mock", input="x", truncation="auto", max_output_tokens=2)
+        client.responses.create(model="mock", input="x", truncation="middle", max_output_tokens=2)  # type: ignore[arg-type]
     assert caught.value.body["param"] == "truncation"  # type: ignore[index]
 
 

@@ -31,13 +31,10 @@ UNSUPPORTED = (
 
 def asks_for(name: str, value: Any) -> bool:
     """Whether an UNSUPPORTED field (or one of the Responses API's) asks for anything: it is set, and
-    not to OpenAI's default. `truncation` defaults to "disabled" (a prompt too long for the context is
-    refused, as orchestratord refuses it). `include: ["reasoning.encrypted_content"]` (what stateless
+    not to OpenAI's default. `include: ["reasoning.encrypted_content"]` (what stateless
     agents send with `store: false`) asks for the reasoning in a form to send back, and the reasoning
     item carries it in plain `content`, which nothing needs back: orchestratord leaves it out of the
     next turn."""
-    if name == "truncation":  # the Responses API's: "disabled" is its default
-        return value not in (None, "disabled")
     if name == "include":
         return any(item != "reasoning.encrypted_content" for item in value or ())
     return value not in (None, False, [], {})

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -42,7 +42,7 @@ from orchestratord.api.openai.requests import TIERS, Effort, OpenAIRequest, asks
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import chunks, tail, unless_gone
 from orchestratord.api.schemas import Text
-from orchestratord.api.submission import submit, with_default_max_tokens
+from orchestratord.api.submission import largest_context, submit, with_default_max_tokens
 from orchestratord.core.tasks import JobState, LogEvent, Message, TaskSpec, new_job_id, spec_from_dict
 from orchestratord.errors import InvalidParams, NotFound
 from orchestratord.idempotency import fingerprint
@@ -51,7 +51,7 @@ from orchestratord.services import Services
 from orchestratord.state.base import JobRecord
 
 router = APIRouter(tags=["openai"])
-UNSUPPORTED = ("include", "truncation", "top_logprobs", "prompt", "conversation")
+UNSUPPORTED = ("include", "top_logprobs", "prompt", "conversation")
 _STATUS = {
     JobState.QUEUED: "queued", JobState.RUNNING: "in_progress", JobState.SUCCEEDED: "completed",
     JobState.FAILED: "failed", JobState.CANCELED: "cancelled",
@@ -223,7 +223,7 @@ class ResponseRequest(OpenAIRequest):
     reasoning: ReasoningConfig | None = None
     previous_response_id: str | None = None
     include: list[str] | None = None
-    truncation: str | None = None
+    truncation: Literal["auto", "disabled"] | None = None
     prompt: dict[str, Any] | None = None
     conversation: Any = None
 
@@ -269,6 +269,34 @@ class ResponseRequest(OpenAIRequest):
             unstored=None if self.store else True, single_tool_call=self.single_tool_call,
             reasoning_effort=None if self.reasoning is None else self.reasoning.effort,
         )  # fmt: skip
+
+
+def truncated(spec: TaskSpec, room: int) -> TaskSpec:
+    """`truncation: "auto"`: `spec` with the earliest exchanges of its conversation dropped, as few as
+    needed for its prompt estimate (`TaskSpec.tokens_in_estimate`, the one admission checks) to fit
+    `room` tokens. An exchange is a user turn and the turns that answer it (an assistant's tool calls
+    and their results go together); system turns (the instructions) stay where they are, and so does
+    the last exchange, even when it alone is too long (admission then refuses it, saying so)."""
+    messages = spec.messages or ()
+    if spec.tokens_in_estimate <= room:
+        return spec
+    turns = [i for i, m in enumerate(messages) if m.role != "system"]
+    cuts = [i for i in turns[1:] if messages[i].role == "user"]  # where each later exchange begins
+
+    def kept(dropped: int) -> TaskSpec:
+        start = cuts[dropped - 1] if dropped else 0
+        return replace(
+            spec, messages=tuple(m for i, m in enumerate(messages) if i >= start or m.role == "system")
+        )
+
+    low, high = 1, len(cuts)  # the fewest exchanges to drop, found by halving (each try estimates once)
+    while low < high:
+        middle = (low + high) // 2
+        if kept(middle).tokens_in_estimate <= room:
+            high = middle
+        else:
+            low = middle + 1
+    return kept(high) if cuts else spec
 
 
 def _calls_made(turns: Sequence[Message]) -> set[str]:
@@ -667,6 +695,8 @@ async def create_response(
         job_id=new_job_id(), tenant=caller.tenant, correlation_id=caller.correlation_id,
         max_tokens=body.max_output_tokens or 1, history=history,
     )  # fmt: skip
+    if body.truncation == "auto":
+        spec = truncated(spec, largest_context(services, spec.model_ref) - spec.max_tokens)
     if body.max_output_tokens is None:
         spec = with_default_max_tokens(services, spec)
     bind(user=body.user, safety_identifier=body.safety_identifier, metadata=body.metadata)
