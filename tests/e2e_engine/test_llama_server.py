@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import orjson
 import pytest
 
 from tests.api.helpers import wait_for
@@ -178,3 +179,94 @@ def test_chat_template_kwargs_reach_llama_servers_chat_template(
         engine.stop()
     assert closed.usage is not None and thinking.usage is not None
     assert closed.usage.prompt_tokens - thinking.usage.prompt_tokens == len("<think>\n\n</think>\n\n")
+
+
+# A DeepSeek-R1-like chat template: the generation prompt ends with an open thinking block. llama-server's
+# template analysis (common/chat-diff-analyzer.cpp) finds `<think>` and `</think>` around an assistant
+# turn's `reasoning_content`, and its parser reads the generation prompt and then the output, so all the
+# model writes up to `</think>` is reasoning. A random model never writes `</think>`: `--reasoning-budget`
+# has llama-server force it after BUDGET tokens of thought, and what follows is the answer. The space before
+# `<think>` is the tiny vocabulary's (bytes, no `<think>` token): it prefixes one to any text tokenized
+# alone, as the budget's tag is, so the prompt must hold the same tokens for the budget to start counting.
+FORCED_THINKING_TEMPLATE = (
+    "{%- for m in messages %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' }}"
+    "{%- if m['role'] == 'assistant' and m['reasoning_content'] is defined and m['reasoning_content'] %}"
+    "{{ ' <think>\\n' + m['reasoning_content'] + '\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{{ m['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n <think>\\n' }}{%- endif %}"
+)
+BUDGET = 8
+
+
+def said_directly(engine: LlamaServer, body: dict[str, Any]) -> list[tuple[str, str]]:
+    """What llama-server itself streams for `body`: ("reasoning", …) and ("token", …) deltas in order."""
+    said: list[tuple[str, str]] = []
+    url, body = f"{engine.url}/v1/chat/completions", {**body, "stream": True}
+    with httpx.Client(timeout=60) as http, http.stream("POST", url, json=body) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue  # blank lines between events, and `data: [DONE]`
+            for choice in orjson.loads(line[len("data: ") :])["choices"]:
+                delta = choice.get("delta") or {}
+                if delta.get("reasoning_content") is not None:
+                    said.append(("reasoning", delta["reasoning_content"]))
+                if delta.get("content") is not None:
+                    said.append(("token", delta["content"]))
+    return said
+
+
+def test_a_thinking_models_reasoning_comes_apart_from_its_answer_on_every_surface(
+    make_server: Callable[..., LoopbackServer], tmp_path: Path
+) -> None:
+    """llama-server's own reasoning parser splits the model's output into `reasoning_content` and
+    `content`; orchestratord relays the split as llama-server made it: `reasoning` events before the
+    `token` events in our stream (and none of it in the job's text), chat's `reasoning` and
+    `reasoning_content`, streamed and whole, and the Responses API's `reasoning` item before the message."""
+    template = tmp_path / "thinking.jinja"
+    template.write_text(FORCED_THINKING_TEMPLATE)
+    model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=4096)
+    extra = ("--jinja", "--chat-template-file", str(template), "--reasoning-budget", str(BUDGET))
+    engine = LlamaServer(tmp_path, model=model, extra=extra).start()
+    ask = [{"role": "user", "content": "hi"}]
+    sampling = {"temperature": 0.0, "seed": 7}
+    try:
+        direct = said_directly(engine, {"messages": ask, "max_tokens": 32, **sampling})
+        server = start(make_server, engine)
+        with httpx.Client(base_url=server.base_url, timeout=60) as http:
+            body = {"model_ref": "tiny", "messages": ask, "max_tokens": 32, **sampling}
+            job = http.post("/v1/tasks", json=body).json()
+            events = read_events(http, job["sse_url"])
+            status = http.get(job["status_url"]).json()
+        client = sdk(server)
+        chat: Any = {"model": "tiny", "messages": ask, "max_tokens": 32, "temperature": 0.0, "seed": 7}
+        chunks = list(client.chat.completions.create(**chat, stream=True))
+        whole = client.chat.completions.create(**chat)
+        response = client.responses.create(model="tiny", input="hi", max_output_tokens=32, temperature=0.0)
+    finally:
+        engine.stop()
+    thought = "".join(t for kind, t in direct if kind == "reasoning")
+    answer = "".join(t for kind, t in direct if kind == "token")
+    # llama-server did split: BUDGET deltas of thought (the budget counts the prompt's newline after
+    # `<think>`, and the space of the forced ` </think>` is thought too), then the answer
+    assert [kind for kind, _ in direct] == ["reasoning"] * BUDGET + ["token"] * (len(direct) - BUDGET), direct
+    assert thought and answer and thought not in answer
+    # (1) our stream: the engine's deltas, in its order; the job's text is the answer alone
+    assert events[-1].event == "end", events[-1].data
+    assert [(e.event, e.data["t"]) for e in events if e.event in ("reasoning", "token")] == direct
+    assert status["text"] == answer
+    # (2) chat, streamed and whole: the thought under both names, apart from the content
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    thoughts = [d.model_extra for d in deltas if d.model_extra and "reasoning" in d.model_extra]
+    assert [t["reasoning"] for t in thoughts] == [t for kind, t in direct if kind == "reasoning"]
+    assert all(t["reasoning_content"] == t["reasoning"] for t in thoughts)
+    assert "".join(d.content or "" for d in deltas) == answer
+    message = whole.choices[0].message
+    assert message.content == answer
+    assert message.model_extra == {"reasoning": thought, "reasoning_content": thought}
+    # (3) the Responses API: a reasoning item, then the message
+    reasoning, said = response.output
+    assert reasoning.type == "reasoning" and [part.text for part in reasoning.content or []] == [thought]
+    assert said.type == "message" and response.output_text == answer
