@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from orchestratord.core.tasks import Message, PlacementPrefs, TaskSpec
-from orchestratord.errors import ErrorKind
+from orchestratord.errors import ErrorKind, InvalidParams
 
 _STRICT = ConfigDict(extra="forbid", strict=True)  # no coercion: "3", 3.0, true are not integers
 
@@ -25,6 +26,21 @@ def _engine_text(value: str) -> str:
 # Text passed on to engines: C-string engines would cut a prompt at its first NUL, and a lone
 # surrogate cannot be encoded as UTF-8 at all, so both are refused here.
 Text = Annotated[str, AfterValidator(_engine_text)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+# How hard a thinking model thinks (OpenAI's `reasoning_effort`, the Responses API's `reasoning.effort`)
+Effort = Literal["none", "minimal", "low", "medium", "high"]
+
+
+def json_text(name: str, value: Any) -> str:
+    """`value` as JSON text for the engine; a number JSON parsers of engines cannot hold (an integer
+    beyond 64 bits) is the request's fault, named."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        raise InvalidParams(
+            f"{name} holds an integer beyond 64 bits, which engines cannot read; use a smaller number",
+            param=name,
+        ) from None
 
 
 class ChatMessageIn(BaseModel):
@@ -59,11 +75,20 @@ class TaskRequest(BaseModel):
     cancel_on_disconnect: bool = True
     placement: PlacementIn | None = None
     override: bool = False
+    # Engine parameters: a job that sets one goes only to pools whose engine takes it (400 otherwise)
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    ignore_eos: bool = False
+    reasoning_effort: Effort | None = None  # messages jobs: what a chat template reads
+    chat_template_kwargs: dict[str, Any] | None = Field(default=None, max_length=64)
 
     @model_validator(mode="after")
     def _one_input(self) -> TaskRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of 'prompt' and 'messages'")
+        for name in ("reasoning_effort", "chat_template_kwargs"):
+            if self.prompt is not None and getattr(self, name) is not None:
+                raise ValueError(f"{name} is read by the model's chat template: give messages, not a prompt")
         return self
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None) -> TaskSpec:
@@ -95,6 +120,13 @@ class TaskRequest(BaseModel):
             ),
             correlation_id=correlation_id,
             override=self.override,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            ignore_eos=True if self.ignore_eos else None,
+            reasoning_effort=self.reasoning_effort,
+            chat_template_kwargs=json_text("chat_template_kwargs", self.chat_template_kwargs)
+            if self.chat_template_kwargs
+            else None,
         )
 
 

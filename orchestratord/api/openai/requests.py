@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestratord.api.schemas import Text
+from orchestratord.api.schemas import Effort, Penalty, Text, json_text
 from orchestratord.core.tasks import Message, Priority, TaskSpec
 from orchestratord.errors import InvalidParams
 
@@ -43,9 +42,6 @@ def asks_for(name: str, value: Any) -> bool:
 # Passed to the engine as they are (chat only), for the engines that take them.
 STRUCTURED = ("tools", "tool_choice", "response_format")
 MAX_LOGPROBS = 20  # alternatives per token: OpenAI's limit, and vLLM's default `max_logprobs`
-Penalty = Annotated[float, Field(ge=-2, le=2)]
-# How hard a thinking model thinks (OpenAI's `reasoning_effort`, the Responses API's `reasoning.effort`)
-Effort = Literal["none", "minimal", "low", "medium", "high"]
 # One prompt: a string, or a list holding one (several prompts in one request are not supported).
 Prompt = (
     Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[Text], Field(min_length=1, max_length=1)]
@@ -282,18 +278,6 @@ class CompletionRequest(_Generation):
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
             prompt=self.prompt_text(), logprobs=self.logprobs,
         )  # fmt: skip
-
-
-def json_text(name: str, value: Any) -> str:
-    """`value` as JSON text for the engine; a number JSON parsers of engines cannot hold (an integer
-    beyond 64 bits) is the request's fault, named."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        raise InvalidParams(
-            f"{name} holds an integer beyond 64 bits, which engines cannot read; use a smaller number",
-            param=name,
-        ) from None
 
 
 def _role(role: str) -> str:

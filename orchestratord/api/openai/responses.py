@@ -38,10 +38,10 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import response_error
-from orchestratord.api.openai.requests import TIERS, Effort, OpenAIRequest, asks_for, json_text
+from orchestratord.api.openai.requests import TIERS, OpenAIRequest, asks_for
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import chunks, tail, unless_gone
-from orchestratord.api.schemas import Text
+from orchestratord.api.schemas import Effort, Text, json_text
 from orchestratord.api.submission import largest_context, submit, with_default_max_tokens
 from orchestratord.core.tasks import JobState, LogEvent, Message, TaskSpec, new_job_id, spec_from_dict
 from orchestratord.errors import InvalidParams, NotFound
