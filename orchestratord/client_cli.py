@@ -45,6 +45,17 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     run.add_argument("--priority", choices=["interactive", "batch"], default=None)
     run.add_argument("--temperature", type=float, default=None)
     run.add_argument("--seed", type=int, default=None)
+    run.add_argument(
+        "--chat",
+        action="store_true",
+        help="send the prompt as a user message: the model's chat template applies",
+    )
+    run.add_argument(
+        "--reasoning-effort",
+        choices=["none", "minimal", "low", "medium", "high"],
+        default=None,
+        help="how hard a thinking model thinks ('none': not at all); needs --chat",
+    )
     run.add_argument("--json", action="store_true", help="print every event as a JSON line")
     common(run)
     status = sub.add_parser("status", help="a job's status, as JSON")
@@ -107,11 +118,16 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(client: Client, args: argparse.Namespace, err: Console) -> int:
+    if args.reasoning_effort is not None and not args.chat:
+        err.print("orchestratord: --reasoning-effort is read by the model's chat template: add --chat")
+        return EX_USAGE
     prompt = args.prompt if args.prompt not in (None, "-") else sys.stdin.read()
-    fields = {
-        k: getattr(args, k) for k in ("priority", "temperature", "seed") if getattr(args, k) is not None
-    }
-    job = client.submit(args.model, prompt, max_tokens=args.max_tokens, **fields)
+    names = ("priority", "temperature", "seed", "reasoning_effort")
+    fields = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    messages = [{"role": "user", "content": prompt}] if args.chat else None
+    job = client.submit(
+        args.model, None if args.chat else prompt, messages=messages, max_tokens=args.max_tokens, **fields
+    )
     live = err.is_terminal and not args.json
     try:
         events = client.events(job)

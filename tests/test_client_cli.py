@@ -223,3 +223,21 @@ def test_a_thinking_models_reasoning_stays_out_of_the_answer(
     assert (piped.stdout, piped.stderr) == ("Hello!", "")
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before).replace("\r", "")
     assert child.exitstatus == 0 and "Hmm, a greeting.\nHello!" in shown, shown
+
+
+def test_chat_and_a_reasoning_effort_turn_a_thinking_models_thinking_off(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """`--chat` sends the prompt as a user message (Ollama's /api/chat); `--reasoning-effort none`
+    turns the thinking off there (Ollama's `think: false`); an effort without --chat is a usage error."""
+    fake = OllamaEngine(thinking=("Hmm, ", "a greeting."), tokens=("Hello", "!"), eos_after=2)
+    with serve(fake) as url:
+        pool = {"id": "o", "engine": "ollama", "models": ["llama3.2"], "replicas": [{"id": "r0", "url": url}]}
+        server = make_server(pools=[pool])
+        run = ("run", "llama3.2", "hi", "--max-tokens", "8", "--url", server.base_url)
+        done = cli(*run, "--chat", "--reasoning-effort", "none")
+        sent = fake.record.last("/api/chat").body
+        refused = cli(*run, "--reasoning-effort", "none")
+    assert done.returncode == 0 and done.stdout == "Hello!", done.stderr
+    assert sent["messages"] == [{"role": "user", "content": "hi"}] and sent["think"] is False
+    assert refused.returncode == 64 and "--chat" in refused.stderr
