@@ -197,10 +197,11 @@ class Relay:
         end: dict[str, object] = {"stop_reason": stop, "tokens_in": tokens_in}
         if event.prompt_tokens is None:  # the engine did not say: an estimate, named as one
             end["tokens_in_estimated"] = True
-        if event.completion_tokens is None:  # the store counts the token events instead
+        # The engine's count; else one token an engine step (its text, reasoning and tool-call events),
+        # an estimate named as one
+        end["tokens_out"] = generated
+        if event.completion_tokens is None:
             end["tokens_out_estimated"] = True
-        else:
-            end["tokens_out"] = event.completion_tokens
         done = await self._store.finish(ctx.spec.job_id, JobState.SUCCEEDED, "end", end)
         stats.outcome = "succeeded" if done is not None else "canceled"
         decode_ms = None if stats.first_token_at is None else (now - stats.first_token_at) * 1000

@@ -66,3 +66,25 @@ def test_a_canceled_jobs_count_is_named_an_estimate(server: LoopbackServer) -> N
         assert client.post(f"/v1/tasks/{job['job_id']}/cancel").status_code == 204
         end = read_events(client, job["sse_url"])[-1].data
         assert end["stop_reason"] == "canceled" and end["tokens_out_estimated"] is True
+
+
+def test_without_an_engine_count_a_thinking_models_reasoning_counts_too(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """An OpenAI-compatible server that streams no usage (llama-cpp-python's way, the fake here): the
+    estimate counts every step the engine streamed, its reasoning as well as its text."""
+    fake = VllmEngine(thinking=("Hm, ", "a greeting."), tokens=("Hello", "!"), eos_after=2, usage=False)
+    with serve(fake) as url:
+        pool = {"id": "o", "engine": "openai", "models": ["qwen"], "engine_model": MODEL,
+                "replicas": [{"id": "r0", "url": url}]}  # fmt: skip
+        server = make_server(pools=[pool])
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:
+            job = client.post(
+                "/v1/tasks", json={"model_ref": "qwen", "messages": [{"role": "user", "content": "hi"}],
+                                   "max_tokens": 10}
+            ).json()  # fmt: skip
+            events = read_events(client, job["sse_url"])
+            status = client.get(job["status_url"]).json()
+    assert [e.event for e in events if e.event in ("reasoning", "token")] == ["reasoning"] * 2 + ["token"] * 2
+    end = events[-1].data
+    assert (end["tokens_out"], end["tokens_out_estimated"], status["tokens_out"]) == (4, True, 4)

@@ -55,6 +55,9 @@ class Behaviour:
     # A thinking model behind a reasoning parser: these pieces of reasoning, one a step, before the
     # answer (vLLM: `delta.reasoning`; Ollama: `thinking`); each counts as a generated token
     thinking: Sequence[str] = ()
+    # vLLM: `stream_options.include_usage` answered with a usage chunk; False: ignored, as an
+    # OpenAI-compatible server that streams no usage does (llama-cpp-python)
+    usage: bool = True
 
 
 @dataclass(frozen=True)

@@ -183,7 +183,7 @@ class VllmEngine(FakeEngine):
             "stop_reason": None,
         }
         yield sse(self._chunk(True, finish), eol)
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if (body.get("stream_options") or {}).get("include_usage") and self.behaviour.usage:
             p, n = self.behaviour.prompt_tokens, 9
             yield sse(
                 self._chunk(True, None, {"prompt_tokens": p, "total_tokens": p + n, "completion_tokens": n}),
@@ -245,7 +245,7 @@ class VllmEngine(FakeEngine):
             generated += 1
             reason = self._choice(chat, "", "stop", script.stop_word or None)
             yield sse(self._chunk(chat, reason), eol)
-        if (body.get("stream_options") or {}).get("include_usage"):
+        if (body.get("stream_options") or {}).get("include_usage") and self.behaviour.usage:
             usage = {"prompt_tokens": p, "total_tokens": p + generated, "completion_tokens": generated}
             yield sse(self._chunk(chat, None, usage), eol)
         yield sse(b"[DONE]", eol)
