@@ -307,19 +307,26 @@ def test_models_leaves_out_what_the_catalog_forbids(make_server: ServerFactory) 
 
 
 def test_the_clients_user_and_metadata_reach_the_logs_but_not_the_prompt(make_server: ServerFactory) -> None:
+    """The ids a client sets (`user`, `metadata`, `safety_identifier`) are in the request's log lines;
+    those it leaves out are not there at all."""
     server = make_server()
     out = io.StringIO()
     configure("info", "json", stream=out)  # the suite runs at warning; the admission line is info
     try:
-        sdk(server).chat.completions.create(
+        client = sdk(server)
+        client.chat.completions.create(
             model="mock", messages=[{"role": "user", "content": "my secret plan"}], max_tokens=2,
             user="user-42", metadata={"app": "notes"},
         )  # fmt: skip
+        client.responses.create(model="mock", input="hi", max_output_tokens=2, safety_identifier="hashed-7")
+        client.chat.completions.create(model="mock", messages=CHAT, max_tokens=2)
     finally:
         configure("warning", "json")
     lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
-    admitted = next(e for e in lines if e["event"] == "task_admitted")
-    assert admitted["user"] == "user-42" and admitted["metadata"] == {"app": "notes"}
+    chat, response, plain = (e for e in lines if e["event"] == "task_admitted")
+    assert chat["user"] == "user-42" and chat["metadata"] == {"app": "notes"}
+    assert "safety_identifier" not in chat and response["safety_identifier"] == "hashed-7"
+    assert not {"user", "safety_identifier", "metadata"} & set(plain)
     assert "my secret plan" not in out.getvalue()
 
 

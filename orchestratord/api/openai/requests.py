@@ -154,6 +154,13 @@ class OpenAIRequest(BaseModel):
         """`parallel_tool_calls: false` with tools: at most one call comes back (`TaskSpec`)."""
         return True if self.parallel_tool_calls is False and self.tools else None
 
+    @property
+    def client_ids(self) -> dict[str, Any]:
+        """What the client says of its end user and request, for the request's log lines (never the
+        prompt): the fields it set."""
+        ids = {"user": self.user, "safety_identifier": self.safety_identifier, "metadata": self.metadata}
+        return {name: value for name, value in ids.items() if value is not None}
+
 
 class _Generation(OpenAIRequest):
     """What Chat Completions and Completions share."""

@@ -699,7 +699,7 @@ async def create_response(
         spec = truncated(spec, largest_context(services, spec.model_ref) - spec.max_tokens)
     if body.max_output_tokens is None:
         spec = with_default_max_tokens(services, spec)
-    bind(user=body.user, safety_identifier=body.safety_identifier, metadata=body.metadata)
+    bind(**body.client_ids)
     try:
         result = await submit(
             caller, spec, idempotency_key=request.headers.get("idempotency-key"),

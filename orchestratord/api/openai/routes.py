@@ -102,7 +102,7 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
     if requested is None:
         spec = with_default_max_tokens(services, spec)
     # the client's ids, into this request's log lines
-    bind(user=body.user, safety_identifier=body.safety_identifier, metadata=body.metadata)
+    bind(**body.client_ids)
     result = await submit(
         caller,
         spec,
