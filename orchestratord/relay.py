@@ -99,6 +99,7 @@ def submit_request(spec: TaskSpec, engine_model: str, traceparent: str | None = 
         ignore_eos=spec.ignore_eos,
         reasoning_effort=spec.reasoning_effort,
         chat_template_kwargs=spec.chat_template_kwargs,
+        logit_bias=spec.logit_bias,
         priority=spec.priority,
         traceparent=traceparent or spec.traceparent,
     )

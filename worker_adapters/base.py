@@ -57,6 +57,7 @@ class SubmitRequest:
     ignore_eos: bool | None = None  # True: generate to max_tokens past the end-of-sequence token
     reasoning_effort: str | None = None  # a thinking model's effort (OpenAI-dialect chat engines)
     chat_template_kwargs: str | None = None  # JSON text: variables for the chat template (vLLM, llama.cpp)
+    logit_bias: str | None = None  # JSON text: token id -> bias, -100 to 100 (OpenAI-dialect engines)
     traceparent: str | None = None  # W3C trace context for the engine's own spans (vLLM)
     priority: Literal["interactive", "batch"] = "interactive"  # the job's class (vLLM schedules by it)
 

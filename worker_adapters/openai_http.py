@@ -76,7 +76,7 @@ def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, obj
         body["prompt"] = req.prompt or ""
     body.update(max_tokens=req.max_tokens, stream=True, stream_options={"include_usage": True})
     body.update(sampling(req))
-    for name in ("tools", "tool_choice", "response_format"):
+    for name in ("tools", "tool_choice", "response_format", "logit_bias"):
         value = getattr(req, name)
         if value is not None:
             body[name] = orjson.loads(value)

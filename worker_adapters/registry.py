@@ -20,11 +20,12 @@ ADAPTERS: dict[str, str] = {
 # pools whose engine can, and refused (naming the parameter) when no pool serving its model can.
 # (`tool_messages`: chat turns that carry tool calls or tool results, which only OpenAI-dialect chat reads.)
 _STRUCTURED = frozenset({"tools", "tool_choice", "response_format", "tool_messages"})
-_NATIVE = _STRUCTURED | {"logprobs"}
+_NATIVE = _STRUCTURED | {"logprobs", "logit_bias"}
 UNSUPPORTED: dict[str, frozenset[str]] = {
     # TGI's generate parameters have no presence penalty; the native routes of TGI, llama.cpp and
     # Ollama, and the mock, take no OpenAI tools or response formats (only OpenAI-dialect chat does)
-    # and report no log probabilities in a shape the adapters read (the OpenAI dialect's only).
+    # and report no log probabilities in a shape the adapters read (the OpenAI dialect's only); a
+    # `logit_bias` goes to the OpenAI dialect's engines only.
     # `ignore_eos` is vLLM's and llama.cpp's (and the mock's); OpenAI-compatible servers may drop it
     # unread (llama-cpp-python does), TGI and Ollama have none. `reasoning_effort` is OpenAI's chat
     # field, which vLLM reads (gpt-oss) and the Ollama adapter turns into `think`; llama-server takes it

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from orchestratord.core.tasks import Message, PlacementPrefs, TaskSpec
 from orchestratord.errors import ErrorKind, InvalidParams
@@ -29,6 +29,16 @@ Text = Annotated[str, AfterValidator(_engine_text)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
 # How hard a thinking model thinks (OpenAI's `reasoning_effort`, the Responses API's `reasoning.effort`)
 Effort = Literal["none", "minimal", "low", "medium", "high"]
+# OpenAI's `logit_bias`: token id (as the engine's tokenizer numbers it) -> a bias from -100 (never)
+# to 100 (only); the schema says no other key is one
+LogitBias = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")], Annotated[float, Field(ge=-100, le=100)]],
+    Field(max_length=1024),
+    WithJsonSchema({
+        "type": "object", "maxProperties": 1024, "additionalProperties": False,
+        "patternProperties": {"^[0-9]{1,10}$": {"type": "number", "minimum": -100, "maximum": 100}},
+    }),
+]  # fmt: skip
 
 
 def json_text(name: str, value: Any) -> str:
@@ -81,6 +91,7 @@ class TaskRequest(BaseModel):
     ignore_eos: bool = False
     reasoning_effort: Effort | None = None  # messages jobs: what a chat template reads
     chat_template_kwargs: dict[str, Any] | None = Field(default=None, max_length=64)
+    logit_bias: LogitBias | None = None
 
     @model_validator(mode="after")
     def _one_input(self) -> TaskRequest:
@@ -127,6 +138,7 @@ class TaskRequest(BaseModel):
             chat_template_kwargs=json_text("chat_template_kwargs", self.chat_template_kwargs)
             if self.chat_template_kwargs
             else None,
+            logit_bias=json_text("logit_bias", self.logit_bias) if self.logit_bias else None,
         )
 
 

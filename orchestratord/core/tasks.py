@@ -19,7 +19,7 @@ PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 PlacementMode = Literal["pin", "prefer", "auto"]
 ENGINE_PARAMETERS = (
     "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format", "logprobs",
-    "ignore_eos", "reasoning_effort", "chat_template_kwargs",
+    "ignore_eos", "reasoning_effort", "chat_template_kwargs", "logit_bias",
 )  # fmt: skip
 # Not a field: a job whose chat turns carry tool calls or tool results (`Message.carries_tools`).
 TOOL_MESSAGES = "tool_messages"
@@ -128,6 +128,8 @@ class TaskSpec:
     # Extra variables for the engine's chat template (vLLM's and llama.cpp's `chat_template_kwargs`,
     # such as Qwen3's `enable_thinking`), as JSON text
     chat_template_kwargs: str | None = None
+    # Token id -> bias (OpenAI's `logit_bias`, the engine's tokenizer's ids), as JSON text
+    logit_bias: str | None = None
 
     @property
     def engine_parameters(self) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ ASK = [{"role": "user", "content": "hi"}]
 PARAMETERS: dict[str, Any] = {
     "presence_penalty": 0.5, "frequency_penalty": -0.25, "ignore_eos": True,
     "reasoning_effort": "low", "chat_template_kwargs": {"enable_thinking": False},
+    "logit_bias": {"9891": 100, "15": -2.5},
 }  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestratord.api.schemas import Effort, Penalty, Text, json_text
+from orchestratord.api.schemas import Effort, LogitBias, Penalty, Text, json_text
 from orchestratord.core.tasks import Message, Priority, TaskSpec
 from orchestratord.errors import InvalidParams
 
@@ -23,7 +23,7 @@ TIERS: dict[str, Priority] = {"auto": "interactive", "default": "interactive", "
                               "flex": "batch"}  # fmt: skip
 # Accepted only at their neutral value: what orchestratord cannot pass on to every engine yet.
 UNSUPPORTED = (
-    "functions", "function_call", "logit_bias", "prediction", "audio",
+    "functions", "function_call", "prediction", "audio",
     "modalities", "web_search_options", "store", "echo", "suffix", "best_of",
 )  # fmt: skip
 
@@ -173,7 +173,7 @@ class _Generation(OpenAIRequest):
     functions: list[Any] | None = None
     function_call: Any = None
     response_format: dict[str, Any] | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: LogitBias | None = None
     store: bool | None = None
     ignore_eos: bool | None = Field(
         default=None,
@@ -224,6 +224,7 @@ class _Generation(OpenAIRequest):
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             ignore_eos=True if self.ignore_eos else None,
+            logit_bias=json_text("logit_bias", self.logit_bias) if self.logit_bias else None,
             correlation_id=correlation_id,
             cache_key=self.prompt_cache_key,
             single_tool_call=self.single_tool_call,
