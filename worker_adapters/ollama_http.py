@@ -13,6 +13,9 @@ not fit; so every request names ``num_ctx``: the pool's configured ``ctx_max``, 
 context where that is smaller. The engine then has exactly the context admission checked the job
 against. ``/api/show`` is asked again only when a model's digest in ``/api/tags`` changes.
 
+Structured output: a job's ``response_format`` becomes Ollama's ``format`` (``"json"``, or the JSON
+schema), on both routes.
+
 Thinking: a job's ``reasoning_effort`` becomes Ollama's ``think``, as Ollama's own OpenAI layer maps it
 (``none`` turns thinking off), but only for a model whose ``/api/show`` capabilities say ``thinking``:
 Ollama refuses ``think`` for any other model ("… does not support thinking"), which thinks not at all
@@ -78,9 +81,19 @@ def ollama_body(
     if num_ctx is not None:
         options["num_ctx"] = num_ctx
     body.update(stream=True, options=options)
+    if req.response_format is not None:
+        body["format"] = output_format(json.loads(req.response_format))
     if req.reasoning_effort is not None and facts is not None and facts.thinks:
         body["think"] = think(req.reasoning_effort, levels=facts.effort_levels)
     return body
+
+
+def output_format(response_format: dict[str, Any]) -> object:
+    """Ollama's `format` for an OpenAI `response_format`: "json" for any JSON object, the schema itself
+    for a JSON schema (Ollama has no name or strict flag: its output always follows the schema)."""
+    if response_format.get("type") == "json_schema":
+        return as_dict(response_format.get("json_schema")).get("schema", {})
+    return "json"
 
 
 def think(effort: str, *, levels: bool) -> bool | str:

@@ -119,6 +119,10 @@ class OllamaEngine(FakeEngine):
                 404, go_json({"error": f'model "{body.get("model")}" not found, try pulling it first'})
             )
             return
+        form = body.get("format")
+        if form is not None and form != "json" and not isinstance(form, dict):  # "json" or a JSON schema
+            await exchange.respond(400, go_json({"error": "invalid JSON schema in format"}))
+            return
         think = body.get("think")
         if think not in (None, True, False, "low", "medium", "high"):  # what every release takes
             await exchange.respond(400, go_json({"error": f"invalid think value: {json.dumps(think)}"}))
