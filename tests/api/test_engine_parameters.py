@@ -13,11 +13,10 @@ import httpx
 import pytest
 
 from tests.control.helpers import assert_envelope
-from tests.fakes.engines.server import serve
 from tests.fakes.engines.vllm import VllmEngine
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
-from tests.openai.pools import vllm_and_mock
+from tests.openai.pools import last_post, served, vllm_and_mock
 
 ASK = [{"role": "user", "content": "hi"}]
 PARAMETERS: dict[str, Any] = {
@@ -29,9 +28,7 @@ PARAMETERS: dict[str, Any] = {
 
 @pytest.fixture
 def engine() -> Iterator[VllmEngine]:
-    fake = VllmEngine(tokens=("Hello", "!"), eos_after=2)
-    with serve(fake) as url:
-        fake.url = url  # type: ignore[attr-defined]
+    with served(VllmEngine(tokens=("Hello", "!"), eos_after=2)) as fake:
         yield fake
 
 
@@ -46,7 +43,7 @@ def test_the_engine_parameters_reach_the_engine(http: httpx.Client, engine: Vllm
     job = http.post("/v1/tasks", json={"model_ref": "qwen", "messages": ASK, "max_tokens": 4, **PARAMETERS})
     assert job.status_code == 202, job.text
     assert read_events(http, job.json()["sse_url"])[-1].event == "end"
-    sent = [r for r in engine.record.requests if r.method == "POST"][-1].body
+    sent = last_post(engine)
     assert {name: sent.get(name) for name in PARAMETERS} == PARAMETERS
 
 

@@ -3,12 +3,32 @@ the fake, and `mock` on the built-in engine (which takes no tools, response form
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import openai
 
+from tests.fakes.engines.asgi import FakeEngine
+from tests.fakes.engines.server import serve
 from tests.fakes.engines.vllm import MODEL
 from tests.fakes.servers import LoopbackServer
+
+Engine = TypeVar("Engine", bound=FakeEngine)
+
+
+@contextmanager
+def served(fake: Engine) -> Iterator[Engine]:
+    """`fake` served on loopback for the test, at `fake.url`."""
+    with serve(fake) as url:
+        fake.url = url  # type: ignore[attr-defined]
+        yield fake
+
+
+def last_post(engine: FakeEngine) -> dict[str, Any]:
+    """The body of the engine's last POST: its generation request."""
+    body: dict[str, Any] = [r for r in engine.record.requests if r.method == "POST"][-1].body
+    return body
 
 
 def vllm_and_mock(url: str, *more: dict[str, Any]) -> list[dict[str, Any]]:

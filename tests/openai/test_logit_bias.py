@@ -10,10 +10,9 @@ from collections.abc import Callable, Iterator
 import openai
 import pytest
 
-from tests.fakes.engines.server import serve
 from tests.fakes.engines.vllm import VllmEngine
 from tests.fakes.servers import LoopbackServer
-from tests.openai.pools import sdk, vllm_and_mock
+from tests.openai.pools import last_post, sdk, served, vllm_and_mock
 
 ASK = [{"role": "user", "content": "yes or no?"}]
 BIAS = {"9891": 100, "2201": -100, "15": 2.5}
@@ -21,9 +20,7 @@ BIAS = {"9891": 100, "2201": -100, "15": 2.5}
 
 @pytest.fixture
 def engine() -> Iterator[VllmEngine]:
-    fake = VllmEngine(tokens=("yes",), eos_after=1)
-    with serve(fake) as url:
-        fake.url = url  # type: ignore[attr-defined]
+    with served(VllmEngine(tokens=("yes",), eos_after=1)) as fake:
         yield fake
 
 
@@ -32,18 +29,13 @@ def client(make_server: Callable[..., LoopbackServer], engine: VllmEngine) -> op
     return sdk(make_server(pools=vllm_and_mock(engine.url)))  # type: ignore[attr-defined]
 
 
-def _sent(engine: VllmEngine) -> dict[str, object]:
-    body: dict[str, object] = [r for r in engine.record.requests if r.method == "POST"][-1].body
-    return body
-
-
 def test_a_logit_bias_reaches_the_engine_as_given(client: openai.OpenAI, engine: VllmEngine) -> None:
     done = client.chat.completions.create(model="qwen", messages=ASK, max_tokens=2, logit_bias=BIAS)  # type: ignore[arg-type]
-    assert done.choices[0].message.content == "yes" and _sent(engine)["logit_bias"] == BIAS
+    assert done.choices[0].message.content == "yes" and last_post(engine)["logit_bias"] == BIAS
     client.completions.create(model="qwen", prompt="yes or no?", max_tokens=2, logit_bias=BIAS)  # type: ignore[arg-type]
-    assert _sent(engine)["logit_bias"] == BIAS
+    assert last_post(engine)["logit_bias"] == BIAS
     client.chat.completions.create(model="qwen", messages=ASK, max_tokens=2, logit_bias={})  # type: ignore[arg-type]
-    assert "logit_bias" not in _sent(engine)
+    assert "logit_bias" not in last_post(engine)
     assert client.chat.completions.create(model="mock", messages=ASK, max_tokens=2, logit_bias={}).choices  # type: ignore[arg-type]
 
 

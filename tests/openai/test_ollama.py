@@ -11,9 +11,8 @@ import pytest
 from pydantic import BaseModel
 
 from tests.fakes.engines.ollama import OllamaEngine
-from tests.fakes.engines.server import serve
 from tests.fakes.servers import LoopbackServer
-from tests.openai.pools import sdk
+from tests.openai.pools import sdk, served
 
 ASK = [{"role": "user", "content": "the weather in Tokyo, as JSON"}]
 
@@ -28,9 +27,7 @@ SCHEMA = Weather.model_json_schema()
 
 @pytest.fixture
 def engine() -> Iterator[OllamaEngine]:
-    fake = OllamaEngine(tokens=('{"city": ', '"Tokyo", ', '"celsius": 21}'), eos_after=3)
-    with serve(fake) as url:
-        fake.url = url  # type: ignore[attr-defined]
+    with served(OllamaEngine(tokens=('{"city": ', '"Tokyo", ', '"celsius": 21}'), eos_after=3)) as fake:
         yield fake
 
 

@@ -18,7 +18,7 @@ from tests.fakes.engines.server import serve
 from tests.fakes.engines.vllm import VllmEngine
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
-from tests.openai.pools import sdk, vllm_and_mock
+from tests.openai.pools import sdk, served, vllm_and_mock
 
 THINKING = ("The user greets me. ", "A short answer.")
 ASK = [{"role": "user", "content": "hi"}]
@@ -26,9 +26,7 @@ ASK = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture
 def engine() -> Iterator[VllmEngine]:
-    fake = VllmEngine(thinking=THINKING, tokens=("Hello", "!"), eos_after=2)
-    with serve(fake) as url:
-        fake.url = url  # type: ignore[attr-defined]
+    with served(VllmEngine(thinking=THINKING, tokens=("Hello", "!"), eos_after=2)) as fake:
         yield fake
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from tests.fakes.engines.server import serve
 from tests.fakes.engines.vllm import VllmEngine
 from tests.fakes.servers import LoopbackServer
-from tests.openai.pools import sdk, vllm_and_mock
+from tests.openai.pools import last_post, sdk, served, vllm_and_mock
 
 CALLS = (("get_weather", '{"city": "Tokyo", "unit": "celsius"}'), ("get_time", '{"zone": "JST"}'))
 TOOLS: list[Any] = [
@@ -31,9 +31,7 @@ ASK = "weather and time in Tokyo?"
 
 @pytest.fixture
 def engine() -> Iterator[VllmEngine]:
-    fake = VllmEngine(tool_calls=CALLS)
-    with serve(fake) as url:
-        fake.url = url  # type: ignore[attr-defined]
+    with served(VllmEngine(tool_calls=CALLS)) as fake:
         yield fake
 
 
@@ -42,25 +40,19 @@ def client(make_server: Callable[..., LoopbackServer], engine: VllmEngine) -> op
     return sdk(make_server(pools=vllm_and_mock(engine.url)))  # type: ignore[attr-defined]
 
 
-def sent(engine: VllmEngine) -> dict[str, Any]:
-    """The body of the engine's last chat request."""
-    body: dict[str, Any] = [r for r in engine.record.requests if r.method == "POST"][-1].body
-    return body
-
-
 def test_the_tools_reach_the_engine_and_its_calls_are_function_call_items(
     client: openai.OpenAI, engine: VllmEngine
 ) -> None:
     response = client.responses.create(
         model="qwen", input=ASK, tools=TOOLS, tool_choice={"type": "function", "name": "get_time"}
     )
-    assert sent(engine)["tools"] == [
+    assert last_post(engine)["tools"] == [
         {"type": "function", "function": {"name": "get_weather", "description": "the weather in a city",
                                           "parameters": TOOLS[0]["parameters"]}},
         {"type": "function",
          "function": {"name": "get_time", "parameters": {"type": "object"}, "strict": False}},
     ]  # fmt: skip
-    assert sent(engine)["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
+    assert last_post(engine)["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
     assert response.status == "completed"
     calls = [item for item in response.output if item.type == "function_call"]
     assert [(c.name, c.arguments, c.status) for c in calls] == [(*call, "completed") for call in CALLS]
@@ -109,7 +101,7 @@ def test_the_loop_sends_the_calls_and_their_outputs_back_as_chat_turns(
         conversation.append({"type": "function_call_output", "call_id": item.call_id, "output": result})
     second = client.responses.create(model="qwen", input=conversation, tools=TOOLS)
     assert second.status == "completed"
-    assert sent(engine)["messages"] == [
+    assert last_post(engine)["messages"] == [
         {"role": "user", "content": ASK},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": f"chatcmpl-tool-{i}abc", "type": "function",
@@ -134,7 +126,7 @@ def test_the_loop_carries_on_from_the_previous_response_with_only_the_outputs(
     ]
     second = client.responses.create(model="qwen", input=outputs, tools=TOOLS, previous_response_id=first.id)  # type: ignore[arg-type]
     assert second.status == "completed"
-    sent_turns = sent(engine)["messages"]
+    sent_turns = last_post(engine)["messages"]
     assert sent_turns[0] == {"role": "user", "content": ASK}
     assert [c["id"] for c in sent_turns[1]["tool_calls"]] == ["chatcmpl-tool-0abc", "chatcmpl-tool-1abc"]
     assert sent_turns[1]["content"] is None and [t["tool_call_id"] for t in sent_turns[2:]] == [
@@ -151,7 +143,7 @@ def test_a_text_responses_output_sent_back_is_the_assistants_turn(
     assert first.output_text
     client.responses.create(model="qwen", input=[{"role": "user", "content": "hello"}, *first.output,
                                                   {"role": "user", "content": "and then?"}])  # fmt: skip
-    assert sent(engine)["messages"] == [
+    assert last_post(engine)["messages"] == [
         {"role": "user", "content": "hello"},
         {"role": "assistant", "content": first.output_text},
         {"role": "user", "content": "and then?"},
