@@ -16,6 +16,12 @@ against. ``/api/show`` is asked again only when a model's digest in ``/api/tags`
 Structured output: a job's ``response_format`` becomes Ollama's ``format`` (``"json"``, or the JSON
 schema), on both routes.
 
+Tools (``/api/chat``): ``tools`` as they are (none for ``tool_choice: none``; Ollama has no other
+choice). Ollama sends each call whole, its ``arguments`` a JSON object and maybe no id: one
+`ToolCallDelta` each (the arguments as JSON text, an id made here when Ollama gives none), and a
+``done_reason`` ``stop`` after calls ends the turn with ``tool_calls``. Turns sent back go in Ollama's
+shape (`ollama_messages`).
+
 Thinking: a job's ``reasoning_effort`` becomes Ollama's ``think``, as Ollama's own OpenAI layer maps it
 (``none`` turns thinking off), but only for a model whose ``/api/show`` capabilities say ``thinking``:
 Ollama refuses ``think`` for any other model ("… does not support thinking"), which thinks not at all
@@ -29,8 +35,9 @@ Options: ``raw`` (send prompts without the model's template, ``/api/generate``'s
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx2
@@ -54,6 +61,7 @@ from worker_adapters.base import (
     SubmitRequest,
     Token,
     TokenEvent,
+    ToolCallDelta,
     WorkerHealth,
     WorkerProps,
 )
@@ -72,7 +80,9 @@ def ollama_body(
 ) -> dict[str, object]:
     body: dict[str, object] = {"model": model}
     if chat:
-        body["messages"] = chat_messages(req)
+        body["messages"] = ollama_messages(req)
+        if req.tools is not None and req.tool_choice != '"none"':  # `none`: the model calls nothing
+            body["tools"] = json.loads(req.tools)
     else:
         body["prompt"] = req.prompt or ""
         if raw:
@@ -86,6 +96,36 @@ def ollama_body(
     if req.reasoning_effort is not None and facts is not None and facts.thinks:
         body["think"] = think(req.reasoning_effort, levels=facts.effort_levels)
     return body
+
+
+def ollama_messages(req: SubmitRequest) -> list[dict[str, object]]:
+    """The turns in Ollama's shape: OpenAI's, but a call's `arguments` are a JSON object (not text) and
+    a tool result names its function (`tool_name`), as Ollama's chat templates read them."""
+    turns = chat_messages(req)
+    called: dict[str, str] = {}  # call id -> function name
+    for turn in turns:
+        calls = turn.get("tool_calls")
+        if isinstance(calls, list):
+            turn["content"] = turn.get("content") or ""
+            turn["tool_calls"] = [_ollama_call(call, called) for call in calls]
+        elif turn.get("role") == "tool" and turn.get("tool_call_id") in called:
+            turn["tool_name"] = called[str(turn["tool_call_id"])]
+    return turns
+
+
+def _ollama_call(call: Mapping[str, Any], called: dict[str, str]) -> dict[str, object]:
+    function = as_dict(call.get("function"))
+    name = as_str(function.get("name")) or ""
+    text = as_str(function.get("arguments")) or "{}"
+    try:
+        arguments: object = json.loads(text)
+    except ValueError:
+        arguments = text  # not JSON: Ollama says so (400), the job fails naming it
+    out: dict[str, object] = {"function": {"name": name, "arguments": arguments}}
+    if call_id := as_str(call.get("id")):
+        called[call_id] = name
+        out["id"] = call_id
+    return out
 
 
 def output_format(response_format: dict[str, Any]) -> object:
@@ -111,6 +151,7 @@ class OllamaStream:
     def __init__(self, engine: str) -> None:
         self.engine = engine
         self.done = False
+        self.calls = 0  # tool calls so far: Ollama sends each whole, with no index
 
     def feed(self, line: str) -> list[TokenEvent]:
         step = checked_step(line, self.engine)
@@ -121,6 +162,9 @@ class OllamaStream:
         # a thinking model's reasoning (`thinking`, beside `response` or in `message`) comes apart
         thought = as_str(message.get("thinking"))
         events: list[TokenEvent] = [Reasoning(thought)] if thought else []
+        calls = message.get("tool_calls")
+        if isinstance(calls, list) and calls:
+            events += [self._call(as_dict(call)) for call in calls]
         if step.get("done") is not True:
             if not events or text:
                 events.append(Token(text))
@@ -128,8 +172,23 @@ class OllamaStream:
         self.done = True
         if text:
             events.append(Token(text))
-        events.append(_finished(step))
+        finished = _finished(step)
+        if self.calls and finished.stop_reason == "eos":  # the model ended its turn with its calls
+            finished = replace(finished, stop_reason="tool_calls")
+        events.append(finished)
         return events
+
+    def _call(self, call: Mapping[str, Any]) -> ToolCallDelta:
+        """One whole call, as one fragment: its id (Ollama's, where it gives one), name and arguments."""
+        function = as_dict(call.get("function"))
+        arguments = function.get("arguments")
+        index, self.calls = self.calls, self.calls + 1
+        return ToolCallDelta(
+            index,
+            id=as_str(call.get("id")) or f"call_{secrets.token_hex(12)}",
+            name=as_str(function.get("name")) or "",
+            arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+        )
 
 
 def _finished(final: Mapping[str, Any]) -> Finished:

@@ -23,8 +23,8 @@ _STRUCTURED = frozenset({"tools", "tool_choice", "response_format", "tool_messag
 _NATIVE = _STRUCTURED | {"logprobs", "logit_bias"}
 UNSUPPORTED: dict[str, frozenset[str]] = {
     # TGI's generate parameters have no presence penalty; the native routes of TGI, llama.cpp and
-    # Ollama, and the mock, take no OpenAI tools (only OpenAI-dialect chat does), nor response formats
-    # but Ollama's (its `format`)
+    # the mock take no OpenAI tools or response formats (OpenAI-dialect chat does, and Ollama's chat:
+    # its `tools` and `format`, but no `tool_choice` other than auto or none, `core.tasks`)
     # and report no log probabilities in a shape the adapters read (the OpenAI dialect's only); a
     # `logit_bias` goes to the OpenAI dialect's engines only.
     # `ignore_eos` is vLLM's and llama.cpp's (and the mock's); OpenAI-compatible servers may drop it
@@ -38,7 +38,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     | _NATIVE
     | {"reasoning_effort", "chat_template_kwargs"},
     "llamacpp": _NATIVE | {"reasoning_effort"},
-    "ollama": (_NATIVE - {"response_format"}) | {"ignore_eos", "chat_template_kwargs"},
+    "ollama": frozenset({"tool_choice", "logprobs", "logit_bias", "ignore_eos", "chat_template_kwargs"}),
     "mock": _NATIVE | {"reasoning_effort", "chat_template_kwargs"},
     "openai": frozenset({"ignore_eos", "chat_template_kwargs"}),
 }

@@ -136,9 +136,17 @@ class TaskSpec:
         """The optional parameters the job sets that not every engine honours (TOOL_MESSAGES: its
         messages carry tool calls or tool results, which only the engines that take tools read)."""
         asked = tuple(p for p in ENGINE_PARAMETERS if getattr(self, p) is not None)
+        if self._open_choice:  # asks for nothing an engine that takes tools lacks
+            asked = tuple(p for p in asked if p != "tool_choice")
         if self.messages is not None and any(m.carries_tools for m in self.messages):
             return (*asked, TOOL_MESSAGES)
         return asked
+
+    @property
+    def _open_choice(self) -> bool:
+        """A `tool_choice` that leaves the choice to the model (`auto`, the default with tools) or calls
+        nothing (`none`): an engine that takes tools honours it without a choice of its own (Ollama)."""
+        return self.tool_choice in ('"auto"', '"none"')
 
     @property
     def prompt_text(self) -> str:

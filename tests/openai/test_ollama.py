@@ -4,7 +4,9 @@ Ollama's `format`, "json" or the JSON schema itself, and the SDK's `parse` reads
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -81,3 +83,110 @@ def test_the_sdks_parse_reads_a_structured_answer_from_ollama(
     response = client.responses.parse(model="llama3.2", input="the weather in Tokyo", text_format=Weather)
     assert response.output_parsed == Weather(city="Tokyo", celsius=21)
     assert engine.record.last("/api/chat").body["format"]["properties"].keys() == {"city", "celsius"}
+
+
+CALLS = (("get_weather", '{"city": "Tokyo", "unit": "celsius"}'), ("get_time", '{"zone": "JST"}'))
+TOOLS: list[Any] = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
+]
+
+
+@pytest.fixture
+def caller(make_server: Callable[..., LoopbackServer]) -> Iterator[tuple[openai.OpenAI, OllamaEngine]]:
+    """An Ollama model that calls both tools when it has tools, and says "It is 21°C." otherwise."""
+    with served(OllamaEngine(tool_calls=CALLS, tokens=("It is 21°C.",), eos_after=1)) as fake:
+        pool = {
+            "id": "o",
+            "engine": "ollama",
+            "models": ["llama3.2"],
+            "replicas": [{"id": "r0", "url": fake.url}],
+        }  # type: ignore[attr-defined]
+        yield sdk(make_server(pools=[pool])), fake
+
+
+def test_ollamas_tool_calls_come_back_as_openais(caller: tuple[openai.OpenAI, OllamaEngine]) -> None:
+    """Ollama sends each call whole, its arguments a JSON object and no id: they come back as OpenAI's
+    calls (arguments as JSON text, an id each), whole and streamed, finishing with `tool_calls`."""
+    client, engine = caller
+    done = client.chat.completions.create(model="llama3.2", messages=ASK, tools=TOOLS, max_tokens=16)  # type: ignore[arg-type]
+    assert engine.record.last("/api/chat").body["tools"] == TOOLS
+    choice = done.choices[0]
+    calls = choice.message.tool_calls or []
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [  # type: ignore[union-attr]
+        (name, json.loads(arguments)) for name, arguments in CALLS
+    ]
+    assert len({c.id for c in calls}) == 2 and all(c.id.startswith("call_") for c in calls)
+    chunks = list(client.chat.completions.create(model="llama3.2", messages=ASK, tools=TOOLS, stream=True))  # type: ignore[arg-type]
+    fragments = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert [(f.index, f.function.name) for f in fragments] == [(0, "get_weather"), (1, "get_time")]  # type: ignore[union-attr]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_the_tool_loop_reaches_ollama_in_its_shape(caller: tuple[openai.OpenAI, OllamaEngine]) -> None:
+    """The response's message sent back with the results: Ollama gets the calls' arguments as objects
+    and each result naming its function (`tool_name`)."""
+    client, engine = caller
+    asked = client.chat.completions.create(model="llama3.2", messages=ASK, tools=TOOLS, max_tokens=16)  # type: ignore[arg-type]
+    message = asked.choices[0].message
+    calls = message.tool_calls or []
+    results = [
+        {"role": "tool", "tool_call_id": c.id, "content": f"result of {c.function.name}"} for c in calls
+    ]  # type: ignore[union-attr]
+    turns = [*ASK, message.model_dump(exclude_none=True), *results]
+    client.chat.completions.create(model="llama3.2", messages=turns, tools=TOOLS, max_tokens=16)  # type: ignore[arg-type]
+    sent = engine.record.last("/api/chat").body["messages"]
+    assert sent[1]["tool_calls"] == [
+        {"id": c.id, "function": {"name": name, "arguments": json.loads(arguments)}}
+        for c, (name, arguments) in zip(calls, CALLS, strict=True)
+    ]
+    assert [(t["role"], t.get("tool_name"), t["content"]) for t in sent[2:]] == [
+        ("tool", "get_weather", "result of get_weather"), ("tool", "get_time", "result of get_time")
+    ]  # fmt: skip
+
+
+def test_a_tool_choice_ollama_cannot_honour_is_refused_by_name(
+    caller: tuple[openai.OpenAI, OllamaEngine],
+) -> None:
+    """Ollama lets the model choose: `auto` runs, `none` sends no tools (the model answers), `required`
+    or a named function is a 400 naming `tool_choice`."""
+    client, engine = caller
+    none = client.chat.completions.create(
+        model="llama3.2",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice="none",
+        max_tokens=16,  # type: ignore[arg-type]
+    )
+    assert (
+        none.choices[0].message.content == "It is 21°C."
+        and "tools" not in engine.record.last("/api/chat").body
+    )
+    auto = client.chat.completions.create(
+        model="llama3.2",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice="auto",
+        max_tokens=16,  # type: ignore[arg-type]
+    )
+    assert auto.choices[0].finish_reason == "tool_calls"
+    for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="llama3.2", messages=ASK, tools=TOOLS, tool_choice=choice)  # type: ignore[arg-type]
+        assert caught.value.body["param"] == "tool_choice"  # type: ignore[index]
+
+
+def test_a_response_calls_ollamas_tools(caller: tuple[openai.OpenAI, OllamaEngine]) -> None:
+    client, engine = caller
+    flat = [
+        {"type": "function", "name": t["function"]["name"], "parameters": {"type": "object"}} for t in TOOLS
+    ]
+    done = client.responses.create(model="llama3.2", input="weather and time in Tokyo?", tools=flat)  # type: ignore[arg-type]
+    assert [(item.type, item.name) for item in done.output] == [  # type: ignore[union-attr]
+        ("function_call", "get_weather"), ("function_call", "get_time")
+    ]  # fmt: skip
+    assert [t["function"]["name"] for t in engine.record.last("/api/chat").body["tools"]] == [
+        "get_weather",
+        "get_time",
+    ]

@@ -132,7 +132,25 @@ class OllamaEngine(FakeEngine):
             return
         options = body.get("options") or {}
         script = plan(b, options.get("num_predict", -1), options.get("stop") or [])
+        if chat and body.get("tools") and b.tool_calls:
+            await exchange.stream("application/x-ndjson", self._tool_lines(body))
+            return
         await exchange.stream("application/x-ndjson", self._lines(body, script, chat=chat))
+
+    async def _tool_lines(self, body: dict[str, Any]) -> Frames:
+        """A model that calls tools: one line holding its calls whole (arguments as a JSON object, no id),
+        then the `done` line (`done_reason` "stop")."""
+        b = self.behaviour
+        calls = [{"function": {"name": name, "arguments": json.loads(args)}} for name, args in b.tool_calls]
+        message = {"role": "assistant", "content": "", "tool_calls": calls}
+        yield (
+            go_json({"model": body["model"], "created_at": timestamp(0), "message": message, "done": False})
+            + b"\n"
+        )
+        final: dict[str, Any] = {"model": body["model"], "created_at": timestamp(1)}
+        final.update(message={"role": "assistant", "content": ""}, done=True, done_reason="stop")
+        final.update(total_duration=4883583458, prompt_eval_count=b.prompt_tokens, eval_count=9)
+        yield go_json(final) + b"\n"
 
     async def _lines(self, body: dict[str, Any], script: Script, *, chat: bool) -> Frames:
         b = self.behaviour
