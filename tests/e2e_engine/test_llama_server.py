@@ -11,12 +11,11 @@ import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import httpx
 import orjson
 import pytest
-from pydantic import BaseModel, ValidationError
 
 from tests.api.helpers import wait_for
 from tests.e2e_engine.test_llama_cpp_python import free_port
@@ -271,34 +270,3 @@ def test_a_thinking_models_reasoning_comes_apart_from_its_answer_on_every_surfac
     reasoning, said = response.output
     assert reasoning.type == "reasoning" and [part.text for part in reasoning.content or []] == [thought]
     assert said.type == "message" and response.output_text == answer
-
-
-class Answer(BaseModel):
-    answer: Literal["yes", "no"]
-    n: int
-
-
-def test_structured_output_follows_the_schema_on_llama_server(
-    make_server: Callable[..., LoopbackServer], engine: LlamaServer
-) -> None:
-    """A `response_format` reaches llama-server's chat route, which samples under a grammar made from
-    the schema: even this random model's answer parses as the schema says, through the SDK's `parse`
-    on Chat Completions and on the Responses API (`text.format`)."""
-    client = sdk(start(make_server, engine))
-    ask = [{"role": "user", "content": "yes or no?"}]
-    parsed = client.chat.completions.parse(
-        model="tiny",
-        messages=ask,
-        response_format=Answer,
-        max_tokens=256,
-        temperature=0.0,
-        seed=7,  # type: ignore[arg-type]
-    )
-    assert parsed.choices[0].finish_reason == "stop" and isinstance(parsed.choices[0].message.parsed, Answer)
-    response = client.responses.parse(
-        model="tiny", input="yes or no?", text_format=Answer, max_output_tokens=256, temperature=0.0
-    )
-    assert isinstance(response.output_parsed, Answer)
-    plain = client.chat.completions.create(model="tiny", messages=ask, max_tokens=64, temperature=0.0, seed=7)  # type: ignore[arg-type]
-    with pytest.raises(ValidationError):  # without the format, the same model writes no such JSON
-        Answer.model_validate_json(plain.choices[0].message.content or "")
