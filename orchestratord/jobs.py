@@ -99,6 +99,12 @@ class JobControl:
             return False
         return await self._endings.cancel(job_id, reason, record)
 
+    async def delete(self, job_id: str, owner: str | None) -> None:
+        """Cancel the job if it is still live, then forget it at once (its record, text and log), on
+        every replica: it is then unknown (NotFound), as one past its retention is."""
+        await self.cancel(job_id, owner)
+        await self._store.forget(job_id)
+
     async def listing(self, where: JobFilter, *, limit: int, cursor: str | None = None) -> JobPage:
         """One page of the jobs that match, newest first (by creation, then id), across every
         orchestrator replica sharing the state. Queued jobs come with their position and predicted

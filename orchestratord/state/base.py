@@ -120,6 +120,11 @@ class JobRegistry(Protocol):
         """Forget finished jobs whose retention has passed; returns how many."""
         ...
 
+    async def forget(self, job_id: str) -> bool:
+        """Forget an ended job now, before its retention passes (its record, text and event log): True
+        if it was held and had ended; a job still live is left as it is."""
+        ...
+
     async def lost_since(self) -> float | None:
         """The wall-clock time since which the registry holds only what was written after it lost its
         data (a shared backend restarted empty or flushed, as this instance saw), or None: a job issued

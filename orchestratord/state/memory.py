@@ -403,6 +403,13 @@ class MemoryStore:
         self._purge_idempotency(now)
         return expired
 
+    async def forget(self, job_id: str) -> bool:
+        job = self._jobs.get(job_id)
+        if job is None or not job.record.state.terminal:
+            return False
+        del self._jobs[job_id]  # its entry in `_finished` goes when its retention passes, finding none
+        return True
+
     async def ping(self) -> bool:
         return True
 

@@ -833,6 +833,9 @@ class RedisStore:
     async def purge(self, now: float) -> int:
         return int(await self._scripts.run("purge", repr(now - self._retention_ms / 1000)))
 
+    async def forget(self, job_id: str) -> bool:
+        return bool(await self._scripts.run("forget", job_id))
+
     async def ping(self) -> bool:
         try:
             return bool(await self._scripts.call("PING"))

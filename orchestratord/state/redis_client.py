@@ -44,7 +44,7 @@ SCRIPTS = (
     "create", "take", "start", "append", "append_each", "append_events", "finish", "dequeue", "expire",
     "settle", "position", "reap", "requeue", "readers", "purge", "lease_acquire", "lease_release",
     "lease_held", "renew", "rate", "lead", "idem_remember", "idem_forget", "held", "places", "depths",
-    "abandoned", "catalog", "open",
+    "abandoned", "catalog", "open", "forget",
 )  # fmt: skip
 # OSError: TimeoutError too. On a cluster: no node answers (RedisClusterException), a shard is down or
 # its slots are moving (CLUSTERDOWN, TRYAGAIN).

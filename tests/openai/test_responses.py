@@ -79,6 +79,36 @@ def test_cancel_ends_a_background_response_and_is_idempotent(server: LoopbackSer
     wait_for(lambda: engine.stats.active == 0)
 
 
+def test_a_deleted_response_is_gone_everywhere(server: LoopbackServer) -> None:
+    """`responses.delete`: a finished response and a running one (canceled first, its engine request
+    closed) are forgotten at once: reading, streaming, cancelling, deleting again, carrying it on and
+    its job's status answer 404."""
+    client = sdk(server)
+    done = client.responses.create(model="mock", input="hi", max_output_tokens=3)
+    running = client.responses.create(model="mock", input=HANG, max_output_tokens=5, background=True)
+    wait_for(lambda: client.responses.retrieve(running.id).status == "in_progress")
+    for response in (done, running):
+        raw = client.responses.with_raw_response.delete(response.id)
+        assert raw.http_request.method == "DELETE" and raw.status_code == 200
+        assert orjson.loads(raw.content) == {"id": response.id, "object": "response", "deleted": True}
+        _answers_404_everywhere(client, response.id)
+        assert job(server, response.id)["code"] == "NOT_FOUND"
+    engine = server.app.state.services.adapters[("default", "r0")]
+    wait_for(lambda: engine.stats.active == 0)  # the running one's engine request was closed
+
+
+def _answers_404_everywhere(client: openai.OpenAI, response_id: str) -> None:
+    for gone in (
+        lambda: client.responses.retrieve(response_id),
+        lambda: list(client.responses.retrieve(response_id, stream=True)),
+        lambda: client.responses.cancel(response_id),
+        lambda: client.responses.delete(response_id),
+        lambda: client.responses.create(model="mock", input="and?", previous_response_id=response_id),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            gone()
+
+
 def test_a_background_response_outlives_its_client(make_server: object) -> None:
     server = make_server(stream={"reconnect_grace_s": 0.1, "attach_timeout_s": 0.1})  # type: ignore[operator]
     client = sdk(server)

@@ -51,3 +51,16 @@ def test_a_response_is_canceled_through_another_replica(redis_server: RedisServe
         wait_for(lambda: b.responses.retrieve(created.id).status == "in_progress", timeout=15)
         assert b.responses.cancel(created.id).status == "cancelled"
         assert a.responses.retrieve(created.id).status == "cancelled"
+
+
+def test_a_response_deleted_through_one_replica_is_gone_on_the_other(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    with start_deployment(redis_server, tmp_path, 2) as deployment:
+        a, b = sdk(deployment[0].base_url), sdk(deployment[1].base_url)
+        created = a.responses.create(model="mock", input="hi", max_output_tokens=3)
+        b.responses.delete(created.id)
+        with pytest.raises(openai.NotFoundError):
+            a.responses.retrieve(created.id)
+        with pytest.raises(openai.NotFoundError):
+            b.responses.delete(created.id)

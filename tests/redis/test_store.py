@@ -245,6 +245,21 @@ async def test_a_purged_job_leaves_no_reader_count_behind(make_store: MakeStore)
     assert [await store._scripts.call("HGET", key, "j1") for key in counts] == [None, None]
 
 
+async def test_an_ended_job_is_forgotten_at_once_on_every_instance(make_store: MakeStore) -> None:
+    """`forget` (the Responses API's delete): a live job is left as it is; an ended one goes, with its
+    log, its place among the ended jobs and every instance's reader count, before its retention."""
+    store, other = make_store(retention_s=30), make_store(retention_s=30)
+    await admit(store, "j1")
+    assert await other.attach("j1") == 1
+    assert not await other.forget("j1") and await store.get("j1") is not None  # still queued
+    await store.finish("j1", JobState.CANCELED, "end", {"stop_reason": "canceled"})
+    assert await other.forget("j1")
+    assert await store.get("j1") is None and await events(store, "j1") == []
+    assert await store._scripts.call("HGET", store._key(f"readers:{other.owner}"), "j1") is None
+    assert await store.purge(time.time() + 31) == 0  # nothing left for the purge
+    assert not await store.forget("j1")
+
+
 async def test_readers_are_counted_across_instances(make_store: MakeStore) -> None:
     a, b = make_store(), make_store()
     await admit(a, "j1")

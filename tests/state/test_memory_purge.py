@@ -65,3 +65,16 @@ async def test_purge_does_not_walk_the_retained_jobs() -> None:
     assert store.job_count() == 4_001
     assert await store.purge(t0 + 3600) == 4_000
     assert await store.get("waiting") is not None  # a job that never finished is never purged
+
+
+async def test_an_ended_job_is_forgotten_at_once_and_its_purge_finds_nothing() -> None:
+    """`forget` (the Responses API's delete) drops an ended job before its retention; a live one stays;
+    the purge that comes for the forgotten one later counts nothing."""
+    clock = Clock()
+    store = await _finished_store(clock, 2, every_s=1.0)
+    live = JobRecord("live", "t", "mock", "interactive", JobState.QUEUED, clock.now, "{}")
+    await store.create(live, QueueEntry("live", "t", "interactive", Route("mock")))
+    assert not await store.forget("live") and await store.get("live") is not None
+    assert await store.forget("job-0") and await store.get("job-0") is None
+    assert not await store.forget("job-0")
+    assert await store.purge(clock.now + 1000) == 1  # job-1 only

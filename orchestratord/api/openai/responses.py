@@ -758,6 +758,30 @@ async def cancel_response(response_id: str, caller: Annotated[Caller, Depends(ge
     return _json(await _current(services, record), {"X-Job-Id": job_id})
 
 
+class ResponseDeleted(BaseModel):
+    id: str
+    object: Literal["response"]
+    deleted: Literal[True]
+
+
+@router.delete(
+    "/v1/responses/{response_id}",
+    response_model=ResponseDeleted,
+    responses={200: {"description": "The response, deleted."}, **openai_errors(404, 503)},
+    operation_id="deleteResponse",
+)
+async def delete_response(
+    response_id: str, caller: Annotated[Caller, Depends(get_caller)]
+) -> ResponseDeleted:
+    """Cancels the response if it is still running, then forgets it at once, on every replica: reading,
+    streaming, cancelling, deleting it again and carrying it on (`previous_response_id`) answer 404, as
+    for one past its retention; so does `GET /v1/tasks/{id}` for its job."""
+    job_id = job_id_of(response_id)
+    _given_back(response_id, await caller.services.jobs.get(job_id, caller.tenant))
+    await caller.services.jobs.delete(job_id, caller.tenant)
+    return ResponseDeleted(id=response_id, object="response", deleted=True)
+
+
 async def _events(
     services: Services, record: JobRecord, background: bool, after: int
 ) -> AsyncIterator[bytes]:
