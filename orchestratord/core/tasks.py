@@ -114,6 +114,9 @@ class TaskSpec:
     # True: the first message is the request's instructions (the Responses API's), which a response
     # that carries this one on (`previous_response_id`) leaves out
     instructed: bool | None = None
+    # The Responses API's: how many turns after the instructions came from the response this one carries
+    # on (`previous_response_id`); the turns after them are the request's own input
+    carried: int | None = None
     # The client's prompt cache key (OpenAI's `prompt_cache_key`): a job outside a session is placed,
     # when it can be, where the key's last job was (orchestratord.cache_keys)
     cache_key: str | None = None

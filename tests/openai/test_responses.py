@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import openai
@@ -246,3 +247,33 @@ def test_a_response_created_with_store_false_is_not_given_back(server: LoopbackS
                 refused(unstored)
             assert "store: false" in caught.value.body["message"], caught.value.body  # type: ignore[index]
     assert client.responses.retrieve(kept.id).output_text == kept.output_text
+
+
+def test_a_responses_input_items_are_its_own_as_the_sdk_pages_them(server: LoopbackServer) -> None:
+    """`responses.input_items.list`: the items this request gave (not the instructions, nor the turns of
+    the response it carried on), as the SDK's item models read them, newest first or in order, paged
+    with `after`; the same ids on every read."""
+    client = sdk(server)
+    first = client.responses.create(model="mock", input="the first question", max_output_tokens=2)
+    given: list[Any] = [
+        {"role": "developer", "content": "answer briefly"},
+        {"role": "assistant", "content": "an earlier answer"},
+        {"role": "user", "content": [{"type": "input_text", "text": "the second question"}]},
+    ]
+    second = client.responses.create(
+        model="mock", input=given, instructions="Be kind.", previous_response_id=first.id, max_output_tokens=2
+    )
+    items = list(client.responses.input_items.list(second.id, order="asc"))
+    assert [(i.type, i.role, i.content[0].text) for i in items] == [  # type: ignore[union-attr]
+        ("message", "system", "answer briefly"),  # a developer's turn is a system turn inside
+        ("message", "assistant", "an earlier answer"),
+        ("message", "user", "the second question"),
+    ]
+    newest = client.responses.input_items.list(second.id, limit=2)
+    assert [i.id for i in newest.data] == [items[2].id, items[1].id] and newest.has_more
+    rest = client.responses.input_items.list(second.id, limit=2, after=newest.data[-1].id)
+    assert [i.id for i in rest.data] == [items[0].id] and not rest.has_more
+    assert [i.content[0].text for i in client.responses.input_items.list(first.id)] == ["the first question"]  # type: ignore[union-attr]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.input_items.list(second.id, include=["message.input_image.image_url"])
+    assert caught.value.body["param"] == "include"  # type: ignore[index]

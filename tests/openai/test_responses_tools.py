@@ -111,6 +111,20 @@ def test_the_loop_sends_the_calls_and_their_outputs_back_as_chat_turns(
         {"role": "tool", "content": '{"celsius": 21}', "tool_call_id": "chatcmpl-tool-0abc"},
         {"role": "tool", "content": '"09:30"', "tool_call_id": "chatcmpl-tool-1abc"},
     ]  # fmt: skip
+    # the input items read back as the client gave them, the calls and their outputs included
+    items = list(client.responses.input_items.list(second.id, order="asc"))
+    assert [i.type for i in items] == [
+        "message",
+        "function_call",
+        "function_call",
+        *["function_call_output"] * 2,
+    ]
+    assert [(i.call_id, i.name, i.arguments) for i in items[1:3]] == [  # type: ignore[union-attr]
+        (f"chatcmpl-tool-{n}abc", name, arguments) for n, (name, arguments) in enumerate(CALLS)
+    ]
+    assert [(i.call_id, i.output) for i in items[3:]] == [  # type: ignore[union-attr]
+        ("chatcmpl-tool-0abc", '{"celsius": 21}'), ("chatcmpl-tool-1abc", '"09:30"')
+    ]  # fmt: skip
 
 
 def test_the_loop_carries_on_from_the_previous_response_with_only_the_outputs(

@@ -85,20 +85,27 @@ def test_a_last_exchange_too_long_alone_is_refused(server: LoopbackServer) -> No
 @given(
     sizes=st.lists(st.lists(st.integers(1, 400), min_size=1, max_size=4), min_size=1, max_size=30),
     room=st.integers(1, 2000),
+    history=st.integers(0, 30),
 )
-def test_the_fewest_whole_exchanges_are_dropped(sizes: list[list[int]], room: int) -> None:
-    """Exchanges of any sizes (a user turn, then assistant turns): what is kept is the instructions and
-    the longest run of last exchanges that fits, or the last exchange alone."""
+def test_the_fewest_whole_exchanges_are_dropped(sizes: list[list[int]], room: int, history: int) -> None:
+    """Exchanges of any sizes (a user turn, then assistant turns), the first `history` of them carried
+    on from a previous response: what is kept is the instructions and the longest run of last exchanges
+    that fits, or the last exchange alone, and `carried` counts the carried-on turns kept."""
     exchanges = [
         [Message("user" if i == 0 else "assistant", "x" * size) for i, size in enumerate(turns)]
         for turns in sizes
     ]
     instructions = Message("system", "Be brief.")
-    spec = TaskSpec(job_id="j", tenant="t", model_ref="m", max_tokens=1,
-                    messages=(instructions, *(m for e in exchanges for m in e)))  # fmt: skip
+    carried = [len(e) for e in exchanges[:history]]
+    turns = (instructions, *(m for e in exchanges for m in e))
+    spec = TaskSpec(job_id="j", tenant="t", model_ref="m", max_tokens=1, instructed=True, messages=turns,
+                    carried=sum(carried) or None)  # fmt: skip
 
     def kept_last(n: int) -> TaskSpec:
-        return replace(spec, messages=(instructions, *(m for e in exchanges[-n:] for m in e)))
+        still = sum(carried[len(exchanges) - n :])
+        return replace(
+            spec, messages=(instructions, *(m for e in exchanges[-n:] for m in e)), carried=still or None
+        )
 
     fitting = [n for n in range(1, len(exchanges) + 1) if kept_last(n).tokens_in_estimate <= room]
     assert truncated(spec, room) == kept_last(max(fitting, default=1))

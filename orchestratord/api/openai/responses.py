@@ -268,6 +268,7 @@ class ResponseRequest(OpenAIRequest):
             instructed=True if self.instructions else None, cache_key=self.prompt_cache_key,
             unstored=None if self.store else True, single_tool_call=self.single_tool_call,
             reasoning_effort=None if self.reasoning is None else self.reasoning.effort,
+            carried=len(history) or None,
         )  # fmt: skip
 
 
@@ -283,10 +284,16 @@ def truncated(spec: TaskSpec, room: int) -> TaskSpec:
     turns = [i for i, m in enumerate(messages) if m.role != "system"]
     cuts = [i for i in turns[1:] if messages[i].role == "user"]  # where each later exchange begins
 
+    first = 1 if spec.instructed else 0  # the carried-on turns: messages[first : first + carried]
+
     def kept(dropped: int) -> TaskSpec:
         start = cuts[dropped - 1] if dropped else 0
+        stays = [i >= start or m.role == "system" for i, m in enumerate(messages)]
+        carried = sum(stays[first : first + (spec.carried or 0)])
         return replace(
-            spec, messages=tuple(m for i, m in enumerate(messages) if i >= start or m.role == "system")
+            spec,
+            messages=tuple(m for m, s in zip(messages, stays, strict=True) if s),
+            carried=carried or None,
         )
 
     low, high = 1, len(cuts)  # the fewest exchanges to drop, found by halving (each try estimates once)
@@ -756,6 +763,80 @@ async def cancel_response(response_id: str, caller: Annotated[Caller, Depends(ge
     await services.jobs.cancel(job_id, caller.tenant)  # idempotent: an ended job stays as it ended
     record = await services.jobs.get(job_id, caller.tenant)
     return _json(await _current(services, record), {"X-Job-Id": job_id})
+
+
+class ResponseItemList(BaseModel):
+    object: Literal["list"]
+    data: list[dict[str, Any]]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+@router.get(
+    "/v1/responses/{response_id}/input_items",
+    response_model=ResponseItemList,
+    responses=openai_errors(400, 404, 503),
+    operation_id="listResponseInputItems",
+)
+async def list_input_items(
+    response_id: str,
+    caller: Annotated[Caller, Depends(get_caller)],
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Literal["asc", "desc"] = "desc",
+    include: Annotated[list[str] | None, Query()] = None,
+    include_listed: Annotated[list[str] | None, Query(alias="include[]")] = None,  # as the SDKs send it
+) -> ResponseItemList:
+    """The items the request gave as input (`responses.input_items.list`): its own, not those of the
+    response it carried on, nor its instructions; newest first unless `order=asc`, `limit` a page, the
+    next page `after` the last id of this one."""
+    if include or include_listed:
+        raise InvalidParams("include is not supported by orchestratord yet; leave it out", param="include")
+    record = _given_back(response_id, await caller.services.jobs.get(job_id_of(response_id), caller.tenant))
+    spec = spec_from_dict(orjson.loads(record.spec))
+    turns = (spec.messages or ())[(1 if spec.instructed else 0) + (spec.carried or 0) :]
+    items = input_items(record.job_id, turns)
+    if order == "desc":
+        items.reverse()
+    start = 0
+    if after is not None:
+        ids = [item["id"] for item in items]
+        if after not in ids:
+            raise InvalidParams(f"after: no item {after!r} among this response's input items", param="after")
+        start = ids.index(after) + 1
+    page = items[start : start + limit]
+    return ResponseItemList(
+        object="list", data=page, first_id=page[0]["id"] if page else None,
+        last_id=page[-1]["id"] if page else None, has_more=start + limit < len(items),
+    )  # fmt: skip
+
+
+def input_items(job_id: str, turns: Sequence[Message]) -> list[dict[str, Any]]:
+    """Chat turns as the Responses API's items, as a client gave them: messages (a user's, system's
+    or developer's text as `input_text`, an assistant's as `output_text`), each tool call of an
+    assistant turn a `function_call`, each tool result a `function_call_output`. An item's id is made
+    from the job's and the turn's place, so it is the same on every read."""
+    tag = uuid.UUID(job_id).hex
+    items: list[dict[str, Any]] = []
+    for n, turn in enumerate(turns):
+        if turn.tool_call_id is not None:
+            output = {"call_id": turn.tool_call_id, "output": turn.content, "status": "completed"}
+            items.append({"id": f"fco_{tag}_{n}", "type": "function_call_output", **output})
+            continue
+        if turn.content or turn.tool_calls is None:
+            kind = "output_text" if turn.role == "assistant" else "input_text"
+            part: dict[str, Any] = {"type": kind, "text": turn.content}
+            if kind == "output_text":
+                part["annotations"] = []
+            items.append({"id": f"msg_{tag}_{n}", "type": "message", "role": turn.role, "status": "completed",
+                          "content": [part]})  # fmt: skip
+        for k, call in enumerate(orjson.loads(turn.tool_calls) if turn.tool_calls is not None else ()):
+            function = call.get("function") or {}
+            items.append({"id": f"fc_{tag}_{n}_{k}", "type": "function_call", "call_id": call.get("id"),
+                          "name": function.get("name"), "arguments": function.get("arguments"),
+                          "status": "completed"})  # fmt: skip
+    return items
 
 
 class ResponseDeleted(BaseModel):
