@@ -48,11 +48,13 @@ from orchestratord.app import create_app
 from orchestratord.settings import load_settings
 from tests.contract.shape import operations, resolve
 from tests.fakes.servers import LoopbackServer, serve_in_thread
+from worker_adapters.registry import UNSUPPORTED as ENGINE_LACKS
 
 SERVED_MODEL = "mock"
 # OpenAI's fields that orchestratord accepts in the schema (so SDKs that send them empty work) but refuses
 # by name when set, until it passes them on.
 NOT_YET = {*UNSUPPORTED, *RESPONSES_NOT_YET}
+MOCK_LACKS = ENGINE_LACKS["mock"] - {"tool_messages", "logprobs"}  # (tool turns, logprobs: below)
 # Operations schemathesis cannot test, and why; each is tested elsewhere.
 EXCLUDED = {
     ("/ui/events", "get"): "an endless stream of snapshots (no request would end): "
@@ -68,8 +70,9 @@ def _outside_the_schema(case: schemathesis.Case) -> str | None:
     model = body.get("model_ref", body.get("model"))
     if model is not None and model != SERVED_MODEL:
         return "which models are served is configuration (tests/api/test_bad_input.py)"
-    if (case.query or {}).get("cursor") is not None:
-        return "a cursor is a token a previous page gave (tests/api/test_task_list.py)"
+    query = case.query or {}
+    if query.get("cursor") is not None or query.get("after") is not None:
+        return "a cursor or `after` is what a previous page gave (tests/api/test_task_list.py, tests/openai)"
     if "Last-Event-ID" in (case.headers or {}):
         return "an event id is one the stream sent (tests/api/test_stream.py)"
     if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
@@ -91,9 +94,16 @@ def _outside_the_schema(case: schemathesis.Case) -> str | None:
 
 
 def _asks_engine_features(body: dict[str, Any]) -> bool:
-    """Whether the body asks for what only some engines take: tools, formats (Responses' `text.format`
-    too), logprobs, or chat turns (or Responses input items) with tool calls or tool results."""
+    """Whether the body asks for what only some engines take, and so not the live server's mock
+    (`worker_adapters.registry.UNSUPPORTED`): tools, formats (Responses' `text.format` too), logprobs,
+    a logit bias, a reasoning effort (Responses' `reasoning.effort` too), chat template variables, or
+    chat turns (or Responses input items) with tool calls or tool results."""
     if any(body.get(name) is not None for name in STRUCTURED) or body.get("logprobs") not in (None, False, 0):
+        return True
+    if any(asks_for(name, body.get(name)) for name in MOCK_LACKS):
+        return True
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
         return True
     turns = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     if any(m.get("tool_calls") or m.get("tool_call_id") is not None for m in turns):

@@ -791,9 +791,9 @@ async def list_input_items(
     """The items the request gave as input (`responses.input_items.list`): its own, not those of the
     response it carried on, nor its instructions; newest first unless `order=asc`, `limit` a page, the
     next page `after` the last id of this one."""
-    if include or include_listed:
-        raise InvalidParams("include is not supported by orchestratord yet; leave it out", param="include")
     record = _given_back(response_id, await caller.services.jobs.get(job_id_of(response_id), caller.tenant))
+    if any([*(include or ()), *(include_listed or ())]):  # (empty values ask for nothing)
+        raise InvalidParams("include is not supported by orchestratord yet; leave it out", param="include")
     spec = spec_from_dict(orjson.loads(record.spec))
     turns = (spec.messages or ())[(1 if spec.instructed else 0) + (spec.carried or 0) :]
     items = input_items(record.job_id, turns)
