@@ -152,28 +152,15 @@ def test_a_tool_choice_ollama_cannot_honour_is_refused_by_name(
     """Ollama lets the model choose: `auto` runs, `none` sends no tools (the model answers), `required`
     or a named function is a 400 naming `tool_choice`."""
     client, engine = caller
-    none = client.chat.completions.create(
-        model="llama3.2",
-        messages=ASK,
-        tools=TOOLS,
-        tool_choice="none",
-        max_tokens=16,  # type: ignore[arg-type]
-    )
-    assert (
-        none.choices[0].message.content == "It is 21°C."
-        and "tools" not in engine.record.last("/api/chat").body
-    )
-    auto = client.chat.completions.create(
-        model="llama3.2",
-        messages=ASK,
-        tools=TOOLS,
-        tool_choice="auto",
-        max_tokens=16,  # type: ignore[arg-type]
-    )
+    ask: dict[str, Any] = {"model": "llama3.2", "messages": ASK, "tools": TOOLS, "max_tokens": 16}
+    none = client.chat.completions.create(**ask, tool_choice="none")
+    assert none.choices[0].message.content == "It is 21°C."
+    assert "tools" not in engine.record.last("/api/chat").body
+    auto = client.chat.completions.create(**ask, tool_choice="auto")
     assert auto.choices[0].finish_reason == "tool_calls"
     for choice in ("required", {"type": "function", "function": {"name": "get_time"}}):
         with pytest.raises(openai.BadRequestError) as caught:
-            client.chat.completions.create(model="llama3.2", messages=ASK, tools=TOOLS, tool_choice=choice)  # type: ignore[arg-type]
+            client.chat.completions.create(**ask, tool_choice=choice)
         assert caught.value.body["param"] == "tool_choice"  # type: ignore[index]
 
 

@@ -283,7 +283,6 @@ def truncated(spec: TaskSpec, room: int) -> TaskSpec:
         return spec
     turns = [i for i, m in enumerate(messages) if m.role != "system"]
     cuts = [i for i in turns[1:] if messages[i].role == "user"]  # where each later exchange begins
-
     first = 1 if spec.instructed else 0  # the carried-on turns: messages[first : first + carried]
 
     def kept(dropped: int) -> TaskSpec:
