@@ -277,3 +277,22 @@ def test_a_responses_input_items_are_its_own_as_the_sdk_pages_them(server: Loopb
     with pytest.raises(openai.BadRequestError) as caught:
         client.responses.input_items.list(second.id, include=["message.input_image.image_url"])
     assert caught.value.body["param"] == "include"  # type: ignore[index]
+
+
+def test_verbosity_at_its_default_asks_for_nothing(server: LoopbackServer) -> None:
+    """GPT-5's `verbosity` (chat) and `text.verbosity` (Responses): `medium`, OpenAI's default, runs;
+    another is refused by name (no engine here takes it)."""
+    client = sdk(server)
+    assert client.chat.completions.create(model="mock", messages=[{"role": "user", "content": "x"}],
+                                          max_tokens=2, verbosity="medium").choices  # fmt: skip
+    assert client.responses.create(
+        model="mock", input="x", max_output_tokens=2, text={"verbosity": "medium"}
+    ).id
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="mock", messages=[{"role": "user", "content": "x"}], verbosity="low"
+        )
+    assert caught.value.body["param"] == "verbosity"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="mock", input="x", text={"verbosity": "high"})
+    assert caught.value.body["param"] == "text.verbosity"  # type: ignore[index]

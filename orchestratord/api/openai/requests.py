@@ -24,8 +24,9 @@ TIERS: dict[str, Priority] = {"auto": "interactive", "default": "interactive", "
 # Accepted only at their neutral value: what orchestratord cannot pass on to every engine yet.
 UNSUPPORTED = (
     "functions", "function_call", "prediction", "audio",
-    "modalities", "web_search_options", "store", "echo", "suffix", "best_of",
+    "modalities", "web_search_options", "store", "echo", "suffix", "best_of", "verbosity",
 )  # fmt: skip
+Verbosity = Literal["low", "medium", "high"]  # GPT-5's; "medium", its default, asks for nothing
 
 
 def asks_for(name: str, value: Any) -> bool:
@@ -36,6 +37,8 @@ def asks_for(name: str, value: Any) -> bool:
     next turn."""
     if name == "include":
         return any(item != "reasoning.encrypted_content" for item in value or ())
+    if name == "verbosity":
+        return value not in (None, "medium")
     return value not in (None, False, [], {})
 
 
@@ -235,6 +238,7 @@ class _Generation(OpenAIRequest):
 class ChatCompletionRequest(_Generation):
     messages: list[ChatCompletionMessage] = Field(min_length=1, max_length=1024)
     reasoning_effort: Effort | None = None
+    verbosity: Verbosity | None = None
     # vLLM's and llama.cpp's extension: variables for the model's chat template (Qwen3's
     # `enable_thinking: false` turns its thinking off); `{}` asks for nothing
     chat_template_kwargs: dict[str, Any] | None = Field(default=None, max_length=64)

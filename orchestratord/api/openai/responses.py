@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import response_error
-from orchestratord.api.openai.requests import TIERS, OpenAIRequest, asks_for
+from orchestratord.api.openai.requests import TIERS, OpenAIRequest, Verbosity, asks_for
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import chunks, tail, unless_gone
 from orchestratord.api.schemas import Effort, Text, json_text
@@ -189,6 +189,7 @@ class TextFormat(BaseModel):
 class TextConfig(BaseModel):
     model_config = _ITEM
     format: TextFormat | None = None
+    verbosity: Verbosity | None = None  # "medium" (the default) only: no engine here takes another
 
 
 class ReasoningConfig(BaseModel):
@@ -241,6 +242,10 @@ class ResponseRequest(OpenAIRequest):
         for name in UNSUPPORTED:
             if asks_for(name, getattr(self, name)):
                 raise InvalidParams(f"{name} is not supported by orchestratord yet; leave it out", param=name)
+        if self.text is not None and asks_for("verbosity", self.text.verbosity):
+            raise InvalidParams(
+                "text.verbosity is not supported by orchestratord yet; leave it out", param="text.verbosity"
+            )
         if self.background and not self.store:
             raise InvalidParams("a background response must be stored; leave store out", param="store")
         messages = [Message("system", self.instructions)] if self.instructions else []
