@@ -119,7 +119,10 @@ def main(args: argparse.Namespace) -> int:
 
 def _run(client: Client, args: argparse.Namespace, err: Console) -> int:
     if args.reasoning_effort is not None and not args.chat:
-        err.print("orchestratord: --reasoning-effort is read by the model's chat template: add --chat")
+        err.print(
+            "orchestratord: --reasoning-effort is read by the model's chat template: add --chat",
+            style="red", markup=False, highlight=False,
+        )  # fmt: skip
         return EX_USAGE
     prompt = args.prompt if args.prompt not in (None, "-") else sys.stdin.read()
     names = ("priority", "temperature", "seed", "reasoning_effort")

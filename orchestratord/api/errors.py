@@ -124,7 +124,9 @@ def _status_of(kind: str) -> int:
 
 
 def from_event(data: dict[str, Any]) -> OrchestratorError:
-    """The domain error a job's `error` event records (for a surface that answers it as a response)."""
+    """The domain error a job's `error` event records (for a surface that answers it as a response).
+    An INTERNAL error that names an engine is the engine's failure (its HTTP 500, a stream it broke),
+    answered as a gateway does: 502 Bad Gateway, as WORKER_RESET is and DECODE_TIMEOUT's 504."""
     _status_of(str(data.get("code")))
     error = _BY_KIND.get(str(data.get("code")), OrchestratorError)(
         str(data.get("message", "")),
@@ -133,6 +135,8 @@ def from_event(data: dict[str, Any]) -> OrchestratorError:
         pool_id=data.get("pool_id"),
     )
     error.retriable = bool(data.get("retriable", error.retriable))
+    if error.kind is ErrorKind.INTERNAL and error.engine is not None:
+        error.http_status = 502
     return error
 
 

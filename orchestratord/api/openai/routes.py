@@ -46,7 +46,9 @@ def _generation_responses(whole: type[Any]) -> dict[int | str, dict[str, Any]]:
             "description": "The completion (JSON), or its chunks (`stream: true`).",
             "headers": {"X-Job-Id": {"schema": {"type": "string"}, "description": "The job serving it."}},
         },
-        **openai_errors(400, 409, 413, 415, 429, 503),
+        # 404, 502, 504: a whole answer's job ended in an error (its state lost; the engine failed or
+        # went silent): `error_event`'s code, answered with its status
+        **openai_errors(400, 404, 409, 413, 415, 429, 502, 503, 504),
     }
 
 
