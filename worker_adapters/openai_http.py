@@ -12,7 +12,10 @@ finish reason, after every token went out; llama.cpp's streamed final completion
 ``data: [DONE]`` is the terminal mark; every event is checked for a top-level ``error`` first (wire
 notes §8.7).
 
-Options: ``api_key`` (sent as ``Authorization: Bearer``), ``health_path`` (default ``/v1/models``).
+Options: ``api_key`` (sent as ``Authorization: Bearer``), ``health_path`` (default ``/v1/models``),
+``json_schema`` (``json_object``: a `response_format` of type ``json_schema`` goes as
+``{"type": "json_object", "schema": ...}``, the shape llama-cpp-python's server samples a schema under;
+it refuses OpenAI's own).
 
 The engine's version, where it tells one: ``GET /version`` (vLLM, SGLang), else the ``info.version`` of
 ``GET /openapi.json`` (FastAPI servers: llama-cpp-python reports its own release). Asked once, and again
@@ -262,6 +265,8 @@ class OpenAIAdapter(HttpAdapter):
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         chat = wants_chat(self.config.api, req, self.engine)
         body = request_body(req, req.model, chat=chat)
+        if "response_format" in body and option_str(self.config.options, "json_schema") == "json_object":
+            body["response_format"] = schema_in_json_object(body["response_format"])
         path = CHAT if chat else COMPLETIONS
         return openai_events(self.http, req, path, body, final_step_chunks=self.final_step_chunks)
 
@@ -288,6 +293,15 @@ class OpenAIAdapter(HttpAdapter):
                     self._version = told
                     break
         return self._version or None
+
+
+def schema_in_json_object(response_format: object) -> object:
+    """OpenAI's ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`` as
+    ``{"type": "json_object", "schema": <schema>}`` (llama-cpp-python); any other format as it is."""
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return response_format
+    schema = as_dict(response_format.get("json_schema")).get("schema")
+    return {"type": "json_object", **({"schema": schema} if schema is not None else {})}
 
 
 def _top_version(answer: object) -> str | None:

@@ -210,6 +210,30 @@ async def test_completion_request_body(oai: Any) -> None:
     }
 
 
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "Answer", "schema": SCHEMA, "strict": True}}
+
+
+@pytest.mark.parametrize(
+    ("options", "given", "sent"),
+    [
+        ({}, JSON_SCHEMA, JSON_SCHEMA),  # OpenAI's shape, as the client sent it
+        ({"json_schema": "json_object"}, JSON_SCHEMA, {"type": "json_object", "schema": SCHEMA}),
+        ({"json_schema": "json_object"}, {"type": "json_object"}, {"type": "json_object"}),
+        ({"json_schema": "json_object"}, None, None),  # nothing asked, nothing sent
+    ],
+)
+async def test_a_json_schema_goes_in_the_shape_the_pool_says(
+    oai: Any, options: dict[str, str], given: dict[str, Any] | None, sent: dict[str, Any] | None
+) -> None:
+    """llama-cpp-python samples under `{"type": "json_object", "schema": ...}` and refuses OpenAI's
+    `json_schema` type: its pool's `json_schema: json_object` says so."""
+    engine, adapter = oai(**options)
+    fmt = None if given is None else json.dumps(given)
+    await collect(adapter, request(chat=True, model="served-name", response_format=fmt))
+    assert engine.record.last("/v1/chat/completions").body.get("response_format") == sent
+
+
 async def test_api_key_is_sent_as_a_bearer_token(oai: Any) -> None:
     engine, adapter = oai(api_key="sk-test")
     await collect(adapter, request())

@@ -46,6 +46,7 @@ class Real:
     reports_ctx: bool = True  # its context is in what it reports (else the pool is configured with it)
     counts_in_stream: bool = True  # its stream reports the token count (else ours is an estimate)
     tells_stop_strings: bool = True  # its end says a stop string ended it (OpenAI's "stop" does not)
+    options: dict[str, Any] = field(default_factory=dict)  # the pool's options, as docs/engines.md says
 
     @property
     def url(self) -> str:
@@ -58,6 +59,7 @@ class Real:
             "id": "real", "engine": self.adapter, "models": [MODEL],
             "replicas": [{"id": "a", "url": url or self.url}], "slots": 2,
             "ctx_max": 100_000 if self.reports_ctx else self.ctx, "max_tokens_out": 8000,
+            **({"options": self.options} if self.options else {}),
         }  # fmt: skip
         return {**pool, **overrides}
 
@@ -150,6 +152,7 @@ def start_llama_cpp_python(workdir: Path, slow_model: Path) -> Real:
         reports_ctx=False,
         counts_in_stream=False,
         tells_stop_strings=False,
+        options={"json_schema": "json_object"},
     )
 
 

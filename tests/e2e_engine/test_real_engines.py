@@ -453,13 +453,13 @@ class Answer(BaseModel):
     n: int
 
 
-@pytest.mark.parametrize("real", ["llama-server", "vllm"], indirect=True)
 def test_structured_output_follows_the_schema(make_server: Callable[..., LoopbackServer], real: Real) -> None:
     """A `response_format` with a JSON schema (the SDKs' `parse`, on Chat Completions and, as
     `text.format`, on the Responses API) reaches the engine, which samples under it (llama.cpp: a
     grammar made from the schema; vLLM: its structured-output backend): even this random model's
-    answer parses as the schema says. Without it, the same model writes no such JSON. (llama-cpp-python
-    0.3.36 takes no `json_schema` type: docs/engines.md.)"""
+    answer parses as the schema says. Without it, the same model writes no such JSON. llama-cpp-python
+    takes no `json_schema` type: its pool's `json_schema: json_object` option sends the schema in the
+    `json_object` shape it samples under (docs/engines.md)."""
     ask = [{"role": "user", "content": "yes or no?"}]
     greedy: dict[str, Any] = {"temperature": 0.0, "seed": 7}
     with sdk_through_proxy(make_server, real) as (sdk, proxy):
@@ -476,6 +476,10 @@ def test_structured_output_follows_the_schema(make_server: Callable[..., Loopbac
         plain = sdk.chat.completions.create(model=MODEL, messages=ask, max_tokens=64, **greedy)  # type: ignore[arg-type]
     assert isinstance(parsed.choices[0].message.parsed, Answer), parsed.choices[0].message.content
     assert isinstance(response.output_parsed, Answer), response.output_text
-    assert b'"json_schema"' in b"".join(proxy.sent)  # the schema reached the engine
+    sent = b"".join(proxy.sent)  # the schema reached the engine, in the shape the pool's options say
+    if real.options.get("json_schema") == "json_object":
+        assert re.search(rb'"response_format":\s*\{"type":\s*"json_object",\s*"schema":', sent), sent[-600:]
+    else:
+        assert b'"json_schema"' in sent, sent[-600:]
     with pytest.raises(ValidationError):
         Answer.model_validate_json(plain.choices[0].message.content or "")
