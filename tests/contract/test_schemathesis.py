@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
     use_after_free,
 )
 
-from orchestratord.api.openai.requests import STRUCTURED, UNSUPPORTED, asks_for
+from orchestratord.api.openai.requests import LOGPROBS_INCLUDED, STRUCTURED, UNSUPPORTED, asks_for
 from orchestratord.api.openai.responses import UNSUPPORTED as RESPONSES_NOT_YET
 from orchestratord.api.openapi import contract_document
 from orchestratord.app import create_app
@@ -75,8 +75,8 @@ def _outside_the_schema(case: schemathesis.Case) -> str | None:
         return "a cursor or `after` is what a previous page gave (tests/api/test_task_list.py, tests/openai)"
     if "Last-Event-ID" in (case.headers or {}):
         return "an event id is one the stream sent (tests/api/test_stream.py)"
-    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
-        return "OpenAI's rule: top_logprobs needs logprobs (tests/openai)"
+    if body.get("top_logprobs") is not None and "input" not in body and body.get("logprobs") is not True:
+        return "OpenAI's rule: top_logprobs needs logprobs, outside the Responses API (tests/openai)"
     for name in ("max_tokens", "max_output_tokens", "max_completion_tokens"):
         if isinstance(body.get(name), int) and body[name] > LIVE_SETTINGS["limits"]["max_tokens"]:
             return "the server's limits are configuration, limits.max_tokens (tests/api/test_bad_input.py)"
@@ -107,6 +107,9 @@ def _asks_engine_features(body: dict[str, Any]) -> bool:
     a logit bias, a reasoning effort (Responses' `reasoning.effort` too), chat template variables, or
     chat turns (or Responses input items) with tool calls or tool results."""
     if any(body.get(name) is not None for name in STRUCTURED) or body.get("logprobs") not in (None, False, 0):
+        return True
+    include = body.get("include")
+    if isinstance(include, list) and LOGPROBS_INCLUDED in include:  # the Responses API's logprobs
         return True
     if any(asks_for(name, body.get(name)) for name in MOCK_LACKS):
         return True

@@ -1,12 +1,14 @@
 """Log probabilities pass through from an engine that reports them (the vLLM fake, speaking vLLM's
 bytes) to the official SDK, in each surface's shape: chat's `logprobs.content[]` with `top_logprobs`,
-completions' `tokens`/`token_logprobs`/`top_logprobs`; streamed per chunk and whole. The job's own
+completions' `tokens`/`token_logprobs`/`top_logprobs`, the Responses API's `output_text.logprobs`
+(asked with `include`); streamed per chunk and whole. The job's own
 `token` events carry them (one rendering of one log). An engine that reports none gets no such
 request: it is refused, naming the field."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -146,3 +148,61 @@ def test_top_logprobs_needs_logprobs(client: openai.OpenAI) -> None:
             model="qwen", messages=ASK, max_tokens=3, logprobs=True, top_logprobs=21
         )
     assert caught.value.body["param"] == "top_logprobs"  # type: ignore[index]
+
+
+LOGPROBS = "message.output_text.logprobs"
+
+
+def test_a_response_includes_each_tokens_logprobs_streamed_and_whole(
+    client: openai.OpenAI, engine: tuple[VllmEngine, str]
+) -> None:
+    """`include: ["message.output_text.logprobs"]` with `top_logprobs`: every `output_text.delta` carries
+    its token's entry, and the output_text part (whole, and in the stream's done events) all of them."""
+    fake, _ = engine
+    whole = client.responses.create(
+        model="qwen", input="say something", max_output_tokens=4, include=[LOGPROBS], top_logprobs=2
+    )
+    assert sent(fake)["logprobs"] is True and sent(fake)["top_logprobs"] == 2
+    (message,) = whole.output
+    assert message.type == "message" and message.content[0].type == "output_text"
+    part = message.content[0]
+    assert part.logprobs is not None and "".join(e.token for e in part.logprobs) == part.text
+    assert [e.logprob for e in part.logprobs] == [logprob_of(i) for i in range(4)]
+    assert [e.bytes for e in part.logprobs] == [list(e.token.encode()) for e in part.logprobs]
+    assert [(t.token, t.logprob) for t in part.logprobs[1].top_logprobs] == [
+        (alternative(part.logprobs[1].token, r), logprob_of(1, r)) for r in range(2)
+    ]
+    asked: dict[str, Any] = {"input": "say something", "max_output_tokens": 3, "include": [LOGPROBS]}
+    events = list(client.responses.create(model="qwen", stream=True, **asked))
+    deltas = [e for e in events if e.type == "response.output_text.delta"]
+    assert [[(lp.token, lp.logprob) for lp in e.logprobs] for e in deltas] == [
+        [(e.delta, logprob_of(i))] for i, e in enumerate(deltas)
+    ]
+    (done,) = [e for e in events if e.type == "response.output_text.done"]
+    assert [lp.logprob for lp in done.logprobs] == [logprob_of(i) for i in range(3)]
+    final = events[-1]  # cut at max_output_tokens: incomplete
+    assert final.type == "response.incomplete", final
+    kept = final.response.output[0].content[0].logprobs  # type: ignore[union-attr]
+    assert [(lp.token, lp.logprob) for lp in kept] == [(lp.token, lp.logprob) for lp in done.logprobs]
+
+
+def test_a_response_without_the_include_asks_for_none(
+    client: openai.OpenAI, engine: tuple[VllmEngine, str]
+) -> None:
+    fake, _ = engine
+    answer = client.responses.create(model="qwen", input="say something", max_output_tokens=2, top_logprobs=3)
+    assert "logprobs" not in sent(fake) and "top_logprobs" not in sent(fake)
+    assert answer.output[0].content[0].logprobs == []  # type: ignore[union-attr]
+
+
+def test_a_responses_logprobs_are_refused_by_name_where_no_engine_reports_them(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="mock", input="x", max_output_tokens=2, include=[LOGPROBS])
+    assert caught.value.body["param"] == "include", caught.value.body  # type: ignore[index]
+    assert "include is not supported by the engines serving 'mock'" in caught.value.body["message"]  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="qwen", input="x", include=[LOGPROBS], top_logprobs=21)
+    assert caught.value.body["param"] == "top_logprobs"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="qwen", input="x", include=["file_search_call.results"])
+    assert caught.value.body["param"] == "include"  # type: ignore[index]

@@ -77,7 +77,7 @@ class Rendering:
         if not self.logprobs:
             return None
         if self.surface == "chat":
-            return {"content": [_chat_logprob(entry) for entry in entries], "refusal": None}
+            return {"content": [chat_logprob(entry) for entry in entries], "refusal": None}
         return {
             "tokens": [entry["token"] for entry in entries],
             "token_logprobs": [entry["logprob"] for entry in entries],
@@ -200,7 +200,7 @@ def _choice_text(text: str, finish: str | None, logprobs: dict[str, Any] | None 
     return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
 
-def _chat_logprob(entry: Mapping[str, Any]) -> dict[str, Any]:
+def chat_logprob(entry: Mapping[str, Any]) -> dict[str, Any]:
     """One token's entry as Chat Completions has it, with each token's UTF-8 `bytes`."""
     return {
         "token": entry["token"],

@@ -34,14 +34,17 @@ def asks_for(name: str, value: Any) -> bool:
     not to OpenAI's default. `include: ["reasoning.encrypted_content"]` (what stateless
     agents send with `store: false`) asks for the reasoning in a form to send back, and the reasoning
     item carries it in plain `content`, which nothing needs back: orchestratord leaves it out of the
-    next turn."""
+    next turn. `message.output_text.logprobs` is honoured (the Responses API's log probabilities)."""
     if name == "include":
-        return any(item != "reasoning.encrypted_content" for item in value or ())
+        return any(item not in INCLUDABLE for item in value or ())
     if name == "verbosity":
         return value not in (None, "medium")
     return value not in (None, False, [], {})
 
 
+# The Responses API's `include` values orchestratord honours
+LOGPROBS_INCLUDED = "message.output_text.logprobs"
+INCLUDABLE = frozenset({"reasoning.encrypted_content", LOGPROBS_INCLUDED})
 # Passed to the engine as they are (chat only), for the engines that take them.
 STRUCTURED = ("tools", "tool_choice", "response_format")
 MAX_LOGPROBS = 20  # alternatives per token: OpenAI's limit, and vLLM's default `max_logprobs`

@@ -38,7 +38,15 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import response_error
-from orchestratord.api.openai.requests import TIERS, OpenAIRequest, Verbosity, asks_for
+from orchestratord.api.openai.render import chat_logprob
+from orchestratord.api.openai.requests import (
+    LOGPROBS_INCLUDED,
+    MAX_LOGPROBS,
+    TIERS,
+    OpenAIRequest,
+    Verbosity,
+    asks_for,
+)
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import chunks, tail, unless_gone
 from orchestratord.api.schemas import Effort, Text, json_text
@@ -51,7 +59,7 @@ from orchestratord.services import Services
 from orchestratord.state.base import JobRecord
 
 router = APIRouter(tags=["openai"])
-UNSUPPORTED = ("include", "top_logprobs", "prompt", "conversation")
+UNSUPPORTED = ("include", "prompt", "conversation")
 _STATUS = {
     JobState.QUEUED: "queued", JobState.RUNNING: "in_progress", JobState.SUCCEEDED: "completed",
     JobState.FAILED: "failed", JobState.CANCELED: "cancelled",
@@ -224,6 +232,8 @@ class ResponseRequest(OpenAIRequest):
     reasoning: ReasoningConfig | None = None
     previous_response_id: str | None = None
     include: list[str] | None = None
+    # alternatives per token, in the log probabilities `include` asks for (without it, none are shown)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     truncation: Literal["auto", "disabled"] | None = None
     prompt: dict[str, Any] | None = None
     conversation: Any = None
@@ -274,6 +284,7 @@ class ResponseRequest(OpenAIRequest):
             unstored=None if self.store else True, single_tool_call=self.single_tool_call,
             reasoning_effort=None if self.reasoning is None else self.reasoning.effort,
             carried=len(history) or None,
+            logprobs=(self.top_logprobs or 0) if LOGPROBS_INCLUDED in (self.include or ()) else None,
         )  # fmt: skip
 
 
@@ -422,7 +433,8 @@ async def _history(caller: Caller, previous: str) -> tuple[Message, ...]:
 
 
 # The job's fields a refusal may name, as this API calls them
-_NAMES = {"response_format": "text.format", "messages": "input", "reasoning_effort": "reasoning.effort"}
+_NAMES = {"response_format": "text.format", "messages": "input", "reasoning_effort": "reasoning.effort",
+          "logprobs": "include"}  # fmt: skip
 
 
 def _in_our_names(exc: InvalidParams) -> InvalidParams:
@@ -497,6 +509,8 @@ class ResponseEvents:
     sequence: int = 0
     in_progress: bool = False
     text: list[str] = field(default_factory=list)
+    # every token's log probabilities, as the output_text part has them (when the request included them)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
     status: str = "queued"
     message_index: int | None = None  # the text message's output_index, once it began
     calls: dict[int, _Call] = field(default_factory=dict)  # by the fragments' `index`
@@ -538,9 +552,11 @@ class ResponseEvents:
             if self.message_index is None:
                 yield from self._opened()
             self.text.append(data["t"])
+            logprobs = [chat_logprob(entry) for entry in data.get("logprobs") or ()]
+            self.logprobs += logprobs
             yield self._event(
                 "response.output_text.delta", item_id=self.item_id, output_index=self.message_index,
-                content_index=0, delta=data["t"], logprobs=[],
+                content_index=0, delta=data["t"], logprobs=logprobs,
             )  # fmt: skip
         elif event.name == "tool_call":
             yield from self._thought_done()
@@ -560,7 +576,8 @@ class ResponseEvents:
         )  # fmt: skip
 
     def _message(self, status: str) -> dict[str, Any]:
-        part = {"type": "output_text", "text": "".join(self.text), "annotations": [], "logprobs": []}
+        text = "".join(self.text)
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": self.logprobs}
         return {
             "id": self.item_id,
             "type": "message",
@@ -654,7 +671,7 @@ class ResponseEvents:
 
     def _message_done(self, index: int) -> Iterator[dict[str, Any]]:
         yield self._event("response.output_text.done", item_id=self.item_id, output_index=index,
-                          content_index=0, text="".join(self.text), logprobs=[])  # fmt: skip
+                          content_index=0, text="".join(self.text), logprobs=self.logprobs)  # fmt: skip
         part = self._message("completed")["content"][0]
         yield self._event("response.content_part.done", item_id=self.item_id, output_index=index,
                           content_index=0, part=part)  # fmt: skip
