@@ -95,6 +95,7 @@ def submit_request(spec: TaskSpec, engine_model: str, traceparent: str | None = 
         tools=spec.tools,
         tool_choice=spec.tool_choice,
         response_format=spec.response_format,
+        single_tool_call=spec.single_tool_call,
         logprobs=spec.logprobs,
         ignore_eos=spec.ignore_eos,
         reasoning_effort=spec.reasoning_effort,

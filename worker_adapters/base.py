@@ -51,6 +51,9 @@ class SubmitRequest:
     tools: str | None = None
     tool_choice: str | None = None
     response_format: str | None = None
+    # True: at most one tool call (OpenAI's `parallel_tool_calls: false`), sent to OpenAI-dialect chat so
+    # that the engine stops after one (llama-server's grammar allows one); the relay drops any more
+    single_tool_call: bool | None = None
     # Log probabilities: None asks for none; n >= 0 asks for each token's own and the n likeliest
     # alternatives (for the engines that report them; `registry.UNSUPPORTED` lists the others).
     logprobs: int | None = None

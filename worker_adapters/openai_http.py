@@ -83,6 +83,8 @@ def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, obj
         value = getattr(req, name)
         if value is not None:
             body[name] = orjson.loads(value)
+    if chat and req.tools is not None and req.single_tool_call:
+        body["parallel_tool_calls"] = False
     if chat and req.reasoning_effort is not None:
         body["reasoning_effort"] = req.reasoning_effort
     if chat and req.chat_template_kwargs is not None:

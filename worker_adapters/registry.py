@@ -23,10 +23,10 @@ _STRUCTURED = frozenset({"tools", "tool_choice", "response_format", "tool_messag
 _NATIVE = _STRUCTURED | {"logprobs", "logit_bias"}
 UNSUPPORTED: dict[str, frozenset[str]] = {
     # TGI's generate parameters have no presence penalty. OpenAI tools and response formats (which only
-    # chat jobs carry) reach OpenAI-dialect chat (`openai`, `vllm`) and Ollama's chat (its `tools` and
-    # `format`; no `tool_choice` but auto or none, `core.tasks`); llama-server's chat route takes a
-    # response format (a grammar from the schema) and is not sent tools, whose calls its parser finds
-    # only with some models' templates; TGI's native route and the mock take neither. Log
+    # chat jobs carry) reach OpenAI-dialect chat (`openai`, `vllm`, and llama-server's, whose chat
+    # template's tool-call markers its parser learns from the template; a response format there is a
+    # grammar from the schema) and Ollama's chat (its `tools` and `format`; no `tool_choice` but auto or
+    # none, `core.tasks`); TGI's native route and the mock take neither. Log
     # probabilities and `logit_bias` go to the OpenAI dialect's engines only: llama-server's prompt jobs
     # take its native `/completion`, which reports no log probabilities in a shape the adapters read.
     # `ignore_eos` is vLLM's and llama.cpp's (and the mock's); OpenAI-compatible servers may drop it
@@ -39,7 +39,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "tgi": frozenset({"presence_penalty", "ignore_eos"})
     | _NATIVE
     | {"reasoning_effort", "chat_template_kwargs"},
-    "llamacpp": (_NATIVE - {"response_format"}) | {"reasoning_effort"},
+    "llamacpp": frozenset({"logprobs", "logit_bias", "reasoning_effort"}),
     "ollama": frozenset({"tool_choice", "logprobs", "logit_bias", "ignore_eos", "chat_template_kwargs"}),
     "mock": _NATIVE | {"reasoning_effort", "chat_template_kwargs"},
     "openai": frozenset({"ignore_eos", "chat_template_kwargs"}),

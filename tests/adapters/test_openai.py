@@ -234,6 +234,21 @@ async def test_a_json_schema_goes_in_the_shape_the_pool_says(
     assert engine.record.last("/v1/chat/completions").body.get("response_format") == sent
 
 
+@pytest.mark.parametrize(
+    ("single", "tools", "sent"), [(True, True, False), (None, True, None), (True, False, None)]
+)
+async def test_one_tool_call_asked_is_parallel_tool_calls_false(
+    oai: Any, single: bool | None, tools: bool, sent: bool | None
+) -> None:
+    """A job that takes at most one call tells the engine (llama-server's grammar then allows one);
+    nothing is said without tools, or when several calls may come."""
+    engine, adapter = oai()
+    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    listed = json.dumps([tool]) if tools else None
+    await collect(adapter, request(chat=True, model="served-name", tools=listed, single_tool_call=single))
+    assert engine.record.last("/v1/chat/completions").body.get("parallel_tool_calls") == sent
+
+
 async def test_api_key_is_sent_as_a_bearer_token(oai: Any) -> None:
     engine, adapter = oai(api_key="sk-test")
     await collect(adapter, request())

@@ -270,3 +270,108 @@ def test_a_thinking_models_reasoning_comes_apart_from_its_answer_on_every_surfac
     reasoning, said = response.output
     assert reasoning.type == "reasoning" and [part.text for part in reasoning.content or []] == [thought]
     assert said.type == "message" and response.output_text == answer
+
+
+# A chat template whose tool calls begin with one backspace (`\x08`) and then the calls as JSON objects,
+# `{"name": ..., "arguments": ...}`, joined by ", ". llama-server's template analysis
+# (common/chat-diff-analyzer.cpp) renders it with and without a call, finds that marker and the JSON's
+# field names, and builds a grammar for `tool_choice: required`: any text, the marker, then calls that
+# follow each tool's schema. The random model writes `\x08` first on any prompt (its likeliest byte), so
+# it calls at once; a one-value `enum` leaves the arguments nothing but whitespace to choose, and the
+# grammar's end makes it stop.
+TOOL_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{%- for m in messages %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' }}"
+    "{%- if m['role'] == 'assistant' and m['tool_calls'] is defined and m['tool_calls'] %}"
+    "{{ '\x08' }}"
+    "{%- for tc in m['tool_calls'] %}{% if not loop.first %}{{ ', ' }}{% endif %}"
+    "{{ '{\"name\": \"' + tc['function']['name'] + '\", \"arguments\": '"
+    " + (tc['function']['arguments'] | tojson) + '}' }}"
+    "{%- endfor %}"
+    "{%- else %}{{ m['content'] }}{%- endif %}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+WEATHER = {
+    "name": "get_weather", "description": "Get the weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris"]}},
+                   "required": ["city"]},
+}  # fmt: skip
+
+
+def called_directly(engine: LlamaServer, body: dict[str, Any]) -> tuple[list[tuple[str, str]], str | None]:
+    """What llama-server itself streams for `body`: its `delta.tool_calls` fragments as (name or "",
+    arguments) in order, and its finish reason."""
+    fragments: list[tuple[str, str]] = []
+    finish = None
+    url, body = f"{engine.url}/v1/chat/completions", {**body, "stream": True}
+    with httpx.Client(timeout=60) as http, http.stream("POST", url, json=body) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            for choice in orjson.loads(line[len("data: ") :])["choices"]:
+                for call in (choice.get("delta") or {}).get("tool_calls") or ():
+                    function = call.get("function") or {}
+                    fragments.append((function.get("name") or "", function.get("arguments") or ""))
+                finish = choice.get("finish_reason") or finish
+    return fragments, finish
+
+
+def test_a_models_tool_call_comes_back_as_llama_server_parsed_it(
+    make_server: Callable[..., LoopbackServer], tmp_path: Path
+) -> None:
+    """`tools` and `tool_choice` reach llama-server's chat route; the call its parser finds in the
+    model's output comes back through every surface as llama-server streamed it (its name, its
+    arguments fragment by fragment, `finish_reason: tool_calls`), and the tool loop's next turn (the
+    assistant's call and the tool's result) reaches its chat template as the SDK sent it."""
+    template = tmp_path / "tools.jinja"
+    template.write_text(TOOL_TEMPLATE)
+    model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=4096)
+    extra = ("--jinja", "--chat-template-file", str(template))
+    engine = LlamaServer(tmp_path, model=model, extra=extra).start()
+    ask: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
+    tools: list[Any] = [{"type": "function", "function": WEATHER}]
+    # `parallel_tool_calls: false` reaches llama-server, whose grammar then allows one call (by default
+    # it takes as many as the template can render, and the model makes several)
+    asked: dict[str, Any] = {"tools": tools, "tool_choice": "required", "parallel_tool_calls": False,
+                             "temperature": 0.0, "seed": 7, "max_tokens": 400}  # fmt: skip
+    try:
+        direct, finish = called_directly(engine, {"messages": ask, **asked})
+        client = sdk(start(make_server, engine))
+        chunks = list(client.chat.completions.create(model="tiny", messages=ask, stream=True, **asked))
+        whole = client.chat.completions.create(model="tiny", messages=ask, **asked)
+        response = client.responses.create(
+            model="tiny", input="What is the weather in Paris?", tools=[{"type": "function", **WEATHER}],
+            tool_choice="required", parallel_tool_calls=False, temperature=0.0, max_output_tokens=400,
+        )  # fmt: skip
+        (call,) = whole.choices[0].message.tool_calls or []
+        loop = [*ask, whole.choices[0].message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]  # fmt: skip
+        later = {"temperature": 0.0, "seed": 7, "max_tokens": 8, "tools": tools, "tool_choice": "none"}
+        said = httpx.post(f"{engine.url}/v1/chat/completions", json={"messages": loop, **later}, timeout=60)
+        answer = client.chat.completions.create(model="tiny", messages=loop, **later)
+    finally:
+        engine.stop()
+    arguments = "".join(piece for _, piece in direct)
+    # llama-server did parse a call: one name, arguments in fragments that follow the schema
+    assert finish == "tool_calls" and direct[0][0] == "get_weather" and len(direct) > 2, direct
+    assert orjson.loads(arguments) == {"city": "Paris"}
+    # (1) chat, streamed: the same fragments in the same order, under one id; the same finish
+    ours = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or ()]
+    assert [((tc.function.name or "") if tc.function else "", (tc.function.arguments or "") if tc.function
+             else "") for tc in ours] == direct  # fmt: skip
+    assert ours[0].id and {tc.index for tc in ours} == {0}
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["tool_calls"]
+    # (2) chat, whole: the call joined, no text
+    assert whole.choices[0].finish_reason == "tool_calls" and not whole.choices[0].message.content
+    assert (call.function.name, call.function.arguments) == ("get_weather", arguments)
+    # (3) the Responses API: a function_call item
+    (item,) = response.output
+    assert item.type == "function_call" and (item.name, item.arguments) == ("get_weather", arguments)
+    # (4) the loop's next turn: llama-server rendered the same prompt from our request as from its own
+    assert said.status_code == 200, said.text
+    assert answer.usage is not None and answer.usage.prompt_tokens == said.json()["usage"]["prompt_tokens"]
+    assert answer.choices[0].message.content == said.json()["choices"][0]["message"]["content"]

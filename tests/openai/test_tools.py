@@ -252,8 +252,9 @@ def test_parallel_tool_calls_false_gives_only_the_first_call(
     client: openai.OpenAI, engine: tuple[VllmEngine, str]
 ) -> None:
     """`parallel_tool_calls: true` is OpenAI's default and asks for nothing (clients that send their
-    settings whole send it); `false` gives at most one call: the engine's first, streamed and whole
-    (the engine made two), as vLLM answers it. Neither reaches the engine."""
+    settings whole send it) and is not sent; `false` reaches the engine (llama-server's grammar then
+    allows one call) and gives at most one call even where the engine makes two (as this fake does):
+    the engine's first, streamed and whole, as vLLM answers it."""
     fake, _ = engine
 
     def calls(parallel: bool) -> list[tuple[str, str]]:
@@ -283,4 +284,4 @@ def test_parallel_tool_calls_false_gives_only_the_first_call(
     assert {f.index for f in fragments} == {0}
     assert "".join(f.function.arguments or "" for f in fragments) == CALLS[0][1]  # type: ignore[union-attr]
     posts = [r.body for r in fake.record.requests if r.method == "POST"]
-    assert len(posts) == 3 and not any("parallel_tool_calls" in body for body in posts)
+    assert [body.get("parallel_tool_calls") for body in posts] == [None, False, False]
