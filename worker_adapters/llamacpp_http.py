@@ -1,5 +1,8 @@
 """llama.cpp's ``llama-server``: prompts stream from the native ``POST /completion``, messages from its
-OpenAI-compatible ``/v1/chat/completions`` (wire notes §1).
+OpenAI-compatible ``/v1/chat/completions`` (wire notes §1). A prompt that asks for log probabilities or a
+logit bias goes to its ``/v1/completions``, which reports them in chat's shape (``logprobs.content``).
+llama-server gives no log probabilities when asked for no alternatives (`top_logprobs: 0`, completions'
+`logprobs: 0`): it is asked for one, and the alternatives are cut to what the job asked for.
 
 Native stream: one ``data: {…}`` event per token (``content`` may be ``""`` while a UTF-8 character is
 incomplete: still one `Token`), then a final event with ``"stop":true`` and ``stop_type``
@@ -33,7 +36,7 @@ from worker_adapters.base import (
     WorkerHealth,
     WorkerProps,
 )
-from worker_adapters.openai_http import CHAT, openai_events, request_body
+from worker_adapters.openai_http import CHAT, COMPLETIONS, openai_events, request_body
 
 _STOP_TYPES: dict[str, StopReason] = {"eos": "eos", "limit": "max_tokens", "word": "stop_sequence"}
 _LEGACY_STOP_FLAGS: tuple[tuple[str, StopReason], ...] = (
@@ -93,10 +96,14 @@ class LlamaCppAdapter(HttpAdapter):
     engine = "llamacpp"
 
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
-        if wants_chat(self.config.api, req, self.engine):
-            body = request_body(req, req.model, chat=True)
-            return openai_events(self.http, req, CHAT, body)
-        return self._completion(req)
+        chat = wants_chat(self.config.api, req, self.engine)
+        if not chat and req.logprobs is None and req.logit_bias is None:
+            return self._completion(req)
+        body = request_body(req, req.model, chat=chat)
+        if req.logprobs == 0:
+            body["top_logprobs" if chat else "logprobs"] = 1
+        path = CHAT if chat else COMPLETIONS
+        return openai_events(self.http, req, path, body, top_logprobs=req.logprobs)
 
     def _completion(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         events = self.http.sse(req, "/completion", completion_body(req))

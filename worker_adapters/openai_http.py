@@ -97,9 +97,12 @@ def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, obj
 class OpenAIStream:
     """One OpenAI-dialect stream's state: feed it SSE events, get tokens; `done` after ``[DONE]``."""
 
-    def __init__(self, engine: str, *, final_step_chunks: bool = False) -> None:
+    def __init__(
+        self, engine: str, *, final_step_chunks: bool = False, top_logprobs: int | None = None
+    ) -> None:
         self.engine = engine
         self.final_step_chunks = final_step_chunks
+        self.top_logprobs = top_logprobs  # alternatives kept per token (None: all the engine sent)
         self.done = False
         self._started = False
         self._finish: StopReason | None = None
@@ -130,7 +133,7 @@ class OpenAIStream:
             text = self._text(choice, finish)
             if text is not None:
                 self._started = True
-                out.append(Token(text, token_logprobs(choice.get("logprobs"))))
+                out.append(Token(text, token_logprobs(choice.get("logprobs"), self.top_logprobs)))
             if isinstance(delta, dict) and delta.get("tool_calls"):
                 self._started = True
                 out += tool_call_deltas(delta["tool_calls"])
@@ -174,16 +177,17 @@ class OpenAIStream:
         )
 
 
-def token_logprobs(logprobs: object) -> tuple[TokenLogprob, ...]:
+def token_logprobs(logprobs: object, top: int | None = None) -> tuple[TokenLogprob, ...]:
     """A choice's `logprobs`, in either dialect: chat's ``{"content": [{token, logprob, top_logprobs:
-    [{token, logprob}]}]}`` or completions' ``{"tokens": [...], "token_logprobs": [...],
-    "top_logprobs": [{token: logprob}]}``. Entries an engine left incomplete are skipped."""
+    [{token, logprob}]}]}`` (llama-server answers completions so too) or completions' ``{"tokens": [...],
+    "token_logprobs": [...], "top_logprobs": [{token: logprob}]}``. Entries an engine left incomplete
+    are skipped; `top`, when given, keeps that many alternatives of each."""
     if not isinstance(logprobs, dict):
         return ()
     content = logprobs.get("content")
     if isinstance(content, list):
         return tuple(
-            TokenLogprob(entry["token"], entry["logprob"], _pairs(entry.get("top_logprobs")))
+            TokenLogprob(entry["token"], entry["logprob"], _pairs(entry.get("top_logprobs"))[:top])
             for entry in content
             if isinstance(entry, dict) and _scored(entry.get("token"), entry.get("logprob"))
         )
@@ -193,8 +197,8 @@ def token_logprobs(logprobs: object) -> tuple[TokenLogprob, ...]:
         return ()
     tops = tops + [None] * (len(tokens) - len(tops))
     return tuple(
-        TokenLogprob(token, score, _pairs(top))
-        for token, score, top in zip(tokens, scores, tops, strict=False)
+        TokenLogprob(token, score, _pairs(alternatives)[:top])
+        for token, score, alternatives in zip(tokens, scores, tops, strict=False)
         if _scored(token, score)
     )
 
@@ -242,9 +246,10 @@ def openai_events(
     body: Mapping[str, object],
     *,
     final_step_chunks: bool = False,
+    top_logprobs: int | None = None,
 ) -> AsyncGenerator[TokenEvent, None]:
     """Stream `body` to an OpenAI-dialect `path` and map it; EOF before ``[DONE]`` is `EngineReset`."""
-    stream = OpenAIStream(http.engine, final_step_chunks=final_step_chunks)
+    stream = OpenAIStream(http.engine, final_step_chunks=final_step_chunks, top_logprobs=top_logprobs)
     return relay(http, http.sse(req, path, body), stream, "data: [DONE]")
 
 

@@ -27,8 +27,8 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     # template's tool-call markers its parser learns from the template; a response format there is a
     # grammar from the schema) and Ollama's chat (its `tools` and `format`; no `tool_choice` but auto or
     # none, `core.tasks`); TGI's native route and the mock take neither. Log
-    # probabilities and `logit_bias` go to the OpenAI dialect's engines only: llama-server's prompt jobs
-    # take its native `/completion`, which reports no log probabilities in a shape the adapters read.
+    # probabilities and `logit_bias` go to the OpenAI dialect's engines only (llama-server's prompt jobs
+    # that ask for them take its `/v1/completions`, not its native route).
     # `ignore_eos` is vLLM's and llama.cpp's (and the mock's); OpenAI-compatible servers may drop it
     # unread (llama-cpp-python does), TGI and Ollama have none. `reasoning_effort` is OpenAI's chat
     # field, which vLLM reads (gpt-oss) and the Ollama adapter turns into `think`; llama-server takes it
@@ -39,7 +39,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "tgi": frozenset({"presence_penalty", "ignore_eos"})
     | _NATIVE
     | {"reasoning_effort", "chat_template_kwargs"},
-    "llamacpp": frozenset({"logprobs", "logit_bias", "reasoning_effort"}),
+    "llamacpp": frozenset({"reasoning_effort"}),
     "ollama": frozenset({"tool_choice", "logprobs", "logit_bias", "ignore_eos", "chat_template_kwargs"}),
     "mock": _NATIVE | {"reasoning_effort", "chat_template_kwargs"},
     "openai": frozenset({"ignore_eos", "chat_template_kwargs"}),

@@ -190,3 +190,31 @@ async def test_the_servers_n_predict_is_its_output_limit(llama: Any) -> None:
     engine, adapter = llama()
     engine.n_predict = 128  # llama-server --n-predict 128: no request generates more
     assert (await adapter.props()).max_tokens_out == 128
+
+
+@pytest.mark.parametrize(
+    ("fields", "sent"),
+    [
+        ({"logprobs": 0}, {"logprobs": 1}),  # llama-server reports none for 0: one is asked, cut back
+        ({"logprobs": 3}, {"logprobs": 3}),
+        ({"logit_bias": '{"68": 100}'}, {"logit_bias": {"68": 100}}),
+    ],
+)
+async def test_a_prompt_asking_for_logprobs_or_a_bias_takes_v1_completions(
+    llama: Any, fields: dict[str, Any], sent: dict[str, Any]
+) -> None:
+    """llama-server's native /completion reports log probabilities in its own shape: such prompts take
+    its OpenAI-compatible route, which reports them as chat does."""
+    engine, adapter = llama()
+    events = await collect(adapter, request(max_tokens=2, **fields))
+    body = engine.record.last("/v1/completions").body
+    assert {key: body.get(key) for key in sent} == sent and body["prompt"] == "Say hi"
+    assert not [r for r in engine.record.requests if r.path == "/completion"]
+    assert finished(events).stop_reason == "max_tokens"
+
+
+async def test_a_chat_job_asking_for_no_alternatives_asks_llama_server_for_one(llama: Any) -> None:
+    engine, adapter = llama()
+    await collect(adapter, request(chat=True, max_tokens=2, logprobs=0))
+    body = engine.record.last("/v1/chat/completions").body
+    assert (body["logprobs"], body["top_logprobs"]) == (True, 1)
