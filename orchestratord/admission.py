@@ -234,7 +234,7 @@ class Admission:
                 retry_after_ms=DEFAULT_RETRY_AFTER_MS,
             )
         self._check_serving(spec, key_pools=candidates)
-        needed = spec.tokens_in_estimate + spec.max_tokens
+        needed = spec.tokens_needed
         fitting = [p for p in candidates if needed <= p.ctx_max and spec.max_tokens <= p.max_tokens_out]
         if not fitting:
             raise InvalidParams(self._too_large(spec, candidates))
@@ -273,7 +273,14 @@ class Admission:
 
     @staticmethod
     def _too_large(spec: TaskSpec, candidates: Sequence[PoolState]) -> str:
-        needed = spec.tokens_in_estimate + spec.max_tokens
+        needed = spec.tokens_needed
+        largest = max(candidates, key=lambda p: p.ctx_max)
+        said = ", as its engine reports it" if largest.ctx_max_source == "engine" else ""
+        if spec.inputs is not None:
+            return (
+                f"an input of ~{needed} tokens exceeds the largest context ({largest.ctx_max}{said}) of "
+                f"the pools serving {spec.model_ref!r}; split it"
+            )
         if any(needed <= p.ctx_max for p in candidates):
             best = max((p for p in candidates if needed <= p.ctx_max), key=lambda p: p.max_tokens_out)
             said = ", as its engine reports it" if best.max_tokens_out_source == "engine" else ""
@@ -281,8 +288,6 @@ class Admission:
                 f"max_tokens {spec.max_tokens} exceeds the largest max_tokens_out ({best.max_tokens_out}"
                 f"{said}) of the pools serving {spec.model_ref!r} with a context of {needed} tokens"
             )
-        largest = max(candidates, key=lambda p: p.ctx_max)
-        said = ", as its engine reports it" if largest.ctx_max_source == "engine" else ""
         return (
             f"prompt (~{spec.tokens_in_estimate} tokens) plus max_tokens {spec.max_tokens} exceeds "
             f"the largest context ({largest.ctx_max}{said}) of the pools serving {spec.model_ref!r}"

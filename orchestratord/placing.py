@@ -107,7 +107,7 @@ class Placer:
         affinity = await self._hooks.affinity(spec) if self._hooks is not None else None
         req = PlacementRequest(
             spec.model_ref,
-            spec.tokens_in_estimate + spec.max_tokens,
+            spec.tokens_needed,
             spec.placement,
             affinity=affinity,
             tokens_out=spec.max_tokens,

@@ -8,6 +8,8 @@ end taking effect, not a failure.
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +27,7 @@ from orchestratord.state.base import EventLog, JobRegistry
 from worker_adapters.base import (
     AdapterError,
     ChatMessage,
+    Embedding,
     EngineReset,
     Finished,
     Reasoning,
@@ -85,6 +88,7 @@ def submit_request(spec: TaskSpec, engine_model: str, traceparent: str | None = 
         max_tokens=spec.max_tokens,
         prompt=spec.prompt,
         messages=messages,
+        inputs=spec.inputs,
         seed=spec.seed,
         temperature=spec.temperature,
         top_p=spec.top_p,
@@ -130,9 +134,9 @@ class Relay:
                     elif isinstance(event, Finished):
                         await self._finish(ctx, stats, event, started)
                         return stats
-                    elif isinstance(event, Reasoning):  # a thinking model's, before its answer
-                        data = {"t": event.text}
-                        appended = await self._store.append(ctx.spec.job_id, "reasoning", data) is not None
+                    elif isinstance(event, Reasoning | Embedding):
+                        name, data = _named(event)
+                        appended = await self._store.append(ctx.spec.job_id, name, data) is not None
                     else:  # a tool call's fragment
                         if first_call is None:
                             first_call = event.index
@@ -215,6 +219,22 @@ class Relay:
                 tokens_in=tokens_in,
                 decode_time_ms=orjson.loads(done.data).get("decode_time_ms"),
             )  # fmt: skip
+
+
+def _named(event: Reasoning | Embedding) -> tuple[str, dict[str, object]]:
+    """The log event of a thinking model's reasoning (before its answer) or of an embeddings job's
+    vector (one per input)."""
+    if isinstance(event, Reasoning):
+        return "reasoning", {"t": event.text}
+    return "embedding", embedding_data(event)
+
+
+def embedding_data(event: Embedding) -> dict[str, object]:
+    """An `embedding` event's data: the input's index, and its vector as the engine computes it, in
+    32-bit floats, little-endian, base64 (`b64`): a fifth of the bytes of the numbers in JSON, and what
+    OpenAI's `encoding_format: base64` sends as it is."""
+    vector = struct.pack(f"<{len(event.vector)}f", *event.vector)
+    return {"index": event.index, "b64": base64.b64encode(vector).decode("ascii")}
 
 
 def logprobs_data(logprobs: tuple[TokenLogprob, ...]) -> list[dict[str, object]] | None:

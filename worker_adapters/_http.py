@@ -21,7 +21,7 @@ from worker_adapters._inflight import Canceled, Flights
 from worker_adapters._ndjson import NDJSONDecoder
 from worker_adapters._sse import SSEDecoder, SSEEvent
 from worker_adapters._transport import ShardedTransport
-from worker_adapters._wire import body_message, clip, error_class, option_float, option_str
+from worker_adapters._wire import body_message, clip, error_class, load_object, option_float, option_str
 from worker_adapters.base import (
     AdapterConfig,
     AdapterError,
@@ -273,6 +273,21 @@ class EngineHTTP:
                     self._flights.started(req.task_id)
                 for line in lines:
                     yield line
+
+    async def post_json(self, req: SubmitRequest, path: str, body: Mapping[str, object]) -> dict[str, Any]:
+        """POST `body` and decode the whole answer, a JSON object (an embeddings request): cancel and
+        timeouts as for a stream (the first bytes within the first-token timeout)."""
+        answer = bytearray()
+        async with aclosing(self.stream(req, path, body, "application/json")) as chunks:
+            async for chunk in chunks:
+                answer += chunk
+        try:
+            text = answer.decode()
+        except UnicodeDecodeError:
+            raise EngineInternal(
+                f"{self.engine} at {path} answered bytes that are not UTF-8", engine=self.engine
+            ) from None
+        return load_object(text, self.engine)
 
     def _decoded(self, feed: Callable[[bytes], list[_T]], chunk: bytes) -> list[_T]:
         try:

@@ -20,10 +20,13 @@ import orjson
 from worker_adapters.base import (
     AdapterError,
     ChatMessage,
+    Embedding,
     EngineInternal,
     EngineRejected,
     EngineUnavailable,
+    Finished,
     SubmitRequest,
+    TokenEvent,
 )
 
 _REJECTED_STATUS = frozenset({400, 413, 422})
@@ -218,3 +221,21 @@ def sampling(req: SubmitRequest) -> dict[str, object]:
     if req.stop:
         fields["stop"] = list(req.stop)
     return fields
+
+
+def embedded(vectors: object, req: SubmitRequest, engine: str, prompt_tokens: int | None) -> list[TokenEvent]:
+    """An embeddings answer's events: one `Embedding` per input, in the inputs' order, then `Finished`.
+    EngineInternal when the engine sent other than one list of numbers per input."""
+    count = len(req.inputs or ())
+    if not isinstance(vectors, list) or len(vectors) != count:
+        got = len(vectors) if isinstance(vectors, list) else type(vectors).__name__
+        raise EngineInternal(f"{engine} sent {got} embeddings for {count} inputs", engine=engine)
+    events: list[TokenEvent] = []
+    for index, vector in enumerate(vectors):
+        if not isinstance(vector, list) or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in vector
+        ):
+            raise EngineInternal(f"{engine} sent an embedding that is not a list of numbers", engine=engine)
+        events.append(Embedding(index, tuple(float(x) for x in vector)))
+    events.append(Finished("eos", prompt_tokens=prompt_tokens, completion_tokens=0))
+    return events

@@ -32,13 +32,16 @@ class ChatMessage:
 
 @dataclass(frozen=True, slots=True)
 class SubmitRequest:
-    """One generation request, engine-neutral. Exactly one of `prompt` and `messages` is set."""
+    """One request, engine-neutral. Exactly one of `prompt`, `messages` and `inputs` is set: `inputs`
+    asks for an embedding of each text (the engine answers `Embedding`s, then `Finished`), the others
+    for a generation."""
 
     task_id: str
     model: str
     max_tokens: int
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
+    inputs: tuple[str, ...] | None = None
     seed: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -106,6 +109,14 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class Embedding:
+    """The engine's embedding of the request's input number `index`."""
+
+    index: int
+    vector: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     """The engine's terminal mark. Counts are what the engine reported, when it did."""
 
@@ -114,7 +125,7 @@ class Finished:
     completion_tokens: int | None = None
 
 
-TokenEvent = Token | Reasoning | ToolCallDelta | Finished
+TokenEvent = Token | Reasoning | ToolCallDelta | Embedding | Finished
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from worker_adapters.base import (
     WorkerHealth,
     WorkerProps,
 )
-from worker_adapters.openai_http import CHAT, COMPLETIONS, openai_events, request_body
+from worker_adapters.openai_http import CHAT, COMPLETIONS, openai_embeddings, openai_events, request_body
 
 _STOP_TYPES: dict[str, StopReason] = {"eos": "eos", "limit": "max_tokens", "word": "stop_sequence"}
 _LEGACY_STOP_FLAGS: tuple[tuple[str, StopReason], ...] = (
@@ -96,6 +96,8 @@ class LlamaCppAdapter(HttpAdapter):
     engine = "llamacpp"
 
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        if req.inputs is not None:  # a server started with `--embeddings`
+            return openai_embeddings(self.http, req)
         chat = wants_chat(self.config.api, req, self.engine)
         if not chat and req.logprobs is None and req.logit_bias is None:
             return self._completion(req)

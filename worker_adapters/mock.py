@@ -13,6 +13,10 @@ Options (pool config `options:`), each also settable per request with a directiv
 - `loadable` (any): comma-separated models this engine can serve (default: the pool's); it lists them
   as its models, refuses a request for another, and is unready when it can serve none of the pool's.
 
+An embeddings request (`inputs`) gets, after `ttft_ms`, a unit vector of EMBEDDING_DIMS numbers for
+each input, made from the model's name and the input's text alone (the same text embeds the same, as
+with a real model), and its token count is the inputs' words; `refuse`, `hang` and `fail_after=0` apply.
+
 An unknown option or a value out of range stops start-up (`check_options`, run by config validation);
 a bad directive fails only its request, with INVALID_PARAMS naming the key and the value.
 """
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 
 from worker_adapters.base import (
     AdapterConfig,
+    Embedding,
     EngineRejected,
     EngineReset,
     EngineUnavailable,
@@ -42,6 +47,7 @@ from worker_adapters.base import (
 )
 
 ENGINE_VERSION = "mock-1"
+EMBEDDING_DIMS = 16
 _DIRECTIVE = re.compile(r"\[\[mock ([^\]]*)\]\]")
 _WORDS = (
     "the", "a", "model", "token", "stream", "queue", "pool", "slot", "fair", "fast", "light", "river",
@@ -201,8 +207,9 @@ class MockAdapter:
         self.stats.active += 1
         self.stats.max_active = max(self.stats.max_active, self.stats.active)
         finished = False
+        events = self._embeddings if req.inputs is not None else self._tokens
         try:
-            async for event in self._tokens(req, text, behaviour, canceled):
+            async for event in events(req, text, behaviour, canceled):
                 finished = isinstance(event, Finished)
                 yield event
         finally:
@@ -239,6 +246,21 @@ class MockAdapter:
         reason: StopReason = "max_tokens" if limit == req.max_tokens else "eos"
         yield Finished(reason, _count_words(text), limit)
 
+    async def _embeddings(
+        self, req: SubmitRequest, text: str, b: MockBehaviour, canceled: asyncio.Event
+    ) -> AsyncIterator[TokenEvent]:
+        await _wait(canceled, (b.ttft_ms + b.slow_start_ms) / 1000)
+        if b.hang:
+            await canceled.wait()
+        if canceled.is_set():
+            return
+        if b.fail_after == 0:
+            raise EngineReset("mock engine failed before its answer", engine=self.engine)
+        inputs = req.inputs or ()
+        for index, each in enumerate(inputs):
+            yield Embedding(index, embedding_of(req.model, each))
+        yield Finished("eos", sum(_count_words(each) for each in inputs), 0)
+
     async def cancel(self, task_id: str) -> None:
         event = self._cancels.get(task_id)
         if event is not None:
@@ -271,7 +293,17 @@ async def _wait(canceled: asyncio.Event, seconds: float) -> None:
         return
 
 
+def embedding_of(model: str, text: str) -> tuple[float, ...]:
+    """The mock's embedding of `text`: EMBEDDING_DIMS numbers from its hash, scaled to length 1."""
+    digest = hashlib.sha256(f"{model}\x00{text}".encode()).digest()
+    raw = [digest[i] - 127.5 for i in range(EMBEDDING_DIMS)]
+    norm = math.sqrt(sum(x * x for x in raw))
+    return tuple(x / norm for x in raw)
+
+
 def _request_text(req: SubmitRequest) -> str:
+    if req.inputs is not None:
+        return "\n".join(req.inputs)
     if req.messages is not None:
         return "\n".join(f"{m.role}: {m.content}" for m in req.messages)
     return req.prompt or ""

@@ -49,6 +49,7 @@ from worker_adapters._wire import (
     as_str,
     chat_messages,
     checked_step,
+    embedded,
     option_bool,
     sampling,
     wants_chat,
@@ -274,6 +275,8 @@ class OllamaAdapter(HttpAdapter):
         return min(sizes) if sizes else None
 
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        if req.inputs is not None:
+            return self._embed(req)
         chat = wants_chat(self.config.api, req, self.engine)
         raw = option_bool(self.config.options, "raw")
         body = ollama_body(
@@ -281,6 +284,18 @@ class OllamaAdapter(HttpAdapter):
         )
         lines = self.http.ndjson(req, "/api/chat" if chat else "/api/generate", body)
         return relay(self.http, lines, OllamaStream(self.engine), 'a final object with "done":true')
+
+    async def _embed(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        """``POST /api/embed`` with every input: ``embeddings`` in the inputs' order, and the count of
+        the tokens read, ``prompt_eval_count``. `truncate: false`: an input longer than the context is
+        refused (HTTP 400), as OpenAI refuses it, not cut without a word (Ollama's default)."""
+        body: dict[str, object] = {"model": req.model, "input": list(req.inputs or ()), "truncate": False}
+        if (num_ctx := self.num_ctx(req.model)) is not None:
+            body["options"] = {"num_ctx": num_ctx}
+        answer = await self.http.post_json(req, "/api/embed", body)
+        prompt_tokens = as_int(answer.get("prompt_eval_count"))
+        for event in embedded(answer.get("embeddings"), req, self.engine, prompt_tokens):
+            yield event
 
     async def health(self) -> WorkerHealth:
         return await self.http.probe("/api/tags", self._model_missing)

@@ -37,6 +37,7 @@ from worker_adapters._wire import (
     as_str,
     chat_messages,
     checked_step,
+    embedded,
     error_event,
     option_str,
     sampling,
@@ -60,6 +61,7 @@ from worker_adapters.base import (
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
 _FINISH: dict[str, StopReason] = {
     "stop": "eos",
     "length": "max_tokens",
@@ -239,6 +241,20 @@ def tool_call_deltas(calls: object) -> list[TokenEvent]:
     return out
 
 
+async def openai_embeddings(http: EngineHTTP, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+    """An embeddings job on an OpenAI-dialect engine: ``POST /v1/embeddings`` with every input, the
+    vectors as floats (``data[].embedding``, put in the inputs' order by ``index``)."""
+    body = {"model": req.model, "input": list(req.inputs or ()), "encoding_format": "float"}
+    answer = await http.post_json(req, EMBEDDINGS, body)
+    data = [as_dict(item) for item in answer.get("data") or ()]
+    data.sort(key=lambda item: as_int(item.get("index")) or 0)
+    usage = as_dict(answer.get("usage"))
+    for event in embedded(
+        [item.get("embedding") for item in data], req, http.engine, as_int(usage.get("prompt_tokens"))
+    ):
+        yield event
+
+
 def openai_events(
     http: EngineHTTP,
     req: SubmitRequest,
@@ -270,6 +286,8 @@ class OpenAIAdapter(HttpAdapter):
     _version: str | None = None  # "" once asked and not told
 
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        if req.inputs is not None:
+            return openai_embeddings(self.http, req)
         chat = wants_chat(self.config.api, req, self.engine)
         body = request_body(req, req.model, chat=chat)
         if "response_format" in body and option_str(self.config.options, "json_schema") == "json_object":

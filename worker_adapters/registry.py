@@ -21,6 +21,8 @@ ADAPTERS: dict[str, str] = {
 # (`tool_messages`: chat turns that carry tool calls or tool results, which only OpenAI-dialect chat reads.)
 _STRUCTURED = frozenset({"tools", "tool_choice", "response_format", "tool_messages"})
 _NATIVE = _STRUCTURED | {"logprobs", "logit_bias"}
+# Not a field either: an embeddings job (`TaskSpec.inputs`), which TGI's generate routes cannot serve
+EMBEDDINGS = "embeddings"
 UNSUPPORTED: dict[str, frozenset[str]] = {
     # TGI's generate parameters have no presence penalty. OpenAI tools and response formats (which only
     # chat jobs carry) reach OpenAI-dialect chat (`openai`, `vllm`, and llama-server's, whose chat
@@ -36,7 +38,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     # TGI has none.
     # `chat_template_kwargs` is vLLM's and llama-server's chat extension; OpenAI's own API refuses a
     # field it does not know, so a generic OpenAI-compatible server is not sent it.
-    "tgi": frozenset({"presence_penalty", "ignore_eos"})
+    "tgi": frozenset({"presence_penalty", "ignore_eos", EMBEDDINGS})
     | _NATIVE
     | {"reasoning_effort", "chat_template_kwargs"},
     "llamacpp": frozenset({"reasoning_effort"}),

@@ -25,6 +25,7 @@ from worker_adapters.openai_http import (
     COMPLETIONS,
     OpenAIAdapter,
     models_of,
+    openai_embeddings,
     openai_events,
     request_body,
 )
@@ -57,6 +58,8 @@ class VllmAdapter(OpenAIAdapter):
     request_ids = True
 
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
+        if req.inputs is not None:  # a model served with `--runner pooling`
+            return openai_embeddings(self.http, req)
         chat = wants_chat(self.config.api, req, self.engine)
         body = request_body(req, req.model, chat=chat)
         if option_bool(self.config.options, "priority_scheduling"):

@@ -51,7 +51,9 @@ def largest_context(services: Services, model: str) -> int:
 
 def check_prompt_size(spec: TaskSpec, limit: int) -> None:
     """InvalidParams when the prompt, or the messages' contents together, exceed `limit` characters."""
-    if spec.messages is None:
+    if spec.inputs is not None:
+        what, size = "input", sum(map(len, spec.inputs))
+    elif spec.messages is None:
         what, size = "prompt", len(spec.prompt or "")
     else:
         what, size = "messages' content", sum(len(m.content) for m in spec.messages)

@@ -23,6 +23,8 @@ ENGINE_PARAMETERS = (
 )  # fmt: skip
 # Not a field: a job whose chat turns carry tool calls or tool results (`Message.carries_tools`).
 TOOL_MESSAGES = "tool_messages"
+# Not a field either: an embeddings job (`TaskSpec.inputs`), which only some engines serve.
+EMBEDDINGS = "embeddings"
 
 
 def new_job_id(now: float | None = None) -> str:
@@ -92,6 +94,9 @@ class TaskSpec:
     priority: Priority = "interactive"
     prompt: str | None = None
     messages: tuple[Message, ...] | None = None
+    # An embeddings job's texts (OpenAI's `/v1/embeddings`): the engine answers a vector for each, no
+    # tokens; one of `prompt`, `messages` and `inputs` is set
+    inputs: tuple[str, ...] | None = None
     session_id: str | None = None
     seed: int | None = None
     temperature: float | None = None
@@ -143,6 +148,8 @@ class TaskSpec:
             asked = tuple(p for p in asked if p != "tool_choice")
         if self.messages is not None and any(m.carries_tools for m in self.messages):
             return (*asked, TOOL_MESSAGES)
+        if self.inputs is not None:
+            return (*asked, EMBEDDINGS)
         return asked
 
     @property
@@ -153,6 +160,8 @@ class TaskSpec:
 
     @property
     def prompt_text(self) -> str:
+        if self.inputs is not None:
+            return "\n".join(self.inputs)
         if self.messages is not None:
             return "\n".join(
                 m.content if m.tool_calls is None else m.content + m.tool_calls for m in self.messages
@@ -164,9 +173,15 @@ class TaskSpec:
         """A cheap, engine-independent estimate of prompt tokens (about four bytes a token). Asked
         several times per admission: ASCII text (most prompts; `isascii` is O(1)) is not encoded to
         count its bytes."""
-        text = self.prompt_text
-        size = len(text) if text.isascii() else len(text.encode())
-        return max(1, size // 4)
+        return _estimate(self.prompt_text)
+
+    @property
+    def tokens_needed(self) -> int:
+        """The context one engine request of the job needs, by admission's estimate: the prompt and
+        `max_tokens`; for an embeddings job, its longest input (each is embedded on its own)."""
+        if self.inputs is not None:
+            return max(map(_estimate, self.inputs), default=1)
+        return self.tokens_in_estimate + self.max_tokens
 
     @property
     def tokens_out_estimate(self) -> int:
@@ -175,7 +190,12 @@ class TaskSpec:
         return min(self.expected_tokens or self.max_tokens, self.max_tokens)
 
 
-EventName = Literal["started", "token", "reasoning", "tool_call", "metrics", "end", "error"]
+def _estimate(text: str) -> int:
+    size = len(text) if text.isascii() else len(text.encode())
+    return max(1, size // 4)
+
+
+EventName = Literal["started", "token", "reasoning", "tool_call", "embedding", "metrics", "end", "error"]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"end", "error"})
 
 
@@ -248,6 +268,8 @@ def spec_from_dict(data: dict[str, Any]) -> TaskSpec:
         placement[key] = tuple(placement.get(key) or ())
     values["placement"] = PlacementPrefs(**placement)
     values["stop"] = tuple(values.get("stop") or ())
+    if values.get("inputs") is not None:
+        values["inputs"] = tuple(values["inputs"])
     return TaskSpec(**values)
 
 

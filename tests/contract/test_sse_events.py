@@ -28,6 +28,7 @@ DATA_SCHEMAS = {
     "token": "TokenEvent",
     "reasoning": "ReasoningEvent",
     "tool_call": "ToolCallEvent",
+    "embedding": "EmbeddingEvent",
     "metrics": "MetricsEvent",
     "end": "EndEvent",
     "error": "ErrorEvent",

@@ -431,3 +431,29 @@ def test_log_probabilities_and_a_logit_bias_reach_llama_server(
     a = str(3 + ord("A"))  # the byte tokens follow the three control tokens
     biased = client.completions.create(model="tiny", prompt="The river", max_tokens=6, logit_bias={a: 100})
     assert biased.choices[0].text == "A" * 6
+
+
+def test_embeddings_come_back_as_llama_server_computed_them(
+    make_server: Callable[..., LoopbackServer], tmp_path: Path
+) -> None:
+    """`POST /v1/embeddings` on a pool of a llama-server started with `--embeddings` (mean pooling):
+    every input's vector, in order, as llama-server computes it (to 32-bit floats, as the job's log
+    keeps it), and its count of the tokens read; the SDK's default base64 and floats alike."""
+    model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=4096)
+    engine = LlamaServer(tmp_path, model=model, extra=("--embeddings", "--pooling", "mean")).start()
+    texts = ["The river", "a stone in the water", "日本"]
+    try:
+        direct = httpx.post(f"{engine.url}/v1/embeddings", json={"input": texts}, timeout=60)
+        client = sdk(start(make_server, engine))
+        ours = client.embeddings.create(model="tiny", input=texts)
+        floats = client.embeddings.create(model="tiny", input=texts, encoding_format="float")
+    finally:
+        engine.stop()
+    assert direct.status_code == 200, direct.text
+    said = sorted(direct.json()["data"], key=lambda item: item["index"])
+    assert len(said) == 3 and len(said[0]["embedding"]) == 64  # the tiny model's width
+    for answer in (ours, floats):
+        assert [item.index for item in answer.data] == [0, 1, 2]
+        for item, theirs in zip(answer.data, said, strict=True):
+            assert item.embedding == pytest.approx(theirs["embedding"], rel=1e-6, abs=1e-7)
+        assert answer.usage.prompt_tokens == direct.json()["usage"]["prompt_tokens"]

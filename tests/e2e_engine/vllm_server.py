@@ -49,6 +49,7 @@ class VllmServer:
     slow: bool = False
     port: int = field(default_factory=free_port)
     model: Path | None = None  # a model directory; written into workdir on the first start if None
+    extra: tuple[str, ...] = ()  # more of vLLM's options
     _process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
     _group: int | None = None  # the process group of a started server, until it is ended
@@ -71,7 +72,7 @@ class VllmServer:
         command = [python(), "-m", "vllm.entrypoints.cli.main", "serve", str(self.model)]
         command += ["--served-model-name", *self.served_names, "--max-model-len", str(self.max_model_len)]
         command += ["--max-num-seqs", "4", "--dtype", "float32", "--enforce-eager"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), *self.extra]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
         self._log = self.log_path.open("ab")
         # its own process group, so that kill() and stop() reach the engine core it spawns too

@@ -10,6 +10,7 @@ record only ever gets appends and single assignments.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -110,6 +111,12 @@ def plan(b: Behaviour, max_tokens: int, stop: Sequence[str] = ()) -> Script:
     if b.fail_after is not None and b.fail_after <= script.count:
         script = Script(b.tokens, b.fail_after, "fail")
     return script
+
+
+def fake_embedding(text: str) -> list[float]:
+    """A fake engine's embedding of `text`: four numbers of its hash (exact in 32-bit floats)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [(digest[i] - 128) / 128 for i in range(4)]
 
 
 def compact(value: object) -> bytes:

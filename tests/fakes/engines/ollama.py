@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.fakes.engines.asgi import DROP, Exchange, FakeEngine, Frames, Request, Script, plan
+from tests.fakes.engines.asgi import DROP, Exchange, FakeEngine, Frames, Request, Script, fake_embedding, plan
 
 MODEL = "llama3.2:latest"
 VERSION = "0.33.0"
@@ -46,6 +46,7 @@ class OllamaEngine(FakeEngine):
             ("POST", "/api/show"): self.show,
             ("POST", "/api/generate"): self.generate,
             ("POST", "/api/chat"): self.chat,
+            ("POST", "/api/embed"): self.embed,
         }
 
     async def root(self, request: Request, exchange: Exchange) -> None:
@@ -103,6 +104,18 @@ class OllamaEngine(FakeEngine):
 
     async def generate(self, request: Request, exchange: Exchange) -> None:
         await self._serve(request, exchange, chat=False)
+
+    async def embed(self, request: Request, exchange: Exchange) -> None:
+        """Ollama's `/api/embed`: every input's vector, and the tokens read."""
+        b, body = self.behaviour, request.json()
+        if b.http_status is not None:
+            await exchange.respond(b.http_status, go_json({"error": b.error_message}))
+            return
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        answer = {"model": body["model"], "embeddings": [fake_embedding(text) for text in inputs],
+                  "total_duration": 14143917, "load_duration": 1019500,
+                  "prompt_eval_count": sum(len(text.split()) for text in inputs)}  # fmt: skip
+        await exchange.respond(200, go_json(answer))
 
     async def chat(self, request: Request, exchange: Exchange) -> None:
         await self._serve(request, exchange, chat=True)

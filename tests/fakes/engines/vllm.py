@@ -11,7 +11,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.fakes.engines.asgi import DROP, Exchange, FakeEngine, Frames, Request, Script, compact, plan, sse
+from tests.fakes.engines.asgi import (
+    DROP,
+    Exchange,
+    FakeEngine,
+    Frames,
+    Request,
+    Script,
+    compact,
+    fake_embedding,
+    plan,
+    sse,
+)
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 VERSION = "0.11.0"
@@ -89,6 +100,7 @@ class VllmEngine(FakeEngine):
             ("GET", "/metrics"): self.metrics,
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completion,
+            ("POST", "/v1/embeddings"): self.embeddings,
         }
 
     async def health(self, request: Request, exchange: Exchange) -> None:
@@ -109,6 +121,27 @@ class VllmEngine(FakeEngine):
             for name in self.loras
         ]
         await exchange.respond(200, compact({"object": "list", "data": [entry, *loras]}))
+
+    async def embeddings(self, request: Request, exchange: Exchange) -> None:
+        """vLLM's answer for a pooling model (`--runner pooling`): every input's vector, as floats."""
+        body = request.json()
+        if await self._refused(exchange) or await self._unknown_model(body, exchange):
+            return
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"index": i, "object": "embedding", "embedding": fake_embedding(text)}
+            for i, text in enumerate(inputs)
+        ]
+        tokens = sum(len(text.split()) for text in inputs)
+        usage = {
+            "prompt_tokens": tokens,
+            "total_tokens": tokens,
+            "completion_tokens": 0,
+            "prompt_tokens_details": None,
+        }
+        answer = {"id": "embd-1", "object": "list", "created": CREATED, "model": body["model"], "data": data,
+                  "usage": usage}  # fmt: skip
+        await exchange.respond(200, compact(answer))
 
     async def _unknown_model(self, body: dict[str, Any], exchange: Exchange) -> bool:
         """vLLM answers 404 for a model it does not serve (neither the base nor a LoRA adapter)."""
