@@ -7,10 +7,14 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from fastapi import Request
+from pydantic import BaseModel
+
 from orchestratord.admission import AdmissionResult
 from orchestratord.api.deps import Caller
 from orchestratord.core.tasks import TaskSpec
 from orchestratord.errors import InvalidParams
+from orchestratord.idempotency import fingerprint
 from orchestratord.services import Services
 
 
@@ -28,6 +32,15 @@ async def submit(
         return await services.idempotency.admit(spec, idempotency_key, body)
     finally:
         services.metrics.admission_latency.observe((time.perf_counter() - began) * 1000)
+
+
+async def submit_body(caller: Caller, spec: TaskSpec, request: Request, body: BaseModel) -> AdmissionResult:
+    """`submit` for a request whose JSON body is `body`: the request's Idempotency-Key, the body's
+    fingerprint (the OpenAI endpoints)."""
+    return await submit(
+        caller, spec, idempotency_key=request.headers.get("idempotency-key"),
+        body=lambda: fingerprint(body.model_dump(mode="json")),
+    )  # fmt: skip
 
 
 def with_default_max_tokens(services: Services, spec: TaskSpec) -> TaskSpec:

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.engine
 @pytest.fixture(scope="module")
 def pooling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     server = VllmServer(
-        tmp_path_factory.mktemp("vllm-embed"), max_model_len=512, extra=("--runner", "pooling", "--convert", "embed")
+        tmp_path_factory.mktemp("vllm-embed"),
+        max_model_len=512,
+        extra=("--runner", "pooling", "--convert", "embed"),
     )
     try:
         yield server.start()

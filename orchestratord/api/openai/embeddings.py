@@ -23,10 +23,9 @@ from orchestratord.api.errors import from_event, to_openai_response
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import tail, unless_gone
 from orchestratord.api.schemas import Text
-from orchestratord.api.submission import submit
+from orchestratord.api.submission import submit_body
 from orchestratord.core.tasks import EMBEDDINGS, TaskSpec, new_job_id
 from orchestratord.errors import InvalidParams
-from orchestratord.idempotency import fingerprint
 from orchestratord.logs import bind
 from orchestratord.services import Services
 
@@ -122,22 +121,9 @@ async def create_embedding(
     if body.user is not None:
         bind(user=body.user)
     try:
-        result = await submit(
-            caller, spec, idempotency_key=request.headers.get("idempotency-key"),
-            body=lambda: fingerprint(body.model_dump(mode="json")),
-        )  # fmt: skip
+        result = await submit_body(caller, spec, request, body)
     except InvalidParams as exc:
-        if exc.param != EMBEDDINGS:
-            raise
-        raise InvalidParams(  # the model's engines serve no embeddings (TGI's generate routes)
-            exc.message.replace(
-                f"{EMBEDDINGS} is not supported by", "embeddings are not served by", 1
-            ).replace(
-                "; leave it out",
-                "; embed with a model served by vLLM, llama-server, Ollama or an OpenAI-compatible server",
-            ),
-            param="model",
-        ) from None
+        raise _no_embeddings(exc) if exc.param == EMBEDDINGS else exc from None
     headers = {"X-Job-Id": result.job_id, **result.headers}
     answer = await unless_gone(request, _collect(caller.services, result.job_id))
     if answer is None:
@@ -158,6 +144,14 @@ async def create_embedding(
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
     return Response(orjson.dumps(rendered), media_type="application/json", headers=headers)
+
+
+def _no_embeddings(exc: InvalidParams) -> InvalidParams:
+    """Admission's refusal of a model whose engines serve no embeddings (TGI's generate routes), said
+    of the request's `model`."""
+    said = exc.message.replace(f"{EMBEDDINGS} is not supported by", "embeddings are not served by", 1)
+    hint = "embed with a model served by vLLM, llama-server, Ollama or an OpenAI-compatible server"
+    return InvalidParams(said.replace("leave it out", hint), param="model")
 
 
 async def _collect(services: Services, job_id: str) -> tuple[str, dict[int, str], dict[str, Any]]:

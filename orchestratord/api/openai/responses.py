@@ -50,10 +50,9 @@ from orchestratord.api.openai.requests import (
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import chunks, tail, unless_gone
 from orchestratord.api.schemas import Effort, Text, json_text
-from orchestratord.api.submission import largest_context, submit, with_default_max_tokens
+from orchestratord.api.submission import largest_context, submit_body, with_default_max_tokens
 from orchestratord.core.tasks import JobState, LogEvent, Message, TaskSpec, new_job_id, spec_from_dict
 from orchestratord.errors import InvalidParams, NotFound
-from orchestratord.idempotency import fingerprint
 from orchestratord.logs import bind
 from orchestratord.services import Services
 from orchestratord.state.base import JobRecord
@@ -729,10 +728,7 @@ async def create_response(
         spec = with_default_max_tokens(services, spec)
     bind(**body.client_ids)
     try:
-        result = await submit(
-            caller, spec, idempotency_key=request.headers.get("idempotency-key"),
-            body=lambda: fingerprint(body.model_dump(mode="json")),
-        )  # fmt: skip
+        result = await submit_body(caller, spec, request, body)
     except InvalidParams as exc:
         raise _in_our_names(exc) from None
     record = await services.jobs.get(result.job_id, caller.tenant)

@@ -25,10 +25,9 @@ from orchestratord.api.openai.render import DONE, Rendering, Surface, ToolCalls,
 from orchestratord.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from orchestratord.api.openai.schemas import ChatCompletion, Completion, Model, ModelList, openai_errors
 from orchestratord.api.openai.streaming import Batch, chunks, tail, unless_gone
-from orchestratord.api.submission import submit, with_default_max_tokens
+from orchestratord.api.submission import submit_body, with_default_max_tokens
 from orchestratord.core.tasks import LogEvent, new_job_id
 from orchestratord.errors import ErrorKind, NotFound
-from orchestratord.idempotency import fingerprint
 from orchestratord.logs import bind, get_logger
 from orchestratord.services import Services
 
@@ -105,12 +104,7 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
         spec = with_default_max_tokens(services, spec)
     # the client's ids, into this request's log lines
     bind(**body.client_ids)
-    result = await submit(
-        caller,
-        spec,
-        idempotency_key=request.headers.get("idempotency-key"),
-        body=lambda: fingerprint(body.model_dump(mode="json")),
-    )
+    result = await submit_body(caller, spec, request, body)
     rendering = Rendering(
         surface, result.job_id, int(time.time()), body.model, body.include_usage, spec.logprobs is not None,
         body.continuous_usage, spec.tokens_in_estimate,
