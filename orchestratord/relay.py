@@ -89,6 +89,7 @@ def submit_request(spec: TaskSpec, engine_model: str, traceparent: str | None = 
         prompt=spec.prompt,
         messages=messages,
         inputs=spec.inputs,
+        dimensions=spec.dimensions,
         seed=spec.seed,
         temperature=spec.temperature,
         top_p=spec.top_p,

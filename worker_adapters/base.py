@@ -42,6 +42,7 @@ class SubmitRequest:
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
     inputs: tuple[str, ...] | None = None
+    dimensions: int | None = None  # embeddings: the vectors' first this many numbers (OpenAI-dialect engines)
     seed: int | None = None
     temperature: float | None = None
     top_p: float | None = None

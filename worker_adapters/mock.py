@@ -13,9 +13,10 @@ Options (pool config `options:`), each also settable per request with a directiv
 - `loadable` (any): comma-separated models this engine can serve (default: the pool's); it lists them
   as its models, refuses a request for another, and is unready when it can serve none of the pool's.
 
-An embeddings request (`inputs`) gets, after `ttft_ms`, a unit vector of EMBEDDING_DIMS numbers for
-each input, made from the model's name and the input's text alone (the same text embeds the same, as
-with a real model), and its token count is the inputs' words; `refuse`, `hang` and `fail_after=0` apply.
+An embeddings request (`inputs`) gets, after `ttft_ms`, a unit vector of EMBEDDING_DIMS numbers (or the
+request's `dimensions`) for each input, made from the model's name and the input's text alone (the same
+text embeds the same, as with a real model), and its token count is the inputs' words; `refuse`,
+`hang` and `fail_after=0` apply.
 
 An unknown option or a value out of range stops start-up (`check_options`, run by config validation);
 a bad directive fails only its request, with INVALID_PARAMS naming the key and the value.
@@ -258,7 +259,7 @@ class MockAdapter:
             raise EngineReset("mock engine failed before its answer", engine=self.engine)
         inputs = req.inputs or ()
         for index, each in enumerate(inputs):
-            yield Embedding(index, embedding_of(req.model, each))
+            yield Embedding(index, embedding_of(req.model, each, req.dimensions or EMBEDDING_DIMS))
         yield Finished("eos", sum(_count_words(each) for each in inputs), 0)
 
     async def cancel(self, task_id: str) -> None:
@@ -293,10 +294,15 @@ async def _wait(canceled: asyncio.Event, seconds: float) -> None:
         return
 
 
-def embedding_of(model: str, text: str) -> tuple[float, ...]:
-    """The mock's embedding of `text`: EMBEDDING_DIMS numbers from its hash, scaled to length 1."""
-    digest = hashlib.sha256(f"{model}\x00{text}".encode()).digest()
-    raw = [digest[i] - 127.5 for i in range(EMBEDDING_DIMS)]
+def embedding_of(model: str, text: str, dimensions: int = EMBEDDING_DIMS) -> tuple[float, ...]:
+    """The mock's embedding of `text`: `dimensions` numbers from its hash (a longer one's first
+    EMBEDDING_DIMS are the same), scaled to length 1, as a Matryoshka model's shortened vector is."""
+    seed = f"{model}\x00{text}"
+    raw: list[float] = []
+    for block in range(-(-dimensions // 32)):  # 32 numbers a hash
+        digest = hashlib.sha256((f"{seed}\x00{block}" if block else seed).encode()).digest()
+        raw += [b - 127.5 for b in digest]
+    raw = raw[:dimensions]
     norm = math.sqrt(sum(x * x for x in raw))
     return tuple(x / norm for x in raw)
 

@@ -244,7 +244,13 @@ def tool_call_deltas(calls: object) -> list[TokenEvent]:
 async def openai_embeddings(http: EngineHTTP, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
     """An embeddings job on an OpenAI-dialect engine: ``POST /v1/embeddings`` with every input, the
     vectors as floats (``data[].embedding``, put in the inputs' order by ``index``)."""
-    body = {"model": req.model, "input": list(req.inputs or ()), "encoding_format": "float"}
+    body: dict[str, object] = {
+        "model": req.model,
+        "input": list(req.inputs or ()),
+        "encoding_format": "float",
+    }
+    if req.dimensions is not None:
+        body["dimensions"] = req.dimensions
     answer = await http.post_json(req, EMBEDDINGS, body)
     data = [as_dict(item) for item in answer.get("data") or ()]
     data.sort(key=lambda item: as_int(item.get("index")) or 0)

@@ -41,8 +41,10 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "tgi": frozenset({"presence_penalty", "ignore_eos", EMBEDDINGS})
     | _NATIVE
     | {"reasoning_effort", "chat_template_kwargs"},
-    "llamacpp": frozenset({"reasoning_effort"}),
-    "ollama": frozenset({"tool_choice", "logprobs", "logit_bias", "ignore_eos", "chat_template_kwargs"}),
+    "llamacpp": frozenset({"reasoning_effort", "dimensions"}),
+    "ollama": frozenset(
+        {"tool_choice", "logprobs", "logit_bias", "ignore_eos", "chat_template_kwargs", "dimensions"}
+    ),
     "mock": _NATIVE | {"reasoning_effort", "chat_template_kwargs"},
     "openai": frozenset({"ignore_eos", "chat_template_kwargs"}),
 }

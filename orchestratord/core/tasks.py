@@ -19,7 +19,7 @@ PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 PlacementMode = Literal["pin", "prefer", "auto"]
 ENGINE_PARAMETERS = (
     "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format", "logprobs",
-    "ignore_eos", "reasoning_effort", "chat_template_kwargs", "logit_bias",
+    "ignore_eos", "reasoning_effort", "chat_template_kwargs", "logit_bias", "dimensions",
 )  # fmt: skip
 # Not a field: a job whose chat turns carry tool calls or tool results (`Message.carries_tools`).
 TOOL_MESSAGES = "tool_messages"
@@ -97,6 +97,7 @@ class TaskSpec:
     # An embeddings job's texts (OpenAI's `/v1/embeddings`): the engine answers a vector for each, no
     # tokens; one of `prompt`, `messages` and `inputs` is set
     inputs: tuple[str, ...] | None = None
+    dimensions: int | None = None  # an embeddings job's: the vectors' first this many numbers (Matryoshka)
     session_id: str | None = None
     seed: int | None = None
     temperature: float | None = None

@@ -41,7 +41,6 @@ from schemathesis.specs.openapi.checks import (
     use_after_free,
 )
 
-from orchestratord.api.openai.embeddings import UNSUPPORTED as EMBEDDINGS_NOT_YET
 from orchestratord.api.openai.requests import LOGPROBS_INCLUDED, STRUCTURED, UNSUPPORTED, asks_for
 from orchestratord.api.openai.responses import UNSUPPORTED as RESPONSES_NOT_YET
 from orchestratord.api.openapi import contract_document
@@ -54,7 +53,7 @@ from worker_adapters.registry import UNSUPPORTED as ENGINE_LACKS
 SERVED_MODEL = "mock"
 # OpenAI's fields that orchestratord accepts in the schema (so SDKs that send them empty work) but refuses
 # by name when set, until it passes them on.
-NOT_YET = {*UNSUPPORTED, *RESPONSES_NOT_YET, *EMBEDDINGS_NOT_YET}
+NOT_YET = {*UNSUPPORTED, *RESPONSES_NOT_YET}
 MOCK_LACKS = ENGINE_LACKS["mock"] - {"tool_messages", "logprobs"}  # (tool turns, logprobs: below)
 # Operations schemathesis cannot test, and why; each is tested elsewhere.
 EXCLUDED = {

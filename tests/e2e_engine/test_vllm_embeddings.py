@@ -1,5 +1,6 @@
 """orchestratord → the `vllm` adapter → a real vLLM (its CPU build) serving the tiny random Llama as an
-embedding model (`--runner pooling --convert embed`): `POST /v1/embeddings` answers what vLLM computed."""
+embedding model (`--runner pooling --convert embed`): `POST /v1/embeddings` answers what vLLM computed,
+and `dimensions` reaches it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.api.helpers import wait_for
@@ -47,3 +49,11 @@ def test_embeddings_come_back_as_vllm_computed_them(
     for item, theirs in zip(ours.data, said, strict=True):
         assert item.embedding == pytest.approx(theirs["embedding"], rel=1e-6, abs=1e-7)
     assert ours.usage.prompt_tokens == direct.json()["usage"]["prompt_tokens"]
+    # `dimensions` reaches vLLM, which refuses it for a model not trained for shorter vectors
+    said_short = httpx.post(
+        f"{pooling.url}/v1/embeddings", json={"model": "tiny", "input": texts, "dimensions": 8}, timeout=60
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.embeddings.create(model="tiny", input=texts, dimensions=8)
+    assert said_short.status_code == 400, said_short.text
+    assert said_short.json()["error"]["message"] in caught.value.message

@@ -76,7 +76,7 @@ def test_engines_vectors_come_back_as_they_sent_them(make_server: Callable[..., 
     [
         ({"input": [15339, 1917]}, "input", "token ids are not supported"),
         ({"input": [[15339], [1917]]}, "input", "token ids are not supported"),
-        ({"input": "x", "dimensions": 8}, "dimensions", "dimensions is not supported"),
+        ({"input": "x", "dimensions": 8193}, "dimensions", "less than or equal to 8192"),
         ({"input": ""}, "input", "input[0]: an empty text cannot be embedded"),
         ({"input": ["x", ""]}, "input", "input[1]: an empty text cannot be embedded"),
         ({"input": []}, "input", "give at least one text"),
@@ -91,6 +91,29 @@ def test_what_cannot_be_embedded_is_refused_by_name(
         sdk(server).post("/embeddings", body={"model": "mock", **body}, cast_to=object)
     error = caught.value.body
     assert isinstance(error, dict) and error["param"] == param and says in error["message"], error
+
+
+def test_dimensions_reach_the_engines_that_take_them(make_server: Callable[..., LoopbackServer]) -> None:
+    """`dimensions` (a Matryoshka model's shorter vectors): vLLM is sent it; the mock answers that many
+    numbers; a model only llama-server or Ollama pools serve is refused, naming `dimensions`."""
+    with served(VllmEngine()) as vllm:
+        llama = {
+            "id": "l",
+            "engine": "llamacpp",
+            "models": ["gguf"],
+            "replicas": [{"id": "r0", "url": "http://127.0.0.1:9"}],
+        }
+        server = make_server(pools=vllm_and_mock(vllm.url, llama))  # type: ignore[attr-defined]
+        client = sdk(server)
+        client.embeddings.create(model="qwen", input="x", dimensions=4)
+        sent = last_post(vllm)
+        short = client.embeddings.create(model="mock", input="a stone", dimensions=8, encoding_format="float")
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.embeddings.create(model="gguf", input="x", dimensions=8)
+    assert sent["dimensions"] == 4
+    assert short.data[0].embedding == as_float32(embedding_of("mock", "a stone", 8))
+    error = caught.value.body
+    assert isinstance(error, dict) and error["param"] == "dimensions", error
 
 
 def test_a_model_no_engine_embeds_is_refused_naming_it(make_server: Callable[..., LoopbackServer]) -> None:

@@ -31,7 +31,7 @@ from orchestratord.services import Services
 
 router = APIRouter(tags=["openai"])
 MAX_INPUTS = 2048  # OpenAI's limit of inputs per request
-UNSUPPORTED = ("dimensions",)  # OpenAI's fields refused by name when set
+MAX_DIMENSIONS = 8192  # above the widest embedding models (OpenAI's largest has 3,072)
 
 
 class EmbeddingRequest(BaseModel):
@@ -48,7 +48,11 @@ class EmbeddingRequest(BaseModel):
         default="float", description="float: lists of numbers; base64: each vector's 32-bit floats, "
         "little-endian, base64 (what the OpenAI SDKs ask for and decode)."
     )  # fmt: skip
-    dimensions: int | None = Field(default=None, ge=1, description="Refused when set (not supported yet).")
+    dimensions: int | None = Field(
+        default=None, ge=1, le=MAX_DIMENSIONS,
+        description="The vector's first this many numbers, for a model trained so (Matryoshka); passed to "
+        "engines that take it (vLLM, OpenAI-compatible servers), refused by name elsewhere.",
+    )  # fmt: skip
     user: Text | None = Field(default=None, max_length=256)
 
     def texts(self) -> tuple[str, ...]:
@@ -110,13 +114,9 @@ class EmbeddingList(BaseModel):
 async def create_embedding(
     body: EmbeddingRequest, request: Request, caller: Annotated[Caller, Depends(get_json_caller)]
 ) -> Response:
-    if body.dimensions is not None:  # UNSUPPORTED
-        raise InvalidParams(
-            "dimensions is not supported by orchestratord yet; leave it out", param="dimensions"
-        )
     spec = TaskSpec(
         job_id=new_job_id(), tenant=caller.tenant, model_ref=body.model, max_tokens=1, inputs=body.texts(),
-        correlation_id=caller.correlation_id,
+        dimensions=body.dimensions, correlation_id=caller.correlation_id,
     )  # fmt: skip
     if body.user is not None:
         bind(user=body.user)
