@@ -232,6 +232,12 @@ def embedded(vectors: object, req: SubmitRequest, engine: str, prompt_tokens: in
         raise EngineInternal(f"{engine} sent {got} embeddings for {count} inputs", engine=engine)
     events: list[TokenEvent] = []
     for index, vector in enumerate(vectors):
+        if isinstance(vector, list) and vector and all(isinstance(x, list) for x in vector):
+            raise EngineInternal(
+                f"{engine} sent a vector for each token of an input, not one for the input: its model has "
+                "no pooling (llama.cpp: --pooling mean)",
+                engine=engine,
+            )
         if not isinstance(vector, list) or not all(
             isinstance(x, int | float) and not isinstance(x, bool) for x in vector
         ):

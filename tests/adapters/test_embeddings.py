@@ -26,6 +26,8 @@ def test_one_vector_an_input_then_the_count() -> None:
         (None, "sent NoneType embeddings for 2 inputs"),
         ([[1.0], "AAAA"], "not a list of numbers"),
         ([[1.0], [True]], "not a list of numbers"),
+        # llama-cpp-python on a model without pooling (what it sends for such a model)
+        ([[[0.1, 0.2], [0.3, 0.4]], [[0.5, 0.6]]], "a vector for each token of an input"),
     ],
 )
 def test_anything_else_is_the_engines_fault(vectors: object, says: str) -> None:

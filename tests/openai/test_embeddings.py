@@ -116,6 +116,18 @@ def test_dimensions_reach_the_engines_that_take_them(make_server: Callable[..., 
     assert isinstance(error, dict) and error["param"] == "dimensions", error
 
 
+def test_an_embeddings_job_is_no_response(server: LoopbackServer) -> None:
+    """The Responses routes read any generation job as a response; an embeddings job is none: 404."""
+    client = sdk(server)
+    job = client.embeddings.with_raw_response.create(model="mock", input="x").headers["x-job-id"]
+    response_id = "resp_" + job.replace("-", "")
+    with pytest.raises(openai.NotFoundError, match="is an embeddings job, not a response"):
+        client.responses.retrieve(response_id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="mock", input="go on", previous_response_id=response_id)
+    assert isinstance(caught.value.body, dict) and caught.value.body["param"] == "previous_response_id"
+
+
 def test_a_model_no_engine_embeds_is_refused_naming_it(make_server: Callable[..., LoopbackServer]) -> None:
     """TGI's generate routes serve no embeddings: a model only TGI serves is refused, naming `model`."""
     tgi = {

@@ -403,6 +403,8 @@ async def _history(caller: Caller, previous: str) -> tuple[Message, ...]:
             param=param,
         ) from None
     spec = spec_from_dict(orjson.loads(record.spec))
+    if spec.inputs is not None:
+        raise NotFound(_EMBEDDINGS_JOB.format(f"previous_response_id: {previous!r}"), param=param)
     if spec.unstored:
         raise NotFound(
             f"previous_response_id: response {previous!r} was created with store: false, and such a "
@@ -445,10 +447,16 @@ def _in_our_names(exc: InvalidParams) -> InvalidParams:
     return InvalidParams(exc.message.replace(exc.param, ours, 1), param=ours)
 
 
+_EMBEDDINGS_JOB = "{} is an embeddings job, not a response; GET /v1/tasks/{{id}} reads its state"
+
+
 def _given_back(resp_id: str, record: JobRecord) -> JobRecord:
     """The record of a response this API may give back (read, stream again, cancel): NotFound, as
-    OpenAI answers, for one created with `store: false`."""
-    if spec_from_dict(orjson.loads(record.spec)).unstored:
+    OpenAI answers, for one created with `store: false`, or for an embeddings job."""
+    spec = spec_from_dict(orjson.loads(record.spec))
+    if spec.inputs is not None:
+        raise NotFound(_EMBEDDINGS_JOB.format(repr(resp_id)))
+    if spec.unstored:
         raise NotFound(
             f"response {resp_id!r} was created with store: false, and this API does not give such a "
             "response back (to read, stream again or cancel); create it with store: true (the default)"
