@@ -19,11 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import gguf
 import httpx
 import pytest
 
+from tests.api.helpers import wait_for
 from tests.e2e_engine.tiny_model import write_tiny_llama
 from tests.fakes.engines.harness import collect, texts
+from tests.fakes.servers import LoopbackServer
+from tests.openai.pools import sdk
 from worker_adapters.base import AdapterConfig, ChatMessage, Finished, SubmitRequest, Token
 from worker_adapters.openai_http import OpenAIAdapter
 
@@ -72,6 +76,7 @@ class Engine:
     model_path: Path | None = None
     n_ctx: int = 512
     alias: str | None = None
+    extra: tuple[str, ...] = ()  # more of its server's options
     _process: subprocess.Popen[bytes] | None = None
     _log: IO[bytes] | None = None
 
@@ -88,6 +93,7 @@ class Engine:
             command += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(self.n_ctx)]
             if self.alias:
                 command += ["--model_alias", self.alias]
+            command += self.extra
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             self._process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
             self._wait_ready()
@@ -220,3 +226,40 @@ async def test_cancel_mid_stream_disconnects_from_the_engine(engine: Engine, ada
         openai, SubmitRequest(task_id="e4", model="tiny", max_tokens=4, prompt="Hi", temperature=0.0)
     )
     assert isinstance(after[-1], Finished)
+
+
+def test_embeddings_come_back_as_llama_cpp_python_computed_them(
+    make_server: Callable[..., LoopbackServer], tmp_path: Path
+) -> None:
+    """An `openai` pool in front of llama-cpp-python's server started with `--embedding true` on a model
+    that pools (mean): every input's vector, in order, as the server computed it, and its token count."""
+    model = write_tiny_llama(tmp_path / "pooled.gguf", pooling=gguf.PoolingType.MEAN)
+    engine = Engine(tmp_path, model_path=model, alias="tiny", extra=("--embedding", "true")).start()
+    inputs = ["The river", "a stone in the water"]
+    try:
+        direct = httpx.post(
+            f"{engine.url}/v1/embeddings",
+            json={"model": "tiny", "input": inputs, "encoding_format": "float"},
+            timeout=60,
+        )
+        replicas = [{"id": "a", "url": engine.url}]
+        pool = {
+            "id": "p",
+            "engine": "openai",
+            "models": ["tiny"],
+            "replicas": replicas,
+            "ctx_max": 512,
+            "slots": 1,
+        }
+        server = make_server(pools=[pool], health_interval_s=0.5)
+        with httpx.Client(base_url=server.base_url, timeout=60) as http:
+            wait_for(lambda: http.get("/v1/pools/p/health").json()["ready"], 15)
+        ours = sdk(server).embeddings.create(model="tiny", input=inputs)
+    finally:
+        engine.stop()
+    assert direct.status_code == 200, direct.text
+    said = sorted(direct.json()["data"], key=lambda item: item["index"])
+    assert [item.index for item in ours.data] == [0, 1] and len(said[0]["embedding"]) == 64
+    for item, theirs in zip(ours.data, said, strict=True):
+        assert item.embedding == pytest.approx(theirs["embedding"], rel=1e-6, abs=1e-7)
+    assert ours.usage.prompt_tokens == direct.json()["usage"]["prompt_tokens"]

@@ -41,7 +41,10 @@ def write_tiny_llama(
     n_layer: int = 2,
     n_ff: int = 128,
     n_head: int = 4,
+    pooling: gguf.PoolingType | None = None,
 ) -> Path:
+    """`pooling`: the model's own pooling (`llama.pooling_type`), which an engine asked for embeddings
+    reads when it is not told one (llama-cpp-python has no setting for it)."""
     rng = np.random.default_rng(seed)
     tokens, scores, types = tokenizer()
     n_vocab = len(tokens)
@@ -61,6 +64,8 @@ def write_tiny_llama(
     writer.add_head_count_kv(n_head)
     writer.add_rope_dimension_count(n_embd // n_head)
     writer.add_layer_norm_rms_eps(1e-5)
+    if pooling is not None:
+        writer.add_pooling_type(pooling)
     writer.add_file_type(int(gguf.LlamaFileType.ALL_F32))
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
