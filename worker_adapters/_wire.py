@@ -27,6 +27,7 @@ from worker_adapters.base import (
     Finished,
     SubmitRequest,
     TokenEvent,
+    TokenLogprob,
 )
 
 _REJECTED_STATUS = frozenset({400, 413, 422})
@@ -245,3 +246,35 @@ def embedded(vectors: object, req: SubmitRequest, engine: str, prompt_tokens: in
         events.append(Embedding(index, tuple(float(x) for x in vector)))
     events.append(Finished("eos", prompt_tokens=prompt_tokens, completion_tokens=0))
     return events
+
+
+def logprob_entries(entries: object, top: int | None = None) -> tuple[TokenLogprob, ...]:
+    """Sampled tokens' log probabilities from a list of ``{token, logprob, top_logprobs: [{token,
+    logprob}]}`` (OpenAI chat's `logprobs.content`, Ollama's `logprobs`; `bytes` is not read: the token
+    is its text). Entries an engine left incomplete are skipped; `top`, when given, keeps that many
+    alternatives of each."""
+    if not isinstance(entries, list):
+        return ()
+    return tuple(
+        TokenLogprob(entry["token"], entry["logprob"], alternatives(entry.get("top_logprobs"))[:top])
+        for entry in entries
+        if isinstance(entry, dict) and scored(entry.get("token"), entry.get("logprob"))
+    )
+
+
+def alternatives(top: object) -> tuple[tuple[str, float], ...]:
+    """Alternatives as (token, logprob), most likely first: from a list of ``{token, logprob}`` objects
+    or from OpenAI completions' object keyed by token."""
+    if isinstance(top, dict):
+        items = [(t, lp) for t, lp in top.items() if scored(t, lp)]
+    elif isinstance(top, list):
+        entries = [e for e in top if isinstance(e, dict)]
+        items = [(e["token"], e["logprob"]) for e in entries if scored(e.get("token"), e.get("logprob"))]
+    else:
+        return ()
+    return tuple(sorted(((t, float(lp)) for t, lp in items), key=lambda pair: -pair[1]))
+
+
+def scored(token: object, logprob: object) -> bool:
+    """Whether a log-probability entry is whole: its token text and a number (not a bool)."""
+    return isinstance(token, str) and isinstance(logprob, int | float) and not isinstance(logprob, bool)

@@ -29,6 +29,12 @@ whatever the effort. Effort levels (``low``, ``medium``, ``high``; ``minimal`` a
 the one architecture that reads them (and the one every Ollama release takes them for); another
 thinking model gets ``true``.
 
+Log probabilities (Ollama 0.12.11 and later, on both routes): ``logprobs: true`` and ``top_logprobs``
+(alternatives, when the job asks for any); each line then carries ``logprobs``, one
+``{token, logprob, bytes, top_logprobs}`` per token in it. An older Ollama ignores both fields, so a job
+that asks for them on a replica whose ``/api/version`` is older is refused, saying so, not answered
+without them.
+
 Options: ``raw`` (send prompts without the model's template, ``/api/generate``'s ``raw: true``).
 """
 
@@ -50,12 +56,14 @@ from worker_adapters._wire import (
     chat_messages,
     checked_step,
     embedded,
+    logprob_entries,
     option_bool,
     sampling,
     wants_chat,
 )
 from worker_adapters.base import (
     AdapterConfig,
+    EngineRejected,
     Finished,
     Reasoning,
     StopReason,
@@ -68,6 +76,7 @@ from worker_adapters.base import (
 )
 
 _DONE_REASONS: dict[str, StopReason] = {"stop": "eos", "length": "max_tokens"}
+LOGPROBS_SINCE = (0, 12, 11)  # the first Ollama release that reports log probabilities
 
 
 def ollama_body(
@@ -96,7 +105,22 @@ def ollama_body(
         body["format"] = output_format(json.loads(req.response_format))
     if req.reasoning_effort is not None and facts is not None and facts.thinks:
         body["think"] = think(req.reasoning_effort, levels=facts.effort_levels)
+    if req.logprobs is not None:
+        body["logprobs"] = True
+        if req.logprobs:
+            body["top_logprobs"] = req.logprobs
     return body
+
+
+def release(version: str | None) -> tuple[int, ...] | None:
+    """An Ollama version as numbers ("0.12.11-rc1" -> (0, 12, 11)); None when it tells none (a build
+    from source reports 0.0.0)."""
+    numbers: list[int] = []
+    for part in (version or "").split("-")[0].split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers) if any(numbers) else None
 
 
 def ollama_messages(req: SubmitRequest) -> list[dict[str, object]]:
@@ -168,16 +192,22 @@ class OllamaStream:
             events += [self._call(as_dict(call)) for call in calls]
         if step.get("done") is not True:
             if not events or text:
-                events.append(Token(text))
+                events.append(self._token(text, step))
             return events
         self.done = True
         if text:
-            events.append(Token(text))
+            events.append(self._token(text, step))
         finished = _finished(step)
         if self.calls and finished.stop_reason == "eos":  # the model ended its turn with its calls
             finished = replace(finished, stop_reason="tool_calls")
         events.append(finished)
         return events
+
+    @staticmethod
+    def _token(text: str, step: Mapping[str, Any]) -> Token:
+        """The line's text, with the log probabilities of the tokens it holds where Ollama sent them."""
+        logprobs = step.get("logprobs")
+        return Token(text, logprob_entries(logprobs)) if logprobs else Token(text)
 
     def _call(self, call: Mapping[str, Any]) -> ToolCallDelta:
         """One whole call, as one fragment: its id (Ollama's, where it gives one), name and arguments."""
@@ -263,6 +293,7 @@ class OllamaAdapter(HttpAdapter):
     def __init__(self, config: AdapterConfig, *, client: httpx2.AsyncClient | None = None) -> None:
         super().__init__(config, client=client)
         self._facts: dict[str, tuple[str, ModelFacts]] = {}  # model -> (digest, what /api/show told)
+        self._version: str | None = None  # what /api/version told
 
     def facts(self, model: str) -> ModelFacts | None:
         known = self._facts.get(model) or self._facts.get(f"{model}:latest")
@@ -277,6 +308,12 @@ class OllamaAdapter(HttpAdapter):
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         if req.inputs is not None:
             return self._embed(req)
+        if req.logprobs is not None and (known := release(self._version)) and known < LOGPROBS_SINCE:
+            raise EngineRejected(
+                f"ollama {self._version} reports no log probabilities (Ollama 0.12.11 and later do): "
+                "upgrade it, or leave logprobs out",
+                engine=self.engine,
+            )
         chat = wants_chat(self.config.api, req, self.engine)
         raw = option_bool(self.config.options, "raw")
         body = ollama_body(
@@ -315,7 +352,7 @@ class OllamaAdapter(HttpAdapter):
 
     async def props(self) -> WorkerProps:
         digests = model_digests(await self.http.get_json("/api/tags"))
-        version = as_str(as_dict(await self.http.get_json("/api/version")).get("version"))
+        version = self._version = as_str(as_dict(await self.http.get_json("/api/version")).get("version"))
         wanted = set(self.config.served)
         served = [name for name in digests if {name, name.removesuffix(":latest")} & wanted]
         for name in served:

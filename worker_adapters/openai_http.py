@@ -32,6 +32,7 @@ import orjson
 from worker_adapters._http import EngineHTTP, HttpAdapter, relay
 from worker_adapters._sse import SSEEvent
 from worker_adapters._wire import (
+    alternatives,
     as_dict,
     as_int,
     as_str,
@@ -39,8 +40,10 @@ from worker_adapters._wire import (
     checked_step,
     embedded,
     error_event,
+    logprob_entries,
     option_str,
     sampling,
+    scored,
     wants_chat,
 )
 from worker_adapters.base import (
@@ -188,38 +191,17 @@ def token_logprobs(logprobs: object, top: int | None = None) -> tuple[TokenLogpr
         return ()
     content = logprobs.get("content")
     if isinstance(content, list):
-        return tuple(
-            TokenLogprob(entry["token"], entry["logprob"], _pairs(entry.get("top_logprobs"))[:top])
-            for entry in content
-            if isinstance(entry, dict) and _scored(entry.get("token"), entry.get("logprob"))
-        )
+        return logprob_entries(content, top)
     tokens, scores = logprobs.get("tokens") or (), logprobs.get("token_logprobs") or ()
     tops = logprobs.get("top_logprobs") or ()
     if not (isinstance(tokens, list) and isinstance(scores, list) and isinstance(tops, list)):
         return ()
     tops = tops + [None] * (len(tokens) - len(tops))
     return tuple(
-        TokenLogprob(token, score, _pairs(alternatives)[:top])
-        for token, score, alternatives in zip(tokens, scores, tops, strict=False)
-        if _scored(token, score)
+        TokenLogprob(token, score, alternatives(others)[:top])
+        for token, score, others in zip(tokens, scores, tops, strict=False)
+        if scored(token, score)
     )
-
-
-def _pairs(top: object) -> tuple[tuple[str, float], ...]:
-    """Alternatives as (token, logprob), most likely first: from chat's list of objects or from
-    completions' object keyed by token."""
-    if isinstance(top, dict):
-        items = [(t, lp) for t, lp in top.items() if _scored(t, lp)]
-    elif isinstance(top, list):
-        entries = [e for e in top if isinstance(e, dict)]
-        items = [(e["token"], e["logprob"]) for e in entries if _scored(e.get("token"), e.get("logprob"))]
-    else:
-        return ()
-    return tuple(sorted(((t, float(lp)) for t, lp in items), key=lambda pair: -pair[1]))
-
-
-def _scored(token: object, logprob: object) -> bool:
-    return isinstance(token, str) and isinstance(logprob, int | float) and not isinstance(logprob, bool)
 
 
 def tool_call_deltas(calls: object) -> list[TokenEvent]:

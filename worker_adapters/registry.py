@@ -29,8 +29,9 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     # template's tool-call markers its parser learns from the template; a response format there is a
     # grammar from the schema) and Ollama's chat (its `tools` and `format`; no `tool_choice` but auto or
     # none, `core.tasks`); TGI's native route and the mock take neither. Log
-    # probabilities and `logit_bias` go to the OpenAI dialect's engines only (llama-server's prompt jobs
-    # that ask for them take its `/v1/completions`, not its native route).
+    # probabilities go to the OpenAI dialect's engines (llama-server's prompt jobs that ask for them take
+    # its `/v1/completions`, not its native route) and to Ollama's native routes (0.12.11 and later);
+    # `logit_bias` to the OpenAI dialect's only.
     # `ignore_eos` is vLLM's and llama.cpp's (and the mock's); OpenAI-compatible servers may drop it
     # unread (llama-cpp-python does), TGI and Ollama have none. `reasoning_effort` is OpenAI's chat
     # field, which vLLM reads (gpt-oss) and the Ollama adapter turns into `think`; llama-server takes it
@@ -42,9 +43,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     | _NATIVE
     | {"reasoning_effort", "chat_template_kwargs"},
     "llamacpp": frozenset({"reasoning_effort", "dimensions"}),
-    "ollama": frozenset(
-        {"tool_choice", "logprobs", "logit_bias", "ignore_eos", "chat_template_kwargs", "dimensions"}
-    ),
+    "ollama": frozenset({"tool_choice", "logit_bias", "ignore_eos", "chat_template_kwargs", "dimensions"}),
     "mock": _NATIVE | {"reasoning_effort", "chat_template_kwargs"},
     "openai": frozenset({"ignore_eos", "chat_template_kwargs"}),
 }

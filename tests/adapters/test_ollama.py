@@ -9,10 +9,20 @@ import pytest
 
 from tests.fakes.engines import harness
 from tests.fakes.engines import ollama as fake
+from tests.fakes.engines.asgi import alternative, logprob_of
 from tests.fakes.engines.harness import collect, finished, texts
 from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.engines.server import closed_port_url
-from worker_adapters.base import EngineInternal, EngineUnavailable, Finished, SubmitRequest, WorkerProps
+from worker_adapters.base import (
+    EngineInternal,
+    EngineRejected,
+    EngineUnavailable,
+    Finished,
+    SubmitRequest,
+    Token,
+    TokenLogprob,
+    WorkerProps,
+)
 from worker_adapters.ollama_http import OllamaAdapter
 
 MakeAdapter = Any
@@ -184,3 +194,51 @@ async def test_a_model_that_does_not_think_is_sent_no_think(ollama: Any) -> None
     events = await collect(adapter, request(chat=True, max_tokens=8, reasoning_effort="high"))
     assert "think" not in engine.record.last("/api/chat").body
     assert texts(events) == ["Hi"]
+
+
+@pytest.mark.parametrize(("chat", "top"), [(False, 0), (True, 2)])
+async def test_log_probabilities_are_asked_and_read_from_each_line(ollama: Any, chat: bool, top: int) -> None:
+    """`logprobs: true` (and `top_logprobs` when alternatives are asked): each token's line carries its
+    entry, the sampled token first among the alternatives; Ollama's `bytes` are not needed."""
+    engine, adapter = ollama(tokens=("Hé", "llo"), eos_after=2)
+    events = await collect(adapter, request(chat=chat, max_tokens=4, logprobs=top))
+    sent = engine.record.last("/api/chat" if chat else "/api/generate").body
+    assert sent["logprobs"] is True and sent.get("top_logprobs") == (top or None)
+    tokens = [e for e in events if isinstance(e, Token)]
+    assert [t.text for t in tokens] == ["Hé", "llo"]
+    assert [t.logprobs for t in tokens] == [
+        (
+            TokenLogprob(
+                text, logprob_of(i), tuple((alternative(text, r), logprob_of(i, r)) for r in range(top))
+            ),
+        )
+        for i, text in enumerate(("Hé", "llo"))
+    ]
+
+
+async def test_without_logprobs_none_are_asked(ollama: Any) -> None:
+    engine, adapter = ollama(tokens=("Hi",), eos_after=1)
+    events = await collect(adapter, request(chat=True, max_tokens=4))
+    assert {"logprobs", "top_logprobs"}.isdisjoint(engine.record.last("/api/chat").body)
+    assert [e.logprobs for e in events if isinstance(e, Token)] == [()]
+
+
+@pytest.mark.parametrize(("version", "refused"), [("0.12.10", True), ("0.12.11", False), ("0.0.0", False)])
+async def test_an_ollama_too_old_to_report_them_refuses_the_job_saying_so(
+    ollama: Any, version: str, refused: bool
+) -> None:
+    """Ollama before 0.12.11 ignores `logprobs`: a job asking for them is refused, naming the release
+    that reports them, not answered without them. A build from source (0.0.0) tells nothing: it is sent."""
+    engine, adapter = ollama(tokens=("Hi",), eos_after=1)
+    engine.version_text = version
+    await adapter.props()
+    if refused:
+        with pytest.raises(
+            EngineRejected, match=r"ollama 0\.12\.10 reports no log probabilities .*0\.12\.11"
+        ):
+            await collect(adapter, request(max_tokens=4, logprobs=0))
+        assert all(seen.path != "/api/generate" for seen in engine.record.requests)
+    else:
+        events = await collect(adapter, request(max_tokens=4, logprobs=0))
+        assert engine.record.last("/api/generate").body["logprobs"] is True
+        assert texts(events) == ["Hi"]

@@ -12,6 +12,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
+from tests.fakes.engines.asgi import logprob_of
 from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.servers import LoopbackServer
 from tests.openai.pools import sdk, served
@@ -177,3 +178,79 @@ def test_a_response_calls_ollamas_tools(caller: tuple[openai.OpenAI, OllamaEngin
         "get_weather",
         "get_time",
     ]
+
+
+# Log probabilities (Ollama 0.12.11 and later): asked with `logprobs`/`top_logprobs`, read from each line
+
+
+@pytest.fixture
+def speaker(make_server: Callable[..., LoopbackServer]) -> Iterator[tuple[openai.OpenAI, OllamaEngine]]:
+    with served(OllamaEngine(tokens=("It", " is", " 21", "°C."), eos_after=4)) as fake:
+        pool = {"id": "o", "engine": "ollama", "models": ["llama3.2"],
+                "replicas": [{"id": "r0", "url": fake.url}]}  # type: ignore[attr-defined]  # fmt: skip
+        yield sdk(make_server(pools=[pool])), fake
+
+
+def test_chat_carries_ollamas_logprobs_streamed_and_whole(
+    speaker: tuple[openai.OpenAI, OllamaEngine],
+) -> None:
+    client, engine = speaker
+    chunks = list(
+        client.chat.completions.create(
+            model="llama3.2", messages=ASK, max_tokens=8, logprobs=True, top_logprobs=2, stream=True
+        )  # type: ignore[arg-type]
+    )
+    sent = engine.record.last("/api/chat").body
+    assert (sent["logprobs"], sent["top_logprobs"]) == (True, 2)
+    entries = [c.choices[0].logprobs.content for c in chunks if c.choices and c.choices[0].delta.content]  # type: ignore[union-attr]
+    assert [[(e.token, e.logprob, e.bytes) for e in entry or []] for entry in entries] == [
+        [(text, logprob_of(i), list(text.encode()))] for i, text in enumerate(("It", " is", " 21", "°C."))
+    ]
+    assert [(t.token, t.logprob) for t in entries[2][0].top_logprobs] == [  # type: ignore[index]
+        (" 21", logprob_of(2)), ("21~1", logprob_of(2, 1))
+    ]  # fmt: skip
+    whole = client.chat.completions.create(model="llama3.2", messages=ASK, max_tokens=8, logprobs=True)  # type: ignore[arg-type]
+    assert "top_logprobs" not in engine.record.last("/api/chat").body
+    content = whole.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert [(e.token, e.logprob, e.top_logprobs) for e in content or []] == [
+        (text, logprob_of(i), []) for i, text in enumerate(("It", " is", " 21", "°C."))
+    ]
+
+
+def test_completions_and_responses_carry_ollamas_logprobs(
+    speaker: tuple[openai.OpenAI, OllamaEngine],
+) -> None:
+    client, engine = speaker
+    done = client.completions.create(model="llama3.2", prompt="The weather:", max_tokens=8, logprobs=1)
+    assert engine.record.last("/api/generate").body["top_logprobs"] == 1
+    logprobs = done.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens == ["It", " is", " 21", "°C."]
+    assert logprobs.token_logprobs == [logprob_of(i) for i in range(4)]
+    assert logprobs.top_logprobs == [{text: logprob_of(i)} for i, text in enumerate(logprobs.tokens)]
+    answer = client.responses.create(
+        model="llama3.2", input="the weather?", include=["message.output_text.logprobs"], top_logprobs=2
+    )
+    part = answer.output[0].content[0]  # type: ignore[union-attr]
+    assert part.text == "It is 21°C."  # type: ignore[union-attr]
+    assert [(e.token, e.logprob, len(e.top_logprobs)) for e in part.logprobs] == [  # type: ignore[union-attr]
+        (text, logprob_of(i), 2) for i, text in enumerate(("It", " is", " 21", "°C."))
+    ]
+
+
+def test_an_ollama_too_old_for_logprobs_answers_a_400_saying_so(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """Before 0.12.11 Ollama ignores `logprobs`: the client is told so (a 400 naming the release), not
+    answered without them; the same request without `logprobs` runs."""
+    old = OllamaEngine(tokens=("It", " is", " 21", "°C."), eos_after=4)
+    old.version_text = "0.12.6"
+    with served(old) as fake:
+        pool = {"id": "o", "engine": "ollama", "models": ["llama3.2"],
+                "replicas": [{"id": "r0", "url": fake.url}]}  # type: ignore[attr-defined]  # fmt: skip
+        client = sdk(make_server(pools=[pool]))
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="llama3.2", messages=ASK, max_tokens=8, logprobs=True)  # type: ignore[arg-type]
+        assert "ollama 0.12.6 reports no log probabilities (Ollama 0.12.11 and later do)" in str(caught.value)
+        assert all(seen.path != "/api/chat" for seen in fake.record.requests)
+        answer = client.chat.completions.create(model="llama3.2", messages=ASK, max_tokens=8)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content == "It is 21°C."

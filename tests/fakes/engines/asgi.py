@@ -113,6 +113,16 @@ def plan(b: Behaviour, max_tokens: int, stop: Sequence[str] = ()) -> Script:
     return script
 
 
+def logprob_of(i: int, rank: int = 0) -> float:
+    """The fakes' log probability of token `i`'s `rank`-th likeliest candidate (0: the sampled one)."""
+    return -0.25 * (i + 1) - 1.5 * rank
+
+
+def alternative(text: str, rank: int) -> str:
+    """The fakes' `rank`-th likeliest candidate at a position whose sampled token is `text`."""
+    return text if rank == 0 else f"{text.strip() or '_'}~{rank}"
+
+
 def fake_embedding(text: str) -> list[float]:
     """A fake engine's embedding of `text`: four numbers of its hash (exact in 32-bit floats)."""
     digest = hashlib.sha256(text.encode()).digest()

@@ -1,7 +1,10 @@
 """A fake Ollama server: ``/api/generate`` and ``/api/chat`` (NDJSON), ``/api/tags``, ``/api/version``
 and ``/``, with Ollama's bytes (wire notes §4): Go ``encoding/json`` (compact, HTML-safe escapes),
 nanosecond timestamps, a ``done:true`` object with ``done_reason`` and counts (zero counts omitted), and
-a ``{"error":"…"}`` line when the model fails mid-stream.
+a ``{"error":"…"}`` line when the model fails mid-stream. Asked for ``logprobs`` (Ollama 0.12.11 and
+later), each token's line carries them as Ollama's release notes show them: ``"logprobs":[{"token",
+"logprob","bytes","top_logprobs":[…]}]`` after ``done``, ``bytes`` and ``top_logprobs`` omitted when
+empty (Go's ``omitempty``). An older Ollama (`version` below 0.12.11) ignores both fields.
 """
 
 from __future__ import annotations
@@ -9,7 +12,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.fakes.engines.asgi import DROP, Exchange, FakeEngine, Frames, Request, Script, fake_embedding, plan
+from tests.fakes.engines.asgi import (
+    DROP,
+    Exchange,
+    FakeEngine,
+    Frames,
+    Request,
+    Script,
+    alternative,
+    fake_embedding,
+    logprob_of,
+    plan,
+)
 
 MODEL = "llama3.2:latest"
 VERSION = "0.33.0"
@@ -29,12 +43,28 @@ def timestamp(i: int) -> str:
     return f"2026-08-04T08:52:19.{(385406455 + i * 12706548) % 10**9:09d}Z"
 
 
+def ollama_logprob(text: str, i: int, top: int) -> dict[str, Any]:
+    """Token `i`'s entry, the sampled token first among its alternatives (`logprob_of`, `alternative`)."""
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"token": token, "logprob": logprob}
+        if token:
+            out["bytes"] = list(token.encode())
+        return out
+
+    sampled = entry(text, logprob_of(i))
+    if top:
+        sampled["top_logprobs"] = [entry(alternative(text, r), logprob_of(i, r)) for r in range(top)]
+    return sampled
+
+
 class OllamaEngine(FakeEngine):
     keepalive_frame = b"\n"  # Ollama sends none; a blank line is the NDJSON analogue, for the test
 
     def __init__(self, **behaviour: Any) -> None:
         super().__init__(**behaviour)
         self.installed = [MODEL]
+        self.version_text = VERSION  # what /api/version answers
         self.digest = "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72"
         self.context_length = 131072  # the model's trained context (`llama.context_length`)
         self.architecture = "llama"  # `general.architecture`: "gptoss" takes effort levels for `think`
@@ -71,7 +101,7 @@ class OllamaEngine(FakeEngine):
         await exchange.respond(200, go_json({"models": models}))
 
     async def version(self, request: Request, exchange: Exchange) -> None:
-        await exchange.respond(200, go_json({"version": VERSION}))
+        await exchange.respond(200, go_json({"version": self.version_text}))
 
     async def show(self, request: Request, exchange: Exchange) -> None:
         name = request.json().get("model")
@@ -184,8 +214,12 @@ class OllamaEngine(FakeEngine):
         thinking = () if body.get("think") is False else b.thinking  # `think: false` turns it off
         for i, piece in enumerate(thinking):  # a thinking model's reasoning: empty text beside it
             yield line(i, "", piece, done=False)
-        for i, text in enumerate(script.texts(), start=len(thinking)):
-            yield line(i, text, done=False)
+        release = tuple(int(part) for part in self.version_text.split("."))
+        reports = body.get("logprobs") is True and release >= (0, 12, 11)
+        top = int(body.get("top_logprobs") or 0)
+        for i, text in enumerate(script.texts()):
+            extra = {"logprobs": [ollama_logprob(text, i, top)]} if reports else {}
+            yield line(i + len(thinking), text, done=False, **extra)
         if script.ending == "fail":
             if b.failure == "error":
                 yield go_json({"error": b.error_message}) + b"\n"

@@ -18,8 +18,10 @@ from tests.fakes.engines.asgi import (
     Frames,
     Request,
     Script,
+    alternative,
     compact,
     fake_embedding,
+    logprob_of,
     plan,
     sse,
 )
@@ -43,15 +45,6 @@ def _top_logprobs(body: dict[str, Any], chat: bool) -> int | None:
         return int(body.get("top_logprobs") or 0) if body.get("logprobs") else None
     logprobs = body.get("logprobs")
     return None if logprobs is None else int(logprobs)
-
-
-def logprob_of(i: int, rank: int = 0) -> float:
-    """The fake's log probability of token `i`'s `rank`-th likeliest candidate (0: the sampled one)."""
-    return -0.25 * (i + 1) - 1.5 * rank
-
-
-def alternative(text: str, rank: int) -> str:
-    return text if rank == 0 else f"{text.strip() or '_'}~{rank}"
 
 
 def token_logprobs(text: str, i: int, top: int, chat: bool, offset: int) -> dict[str, Any]:
