@@ -226,7 +226,8 @@ def sampling(req: SubmitRequest) -> dict[str, object]:
 
 def embedded(vectors: object, req: SubmitRequest, engine: str, prompt_tokens: int | None) -> list[TokenEvent]:
     """An embeddings answer's events: one `Embedding` per input, in the inputs' order, then `Finished`.
-    EngineInternal when the engine sent other than one list of numbers per input."""
+    EngineInternal when the engine sent other than one list of numbers per input, or other than the
+    `dimensions` the job asked for (an engine that ignores the field)."""
     count = len(req.inputs or ())
     if not isinstance(vectors, list) or len(vectors) != count:
         got = len(vectors) if isinstance(vectors, list) else type(vectors).__name__
@@ -243,6 +244,12 @@ def embedded(vectors: object, req: SubmitRequest, engine: str, prompt_tokens: in
             isinstance(x, int | float) and not isinstance(x, bool) for x in vector
         ):
             raise EngineInternal(f"{engine} sent an embedding that is not a list of numbers", engine=engine)
+        if req.dimensions is not None and len(vector) != req.dimensions:
+            raise EngineInternal(
+                f"{engine} sent embeddings of {len(vector)} numbers, not the {req.dimensions} asked "
+                "(dimensions): this engine or model does not shorten them; leave dimensions out",
+                engine=engine,
+            )
         events.append(Embedding(index, tuple(float(x) for x in vector)))
     events.append(Finished("eos", prompt_tokens=prompt_tokens, completion_tokens=0))
     return events

@@ -325,8 +325,11 @@ class OllamaAdapter(HttpAdapter):
     async def _embed(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         """``POST /api/embed`` with every input: ``embeddings`` in the inputs' order, and the count of
         the tokens read, ``prompt_eval_count``. `truncate: false`: an input longer than the context is
-        refused (HTTP 400), as OpenAI refuses it, not cut without a word (Ollama's default)."""
+        refused (HTTP 400), as OpenAI refuses it, not cut without a word (Ollama's default). A job's
+        `dimensions` goes as Ollama's own (an Ollama that ignores it is caught by `embedded`)."""
         body: dict[str, object] = {"model": req.model, "input": list(req.inputs or ()), "truncate": False}
+        if req.dimensions is not None:
+            body["dimensions"] = req.dimensions
         if (num_ctx := self.num_ctx(req.model)) is not None:
             body["options"] = {"num_ctx": num_ctx}
         answer = await self.http.post_json(req, "/api/embed", body)

@@ -43,7 +43,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     | _NATIVE
     | {"reasoning_effort", "chat_template_kwargs"},
     "llamacpp": frozenset({"reasoning_effort", "dimensions"}),
-    "ollama": frozenset({"tool_choice", "logit_bias", "ignore_eos", "chat_template_kwargs", "dimensions"}),
+    "ollama": frozenset({"tool_choice", "logit_bias", "ignore_eos", "chat_template_kwargs"}),
     "mock": _NATIVE | {"reasoning_effort", "chat_template_kwargs"},
     "openai": frozenset({"ignore_eos", "chat_template_kwargs"}),
 }

@@ -14,7 +14,7 @@ import pytest
 
 from tests.contract.test_sse_events import validate_stream
 from tests.fakes.engines.asgi import fake_embedding
-from tests.fakes.engines.ollama import OllamaEngine
+from tests.fakes.engines.ollama import OllamaEngine, unit
 from tests.fakes.engines.vllm import VllmEngine
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
@@ -94,26 +94,54 @@ def test_what_cannot_be_embedded_is_refused_by_name(
 
 
 def test_dimensions_reach_the_engines_that_take_them(make_server: Callable[..., LoopbackServer]) -> None:
-    """`dimensions` (a Matryoshka model's shorter vectors): vLLM is sent it; the mock answers that many
-    numbers; a model only llama-server or Ollama pools serve is refused, naming `dimensions`."""
-    with served(VllmEngine()) as vllm:
+    """`dimensions` (a Matryoshka model's shorter vectors): vLLM and Ollama are sent it (Ollama answers
+    the first numbers, normalized again); the mock answers that many numbers; a model only llama-server
+    pools serve is refused, naming `dimensions`."""
+    with served(VllmEngine()) as vllm, served(OllamaEngine()) as ollama:
         llama = {
             "id": "l",
             "engine": "llamacpp",
             "models": ["gguf"],
             "replicas": [{"id": "r0", "url": "http://127.0.0.1:9"}],
         }
-        server = make_server(pools=vllm_and_mock(vllm.url, llama))  # type: ignore[attr-defined]
+        replicas = [{"id": "r0", "url": ollama.url}]  # type: ignore[attr-defined]
+        ollama_pool = {"id": "o", "engine": "ollama", "models": ["llama3.2"], "replicas": replicas}
+        server = make_server(pools=vllm_and_mock(vllm.url, llama, ollama_pool))  # type: ignore[attr-defined]
         client = sdk(server)
         client.embeddings.create(model="qwen", input="x", dimensions=4)
         sent = last_post(vllm)
+        from_ollama = client.embeddings.create(model="llama3.2", input=TEXTS, dimensions=2)
+        sent_ollama = last_post(ollama)
         short = client.embeddings.create(model="mock", input="a stone", dimensions=8, encoding_format="float")
         with pytest.raises(openai.BadRequestError) as caught:
             client.embeddings.create(model="gguf", input="x", dimensions=8)
     assert sent["dimensions"] == 4
+    assert sent_ollama["dimensions"] == 2
+    assert [item.embedding for item in from_ollama.data] == [
+        as_float32(unit(fake_embedding(t)[:2])) for t in TEXTS
+    ]
     assert short.data[0].embedding == as_float32(embedding_of("mock", "a stone", 8))
     error = caught.value.body
     assert isinstance(error, dict) and error["param"] == "dimensions", error
+
+
+def test_an_engine_that_ignores_dimensions_is_a_502_saying_so(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """An Ollama from before `/api/embed` took `dimensions` answers whole vectors: the client is told
+    so, not handed vectors of another size than it asked for."""
+    old = OllamaEngine()
+    old.shortens = False
+    with served(old) as ollama:
+        pool = {"id": "o", "engine": "ollama", "models": ["llama3.2"],
+                "replicas": [{"id": "r0", "url": ollama.url}]}  # type: ignore[attr-defined]  # fmt: skip
+        client = sdk(make_server(pools=[pool]))
+        with pytest.raises(openai.APIStatusError) as caught:
+            client.embeddings.create(model="llama3.2", input=TEXTS, dimensions=2)
+        whole = client.embeddings.create(model="llama3.2", input=TEXTS, encoding_format="float")
+    assert caught.value.status_code == 502
+    assert "ollama sent embeddings of 4 numbers, not the 2 asked (dimensions)" in str(caught.value)
+    assert [item.embedding for item in whole.data] == [fake_embedding(t) for t in TEXTS]
 
 
 def test_an_embeddings_job_is_no_response(server: LoopbackServer) -> None:

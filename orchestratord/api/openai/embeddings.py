@@ -51,7 +51,7 @@ class EmbeddingRequest(BaseModel):
     dimensions: int | None = Field(
         default=None, ge=1, le=MAX_DIMENSIONS,
         description="The vector's first this many numbers, for a model trained so (Matryoshka); passed to "
-        "engines that take it (vLLM, OpenAI-compatible servers), refused by name elsewhere.",
+        "engines that take it (vLLM, Ollama, OpenAI-compatible servers), refused by name elsewhere.",
     )  # fmt: skip
     user: Text | None = Field(default=None, max_length=256)
 

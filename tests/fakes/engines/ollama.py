@@ -10,6 +10,7 @@ empty (Go's ``omitempty``). An older Ollama (`version` below 0.12.11) ignores bo
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from tests.fakes.engines.asgi import (
@@ -43,6 +44,12 @@ def timestamp(i: int) -> str:
     return f"2026-08-04T08:52:19.{(385406455 + i * 12706548) % 10**9:09d}Z"
 
 
+def unit(vector: list[float]) -> list[float]:
+    """`vector` scaled to length 1, as Ollama normalizes every embedding it sends."""
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return [x / norm for x in vector]
+
+
 def ollama_logprob(text: str, i: int, top: int) -> dict[str, Any]:
     """Token `i`'s entry, the sampled token first among its alternatives (`logprob_of`, `alternative`)."""
 
@@ -65,6 +72,7 @@ class OllamaEngine(FakeEngine):
         super().__init__(**behaviour)
         self.installed = [MODEL]
         self.version_text = VERSION  # what /api/version answers
+        self.shortens = True  # /api/embed takes `dimensions` (an older Ollama ignores it)
         self.digest = "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72"
         self.context_length = 131072  # the model's trained context (`llama.context_length`)
         self.architecture = "llama"  # `general.architecture`: "gptoss" takes effort levels for `think`
@@ -142,7 +150,10 @@ class OllamaEngine(FakeEngine):
             await exchange.respond(b.http_status, go_json({"error": b.error_message}))
             return
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        answer = {"model": body["model"], "embeddings": [fake_embedding(text) for text in inputs],
+        vectors = [fake_embedding(text) for text in inputs]
+        if body.get("dimensions") and self.shortens:  # the first numbers, normalized again
+            vectors = [unit(vector[: body["dimensions"]]) for vector in vectors]
+        answer = {"model": body["model"], "embeddings": vectors,
                   "total_duration": 14143917, "load_duration": 1019500,
                   "prompt_eval_count": sum(len(text.split()) for text in inputs)}  # fmt: skip
         await exchange.respond(200, go_json(answer))
