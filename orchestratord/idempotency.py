@@ -65,6 +65,11 @@ class Idempotency:
                 await self._store.forget_idempotency(key, spec.tenant, spec.job_id)
             raise
 
+    async def release(self, key: str, tenant: str, job_id: str) -> None:
+        """Drop `key`'s claim on `job_id` (a job taken back after its admission: the request failed as
+        a whole), so that a retry with the key admits anew."""
+        await self._store.forget_idempotency(key, tenant, job_id)
+
     async def _replay(self, key: str, first: IdempotencyRecord, body_fingerprint: str) -> AdmissionResult:
         if first.fingerprint != body_fingerprint:
             raise Conflict(

@@ -38,9 +38,20 @@ async def submit_body(caller: Caller, spec: TaskSpec, request: Request, body: Ba
     """`submit` for a request whose JSON body is `body`: the request's Idempotency-Key, the body's
     fingerprint (the OpenAI endpoints)."""
     return await submit(
-        caller, spec, idempotency_key=request.headers.get("idempotency-key"),
-        body=lambda: fingerprint(body.model_dump(mode="json")),
-    )  # fmt: skip
+        caller, spec, idempotency_key=request.headers.get("idempotency-key"), body=lazy_fingerprint(body)
+    )
+
+
+def lazy_fingerprint(body: BaseModel) -> Callable[[], str]:
+    """The fingerprint of a request whose JSON body is `body`, computed once, when first asked for."""
+    memo: list[str] = []
+
+    def digest() -> str:
+        if not memo:
+            memo.append(fingerprint(body.model_dump(mode="json")))
+        return memo[0]
+
+    return digest
 
 
 def with_default_max_tokens(services: Services, spec: TaskSpec) -> TaskSpec:

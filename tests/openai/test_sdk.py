@@ -120,7 +120,7 @@ def test_a_model_is_retrieved_as_the_list_gives_it(make_server: ServerFactory) -
     [
         ({"model": "nope"}, None, "not served here"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tools is not supported"),
-        ({"n": 2}, "n", "n:"),
+        ({"n": 129}, "n", "n:"),
         ({"logprobs": True}, "logprobs", "logprobs is not supported"),
         ({"temperature": 5}, "temperature", "temperature:"),
     ],

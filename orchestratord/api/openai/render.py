@@ -35,6 +35,7 @@ class Rendering:
     logprobs: bool = False  # the request asked for log probabilities
     continuous_usage: bool = False  # `usage` on every chunk, as counted so far (vLLM's extension)
     prompt_estimate: int = 0  # the prompt's tokens as orchestratord estimates them
+    index: int = 0  # the choice's (a request's `n`, or its prompts, ask for several: a job each)
 
     @property
     def id(self) -> str:
@@ -62,15 +63,19 @@ class Rendering:
 
     def first(self) -> bytes:
         """The chat stream's first chunk: the assistant's role (a completion stream has none)."""
-        return self._chunk([_choice_delta({"role": "assistant", "content": ""}, None)], self._so_far(0))
+        return self._chunk(
+            [_choice_delta(self.index, {"role": "assistant", "content": ""}, None)], self._so_far(0)
+        )
 
     def text(self, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None, tokens: int = 0) -> bytes:
         """One `token` event's chunk; `logprobs`, the event's own (when the request asked for them);
         `tokens`, how many token events the stream has relayed with this one."""
         rendered = self.render_logprobs(logprobs or ())
         if self.surface == "chat":
-            return self._chunk([_choice_delta({"content": text}, None, rendered)], self._so_far(tokens))
-        return self._chunk([_choice_text(text, None, rendered)], self._so_far(tokens))
+            return self._chunk(
+                [_choice_delta(self.index, {"content": text}, None, rendered)], self._so_far(tokens)
+            )
+        return self._chunk([_choice_text(self.index, text, None, rendered)], self._so_far(tokens))
 
     def render_logprobs(self, entries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
         """Token events' `logprobs` in this surface's shape; None unless the request asked for them."""
@@ -89,22 +94,27 @@ class Rendering:
     def reasoning(self, text: str, tokens: int = 0) -> bytes:
         """One `reasoning` event's chunk (chat only: a text completion has no field for it)."""
         delta = {"reasoning": text, "reasoning_content": text}
-        return self._chunk([_choice_delta(delta, None)], self._so_far(tokens))
+        return self._chunk([_choice_delta(self.index, delta, None)], self._so_far(tokens))
 
     def tool_call(self, fragment: Mapping[str, Any], tokens: int = 0) -> bytes:
         """One fragment of a tool call, as `delta.tool_calls[]` keyed by its index."""
-        return self._chunk([_choice_delta({"tool_calls": [tool_call(fragment)]}, None)], self._so_far(tokens))
+        delta = {"tool_calls": [tool_call(fragment)]}
+        return self._chunk([_choice_delta(self.index, delta, None)], self._so_far(tokens))
 
     def finish(self, end: Mapping[str, Any]) -> bytes:
         reason = FINISH.get(str(end.get("stop_reason")), "stop")
         counts = usage(end) if self.continuous_usage else None
         if self.surface == "chat":
-            return self._chunk([_choice_delta({}, reason)], counts)
-        return self._chunk([_choice_text("", reason)], counts)
+            return self._chunk([_choice_delta(self.index, {}, reason)], counts)
+        return self._chunk([_choice_text(self.index, "", reason)], counts)
 
     def usage_chunk(self, end: Mapping[str, Any]) -> bytes:
         """`stream_options.include_usage`: the last chunk, with no choices and the job's token counts."""
         return self._chunk([], usage(end))
+
+    def usage_total_chunk(self, counts: Mapping[str, Any]) -> bytes:
+        """`stream_options.include_usage` for several choices: the last chunk, with `counts` (`total`)."""
+        return self._chunk([], counts)
 
     def whole(
         self,
@@ -116,6 +126,17 @@ class Rendering:
     ) -> dict[str, Any]:
         """The non-streaming response; `calls`, the tool calls the fragments made (`ToolCalls`);
         `logprobs`, every token event's entries in order; `reasoning`, the model's (chat only)."""
+        return self.response([self.choice(text, end, calls, logprobs, reasoning)], usage(end))
+
+    def choice(
+        self,
+        text: str,
+        end: Mapping[str, Any],
+        calls: list[dict[str, Any]] | None = None,
+        logprobs: Sequence[Mapping[str, Any]] = (),
+        reasoning: str = "",
+    ) -> dict[str, Any]:
+        """This choice of a non-streaming response (`whole`'s arguments)."""
         rendered = self.render_logprobs(logprobs)
         reason = FINISH.get(str(end.get("stop_reason")), "stop")
         if self.surface == "chat":
@@ -126,19 +147,15 @@ class Rendering:
                 message["content"] = text
             if reasoning:
                 message["reasoning"] = message["reasoning_content"] = reasoning
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": message,
-                "logprobs": rendered,
-                "finish_reason": reason,
-            }
-            kind = "chat.completion"
-        else:
-            choice = _choice_text(text, reason, rendered)
-            kind = "text_completion"
+            return {"index": self.index, "message": message, "logprobs": rendered, "finish_reason": reason}
+        return _choice_text(self.index, text, reason, rendered)
+
+    def response(self, choices: list[dict[str, Any]], counts: Mapping[str, Any]) -> dict[str, Any]:
+        """The non-streaming response holding `choices`, with the token counts `counts`."""
+        kind = "chat.completion" if self.surface == "chat" else "text_completion"
         return {
             "id": self.id, "object": kind, "created": self.created, "model": self.model,
-            "system_fingerprint": None, "choices": [choice], "usage": usage(end),
+            "system_fingerprint": None, "choices": choices, "usage": counts,
         }  # fmt: skip
 
 
@@ -185,19 +202,34 @@ def usage(end: Mapping[str, Any]) -> dict[str, Any]:
     return counts
 
 
+def total(ends: Sequence[tuple[Mapping[str, Any], bool]]) -> dict[str, Any]:
+    """Token counts of several choices' jobs, from their `end` events, each with whether its prompt is
+    counted (a prompt's `n` choices read it once, as OpenAI counts it)."""
+    prompt = sum(int(end.get("tokens_in") or 0) for end, counted in ends if counted)
+    completion = sum(int(end.get("tokens_out") or 0) for end, _ in ends)
+    counts: dict[str, Any] = {
+        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+    }  # fmt: skip
+    if any(end.get("tokens_in_estimated") for end, counted in ends if counted):
+        counts["prompt_tokens_estimated"] = True
+    return counts
+
+
 def error_chunk(error: Mapping[str, Any]) -> bytes:
     """An error after the stream began: the SDKs raise on a chunk with a top-level `error` key."""
     return b"data: " + orjson.dumps({"error": error}) + b"\n\n"
 
 
 def _choice_delta(
-    delta: dict[str, Any], finish: str | None, logprobs: dict[str, Any] | None = None
+    index: int, delta: dict[str, Any], finish: str | None, logprobs: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
 
 
-def _choice_text(text: str, finish: str | None, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
+def _choice_text(
+    index: int, text: str, finish: str | None, logprobs: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
 
 
 def chat_logprob(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,12 +8,13 @@ silently dropped. Unknown fields are refused the same way.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestratord.api.schemas import Effort, LogitBias, Penalty, Text, json_text
-from orchestratord.core.tasks import Message, Priority, TaskSpec
+from orchestratord.core.tasks import Message, Priority, TaskSpec, new_job_id
 from orchestratord.errors import InvalidParams
 
 _STRICT = ConfigDict(extra="forbid", strict=True)  # no coercion: "3", 3.0, true are not integers
@@ -48,10 +49,8 @@ INCLUDABLE = frozenset({"reasoning.encrypted_content", LOGPROBS_INCLUDED})
 # Passed to the engine as they are (chat only), for the engines that take them.
 STRUCTURED = ("tools", "tool_choice", "response_format")
 MAX_LOGPROBS = 20  # alternatives per token: OpenAI's limit, and vLLM's default `max_logprobs`
-# One prompt: a string, or a list holding one (several prompts in one request are not supported).
-Prompt = (
-    Annotated[Text, Field(max_length=1_000_000)] | Annotated[list[Text], Field(min_length=1, max_length=1)]
-)
+# Choices a request may ask for (`n`, times the prompts of a completion): each is a job of its own.
+MAX_CHOICES = 128  # OpenAI's limit for `n`
 
 
 class StreamOptions(BaseModel):
@@ -174,7 +173,12 @@ class _Generation(OpenAIRequest):
     max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
     stop: Text | list[Text] | None = Field(default=None, max_length=16)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    n: int | None = Field(default=None, ge=1, le=1, description="Only one choice per request.")
+    n: int | None = Field(
+        default=None, ge=1, le=MAX_CHOICES,
+        description="Choices (of each prompt): each is a job of its own, placed as any other; with a "
+        "`seed`, the k-th choice (from 0) samples with `seed + k`, so that the choices differ. At most "
+        "128 choices a request (prompts times n).",
+    )  # fmt: skip
     stream_options: StreamOptions | None = None
     functions: list[Any] | None = None
     function_call: Any = None
@@ -193,6 +197,34 @@ class _Generation(OpenAIRequest):
     @property
     def continuous_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.continuous_usage_stats
+
+    def prompts(self) -> list[str | None]:
+        """The prompts, each a choice's (or `n` choices'); chat has one, its messages (None)."""
+        return [None]
+
+    def fan_out(self, spec: TaskSpec) -> list[TaskSpec]:
+        """One job a choice, in the choices' order (each prompt's `n` in turn): `spec` first, then its
+        copies with ids of their own, each prompt's own, the k-th choice's seed `seed + k`."""
+        prompts, n = self.prompts(), self.n or 1
+        if len(prompts) * n > MAX_CHOICES:
+            raise InvalidParams(
+                f"{len(prompts)} prompts times n={n} asks for {len(prompts) * n} choices, more than "
+                f"{MAX_CHOICES}; send fewer in one request",
+                param="n",
+            )
+        if n > 1 and self.continuous_usage:
+            raise InvalidParams(
+                "stream_options.continuous_usage_stats counts one choice's tokens; leave it out with n > 1",
+                param="stream_options",
+            )
+        specs: list[TaskSpec] = []
+        for prompt in prompts:
+            for k in range(n):
+                seed = None if spec.seed is None else (spec.seed + k) % 2**63
+                job_id = spec.job_id if not specs else new_job_id()
+                copy = replace(spec, job_id=job_id, seed=seed)
+                specs.append(copy if prompt is None else replace(copy, prompt=prompt))
+        return specs
 
     def refuse_unsupported(self, *, chat: bool) -> None:
         """InvalidParams naming the first field set that orchestratord does not pass on."""
@@ -273,8 +305,10 @@ class ChatCompletionRequest(_Generation):
 class CompletionRequest(_Generation):
     prompt: (
         Annotated[Text, Field(max_length=1_000_000)]
-        | Annotated[list[Text], Field(min_length=1, max_length=1)]
-    )
+        | Annotated[
+            list[Annotated[Text, Field(max_length=1_000_000)]], Field(min_length=1, max_length=MAX_CHOICES)
+        ]
+    ) = Field(description="One prompt, or several (each its own choice, or `n` of them, in order).")
     echo: bool | None = None
     suffix: Text | None = None
     best_of: int | None = None
@@ -284,14 +318,14 @@ class CompletionRequest(_Generation):
     def requested_tokens(self) -> int | None:
         return self.max_tokens
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else "".join(self.prompt)
+    def prompts(self) -> list[str | None]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
         self.refuse_unsupported(chat=False)
         return self._spec(
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
-            prompt=self.prompt_text(), logprobs=self.logprobs,
+            prompt=self.prompts()[0], logprobs=self.logprobs,
         )  # fmt: skip
 
 

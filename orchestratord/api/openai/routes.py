@@ -10,24 +10,26 @@ reader of our own streams does; `X-Job-Id` names the job (`GET /v1/tasks/{id}`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from orchestratord.admission import AdmissionResult
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import from_event, openai_error, to_openai_response
-from orchestratord.api.openai.render import DONE, Rendering, Surface, ToolCalls, error_chunk
+from orchestratord.api.openai.render import DONE, Rendering, Surface, ToolCalls, error_chunk, total
 from orchestratord.api.openai.requests import ChatCompletionRequest, CompletionRequest
 from orchestratord.api.openai.schemas import ChatCompletion, Completion, Model, ModelList, openai_errors
 from orchestratord.api.openai.streaming import Batch, chunks, tail, unless_gone
-from orchestratord.api.submission import submit_body, with_default_max_tokens
-from orchestratord.core.tasks import LogEvent, new_job_id
-from orchestratord.errors import ErrorKind, NotFound
+from orchestratord.api.submission import lazy_fingerprint, submit, submit_body, with_default_max_tokens
+from orchestratord.core.tasks import LogEvent, TaskSpec, new_job_id
+from orchestratord.errors import ErrorKind, NotFound, OrchestratorError, StateUnavailable
 from orchestratord.logs import bind, get_logger
 from orchestratord.services import Services
 
@@ -35,6 +37,10 @@ router = APIRouter(tags=["openai"])
 log = get_logger(__name__)
 JsonCaller = Annotated[Caller, Depends(get_json_caller)]
 Generation = ChatCompletionRequest | CompletionRequest
+JOB_HEADER = (
+    "The job serving it (several choices, `n` or several prompts, have a job each: their ids, "
+    "comma-separated, in the choices' order)."
+)
 
 
 def _generation_responses(whole: type[Any]) -> dict[int | str, dict[str, Any]]:
@@ -43,7 +49,7 @@ def _generation_responses(whole: type[Any]) -> dict[int | str, dict[str, Any]]:
             "model": whole,
             "content": {"text/event-stream": {}},
             "description": "The completion (JSON), or its chunks (`stream: true`).",
-            "headers": {"X-Job-Id": {"schema": {"type": "string"}, "description": "The job serving it."}},
+            "headers": {"X-Job-Id": {"schema": {"type": "string"}, "description": JOB_HEADER}},
         },
         # 404, 502, 504: a whole answer's job ended in an error (its state lost; the engine failed or
         # went silent): `error_event`'s code, answered with its status
@@ -100,19 +106,130 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
         job_id=new_job_id(), tenant=caller.tenant, correlation_id=caller.correlation_id,
         max_tokens=requested or 1,
     )  # fmt: skip
+    specs = body.fan_out(spec)
     if requested is None:
-        spec = with_default_max_tokens(services, spec)
+        specs = [with_default_max_tokens(services, each) for each in specs]
     # the client's ids, into this request's log lines
     bind(**body.client_ids)
-    result = await submit_body(caller, spec, request, body)
+    results = await _submit_all(caller, specs, request, body)
     rendering = Rendering(
-        surface, result.job_id, int(time.time()), body.model, body.include_usage, spec.logprobs is not None,
-        body.continuous_usage, spec.tokens_in_estimate,
+        surface, results[0].job_id, int(time.time()), body.model, body.include_usage,
+        spec.logprobs is not None, body.continuous_usage, specs[0].tokens_in_estimate,
     )  # fmt: skip
-    headers = {"X-Job-Id": result.job_id, **result.headers}
+    headers = {"X-Job-Id": ", ".join(result.job_id for result in results), **results[0].headers}
+    keepalive_s = services.settings.stream.keepalive_s
+    if len(results) > 1:
+        choices = [
+            _Choice(replace(rendering, index=i, prompt_estimate=each.tokens_in_estimate), result.job_id,
+                    counts_prompt=i % (body.n or 1) == 0)
+            for i, (each, result) in enumerate(zip(specs, results, strict=True))
+        ]  # fmt: skip
+        if body.stream:
+            return chunks(services, _stream_choices(services, rendering, choices, keepalive_s), headers)
+        return await _whole_choices(request, services, rendering, choices, headers)
     if body.stream:
-        return chunks(services, _stream(services, rendering, services.settings.stream.keepalive_s), headers)
+        return chunks(services, _stream(services, rendering, keepalive_s), headers)
     return await _whole(request, services, rendering, headers)
+
+
+async def _submit_all(
+    caller: Caller, specs: list[TaskSpec], request: Request, body: Generation
+) -> list[AdmissionResult]:
+    """Admit a job for each choice, in order. The request is admitted whole or not at all: when one is
+    refused (a full queue's 429, a budget), those admitted before it are taken back (canceled and
+    forgotten, their Idempotency-Key claims dropped) and the refusal is the answer. With an
+    Idempotency-Key, the k-th choice's job is claimed as `key#k` (the first's as `key`)."""
+    if len(specs) == 1:
+        return [await submit_body(caller, specs[0], request, body)]
+    key = request.headers.get("idempotency-key")
+    keys = [None if key is None else key if i == 0 else f"{key}#{i}" for i in range(len(specs))]
+    digest = lazy_fingerprint(body)
+    results: list[AdmissionResult] = []
+    try:
+        for spec, each_key in zip(specs, keys, strict=True):
+            results.append(await submit(caller, spec, idempotency_key=each_key, body=digest))
+    except BaseException:
+        await asyncio.shield(_take_back(caller, specs, results, keys))
+        raise
+    return results
+
+
+async def _take_back(
+    caller: Caller, specs: list[TaskSpec], admitted: list[AdmissionResult], keys: list[str | None]
+) -> None:
+    services = caller.services
+    for spec, result, key in zip(specs, admitted, keys, strict=False):
+        if result.job_id != spec.job_id:  # an earlier request's job (a replay): that request's to answer
+            continue
+        with contextlib.suppress(OrchestratorError):
+            await services.jobs.delete(result.job_id, caller.owner)
+        if key is not None:
+            await services.idempotency.release(key, caller.tenant, result.job_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """One choice of a request that asked for several: its rendering (its `index`), its job, and
+    whether its prompt's tokens count in the usage (the first of a prompt's `n` choices)."""
+
+    rendering: Rendering
+    job_id: str
+    counts_prompt: bool
+
+
+async def _stream_choices(
+    services: Services, rendering: Rendering, choices: list[_Choice], keepalive_s: float
+) -> AsyncIterator[bytes]:
+    """The chunks of several choices' jobs, each as it comes, told apart by their `index`; each
+    choice finishes with its own chunk, and `[DONE]` (after the usage, if asked for) follows the last.
+    An error in any choice ends the stream with its error chunk (the others' jobs, unread, are canceled
+    after the grace, as when a client leaves). A keep-alive comment every `keepalive_s` until the
+    first chunk."""
+    arrivals: asyncio.Queue[tuple[int, Batch | None]] = asyncio.Queue()  # (each log is the buffer)
+
+    async def read(index: int, job_id: str) -> None:
+        try:
+            async with tail(services, job_id) as events:
+                async for batch in events:
+                    arrivals.put_nowait((index, batch))
+        finally:  # its last batch (the terminal event) was put first, unless the reading failed
+            arrivals.put_nowait((index, None))
+
+    readers = [asyncio.create_task(read(i, choice.job_id)) for i, choice in enumerate(choices)]
+    ends: list[tuple[dict[str, Any], bool]] = []
+    sent: set[int] = set()  # choices whose first chunk went out
+    finished: set[int] = set()  # choices whose `end` went out
+    relayed = [[0] for _ in choices]
+    try:
+        while len(ends) < len(choices):
+            try:
+                index, batch = await asyncio.wait_for(arrivals.get(), None if sent else keepalive_s)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if batch is None:
+                if index in finished:
+                    continue
+                batch = [StateUnavailable("the job's event log could not be read; retry")]
+            choice, out = choices[index], []
+            for event in batch:
+                if isinstance(event, LogEvent) and event.name == "end":
+                    out.append(choice.rendering.finish(orjson.loads(event.data)))
+                    ends.append((orjson.loads(event.data), choice.counts_prompt))
+                    finished.add(index)
+                    break
+                first = index not in sent and not out
+                if _render(choice.rendering, event, out, first=first, relayed=relayed[index]):
+                    yield b"".join(out)  # an error: the stream is over
+                    return
+            if out:
+                sent.add(index)
+                yield b"".join(out)
+        yield (rendering.usage_total_chunk(total(ends)) if rendering.include_usage else b"") + DONE
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
 
 
 async def _stream(services: Services, rendering: Rendering, keepalive_s: float) -> AsyncIterator[bytes]:
@@ -210,6 +327,36 @@ async def _whole(
     return Response(body, media_type="application/json", headers=headers)
 
 
+async def _whole_choices(
+    request: Request,
+    services: Services,
+    rendering: Rendering,
+    choices: list[_Choice],
+    headers: dict[str, str],
+) -> Response:
+    """Every choice's job collected into one response (the first error, if any choice ends in one,
+    answered as `_whole` answers it); a client that leaves meanwhile cancels them after the grace."""
+    answers = await unless_gone(request, _collect_all(services, [choice.job_id for choice in choices]))
+    if answers is None:
+        return Response(status_code=499)
+    for answer in answers:
+        if answer.ending == "error":
+            response = to_openai_response(from_event(answer.data))
+            response.headers.update(headers)
+            return response
+    whole = rendering.response(
+        [
+            choice.rendering.choice(
+                "".join(answer.parts), answer.data, answer.calls.calls(), answer.logprobs,
+                "".join(answer.thoughts),
+            )
+            for choice, answer in zip(choices, answers, strict=True)
+        ],
+        total([(answer.data, choice.counts_prompt) for choice, answer in zip(choices, answers, strict=True)]),
+    )  # fmt: skip
+    return Response(orjson.dumps(whole), media_type="application/json", headers=headers)
+
+
 @dataclass
 class _Answer:
     """A job's whole answer, read from its log: text, reasoning, tool calls, and how it ended."""
@@ -220,6 +367,10 @@ class _Answer:
     calls: ToolCalls = field(default_factory=ToolCalls)
     ending: str = ""
     data: dict[str, Any] = field(default_factory=dict)
+
+
+async def _collect_all(services: Services, job_ids: list[str]) -> list[_Answer]:
+    return list(await asyncio.gather(*(_collect(services, job_id) for job_id in job_ids)))
 
 
 async def _collect(services: Services, job_id: str) -> _Answer:
