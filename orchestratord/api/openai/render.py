@@ -36,6 +36,7 @@ class Rendering:
     continuous_usage: bool = False  # `usage` on every chunk, as counted so far (vLLM's extension)
     prompt_estimate: int = 0  # the prompt's tokens as orchestratord estimates them
     index: int = 0  # the choice's (a request's `n`, or its prompts, ask for several: a job each)
+    echo: str = ""  # the prompt, for a completion that echoes it (`echo: true`) before its text
 
     @property
     def id(self) -> str:
@@ -139,6 +140,7 @@ class Rendering:
         """This choice of a non-streaming response (`whole`'s arguments)."""
         rendered = self.render_logprobs(logprobs)
         reason = FINISH.get(str(end.get("stop_reason")), "stop")
+        text = self.echo + text
         if self.surface == "chat":
             message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
             if calls:

@@ -25,7 +25,7 @@ TIERS: dict[str, Priority] = {"auto": "interactive", "default": "interactive", "
 # Accepted only at their neutral value: what orchestratord cannot pass on to every engine yet.
 UNSUPPORTED = (
     "functions", "function_call", "prediction", "audio",
-    "modalities", "web_search_options", "store", "echo", "suffix", "best_of", "verbosity",
+    "modalities", "web_search_options", "store", "suffix", "best_of", "verbosity",
 )  # fmt: skip
 Verbosity = Literal["low", "medium", "high"]  # GPT-5's; "medium", its default, asks for nothing
 
@@ -323,6 +323,12 @@ class CompletionRequest(_Generation):
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
         self.refuse_unsupported(chat=False)
+        if self.echo and self.logprobs is not None:
+            raise InvalidParams(
+                "echo with logprobs (the prompt's own log probabilities) is not supported by orchestratord "
+                "yet; leave one of them out",
+                param="echo",
+            )
         return self._spec(
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
             prompt=self.prompts()[0], logprobs=self.logprobs,

@@ -112,16 +112,19 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
     # the client's ids, into this request's log lines
     bind(**body.client_ids)
     results = await _submit_all(caller, specs, request, body)
+    echoes = isinstance(body, CompletionRequest) and bool(body.echo)  # the prompt, before the text
     rendering = Rendering(
         surface, results[0].job_id, int(time.time()), body.model, body.include_usage,
         spec.logprobs is not None, body.continuous_usage, specs[0].tokens_in_estimate,
+        echo=specs[0].prompt or "" if echoes else "",
     )  # fmt: skip
     headers = {"X-Job-Id": ", ".join(result.job_id for result in results), **results[0].headers}
     keepalive_s = services.settings.stream.keepalive_s
     if len(results) > 1:
         choices = [
-            _Choice(replace(rendering, index=i, prompt_estimate=each.tokens_in_estimate), result.job_id,
-                    counts_prompt=i % (body.n or 1) == 0)
+            _Choice(replace(rendering, index=i, prompt_estimate=each.tokens_in_estimate,
+                            echo=each.prompt or "" if echoes else ""),
+                    result.job_id, counts_prompt=i % (body.n or 1) == 0)
             for i, (each, result) in enumerate(zip(specs, results, strict=True))
         ]  # fmt: skip
         if body.stream:
@@ -286,8 +289,11 @@ def _render(
     if event.name == "reasoning" and rendering.surface != "chat":
         return False  # a text completion has no field for it
     data: dict[str, Any] = orjson.loads(event.data)
-    if first and rendering.surface == "chat" and event.name != "error":
-        out.append(rendering.first())
+    if first and event.name != "error":
+        if rendering.surface == "chat":
+            out.append(rendering.first())
+        elif rendering.echo:  # a completion that echoes its prompt: the prompt first
+            out.append(rendering.text(rendering.echo))
     if event.name == "token":
         relayed[0] = data["i"] + 1
         out.append(rendering.text(data["t"], data.get("logprobs"), relayed[0]))
