@@ -30,6 +30,7 @@ from worker_adapters.base import (
     Embedding,
     EngineReset,
     Finished,
+    PromptLogprobs,
     Reasoning,
     SubmitRequest,
     Token,
@@ -102,6 +103,7 @@ def submit_request(spec: TaskSpec, engine_model: str, traceparent: str | None = 
         response_format=spec.response_format,
         single_tool_call=spec.single_tool_call,
         logprobs=spec.logprobs,
+        prompt_logprobs=spec.prompt_logprobs,
         ignore_eos=spec.ignore_eos,
         reasoning_effort=spec.reasoning_effort,
         chat_template_kwargs=spec.chat_template_kwargs,
@@ -135,7 +137,7 @@ class Relay:
                     elif isinstance(event, Finished):
                         await self._finish(ctx, stats, event, started)
                         return stats
-                    elif isinstance(event, Reasoning | Embedding):
+                    elif isinstance(event, Reasoning | Embedding | PromptLogprobs):
                         name, data = _named(event)
                         appended = await self._store.append(ctx.spec.job_id, name, data) is not None
                     else:  # a tool call's fragment
@@ -222,11 +224,14 @@ class Relay:
             )  # fmt: skip
 
 
-def _named(event: Reasoning | Embedding) -> tuple[str, dict[str, object]]:
-    """The log event of a thinking model's reasoning (before its answer) or of an embeddings job's
-    vector (one per input)."""
+def _named(event: Reasoning | Embedding | PromptLogprobs) -> tuple[str, dict[str, object]]:
+    """The log event of a thinking model's reasoning (before its answer), of an embeddings job's
+    vector (one per input), or of a scored prompt (before the tokens; one engine step, its prefill, so
+    counted as one as the others are)."""
     if isinstance(event, Reasoning):
         return "reasoning", {"t": event.text}
+    if isinstance(event, PromptLogprobs):
+        return "prompt", prompt_data(event)
     return "embedding", embedding_data(event)
 
 
@@ -236,6 +241,13 @@ def embedding_data(event: Embedding) -> dict[str, object]:
     OpenAI's `encoding_format: base64` sends as it is."""
     vector = struct.pack(f"<{len(event.vector)}f", *event.vector)
     return {"index": event.index, "b64": base64.b64encode(vector).decode("ascii")}
+
+
+def prompt_data(event: PromptLogprobs) -> dict[str, object]:
+    """A `prompt` event's data: an entry for each of the prompt's tokens as the engine read them, as a
+    `token` event's are, the first with no log probability (`null`: nothing precedes it)."""
+    first: dict[str, object] = {"token": event.first, "logprob": None, "top_logprobs": []}
+    return {"logprobs": [first, *(logprobs_data(event.entries) or ())]}
 
 
 def logprobs_data(logprobs: tuple[TokenLogprob, ...]) -> list[dict[str, object]] | None:

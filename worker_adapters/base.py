@@ -61,6 +61,9 @@ class SubmitRequest:
     # Log probabilities: None asks for none; n >= 0 asks for each token's own and the n likeliest
     # alternatives (for the engines that report them; `registry.UNSUPPORTED` lists the others).
     logprobs: int | None = None
+    # The prompt's own log probabilities, with this many alternatives (completions' `echo` with
+    # `logprobs`): the engine then answers a `PromptLogprobs` before the tokens
+    prompt_logprobs: int | None = None
     ignore_eos: bool | None = None  # True: generate to max_tokens past the end-of-sequence token
     reasoning_effort: str | None = None  # a thinking model's effort (OpenAI-dialect chat engines)
     chat_template_kwargs: str | None = None  # JSON text: variables for the chat template (vLLM, llama.cpp)
@@ -87,6 +90,15 @@ class Token:
 
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PromptLogprobs:
+    """The prompt's tokens as the engine read them, with their log probabilities: `first`, the first
+    token (nothing precedes it, so it has none), then an entry for each later one."""
+
+    first: str
+    entries: tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +138,7 @@ class Finished:
     completion_tokens: int | None = None
 
 
-TokenEvent = Token | Reasoning | ToolCallDelta | Embedding | Finished
+TokenEvent = Token | Reasoning | ToolCallDelta | Embedding | PromptLogprobs | Finished
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ from worker_adapters.base import (
     EngineInternal,
     EngineReset,
     Finished,
+    PromptLogprobs,
     Reasoning,
     StopReason,
     SubmitRequest,
@@ -162,15 +163,7 @@ class OpenAIStream:
         return text
 
     def _stop_reason(self, reason: str, choice: Mapping[str, Any]) -> StopReason:
-        if reason == "error":  # OpenRouter
-            raise EngineInternal(
-                f"{self.engine} ended the stream with finish_reason 'error'", engine=self.engine
-            )
-        if reason == "abort":  # vLLM
-            raise EngineReset(f"{self.engine} aborted the request", engine=self.engine)
-        if reason == "stop" and isinstance(choice.get("stop_reason"), str):
-            return "stop_sequence"  # vLLM names the matched stop string
-        return _FINISH.get(reason, "eos")
+        return stop_reason(self.engine, reason, choice)
 
     def _finished(self) -> Finished:
         if self._finish is None:
@@ -180,6 +173,18 @@ class OpenAIStream:
             prompt_tokens=as_int(self._usage.get("prompt_tokens")),
             completion_tokens=as_int(self._usage.get("completion_tokens")),
         )
+
+
+def stop_reason(engine: str, reason: str, choice: Mapping[str, Any]) -> StopReason:
+    """Our stop reason for a choice's `finish_reason` (vLLM's `stop_reason`, the matched stop string,
+    makes `stop` a stop sequence); an engine's `error` or `abort` is its failure."""
+    if reason == "error":  # OpenRouter
+        raise EngineInternal(f"{engine} ended the stream with finish_reason 'error'", engine=engine)
+    if reason == "abort":  # vLLM
+        raise EngineReset(f"{engine} aborted the request", engine=engine)
+    if reason == "stop" and isinstance(choice.get("stop_reason"), str):
+        return "stop_sequence"  # vLLM names the matched stop string
+    return _FINISH.get(reason, "eos")
 
 
 def token_logprobs(logprobs: object, top: int | None = None) -> tuple[TokenLogprob, ...]:
@@ -243,6 +248,50 @@ async def openai_embeddings(http: EngineHTTP, req: SubmitRequest) -> AsyncGenera
         yield event
 
 
+async def scored_prompt(
+    http: EngineHTTP, req: SubmitRequest, body: Mapping[str, object]
+) -> AsyncGenerator[TokenEvent, None]:
+    """A completion that scores its prompt too (`req.prompt_logprobs`: OpenAI completions' `echo` with
+    `logprobs`, which vLLM and llama-cpp-python answer with the prompt's tokens first, the first with
+    no log probability). Asked whole (`stream: false`): only the answer's `usage.prompt_tokens` tells
+    where the prompt's entries end and the completion's begin. The engine's text begins with the
+    prompt; what follows it is the completion's one `Token`."""
+    asked = {key: value for key, value in body.items() if key != "stream_options"}
+    asked.update(stream=False, echo=True, logprobs=req.prompt_logprobs)
+    answer = await http.post_json(req, COMPLETIONS, asked)
+    choice = next((as_dict(c) for c in answer.get("choices") or () if as_dict(c).get("index", 0) == 0), {})
+    usage = as_dict(answer.get("usage"))
+    count, prompt = as_int(usage.get("prompt_tokens")), req.prompt or ""
+    text, logprobs = as_str(choice.get("text")), as_dict(choice.get("logprobs"))
+    tokens, scores = logprobs.get("tokens"), logprobs.get("token_logprobs")
+    tops = logprobs.get("top_logprobs") or []
+    if (
+        count is None or text is None or not text.startswith(prompt)
+        or not isinstance(tokens, list) or not isinstance(scores, list) or not isinstance(tops, list)
+        or not 0 < count <= len(tokens) == len(scores) or not isinstance(tokens[0], str)
+        or not all(scored(token, score) for token, score in zip(tokens[1:], scores[1:], strict=True))
+    ):  # fmt: skip
+        raise EngineInternal(
+            f"{http.engine} did not answer the prompt's log probabilities (echo with logprobs): it "
+            "sent no usage.prompt_tokens, no logprobs for them, or a text that does not begin with the "
+            "prompt",
+            engine=http.engine,
+        )
+    tops = (tops + [None] * len(tokens))[: len(tokens)]
+    entries = [
+        TokenLogprob(token, score, alternatives(others))
+        for token, score, others in zip(tokens[1:], scores[1:], tops[1:], strict=True)
+    ]
+    yield PromptLogprobs(tokens[0], tuple(entries[: count - 1]))
+    yield Token(text[len(prompt) :], tuple(entries[count - 1 :]))
+    reason = as_str(choice.get("finish_reason")) or "stop"
+    yield Finished(
+        stop_reason(http.engine, reason, choice),
+        prompt_tokens=count,
+        completion_tokens=as_int(usage.get("completion_tokens")),
+    )
+
+
 def openai_events(
     http: EngineHTTP,
     req: SubmitRequest,
@@ -280,6 +329,8 @@ class OpenAIAdapter(HttpAdapter):
         body = request_body(req, req.model, chat=chat)
         if "response_format" in body and option_str(self.config.options, "json_schema") == "json_object":
             body["response_format"] = schema_in_json_object(body["response_format"])
+        if req.prompt_logprobs is not None and not chat:
+            return scored_prompt(self.http, req, body)
         path = CHAT if chat else COMPLETIONS
         return openai_events(self.http, req, path, body, final_step_chunks=self.final_step_chunks)
 

@@ -20,7 +20,7 @@ ADAPTERS: dict[str, str] = {
 # pools whose engine can, and refused (naming the parameter) when no pool serving its model can.
 # (`tool_messages`: chat turns that carry tool calls or tool results, which only OpenAI-dialect chat reads.)
 _STRUCTURED = frozenset({"tools", "tool_choice", "response_format", "tool_messages"})
-_NATIVE = _STRUCTURED | {"logprobs", "logit_bias"}
+_NATIVE = _STRUCTURED | {"logprobs", "logit_bias", "prompt_logprobs"}
 # Not a field either: an embeddings job (`TaskSpec.inputs`), which TGI's generate routes cannot serve
 EMBEDDINGS = "embeddings"
 UNSUPPORTED: dict[str, frozenset[str]] = {
@@ -31,7 +31,9 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     # none, `core.tasks`); TGI's native route and the mock take neither. Log
     # probabilities go to the OpenAI dialect's engines (llama-server's prompt jobs that ask for them take
     # its `/v1/completions`, not its native route) and to Ollama's native routes (0.12.11 and later);
-    # `logit_bias` to the OpenAI dialect's only.
+    # `logit_bias` to the OpenAI dialect's only. The prompt's own log probabilities (completions' `echo`
+    # with `logprobs`) come from vLLM and OpenAI-compatible servers (llama-cpp-python) only: llama-server
+    # and Ollama echo no prompt.
     # `ignore_eos` is vLLM's and llama.cpp's (and the mock's); OpenAI-compatible servers may drop it
     # unread (llama-cpp-python does), TGI and Ollama have none. `reasoning_effort` is OpenAI's chat
     # field, which vLLM reads (gpt-oss) and the Ollama adapter turns into `think`; llama-server takes it
@@ -42,8 +44,10 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     "tgi": frozenset({"presence_penalty", "ignore_eos", EMBEDDINGS})
     | _NATIVE
     | {"reasoning_effort", "chat_template_kwargs"},
-    "llamacpp": frozenset({"reasoning_effort", "dimensions"}),
-    "ollama": frozenset({"tool_choice", "logit_bias", "ignore_eos", "chat_template_kwargs"}),
+    "llamacpp": frozenset({"reasoning_effort", "dimensions", "prompt_logprobs"}),
+    "ollama": frozenset(
+        {"tool_choice", "logit_bias", "ignore_eos", "chat_template_kwargs", "prompt_logprobs"}
+    ),
     "mock": _NATIVE | {"reasoning_effort", "chat_template_kwargs"},
     "openai": frozenset({"ignore_eos", "chat_template_kwargs"}),
 }

@@ -28,6 +28,7 @@ from worker_adapters.openai_http import (
     openai_embeddings,
     openai_events,
     request_body,
+    scored_prompt,
 )
 
 _KV_GAUGES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # current name, then pre-0.11
@@ -64,6 +65,8 @@ class VllmAdapter(OpenAIAdapter):
         body = request_body(req, req.model, chat=chat)
         if option_bool(self.config.options, "priority_scheduling"):
             body["priority"] = _PRIORITY[req.priority]
+        if req.prompt_logprobs is not None and not chat:
+            return scored_prompt(self.http, req, body)
         return openai_events(self.http, req, CHAT if chat else COMPLETIONS, body, final_step_chunks=True)
 
     async def props(self) -> WorkerProps:

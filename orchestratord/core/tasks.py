@@ -19,7 +19,7 @@ PRIORITIES: tuple[Priority, ...] = ("interactive", "batch")
 PlacementMode = Literal["pin", "prefer", "auto"]
 ENGINE_PARAMETERS = (
     "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format", "logprobs",
-    "ignore_eos", "reasoning_effort", "chat_template_kwargs", "logit_bias", "dimensions",
+    "ignore_eos", "reasoning_effort", "chat_template_kwargs", "logit_bias", "dimensions", "prompt_logprobs",
 )  # fmt: skip
 # Not a field: a job whose chat turns carry tool calls or tool results (`Message.carries_tools`).
 TOOL_MESSAGES = "tool_messages"
@@ -115,6 +115,9 @@ class TaskSpec:
     tool_choice: str | None = None
     response_format: str | None = None
     logprobs: int | None = None  # each token's log probability and this many alternatives
+    # The prompt's own tokens' log probabilities, with this many alternatives (OpenAI completions'
+    # `echo` with `logprobs`, which evaluation harnesses score prompts by)
+    prompt_logprobs: int | None = None
     ignore_eos: bool | None = None  # True: to max_tokens past the end-of-sequence token (vLLM's)
     traceparent: str | None = None  # the client's W3C trace context (orchestratord.tracing)
     # True: the first message is the request's instructions (the Responses API's), which a response
@@ -196,7 +199,9 @@ def _estimate(text: str) -> int:
     return max(1, size // 4)
 
 
-EventName = Literal["started", "token", "reasoning", "tool_call", "embedding", "metrics", "end", "error"]
+EventName = Literal[
+    "started", "prompt", "token", "reasoning", "tool_call", "embedding", "metrics", "end", "error"
+]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"end", "error"})
 
 

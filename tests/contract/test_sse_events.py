@@ -29,6 +29,7 @@ DATA_SCHEMAS = {
     "reasoning": "ReasoningEvent",
     "tool_call": "ToolCallEvent",
     "embedding": "EmbeddingEvent",
+    "prompt": "PromptEvent",
     "metrics": "MetricsEvent",
     "end": "EndEvent",
     "error": "ErrorEvent",

@@ -483,3 +483,32 @@ def test_structured_output_follows_the_schema(make_server: Callable[..., Loopbac
         assert b'"json_schema"' in sent, sent[-600:]
     with pytest.raises(ValidationError):
         Answer.model_validate_json(plain.choices[0].message.content or "")
+
+
+def test_a_prompt_is_scored_as_the_engine_scores_it(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """What evaluation harnesses send to score a prompt (lm-eval's loglikelihood: `echo`, `logprobs: 1`,
+    `max_tokens: 1`, greedy): through orchestratord the SDK gets the engine's own answer, the prompt's
+    tokens and their log probabilities (the first null) then the completion's, as the engine gives them
+    asked directly. llama-server echoes no prompt: refused, naming `echo`."""
+    ask: dict[str, Any] = {"model": MODEL, "prompt": "The river runs to the sea", "max_tokens": 1,
+                           "logprobs": 1, "echo": True, "temperature": 0.0}  # fmt: skip
+    with sdk_through_proxy(make_server, real) as (sdk, _):
+        if real.name == "llama-server":
+            with pytest.raises(openai.BadRequestError) as caught:
+                sdk.completions.create(**ask)
+            assert caught.value.body["param"] == "echo"  # type: ignore[index]
+            return
+        ours = sdk.completions.create(**ask).choices[0]
+        streamed = [c.choices[0] for c in sdk.completions.create(**ask, stream=True) if c.choices]
+    direct = httpx.post(f"{real.url}/v1/completions", json=ask, timeout=60).json()["choices"][0]
+    assert ours.text == direct["text"] and ours.text.startswith(ask["prompt"])
+    assert ours.logprobs is not None and ours.logprobs.tokens == direct["logprobs"]["tokens"]
+    assert ours.logprobs.token_logprobs[0] is None and direct["logprobs"]["token_logprobs"][0] is None
+    # the engine's own figures (its runs differ in the last decimals)
+    assert ours.logprobs.token_logprobs[1:] == pytest.approx(
+        direct["logprobs"]["token_logprobs"][1:], abs=1e-3
+    )
+    assert streamed[0].text == ask["prompt"] and streamed[0].logprobs is not None
+    assert "".join(c.text for c in streamed) == ours.text

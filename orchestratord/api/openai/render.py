@@ -84,11 +84,14 @@ class Rendering:
             return None
         if self.surface == "chat":
             return {"content": [chat_logprob(entry) for entry in entries], "refusal": None}
-        return {
+        return {  # (a scored prompt's first token has no log probability: null, as OpenAI's)
             "tokens": [entry["token"] for entry in entries],
             "token_logprobs": [entry["logprob"] for entry in entries],
             "top_logprobs": [
-                {top["token"]: top["logprob"] for top in entry["top_logprobs"]} for entry in entries
+                None
+                if entry["logprob"] is None
+                else {top["token"]: top["logprob"] for top in entry["top_logprobs"]}
+                for entry in entries
             ],
         }
 

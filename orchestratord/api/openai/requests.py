@@ -323,15 +323,10 @@ class CompletionRequest(_Generation):
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
         self.refuse_unsupported(chat=False)
-        if self.echo and self.logprobs is not None:
-            raise InvalidParams(
-                "echo with logprobs (the prompt's own log probabilities) is not supported by orchestratord "
-                "yet; leave one of them out",
-                param="echo",
-            )
         return self._spec(
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
             prompt=self.prompts()[0], logprobs=self.logprobs,
+            prompt_logprobs=self.logprobs if self.echo else None,
         )  # fmt: skip
 
 

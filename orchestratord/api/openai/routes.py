@@ -29,7 +29,7 @@ from orchestratord.api.openai.schemas import ChatCompletion, Completion, Model, 
 from orchestratord.api.openai.streaming import Batch, chunks, tail, unless_gone
 from orchestratord.api.submission import lazy_fingerprint, submit, submit_body, with_default_max_tokens
 from orchestratord.core.tasks import LogEvent, TaskSpec, new_job_id
-from orchestratord.errors import ErrorKind, NotFound, OrchestratorError, StateUnavailable
+from orchestratord.errors import ErrorKind, InvalidParams, NotFound, OrchestratorError, StateUnavailable
 from orchestratord.logs import bind, get_logger
 from orchestratord.services import Services
 
@@ -111,7 +111,10 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
         specs = [with_default_max_tokens(services, each) for each in specs]
     # the client's ids, into this request's log lines
     bind(**body.client_ids)
-    results = await _submit_all(caller, specs, request, body)
+    try:
+        results = await _submit_all(caller, specs, request, body)
+    except InvalidParams as exc:
+        raise _in_our_names(exc) from None
     echoes = isinstance(body, CompletionRequest) and bool(body.echo)  # the prompt, before the text
     rendering = Rendering(
         surface, results[0].job_id, int(time.time()), body.model, body.include_usage,
@@ -133,6 +136,15 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
     if body.stream:
         return chunks(services, _stream(services, rendering, keepalive_s), headers)
     return await _whole(request, services, rendering, headers)
+
+
+def _in_our_names(exc: InvalidParams) -> InvalidParams:
+    """A refusal that names the job's `prompt_logprobs` (no engine serving the model scores prompts)
+    named as the request asked for it: `echo` with `logprobs`."""
+    if exc.param != "prompt_logprobs":
+        return exc
+    asked = "echo with logprobs (the prompt's own log probabilities)"
+    return InvalidParams(exc.message.replace("prompt_logprobs", asked, 1), param="echo")
 
 
 async def _submit_all(
@@ -284,16 +296,16 @@ def _render(
         error = openai_error(ErrorKind.STATE_UNAVAILABLE, "the state backend is unreachable; retry")
         out += [error_chunk(error), DONE]
         return True
-    if event.name not in ("token", "reasoning", "tool_call", "end", "error"):
+    if event.name not in ("token", "reasoning", "tool_call", "prompt", "end", "error"):
         return False
     if event.name == "reasoning" and rendering.surface != "chat":
         return False  # a text completion has no field for it
     data: dict[str, Any] = orjson.loads(event.data)
-    if first and event.name != "error":
-        if rendering.surface == "chat":
-            out.append(rendering.first())
-        elif rendering.echo:  # a completion that echoes its prompt: the prompt first
-            out.append(rendering.text(rendering.echo))
+    if first:
+        out += _opening(rendering, event.name)
+    if event.name == "prompt":  # the prompt, scored (echo with logprobs): its own first chunk
+        out.append(rendering.text(rendering.echo, data["logprobs"]))
+        return False
     if event.name == "token":
         relayed[0] = data["i"] + 1
         out.append(rendering.text(data["t"], data.get("logprobs"), relayed[0]))
@@ -312,6 +324,18 @@ def _render(
         out.append(error_chunk(openai_error(data["code"], data["message"])))
     out.append(DONE)
     return True
+
+
+def _opening(rendering: Rendering, name: str) -> list[bytes]:
+    """What a choice's chunks begin with, before its first event's: chat's role announcement; a
+    completion's echoed prompt (when the job did not score it: its `prompt` event is that chunk)."""
+    if name == "error":
+        return []
+    if rendering.surface == "chat":
+        return [rendering.first()]
+    if rendering.echo and name != "prompt":
+        return [rendering.text(rendering.echo)]
+    return []
 
 
 async def _whole(
@@ -390,6 +414,8 @@ async def _collect(services: Services, job_id: str) -> _Answer:
                     data = orjson.loads(event.data)
                     answer.parts.append(data["t"])
                     answer.logprobs += data.get("logprobs", ())
+                elif event.name == "prompt":  # the prompt's own entries, before the tokens'
+                    answer.logprobs += orjson.loads(event.data)["logprobs"]
                 elif event.name == "reasoning":
                     answer.thoughts.append(orjson.loads(event.data)["t"])
                 elif event.name == "tool_call":

@@ -9,6 +9,7 @@ Chunks are compact pydantic dumps (chat: ``exclude_unset``, so few keys; complet
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from tests.fakes.engines.asgi import (
@@ -66,6 +67,18 @@ def token_logprobs(text: str, i: int, top: int, chat: bool, offset: int) -> dict
         "text_offset": [offset], "token_logprobs": [logprob_of(i)], "tokens": [text],
         "top_logprobs": [{alternative(text, r): logprob_of(i, r) for r in range(top)}],
     }  # fmt: skip
+
+
+def prompt_pieces(prompt: str) -> list[str]:
+    """The fake's tokens of a prompt: each word with the spaces before it."""
+    return re.findall(r"\s*\S+|\s+$", prompt)
+
+
+def prompt_logprob(piece: str, j: int, top: int) -> tuple[float | None, dict[str, float] | None]:
+    """The fake's log probability of the prompt's token `j` and its alternatives: none for the first."""
+    if j == 0:
+        return None, None
+    return -0.5 * j, {alternative(piece, r): -0.5 * j - 1.5 * r for r in range(max(top, 1))}
 
 
 def group_logprobs(group: list[str], first: int, top: int, chat: bool, offset: int) -> dict[str, Any]:
@@ -227,7 +240,45 @@ class VllmEngine(FakeEngine):
             if await self._unknown_model(body, exchange):
                 return
             script = plan(self.behaviour, body.get("max_tokens", 16), body.get("stop") or [])
+            if body.get("stream") is False:
+                await exchange.respond(200, compact(self._whole_completion(body, script)))
+                return
             await exchange.stream("text/event-stream; charset=utf-8", self._frames(body, script, chat=False))
+
+    def _whole_completion(self, body: dict[str, Any], script: Script) -> dict[str, Any]:
+        """A completion answered whole (`stream: false`), as vLLM's `CompletionResponse`. With `echo`, the
+        text begins with the prompt and, with `logprobs`, the entries begin with the prompt's tokens
+        (`prompt_pieces`), the first with no log probability; `usage.prompt_tokens` counts them."""
+        texts, top = list(script.texts()), _top_logprobs(body, chat=False)
+        generated = script.count + (1 if script.ending in ("eos", "stop") else 0)
+        prompt = body["prompt"] if isinstance(body["prompt"], str) else "".join(body["prompt"])
+        pieces = prompt_pieces(prompt) if body.get("echo") else []
+        prompt_tokens = len(pieces) if body.get("echo") else self.behaviour.prompt_tokens
+        logprobs = None
+        if top is not None:
+            logprobs = group_logprobs(texts, 0, top, False, len(prompt) if pieces else 0)
+            if pieces:
+                scored = [prompt_logprob(piece, j, top) for j, piece in enumerate(pieces)]
+                offsets = [sum(map(len, pieces[:j])) for j in range(len(pieces))]
+                logprobs = {
+                    "text_offset": offsets + logprobs["text_offset"],
+                    "token_logprobs": [s for s, _ in scored] + logprobs["token_logprobs"],
+                    "tokens": pieces + logprobs["tokens"],
+                    "top_logprobs": [t for _, t in scored] + logprobs["top_logprobs"],
+                }
+        reason = "length" if script.ending == "length" else "stop"
+        choice = {
+            "index": 0, "text": (prompt if pieces else "") + "".join(texts), "logprobs": logprobs,
+            "finish_reason": reason, "stop_reason": script.stop_word or None,
+            "prompt_logprobs": None, "prompt_token_ids": None, "token_ids": None,
+        }  # fmt: skip
+        usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + generated,
+                 "completion_tokens": generated, "prompt_tokens_details": None}  # fmt: skip
+        return {
+            "id": "cmpl-3f1d2c9a8b7e4f60a1b2c3d4e5f60718", "object": "text_completion", "created": CREATED,
+            "model": MODEL, "choices": [choice], "service_tier": None, "system_fingerprint": None,
+            "usage": usage, "kv_transfer_params": None,
+        }  # fmt: skip
 
     async def _frames(self, body: dict[str, Any], script: Script, *, chat: bool) -> Frames:
         b, eol, p = self.behaviour, self.behaviour.eol, self.behaviour.prompt_tokens
