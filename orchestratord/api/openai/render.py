@@ -120,18 +120,6 @@ class Rendering:
         """`stream_options.include_usage` for several choices: the last chunk, with `counts` (`total`)."""
         return self._chunk([], counts)
 
-    def whole(
-        self,
-        text: str,
-        end: Mapping[str, Any],
-        calls: list[dict[str, Any]] | None = None,
-        logprobs: Sequence[Mapping[str, Any]] = (),
-        reasoning: str = "",
-    ) -> dict[str, Any]:
-        """The non-streaming response; `calls`, the tool calls the fragments made (`ToolCalls`);
-        `logprobs`, every token event's entries in order; `reasoning`, the model's (chat only)."""
-        return self.response([self.choice(text, end, calls, logprobs, reasoning)], usage(end))
-
     def choice(
         self,
         text: str,
@@ -140,7 +128,9 @@ class Rendering:
         logprobs: Sequence[Mapping[str, Any]] = (),
         reasoning: str = "",
     ) -> dict[str, Any]:
-        """This choice of a non-streaming response (`whole`'s arguments)."""
+        """This choice of a non-streaming response: `calls`, the tool calls the fragments made
+        (`ToolCalls`); `logprobs`, every token event's entries in order (a scored prompt's first);
+        `reasoning`, the model's (chat only)."""
         rendered = self.render_logprobs(logprobs)
         reason = FINISH.get(str(end.get("stop_reason")), "stop")
         text = self.echo + text
@@ -198,13 +188,7 @@ class ToolCalls:
 
 def usage(end: Mapping[str, Any]) -> dict[str, Any]:
     """Token counts of a finished job, from its `end` event."""
-    prompt, completion = int(end.get("tokens_in") or 0), int(end.get("tokens_out") or 0)
-    counts: dict[str, Any] = {
-        "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-    }  # fmt: skip
-    if end.get("tokens_in_estimated"):  # the engine reported no prompt count: ours, named an estimate
-        counts["prompt_tokens_estimated"] = True
-    return counts
+    return total([(end, True)])
 
 
 def total(ends: Sequence[tuple[Mapping[str, Any], bool]]) -> dict[str, Any]:
@@ -215,7 +199,7 @@ def total(ends: Sequence[tuple[Mapping[str, Any], bool]]) -> dict[str, Any]:
     counts: dict[str, Any] = {
         "prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
     }  # fmt: skip
-    if any(end.get("tokens_in_estimated") for end, counted in ends if counted):
+    if any(end.get("tokens_in_estimated") for end, counted in ends if counted):  # ours, not the engine's
         counts["prompt_tokens_estimated"] = True
     return counts
 

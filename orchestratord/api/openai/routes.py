@@ -135,7 +135,9 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
         return await _whole_choices(request, services, rendering, choices, headers)
     if body.stream:
         return chunks(services, _stream(services, rendering, keepalive_s), headers)
-    return await _whole(request, services, rendering, headers)
+    return await _whole_choices(
+        request, services, rendering, [_Choice(rendering, rendering.job_id, True)], headers
+    )
 
 
 def _in_our_names(exc: InvalidParams) -> InvalidParams:
@@ -338,25 +340,6 @@ def _opening(rendering: Rendering, name: str) -> list[bytes]:
     return []
 
 
-async def _whole(
-    request: Request, services: Services, rendering: Rendering, headers: dict[str, str]
-) -> Response:
-    """Collect the job's answer into one response; a client that leaves meanwhile cancels it (after
-    the reconnect grace), as a reader that leaves a stream does."""
-    answer = await unless_gone(request, _collect(services, rendering.job_id))
-    if answer is None:
-        return Response(status_code=499)  # nobody is there to read it
-    if answer.ending == "error":
-        response = to_openai_response(from_event(answer.data))
-        response.headers.update(headers)
-        return response
-    whole = rendering.whole(
-        "".join(answer.parts), answer.data, answer.calls.calls(), answer.logprobs, "".join(answer.thoughts)
-    )
-    body = orjson.dumps(whole)
-    return Response(body, media_type="application/json", headers=headers)
-
-
 async def _whole_choices(
     request: Request,
     services: Services,
@@ -364,11 +347,13 @@ async def _whole_choices(
     choices: list[_Choice],
     headers: dict[str, str],
 ) -> Response:
-    """Every choice's job collected into one response (the first error, if any choice ends in one,
-    answered as `_whole` answers it); a client that leaves meanwhile cancels them after the grace."""
+    """Every choice's job collected into one response (a request's one job, or a job a choice); the
+    first error, if any choice's job ends in one, is the answer (its status and OpenAI's error object).
+    A client that leaves meanwhile cancels them (after the reconnect grace), as a reader that leaves a
+    stream does."""
     answers = await unless_gone(request, _collect_all(services, [choice.job_id for choice in choices]))
     if answers is None:
-        return Response(status_code=499)
+        return Response(status_code=499)  # nobody is there to read it
     for answer in answers:
         if answer.ending == "error":
             response = to_openai_response(from_event(answer.data))
@@ -400,6 +385,8 @@ class _Answer:
 
 
 async def _collect_all(services: Services, job_ids: list[str]) -> list[_Answer]:
+    if len(job_ids) == 1:  # (one job, the common case: no task of its own)
+        return [await _collect(services, job_ids[0])]
     return list(await asyncio.gather(*(_collect(services, job_id) for job_id in job_ids)))
 
 
