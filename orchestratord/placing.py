@@ -13,6 +13,7 @@ names.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Protocol
@@ -31,6 +32,10 @@ from pool_manager.snapshot import PoolSnapshot
 
 log = get_logger(__name__)
 Tried = set[tuple[str, str]]  # (pool_id, replica_id) an attempt of the job already failed on
+# Prompt cache keys whose latest placement this process remembers itself: the hooks record a key's
+# place when its job's run starts, after the next jobs of the key may already be placed (a request's
+# several choices share one, `_Generation.fan_out`)
+RECENT_KEYS = 1024
 
 
 class PlacementHooks(Protocol):
@@ -62,6 +67,7 @@ class Placer:
         self._hooks = hooks
         self._shared = shared
         self._lock = asyncio.Lock()
+        self._recent: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()
 
     def exclusive(self) -> asyncio.Lock:
         """Held while a job is taken and leased, and while a failover places and leases."""
@@ -104,7 +110,10 @@ class Placer:
         self, spec: TaskSpec, route: Route, tried: Tried, snapshots: Sequence[PoolSnapshot]
     ) -> Assigned | NoCapacity:
         usable = [_without(p, tried) for p in snapshots if route.admits(p.pool_id)]
-        affinity = await self._hooks.affinity(spec) if self._hooks is not None else None
+        key = None if spec.cache_key is None or spec.session_id is not None else (spec.tenant, spec.cache_key)
+        affinity = self._recent.get(key) if key is not None else None
+        if affinity is None and self._hooks is not None:
+            affinity = await self._hooks.affinity(spec)
         req = PlacementRequest(
             spec.model_ref,
             spec.tokens_needed,
@@ -114,6 +123,11 @@ class Placer:
             holdback=self._holdback if spec.priority == "batch" else 0.0,
         )
         decision = decide(req, usable)
+        if key is not None and isinstance(decision, Assigned):
+            self._recent[key] = (decision.pool_id, decision.replica_id)
+            self._recent.move_to_end(key)
+            if len(self._recent) > RECENT_KEYS:
+                self._recent.popitem(last=False)
         self._count(decision)
         log.info(  # the first placement runs in the dispatch loop, not the job's task: fields explicit
             "placement_decided", outcome="assigned" if isinstance(decision, Assigned) else decision.kind,

@@ -169,3 +169,27 @@ def test_a_choice_that_fails_fails_the_answer(make_server: Callable[..., Loopbac
         with pytest.raises(openai.APIError, match="CUDA out of memory"):
             list(client.chat.completions.create(model="qwen", messages=ASK, max_tokens=3, n=2, stream=True))
     assert caught.value.status_code == 502 and "CUDA out of memory" in str(caught.value)
+
+
+def test_a_prompts_choices_go_to_one_replica_where_it_can_take_them(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """Two replicas of four slots: a prompt's four choices land on one of them (its engine reads the
+    common prompt once, as for its own `n`); two prompts' choices each keep together."""
+    pool = {
+        "id": "p",
+        "engine": "mock",
+        "models": ["mock"],
+        "replicas": [{"id": "a"}, {"id": "b"}],
+        "slots": 4,
+    }
+    server = make_server(pools=[pool])
+    client = sdk(server)
+    together = client.completions.with_raw_response.create(model="mock", prompt="x", n=4, max_tokens=4)
+    by_prompt = client.completions.with_raw_response.create(
+        model="mock", prompt=["x", "y"], n=2, max_tokens=4
+    )
+    placed = [job(server, j)["replica_id"] for j in together.headers["x-job-id"].split(", ")]
+    pairs = [job(server, j)["replica_id"] for j in by_prompt.headers["x-job-id"].split(", ")]
+    assert len(set(placed)) == 1, placed
+    assert pairs[0] == pairs[1] and pairs[2] == pairs[3], pairs

@@ -204,7 +204,10 @@ class _Generation(OpenAIRequest):
 
     def fan_out(self, spec: TaskSpec) -> list[TaskSpec]:
         """One job a choice, in the choices' order (each prompt's `n` in turn): `spec` first, then its
-        copies with ids of their own, each prompt's own, the k-th choice's seed `seed + k`."""
+        copies with ids of their own, each prompt's own, the k-th choice's seed `seed + k`. A prompt's
+        `n` choices share a prompt cache key (the client's, else one of their own), so that placement
+        puts them on one engine replica where it can take them: the engine reads their common prompt
+        once (vLLM's prefix cache), as it does for its own `n`."""
         prompts, n = self.prompts(), self.n or 1
         if len(prompts) * n > MAX_CHOICES:
             raise InvalidParams(
@@ -219,10 +222,13 @@ class _Generation(OpenAIRequest):
             )
         specs: list[TaskSpec] = []
         for prompt in prompts:
+            key = spec.cache_key
             for k in range(n):
                 seed = None if spec.seed is None else (spec.seed + k) % 2**63
                 job_id = spec.job_id if not specs else new_job_id()
-                copy = replace(spec, job_id=job_id, seed=seed)
+                if key is None and n > 1:  # a prompt's choices share its prefill where they can
+                    key = f"choices:{job_id}"
+                copy = replace(spec, job_id=job_id, seed=seed, cache_key=key)
                 specs.append(copy if prompt is None else replace(copy, prompt=prompt))
         return specs
 
