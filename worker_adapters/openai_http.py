@@ -49,6 +49,7 @@ from worker_adapters._wire import (
 from worker_adapters.base import (
     AdapterError,
     EngineInternal,
+    EngineRejected,
     EngineReset,
     Finished,
     PromptLogprobs,
@@ -249,13 +250,20 @@ async def openai_embeddings(http: EngineHTTP, req: SubmitRequest) -> AsyncGenera
 
 
 async def scored_prompt(
-    http: EngineHTTP, req: SubmitRequest, body: Mapping[str, object]
+    http: EngineHTTP, req: SubmitRequest, body: Mapping[str, object], *, chat: bool = False
 ) -> AsyncGenerator[TokenEvent, None]:
     """A completion that scores its prompt too (`req.prompt_logprobs`: OpenAI completions' `echo` with
     `logprobs`, which vLLM and llama-cpp-python answer with the prompt's tokens first, the first with
     no log probability). Asked whole (`stream: false`): only the answer's `usage.prompt_tokens` tells
     where the prompt's entries end and the completion's begin. The engine's text begins with the
-    prompt; what follows it is the completion's one `Token`."""
+    prompt; what follows it is the completion's one `Token`. A replica that serves chat only (`api:
+    chat`) has no prompt to score: refused, saying so, rather than answered without the scores."""
+    if chat:
+        raise EngineRejected(
+            f"{http.engine}: this replica serves chat only (its pool's api is chat), which echoes no "
+            "prompt: echo with logprobs needs a completions route",
+            engine=http.engine,
+        )
     asked = {key: value for key, value in body.items() if key != "stream_options"}
     asked.update(stream=False, echo=True, logprobs=req.prompt_logprobs)
     answer = await http.post_json(req, COMPLETIONS, asked)
@@ -329,8 +337,8 @@ class OpenAIAdapter(HttpAdapter):
         body = request_body(req, req.model, chat=chat)
         if "response_format" in body and option_str(self.config.options, "json_schema") == "json_object":
             body["response_format"] = schema_in_json_object(body["response_format"])
-        if req.prompt_logprobs is not None and not chat:
-            return scored_prompt(self.http, req, body)
+        if req.prompt_logprobs is not None:
+            return scored_prompt(self.http, req, body, chat=chat)
         path = CHAT if chat else COMPLETIONS
         return openai_events(self.http, req, path, body, final_step_chunks=self.final_step_chunks)
 

@@ -65,8 +65,8 @@ class VllmAdapter(OpenAIAdapter):
         body = request_body(req, req.model, chat=chat)
         if option_bool(self.config.options, "priority_scheduling"):
             body["priority"] = _PRIORITY[req.priority]
-        if req.prompt_logprobs is not None and not chat:
-            return scored_prompt(self.http, req, body)
+        if req.prompt_logprobs is not None:
+            return scored_prompt(self.http, req, body, chat=chat)
         return openai_events(self.http, req, CHAT if chat else COMPLETIONS, body, final_step_chunks=True)
 
     async def props(self) -> WorkerProps:

@@ -119,3 +119,18 @@ def test_scoring_the_prompt_is_refused_by_name_where_no_engine_can(
     error = caught.value.body
     assert isinstance(error, dict) and error["param"] == "echo", error
     assert "echo with logprobs (the prompt's own log probabilities) is not supported" in error["message"]
+
+
+def test_a_chat_only_pool_refuses_to_score_a_prompt_saying_so(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """A vLLM pool configured `api: chat` sends prompts as a user turn, which echoes nothing: the job is
+    refused (400, saying why), never answered without the prompt's scores; the engine is not asked."""
+    with served(VllmEngine()) as fake:
+        chat_only = {**vllm_and_mock(fake.url)[0], "api": "chat"}  # type: ignore[attr-defined]
+        client = sdk(make_server(pools=[chat_only]))
+        with pytest.raises(openai.BadRequestError, match="serves chat only"):
+            client.completions.create(model="qwen", prompt=PROMPT, max_tokens=1, echo=True, logprobs=1)
+        assert not [seen for seen in fake.record.requests if seen.method == "POST"]
+        plain = client.completions.create(model="qwen", prompt=PROMPT, max_tokens=2, echo=True)
+    assert plain.choices[0].text.startswith(PROMPT)
