@@ -144,10 +144,12 @@ class Flights:
             flight.mark_started()
 
     def streaming(self, within_s: float) -> bool:
-        """Whether a flight that has had its first event began a read within `within_s` seconds: the
-        engine is visibly generating (a read begins as soon as the previous one returned data)."""
+        """Whether a flight began an await on the engine within `within_s` seconds: its request was
+        just sent (the engine may be reading the prompt, before any event) or the engine is visibly
+        generating (a read begins as soon as the previous one returned data). A flight that has
+        waited longer than that, for its first event or the next, is not."""
         now = time.monotonic()
-        return any(f.started and now - f._since < within_s for f in self._by_task.values())
+        return any(now - f._since < within_s for f in self._by_task.values())
 
     async def cancel_all(self) -> None:
         for flight in list(self._by_task.values()):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx2
@@ -13,7 +14,9 @@ import pytest
 
 from tests.fakes.engines.harness import collect, request
 from tests.fakes.engines.llamacpp import LlamaCppEngine
+from worker_adapters import _inflight
 from worker_adapters._http import build_client, map_http_errors
+from worker_adapters._inflight import Flights
 from worker_adapters._wire import body_message, error_class, in_stream_error
 from worker_adapters.base import (
     AdapterConfig,
@@ -243,3 +246,23 @@ async def test_a_body_that_goes_on_after_the_terminal_mark_is_closed(
     adapter = mock_adapter(make_adapter, lambda r: httpx2.Response(200, stream=body))
     assert await collect(adapter, request()) == [Token("a"), Finished("eos")]
     assert body.closed
+
+
+async def test_a_flight_just_sent_or_reading_keeps_the_prober_away(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prober leaves a replica alone while one of its requests was just sent (the engine reads the
+    prompt, before any event: a probe then would make llama-cpp-python cut the stream) or is reading
+    its stream; not once the flight has waited a probe interval for its next data."""
+    clock = [100.0]
+    monkeypatch.setattr(_inflight, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    flights = Flights()
+    with flights.track("job") as flight:
+        assert not flights.streaming(0.5)  # nothing sent yet
+        with flight.awaiting():  # the request goes out: no event yet
+            clock[0] += 0.3
+            assert flights.streaming(0.5)
+            clock[0] += 0.3  # 0.6 s without an answer: stalled, probe it
+            assert not flights.streaming(0.5)
+        flight.mark_started()
+        with flight.awaiting():  # the next read, as the stream goes on
+            assert flights.streaming(0.5)
+    assert not flights.streaming(0.5)  # done
