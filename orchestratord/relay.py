@@ -88,6 +88,7 @@ def submit_request(spec: TaskSpec, engine_model: str, traceparent: str | None = 
         model=engine_model,
         max_tokens=spec.max_tokens,
         prompt=spec.prompt,
+        suffix=spec.suffix,
         messages=messages,
         inputs=spec.inputs,
         dimensions=spec.dimensions,

@@ -30,12 +30,15 @@ from worker_adapters.base import (
     TokenLogprob,
 )
 
-_REJECTED_STATUS = frozenset({400, 413, 422})
+# 501: what the engine cannot do with this model (llama-server's `/infill` for a model without
+# fill-in-the-middle tokens, `not_supported_error`), not its failure
+_REJECTED_STATUS = frozenset({400, 413, 422, 501})
 _UNAVAILABLE_STATUS = frozenset({429, 503})
 _REJECTED_TYPES = frozenset(
     {
         "invalid_request_error",  # llama.cpp, OpenAI
         "exceed_context_size_error",  # llama.cpp
+        "not_supported_error",  # llama.cpp
         "BadRequestError",  # vLLM
         "validation",  # TGI
         "template_error",  # TGI
@@ -176,6 +179,12 @@ def wants_chat(api: str, req: SubmitRequest, engine: str) -> bool:
     """Whether `req` goes to the engine's chat route: ``auto`` follows the request's shape; a ``chat``
     pool takes a prompt as one user message; a ``completion`` pool refuses messages (no chat template)."""
     if api == "chat":
+        if req.suffix is not None:
+            raise EngineRejected(
+                f"{engine}: this replica serves chat only (its pool's api is chat), which has no text "
+                "after the gap to fill: a suffix needs a completions route",
+                engine=engine,
+            )
         return True
     if api == "completion":
         if req.messages is not None:

@@ -40,6 +40,7 @@ class SubmitRequest:
     model: str
     max_tokens: int
     prompt: str | None = None
+    suffix: str | None = None  # a prompt job's text after the gap to fill (fill-in-the-middle)
     messages: tuple[ChatMessage, ...] | None = None
     inputs: tuple[str, ...] | None = None
     dimensions: int | None = None  # embeddings: the vectors' first this many numbers (OpenAI-dialect engines)

@@ -1,6 +1,9 @@
-"""llama.cpp's ``llama-server``: prompts stream from the native ``POST /completion``, messages from its
-OpenAI-compatible ``/v1/chat/completions`` (wire notes §1). A prompt that asks for log probabilities or a
-logit bias goes to its ``/v1/completions``, which reports them in chat's shape (``logprobs.content``).
+"""llama.cpp's ``llama-server``: prompts stream from the native ``POST /completion`` (with a suffix, the
+fill-in-the-middle ``POST /infill``, the same stream), messages from its OpenAI-compatible
+``/v1/chat/completions`` (wire notes §1). A prompt that asks for log probabilities or a
+logit bias goes to its ``/v1/completions``, which reports them in chat's shape (``logprobs.content``);
+with a suffix, a logit bias goes to ``/infill`` (as ``{"id": bias}``, which the native routes read) and
+log probabilities are refused (the native stream's are not read here).
 llama-server gives no log probabilities when asked for no alternatives (`top_logprobs: 0`, completions'
 `logprobs: 0`): it is asked for one, and the alternatives are cut to what the job asked for.
 
@@ -16,6 +19,8 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
+import orjson
+
 from worker_adapters._http import HttpAdapter, relay
 from worker_adapters._sse import SSEEvent
 from worker_adapters._wire import (
@@ -28,6 +33,7 @@ from worker_adapters._wire import (
     wants_chat,
 )
 from worker_adapters.base import (
+    EngineRejected,
     Finished,
     StopReason,
     SubmitRequest,
@@ -47,13 +53,22 @@ _LEGACY_STOP_FLAGS: tuple[tuple[str, StopReason], ...] = (
 
 
 def completion_body(req: SubmitRequest) -> dict[str, object]:
+    """The native route's body: `/completion`'s, or with a suffix `/infill`'s (the prompt is the text
+    before the gap, `input_prefix`; the suffix the text after it, `input_suffix`)."""
+    text: dict[str, object] = (
+        {"prompt": req.prompt or ""}
+        if req.suffix is None
+        else {"input_prefix": req.prompt or "", "input_suffix": req.suffix}
+    )
     body: dict[str, object] = {
-        "prompt": req.prompt or "",
+        **text,
         "n_predict": req.max_tokens,
         "stream": True,
         "cache_prompt": True,
     }
     body.update(sampling(req))
+    if req.logit_bias is not None:  # a suffix job's (the others take /v1/completions): id -> bias
+        body["logit_bias"] = orjson.loads(req.logit_bias)
     return body
 
 
@@ -99,7 +114,13 @@ class LlamaCppAdapter(HttpAdapter):
         if req.inputs is not None:  # a server started with `--embeddings`
             return openai_embeddings(self.http, req)
         chat = wants_chat(self.config.api, req, self.engine)
-        if not chat and req.logprobs is None and req.logit_bias is None:
+        if req.suffix is not None and req.logprobs is not None:
+            raise EngineRejected(
+                f"{self.engine}: a suffix goes to llama-server's /infill, whose log probabilities "
+                "orchestratord does not read: leave out one of suffix and logprobs",
+                engine=self.engine,
+            )
+        if not chat and req.logprobs is None and (req.logit_bias is None or req.suffix is not None):
             return self._completion(req)
         body = request_body(req, req.model, chat=chat)
         if req.logprobs == 0:
@@ -108,7 +129,8 @@ class LlamaCppAdapter(HttpAdapter):
         return openai_events(self.http, req, path, body, top_logprobs=req.logprobs)
 
     def _completion(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
-        events = self.http.sse(req, "/completion", completion_body(req))
+        path = "/completion" if req.suffix is None else "/infill"
+        events = self.http.sse(req, path, completion_body(req))
         return relay(self.http, events, NativeStream(self.engine), 'a final event with "stop":true')
 
     async def health(self) -> WorkerHealth:

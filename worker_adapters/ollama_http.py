@@ -35,6 +35,10 @@ Log probabilities (Ollama 0.12.11 and later, on both routes): ``logprobs: true``
 that asks for them on a replica whose ``/api/version`` is older is refused, saying so, not answered
 without them.
 
+Fill-in-the-middle: a job's ``suffix`` goes as ``/api/generate``'s own, never with ``raw`` (the model's
+template alone knows its FIM tokens, and Ollama reads no suffix in raw mode); Ollama refuses it for a
+model whose template takes none (HTTP 400, "… does not support insert"), which the client gets.
+
 Options: ``raw`` (send prompts without the model's template, ``/api/generate``'s ``raw: true``).
 """
 
@@ -95,7 +99,9 @@ def ollama_body(
             body["tools"] = json.loads(req.tools)
     else:
         body["prompt"] = req.prompt or ""
-        if raw:
+        if req.suffix is not None:  # rendered by the model's template, which alone knows its FIM tokens
+            body["suffix"] = req.suffix
+        elif raw:
             body["raw"] = True
     options: dict[str, object] = {"num_predict": req.max_tokens, **sampling(req)}
     if num_ctx is not None:

@@ -84,6 +84,8 @@ def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, obj
         body["messages"] = chat_messages(req, names=True)
     else:
         body["prompt"] = req.prompt or ""
+        if req.suffix is not None:
+            body["suffix"] = req.suffix
     body.update(max_tokens=req.max_tokens, stream=True, stream_options={"include_usage": True})
     body.update(sampling(req))
     for name in ("tools", "tool_choice", "response_format", "logit_bias"):

@@ -20,7 +20,7 @@ ADAPTERS: dict[str, str] = {
 # pools whose engine can, and refused (naming the parameter) when no pool serving its model can.
 # (`tool_messages`: chat turns that carry tool calls or tool results, which only OpenAI-dialect chat reads.)
 _STRUCTURED = frozenset({"tools", "tool_choice", "response_format", "tool_messages"})
-_NATIVE = _STRUCTURED | {"logprobs", "logit_bias", "prompt_logprobs"}
+_NATIVE = _STRUCTURED | {"logprobs", "logit_bias", "prompt_logprobs", "suffix"}
 # Not a field either: an embeddings job (`TaskSpec.inputs`), which TGI's generate routes cannot serve
 EMBEDDINGS = "embeddings"
 UNSUPPORTED: dict[str, frozenset[str]] = {
@@ -41,6 +41,8 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     # TGI has none.
     # `chat_template_kwargs` is vLLM's and llama-server's chat extension; OpenAI's own API refuses a
     # field it does not know, so a generic OpenAI-compatible server is not sent it.
+    # A `suffix` (fill-in-the-middle) goes to llama-server's `/infill`, to Ollama's generate route and
+    # to OpenAI-compatible servers; vLLM refuses one ("suffix is not currently supported").
     "tgi": frozenset({"presence_penalty", "ignore_eos", EMBEDDINGS})
     | _NATIVE
     | {"reasoning_effort", "chat_template_kwargs"},
@@ -50,6 +52,7 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     ),
     "mock": _NATIVE | {"reasoning_effort", "chat_template_kwargs"},
     "openai": frozenset({"ignore_eos", "chat_template_kwargs"}),
+    "vllm": frozenset({"suffix"}),
 }
 
 

@@ -72,6 +72,7 @@ class TaskRequest(BaseModel):
     model_config = _STRICT
     model_ref: Text = Field(min_length=1, max_length=256)
     prompt: Text | None = Field(default=None, max_length=1_000_000)
+    suffix: Text | None = Field(default=None, max_length=1_000_000)  # a prompt's: the text after the gap
     messages: list[ChatMessageIn] | None = Field(default=None, min_length=1, max_length=1024)
     max_tokens: int = Field(ge=1, le=1_000_000)
     priority: Literal["interactive", "batch"] = "interactive"
@@ -100,6 +101,8 @@ class TaskRequest(BaseModel):
         for name in ("reasoning_effort", "chat_template_kwargs"):
             if self.prompt is not None and getattr(self, name) is not None:
                 raise ValueError(f"{name} is read by the model's chat template: give messages, not a prompt")
+        if self.messages is not None and self.suffix is not None:
+            raise ValueError("suffix is the text after a prompt's gap: give a prompt, not messages")
         return self
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None) -> TaskSpec:
@@ -111,6 +114,7 @@ class TaskRequest(BaseModel):
             max_tokens=self.max_tokens,
             priority=self.priority,
             prompt=self.prompt,
+            suffix=self.suffix,
             messages=None
             if self.messages is None
             else tuple(Message(m.role, m.content) for m in self.messages),

@@ -74,11 +74,12 @@ def largest_context(services: Services, model: str) -> int:
 
 
 def check_prompt_size(spec: TaskSpec, limit: int) -> None:
-    """InvalidParams when the prompt, or the messages' contents together, exceed `limit` characters."""
+    """InvalidParams when the prompt (with its suffix), or the messages' contents together, exceed `limit`
+    characters."""
     if spec.inputs is not None:
         what, size = "input", sum(map(len, spec.inputs))
     elif spec.messages is None:
-        what, size = "prompt", len(spec.prompt or "")
+        what, size = "prompt", len(spec.prompt or "") + len(spec.suffix or "")
     else:
         what, size = "messages' content", sum(len(m.content) for m in spec.messages)
     if size > limit:

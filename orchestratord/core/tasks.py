@@ -20,6 +20,7 @@ PlacementMode = Literal["pin", "prefer", "auto"]
 ENGINE_PARAMETERS = (
     "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format", "logprobs",
     "ignore_eos", "reasoning_effort", "chat_template_kwargs", "logit_bias", "dimensions", "prompt_logprobs",
+    "suffix",
 )  # fmt: skip
 # Not a field: a job whose chat turns carry tool calls or tool results (`Message.carries_tools`).
 TOOL_MESSAGES = "tool_messages"
@@ -93,6 +94,9 @@ class TaskSpec:
     max_tokens: int
     priority: Priority = "interactive"
     prompt: str | None = None
+    # The text after the gap a prompt job fills (OpenAI completions' `suffix`: fill-in-the-middle, the
+    # prompt being the text before it), for the engines that take one
+    suffix: str | None = None
     messages: tuple[Message, ...] | None = None
     # An embeddings job's texts (OpenAI's `/v1/embeddings`): the engine answers a vector for each, no
     # tokens; one of `prompt`, `messages` and `inputs` is set
@@ -170,6 +174,8 @@ class TaskSpec:
             return "\n".join(
                 m.content if m.tool_calls is None else m.content + m.tool_calls for m in self.messages
             )
+        if self.suffix is not None:
+            return f"{self.prompt or ''}\n{self.suffix}"
         return self.prompt or ""
 
     @property

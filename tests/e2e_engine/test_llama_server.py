@@ -457,3 +457,39 @@ def test_embeddings_come_back_as_llama_server_computed_them(
         for item, theirs in zip(answer.data, said, strict=True):
             assert item.embedding == pytest.approx(theirs["embedding"], rel=1e-6, abs=1e-7)
         assert answer.usage.prompt_tokens == direct.json()["usage"]["prompt_tokens"]
+
+
+def test_a_gap_is_filled_as_llama_servers_infill_fills_it(
+    make_server: Callable[..., LoopbackServer], tmp_path: Path
+) -> None:
+    """Completions' `suffix` on a model with fill-in-the-middle tokens: the prompt and the suffix reach
+    `/infill` as the text before and after the gap, and the SDK gets llama-server's own middle (greedy),
+    whole and streamed, with its counts; without the suffix the same prompt is continued otherwise."""
+    model = write_tiny_llama(tmp_path / "fim.gguf", n_ctx=4096, fim=True)
+    engine = LlamaServer(tmp_path, model=model).start()
+    before, after = "def add(a, b):\n    ", "\n\nprint(add(1, 2))\n"
+    sampling = {"temperature": 0.0, "seed": 7}
+    try:
+        direct = httpx.post(
+            f"{engine.url}/infill",
+            json={"input_prefix": before, "input_suffix": after, "n_predict": 16, **sampling},
+            timeout=60,
+        ).json()
+        plain = httpx.post(
+            f"{engine.url}/completion", json={"prompt": before, "n_predict": 16, **sampling}, timeout=60
+        ).json()
+        client = sdk(start(make_server, engine))
+        ours = client.completions.create(model="tiny", prompt=before, suffix=after, max_tokens=16, **sampling)
+        streamed = client.completions.create(
+            model="tiny", prompt=before, suffix=after, max_tokens=16, stream=True, **sampling
+        )
+        pieces = [c.choices[0].text for c in streamed if c.choices]
+    finally:
+        engine.stop()
+    assert len(direct["content"]) > 0 and direct["content"] != plain["content"]
+    assert ours.choices[0].text == direct["content"] == "".join(pieces)
+    assert ours.usage is not None
+    assert (ours.usage.prompt_tokens, ours.usage.completion_tokens) == (
+        direct["tokens_evaluated"],
+        direct["tokens_predicted"],
+    )

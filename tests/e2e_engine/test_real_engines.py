@@ -512,3 +512,34 @@ def test_a_prompt_is_scored_as_the_engine_scores_it(
     )
     assert streamed[0].text == ask["prompt"] and streamed[0].logprobs is not None
     assert "".join(c.text for c in streamed) == ours.text
+
+
+def test_a_suffix_fills_the_middle_as_the_engine_fills_it(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """Completions' `suffix` (code completion's fill-in-the-middle), greedy, through the SDK: the answer
+    is the engine's own to the same request asked directly (llama-cpp-python takes OpenAI's `suffix`),
+    whole and streamed; where the engine cannot, the client reads why: vLLM refuses every suffix (a 400
+    naming `suffix`, vLLM not asked), and this model has no FIM tokens for llama-server's `/infill` (a
+    400 in llama-server's words; test_llama_server.py fills a gap with a model that has them)."""
+    ask: dict[str, Any] = {"model": MODEL, "prompt": "def add(a, b):\n    ", "suffix": "\n\nprint(add(1, 2))",
+                           "max_tokens": 12, "temperature": 0.0, "seed": 7}  # fmt: skip
+    with sdk_through_proxy(make_server, real) as (sdk, proxy):
+        if real.name != "llama-cpp-python":
+            with pytest.raises(openai.BadRequestError) as caught:
+                sdk.completions.create(**ask)
+            error = caught.value.body
+            assert isinstance(error, dict), error
+            if real.name == "vllm":
+                assert error["param"] == "suffix" and b"/v1/completions" not in b"".join(proxy.sent)
+            else:
+                assert "Infill is not supported by this model" in error["message"], error
+            return
+        ours = sdk.completions.create(**ask)
+        streamed = [c.choices[0].text for c in sdk.completions.create(**ask, stream=True) if c.choices]
+    direct = httpx.post(f"{real.url}/v1/completions", json=ask, timeout=60).json()
+    plain = httpx.post(f"{real.url}/v1/completions", json={**ask, "suffix": None}, timeout=60).json()
+    assert ours.choices[0].text == direct["choices"][0]["text"] == "".join(streamed)
+    assert ours.choices[0].text != plain["choices"][0]["text"]  # the suffix reached the engine
+    # llama-cpp-python streams no usage: the prompt's count is orchestratord's estimate, and says so
+    assert ours.usage is not None and ours.usage.completion_tokens == direct["usage"]["completion_tokens"]

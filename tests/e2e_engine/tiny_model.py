@@ -21,13 +21,20 @@ import gguf
 import numpy as np
 
 CONTROL_TOKENS = ("<unk>", "<s>", "</s>")
+# Fill-in-the-middle tokens (Qwen2.5-Coder's names), after ▁ in a model written with `fim=True`
+FIM_TOKENS = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+_FIM_KEYS = (gguf.Keys.Tokenizer.FIM_PRE_ID, gguf.Keys.Tokenizer.FIM_SUF_ID, gguf.Keys.Tokenizer.FIM_MID_ID)
 
 
-def tokenizer() -> tuple[list[str], list[float], list[int]]:
-    """Token list, scores and types: <unk>, <s>, </s>, <0x00>…<0xFF>, ▁."""
+def tokenizer(*, fim: bool = False) -> tuple[list[str], list[float], list[int]]:
+    """Token list, scores and types: <unk>, <s>, </s>, <0x00>…<0xFF>, ▁ (and with `fim` the three FIM
+    control tokens)."""
     tokens = [*CONTROL_TOKENS, *(f"<0x{b:02X}>" for b in range(256)), "▁"]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
     types += [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL]
+    if fim:
+        tokens += FIM_TOKENS
+        types += [gguf.TokenType.CONTROL] * len(FIM_TOKENS)
     scores = [0.0] * len(tokens)
     return tokens, scores, [int(t) for t in types]
 
@@ -42,11 +49,13 @@ def write_tiny_llama(
     n_ff: int = 128,
     n_head: int = 4,
     pooling: gguf.PoolingType | None = None,
+    fim: bool = False,
 ) -> Path:
     """`pooling`: the model's own pooling (`llama.pooling_type`), which an engine asked for embeddings
-    reads when it is not told one (llama-cpp-python has no setting for it)."""
+    reads when it is not told one (llama-cpp-python has no setting for it). `fim`: with fill-in-the-
+    middle tokens, named as such in the metadata (what llama-server's `/infill` needs); never sampled."""
     rng = np.random.default_rng(seed)
-    tokens, scores, types = tokenizer()
+    tokens, scores, types = tokenizer(fim=fim)
     n_vocab = len(tokens)
 
     def weights(*shape: int) -> np.ndarray:
@@ -74,6 +83,9 @@ def write_tiny_llama(
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
+    if fim:
+        for key, token_id in zip(_FIM_KEYS, range(n_vocab - len(FIM_TOKENS), n_vocab), strict=True):
+            writer.add_uint32(key, token_id)
 
     writer.add_tensor("token_embd.weight", weights(n_vocab, n_embd))
     for i in range(n_layer):
@@ -89,6 +101,7 @@ def write_tiny_llama(
     first_byte = len(CONTROL_TOKENS)
     output[:first_byte] = 0.0  # see the module docstring
     output[first_byte + 0x80 : first_byte + 0x100] = 0.0
+    output[first_byte + 0x100 + 1 :] = 0.0  # the FIM tokens, if any (after ▁)
     writer.add_tensor("output.weight", output)
 
     writer.write_header_to_file()

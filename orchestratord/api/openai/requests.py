@@ -25,7 +25,7 @@ TIERS: dict[str, Priority] = {"auto": "interactive", "default": "interactive", "
 # Accepted only at their neutral value: what orchestratord cannot pass on to every engine yet.
 UNSUPPORTED = (
     "functions", "function_call", "prediction", "audio",
-    "modalities", "web_search_options", "store", "suffix", "best_of", "verbosity",
+    "modalities", "web_search_options", "store", "best_of", "verbosity",
 )  # fmt: skip
 Verbosity = Literal["low", "medium", "high"]  # GPT-5's; "medium", its default, asks for nothing
 
@@ -316,7 +316,8 @@ class CompletionRequest(_Generation):
         ]
     ) = Field(description="One prompt, or several (each its own choice, or `n` of them, in order).")
     echo: bool | None = None
-    suffix: Text | None = None
+    # Fill-in-the-middle: the text after the gap the completion fills, the prompt being the text before it
+    suffix: Annotated[Text, Field(max_length=1_000_000)] | None = None
     best_of: int | None = None
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
 
@@ -329,10 +330,16 @@ class CompletionRequest(_Generation):
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
         self.refuse_unsupported(chat=False)
+        scored = self.echo and self.logprobs is not None
+        if scored and self.suffix is not None:
+            raise InvalidParams(
+                "echo with logprobs scores a prompt, which has no suffix: leave out suffix or echo",
+                param="suffix",
+            )
         return self._spec(
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
-            prompt=self.prompts()[0], logprobs=self.logprobs,
-            prompt_logprobs=self.logprobs if self.echo else None,
+            prompt=self.prompts()[0], suffix=self.suffix, logprobs=self.logprobs,
+            prompt_logprobs=self.logprobs if scored else None,
         )  # fmt: skip
 
 

@@ -1,5 +1,5 @@
-"""A fake llama.cpp ``llama-server``: native ``/completion`` and its OpenAI routes, ``/health``,
-``/props``, ``/slots``, ``/v1/models``, with the bytes the real server writes (wire notes §1)."""
+"""A fake llama.cpp ``llama-server``: native ``/completion`` and ``/infill`` and its OpenAI routes,
+``/health``, ``/props``, ``/slots``, ``/v1/models``, with the bytes the real server writes (wire notes §1)."""
 
 from __future__ import annotations
 
@@ -107,12 +107,14 @@ class LlamaCppEngine(FakeEngine):
     def __init__(self, **behaviour: Any) -> None:
         super().__init__(**behaviour)
         self.n_predict = -1  # the server's `--n-predict`
+        self.fim = True  # the model has fill-in-the-middle tokens (else `/infill` answers 501)
         self.routes = {
             ("GET", "/health"): self.health,
             ("GET", "/props"): self.props,
             ("GET", "/slots"): self.slots,
             ("GET", "/v1/models"): self.models,
             ("POST", "/completion"): self.completion,
+            ("POST", "/infill"): self.infill,
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.oai_completion,
         }
@@ -168,6 +170,20 @@ class LlamaCppEngine(FakeEngine):
         body = request.json()
         script = plan(self.behaviour, body.get("n_predict", -1), body.get("stop", []))
         await exchange.stream("text/event-stream", self._native(body, script))
+
+    async def infill(self, request: Request, exchange: Exchange) -> None:
+        """``/infill``: the native stream, its final event's ``prompt`` the FIM prompt the server built."""
+        if await self._refused(exchange):
+            return
+        if not self.fim:
+            missing = "prefix token is missing. suffix token is missing. middle token is missing. "
+            message = f"Infill is not supported by this model: {missing}"
+            await exchange.respond(501, error_body(501, message, "not_supported_error"))
+            return
+        body = request.json()
+        prompt = f"<|fim_prefix|>{body['input_prefix']}<|fim_suffix|>{body['input_suffix']}<|fim_middle|>"
+        script = plan(self.behaviour, body.get("n_predict", -1), body.get("stop", []))
+        await exchange.stream("text/event-stream", self._native({**body, "prompt": prompt}, script))
 
     async def _native(self, body: dict[str, Any], script: Script) -> Frames:
         b, eol, p = self.behaviour, self.behaviour.eol, self.behaviour.prompt_tokens

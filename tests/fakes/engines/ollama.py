@@ -73,6 +73,7 @@ class OllamaEngine(FakeEngine):
         self.installed = [MODEL]
         self.version_text = VERSION  # what /api/version answers
         self.shortens = True  # /api/embed takes `dimensions` (an older Ollama ignores it)
+        self.inserts = False  # the model's template takes a suffix (capability "insert": a code model's)
         self.digest = "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72"
         self.context_length = 131072  # the model's trained context (`llama.context_length`)
         self.architecture = "llama"  # `general.architecture`: "gptoss" takes effort levels for `think`
@@ -135,7 +136,9 @@ class OllamaEngine(FakeEngine):
             "template": "<|start_header_id|>user<|end_header_id|>\n\n{{ .Prompt }}<|eot_id|>",
             "details": details,
             "model_info": info,
-            "capabilities": ["completion", "tools"] + (["thinking"] if self.behaviour.thinking else []),
+            "capabilities": ["completion", "tools"]
+            + (["insert"] if self.inserts else [])
+            + (["thinking"] if self.behaviour.thinking else []),
             "modified_at": "2026-07-30T10:01:02.123456789-07:00",
         }
         await exchange.respond(200, go_json(show))
@@ -176,6 +179,10 @@ class OllamaEngine(FakeEngine):
         form = body.get("format")
         if form is not None and form != "json" and not isinstance(form, dict):  # "json" or a JSON schema
             await exchange.respond(400, go_json({"error": "invalid JSON schema in format"}))
+            return
+        if not chat and body.get("suffix") and not self.inserts:  # `scheduleRunner`'s capability check
+            name = f"registry.ollama.ai/library/{body['model'].removesuffix(':latest')}:latest"
+            await exchange.respond(400, go_json({"error": f"{name} does not support insert"}))
             return
         think = body.get("think")
         if think not in (None, True, False, "low", "medium", "high"):  # what every release takes

@@ -239,6 +239,10 @@ class VllmEngine(FakeEngine):
             body = request.json()
             if await self._unknown_model(body, exchange):
                 return
+            if body.get("suffix") is not None:  # vLLM's renderer refuses every suffix
+                error = error_object(400, "suffix is not currently supported", None)
+                await exchange.respond(400, compact(error))
+                return
             script = plan(self.behaviour, body.get("max_tokens", 16), body.get("stop") or [])
             if body.get("stream") is False:
                 await exchange.respond(200, compact(self._whole_completion(body, script)))
