@@ -89,6 +89,7 @@ def submit_request(spec: TaskSpec, engine_model: str, traceparent: str | None = 
         max_tokens=spec.max_tokens,
         prompt=spec.prompt,
         suffix=spec.suffix,
+        prompt_ids=spec.prompt_ids,
         messages=messages,
         inputs=spec.inputs,
         dimensions=spec.dimensions,
@@ -246,9 +247,13 @@ def embedding_data(event: Embedding) -> dict[str, object]:
 
 def prompt_data(event: PromptLogprobs) -> dict[str, object]:
     """A `prompt` event's data: an entry for each of the prompt's tokens as the engine read them, as a
-    `token` event's are, the first with no log probability (`null`: nothing precedes it)."""
+    `token` event's are, the first with no log probability (`null`: nothing precedes it); and for a
+    prompt given as token ids, its text as the engine decoded it (`text`)."""
     first: dict[str, object] = {"token": event.first, "logprob": None, "top_logprobs": []}
-    return {"logprobs": [first, *(logprobs_data(event.entries) or ())]}
+    data: dict[str, object] = {"logprobs": [first, *(logprobs_data(event.entries) or ())]}
+    if event.text is not None:
+        data["text"] = event.text
+    return data
 
 
 def logprobs_data(logprobs: tuple[TokenLogprob, ...]) -> list[dict[str, object]] | None:

@@ -179,10 +179,11 @@ def wants_chat(api: str, req: SubmitRequest, engine: str) -> bool:
     """Whether `req` goes to the engine's chat route: ``auto`` follows the request's shape; a ``chat``
     pool takes a prompt as one user message; a ``completion`` pool refuses messages (no chat template)."""
     if api == "chat":
-        if req.suffix is not None:
+        if req.suffix is not None or req.prompt_ids is not None:
+            needs = "a suffix" if req.suffix is not None else "a prompt of token ids"
             raise EngineRejected(
-                f"{engine}: this replica serves chat only (its pool's api is chat), which has no text "
-                "after the gap to fill: a suffix needs a completions route",
+                f"{engine}: this replica serves chat only (its pool's api is chat), which takes text "
+                f"turns: {needs} needs a completions route",
                 engine=engine,
             )
         return True

@@ -41,6 +41,7 @@ class SubmitRequest:
     max_tokens: int
     prompt: str | None = None
     suffix: str | None = None  # a prompt job's text after the gap to fill (fill-in-the-middle)
+    prompt_ids: tuple[int, ...] | None = None  # the prompt as the engine's token ids, instead of `prompt`
     messages: tuple[ChatMessage, ...] | None = None
     inputs: tuple[str, ...] | None = None
     dimensions: int | None = None  # embeddings: the vectors' first this many numbers (OpenAI-dialect engines)
@@ -96,10 +97,12 @@ class Token:
 @dataclass(frozen=True, slots=True)
 class PromptLogprobs:
     """The prompt's tokens as the engine read them, with their log probabilities: `first`, the first
-    token (nothing precedes it, so it has none), then an entry for each later one."""
+    token (nothing precedes it, so it has none), then an entry for each later one. `text`: the prompt's
+    text as the engine decoded it, for a prompt given as token ids (whose text only the engine knows)."""
 
     first: str
     entries: tuple[TokenLogprob, ...]
+    text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,7 +56,7 @@ def completion_body(req: SubmitRequest) -> dict[str, object]:
     """The native route's body: `/completion`'s, or with a suffix `/infill`'s (the prompt is the text
     before the gap, `input_prefix`; the suffix the text after it, `input_suffix`)."""
     text: dict[str, object] = (
-        {"prompt": req.prompt or ""}
+        {"prompt": list(req.prompt_ids) if req.prompt_ids is not None else req.prompt or ""}
         if req.suffix is None
         else {"input_prefix": req.prompt or "", "input_suffix": req.suffix}
     )

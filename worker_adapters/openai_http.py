@@ -83,7 +83,7 @@ def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, obj
     if chat:
         body["messages"] = chat_messages(req, names=True)
     else:
-        body["prompt"] = req.prompt or ""
+        body["prompt"] = list(req.prompt_ids) if req.prompt_ids is not None else req.prompt or ""
         if req.suffix is not None:
             body["suffix"] = req.suffix
     body.update(max_tokens=req.max_tokens, stream=True, stream_options={"include_usage": True})
@@ -271,15 +271,16 @@ async def scored_prompt(
     answer = await http.post_json(req, COMPLETIONS, asked)
     choice = next((as_dict(c) for c in answer.get("choices") or () if as_dict(c).get("index", 0) == 0), {})
     usage = as_dict(answer.get("usage"))
-    count, prompt = as_int(usage.get("prompt_tokens")), req.prompt or ""
+    count = as_int(usage.get("prompt_tokens"))
     text, logprobs = as_str(choice.get("text")), as_dict(choice.get("logprobs"))
     tokens, scores = logprobs.get("tokens"), logprobs.get("token_logprobs")
     tops = logprobs.get("top_logprobs") or []
     if (
-        count is None or text is None or not text.startswith(prompt)
+        count is None or text is None
         or not isinstance(tokens, list) or not isinstance(scores, list) or not isinstance(tops, list)
         or not 0 < count <= len(tokens) == len(scores) or not isinstance(tokens[0], str)
         or not all(scored(token, score) for token, score in zip(tokens[1:], scores[1:], strict=True))
+        or (prompt := _echoed(req, text, logprobs.get("text_offset"), tokens, count)) is None
     ):  # fmt: skip
         raise EngineInternal(
             f"{http.engine} did not answer the prompt's log probabilities (echo with logprobs): it "
@@ -292,7 +293,8 @@ async def scored_prompt(
         TokenLogprob(token, score, alternatives(others))
         for token, score, others in zip(tokens[1:], scores[1:], tops[1:], strict=True)
     ]
-    yield PromptLogprobs(tokens[0], tuple(entries[: count - 1]))
+    decoded = prompt if req.prompt_ids is not None else None  # a text prompt's is the client's own
+    yield PromptLogprobs(tokens[0], tuple(entries[: count - 1]), decoded)
     yield Token(text[len(prompt) :], tuple(entries[count - 1 :]))
     reason = as_str(choice.get("finish_reason")) or "stop"
     yield Finished(
@@ -300,6 +302,19 @@ async def scored_prompt(
         prompt_tokens=count,
         completion_tokens=as_int(usage.get("completion_tokens")),
     )
+
+
+def _echoed(req: SubmitRequest, text: str, offsets: object, tokens: list[Any], count: int) -> str | None:
+    """The prompt at the start of an echoed `text`: a text prompt as it was sent (None if `text` does
+    not begin with it); a prompt of token ids as the engine decoded it, up to the first completion
+    token's `text_offset` (vLLM, OpenAI), else its tokens' texts joined."""
+    if req.prompt_ids is None:
+        prompt = req.prompt or ""
+        return prompt if text.startswith(prompt) else None
+    if isinstance(offsets, list) and len(offsets) > count and isinstance(offsets[count], int):
+        return text[: offsets[count]]
+    joined = "".join(token for token in tokens[:count] if isinstance(token, str))
+    return joined if text.startswith(joined) else None
 
 
 def openai_events(

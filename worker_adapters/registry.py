@@ -20,7 +20,7 @@ ADAPTERS: dict[str, str] = {
 # pools whose engine can, and refused (naming the parameter) when no pool serving its model can.
 # (`tool_messages`: chat turns that carry tool calls or tool results, which only OpenAI-dialect chat reads.)
 _STRUCTURED = frozenset({"tools", "tool_choice", "response_format", "tool_messages"})
-_NATIVE = _STRUCTURED | {"logprobs", "logit_bias", "prompt_logprobs", "suffix"}
+_NATIVE = _STRUCTURED | {"logprobs", "logit_bias", "prompt_logprobs", "suffix", "prompt_ids"}
 # Not a field either: an embeddings job (`TaskSpec.inputs`), which TGI's generate routes cannot serve
 EMBEDDINGS = "embeddings"
 UNSUPPORTED: dict[str, frozenset[str]] = {
@@ -43,12 +43,14 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     # field it does not know, so a generic OpenAI-compatible server is not sent it.
     # A `suffix` (fill-in-the-middle) goes to llama-server's `/infill`, to Ollama's generate route and
     # to OpenAI-compatible servers; vLLM refuses one ("suffix is not currently supported").
+    # A prompt of token ids (`prompt_ids`) goes to the engines whose completions take one (vLLM,
+    # llama-server, OpenAI's dialect); Ollama's and TGI's prompts are text.
     "tgi": frozenset({"presence_penalty", "ignore_eos", EMBEDDINGS})
     | _NATIVE
     | {"reasoning_effort", "chat_template_kwargs"},
     "llamacpp": frozenset({"reasoning_effort", "dimensions", "prompt_logprobs"}),
     "ollama": frozenset(
-        {"tool_choice", "logit_bias", "ignore_eos", "chat_template_kwargs", "prompt_logprobs"}
+        {"tool_choice", "logit_bias", "ignore_eos", "chat_template_kwargs", "prompt_logprobs", "prompt_ids"}
     ),
     "mock": _NATIVE | {"reasoning_effort", "chat_template_kwargs"},
     "openai": frozenset({"ignore_eos", "chat_template_kwargs"}),

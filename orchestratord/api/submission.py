@@ -78,6 +78,8 @@ def check_prompt_size(spec: TaskSpec, limit: int) -> None:
     characters."""
     if spec.inputs is not None:
         what, size = "input", sum(map(len, spec.inputs))
+    elif spec.prompt_ids is not None:
+        what, size = "prompt", len(spec.prompt_ids)  # (a token is at least a character)
     elif spec.messages is None:
         what, size = "prompt", len(spec.prompt or "") + len(spec.suffix or "")
     else:

@@ -20,7 +20,7 @@ PlacementMode = Literal["pin", "prefer", "auto"]
 ENGINE_PARAMETERS = (
     "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format", "logprobs",
     "ignore_eos", "reasoning_effort", "chat_template_kwargs", "logit_bias", "dimensions", "prompt_logprobs",
-    "suffix",
+    "suffix", "prompt_ids",
 )  # fmt: skip
 # Not a field: a job whose chat turns carry tool calls or tool results (`Message.carries_tools`).
 TOOL_MESSAGES = "tool_messages"
@@ -94,6 +94,9 @@ class TaskSpec:
     max_tokens: int
     priority: Priority = "interactive"
     prompt: str | None = None
+    # A prompt given as token ids (the engine's tokenizer's: OpenAI completions' `prompt: [ids]`, what
+    # evaluation harnesses send), instead of `prompt`, for the engines that take one
+    prompt_ids: tuple[int, ...] | None = None
     # The text after the gap a prompt job fills (OpenAI completions' `suffix`: fill-in-the-middle, the
     # prompt being the text before it), for the engines that take one
     suffix: str | None = None
@@ -183,6 +186,8 @@ class TaskSpec:
         """A cheap, engine-independent estimate of prompt tokens (about four bytes a token). Asked
         several times per admission: ASCII text (most prompts; `isascii` is O(1)) is not encoded to
         count its bytes."""
+        if self.prompt_ids is not None:
+            return max(1, len(self.prompt_ids))
         return _estimate(self.prompt_text)
 
     @property
@@ -280,8 +285,9 @@ def spec_from_dict(data: dict[str, Any]) -> TaskSpec:
         placement[key] = tuple(placement.get(key) or ())
     values["placement"] = PlacementPrefs(**placement)
     values["stop"] = tuple(values.get("stop") or ())
-    if values.get("inputs") is not None:
-        values["inputs"] = tuple(values["inputs"])
+    for key in ("inputs", "prompt_ids"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
     return TaskSpec(**values)
 
 

@@ -180,3 +180,10 @@ def test_the_caller_is_authenticated_once_per_request(
         job = submit(c)
         assert c.get(job["status_url"]).json()["job_id"] == job["job_id"]
     assert seen == [KEY, KEY]
+
+
+def test_a_prompt_of_token_ids_and_a_suffix_survive_the_stored_spec() -> None:
+    """What a Redis deployment's other replicas read back: the ids as a tuple of ints, the suffix."""
+    spec = TaskSpec("j", "t", "m", 4, prompt_ids=(1, 2**31 - 1), suffix="after")
+    back = spec_from_dict(orjson.loads(spec_json(spec)))
+    assert back == spec and back.prompt_ids == (1, 2**31 - 1) and back.tokens_in_estimate == 2

@@ -543,3 +543,60 @@ def test_a_suffix_fills_the_middle_as_the_engine_fills_it(
     assert ours.choices[0].text != plain["choices"][0]["text"]  # the suffix reached the engine
     # llama-cpp-python streams no usage: the prompt's count is orchestratord's estimate, and says so
     assert ours.usage is not None and ours.usage.completion_tokens == direct["usage"]["completion_tokens"]
+
+
+def engine_tokens(real: Real, text: str) -> list[int]:
+    """`text` as the engine's own tokenizer reads it, from its tokenize route."""
+    if real.name == "llama-server":
+        said = httpx.post(f"{real.url}/tokenize", json={"content": text}, timeout=30).json()
+    else:
+        said = httpx.post(f"{real.url}/tokenize", json={"model": MODEL, "prompt": text}, timeout=30).json()
+    tokens = said["tokens"]
+    assert isinstance(tokens, list) and tokens and all(isinstance(t, int) for t in tokens), said
+    return tokens
+
+
+def test_a_prompt_of_token_ids_is_answered_as_the_engine_answers_it(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """A prompt sent as the engine's token ids (lm-eval's default), greedy, through the SDK: the engine's
+    own answer to the same ids asked directly, whole and streamed; and on vLLM, lm-eval's scoring
+    request (`prompt: [[ids]]`, `echo`, `logprobs: 1`, `max_tokens: 1`): the prompt's decoded text, its
+    tokens and their figures as vLLM gives them. llama-cpp-python's server takes text prompts only, and
+    answers its own validation error as an HTTP 500: a 502 quoting it (the engine's fault, in its words)."""
+    ask: dict[str, Any] = {"model": MODEL, "max_tokens": 12, "temperature": 0.0, "seed": 7}
+    if real.name == "llama-cpp-python":
+        refused = pytest.raises(openai.InternalServerError, match="Input should be a valid string")
+        with sdk_through_proxy(make_server, real) as (sdk, _), refused as caught:
+            sdk.completions.create(**ask, prompt=[1, 300, 301])
+        assert caught.value.status_code == 502
+        return
+    ids = engine_tokens(real, "The river runs to the sea")
+    if real.name == "llama-server":
+        native = {"prompt": ids, "n_predict": 12, "temperature": 0.0, "seed": 7}
+        direct = httpx.post(f"{real.url}/completion", json=native, timeout=60).json()["content"]
+    else:
+        said = httpx.post(f"{real.url}/v1/completions", json={**ask, "prompt": ids}, timeout=60).json()
+        direct = said["choices"][0]["text"]
+    score: dict[str, Any] = {"model": MODEL, "prompt": [ids], "max_tokens": 1, "logprobs": 1, "echo": True,
+                             "temperature": 0.0}  # fmt: skip
+    with sdk_through_proxy(make_server, real) as (sdk, _):
+        ours = sdk.completions.create(**ask, prompt=ids).choices[0].text
+        chunks = sdk.completions.create(**ask, prompt=ids, stream=True)
+        streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+        if real.name != "vllm":
+            assert ours == direct == streamed and len(direct) > 0
+            return
+        scored = sdk.completions.create(**score).choices[0]
+        chunks = sdk.completions.create(**score, stream=True)
+        pieces = [c.choices[0].text for c in chunks if c.choices and c.choices[0].text]  # (not the finish)
+    assert ours == direct == streamed and len(direct) > 0
+    theirs = httpx.post(f"{real.url}/v1/completions", json=score, timeout=60).json()["choices"][0]
+    assert scored.text == theirs["text"] and scored.logprobs is not None
+    # streamed: the prompt's decoded text, then the one completion token's
+    last = theirs["logprobs"]["tokens"][-1]
+    assert pieces == [theirs["text"][: -len(last)], last]
+    assert scored.logprobs.tokens == theirs["logprobs"]["tokens"]
+    figures = scored.logprobs.token_logprobs or []
+    assert figures[0] is None
+    assert figures[1:] == pytest.approx(theirs["logprobs"]["token_logprobs"][1:], abs=1e-3)

@@ -51,6 +51,9 @@ STRUCTURED = ("tools", "tool_choice", "response_format")
 MAX_LOGPROBS = 20  # alternatives per token: OpenAI's limit, and vLLM's default `max_logprobs`
 # Choices a request may ask for (`n`, times the prompts of a completion): each is a job of its own.
 MAX_CHOICES = 128  # OpenAI's limit for `n`
+# A prompt as token ids (the engine's tokenizer's), as OpenAI's completions take one
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=1_000_000)]
 
 
 class StreamOptions(BaseModel):
@@ -198,8 +201,9 @@ class _Generation(OpenAIRequest):
     def continuous_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.continuous_usage_stats
 
-    def prompts(self) -> list[str | None]:
-        """The prompts, each a choice's (or `n` choices'); chat has one, its messages (None)."""
+    def prompts(self) -> list[str | tuple[int, ...] | None]:
+        """The prompts, each a choice's (or `n` choices'), as text or token ids; chat has one, its
+        messages (None)."""
         return [None]
 
     def fan_out(self, spec: TaskSpec) -> list[TaskSpec]:
@@ -229,7 +233,7 @@ class _Generation(OpenAIRequest):
                 if key is None and n > 1:  # a prompt's choices share its prefill where they can
                     key = f"choices:{job_id}"
                 copy = replace(spec, job_id=job_id, seed=seed, cache_key=key)
-                specs.append(copy if prompt is None else replace(copy, prompt=prompt))
+                specs.append(copy if prompt is None else replace(copy, **_prompt_fields(prompt)))
         return specs
 
     def refuse_unsupported(self, *, chat: bool) -> None:
@@ -314,7 +318,12 @@ class CompletionRequest(_Generation):
         | Annotated[
             list[Annotated[Text, Field(max_length=1_000_000)]], Field(min_length=1, max_length=MAX_CHOICES)
         ]
-    ) = Field(description="One prompt, or several (each its own choice, or `n` of them, in order).")
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_CHOICES)]
+    ) = Field(
+        description="One prompt, or several (each its own choice, or `n` of them, in order); as text or as "
+        "token ids."
+    )
     echo: bool | None = None
     # Fill-in-the-middle: the text after the gap the completion fills, the prompt being the text before it
     suffix: Annotated[Text, Field(max_length=1_000_000)] | None = None
@@ -325,8 +334,13 @@ class CompletionRequest(_Generation):
     def requested_tokens(self) -> int | None:
         return self.max_tokens
 
-    def prompts(self) -> list[str | None]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | tuple[int, ...] | None]:
+        """Each prompt, as text or as a tuple of token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if isinstance(self.prompt[0], int):  # one prompt of token ids
+            return [tuple(self.prompt)]
+        return [p if isinstance(p, str) else tuple(p) for p in self.prompt]
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int) -> TaskSpec:
         self.refuse_unsupported(chat=False)
@@ -336,11 +350,28 @@ class CompletionRequest(_Generation):
                 "echo with logprobs scores a prompt, which has no suffix: leave out suffix or echo",
                 param="suffix",
             )
+        first = self.prompts()[0]
+        if isinstance(first, tuple):
+            if self.suffix is not None:
+                raise InvalidParams("a suffix goes with a prompt of text, not of token ids", param="suffix")
+            if self.echo and not scored:
+                raise InvalidParams(
+                    "echo of a prompt of token ids needs logprobs (the engine then gives the prompt's text "
+                    "with its scores); send the prompt as text, or ask for logprobs",
+                    param="echo",
+                )
         return self._spec(
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
-            prompt=self.prompts()[0], suffix=self.suffix, logprobs=self.logprobs,
-            prompt_logprobs=self.logprobs if scored else None,
+            suffix=self.suffix, logprobs=self.logprobs, prompt_logprobs=self.logprobs if scored else None,
+            **_prompt_fields(first),
         )  # fmt: skip
+
+
+def _prompt_fields(prompt: str | tuple[int, ...] | None) -> dict[str, Any]:
+    """A job's prompt fields for one prompt: its text (`prompt`), or its token ids (`prompt_ids`)."""
+    if isinstance(prompt, tuple):
+        return {"prompt": None, "prompt_ids": prompt}
+    return {"prompt": prompt, "prompt_ids": None}
 
 
 def _role(role: str) -> str:

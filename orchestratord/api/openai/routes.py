@@ -141,12 +141,16 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
 
 
 def _in_our_names(exc: InvalidParams) -> InvalidParams:
-    """A refusal that names the job's `prompt_logprobs` (no engine serving the model scores prompts)
-    named as the request asked for it: `echo` with `logprobs`."""
-    if exc.param != "prompt_logprobs":
+    """A refusal that names a job field the request did not name, named as the request asked for it:
+    `prompt_logprobs` (no engine serving the model scores prompts) as `echo` with `logprobs`,
+    `prompt_ids` (none takes token ids) as `prompt`."""
+    if exc.param == "prompt_logprobs":
+        asked, param = "echo with logprobs (the prompt's own log probabilities)", "echo"
+    elif exc.param == "prompt_ids":
+        asked, param = "a prompt of token ids", "prompt"
+    else:
         return exc
-    asked = "echo with logprobs (the prompt's own log probabilities)"
-    return InvalidParams(exc.message.replace("prompt_logprobs", asked, 1), param="echo")
+    return InvalidParams(exc.message.replace(exc.param, asked, 1), param=param)
 
 
 async def _submit_all(
@@ -306,7 +310,7 @@ def _render(
     if first:
         out += _opening(rendering, event.name)
     if event.name == "prompt":  # the prompt, scored (echo with logprobs): its own first chunk
-        out.append(rendering.text(rendering.echo, data["logprobs"]))
+        out.append(rendering.text(rendering.echo or data.get("text", ""), data["logprobs"]))
         return False
     if event.name == "token":
         relayed[0] = data["i"] + 1
@@ -402,7 +406,9 @@ async def _collect(services: Services, job_id: str) -> _Answer:
                     answer.parts.append(data["t"])
                     answer.logprobs += data.get("logprobs", ())
                 elif event.name == "prompt":  # the prompt's own entries, before the tokens'
-                    answer.logprobs += orjson.loads(event.data)["logprobs"]
+                    data = orjson.loads(event.data)
+                    answer.logprobs += data["logprobs"]
+                    answer.parts.append(data.get("text", ""))  # a prompt of token ids: its text
                 elif event.name == "reasoning":
                     answer.thoughts.append(orjson.loads(event.data)["t"])
                 elif event.name == "tool_call":

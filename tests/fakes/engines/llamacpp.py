@@ -205,7 +205,9 @@ class LlamaCppEngine(FakeEngine):
             return
         final = {"index": 0, "content": "", "tokens": [], "id_slot": 0, "stop": True, "model": MODEL}
         final.update(tokens_predicted=script.count, tokens_evaluated=p)
-        final.update(generation_settings=generation_settings(body), prompt=body.get("prompt", ""))
+        prompt = body.get("prompt", "")  # the prompt's text: token ids detokenized (a word each, here)
+        prompt = prompt if isinstance(prompt, str) else "".join(f" w{token_id}" for token_id in prompt)
+        final.update(generation_settings=generation_settings(body), prompt=prompt)
         final.update(has_new_line=False, truncated=False, stop_type=_STOP_TYPE[script.ending])
         final.update(
             stopping_word=script.stop_word, tokens_cached=p + script.count, timings=timings(p, script.count)

@@ -74,6 +74,11 @@ def prompt_pieces(prompt: str) -> list[str]:
     return re.findall(r"\s*\S+|\s+$", prompt)
 
 
+def id_pieces(ids: list[int]) -> list[str]:
+    """The fake tokenizer's text of each token id of a prompt given as ids: a word each."""
+    return [f" w{token_id}" for token_id in ids]
+
+
 def prompt_logprob(piece: str, j: int, top: int) -> tuple[float | None, dict[str, float] | None]:
     """The fake's log probability of the prompt's token `j` and its alternatives: none for the first."""
     if j == 0:
@@ -255,8 +260,10 @@ class VllmEngine(FakeEngine):
         (`prompt_pieces`), the first with no log probability; `usage.prompt_tokens` counts them."""
         texts, top = list(script.texts()), _top_logprobs(body, chat=False)
         generated = script.count + (1 if script.ending in ("eos", "stop") else 0)
-        prompt = body["prompt"] if isinstance(body["prompt"], str) else "".join(body["prompt"])
-        pieces = prompt_pieces(prompt) if body.get("echo") else []
+        raw = body["prompt"]
+        ids = isinstance(raw, list) and bool(raw) and isinstance(raw[0], int)  # one prompt of token ids
+        prompt = "".join(id_pieces(raw)) if ids else raw if isinstance(raw, str) else "".join(raw)
+        pieces = (id_pieces(raw) if ids else prompt_pieces(prompt)) if body.get("echo") else []
         prompt_tokens = len(pieces) if body.get("echo") else self.behaviour.prompt_tokens
         logprobs = None
         if top is not None:
