@@ -221,14 +221,21 @@ def _chat_message(m: ChatMessage, names: bool) -> dict[str, object]:
     return out
 
 
-_SAMPLING = ("seed", "temperature", "top_p", "presence_penalty", "frequency_penalty", "ignore_eos")
+_SAMPLING = (
+    "seed", "temperature", "top_p", "presence_penalty", "frequency_penalty", "ignore_eos", "top_k", "min_p",
+)  # fmt: skip
+# The name of the repetition penalty: vLLM's (and TGI's), else llama.cpp's and Ollama's
+REPETITION, REPEAT = "repetition_penalty", "repeat_penalty"
 
 
-def sampling(req: SubmitRequest) -> dict[str, object]:
+def sampling(req: SubmitRequest, repeat: str = REPETITION) -> dict[str, object]:
     """The sampling fields the request sets (seed, temperature, top_p, stop, the penalties, vLLM's and
-    llama.cpp's `ignore_eos`), under the names the llama.cpp, OpenAI and Ollama dialects share; unset
-    fields are left for the engine's defaults."""
+    llama.cpp's `ignore_eos`, `top_k` and `min_p`), under the names the llama.cpp, OpenAI and Ollama
+    dialects share, the repetition penalty under `repeat` (the dialects differ); unset fields are left
+    for the engine's defaults."""
     fields: dict[str, object] = {key: value for key in _SAMPLING if (value := getattr(req, key)) is not None}
+    if req.repetition_penalty is not None:
+        fields[repeat] = req.repetition_penalty
     if req.stop:
         fields["stop"] = list(req.stop)
     return fields

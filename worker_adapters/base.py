@@ -52,6 +52,9 @@ class SubmitRequest:
     correlation_id: str | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    top_k: int | None = None  # vLLM's sampling extensions (`_wire.sampling` names them per dialect)
+    min_p: float | None = None
+    repetition_penalty: float | None = None
     # OpenAI's `tools`, `tool_choice` and `response_format`, as JSON text, for the engines that take
     # them (`registry.UNSUPPORTED` lists the others).
     tools: str | None = None

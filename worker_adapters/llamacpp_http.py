@@ -24,6 +24,7 @@ import orjson
 from worker_adapters._http import HttpAdapter, relay
 from worker_adapters._sse import SSEEvent
 from worker_adapters._wire import (
+    REPEAT,
     as_dict,
     as_int,
     as_str,
@@ -66,7 +67,7 @@ def completion_body(req: SubmitRequest) -> dict[str, object]:
         "stream": True,
         "cache_prompt": True,
     }
-    body.update(sampling(req))
+    body.update(sampling(req, REPEAT))
     if req.logit_bias is not None:  # a suffix job's (the others take /v1/completions): id -> bias
         body["logit_bias"] = orjson.loads(req.logit_bias)
     return body
@@ -122,7 +123,7 @@ class LlamaCppAdapter(HttpAdapter):
             )
         if not chat and req.logprobs is None and (req.logit_bias is None or req.suffix is not None):
             return self._completion(req)
-        body = request_body(req, req.model, chat=chat)
+        body = request_body(req, req.model, chat=chat, repeat=REPEAT)
         if req.logprobs == 0:
             body["top_logprobs" if chat else "logprobs"] = 1
         path = CHAT if chat else COMPLETIONS

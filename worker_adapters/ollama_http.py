@@ -54,6 +54,7 @@ import httpx2
 
 from worker_adapters._http import HttpAdapter, relay
 from worker_adapters._wire import (
+    REPEAT,
     as_dict,
     as_int,
     as_str,
@@ -103,7 +104,7 @@ def ollama_body(
             body["suffix"] = req.suffix
         elif raw:
             body["raw"] = True
-    options: dict[str, object] = {"num_predict": req.max_tokens, **sampling(req)}
+    options: dict[str, object] = {"num_predict": req.max_tokens, **sampling(req, REPEAT)}
     if num_ctx is not None:
         options["num_ctx"] = num_ctx
     body.update(stream=True, options=options)

@@ -32,6 +32,7 @@ import orjson
 from worker_adapters._http import EngineHTTP, HttpAdapter, relay
 from worker_adapters._sse import SSEEvent
 from worker_adapters._wire import (
+    REPETITION,
     alternatives,
     as_dict,
     as_int,
@@ -78,7 +79,9 @@ _FINISH: dict[str, StopReason] = {
 }
 
 
-def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, object]:
+def request_body(
+    req: SubmitRequest, model: str, *, chat: bool, repeat: str = REPETITION
+) -> dict[str, object]:
     body: dict[str, object] = {"model": model}
     if chat:
         body["messages"] = chat_messages(req, names=True)
@@ -87,7 +90,7 @@ def request_body(req: SubmitRequest, model: str, *, chat: bool) -> dict[str, obj
         if req.suffix is not None:
             body["suffix"] = req.suffix
     body.update(max_tokens=req.max_tokens, stream=True, stream_options={"include_usage": True})
-    body.update(sampling(req))
+    body.update(sampling(req, repeat))
     for name in ("tools", "tool_choice", "response_format", "logit_bias"):
         value = getattr(req, name)
         if value is not None:

@@ -21,6 +21,7 @@ ADAPTERS: dict[str, str] = {
 # (`tool_messages`: chat turns that carry tool calls or tool results, which only OpenAI-dialect chat reads.)
 _STRUCTURED = frozenset({"tools", "tool_choice", "response_format", "tool_messages"})
 _NATIVE = _STRUCTURED | {"logprobs", "logit_bias", "prompt_logprobs", "suffix", "prompt_ids"}
+_EXTENDED_SAMPLING = frozenset({"top_k", "min_p", "repetition_penalty"})
 # Not a field either: an embeddings job (`TaskSpec.inputs`), which TGI's generate routes cannot serve
 EMBEDDINGS = "embeddings"
 UNSUPPORTED: dict[str, frozenset[str]] = {
@@ -45,15 +46,19 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     # to OpenAI-compatible servers; vLLM refuses one ("suffix is not currently supported").
     # A prompt of token ids (`prompt_ids`) goes to the engines whose completions take one (vLLM,
     # llama-server, OpenAI's dialect); Ollama's and TGI's prompts are text.
+    # vLLM's sampling extensions (`top_k`, `min_p`, `repetition_penalty`) go to vLLM, llama.cpp and
+    # Ollama; OpenAI's own API refuses them (a generic server is not sent them), and TGI's chat route
+    # has none of them.
     "tgi": frozenset({"presence_penalty", "ignore_eos", EMBEDDINGS})
     | _NATIVE
+    | _EXTENDED_SAMPLING
     | {"reasoning_effort", "chat_template_kwargs"},
     "llamacpp": frozenset({"reasoning_effort", "dimensions", "prompt_logprobs"}),
     "ollama": frozenset(
         {"tool_choice", "logit_bias", "ignore_eos", "chat_template_kwargs", "prompt_logprobs", "prompt_ids"}
     ),
-    "mock": _NATIVE | {"reasoning_effort", "chat_template_kwargs"},
-    "openai": frozenset({"ignore_eos", "chat_template_kwargs"}),
+    "mock": _NATIVE | _EXTENDED_SAMPLING | {"reasoning_effort", "chat_template_kwargs"},
+    "openai": frozenset({"ignore_eos", "chat_template_kwargs"}) | _EXTENDED_SAMPLING,
     "vllm": frozenset({"suffix"}),
 }
 

@@ -27,6 +27,25 @@ def _engine_text(value: str) -> str:
 # surrogate cannot be encoded as UTF-8 at all, so both are refused here.
 Text = Annotated[str, AfterValidator(_engine_text)]
 Penalty = Annotated[float, Field(ge=-2, le=2)]
+# vLLM's sampling extensions (llama.cpp's, Ollama's): `top_k` 0 or -1 and `min_p` 0 turn theirs off,
+# `repetition_penalty` 1 is none; each of those asks for nothing
+TopK = Annotated[int, Field(ge=-1, le=1_000_000)]
+MinP = Annotated[float, Field(ge=0, le=1)]
+RepetitionPenalty = Annotated[float, Field(gt=0, le=10)]
+
+
+def extended_sampling(
+    top_k: int | None, min_p: float | None, repetition_penalty: float | None
+) -> dict[str, Any]:
+    """A job's `top_k`, `min_p` and `repetition_penalty`: None for what asks for nothing (the value that
+    turns the sampler off), so that such a request runs on any engine."""
+    return {
+        "top_k": top_k if top_k is not None and top_k > 0 else None,
+        "min_p": min_p if min_p else None,
+        "repetition_penalty": repetition_penalty if repetition_penalty not in (None, 1) else None,
+    }
+
+
 # How hard a thinking model thinks (OpenAI's `reasoning_effort`, the Responses API's `reasoning.effort`)
 Effort = Literal["none", "minimal", "low", "medium", "high"]
 # OpenAI's `logit_bias`: token id (as the engine's tokenizer numbers it) -> a bias from -100 (never)
@@ -89,6 +108,9 @@ class TaskRequest(BaseModel):
     # Engine parameters: a job that sets one goes only to pools whose engine takes it (400 otherwise)
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
     ignore_eos: bool = False
     reasoning_effort: Effort | None = None  # messages jobs: what a chat template reads
     chat_template_kwargs: dict[str, Any] | None = Field(default=None, max_length=64)
@@ -137,6 +159,7 @@ class TaskRequest(BaseModel):
             override=self.override,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
+            **extended_sampling(self.top_k, self.min_p, self.repetition_penalty),
             ignore_eos=True if self.ignore_eos else None,
             reasoning_effort=self.reasoning_effort,
             chat_template_kwargs=json_text("chat_template_kwargs", self.chat_template_kwargs)

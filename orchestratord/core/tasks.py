@@ -20,7 +20,7 @@ PlacementMode = Literal["pin", "prefer", "auto"]
 ENGINE_PARAMETERS = (
     "presence_penalty", "frequency_penalty", "tools", "tool_choice", "response_format", "logprobs",
     "ignore_eos", "reasoning_effort", "chat_template_kwargs", "logit_bias", "dimensions", "prompt_logprobs",
-    "suffix", "prompt_ids",
+    "suffix", "prompt_ids", "top_k", "min_p", "repetition_penalty",
 )  # fmt: skip
 # Not a field: a job whose chat turns carry tool calls or tool results (`Message.carries_tools`).
 TOOL_MESSAGES = "tool_messages"
@@ -118,6 +118,12 @@ class TaskSpec:
     override: bool = False  # start a new session on a Deprecated model anyway
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    # vLLM's sampling extensions, which llama.cpp, Ollama and TGI share: sample among the `top_k` likeliest
+    # tokens, among those at least `min_p` times the likeliest's probability; penalize repeated tokens
+    # (`repetition_penalty`, multiplicative: 1 is none). None: the engine's default
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
     tools: str | None = None  # OpenAI's tools, tool_choice and response_format, as JSON text
     tool_choice: str | None = None
     response_format: str | None = None

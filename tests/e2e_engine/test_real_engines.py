@@ -600,3 +600,33 @@ def test_a_prompt_of_token_ids_is_answered_as_the_engine_answers_it(
     figures = scored.logprobs.token_logprobs or []
     assert figures[0] is None
     assert figures[1:] == pytest.approx(theirs["logprobs"]["token_logprobs"][1:], abs=1e-3)
+
+
+def test_top_k_min_p_and_the_repetition_penalty_reach_the_engine(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """vLLM's sampling extensions through the SDK's `extra_body`, greedy: the answer is the engine's own
+    to the same request asked directly (llama-server's `repeat_penalty` for vLLM's
+    `repetition_penalty`), and not its answer without them (the penalty changes what the model repeats).
+    llama-cpp-python's pool is a generic OpenAI-compatible one, which is not sent them: a 400 naming the
+    field."""
+    extended = {"top_k": 5, "min_p": 0.01, "repetition_penalty": 2.0}
+    ask: dict[str, Any] = {"model": MODEL, "prompt": PROMPT, "max_tokens": 24, "temperature": 0.0, "seed": 7}
+    with sdk_through_proxy(make_server, real) as (sdk, _):
+        if real.name == "llama-cpp-python":
+            with pytest.raises(openai.BadRequestError) as caught:
+                sdk.completions.create(**ask, extra_body=extended)
+            assert caught.value.body["param"] == "top_k"  # type: ignore[index]  # (the first one checked)
+            return
+        ours = sdk.completions.create(**ask, extra_body=extended).choices[0].text
+    if real.name == "llama-server":
+        native = {"prompt": PROMPT, "n_predict": 24, "temperature": 0.0, "seed": 7, "top_k": 5, "min_p": 0.01}
+        direct = httpx.post(f"{real.url}/completion", json={**native, "repeat_penalty": 2.0}, timeout=60)
+        plain = httpx.post(f"{real.url}/completion", json=native, timeout=60)
+        theirs, without = direct.json()["content"], plain.json()["content"]
+    else:
+        direct = httpx.post(f"{real.url}/v1/completions", json={**ask, **extended}, timeout=60)
+        plain = httpx.post(f"{real.url}/v1/completions", json=ask, timeout=60)
+        theirs, without = direct.json()["choices"][0]["text"], plain.json()["choices"][0]["text"]
+    assert ours == theirs and len(ours) > 0
+    assert ours != without, "the penalty changed nothing: the test would not see it dropped"

@@ -13,7 +13,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestratord.api.schemas import Effort, LogitBias, Penalty, Text, json_text
+from orchestratord.api.schemas import (
+    Effort,
+    LogitBias,
+    MinP,
+    Penalty,
+    RepetitionPenalty,
+    Text,
+    TopK,
+    extended_sampling,
+    json_text,
+)
 from orchestratord.core.tasks import Message, Priority, TaskSpec, new_job_id
 from orchestratord.errors import InvalidParams
 
@@ -192,6 +202,10 @@ class _Generation(OpenAIRequest):
         default=None,
         description="vLLM's extension: generate max_tokens tokens, past the end-of-sequence token.",
     )
+    # vLLM's sampling extensions (what models' cards recommend: Qwen's `top_k: 20`)
+    top_k: TopK | None = None
+    min_p: MinP | None = None
+    repetition_penalty: RepetitionPenalty | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -271,6 +285,7 @@ class _Generation(OpenAIRequest):
             stop=stop,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
+            **extended_sampling(self.top_k, self.min_p, self.repetition_penalty),
             ignore_eos=True if self.ignore_eos else None,
             logit_bias=json_text("logit_bias", self.logit_bias) if self.logit_bias else None,
             correlation_id=correlation_id,
