@@ -554,7 +554,7 @@ def _honouring(spec: TaskSpec, candidates: list[PoolState]) -> list[PoolState]:
     """The pools whose engine honours every optional parameter the job sets; InvalidParams naming the
     parameter when none does (never silently dropped)."""
     for parameter in spec.engine_parameters:
-        able = [p for p in candidates if honours(p.spec.engine, parameter)]
+        able = [p for p in candidates if honours(p.spec.engine, parameter, p.spec.options)]
         if not able:
             engines = ", ".join(sorted({p.spec.engine for p in candidates}))
             if parameter == TOOL_MESSAGES:

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from orchestratord.auth import DEFAULT_TENANT, hash_key, parse_keys_file
 from pool_manager.specs import PoolSpec, ReplicaSpec
 from worker_adapters.mock import check_options as check_mock_options
+from worker_adapters.registry import check_sampling_extensions
 
 Engine = Literal["mock", "llamacpp", "openai", "vllm", "tgi", "ollama"]
 
@@ -83,6 +84,15 @@ class PoolConfig(_Strict):
                 f"{len(self.models)} ({', '.join(self.models)}); list them under the names the engine "
                 "answers to and leave engine_model out"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _openai_options(self) -> PoolConfig:
+        if self.engine == "openai":
+            try:
+                check_sampling_extensions(self.options)
+            except ValueError as exc:
+                raise ValueError(f"options: {exc}") from None
         return self
 
     @model_validator(mode="after")

@@ -13,6 +13,8 @@ finish reason, after every token went out; llama.cpp's streamed final completion
 notes §8.7).
 
 Options: ``api_key`` (sent as ``Authorization: Bearer``), ``health_path`` (default ``/v1/models``),
+``sampling_extensions`` (the server takes vLLM's ``top_k``, ``min_p`` and a repetition penalty, under the
+name given: ``repetition_penalty`` or ``true``, or llama-cpp-python's ``repeat_penalty``),
 ``json_schema`` (``json_object``: a `response_format` of type ``json_schema`` goes as
 ``{"type": "json_object", "schema": ...}``, the shape llama-cpp-python's server samples a schema under;
 it refuses OpenAI's own).
@@ -64,6 +66,7 @@ from worker_adapters.base import (
     WorkerHealth,
     WorkerProps,
 )
+from worker_adapters.registry import penalty_name
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
@@ -354,7 +357,7 @@ class OpenAIAdapter(HttpAdapter):
         if req.inputs is not None:
             return openai_embeddings(self.http, req)
         chat = wants_chat(self.config.api, req, self.engine)
-        body = request_body(req, req.model, chat=chat)
+        body = request_body(req, req.model, chat=chat, repeat=penalty_name(self.config.options) or REPETITION)
         if "response_format" in body and option_str(self.config.options, "json_schema") == "json_object":
             body["response_format"] = schema_in_json_object(body["response_format"])
         if req.prompt_logprobs is not None:

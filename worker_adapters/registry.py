@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any, cast
 
 from worker_adapters.base import AdapterConfig, WorkerAdapter
@@ -47,8 +48,8 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
     # A prompt of token ids (`prompt_ids`) goes to the engines whose completions take one (vLLM,
     # llama-server, OpenAI's dialect); Ollama's and TGI's prompts are text.
     # vLLM's sampling extensions (`top_k`, `min_p`, `repetition_penalty`) go to vLLM, llama.cpp and
-    # Ollama; OpenAI's own API refuses them (a generic server is not sent them), and TGI's chat route
-    # has none of them.
+    # Ollama; OpenAI's own API refuses them (a generic server is not sent them, unless its pool says it
+    # takes them: `SAMPLING_EXTENSIONS`), and TGI's chat route has none of them.
     "tgi": frozenset({"presence_penalty", "ignore_eos", EMBEDDINGS})
     | _NATIVE
     | _EXTENDED_SAMPLING
@@ -69,7 +70,35 @@ UNSUPPORTED: dict[str, frozenset[str]] = {
 SEED_LIMITS: dict[str, int] = {"llamacpp": 2**32 - 2}
 
 
-def honours(engine: str, parameter: str) -> bool:
+# An `openai` pool whose server takes vLLM's sampling extensions says so, naming its repetition
+# penalty: `sampling_extensions: repetition_penalty` (or true: vLLM's names, SGLang's) or
+# `repeat_penalty` (llama.cpp's: llama-cpp-python, LM Studio)
+SAMPLING_EXTENSIONS = "sampling_extensions"
+_PENALTY_NAMES = {"true": "repetition_penalty", "repetition_penalty": "repetition_penalty",
+                  "repeat_penalty": "repeat_penalty"}  # fmt: skip
+
+
+def penalty_name(options: Mapping[str, object]) -> str | None:
+    """The repetition penalty's name an `openai` pool's server reads, when its `sampling_extensions`
+    option says it takes vLLM's sampling extensions; None when it does not say so."""
+    value = str(options.get(SAMPLING_EXTENSIONS, "false")).strip().lower()
+    return _PENALTY_NAMES.get(value)
+
+
+def check_sampling_extensions(options: Mapping[str, object]) -> None:
+    """ValueError for a `sampling_extensions` option that is none of the values it takes."""
+    value = str(options.get(SAMPLING_EXTENSIONS, "false")).strip().lower()
+    if value not in (*_PENALTY_NAMES, "false"):
+        raise ValueError(
+            f"{SAMPLING_EXTENSIONS} is {value!r}; give repetition_penalty (or true) for a server that takes "
+            "vLLM's names, repeat_penalty for llama.cpp's (llama-cpp-python, LM Studio), or false"
+        )
+
+
+def honours(engine: str, parameter: str, options: Mapping[str, object] | None = None) -> bool:
+    """Whether a pool of `engine` (with the pool's `options`) takes `parameter`."""
+    if engine == "openai" and parameter in _EXTENDED_SAMPLING and options and penalty_name(options):
+        return True
     return parameter not in UNSUPPORTED.get(engine, frozenset())
 
 

@@ -152,7 +152,7 @@ def start_llama_cpp_python(workdir: Path, slow_model: Path) -> Real:
         reports_ctx=False,
         counts_in_stream=False,
         tells_stop_strings=False,
-        options={"json_schema": "json_object"},
+        options={"json_schema": "json_object", "sampling_extensions": "repeat_penalty"},
     )
 
 

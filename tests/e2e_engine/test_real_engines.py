@@ -606,18 +606,13 @@ def test_top_k_min_p_and_the_repetition_penalty_reach_the_engine(
     make_server: Callable[..., LoopbackServer], real: Real
 ) -> None:
     """vLLM's sampling extensions through the SDK's `extra_body`, greedy: the answer is the engine's own
-    to the same request asked directly (llama-server's `repeat_penalty` for vLLM's
-    `repetition_penalty`), and not its answer without them (the penalty changes what the model repeats).
-    llama-cpp-python's pool is a generic OpenAI-compatible one, which is not sent them: a 400 naming the
-    field."""
+    to the same request asked directly (llama-server's and llama-cpp-python's `repeat_penalty` for
+    vLLM's `repetition_penalty`: the latter's pool says so, `sampling_extensions: repeat_penalty`), and
+    not its answer without them (the penalty changes what the model repeats; on llama-cpp-python,
+    `top_k: 1` makes sampling greedy)."""
     extended = {"top_k": 5, "min_p": 0.01, "repetition_penalty": 2.0}
     ask: dict[str, Any] = {"model": MODEL, "prompt": PROMPT, "max_tokens": 24, "temperature": 0.0, "seed": 7}
     with sdk_through_proxy(make_server, real) as (sdk, _):
-        if real.name == "llama-cpp-python":
-            with pytest.raises(openai.BadRequestError) as caught:
-                sdk.completions.create(**ask, extra_body=extended)
-            assert caught.value.body["param"] == "top_k"  # type: ignore[index]  # (the first one checked)
-            return
         ours = sdk.completions.create(**ask, extra_body=extended).choices[0].text
     if real.name == "llama-server":
         native = {"prompt": PROMPT, "n_predict": 24, "temperature": 0.0, "seed": 7, "top_k": 5, "min_p": 0.01}
@@ -625,8 +620,21 @@ def test_top_k_min_p_and_the_repetition_penalty_reach_the_engine(
         plain = httpx.post(f"{real.url}/completion", json=native, timeout=60)
         theirs, without = direct.json()["content"], plain.json()["content"]
     else:
-        direct = httpx.post(f"{real.url}/v1/completions", json={**ask, **extended}, timeout=60)
+        penalty = "repeat_penalty" if real.name == "llama-cpp-python" else "repetition_penalty"
+        named = {"top_k": 5, "min_p": 0.01, penalty: 2.0}
+        direct = httpx.post(f"{real.url}/v1/completions", json={**ask, **named}, timeout=60)
         plain = httpx.post(f"{real.url}/v1/completions", json=ask, timeout=60)
         theirs, without = direct.json()["choices"][0]["text"], plain.json()["choices"][0]["text"]
     assert ours == theirs and len(ours) > 0
-    assert ours != without, "the penalty changed nothing: the test would not see it dropped"
+    if real.name != "llama-cpp-python":
+        assert ours != without, "the penalty changed nothing: the test would not see it dropped"
+        return
+    # llama-cpp-python's greedy answer repeats nothing here (and it penalizes repeats by default): what
+    # shows the fields reached it is `top_k: 1`, which makes sampling at temperature 1 greedy
+    sampled = {**ask, "temperature": 1.0}
+    with sdk_through_proxy(make_server, real) as (sdk, _):
+        one = sdk.completions.create(**sampled, extra_body={"top_k": 1}).choices[0].text
+    free = httpx.post(f"{real.url}/v1/completions", json=sampled, timeout=60).json()["choices"][0]["text"]
+    assert one == without != free, (
+        "sampling at temperature 1 was greedy: the test would not see top_k dropped"
+    )

@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from orchestratord.settings import ConfigError, load_settings
 from tests.fakes.engines.llamacpp import LlamaCppEngine
 from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.engines.vllm import MODEL, VllmEngine
@@ -45,6 +46,10 @@ def server(
         pool("l", "llamacpp", "gguf", llama),
         pool("o", "ollama", "llama3.2", ollama),
         pool("c", "openai", "compatible", vllm, engine_model=MODEL),
+        pool(
+            "p", "openai", "lcp", vllm, engine_model=MODEL, options={"sampling_extensions": "repeat_penalty"}
+        ),
+        pool("s", "openai", "sglang", vllm, engine_model=MODEL, options={"sampling_extensions": True}),
     ]
     return make_server(pools=pools)
 
@@ -122,3 +127,21 @@ def test_the_native_api_takes_them(
     native = engines[1].record.last("/completion").body
     assert (native["top_k"], native["min_p"], native["repeat_penalty"]) == (20, 0.05, 1.05)
     assert refused.status_code == 400 and "min_p" in refused.json()["message"], refused.text
+
+
+@pytest.mark.parametrize(("model", "penalty"), [("lcp", "repeat_penalty"), ("sglang", "repetition_penalty")])
+def test_an_openai_pool_that_says_its_server_takes_them_sends_them(
+    server: LoopbackServer, engines: tuple[VllmEngine, LlamaCppEngine, OllamaEngine], model: str, penalty: str
+) -> None:
+    """`options: {sampling_extensions: repeat_penalty}` (llama-cpp-python, LM Studio) or `true` (vLLM's
+    names: SGLang): the pool takes them, the penalty under the name given."""
+    sdk(server).completions.create(model=model, prompt="Hi", max_tokens=2, extra_body=QWEN)
+    sent = last_post(engines[0])
+    assert (sent["top_k"], sent["min_p"], sent[penalty]) == (20, 0.05, 1.05)
+    assert ({"repeat_penalty", "repetition_penalty"} - {penalty}).isdisjoint(sent)  # one name only
+
+
+def test_an_unknown_sampling_extensions_value_is_a_settings_error() -> None:
+    bad = pool("p", "openai", "lcp", "http://127.0.0.1:9", options={"sampling_extensions": "yes please"})
+    with pytest.raises(ConfigError, match="sampling_extensions is 'yes please'; give repetition_penalty"):
+        load_settings(None, pools=[bad])
