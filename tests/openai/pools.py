@@ -41,6 +41,12 @@ def vllm_and_mock(url: str, *more: dict[str, Any]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def pool(pool_id: str, engine: str, model: str, url: str, **extra: Any) -> dict[str, Any]:
+    """A pool of `engine` serving `model`, its one replica at `url`; `extra`, more of its settings."""
+    replicas = [{"id": "r0", "url": url}]
+    return {"id": pool_id, "engine": engine, "models": [model], "replicas": replicas, **extra}
+
+
 def sdk(server: LoopbackServer) -> openai.OpenAI:
     """The official SDK pointed at `server`, retrying nothing (the tests count every request)."""
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)

@@ -18,16 +18,11 @@ from tests.fakes.engines.llamacpp import LlamaCppEngine
 from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.engines.vllm import MODEL, VllmEngine
 from tests.fakes.servers import LoopbackServer
-from tests.openai.pools import last_post, sdk, served, vllm_and_mock
+from tests.openai.pools import last_post, pool, sdk, served, vllm_and_mock
 
 ASK = [{"role": "user", "content": "Hi"}]
 QWEN = {"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.05}  # Qwen3's card, for example
 OFF = {"top_k": -1, "min_p": 0, "repetition_penalty": 1}
-
-
-def pool(pool_id: str, engine: str, model: str, url: str, **extra: Any) -> dict[str, Any]:
-    replicas = [{"id": "r0", "url": url}]
-    return {"id": pool_id, "engine": engine, "models": [model], "replicas": replicas, **extra}
 
 
 @pytest.fixture

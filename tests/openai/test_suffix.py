@@ -6,7 +6,6 @@ takes one (vLLM, TGI, the mock), and each engine's own refusal reaches the clien
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import openai
@@ -16,16 +15,11 @@ from tests.fakes.engines.llamacpp import LlamaCppEngine
 from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.engines.vllm import MODEL, VllmEngine
 from tests.fakes.servers import LoopbackServer
-from tests.openai.pools import last_post, sdk, served, vllm_and_mock
+from tests.openai.pools import last_post, pool, sdk, served, vllm_and_mock
 
 BEFORE = "def add(a, b):\n    "
 AFTER = "\n\nprint(add(1, 2))\n"
 TOKENS = ("return", " a", " +", " b")
-
-
-def pool(pool_id: str, engine: str, model: str, url: str, **extra: Any) -> dict[str, Any]:
-    replicas = [{"id": "r0", "url": url}]
-    return {"id": pool_id, "engine": engine, "models": [model], "replicas": replicas, **extra}
 
 
 @pytest.fixture

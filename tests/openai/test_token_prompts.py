@@ -19,7 +19,7 @@ from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.engines.vllm import VllmEngine
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
-from tests.openai.pools import last_post, sdk, served, vllm_and_mock
+from tests.openai.pools import last_post, pool, sdk, served, vllm_and_mock
 
 IDS = [791, 15140, 8640]  # "The river runs", in the fake's tokenizer: " w791 w15140 w8640"
 TEXT = " w791 w15140 w8640"
@@ -42,8 +42,8 @@ def server(
     vllm, llama, ollama = (e.url for e in engines)  # type: ignore[attr-defined]
     pools = [
         *vllm_and_mock(vllm),
-        {"id": "l", "engine": "llamacpp", "models": ["gguf"], "replicas": [{"id": "r0", "url": llama}]},
-        {"id": "o", "engine": "ollama", "models": ["llama3.2"], "replicas": [{"id": "r0", "url": ollama}]},
+        pool("l", "llamacpp", "gguf", llama),
+        pool("o", "ollama", "llama3.2", ollama),
     ]
     return make_server(pools=pools)
 
