@@ -510,6 +510,10 @@ def test_a_prompt_is_scored_as_the_engine_scores_it(
     assert ours.logprobs.token_logprobs[1:] == pytest.approx(
         direct["logprobs"]["token_logprobs"][1:], abs=1e-3
     )
+    # where each token begins, as the engine counts it, whole and streamed
+    assert ours.logprobs.text_offset == direct["logprobs"]["text_offset"]
+    offsets = [o for c in streamed if c.logprobs for o in c.logprobs.text_offset or ()]
+    assert offsets == ours.logprobs.text_offset
     assert streamed[0].text == ask["prompt"] and streamed[0].logprobs is not None
     assert "".join(c.text for c in streamed) == ours.text
 

@@ -81,6 +81,7 @@ def test_echo_with_logprobs_scores_the_prompt(vllm: tuple[LoopbackServer, VllmEn
     assert choice.logprobs.tokens == ["The", " sky", " is", " blue"]
     assert choice.logprobs.token_logprobs == [None, -0.5, -1.0, logprob_of(0)]
     assert choice.logprobs.top_logprobs == [None, {" sky": -0.5}, {" is": -1.0}, {" blue": logprob_of(0)}]
+    assert choice.logprobs.text_offset == [0, 3, 7, 10]  # from the echoed prompt's first character
     ctxlen = 3  # lm-eval's reading: the continuation's log probability, the last (generated) token left out
     assert sum(choice.logprobs.token_logprobs[1:ctxlen]) == -1.5  # type: ignore[arg-type]
     assert answer.usage is not None and (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (3, 1)
@@ -97,6 +98,9 @@ def test_a_scored_prompt_streams_as_its_own_chunk_and_event(vllm: tuple[Loopback
     assert first.logprobs.tokens == ["The", " sky", " is"] and first.logprobs.token_logprobs[0] is None
     assert first.logprobs.top_logprobs == [None, {" sky": -0.5, "sky~1": -2.0}, {" is": -1.0, "is~1": -2.5}]
     assert "".join(c.choices[0].text for c in chunks) == PROMPT + " blue sky"
+    assert first.logprobs.text_offset == [0, 3, 7]
+    offsets = [o for c in chunks if c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset or ()]
+    assert offsets == [0, 3, 7, 10, 15]  # each chunk's going on from the last's
     with httpx.Client(base_url=server.base_url, timeout=10) as http:
         events = read_events(http, f"/v1/tasks/{raw.headers['x-job-id']}/stream")
     validate_stream(events)

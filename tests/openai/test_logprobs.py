@@ -91,6 +91,11 @@ def test_completions_carry_logprobs_streamed_and_whole(
     assert logprobs is not None and logprobs.tokens is not None and logprobs.top_logprobs is not None
     assert "".join(logprobs.tokens) == whole.choices[0].text
     assert logprobs.token_logprobs == [logprob_of(i) for i in range(3)]
+    # where each token begins in the text: the characters of those before it
+    t = logprobs.tokens
+    assert logprobs.text_offset == [0, len(t[0]), len(t[0]) + len(t[1])]
+    text = whole.choices[0].text
+    assert all(text[o:].startswith(token) for o, token in zip(logprobs.text_offset, t, strict=True))
     assert logprobs.top_logprobs[1] == {
         alternative(logprobs.tokens[1], r): logprob_of(1, r) for r in range(3)
     }
@@ -100,6 +105,8 @@ def test_completions_carry_logprobs_streamed_and_whole(
         if c.choices and c.choices[0].text
     ]
     assert [lp.token_logprobs for lp in streamed if lp] == [[logprob_of(i)] for i in range(3)]
+    # each chunk's offsets go on from the last chunk's: the whole answer's
+    assert [o for lp in streamed if lp for o in lp.text_offset or ()] == logprobs.text_offset
 
 
 def test_without_logprobs_nothing_is_asked_or_sent(

@@ -68,24 +68,30 @@ class Rendering:
             [_choice_delta(self.index, {"role": "assistant", "content": ""}, None)], self._so_far(0)
         )
 
-    def text(self, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None, tokens: int = 0) -> bytes:
+    def text(
+        self, text: str, logprobs: Sequence[Mapping[str, Any]] | None = None, tokens: int = 0, offset: int = 0
+    ) -> bytes:
         """One `token` event's chunk; `logprobs`, the event's own (when the request asked for them);
-        `tokens`, how many token events the stream has relayed with this one."""
-        rendered = self.render_logprobs(logprobs or ())
+        `tokens`, how many token events the stream has relayed with this one; `offset`, where its first
+        token begins in the choice's text (a completion's `text_offset`)."""
+        rendered = self.render_logprobs(logprobs or (), offset)
         if self.surface == "chat":
             return self._chunk(
                 [_choice_delta(self.index, {"content": text}, None, rendered)], self._so_far(tokens)
             )
         return self._chunk([_choice_text(self.index, text, None, rendered)], self._so_far(tokens))
 
-    def render_logprobs(self, entries: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-        """Token events' `logprobs` in this surface's shape; None unless the request asked for them."""
+    def render_logprobs(self, entries: Sequence[Mapping[str, Any]], offset: int = 0) -> dict[str, Any] | None:
+        """Token events' `logprobs` in this surface's shape; None unless the request asked for them.
+        A completion's `text_offset`s count the tokens' characters from `offset` (vLLM's rule)."""
         if not self.logprobs:
             return None
         if self.surface == "chat":
             return {"content": [chat_logprob(entry) for entry in entries], "refusal": None}
+        tokens = [entry["token"] for entry in entries]
         return {  # (a scored prompt's first token has no log probability: null, as OpenAI's)
-            "tokens": [entry["token"] for entry in entries],
+            "tokens": tokens,
+            "text_offset": text_offsets(tokens, offset),
             "token_logprobs": [entry["logprob"] for entry in entries],
             "top_logprobs": [
                 None
@@ -152,6 +158,15 @@ class Rendering:
             "id": self.id, "object": kind, "created": self.created, "model": self.model,
             "system_fingerprint": None, "choices": choices, "usage": counts,
         }  # fmt: skip
+
+
+def text_offsets(tokens: Sequence[str], start: int = 0) -> list[int]:
+    """Where each token begins in the choice's text, from `start`: the characters of those before it."""
+    offsets = []
+    for token in tokens:
+        offsets.append(start)
+        start += len(token)
+    return offsets
 
 
 def tool_call(fragment: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
@@ -220,7 +220,7 @@ async def _stream_choices(
     ends: list[tuple[dict[str, Any], bool]] = []
     sent: set[int] = set()  # choices whose first chunk went out
     finished: set[int] = set()  # choices whose `end` went out
-    relayed = [[0] for _ in choices]
+    relayed = [[0, 0] for _ in choices]
     try:
         while len(ends) < len(choices):
             try:
@@ -258,7 +258,7 @@ async def _stream(services: Services, rendering: Rendering, keepalive_s: float) 
     then read in a task of its own, so that a comment can go while it waits; after, in the
     response's)."""
     sent = False
-    relayed = [0]  # token events so far (continuous usage counts them)
+    relayed = [0, 0]  # token events so far (continuous usage counts them), their tokens' characters
     async with tail(services, rendering.job_id) as events:
         waiting: asyncio.Future[Batch] | None = None
         try:
@@ -297,7 +297,7 @@ def _render(
     relayed: list[int],
 ) -> bool:
     """Append the chunks of one event to `out`; True once the stream is over. `relayed[0]` counts the
-    token events so far."""
+    token events so far, `relayed[1]` the characters of the tokens scored so far (`text_offset`)."""
     if isinstance(event, BaseException):  # the state backend went away: the stream cannot go on
         error = openai_error(ErrorKind.STATE_UNAVAILABLE, "the state backend is unreachable; retry")
         out += [error_chunk(error), DONE]
@@ -310,11 +310,14 @@ def _render(
     if first:
         out += _opening(rendering, event.name)
     if event.name == "prompt":  # the prompt, scored (echo with logprobs): its own first chunk
-        out.append(rendering.text(rendering.echo or data.get("text", ""), data["logprobs"]))
+        text = rendering.echo or data.get("text", "")
+        out.append(rendering.text(text, data["logprobs"], offset=relayed[1]))
+        relayed[1] += _scored(data["logprobs"])
         return False
     if event.name == "token":
         relayed[0] = data["i"] + 1
-        out.append(rendering.text(data["t"], data.get("logprobs"), relayed[0]))
+        out.append(rendering.text(data["t"], data.get("logprobs"), relayed[0], relayed[1]))
+        relayed[1] += _scored(data.get("logprobs", ()))
         return False
     if event.name == "reasoning":
         out.append(rendering.reasoning(data["t"], relayed[0]))
@@ -330,6 +333,11 @@ def _render(
         out.append(error_chunk(openai_error(data["code"], data["message"])))
     out.append(DONE)
     return True
+
+
+def _scored(entries: Sequence[Mapping[str, Any]]) -> int:
+    """The characters of the tokens scored in `entries`."""
+    return sum(len(entry["token"]) for entry in entries)
 
 
 def _opening(rendering: Rendering, name: str) -> list[bytes]:

@@ -88,6 +88,7 @@ class CompletionLogprobs(BaseModel):
     """`logprobs: n`: each token's log probability, with the n likeliest alternatives."""
 
     tokens: list[str]
+    text_offset: list[int]
     token_logprobs: list[float]
     top_logprobs: list[dict[str, float]]
 
