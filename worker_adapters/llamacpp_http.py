@@ -6,6 +6,8 @@ with a suffix, a logit bias goes to ``/infill`` (as ``{"id": bias}``, which the 
 log probabilities are refused (the native stream's are not read here).
 llama-server gives no log probabilities when asked for no alternatives (`top_logprobs: 0`, completions'
 `logprobs: 0`): it is asked for one, and the alternatives are cut to what the job asked for.
+Its `tool_choice` is a word (`auto`, `none`, `required`): one that names a function (OpenAI's object,
+which llama-server would read as `auto`) is `required` with that function the only tool.
 
 Native stream: one ``data: {…}`` event per token (``content`` may be ``""`` while a UTF-8 character is
 incomplete: still one `Token`), then a final event with ``"stop":true`` and ``stop_type``
@@ -108,6 +110,17 @@ def _stop_reason(final: Mapping[str, Any]) -> StopReason:
     return "eos"
 
 
+def forced_tool(body: dict[str, Any], engine: str) -> None:
+    """A tool choice naming a function, in the words llama-server reads: that function the only tool,
+    and a call `required`."""
+    name = as_dict(as_dict(body["tool_choice"]).get("function")).get("name")
+    tools = [t for t in body.get("tools") or () if as_dict(as_dict(t).get("function")).get("name") == name]
+    if not tools:
+        raise EngineRejected(f"{engine}: tool_choice names the function {name!r}, which tools does not list",
+                             engine=engine)  # fmt: skip
+    body.update(tools=tools, tool_choice="required")
+
+
 class LlamaCppAdapter(HttpAdapter):
     engine = "llamacpp"
 
@@ -124,6 +137,8 @@ class LlamaCppAdapter(HttpAdapter):
         if not chat and req.logprobs is None and (req.logit_bias is None or req.suffix is not None):
             return self._completion(req)
         body = request_body(req, req.model, chat=chat, repeat=REPEAT)
+        if isinstance(body.get("tool_choice"), dict):
+            forced_tool(body, self.engine)
         if req.logprobs == 0:
             body["top_logprobs" if chat else "logprobs"] = 1
         path = CHAT if chat else COMPLETIONS

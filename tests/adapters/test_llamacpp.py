@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.fakes.engines import llamacpp as fake
@@ -218,3 +219,29 @@ async def test_a_chat_job_asking_for_no_alternatives_asks_llama_server_for_one(l
     await collect(adapter, request(chat=True, max_tokens=2, logprobs=0))
     body = engine.record.last("/v1/chat/completions").body
     assert (body["logprobs"], body["top_logprobs"]) == (True, 1)
+
+
+TOOLS = [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+         for name in ("get_weather", "get_time")]  # fmt: skip
+
+
+async def test_a_tool_choice_naming_a_function_is_that_tool_required(llama: Any) -> None:
+    """llama-server reads a `tool_choice` that is not a word as `auto`: a forced function is asked for as
+    a call `required` with that function the only tool; a word goes as it is."""
+    engine, adapter = llama()
+    forced = '{"type": "function", "function": {"name": "get_time"}}'
+    await collect(
+        adapter, request(chat=True, max_tokens=2, tools=orjson.dumps(TOOLS).decode(), tool_choice=forced)
+    )
+    body = engine.record.last("/v1/chat/completions").body
+    assert (body["tools"], body["tool_choice"]) == ([TOOLS[1]], "required")
+    await collect(
+        adapter, request(chat=True, max_tokens=2, tools=orjson.dumps(TOOLS).decode(), tool_choice='"auto"')
+    )
+    body = engine.record.last("/v1/chat/completions").body
+    assert (body["tools"], body["tool_choice"]) == (TOOLS, "auto")
+    unknown = '{"type": "function", "function": {"name": "get_news"}}'
+    with pytest.raises(EngineRejected, match="'get_news', which tools does not list"):
+        await collect(
+            adapter, request(chat=True, max_tokens=2, tools=orjson.dumps(TOOLS).decode(), tool_choice=unknown)
+        )

@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
     use_after_free,
 )
 
-from orchestratord.api.openai.requests import LOGPROBS_INCLUDED, STRUCTURED, UNSUPPORTED, asks_for
+from orchestratord.api.openai.requests import LEGACY, LOGPROBS_INCLUDED, STRUCTURED, UNSUPPORTED, asks_for
 from orchestratord.api.openai.responses import UNSUPPORTED as RESPONSES_NOT_YET
 from orchestratord.api.openapi import contract_document
 from orchestratord.app import create_app
@@ -53,7 +53,7 @@ from worker_adapters.registry import UNSUPPORTED as ENGINE_LACKS
 SERVED_MODEL = "mock"
 # OpenAI's fields that orchestratord accepts in the schema (so SDKs that send them empty work) but refuses
 # by name when set, until it passes them on.
-NOT_YET = {*UNSUPPORTED, *RESPONSES_NOT_YET}
+NOT_YET = {*UNSUPPORTED, *RESPONSES_NOT_YET, *LEGACY}  # (`functions`: tools, which the mock takes none of)
 MOCK_LACKS = ENGINE_LACKS["mock"] - {"tool_messages", "logprobs"}  # (tool turns, logprobs: below)
 # Operations schemathesis cannot test, and why; each is tested elsewhere.
 EXCLUDED = {
@@ -121,7 +121,8 @@ def _asks_engine_features(body: dict[str, Any]) -> bool:
     if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
         return True
     turns = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-    if any(m.get("tool_calls") or m.get("tool_call_id") is not None for m in turns):
+    if any(m.get("tool_calls") or m.get("tool_call_id") is not None or m.get("function_call") is not None
+           or m.get("role") == "function" for m in turns):  # fmt: skip
         return True
     items = body.get("input") if isinstance(body.get("input"), list) else []
     if any(isinstance(i, dict) and i.get("type") in ("function_call", "function_call_output") for i in items):

@@ -377,6 +377,70 @@ def test_a_models_tool_call_comes_back_as_llama_server_parsed_it(
     assert answer.choices[0].message.content == said.json()["choices"][0]["message"]["content"]
 
 
+def test_functions_in_the_deprecated_form_are_llama_servers_tools(
+    make_server: Callable[..., LoopbackServer], tmp_path: Path
+) -> None:
+    """`functions` with `function_call` naming one (what older clients send): llama-server, which reads
+    a tool choice only as a word, is asked for a `required` call of that function alone, and the call it
+    makes comes back as `function_call`, whole and streamed, as llama-server parsed it; the loop's next
+    turn (the call and a `function` turn with its result) reaches the chat template as the same tool
+    turns sent directly."""
+    template = tmp_path / "tools.jinja"
+    template.write_text(TOOL_TEMPLATE)
+    model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=4096)
+    engine = LlamaServer(
+        tmp_path, model=model, extra=("--jinja", "--chat-template-file", str(template))
+    ).start()
+    ask: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
+    other = {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}}
+    greedy: dict[str, Any] = {"temperature": 0.0, "seed": 7, "max_tokens": 400}
+    try:
+        direct, finish = called_directly(engine, {
+            "messages": ask, "tools": [{"type": "function", "function": WEATHER}], "tool_choice": "required",
+            "parallel_tool_calls": False, **greedy})  # fmt: skip
+        client = sdk(start(make_server, engine))
+        asked: dict[str, Any] = {
+            "functions": [other, WEATHER],
+            "function_call": {"name": "get_weather"},
+            **greedy,
+        }
+        whole = client.chat.completions.create(model="tiny", messages=ask, **asked)
+        chunks = list(client.chat.completions.create(model="tiny", messages=ask, stream=True, **asked))
+        loop = [*ask, whole.choices[0].message.model_dump(exclude_none=True),
+                {"role": "function", "name": "get_weather", "content": "sunny, 21 C"}]  # fmt: skip
+        later = {"temperature": 0.0, "seed": 7, "max_tokens": 8}
+        answer = client.chat.completions.create(
+            model="tiny", messages=loop, functions=[other, WEATHER], function_call="none", **later
+        )
+        call = whole.choices[0].message.function_call
+        assert call is not None, whole
+        turns = [*ask, {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_fn1", "type": "function", "function": call.model_dump()}]},
+                 {"role": "tool", "tool_call_id": "call_fn1", "content": "sunny, 21 C"}]  # fmt: skip
+        tools = [{"type": "function", "function": f} for f in (other, WEATHER)]
+        body = {"messages": turns, "tools": tools, "tool_choice": "none", **later}
+        said = httpx.post(f"{engine.url}/v1/chat/completions", json=body, timeout=60)
+    finally:
+        engine.stop()
+    arguments = "".join(piece for _, piece in direct)
+    assert finish == "tool_calls" and direct[0][0] == "get_weather", direct
+    # whole: llama-server's call, in the deprecated form
+    assert whole.choices[0].finish_reason == "function_call" and not whole.choices[0].message.tool_calls
+    assert (call.name, call.arguments) == ("get_weather", arguments)
+    # streamed: the same fragments, the name with the first
+    pieces = [
+        c.choices[0].delta.function_call for c in chunks if c.choices and c.choices[0].delta.function_call
+    ]
+    assert [(p.name or "", p.arguments or "") for p in pieces] == direct
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "function_call"
+    ]
+    # the next turn: the prompt llama-server rendered from the same tool turns sent directly
+    assert said.status_code == 200, said.text
+    assert answer.usage is not None and answer.usage.prompt_tokens == said.json()["usage"]["prompt_tokens"]
+    assert answer.choices[0].message.content == said.json()["choices"][0]["message"]["content"]
+
+
 def direct_logprobs(engine: LlamaServer, path: str, body: dict[str, Any]) -> list[Entry]:
     """llama-server's own streamed log probabilities for `body`: (token, logprob, alternatives)."""
     entries: list[Entry] = []

@@ -37,6 +37,7 @@ class Rendering:
     prompt_estimate: int = 0  # the prompt's tokens as orchestratord estimates them
     index: int = 0  # the choice's (a request's `n`, or its prompts, ask for several: a job each)
     echo: str = ""  # the prompt, for a completion that echoes it (`echo: true`) before its text
+    legacy: bool = False  # the request gave `functions`: the model's call is `function_call`, its only one
 
     @property
     def id(self) -> str:
@@ -107,12 +108,20 @@ class Rendering:
         return self._chunk([_choice_delta(self.index, delta, None)], self._so_far(tokens))
 
     def tool_call(self, fragment: Mapping[str, Any], tokens: int = 0) -> bytes:
-        """One fragment of a tool call, as `delta.tool_calls[]` keyed by its index."""
-        delta = {"tool_calls": [tool_call(fragment)]}
+        """One fragment of a tool call, as `delta.tool_calls[]` keyed by its index (in the deprecated
+        form, `delta.function_call`: the name with the first fragment, the arguments in pieces)."""
+        if self.legacy:
+            delta: dict[str, Any] = {"function_call": tool_call(fragment)["function"]}
+        else:
+            delta = {"tool_calls": [tool_call(fragment)]}
         return self._chunk([_choice_delta(self.index, delta, None)], self._so_far(tokens))
 
-    def finish(self, end: Mapping[str, Any]) -> bytes:
+    def finish_reason(self, end: Mapping[str, Any]) -> str:
         reason = FINISH.get(str(end.get("stop_reason")), "stop")
+        return "function_call" if reason == "tool_calls" and self.legacy else reason
+
+    def finish(self, end: Mapping[str, Any]) -> bytes:
+        reason = self.finish_reason(end)
         counts = usage(end) if self.continuous_usage else None
         if self.surface == "chat":
             return self._chunk([_choice_delta(self.index, {}, reason)], counts)
@@ -138,11 +147,13 @@ class Rendering:
         (`ToolCalls`); `logprobs`, every token event's entries in order (a scored prompt's first);
         `reasoning`, the model's (chat only)."""
         rendered = self.render_logprobs(logprobs)
-        reason = FINISH.get(str(end.get("stop_reason")), "stop")
+        reason = self.finish_reason(end)
         text = self.echo + text
         if self.surface == "chat":
             message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
-            if calls:
+            if calls and self.legacy:
+                message["function_call"] = calls[0]["function"]
+            elif calls:
                 message["tool_calls"] = calls
             elif not text:
                 message["content"] = text

@@ -34,9 +34,11 @@ TIERS: dict[str, Priority] = {"auto": "interactive", "default": "interactive", "
                               "flex": "batch"}  # fmt: skip
 # Accepted only at their neutral value: what orchestratord cannot pass on to every engine yet.
 UNSUPPORTED = (
-    "functions", "function_call", "prediction", "audio",
-    "modalities", "web_search_options", "store", "best_of", "verbosity",
+    "prediction", "audio", "modalities", "web_search_options", "store", "best_of", "verbosity",
 )  # fmt: skip
+# Chat's function calling before tools (OpenAI's deprecated form, which older clients still send): a
+# text completion has none.
+LEGACY = ("functions", "function_call")
 Verbosity = Literal["low", "medium", "high"]  # GPT-5's; "medium", its default, asks for nothing
 
 
@@ -89,6 +91,22 @@ class MessageFunctionCall(BaseModel):
     arguments: Text = Field(max_length=1_000_000)  # JSON text, as the model wrote it
 
 
+class FunctionDefinition(BaseModel):
+    """One of `functions`, the deprecated form of a function tool."""
+
+    model_config = _STRICT
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: Text | None = Field(default=None, max_length=100_000)
+    parameters: dict[str, Any] | None = None
+
+
+class FunctionName(BaseModel):
+    """`function_call: {"name": ...}`: the model must call this function."""
+
+    model_config = _STRICT
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
 class MessageToolCall(BaseModel):
     """A tool call an assistant turn made, sent back with the conversation."""
 
@@ -100,12 +118,13 @@ class MessageToolCall(BaseModel):
 
 class ChatCompletionMessage(BaseModel):
     model_config = _STRICT
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     # Optional only on an assistant turn that called tools (`check`).
     content: Content | None = None
     name: Text | None = Field(default=None, max_length=64)
     tool_calls: list[MessageToolCall] | None = Field(default=None, max_length=128)  # assistant turns
     tool_call_id: Text | None = Field(default=None, min_length=1, max_length=256)  # `tool` turns
+    function_call: MessageFunctionCall | None = None  # an assistant turn's call, in the deprecated form
     # What the SDKs send back when a client appends a response's message as it came: ours is null.
     refusal: None = None
     # A thinking model's reasoning, on an assistant turn sent back as it came: accepted and left out,
@@ -130,18 +149,52 @@ class ChatCompletionMessage(BaseModel):
         if self.role != "tool" and self.tool_call_id is not None:
             raise InvalidParams(f"{where}: tool_call_id belongs on a message with role 'tool'",
                                 param=f"{where}.tool_call_id")  # fmt: skip
-        if self.role != "assistant" and self.tool_calls is not None:
-            raise InvalidParams(f"{where}: tool_calls belongs on a message with role 'assistant'",
-                                param=f"{where}.tool_calls")  # fmt: skip
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+        for field in ("tool_calls", "function_call"):
+            if self.role != "assistant" and getattr(self, field) is not None:
+                raise InvalidParams(f"{where}: {field} belongs on a message with role 'assistant'",
+                                    param=f"{where}.{field}")  # fmt: skip
+        if self.tool_calls and self.function_call:
+            raise InvalidParams(f"{where}: send the call as tool_calls or as function_call, not both",
+                                param=f"{where}.function_call")  # fmt: skip
+        if self.role == "function" and self.name is None:
+            raise InvalidParams(f"{where}: a function message needs name, the function whose result it is",
+                                param=f"{where}.name")  # fmt: skip
+        called = self.role == "assistant" and (self.tool_calls or self.function_call)
+        if self.content is None and not called and self.role != "function":
             raise InvalidParams(f"{where}: content is required (it may be left out only on an assistant "
                                 "message with tool_calls)", param=f"{where}.content")  # fmt: skip
 
-    def to_message(self) -> Message:
+    def to_message(self, call_id: str | None = None) -> Message:
+        """This turn for the engine. In the deprecated form, an assistant's `function_call` is a tool
+        call with the id `call_id`, and a `function` turn the result of the call `call_id`."""
         calls = None
         if self.tool_calls:  # an empty list is no call
             calls = json_text("tool_calls", [call.model_dump() for call in self.tool_calls])
+        elif self.function_call is not None:
+            call = {"id": call_id, "type": "function", "function": self.function_call.model_dump()}
+            calls = json_text("function_call", [call])
+        if self.role == "function":
+            return Message("tool", self.text(), None, call_id)
         return Message(_role(self.role), self.text(), calls, self.tool_call_id, self.name)
+
+
+def chat_messages(messages: list[ChatCompletionMessage]) -> tuple[Message, ...]:
+    """The turns for the engine, each checked. The deprecated form's calls have no ids: an assistant's
+    `function_call` in turn i is the call `call_fn<i>`, and a `function` turn answers the latest call."""
+    turns: list[Message] = []
+    call_id: str | None = None
+    for index, m in enumerate(messages):
+        m.check(index)
+        if m.function_call is not None:
+            call_id = f"call_fn{index}"
+        elif m.role == "function" and call_id is None:
+            raise InvalidParams(
+                f"messages[{index}]: a function message answers the function_call of an assistant message "
+                "before it, and none came before",
+                param=f"messages[{index}]",
+            )
+        turns.append(m.to_message(call_id if m.function_call is not None or m.role == "function" else None))
+    return tuple(turns)
 
 
 class OpenAIRequest(BaseModel):
@@ -193,8 +246,8 @@ class _Generation(OpenAIRequest):
         "128 choices a request (prompts times n).",
     )  # fmt: skip
     stream_options: StreamOptions | None = None
-    functions: list[Any] | None = None
-    function_call: Any = None
+    functions: list[FunctionDefinition] | None = Field(default=None, max_length=128)
+    function_call: Literal["none", "auto"] | FunctionName | None = None
     response_format: dict[str, Any] | None = None
     logit_bias: LogitBias | None = None
     store: bool | None = None
@@ -252,7 +305,7 @@ class _Generation(OpenAIRequest):
 
     def refuse_unsupported(self, *, chat: bool) -> None:
         """InvalidParams naming the first field set that orchestratord does not pass on."""
-        for name in UNSUPPORTED if chat else (*UNSUPPORTED, *STRUCTURED, "top_logprobs"):
+        for name in UNSUPPORTED if chat else (*UNSUPPORTED, *LEGACY, *STRUCTURED, "top_logprobs"):
             if asks_for(name, getattr(self, name, None)):
                 raise InvalidParams(f"{name} is not supported by orchestratord yet; leave it out", param=name)
 
@@ -261,6 +314,8 @@ class _Generation(OpenAIRequest):
         no request at all: `{"type": "text"}` (the default format), `tools: []` (which agent frameworks
         send when they have none), and `tool_choice` `auto` or `none` without tools."""
         fields = {name: getattr(self, name) for name in STRUCTURED}
+        if self.functions is not None or self.function_call is not None:
+            fields.update(self.legacy_tools())
         if _plain(fields["response_format"]):
             fields["response_format"] = None
         if not fields["tools"]:
@@ -268,6 +323,35 @@ class _Generation(OpenAIRequest):
             if fields["tool_choice"] in ("auto", "none"):
                 fields["tool_choice"] = None
         return {k: None if v is None else json_text(k, v) for k, v in fields.items()}
+
+    def legacy_tools(self) -> dict[str, Any]:
+        """`functions` and `function_call` as the tools and tool choice they name; InvalidParams for
+        what OpenAI would refuse."""
+        if self.tools or self.tool_choice is not None:
+            name = "functions" if self.functions is not None else "function_call"
+            raise InvalidParams(f"send {name} or tools and tool_choice, not both (functions is the older "
+                                "form of tools)", param=name)  # fmt: skip
+        functions = self.functions or []
+        tools = [{"type": "function", "function": f.model_dump(exclude_none=True)} for f in functions]
+        choice: Any = self.function_call
+        if isinstance(choice, FunctionName):
+            if choice.name not in {f.name for f in functions}:
+                raise InvalidParams(f"function_call names {choice.name!r}, which functions does not list",
+                                    param="function_call")  # fmt: skip
+            choice = {"type": "function", "function": {"name": choice.name}}
+        return {"tools": tools, "tool_choice": choice}
+
+    @property
+    def legacy(self) -> bool:
+        """Whether the model's call is answered in the deprecated form (`message.function_call`): the
+        request gave `functions`."""
+        return bool(self.functions)
+
+    @property
+    def single_tool_call(self) -> bool | None:
+        """`parallel_tool_calls: false` with tools, or `functions` (one call a turn): at most one call
+        comes back (`TaskSpec`)."""
+        return True if self.legacy else super().single_tool_call
 
     def _spec(
         self, *, job_id: str, tenant: str, correlation_id: str | None, max_tokens: int, **inputs: Any
@@ -314,9 +398,7 @@ class ChatCompletionRequest(_Generation):
         self.refuse_unsupported(chat=True)
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidParams("top_logprobs needs logprobs: true", param="top_logprobs")
-        for index, m in enumerate(self.messages):
-            m.check(index)
-        messages = tuple(m.to_message() for m in self.messages)
+        messages = chat_messages(self.messages)
         return self._spec(
             job_id=job_id, tenant=tenant, correlation_id=correlation_id, max_tokens=max_tokens,
             messages=messages, logprobs=(self.top_logprobs or 0) if self.logprobs else None,

@@ -114,12 +114,12 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
     try:
         results = await _submit_all(caller, specs, request, body)
     except InvalidParams as exc:
-        raise _in_our_names(exc) from None
+        raise _in_our_names(exc, body) from None
     echoes = isinstance(body, CompletionRequest) and bool(body.echo)  # the prompt, before the text
     rendering = Rendering(
         surface, results[0].job_id, int(time.time()), body.model, body.include_usage,
         spec.logprobs is not None, body.continuous_usage, specs[0].tokens_in_estimate,
-        echo=specs[0].prompt or "" if echoes else "",
+        echo=specs[0].prompt or "" if echoes else "", legacy=body.legacy,
     )  # fmt: skip
     headers = {"X-Job-Id": ", ".join(result.job_id for result in results), **results[0].headers}
     keepalive_s = services.settings.stream.keepalive_s
@@ -140,11 +140,13 @@ async def _generate(request: Request, caller: Caller, body: Generation, surface:
     )
 
 
-def _in_our_names(exc: InvalidParams) -> InvalidParams:
+def _in_our_names(exc: InvalidParams, body: Generation) -> InvalidParams:
     """A refusal that names a job field the request did not name, named as the request asked for it:
     `prompt_logprobs` (no engine serving the model scores prompts) as `echo` with `logprobs`,
-    `prompt_ids` (none takes token ids) as `prompt`."""
-    if exc.param == "prompt_logprobs":
+    `prompt_ids` (none takes token ids) as `prompt`, tools given as `functions` by that name."""
+    if exc.param in ("tools", "tool_choice") and body.functions:
+        asked = param = "functions" if exc.param == "tools" else "function_call"
+    elif exc.param == "prompt_logprobs":
         asked, param = "echo with logprobs (the prompt's own log probabilities)", "echo"
     elif exc.param == "prompt_ids":
         asked, param = "a prompt of token ids", "prompt"

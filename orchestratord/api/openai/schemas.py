@@ -65,6 +65,7 @@ class AssistantMessage(BaseModel):
     content: str | None
     refusal: None
     tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None  # the call, in the deprecated form (the request's `functions`)
 
 
 class TopLogprob(BaseModel):
@@ -97,7 +98,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None
-    finish_reason: Literal["stop", "length", "tool_calls"]
+    finish_reason: Literal["stop", "length", "tool_calls", "function_call"]
 
 
 class ChatCompletion(BaseModel):
