@@ -87,11 +87,17 @@ class PlacementIn(BaseModel):
     allow_fallback: bool = True
 
 
+# A prompt as token ids (the engine's tokenizer's)
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=1_000_000)]
+
+
 class TaskRequest(BaseModel):
     model_config = _STRICT
     model_ref: Text = Field(min_length=1, max_length=256)
     prompt: Text | None = Field(default=None, max_length=1_000_000)
     suffix: Text | None = Field(default=None, max_length=1_000_000)  # a prompt's: the text after the gap
+    prompt_ids: TokenIds | None = None  # the prompt as token ids, for the engines that take them
     messages: list[ChatMessageIn] | None = Field(default=None, min_length=1, max_length=1024)
     max_tokens: int = Field(ge=1, le=1_000_000)
     priority: Literal["interactive", "batch"] = "interactive"
@@ -118,13 +124,13 @@ class TaskRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_input(self) -> TaskRequest:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("give exactly one of 'prompt' and 'messages'")
+        if [self.prompt, self.prompt_ids, self.messages].count(None) != 2:
+            raise ValueError("give exactly one of 'prompt', 'prompt_ids' and 'messages'")
         for name in ("reasoning_effort", "chat_template_kwargs"):
-            if self.prompt is not None and getattr(self, name) is not None:
+            if self.messages is None and getattr(self, name) is not None:
                 raise ValueError(f"{name} is read by the model's chat template: give messages, not a prompt")
-        if self.messages is not None and self.suffix is not None:
-            raise ValueError("suffix is the text after a prompt's gap: give a prompt, not messages")
+        if self.prompt is None and self.suffix is not None:
+            raise ValueError("suffix is the text after a prompt's gap: give a prompt (as text) with it")
         return self
 
     def to_spec(self, *, job_id: str, tenant: str, correlation_id: str | None) -> TaskSpec:
@@ -137,6 +143,7 @@ class TaskRequest(BaseModel):
             priority=self.priority,
             prompt=self.prompt,
             suffix=self.suffix,
+            prompt_ids=None if self.prompt_ids is None else tuple(self.prompt_ids),
             messages=None
             if self.messages is None
             else tuple(Message(m.role, m.content) for m in self.messages),

@@ -18,7 +18,7 @@ def _post(client: httpx.Client, body: object) -> httpx.Response:
     ("body", "fragment"),
     [
         ({"prompt": "x", "max_tokens": 3}, "model_ref: field required"),
-        ({"model_ref": "mock", "max_tokens": 3}, "exactly one of 'prompt' and 'messages'"),
+        ({"model_ref": "mock", "max_tokens": 3}, "exactly one of 'prompt', 'prompt_ids' and 'messages'"),
         (
             {
                 "model_ref": "mock",
@@ -26,7 +26,7 @@ def _post(client: httpx.Client, body: object) -> httpx.Response:
                 "messages": [{"role": "user", "content": "y"}],
                 "max_tokens": 3,
             },
-            "exactly one of 'prompt' and 'messages'",
+            "exactly one of 'prompt', 'prompt_ids' and 'messages'",
         ),
         ({"model_ref": "mock", "prompt": "x", "max_tokens": 0}, "max_tokens"),
         ({"model_ref": "mock", "prompt": "x", "max_tokens": 10**9}, "max_tokens"),

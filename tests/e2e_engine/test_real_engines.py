@@ -418,6 +418,42 @@ def test_a_tool_loops_turns_reach_vllm_as_the_sdk_sent_them(
 
 
 @pytest.mark.parametrize("real", ["vllm"], indirect=True)
+def test_a_function_loop_in_the_deprecated_form_reaches_vllm_as_tool_turns(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """The same turn in the form older clients send (`functions`, the assistant's `function_call`, a
+    `function` turn with the result): vLLM, which takes no `functions`, gets the function as a tool and
+    the turns as a tool call and its result, and answers as it answers those sent to it directly."""
+    function = {
+        "name": "get_time",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}},
+    }
+    called = {"name": "get_time", "arguments": '{"zone": "JST"}'}
+    legacy: list[Any] = [
+        TOOL_TURNS[0],
+        {"role": "assistant", "content": None, "function_call": called},
+        {"role": "function", "name": "get_time", "content": "09:30"},
+    ]
+    turns = [TOOL_TURNS[0], {"role": "assistant", "content": None, "tool_calls": [
+                 {"id": "call_fn1", "type": "function", "function": called}]},
+             {"role": "tool", "tool_call_id": "call_fn1", "content": "09:30"}]  # fmt: skip
+    greedy = {"temperature": 0.0, "seed": 7, "max_tokens": 6}
+    body = {"model": MODEL, "messages": turns, "tools": [{"type": "function", "function": function}],
+            "tool_choice": "none", **greedy}  # fmt: skip
+    direct = httpx.post(real.url + "/v1/chat/completions", json=body, timeout=120)
+    assert direct.status_code == 200, direct.text
+    with sdk_through_proxy(make_server, real) as (sdk, proxy):
+        answer = sdk.chat.completions.create(
+            model=MODEL, messages=legacy, functions=[function], function_call="none", **greedy
+        )
+    said = direct.json()
+    assert answer.choices[0].message.content == said["choices"][0]["message"]["content"]
+    assert answer.usage is not None and answer.usage.prompt_tokens == said["usage"]["prompt_tokens"]
+    sent = b"".join(proxy.sent)
+    assert re.search(rb'"tool_call_id":\s*"call_fn1"', sent) and b'"functions"' not in sent, sent[-600:]
+
+
+@pytest.mark.parametrize("real", ["vllm"], indirect=True)
 def test_a_responses_tool_loop_reaches_vllm_as_chat_turns(
     make_server: Callable[..., LoopbackServer], real: Real
 ) -> None:

@@ -341,3 +341,14 @@ def test_a_number_beyond_64_bits_in_a_passed_on_field_is_a_400(server: LoopbackS
         )
     assert caught.value.body["param"] == "response_format"  # type: ignore[index]
     assert "beyond 64 bits" in caught.value.body["message"]  # type: ignore[index]
+
+
+def test_best_of_one_asks_for_nothing(server: LoopbackServer) -> None:
+    """`best_of: 1`, OpenAI's default, which clients that send their settings whole send: the one
+    completion is the best of one, on any engine; more is refused naming it (not generated here)."""
+    client = sdk(server, max_retries=0)
+    done = client.completions.create(model="mock", prompt="x", max_tokens=2, best_of=1)
+    assert done.choices[0].text and done.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="mock", prompt="x", max_tokens=2, best_of=2)
+    assert caught.value.body["param"] == "best_of"  # type: ignore[index]

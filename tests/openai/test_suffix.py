@@ -183,7 +183,7 @@ def test_the_native_api_takes_a_suffix_with_a_prompt_only(
         turns = [{"role": "user", "content": "x"}]
         chat = http.post("/v1/tasks", json={"model_ref": "coder", "messages": turns, "suffix": AFTER,
                                             "max_tokens": 4})  # fmt: skip
-        assert chat.status_code == 400 and "give a prompt, not messages" in chat.json()["message"], chat.text
+        assert chat.status_code == 400 and "give a prompt (as text)" in chat.json()["message"], chat.text
         long = http.post("/v1/tasks", json={"model_ref": "coder", "prompt": BEFORE, "suffix": AFTER * 3,
                                             "max_tokens": 4})  # fmt: skip
         assert long.status_code == 400 and "limits.max_prompt_chars" in long.json()["message"], long.text

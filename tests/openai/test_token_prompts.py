@@ -138,3 +138,38 @@ def test_a_chat_only_pool_refuses_token_ids_saying_so(
     with pytest.raises(openai.BadRequestError, match="serves chat only"):
         sdk(make_server(pools=[chat_only])).completions.create(model="qwen", prompt=IDS, max_tokens=3)
     assert not [seen for seen in vllm.record.requests if seen.method == "POST"]
+
+
+def test_our_own_api_takes_a_prompt_of_ids(
+    server: LoopbackServer, engines: tuple[VllmEngine, LlamaCppEngine, OllamaEngine]
+) -> None:
+    """`POST /v1/tasks` with `prompt_ids`: the ids reach the engine as they were sent and the job runs
+    as any other; refused naming `prompt_ids` where no engine serving the model takes them, with a
+    prompt or messages too, with a suffix, and for an id out of range."""
+    vllm, llama, _ = engines
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        for model, engine, path in (("qwen", vllm, "/v1/completions"), ("gguf", llama, "/completion")):
+            posted = http.post("/v1/tasks", json={"model_ref": model, "prompt_ids": IDS, "max_tokens": 3})
+            assert posted.status_code == 202, posted.text
+            events = read_events(http, posted.json()["sse_url"])
+            validate_stream(events)
+            assert "".join(e.data["t"] for e in events if e.event == "token") == " to the sea"
+            assert events[-1].event == "end"
+            assert engine.record.last(path).body["prompt"] == IDS
+        refused = [
+            (
+                {"model_ref": "llama3.2", "prompt_ids": IDS},
+                "prompt_ids is not supported by the engines serving",
+            ),
+            ({"model_ref": "mock", "prompt_ids": IDS}, "prompt_ids is not supported by the engines serving"),
+            (
+                {"model_ref": "qwen", "prompt_ids": IDS, "prompt": "x"},
+                "exactly one of 'prompt', 'prompt_ids'",
+            ),
+            ({"model_ref": "qwen", "prompt_ids": IDS, "suffix": "x"}, "give a prompt (as text) with it"),
+            ({"model_ref": "qwen", "prompt_ids": [-1]}, "prompt_ids.0:"),
+            ({"model_ref": "qwen", "prompt_ids": []}, "prompt_ids:"),
+        ]
+        for body, says in refused:
+            answer = http.post("/v1/tasks", json={**body, "max_tokens": 3})
+            assert answer.status_code == 400 and says in answer.json()["message"], (body, answer.text)

@@ -44,10 +44,11 @@ def task_body(
     max_tokens: int,
     fields: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The `TaskRequest` JSON. Exactly one of prompt and messages: a mistake found here costs no
-    round trip; every other rule is the server's to check (it answers 400 naming the field)."""
-    if (prompt is None) == (messages is None):
-        raise ValueError("pass exactly one of prompt and messages")
+    """The `TaskRequest` JSON. Exactly one of prompt, messages and `prompt_ids` (a prompt as token ids,
+    among `fields`): a mistake found here costs no round trip; every other rule is the server's to check
+    (it answers 400 naming the field)."""
+    if [prompt, messages, fields.get("prompt_ids")].count(None) != 2:
+        raise ValueError("pass exactly one of prompt, messages and prompt_ids")
     if "model_ref" in fields:
         raise TypeError("pass the model as `model`, not `model_ref`")
     body: dict[str, Any] = {"model_ref": model, "max_tokens": max_tokens, **fields}

@@ -20,6 +20,7 @@ from orchestratord.api.schemas import (
     Penalty,
     RepetitionPenalty,
     Text,
+    TokenIds,
     TopK,
     extended_sampling,
     json_text,
@@ -52,6 +53,8 @@ def asks_for(name: str, value: Any) -> bool:
         return any(item not in INCLUDABLE for item in value or ())
     if name == "verbosity":
         return value not in (None, "medium")
+    if name == "best_of":  # 1, OpenAI's default: the one completion is the best of one
+        return value not in (None, 1)
     return value not in (None, False, [], {})
 
 
@@ -63,9 +66,6 @@ STRUCTURED = ("tools", "tool_choice", "response_format")
 MAX_LOGPROBS = 20  # alternatives per token: OpenAI's limit, and vLLM's default `max_logprobs`
 # Choices a request may ask for (`n`, times the prompts of a completion): each is a job of its own.
 MAX_CHOICES = 128  # OpenAI's limit for `n`
-# A prompt as token ids (the engine's tokenizer's), as OpenAI's completions take one
-TokenId = Annotated[int, Field(ge=0, le=2**31 - 1)]
-TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=1_000_000)]
 
 
 class StreamOptions(BaseModel):
