@@ -352,3 +352,14 @@ def test_best_of_one_asks_for_nothing(server: LoopbackServer) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="mock", prompt="x", max_tokens=2, best_of=2)
     assert caught.value.body["param"] == "best_of"  # type: ignore[index]
+
+
+def test_text_output_asks_for_nothing(server: LoopbackServer) -> None:
+    """`modalities: ["text"]`, the default, which some clients send on every request: runs on any engine;
+    audio output is refused naming it."""
+    client = sdk(server, max_retries=0)
+    done = client.chat.completions.create(model="mock", messages=CHAT, max_tokens=2, modalities=["text"])
+    assert done.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="mock", messages=CHAT, max_tokens=2, modalities=["audio"])
+    assert caught.value.body["param"] == "modalities"  # type: ignore[index]

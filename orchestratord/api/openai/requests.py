@@ -55,6 +55,8 @@ def asks_for(name: str, value: Any) -> bool:
         return value not in (None, "medium")
     if name == "best_of":  # 1, OpenAI's default: the one completion is the best of one
         return value not in (None, 1)
+    if name == "modalities":  # text, the default
+        return value not in (None, [], ["text"])
     return value not in (None, False, [], {})
 
 
@@ -383,6 +385,7 @@ class ChatCompletionRequest(_Generation):
     messages: list[ChatCompletionMessage] = Field(min_length=1, max_length=1024)
     reasoning_effort: Effort | None = None
     verbosity: Verbosity | None = None
+    modalities: list[Literal["text", "audio"]] | None = Field(default=None, max_length=2)
     # vLLM's and llama.cpp's extension: variables for the model's chat template (Qwen3's
     # `enable_thinking: false` turns its thinking off); `{}` asks for nothing
     chat_template_kwargs: dict[str, Any] | None = Field(default=None, max_length=64)
