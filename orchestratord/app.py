@@ -26,6 +26,7 @@ from orchestratord.api.deps import guard, guard_ops
 from orchestratord.api.openai import embeddings as openai_embeddings
 from orchestratord.api.openai import responses as openai_responses
 from orchestratord.api.openai import routes as openai_routes
+from orchestratord.api.openai import tokenize as openai_tokenize
 from orchestratord.api.openapi import contract_document
 from orchestratord.control import build_control_plane
 from orchestratord.core.queue import QueuePolicy
@@ -260,7 +261,10 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
     app.state.started_at = time.time()
     app.state.settings = settings
     # Data plane: client keys (and admin); control plane: admin keys; probes and metrics: open by default.
-    data_plane = (tasks, stream, sessions, capabilities, openai_routes, openai_responses, openai_embeddings)
+    data_plane = (
+        tasks, stream, sessions, capabilities,
+        openai_routes, openai_responses, openai_embeddings, openai_tokenize,
+    )  # fmt: skip
     for module in data_plane:
         app.include_router(module.router, **guard("client"))
     for module in (catalog, pools, task_list, ui):

@@ -302,3 +302,17 @@ def alternatives(top: object) -> tuple[tuple[str, float], ...]:
 def scored(token: object, logprob: object) -> bool:
     """Whether a log-probability entry is whole: its token text and a number (not a bool)."""
     return isinstance(token, str) and isinstance(logprob, int | float) and not isinstance(logprob, bool)
+
+
+def token_ids(value: object, engine: str) -> list[int]:
+    """A tokenizer's answer, a list of token ids; EngineInternal for anything else."""
+    if isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+        return value
+    raise EngineInternal(f"{engine} answered a tokenization that is not a list of token ids", engine=engine)
+
+
+def detokenized(value: object, engine: str) -> str:
+    """A detokenizer's answer, a text; EngineInternal for anything else."""
+    if isinstance(value, str):
+        return value
+    raise EngineInternal(f"{engine} answered a detokenization that is not a text", engine=engine)

@@ -14,7 +14,7 @@ AdapterError
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, final, runtime_checkable
 
@@ -252,3 +252,16 @@ class WorkerAdapter(Protocol):
     async def props(self) -> WorkerProps: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """An engine replica that tokenizes with its model's own tokenizer, outside any generation (vLLM's
+    and llama-server's `/tokenize` and `/detokenize`): what a client that sends token ids needs. An
+    adapter that has no such route does not implement it."""
+
+    async def tokenize(self, model: str, text: str, *, add_special: bool) -> list[int]:
+        """The ids of `text` (with the model's special tokens, a BOS, when `add_special`)."""
+        ...
+
+    async def detokenize(self, model: str, ids: Sequence[int]) -> str: ...

@@ -6,6 +6,8 @@ with a suffix, a logit bias goes to ``/infill`` (as ``{"id": bias}``, which the 
 log probabilities are refused (the native stream's are not read here).
 llama-server gives no log probabilities when asked for no alternatives (`top_logprobs: 0`, completions'
 `logprobs: 0`): it is asked for one, and the alternatives are cut to what the job asked for.
+Tokenizing is its ``/tokenize`` (``content``, ``add_special``: ``tokens``) and ``/detokenize``
+(``tokens``: ``content``), of its one model.
 Its `tool_choice` is a word (`auto`, `none`, `required`): one that names a function (OpenAI's object,
 which llama-server would read as `auto`) is `required` with that function the only tool.
 
@@ -18,7 +20,7 @@ incomplete: still one `Token`), then a final event with ``"stop":true`` and ``st
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -31,8 +33,10 @@ from worker_adapters._wire import (
     as_int,
     as_str,
     checked_step,
+    detokenized,
     error_event,
     sampling,
+    token_ids,
     wants_chat,
 )
 from worker_adapters.base import (
@@ -148,6 +152,14 @@ class LlamaCppAdapter(HttpAdapter):
         path = "/completion" if req.suffix is None else "/infill"
         events = self.http.sse(req, path, completion_body(req))
         return relay(self.http, events, NativeStream(self.engine), 'a final event with "stop":true')
+
+    async def tokenize(self, model: str, text: str, *, add_special: bool) -> list[int]:
+        answer = as_dict(await self.http.get_json("/tokenize", {"content": text, "add_special": add_special}))
+        return token_ids(answer.get("tokens"), self.engine)
+
+    async def detokenize(self, model: str, ids: Sequence[int]) -> str:
+        answer = as_dict(await self.http.get_json("/detokenize", {"tokens": list(ids)}))
+        return detokenized(answer.get("content"), self.engine)
 
     async def health(self) -> WorkerHealth:
         return await self.http.probe("/health")

@@ -6,6 +6,8 @@ The stream needs nothing of its own: vLLM's mid-stream ``data: {"error": {…}}`
 ``stop_reason`` (the matched stop string) turns ``finish_reason: "stop"`` into ``stop_sequence``. Each
 chunk is one decode step, the last one included (its text is ``""`` for EOS), so it counts as a token.
 Health is ``/health`` (200 with an empty body; connections are refused until the model is loaded).
+Tokenizing is vLLM's ``/tokenize`` (``prompt``, ``add_special_tokens``: ``tokens``) and ``/detokenize``
+(``tokens``: ``prompt``), with the model's name.
 
 Requests carry ``X-Request-Id`` (vLLM takes it as its request id with ``--enable-request-id-headers``).
 Option ``priority_scheduling`` (for an engine started with ``--scheduling-policy priority``): each request
@@ -16,9 +18,9 @@ nonzero ``priority`` when they schedule first come first served (0.32 takes it a
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
-from worker_adapters._wire import as_dict, as_str, option_bool, wants_chat
+from worker_adapters._wire import as_dict, as_str, detokenized, option_bool, token_ids, wants_chat
 from worker_adapters.base import AdapterError, SubmitRequest, TokenEvent, WorkerProps
 from worker_adapters.openai_http import (
     CHAT,
@@ -68,6 +70,14 @@ class VllmAdapter(OpenAIAdapter):
         if req.prompt_logprobs is not None:
             return scored_prompt(self.http, req, body, chat=chat)
         return openai_events(self.http, req, CHAT if chat else COMPLETIONS, body, final_step_chunks=True)
+
+    async def tokenize(self, model: str, text: str, *, add_special: bool) -> list[int]:
+        body = {"model": model, "prompt": text, "add_special_tokens": add_special}
+        return token_ids(as_dict(await self.http.get_json("/tokenize", body)).get("tokens"), self.engine)
+
+    async def detokenize(self, model: str, ids: Sequence[int]) -> str:
+        answer = as_dict(await self.http.get_json("/detokenize", {"model": model, "tokens": list(ids)}))
+        return detokenized(answer.get("prompt"), self.engine)
 
     async def props(self) -> WorkerProps:
         models, ctx_max = models_of(await self.http.get_json("/v1/models"))

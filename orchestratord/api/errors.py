@@ -72,7 +72,10 @@ def to_response(exc: OrchestratorError) -> Response:
 # The OpenAI error object's `type`, by HTTP status (OpenAI's own values).
 _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
                  429: "rate_limit_error"}  # fmt: skip
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/responses")
+OPENAI_PATHS = (
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/responses",
+    "/tokenize", "/detokenize",  # vLLM's
+)  # fmt: skip
 _BY_KIND: dict[str, type[OrchestratorError]] = {}
 
 

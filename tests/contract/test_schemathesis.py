@@ -70,11 +70,8 @@ def _outside_the_schema(case: schemathesis.Case) -> str | None:
     model = body.get("model_ref", body.get("model"))
     if model is not None and model != SERVED_MODEL:
         return "which models are served is configuration (tests/api/test_bad_input.py)"
-    query = case.query or {}
-    if query.get("cursor") is not None or query.get("after") is not None:
-        return "a cursor or `after` is what a previous page gave (tests/api/test_task_list.py, tests/openai)"
-    if "Last-Event-ID" in (case.headers or {}):
-        return "an event id is one the stream sent (tests/api/test_stream.py)"
+    if (why := _decided_elsewhere(case)) is not None:
+        return why
     if body.get("top_logprobs") is not None and "input" not in body and body.get("logprobs") is not True:
         return "OpenAI's rule: top_logprobs needs logprobs, outside the Responses API (tests/openai)"
     for name in ("max_tokens", "max_output_tokens", "max_completion_tokens"):
@@ -90,6 +87,19 @@ def _outside_the_schema(case: schemathesis.Case) -> str | None:
         return "whether a model's engines take tools, formats or logprobs is configuration (tests/openai)"
     if isinstance(case.body, dict) and not _valid_body(case):
         return "schemathesis labelled a body the contract's schema refuses as positive"
+    return None
+
+
+def _decided_elsewhere(case: schemathesis.Case) -> str | None:
+    """Why the request's path, query or headers alone may be refused: what the server's configuration or
+    its earlier answers decide."""
+    if case.operation.path in ("/tokenize", "/detokenize"):  # (the live server's one engine is the mock)
+        return "whether a model's engines tokenize is configuration (tests/openai/test_tokenize.py)"
+    query = case.query or {}
+    if query.get("cursor") is not None or query.get("after") is not None:
+        return "a cursor or `after` is what a previous page gave (tests/api/test_task_list.py, tests/openai)"
+    if "Last-Event-ID" in (case.headers or {}):
+        return "an event id is one the stream sent (tests/api/test_stream.py)"
     return None
 
 

@@ -596,6 +596,39 @@ def engine_tokens(real: Real, text: str) -> list[int]:
     return tokens
 
 
+def test_tokenize_and_detokenize_are_the_engines_own(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """`/tokenize` and `/detokenize` through orchestratord give what the engine's own routes give, with
+    and without the special tokens; llama-cpp-python's server (an `openai` pool) has no such route: a
+    400 naming `model`, the engine not asked."""
+    text = "The river runs to the sea"
+    asked = [{"model": MODEL, "prompt": text, "add_special_tokens": special} for special in (True, False)]
+    with sdk_through_proxy(make_server, real) as (sdk, proxy):
+        base = str(sdk.base_url).removesuffix("/v1/")
+        with httpx.Client(base_url=base, timeout=60) as http:
+            ours = [http.post("/tokenize", json=body) for body in asked]
+            if real.name == "llama-cpp-python":
+                refused = ours[0].json()["error"]
+                assert ours[0].status_code == 400 and refused["param"] == "model", refused
+                assert b"tokenize" not in b"".join(proxy.sent)
+                return
+            ids = ours[0].json()["tokens"]
+            back = http.post("/detokenize", json={"model": MODEL, "tokens": ids})
+    if real.name == "llama-server":
+        native = [{"content": text, "add_special": body["add_special_tokens"]} for body in asked]
+        theirs = [httpx.post(f"{real.url}/tokenize", json=body, timeout=30) for body in native]
+        said = httpx.post(f"{real.url}/detokenize", json={"tokens": ids}, timeout=30).json()["content"]
+    else:
+        theirs = [httpx.post(f"{real.url}/tokenize", json=body, timeout=30) for body in asked]
+        detokenized = httpx.post(f"{real.url}/detokenize", json={"model": MODEL, "tokens": ids}, timeout=30)
+        said = detokenized.json()["prompt"]
+    assert [a.status_code for a in ours] == [200, 200], [a.text for a in ours]
+    assert [a.json()["tokens"] for a in ours] == [t.json()["tokens"] for t in theirs]
+    assert ours[0].json()["count"] == len(ids) and len(ids) > 3
+    assert back.status_code == 200 and back.json()["prompt"] == said and text in said
+
+
 def test_a_prompt_of_token_ids_is_answered_as_the_engine_answers_it(
     make_server: Callable[..., LoopbackServer], real: Real
 ) -> None:

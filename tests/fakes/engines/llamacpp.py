@@ -17,6 +17,7 @@ from tests.fakes.engines.asgi import (
     plan,
     sse,
 )
+from tests.fakes.engines.vllm import fake_detokenize, fake_tokenize
 
 MODEL = "qwen2.5-0.5b-instruct-q4_k_m.gguf"
 BUILD = "b9465-23e6dab86"
@@ -117,6 +118,8 @@ class LlamaCppEngine(FakeEngine):
             ("POST", "/infill"): self.infill,
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.oai_completion,
+            ("POST", "/tokenize"): self.tokenize,
+            ("POST", "/detokenize"): self.detokenize,
         }
 
     async def _refused(self, exchange: Exchange) -> bool:
@@ -163,6 +166,19 @@ class LlamaCppEngine(FakeEngine):
         await exchange.respond(
             200, compact({"models": [{"name": MODEL, "model": MODEL}], "object": "list", "data": [entry]})
         )
+
+    async def tokenize(self, request: Request, exchange: Exchange) -> None:
+        """llama-server's `/tokenize` of `content` (`add_special`, false unless asked): `tokens`."""
+        body = request.json()
+        if not await self._refused(exchange):
+            ids = fake_tokenize(body.get("content", ""), bool(body.get("add_special", False)))
+            await exchange.respond(200, compact({"tokens": ids}))
+
+    async def detokenize(self, request: Request, exchange: Exchange) -> None:
+        if not await self._refused(exchange):
+            await exchange.respond(
+                200, compact({"content": fake_detokenize(request.json().get("tokens", []))})
+            )
 
     async def completion(self, request: Request, exchange: Exchange) -> None:
         if await self._refused(exchange):

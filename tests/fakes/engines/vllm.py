@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from typing import Any
 
 from tests.fakes.engines.asgi import (
@@ -79,6 +80,24 @@ def id_pieces(ids: list[int]) -> list[str]:
     return [f" w{token_id}" for token_id in ids]
 
 
+VOCAB = 32_000  # the fake tokenizer's vocabulary
+BOS = 1  # the fake tokenizer's beginning of sequence, as llama's
+
+
+def fake_tokenize(prompt: str, add_special: bool) -> list[int]:
+    """The fake tokenizer: a word each, ` w<n>` being id n (the text `id_pieces` gives), any other word
+    an id of its own (its CRC, from 1,000); BOS first when the special tokens are added."""
+    ids = [BOS] if add_special else []
+    for piece in prompt_pieces(prompt):
+        found = re.fullmatch(r" w(\d+)", piece)
+        ids.append(int(found.group(1)) if found else 1000 + zlib.crc32(piece.encode()) % 30000)
+    return ids
+
+
+def fake_detokenize(ids: list[int]) -> str:
+    return "".join(id_pieces([i for i in ids if i != BOS]))
+
+
 def prompt_logprob(piece: str, j: int, top: int) -> tuple[float | None, dict[str, float] | None]:
     """The fake's log probability of the prompt's token `j` and its alternatives: none for the first."""
     if j == 0:
@@ -112,6 +131,8 @@ class VllmEngine(FakeEngine):
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completion,
             ("POST", "/v1/embeddings"): self.embeddings,
+            ("POST", "/tokenize"): self.tokenize,
+            ("POST", "/detokenize"): self.detokenize,
         }
 
     async def health(self, request: Request, exchange: Exchange) -> None:
@@ -153,6 +174,25 @@ class VllmEngine(FakeEngine):
         answer = {"id": "embd-1", "object": "list", "created": CREATED, "model": body["model"], "data": data,
                   "usage": usage}  # fmt: skip
         await exchange.respond(200, compact(answer))
+
+    async def tokenize(self, request: Request, exchange: Exchange) -> None:
+        """vLLM's `/tokenize` of a prompt: its ids, their count, and the model's context."""
+        body = request.json()
+        if await self._refused(exchange) or await self._unknown_model(body, exchange):
+            return
+        ids = fake_tokenize(body["prompt"], body.get("add_special_tokens", True))
+        answer = {"count": len(ids), "max_model_len": MAX_MODEL_LEN, "tokens": ids, "token_strs": None}
+        await exchange.respond(200, compact(answer))
+
+    async def detokenize(self, request: Request, exchange: Exchange) -> None:
+        body = request.json()
+        if await self._refused(exchange) or await self._unknown_model(body, exchange):
+            return
+        if any(i >= VOCAB for i in body["tokens"]):  # vLLM's words for an id past the vocabulary
+            message = f"Token id {max(body['tokens'])} is out of vocabulary"
+            await exchange.respond(400, compact(error_object(400, message, "BadRequestError")))
+            return
+        await exchange.respond(200, compact({"prompt": fake_detokenize(body["tokens"])}))
 
     async def _unknown_model(self, body: dict[str, Any], exchange: Exchange) -> bool:
         """vLLM answers 404 for a model it does not serve (neither the base nor a LoRA adapter)."""

@@ -1,0 +1,150 @@
+"""vLLM's `POST /tokenize` and `POST /detokenize`, answered by an engine serving the model, with its own
+tokenizer: what a client that sends token ids (`prompt: [ids]`, `logit_bias`) needs, and what token
+counters ask. Not a job: the engine tokenizes at once, outside its slots, so the request is not queued;
+it goes to a ready replica of a pool (not draining) serving the model whose engine tokenizes (vLLM,
+llama-server). The errors are OpenAI's error object, as vLLM gives them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Annotated, TypeVar
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestratord.api.deps import Caller, get_json_caller
+from orchestratord.api.errors import from_event
+from orchestratord.api.openai.schemas import openai_errors
+from orchestratord.api.schemas import Text, TokenIds
+from orchestratord.errors import InvalidParams, OrchestratorError, PoolUnready
+from orchestratord.services import Services
+from pool_manager.registry import PoolState
+from worker_adapters.base import AdapterError, EngineRejected, Tokenizer
+
+router = APIRouter(tags=["openai"])
+_STRICT = ConfigDict(extra="forbid", strict=True)
+RETRY_AFTER_MS = 1000  # no replica ready yet: the next health probe may find one
+T = TypeVar("T")
+
+
+class TokenizeRequest(BaseModel):
+    model_config = _STRICT
+    model: Text = Field(min_length=1, max_length=256)
+    prompt: Text = Field(max_length=1_000_000)
+    add_special_tokens: bool = Field(
+        default=True, description="Add the model's special tokens (a BOS) as a prompt of text gets them."
+    )
+
+
+class Tokenized(BaseModel):
+    count: int
+    max_model_len: int = Field(
+        description="The context a job may use on the pool serving the model, in tokens (its ctx_max, or "
+        "the engine's own where smaller)."
+    )
+    tokens: list[int]
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = _STRICT
+    model: Text = Field(min_length=1, max_length=256)
+    tokens: TokenIds
+
+
+class Detokenized(BaseModel):
+    prompt: str
+
+
+@router.post(
+    "/tokenize",
+    response_model=Tokenized,
+    responses=openai_errors(400, 413, 415, 502, 503, 504),
+    operation_id="tokenize",
+)
+async def tokenize(body: TokenizeRequest, caller: Annotated[Caller, Depends(get_json_caller)]) -> Tokenized:
+    pool, tokenizer, name = _tokenizer(caller.services, body.model)
+    ids = await _asking(
+        pool, "prompt", lambda: tokenizer.tokenize(name, body.prompt, add_special=body.add_special_tokens)
+    )
+    return Tokenized(count=len(ids), max_model_len=pool.ctx_max, tokens=ids)
+
+
+@router.post(
+    "/detokenize",
+    response_model=Detokenized,
+    responses=openai_errors(400, 413, 415, 502, 503, 504),
+    operation_id="detokenize",
+)
+async def detokenize(
+    body: DetokenizeRequest, caller: Annotated[Caller, Depends(get_json_caller)]
+) -> Detokenized:
+    pool, tokenizer, name = _tokenizer(caller.services, body.model)
+    return Detokenized(prompt=await _asking(pool, "tokens", lambda: tokenizer.detokenize(name, body.tokens)))
+
+
+def _tokenizer(services: Services, model: str) -> tuple[PoolState, Tokenizer, str]:
+    """A ready replica's tokenizer for `model`, its pool, and the engine's name for the model;
+    InvalidParams when no pool serving the model tokenizes, PoolUnready when none of those is ready."""
+    serving = [
+        p for p in services.registry.pools.values()
+        if model in p.spec.models and not p.draining and services.control.catalog.usable(model)
+    ]  # fmt: skip
+    if not serving:
+        served = ", ".join(m for m in services.registry.models() if services.control.catalog.usable(m))
+        raise InvalidParams(f"model {model!r} is not served here; served models: {served}", param="model")
+    able = [p for p in serving if any(isinstance(a, Tokenizer) for a in _adapters(services, p))]
+    if not able:
+        engines = ", ".join(sorted({p.spec.engine for p in serving}))
+        raise InvalidParams(
+            f"tokenizing needs an engine with a tokenizer route (vllm, llamacpp); the engines serving "
+            f"{model!r} ({engines}) have none",
+            param="model",
+        )
+    ready = [
+        (p, key)
+        for p, key in tokenizing_replicas(able, model)
+        if isinstance(services.adapters[key], Tokenizer)
+    ]
+    if not ready:
+        raise PoolUnready(
+            f"no replica serving {model!r} with a tokenizer is ready; retry shortly",
+            retry_after_ms=RETRY_AFTER_MS,
+        )
+    pool, key = random.choice(ready)  # any of them: the model's tokenizer is the same on each
+    adapter = services.adapters[key]
+    assert isinstance(adapter, Tokenizer)
+    return pool, adapter, pool.spec.engine_name(model)
+
+
+def tokenizing_replicas(pools: Iterable[PoolState], model: str) -> list[tuple[PoolState, tuple[str, str]]]:
+    """The replicas of `pools` that may be asked now: ready, their breaker letting a request through,
+    and serving the model as their engine last listed it."""
+    return [
+        (p, (p.spec.id, r.replica_id))
+        for p in pools
+        for r in p.replicas.values()
+        if r.admits() and (r.serves is None or p.spec.engine_name(model) in r.serves)
+    ]
+
+
+def _adapters(services: Services, pool: PoolState) -> list[object]:
+    return [services.adapters[(pool.spec.id, r)] for r in pool.replicas]
+
+
+async def _asking(pool: PoolState, field: str, call: Callable[[], Awaitable[T]]) -> T:
+    """The engine's answer; its refusal a 400 naming `field`, its failure the gateway's error."""
+    try:
+        return await call()
+    except EngineRejected as exc:
+        raise InvalidParams(exc.message, param=field, engine=pool.spec.engine, pool_id=pool.spec.id) from None
+    except AdapterError as exc:
+        raise _gateway(exc, pool) from None
+
+
+def _gateway(exc: AdapterError, pool: PoolState) -> OrchestratorError:
+    return from_event(
+        {"code": exc.code, "message": exc.message, "retriable": exc.retriable, "engine": pool.spec.engine,
+         "pool_id": pool.spec.id}
+    )  # fmt: skip

@@ -1,0 +1,130 @@
+"""vLLM's `/tokenize` and `/detokenize` through orchestratord, against the protocol-faithful fakes: the
+engine serving the model tokenizes (vLLM with the model's name, llama-server its one model), the ids
+are its own and go back into a prompt of ids; a model no tokenizing engine serves is refused naming
+`model`; the engine's refusal and failure are OpenAI errors, a 400 and a 502; no ready replica, a 503."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.api.helpers import wait_for
+from tests.fakes.engines.llamacpp import LlamaCppEngine
+from tests.fakes.engines.ollama import OllamaEngine
+from tests.fakes.engines.vllm import MODEL, VllmEngine, fake_tokenize
+from tests.fakes.servers import LoopbackServer
+from tests.openai.pools import pool, sdk, served, vllm_and_mock
+
+Engines = tuple[VllmEngine, LlamaCppEngine, OllamaEngine]
+TEXT = "The river runs"
+
+
+@pytest.fixture
+def engines() -> Iterator[Engines]:
+    with (
+        served(VllmEngine(tokens=(" to", " the", " sea"), eos_after=3)) as vllm,
+        served(LlamaCppEngine(tokens=(" to", " the", " sea"), eos_after=3)) as llama,
+        served(OllamaEngine()) as ollama,
+    ):
+        yield vllm, llama, ollama
+
+
+@pytest.fixture
+def server(make_server: Callable[..., LoopbackServer], engines: Engines) -> Iterator[LoopbackServer]:
+    vllm, llama, ollama = (e.url for e in engines)  # type: ignore[attr-defined]
+    pools = [
+        *vllm_and_mock(vllm),
+        pool("l", "llamacpp", "gguf", llama),
+        pool("o", "ollama", "llama3.2", ollama),
+    ]
+    server = make_server(pools=pools, health_interval_s=0.2)
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        wait_for(lambda: all(ready(http, model) for model in ("qwen", "gguf", "llama3.2")))
+    yield server
+
+
+def ready(http: httpx.Client, model: str) -> bool:
+    """Whether a replica serving `model` is ready (the model list says)."""
+    return bool(http.get(f"/v1/models/{model}").json()["orchestratord"]["ready"])
+
+
+def test_the_engine_serving_the_model_tokenizes(server: LoopbackServer, engines: Engines) -> None:
+    vllm, llama, _ = engines
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        answer = http.post("/tokenize", json={"model": "qwen", "prompt": TEXT})
+        assert answer.status_code == 200, answer.text
+        ids = fake_tokenize(TEXT, True)
+        # the context a job may use there: the pool's 4,096 (configured), less than vLLM's 32,768
+        assert answer.json() == {"count": len(ids), "max_model_len": 4096, "tokens": ids}
+        # vLLM is asked with its own name for the model
+        assert vllm.record.last("/tokenize").body == {
+            "model": MODEL,
+            "prompt": TEXT,
+            "add_special_tokens": True,
+        }
+        plain = http.post("/tokenize", json={"model": "gguf", "prompt": TEXT, "add_special_tokens": False})
+        assert plain.json()["tokens"] == fake_tokenize(TEXT, False)
+        assert llama.record.last("/tokenize").body == {"content": TEXT, "add_special": False}
+        back = http.post("/detokenize", json={"model": "gguf", "tokens": [791, 15140]})
+        assert back.status_code == 200 and back.json() == {"prompt": " w791 w15140"}
+        assert llama.record.last("/detokenize").body == {"tokens": [791, 15140]}
+
+
+def test_the_ids_go_back_as_a_prompt(server: LoopbackServer, engines: Engines) -> None:
+    """What a client that tokenizes does: the ids of /tokenize, sent as a prompt, reach the engine as
+    they were given."""
+    vllm, _, _ = engines
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        ids = http.post("/tokenize", json={"model": "qwen", "prompt": TEXT}).json()["tokens"]
+    answer = sdk(server).completions.create(model="qwen", prompt=ids, max_tokens=3)
+    assert vllm.record.last("/v1/completions").body["prompt"] == ids
+    assert answer.choices[0].text == " to the sea"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param", "says"),
+    [
+        (
+            "/tokenize",
+            {"model": "llama3.2", "prompt": "x"},
+            400,
+            "model",
+            "the engines serving 'llama3.2' (ollama)",
+        ),
+        ("/tokenize", {"model": "mock", "prompt": "x"}, 400, "model", "tokenizer route"),
+        ("/tokenize", {"model": "nope", "prompt": "x"}, 400, "model", "'nope' is not served here"),
+        ("/detokenize", {"model": "qwen", "tokens": [40000]}, 400, "tokens", "out of vocabulary"),
+        ("/detokenize", {"model": "qwen", "tokens": []}, 400, "tokens", "tokens:"),
+        ("/tokenize", {"model": "qwen"}, 400, "prompt", "prompt:"),
+    ],
+)
+def test_refusals_are_openai_errors_naming_the_field(
+    server: LoopbackServer, path: str, body: dict[str, object], status: int, param: str, says: str
+) -> None:
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        answer = http.post(path, json=body)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == param and says in error["message"], error
+    assert answer.headers["x-should-retry"] == "false"
+
+
+def test_an_engine_failure_is_a_502_and_no_ready_replica_a_503(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    with served(VllmEngine()) as vllm:
+        server = make_server(pools=vllm_and_mock(vllm.url), health_interval_s=0.2)  # type: ignore[attr-defined]
+        with httpx.Client(base_url=server.base_url, timeout=10) as http:
+            wait_for(lambda: ready(http, "qwen"))
+            vllm.behaviour.http_status, vllm.behaviour.error_message = 500, "tokenizer crashed"
+            failed = http.post("/tokenize", json={"model": "qwen", "prompt": "x"})
+            assert failed.status_code == 502 and "tokenizer crashed" in failed.json()["error"]["message"]
+            vllm.behaviour.http_status, vllm.behaviour.loading = None, True  # its health fails now
+            wait_for(lambda: not ready(http, "qwen"))
+            unready = http.post("/tokenize", json={"model": "qwen", "prompt": "x"})
+    assert unready.status_code == 503 and unready.headers["x-should-retry"] == "true"
+    assert (
+        int(unready.headers["retry-after-ms"]) == 1000 and "no replica" in unready.json()["error"]["message"]
+    )
