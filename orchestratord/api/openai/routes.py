@@ -319,7 +319,8 @@ def _render(
     if event.name == "token":
         relayed[0] = data["i"] + 1
         out.append(rendering.text(data["t"], data.get("logprobs"), relayed[0], relayed[1]))
-        relayed[1] += _scored(data.get("logprobs", ()))
+        if rendering.logprobs:
+            relayed[1] += _scored(data.get("logprobs", ()))
         return False
     if event.name == "reasoning":
         out.append(rendering.reasoning(data["t"], relayed[0]))
