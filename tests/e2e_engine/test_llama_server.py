@@ -108,6 +108,17 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
         server.stop()
 
 
+def templated(workdir: Path, template: str, *more: str) -> LlamaServer:
+    """A llama-server on a tiny model of 4,096 tokens' context, rendering chats with `template` (a
+    Jinja chat template); `more`, more of its options."""
+    path = workdir / "chat.jinja"
+    path.write_text(template)
+    model = write_tiny_llama(workdir / "tiny.gguf", n_ctx=4096)
+    return LlamaServer(
+        workdir, model=model, extra=("--jinja", "--chat-template-file", str(path), *more)
+    ).start()
+
+
 def start(make_server: Callable[..., LoopbackServer], engine: LlamaServer) -> LoopbackServer:
     pool = {
         "id": "llama", "engine": "llamacpp", "models": ["tiny"], "replicas": [{"id": "a", "url": engine.url}],
@@ -159,12 +170,7 @@ def test_chat_template_kwargs_reach_llama_servers_chat_template(
 ) -> None:
     """A chat job's `chat_template_kwargs` reach llama-server's template: with `enable_thinking`, the
     prompt lacks the closed thinking block, whose 19 bytes are 19 tokens of the tiny byte-level vocabulary."""
-    template = tmp_path / "thinking.jinja"
-    template.write_text(THINKING_TEMPLATE)
-    model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=4096)
-    engine = LlamaServer(
-        tmp_path, model=model, extra=("--jinja", "--chat-template-file", str(template))
-    ).start()
+    engine = templated(tmp_path, THINKING_TEMPLATE)
     try:
         client = sdk(start(make_server, engine))
         ask = [{"role": "user", "content": "hi"}]
@@ -225,11 +231,7 @@ def test_a_thinking_models_reasoning_comes_apart_from_its_answer_on_every_surfac
     `content`; orchestratord relays the split as llama-server made it: `reasoning` events before the
     `token` events in our stream (and none of it in the job's text), chat's `reasoning` and
     `reasoning_content`, streamed and whole, and the Responses API's `reasoning` item before the message."""
-    template = tmp_path / "thinking.jinja"
-    template.write_text(FORCED_THINKING_TEMPLATE)
-    model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=4096)
-    extra = ("--jinja", "--chat-template-file", str(template), "--reasoning-budget", str(BUDGET))
-    engine = LlamaServer(tmp_path, model=model, extra=extra).start()
+    engine = templated(tmp_path, FORCED_THINKING_TEMPLATE, "--reasoning-budget", str(BUDGET))
     ask = [{"role": "user", "content": "hi"}]
     sampling = {"temperature": 0.0, "seed": 7}
     try:
@@ -326,11 +328,7 @@ def test_a_models_tool_call_comes_back_as_llama_server_parsed_it(
     model's output comes back through every surface as llama-server streamed it (its name, its
     arguments fragment by fragment, `finish_reason: tool_calls`), and the tool loop's next turn (the
     assistant's call and the tool's result) reaches its chat template as the SDK sent it."""
-    template = tmp_path / "tools.jinja"
-    template.write_text(TOOL_TEMPLATE)
-    model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=4096)
-    extra = ("--jinja", "--chat-template-file", str(template))
-    engine = LlamaServer(tmp_path, model=model, extra=extra).start()
+    engine = templated(tmp_path, TOOL_TEMPLATE)
     ask: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
     tools: list[Any] = [{"type": "function", "function": WEATHER}]
     # `parallel_tool_calls: false` reaches llama-server, whose grammar then allows one call (by default
@@ -385,12 +383,7 @@ def test_functions_in_the_deprecated_form_are_llama_servers_tools(
     makes comes back as `function_call`, whole and streamed, as llama-server parsed it; the loop's next
     turn (the call and a `function` turn with its result) reaches the chat template as the same tool
     turns sent directly."""
-    template = tmp_path / "tools.jinja"
-    template.write_text(TOOL_TEMPLATE)
-    model = write_tiny_llama(tmp_path / "tiny.gguf", n_ctx=4096)
-    engine = LlamaServer(
-        tmp_path, model=model, extra=("--jinja", "--chat-template-file", str(template))
-    ).start()
+    engine = templated(tmp_path, TOOL_TEMPLATE)
     ask: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
     other = {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}}
     greedy: dict[str, Any] = {"temperature": 0.0, "seed": 7, "max_tokens": 400}

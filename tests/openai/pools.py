@@ -10,8 +10,10 @@ from typing import Any, TypeVar
 import openai
 
 from tests.fakes.engines.asgi import FakeEngine
+from tests.fakes.engines.llamacpp import LlamaCppEngine
+from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.engines.server import serve
-from tests.fakes.engines.vllm import MODEL
+from tests.fakes.engines.vllm import MODEL, VllmEngine
 from tests.fakes.servers import LoopbackServer
 
 Engine = TypeVar("Engine", bound=FakeEngine)
@@ -50,3 +52,28 @@ def pool(pool_id: str, engine: str, model: str, url: str, **extra: Any) -> dict[
 def sdk(server: LoopbackServer) -> openai.OpenAI:
     """The official SDK pointed at `server`, retrying nothing (the tests count every request)."""
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
+
+
+ThreeEngines = tuple[VllmEngine, LlamaCppEngine, OllamaEngine]
+
+
+@contextmanager
+def three_engines() -> Iterator[ThreeEngines]:
+    """vLLM's and llama-server's fakes answering " to the sea" (then their end), and Ollama's, served."""
+    with (
+        served(VllmEngine(tokens=(" to", " the", " sea"), eos_after=3)) as vllm,
+        served(LlamaCppEngine(tokens=(" to", " the", " sea"), eos_after=3)) as llama,
+        served(OllamaEngine()) as ollama,
+    ):
+        yield vllm, llama, ollama
+
+
+def three_pools(engines: ThreeEngines) -> list[dict[str, Any]]:
+    """`qwen` on the vLLM fake and `mock` on the mock (`vllm_and_mock`), `gguf` on llama-server's fake,
+    `llama3.2` on Ollama's."""
+    vllm, llama, ollama = (e.url for e in engines)  # type: ignore[attr-defined]
+    return [
+        *vllm_and_mock(vllm),
+        pool("l", "llamacpp", "gguf", llama),
+        pool("o", "ollama", "llama3.2", ollama),
+    ]

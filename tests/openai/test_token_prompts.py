@@ -14,43 +14,34 @@ import openai
 import pytest
 
 from tests.contract.test_sse_events import validate_stream
-from tests.fakes.engines.llamacpp import LlamaCppEngine
-from tests.fakes.engines.ollama import OllamaEngine
-from tests.fakes.engines.vllm import VllmEngine
 from tests.fakes.servers import LoopbackServer
 from tests.fakes.sse import read_events
-from tests.openai.pools import last_post, pool, sdk, served, vllm_and_mock
+from tests.openai.pools import (
+    ThreeEngines,
+    last_post,
+    sdk,
+    three_engines,
+    three_pools,
+    vllm_and_mock,
+)
 
 IDS = [791, 15140, 8640]  # "The river runs", in the fake's tokenizer: " w791 w15140 w8640"
 TEXT = " w791 w15140 w8640"
 
 
 @pytest.fixture
-def engines() -> Iterator[tuple[VllmEngine, LlamaCppEngine, OllamaEngine]]:
-    with (
-        served(VllmEngine(tokens=(" to", " the", " sea"), eos_after=3)) as vllm,
-        served(LlamaCppEngine(tokens=(" to", " the", " sea"), eos_after=3)) as llama,
-        served(OllamaEngine()) as ollama,
-    ):
-        yield vllm, llama, ollama
+def engines() -> Iterator[ThreeEngines]:
+    with three_engines() as engines:
+        yield engines
 
 
 @pytest.fixture
-def server(
-    make_server: Callable[..., LoopbackServer], engines: tuple[VllmEngine, LlamaCppEngine, OllamaEngine]
-) -> LoopbackServer:
-    vllm, llama, ollama = (e.url for e in engines)  # type: ignore[attr-defined]
-    pools = [
-        *vllm_and_mock(vllm),
-        pool("l", "llamacpp", "gguf", llama),
-        pool("o", "ollama", "llama3.2", ollama),
-    ]
+def server(make_server: Callable[..., LoopbackServer], engines: ThreeEngines) -> LoopbackServer:
+    pools = three_pools(engines)
     return make_server(pools=pools)
 
 
-def test_token_ids_reach_the_engine_as_they_were_sent(
-    server: LoopbackServer, engines: tuple[VllmEngine, LlamaCppEngine, OllamaEngine]
-) -> None:
+def test_token_ids_reach_the_engine_as_they_were_sent(server: LoopbackServer, engines: ThreeEngines) -> None:
     """One prompt of ids (vLLM's `/v1/completions`, llama-server's native `/completion`), whole and
     streamed; their count is the prompt's estimate (exact: a token an id)."""
     vllm, llama, _ = engines
@@ -62,9 +53,7 @@ def test_token_ids_reach_the_engine_as_they_were_sent(
     assert llama.record.last("/completion").body["prompt"] == IDS
 
 
-def test_several_prompts_of_ids_are_a_choice_each(
-    server: LoopbackServer, engines: tuple[VllmEngine, LlamaCppEngine, OllamaEngine]
-) -> None:
+def test_several_prompts_of_ids_are_a_choice_each(server: LoopbackServer, engines: ThreeEngines) -> None:
     """`prompt: [[ids], [ids]]` (a batch, as lm-eval sends it): a job for each, in order."""
     answer = sdk(server).completions.create(model="qwen", prompt=[IDS, IDS[:1]], max_tokens=3)
     assert [c.index for c in answer.choices] == [0, 1]
@@ -73,7 +62,7 @@ def test_several_prompts_of_ids_are_a_choice_each(
 
 
 def test_a_scored_prompt_of_ids_gives_its_text_and_scores(
-    server: LoopbackServer, engines: tuple[VllmEngine, LlamaCppEngine, OllamaEngine]
+    server: LoopbackServer, engines: ThreeEngines
 ) -> None:
     """lm-eval's loglikelihood request with tokenized requests: `prompt: [[ids]]`, `echo`, `logprobs: 1`,
     `max_tokens: 1`. The engine decodes the ids; the choice's text begins with the prompt's text as the
@@ -131,7 +120,7 @@ def test_malformed_token_prompts_are_a_400(server: LoopbackServer, prompt: Any) 
 
 
 def test_a_chat_only_pool_refuses_token_ids_saying_so(
-    make_server: Callable[..., LoopbackServer], engines: tuple[VllmEngine, LlamaCppEngine, OllamaEngine]
+    make_server: Callable[..., LoopbackServer], engines: ThreeEngines
 ) -> None:
     vllm = engines[0]
     chat_only = {**vllm_and_mock(vllm.url)[0], "api": "chat"}  # type: ignore[attr-defined]
@@ -140,9 +129,7 @@ def test_a_chat_only_pool_refuses_token_ids_saying_so(
     assert not [seen for seen in vllm.record.requests if seen.method == "POST"]
 
 
-def test_our_own_api_takes_a_prompt_of_ids(
-    server: LoopbackServer, engines: tuple[VllmEngine, LlamaCppEngine, OllamaEngine]
-) -> None:
+def test_our_own_api_takes_a_prompt_of_ids(server: LoopbackServer, engines: ThreeEngines) -> None:
     """`POST /v1/tasks` with `prompt_ids`: the ids reach the engine as they were sent and the job runs
     as any other; refused naming `prompt_ids` where no engine serving the model takes them, with a
     prompt or messages too, with a suffix, and for an id out of range."""

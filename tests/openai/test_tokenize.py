@@ -11,34 +11,22 @@ import httpx
 import pytest
 
 from tests.api.helpers import wait_for
-from tests.fakes.engines.llamacpp import LlamaCppEngine
-from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.engines.vllm import MODEL, VllmEngine, fake_tokenize
 from tests.fakes.servers import LoopbackServer
-from tests.openai.pools import pool, sdk, served, vllm_and_mock
+from tests.openai.pools import ThreeEngines, sdk, served, three_engines, three_pools, vllm_and_mock
 
-Engines = tuple[VllmEngine, LlamaCppEngine, OllamaEngine]
 TEXT = "The river runs"
 
 
 @pytest.fixture
-def engines() -> Iterator[Engines]:
-    with (
-        served(VllmEngine(tokens=(" to", " the", " sea"), eos_after=3)) as vllm,
-        served(LlamaCppEngine(tokens=(" to", " the", " sea"), eos_after=3)) as llama,
-        served(OllamaEngine()) as ollama,
-    ):
-        yield vllm, llama, ollama
+def engines() -> Iterator[ThreeEngines]:
+    with three_engines() as engines:
+        yield engines
 
 
 @pytest.fixture
-def server(make_server: Callable[..., LoopbackServer], engines: Engines) -> Iterator[LoopbackServer]:
-    vllm, llama, ollama = (e.url for e in engines)  # type: ignore[attr-defined]
-    pools = [
-        *vllm_and_mock(vllm),
-        pool("l", "llamacpp", "gguf", llama),
-        pool("o", "ollama", "llama3.2", ollama),
-    ]
+def server(make_server: Callable[..., LoopbackServer], engines: ThreeEngines) -> Iterator[LoopbackServer]:
+    pools = three_pools(engines)
     server = make_server(pools=pools, health_interval_s=0.2)
     with httpx.Client(base_url=server.base_url, timeout=10) as http:
         wait_for(lambda: all(ready(http, model) for model in ("qwen", "gguf", "llama3.2")))
@@ -50,7 +38,7 @@ def ready(http: httpx.Client, model: str) -> bool:
     return bool(http.get(f"/v1/models/{model}").json()["orchestratord"]["ready"])
 
 
-def test_the_engine_serving_the_model_tokenizes(server: LoopbackServer, engines: Engines) -> None:
+def test_the_engine_serving_the_model_tokenizes(server: LoopbackServer, engines: ThreeEngines) -> None:
     vllm, llama, _ = engines
     with httpx.Client(base_url=server.base_url, timeout=10) as http:
         answer = http.post("/tokenize", json={"model": "qwen", "prompt": TEXT})
@@ -72,7 +60,7 @@ def test_the_engine_serving_the_model_tokenizes(server: LoopbackServer, engines:
         assert llama.record.last("/detokenize").body == {"tokens": [791, 15140]}
 
 
-def test_the_ids_go_back_as_a_prompt(server: LoopbackServer, engines: Engines) -> None:
+def test_the_ids_go_back_as_a_prompt(server: LoopbackServer, engines: ThreeEngines) -> None:
     """What a client that tokenizes does: the ids of /tokenize, sent as a prompt, reach the engine as
     they were given."""
     vllm, _, _ = engines
