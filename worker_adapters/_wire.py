@@ -12,7 +12,7 @@ One divergence: orjson reads an integer beyond 64 bits as a float, so such a cou
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -202,6 +202,11 @@ def chat_messages(req: SubmitRequest, *, names: bool = False) -> list[dict[str, 
     if req.messages is None:
         return [{"role": "user", "content": req.prompt or ""}]
     return [_chat_message(m, names) for m in req.messages]
+
+
+def openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, object]]:
+    """Chat turns in OpenAI's dialect, names included."""
+    return [_chat_message(m, True) for m in messages]
 
 
 def _chat_message(m: ChatMessage, names: bool) -> dict[str, object]:

@@ -260,8 +260,13 @@ class Tokenizer(Protocol):
     and llama-server's `/tokenize` and `/detokenize`): what a client that sends token ids needs. An
     adapter that has no such route does not implement it."""
 
-    async def tokenize(self, model: str, text: str, *, add_special: bool) -> list[int]:
-        """The ids of `text` (with the model's special tokens, a BOS, when `add_special`)."""
+    async def tokenize(
+        self, model: str, prompt: str | Sequence[ChatMessage], *, add_special: bool | None = None
+    ) -> list[int]:
+        """The ids of a prompt: a text, or chat turns as the model's chat template renders them (with
+        the generation prompt). With the model's special tokens (a BOS) when `add_special`; by default
+        as the engine adds them when it reads that form for a generation, so that the count is the
+        prompt's in a job."""
         ...
 
     async def detokenize(self, model: str, ids: Sequence[int]) -> str: ...

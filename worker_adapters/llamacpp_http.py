@@ -6,8 +6,9 @@ with a suffix, a logit bias goes to ``/infill`` (as ``{"id": bias}``, which the 
 log probabilities are refused (the native stream's are not read here).
 llama-server gives no log probabilities when asked for no alternatives (`top_logprobs: 0`, completions'
 `logprobs: 0`): it is asked for one, and the alternatives are cut to what the job asked for.
-Tokenizing is its ``/tokenize`` (``content``, ``add_special``: ``tokens``) and ``/detokenize``
-(``tokens``: ``content``), of its one model.
+Tokenizing is its ``/tokenize`` (``content``, ``add_special``: ``tokens``; chat turns first through
+``/apply-template``, its chat template with the generation prompt) and ``/detokenize`` (``tokens``:
+``content``), of its one model.
 Its `tool_choice` is a word (`auto`, `none`, `required`): one that names a function (OpenAI's object,
 which llama-server would read as `auto`) is `required` with that function the only tool.
 
@@ -35,11 +36,14 @@ from worker_adapters._wire import (
     checked_step,
     detokenized,
     error_event,
+    openai_messages,
     sampling,
     token_ids,
     wants_chat,
 )
 from worker_adapters.base import (
+    ChatMessage,
+    EngineInternal,
     EngineRejected,
     Finished,
     StopReason,
@@ -153,9 +157,19 @@ class LlamaCppAdapter(HttpAdapter):
         events = self.http.sse(req, path, completion_body(req))
         return relay(self.http, events, NativeStream(self.engine), 'a final event with "stop":true')
 
-    async def tokenize(self, model: str, text: str, *, add_special: bool) -> list[int]:
-        answer = as_dict(await self.http.get_json("/tokenize", {"content": text, "add_special": add_special}))
-        return token_ids(answer.get("tokens"), self.engine)
+    async def tokenize(
+        self, model: str, prompt: str | Sequence[ChatMessage], *, add_special: bool | None = None
+    ) -> list[int]:
+        if not isinstance(prompt, str):  # the chat template's prompt (with the generation prompt)
+            turns = {"messages": openai_messages(prompt)}
+            text = as_str(as_dict(await self.http.get_json("/apply-template", turns)).get("prompt"))
+            if text is None:
+                message = f"{self.engine} answered /apply-template without a prompt"
+                raise EngineInternal(message, engine=self.engine)
+            prompt = text
+        # (llama-server reads every prompt it generates from with its special tokens)
+        body = {"content": prompt, "add_special": True if add_special is None else add_special}
+        return token_ids(as_dict(await self.http.get_json("/tokenize", body)).get("tokens"), self.engine)
 
     async def detokenize(self, model: str, ids: Sequence[int]) -> str:
         answer = as_dict(await self.http.get_json("/detokenize", {"tokens": list(ids)}))

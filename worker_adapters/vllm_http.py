@@ -6,8 +6,8 @@ The stream needs nothing of its own: vLLM's mid-stream ``data: {"error": {…}}`
 ``stop_reason`` (the matched stop string) turns ``finish_reason: "stop"`` into ``stop_sequence``. Each
 chunk is one decode step, the last one included (its text is ``""`` for EOS), so it counts as a token.
 Health is ``/health`` (200 with an empty body; connections are refused until the model is loaded).
-Tokenizing is vLLM's ``/tokenize`` (``prompt``, ``add_special_tokens``: ``tokens``) and ``/detokenize``
-(``tokens``: ``prompt``), with the model's name.
+Tokenizing is vLLM's ``/tokenize`` (``prompt``, or chat ``messages`` with the generation prompt;
+``add_special_tokens``: ``tokens``) and ``/detokenize`` (``tokens``: ``prompt``), with the model's name.
 
 Requests carry ``X-Request-Id`` (vLLM takes it as its request id with ``--enable-request-id-headers``).
 Option ``priority_scheduling`` (for an engine started with ``--scheduling-policy priority``): each request
@@ -20,8 +20,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 
-from worker_adapters._wire import as_dict, as_str, detokenized, option_bool, token_ids, wants_chat
-from worker_adapters.base import AdapterError, SubmitRequest, TokenEvent, WorkerProps
+from worker_adapters._wire import (
+    as_dict,
+    as_str,
+    detokenized,
+    openai_messages,
+    option_bool,
+    token_ids,
+    wants_chat,
+)
+from worker_adapters.base import AdapterError, ChatMessage, SubmitRequest, TokenEvent, WorkerProps
 from worker_adapters.openai_http import (
     CHAT,
     COMPLETIONS,
@@ -71,8 +79,16 @@ class VllmAdapter(OpenAIAdapter):
             return scored_prompt(self.http, req, body, chat=chat)
         return openai_events(self.http, req, CHAT if chat else COMPLETIONS, body, final_step_chunks=True)
 
-    async def tokenize(self, model: str, text: str, *, add_special: bool) -> list[int]:
-        body = {"model": model, "prompt": text, "add_special_tokens": add_special}
+    async def tokenize(
+        self, model: str, prompt: str | Sequence[ChatMessage], *, add_special: bool | None = None
+    ) -> list[int]:
+        body: dict[str, object] = {"model": model}
+        if isinstance(prompt, str):
+            body.update(prompt=prompt, add_special_tokens=True if add_special is None else add_special)
+        else:  # vLLM's chat form: its template, the generation prompt, no special tokens by default
+            body.update(messages=openai_messages(prompt), add_generation_prompt=True)
+            if add_special is not None:
+                body["add_special_tokens"] = add_special
         return token_ids(as_dict(await self.http.get_json("/tokenize", body)).get("tokens"), self.engine)
 
     async def detokenize(self, model: str, ids: Sequence[int]) -> str:

@@ -600,8 +600,10 @@ def test_tokenize_and_detokenize_are_the_engines_own(
     make_server: Callable[..., LoopbackServer], real: Real
 ) -> None:
     """`/tokenize` and `/detokenize` through orchestratord give what the engine's own routes give, with
-    and without the special tokens; llama-cpp-python's server (an `openai` pool) has no such route: a
-    400 naming `model`, the engine not asked."""
+    and without the special tokens; by default a prompt's count, and a chat's, are the prompt tokens
+    the engine reads when it generates from them. llama-cpp-python's server (an `openai` pool) has no
+    such route: a 400 naming `model`, the engine not asked."""
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where does it run?"}]
     text = "The river runs to the sea"
     asked = [{"model": MODEL, "prompt": text, "add_special_tokens": special} for special in (True, False)]
     with sdk_through_proxy(make_server, real) as (sdk, proxy):
@@ -615,6 +617,8 @@ def test_tokenize_and_detokenize_are_the_engines_own(
                 return
             ids = ours[0].json()["tokens"]
             back = http.post("/detokenize", json={"model": MODEL, "tokens": ids})
+            forms: list[dict[str, Any]] = [{"prompt": text}, {"messages": turns}]
+            counts = [http.post("/tokenize", json={"model": MODEL, **form}).json()["count"] for form in forms]
     if real.name == "llama-server":
         native = [{"content": text, "add_special": body["add_special_tokens"]} for body in asked]
         theirs = [httpx.post(f"{real.url}/tokenize", json=body, timeout=30) for body in native]
@@ -627,6 +631,14 @@ def test_tokenize_and_detokenize_are_the_engines_own(
     assert [a.json()["tokens"] for a in ours] == [t.json()["tokens"] for t in theirs]
     assert ours[0].json()["count"] == len(ids) and len(ids) > 3
     assert back.status_code == 200 and back.json()["prompt"] == said and text in said
+    once = {"model": MODEL, "max_tokens": 1, "temperature": 0.0}
+    read = [
+        httpx.post(f"{real.url}/v1/{route}", json={**once, **form}, timeout=60).json()["usage"][
+            "prompt_tokens"
+        ]
+        for route, form in zip(("completions", "chat/completions"), forms, strict=True)
+    ]
+    assert counts == read and counts[1] > counts[0]
 
 
 def test_a_prompt_of_token_ids_is_answered_as_the_engine_answers_it(

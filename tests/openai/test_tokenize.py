@@ -85,11 +85,11 @@ def test_the_ids_go_back_as_a_prompt(server: LoopbackServer, engines: ThreeEngin
         ("/tokenize", {"model": "nope", "prompt": "x"}, 400, "model", "'nope' is not served here"),
         ("/detokenize", {"model": "qwen", "tokens": [40000]}, 400, "tokens", "out of vocabulary"),
         ("/detokenize", {"model": "qwen", "tokens": []}, 400, "tokens", "tokens:"),
-        ("/tokenize", {"model": "qwen"}, 400, "prompt", "prompt:"),
+        ("/tokenize", {"model": "qwen"}, 400, None, "exactly one of 'prompt' and 'messages'"),
     ],
 )
 def test_refusals_are_openai_errors_naming_the_field(
-    server: LoopbackServer, path: str, body: dict[str, object], status: int, param: str, says: str
+    server: LoopbackServer, path: str, body: dict[str, object], status: int, param: str | None, says: str
 ) -> None:
     with httpx.Client(base_url=server.base_url, timeout=10) as http:
         answer = http.post(path, json=body)
@@ -116,3 +116,31 @@ def test_an_engine_failure_is_a_502_and_no_ready_replica_a_503(
     assert (
         int(unready.headers["retry-after-ms"]) == 1000 and "no replica" in unready.json()["error"]["message"]
     )
+
+
+def test_a_chats_turns_are_tokenized_as_the_engine_reads_a_chat(
+    server: LoopbackServer, engines: ThreeEngines
+) -> None:
+    """`messages`: vLLM's chat form (its template, the generation prompt, its own default for special
+    tokens); llama-server's template through `/apply-template`, then its tokens as it reads a chat's
+    prompt (special tokens added)."""
+    vllm, llama, _ = engines
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": TEXT}]
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        ours = http.post("/tokenize", json={"model": "qwen", "messages": turns})
+        assert ours.status_code == 200, ours.text
+        assert ours.json()["tokens"] == fake_tokenize("Be brief." + TEXT, False)
+        assert vllm.record.last("/tokenize").body == {
+            "model": MODEL,
+            "messages": turns,
+            "add_generation_prompt": True,
+        }
+        theirs = http.post("/tokenize", json={"model": "gguf", "messages": turns})
+        assert theirs.json()["tokens"] == fake_tokenize("Be brief." + TEXT, True)
+        assert llama.record.last("/apply-template").body == {"messages": turns}
+        assert llama.record.last("/tokenize").body == {"content": "Be brief." + TEXT, "add_special": True}
+        both = http.post("/tokenize", json={"model": "qwen", "prompt": TEXT, "messages": turns})
+        assert (
+            both.status_code == 400
+            and "exactly one of 'prompt' and 'messages'" in both.json()["error"]["message"]
+        )

@@ -1,8 +1,9 @@
 """vLLM's `POST /tokenize` and `POST /detokenize`, answered by an engine serving the model, with its own
 tokenizer: what a client that sends token ids (`prompt: [ids]`, `logit_bias`) needs, and what token
-counters ask. Not a job: the engine tokenizes at once, outside its slots, so the request is not queued;
-it goes to a ready replica of a pool (not draining) serving the model whose engine tokenizes (vLLM,
-llama-server). The errors are OpenAI's error object, as vLLM gives them.
+counters ask (a chat's turns too, as the model's chat template renders them). Not a job: the engine
+tokenizes at once, outside its slots, so the request is not queued; it goes to a ready replica of a
+pool (not draining) serving the model whose engine tokenizes (vLLM, llama-server). The errors are
+OpenAI's error object, as vLLM gives them.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestratord.api.deps import Caller, get_json_caller
 from orchestratord.api.errors import from_event
+from orchestratord.api.openai.requests import ChatCompletionMessage, chat_messages
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.schemas import Text, TokenIds
 from orchestratord.errors import InvalidParams, OrchestratorError, PoolUnready
 from orchestratord.services import Services
 from pool_manager.registry import PoolState
-from worker_adapters.base import AdapterError, EngineRejected, Tokenizer
+from worker_adapters.base import AdapterError, ChatMessage, EngineRejected, Tokenizer
 
 router = APIRouter(tags=["openai"])
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -30,12 +32,30 @@ T = TypeVar("T")
 
 
 class TokenizeRequest(BaseModel):
+    """A prompt of text, or chat turns (as the model's chat template renders them, with the generation
+    prompt): exactly one."""
+
     model_config = _STRICT
     model: Text = Field(min_length=1, max_length=256)
-    prompt: Text = Field(max_length=1_000_000)
-    add_special_tokens: bool = Field(
-        default=True, description="Add the model's special tokens (a BOS) as a prompt of text gets them."
+    prompt: Text | None = Field(default=None, max_length=1_000_000)
+    messages: list[ChatCompletionMessage] | None = Field(default=None, min_length=1, max_length=1024)
+    add_special_tokens: bool | None = Field(
+        default=None,
+        description="Add the model's special tokens (a BOS); by default as the engine adds them when it "
+        "reads the prompt (or the chat) for a generation, so that the count is the job's prompt tokens.",
     )
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' and 'messages'")
+        return self
+
+    def turns(self) -> str | list[ChatMessage]:
+        if self.messages is None:
+            return self.prompt or ""
+        return [ChatMessage(m.role, m.content, m.tool_calls, m.tool_call_id, m.name)
+                for m in chat_messages(self.messages)]  # fmt: skip
 
 
 class Tokenized(BaseModel):
@@ -65,8 +85,10 @@ class Detokenized(BaseModel):
 )
 async def tokenize(body: TokenizeRequest, caller: Annotated[Caller, Depends(get_json_caller)]) -> Tokenized:
     pool, tokenizer, name = _tokenizer(caller.services, body.model)
+    field = "prompt" if body.messages is None else "messages"
+    turns = body.turns()
     ids = await _asking(
-        pool, "prompt", lambda: tokenizer.tokenize(name, body.prompt, add_special=body.add_special_tokens)
+        pool, field, lambda: tokenizer.tokenize(name, turns, add_special=body.add_special_tokens)
     )
     return Tokenized(count=len(ids), max_model_len=pool.ctx_max, tokens=ids)
 

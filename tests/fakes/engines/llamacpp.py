@@ -119,6 +119,7 @@ class LlamaCppEngine(FakeEngine):
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.oai_completion,
             ("POST", "/tokenize"): self.tokenize,
+            ("POST", "/apply-template"): self.apply_template,
             ("POST", "/detokenize"): self.detokenize,
         }
 
@@ -173,6 +174,13 @@ class LlamaCppEngine(FakeEngine):
         if not await self._refused(exchange):
             ids = fake_tokenize(body.get("content", ""), bool(body.get("add_special", False)))
             await exchange.respond(200, compact({"tokens": ids}))
+
+    async def apply_template(self, request: Request, exchange: Exchange) -> None:
+        """llama-server's `/apply-template`: the chat's prompt by the model's template (the fake's
+        `chat_template` joins the turns' contents)."""
+        if not await self._refused(exchange):
+            text = "".join(m.get("content") or "" for m in request.json()["messages"])
+            await exchange.respond(200, compact({"prompt": text}))
 
     async def detokenize(self, request: Request, exchange: Exchange) -> None:
         if not await self._refused(exchange):

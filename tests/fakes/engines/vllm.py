@@ -180,7 +180,11 @@ class VllmEngine(FakeEngine):
         body = request.json()
         if await self._refused(exchange) or await self._unknown_model(body, exchange):
             return
-        ids = fake_tokenize(body["prompt"], body.get("add_special_tokens", True))
+        if "messages" in body:  # the chat form: the fake's template joins the turns' contents
+            text = "".join(m.get("content") or "" for m in body["messages"])
+            ids = fake_tokenize(text, body.get("add_special_tokens", False))
+        else:
+            ids = fake_tokenize(body["prompt"], body.get("add_special_tokens", True))
         answer = {"count": len(ids), "max_model_len": MAX_MODEL_LEN, "tokens": ids, "token_strs": None}
         await exchange.respond(200, compact(answer))
 
