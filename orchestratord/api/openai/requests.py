@@ -164,7 +164,8 @@ class ChatCompletionMessage(BaseModel):
         called = self.role == "assistant" and (self.tool_calls or self.function_call)
         if self.content is None and not called and self.role != "function":
             raise InvalidParams(f"{where}: content is required (it may be left out only on an assistant "
-                                "message with tool_calls)", param=f"{where}.content")  # fmt: skip
+                                "message with tool_calls or function_call, and on a function message)",
+                                param=f"{where}.content")  # fmt: skip
 
     def to_message(self, call_id: str | None = None) -> Message:
         """This turn for the engine. In the deprecated form, an assistant's `function_call` is a tool
