@@ -363,3 +363,27 @@ def test_text_output_asks_for_nothing(server: LoopbackServer) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="mock", messages=CHAT, max_tokens=2, modalities=["audio"])
     assert caught.value.body["param"] == "modalities"  # type: ignore[index]
+
+
+def test_an_orchestratord_in_front_of_another_learns_its_context(make_server: ServerFactory) -> None:
+    """Each model object says `max_model_len`, vLLM's name for the context, which gateways of vLLM read:
+    an orchestratord whose `openai` pool is another orchestratord learns the context a job may use
+    behind it (2,048, less than its own setting), refuses at admission what the other would refuse, and
+    relays the other's answers as they come."""
+    mock = {"id": "m", "engine": "mock", "models": ["mock"], "replicas": [{"id": "r0"}], "ctx_max": 2048}
+    back = make_server(pools=[mock])
+    upstream = {"id": "up", "engine": "openai", "models": ["mock"], "ctx_max": 8192,
+                "replicas": [{"id": "r0", "url": back.base_url}]}  # fmt: skip
+    front = make_server(pools=[upstream], health_interval_s=0.2)
+    listed = sdk(back).models.retrieve("mock")
+    assert listed.model_extra is not None and listed.model_extra["max_model_len"] == 2048
+    with httpx.Client(base_url=front.base_url, timeout=10) as http:
+        wait_for(lambda: http.get("/v1/models/mock").json()["orchestratord"]["ctx_max"] == 2048)
+        assert http.get("/v1/models/mock").json()["max_model_len"] == 2048
+    asked: dict[str, Any] = {"model": "mock", "messages": CHAT, "max_tokens": 6, "seed": 11}
+    direct = sdk(back).chat.completions.create(**asked).choices[0].message.content
+    relayed = sdk(front).chat.completions.create(**asked).choices[0].message.content
+    assert relayed == direct and direct
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk(front).completions.create(model="mock", prompt="word " * 3000, max_tokens=4)
+    assert "2048" in caught.value.body["message"]  # type: ignore[index]

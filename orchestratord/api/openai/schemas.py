@@ -146,6 +146,9 @@ class Model(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # vLLM's name for the context, which clients and gateways of vLLM read (orchestratord's own `openai`
+    # pools among them): the largest context a job of this model may use here (`orchestratord.ctx_max`)
+    max_model_len: int
     orchestratord: DeploymentLimits
 
 
@@ -172,5 +175,8 @@ class ModelList(BaseModel):
                 ctx_max=max(p.ctx_max for p in pools),
                 max_tokens_out=max(p.max_tokens_out for p in pools),
             )
-            models.append(Model(id=model, created=started, owned_by="orchestratord", orchestratord=limits))
+            models.append(
+                Model(id=model, created=started, owned_by="orchestratord", max_model_len=limits.ctx_max,
+                      orchestratord=limits)
+            )  # fmt: skip
         return cls(data=models)
