@@ -1,11 +1,11 @@
 """llama.cpp's ``llama-server``: prompts stream from the native ``POST /completion`` (with a suffix, the
 fill-in-the-middle ``POST /infill``, the same stream), messages from its OpenAI-compatible
-``/v1/chat/completions`` (wire notes §1). A prompt that asks for log probabilities or a
-logit bias goes to its ``/v1/completions``, which reports them in chat's shape (``logprobs.content``);
-with a suffix, a logit bias goes to ``/infill`` (as ``{"id": bias}``, which the native routes read) and
-log probabilities are refused (the native stream's are not read here).
-llama-server gives no log probabilities when asked for no alternatives (`top_logprobs: 0`, completions'
-`logprobs: 0`): it is asked for one, and the alternatives are cut to what the job asked for.
+``/v1/chat/completions`` (wire notes §1). A prompt's log probabilities are the native stream's
+``completion_probabilities`` (asked with ``n_probs``; each token's entry in chat's shape, ``token``,
+``logprob``, ``top_logprobs``), and its logit bias the native ``{"id": bias}``, so that its end keeps the
+native ``stop_type`` (a stop string is told from an end of sequence).
+llama-server gives no log probabilities when asked for no alternatives (``n_probs: 0``, chat's
+`top_logprobs: 0`): it is asked for one, and the alternatives are cut to what the job asked for.
 Tokenizing is its ``/tokenize`` (``content``, ``add_special``: ``tokens``; chat turns first through
 ``/apply-template``, its chat template with the generation prompt) and ``/detokenize`` (``tokens``:
 ``content``), of its one model.
@@ -36,6 +36,7 @@ from worker_adapters._wire import (
     checked_step,
     detokenized,
     error_event,
+    logprob_entries,
     openai_messages,
     sampling,
     token_ids,
@@ -53,7 +54,7 @@ from worker_adapters.base import (
     WorkerHealth,
     WorkerProps,
 )
-from worker_adapters.openai_http import CHAT, COMPLETIONS, openai_embeddings, openai_events, request_body
+from worker_adapters.openai_http import CHAT, openai_embeddings, openai_events, request_body
 
 _STOP_TYPES: dict[str, StopReason] = {"eos": "eos", "limit": "max_tokens", "word": "stop_sequence"}
 _LEGACY_STOP_FLAGS: tuple[tuple[str, StopReason], ...] = (
@@ -78,17 +79,20 @@ def completion_body(req: SubmitRequest) -> dict[str, object]:
         "cache_prompt": True,
     }
     body.update(sampling(req, REPEAT))
-    if req.logit_bias is not None:  # a suffix job's (the others take /v1/completions): id -> bias
+    if req.logit_bias is not None:  # id -> bias, as the native routes read it
         body["logit_bias"] = orjson.loads(req.logit_bias)
+    if req.logprobs is not None:  # (none at all for 0: one, cut back by the stream)
+        body["n_probs"] = max(req.logprobs, 1)
     return body
 
 
 class NativeStream:
     """One ``/completion`` stream's state: feed it SSE events; `done` after the ``"stop":true`` event."""
 
-    def __init__(self, engine: str) -> None:
+    def __init__(self, engine: str, top_logprobs: int | None = None) -> None:
         self.engine = engine
         self.done = False
+        self.top_logprobs = top_logprobs  # alternatives kept per token (None: all the engine sent)
 
     def feed(self, event: SSEEvent) -> list[TokenEvent]:
         if event.type == "error":
@@ -105,7 +109,10 @@ class NativeStream:
             return [Token(content), finished] if content else [finished]
         if "prompt_progress" in step and not content:
             return []  # a prompt-processing progress report (return_progress), not a token
-        return [Token(content)]
+        probabilities = step.get("completion_probabilities")  # with n_probs: this token's entry
+        if probabilities is None:
+            return [Token(content)]
+        return [Token(content, logprob_entries(probabilities, self.top_logprobs))]
 
 
 def _stop_reason(final: Mapping[str, Any]) -> StopReason:
@@ -136,26 +143,20 @@ class LlamaCppAdapter(HttpAdapter):
         if req.inputs is not None:  # a server started with `--embeddings`
             return openai_embeddings(self.http, req)
         chat = wants_chat(self.config.api, req, self.engine)
-        if req.suffix is not None and req.logprobs is not None:
-            raise EngineRejected(
-                f"{self.engine}: a suffix goes to llama-server's /infill, whose log probabilities "
-                "orchestratord does not read: leave out one of suffix and logprobs",
-                engine=self.engine,
-            )
-        if not chat and req.logprobs is None and (req.logit_bias is None or req.suffix is not None):
+        if not chat:
             return self._completion(req)
-        body = request_body(req, req.model, chat=chat, repeat=REPEAT)
+        body = request_body(req, req.model, chat=True, repeat=REPEAT)
         if isinstance(body.get("tool_choice"), dict):
             forced_tool(body, self.engine)
         if req.logprobs == 0:
-            body["top_logprobs" if chat else "logprobs"] = 1
-        path = CHAT if chat else COMPLETIONS
-        return openai_events(self.http, req, path, body, top_logprobs=req.logprobs)
+            body["top_logprobs"] = 1
+        return openai_events(self.http, req, CHAT, body, top_logprobs=req.logprobs)
 
     def _completion(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         path = "/completion" if req.suffix is None else "/infill"
         events = self.http.sse(req, path, completion_body(req))
-        return relay(self.http, events, NativeStream(self.engine), 'a final event with "stop":true')
+        stream = NativeStream(self.engine, req.logprobs)
+        return relay(self.http, events, stream, 'a final event with "stop":true')
 
     async def tokenize(
         self, model: str, prompt: str | Sequence[ChatMessage], *, add_special: bool | None = None

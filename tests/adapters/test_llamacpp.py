@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from tests.fakes.engines import llamacpp as fake
+from tests.fakes.engines.asgi import logprob_of
 from tests.fakes.engines.harness import collect, finished, request, texts
 from tests.fakes.engines.llamacpp import LlamaCppEngine
 from tests.fakes.engines.server import closed_port_url
@@ -194,24 +195,39 @@ async def test_the_servers_n_predict_is_its_output_limit(llama: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fields", "sent"),
+    ("fields", "sent", "alternatives"),
     [
-        ({"logprobs": 0}, {"logprobs": 1}),  # llama-server reports none for 0: one is asked, cut back
-        ({"logprobs": 3}, {"logprobs": 3}),
-        ({"logit_bias": '{"68": 100}'}, {"logit_bias": {"68": 100}}),
+        ({"logprobs": 0}, {"n_probs": 1}, 0),  # llama-server reports none for 0: one is asked, cut back
+        ({"logprobs": 3}, {"n_probs": 3}, 3),
+        ({"logit_bias": '{"68": 100}'}, {"logit_bias": {"68": 100}}, None),
     ],
 )
-async def test_a_prompt_asking_for_logprobs_or_a_bias_takes_v1_completions(
-    llama: Any, fields: dict[str, Any], sent: dict[str, Any]
+async def test_a_prompt_asking_for_logprobs_or_a_bias_takes_the_native_route(
+    llama: Any, fields: dict[str, Any], sent: dict[str, Any], alternatives: int | None
 ) -> None:
-    """llama-server's native /completion reports log probabilities in its own shape: such prompts take
-    its OpenAI-compatible route, which reports them as chat does."""
+    """A prompt's log probabilities come from the native stream's `completion_probabilities` (asked
+    with `n_probs`), each token's entry with as many alternatives as asked; a logit bias as the native
+    route reads it; the end keeps its native `stop_type`."""
     engine, adapter = llama()
     events = await collect(adapter, request(max_tokens=2, **fields))
-    body = engine.record.last("/v1/completions").body
+    body = engine.record.last("/completion").body
     assert {key: body.get(key) for key in sent} == sent and body["prompt"] == "Say hi"
-    assert not [r for r in engine.record.requests if r.path == "/completion"]
+    assert not [r for r in engine.record.requests if r.path.startswith("/v1/")]
+    tokens = [e for e in events if isinstance(e, Token)]
+    if alternatives is None:
+        assert all(t.logprobs == () for t in tokens)
+    else:
+        assert [len(t.logprobs) for t in tokens] == [1, 1]
+        assert [t.logprobs[0].logprob for t in tokens] == [logprob_of(0), logprob_of(1)]
+        assert [len(t.logprobs[0].top) for t in tokens] == [alternatives] * 2
     assert finished(events).stop_reason == "max_tokens"
+
+
+async def test_a_prompts_stop_string_is_told_from_its_end_with_logprobs(llama: Any) -> None:
+    _, adapter = llama()
+    events = await collect(adapter, request(max_tokens=20, logprobs=1, stop=(" wor",)))
+    assert texts(events) == ["Hello", ","]
+    assert finished(events).stop_reason == "stop_sequence"
 
 
 async def test_a_chat_job_asking_for_no_alternatives_asks_llama_server_for_one(llama: Any) -> None:

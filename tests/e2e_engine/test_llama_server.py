@@ -488,6 +488,18 @@ def test_log_probabilities_and_a_logit_bias_reach_llama_server(
     a = str(3 + ord("A"))  # the byte tokens follow the three control tokens
     biased = client.completions.create(model="tiny", prompt="The river", max_tokens=6, logit_bias={a: 100})
     assert biased.choices[0].text == "A" * 6
+    # a stop string ends the job as one, log probabilities or not (llama-server's native stop_type)
+    native = {"prompt": "The river", "n_predict": 8, "temperature": 0.0, "seed": 7}
+    text = httpx.post(f"{engine.url}/completion", json=native, timeout=60).json()["content"]
+    stop = text[3:5]
+    stopped = httpx.post(f"{engine.url}/completion", json={**native, "stop": [stop]}, timeout=60).json()
+    raw = client.completions.with_raw_response.create(
+        prompt="The river", max_tokens=8, stop=[stop], logprobs=1, **greedy
+    )
+    with httpx.Client(base_url=str(client.base_url).removesuffix("/v1/"), timeout=30) as http:
+        events = read_events(http, f"/v1/tasks/{raw.headers['x-job-id']}/stream")
+    assert stopped["stop_type"] == "word" and raw.parse().choices[0].text == stopped["content"]
+    assert events[-1].event == "end" and events[-1].data["stop_reason"] == "stop_sequence"
 
 
 def test_embeddings_come_back_as_llama_server_computed_them(
@@ -521,7 +533,8 @@ def test_a_gap_is_filled_as_llama_servers_infill_fills_it(
 ) -> None:
     """Completions' `suffix` on a model with fill-in-the-middle tokens: the prompt and the suffix reach
     `/infill` as the text before and after the gap, and the SDK gets llama-server's own middle (greedy),
-    whole and streamed, with its counts; without the suffix the same prompt is continued otherwise."""
+    whole and streamed, with its counts, and with `logprobs` its own figures for each token (its
+    `n_probs`); without the suffix the same prompt is continued otherwise."""
     model = write_tiny_llama(tmp_path / "fim.gguf", n_ctx=4096, fim=True)
     engine = LlamaServer(tmp_path, model=model).start()
     before, after = "def add(a, b):\n    ", "\n\nprint(add(1, 2))\n"
@@ -541,8 +554,24 @@ def test_a_gap_is_filled_as_llama_servers_infill_fills_it(
             model="tiny", prompt=before, suffix=after, max_tokens=16, stream=True, **sampling
         )
         pieces = [c.choices[0].text for c in streamed if c.choices]
+        fim = {"input_prefix": before, "input_suffix": after, "n_predict": 6, "n_probs": 2, **sampling}
+        probabilities = httpx.post(f"{engine.url}/infill", json=fim, timeout=60).json()[
+            "completion_probabilities"
+        ]
+        scored = (
+            client.completions.create(
+                model="tiny", prompt=before, suffix=after, max_tokens=6, logprobs=2, **sampling
+            )
+            .choices[0]
+            .logprobs
+        )
     finally:
         engine.stop()
+    assert scored is not None and scored.tokens == [p["token"] for p in probabilities]
+    assert scored.token_logprobs == pytest.approx([p["logprob"] for p in probabilities], abs=0.01)
+    assert [list(top) for top in scored.top_logprobs or ()] == [
+        [t["token"] for t in p["top_logprobs"]] for p in probabilities
+    ]
     assert len(direct["content"]) > 0 and direct["content"] != plain["content"]
     assert ours.choices[0].text == direct["content"] == "".join(pieces)
     assert ours.usage is not None

@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from tests.fakes.engines.asgi import logprob_of
 from tests.fakes.engines.llamacpp import LlamaCppEngine
 from tests.fakes.engines.ollama import OllamaEngine
 from tests.fakes.engines.vllm import MODEL, VllmEngine
@@ -68,20 +69,22 @@ def test_llama_server_fills_the_middle_through_infill(
     assert llama.record.last("/completion").body["prompt"] == BEFORE
 
 
-def test_a_suffix_with_a_logit_bias_takes_infill_too(
+def test_a_suffix_with_a_logit_bias_or_logprobs_takes_infill_too(
     client: openai.OpenAI, engines: tuple[LlamaCppEngine, OllamaEngine, VllmEngine]
 ) -> None:
-    """`/infill` reads a logit bias as the native routes do, `{"id": bias}`; log probabilities there are
-    not read, so a suffix with `logprobs` is refused, saying so, and llama-server is not asked."""
+    """`/infill` reads a logit bias as the native routes do, `{"id": bias}`, and streams each token's
+    log probabilities as `/completion` does (`n_probs`): the middle comes back with them."""
     llama = engines[0]
     client.completions.create(
         model="coder", prompt=BEFORE, suffix=AFTER, max_tokens=4, logit_bias={"15": -100}
     )
     assert llama.record.last("/infill").body["logit_bias"] == {"15": -100}
-    asked = len(llama.record.requests)
-    with pytest.raises(openai.BadRequestError, match="leave out one of suffix and logprobs"):
-        client.completions.create(model="coder", prompt=BEFORE, suffix=AFTER, max_tokens=4, logprobs=1)
-    assert len(llama.record.requests) == asked
+    scored = client.completions.create(model="coder", prompt=BEFORE, suffix=AFTER, max_tokens=3, logprobs=2)
+    assert llama.record.last("/infill").body["n_probs"] == 2
+    logprobs = scored.choices[0].logprobs
+    assert logprobs is not None and "".join(logprobs.tokens or ()) == scored.choices[0].text
+    assert logprobs.token_logprobs == [logprob_of(i) for i in range(3)]
+    assert [len(top) for top in logprobs.top_logprobs or ()] == [2, 2, 2]
 
 
 def test_a_model_without_fim_tokens_is_refused_in_llama_servers_words(

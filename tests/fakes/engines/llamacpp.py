@@ -13,7 +13,9 @@ from tests.fakes.engines.asgi import (
     Frames,
     Request,
     Script,
+    alternative,
     compact,
+    logprob_of,
     plan,
     sse,
 )
@@ -102,6 +104,17 @@ def generation_settings(body: dict[str, Any]) -> dict[str, Any]:
     }
     settings["dry_sequence_breakers"] = ["\n", ":", '"', "*"] * 64
     return settings
+
+
+def native_probability(text: str, i: int, n_probs: int) -> dict[str, Any]:
+    """llama-server's native entry for the sampled token `i` (`n_probs` alternatives, it first)."""
+    tops = [
+        {"id": 2000 + r, "token": alternative(text, r), "bytes": list(alternative(text, r).encode()),
+         "logprob": logprob_of(i, r)}
+        for r in range(n_probs)
+    ]  # fmt: skip
+    return {"id": 1000 + i, "token": text, "bytes": list(text.encode()), "logprob": logprob_of(i),
+            "top_logprobs": tops}  # fmt: skip
 
 
 class LlamaCppEngine(FakeEngine):
@@ -220,6 +233,8 @@ class LlamaCppEngine(FakeEngine):
                 "id_slot": 0,
             }
             step.update(tokens_predicted=i + 1, tokens_evaluated=p)
+            if body.get("n_probs", 0) > 0:  # this token's entry, its alternatives the n likeliest
+                step["completion_probabilities"] = [native_probability(text, i, body["n_probs"])]
             if i + 1 == script.count and script.ending != "fail":
                 step["timings"] = timings(p, i + 1)
             yield sse(compact(step), eol)
