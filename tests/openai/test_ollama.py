@@ -254,3 +254,35 @@ def test_an_ollama_too_old_for_logprobs_answers_a_400_saying_so(
         assert all(seen.path != "/api/chat" for seen in fake.record.requests)
         answer = client.chat.completions.create(model="llama3.2", messages=ASK, max_tokens=8)  # type: ignore[arg-type]
         assert answer.choices[0].message.content == "It is 21°C."
+
+
+def test_the_deprecated_function_loop_reaches_ollama_in_its_shape(
+    caller: tuple[openai.OpenAI, OllamaEngine],
+) -> None:
+    """`functions` reach Ollama as its tools; its call comes back as `function_call` (the first, one a
+    turn); sent back with a `function` turn, the result names its function (`tool_name`); a forced
+    function, which Ollama has no way to ask for, is refused naming `function_call`."""
+    client, engine = caller
+    functions = [tool["function"] for tool in TOOLS]
+    first = client.chat.completions.create(model="llama3.2", messages=ASK, functions=functions, max_tokens=16)  # type: ignore[arg-type]
+    assert engine.record.last("/api/chat").body["tools"] == TOOLS
+    call = first.choices[0].message.function_call
+    assert call is not None and first.choices[0].finish_reason == "function_call"
+    assert (call.name, json.loads(call.arguments)) == (CALLS[0][0], json.loads(CALLS[0][1]))
+    turns = [*ASK, first.choices[0].message.model_dump(exclude_none=True),
+             {"role": "function", "name": call.name, "content": "21 C"}]  # fmt: skip
+    client.chat.completions.create(model="llama3.2", messages=turns, functions=functions, max_tokens=16)  # type: ignore[arg-type]
+    sent = engine.record.last("/api/chat").body["messages"]
+    assert sent[1]["tool_calls"] == [
+        {"id": "call_fn1", "function": {"name": call.name, "arguments": json.loads(call.arguments)}}
+    ]
+    assert (sent[2]["role"], sent[2].get("tool_name"), sent[2]["content"]) == ("tool", call.name, "21 C")
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="llama3.2",
+            messages=ASK,
+            functions=functions,
+            function_call={"name": "get_time"},
+            max_tokens=16,
+        )  # type: ignore[arg-type]
+    assert caught.value.body["param"] == "function_call"  # type: ignore[index]
