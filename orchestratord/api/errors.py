@@ -138,6 +138,12 @@ def from_event(data: dict[str, Any]) -> OrchestratorError:
         pool_id=data.get("pool_id"),
     )
     error.retriable = bool(data.get("retriable", error.retriable))
+    return as_gateway(error)
+
+
+def as_gateway(error: OrchestratorError) -> OrchestratorError:
+    """`error`, answered as a gateway answers an upstream's failure: an INTERNAL error that names an
+    engine (its HTTP 500, a stream it broke) is 502 Bad Gateway."""
     if error.kind is ErrorKind.INTERNAL and error.engine is not None:
         error.http_status = 502
     return error

@@ -16,11 +16,12 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestratord.api.deps import Caller, get_json_caller
-from orchestratord.api.errors import from_event
+from orchestratord.api.errors import as_gateway
 from orchestratord.api.openai.requests import ChatCompletionMessage, chat_messages
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.schemas import Text, TokenIds
-from orchestratord.errors import InvalidParams, OrchestratorError, PoolUnready
+from orchestratord.core.attempts import engine_error
+from orchestratord.errors import InvalidParams, PoolUnready
 from orchestratord.services import Services
 from pool_manager.registry import PoolState
 from worker_adapters.base import AdapterError, ChatMessage, EngineRejected, Tokenizer
@@ -162,11 +163,4 @@ async def _asking(pool: PoolState, field: str, call: Callable[[], Awaitable[T]])
     except EngineRejected as exc:
         raise InvalidParams(exc.message, param=field, engine=pool.spec.engine, pool_id=pool.spec.id) from None
     except AdapterError as exc:
-        raise _gateway(exc, pool) from None
-
-
-def _gateway(exc: AdapterError, pool: PoolState) -> OrchestratorError:
-    return from_event(
-        {"code": exc.code, "message": exc.message, "retriable": exc.retriable, "engine": pool.spec.engine,
-         "pool_id": pool.spec.id}
-    )  # fmt: skip
+        raise as_gateway(engine_error(exc, after_first_token=False, pool_id=pool.spec.id)) from None
