@@ -144,3 +144,16 @@ def test_a_chats_turns_are_tokenized_as_the_engine_reads_a_chat(
             both.status_code == 400
             and "exactly one of 'prompt' and 'messages'" in both.json()["error"]["message"]
         )
+
+
+def test_a_draining_pool_tokenizes_nothing(server: LoopbackServer) -> None:
+    """A model whose every pool drains is refused as its jobs are: a retriable 503 that says so."""
+    with httpx.Client(base_url=server.base_url, timeout=10) as http:
+        assert http.post("/v1/pools/l/drain", json={"deadline_ms": 60_000}).status_code == 202
+        answer = http.post("/tokenize", json={"model": "gguf", "prompt": TEXT})
+        assert http.post("/tokenize", json={"model": "qwen", "prompt": TEXT}).status_code == 200
+    assert (
+        answer.status_code == 503
+        and "every pool serving 'gguf' is draining" in answer.json()["error"]["message"]
+    )
+    assert answer.headers["x-should-retry"] == "true" and answer.headers["retry-after"] == "1"

@@ -21,7 +21,7 @@ from orchestratord.api.openai.requests import ChatCompletionMessage, chat_messag
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.schemas import Text, TokenIds
 from orchestratord.core.attempts import engine_error
-from orchestratord.errors import InvalidParams, PoolUnready
+from orchestratord.errors import InvalidParams, PoolUnavailable, PoolUnready
 from orchestratord.services import Services
 from pool_manager.registry import PoolState
 from worker_adapters.base import AdapterError, ChatMessage, EngineRejected, Tokenizer
@@ -109,14 +109,18 @@ async def detokenize(
 
 def _tokenizer(services: Services, model: str) -> tuple[PoolState, Tokenizer, str]:
     """A ready replica's tokenizer for `model`, its pool, and the engine's name for the model;
-    InvalidParams when no pool serving the model tokenizes, PoolUnready when none of those is ready."""
-    serving = [
-        p for p in services.registry.pools.values()
-        if model in p.spec.models and not p.draining and services.control.catalog.usable(model)
-    ]  # fmt: skip
-    if not serving:
-        served = ", ".join(m for m in services.registry.models() if services.control.catalog.usable(m))
+    InvalidParams when no pool serving the model tokenizes, PoolUnavailable when every one is
+    draining, PoolUnready when none of those that tokenize is ready."""
+    usable = services.control.catalog.usable
+    pools = [p for p in services.registry.pools.values() if model in p.spec.models and usable(model)]
+    if not pools:
+        served = ", ".join(m for m in services.registry.models() if usable(m))
         raise InvalidParams(f"model {model!r} is not served here; served models: {served}", param="model")
+    serving = [p for p in pools if not p.draining]
+    if not serving:
+        raise PoolUnavailable(
+            f"every pool serving {model!r} is draining; retry later", retry_after_ms=RETRY_AFTER_MS
+        )
     able = [p for p in serving if any(isinstance(a, Tokenizer) for a in _adapters(services, p))]
     if not able:
         engines = ", ".join(sorted({p.spec.engine for p in serving}))
@@ -125,11 +129,7 @@ def _tokenizer(services: Services, model: str) -> tuple[PoolState, Tokenizer, st
             f"{model!r} ({engines}) have none",
             param="model",
         )
-    ready = [
-        (p, key)
-        for p, key in tokenizing_replicas(able, model)
-        if isinstance(services.adapters[key], Tokenizer)
-    ]
+    ready = tokenizing_replicas(able, model)
     if not ready:
         raise PoolUnready(
             f"no replica serving {model!r} with a tokenizer is ready; retry shortly",
