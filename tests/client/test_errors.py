@@ -83,6 +83,14 @@ def test_task_body_needs_exactly_one_of_prompt_and_messages() -> None:
         task_body("m", "p", [{"role": "user", "content": "c"}], 4, {})
     with pytest.raises(ValueError, match="exactly one"):
         task_body("m", None, None, 4, {})
+    with pytest.raises(ValueError, match="exactly one"):
+        task_body("m", "p", None, 4, {"prompt_ids": [1, 2]})
+    # a prompt of token ids, among the fields, is the one input
+    assert task_body("m", None, None, 4, {"prompt_ids": [1, 2]}) == {
+        "model_ref": "m",
+        "max_tokens": 4,
+        "prompt_ids": [1, 2],
+    }
     with pytest.raises(TypeError, match="model"):
         task_body("m", "p", None, 4, {"model_ref": "other"})
     assert task_body("m", "p", None, 4, {"seed": 1}) == {

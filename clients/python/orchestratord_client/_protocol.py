@@ -54,8 +54,8 @@ def task_body(
     body: dict[str, Any] = {"model_ref": model, "max_tokens": max_tokens, **fields}
     if prompt is not None:
         body["prompt"] = prompt
-    else:
-        body["messages"] = [dict(m) for m in messages or ()]
+    elif messages is not None:
+        body["messages"] = [dict(m) for m in messages]
     return body
 
 
