@@ -150,6 +150,11 @@ class Admission:
             self._refused(spec, exc)
             raise
 
+    def check(self, spec: TaskSpec) -> None:
+        """Raise what admission would refuse `spec` for as a request (its model, its limits, what no
+        engine serving it takes, every pool draining), without admitting it: a job prepared, not run."""
+        self._validate(spec)
+
     async def _admit(self, spec: TaskSpec, ticket: Callable[[], str] | None) -> AdmissionResult:
         if not self._accepting:
             raise ShuttingDown(

@@ -27,6 +27,7 @@ from orchestratord.api.openai import embeddings as openai_embeddings
 from orchestratord.api.openai import responses as openai_responses
 from orchestratord.api.openai import routes as openai_routes
 from orchestratord.api.openai import tokenize as openai_tokenize
+from orchestratord.api.openai import websocket as openai_websocket
 from orchestratord.api.openapi import contract_document
 from orchestratord.control import build_control_plane
 from orchestratord.core.queue import QueuePolicy
@@ -263,7 +264,7 @@ def create_app(settings: Settings, *, adapters: AdapterHost | None = None) -> Fa
     # Data plane: client keys (and admin); control plane: admin keys; probes and metrics: open by default.
     data_plane = (
         tasks, stream, sessions, capabilities,
-        openai_routes, openai_responses, openai_embeddings, openai_tokenize,
+        openai_routes, openai_responses, openai_embeddings, openai_tokenize, openai_websocket,
     )  # fmt: skip
     for module in data_plane:
         app.include_router(module.router, **guard("client"))

@@ -11,6 +11,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -135,8 +136,15 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
         access_log=False,
         loop="uvloop",
         http=http_protocol(limits),
+        **websocket_options(limits),
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
+
+
+def websocket_options(limits: LimitsConfig) -> dict[str, Any]:
+    """uvicorn's WebSocket options (the Responses API's WebSocket mode): a frame is a request body,
+    so it has the body's limit (a larger one closes the socket with 1009, message too big)."""
+    return {"ws": "websockets-sansio", "ws_max_size": limits.max_body_bytes}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

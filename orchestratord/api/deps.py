@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import structlog
 from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
 
 from orchestratord.api.responses import errors_for
 from orchestratord.auth import Principal, Role, authorize
@@ -35,11 +36,11 @@ class Caller:
     owner: str | None = None  # whose jobs it may read and cancel: its tenant's, or (None) an admin any
 
 
-def _services(request: Request) -> Services:
+def _services(request: HTTPConnection) -> Services:
     return cast(Services, request.app.state.services)
 
 
-def _principal(request: Request) -> Principal:
+def _principal(request: HTTPConnection) -> Principal:
     """The caller, from its `Authorization: Bearer` key (401 when missing or wrong), authenticated on
     the first call of a request and kept for the others. With no keys configured, the default tenant
     with the admin role. The tenant is always from the credential; one named by the client (a header,
@@ -53,7 +54,7 @@ def _principal(request: Request) -> Principal:
     return cast(Principal, principal)
 
 
-def _correlation_id(request: Request) -> str | None:
+def _correlation_id(request: HTTPConnection) -> str | None:
     value = request.scope.get("state", {}).get("correlation_id")
     return None if value is None else str(value)
 
@@ -67,8 +68,9 @@ async def get_tenant(request: Request) -> str:
     return _principal(request).tenant
 
 
-async def get_caller(request: Request) -> Caller:
-    """The services, the caller's tenant and the request's correlation id."""
+async def get_caller(request: HTTPConnection) -> Caller:
+    """The services, the caller's tenant and the request's correlation id (of a request, or of a
+    WebSocket's opening handshake)."""
     return _caller(request)
 
 
@@ -78,7 +80,7 @@ async def get_json_caller(request: Request) -> Caller:
     return _caller(request)
 
 
-def _caller(request: Request) -> Caller:
+def _caller(request: HTTPConnection) -> Caller:
     traceparent = valid_traceparent(request.headers.get("traceparent"))
     principal = _principal(request)
     return Caller(
@@ -95,8 +97,9 @@ def _owner(principal: Principal) -> str | None:
     return None if principal.role == "admin" else principal.tenant
 
 
-def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
-    async def check(request: Request) -> Principal:
+def require(role: Role) -> Callable[[HTTPConnection], Awaitable[Principal]]:
+    # (an HTTPConnection: FastAPI passes a WebSocket's handshake to it too, never to a `Request`)
+    async def check(request: HTTPConnection) -> Principal:
         principal = _principal(request)
         authorize(principal, role)
         return principal

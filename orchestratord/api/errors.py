@@ -1,6 +1,7 @@
 """Errors on the HTTP wire: every error response, in the shape its surface speaks. Our API answers
 with the JSON error envelope (`envelope`); the OpenAI-compatible endpoints with OpenAI's error object
-(`openai_error`, which also renders an error inside an OpenAI stream). Both carry the same retry
+(`openai_error`, which also renders an error inside an OpenAI stream, and, with the HTTP status, the
+error frame of a Responses WebSocket: `socket_error`). Both carry the same retry
 headers: `Retry-After`, `retry-after-ms` and `X-Backoff-Ms` when there is a hint, and
 `x-should-retry` from the error's `retriable` (the OpenAI SDKs otherwise retry any 429 or 5xx)."""
 
@@ -16,6 +17,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -93,6 +95,24 @@ def response_error(kind: ErrorKind | str, message: str) -> dict[str, Any]:
     return {"code": str(kind).lower(), "message": message}
 
 
+def socket_error(exc: OrchestratorError, stream_id: str | None = None) -> dict[str, Any]:
+    """The error frame of the Responses API's WebSocket mode (OpenAI's `error` event there): OpenAI's
+    error object, the HTTP status the request would have had, and the retry headers it would have
+    carried (in `error.headers`, as the SDKs' type has them, and beside it, where Codex reads them).
+    A previous response the socket cannot carry on is `previous_response_not_found`, a 400, as OpenAI
+    names it on this transport. A lane's error names its `stream_id`."""
+    error = openai_error(exc.kind, exc.message, param=exc.param)
+    status = exc.http_status
+    if isinstance(exc, NotFound) and exc.param == "previous_response_id":
+        status, error["type"], error["code"] = 400, "invalid_request_error", "previous_response_not_found"
+    headers = {name.lower(): value for name, value in _headers(exc).items()}
+    error["headers"] = headers
+    frame: dict[str, Any] = {"type": "error", "status": status, "error": error, "headers": headers}
+    if stream_id is not None:
+        frame["stream_id"] = stream_id
+    return frame
+
+
 def to_openai_response(exc: OrchestratorError) -> Response:
     return Response(
         _openai_body(exc), status_code=exc.http_status, headers=_headers(exc), media_type="application/json"
@@ -157,7 +177,7 @@ def render(request: Request, exc: OrchestratorError) -> Response:
     )  # fmt: skip
 
 
-def describe_validation(exc: RequestValidationError) -> str:
+def describe_validation(exc: RequestValidationError | ValidationError) -> str:
     """A message that names the field: `max_tokens: Input should be greater than or equal to 1`."""
     parts = []
     for err in exc.errors()[:5]:
@@ -192,10 +212,14 @@ _CLASS = re.compile(r"[A-Z][a-z]+[A-Z]\w*\Z")  # CamelCase: a model's name (fiel
 
 async def _validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
-    return render(
-        request, InvalidParams(describe_validation(exc), param=_where(first.get("loc", ())) or None)
-    )
+    return render(request, invalid(exc))
+
+
+def invalid(exc: RequestValidationError | ValidationError) -> InvalidParams:
+    """A body that does not validate, as the refusal that names its first wrong field."""
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    return InvalidParams(describe_validation(exc), param=_where(first.get("loc", ())) or None)
 
 
 def describe_unparsable(cause: BaseException | None) -> str:

@@ -1,5 +1,6 @@
 """ASGI middleware: X-Correlation-Id in and out, the request header limit (431) and the request body
-limit (413), chunked bodies too. Both refusals carry the error envelope.
+limit (413), chunked bodies too. Both refusals carry the error envelope. A WebSocket's handshake gets
+its correlation id and the header limit too (refused with a denial response).
 
 A body over the limit is read on and discarded before the 413 is sent (up to `DRAIN_BYTES` and
 `DRAIN_S`, nginx's "lingering close"): most clients read the answer only once they have sent their
@@ -32,7 +33,7 @@ class CorrelationAndLimits:
         self.max_headers = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -43,6 +44,9 @@ class CorrelationAndLimits:
         if sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > self.max_headers:
             too_large = HeadersTooLarge(f"request headers exceed the limit of {self.max_headers} bytes")
             await _refuse(scope, send, cid, too_large)
+            return
+        if scope["type"] == "websocket":  # a WebSocket's handshake: its frames have uvicorn's limit
+            await self.app(scope, receive, send)
             return
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
@@ -115,9 +119,10 @@ async def _refuse(scope: Scope, send: Send, cid: str, exc: OrchestratorError) ->
     connection (the rest is not read)."""
     body = error_body(scope.get("path", ""), exc)
     extra = [(k.lower().encode(), v.encode()) for k, v in error_headers(exc).items()]
+    prefix = "websocket." if scope["type"] == "websocket" else ""  # a handshake's refusal (a denial response)
     await send(
         {
-            "type": "http.response.start",
+            "type": prefix + "http.response.start",
             "status": exc.http_status,
             "headers": [
                 (b"content-type", b"application/json"),
@@ -128,7 +133,7 @@ async def _refuse(scope: Scope, send: Send, cid: str, exc: OrchestratorError) ->
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": prefix + "http.response.body", "body": body})
 
 
 def _correlation_id(raw: bytes | None) -> str:

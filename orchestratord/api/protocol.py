@@ -156,6 +156,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self.transport.close()
 
+    def handle_websocket_upgrade(self) -> None:
+        """The connection is a WebSocket's from here (uvicorn's WebSocket protocol takes the transport,
+        and this one never hears of it again): its HTTP deadlines stop, and it stays counted in the
+        caps, never evicted (it is being served), until the WebSocket's connection is lost."""
+        self._disarm()
+        self.waiting_since = None
+        super().handle_websocket_upgrade()
+        socket = self.transport.get_protocol()
+        lost = socket.connection_lost
+
+        def connection_lost(exc: Exception | None) -> None:
+            self.open_connections.leave(self)
+            lost(exc)
+
+        socket.connection_lost = connection_lost  # type: ignore[method-assign]
+
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return  # the answer is sent; what follows is dropped until the connection closes

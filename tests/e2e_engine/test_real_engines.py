@@ -723,3 +723,34 @@ def test_top_k_min_p_and_the_repetition_penalty_reach_the_engine(
     assert one == without != free, (
         "sampling at temperature 1 was greedy: the test would not see top_k dropped"
     )
+
+
+def test_a_socket_carries_an_unstored_conversation_on_as_the_engine_answers_it(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """The Responses API's WebSocket mode with the official SDK (`responses.connect()`), as agents use
+    it: `store: false`, and the second turn sends only what is new with `previous_response_id`. The
+    engine answers it as it answers the whole conversation sent to it directly."""
+    sampling = {"temperature": 0.0, "seed": 7}
+    with sdk_through_proxy(make_server, real) as (sdk, _), sdk.responses.connect() as conn:
+        conn.response.create(model=MODEL, input=PROMPT, store=False, max_output_tokens=8, **sampling)  # type: ignore[arg-type]
+        first = socket_answer(conn)
+        conn.response.create(model=MODEL, input="And then?", store=False, max_output_tokens=8,
+                             previous_response_id=first.id, **sampling)  # type: ignore[arg-type]  # fmt: skip
+        second = socket_answer(conn)
+    turns = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": first.output_text},
+             {"role": "user", "content": "And then?"}]  # fmt: skip
+    body = {"model": MODEL, "messages": turns, "max_tokens": 8, **sampling}
+    direct = httpx.post(real.url + "/v1/chat/completions", json=body, timeout=120)
+    assert direct.status_code == 200, direct.text
+    assert second.output_text == (direct.json()["choices"][0]["message"]["content"] or ""), second.output
+
+
+def socket_answer(conn: Any) -> Any:
+    """The response a socket's turn ends with (its events read to the last)."""
+    for event in conn:
+        assert event.type != "error", event
+        if event.type in ("response.completed", "response.incomplete", "response.failed"):
+            assert event.type != "response.failed", event
+            return event.response
+    raise AssertionError("the socket closed before the response ended")

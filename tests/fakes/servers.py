@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from orchestratord.cli import http_protocol
+from orchestratord.cli import http_protocol, websocket_options
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,12 +39,14 @@ class LoopbackServer:
 
 @contextlib.contextmanager
 def serve_in_thread(app: Any, **config: Any) -> Iterator[LoopbackServer]:
-    """An orchestratord app (it carries its settings) runs the HTTP protocol `orchestratord serve`
-    runs, with the same deadlines, header limit and connection caps; `config` overrides any uvicorn
-    option."""
+    """An orchestratord app (it carries its settings) runs the HTTP and WebSocket protocols
+    `orchestratord serve` runs, with the same deadlines, header limit, frame limit and connection caps;
+    `config` overrides any uvicorn option."""
     settings = getattr(getattr(app, "state", None), "settings", None)
     if settings is not None:
         config.setdefault("http", http_protocol(settings.limits))
+        for name, value in websocket_options(settings.limits).items():
+            config.setdefault(name, value)
     cfg = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False, **config)
     server = uvicorn.Server(cfg)
     holder: dict[str, Any] = {}

@@ -36,6 +36,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from orchestratord.admission import AdmissionResult
 from orchestratord.api.deps import Caller, get_caller, get_json_caller
 from orchestratord.api.errors import response_error
 from orchestratord.api.openai.render import chat_logprob
@@ -50,9 +51,15 @@ from orchestratord.api.openai.requests import (
 from orchestratord.api.openai.schemas import openai_errors
 from orchestratord.api.openai.streaming import chunks, tail, unless_gone
 from orchestratord.api.schemas import Effort, Text, json_text
-from orchestratord.api.submission import largest_context, submit_body, with_default_max_tokens
+from orchestratord.api.submission import (
+    check_prompt_size,
+    largest_context,
+    lazy_fingerprint,
+    submit,
+    with_default_max_tokens,
+)
 from orchestratord.core.tasks import JobState, LogEvent, Message, TaskSpec, new_job_id, spec_from_dict
-from orchestratord.errors import InvalidParams, NotFound
+from orchestratord.errors import InvalidParams, NotFound, StateUnavailable
 from orchestratord.logs import bind
 from orchestratord.services import Services
 from orchestratord.state.base import JobRecord
@@ -388,7 +395,7 @@ def response_id(job_id: str) -> str:
     return "resp_" + uuid.UUID(job_id).hex
 
 
-async def _history(caller: Caller, previous: str) -> tuple[Message, ...]:
+async def history_of(caller: Caller, previous: str) -> tuple[Message, ...]:
     """The conversation a response with `previous_response_id` carries on: the previous response's
     turns, without its instructions (as OpenAI's API leaves them out), and its output as one assistant
     turn (its text and its calls). It must have completed; it is kept as long as its job
@@ -417,11 +424,17 @@ async def _history(caller: Caller, previous: str) -> tuple[Message, ...]:
             "on only from one that completed",
             param=param,
         )
+    return carried_on(spec, (await _current(caller.services, record))["output"])
+
+
+def carried_on(spec: TaskSpec, output: Sequence[dict[str, Any]]) -> tuple[Message, ...]:
+    """What a response carried on from gives the next: the turns of its job `spec` without its
+    instructions, and its `output` (the response's items) as one assistant turn, its text and its
+    calls."""
     if spec.messages is None:  # a job of our own API, given as a prompt
         turns = [Message("user", spec.prompt or "")]
     else:
         turns = list(spec.messages)[1 if spec.instructed else 0 :]
-    output = (await _current(caller.services, record))["output"]
     text = "".join(part["text"] for item in output if item["type"] == "message" for part in item["content"])
     calls = [
         {"id": item["call_id"], "type": "function",
@@ -725,7 +738,20 @@ async def create_response(
     body: ResponseRequest, request: Request, caller: Annotated[Caller, Depends(get_json_caller)]
 ) -> Response:
     services = caller.services
-    history = () if body.previous_response_id is None else await _history(caller, body.previous_response_id)
+    history = () if body.previous_response_id is None else await history_of(caller, body.previous_response_id)
+    record, result = await start(caller, body, history, request.headers.get("idempotency-key"))
+    headers = {"X-Job-Id": result.job_id, **result.headers}
+    if body.stream:
+        return chunks(services, _events(services, record, body.background, -1), headers)
+    if body.background:
+        return _json(ResponseEvents(record, True).snapshot(), headers)
+    return await _answer_when_done(request, services, record, headers)
+
+
+def spec_of(caller: Caller, body: ResponseRequest, history: Sequence[Message]) -> TaskSpec:
+    """The job of a response that carries on `history`: its output limit the request's, else what the
+    largest context serving the model leaves, its conversation cut to fit it with `truncation: auto`."""
+    services = caller.services
     spec = body.to_spec(
         job_id=new_job_id(), tenant=caller.tenant, correlation_id=caller.correlation_id,
         max_tokens=body.max_output_tokens or 1, history=history,
@@ -734,18 +760,32 @@ async def create_response(
         spec = truncated(spec, largest_context(services, spec.model_ref) - spec.max_tokens)
     if body.max_output_tokens is None:
         spec = with_default_max_tokens(services, spec)
-    bind(**body.client_ids)
+    return spec
+
+
+def prepared(caller: Caller, body: ResponseRequest, history: Sequence[Message]) -> TaskSpec:
+    """The response's job, checked as admission checks a request, and not admitted (a response
+    prepared to be carried on from, which runs nothing)."""
+    spec = spec_of(caller, body, history)
     try:
-        result = await submit_body(caller, spec, request, body)
+        check_prompt_size(spec, caller.services.settings.limits.max_prompt_chars)
+        caller.services.admission.check(spec)
     except InvalidParams as exc:
         raise _in_our_names(exc) from None
-    record = await services.jobs.get(result.job_id, caller.tenant)
-    headers = {"X-Job-Id": result.job_id, **result.headers}
-    if body.stream:
-        return chunks(services, _events(services, record, body.background, -1), headers)
-    if body.background:
-        return _json(ResponseEvents(record, True).snapshot(), headers)
-    return await _answer_when_done(request, services, record, headers)
+    return spec
+
+
+async def start(
+    caller: Caller, body: ResponseRequest, history: Sequence[Message], idempotency_key: str | None
+) -> tuple[JobRecord, AdmissionResult]:
+    """Admit the response's job (or find the one an Idempotency-Key already made): its record."""
+    spec = spec_of(caller, body, history)
+    bind(**body.client_ids)
+    try:
+        result = await submit(caller, spec, idempotency_key=idempotency_key, body=lazy_fingerprint(body))
+    except InvalidParams as exc:
+        raise _in_our_names(exc) from None
+    return await caller.services.jobs.get(result.job_id, caller.tenant), result
 
 
 @router.get(
@@ -891,24 +931,35 @@ async def delete_response(
 async def _events(
     services: Services, record: JobRecord, background: bool, after: int
 ) -> AsyncIterator[bytes]:
+    """The response's events after sequence number `after` as Server-Sent Events, a write a batch."""
+    try:
+        async for batch in response_events(services, record, background, after):
+            yield b"".join(
+                b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+                for event in batch
+            )
+    except StateUnavailable:
+        return  # the state backend went away: the client resumes with starting_after
+
+
+async def response_events(
+    services: Services, record: JobRecord, background: bool, after: int
+) -> AsyncIterator[list[dict[str, Any]]]:
     """The response's events after sequence number `after`, from the start of the job's log, then
-    as they come."""
+    as they come, in batches (what the log held at each look), as the job's reader (`tail`). Ends
+    after the terminal event; StateUnavailable when the log cannot be read to it."""
     events = ResponseEvents(record, background)
     async with tail(services, record.job_id) as log:
         while True:
-            out: list[bytes] = []
+            out: list[dict[str, Any]] = []
             over = False
             for item in await anext(log):
                 if isinstance(item, BaseException):
-                    return  # the state backend went away: the client resumes with starting_after
-                for event in events.of(item):
-                    if event["sequence_number"] > after:
-                        out.append(
-                            b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
-                        )
+                    raise item
+                out += [event for event in events.of(item) if event["sequence_number"] > after]
                 over = over or item.terminal
             if out:
-                yield b"".join(out)
+                yield out
             if over:
                 return
 
