@@ -5,11 +5,13 @@ open, and the handshake, frame limit, connection caps and shutdown as a server's
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import agents
 import httpx
 import openai
 import orjson
@@ -18,8 +20,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.api.helpers import HANG, wait_for
+from tests.fakes.engines.vllm import VllmEngine
 from tests.fakes.servers import LoopbackServer
+from tests.openai.pools import last_post, served, vllm_and_mock
 from tests.openai.test_responses import stored_turns
+from tests.openai.test_responses_tools import ASK, CALLS
 
 ENDS = ("response.completed", "response.incomplete", "response.failed")
 
@@ -278,3 +283,57 @@ def test_a_socket_holds_at_most_64_responses_waiting_their_turn(server: Loopback
     assert error["status"] == 429 and "64 responses waiting" in error["error"]["message"], error
     assert error["headers"]["x-should-retry"] == "true"
     assert sum(f["type"] == "response.created" for f in got) == 1  # the running one; the rest wait
+
+
+def test_the_agents_sdk_runs_a_tool_loop_over_one_socket(make_server: Callable[..., LoopbackServer]) -> None:
+    """OpenAI's Agents SDK with its WebSocket transport (`responses_websocket_session`): the model calls
+    two tools, the agent runs them, and the next turn, on the same socket, takes their results to the
+    engine as tool turns; the engine's answer is the run's final output."""
+    ran: list[tuple[str, str]] = []
+
+    @agents.function_tool
+    def get_weather(city: str, unit: str) -> str:
+        """The weather in a city."""
+        ran.append(("get_weather", city))
+        return '{"celsius": 21}'
+
+    @agents.function_tool
+    def get_time(zone: str) -> str:
+        """The time in a zone."""
+        ran.append(("get_time", zone))
+        return "09:30"
+
+    agents.set_tracing_disabled(True)  # its traces go to OpenAI's servers, which tests never reach
+
+    async def run(url: str) -> agents.RunResult:
+        agent = agents.Agent(name="assistant", model="qwen", tools=[get_weather, get_time])
+        async with agents.responses_websocket_session(api_key="unused", base_url=url) as session:
+            return await session.run(agent, ASK)
+
+    with served(VllmEngine(tool_calls=CALLS, answers_results=True, eos_after=5)) as engine:
+        server = make_server(pools=vllm_and_mock(engine.url))  # type: ignore[attr-defined]
+        result = asyncio.run(run(f"{server.base_url}/v1"))
+        sent = last_post(engine)["messages"]
+    assert sorted(ran) == [("get_time", "JST"), ("get_weather", "Tokyo")]
+    assert [turn["role"] for turn in sent] == ["user", "assistant", "tool", "tool"]
+    assert {turn["content"] for turn in sent[2:]} == {'{"celsius": 21}', "09:30"}
+    assert isinstance(result.final_output, str) and result.final_output
+    answers = [item for item in result.raw_responses]
+    assert len(answers) == 2  # the calls, then the answer
+    jobs = [stored_spec(server, answer.response_id) for answer in answers]
+    assert jobs[0]["correlation_id"] == jobs[1]["correlation_id"]  # one socket (each request has its own)
+    assert (
+        result.final_output
+        == httpx.get(
+            f"{server.base_url}/v1/tasks/{uuid.UUID(answers[1].response_id[5:])}", timeout=10
+        ).json()["text"]
+    )
+
+
+def stored_spec(server: LoopbackServer, response_id: str | None) -> dict[str, Any]:
+    assert response_id is not None
+    record = server.call(
+        server.app.state.services.store.get(str(uuid.UUID(response_id.removeprefix("resp_"))))
+    )
+    spec: dict[str, Any] = orjson.loads(record.spec)
+    return spec

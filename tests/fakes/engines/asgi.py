@@ -52,6 +52,9 @@ class Behaviour:
     piece_delay_s: float = 0.0  # pause between the pieces of one write
     coalesce: bool = False  # send the whole stream in one write (many events per read)
     tool_calls: Sequence[tuple[str, str]] = ()  # (name, arguments JSON): called when a request has tools
+    # with tool_calls: a request whose last turn is a tool's result is answered with text, as a model
+    # answers once it has its tools' results (an agent's loop then ends)
+    answers_results: bool = False
     stream_interval: int = 1  # vLLM's --stream-interval: tokens per chunk (their text joined)
     # A thinking model behind a reasoning parser: these pieces of reasoning, one a step, before the
     # answer (vLLM: `delta.reasoning`; Ollama: `thinking`); each counts as a generated token

@@ -234,7 +234,9 @@ class VllmEngine(FakeEngine):
             body = request.json()
             if await self._unknown_model(body, exchange):
                 return
-            if body.get("tools") and self.behaviour.tool_calls:
+            last_turn = (body.get("messages") or [{}])[-1]
+            answered = self.behaviour.answers_results and last_turn.get("role") == "tool"
+            if body.get("tools") and self.behaviour.tool_calls and not answered:
                 await exchange.stream("text/event-stream; charset=utf-8", self._tool_frames(body))
                 return
             script = plan(self.behaviour, body.get("max_tokens", 16), body.get("stop") or [])
