@@ -213,3 +213,17 @@ def test_a_json_schema_text_format_is_the_engines_response_format(
     error: dict[str, Any] = caught.value.body  # type: ignore[assignment]
     assert error["param"] == "text.format", error  # as this API names it, not the job's field
     assert error["message"].startswith("text.format is not supported by the engines serving 'mock'"), error
+
+
+def test_a_limit_on_built_in_tool_calls_leaves_function_calls_alone(
+    client: openai.OpenAI, engine: VllmEngine
+) -> None:
+    """`max_tool_calls` limits OpenAI's built-in tools, which orchestratord does not run: the model's
+    function calls (the client runs them) come back whole, as OpenAI gives them; 0 is refused naming it."""
+    response = client.responses.create(model="qwen", input=ASK, tools=TOOLS, max_tool_calls=1)
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert [(c.name, c.arguments) for c in calls] == list(CALLS)
+    assert "max_tool_calls" not in last_post(engine)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="qwen", input=ASK, tools=TOOLS, max_tool_calls=0)
+    assert caught.value.body["param"] == "max_tool_calls"  # type: ignore[index]

@@ -365,6 +365,33 @@ def test_text_output_asks_for_nothing(server: LoopbackServer) -> None:
     assert caught.value.body["param"] == "modalities"  # type: ignore[index]
 
 
+def test_a_prompt_cache_kept_in_memory_asks_for_nothing(server: LoopbackServer) -> None:
+    """`prompt_cache_retention: in_memory`, OpenAI's default (the Agents SDK sends what its settings
+    say): what every engine's prefix cache does, on any engine, on each surface; `24h` is refused
+    naming it."""
+    client = sdk(server, max_retries=0)
+    done = client.chat.completions.create(
+        model="mock", messages=CHAT, max_tokens=2, prompt_cache_retention="in_memory"
+    )
+    assert done.choices[0].message.content
+    answered = client.responses.create(
+        model="mock", input="x", max_output_tokens=2, prompt_cache_retention="in_memory"
+    )
+    assert answered.output_text
+    for call in (
+        lambda: client.chat.completions.create(
+            model="mock", messages=CHAT, max_tokens=2, prompt_cache_retention="24h"
+        ),
+        lambda: client.completions.create(
+            model="mock", prompt="x", extra_body={"prompt_cache_retention": "24h"}
+        ),
+        lambda: client.responses.create(model="mock", input="x", prompt_cache_retention="24h"),
+    ):
+        with pytest.raises(openai.BadRequestError) as caught:
+            call()
+        assert caught.value.body["param"] == "prompt_cache_retention"  # type: ignore[index]
+
+
 def test_an_orchestratord_in_front_of_another_learns_its_context(make_server: ServerFactory) -> None:
     """Each model object says `max_model_len`, vLLM's name for the context, which gateways of vLLM read:
     an orchestratord whose `openai` pool is another orchestratord learns the context a job may use

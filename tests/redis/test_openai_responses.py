@@ -5,6 +5,7 @@ mid-way on replica A and resumed with `starting_after` on replica B gives every 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -64,3 +65,35 @@ def test_a_response_deleted_through_one_replica_is_gone_on_the_other(
             a.responses.retrieve(created.id)
         with pytest.raises(openai.NotFoundError):
             b.responses.delete(created.id)
+
+
+def test_a_socket_on_one_replica_carries_on_the_deployments_stored_responses(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The Responses WebSocket on `orchestratord serve` with Redis: a stored response made through
+    replica B is carried on over a socket to replica A; an unstored one lives only on its socket, so a
+    client that reconnects to B is told `previous_response_not_found` (and sends the whole
+    conversation, as OpenAI's guide says)."""
+    with start_deployment(redis_server, tmp_path, 2) as deployment:
+        a, b = sdk(deployment[0].base_url), sdk(deployment[1].base_url)
+        stored = b.responses.create(model="mock", input="kept", max_output_tokens=2)
+        with a.responses.connect() as conn:
+            conn.response.create(
+                model="mock", input="on", previous_response_id=stored.id, max_output_tokens=2
+            )
+            carried = ended(conn)
+            conn.response.create(model="mock", input="x", store=False, max_output_tokens=2)
+            unstored = ended(conn)
+        assert carried.type == "response.incomplete" and unstored.type == "response.incomplete"
+        assert b.responses.retrieve(carried.response.id).output_text == carried.response.output_text
+        with b.responses.connect() as conn:
+            conn.response.create(model="mock", input="y", previous_response_id=unstored.response.id)
+            refused = ended(conn)
+        assert refused.type == "error" and refused.error.code == "previous_response_not_found"
+
+
+def ended(conn: Any) -> Any:
+    for event in conn:
+        if event.type in ("response.completed", "response.incomplete", "response.failed", "error"):
+            return event
+    raise AssertionError("the socket closed before the response ended")

@@ -36,6 +36,7 @@ TIERS: dict[str, Priority] = {"auto": "interactive", "default": "interactive", "
 # Accepted only at their neutral value: what orchestratord cannot pass on to every engine yet.
 UNSUPPORTED = (
     "prediction", "audio", "modalities", "web_search_options", "store", "best_of", "verbosity",
+    "prompt_cache_retention",
 )  # fmt: skip
 # Chat's function calling before tools (OpenAI's deprecated form, which older clients still send): a
 # text completion has none.
@@ -57,6 +58,8 @@ def asks_for(name: str, value: Any) -> bool:
         return value not in (None, 1)
     if name == "modalities":  # text, the default
         return value not in (None, [], ["text"])
+    if name == "prompt_cache_retention":  # in memory, the default: what every engine's prefix cache does
+        return value not in (None, "in_memory", "in-memory")
     return value not in (None, False, [], {})
 
 
@@ -217,6 +220,12 @@ class OpenAIRequest(BaseModel):
     prompt_cache_key: Text | None = Field(default=None, min_length=1, max_length=256)
     metadata: dict[str, Text] | None = Field(default=None, max_length=16)
     service_tier: Literal["auto", "default", "flex", "priority"] | None = None
+    prompt_cache_retention: Literal["in_memory", "in-memory", "24h"] | None = Field(
+        default=None,
+        description="How long the engine keeps the prompt's cached prefix: in memory (in_memory, the "
+        "default, and what every engine here does) asks for nothing; 24h is refused (no engine keeps one "
+        "past its memory).",
+    )
     # Passed on or refused by name, per surface: declared so that the errors can name them.
     tools: list[Any] | None = None
     tool_choice: Any = None

@@ -65,7 +65,7 @@ from orchestratord.services import Services
 from orchestratord.state.base import JobRecord
 
 router = APIRouter(tags=["openai"])
-UNSUPPORTED = ("include", "prompt", "conversation")
+UNSUPPORTED = ("include", "prompt", "conversation", "prompt_cache_retention")
 _STATUS = {
     JobState.QUEUED: "queued", JobState.RUNNING: "in_progress", JobState.SUCCEEDED: "completed",
     JobState.FAILED: "failed", JobState.CANCELED: "cancelled",
@@ -241,6 +241,12 @@ class ResponseRequest(OpenAIRequest):
     # alternatives per token, in the log probabilities `include` asks for (without it, none are shown)
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     truncation: Literal["auto", "disabled"] | None = None
+    max_tool_calls: int | None = Field(
+        default=None,
+        ge=1,
+        description="OpenAI's limit on calls to its built-in tools, which orchestratord does not run (it "
+        "refuses them): function calls, which the client runs, are not counted, as OpenAI counts none.",
+    )
     prompt: dict[str, Any] | None = None
     conversation: Any = None
 
