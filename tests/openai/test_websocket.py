@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket as stdsocket
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -337,3 +338,38 @@ def stored_spec(server: LoopbackServer, response_id: str | None) -> dict[str, An
     )
     spec: dict[str, Any] = orjson.loads(record.spec)
     return spec
+
+
+def test_a_client_that_takes_no_frames_is_cut_off_and_its_response_canceled(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    """A socket's client that stops reading is cut off after `stream.send_timeout_s` (close code 1008),
+    as a stalled stream is, and its response is canceled after the grace: the server holds one frame
+    under way, not the answer."""
+    tokens = 60_000  # a minute of tokens, about 12 MB of frames: far more than the buffers between the two
+    server = make_server(
+        pools=[{"id": "default", "engine": "mock", "models": ["mock"], "replicas": [{"id": "r0"}],
+                "ctx_max": tokens * 2, "max_tokens_out": tokens,
+                "options": {"ttft_ms": 0, "tokens_per_s": 1_000}}],
+        limits={"max_tokens": tokens},
+        stream={"send_timeout_s": 0.3, "reconnect_grace_s": 0.2},
+    )  # fmt: skip
+    # small, fixed socket buffers on both sides: the server's writes block after a few kB
+    server.server.servers[0].sockets[0].setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_SNDBUF, 8192)
+    raw = stdsocket.socket()
+    raw.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 8192)
+    raw.connect(("127.0.0.1", int(server.base_url.rsplit(":", 1)[1])))
+    url = server.base_url.replace("http://", "ws://") + "/v1/responses"
+    # it stops reading at 4 frames, and sends no pings while the test waits
+    with connect(url, sock=raw, max_queue=4, open_timeout=10, ping_interval=None) as ws:
+        ws.send(orjson.dumps({"type": "response.create", "model": "mock", "input": "go",
+                              "max_output_tokens": tokens}).decode())  # fmt: skip
+        jobs = lambda: httpx.get(f"{server.base_url}/v1/tasks", timeout=10).json()["tasks"]  # noqa: E731
+        wait_for(lambda: [job["state"] for job in jobs()] == ["canceled"], timeout=60)
+        got = 0
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=20)
+                got += 1
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, closed.value
+    assert got < tokens  # cut off mid-response

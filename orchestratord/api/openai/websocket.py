@@ -131,11 +131,13 @@ class _Socket:
 
     def cut_off(self, why: str) -> None:
         """A shutdown: close the socket as a restart (`OpenStreams`); the client reconnects."""
+        self._cut(CLOSE_RESTART, f"orchestratord {why}")
+
+    def _cut(self, code: int, reason: str) -> None:
+        """Close the socket, in a task of its own: the close handshake waits on the client."""
         if not self.closed.is_set():
             self.closed.set()
-            self.closing = asyncio.get_running_loop().create_task(
-                self._close(CLOSE_RESTART, f"orchestratord {why}")
-            )
+            self.closing = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):  # the client may be gone already
@@ -308,8 +310,7 @@ class _Socket:
                 await self.socket.send_text(data)
         except TimeoutError:
             log.info("socket_cut_off", why="the client took no frame", send_timeout_s=self.send_timeout_s)
-            self.closed.set()
-            await self._close(CLOSE_TOO_SLOW, "the client took no frame in time")
+            self._cut(CLOSE_TOO_SLOW, "the client took no frame in time")
             raise _Gone from None
         except (WebSocketDisconnect, RuntimeError):  # closed, by the client or by a shutdown
             raise _Gone from None
