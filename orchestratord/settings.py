@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from orchestratord.auth import DEFAULT_TENANT, hash_key, parse_keys_file
 from pool_manager.specs import PoolSpec, ReplicaSpec
 from worker_adapters.mock import check_options as check_mock_options
-from worker_adapters.registry import check_sampling_extensions
+from worker_adapters.registry import check_sampling_extensions, check_tokenizer
 
 Engine = Literal["mock", "llamacpp", "openai", "vllm", "tgi", "ollama"]
 
@@ -91,6 +91,7 @@ class PoolConfig(_Strict):
         if self.engine == "openai":
             try:
                 check_sampling_extensions(self.options)
+                check_tokenizer(self.options)
             except ValueError as exc:
                 raise ValueError(f"options: {exc}") from None
         return self

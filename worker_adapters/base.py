@@ -258,7 +258,13 @@ class WorkerAdapter(Protocol):
 class Tokenizer(Protocol):
     """An engine replica that tokenizes with its model's own tokenizer, outside any generation (vLLM's
     and llama-server's `/tokenize` and `/detokenize`): what a client that sends token ids needs. An
-    adapter that has no such route does not implement it."""
+    adapter that has no such route does not implement it; one whose engine may or may not have them
+    (a generic OpenAI-compatible server) says which in `tokenizes`, from its pool's options."""
+
+    @property
+    def tokenizes(self) -> bool:
+        """Whether the engine behind this replica has the routes (asked before any other method)."""
+        ...
 
     async def tokenize(
         self, model: str, prompt: str | Sequence[ChatMessage], *, add_special: bool | None = None

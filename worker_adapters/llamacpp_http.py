@@ -158,6 +158,8 @@ class LlamaCppAdapter(HttpAdapter):
         stream = NativeStream(self.engine, req.logprobs)
         return relay(self.http, events, stream, 'a final event with "stop":true')
 
+    tokenizes = True  # llama-server's own /tokenize, /detokenize and /apply-template (`Tokenizer`)
+
     async def tokenize(
         self, model: str, prompt: str | Sequence[ChatMessage], *, add_special: bool | None = None
     ) -> list[int]:

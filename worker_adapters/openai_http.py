@@ -17,7 +17,9 @@ Options: ``api_key`` (sent as ``Authorization: Bearer``), ``health_path`` (defau
 name given: ``repetition_penalty`` or ``true``, or llama-cpp-python's ``repeat_penalty``),
 ``json_schema`` (``json_object``: a `response_format` of type ``json_schema`` goes as
 ``{"type": "json_object", "schema": ...}``, the shape llama-cpp-python's server samples a schema under;
-it refuses OpenAI's own).
+it refuses OpenAI's own), ``tokenizer`` (``vllm``: the server has vLLM's ``/tokenize`` and
+``/detokenize``, which orchestratord's own tokenizing routes then ask: vLLM behind a generic pool,
+another orchestratord).
 
 The engine's version, where it tells one: ``GET /version`` (vLLM, SGLang), else the ``info.version`` of
 ``GET /openapi.json`` (FastAPI servers: llama-cpp-python reports its own release). Asked once, and again
@@ -26,7 +28,7 @@ after the engine was seen down (a restart may be an upgrade); an engine that tel
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -41,16 +43,20 @@ from worker_adapters._wire import (
     as_str,
     chat_messages,
     checked_step,
+    detokenized,
     embedded,
     error_event,
     logprob_entries,
+    openai_messages,
     option_str,
     sampling,
     scored,
+    token_ids,
     wants_chat,
 )
 from worker_adapters.base import (
     AdapterError,
+    ChatMessage,
     EngineInternal,
     EngineRejected,
     EngineReset,
@@ -66,7 +72,7 @@ from worker_adapters.base import (
     WorkerHealth,
     WorkerProps,
 )
-from worker_adapters.registry import penalty_name
+from worker_adapters.registry import penalty_name, tokenizer_routes
 
 COMPLETIONS = "/v1/completions"
 CHAT = "/v1/chat/completions"
@@ -364,6 +370,31 @@ class OpenAIAdapter(HttpAdapter):
             return scored_prompt(self.http, req, body, chat=chat)
         path = CHAT if chat else COMPLETIONS
         return openai_events(self.http, req, path, body, final_step_chunks=self.final_step_chunks)
+
+    @property
+    def tokenizes(self) -> bool:
+        """Whether the server has vLLM's `/tokenize` and `/detokenize` (`Tokenizer`): a generic server
+        only when its pool says so (`tokenizer: vllm`: vLLM behind a generic pool, another
+        orchestratord)."""
+        return tokenizer_routes(self.config.options) == "vllm"
+
+    async def tokenize(
+        self, model: str, prompt: str | Sequence[ChatMessage], *, add_special: bool | None = None
+    ) -> list[int]:
+        """vLLM's `/tokenize`: a text, or chat turns in its chat form (its template with the generation
+        prompt, no special tokens unless asked: what a generation reads)."""
+        body: dict[str, object] = {"model": model}
+        if isinstance(prompt, str):
+            body.update(prompt=prompt, add_special_tokens=True if add_special is None else add_special)
+        else:
+            body.update(messages=openai_messages(prompt), add_generation_prompt=True)
+            if add_special is not None:
+                body["add_special_tokens"] = add_special
+        return token_ids(as_dict(await self.http.get_json("/tokenize", body)).get("tokens"), self.engine)
+
+    async def detokenize(self, model: str, ids: Sequence[int]) -> str:
+        answer = as_dict(await self.http.get_json("/detokenize", {"model": model, "tokens": list(ids)}))
+        return detokenized(answer.get("prompt"), self.engine)
 
     async def health(self) -> WorkerHealth:
         path = option_str(self.config.options, "health_path") or self.default_health_path

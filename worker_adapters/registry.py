@@ -95,6 +95,25 @@ def check_sampling_extensions(options: Mapping[str, object]) -> None:
         )
 
 
+# An `openai` pool whose server has vLLM's `/tokenize` and `/detokenize` says so: `tokenizer: vllm`
+TOKENIZER = "tokenizer"
+
+
+def tokenizer_routes(options: Mapping[str, object]) -> str | None:
+    """The tokenizing routes an `openai` pool's options say its server has: "vllm", or None."""
+    value = str(options.get(TOKENIZER, "none")).strip().lower()
+    return None if value == "none" else value
+
+
+def check_tokenizer(options: Mapping[str, object]) -> None:
+    """ValueError for a `tokenizer` option that is none of the values it takes."""
+    if tokenizer_routes(options) not in (None, "vllm"):
+        raise ValueError(
+            f"{TOKENIZER} is {options.get(TOKENIZER)!r}; give vllm for a server that has vLLM's /tokenize "
+            "and /detokenize (vLLM, another orchestratord), or none"
+        )
+
+
 def honours(engine: str, parameter: str, options: Mapping[str, object] | None = None) -> bool:
     """Whether a pool of `engine` (with the pool's `options`) takes `parameter`."""
     if engine == "openai" and parameter in _EXTENDED_SAMPLING and options and penalty_name(options):

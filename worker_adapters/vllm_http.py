@@ -18,18 +18,10 @@ nonzero ``priority`` when they schedule first come first served (0.32 takes it a
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 
-from worker_adapters._wire import (
-    as_dict,
-    as_str,
-    detokenized,
-    openai_messages,
-    option_bool,
-    token_ids,
-    wants_chat,
-)
-from worker_adapters.base import AdapterError, ChatMessage, SubmitRequest, TokenEvent, WorkerProps
+from worker_adapters._wire import as_dict, as_str, option_bool, wants_chat
+from worker_adapters.base import AdapterError, SubmitRequest, TokenEvent, WorkerProps
 from worker_adapters.openai_http import (
     CHAT,
     COMPLETIONS,
@@ -68,6 +60,10 @@ class VllmAdapter(OpenAIAdapter):
     final_step_chunks = True  # the chunk with finish_reason is the last decode step (EOS: text "")
     request_ids = True
 
+    @property
+    def tokenizes(self) -> bool:
+        return True  # vLLM's /tokenize and /detokenize (`OpenAIAdapter.tokenize`)
+
     def _events(self, req: SubmitRequest) -> AsyncGenerator[TokenEvent, None]:
         if req.inputs is not None:  # a model served with `--runner pooling`
             return openai_embeddings(self.http, req)
@@ -78,22 +74,6 @@ class VllmAdapter(OpenAIAdapter):
         if req.prompt_logprobs is not None:
             return scored_prompt(self.http, req, body, chat=chat)
         return openai_events(self.http, req, CHAT if chat else COMPLETIONS, body, final_step_chunks=True)
-
-    async def tokenize(
-        self, model: str, prompt: str | Sequence[ChatMessage], *, add_special: bool | None = None
-    ) -> list[int]:
-        body: dict[str, object] = {"model": model}
-        if isinstance(prompt, str):
-            body.update(prompt=prompt, add_special_tokens=True if add_special is None else add_special)
-        else:  # vLLM's chat form: its template, the generation prompt, no special tokens by default
-            body.update(messages=openai_messages(prompt), add_generation_prompt=True)
-            if add_special is not None:
-                body["add_special_tokens"] = add_special
-        return token_ids(as_dict(await self.http.get_json("/tokenize", body)).get("tokens"), self.engine)
-
-    async def detokenize(self, model: str, ids: Sequence[int]) -> str:
-        answer = as_dict(await self.http.get_json("/detokenize", {"model": model, "tokens": list(ids)}))
-        return detokenized(answer.get("prompt"), self.engine)
 
     async def props(self) -> WorkerProps:
         models, ctx_max = models_of(await self.http.get_json("/v1/models"))

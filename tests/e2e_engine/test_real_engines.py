@@ -754,3 +754,30 @@ def socket_answer(conn: Any) -> Any:
             assert event.type != "response.failed", event
             return event.response
     raise AssertionError("the socket closed before the response ended")
+
+
+@pytest.mark.parametrize("real", ["vllm"], indirect=True)
+def test_a_generic_pool_whose_server_has_vllms_routes_tokenizes_with_them(
+    make_server: Callable[..., LoopbackServer], real: Real
+) -> None:
+    """vLLM behind a generic `openai` pool that says `options: {tokenizer: vllm}` (as a pool in front of
+    another orchestratord does): `/tokenize` and `/detokenize` ask vLLM's own routes, and answer what
+    they answer, a chat's turns too."""
+    server = make_server(
+        pools=[real.pool(engine="openai", options={"tokenizer": "vllm"})], health_interval_s=0.5
+    )
+    turns = [{"role": "user", "content": "Where does the river run?"}]
+    with httpx.Client(base_url=server.base_url, timeout=60) as http:
+        wait_until(lambda: http.get("/v1/pools/real/health").json()["ready"], 15, "pool ready")
+        for form in ({"prompt": PROMPT}, {"messages": turns}):
+            ours = http.post("/tokenize", json={"model": MODEL, **form})
+            theirs = httpx.post(f"{real.url}/tokenize", json={"model": MODEL, **form}, timeout=30)
+            assert ours.status_code == 200, ours.text
+            assert (
+                ours.json()["tokens"] == theirs.json()["tokens"]
+                and ours.json()["count"] == theirs.json()["count"]
+            )
+        ids = ours.json()["tokens"]
+        back = http.post("/detokenize", json={"model": MODEL, "tokens": ids})
+    said = httpx.post(f"{real.url}/detokenize", json={"model": MODEL, "tokens": ids}, timeout=30).json()
+    assert back.status_code == 200 and back.json()["prompt"] == said["prompt"]

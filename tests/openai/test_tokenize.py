@@ -10,10 +10,19 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from orchestratord.settings import ConfigError, load_settings
 from tests.api.helpers import wait_for
 from tests.fakes.engines.vllm import MODEL, VllmEngine, fake_tokenize
 from tests.fakes.servers import LoopbackServer
-from tests.openai.pools import ThreeEngines, sdk, served, three_engines, three_pools, vllm_and_mock
+from tests.openai.pools import (
+    ThreeEngines,
+    pool,
+    sdk,
+    served,
+    three_engines,
+    three_pools,
+    vllm_and_mock,
+)
 
 TEXT = "The river runs"
 
@@ -157,3 +166,40 @@ def test_a_draining_pool_tokenizes_nothing(server: LoopbackServer) -> None:
         and "every pool serving 'gguf' is draining" in answer.json()["error"]["message"]
     )
     assert answer.headers["x-should-retry"] == "true" and answer.headers["retry-after"] == "1"
+
+
+def test_an_openai_pool_tokenizes_when_its_server_has_vllms_routes(
+    make_server: Callable[..., LoopbackServer], server: LoopbackServer
+) -> None:
+    """An orchestratord in front of another (its `openai` pool): with `options: {tokenizer: vllm}` its
+    `/tokenize` and `/detokenize` ask the one behind, whose routes are vLLM's, and answer as it does;
+    without the option a generic server is not asked (OpenAI's own API has no such route)."""
+    front = make_server(
+        pools=[
+            pool("ours", "openai", "qwen", server.base_url, options={"tokenizer": "vllm"}),
+            pool("plain", "openai", "gguf", server.base_url),
+        ],
+        health_interval_s=0.2,
+    )
+    with httpx.Client(base_url=front.base_url, timeout=10) as http:
+        wait_for(lambda: ready(http, "qwen") and ready(http, "gguf"))
+        asked = {"model": "qwen", "messages": [{"role": "user", "content": TEXT}]}
+        answer = http.post("/tokenize", json=asked)
+        assert answer.status_code == 200, answer.text
+        behind = httpx.post(f"{server.base_url}/tokenize", json=asked, timeout=10).json()
+        assert answer.json()["tokens"] == behind["tokens"] and answer.json()["count"] == behind["count"]
+        back = http.post("/detokenize", json={"model": "qwen", "tokens": [791, 15140]})
+        assert back.status_code == 200 and back.json() == {"prompt": " w791 w15140"}
+        unsupported = http.post("/tokenize", json={**asked, "add_generation_prompt": False})
+        assert (
+            unsupported.status_code == 400 and unsupported.json()["error"]["param"] == "add_generation_prompt"
+        )
+        refused = http.post("/tokenize", json={"model": "gguf", "prompt": TEXT})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "model"
+        assert "options.tokenizer: vllm" in refused.json()["error"]["message"]
+
+
+def test_an_unknown_tokenizer_option_is_a_settings_error() -> None:
+    bad = pool("p", "openai", "lcp", "http://127.0.0.1:9", options={"tokenizer": "sentencepiece"})
+    with pytest.raises(ConfigError, match="tokenizer is 'sentencepiece'; give vllm"):
+        load_settings(None, pools=[bad])

@@ -45,6 +45,11 @@ class TokenizeRequest(BaseModel):
         description="Add the model's special tokens (a BOS); by default as the engine adds them when it "
         "reads the prompt (or the chat) for a generation, so that the count is the job's prompt tokens.",
     )
+    add_generation_prompt: bool | None = Field(
+        default=None,
+        description="vLLM's: a chat's turns end with the template's generation prompt, as a generation "
+        "reads them. true (vLLM's default) only; false is refused naming it.",
+    )
 
     @model_validator(mode="after")
     def _one_prompt(self) -> TokenizeRequest:
@@ -85,6 +90,12 @@ class Detokenized(BaseModel):
     operation_id="tokenize",
 )
 async def tokenize(body: TokenizeRequest, caller: Annotated[Caller, Depends(get_json_caller)]) -> Tokenized:
+    if body.add_generation_prompt is False:
+        raise InvalidParams(
+            "add_generation_prompt: false is not supported by orchestratord yet; a chat is tokenized as a "
+            "generation reads it, with the generation prompt",
+            param="add_generation_prompt",
+        )
     pool, tokenizer, name = _tokenizer(caller.services, body.model)
     field = "prompt" if body.messages is None else "messages"
     turns = body.turns()
@@ -121,15 +132,15 @@ def _tokenizer(services: Services, model: str) -> tuple[PoolState, Tokenizer, st
         raise PoolUnavailable(
             f"every pool serving {model!r} is draining; retry later", retry_after_ms=RETRY_AFTER_MS
         )
-    able = [p for p in serving if any(isinstance(a, Tokenizer) for a in _adapters(services, p))]
+    able = [p for p in serving if any(tokenizes(a) for a in _adapters(services, p))]
     if not able:
         engines = ", ".join(sorted({p.spec.engine for p in serving}))
         raise InvalidParams(
-            f"tokenizing needs an engine with a tokenizer route (vllm, llamacpp); the engines serving "
-            f"{model!r} ({engines}) have none",
+            f"tokenizing needs an engine with a tokenizer route (vllm, llamacpp, or an openai pool with "
+            f"options.tokenizer: vllm); the engines serving {model!r} ({engines}) have none",
             param="model",
         )
-    ready = tokenizing_replicas(able, model)
+    ready = [(p, key) for p, key in tokenizing_replicas(able, model) if tokenizes(services.adapters[key])]
     if not ready:
         raise PoolUnready(
             f"no replica serving {model!r} with a tokenizer is ready; retry shortly",
@@ -137,7 +148,7 @@ def _tokenizer(services: Services, model: str) -> tuple[PoolState, Tokenizer, st
         )
     pool, key = random.choice(ready)  # any of them: the model's tokenizer is the same on each
     adapter = services.adapters[key]
-    assert isinstance(adapter, Tokenizer)
+    assert isinstance(adapter, Tokenizer) and adapter.tokenizes
     return pool, adapter, pool.spec.engine_name(model)
 
 
@@ -150,6 +161,11 @@ def tokenizing_replicas(pools: Iterable[PoolState], model: str) -> list[tuple[Po
         for r in p.replicas.values()
         if r.admits() and (r.serves is None or p.spec.engine_name(model) in r.serves)
     ]
+
+
+def tokenizes(adapter: object) -> bool:
+    """Whether a replica's adapter asks its engine's tokenizer (`Tokenizer`, and its engine has one)."""
+    return isinstance(adapter, Tokenizer) and adapter.tokenizes
 
 
 def _adapters(services: Services, pool: PoolState) -> list[object]:
