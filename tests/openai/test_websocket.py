@@ -373,3 +373,15 @@ def test_a_client_that_takes_no_frames_is_cut_off_and_its_response_canceled(
                 got += 1
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, closed.value
     assert got < tokens  # cut off mid-response
+
+
+def test_a_handshake_over_the_header_limit_is_refused_with_431(
+    make_server: Callable[..., LoopbackServer],
+) -> None:
+    server = make_server(limits={"max_header_bytes": 8192})
+    url = server.base_url.replace("http://", "ws://") + "/v1/responses"
+    with pytest.raises(InvalidStatus) as refused:
+        # (three lines of 4 kB: the WebSocket library refuses a single line over 8 kB itself)
+        connect(url, additional_headers={f"X-Pad-{i}": "x" * 4000 for i in range(3)}, open_timeout=10).close()
+    assert refused.value.response.status_code == 431
+    assert orjson.loads(refused.value.response.body)["error"]["code"] == "payload_too_large"
