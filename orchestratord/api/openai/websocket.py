@@ -22,7 +22,8 @@ lane keeps its input.
 A client that leaves cancels its running responses, as a streaming client's leaving does (after
 `stream.reconnect_grace_s`, in which a stored one can be read on over HTTP). A shutdown closes the
 socket with 1012 (service restart), after which the SDKs reconnect. A frame larger than
-`limits.max_body_bytes` closes it with 1009 (message too big): uvicorn's `ws_max_size`."""
+`limits.max_body_bytes` closes it with 1009 (message too big): uvicorn's `ws_max_size`. A client that
+takes no frame within `stream.send_timeout_s` is cut off with 1008."""
 
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ class _Socket:
                 if message["type"] == "websocket.disconnect":
                     break
                 await self._take(message.get("text") or message.get("bytes") or b"")
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, _Gone):  # gone, or cut off while told of a refused frame
             pass
         finally:
             self.closed.set()
