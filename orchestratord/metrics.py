@@ -100,6 +100,12 @@ class Metrics:
             "PING to Redis took, whichever is more: the wait every reply and token sees.",
             registry=r,
         )
+        self.sockets_open = Gauge(
+            "responses_sockets_open",
+            "The Responses API's WebSockets open on this process (OpenAI's WebSocket mode: each carries a "
+            "client's responses, one after another or in lanes).",
+            registry=r,
+        )
         self.dispatches = DispatchWindow(window_s, clock, weights)
         r.register(self.dispatches)
 

@@ -234,7 +234,7 @@ def test_a_frame_over_the_body_limit_closes_the_socket(make_server: Callable[...
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
 
 
-def test_sockets_count_in_the_connection_caps_until_they_close(server: LoopbackServer) -> None:
+def test_sockets_count_in_the_connection_caps_and_the_gauge_until_they_close(server: LoopbackServer) -> None:
     caps = server.server.config.http.open_connections
     before = len(caps)
     with contextlib.ExitStack() as stack:
@@ -243,7 +243,15 @@ def test_sockets_count_in_the_connection_caps_until_they_close(server: LoopbackS
                                   "max_output_tokens": 1}).decode())  # fmt: skip
             frames(ws, until=ended(None))
         assert len(caps) == before + 3
-    wait_for(lambda: len(caps) == before)
+        assert sockets_open(server) == 3
+    wait_for(lambda: len(caps) == before and sockets_open(server) == 0)
+
+
+def sockets_open(server: LoopbackServer) -> float:
+    """`responses_sockets_open`, as /metrics says it."""
+    scraped = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    (line,) = [line for line in scraped.splitlines() if line.startswith("responses_sockets_open ")]
+    return float(line.split()[1])
 
 
 def test_a_shutdown_closes_the_socket_as_a_restart(server: LoopbackServer) -> None:

@@ -112,8 +112,9 @@ class _Socket:
         self.send_timeout_s = caller.services.settings.stream.send_timeout_s
 
     async def serve(self) -> None:
-        streams = self.caller.services.streams
+        streams, gauge = self.caller.services.streams, self.caller.services.metrics.sockets_open
         streams.add(self)
+        gauge.inc()
         try:
             while not self.closed.is_set():
                 message = await self.socket.receive()
@@ -125,6 +126,7 @@ class _Socket:
         finally:
             self.closed.set()
             streams.discard(self)
+            gauge.dec()
             workers = [lane.worker for lane in self.lanes.values() if lane.worker is not None]
             for worker in workers:
                 worker.cancel()  # each reader leaves its job: presence cancels it after the grace
